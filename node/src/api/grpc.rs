@@ -1,0 +1,923 @@
+//! The `raftstream.v1.Raftstream` gRPC service. Every node serves it: work
+//! for a group this node leads is done here; anything else is forwarded one
+//! hop (at most two) to the node that leads the group.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::async_runtime::WatchReceiver;
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::raftstream_client::RaftstreamClient;
+use raftstream_proto::v1::raftstream_server::Raftstream;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::api::TopicName;
+use crate::api::WriteError;
+use crate::api::read::ReadBatch;
+use crate::api::read::ReadError;
+use crate::api::read::StartAt;
+use crate::api::read::read_or_wait;
+use crate::node::Group;
+use crate::node::Node;
+use crate::node::now_ms;
+use crate::raft::network::MAX_RPC_BYTES;
+use crate::raft::types::CommandResponse;
+use crate::raft::types::META_GROUP;
+use crate::raft::types::MetaCommand;
+use crate::raft::types::PartitionCommand;
+use crate::raft::types::RetentionPolicy;
+use crate::raft::types::StoredRecord;
+use crate::raft::types::Topic;
+use crate::raft::types::TopicSpec;
+use crate::raft::types::TopicUpdate;
+use crate::state_machine::GroupData;
+use crate::state_machine::meta::validate_spec;
+
+/// How many times a request has been forwarded. A request is forwarded at
+/// most twice (to a replica, then to its leader) so stale leader hints can
+/// never make it loop.
+const HOPS_HEADER: &str = "x-raftstream-hops";
+const MAX_HOPS: u32 = 2;
+/// Asks a node to answer from its own replicas only (cluster status fan-out
+/// and reads that a lagging replica could not serve).
+const LOCAL_HEADER: &str = "x-raftstream-local";
+
+pub const DEFAULT_MAX_MESSAGES: u32 = 100;
+pub const MAX_MESSAGES: u32 = 10_000;
+pub const MAX_WAIT_MS: u32 = 60_000;
+
+#[derive(Debug, Clone)]
+pub struct ClientService {
+    node: Arc<Node>,
+}
+
+impl ClientService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    pub fn into_server(self) -> pb::raftstream_server::RaftstreamServer<Self> {
+        pb::raftstream_server::RaftstreamServer::new(self)
+            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_encoding_message_size(MAX_RPC_BYTES)
+    }
+}
+
+/// What the caller knows about forwarding.
+#[derive(Debug, Clone, Copy)]
+struct Hops {
+    count: u32,
+    local_only: bool,
+}
+
+impl Hops {
+    fn of<T>(request: &Request<T>) -> Hops {
+        let count = request
+            .metadata()
+            .get(HOPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Hops { count, local_only: request.metadata().contains_key(LOCAL_HEADER) }
+    }
+
+    fn can_forward(&self) -> bool {
+        !self.local_only && self.count < MAX_HOPS
+    }
+}
+
+fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
+    match topic.and_then(|t| t.topic.as_ref()) {
+        Some(pb::topic_ref::Topic::Id(id)) => Ok(TopicName::Id(*id)),
+        Some(pb::topic_ref::Topic::Name(name)) => Ok(TopicName::parse(name)),
+        None => Err(Status::invalid_argument("topic is required")),
+    }
+}
+
+fn topic_ref(topic: &Topic) -> Option<pb::TopicRef> {
+    Some(pb::TopicRef { topic: Some(pb::topic_ref::Topic::Id(topic.id)) })
+}
+
+pub fn message_id(partition: u32, offset: u64) -> String {
+    format!("{partition}-{offset}")
+}
+
+/// Parses "<partition>-<offset>".
+pub fn parse_message_id(id: &str) -> Option<(u32, u64)> {
+    let (partition, offset) = id.split_once('-')?;
+    Some((partition.parse().ok()?, offset.parse().ok()?))
+}
+
+fn retention_from_pb(r: Option<&pb::RetentionPolicy>) -> RetentionPolicy {
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    RetentionPolicy {
+        retention_ms: r.and_then(|r| nonzero(r.retention_ms)),
+        retention_bytes: r.and_then(|r| nonzero(r.retention_bytes)),
+    }
+}
+
+pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
+    pb::Topic {
+        id: topic.id,
+        name: topic.name.clone(),
+        description: topic.description.clone(),
+        schema: topic.schema.clone(),
+        replication_factor: topic.replication_factor,
+        retention: Some(pb::RetentionPolicy {
+            retention_ms: topic.retention.retention_ms.unwrap_or(0),
+            retention_bytes: topic.retention.retention_bytes.unwrap_or(0),
+        }),
+        partitions: topic
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(p, replicas)| pb::PartitionInfo {
+                partition: p as u32,
+                group_id: topic.group_id(p as u32),
+                replicas: replicas.clone(),
+            })
+            .collect(),
+        created_at_ms: topic.created_at_ms,
+        updated_at_ms: topic.updated_at_ms,
+        version: topic.version,
+    }
+}
+
+fn write_status(e: WriteError) -> Status {
+    match e {
+        WriteError::NotLeader { .. } => Status::unavailable("no leader reachable for this group; retry"),
+        WriteError::Unknown(why) => Status::deadline_exceeded(format!("outcome unknown: {why}")),
+        WriteError::Unavailable(why) => Status::unavailable(why),
+        WriteError::Rejected(r) => match r {
+            crate::raft::types::MetaRejection::TopicExists { .. } => Status::already_exists(r.to_string()),
+            crate::raft::types::MetaRejection::TopicNotFound { .. } => Status::not_found(r.to_string()),
+            crate::raft::types::MetaRejection::Invalid(_) => Status::invalid_argument(r.to_string()),
+        },
+    }
+}
+
+fn read_status(e: ReadError) -> Status {
+    match e {
+        ReadError::NoSuchMessage { .. } => Status::invalid_argument(e.to_string()),
+        ReadError::NotLocal { .. } => Status::unavailable(e.to_string()),
+        ReadError::Storage(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn topic_not_found(name: &TopicName) -> Status {
+    Status::not_found(format!("topic {name} does not exist"))
+}
+
+fn record_to_stored(record: pb::Record) -> StoredRecord {
+    let mut headers: Vec<(String, String)> = record.headers.into_iter().collect();
+    headers.sort();
+    StoredRecord { key: record.key.to_vec(), value: record.value.to_vec(), headers }
+}
+
+fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
+    pb::ConsumeResponse {
+        messages: batch
+            .messages
+            .into_iter()
+            .map(|m| pb::Message {
+                partition,
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                key: m.record.key.into(),
+                value: m.record.value.into(),
+                headers: m.record.headers.into_iter().collect(),
+                message_id: message_id(partition, m.offset),
+            })
+            .collect(),
+        next_offset: batch.next_offset,
+        high_watermark: batch.high_watermark,
+        log_start_offset: batch.log_start_offset,
+    }
+}
+
+/// Where a request for a group should go.
+enum Route {
+    Local(Arc<Group>),
+    Forward(String),
+}
+
+impl ClientService {
+    fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
+        let channel = self.node.pool.channel(addr).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(RaftstreamClient::new(channel)
+            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_encoding_message_size(MAX_RPC_BYTES))
+    }
+
+    fn forwarded<T>(message: T, hops: Hops, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        if let Ok(value) = (hops.count + 1).to_string().parse() {
+            request.metadata_mut().insert(HOPS_HEADER, value);
+        }
+        request
+    }
+
+    fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
+    }
+
+    /// Decides where work for `group_id` (with these replicas) is done. A
+    /// node leading the group does it; otherwise the request goes to the
+    /// leader this node knows of, or to a replica that will know.
+    async fn route(&self, group_id: u64, replicas: &[u64], hops: Hops) -> Result<Route, Status> {
+        let local = self.node.group(group_id);
+        if let Some(group) = &local {
+            match group.leader() {
+                Some((leader, _)) if leader == self.node.id() => return Ok(Route::Local(group.clone())),
+                Some((_, addr)) if hops.can_forward() => return Ok(Route::Forward(addr)),
+                Some(_) => return Err(Status::unavailable("not the leader and out of forwarding hops; retry")),
+                None => {}
+            }
+            // No leader known: an election is under way. Wait briefly for
+            // one rather than fail at once.
+            let wait = group
+                .raft
+                .wait(Some(Duration::from_secs(3)))
+                .metrics(|m| m.current_leader.is_some(), "leader elected")
+                .await;
+            return match (wait, group.leader()) {
+                (Ok(_), Some((leader, _))) if leader == self.node.id() => Ok(Route::Local(group.clone())),
+                (Ok(_), Some((_, addr))) if hops.can_forward() => Ok(Route::Forward(addr)),
+                _ => Err(Status::unavailable(format!("group {group_id} has no leader (no quorum?); retry"))),
+            };
+        }
+        if !hops.can_forward() {
+            return Err(Status::unavailable(format!("group {group_id} is not hosted on this node")));
+        }
+        let replica = replicas
+            .iter()
+            .find_map(|id| self.node.config.peers.get(id).cloned())
+            .ok_or_else(|| Status::unavailable(format!("group {group_id} has no reachable replica")))?;
+        Ok(Route::Forward(replica))
+    }
+
+    async fn meta_route(&self, hops: Hops) -> Result<Route, Status> {
+        let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
+        self.route(META_GROUP, &replicas, hops).await
+    }
+
+    /// Finds a topic in this node's metadata; a topic created a moment ago
+    /// through another node may not have reached it yet, so it then asks
+    /// the metadata leader for a linearizable read.
+    async fn topic(&self, name: &TopicName) -> Result<Topic, Status> {
+        if let Some(topic) = self.node.find_topic(name) {
+            return Ok(topic);
+        }
+        if let Some(meta) = self.node.meta_group() {
+            // Returns once this node has applied up to the leader's commit.
+            let linear = meta.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+            let _ = tokio::time::timeout(Duration::from_secs(2), linear).await;
+        }
+        self.node.find_topic(name).ok_or_else(|| topic_not_found(name))
+    }
+
+    async fn publish_to_partition(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        records: Vec<pb::Record>,
+        hops: Hops,
+    ) -> Result<Vec<pb::PublishResult>, Status> {
+        let group_id = topic.group_id(partition);
+        let replicas = topic.partitions.get(partition as usize).cloned().unwrap_or_default();
+        match self.route(group_id, &replicas, hops).await? {
+            Route::Forward(addr) => {
+                let records = records.into_iter().map(|mut r| {
+                    r.partition = Some(partition);
+                    r
+                });
+                let request = pb::PublishBatchRequest { topic: topic_ref(topic), records: records.collect() };
+                let response = self
+                    .client(&addr)?
+                    .publish_batch(Self::forwarded(request, hops, self.forward_timeout()))
+                    .await?;
+                Ok(response.into_inner().results)
+            }
+            Route::Local(group) => {
+                let count = records.len() as u64;
+                let command = PartitionCommand::Append {
+                    timestamp_ms: now_ms(),
+                    records: records.into_iter().map(record_to_stored).collect(),
+                };
+                match self.node.write_partition(&group, command).await {
+                    Ok(CommandResponse::Appended { base_offset, timestamp_ms }) => Ok((0..count)
+                        .map(|i| pb::PublishResult {
+                            result: Some(pb::publish_result::Result::Ok(pb::PublishResponse {
+                                partition,
+                                offset: base_offset + i,
+                                timestamp_ms,
+                                message_id: message_id(partition, base_offset + i),
+                            })),
+                        })
+                        .collect()),
+                    Ok(other) => Err(Status::internal(format!("unexpected append response {other:?}"))),
+                    Err(e) => Err(write_status(e)),
+                }
+            }
+        }
+    }
+
+    async fn publish_records(
+        &self,
+        name: &TopicName,
+        records: Vec<pb::Record>,
+        hops: Hops,
+    ) -> Result<Vec<pb::PublishResult>, Status> {
+        let topic = self.topic(name).await?;
+        let limits = &self.node.config.limits;
+        let mut results: Vec<Option<pb::PublishResult>> = vec![None; records.len()];
+        // Records grouped by partition, remembering their request positions.
+        let mut by_partition: BTreeMap<u32, Vec<(usize, pb::Record)>> = BTreeMap::new();
+        let mut total_bytes = 0usize;
+        for (i, record) in records.into_iter().enumerate() {
+            let size = record.key.len()
+                + record.value.len()
+                + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            let refused = |code: &str, message: String| {
+                Some(pb::PublishResult {
+                    result: Some(pb::publish_result::Result::Error(pb::Error { code: code.into(), message })),
+                })
+            };
+            if size > limits.max_message_bytes {
+                results[i] = refused(
+                    "message_too_large",
+                    format!("message is {size} bytes; the limit is {}", limits.max_message_bytes),
+                );
+                continue;
+            }
+            match self.node.choose_partition(&topic, record.partition, &record.key) {
+                Ok(p) => {
+                    total_bytes += size;
+                    by_partition.entry(p).or_default().push((i, record));
+                }
+                Err(message) => results[i] = refused("unknown_partition", message),
+            }
+        }
+        if total_bytes > limits.max_batch_bytes {
+            return Err(Status::invalid_argument(format!(
+                "batch is {total_bytes} bytes; the limit is {}",
+                limits.max_batch_bytes
+            )));
+        }
+        let publishes = by_partition.into_iter().map(|(partition, items)| {
+            let topic = &topic;
+            async move {
+                let (positions, records): (Vec<usize>, Vec<pb::Record>) = items.into_iter().unzip();
+                let outcome = self.publish_to_partition(topic, partition, records, hops).await;
+                (positions, outcome)
+            }
+        });
+        for (positions, outcome) in futures::future::join_all(publishes).await {
+            match outcome {
+                Ok(partition_results) => {
+                    for (position, result) in positions.into_iter().zip(partition_results) {
+                        results[position] = Some(result);
+                    }
+                }
+                Err(status) => {
+                    let code = match status.code() {
+                        tonic::Code::DeadlineExceeded => "outcome_unknown",
+                        tonic::Code::Unavailable => "unavailable",
+                        _ => "failed",
+                    };
+                    for position in positions {
+                        results[position] = Some(pb::PublishResult {
+                            result: Some(pb::publish_result::Result::Error(pb::Error {
+                                code: code.into(),
+                                message: status.message().to_string(),
+                            })),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| pb::PublishResult {
+                    result: Some(pb::publish_result::Result::Error(pb::Error {
+                        code: "failed".into(),
+                        message: "no result".into(),
+                    })),
+                })
+            })
+            .collect())
+    }
+
+    async fn consume_inner(&self, request: pb::ConsumeRequest, hops: Hops) -> Result<pb::ConsumeResponse, Status> {
+        let name = topic_name(request.topic.as_ref())?;
+        let topic = self.topic(&name).await?;
+        let mut partition = request.partition;
+        let start = match request.position.and_then(|p| p.position) {
+            None => StartAt::Earliest,
+            Some(pb::position::Position::Offset(o)) => StartAt::Offset(o),
+            Some(pb::position::Position::SinceTimestampMs(ts)) => StartAt::Timestamp(ts),
+            Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
+            Some(pb::position::Position::Latest(_)) => StartAt::Latest,
+            Some(pb::position::Position::AfterMessageId(id)) => {
+                let (p, offset) = parse_message_id(&id)
+                    .ok_or_else(|| Status::invalid_argument(format!("{id:?} is not a message id")))?;
+                partition = p;
+                StartAt::After(offset)
+            }
+        };
+        let replicas = topic
+            .partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument(format!("topic {} has no partition {partition}", topic.name)))?;
+        let max = match request.max_messages {
+            0 => DEFAULT_MAX_MESSAGES,
+            n => n.min(MAX_MESSAGES),
+        } as usize;
+        if request.wait_ms > MAX_WAIT_MS {
+            return Err(Status::invalid_argument(format!("wait_ms is at most {MAX_WAIT_MS}")));
+        }
+        let wait = Duration::from_millis(u64::from(request.wait_ms));
+        let group_id = topic.group_id(partition);
+        let group = match self.route(group_id, &replicas, hops).await {
+            Ok(Route::Local(group)) => group,
+            Ok(Route::Forward(addr)) => {
+                let forwarded = pb::ConsumeRequest {
+                    topic: topic_ref(&topic),
+                    partition,
+                    position: Some(pb::Position { position: Some(start_to_pb(&start)) }),
+                    max_messages: max as u32,
+                    wait_ms: request.wait_ms,
+                };
+                let timeout = wait + self.forward_timeout();
+                match self.client(&addr)?.consume(Self::forwarded(forwarded, hops, timeout)).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    // The leader is unreachable: a local replica still holds
+                    // every message committed up to its applied index.
+                    Err(status) => match self.node.group(group_id) {
+                        Some(group) if status.code() == tonic::Code::Unavailable => group,
+                        _ => return Err(status),
+                    },
+                }
+            }
+            Err(status) => match self.node.group(group_id) {
+                Some(group) => group,
+                None => return Err(status),
+            },
+        };
+        match read_or_wait(&group, &start, max, wait).await {
+            Ok(batch) => Ok(batch_to_pb(partition, batch)),
+            Err(ReadError::NotLocal { .. }) if !hops.local_only => {
+                self.consume_from_other_replica(&topic, partition, &replicas, &start, max).await
+            }
+            Err(e) => Err(read_status(e)),
+        }
+    }
+
+    /// Serves a read this replica cannot (it caught up from a snapshot past
+    /// the messages) from another replica's log.
+    async fn consume_from_other_replica(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        replicas: &[u64],
+        start: &StartAt,
+        max: usize,
+    ) -> Result<pb::ConsumeResponse, Status> {
+        let mut last = Status::unavailable("no replica holds these messages");
+        for replica in replicas.iter().filter(|id| **id != self.node.id()) {
+            let Some(addr) = self.node.config.peers.get(replica) else { continue };
+            let mut request = Request::new(pb::ConsumeRequest {
+                topic: topic_ref(topic),
+                partition,
+                position: Some(pb::Position { position: Some(start_to_pb(start)) }),
+                max_messages: max as u32,
+                wait_ms: 0,
+            });
+            request.metadata_mut().insert(LOCAL_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            request.set_timeout(self.forward_timeout());
+            match self.client(addr)?.consume(request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => last = status,
+            }
+        }
+        Err(last)
+    }
+
+}
+
+fn start_to_pb(start: &StartAt) -> pb::position::Position {
+    match start {
+        StartAt::Offset(o) => pb::position::Position::Offset(*o),
+        StartAt::After(o) => pb::position::Position::Offset(o + 1),
+        StartAt::Timestamp(ts) => pb::position::Position::SinceTimestampMs(*ts),
+        StartAt::Earliest => pb::position::Position::Earliest(true),
+        StartAt::Latest => pb::position::Position::Latest(true),
+    }
+}
+
+/// Sends the same request one hop further and returns its answer as ours.
+macro_rules! forward {
+    ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
+        $service
+            .client(&$addr)?
+            .$method(ClientService::forwarded($message, $hops, $service.forward_timeout()))
+            .await
+    };
+}
+
+fn first_error(results: &[pb::PublishResult]) -> Option<&pb::Error> {
+    results.iter().find_map(|r| match &r.result {
+        Some(pb::publish_result::Result::Error(e)) => Some(e),
+        _ => None,
+    })
+}
+
+fn error_status(e: &pb::Error) -> Status {
+    let message = format!("{}: {}", e.code, e.message);
+    match e.code.as_str() {
+        "message_too_large" | "unknown_partition" => Status::invalid_argument(message),
+        "outcome_unknown" => Status::deadline_exceeded(message),
+        "unavailable" => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Raftstream for ClientService {
+    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let name = topic_name(request.topic.as_ref())?;
+        let record = request.record.ok_or_else(|| Status::invalid_argument("record is required"))?;
+        let results = self.publish_records(&name, vec![record], hops).await?;
+        if let Some(e) = first_error(&results) {
+            return Err(error_status(e));
+        }
+        match results.into_iter().next().and_then(|r| r.result) {
+            Some(pb::publish_result::Result::Ok(ok)) => Ok(Response::new(ok)),
+            _ => Err(Status::internal("publish produced no result")),
+        }
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<pb::PublishBatchRequest>,
+    ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let name = topic_name(request.topic.as_ref())?;
+        if request.records.is_empty() {
+            return Err(Status::invalid_argument("records must not be empty"));
+        }
+        let results = self.publish_records(&name, request.records, hops).await?;
+        Ok(Response::new(pb::PublishBatchResponse { results }))
+    }
+
+    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+        let hops = Hops::of(&request);
+        Ok(Response::new(self.consume_inner(request.into_inner(), hops).await?))
+    }
+
+    type SubscribeStream = MessageStream;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<MessageStream>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        // Validate the topic and position now, so a bad request fails the
+        // call itself rather than the first stream item.
+        let first = self
+            .consume_inner(
+                pb::ConsumeRequest {
+                    topic: request.topic.clone(),
+                    partition: request.partition,
+                    position: request.position.clone(),
+                    max_messages: DEFAULT_MAX_MESSAGES,
+                    wait_ms: 0,
+                },
+                hops,
+            )
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Message, Status>>(DEFAULT_MAX_MESSAGES as usize);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut batch = first;
+            loop {
+                let partition = batch.messages.first().map_or(request.partition, |m| m.partition);
+                for message in batch.messages {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return; // The subscriber went away.
+                    }
+                }
+                let next = pb::ConsumeRequest {
+                    topic: request.topic.clone(),
+                    partition,
+                    position: Some(pb::Position { position: Some(pb::position::Position::Offset(batch.next_offset)) }),
+                    max_messages: DEFAULT_MAX_MESSAGES,
+                    wait_ms: 30_000,
+                };
+                batch = tokio::select! {
+                    result = service.consume_inner(next, hops) => match result {
+                        Ok(batch) => batch,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn commit_offset(
+        &self,
+        request: Request<pb::CommitOffsetRequest>,
+    ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        if request.group.is_empty() {
+            return Err(Status::invalid_argument("group must not be empty"));
+        }
+        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let replicas = topic
+            .partitions
+            .get(request.partition as usize)
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument(format!("topic {} has no partition {}", topic.name, request.partition)))?;
+        match self.route(topic.group_id(request.partition), &replicas, hops).await? {
+            Route::Forward(addr) => forward!(self, addr, commit_offset, request, hops),
+            Route::Local(group) => {
+                let command = PartitionCommand::CommitOffset { group: request.group, offset: request.offset };
+                self.node.write_partition(&group, command).await.map_err(write_status)?;
+                Ok(Response::new(pb::CommitOffsetResponse {}))
+            }
+        }
+    }
+
+    async fn get_committed_offsets(
+        &self,
+        request: Request<pb::GetCommittedOffsetsRequest>,
+    ) -> Result<Response<pb::GetCommittedOffsetsResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let partitions: Vec<u32> = match request.partition {
+            Some(p) if (p as usize) < topic.partitions.len() => vec![p],
+            Some(p) => return Err(Status::invalid_argument(format!("topic {} has no partition {p}", topic.name))),
+            None => (0..topic.partitions.len() as u32).collect(),
+        };
+        let mut offsets = Vec::new();
+        for partition in partitions {
+            let replicas = &topic.partitions[partition as usize];
+            match self.route(topic.group_id(partition), replicas, hops).await? {
+                Route::Forward(addr) => {
+                    let one = pb::GetCommittedOffsetsRequest {
+                        topic: topic_ref(&topic),
+                        group: request.group.clone(),
+                        partition: Some(partition),
+                    };
+                    offsets.extend(forward!(self, addr, get_committed_offsets, one, hops)?.into_inner().offsets);
+                }
+                Route::Local(group) => {
+                    let offset = group.state.read(|inner| match &inner.data {
+                        GroupData::Partition(p) => p.consumer_offsets.get(&request.group).copied(),
+                        GroupData::Meta(_) => None,
+                    });
+                    if let Some(offset) = offset {
+                        offsets.push(pb::PartitionOffset { partition, offset });
+                    }
+                }
+            }
+        }
+        Ok(Response::new(pb::GetCommittedOffsetsResponse { offsets }))
+    }
+
+    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Result<Response<pb::Topic>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let spec = TopicSpec {
+            name: request.name.clone(),
+            description: request.description.clone(),
+            partitions: request.partitions.max(1),
+            replication_factor: request.replication_factor,
+            schema: request.schema.clone(),
+            retention: retention_from_pb(request.retention.as_ref()),
+        };
+        validate_spec(&spec, self.node.config.peers.len()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self.meta_route(hops).await? {
+            Route::Forward(addr) => forward!(self, addr, create_topic, request, hops),
+            Route::Local(_) => {
+                let command = MetaCommand::CreateTopic { spec, now_ms: now_ms() };
+                let topic = self.node.write_meta(command).await.map_err(write_status)?;
+                Ok(Response::new(topic_to_pb(&topic)))
+            }
+        }
+    }
+
+    async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let request = request.into_inner();
+        let topics = self
+            .node
+            .metadata()
+            .topics
+            .values()
+            .filter(|t| request.name.as_ref().is_none_or(|n| &t.name == n))
+            .map(topic_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn get_topic(&self, request: Request<pb::TopicRef>) -> Result<Response<pb::Topic>, Status> {
+        let topic = self.topic(&topic_name(Some(request.get_ref()))?).await?;
+        Ok(Response::new(topic_to_pb(&topic)))
+    }
+
+    async fn update_topic(&self, request: Request<pb::UpdateTopicRequest>) -> Result<Response<pb::Topic>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        match self.meta_route(hops).await? {
+            Route::Forward(addr) => forward!(self, addr, update_topic, request, hops),
+            Route::Local(_) => {
+                let update = TopicUpdate {
+                    name: request.name.clone(),
+                    description: request.description.clone(),
+                    schema: request.schema.clone().map(|s| (!s.is_empty()).then_some(s)),
+                    retention: request.retention.as_ref().map(|r| retention_from_pb(Some(r))),
+                };
+                let command = MetaCommand::UpdateTopic { topic_id: topic.id, update, now_ms: now_ms() };
+                let topic = self.node.write_meta(command).await.map_err(write_status)?;
+                Ok(Response::new(topic_to_pb(&topic)))
+            }
+        }
+    }
+
+    async fn purge_topic(&self, request: Request<pb::PurgeTopicRequest>) -> Result<Response<pb::PurgeTopicResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let partitions: Vec<u32> = match request.partition {
+            Some(p) if (p as usize) < topic.partitions.len() => vec![p],
+            Some(p) => return Err(Status::invalid_argument(format!("topic {} has no partition {p}", topic.name))),
+            None => (0..topic.partitions.len() as u32).collect(),
+        };
+        for partition in partitions {
+            let replicas = &topic.partitions[partition as usize];
+            match self.route(topic.group_id(partition), replicas, hops).await? {
+                Route::Forward(addr) => {
+                    let one = pb::PurgeTopicRequest { topic: topic_ref(&topic), partition: Some(partition) };
+                    forward!(self, addr, purge_topic, one, hops)?;
+                }
+                Route::Local(group) => {
+                    self.node.write_partition(&group, PartitionCommand::PurgeAll).await.map_err(write_status)?;
+                }
+            }
+        }
+        Ok(Response::new(pb::PurgeTopicResponse {}))
+    }
+
+    async fn delete_topic(&self, request: Request<pb::TopicRef>) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&topic_name(Some(&request))?).await?;
+        match self.meta_route(hops).await? {
+            Route::Forward(addr) => forward!(self, addr, delete_topic, request, hops),
+            Route::Local(_) => {
+                self.node.write_meta(MetaCommand::DeleteTopic { topic_id: topic.id }).await.map_err(write_status)?;
+                Ok(Response::new(pb::DeleteTopicResponse {}))
+            }
+        }
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let local = self.local_status();
+        if Hops::of(&request).local_only {
+            return Ok(Response::new(local));
+        }
+        // Ask every other node for its own groups and keep, for each group,
+        // the view of its leader (or of any replica while it has none).
+        let peers: Vec<(u64, String)> = self
+            .node
+            .config
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != self.node.id())
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect();
+        let asks = peers.iter().map(|(id, addr)| async move {
+            let mut request = Request::new(pb::ClusterStatusRequest {});
+            request.metadata_mut().insert(LOCAL_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            request.set_timeout(Duration::from_secs(2));
+            let answer = match self.client(addr) {
+                Ok(mut client) => client.cluster_status(request).await.ok().map(|r| r.into_inner()),
+                Err(_) => None,
+            };
+            (*id, answer)
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut groups: BTreeMap<u64, (bool, pb::GroupStatus)> = BTreeMap::new();
+        let mut reachable: HashMap<u64, bool> = HashMap::new();
+        reachable.insert(self.node.id(), true);
+        let mut merge = |node_id: u64, status: pb::ClusterStatusResponse| {
+            for group in status.groups {
+                let from_leader = group.leader == Some(node_id);
+                let keep = match groups.get(&group.group_id) {
+                    None => true,
+                    Some((had_leader, _)) => from_leader && !had_leader,
+                };
+                if keep {
+                    groups.insert(group.group_id, (from_leader, group));
+                }
+            }
+        };
+        merge(self.node.id(), local.clone());
+        for (id, answer) in answers {
+            reachable.insert(id, answer.is_some());
+            if let Some(status) = answer {
+                merge(id, status);
+            }
+        }
+        let nodes = self
+            .node
+            .config
+            .peers
+            .iter()
+            .map(|(id, addr)| pb::NodeStatus {
+                id: *id,
+                grpc_addr: addr.clone(),
+                reachable: reachable.get(id).copied().unwrap_or(false),
+            })
+            .collect();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: self.node.id(),
+            nodes,
+            groups: groups.into_values().map(|(_, g)| g).collect(),
+        }))
+    }
+}
+
+impl ClientService {
+    /// The status of the groups hosted on this node, from their metrics.
+    fn local_status(&self) -> pb::ClusterStatusResponse {
+        let meta = self.node.metadata();
+        let names: HashMap<u64, (String, u32)> = meta
+            .topics
+            .values()
+            .flat_map(|t| (0..t.partitions.len() as u32).map(move |p| (t.group_id(p), (t.name.clone(), p))))
+            .collect();
+        let groups = self
+            .node
+            .groups()
+            .into_iter()
+            .map(|group| {
+                let m = group.raft.metrics().borrow_watched().clone();
+                let (topic, partition) = names.get(&group.id).cloned().unwrap_or_default();
+                let last_log_index = m.last_log_index.unwrap_or(0);
+                let replica_lag = m
+                    .replication
+                    .as_ref()
+                    .map(|r| {
+                        r.iter()
+                            .map(|(id, matched)| (*id, last_log_index.saturating_sub(matched.as_ref().map_or(0, |l| l.index))))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let (high_watermark, log_start_offset) = group.state.read(|inner| match &inner.data {
+                    GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
+                    GroupData::Meta(_) => (0, 0),
+                });
+                pb::GroupStatus {
+                    group_id: group.id,
+                    topic,
+                    partition,
+                    leader: m.current_leader,
+                    term: m.current_term,
+                    commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+                    applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+                    last_log_index,
+                    replicas: m.membership_config.membership().voter_ids().collect(),
+                    replica_lag,
+                    high_watermark,
+                    log_start_offset,
+                }
+            })
+            .collect();
+        pb::ClusterStatusResponse { node_id: self.node.id(), nodes: vec![], groups }
+    }
+}

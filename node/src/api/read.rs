@@ -1,0 +1,139 @@
+//! Committed reads from a local replica. Only applied entries are indexed,
+//! and only committed entries are applied, so nothing here can return an
+//! uncommitted message.
+
+use std::time::Duration;
+
+use openraft::EntryPayload;
+
+use crate::node::Group;
+use crate::raft::types::Command;
+use crate::raft::types::Entry;
+use crate::raft::types::PartitionCommand;
+use crate::raft::types::StoredRecord;
+use crate::raft::types::TypeConfig;
+use crate::state_machine::GroupData;
+use crate::state_machine::partition::PartitionState;
+
+/// Where a read starts, before it is resolved to an offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    Offset(u64),
+    /// The offset after this one; it must name a committed message.
+    After(u64),
+    Timestamp(i64),
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMessage {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub record: StoredRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBatch {
+    pub messages: Vec<ReadMessage>,
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("message {offset} does not exist in this partition (high watermark {high_watermark})")]
+    NoSuchMessage { offset: u64, high_watermark: u64 },
+    /// This replica installed a snapshot past these messages; another
+    /// replica has them.
+    #[error("offset {offset} is not stored on this replica")]
+    NotLocal { offset: u64 },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+fn partition_view<T>(group: &Group, f: impl FnOnce(&PartitionState, u64) -> T) -> Option<T> {
+    group.state.read(|inner| match &inner.data {
+        GroupData::Partition(p) => Some(f(p, inner.local_first_log_index)),
+        GroupData::Meta(_) => None,
+    })
+}
+
+/// Resolves a start position to an offset against the committed state.
+pub fn resolve(group: &Group, start: &StartAt) -> Result<u64, ReadError> {
+    partition_view(group, |p, _| match start {
+        StartAt::Offset(o) => Ok(*o),
+        StartAt::After(o) if *o < p.next_offset => Ok(o + 1),
+        StartAt::After(o) => Err(ReadError::NoSuchMessage { offset: *o, high_watermark: p.next_offset }),
+        StartAt::Timestamp(ts) => Ok(p.offset_for_timestamp(*ts)),
+        StartAt::Earliest => Ok(p.log_start_offset),
+        StartAt::Latest => Ok(p.next_offset),
+    })
+    .unwrap_or(Ok(0))
+}
+
+/// Reads up to `max` committed messages from `from` on this replica.
+pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch, ReadError> {
+    let Some((slices, local_first, hw, log_start)) = partition_view(group, |p, local_first| {
+        (p.locate(from, max), local_first, p.next_offset, p.log_start_offset)
+    }) else {
+        return Ok(ReadBatch { messages: vec![], next_offset: from, high_watermark: 0, log_start_offset: 0 });
+    };
+    let mut messages = Vec::new();
+    let mut next_offset = from.max(log_start);
+    for slice in slices {
+        if slice.batch.log_index < local_first {
+            if messages.is_empty() {
+                return Err(ReadError::NotLocal { offset: next_offset });
+            }
+            break;
+        }
+        let entry: Option<Entry> = group
+            .state
+            .storage()
+            .read_entry::<TypeConfig>(group.id, slice.batch.log_index)
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        // Retention may purge an entry between locating and reading it; the
+        // reader then simply sees the newer log start on its next call.
+        let Some(entry) = entry else { break };
+        let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { records, .. })) = entry.payload else {
+            return Err(ReadError::Storage(format!(
+                "log entry {} is not the publish batch the index names",
+                slice.batch.log_index
+            )));
+        };
+        let wanted = records.into_iter().enumerate().skip(slice.skip as usize).take(slice.take as usize);
+        for (i, record) in wanted {
+            messages.push(ReadMessage {
+                offset: slice.batch.base_offset + i as u64,
+                timestamp_ms: slice.batch.timestamp_ms,
+                record,
+            });
+        }
+        next_offset = slice.batch.base_offset + u64::from(slice.skip) + u64::from(slice.take);
+    }
+    Ok(ReadBatch { messages, next_offset, high_watermark: hw, log_start_offset: log_start })
+}
+
+/// Reads like [`read_committed`], but when nothing is there yet waits up to
+/// `wait` and returns as soon as something commits.
+pub async fn read_or_wait(group: &Group, start: &StartAt, max: usize, wait: Duration) -> Result<ReadBatch, ReadError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before the first read so a commit between the read and the
+    // wait still wakes us.
+    let mut applied = group.state.subscribe();
+    let from = resolve(group, start)?;
+    loop {
+        applied.borrow_and_update();
+        let batch = read_committed(group, from, max)?;
+        if !batch.messages.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(batch);
+        }
+        match tokio::time::timeout_at(deadline, applied.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the group shut down: answer with what there is.
+            _ => return read_committed(group, from, max),
+        }
+    }
+}

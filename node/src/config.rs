@@ -1,0 +1,139 @@
+//! Node configuration: command-line flags or a TOML file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::raft::types::NodeId;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Where the gRPC server (client API and Raft transport) listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP gateway listens.
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every node of the cluster, this one included: node id → gRPC address.
+    pub peers: BTreeMap<NodeId, String>,
+    #[serde(default)]
+    pub raft: RaftTimings,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Acknowledge publishes only after an fsync (the default). `false`
+    /// acknowledges after the write reaches the OS, so a power loss on a
+    /// majority can lose acknowledged messages. See ARCHITECTURE.md.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self { heartbeat_ms: 150, election_timeout_min_ms: 750, election_timeout_max_ms: 1500 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest message value + key + headers a publish accepts.
+    pub max_message_bytes: usize,
+    /// The largest sum of messages one batch publish accepts.
+    pub max_batch_bytes: usize,
+    /// How long a publish waits for its commit before reporting an unknown
+    /// outcome.
+    pub write_timeout_ms: u64,
+    /// How often leaders check retention.
+    pub retention_interval_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_batch_bytes: 64 * 1024 * 1024,
+            write_timeout_ms: 10_000,
+            retention_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Parses `1=127.0.0.1:50051,2=127.0.0.1:50052`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| format!("peer {item:?} is not id=host:port"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+            return Err(format!("peer address {addr:?} is not host:port"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer id {id} appears twice"));
+        }
+    }
+    Ok(peers)
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.peers.contains_key(&self.node_id) {
+            return Err(format!("peers do not include this node's id {}", self.node_id));
+        }
+        let t = &self.raft;
+        if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms * 2 {
+            return Err("election_timeout_min_ms must exceed twice heartbeat_ms".into());
+        }
+        if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+            return Err("election_timeout_max_ms must exceed election_timeout_min_ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_bad_input() {
+        let peers = parse_peers("1=127.0.0.1:1, 2=localhost:2").unwrap();
+        assert_eq!(peers[&2], "localhost:2");
+        for bad in ["1", "x=a:1", "1=a", "1=a:b", "1=a:1,1=b:2"] {
+            assert!(parse_peers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_config_round_trips_with_defaults() {
+        let text = r#"
+            node_id = 2
+            grpc_addr = "127.0.0.1:50052"
+            http_addr = "127.0.0.1:8082"
+            data_dir = "data/2"
+            [peers]
+            1 = "127.0.0.1:50051"
+            2 = "127.0.0.1:50052"
+        "#;
+        let config: NodeConfig = toml::from_str(text).unwrap();
+        assert!(config.fsync);
+        assert_eq!(config.limits.max_message_bytes, 1024 * 1024);
+        config.validate().unwrap();
+    }
+}

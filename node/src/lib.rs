@@ -1,0 +1,12 @@
+//! Raftstream node: multi-raft partition logs on openraft and RocksDB,
+//! served over gRPC (client API and Raft transport) and HTTP.
+//! ARCHITECTURE.md at the repository root has the codemap.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod state_machine;
+pub mod storage;

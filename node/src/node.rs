@@ -1,0 +1,347 @@
+//! A node: its storage, its Raft groups and the tasks that keep them in step
+//! with the metadata.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
+use openraft::SnapshotPolicy;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::raft::network::NetworkFactory;
+use crate::raft::network::PeerPool;
+use crate::raft::types::GroupId;
+use crate::raft::types::META_GROUP;
+use crate::raft::types::MetaState;
+use crate::raft::types::NodeId;
+use crate::raft::types::PartitionCommand;
+use crate::raft::types::Raft;
+use crate::raft::types::Topic;
+use crate::state_machine::GroupData;
+use crate::state_machine::GroupShared;
+use crate::state_machine::GroupStateMachine;
+use crate::storage::Storage;
+use crate::storage::StorageConfig;
+use crate::storage::SyncMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("state machine of group {group}: {source}")]
+    StateMachine { group: GroupId, source: std::io::Error },
+    #[error("raft group {group}: {reason}")]
+    Raft { group: GroupId, reason: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// One Raft group hosted on this node.
+#[derive(Debug)]
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub state: Arc<GroupShared>,
+}
+
+impl Group {
+    /// The leader this node currently believes in, with its gRPC address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub storage: Storage,
+    pub pool: PeerPool,
+    raft_config: Arc<openraft::Config>,
+    groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    /// Round-robin cursor for publishes with neither key nor partition.
+    round_robin: AtomicU64,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.config.node_id).finish()
+    }
+}
+
+impl Node {
+    /// Opens storage, starts the metadata group and every partition group
+    /// the metadata places here, and the background tasks.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        config.validate().map_err(NodeError::Config)?;
+        let sync_mode = if config.fsync { SyncMode::Always } else { SyncMode::Never };
+        let storage = Storage::open(&config.data_dir.join("db"), StorageConfig { sync_mode })?;
+        let timings = &config.raft;
+        let raft_config = openraft::Config {
+            cluster_name: "raftstream".into(),
+            heartbeat_interval: timings.heartbeat_ms,
+            election_timeout_min: timings.election_timeout_min_ms,
+            election_timeout_max: timings.election_timeout_max_ms,
+            // Snapshots hold no message data and are taken only by the
+            // retention task, right before it purges the log it covers.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        let raft_config = raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        let (shutdown_tx, _) = watch::channel(false);
+        let node = Arc::new(Node {
+            config,
+            storage,
+            pool: PeerPool::default(),
+            raft_config: Arc::new(raft_config),
+            groups: RwLock::new(HashMap::new()),
+            round_robin: AtomicU64::new(0),
+            shutdown_tx,
+        });
+        let voters: BTreeMap<NodeId, String> = node.config.peers.clone();
+        node.start_group(META_GROUP, &voters, true).await?;
+        tokio::spawn(node.clone().reconcile_loop());
+        tokio::spawn(node.clone().retention_loop());
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn group(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().get(&id).cloned()
+    }
+
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        let mut groups: Vec<_> = self.groups.read().values().cloned().collect();
+        groups.sort_by_key(|g| g.id);
+        groups
+    }
+
+    pub fn meta_group(&self) -> Option<Arc<Group>> {
+        self.group(META_GROUP)
+    }
+
+    /// This node's copy of the metadata: committed, possibly a little stale.
+    pub fn metadata(&self) -> MetaState {
+        self.meta_group()
+            .and_then(|g| g.state.read(|inner| match &inner.data {
+                GroupData::Meta(m) => Some(m.clone()),
+                GroupData::Partition(_) => None,
+            }))
+            .unwrap_or_default()
+    }
+
+    pub fn next_round_robin(&self) -> u64 {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    async fn start_group(
+        &self,
+        id: GroupId,
+        replicas: &BTreeMap<NodeId, String>,
+        preferred_leader: bool,
+    ) -> Result<Arc<Group>, NodeError> {
+        if let Some(group) = self.group(id) {
+            return Ok(group);
+        }
+        let sm = GroupStateMachine::open(self.storage.clone(), id)
+            .map_err(|source| NodeError::StateMachine { group: id, source })?;
+        let state = sm.shared();
+        let log_store = self.storage.log_store(id);
+        let network = NetworkFactory::new(id, self.pool.clone());
+        let raft = Raft::new(self.id(), self.raft_config.clone(), network, log_store, sm)
+            .await
+            .map_err(|e| NodeError::Raft { group: id, reason: e.to_string() })?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft { group: id, reason: e.to_string() })?;
+        if !initialized {
+            // Every replica initializes with the same membership, which
+            // writes the same first entry everywhere, so it is safe and no
+            // single replica being down can leave the group unformed.
+            let members: BTreeMap<NodeId, BasicNode> =
+                replicas.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(group = id, error = %e, "initialize skipped");
+            }
+            if preferred_leader {
+                let _ = raft.trigger().elect(true).await;
+            }
+        }
+        let group = Arc::new(Group { id, raft, state });
+        self.groups.write().insert(id, group.clone());
+        tracing::info!(group = id, "raft group started");
+        Ok(group)
+    }
+
+    async fn stop_group(&self, id: GroupId, delete_data: bool) {
+        let group = self.groups.write().remove(&id);
+        if let Some(group) = group {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = id, error = %e, "raft group shutdown failed");
+            }
+        }
+        if delete_data {
+            if let Err(e) = self.storage.delete_group(id) {
+                tracing::error!(group = id, error = %e, "deleting a removed group's data failed");
+            }
+        }
+    }
+
+    /// The partition groups the metadata places on this node.
+    fn desired_partitions(&self, meta: &MetaState) -> BTreeMap<GroupId, Vec<NodeId>> {
+        let mut desired = BTreeMap::new();
+        for topic in meta.topics.values() {
+            for (p, replicas) in topic.partitions.iter().enumerate() {
+                if replicas.contains(&self.id()) {
+                    desired.insert(topic.group_id(p as u32), replicas.clone());
+                }
+            }
+        }
+        desired
+    }
+
+    /// Starts and stops partition groups whenever the metadata changes.
+    async fn reconcile_loop(self: Arc<Self>) {
+        let Some(meta) = self.meta_group() else { return };
+        let mut changes = meta.state.subscribe();
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn reconcile(&self) {
+        let meta = self.metadata();
+        let desired = self.desired_partitions(&meta);
+        for (group_id, replicas) in &desired {
+            if self.group(*group_id).is_some() {
+                continue;
+            }
+            let members: BTreeMap<NodeId, String> = replicas
+                .iter()
+                .filter_map(|id| self.config.peers.get(id).map(|addr| (*id, addr.clone())))
+                .collect();
+            let preferred = replicas.first() == Some(&self.id());
+            if let Err(e) = self.start_group(*group_id, &members, preferred).await {
+                tracing::error!(group = group_id, error = %e, "starting partition group failed");
+            }
+        }
+        let stale: Vec<GroupId> = self
+            .groups
+            .read()
+            .keys()
+            .copied()
+            .filter(|id| *id != META_GROUP && !desired.contains_key(id))
+            .collect();
+        for id in stale {
+            tracing::info!(group = id, "partition removed from this node; deleting its data");
+            self.stop_group(id, true).await;
+        }
+    }
+
+    /// Leaders advance the log start by retention; every replica then drops
+    /// the Raft log below it. See ARCHITECTURE.md, "Retention".
+    async fn retention_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown_signal();
+        let interval = Duration::from_millis(self.config.limits.retention_interval_ms.max(100));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let meta = self.metadata();
+            for topic in meta.topics.values() {
+                for p in 0..topic.partitions.len() as u32 {
+                    if let Some(group) = self.group(topic.group_id(p)) {
+                        self.enforce_retention(topic, &group).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn enforce_retention(&self, topic: &Topic, group: &Group) {
+        let is_leader = group.leader().is_some_and(|(leader, _)| leader == self.id());
+        let now_ms = now_ms();
+        let (point, log_start, purge_upto) = group.state.read(|inner| match &inner.data {
+            GroupData::Partition(p) => {
+                let point = p.retention_point(now_ms, topic.retention.retention_ms, topic.retention.retention_bytes);
+                // Entries before the first retained batch hold only
+                // forgotten messages (or none), so the log may go there.
+                let upto = match p.batches.front() {
+                    Some(b) => b.log_index.checked_sub(1),
+                    None => inner.last_applied.as_ref().map(|id| id.index),
+                };
+                (point, p.log_start_offset, upto)
+            }
+            GroupData::Meta(_) => (0, 0, None),
+        });
+        if is_leader && point > log_start {
+            let command = crate::raft::types::Command::Partition(PartitionCommand::AdvanceLogStart { offset: point });
+            if let Err(e) = group.raft.client_write(command).await {
+                tracing::debug!(group = group.id, error = %e, "retention advance not written");
+            }
+        }
+        let Some(mut upto) = purge_upto else { return };
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        // A leader keeps what any follower still lacks, so a lagging
+        // follower catches up from the log rather than from a snapshot,
+        // which would leave it without the message bytes the snapshot spans.
+        if let Some(replication) = &metrics.replication {
+            for matched in replication.values() {
+                upto = upto.min(matched.as_ref().map_or(0, |id| id.index));
+            }
+        }
+        let purged = metrics.purged.as_ref().map(|id| id.index);
+        if purged.is_some_and(|p| p >= upto) {
+            return;
+        }
+        // openraft purges only what a snapshot covers; the snapshot is small
+        // (index and counters), so taking one per purge is cheap.
+        let snapshot = metrics.snapshot.as_ref().map(|id| id.index);
+        if snapshot.is_some_and(|s| s >= upto) {
+            let _ = group.raft.trigger().purge_log(upto).await;
+        } else {
+            let _ = group.raft.trigger().snapshot().await;
+        }
+    }
+
+    /// Stops every group and the background tasks.
+    pub async fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+        let ids: Vec<GroupId> = self.groups.read().keys().copied().collect();
+        for id in ids {
+            self.stop_group(id, false).await;
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,6 @@
+//! Everything openraft: the type configuration, the transport client and
+//! the transport server. No other module names openraft's network types.
+
+pub mod network;
+pub mod transport;
+pub mod types;

@@ -1,0 +1,84 @@
+//! The server side of the Raft transport: decode, route by group id, hand
+//! the message to that group's openraft instance. Requests for different
+//! groups (and for one group) are served concurrently by tonic.
+
+use std::sync::Arc;
+
+use openraft::alias::SnapshotOf;
+use raftstream_proto::v1::RaftMessage;
+use raftstream_proto::v1::raft_transport_server::RaftTransport;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::node::Group;
+use crate::node::Node;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::TypeConfig;
+use crate::raft::types::Vote;
+
+#[derive(Debug, Clone)]
+pub struct TransportService {
+    node: Arc<Node>,
+}
+
+impl TransportService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn decode<T: DeserializeOwned>(&self, message: &RaftMessage) -> Result<(Arc<Group>, T), Status> {
+        let group = self
+            .node
+            .group(message.group_id)
+            .ok_or_else(|| Status::not_found(format!("group {} is not hosted here (yet)", message.group_id)))?;
+        let request = bincode::deserialize(&message.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+        Ok((group, request))
+    }
+}
+
+fn reply<T: Serialize, E: std::fmt::Display>(
+    group_id: u64,
+    result: Result<T, E>,
+) -> Result<Response<RaftMessage>, Status> {
+    let value = result.map_err(|e| Status::unavailable(format!("group {group_id}: {e}")))?;
+    let payload = bincode::serialize(&value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftMessage { group_id, payload: payload.into() }))
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let (group, rpc) = self.decode(&message)?;
+        reply(message.group_id, group.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let (group, rpc) = self.decode(&message)?;
+        reply(message.group_id, group.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let (group, rpc) = self.decode(&message)?;
+        reply(message.group_id, group.raft.pre_vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let (group, (vote, meta, data)): (_, (Vote, SnapshotMeta, Vec<u8>)) = self.decode(&message)?;
+        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
+        reply(message.group_id, group.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let (group, rpc) = self.decode(&message)?;
+        reply(message.group_id, group.raft.handle_transfer_leader(rpc).await)
+    }
+}

@@ -1,0 +1,181 @@
+//! The Raft type configuration and the commands every group replicates.
+//!
+//! One type configuration serves the metadata group and every partition
+//! group, so one transport and one storage implementation carry them all.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+pub use crate::storage::GroupId;
+
+pub type NodeId = u64;
+
+/// The metadata group: cluster topics and partition placement.
+pub const META_GROUP: GroupId = 0;
+
+/// Partition group ids pack the topic id above the partition index so they
+/// never collide and are never reused (topic ids only grow).
+pub const PARTITION_BITS: u32 = 20;
+pub const MAX_PARTITIONS: u32 = 1 << PARTITION_BITS;
+
+pub fn partition_group_id(topic_id: u64, partition: u32) -> GroupId {
+    (topic_id << PARTITION_BITS) | u64::from(partition)
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        Node = openraft::BasicNode,
+);
+
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::GroupStateMachine>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+
+/// What one Raft entry asks a state machine to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    Meta(MetaCommand),
+    Partition(PartitionCommand),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PartitionCommand {
+    /// One publish batch: one entry however many records it carries.
+    /// `timestamp_ms` is stamped by the leader; the state machine never reads
+    /// a clock and only raises it to keep time monotonic per partition.
+    Append {
+        timestamp_ms: i64,
+        records: Vec<StoredRecord>,
+    },
+    /// A consumer group's next offset to read.
+    CommitOffset { group: String, offset: u64 },
+    /// Retention: forget every message below `offset`.
+    AdvanceLogStart { offset: u64 },
+    /// Forget every message committed so far (topic purge).
+    PurgeAll,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredRecord {
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl StoredRecord {
+    pub fn size_bytes(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.key.len() + self.value.len() + headers) as u64
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MetaCommand {
+    CreateTopic { spec: TopicSpec, now_ms: i64 },
+    UpdateTopic { topic_id: u64, update: TopicUpdate, now_ms: i64 },
+    DeleteTopic { topic_id: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub name: String,
+    pub description: String,
+    pub partitions: u32,
+    /// Zero means min(3, cluster size).
+    pub replication_factor: u32,
+    pub schema: Option<String>,
+    pub retention: RetentionPolicy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct TopicUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// `Some(None)` removes the schema.
+    pub schema: Option<Option<String>>,
+    pub retention: Option<RetentionPolicy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Topic {
+    pub id: u64,
+    pub name: String,
+    pub description: String,
+    pub schema: Option<String>,
+    pub replication_factor: u32,
+    pub retention: RetentionPolicy,
+    /// Index = partition number; each holds the replica node ids, preferred
+    /// leader first.
+    pub partitions: Vec<Vec<NodeId>>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub version: u64,
+}
+
+impl Topic {
+    pub fn group_id(&self, partition: u32) -> GroupId {
+        partition_group_id(self.id, partition)
+    }
+}
+
+/// The replicated metadata. Ordered maps keep apply deterministic.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct MetaState {
+    pub topics: BTreeMap<u64, Topic>,
+    pub next_topic_id: u64,
+}
+
+impl MetaState {
+    pub fn topic_by_name(&self, name: &str) -> Option<&Topic> {
+        self.topics.values().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CommandResponse {
+    None,
+    Appended { base_offset: u64, timestamp_ms: i64 },
+    Topic(Topic),
+    MetaRejected(MetaRejection),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error, PartialEq, Eq)]
+pub enum MetaRejection {
+    #[error("topic {name:?} already exists")]
+    TopicExists { name: String },
+    #[error("topic {topic_id} does not exist")]
+    TopicNotFound { topic_id: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Meta(MetaCommand::CreateTopic { spec, .. }) => write!(f, "create topic {:?}", spec.name),
+            Command::Meta(MetaCommand::UpdateTopic { topic_id, .. }) => write!(f, "update topic {topic_id}"),
+            Command::Meta(MetaCommand::DeleteTopic { topic_id }) => write!(f, "delete topic {topic_id}"),
+            Command::Partition(PartitionCommand::Append { records, .. }) => write!(f, "append {} records", records.len()),
+            Command::Partition(PartitionCommand::CommitOffset { group, offset }) => {
+                write!(f, "commit offset {offset} for group {group:?}")
+            }
+            Command::Partition(PartitionCommand::AdvanceLogStart { offset }) => write!(f, "advance log start to {offset}"),
+            Command::Partition(PartitionCommand::PurgeAll) => write!(f, "purge"),
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Runs a node: binds its listeners, serves until shut down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::grpc::ClientService;
+use crate::config::NodeConfig;
+use crate::node::Node;
+use crate::node::NodeError;
+use crate::raft::network::MAX_RPC_BYTES;
+use crate::raft::transport::TransportService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running node and its listeners.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Binds both listeners first (so an address in use fails at once),
+    /// then starts the node and serves.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, ServerError> {
+        let grpc_listener =
+            TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind { addr: config.grpc_addr, source })?;
+        let http_listener =
+            TcpListener::bind(config.http_addr).await.map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        Self::start_on(config, grpc_listener, http_listener).await
+    }
+
+    pub async fn start_on(
+        config: NodeConfig,
+        grpc_listener: TcpListener,
+        http_listener: TcpListener,
+    ) -> Result<RunningNode, ServerError> {
+        let grpc_addr = grpc_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.grpc_addr, source })?;
+        let http_addr = http_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        let node = Node::start(config).await?;
+
+        let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(TransportService::new(node.clone()))
+            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_encoding_message_size(MAX_RPC_BYTES);
+        let client_api = ClientService::new(node.clone()).into_server();
+        let mut shutdown = node.shutdown_signal();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        let grpc = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(transport)
+                .add_service(client_api)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        let mut shutdown = node.shutdown_signal();
+        let app = crate::http::router(node.clone());
+        let http = tokio::spawn(async move {
+            let result = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(node = node.id(), %grpc_addr, %http_addr, "raftstream node serving");
+        Ok(RunningNode { node, grpc_addr, http_addr, tasks: vec![grpc, http] })
+    }
+
+    /// Stops serving, stops every Raft group and waits for the listeners.
+    pub async fn shutdown(self) {
+        self.node.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The metadata group's state machine: topics and their placement.
+
+use crate::raft::types::CommandResponse;
+use crate::raft::types::MAX_PARTITIONS;
+use crate::raft::types::MetaCommand;
+use crate::raft::types::MetaRejection;
+use crate::raft::types::MetaState;
+use crate::raft::types::NodeId;
+use crate::raft::types::Topic;
+use crate::raft::types::TopicSpec;
+
+pub const TOPIC_NAME_MAX_CHARS: usize = 255;
+pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
+
+/// Checks a topic name. Shared by the API layer (for an early, clear error)
+/// and by apply (so a forwarded or replayed command is judged the same way).
+pub fn validate_topic_name(name: &str) -> Result<(), MetaRejection> {
+    if name.trim().is_empty() {
+        return Err(MetaRejection::Invalid("topic name must not be empty".into()));
+    }
+    if name.chars().count() > TOPIC_NAME_MAX_CHARS {
+        return Err(MetaRejection::Invalid(format!(
+            "topic name is longer than {TOPIC_NAME_MAX_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(MetaRejection::Invalid("topic name must not contain control characters".into()));
+    }
+    if name.parse::<u64>().is_ok() {
+        return Err(MetaRejection::Invalid(
+            "topic name must not be a number: numbers name topics by id".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRejection> {
+    validate_topic_name(&spec.name)?;
+    if spec.partitions == 0 || spec.partitions > MAX_PARTITIONS {
+        return Err(MetaRejection::Invalid(format!(
+            "partitions must be between 1 and {MAX_PARTITIONS}"
+        )));
+    }
+    if spec.replication_factor as usize > cluster_size {
+        return Err(MetaRejection::Invalid(format!(
+            "replication factor {} exceeds the cluster size {cluster_size}",
+            spec.replication_factor
+        )));
+    }
+    Ok(())
+}
+
+/// Applies one metadata command. `nodes` are the metadata group's voters,
+/// sorted, which is the set partitions are placed on.
+pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> CommandResponse {
+    let result = match command {
+        MetaCommand::CreateTopic { spec, now_ms } => create_topic(state, spec, nodes, *now_ms),
+        MetaCommand::UpdateTopic { topic_id, update, now_ms } => {
+            let renamed_to_taken = update.name.as_ref().is_some_and(|name| {
+                state.topics.values().any(|t| &t.name == name && t.id != *topic_id)
+            });
+            if let Some(name) = &update.name {
+                if let Err(e) = validate_topic_name(name) {
+                    return CommandResponse::MetaRejected(e);
+                }
+            }
+            match state.topics.get_mut(topic_id) {
+                None => Err(MetaRejection::TopicNotFound { topic_id: *topic_id }),
+                Some(_) if renamed_to_taken => Err(MetaRejection::TopicExists {
+                    name: update.name.clone().unwrap_or_default(),
+                }),
+                Some(topic) => {
+                    if let Some(name) = &update.name {
+                        topic.name = name.clone();
+                    }
+                    if let Some(description) = &update.description {
+                        topic.description = description.clone();
+                    }
+                    if let Some(schema) = &update.schema {
+                        topic.schema = schema.clone();
+                    }
+                    if let Some(retention) = &update.retention {
+                        topic.retention = retention.clone();
+                    }
+                    topic.updated_at_ms = *now_ms;
+                    topic.version += 1;
+                    Ok(topic.clone())
+                }
+            }
+        }
+        MetaCommand::DeleteTopic { topic_id } => match state.topics.remove(topic_id) {
+            Some(topic) => Ok(topic),
+            None => Err(MetaRejection::TopicNotFound { topic_id: *topic_id }),
+        },
+    };
+    match result {
+        Ok(topic) => CommandResponse::Topic(topic),
+        Err(rejection) => CommandResponse::MetaRejected(rejection),
+    }
+}
+
+fn create_topic(
+    state: &mut MetaState,
+    spec: &TopicSpec,
+    nodes: &[NodeId],
+    now_ms: i64,
+) -> Result<Topic, MetaRejection> {
+    validate_spec(spec, nodes.len())?;
+    if state.topic_by_name(&spec.name).is_some() {
+        return Err(MetaRejection::TopicExists { name: spec.name.clone() });
+    }
+    if nodes.is_empty() {
+        return Err(MetaRejection::Invalid("the cluster has no nodes".into()));
+    }
+    let replication_factor = match spec.replication_factor {
+        0 => DEFAULT_REPLICATION_FACTOR.min(nodes.len() as u32),
+        rf => rf,
+    };
+    // Topic ids start at 1 and never repeat, so partition group ids of a
+    // deleted topic are never reused by a new one.
+    let id = state.next_topic_id.max(1);
+    state.next_topic_id = id + 1;
+    let topic = Topic {
+        id,
+        name: spec.name.clone(),
+        description: spec.description.clone(),
+        schema: spec.schema.clone(),
+        replication_factor,
+        retention: spec.retention.clone(),
+        partitions: place_replicas(id, spec.partitions, replication_factor, nodes),
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        version: 1,
+    };
+    state.topics.insert(id, topic.clone());
+    Ok(topic)
+}
+
+/// Spreads replicas and preferred leaders round-robin, starting at a node
+/// chosen by the topic id so that single-partition topics do not all land
+/// their leaders on the first node.
+pub fn place_replicas(topic_id: u64, partitions: u32, replication_factor: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
+    let n = nodes.len();
+    let start = (topic_id as usize) % n.max(1);
+    (0..partitions as usize)
+        .map(|p| {
+            (0..replication_factor as usize)
+                .map(|r| nodes[(start + p + r) % n])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::RetentionPolicy;
+
+    fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
+        TopicSpec {
+            name: name.into(),
+            description: String::new(),
+            partitions,
+            replication_factor: rf,
+            schema: None,
+            retention: RetentionPolicy { retention_ms: None, retention_bytes: None },
+        }
+    }
+
+    fn create(state: &mut MetaState, s: TopicSpec) -> CommandResponse {
+        apply(state, &MetaCommand::CreateTopic { spec: s, now_ms: 7 }, &[1, 2, 3])
+    }
+
+    #[test]
+    fn placement_spreads_leaders_and_keeps_replicas_distinct() {
+        let placement = place_replicas(1, 6, 3, &[1, 2, 3]);
+        let leaders: Vec<u64> = placement.iter().map(|r| r[0]).collect();
+        assert_eq!(leaders, vec![2, 3, 1, 2, 3, 1]);
+        for replicas in placement {
+            let mut distinct = replicas.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3);
+        }
+    }
+
+    #[test]
+    fn default_replication_factor_is_capped_by_cluster_size() {
+        let mut state = MetaState::default();
+        let r = apply(&mut state, &MetaCommand::CreateTopic { spec: spec("a", 1, 0), now_ms: 0 }, &[1]);
+        let CommandResponse::Topic(topic) = r else { panic!("{r:?}") };
+        assert_eq!(topic.replication_factor, 1);
+        assert_eq!(topic.partitions, vec![vec![1]]);
+    }
+
+    #[test]
+    fn duplicate_and_invalid_topics_are_rejected_without_change() {
+        let mut state = MetaState::default();
+        assert!(matches!(create(&mut state, spec("orders", 2, 3)), CommandResponse::Topic(_)));
+        let before = state.clone();
+        for (bad, expected) in [
+            (spec("orders", 1, 1), "already exists"),
+            (spec("", 1, 1), "empty"),
+            (spec("x", 0, 1), "partitions"),
+            (spec("x", 1, 4), "exceeds"),
+            (spec("42", 1, 1), "number"),
+        ] {
+            let CommandResponse::MetaRejected(why) = create(&mut state, bad) else { panic!() };
+            assert!(why.to_string().contains(expected), "{why}");
+        }
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn topic_ids_are_never_reused() {
+        let mut state = MetaState::default();
+        create(&mut state, spec("a", 1, 1));
+        apply(&mut state, &MetaCommand::DeleteTopic { topic_id: 1 }, &[1, 2, 3]);
+        let CommandResponse::Topic(t) = create(&mut state, spec("a", 1, 1)) else { panic!() };
+        assert_eq!(t.id, 2);
+    }
+
+    #[test]
+    fn rename_onto_existing_name_is_rejected() {
+        let mut state = MetaState::default();
+        create(&mut state, spec("a", 1, 1));
+        create(&mut state, spec("b", 1, 1));
+        let update = crate::raft::types::TopicUpdate { name: Some("a".into()), ..Default::default() };
+        let r = apply(&mut state, &MetaCommand::UpdateTopic { topic_id: 2, update, now_ms: 9 }, &[1]);
+        assert!(matches!(r, CommandResponse::MetaRejected(MetaRejection::TopicExists { .. })));
+    }
+}

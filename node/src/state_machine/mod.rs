@@ -1,0 +1,363 @@
+//! The state machine of every Raft group, metadata or partition.
+//!
+//! `GroupStateMachine` is what openraft drives; `GroupShared` is the same
+//! state as the rest of the node sees it (reads, long polls, metadata).
+//! Apply updates the in-memory state, persists the change without an fsync
+//! (the Raft log is the durable record; a crash re-applies committed entries
+//! from the last persisted `last_applied`), then answers the waiting client.
+
+pub mod meta;
+pub mod partition;
+
+use std::io;
+use std::sync::Arc;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::alias::SnapshotOf;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::raft::types::Command;
+use crate::raft::types::CommandResponse;
+use crate::raft::types::GroupId;
+use crate::raft::types::LogId;
+use crate::raft::types::META_GROUP;
+use crate::raft::types::MetaState;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::StoredMembership;
+use crate::raft::types::TypeConfig;
+use crate::state_machine::partition::PartitionChange;
+use crate::state_machine::partition::PartitionState;
+use crate::storage::StateBatch;
+use crate::storage::Storage;
+
+const KEY_HEADER: &[u8] = b"h";
+const KEY_META_STATE: &[u8] = b"m";
+const KEY_SNAPSHOT: &[u8] = b"s";
+const PREFIX_BATCH: &[u8] = b"b";
+const PREFIX_GROUP_OFFSET: &[u8] = b"g";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum GroupData {
+    Meta(MetaState),
+    Partition(PartitionState),
+}
+
+impl GroupData {
+    fn empty_for(group: GroupId) -> Self {
+        if group == META_GROUP { GroupData::Meta(MetaState::default()) } else { GroupData::Partition(PartitionState::default()) }
+    }
+}
+
+/// Persisted next to the data: where apply got to and the partition
+/// counters (the batch index and group offsets have their own keys).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Header {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Entries below this index were covered by an installed snapshot and
+    /// are not in this replica's log: their messages are read elsewhere.
+    local_first_log_index: u64,
+    next_offset: u64,
+    log_start_offset: u64,
+    last_timestamp_ms: i64,
+    retained_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct SmInner {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub local_first_log_index: u64,
+    pub data: GroupData,
+}
+
+/// One group's state, shared between openraft's apply task and readers.
+#[derive(Debug)]
+pub struct GroupShared {
+    pub group: GroupId,
+    storage: Storage,
+    inner: RwLock<SmInner>,
+    /// The last applied log index: long polls and watchers wait on it.
+    applied_tx: watch::Sender<u64>,
+}
+
+impl GroupShared {
+    pub fn read<T>(&self, f: impl FnOnce(&SmInner) -> T) -> T {
+        f(&self.inner.read())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied_tx.subscribe()
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupStateMachine {
+    shared: Arc<GroupShared>,
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serialize(value).map_err(invalid_data)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
+    bincode::deserialize(bytes).map_err(invalid_data)
+}
+
+fn batch_key(base_offset: u64) -> Vec<u8> {
+    [PREFIX_BATCH, &base_offset.to_be_bytes()].concat()
+}
+
+fn group_offset_key(group: &str) -> Vec<u8> {
+    [PREFIX_GROUP_OFFSET, group.as_bytes()].concat()
+}
+
+impl GroupStateMachine {
+    /// Loads the group's state from storage (empty for a new group).
+    pub fn open(storage: Storage, group: GroupId) -> io::Result<Self> {
+        let header: Header = match storage.state_get(group, KEY_HEADER)? {
+            Some(bytes) => decode(&bytes)?,
+            None => Header::default(),
+        };
+        let data = if group == META_GROUP {
+            match storage.state_get(group, KEY_META_STATE)? {
+                Some(bytes) => GroupData::Meta(decode(&bytes)?),
+                None => GroupData::Meta(MetaState::default()),
+            }
+        } else {
+            let mut state = PartitionState {
+                next_offset: header.next_offset,
+                log_start_offset: header.log_start_offset,
+                last_timestamp_ms: header.last_timestamp_ms,
+                retained_bytes: header.retained_bytes,
+                ..Default::default()
+            };
+            for (_, value) in storage.state_scan(group, PREFIX_BATCH)? {
+                state.batches.push_back(decode(&value)?);
+            }
+            for (key, value) in storage.state_scan(group, PREFIX_GROUP_OFFSET)? {
+                let name = String::from_utf8_lossy(&key[PREFIX_GROUP_OFFSET.len()..]).into_owned();
+                state.consumer_offsets.insert(name, decode(&value)?);
+            }
+            state.check_invariants().map_err(invalid_data)?;
+            GroupData::Partition(state)
+        };
+        let applied_index = header.last_applied.as_ref().map_or(0, |id| id.index);
+        let (applied_tx, _) = watch::channel(applied_index);
+        let inner = SmInner {
+            last_applied: header.last_applied,
+            membership: header.membership,
+            local_first_log_index: header.local_first_log_index,
+            data,
+        };
+        Ok(Self { shared: Arc::new(GroupShared { group, storage, inner: RwLock::new(inner), applied_tx }) })
+    }
+
+    pub fn shared(&self) -> Arc<GroupShared> {
+        self.shared.clone()
+    }
+
+    fn header_of(inner: &SmInner) -> Header {
+        let mut header = Header {
+            last_applied: inner.last_applied.clone(),
+            membership: inner.membership.clone(),
+            local_first_log_index: inner.local_first_log_index,
+            ..Default::default()
+        };
+        if let GroupData::Partition(p) = &inner.data {
+            header.next_offset = p.next_offset;
+            header.log_start_offset = p.log_start_offset;
+            header.last_timestamp_ms = p.last_timestamp_ms;
+            header.retained_bytes = p.retained_bytes;
+        }
+        header
+    }
+
+    /// Writes the whole state, replacing what was stored (snapshot install).
+    fn persist_all(&self, inner: &SmInner) -> io::Result<()> {
+        let mut batch = StateBatch::new();
+        batch.put(KEY_HEADER, encode(&Self::header_of(inner))?);
+        match &inner.data {
+            GroupData::Meta(m) => batch.put(KEY_META_STATE, encode(m)?),
+            GroupData::Partition(p) => {
+                batch.delete_prefix(PREFIX_BATCH);
+                batch.delete_prefix(PREFIX_GROUP_OFFSET);
+                for b in &p.batches {
+                    batch.put(batch_key(b.base_offset), encode(b)?);
+                }
+                for (group, offset) in &p.consumer_offsets {
+                    batch.put(group_offset_key(group), encode(offset)?);
+                }
+            }
+        }
+        self.shared.storage.state_write(self.shared.group, batch)?;
+        Ok(())
+    }
+
+    fn snapshot_bytes(inner: &SmInner) -> io::Result<(SnapshotMeta, Vec<u8>)> {
+        let meta = SnapshotMeta {
+            last_log_id: inner.last_applied.clone(),
+            last_membership: inner.membership.clone(),
+        };
+        Ok((meta, encode(&inner.data)?))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
+    type SnapshotData = Vec<u8>;
+
+    /// A snapshot holds the index and counters, never message bytes: the
+    /// messages stay in the Raft log, see ARCHITECTURE.md.
+    async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
+        let (meta, data) = Self::snapshot_bytes(&self.shared.inner.read())?;
+        let mut batch = StateBatch::new();
+        batch.put(KEY_SNAPSHOT, encode(&(meta.clone(), data.clone()))?);
+        self.shared.storage.state_write(self.shared.group, batch)?;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for GroupStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let inner = self.shared.inner.read();
+        Ok((inner.last_applied.clone(), inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend {
+        // Collect first: the state lock must not be held across an await.
+        let mut pending = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            pending.push(item);
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut responses = Vec::with_capacity(pending.len());
+        let mut batch = StateBatch::new();
+        let applied_index;
+        {
+            let mut inner = self.shared.inner.write();
+            let mut changes = Vec::new();
+            let mut meta_changed = false;
+            for (entry, responder) in pending {
+                let log_index = entry.log_id.index;
+                let response = match &entry.payload {
+                    EntryPayload::Blank => CommandResponse::None,
+                    EntryPayload::Membership(m) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                        CommandResponse::None
+                    }
+                    EntryPayload::Normal(command) => {
+                        let voters: Vec<u64> = {
+                            let mut v: Vec<u64> = inner.membership.voter_ids().collect();
+                            v.sort_unstable();
+                            v
+                        };
+                        match (&mut inner.data, command) {
+                            (GroupData::Partition(p), Command::Partition(cmd)) => p.apply(cmd, log_index, &mut changes),
+                            (GroupData::Meta(m), Command::Meta(cmd)) => {
+                                meta_changed = true;
+                                meta::apply(m, cmd, &voters)
+                            }
+                            // A command routed to the wrong kind of group is a
+                            // bug upstream; it changes nothing here.
+                            _ => {
+                                tracing::error!(group = self.shared.group, "command for the wrong kind of group");
+                                CommandResponse::None
+                            }
+                        }
+                    }
+                };
+                inner.last_applied = Some(entry.log_id.clone());
+                responses.push((responder, response));
+            }
+            for change in changes {
+                match change {
+                    PartitionChange::PutBatch(b) => batch.put(batch_key(b.base_offset), encode(&b)?),
+                    PartitionChange::DeleteBatch { base_offset } => batch.delete(batch_key(base_offset)),
+                    PartitionChange::PutGroupOffset { group, offset } => {
+                        batch.put(group_offset_key(&group), encode(&offset)?)
+                    }
+                }
+            }
+            if meta_changed {
+                if let GroupData::Meta(m) = &inner.data {
+                    batch.put(KEY_META_STATE, encode(m)?);
+                }
+            }
+            batch.put(KEY_HEADER, encode(&Self::header_of(&inner))?);
+            applied_index = inner.last_applied.as_ref().map_or(0, |id| id.index);
+        }
+        self.shared.storage.state_write(self.shared.group, batch)?;
+        self.shared.applied_tx.send_replace(applied_index);
+        for (responder, response) in responses {
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
+        let data: GroupData = decode(&snapshot)?;
+        let kind_matches = matches!(
+            (&data, GroupData::empty_for(self.shared.group)),
+            (GroupData::Meta(_), GroupData::Meta(_)) | (GroupData::Partition(_), GroupData::Partition(_))
+        );
+        if !kind_matches {
+            return Err(invalid_data(format!("snapshot of the wrong kind for group {}", self.shared.group)));
+        }
+        if let GroupData::Partition(p) = &data {
+            p.check_invariants().map_err(invalid_data)?;
+        }
+        let applied_index = {
+            let mut inner = self.shared.inner.write();
+            inner.last_applied = meta.last_log_id.clone();
+            inner.membership = meta.last_membership.clone();
+            // The snapshot replaces the log up to its last entry, so this
+            // replica holds message bytes only for later entries.
+            inner.local_first_log_index = meta.last_log_id.as_ref().map_or(0, |id| id.index + 1);
+            inner.data = data;
+            self.persist_all(&inner)?;
+            inner.last_applied.as_ref().map_or(0, |id| id.index)
+        };
+        let mut batch = StateBatch::new();
+        batch.put(KEY_SNAPSHOT, encode(&(meta.clone(), snapshot))?);
+        self.shared.storage.state_write(self.shared.group, batch)?;
+        self.shared.applied_tx.send_replace(applied_index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
+        let Some(bytes) = self.shared.storage.state_get(self.shared.group, KEY_SNAPSHOT)? else {
+            return Ok(None);
+        };
+        let (meta, snapshot): (SnapshotMeta, Vec<u8>) = decode(&bytes)?;
+        Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot }))
+    }
+}

@@ -1,0 +1,299 @@
+//! A partition's state machine: the offset and time index over the Raft log.
+//!
+//! The log is the data. Message bytes live only in the Raft entries; this
+//! state holds one small index record per publish batch, the consumer-group
+//! offsets and the counters. Apply is deterministic: no clock, no randomness,
+//! ordered maps only.
+
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::raft::types::CommandResponse;
+use crate::raft::types::PartitionCommand;
+
+/// Where one publish batch sits: its offsets, its Raft entry and its time.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchIndex {
+    pub base_offset: u64,
+    pub count: u32,
+    pub log_index: u64,
+    pub timestamp_ms: i64,
+    pub bytes: u64,
+}
+
+impl BatchIndex {
+    pub fn end_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.count)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionState {
+    /// One past the last committed offset (the high watermark).
+    pub next_offset: u64,
+    /// The oldest offset still readable.
+    pub log_start_offset: u64,
+    pub last_timestamp_ms: i64,
+    /// Sorted by offset and, because time never decreases, by timestamp too.
+    pub batches: VecDeque<BatchIndex>,
+    pub retained_bytes: u64,
+    pub consumer_offsets: BTreeMap<String, u64>,
+}
+
+/// A change to persist after applying, so restart need not replay the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionChange {
+    PutBatch(BatchIndex),
+    DeleteBatch { base_offset: u64 },
+    PutGroupOffset { group: String, offset: u64 },
+}
+
+/// A slice of one batch that a read wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSlice {
+    pub batch: BatchIndex,
+    /// Records to skip at the start of the batch.
+    pub skip: u32,
+    /// Records to take after the skipped ones.
+    pub take: u32,
+}
+
+impl PartitionState {
+    pub fn apply(
+        &mut self,
+        command: &PartitionCommand,
+        log_index: u64,
+        changes: &mut Vec<PartitionChange>,
+    ) -> CommandResponse {
+        match command {
+            PartitionCommand::Append { timestamp_ms, records } => {
+                // A leader whose clock is behind its predecessor's must not
+                // make time run backwards within the partition.
+                let timestamp_ms = (*timestamp_ms).max(self.last_timestamp_ms);
+                let base_offset = self.next_offset;
+                let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+                if count == 0 {
+                    return CommandResponse::Appended { base_offset, timestamp_ms };
+                }
+                let batch = BatchIndex {
+                    base_offset,
+                    count,
+                    log_index,
+                    timestamp_ms,
+                    bytes: records.iter().map(|r| r.size_bytes()).sum(),
+                };
+                self.next_offset = batch.end_offset();
+                self.last_timestamp_ms = timestamp_ms;
+                self.retained_bytes += batch.bytes;
+                self.batches.push_back(batch);
+                changes.push(PartitionChange::PutBatch(batch));
+                CommandResponse::Appended { base_offset, timestamp_ms }
+            }
+            PartitionCommand::CommitOffset { group, offset } => {
+                let offset = (*offset).min(self.next_offset);
+                self.consumer_offsets.insert(group.clone(), offset);
+                changes.push(PartitionChange::PutGroupOffset { group: group.clone(), offset });
+                CommandResponse::None
+            }
+            PartitionCommand::AdvanceLogStart { offset } => {
+                self.advance_log_start(*offset, changes);
+                CommandResponse::None
+            }
+            PartitionCommand::PurgeAll => {
+                self.advance_log_start(self.next_offset, changes);
+                CommandResponse::None
+            }
+        }
+    }
+
+    fn advance_log_start(&mut self, offset: u64, changes: &mut Vec<PartitionChange>) {
+        let offset = offset.min(self.next_offset);
+        if offset <= self.log_start_offset {
+            return;
+        }
+        self.log_start_offset = offset;
+        // A batch is forgotten only when all of its records are below the
+        // new start; a straddling batch stays and reads skip its head.
+        while let Some(front) = self.batches.front() {
+            if front.end_offset() > offset {
+                break;
+            }
+            self.retained_bytes = self.retained_bytes.saturating_sub(front.bytes);
+            changes.push(PartitionChange::DeleteBatch { base_offset: front.base_offset });
+            self.batches.pop_front();
+        }
+    }
+
+    /// The batches holding offsets `from..` up to `max_records` records.
+    pub fn locate(&self, from: u64, max_records: usize) -> Vec<BatchSlice> {
+        let from = from.max(self.log_start_offset);
+        let first = self.batches.partition_point(|b| b.end_offset() <= from);
+        let mut slices = Vec::new();
+        let mut remaining = max_records;
+        for batch in self.batches.iter().skip(first) {
+            if remaining == 0 {
+                break;
+            }
+            let skip = from.saturating_sub(batch.base_offset);
+            let skip = u32::try_from(skip).unwrap_or(batch.count).min(batch.count);
+            let available = (batch.count - skip) as usize;
+            let take = available.min(remaining);
+            remaining -= take;
+            slices.push(BatchSlice { batch: *batch, skip, take: take as u32 });
+        }
+        slices
+    }
+
+    /// The first offset stamped at or after `timestamp_ms`: a binary search,
+    /// not a scan, because batch times never decrease.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> u64 {
+        let first = self.batches.partition_point(|b| b.timestamp_ms < timestamp_ms);
+        match self.batches.get(first) {
+            Some(batch) => batch.base_offset.max(self.log_start_offset),
+            None => self.next_offset,
+        }
+    }
+
+    /// The offset retention may advance to at `now_ms`: the first offset of
+    /// the oldest batch that must be kept, by age and by size.
+    pub fn retention_point(&self, now_ms: i64, retention_ms: Option<u64>, retention_bytes: Option<u64>) -> u64 {
+        let mut point = self.log_start_offset;
+        if let Some(ms) = retention_ms {
+            let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
+            let first_kept = self.batches.partition_point(|b| b.timestamp_ms < cutoff);
+            let by_age = self.batches.get(first_kept).map_or(self.next_offset, |b| b.base_offset);
+            point = point.max(by_age);
+        }
+        if let Some(limit) = retention_bytes {
+            let mut excess = self.retained_bytes.saturating_sub(limit);
+            for batch in &self.batches {
+                if excess == 0 {
+                    break;
+                }
+                excess = excess.saturating_sub(batch.bytes);
+                point = point.max(batch.end_offset());
+            }
+        }
+        point.min(self.next_offset)
+    }
+
+    /// Checks the invariants that every apply must keep.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut expected_base: Option<u64> = None;
+        let mut last_time = i64::MIN;
+        for b in &self.batches {
+            if let Some(expected) = expected_base {
+                if b.base_offset != expected {
+                    return Err(format!("offset gap before batch at {}", b.base_offset));
+                }
+            }
+            if b.timestamp_ms < last_time {
+                return Err(format!("time went backwards at offset {}", b.base_offset));
+            }
+            expected_base = Some(b.end_offset());
+            last_time = b.timestamp_ms;
+        }
+        if let Some(end) = expected_base {
+            if end != self.next_offset {
+                return Err(format!("last batch ends at {end}, next offset is {}", self.next_offset));
+            }
+        }
+        if self.log_start_offset > self.next_offset {
+            return Err("log start past the high watermark".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::StoredRecord;
+
+    fn append(ts: i64, n: usize) -> PartitionCommand {
+        let record = StoredRecord { key: vec![], value: vec![0; 10], headers: vec![] };
+        PartitionCommand::Append { timestamp_ms: ts, records: vec![record; n] }
+    }
+
+    fn state_with(batches: &[(i64, usize)]) -> PartitionState {
+        let mut state = PartitionState::default();
+        let mut changes = Vec::new();
+        for (i, (ts, n)) in batches.iter().enumerate() {
+            state.apply(&append(*ts, *n), i as u64 + 1, &mut changes);
+        }
+        state
+    }
+
+    #[test]
+    fn offsets_are_dense_across_batches() {
+        let state = state_with(&[(10, 3), (20, 2), (30, 1)]);
+        assert_eq!(state.next_offset, 6);
+        let bases: Vec<u64> = state.batches.iter().map(|b| b.base_offset).collect();
+        assert_eq!(bases, vec![0, 3, 5]);
+        state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn leader_clock_going_back_does_not_reorder_time() {
+        let state = state_with(&[(100, 1), (50, 1)]);
+        assert_eq!(state.batches[1].timestamp_ms, 100);
+        state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn locate_slices_batches() {
+        let state = state_with(&[(10, 3), (20, 2), (30, 4)]);
+        let slices = state.locate(4, 4);
+        assert_eq!(slices.len(), 2);
+        assert_eq!((slices[0].batch.base_offset, slices[0].skip, slices[0].take), (3, 1, 1));
+        assert_eq!((slices[1].batch.base_offset, slices[1].skip, slices[1].take), (5, 0, 3));
+        assert!(state.locate(9, 10).is_empty());
+    }
+
+    #[test]
+    fn timestamp_seek_finds_first_batch_at_or_after() {
+        let state = state_with(&[(10, 3), (20, 2), (20, 1), (30, 4)]);
+        assert_eq!(state.offset_for_timestamp(0), 0);
+        assert_eq!(state.offset_for_timestamp(11), 3);
+        assert_eq!(state.offset_for_timestamp(20), 3);
+        assert_eq!(state.offset_for_timestamp(21), 6);
+        assert_eq!(state.offset_for_timestamp(31), 10);
+    }
+
+    #[test]
+    fn advancing_log_start_drops_whole_batches_only() {
+        let mut state = state_with(&[(10, 3), (20, 2), (30, 4)]);
+        let mut changes = Vec::new();
+        state.apply(&PartitionCommand::AdvanceLogStart { offset: 4 }, 9, &mut changes);
+        assert_eq!(state.log_start_offset, 4);
+        assert_eq!(changes, vec![PartitionChange::DeleteBatch { base_offset: 0 }]);
+        assert_eq!(state.locate(0, 1)[0].skip, 1);
+        assert_eq!(state.retained_bytes, 60);
+        state.apply(&PartitionCommand::PurgeAll, 10, &mut changes);
+        assert_eq!(state.log_start_offset, 9);
+        assert!(state.batches.is_empty());
+        assert!(state.locate(0, 10).is_empty());
+        state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn retention_point_by_age_and_bytes() {
+        let state = state_with(&[(10, 3), (20, 2), (30, 4)]);
+        assert_eq!(state.retention_point(35, Some(10), None), 5);
+        assert_eq!(state.retention_point(35, None, Some(60)), 3);
+        assert_eq!(state.retention_point(35, None, Some(1000)), 0);
+        assert_eq!(state.retention_point(1000, Some(10), None), 9);
+    }
+
+    #[test]
+    fn committed_group_offset_is_capped_at_high_watermark() {
+        let mut state = state_with(&[(10, 3)]);
+        let mut changes = Vec::new();
+        let cmd = PartitionCommand::CommitOffset { group: "g".into(), offset: 99 };
+        state.apply(&cmd, 5, &mut changes);
+        assert_eq!(state.consumer_offsets["g"], 3);
+    }
+}

@@ -1,0 +1,475 @@
+//! The openraft log store of one group.
+
+use std::fmt;
+use std::fmt::Debug;
+use std::io;
+use std::marker::PhantomData;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use openraft::RaftTypeConfig;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::type_config::alias::LogIdOf;
+use openraft::type_config::alias::VoteOf;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
+use rocksdb::WriteBatch;
+use serde::Serialize;
+
+use super::CF_LOGS;
+use super::CF_META;
+use super::GroupId;
+use super::Storage;
+use super::StorageError;
+use super::SyncMode;
+use super::check_entry_index;
+use super::decode_value;
+use super::encode_value;
+use super::keys;
+use super::keys::MetaTag;
+
+/// Bytes of entry values after which `limited_get_log_entries` stops, so that one replication
+/// read of a far-behind follower does not load the whole log. At least one entry is returned.
+const LIMITED_READ_BYTES_MAX: usize = 4 << 20;
+
+/// The Raft log and Raft metadata of one group, stored in the node's [`Storage`].
+///
+/// Cloning is cheap; a clone is also the log reader.
+pub struct LogStore<C> {
+    storage: Storage,
+    group: GroupId,
+    // fn() -> C: the store holds no C, so it is Send and Sync whatever C is.
+    _config: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            storage: self.storage.clone(),
+            group: self.group,
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C> Debug for LogStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: RaftTypeConfig> LogStore<C> {
+    pub(super) fn new(storage: Storage, group: GroupId) -> Self {
+        LogStore {
+            storage,
+            group,
+            _config: PhantomData,
+        }
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Reads the entries in `range` from one consistent view of the database (an iterator
+    /// reads from an implicit snapshot). Stops after `bytes_max` bytes of values, if given,
+    /// but always returns the first entry found.
+    fn read_range(
+        &self,
+        range: &impl RangeBounds<u64>,
+        bytes_max: Option<usize>,
+    ) -> Result<Vec<C::Entry>, StorageError> {
+        let Some((start, end)) = index_range(range) else {
+            return Ok(Vec::new());
+        };
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let start_key = keys::log_key(group, start);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(start_key.to_vec());
+        read_options.set_iterate_upper_bound(keys::log_range_end(group, end));
+        let iter = inner.db.iterator_cf_opt(
+            inner.cf(CF_LOGS)?,
+            read_options,
+            IteratorMode::From(&start_key, Direction::Forward),
+        );
+
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut previous: Option<u64> = None;
+        for item in iter {
+            let (key, value) = item.map_err(|e| StorageError::Read {
+                group,
+                what: "log entry",
+                source: e.into(),
+            })?;
+            let index = log_index_of(group, &key)?;
+            // Entries may be missing before the first one (purged) and after the last one (not
+            // yet appended), never in between.
+            if let Some(previous) = previous {
+                let expected = previous.saturating_add(1);
+                if index != expected {
+                    return Err(StorageError::LogHole {
+                        group,
+                        expected,
+                        found: index,
+                    });
+                }
+            }
+            previous = Some(index);
+            let entry: C::Entry = decode_value(group, "log entry", &key, &value)?;
+            check_entry_index(group, index, entry.index())?;
+            entries.push(entry);
+            bytes = bytes.saturating_add(value.len());
+            if bytes_max.is_some_and(|max| bytes >= max) {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    fn log_state(&self) -> Result<LogState<C>, StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let last_purged: Option<LogIdOf<C>> =
+            inner.get_meta(group, MetaTag::LastPurged, "last purged")?;
+
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(keys::log_key(group, 0).to_vec());
+        read_options.set_iterate_upper_bound(keys::log_range_end(group, None));
+        let mut iter = inner
+            .db
+            .raw_iterator_cf_opt(inner.cf(CF_LOGS)?, read_options);
+        iter.seek_to_last();
+        let last_entry = match (iter.key(), iter.value()) {
+            (Some(key), Some(value)) => {
+                let index = log_index_of(group, key)?;
+                let entry: C::Entry = decode_value(group, "log entry", key, value)?;
+                check_entry_index(group, index, entry.index())?;
+                Some(entry.log_id())
+            }
+            _ => {
+                iter.status().map_err(|e| StorageError::Read {
+                    group,
+                    what: "log entry",
+                    source: e.into(),
+                })?;
+                None
+            }
+        };
+
+        // purge() writes last_purged and deletes the entries up to it in one batch, so every
+        // entry left is after it.
+        if let (Some(last), Some(purged)) = (&last_entry, &last_purged)
+            && last.index <= purged.index
+        {
+            return Err(StorageError::Corrupt {
+                group,
+                what: "log entry",
+                detail: format!("last entry {last} is not after the last purged {purged}"),
+            });
+        }
+        let last_log_id = last_entry.or_else(|| last_purged.clone());
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    fn put_meta<T: Serialize>(
+        &self,
+        tag: MetaTag,
+        what: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let bytes = encode_value(group, what, value)?;
+        inner
+            .db
+            .put_cf(inner.cf(CF_META)?, keys::meta_key(group, tag), bytes)
+            .map_err(|e| StorageError::Write {
+                group,
+                what,
+                source: e.into(),
+            })
+    }
+
+    fn delete_meta(&self, tag: MetaTag, what: &'static str) -> Result<(), StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        inner
+            .db
+            .delete_cf(inner.cf(CF_META)?, keys::meta_key(group, tag))
+            .map_err(|e| StorageError::Write {
+                group,
+                what,
+                source: e.into(),
+            })
+    }
+
+    /// Waits, without blocking the calling thread, for an fsync of everything written so far.
+    async fn wait_for_sync(&self) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.storage.inner.syncer.enqueue(Box::new(move |result| {
+            // The receiver is gone only if the caller stopped waiting; nobody is left to tell.
+            let _ = tx.send(result);
+        }));
+        rx.await.map_err(|_| StorageError::SyncerStopped)?
+    }
+
+    /// Writes `entries` as one unsynced batch; they are readable when this returns.
+    fn write_entries(
+        &self,
+        entries: impl IntoIterator<Item = C::Entry>,
+    ) -> Result<(), StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let cf = inner.cf(CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        let mut previous: Option<u64> = None;
+        for entry in entries {
+            let index = entry.index();
+            if let Some(previous) = previous {
+                assert_eq!(
+                    previous.checked_add(1),
+                    Some(index),
+                    "group {group}: append of non-consecutive entries"
+                );
+            }
+            previous = Some(index);
+            batch.put_cf(
+                cf,
+                keys::log_key(group, index),
+                encode_value(group, "log entry", &entry)?,
+            );
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        inner.db.write(batch).map_err(|e| StorageError::Write {
+            group,
+            what: "log entry",
+            source: e.into(),
+        })
+    }
+
+    /// Deletes the entries with index >= `from` in one range delete.
+    fn delete_from(&self, from: u64) -> Result<(), StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            inner.cf(CF_LOGS)?,
+            keys::log_key(group, from).to_vec(),
+            keys::log_range_end(group, None),
+        );
+        inner.db.write(batch).map_err(|e| StorageError::Write {
+            group,
+            what: "log entry",
+            source: e.into(),
+        })
+    }
+
+    /// Records `log_id` as the last purged log id and deletes the entries up to it, in one
+    /// batch.
+    fn purge_upto(&self, log_id: &LogIdOf<C>) -> Result<(), StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let mut batch = WriteBatch::default();
+        // The last purged id goes first: even read as two steps, the log never has a hole
+        // after last_purged. In one batch both take effect together anyway.
+        batch.put_cf(
+            inner.cf(CF_META)?,
+            keys::meta_key(group, MetaTag::LastPurged),
+            encode_value(group, "last purged", log_id)?,
+        );
+        batch.delete_range_cf(
+            inner.cf(CF_LOGS)?,
+            keys::log_key(group, 0).to_vec(),
+            keys::log_range_end(group, log_id.index.checked_add(1)),
+        );
+        inner.db.write(batch).map_err(|e| StorageError::Write {
+            group,
+            what: "last purged",
+            source: e.into(),
+        })
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        Ok(self.read_range(&range, None)?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self
+            .storage
+            .inner
+            .get_meta(self.group, MetaTag::Vote, "vote")?)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<C::Entry>, io::Error> {
+        Ok(self.read_range(&(start..end), Some(LIMITED_READ_BYTES_MAX))?)
+    }
+}
+
+impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
+        Ok(self.log_state()?)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
+        self.put_meta(MetaTag::Vote, "vote", vote)?;
+        // Synced in every SyncMode: see SyncMode::Never.
+        self.wait_for_sync().await?;
+        Ok(())
+    }
+
+    /// Persists `committed` without fsync. That is safe because:
+    /// - the WAL is recovered as a prefix, and the entries up to `committed` were written
+    ///   before it, so a committed id that survives a crash never points past the surviving
+    ///   log;
+    /// - if it is lost, the node restarts with an older committed id, which openraft handles
+    ///   (persisting it is optional) by re-applying less and catching up from the leader;
+    /// - the next fsync of any group (append or vote) makes it durable, so only the last
+    ///   sync interval can be lost.
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        match committed {
+            Some(committed) => self.put_meta(MetaTag::Committed, "committed", &committed)?,
+            None => self.delete_meta(MetaTag::Committed, "committed")?,
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self
+            .storage
+            .inner
+            .get_meta(self.group, MetaTag::Committed, "committed")?)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.write_entries(entries)?;
+        match self.storage.inner.config.sync_mode {
+            // Even an empty append waits for the syncer: callbacks must complete in order,
+            // and an IOFlushed reports a watermark that covers every earlier append.
+            SyncMode::Always => self.storage.inner.syncer.enqueue(Box::new(move |result| {
+                callback.io_completed(result.map_err(io::Error::from));
+            })),
+            SyncMode::Never => callback.io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    /// Deletes the entries after `last_log_id` in one atomic range delete, so there is never a
+    /// hole, and without fsync. If a crash loses the deletion, the node comes back with the
+    /// longer log it had before, which is a state it was already in; openraft acknowledges
+    /// nothing based on the truncation until a later append has been fsynced, and that fsync
+    /// covers the truncation too.
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
+        let from = match &last_log_id {
+            None => 0,
+            Some(log_id) => match log_id.index.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(()),
+            },
+        };
+        self.delete_from(from)?;
+        Ok(())
+    }
+
+    /// Purges the entries up to `log_id` without fsync. If a crash loses the purge, the
+    /// entries and the previous last purged id come back together (one batch); they are
+    /// committed entries that will be purged again.
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
+        self.purge_upto(&log_id)?;
+        Ok(())
+    }
+}
+
+/// Converts `range` to a start index and an exclusive end index (`None`: to the end of the
+/// log). `None` if the range is empty.
+fn index_range(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&end) => end.checked_add(1),
+        Bound::Excluded(&end) => Some(end),
+        Bound::Unbounded => None,
+    };
+    match end {
+        Some(end) if end <= start => None,
+        _ => Some((start, end)),
+    }
+}
+
+fn log_index_of(group: GroupId, key: &[u8]) -> Result<u64, StorageError> {
+    match keys::decode_log_key(key) {
+        Some((key_group, index)) if key_group == group => Ok(index),
+        _ => Err(StorageError::Corrupt {
+            group,
+            what: "log entry",
+            detail: format!("unexpected key {key:02x?} in the group's key range"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Bound;
+
+    use super::index_range;
+
+    #[test]
+    fn index_range_handles_every_bound() {
+        assert_eq!(index_range(&(3..7)), Some((3, Some(7))));
+        assert_eq!(index_range(&(3..=7)), Some((3, Some(8))));
+        assert_eq!(index_range(&(3..)), Some((3, None)));
+        assert_eq!(index_range(&(..7)), Some((0, Some(7))));
+        assert_eq!(index_range(&(..)), Some((0, None)));
+        assert_eq!(index_range(&(3..3)), None);
+        assert_eq!(index_range(&(Bound::Included(7), Bound::Excluded(3))), None);
+        assert_eq!(index_range(&(0..=u64::MAX)), Some((0, None)));
+        assert_eq!(
+            index_range(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
+            None
+        );
+        assert_eq!(
+            index_range(&(Bound::Excluded(2), Bound::Included(3))),
+            Some((3, Some(4)))
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Compiles the protobuf definitions with a vendored protoc so a fresh
+//! machine needs no system-wide protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let protos = ["raftstream/v1/raftstream.proto", "raftstream/v1/raft.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_with_config(config, &protos, &["."])?;
+    Ok(())
+}
