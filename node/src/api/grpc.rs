@@ -202,6 +202,16 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
     }
 }
 
+/// Sends the same request one hop further and returns its answer as ours.
+macro_rules! forward {
+    ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
+        $service
+            .client(&$addr)?
+            .$method(ClientService::forwarded($message, $hops, $service.forward_timeout()))
+            .await
+    };
+}
+
 /// Where a request for a group should go.
 enum Route {
     Local(Arc<Group>),
@@ -293,27 +303,19 @@ impl ClientService {
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let group_id = topic.group_id(partition);
         let replicas = topic.partitions.get(partition as usize).cloned().unwrap_or_default();
-        match self.route(group_id, &replicas, hops).await? {
-            Route::Forward(addr) => {
-                let records = records.into_iter().map(|mut r| {
-                    r.partition = Some(partition);
-                    r
-                });
-                let request = pb::PublishBatchRequest { topic: topic_ref(topic), records: records.collect() };
-                let response = self
-                    .client(&addr)?
-                    .publish_batch(Self::forwarded(request, hops, self.forward_timeout()))
-                    .await?;
-                Ok(response.into_inner().results)
-            }
-            Route::Local(group) => {
-                let count = records.len() as u64;
-                let command = PartitionCommand::Append {
-                    timestamp_ms: now_ms(),
-                    records: records.into_iter().map(record_to_stored).collect(),
-                };
-                match self.node.write_partition(&group, command).await {
-                    Ok(CommandResponse::Appended { base_offset, timestamp_ms }) => Ok((0..count)
+        let records: Vec<StoredRecord> = records.into_iter().map(record_to_stored).collect();
+        let count = records.len() as u64;
+        // A leader that lost leadership between routing and proposing did
+        // not append the entry, so routing again is safe; bounded.
+        for _ in 0..3 {
+            let group = match self.route(group_id, &replicas, hops).await? {
+                Route::Local(group) => group,
+                Route::Forward(addr) => return self.forward_publish(&addr, topic, partition, records, hops).await,
+            };
+            let command = PartitionCommand::Append { timestamp_ms: now_ms(), records: records.clone() };
+            match self.node.write_partition(&group, command).await {
+                Ok(CommandResponse::Appended { base_offset, timestamp_ms }) => {
+                    return Ok((0..count)
                         .map(|i| pb::PublishResult {
                             result: Some(pb::publish_result::Result::Ok(pb::PublishResponse {
                                 partition,
@@ -322,12 +324,42 @@ impl ClientService {
                                 message_id: message_id(partition, base_offset + i),
                             })),
                         })
-                        .collect()),
-                    Ok(other) => Err(Status::internal(format!("unexpected append response {other:?}"))),
-                    Err(e) => Err(write_status(e)),
+                        .collect());
                 }
+                Ok(other) => return Err(Status::internal(format!("unexpected append response {other:?}"))),
+                Err(WriteError::NotLeader { .. }) => {
+                    let _ = group
+                        .raft
+                        .wait(Some(Duration::from_secs(2)))
+                        .metrics(|m| m.current_leader.is_some_and(|l| l != self.node.id()), "new leader")
+                        .await;
+                }
+                Err(e) => return Err(write_status(e)),
             }
         }
+        Err(Status::unavailable("leadership kept moving; retry"))
+    }
+
+    async fn forward_publish(
+        &self,
+        addr: &str,
+        topic: &Topic,
+        partition: u32,
+        records: Vec<StoredRecord>,
+        hops: Hops,
+    ) -> Result<Vec<pb::PublishResult>, Status> {
+        let records = records
+            .into_iter()
+            .map(|r| pb::Record {
+                key: r.key.into(),
+                value: r.value.into(),
+                headers: r.headers.into_iter().collect(),
+                partition: Some(partition),
+            })
+            .collect();
+        let request = pb::PublishBatchRequest { topic: topic_ref(topic), records };
+        let response = forward!(self, addr, publish_batch, request, hops)?;
+        Ok(response.into_inner().results)
     }
 
     async fn publish_records(
@@ -454,7 +486,7 @@ impl ClientService {
                 let forwarded = pb::ConsumeRequest {
                     topic: topic_ref(&topic),
                     partition,
-                    position: Some(pb::Position { position: Some(start_to_pb(&start)) }),
+                    position: Some(pb::Position { position: Some(start_to_pb(&start, partition)) }),
                     max_messages: max as u32,
                     wait_ms: request.wait_ms,
                 };
@@ -499,7 +531,7 @@ impl ClientService {
             let mut request = Request::new(pb::ConsumeRequest {
                 topic: topic_ref(topic),
                 partition,
-                position: Some(pb::Position { position: Some(start_to_pb(start)) }),
+                position: Some(pb::Position { position: Some(start_to_pb(start, partition)) }),
                 max_messages: max as u32,
                 wait_ms: 0,
             });
@@ -515,24 +547,14 @@ impl ClientService {
 
 }
 
-fn start_to_pb(start: &StartAt) -> pb::position::Position {
+fn start_to_pb(start: &StartAt, partition: u32) -> pb::position::Position {
     match start {
         StartAt::Offset(o) => pb::position::Position::Offset(*o),
-        StartAt::After(o) => pb::position::Position::Offset(o + 1),
+        StartAt::After(o) => pb::position::Position::AfterMessageId(message_id(partition, *o)),
         StartAt::Timestamp(ts) => pb::position::Position::SinceTimestampMs(*ts),
         StartAt::Earliest => pb::position::Position::Earliest(true),
         StartAt::Latest => pb::position::Position::Latest(true),
     }
-}
-
-/// Sends the same request one hop further and returns its answer as ours.
-macro_rules! forward {
-    ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
-        $service
-            .client(&$addr)?
-            .$method(ClientService::forwarded($message, $hops, $service.forward_timeout()))
-            .await
-    };
 }
 
 fn first_error(results: &[pb::PublishResult]) -> Option<&pb::Error> {

@@ -575,3 +575,22 @@ async fn dropping_the_last_handle_stops_the_syncer_and_closes_the_database() {
         Some(entry(1, 1))
     );
 }
+
+#[test]
+fn syncer_completes_waiters_in_queue_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let (tx, rx) = std::sync::mpsc::channel();
+
+    let hold = storage.syncer().hold();
+    for id in 0..5 {
+        let tx = tx.clone();
+        storage.syncer().enqueue(Box::new(move |result| {
+            tx.send((id, result.is_ok())).unwrap();
+        }));
+    }
+    drop(hold);
+
+    let completed: Vec<_> = (0..5).map(|_| rx.recv().unwrap()).collect();
+    assert_eq!(completed, (0..5).map(|id| (id, true)).collect::<Vec<_>>());
+}

@@ -1,0 +1,381 @@
+//! Multi-node behaviour over real gRPC on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use raftstream_client::pb;
+
+fn values(messages: &[pb::Message]) -> Vec<String> {
+    messages.iter().map(|m| String::from_utf8_lossy(&m.value).into_owned()).collect()
+}
+
+async fn publish(client: &mut raftstream_client::RaftstreamClient<tonic::transport::Channel>, name: &str, value: &str) -> pb::PublishResponse {
+    client.publish(pb::PublishRequest { topic: topic(name), record: record(value) }).await.unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_through_any_node_reads_identical_sequence_from_every_node() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("orders", 3, 3).await;
+    for i in 0..30u32 {
+        let mut client = cluster.client(1 + u64::from(i % 3)).await;
+        let key = format!("customer-{}", i % 5);
+        let ack = client
+            .publish(pb::PublishRequest {
+                topic: topic("orders"),
+                record: Some(pb::Record { key: key.into_bytes().into(), value: format!("m{i}").into_bytes().into(), ..Default::default() }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.message_id, format!("{}-{}", ack.partition, ack.offset));
+    }
+    let mut per_node = Vec::new();
+    for id in 1..=3 {
+        let mut client = cluster.client(id).await;
+        let mut all = Vec::new();
+        for p in 0..3 {
+            let hw = client
+                .consume(pb::ConsumeRequest { topic: topic("orders"), partition: p, position: at_offset(0), max_messages: 1, wait_ms: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .high_watermark;
+            let messages = read_all(&mut client, "orders", p, hw as usize).await;
+            let offsets: Vec<u64> = messages.iter().map(|m| m.offset).collect();
+            assert_eq!(offsets, (0..hw).collect::<Vec<_>>(), "offsets are dense");
+            all.push(values(&messages));
+        }
+        per_node.push(all);
+    }
+    assert_eq!(per_node.iter().map(|p| p.iter().map(Vec::len).sum::<usize>()).next(), Some(30));
+    assert!(per_node.windows(2).all(|w| w[0] == w[1]), "every node reads the same sequence");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_loss_elects_new_leader_and_keeps_acknowledged_messages() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("events", 1, 3).await;
+    let mut acked = Vec::new();
+    let mut client = cluster.client(1).await;
+    for i in 0..20 {
+        publish(&mut client, "events", &format!("before-{i}")).await;
+        acked.push(format!("before-{i}"));
+    }
+    let leader = cluster.partition_leader("events", 0).await;
+    cluster.stop(leader).await;
+    let survivor = cluster.running_ids()[0];
+    let mut client = cluster.client(survivor).await;
+    // The first publish after the loss may meet the election: retry until
+    // the new leader takes it. A failed attempt was never acknowledged.
+    let started = std::time::Instant::now();
+    eventually("a publish on the new leader", Duration::from_secs(15), || {
+        let mut client = client.clone();
+        async move { client.publish(pb::PublishRequest { topic: topic("events"), record: record("after-0") }).await.ok() }
+    })
+    .await;
+    let failover = started.elapsed();
+    acked.push("after-0".into());
+    for i in 1..10 {
+        publish(&mut client, "events", &format!("after-{i}")).await;
+        acked.push(format!("after-{i}"));
+    }
+    let messages = read_all(&mut client, "events", 0, acked.len()).await;
+    let read = values(&messages);
+    // A retried publish whose first attempt timed out could appear twice;
+    // every acknowledged one must appear, in acknowledgement order.
+    let mut cursor = read.iter();
+    for value in &acked {
+        assert!(cursor.any(|r| r == value), "acknowledged {value} lost or reordered; read {read:?}");
+    }
+    assert!(failover < Duration::from_secs(15), "failover took {failover:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_follower_catches_up() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("logs", 1, 3).await;
+    let leader = cluster.partition_leader("logs", 0).await;
+    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.stop(follower).await;
+    let mut client = cluster.client(leader).await;
+    for i in 0..25 {
+        publish(&mut client, "logs", &format!("v{i}")).await;
+    }
+    cluster.restart(follower).await;
+    let node = cluster.nodes[&follower].node.clone();
+    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    eventually("follower caught up", Duration::from_secs(20), || async {
+        let group = node.group(group_id)?;
+        let hw = group.state.read(|inner| match &inner.data {
+            raftstream_node::state_machine::GroupData::Partition(p) => p.next_offset,
+            _ => 0,
+        });
+        (hw == 25).then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("audit", 2, 3).await;
+    let mut client = cluster.client(2).await;
+    for i in 0..40 {
+        client
+            .publish(pb::PublishRequest {
+                topic: topic("audit"),
+                record: Some(pb::Record { value: format!("a{i}").into_bytes().into(), partition: Some(i % 2), ..Default::default() }),
+            })
+            .await
+            .unwrap();
+    }
+    for partition in 0..2 {
+        client
+            .commit_offset(pb::CommitOffsetRequest { topic: topic("audit"), group: "billing".into(), partition, offset: 7 + partition as u64 })
+            .await
+            .unwrap();
+    }
+    let before: Vec<Vec<String>> = {
+        let mut out = Vec::new();
+        for p in 0..2 {
+            out.push(values(&read_all(&mut client, "audit", p, 20).await));
+        }
+        out
+    };
+    for id in cluster.running_ids() {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.restart(id).await;
+    }
+    cluster.wait_ready().await;
+    cluster.wait_partition_leaders("audit").await;
+    let mut client = cluster.client(3).await;
+    for p in 0..2 {
+        let after = values(&read_all(&mut client, "audit", p, 20).await);
+        assert_eq!(after, before[p as usize]);
+    }
+    let offsets = client
+        .get_committed_offsets(pb::GetCommittedOffsetsRequest { topic: topic("audit"), group: "billing".into(), partition: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .offsets;
+    let offsets: Vec<(u32, u64)> = offsets.iter().map(|o| (o.partition, o.offset)).collect();
+    assert_eq!(offsets, vec![(0, 7), (1, 8)]);
+    // New publishes continue the offsets rather than restart them.
+    let ack = client
+        .publish(pb::PublishRequest {
+            topic: topic("audit"),
+            record: Some(pb::Record { value: b"next".to_vec().into(), partition: Some(0), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.offset, 20);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_by_offset_message_id_and_timestamp_returns_exactly_the_right_messages() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("replay", 1, 3).await;
+    let mut client = cluster.client(1).await;
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        acks.push(publish(&mut client, "replay", &format!("r{i}")).await);
+        // Give each batch its own millisecond so the timestamp seek has
+        // distinct times to land between; wait on the clock, not a sleep.
+        let last = acks.last().unwrap().timestamp_ms;
+        eventually("clock tick", Duration::from_secs(1), || async move {
+            (raftstream_node::node::now_ms() > last).then_some(())
+        })
+        .await;
+    }
+    let consume = |position: pb::position::Position| pb::ConsumeRequest {
+        topic: topic("replay"),
+        partition: 0,
+        position: Some(pb::Position { position: Some(position) }),
+        max_messages: 100,
+        wait_ms: 0,
+    };
+    let by_offset = client.consume(consume(pb::position::Position::Offset(4))).await.unwrap().into_inner();
+    assert_eq!(values(&by_offset.messages), (4..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    let by_id = client
+        .consume(consume(pb::position::Position::AfterMessageId(acks[6].message_id.clone())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(values(&by_id.messages), vec!["r7", "r8", "r9"]);
+    let by_time = client
+        .consume(consume(pb::position::Position::SinceTimestampMs(acks[3].timestamp_ms)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(values(&by_time.messages), (3..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    let future = client
+        .consume(consume(pb::position::Position::SinceTimestampMs(i64::MAX)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(future.messages.is_empty());
+    let bad = client.consume(consume(pb::position::Position::AfterMessageId("0-99".into()))).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_poll_returns_as_soon_as_a_message_commits() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("poll", 1, 3).await;
+    let mut reader = cluster.client(2).await;
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let response = reader
+            .consume(pb::ConsumeRequest { topic: topic("poll"), partition: 0, position: at_offset(0), max_messages: 10, wait_ms: 30_000 })
+            .await
+            .unwrap()
+            .into_inner();
+        (response, started.elapsed())
+    });
+    // Publish only once the poll is parked: its reply must come from the wake-up.
+    let mut writer = cluster.client(3).await;
+    publish(&mut writer, "poll", "wake").await;
+    let (response, waited) = poll.await.unwrap();
+    assert_eq!(values(&response.messages), vec!["wake"]);
+    assert!(waited < Duration::from_secs(30), "the poll ran to its timeout");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_partitions_spread_leaders_across_three_nodes() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("wide", 12, 3).await;
+    let mut client = cluster.client(1).await;
+    let batch = pb::PublishBatchRequest {
+        topic: topic("wide"),
+        records: (0..120).map(|i| pb::Record { value: format!("w{i}").into_bytes().into(), ..Default::default() }).collect(),
+    };
+    let results = client.publish_batch(batch).await.unwrap().into_inner().results;
+    assert_eq!(results.len(), 120);
+    assert!(results.iter().all(|r| matches!(r.result, Some(pb::publish_result::Result::Ok(_)))));
+    let status = client.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
+    let wide: Vec<_> = status.groups.iter().filter(|g| g.topic == "wide").collect();
+    assert_eq!(wide.len(), 12);
+    let total: u64 = wide.iter().map(|g| g.high_watermark).sum();
+    assert_eq!(total, 120);
+    let mut leaders: Vec<u64> = wide.iter().filter_map(|g| g.leader).collect();
+    leaders.sort();
+    leaders.dedup();
+    assert!(leaders.len() >= 2, "leaders all on one node: {leaders:?}");
+    assert!(status.nodes.iter().all(|n| n.reachable));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("strict", 2, 3).await;
+    let mut client = cluster.client(2).await;
+    publish(&mut client, "strict", "kept").await;
+
+    let unknown = client.publish(pb::PublishRequest { topic: topic("nope"), record: record("x") }).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let oversize = pb::Record { value: vec![0u8; 1024 * 1024 + 1].into(), ..Default::default() };
+    let too_big = client.publish(pb::PublishRequest { topic: topic("strict"), record: Some(oversize.clone()) }).await.unwrap_err();
+    assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
+    assert!(too_big.message().contains("message_too_large"));
+
+    let bad_partition = pb::Record { value: b"x".to_vec().into(), partition: Some(9), ..Default::default() };
+    let err = client.publish(pb::PublishRequest { topic: topic("strict"), record: Some(bad_partition) }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // In a batch, the bad record fails alone.
+    let batch = pb::PublishBatchRequest {
+        topic: topic("strict"),
+        records: vec![
+            pb::Record { value: b"good".to_vec().into(), partition: Some(0), ..Default::default() },
+            pb::Record { partition: Some(0), ..oversize },
+        ],
+    };
+    let results = client.publish_batch(batch).await.unwrap().into_inner().results;
+    assert!(matches!(results[0].result, Some(pb::publish_result::Result::Ok(_))));
+    assert!(matches!(&results[1].result, Some(pb::publish_result::Result::Error(e)) if e.code == "message_too_large"));
+
+    let missing = client.publish(pb::PublishRequest { topic: None, record: record("x") }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+
+    let dup = client
+        .create_topic(pb::CreateTopicRequest { name: "strict".into(), partitions: 1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+    let too_many_replicas = client
+        .create_topic(pb::CreateTopicRequest { name: "x".into(), partitions: 1, replication_factor: 5, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many_replicas.code(), tonic::Code::InvalidArgument);
+
+    let wait_too_long = client
+        .consume(pb::ConsumeRequest { topic: topic("strict"), partition: 0, position: None, max_messages: 1, wait_ms: 60_001 })
+        .await
+        .unwrap_err();
+    assert_eq!(wait_too_long.code(), tonic::Code::InvalidArgument);
+
+    let count: usize = {
+        let mut n = 0;
+        for p in 0..2 {
+            let r = client
+                .consume(pb::ConsumeRequest { topic: topic("strict"), partition: p, position: at_offset(0), max_messages: 100, wait_ms: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            n += r.messages.len();
+        }
+        n
+    };
+    assert_eq!(count, 2, "only the two good messages were stored");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_update_purge_and_delete_through_a_follower() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("admin", 1, 3).await;
+    let mut client = cluster.client(3).await;
+    for i in 0..5 {
+        publish(&mut client, "admin", &format!("p{i}")).await;
+    }
+    let updated = client
+        .update_topic(pb::UpdateTopicRequest { topic: topic("admin"), description: Some("audited".into()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.description, "audited");
+    assert_eq!(updated.version, 2);
+    client.purge_topic(pb::PurgeTopicRequest { topic: topic("admin"), partition: None }).await.unwrap();
+    let after = client
+        .consume(pb::ConsumeRequest { topic: topic("admin"), partition: 0, position: None, max_messages: 10, wait_ms: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.messages.is_empty());
+    assert_eq!(after.log_start_offset, 5);
+    let ack = publish(&mut client, "admin", "fresh").await;
+    assert_eq!(ack.offset, 5, "offsets continue after a purge");
+    client.delete_topic(topic("admin").unwrap()).await.unwrap();
+    let gone = client.get_topic(topic("admin").unwrap()).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    let listed = client.list_topics(pb::ListTopicsRequest { name: None }).await.unwrap().into_inner();
+    assert!(listed.topics.is_empty());
+    cluster.shutdown().await;
+}

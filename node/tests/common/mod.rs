@@ -1,0 +1,217 @@
+//! A real cluster on loopback for integration tests: in-process nodes,
+//! ephemeral ports, temp dirs, real tonic networking between them.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use raftstream_client::RaftstreamClient;
+use raftstream_client::pb;
+use raftstream_node::config::Limits;
+use raftstream_node::config::NodeConfig;
+use raftstream_node::config::RaftTimings;
+use raftstream_node::server::RunningNode;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: BTreeMap<u64, NodeConfig>,
+    pub nodes: BTreeMap<u64, RunningNode>,
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what`
+/// after `timeout`. Tests wait for conditions, never for time.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn topic(name: &str) -> Option<pb::TopicRef> {
+    Some(pb::TopicRef { topic: Some(pb::topic_ref::Topic::Name(name.into())) })
+}
+
+pub fn record(value: &str) -> Option<pb::Record> {
+    Some(pb::Record { value: value.as_bytes().to_vec().into(), ..Default::default() })
+}
+
+pub fn at_offset(offset: u64) -> Option<pb::Position> {
+    Some(pb::Position { position: Some(pb::position::Position::Offset(offset)) })
+}
+
+impl TestCluster {
+    pub async fn start(size: u64) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=size {
+            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listeners.insert(id, (grpc, http));
+        }
+        let peers: BTreeMap<u64, String> =
+            listeners.iter().map(|(id, (grpc, _))| (*id, grpc.local_addr().unwrap().to_string())).collect();
+        let mut configs = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        for (id, (grpc, http)) in listeners {
+            let config = NodeConfig {
+                node_id: id,
+                grpc_addr: grpc.local_addr().unwrap(),
+                http_addr: http.local_addr().unwrap(),
+                data_dir: dir.path().join(format!("node-{id}")),
+                peers: peers.clone(),
+                raft: RaftTimings::default(),
+                limits: Limits { write_timeout_ms: 5_000, retention_interval_ms: 200, ..Limits::default() },
+                fsync: true,
+            };
+            let node = RunningNode::start_on(config.clone(), grpc, http).await.unwrap();
+            configs.insert(id, config);
+            nodes.insert(id, node);
+        }
+        let cluster = TestCluster { dir, configs, nodes };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Every running node knows a metadata leader.
+    pub async fn wait_ready(&self) {
+        for node in self.nodes.values() {
+            eventually("metadata leader", Duration::from_secs(20), || async {
+                node.node.meta_group().and_then(|g| g.leader()).map(|_| ())
+            })
+            .await;
+        }
+    }
+
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.configs[&id].grpc_addr
+    }
+
+    pub async fn client(&self, id: u64) -> RaftstreamClient<Channel> {
+        raftstream_client::connect(&self.addr(id).to_string()).await.unwrap()
+    }
+
+    pub fn running_ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Stops a node (its listeners, Raft groups and storage).
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    /// Restarts a stopped node on its old ports and data directory.
+    pub async fn restart(&mut self, id: u64) {
+        let config = self.configs[&id].clone();
+        // The old process's RocksDB lock and listening sockets are released
+        // as its last tasks finish: retry until they are.
+        let node = eventually("node restart", Duration::from_secs(20), || {
+            let config = config.clone();
+            async move { RunningNode::start(config).await.ok() }
+        })
+        .await;
+        self.nodes.insert(id, node);
+    }
+
+    /// Creates a topic and waits until every partition has a leader.
+    pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> pb::Topic {
+        let mut client = self.client(self.running_ids()[0]).await;
+        let created = client
+            .create_topic(pb::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                replication_factor,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        self.wait_partition_leaders(name).await;
+        created
+    }
+
+    pub async fn wait_partition_leaders(&self, name: &str) {
+        let first = self.running_ids()[0];
+        eventually("partition leaders", Duration::from_secs(20), || async {
+            let mut client = self.client(first).await;
+            let status = client.cluster_status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            let groups: Vec<_> = status.groups.iter().filter(|g| g.topic == name).collect();
+            let topic = client.get_topic(topic(name).unwrap()).await.ok()?.into_inner();
+            (groups.len() == topic.partitions.len() && groups.iter().all(|g| g.leader.is_some())).then_some(())
+        })
+        .await;
+    }
+
+    /// The node leading a topic partition, by cluster status.
+    pub async fn partition_leader(&self, name: &str, partition: u32) -> u64 {
+        let first = self.running_ids()[0];
+        eventually("partition leader", Duration::from_secs(20), || async {
+            let mut client = self.client(first).await;
+            let status = client.cluster_status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            status
+                .groups
+                .iter()
+                .find(|g| g.topic == name && g.partition == partition)
+                .and_then(|g| g.leader)
+                .filter(|l| self.nodes.contains_key(l))
+        })
+        .await
+    }
+
+    pub async fn shutdown(self) {
+        for (_, node) in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Reads a whole partition from `offset` through `client`, until `expected`
+/// messages have been read.
+pub async fn read_all(
+    client: &mut RaftstreamClient<Channel>,
+    name: &str,
+    partition: u32,
+    expected: usize,
+) -> Vec<pb::Message> {
+    eventually("all messages readable", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let mut messages = Vec::new();
+            let mut next = 0;
+            loop {
+                let response = client
+                    .consume(pb::ConsumeRequest {
+                        topic: topic(name),
+                        partition,
+                        position: at_offset(next),
+                        max_messages: 1000,
+                        wait_ms: 0,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                if response.messages.is_empty() {
+                    break;
+                }
+                next = response.next_offset;
+                messages.extend(response.messages);
+            }
+            (messages.len() >= expected).then_some(messages)
+        }
+    })
+    .await
+}
