@@ -15,17 +15,27 @@ pub enum ConnectError {
     #[error("invalid address {addr:?}: {reason}")]
     InvalidAddress { addr: String, reason: String },
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: tonic::transport::Error },
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// Connects to one node (`host:port`); any node serves every request.
 pub async fn connect(addr: &str) -> Result<RaftstreamClient<Channel>, ConnectError> {
-    let endpoint = Channel::from_shared(format!("http://{addr}"))
-        .map_err(|e| ConnectError::InvalidAddress { addr: addr.to_string(), reason: e.to_string() })?;
+    let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| {
+        ConnectError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
     let channel = endpoint
         .connect()
         .await
-        .map_err(|source| ConnectError::Connect { addr: addr.to_string(), source })?;
+        .map_err(|source| ConnectError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
     Ok(RaftstreamClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

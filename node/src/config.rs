@@ -19,6 +19,10 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included: node id → gRPC address.
+    #[serde(
+        serialize_with = "peers_to_strings",
+        deserialize_with = "peers_from_strings"
+    )]
     pub peers: BTreeMap<NodeId, String>,
     #[serde(default)]
     pub raft: RaftTimings,
@@ -29,6 +33,32 @@ pub struct NodeConfig {
     /// majority can lose acknowledged messages. See ARCHITECTURE.md.
     #[serde(default = "default_true")]
     pub fsync: bool,
+}
+
+/// TOML table keys are strings; node ids are numbers.
+fn peers_from_strings<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<NodeId, String>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(id, addr)| {
+            let id = id
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("peer id {id:?} is not a number")))?;
+            Ok((id, addr))
+        })
+        .collect()
+}
+
+fn peers_to_strings<S: serde::Serializer>(
+    peers: &BTreeMap<NodeId, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let raw: BTreeMap<String, &String> = peers
+        .iter()
+        .map(|(id, addr)| (id.to_string(), addr))
+        .collect();
+    raw.serialize(s)
 }
 
 fn default_true() -> bool {
@@ -45,7 +75,11 @@ pub struct RaftTimings {
 
 impl Default for RaftTimings {
     fn default() -> Self {
-        Self { heartbeat_ms: 150, election_timeout_min_ms: 750, election_timeout_max_ms: 1500 }
+        Self {
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1500,
+        }
     }
 }
 
@@ -78,10 +112,18 @@ impl Default for Limits {
 pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item.split_once('=').ok_or_else(|| format!("peer {item:?} is not id=host:port"))?;
-        let id: NodeId = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("peer {item:?} is not id=host:port"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
         let addr = addr.trim();
-        if addr.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
             return Err(format!("peer address {addr:?} is not host:port"));
         }
         if peers.insert(id, addr.to_string()).is_some() {
@@ -94,7 +136,10 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
 impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !self.peers.contains_key(&self.node_id) {
-            return Err(format!("peers do not include this node's id {}", self.node_id));
+            return Err(format!(
+                "peers do not include this node's id {}",
+                self.node_id
+            ));
         }
         let t = &self.raft;
         if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms * 2 {
@@ -108,6 +153,7 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -135,5 +181,12 @@ mod tests {
         assert!(config.fsync);
         assert_eq!(config.limits.max_message_bytes, 1024 * 1024);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn shipped_deploy_config_parses() {
+        let config: NodeConfig = toml::from_str(include_str!("../../deploy/node1.toml")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.peers.len(), 3);
     }
 }

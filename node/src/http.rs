@@ -13,7 +13,10 @@ use serde_json::json;
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(node)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(node)
 }
 
 /// The process is up and serving.
@@ -25,7 +28,10 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
     let leader = node.meta_group().and_then(|g| g.leader()).map(|(id, _)| id);
     match leader {
-        Some(leader) => (StatusCode::OK, Json(json!({"status": "ready", "node_id": node.id(), "metadata_leader": leader}))),
+        Some(leader) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "node_id": node.id(), "metadata_leader": leader})),
+        ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"message": "no metadata leader yet", "code": "not_ready"})),

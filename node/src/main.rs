@@ -55,7 +55,11 @@ enum Cmd {
 
 fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
     let config = match cmd {
-        Cmd::Dev { data_dir, grpc_addr, http_addr } => NodeConfig {
+        Cmd::Dev {
+            data_dir,
+            grpc_addr,
+            http_addr,
+        } => NodeConfig {
             node_id: 1,
             grpc_addr,
             http_addr,
@@ -65,11 +69,22 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             limits: Default::default(),
             fsync: true,
         },
-        Cmd::Run { config: Some(path), .. } => {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Cmd::Run {
+            config: Some(path), ..
+        } => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
-        Cmd::Run { config: None, node_id, grpc_addr, http_addr, data_dir, peers, no_fsync } => {
+        Cmd::Run {
+            config: None,
+            node_id,
+            grpc_addr,
+            http_addr,
+            data_dir,
+            peers,
+            no_fsync,
+        } => {
             let node_id = node_id.context("--node-id is required without --config")?;
             let peers = match peers {
                 Some(text) => parse_peers(&text).map_err(anyhow::Error::msg)?,
@@ -95,13 +110,14 @@ async fn shutdown_requested() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -120,8 +136,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let config = config_from(Cli::parse().command)?;
-    let running = RunningNode::start(config).await.context("starting the node")?;
-    println!("raftstream node {} serving gRPC on {} and HTTP on {}", running.node.id(), running.grpc_addr, running.http_addr);
+    let running = RunningNode::start(config)
+        .await
+        .context("starting the node")?;
+    println!(
+        "raftstream node {} serving gRPC on {} and HTTP on {}",
+        running.node.id(),
+        running.grpc_addr,
+        running.http_addr
+    );
     shutdown_requested().await;
     tracing::info!("shutting down");
     running.shutdown().await;

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::async_runtime::WatchReceiver;
 use openraft::SnapshotPolicy;
+use openraft::async_runtime::WatchReceiver;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -36,7 +36,10 @@ pub enum NodeError {
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
     #[error("state machine of group {group}: {source}")]
-    StateMachine { group: GroupId, source: std::io::Error },
+    StateMachine {
+        group: GroupId,
+        source: std::io::Error,
+    },
     #[error("raft group {group}: {reason}")]
     Raft { group: GroupId, reason: String },
     #[error("invalid configuration: {0}")]
@@ -56,7 +59,12 @@ impl Group {
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
         Some((leader, addr))
     }
 }
@@ -74,7 +82,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.config.node_id).finish()
+        f.debug_struct("Node")
+            .field("id", &self.config.node_id)
+            .finish()
     }
 }
 
@@ -83,7 +93,11 @@ impl Node {
     /// the metadata places here, and the background tasks.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
-        let sync_mode = if config.fsync { SyncMode::Always } else { SyncMode::Never };
+        let sync_mode = if config.fsync {
+            SyncMode::Always
+        } else {
+            SyncMode::Never
+        };
         let storage = Storage::open(&config.data_dir.join("db"), StorageConfig { sync_mode })?;
         let timings = &config.raft;
         let raft_config = openraft::Config {
@@ -98,7 +112,9 @@ impl Node {
             enable_pre_vote: Some(true),
             ..Default::default()
         };
-        let raft_config = raft_config.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        let raft_config = raft_config
+            .validate()
+            .map_err(|e| NodeError::Config(e.to_string()))?;
         let (shutdown_tx, _) = watch::channel(false);
         let node = Arc::new(Node {
             config,
@@ -137,10 +153,12 @@ impl Node {
     /// This node's copy of the metadata: committed, possibly a little stale.
     pub fn metadata(&self) -> MetaState {
         self.meta_group()
-            .and_then(|g| g.state.read(|inner| match &inner.data {
-                GroupData::Meta(m) => Some(m.clone()),
-                GroupData::Partition(_) => None,
-            }))
+            .and_then(|g| {
+                g.state.read(|inner| match &inner.data {
+                    GroupData::Meta(m) => Some(m.clone()),
+                    GroupData::Partition(_) => None,
+                })
+            })
             .unwrap_or_default()
     }
 
@@ -168,17 +186,22 @@ impl Node {
         let network = NetworkFactory::new(id, self.pool.clone());
         let raft = Raft::new(self.id(), self.raft_config.clone(), network, log_store, sm)
             .await
-            .map_err(|e| NodeError::Raft { group: id, reason: e.to_string() })?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| NodeError::Raft { group: id, reason: e.to_string() })?;
+            .map_err(|e| NodeError::Raft {
+                group: id,
+                reason: e.to_string(),
+            })?;
+        let initialized = raft.is_initialized().await.map_err(|e| NodeError::Raft {
+            group: id,
+            reason: e.to_string(),
+        })?;
         if !initialized {
             // Every replica initializes with the same membership, which
             // writes the same first entry everywhere, so it is safe and no
             // single replica being down can leave the group unformed.
-            let members: BTreeMap<NodeId, BasicNode> =
-                replicas.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            let members: BTreeMap<NodeId, BasicNode> = replicas
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(group = id, error = %e, "initialize skipped");
             }
@@ -194,14 +217,22 @@ impl Node {
 
     async fn stop_group(&self, id: GroupId, delete_data: bool) {
         let group = self.groups.write().remove(&id);
-        if let Some(group) = group {
-            if let Err(e) = group.raft.shutdown().await {
-                tracing::warn!(group = id, error = %e, "raft group shutdown failed");
-            }
+        if let Some(group) = group
+            && let Err(e) = group.raft.shutdown().await
+        {
+            tracing::warn!(group = id, error = %e, "raft group shutdown failed");
         }
         if delete_data {
-            if let Err(e) = self.storage.delete_group(id) {
-                tracing::error!(group = id, error = %e, "deleting a removed group's data failed");
+            // delete_group fsyncs: keep it off the tokio workers.
+            let storage = self.storage.clone();
+            match tokio::task::spawn_blocking(move || storage.delete_group(id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(group = id, error = %e, "deleting a removed group's data failed")
+                }
+                Err(e) => {
+                    tracing::error!(group = id, error = %e, "deleting a removed group's data panicked")
+                }
             }
         }
     }
@@ -221,7 +252,9 @@ impl Node {
 
     /// Starts and stops partition groups whenever the metadata changes.
     async fn reconcile_loop(self: Arc<Self>) {
-        let Some(meta) = self.meta_group() else { return };
+        let Some(meta) = self.meta_group() else {
+            return;
+        };
         let mut changes = meta.state.subscribe();
         let mut shutdown = self.shutdown_signal();
         loop {
@@ -257,7 +290,10 @@ impl Node {
             .filter(|id| *id != META_GROUP && !desired.contains_key(id))
             .collect();
         for id in stale {
-            tracing::info!(group = id, "partition removed from this node; deleting its data");
+            tracing::info!(
+                group = id,
+                "partition removed from this node; deleting its data"
+            );
             self.stop_group(id, true).await;
         }
     }
@@ -284,11 +320,17 @@ impl Node {
     }
 
     async fn enforce_retention(&self, topic: &Topic, group: &Group) {
-        let is_leader = group.leader().is_some_and(|(leader, _)| leader == self.id());
+        let is_leader = group
+            .leader()
+            .is_some_and(|(leader, _)| leader == self.id());
         let now_ms = now_ms();
         let (point, log_start, purge_upto) = group.state.read(|inner| match &inner.data {
             GroupData::Partition(p) => {
-                let point = p.retention_point(now_ms, topic.retention.retention_ms, topic.retention.retention_bytes);
+                let point = p.retention_point(
+                    now_ms,
+                    topic.retention.retention_ms,
+                    topic.retention.retention_bytes,
+                );
                 // Entries before the first retained batch hold only
                 // forgotten messages (or none), so the log may go there.
                 let upto = match p.batches.front() {
@@ -300,7 +342,10 @@ impl Node {
             GroupData::Meta(_) => (0, 0, None),
         });
         if is_leader && point > log_start {
-            let command = crate::raft::types::Command::Partition(PartitionCommand::AdvanceLogStart { offset: point });
+            let command =
+                crate::raft::types::Command::Partition(PartitionCommand::AdvanceLogStart {
+                    offset: point,
+                });
             if let Err(e) = group.raft.client_write(command).await {
                 tracing::debug!(group = group.id, error = %e, "retention advance not written");
             }

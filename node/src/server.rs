@@ -17,7 +17,10 @@ pub enum ServerError {
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running node and its listeners.
@@ -33,10 +36,18 @@ impl RunningNode {
     /// Binds both listeners first (so an address in use fails at once),
     /// then starts the node and serves.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ServerError> {
-        let grpc_listener =
-            TcpListener::bind(config.grpc_addr).await.map_err(|source| ServerError::Bind { addr: config.grpc_addr, source })?;
-        let http_listener =
-            TcpListener::bind(config.http_addr).await.map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
         Self::start_on(config, grpc_listener, http_listener).await
     }
 
@@ -45,13 +56,25 @@ impl RunningNode {
         grpc_listener: TcpListener,
         http_listener: TcpListener,
     ) -> Result<RunningNode, ServerError> {
-        let grpc_addr = grpc_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.grpc_addr, source })?;
-        let http_addr = http_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.grpc_addr,
+                source,
+            })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
         let node = Node::start(config).await?;
 
-        let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(TransportService::new(node.clone()))
-            .max_decoding_message_size(MAX_RPC_BYTES)
-            .max_encoding_message_size(MAX_RPC_BYTES);
+        let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(
+            TransportService::new(node.clone()),
+        )
+        .max_decoding_message_size(MAX_RPC_BYTES)
+        .max_encoding_message_size(MAX_RPC_BYTES);
         let client_api = ClientService::new(node.clone()).into_server();
         let mut shutdown = node.shutdown_signal();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -81,7 +104,12 @@ impl RunningNode {
             }
         });
         tracing::info!(node = node.id(), %grpc_addr, %http_addr, "raftstream node serving");
-        Ok(RunningNode { node, grpc_addr, http_addr, tasks: vec![grpc, http] })
+        Ok(RunningNode {
+            node,
+            grpc_addr,
+            http_addr,
+            tasks: vec![grpc, http],
+        })
     }
 
     /// Stops serving, stops every Raft group and waits for the listeners.

@@ -10,11 +10,25 @@ use common::*;
 use raftstream_client::pb;
 
 fn values(messages: &[pb::Message]) -> Vec<String> {
-    messages.iter().map(|m| String::from_utf8_lossy(&m.value).into_owned()).collect()
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect()
 }
 
-async fn publish(client: &mut raftstream_client::RaftstreamClient<tonic::transport::Channel>, name: &str, value: &str) -> pb::PublishResponse {
-    client.publish(pb::PublishRequest { topic: topic(name), record: record(value) }).await.unwrap().into_inner()
+async fn publish(
+    client: &mut raftstream_client::RaftstreamClient<tonic::transport::Channel>,
+    name: &str,
+    value: &str,
+) -> pb::PublishResponse {
+    client
+        .publish(pb::PublishRequest {
+            topic: topic(name),
+            record: record(value),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -27,7 +41,11 @@ async fn publish_through_any_node_reads_identical_sequence_from_every_node() {
         let ack = client
             .publish(pb::PublishRequest {
                 topic: topic("orders"),
-                record: Some(pb::Record { key: key.into_bytes().into(), value: format!("m{i}").into_bytes().into(), ..Default::default() }),
+                record: Some(pb::Record {
+                    key: key.into_bytes().into(),
+                    value: format!("m{i}").into_bytes().into(),
+                    ..Default::default()
+                }),
             })
             .await
             .unwrap()
@@ -40,7 +58,13 @@ async fn publish_through_any_node_reads_identical_sequence_from_every_node() {
         let mut all = Vec::new();
         for p in 0..3 {
             let hw = client
-                .consume(pb::ConsumeRequest { topic: topic("orders"), partition: p, position: at_offset(0), max_messages: 1, wait_ms: 0 })
+                .consume(pb::ConsumeRequest {
+                    topic: topic("orders"),
+                    partition: p,
+                    position: at_offset(0),
+                    max_messages: 1,
+                    wait_ms: 0,
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -52,8 +76,17 @@ async fn publish_through_any_node_reads_identical_sequence_from_every_node() {
         }
         per_node.push(all);
     }
-    assert_eq!(per_node.iter().map(|p| p.iter().map(Vec::len).sum::<usize>()).next(), Some(30));
-    assert!(per_node.windows(2).all(|w| w[0] == w[1]), "every node reads the same sequence");
+    assert_eq!(
+        per_node
+            .iter()
+            .map(|p| p.iter().map(Vec::len).sum::<usize>())
+            .next(),
+        Some(30)
+    );
+    assert!(
+        per_node.windows(2).all(|w| w[0] == w[1]),
+        "every node reads the same sequence"
+    );
     cluster.shutdown().await;
 }
 
@@ -74,10 +107,22 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_messages() {
     // The first publish after the loss may meet the election: retry until
     // the new leader takes it. A failed attempt was never acknowledged.
     let started = std::time::Instant::now();
-    eventually("a publish on the new leader", Duration::from_secs(15), || {
-        let mut client = client.clone();
-        async move { client.publish(pb::PublishRequest { topic: topic("events"), record: record("after-0") }).await.ok() }
-    })
+    eventually(
+        "a publish on the new leader",
+        Duration::from_secs(15),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .publish(pb::PublishRequest {
+                        topic: topic("events"),
+                        record: record("after-0"),
+                    })
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await;
     let failover = started.elapsed();
     acked.push("after-0".into());
@@ -91,9 +136,15 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_messages() {
     // every acknowledged one must appear, in acknowledgement order.
     let mut cursor = read.iter();
     for value in &acked {
-        assert!(cursor.any(|r| r == value), "acknowledged {value} lost or reordered; read {read:?}");
+        assert!(
+            cursor.any(|r| r == value),
+            "acknowledged {value} lost or reordered; read {read:?}"
+        );
     }
-    assert!(failover < Duration::from_secs(15), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(15),
+        "failover took {failover:?}"
+    );
     cluster.shutdown().await;
 }
 
@@ -102,7 +153,11 @@ async fn restarted_follower_catches_up() {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic("logs", 1, 3).await;
     let leader = cluster.partition_leader("logs", 0).await;
-    let follower = cluster.running_ids().into_iter().find(|id| *id != leader).unwrap();
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     cluster.stop(follower).await;
     let mut client = cluster.client(leader).await;
     for i in 0..25 {
@@ -132,14 +187,23 @@ async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
         client
             .publish(pb::PublishRequest {
                 topic: topic("audit"),
-                record: Some(pb::Record { value: format!("a{i}").into_bytes().into(), partition: Some(i % 2), ..Default::default() }),
+                record: Some(pb::Record {
+                    value: format!("a{i}").into_bytes().into(),
+                    partition: Some(i % 2),
+                    ..Default::default()
+                }),
             })
             .await
             .unwrap();
     }
     for partition in 0..2 {
         client
-            .commit_offset(pb::CommitOffsetRequest { topic: topic("audit"), group: "billing".into(), partition, offset: 7 + partition as u64 })
+            .commit_offset(pb::CommitOffsetRequest {
+                topic: topic("audit"),
+                group: "billing".into(),
+                partition,
+                offset: 7 + partition as u64,
+            })
             .await
             .unwrap();
     }
@@ -164,7 +228,11 @@ async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
         assert_eq!(after, before[p as usize]);
     }
     let offsets = client
-        .get_committed_offsets(pb::GetCommittedOffsetsRequest { topic: topic("audit"), group: "billing".into(), partition: None })
+        .get_committed_offsets(pb::GetCommittedOffsetsRequest {
+            topic: topic("audit"),
+            group: "billing".into(),
+            partition: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -175,7 +243,11 @@ async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
     let ack = client
         .publish(pb::PublishRequest {
             topic: topic("audit"),
-            record: Some(pb::Record { value: b"next".to_vec().into(), partition: Some(0), ..Default::default() }),
+            record: Some(pb::Record {
+                value: b"next".to_vec().into(),
+                partition: Some(0),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
@@ -203,31 +275,52 @@ async fn replay_by_offset_message_id_and_timestamp_returns_exactly_the_right_mes
     let consume = |position: pb::position::Position| pb::ConsumeRequest {
         topic: topic("replay"),
         partition: 0,
-        position: Some(pb::Position { position: Some(position) }),
+        position: Some(pb::Position {
+            position: Some(position),
+        }),
         max_messages: 100,
         wait_ms: 0,
     };
-    let by_offset = client.consume(consume(pb::position::Position::Offset(4))).await.unwrap().into_inner();
-    assert_eq!(values(&by_offset.messages), (4..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    let by_offset = client
+        .consume(consume(pb::position::Position::Offset(4)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        values(&by_offset.messages),
+        (4..10).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
     let by_id = client
-        .consume(consume(pb::position::Position::AfterMessageId(acks[6].message_id.clone())))
+        .consume(consume(pb::position::Position::AfterMessageId(
+            acks[6].message_id.clone(),
+        )))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(values(&by_id.messages), vec!["r7", "r8", "r9"]);
     let by_time = client
-        .consume(consume(pb::position::Position::SinceTimestampMs(acks[3].timestamp_ms)))
+        .consume(consume(pb::position::Position::SinceTimestampMs(
+            acks[3].timestamp_ms,
+        )))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(values(&by_time.messages), (3..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        values(&by_time.messages),
+        (3..10).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
     let future = client
         .consume(consume(pb::position::Position::SinceTimestampMs(i64::MAX)))
         .await
         .unwrap()
         .into_inner();
     assert!(future.messages.is_empty());
-    let bad = client.consume(consume(pb::position::Position::AfterMessageId("0-99".into()))).await.unwrap_err();
+    let bad = client
+        .consume(consume(pb::position::Position::AfterMessageId(
+            "0-99".into(),
+        )))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     cluster.shutdown().await;
 }
@@ -240,7 +333,13 @@ async fn long_poll_returns_as_soon_as_a_message_commits() {
     let poll = tokio::spawn(async move {
         let started = std::time::Instant::now();
         let response = reader
-            .consume(pb::ConsumeRequest { topic: topic("poll"), partition: 0, position: at_offset(0), max_messages: 10, wait_ms: 30_000 })
+            .consume(pb::ConsumeRequest {
+                topic: topic("poll"),
+                partition: 0,
+                position: at_offset(0),
+                max_messages: 10,
+                wait_ms: 30_000,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -251,7 +350,10 @@ async fn long_poll_returns_as_soon_as_a_message_commits() {
     publish(&mut writer, "poll", "wake").await;
     let (response, waited) = poll.await.unwrap();
     assert_eq!(values(&response.messages), vec!["wake"]);
-    assert!(waited < Duration::from_secs(30), "the poll ran to its timeout");
+    assert!(
+        waited < Duration::from_secs(30),
+        "the poll ran to its timeout"
+    );
     cluster.shutdown().await;
 }
 
@@ -262,12 +364,30 @@ async fn many_partitions_spread_leaders_across_three_nodes() {
     let mut client = cluster.client(1).await;
     let batch = pb::PublishBatchRequest {
         topic: topic("wide"),
-        records: (0..120).map(|i| pb::Record { value: format!("w{i}").into_bytes().into(), ..Default::default() }).collect(),
+        records: (0..120)
+            .map(|i| pb::Record {
+                value: format!("w{i}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect(),
     };
-    let results = client.publish_batch(batch).await.unwrap().into_inner().results;
+    let results = client
+        .publish_batch(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
     assert_eq!(results.len(), 120);
-    assert!(results.iter().all(|r| matches!(r.result, Some(pb::publish_result::Result::Ok(_)))));
-    let status = client.cluster_status(pb::ClusterStatusRequest {}).await.unwrap().into_inner();
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r.result, Some(pb::publish_result::Result::Ok(_))))
+    );
+    let status = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let wide: Vec<_> = status.groups.iter().filter(|g| g.topic == "wide").collect();
     assert_eq!(wide.len(), 12);
     let total: u64 = wide.iter().map(|g| g.high_watermark).sum();
@@ -287,46 +407,109 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let mut client = cluster.client(2).await;
     publish(&mut client, "strict", "kept").await;
 
-    let unknown = client.publish(pb::PublishRequest { topic: topic("nope"), record: record("x") }).await.unwrap_err();
+    let unknown = client
+        .publish(pb::PublishRequest {
+            topic: topic("nope"),
+            record: record("x"),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-    let oversize = pb::Record { value: vec![0u8; 1024 * 1024 + 1].into(), ..Default::default() };
-    let too_big = client.publish(pb::PublishRequest { topic: topic("strict"), record: Some(oversize.clone()) }).await.unwrap_err();
+    let oversize = pb::Record {
+        value: vec![0u8; 1024 * 1024 + 1].into(),
+        ..Default::default()
+    };
+    let too_big = client
+        .publish(pb::PublishRequest {
+            topic: topic("strict"),
+            record: Some(oversize.clone()),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
     assert!(too_big.message().contains("message_too_large"));
 
-    let bad_partition = pb::Record { value: b"x".to_vec().into(), partition: Some(9), ..Default::default() };
-    let err = client.publish(pb::PublishRequest { topic: topic("strict"), record: Some(bad_partition) }).await.unwrap_err();
+    let bad_partition = pb::Record {
+        value: b"x".to_vec().into(),
+        partition: Some(9),
+        ..Default::default()
+    };
+    let err = client
+        .publish(pb::PublishRequest {
+            topic: topic("strict"),
+            record: Some(bad_partition),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     // In a batch, the bad record fails alone.
     let batch = pb::PublishBatchRequest {
         topic: topic("strict"),
         records: vec![
-            pb::Record { value: b"good".to_vec().into(), partition: Some(0), ..Default::default() },
-            pb::Record { partition: Some(0), ..oversize },
+            pb::Record {
+                value: b"good".to_vec().into(),
+                partition: Some(0),
+                ..Default::default()
+            },
+            pb::Record {
+                partition: Some(0),
+                ..oversize
+            },
         ],
     };
-    let results = client.publish_batch(batch).await.unwrap().into_inner().results;
-    assert!(matches!(results[0].result, Some(pb::publish_result::Result::Ok(_))));
-    assert!(matches!(&results[1].result, Some(pb::publish_result::Result::Error(e)) if e.code == "message_too_large"));
+    let results = client
+        .publish_batch(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(matches!(
+        results[0].result,
+        Some(pb::publish_result::Result::Ok(_))
+    ));
+    assert!(
+        matches!(&results[1].result, Some(pb::publish_result::Result::Error(e)) if e.code == "message_too_large")
+    );
 
-    let missing = client.publish(pb::PublishRequest { topic: None, record: record("x") }).await.unwrap_err();
+    let missing = client
+        .publish(pb::PublishRequest {
+            topic: None,
+            record: record("x"),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::InvalidArgument);
 
     let dup = client
-        .create_topic(pb::CreateTopicRequest { name: "strict".into(), partitions: 1, ..Default::default() })
+        .create_topic(pb::CreateTopicRequest {
+            name: "strict".into(),
+            partitions: 1,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(dup.code(), tonic::Code::AlreadyExists);
     let too_many_replicas = client
-        .create_topic(pb::CreateTopicRequest { name: "x".into(), partitions: 1, replication_factor: 5, ..Default::default() })
+        .create_topic(pb::CreateTopicRequest {
+            name: "x".into(),
+            partitions: 1,
+            replication_factor: 5,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(too_many_replicas.code(), tonic::Code::InvalidArgument);
 
     let wait_too_long = client
-        .consume(pb::ConsumeRequest { topic: topic("strict"), partition: 0, position: None, max_messages: 1, wait_ms: 60_001 })
+        .consume(pb::ConsumeRequest {
+            topic: topic("strict"),
+            partition: 0,
+            position: None,
+            max_messages: 1,
+            wait_ms: 60_001,
+        })
         .await
         .unwrap_err();
     assert_eq!(wait_too_long.code(), tonic::Code::InvalidArgument);
@@ -335,7 +518,13 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         let mut n = 0;
         for p in 0..2 {
             let r = client
-                .consume(pb::ConsumeRequest { topic: topic("strict"), partition: p, position: at_offset(0), max_messages: 100, wait_ms: 0 })
+                .consume(pb::ConsumeRequest {
+                    topic: topic("strict"),
+                    partition: p,
+                    position: at_offset(0),
+                    max_messages: 100,
+                    wait_ms: 0,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -356,15 +545,31 @@ async fn topics_update_purge_and_delete_through_a_follower() {
         publish(&mut client, "admin", &format!("p{i}")).await;
     }
     let updated = client
-        .update_topic(pb::UpdateTopicRequest { topic: topic("admin"), description: Some("audited".into()), ..Default::default() })
+        .update_topic(pb::UpdateTopicRequest {
+            topic: topic("admin"),
+            description: Some("audited".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(updated.description, "audited");
     assert_eq!(updated.version, 2);
-    client.purge_topic(pb::PurgeTopicRequest { topic: topic("admin"), partition: None }).await.unwrap();
+    client
+        .purge_topic(pb::PurgeTopicRequest {
+            topic: topic("admin"),
+            partition: None,
+        })
+        .await
+        .unwrap();
     let after = client
-        .consume(pb::ConsumeRequest { topic: topic("admin"), partition: 0, position: None, max_messages: 10, wait_ms: 0 })
+        .consume(pb::ConsumeRequest {
+            topic: topic("admin"),
+            partition: 0,
+            position: None,
+            max_messages: 10,
+            wait_ms: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -375,7 +580,11 @@ async fn topics_update_purge_and_delete_through_a_follower() {
     client.delete_topic(topic("admin").unwrap()).await.unwrap();
     let gone = client.get_topic(topic("admin").unwrap()).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound);
-    let listed = client.list_topics(pb::ListTopicsRequest { name: None }).await.unwrap().into_inner();
+    let listed = client
+        .list_topics(pb::ListTopicsRequest { name: None })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.topics.is_empty());
     cluster.shutdown().await;
 }

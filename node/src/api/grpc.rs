@@ -85,7 +85,10 @@ impl Hops {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        Hops { count, local_only: request.metadata().contains_key(LOCAL_HEADER) }
+        Hops {
+            count,
+            local_only: request.metadata().contains_key(LOCAL_HEADER),
+        }
     }
 
     fn can_forward(&self) -> bool {
@@ -102,7 +105,9 @@ fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
 }
 
 fn topic_ref(topic: &Topic) -> Option<pb::TopicRef> {
-    Some(pb::TopicRef { topic: Some(pb::topic_ref::Topic::Id(topic.id)) })
+    Some(pb::TopicRef {
+        topic: Some(pb::topic_ref::Topic::Id(topic.id)),
+    })
 }
 
 pub fn message_id(partition: u32, offset: u64) -> String {
@@ -152,13 +157,21 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
 
 fn write_status(e: WriteError) -> Status {
     match e {
-        WriteError::NotLeader { .. } => Status::unavailable("no leader reachable for this group; retry"),
+        WriteError::NotLeader { .. } => {
+            Status::unavailable("no leader reachable for this group; retry")
+        }
         WriteError::Unknown(why) => Status::deadline_exceeded(format!("outcome unknown: {why}")),
         WriteError::Unavailable(why) => Status::unavailable(why),
         WriteError::Rejected(r) => match r {
-            crate::raft::types::MetaRejection::TopicExists { .. } => Status::already_exists(r.to_string()),
-            crate::raft::types::MetaRejection::TopicNotFound { .. } => Status::not_found(r.to_string()),
-            crate::raft::types::MetaRejection::Invalid(_) => Status::invalid_argument(r.to_string()),
+            crate::raft::types::MetaRejection::TopicExists { .. } => {
+                Status::already_exists(r.to_string())
+            }
+            crate::raft::types::MetaRejection::TopicNotFound { .. } => {
+                Status::not_found(r.to_string())
+            }
+            crate::raft::types::MetaRejection::Invalid(_) => {
+                Status::invalid_argument(r.to_string())
+            }
         },
     }
 }
@@ -178,7 +191,11 @@ fn topic_not_found(name: &TopicName) -> Status {
 fn record_to_stored(record: pb::Record) -> StoredRecord {
     let mut headers: Vec<(String, String)> = record.headers.into_iter().collect();
     headers.sort();
-    StoredRecord { key: record.key.to_vec(), value: record.value.to_vec(), headers }
+    StoredRecord {
+        key: record.key.to_vec(),
+        value: record.value.to_vec(),
+        headers,
+    }
 }
 
 fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
@@ -207,7 +224,11 @@ macro_rules! forward {
     ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
         $service
             .client(&$addr)?
-            .$method(ClientService::forwarded($message, $hops, $service.forward_timeout()))
+            .$method(ClientService::forwarded(
+                $message,
+                $hops,
+                $service.forward_timeout(),
+            ))
             .await
     };
 }
@@ -220,7 +241,11 @@ enum Route {
 
 impl ClientService {
     fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
-        let channel = self.node.pool.channel(addr).map_err(|e| Status::internal(e.to_string()))?;
+        let channel = self
+            .node
+            .pool
+            .channel(addr)
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(RaftstreamClient::new(channel)
             .max_decoding_message_size(MAX_RPC_BYTES)
             .max_encoding_message_size(MAX_RPC_BYTES))
@@ -246,9 +271,15 @@ impl ClientService {
         let local = self.node.group(group_id);
         if let Some(group) = &local {
             match group.leader() {
-                Some((leader, _)) if leader == self.node.id() => return Ok(Route::Local(group.clone())),
+                Some((leader, _)) if leader == self.node.id() => {
+                    return Ok(Route::Local(group.clone()));
+                }
                 Some((_, addr)) if hops.can_forward() => return Ok(Route::Forward(addr)),
-                Some(_) => return Err(Status::unavailable("not the leader and out of forwarding hops; retry")),
+                Some(_) => {
+                    return Err(Status::unavailable(
+                        "not the leader and out of forwarding hops; retry",
+                    ));
+                }
                 None => {}
             }
             // No leader known: an election is under way. Wait briefly for
@@ -259,18 +290,26 @@ impl ClientService {
                 .metrics(|m| m.current_leader.is_some(), "leader elected")
                 .await;
             return match (wait, group.leader()) {
-                (Ok(_), Some((leader, _))) if leader == self.node.id() => Ok(Route::Local(group.clone())),
+                (Ok(_), Some((leader, _))) if leader == self.node.id() => {
+                    Ok(Route::Local(group.clone()))
+                }
                 (Ok(_), Some((_, addr))) if hops.can_forward() => Ok(Route::Forward(addr)),
-                _ => Err(Status::unavailable(format!("group {group_id} has no leader (no quorum?); retry"))),
+                _ => Err(Status::unavailable(format!(
+                    "group {group_id} has no leader (no quorum?); retry"
+                ))),
             };
         }
         if !hops.can_forward() {
-            return Err(Status::unavailable(format!("group {group_id} is not hosted on this node")));
+            return Err(Status::unavailable(format!(
+                "group {group_id} is not hosted on this node"
+            )));
         }
         let replica = replicas
             .iter()
             .find_map(|id| self.node.config.peers.get(id).cloned())
-            .ok_or_else(|| Status::unavailable(format!("group {group_id} has no reachable replica")))?;
+            .ok_or_else(|| {
+                Status::unavailable(format!("group {group_id} has no reachable replica"))
+            })?;
         Ok(Route::Forward(replica))
     }
 
@@ -288,10 +327,14 @@ impl ClientService {
         }
         if let Some(meta) = self.node.meta_group() {
             // Returns once this node has applied up to the leader's commit.
-            let linear = meta.raft.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+            let linear = meta
+                .raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
             let _ = tokio::time::timeout(Duration::from_secs(2), linear).await;
         }
-        self.node.find_topic(name).ok_or_else(|| topic_not_found(name))
+        self.node
+            .find_topic(name)
+            .ok_or_else(|| topic_not_found(name))
     }
 
     async fn publish_to_partition(
@@ -302,7 +345,11 @@ impl ClientService {
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let group_id = topic.group_id(partition);
-        let replicas = topic.partitions.get(partition as usize).cloned().unwrap_or_default();
+        let replicas = topic
+            .partitions
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default();
         let records: Vec<StoredRecord> = records.into_iter().map(record_to_stored).collect();
         let count = records.len() as u64;
         // A leader that lost leadership between routing and proposing did
@@ -310,11 +357,21 @@ impl ClientService {
         for _ in 0..3 {
             let group = match self.route(group_id, &replicas, hops).await? {
                 Route::Local(group) => group,
-                Route::Forward(addr) => return self.forward_publish(&addr, topic, partition, records, hops).await,
+                Route::Forward(addr) => {
+                    return self
+                        .forward_publish(&addr, topic, partition, records, hops)
+                        .await;
+                }
             };
-            let command = PartitionCommand::Append { timestamp_ms: now_ms(), records: records.clone() };
+            let command = PartitionCommand::Append {
+                timestamp_ms: now_ms(),
+                records: records.clone(),
+            };
             match self.node.write_partition(&group, command).await {
-                Ok(CommandResponse::Appended { base_offset, timestamp_ms }) => {
+                Ok(CommandResponse::Appended {
+                    base_offset,
+                    timestamp_ms,
+                }) => {
                     return Ok((0..count)
                         .map(|i| pb::PublishResult {
                             result: Some(pb::publish_result::Result::Ok(pb::PublishResponse {
@@ -326,12 +383,19 @@ impl ClientService {
                         })
                         .collect());
                 }
-                Ok(other) => return Err(Status::internal(format!("unexpected append response {other:?}"))),
+                Ok(other) => {
+                    return Err(Status::internal(format!(
+                        "unexpected append response {other:?}"
+                    )));
+                }
                 Err(WriteError::NotLeader { .. }) => {
                     let _ = group
                         .raft
                         .wait(Some(Duration::from_secs(2)))
-                        .metrics(|m| m.current_leader.is_some_and(|l| l != self.node.id()), "new leader")
+                        .metrics(
+                            |m| m.current_leader.is_some_and(|l| l != self.node.id()),
+                            "new leader",
+                        )
                         .await;
                 }
                 Err(e) => return Err(write_status(e)),
@@ -357,7 +421,10 @@ impl ClientService {
                 partition: Some(partition),
             })
             .collect();
-        let request = pb::PublishBatchRequest { topic: topic_ref(topic), records };
+        let request = pb::PublishBatchRequest {
+            topic: topic_ref(topic),
+            records,
+        };
         let response = forward!(self, addr, publish_batch, request, hops)?;
         Ok(response.into_inner().results)
     }
@@ -377,20 +444,33 @@ impl ClientService {
         for (i, record) in records.into_iter().enumerate() {
             let size = record.key.len()
                 + record.value.len()
-                + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                + record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
             let refused = |code: &str, message: String| {
                 Some(pb::PublishResult {
-                    result: Some(pb::publish_result::Result::Error(pb::Error { code: code.into(), message })),
+                    result: Some(pb::publish_result::Result::Error(pb::Error {
+                        code: code.into(),
+                        message,
+                    })),
                 })
             };
             if size > limits.max_message_bytes {
                 results[i] = refused(
                     "message_too_large",
-                    format!("message is {size} bytes; the limit is {}", limits.max_message_bytes),
+                    format!(
+                        "message is {size} bytes; the limit is {}",
+                        limits.max_message_bytes
+                    ),
                 );
                 continue;
             }
-            match self.node.choose_partition(&topic, record.partition, &record.key) {
+            match self
+                .node
+                .choose_partition(&topic, record.partition, &record.key)
+            {
                 Ok(p) => {
                     total_bytes += size;
                     by_partition.entry(p).or_default().push((i, record));
@@ -408,7 +488,9 @@ impl ClientService {
             let topic = &topic;
             async move {
                 let (positions, records): (Vec<usize>, Vec<pb::Record>) = items.into_iter().unzip();
-                let outcome = self.publish_to_partition(topic, partition, records, hops).await;
+                let outcome = self
+                    .publish_to_partition(topic, partition, records, hops)
+                    .await;
                 (positions, outcome)
             }
         });
@@ -449,7 +531,11 @@ impl ClientService {
             .collect())
     }
 
-    async fn consume_inner(&self, request: pb::ConsumeRequest, hops: Hops) -> Result<pb::ConsumeResponse, Status> {
+    async fn consume_inner(
+        &self,
+        request: pb::ConsumeRequest,
+        hops: Hops,
+    ) -> Result<pb::ConsumeResponse, Status> {
         let name = topic_name(request.topic.as_ref())?;
         let topic = self.topic(&name).await?;
         let mut partition = request.partition;
@@ -460,8 +546,9 @@ impl ClientService {
             Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
             Some(pb::position::Position::Latest(_)) => StartAt::Latest,
             Some(pb::position::Position::AfterMessageId(id)) => {
-                let (p, offset) = parse_message_id(&id)
-                    .ok_or_else(|| Status::invalid_argument(format!("{id:?} is not a message id")))?;
+                let (p, offset) = parse_message_id(&id).ok_or_else(|| {
+                    Status::invalid_argument(format!("{id:?} is not a message id"))
+                })?;
                 partition = p;
                 StartAt::After(offset)
             }
@@ -470,13 +557,20 @@ impl ClientService {
             .partitions
             .get(partition as usize)
             .cloned()
-            .ok_or_else(|| Status::invalid_argument(format!("topic {} has no partition {partition}", topic.name)))?;
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "topic {} has no partition {partition}",
+                    topic.name
+                ))
+            })?;
         let max = match request.max_messages {
             0 => DEFAULT_MAX_MESSAGES,
             n => n.min(MAX_MESSAGES),
         } as usize;
         if request.wait_ms > MAX_WAIT_MS {
-            return Err(Status::invalid_argument(format!("wait_ms is at most {MAX_WAIT_MS}")));
+            return Err(Status::invalid_argument(format!(
+                "wait_ms is at most {MAX_WAIT_MS}"
+            )));
         }
         let wait = Duration::from_millis(u64::from(request.wait_ms));
         let group_id = topic.group_id(partition);
@@ -486,12 +580,18 @@ impl ClientService {
                 let forwarded = pb::ConsumeRequest {
                     topic: topic_ref(&topic),
                     partition,
-                    position: Some(pb::Position { position: Some(start_to_pb(&start, partition)) }),
+                    position: Some(pb::Position {
+                        position: Some(start_to_pb(&start, partition)),
+                    }),
                     max_messages: max as u32,
                     wait_ms: request.wait_ms,
                 };
                 let timeout = wait + self.forward_timeout();
-                match self.client(&addr)?.consume(Self::forwarded(forwarded, hops, timeout)).await {
+                match self
+                    .client(&addr)?
+                    .consume(Self::forwarded(forwarded, hops, timeout))
+                    .await
+                {
                     Ok(response) => return Ok(response.into_inner()),
                     // The leader is unreachable: a local replica still holds
                     // every message committed up to its applied index.
@@ -509,7 +609,8 @@ impl ClientService {
         match read_or_wait(&group, &start, max, wait).await {
             Ok(batch) => Ok(batch_to_pb(partition, batch)),
             Err(ReadError::NotLocal { .. }) if !hops.local_only => {
-                self.consume_from_other_replica(&topic, partition, &replicas, &start, max).await
+                self.consume_from_other_replica(&topic, partition, &replicas, &start, max)
+                    .await
             }
             Err(e) => Err(read_status(e)),
         }
@@ -527,15 +628,22 @@ impl ClientService {
     ) -> Result<pb::ConsumeResponse, Status> {
         let mut last = Status::unavailable("no replica holds these messages");
         for replica in replicas.iter().filter(|id| **id != self.node.id()) {
-            let Some(addr) = self.node.config.peers.get(replica) else { continue };
+            let Some(addr) = self.node.config.peers.get(replica) else {
+                continue;
+            };
             let mut request = Request::new(pb::ConsumeRequest {
                 topic: topic_ref(topic),
                 partition,
-                position: Some(pb::Position { position: Some(start_to_pb(start, partition)) }),
+                position: Some(pb::Position {
+                    position: Some(start_to_pb(start, partition)),
+                }),
                 max_messages: max as u32,
                 wait_ms: 0,
             });
-            request.metadata_mut().insert(LOCAL_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            request.metadata_mut().insert(
+                LOCAL_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             request.set_timeout(self.forward_timeout());
             match self.client(addr)?.consume(request).await {
                 Ok(response) => return Ok(response.into_inner()),
@@ -544,7 +652,6 @@ impl ClientService {
         }
         Err(last)
     }
-
 }
 
 fn start_to_pb(start: &StartAt, partition: u32) -> pb::position::Position {
@@ -578,11 +685,16 @@ type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Se
 
 #[tonic::async_trait]
 impl Raftstream for ClientService {
-    async fn publish(&self, request: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let name = topic_name(request.topic.as_ref())?;
-        let record = request.record.ok_or_else(|| Status::invalid_argument("record is required"))?;
+        let record = request
+            .record
+            .ok_or_else(|| Status::invalid_argument("record is required"))?;
         let results = self.publish_records(&name, vec![record], hops).await?;
         if let Some(e) = first_error(&results) {
             return Err(error_status(e));
@@ -607,14 +719,22 @@ impl Raftstream for ClientService {
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
 
-    async fn consume(&self, request: Request<pb::ConsumeRequest>) -> Result<Response<pb::ConsumeResponse>, Status> {
+    async fn consume(
+        &self,
+        request: Request<pb::ConsumeRequest>,
+    ) -> Result<Response<pb::ConsumeResponse>, Status> {
         let hops = Hops::of(&request);
-        Ok(Response::new(self.consume_inner(request.into_inner(), hops).await?))
+        Ok(Response::new(
+            self.consume_inner(request.into_inner(), hops).await?,
+        ))
     }
 
     type SubscribeStream = MessageStream;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<MessageStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<MessageStream>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         // Validate the topic and position now, so a bad request fails the
@@ -631,12 +751,17 @@ impl Raftstream for ClientService {
                 hops,
             )
             .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Message, Status>>(DEFAULT_MAX_MESSAGES as usize);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Message, Status>>(
+            DEFAULT_MAX_MESSAGES as usize,
+        );
         let service = self.clone();
         tokio::spawn(async move {
             let mut batch = first;
             loop {
-                let partition = batch.messages.first().map_or(request.partition, |m| m.partition);
+                let partition = batch
+                    .messages
+                    .first()
+                    .map_or(request.partition, |m| m.partition);
                 for message in batch.messages {
                     if tx.send(Ok(message)).await.is_err() {
                         return; // The subscriber went away.
@@ -645,7 +770,9 @@ impl Raftstream for ClientService {
                 let next = pb::ConsumeRequest {
                     topic: request.topic.clone(),
                     partition,
-                    position: Some(pb::Position { position: Some(pb::position::Position::Offset(batch.next_offset)) }),
+                    position: Some(pb::Position {
+                        position: Some(pb::position::Position::Offset(batch.next_offset)),
+                    }),
                     max_messages: DEFAULT_MAX_MESSAGES,
                     wait_ms: 30_000,
                 };
@@ -661,7 +788,9 @@ impl Raftstream for ClientService {
                 };
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn commit_offset(
@@ -678,12 +807,26 @@ impl Raftstream for ClientService {
             .partitions
             .get(request.partition as usize)
             .cloned()
-            .ok_or_else(|| Status::invalid_argument(format!("topic {} has no partition {}", topic.name, request.partition)))?;
-        match self.route(topic.group_id(request.partition), &replicas, hops).await? {
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "topic {} has no partition {}",
+                    topic.name, request.partition
+                ))
+            })?;
+        match self
+            .route(topic.group_id(request.partition), &replicas, hops)
+            .await?
+        {
             Route::Forward(addr) => forward!(self, addr, commit_offset, request, hops),
             Route::Local(group) => {
-                let command = PartitionCommand::CommitOffset { group: request.group, offset: request.offset };
-                self.node.write_partition(&group, command).await.map_err(write_status)?;
+                let command = PartitionCommand::CommitOffset {
+                    group: request.group,
+                    offset: request.offset,
+                };
+                self.node
+                    .write_partition(&group, command)
+                    .await
+                    .map_err(write_status)?;
                 Ok(Response::new(pb::CommitOffsetResponse {}))
             }
         }
@@ -698,20 +841,32 @@ impl Raftstream for ClientService {
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
         let partitions: Vec<u32> = match request.partition {
             Some(p) if (p as usize) < topic.partitions.len() => vec![p],
-            Some(p) => return Err(Status::invalid_argument(format!("topic {} has no partition {p}", topic.name))),
+            Some(p) => {
+                return Err(Status::invalid_argument(format!(
+                    "topic {} has no partition {p}",
+                    topic.name
+                )));
+            }
             None => (0..topic.partitions.len() as u32).collect(),
         };
         let mut offsets = Vec::new();
         for partition in partitions {
             let replicas = &topic.partitions[partition as usize];
-            match self.route(topic.group_id(partition), replicas, hops).await? {
+            match self
+                .route(topic.group_id(partition), replicas, hops)
+                .await?
+            {
                 Route::Forward(addr) => {
                     let one = pb::GetCommittedOffsetsRequest {
                         topic: topic_ref(&topic),
                         group: request.group.clone(),
                         partition: Some(partition),
                     };
-                    offsets.extend(forward!(self, addr, get_committed_offsets, one, hops)?.into_inner().offsets);
+                    offsets.extend(
+                        forward!(self, addr, get_committed_offsets, one, hops)?
+                            .into_inner()
+                            .offsets,
+                    );
                 }
                 Route::Local(group) => {
                     let offset = group.state.read(|inner| match &inner.data {
@@ -727,7 +882,10 @@ impl Raftstream for ClientService {
         Ok(Response::new(pb::GetCommittedOffsetsResponse { offsets }))
     }
 
-    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Result<Response<pb::Topic>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let spec = TopicSpec {
@@ -738,18 +896,25 @@ impl Raftstream for ClientService {
             schema: request.schema.clone(),
             retention: retention_from_pb(request.retention.as_ref()),
         };
-        validate_spec(&spec, self.node.config.peers.len()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_spec(&spec, self.node.config.peers.len())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         match self.meta_route(hops).await? {
             Route::Forward(addr) => forward!(self, addr, create_topic, request, hops),
             Route::Local(_) => {
-                let command = MetaCommand::CreateTopic { spec, now_ms: now_ms() };
+                let command = MetaCommand::CreateTopic {
+                    spec,
+                    now_ms: now_ms(),
+                };
                 let topic = self.node.write_meta(command).await.map_err(write_status)?;
                 Ok(Response::new(topic_to_pb(&topic)))
             }
         }
     }
 
-    async fn list_topics(&self, request: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let request = request.into_inner();
         let topics = self
             .node
@@ -762,12 +927,18 @@ impl Raftstream for ClientService {
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
-    async fn get_topic(&self, request: Request<pb::TopicRef>) -> Result<Response<pb::Topic>, Status> {
+    async fn get_topic(
+        &self,
+        request: Request<pb::TopicRef>,
+    ) -> Result<Response<pb::Topic>, Status> {
         let topic = self.topic(&topic_name(Some(request.get_ref()))?).await?;
         Ok(Response::new(topic_to_pb(&topic)))
     }
 
-    async fn update_topic(&self, request: Request<pb::UpdateTopicRequest>) -> Result<Response<pb::Topic>, Status> {
+    async fn update_topic(
+        &self,
+        request: Request<pb::UpdateTopicRequest>,
+    ) -> Result<Response<pb::Topic>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
@@ -778,47 +949,77 @@ impl Raftstream for ClientService {
                     name: request.name.clone(),
                     description: request.description.clone(),
                     schema: request.schema.clone().map(|s| (!s.is_empty()).then_some(s)),
-                    retention: request.retention.as_ref().map(|r| retention_from_pb(Some(r))),
+                    retention: request
+                        .retention
+                        .as_ref()
+                        .map(|r| retention_from_pb(Some(r))),
                 };
-                let command = MetaCommand::UpdateTopic { topic_id: topic.id, update, now_ms: now_ms() };
+                let command = MetaCommand::UpdateTopic {
+                    topic_id: topic.id,
+                    update,
+                    now_ms: now_ms(),
+                };
                 let topic = self.node.write_meta(command).await.map_err(write_status)?;
                 Ok(Response::new(topic_to_pb(&topic)))
             }
         }
     }
 
-    async fn purge_topic(&self, request: Request<pb::PurgeTopicRequest>) -> Result<Response<pb::PurgeTopicResponse>, Status> {
+    async fn purge_topic(
+        &self,
+        request: Request<pb::PurgeTopicRequest>,
+    ) -> Result<Response<pb::PurgeTopicResponse>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
         let partitions: Vec<u32> = match request.partition {
             Some(p) if (p as usize) < topic.partitions.len() => vec![p],
-            Some(p) => return Err(Status::invalid_argument(format!("topic {} has no partition {p}", topic.name))),
+            Some(p) => {
+                return Err(Status::invalid_argument(format!(
+                    "topic {} has no partition {p}",
+                    topic.name
+                )));
+            }
             None => (0..topic.partitions.len() as u32).collect(),
         };
         for partition in partitions {
             let replicas = &topic.partitions[partition as usize];
-            match self.route(topic.group_id(partition), replicas, hops).await? {
+            match self
+                .route(topic.group_id(partition), replicas, hops)
+                .await?
+            {
                 Route::Forward(addr) => {
-                    let one = pb::PurgeTopicRequest { topic: topic_ref(&topic), partition: Some(partition) };
+                    let one = pb::PurgeTopicRequest {
+                        topic: topic_ref(&topic),
+                        partition: Some(partition),
+                    };
                     forward!(self, addr, purge_topic, one, hops)?;
                 }
                 Route::Local(group) => {
-                    self.node.write_partition(&group, PartitionCommand::PurgeAll).await.map_err(write_status)?;
+                    self.node
+                        .write_partition(&group, PartitionCommand::PurgeAll)
+                        .await
+                        .map_err(write_status)?;
                 }
             }
         }
         Ok(Response::new(pb::PurgeTopicResponse {}))
     }
 
-    async fn delete_topic(&self, request: Request<pb::TopicRef>) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        request: Request<pb::TopicRef>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(Some(&request))?).await?;
         match self.meta_route(hops).await? {
             Route::Forward(addr) => forward!(self, addr, delete_topic, request, hops),
             Route::Local(_) => {
-                self.node.write_meta(MetaCommand::DeleteTopic { topic_id: topic.id }).await.map_err(write_status)?;
+                self.node
+                    .write_meta(MetaCommand::DeleteTopic { topic_id: topic.id })
+                    .await
+                    .map_err(write_status)?;
                 Ok(Response::new(pb::DeleteTopicResponse {}))
             }
         }
@@ -844,10 +1045,17 @@ impl Raftstream for ClientService {
             .collect();
         let asks = peers.iter().map(|(id, addr)| async move {
             let mut request = Request::new(pb::ClusterStatusRequest {});
-            request.metadata_mut().insert(LOCAL_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            request.metadata_mut().insert(
+                LOCAL_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
             request.set_timeout(Duration::from_secs(2));
             let answer = match self.client(addr) {
-                Ok(mut client) => client.cluster_status(request).await.ok().map(|r| r.into_inner()),
+                Ok(mut client) => client
+                    .cluster_status(request)
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner()),
                 Err(_) => None,
             };
             (*id, answer)
@@ -901,7 +1109,9 @@ impl ClientService {
         let names: HashMap<u64, (String, u32)> = meta
             .topics
             .values()
-            .flat_map(|t| (0..t.partitions.len() as u32).map(move |p| (t.group_id(p), (t.name.clone(), p))))
+            .flat_map(|t| {
+                (0..t.partitions.len() as u32).map(move |p| (t.group_id(p), (t.name.clone(), p)))
+            })
             .collect();
         let groups = self
             .node
@@ -916,14 +1126,21 @@ impl ClientService {
                     .as_ref()
                     .map(|r| {
                         r.iter()
-                            .map(|(id, matched)| (*id, last_log_index.saturating_sub(matched.as_ref().map_or(0, |l| l.index))))
+                            .map(|(id, matched)| {
+                                (
+                                    *id,
+                                    last_log_index
+                                        .saturating_sub(matched.as_ref().map_or(0, |l| l.index)),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
-                let (high_watermark, log_start_offset) = group.state.read(|inner| match &inner.data {
-                    GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
-                    GroupData::Meta(_) => (0, 0),
-                });
+                let (high_watermark, log_start_offset) =
+                    group.state.read(|inner| match &inner.data {
+                        GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
+                        GroupData::Meta(_) => (0, 0),
+                    });
                 pb::GroupStatus {
                     group_id: group.id,
                     topic,
@@ -940,6 +1157,10 @@ impl ClientService {
                 }
             })
             .collect();
-        pb::ClusterStatusResponse { node_id: self.node.id(), nodes: vec![], groups }
+        pb::ClusterStatusResponse {
+            node_id: self.node.id(),
+            nodes: vec![],
+            groups,
+        }
     }
 }

@@ -69,12 +69,22 @@ impl Node {
     }
 
     /// Chooses a partition: explicit, else by key hash, else round-robin.
-    pub fn choose_partition(&self, topic: &Topic, explicit: Option<u32>, key: &[u8]) -> Result<u32, String> {
+    pub fn choose_partition(
+        &self,
+        topic: &Topic,
+        explicit: Option<u32>,
+        key: &[u8],
+    ) -> Result<u32, String> {
         let count = topic.partitions.len() as u32;
         match explicit {
             Some(p) if p < count => Ok(p),
-            Some(p) => Err(format!("topic {} has {count} partitions; partition {p} does not exist", topic.name)),
-            None if !key.is_empty() => Ok((xxhash_rust::xxh3::xxh3_64(key) % u64::from(count)) as u32),
+            Some(p) => Err(format!(
+                "topic {} has {count} partitions; partition {p} does not exist",
+                topic.name
+            )),
+            None if !key.is_empty() => {
+                Ok((xxhash_rust::xxh3::xxh3_64(key) % u64::from(count)) as u32)
+            }
             None => Ok((self.next_round_robin() % u64::from(count)) as u32),
         }
     }
@@ -85,7 +95,11 @@ impl Node {
 
     /// Proposes a command on a local group and waits for it to be applied,
     /// which happens only after a majority fsynced it.
-    pub async fn write(&self, group: &Group, command: Command) -> Result<CommandResponse, WriteError> {
+    pub async fn write(
+        &self,
+        group: &Group,
+        command: Command,
+    ) -> Result<CommandResponse, WriteError> {
         let write = group.raft.client_write(command);
         match tokio::time::timeout(self.write_timeout(), write).await {
             Err(_) => Err(WriteError::Unknown(format!(
@@ -97,26 +111,36 @@ impl Node {
                 let leader_addr = f.leader_node.map(|n| n.addr);
                 Err(WriteError::NotLeader { leader_addr })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => Err(WriteError::Unknown(
-                "the leader changed before the entry was known to commit".into(),
-            )),
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(WriteError::Unknown(
+                    "the leader changed before the entry was known to commit".into(),
+                ))
+            }
             Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(WriteError::Unavailable(e.to_string())),
         }
     }
 
-    pub async fn write_partition(&self, group: &Group, command: PartitionCommand) -> Result<CommandResponse, WriteError> {
+    pub async fn write_partition(
+        &self,
+        group: &Group,
+        command: PartitionCommand,
+    ) -> Result<CommandResponse, WriteError> {
         self.write(group, Command::Partition(command)).await
     }
 
     /// Proposes a metadata command on the local metadata group (which must
     /// lead) and returns the resulting topic.
     pub async fn write_meta(&self, command: MetaCommand) -> Result<Topic, WriteError> {
-        let group = self.meta_group().ok_or_else(|| WriteError::Unavailable("metadata group is not running".into()))?;
+        let group = self
+            .meta_group()
+            .ok_or_else(|| WriteError::Unavailable("metadata group is not running".into()))?;
         match self.write(&group, Command::Meta(command)).await? {
             CommandResponse::Topic(topic) => Ok(topic),
             CommandResponse::MetaRejected(rejection) => Err(WriteError::Rejected(rejection)),
-            other => Err(WriteError::Unavailable(format!("unexpected metadata response {other:?}"))),
+            other => Err(WriteError::Unavailable(format!(
+                "unexpected metadata response {other:?}"
+            ))),
         }
     }
 }

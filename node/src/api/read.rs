@@ -65,7 +65,10 @@ pub fn resolve(group: &Group, start: &StartAt) -> Result<u64, ReadError> {
     partition_view(group, |p, _| match start {
         StartAt::Offset(o) => Ok(*o),
         StartAt::After(o) if *o < p.next_offset => Ok(o + 1),
-        StartAt::After(o) => Err(ReadError::NoSuchMessage { offset: *o, high_watermark: p.next_offset }),
+        StartAt::After(o) => Err(ReadError::NoSuchMessage {
+            offset: *o,
+            high_watermark: p.next_offset,
+        }),
         StartAt::Timestamp(ts) => Ok(p.offset_for_timestamp(*ts)),
         StartAt::Earliest => Ok(p.log_start_offset),
         StartAt::Latest => Ok(p.next_offset),
@@ -76,16 +79,28 @@ pub fn resolve(group: &Group, start: &StartAt) -> Result<u64, ReadError> {
 /// Reads up to `max` committed messages from `from` on this replica.
 pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch, ReadError> {
     let Some((slices, local_first, hw, log_start)) = partition_view(group, |p, local_first| {
-        (p.locate(from, max), local_first, p.next_offset, p.log_start_offset)
+        (
+            p.locate(from, max),
+            local_first,
+            p.next_offset,
+            p.log_start_offset,
+        )
     }) else {
-        return Ok(ReadBatch { messages: vec![], next_offset: from, high_watermark: 0, log_start_offset: 0 });
+        return Ok(ReadBatch {
+            messages: vec![],
+            next_offset: from,
+            high_watermark: 0,
+            log_start_offset: 0,
+        });
     };
     let mut messages = Vec::new();
     let mut next_offset = from.max(log_start);
     for slice in slices {
         if slice.batch.log_index < local_first {
             if messages.is_empty() {
-                return Err(ReadError::NotLocal { offset: next_offset });
+                return Err(ReadError::NotLocal {
+                    offset: next_offset,
+                });
             }
             break;
         }
@@ -97,13 +112,19 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
         // Retention may purge an entry between locating and reading it; the
         // reader then simply sees the newer log start on its next call.
         let Some(entry) = entry else { break };
-        let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { records, .. })) = entry.payload else {
+        let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { records, .. })) =
+            entry.payload
+        else {
             return Err(ReadError::Storage(format!(
                 "log entry {} is not the publish batch the index names",
                 slice.batch.log_index
             )));
         };
-        let wanted = records.into_iter().enumerate().skip(slice.skip as usize).take(slice.take as usize);
+        let wanted = records
+            .into_iter()
+            .enumerate()
+            .skip(slice.skip as usize)
+            .take(slice.take as usize);
         for (i, record) in wanted {
             messages.push(ReadMessage {
                 offset: slice.batch.base_offset + i as u64,
@@ -113,12 +134,22 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
         }
         next_offset = slice.batch.base_offset + u64::from(slice.skip) + u64::from(slice.take);
     }
-    Ok(ReadBatch { messages, next_offset, high_watermark: hw, log_start_offset: log_start })
+    Ok(ReadBatch {
+        messages,
+        next_offset,
+        high_watermark: hw,
+        log_start_offset: log_start,
+    })
 }
 
 /// Reads like [`read_committed`], but when nothing is there yet waits up to
 /// `wait` and returns as soon as something commits.
-pub async fn read_or_wait(group: &Group, start: &StartAt, max: usize, wait: Duration) -> Result<ReadBatch, ReadError> {
+pub async fn read_or_wait(
+    group: &Group,
+    start: &StartAt,
+    max: usize,
+    wait: Duration,
+) -> Result<ReadBatch, ReadError> {
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before the first read so a commit between the read and the
     // wait still wakes us.

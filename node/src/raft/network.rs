@@ -60,7 +60,10 @@ impl PeerPool {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| PeerError::BadAddress { addr: addr.to_string(), reason: e.to_string() })?
+            .map_err(|e| PeerError::BadAddress {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
@@ -86,7 +89,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
-        PeerNetwork { group: self.group, target, addr: node.addr.clone(), pool: self.pool.clone() }
+        PeerNetwork {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
     }
 }
 
@@ -138,7 +146,8 @@ impl PeerNetwork {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let payload = bincode::serialize(request).map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let payload = bincode::serialize(request)
+            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
         let channel = self
             .pool
             .channel(&self.addr)
@@ -146,7 +155,10 @@ impl PeerNetwork {
         let mut client = RaftTransportClient::new(channel)
             .max_decoding_message_size(MAX_RPC_BYTES)
             .max_encoding_message_size(MAX_RPC_BYTES);
-        let mut message = tonic::Request::new(RaftMessage { group_id: self.group, payload: payload.into() });
+        let mut message = tonic::Request::new(RaftMessage {
+            group_id: self.group,
+            payload: payload.into(),
+        });
         message.set_timeout(timeout);
         let call = async {
             match rpc {
@@ -175,7 +187,8 @@ impl PeerNetwork {
             }
             Ok(Ok(response)) => response.into_inner(),
         };
-        bincode::deserialize(&response.payload).map_err(|e| CallError::Network(TransportError(e.to_string())))
+        bincode::deserialize(&response.payload)
+            .map_err(|e| CallError::Network(TransportError(e.to_string())))
     }
 }
 
@@ -187,7 +200,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::Append, &rpc, option.soft_ttl()).await.map_err(CallError::into_rpc)
+        self.call(Rpc::Append, &rpc, option.soft_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 
     async fn vote(
@@ -195,7 +210,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::Vote, &rpc, option.soft_ttl()).await.map_err(CallError::into_rpc)
+        self.call(Rpc::Vote, &rpc, option.soft_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 
     async fn pre_vote(
@@ -203,7 +220,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::PreVote, &rpc, option.soft_ttl()).await.map_err(CallError::into_rpc)
+        self.call(Rpc::PreVote, &rpc, option.soft_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 
     async fn full_snapshot(
@@ -214,7 +233,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let request = (vote, snapshot.meta, snapshot.snapshot);
-        self.call(Rpc::Snapshot, &request, option.hard_ttl()).await.map_err(CallError::into_streaming)
+        self.call(Rpc::Snapshot, &request, option.hard_ttl())
+            .await
+            .map_err(CallError::into_streaming)
     }
 
     async fn transfer_leader(
@@ -222,6 +243,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::TransferLeader, &req, option.soft_ttl()).await.map_err(CallError::into_rpc)
+        self.call(Rpc::TransferLeader, &req, option.soft_ttl())
+            .await
+            .map_err(CallError::into_rpc)
     }
 }

@@ -29,11 +29,16 @@ impl TransportService {
         Self { node }
     }
 
-    fn decode<T: DeserializeOwned>(&self, message: &RaftMessage) -> Result<(Arc<Group>, T), Status> {
-        let group = self
-            .node
-            .group(message.group_id)
-            .ok_or_else(|| Status::not_found(format!("group {} is not hosted here (yet)", message.group_id)))?;
+    fn decode<T: DeserializeOwned>(
+        &self,
+        message: &RaftMessage,
+    ) -> Result<(Arc<Group>, T), Status> {
+        let group = self.node.group(message.group_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "group {} is not hosted here (yet)",
+                message.group_id
+            ))
+        })?;
         let request = bincode::deserialize(&message.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         Ok((group, request))
@@ -46,12 +51,18 @@ fn reply<T: Serialize, E: std::fmt::Display>(
 ) -> Result<Response<RaftMessage>, Status> {
     let value = result.map_err(|e| Status::unavailable(format!("group {group_id}: {e}")))?;
     let payload = bincode::serialize(&value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(RaftMessage { group_id, payload: payload.into() }))
+    Ok(Response::new(RaftMessage {
+        group_id,
+        payload: payload.into(),
+    }))
 }
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
         let (group, rpc) = self.decode(&message)?;
         reply(message.group_id, group.raft.append_entries(rpc).await)
@@ -63,22 +74,41 @@ impl RaftTransport for TransportService {
         reply(message.group_id, group.raft.vote(rpc).await)
     }
 
-    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
         let (group, rpc) = self.decode(&message)?;
         reply(message.group_id, group.raft.pre_vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        let (group, (vote, meta, data)): (_, (Vote, SnapshotMeta, Vec<u8>)) = self.decode(&message)?;
-        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-        reply(message.group_id, group.raft.install_full_snapshot(vote, snapshot).await)
+        let (group, (vote, meta, data)): (_, (Vote, SnapshotMeta, Vec<u8>)) =
+            self.decode(&message)?;
+        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        };
+        reply(
+            message.group_id,
+            group.raft.install_full_snapshot(vote, snapshot).await,
+        )
     }
 
-    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
         let (group, rpc) = self.decode(&message)?;
-        reply(message.group_id, group.raft.handle_transfer_leader(rpc).await)
+        reply(
+            message.group_id,
+            group.raft.handle_transfer_leader(rpc).await,
+        )
     }
 }

@@ -80,9 +80,18 @@ impl StoredRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MetaCommand {
-    CreateTopic { spec: TopicSpec, now_ms: i64 },
-    UpdateTopic { topic_id: u64, update: TopicUpdate, now_ms: i64 },
-    DeleteTopic { topic_id: u64 },
+    CreateTopic {
+        spec: TopicSpec,
+        now_ms: i64,
+    },
+    UpdateTopic {
+        topic_id: u64,
+        update: TopicUpdate,
+        now_ms: i64,
+    },
+    DeleteTopic {
+        topic_id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -167,14 +176,24 @@ pub enum MetaRejection {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Meta(MetaCommand::CreateTopic { spec, .. }) => write!(f, "create topic {:?}", spec.name),
-            Command::Meta(MetaCommand::UpdateTopic { topic_id, .. }) => write!(f, "update topic {topic_id}"),
-            Command::Meta(MetaCommand::DeleteTopic { topic_id }) => write!(f, "delete topic {topic_id}"),
-            Command::Partition(PartitionCommand::Append { records, .. }) => write!(f, "append {} records", records.len()),
+            Command::Meta(MetaCommand::CreateTopic { spec, .. }) => {
+                write!(f, "create topic {:?}", spec.name)
+            }
+            Command::Meta(MetaCommand::UpdateTopic { topic_id, .. }) => {
+                write!(f, "update topic {topic_id}")
+            }
+            Command::Meta(MetaCommand::DeleteTopic { topic_id }) => {
+                write!(f, "delete topic {topic_id}")
+            }
+            Command::Partition(PartitionCommand::Append { records, .. }) => {
+                write!(f, "append {} records", records.len())
+            }
             Command::Partition(PartitionCommand::CommitOffset { group, offset }) => {
                 write!(f, "commit offset {offset} for group {group:?}")
             }
-            Command::Partition(PartitionCommand::AdvanceLogStart { offset }) => write!(f, "advance log start to {offset}"),
+            Command::Partition(PartitionCommand::AdvanceLogStart { offset }) => {
+                write!(f, "advance log start to {offset}")
+            }
             Command::Partition(PartitionCommand::PurgeAll) => write!(f, "purge"),
         }
     }

@@ -16,7 +16,9 @@ pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 /// and by apply (so a forwarded or replayed command is judged the same way).
 pub fn validate_topic_name(name: &str) -> Result<(), MetaRejection> {
     if name.trim().is_empty() {
-        return Err(MetaRejection::Invalid("topic name must not be empty".into()));
+        return Err(MetaRejection::Invalid(
+            "topic name must not be empty".into(),
+        ));
     }
     if name.chars().count() > TOPIC_NAME_MAX_CHARS {
         return Err(MetaRejection::Invalid(format!(
@@ -24,7 +26,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), MetaRejection> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(MetaRejection::Invalid("topic name must not contain control characters".into()));
+        return Err(MetaRejection::Invalid(
+            "topic name must not contain control characters".into(),
+        ));
     }
     if name.parse::<u64>().is_ok() {
         return Err(MetaRejection::Invalid(
@@ -55,17 +59,26 @@ pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRe
 pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> CommandResponse {
     let result = match command {
         MetaCommand::CreateTopic { spec, now_ms } => create_topic(state, spec, nodes, *now_ms),
-        MetaCommand::UpdateTopic { topic_id, update, now_ms } => {
+        MetaCommand::UpdateTopic {
+            topic_id,
+            update,
+            now_ms,
+        } => {
             let renamed_to_taken = update.name.as_ref().is_some_and(|name| {
-                state.topics.values().any(|t| &t.name == name && t.id != *topic_id)
+                state
+                    .topics
+                    .values()
+                    .any(|t| &t.name == name && t.id != *topic_id)
             });
-            if let Some(name) = &update.name {
-                if let Err(e) = validate_topic_name(name) {
-                    return CommandResponse::MetaRejected(e);
-                }
+            if let Some(name) = &update.name
+                && let Err(e) = validate_topic_name(name)
+            {
+                return CommandResponse::MetaRejected(e);
             }
             match state.topics.get_mut(topic_id) {
-                None => Err(MetaRejection::TopicNotFound { topic_id: *topic_id }),
+                None => Err(MetaRejection::TopicNotFound {
+                    topic_id: *topic_id,
+                }),
                 Some(_) if renamed_to_taken => Err(MetaRejection::TopicExists {
                     name: update.name.clone().unwrap_or_default(),
                 }),
@@ -90,7 +103,9 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
         }
         MetaCommand::DeleteTopic { topic_id } => match state.topics.remove(topic_id) {
             Some(topic) => Ok(topic),
-            None => Err(MetaRejection::TopicNotFound { topic_id: *topic_id }),
+            None => Err(MetaRejection::TopicNotFound {
+                topic_id: *topic_id,
+            }),
         },
     };
     match result {
@@ -107,7 +122,9 @@ fn create_topic(
 ) -> Result<Topic, MetaRejection> {
     validate_spec(spec, nodes.len())?;
     if state.topic_by_name(&spec.name).is_some() {
-        return Err(MetaRejection::TopicExists { name: spec.name.clone() });
+        return Err(MetaRejection::TopicExists {
+            name: spec.name.clone(),
+        });
     }
     if nodes.is_empty() {
         return Err(MetaRejection::Invalid("the cluster has no nodes".into()));
@@ -139,7 +156,12 @@ fn create_topic(
 /// Spreads replicas and preferred leaders round-robin, starting at a node
 /// chosen by the topic id so that single-partition topics do not all land
 /// their leaders on the first node.
-pub fn place_replicas(topic_id: u64, partitions: u32, replication_factor: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
+pub fn place_replicas(
+    topic_id: u64,
+    partitions: u32,
+    replication_factor: u32,
+    nodes: &[NodeId],
+) -> Vec<Vec<NodeId>> {
     let n = nodes.len();
     let start = (topic_id as usize) % n.max(1);
     (0..partitions as usize)
@@ -152,6 +174,7 @@ pub fn place_replicas(topic_id: u64, partitions: u32, replication_factor: u32, n
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::raft::types::RetentionPolicy;
@@ -163,12 +186,19 @@ mod tests {
             partitions,
             replication_factor: rf,
             schema: None,
-            retention: RetentionPolicy { retention_ms: None, retention_bytes: None },
+            retention: RetentionPolicy {
+                retention_ms: None,
+                retention_bytes: None,
+            },
         }
     }
 
     fn create(state: &mut MetaState, s: TopicSpec) -> CommandResponse {
-        apply(state, &MetaCommand::CreateTopic { spec: s, now_ms: 7 }, &[1, 2, 3])
+        apply(
+            state,
+            &MetaCommand::CreateTopic { spec: s, now_ms: 7 },
+            &[1, 2, 3],
+        )
     }
 
     #[test]
@@ -187,8 +217,17 @@ mod tests {
     #[test]
     fn default_replication_factor_is_capped_by_cluster_size() {
         let mut state = MetaState::default();
-        let r = apply(&mut state, &MetaCommand::CreateTopic { spec: spec("a", 1, 0), now_ms: 0 }, &[1]);
-        let CommandResponse::Topic(topic) = r else { panic!("{r:?}") };
+        let r = apply(
+            &mut state,
+            &MetaCommand::CreateTopic {
+                spec: spec("a", 1, 0),
+                now_ms: 0,
+            },
+            &[1],
+        );
+        let CommandResponse::Topic(topic) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(topic.replication_factor, 1);
         assert_eq!(topic.partitions, vec![vec![1]]);
     }
@@ -196,7 +235,10 @@ mod tests {
     #[test]
     fn duplicate_and_invalid_topics_are_rejected_without_change() {
         let mut state = MetaState::default();
-        assert!(matches!(create(&mut state, spec("orders", 2, 3)), CommandResponse::Topic(_)));
+        assert!(matches!(
+            create(&mut state, spec("orders", 2, 3)),
+            CommandResponse::Topic(_)
+        ));
         let before = state.clone();
         for (bad, expected) in [
             (spec("orders", 1, 1), "already exists"),
@@ -205,7 +247,9 @@ mod tests {
             (spec("x", 1, 4), "exceeds"),
             (spec("42", 1, 1), "number"),
         ] {
-            let CommandResponse::MetaRejected(why) = create(&mut state, bad) else { panic!() };
+            let CommandResponse::MetaRejected(why) = create(&mut state, bad) else {
+                panic!()
+            };
             assert!(why.to_string().contains(expected), "{why}");
         }
         assert_eq!(state, before);
@@ -215,8 +259,14 @@ mod tests {
     fn topic_ids_are_never_reused() {
         let mut state = MetaState::default();
         create(&mut state, spec("a", 1, 1));
-        apply(&mut state, &MetaCommand::DeleteTopic { topic_id: 1 }, &[1, 2, 3]);
-        let CommandResponse::Topic(t) = create(&mut state, spec("a", 1, 1)) else { panic!() };
+        apply(
+            &mut state,
+            &MetaCommand::DeleteTopic { topic_id: 1 },
+            &[1, 2, 3],
+        );
+        let CommandResponse::Topic(t) = create(&mut state, spec("a", 1, 1)) else {
+            panic!()
+        };
         assert_eq!(t.id, 2);
     }
 
@@ -225,8 +275,22 @@ mod tests {
         let mut state = MetaState::default();
         create(&mut state, spec("a", 1, 1));
         create(&mut state, spec("b", 1, 1));
-        let update = crate::raft::types::TopicUpdate { name: Some("a".into()), ..Default::default() };
-        let r = apply(&mut state, &MetaCommand::UpdateTopic { topic_id: 2, update, now_ms: 9 }, &[1]);
-        assert!(matches!(r, CommandResponse::MetaRejected(MetaRejection::TopicExists { .. })));
+        let update = crate::raft::types::TopicUpdate {
+            name: Some("a".into()),
+            ..Default::default()
+        };
+        let r = apply(
+            &mut state,
+            &MetaCommand::UpdateTopic {
+                topic_id: 2,
+                update,
+                now_ms: 9,
+            },
+            &[1],
+        );
+        assert!(matches!(
+            r,
+            CommandResponse::MetaRejected(MetaRejection::TopicExists { .. })
+        ));
     }
 }

@@ -53,7 +53,11 @@ pub enum GroupData {
 
 impl GroupData {
     fn empty_for(group: GroupId) -> Self {
-        if group == META_GROUP { GroupData::Meta(MetaState::default()) } else { GroupData::Partition(PartitionState::default()) }
+        if group == META_GROUP {
+            GroupData::Meta(MetaState::default())
+        } else {
+            GroupData::Partition(PartitionState::default())
+        }
     }
 }
 
@@ -167,7 +171,14 @@ impl GroupStateMachine {
             local_first_log_index: header.local_first_log_index,
             data,
         };
-        Ok(Self { shared: Arc::new(GroupShared { group, storage, inner: RwLock::new(inner), applied_tx }) })
+        Ok(Self {
+            shared: Arc::new(GroupShared {
+                group,
+                storage,
+                inner: RwLock::new(inner),
+                applied_tx,
+            }),
+        })
     }
 
     pub fn shared(&self) -> Arc<GroupShared> {
@@ -176,7 +187,7 @@ impl GroupStateMachine {
 
     fn header_of(inner: &SmInner) -> Header {
         let mut header = Header {
-            last_applied: inner.last_applied.clone(),
+            last_applied: inner.last_applied,
             membership: inner.membership.clone(),
             local_first_log_index: inner.local_first_log_index,
             ..Default::default()
@@ -213,7 +224,7 @@ impl GroupStateMachine {
 
     fn snapshot_bytes(inner: &SmInner) -> io::Result<(SnapshotMeta, Vec<u8>)> {
         let meta = SnapshotMeta {
-            last_log_id: inner.last_applied.clone(),
+            last_log_id: inner.last_applied,
             last_membership: inner.membership.clone(),
         };
         Ok((meta, encode(&inner.data)?))
@@ -230,7 +241,10 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         let mut batch = StateBatch::new();
         batch.put(KEY_SNAPSHOT, encode(&(meta.clone(), data.clone()))?);
         self.shared.storage.state_write(self.shared.group, batch)?;
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data })
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -240,11 +254,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let inner = self.shared.inner.read();
-        Ok((inner.last_applied.clone(), inner.membership.clone()))
+        Ok((inner.last_applied, inner.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend {
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
         // Collect first: the state lock must not be held across an await.
         let mut pending = Vec::new();
         while let Some(item) = entries.try_next().await? {
@@ -265,7 +281,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 let response = match &entry.payload {
                     EntryPayload::Blank => CommandResponse::None,
                     EntryPayload::Membership(m) => {
-                        inner.membership = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResponse::None
                     }
                     EntryPayload::Normal(command) => {
@@ -275,7 +291,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             v
                         };
                         match (&mut inner.data, command) {
-                            (GroupData::Partition(p), Command::Partition(cmd)) => p.apply(cmd, log_index, &mut changes),
+                            (GroupData::Partition(p), Command::Partition(cmd)) => {
+                                p.apply(cmd, log_index, &mut changes)
+                            }
                             (GroupData::Meta(m), Command::Meta(cmd)) => {
                                 meta_changed = true;
                                 meta::apply(m, cmd, &voters)
@@ -283,28 +301,33 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             // A command routed to the wrong kind of group is a
                             // bug upstream; it changes nothing here.
                             _ => {
-                                tracing::error!(group = self.shared.group, "command for the wrong kind of group");
+                                tracing::error!(
+                                    group = self.shared.group,
+                                    "command for the wrong kind of group"
+                                );
                                 CommandResponse::None
                             }
                         }
                     }
                 };
-                inner.last_applied = Some(entry.log_id.clone());
+                inner.last_applied = Some(entry.log_id);
                 responses.push((responder, response));
             }
             for change in changes {
                 match change {
-                    PartitionChange::PutBatch(b) => batch.put(batch_key(b.base_offset), encode(&b)?),
-                    PartitionChange::DeleteBatch { base_offset } => batch.delete(batch_key(base_offset)),
+                    PartitionChange::PutBatch(b) => {
+                        batch.put(batch_key(b.base_offset), encode(&b)?)
+                    }
+                    PartitionChange::DeleteBatch { base_offset } => {
+                        batch.delete(batch_key(base_offset))
+                    }
                     PartitionChange::PutGroupOffset { group, offset } => {
                         batch.put(group_offset_key(&group), encode(&offset)?)
                     }
                 }
             }
-            if meta_changed {
-                if let GroupData::Meta(m) = &inner.data {
-                    batch.put(KEY_META_STATE, encode(m)?);
-                }
+            if meta_changed && let GroupData::Meta(m) = &inner.data {
+                batch.put(KEY_META_STATE, encode(m)?);
             }
             batch.put(KEY_HEADER, encode(&Self::header_of(&inner))?);
             applied_index = inner.last_applied.as_ref().map_or(0, |id| id.index);
@@ -327,17 +350,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let data: GroupData = decode(&snapshot)?;
         let kind_matches = matches!(
             (&data, GroupData::empty_for(self.shared.group)),
-            (GroupData::Meta(_), GroupData::Meta(_)) | (GroupData::Partition(_), GroupData::Partition(_))
+            (GroupData::Meta(_), GroupData::Meta(_))
+                | (GroupData::Partition(_), GroupData::Partition(_))
         );
         if !kind_matches {
-            return Err(invalid_data(format!("snapshot of the wrong kind for group {}", self.shared.group)));
+            return Err(invalid_data(format!(
+                "snapshot of the wrong kind for group {}",
+                self.shared.group
+            )));
         }
         if let GroupData::Partition(p) = &data {
             p.check_invariants().map_err(invalid_data)?;
         }
         let applied_index = {
             let mut inner = self.shared.inner.write();
-            inner.last_applied = meta.last_log_id.clone();
+            inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             // The snapshot replaces the log up to its last entry, so this
             // replica holds message bytes only for later entries.
@@ -353,8 +380,14 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
-        let Some(bytes) = self.shared.storage.state_get(self.shared.group, KEY_SNAPSHOT)? else {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>> {
+        let Some(bytes) = self
+            .shared
+            .storage
+            .state_get(self.shared.group, KEY_SNAPSHOT)?
+        else {
             return Ok(None);
         };
         let (meta, snapshot): (SnapshotMeta, Vec<u8>) = decode(&bytes)?;

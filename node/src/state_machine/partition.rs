@@ -69,14 +69,20 @@ impl PartitionState {
         changes: &mut Vec<PartitionChange>,
     ) -> CommandResponse {
         match command {
-            PartitionCommand::Append { timestamp_ms, records } => {
+            PartitionCommand::Append {
+                timestamp_ms,
+                records,
+            } => {
                 // A leader whose clock is behind its predecessor's must not
                 // make time run backwards within the partition.
                 let timestamp_ms = (*timestamp_ms).max(self.last_timestamp_ms);
                 let base_offset = self.next_offset;
                 let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
                 if count == 0 {
-                    return CommandResponse::Appended { base_offset, timestamp_ms };
+                    return CommandResponse::Appended {
+                        base_offset,
+                        timestamp_ms,
+                    };
                 }
                 let batch = BatchIndex {
                     base_offset,
@@ -90,12 +96,18 @@ impl PartitionState {
                 self.retained_bytes += batch.bytes;
                 self.batches.push_back(batch);
                 changes.push(PartitionChange::PutBatch(batch));
-                CommandResponse::Appended { base_offset, timestamp_ms }
+                CommandResponse::Appended {
+                    base_offset,
+                    timestamp_ms,
+                }
             }
             PartitionCommand::CommitOffset { group, offset } => {
                 let offset = (*offset).min(self.next_offset);
                 self.consumer_offsets.insert(group.clone(), offset);
-                changes.push(PartitionChange::PutGroupOffset { group: group.clone(), offset });
+                changes.push(PartitionChange::PutGroupOffset {
+                    group: group.clone(),
+                    offset,
+                });
                 CommandResponse::None
             }
             PartitionCommand::AdvanceLogStart { offset } => {
@@ -122,7 +134,9 @@ impl PartitionState {
                 break;
             }
             self.retained_bytes = self.retained_bytes.saturating_sub(front.bytes);
-            changes.push(PartitionChange::DeleteBatch { base_offset: front.base_offset });
+            changes.push(PartitionChange::DeleteBatch {
+                base_offset: front.base_offset,
+            });
             self.batches.pop_front();
         }
     }
@@ -142,7 +156,11 @@ impl PartitionState {
             let available = (batch.count - skip) as usize;
             let take = available.min(remaining);
             remaining -= take;
-            slices.push(BatchSlice { batch: *batch, skip, take: take as u32 });
+            slices.push(BatchSlice {
+                batch: *batch,
+                skip,
+                take: take as u32,
+            });
         }
         slices
     }
@@ -150,7 +168,9 @@ impl PartitionState {
     /// The first offset stamped at or after `timestamp_ms`: a binary search,
     /// not a scan, because batch times never decrease.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> u64 {
-        let first = self.batches.partition_point(|b| b.timestamp_ms < timestamp_ms);
+        let first = self
+            .batches
+            .partition_point(|b| b.timestamp_ms < timestamp_ms);
         match self.batches.get(first) {
             Some(batch) => batch.base_offset.max(self.log_start_offset),
             None => self.next_offset,
@@ -159,12 +179,20 @@ impl PartitionState {
 
     /// The offset retention may advance to at `now_ms`: the first offset of
     /// the oldest batch that must be kept, by age and by size.
-    pub fn retention_point(&self, now_ms: i64, retention_ms: Option<u64>, retention_bytes: Option<u64>) -> u64 {
+    pub fn retention_point(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> u64 {
         let mut point = self.log_start_offset;
         if let Some(ms) = retention_ms {
             let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
             let first_kept = self.batches.partition_point(|b| b.timestamp_ms < cutoff);
-            let by_age = self.batches.get(first_kept).map_or(self.next_offset, |b| b.base_offset);
+            let by_age = self
+                .batches
+                .get(first_kept)
+                .map_or(self.next_offset, |b| b.base_offset);
             point = point.max(by_age);
         }
         if let Some(limit) = retention_bytes {
@@ -185,10 +213,10 @@ impl PartitionState {
         let mut expected_base: Option<u64> = None;
         let mut last_time = i64::MIN;
         for b in &self.batches {
-            if let Some(expected) = expected_base {
-                if b.base_offset != expected {
-                    return Err(format!("offset gap before batch at {}", b.base_offset));
-                }
+            if let Some(expected) = expected_base
+                && b.base_offset != expected
+            {
+                return Err(format!("offset gap before batch at {}", b.base_offset));
             }
             if b.timestamp_ms < last_time {
                 return Err(format!("time went backwards at offset {}", b.base_offset));
@@ -196,10 +224,13 @@ impl PartitionState {
             expected_base = Some(b.end_offset());
             last_time = b.timestamp_ms;
         }
-        if let Some(end) = expected_base {
-            if end != self.next_offset {
-                return Err(format!("last batch ends at {end}, next offset is {}", self.next_offset));
-            }
+        if let Some(end) = expected_base
+            && end != self.next_offset
+        {
+            return Err(format!(
+                "last batch ends at {end}, next offset is {}",
+                self.next_offset
+            ));
         }
         if self.log_start_offset > self.next_offset {
             return Err("log start past the high watermark".into());
@@ -209,13 +240,21 @@ impl PartitionState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::raft::types::StoredRecord;
 
     fn append(ts: i64, n: usize) -> PartitionCommand {
-        let record = StoredRecord { key: vec![], value: vec![0; 10], headers: vec![] };
-        PartitionCommand::Append { timestamp_ms: ts, records: vec![record; n] }
+        let record = StoredRecord {
+            key: vec![],
+            value: vec![0; 10],
+            headers: vec![],
+        };
+        PartitionCommand::Append {
+            timestamp_ms: ts,
+            records: vec![record; n],
+        }
     }
 
     fn state_with(batches: &[(i64, usize)]) -> PartitionState {
@@ -248,8 +287,14 @@ mod tests {
         let state = state_with(&[(10, 3), (20, 2), (30, 4)]);
         let slices = state.locate(4, 4);
         assert_eq!(slices.len(), 2);
-        assert_eq!((slices[0].batch.base_offset, slices[0].skip, slices[0].take), (3, 1, 1));
-        assert_eq!((slices[1].batch.base_offset, slices[1].skip, slices[1].take), (5, 0, 3));
+        assert_eq!(
+            (slices[0].batch.base_offset, slices[0].skip, slices[0].take),
+            (3, 1, 1)
+        );
+        assert_eq!(
+            (slices[1].batch.base_offset, slices[1].skip, slices[1].take),
+            (5, 0, 3)
+        );
         assert!(state.locate(9, 10).is_empty());
     }
 
@@ -267,9 +312,16 @@ mod tests {
     fn advancing_log_start_drops_whole_batches_only() {
         let mut state = state_with(&[(10, 3), (20, 2), (30, 4)]);
         let mut changes = Vec::new();
-        state.apply(&PartitionCommand::AdvanceLogStart { offset: 4 }, 9, &mut changes);
+        state.apply(
+            &PartitionCommand::AdvanceLogStart { offset: 4 },
+            9,
+            &mut changes,
+        );
         assert_eq!(state.log_start_offset, 4);
-        assert_eq!(changes, vec![PartitionChange::DeleteBatch { base_offset: 0 }]);
+        assert_eq!(
+            changes,
+            vec![PartitionChange::DeleteBatch { base_offset: 0 }]
+        );
         assert_eq!(state.locate(0, 1)[0].skip, 1);
         assert_eq!(state.retained_bytes, 60);
         state.apply(&PartitionCommand::PurgeAll, 10, &mut changes);
@@ -292,7 +344,10 @@ mod tests {
     fn committed_group_offset_is_capped_at_high_watermark() {
         let mut state = state_with(&[(10, 3)]);
         let mut changes = Vec::new();
-        let cmd = PartitionCommand::CommitOffset { group: "g".into(), offset: 99 };
+        let cmd = PartitionCommand::CommitOffset {
+            group: "g".into(),
+            offset: 99,
+        };
         state.apply(&cmd, 5, &mut changes);
         assert_eq!(state.consumer_offsets["g"], 3);
     }

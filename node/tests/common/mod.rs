@@ -35,21 +35,31 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub fn topic(name: &str) -> Option<pb::TopicRef> {
-    Some(pb::TopicRef { topic: Some(pb::topic_ref::Topic::Name(name.into())) })
+    Some(pb::TopicRef {
+        topic: Some(pb::topic_ref::Topic::Name(name.into())),
+    })
 }
 
 pub fn record(value: &str) -> Option<pb::Record> {
-    Some(pb::Record { value: value.as_bytes().to_vec().into(), ..Default::default() })
+    Some(pb::Record {
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    })
 }
 
 pub fn at_offset(offset: u64) -> Option<pb::Position> {
-    Some(pb::Position { position: Some(pb::position::Position::Offset(offset)) })
+    Some(pb::Position {
+        position: Some(pb::position::Position::Offset(offset)),
+    })
 }
 
 impl TestCluster {
@@ -61,8 +71,10 @@ impl TestCluster {
             let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listeners.insert(id, (grpc, http));
         }
-        let peers: BTreeMap<u64, String> =
-            listeners.iter().map(|(id, (grpc, _))| (*id, grpc.local_addr().unwrap().to_string())).collect();
+        let peers: BTreeMap<u64, String> = listeners
+            .iter()
+            .map(|(id, (grpc, _))| (*id, grpc.local_addr().unwrap().to_string()))
+            .collect();
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         for (id, (grpc, http)) in listeners {
@@ -73,14 +85,24 @@ impl TestCluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 peers: peers.clone(),
                 raft: RaftTimings::default(),
-                limits: Limits { write_timeout_ms: 5_000, retention_interval_ms: 200, ..Limits::default() },
+                limits: Limits {
+                    write_timeout_ms: 5_000,
+                    retention_interval_ms: 200,
+                    ..Limits::default()
+                },
                 fsync: true,
             };
-            let node = RunningNode::start_on(config.clone(), grpc, http).await.unwrap();
+            let node = RunningNode::start_on(config.clone(), grpc, http)
+                .await
+                .unwrap();
             configs.insert(id, config);
             nodes.insert(id, node);
         }
-        let cluster = TestCluster { dir, configs, nodes };
+        let cluster = TestCluster {
+            dir,
+            configs,
+            nodes,
+        };
         cluster.wait_ready().await;
         cluster
     }
@@ -100,7 +122,9 @@ impl TestCluster {
     }
 
     pub async fn client(&self, id: u64) -> RaftstreamClient<Channel> {
-        raftstream_client::connect(&self.addr(id).to_string()).await.unwrap()
+        raftstream_client::connect(&self.addr(id).to_string())
+            .await
+            .unwrap()
     }
 
     pub fn running_ids(&self) -> Vec<u64> {
@@ -128,7 +152,12 @@ impl TestCluster {
     }
 
     /// Creates a topic and waits until every partition has a leader.
-    pub async fn create_topic(&self, name: &str, partitions: u32, replication_factor: u32) -> pb::Topic {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> pb::Topic {
         let mut client = self.client(self.running_ids()[0]).await;
         let created = client
             .create_topic(pb::CreateTopicRequest {
@@ -148,10 +177,19 @@ impl TestCluster {
         let first = self.running_ids()[0];
         eventually("partition leaders", Duration::from_secs(20), || async {
             let mut client = self.client(first).await;
-            let status = client.cluster_status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            let status = client
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             let groups: Vec<_> = status.groups.iter().filter(|g| g.topic == name).collect();
-            let topic = client.get_topic(topic(name).unwrap()).await.ok()?.into_inner();
-            (groups.len() == topic.partitions.len() && groups.iter().all(|g| g.leader.is_some())).then_some(())
+            let topic = client
+                .get_topic(topic(name).unwrap())
+                .await
+                .ok()?
+                .into_inner();
+            (groups.len() == topic.partitions.len() && groups.iter().all(|g| g.leader.is_some()))
+                .then_some(())
         })
         .await;
     }
@@ -161,7 +199,11 @@ impl TestCluster {
         let first = self.running_ids()[0];
         eventually("partition leader", Duration::from_secs(20), || async {
             let mut client = self.client(first).await;
-            let status = client.cluster_status(pb::ClusterStatusRequest {}).await.ok()?.into_inner();
+            let status = client
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             status
                 .groups
                 .iter()
