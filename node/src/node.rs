@@ -298,8 +298,9 @@ impl Node {
         }
     }
 
-    /// Leaders advance the log start by retention; every replica then drops
-    /// the Raft log below it. See ARCHITECTURE.md, "Retention".
+    /// Periodic upkeep of every local partition: retention (leaders advance
+    /// the log start, every replica then drops the Raft log below it, see
+    /// ARCHITECTURE.md) and preferred-leader balancing.
     async fn retention_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown_signal();
         let interval = Duration::from_millis(self.config.limits.retention_interval_ms.max(100));
@@ -310,9 +311,10 @@ impl Node {
             }
             let meta = self.metadata();
             for topic in meta.topics.values() {
-                for p in 0..topic.partitions.len() as u32 {
-                    if let Some(group) = self.group(topic.group_id(p)) {
+                for (p, replicas) in topic.partitions.iter().enumerate() {
+                    if let Some(group) = self.group(topic.group_id(p as u32)) {
                         self.enforce_retention(topic, &group).await;
+                        self.hand_back_to_preferred_leader(replicas, &group).await;
                     }
                 }
             }
@@ -371,6 +373,37 @@ impl Node {
             let _ = group.raft.trigger().purge_log(upto).await;
         } else {
             let _ = group.raft.trigger().snapshot().await;
+        }
+    }
+
+    /// Leaders of a new group go to whichever replica wins the first election,
+    /// and after a failover to a survivor. Like Kafka's preferred-leader
+    /// election, a leader hands leadership back to the partition's first
+    /// replica once that replica has every entry, so load stays spread.
+    async fn hand_back_to_preferred_leader(&self, replicas: &[NodeId], group: &Group) {
+        let Some(&preferred) = replicas.first() else {
+            return;
+        };
+        if preferred == self.id() {
+            return;
+        }
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.id()) {
+            return;
+        }
+        let last = metrics.last_log_index;
+        let caught_up = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&preferred))
+            .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last);
+        if caught_up {
+            tracing::debug!(
+                group = group.id,
+                to = preferred,
+                "handing leadership to the preferred replica"
+            );
+            let _ = group.raft.trigger().transfer_leader(preferred).await;
         }
     }
 

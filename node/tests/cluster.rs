@@ -392,10 +392,44 @@ async fn many_partitions_spread_leaders_across_three_nodes() {
     assert_eq!(wide.len(), 12);
     let total: u64 = wide.iter().map(|g| g.high_watermark).sum();
     assert_eq!(total, 120);
-    let mut leaders: Vec<u64> = wide.iter().filter_map(|g| g.leader).collect();
+    // Leadership settles on each partition's preferred (first) replica,
+    // which placement spreads over the nodes.
+    let topic_info = client
+        .get_topic(topic("wide").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let settled = eventually(
+        "leaders on preferred replicas",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            let topic_info = topic_info.clone();
+            async move {
+                let status = client
+                    .cluster_status(pb::ClusterStatusRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                let settled = topic_info.partitions.iter().all(|p| {
+                    status.groups.iter().any(|g| {
+                        g.group_id == p.group_id && g.leader == p.replicas.first().copied()
+                    })
+                });
+                settled.then_some(status)
+            }
+        },
+    )
+    .await;
+    let mut leaders: Vec<u64> = settled
+        .groups
+        .iter()
+        .filter(|g| g.topic == "wide")
+        .filter_map(|g| g.leader)
+        .collect();
     leaders.sort();
     leaders.dedup();
-    assert!(leaders.len() >= 2, "leaders all on one node: {leaders:?}");
+    assert_eq!(leaders, vec![1, 2, 3]);
     assert!(status.nodes.iter().all(|n| n.reachable));
     cluster.shutdown().await;
 }
