@@ -184,6 +184,24 @@ fn read_status(e: ReadError) -> Status {
     }
 }
 
+/// The partitions a request names: one, or all when it names none.
+fn selected_partitions(topic: &Topic, partition: Option<u32>) -> Result<Vec<u32>, Status> {
+    match partition {
+        Some(p) => replicas_of(topic, p).map(|_| vec![p]),
+        None => Ok((0..topic.partitions.len() as u32).collect()),
+    }
+}
+
+fn replicas_of(topic: &Topic, partition: u32) -> Result<Vec<u64>, Status> {
+    topic
+        .partitions
+        .get(partition as usize)
+        .cloned()
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("topic {} has no partition {partition}", topic.name))
+        })
+}
+
 fn topic_not_found(name: &TopicName) -> Status {
     Status::not_found(format!("topic {name} does not exist"))
 }
@@ -553,16 +571,7 @@ impl ClientService {
                 StartAt::After(offset)
             }
         };
-        let replicas = topic
-            .partitions
-            .get(partition as usize)
-            .cloned()
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "topic {} has no partition {partition}",
-                    topic.name
-                ))
-            })?;
+        let replicas = replicas_of(&topic, partition)?;
         let max = match request.max_messages {
             0 => DEFAULT_MAX_MESSAGES,
             n => n.min(MAX_MESSAGES),
@@ -803,16 +812,7 @@ impl Raftstream for ClientService {
             return Err(Status::invalid_argument("group must not be empty"));
         }
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
-        let replicas = topic
-            .partitions
-            .get(request.partition as usize)
-            .cloned()
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "topic {} has no partition {}",
-                    topic.name, request.partition
-                ))
-            })?;
+        let replicas = replicas_of(&topic, request.partition)?;
         match self
             .route(topic.group_id(request.partition), &replicas, hops)
             .await?
@@ -839,16 +839,7 @@ impl Raftstream for ClientService {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
-        let partitions: Vec<u32> = match request.partition {
-            Some(p) if (p as usize) < topic.partitions.len() => vec![p],
-            Some(p) => {
-                return Err(Status::invalid_argument(format!(
-                    "topic {} has no partition {p}",
-                    topic.name
-                )));
-            }
-            None => (0..topic.partitions.len() as u32).collect(),
-        };
+        let partitions = selected_partitions(&topic, request.partition)?;
         let mut offsets = Vec::new();
         for partition in partitions {
             let replicas = &topic.partitions[partition as usize];
@@ -972,16 +963,7 @@ impl Raftstream for ClientService {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
-        let partitions: Vec<u32> = match request.partition {
-            Some(p) if (p as usize) < topic.partitions.len() => vec![p],
-            Some(p) => {
-                return Err(Status::invalid_argument(format!(
-                    "topic {} has no partition {p}",
-                    topic.name
-                )));
-            }
-            None => (0..topic.partitions.len() as u32).collect(),
-        };
+        let partitions = selected_partitions(&topic, request.partition)?;
         for partition in partitions {
             let replicas = &topic.partitions[partition as usize];
             match self
