@@ -622,3 +622,142 @@ async fn topics_update_purge_and_delete_through_a_follower() {
     assert!(listed.topics.is_empty());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_by_bytes_advances_log_start_on_every_replica() {
+    let cluster = TestCluster::start(3).await;
+    let mut client = cluster.client(1).await;
+    client
+        .create_topic(pb::CreateTopicRequest {
+            name: "short".into(),
+            partitions: 1,
+            replication_factor: 3,
+            retention: Some(pb::RetentionPolicy {
+                retention_ms: 0,
+                retention_bytes: 100,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    cluster.wait_partition_leaders("short").await;
+    for i in 0..10 {
+        // 50-byte values: only the newest two fit in 100 bytes.
+        publish(&mut client, "short", &format!("{i:050}")).await;
+    }
+    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    for id in 1..=3 {
+        let node = cluster.nodes[&id].node.clone();
+        eventually("retention applied", Duration::from_secs(20), || async {
+            let group = node.group(group_id)?;
+            let start = group.state.read(|inner| match &inner.data {
+                raftstream_node::state_machine::GroupData::Partition(p) => p.log_start_offset,
+                _ => 0,
+            });
+            (start == 8).then_some(())
+        })
+        .await;
+    }
+    let response = client
+        .consume(pb::ConsumeRequest {
+            topic: topic("short"),
+            partition: 0,
+            position: None,
+            max_messages: 100,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.log_start_offset, 8);
+    assert_eq!(
+        response
+            .messages
+            .iter()
+            .map(|m| m.offset)
+            .collect::<Vec<_>>(),
+        vec![8, 9]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_streams_existing_then_new_messages_in_order() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("tail", 1, 3).await;
+    let mut client = cluster.client(2).await;
+    for i in 0..3 {
+        publish(&mut client, "tail", &format!("t{i}")).await;
+    }
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            topic: topic("tail"),
+            partition: 0,
+            position: at_offset(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut writer = cluster.client(3).await;
+    for i in 3..6 {
+        publish(&mut writer, "tail", &format!("t{i}")).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(String::from_utf8_lossy(&message.value).into_owned());
+    }
+    assert_eq!(seen, vec!["t1", "t2", "t3", "t4", "t5"]);
+    drop(stream);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_quorum_a_publish_gets_a_clear_status_and_the_node_recovers() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("quorum", 1, 3).await;
+    let mut client = cluster.client(1).await;
+    publish(&mut client, "quorum", "before").await;
+    cluster.stop(2).await;
+    cluster.stop(3).await;
+    let err = client
+        .publish(pb::PublishRequest {
+            topic: topic("quorum"),
+            record: record("lonely"),
+        })
+        .await
+        .unwrap_err();
+    // Either no leader could be reached, or the entry could not commit and
+    // its outcome is unknown; never a plain failure, never a hang.
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
+        "unexpected status {err:?}"
+    );
+    cluster.restart(2).await;
+    cluster.restart(3).await;
+    cluster.wait_ready().await;
+    eventually("publishes again", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish(pb::PublishRequest {
+                    topic: topic("quorum"),
+                    record: record("after"),
+                })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let read = values(&read_all(&mut client, "quorum", 0, 2).await);
+    assert_eq!(read.first().map(String::as_str), Some("before"));
+    assert_eq!(read.last().map(String::as_str), Some("after"));
+    cluster.shutdown().await;
+}

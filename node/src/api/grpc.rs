@@ -764,6 +764,7 @@ impl Raftstream for ClientService {
             DEFAULT_MAX_MESSAGES as usize,
         );
         let service = self.clone();
+        let mut shutdown = self.node.shutdown_signal();
         tokio::spawn(async move {
             let mut batch = first;
             loop {
@@ -794,6 +795,9 @@ impl Raftstream for ClientService {
                         }
                     },
                     _ = tx.closed() => return,
+                    // A node shutting down ends its streams rather than
+                    // holding the server open until a long poll expires.
+                    _ = shutdown.changed() => return,
                 };
             }
         });
