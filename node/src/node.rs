@@ -296,6 +296,30 @@ impl Node {
             );
             self.stop_group(id, true).await;
         }
+        self.delete_orphaned_groups(&meta).await;
+    }
+
+    /// Deletes the data of partitions whose topic was deleted while this
+    /// node was down: they are on disk but were never started.
+    async fn delete_orphaned_groups(&self, meta: &MetaState) {
+        let storage = self.storage.clone();
+        let on_disk = match tokio::task::spawn_blocking(move || storage.groups_on_disk()).await {
+            Ok(Ok(groups)) => groups,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "listing groups on disk failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        for id in on_disk {
+            if self.group(id).is_none() && meta.group_topic_deleted(id) {
+                tracing::info!(
+                    group = id,
+                    "deleting data of a partition whose topic was deleted"
+                );
+                self.stop_group(id, true).await;
+            }
+        }
     }
 
     /// Periodic upkeep of every local partition: retention (leaders advance

@@ -761,3 +761,68 @@ async fn without_quorum_a_publish_gets_a_clear_status_and_the_node_recovers() {
     assert_eq!(read.last().map(String::as_str), Some("after"));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_down_during_topic_deletion_drops_the_data_when_it_returns() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("doomed", 2, 3).await;
+    let mut client = cluster.client(1).await;
+    publish(&mut client, "doomed", "x").await;
+    let groups = [
+        raftstream_node::raft::types::partition_group_id(1, 0),
+        raftstream_node::raft::types::partition_group_id(1, 1),
+    ];
+    let on_disk = |cluster: &TestCluster| cluster.nodes[&3].node.storage.groups_on_disk().unwrap();
+    assert!(groups.iter().all(|g| on_disk(&cluster).contains(g)));
+    cluster.stop(3).await;
+    client.delete_topic(topic("doomed").unwrap()).await.unwrap();
+    cluster.restart(3).await;
+    eventually(
+        "orphaned partitions deleted",
+        Duration::from_secs(20),
+        || {
+            let left = on_disk(&cluster);
+            async move { groups.iter().all(|g| !left.contains(g)).then_some(()) }
+        },
+    )
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutting_down_ends_parked_long_polls() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("idle", 1, 3).await;
+    let leader = cluster.partition_leader("idle", 0).await;
+    let mut reader = cluster.client(leader).await;
+    let node = cluster.nodes[&leader].node.clone();
+    let group = node
+        .group(raftstream_node::raft::types::partition_group_id(1, 0))
+        .unwrap();
+    let idle_waiters = group.state.waiters();
+    let poll = tokio::spawn(async move {
+        reader
+            .consume(pb::ConsumeRequest {
+                topic: topic("idle"),
+                partition: 0,
+                position: at_offset(0),
+                max_messages: 10,
+                wait_ms: 60_000,
+            })
+            .await
+    });
+    eventually("the long poll parked", Duration::from_secs(10), || {
+        let parked = group.state.waiters() > idle_waiters;
+        async move { parked.then_some(()) }
+    })
+    .await;
+    drop(group);
+    // Nothing is published: the poll can only return through the shutdown.
+    cluster.stop(leader).await;
+    let answer = tokio::time::timeout(Duration::from_secs(30), poll).await;
+    assert!(
+        answer.is_ok(),
+        "a 60 s long poll kept the node from shutting down"
+    );
+    cluster.shutdown().await;
+}

@@ -615,7 +615,7 @@ impl ClientService {
                 None => return Err(status),
             },
         };
-        match read_or_wait(&group, &start, max, wait).await {
+        match read_or_wait(&group, &start, max, wait, self.node.shutdown_signal()).await {
             Ok(batch) => Ok(batch_to_pb(partition, batch)),
             Err(ReadError::NotLocal { .. }) if !hops.local_only => {
                 self.consume_from_other_replica(&topic, partition, &replicas, &start, max)

@@ -144,11 +144,13 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
 
 /// Reads like [`read_committed`], but when nothing is there yet waits up to
 /// `wait` and returns as soon as something commits.
+/// A node shutting down (`stop` turning true) ends the wait at once.
 pub async fn read_or_wait(
     group: &Group,
     start: &StartAt,
     max: usize,
     wait: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<ReadBatch, ReadError> {
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before the first read so a commit between the read and the
@@ -161,10 +163,17 @@ pub async fn read_or_wait(
         if !batch.messages.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(batch);
         }
-        match tokio::time::timeout_at(deadline, applied.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out, or the group shut down: answer with what there is.
-            _ => return read_committed(group, from, max),
+        if *stop.borrow_and_update() {
+            return Ok(batch);
+        }
+        let woken = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, applied.changed()) => matches!(changed, Ok(Ok(()))),
+            _ = stop.changed() => false,
+        };
+        if !woken {
+            // Timed out, or the group or the node is shutting down: answer
+            // with what there is.
+            return read_committed(group, from, max);
         }
     }
 }

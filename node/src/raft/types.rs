@@ -24,6 +24,10 @@ pub fn partition_group_id(topic_id: u64, partition: u32) -> GroupId {
     (topic_id << PARTITION_BITS) | u64::from(partition)
 }
 
+pub fn topic_of_group(group: GroupId) -> u64 {
+    group >> PARTITION_BITS
+}
+
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
@@ -153,6 +157,15 @@ impl MetaState {
     pub fn topic_by_name(&self, name: &str) -> Option<&Topic> {
         self.topics.values().find(|t| t.name == name)
     }
+
+    /// Whether this metadata shows the group's topic as created and then
+    /// deleted. Topic ids are never reused and the metadata is a committed
+    /// prefix, so a "yes" is final even if this copy lags the leader; a
+    /// topic this copy has not seen created yet is never called deleted.
+    pub fn group_topic_deleted(&self, group: GroupId) -> bool {
+        let topic_id = topic_of_group(group);
+        group != META_GROUP && topic_id < self.next_topic_id && !self.topics.contains_key(&topic_id)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,5 +209,23 @@ impl std::fmt::Display for Command {
             }
             Command::Partition(PartitionCommand::PurgeAll) => write!(f, "purge"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_groups_of_topics_seen_created_then_deleted_count_as_deleted() {
+        let meta = MetaState {
+            topics: BTreeMap::new(),
+            next_topic_id: 3,
+        };
+        assert!(meta.group_topic_deleted(partition_group_id(1, 0)));
+        assert!(meta.group_topic_deleted(partition_group_id(2, 7)));
+        // Not created yet as far as this copy knows.
+        assert!(!meta.group_topic_deleted(partition_group_id(3, 0)));
+        assert!(!meta.group_topic_deleted(META_GROUP));
     }
 }

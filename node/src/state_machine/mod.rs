@@ -103,6 +103,11 @@ impl GroupShared {
         self.applied_tx.subscribe()
     }
 
+    /// How many readers wait on this group's progress (parked long polls).
+    pub fn waiters(&self) -> usize {
+        self.applied_tx.receiver_count()
+    }
+
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
