@@ -346,57 +346,87 @@ impl Node {
     }
 
     async fn enforce_retention(&self, topic: &Topic, group: &Group) {
-        let is_leader = group
-            .leader()
-            .is_some_and(|(leader, _)| leader == self.id());
         let now_ms = now_ms();
-        let (point, log_start, purge_upto) = group.state.read(|inner| match &inner.data {
-            GroupData::Partition(p) => {
-                let point = p.retention_point(
+        let view = group.state.read(|inner| match &inner.data {
+            GroupData::Partition(p) => Some((
+                p.retention_point(
                     now_ms,
                     topic.retention.retention_ms,
                     topic.retention.retention_bytes,
-                );
-                // Entries before the first retained batch hold only
-                // forgotten messages (or none), so the log may go there.
-                let upto = match p.batches.front() {
-                    Some(b) => b.log_index.checked_sub(1),
-                    None => inner.last_applied.as_ref().map(|id| id.index),
-                };
-                (point, p.log_start_offset, upto)
-            }
-            GroupData::Meta(_) => (0, 0, None),
+                ),
+                p.log_start_offset,
+                p.forgotten_log_index,
+                p.purgeable_log_index,
+            )),
+            GroupData::Meta(_) => None,
         });
-        if is_leader && point > log_start {
-            let command =
-                crate::raft::types::Command::Partition(PartitionCommand::AdvanceLogStart {
-                    offset: point,
-                });
-            if let Err(e) = group.raft.client_write(command).await {
-                tracing::debug!(group = group.id, error = %e, "retention advance not written");
-            }
-        }
-        let Some(mut upto) = purge_upto else { return };
+        let Some((point, log_start, forgotten, purgeable)) = view else {
+            return;
+        };
         let metrics = group.raft.metrics().borrow_watched().clone();
-        // A leader keeps what any follower still lacks, so a lagging
-        // follower catches up from the log rather than from a snapshot,
-        // which would leave it without the message bytes the snapshot spans.
-        if let Some(replication) = &metrics.replication {
-            for matched in replication.values() {
-                upto = upto.min(matched.as_ref().map_or(0, |id| id.index));
+        if metrics.current_leader == Some(self.id()) {
+            if point > log_start {
+                let command = PartitionCommand::AdvanceLogStart { offset: point };
+                if let Err(e) = self.write_retention(group, command).await {
+                    tracing::debug!(group = group.id, error = %e, "retention advance not written");
+                }
+            }
+            // Every replica may drop the log only as far as every replica
+            // has it: then no replica, whoever leads later, needs a
+            // snapshot to catch up, and a snapshot (which spans entries
+            // without carrying their messages) never leaves a replica
+            // without live messages.
+            let mut safe = forgotten;
+            if let Some(replication) = &metrics.replication {
+                for matched in replication.values() {
+                    safe = safe.min(matched.as_ref().map_or(0, |id| id.index));
+                }
+            }
+            if safe > purgeable {
+                let command = PartitionCommand::AllowLogPurge { upto: safe };
+                if let Err(e) = self.write_retention(group, command).await {
+                    tracing::debug!(group = group.id, error = %e, "log purge allowance not written");
+                }
             }
         }
-        let purged = metrics.purged.as_ref().map(|id| id.index);
-        if purged.is_some_and(|p| p >= upto) {
+        if purgeable == 0
+            || metrics
+                .purged
+                .as_ref()
+                .is_some_and(|p| p.index >= purgeable)
+        {
             return;
         }
         // openraft purges only what a snapshot covers; the snapshot is small
         // (index and counters), so taking one per purge is cheap.
-        let snapshot = metrics.snapshot.as_ref().map(|id| id.index);
-        if snapshot.is_some_and(|s| s >= upto) {
-            let _ = group.raft.trigger().purge_log(upto).await;
+        if metrics
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.index >= purgeable)
+        {
+            let _ = group.raft.trigger().purge_log(purgeable).await;
         } else {
             let _ = group.raft.trigger().snapshot().await;
+        }
+    }
+
+    async fn write_retention(
+        &self,
+        group: &Group,
+        command: PartitionCommand,
+    ) -> Result<(), String> {
+        let write = group
+            .raft
+            .client_write(crate::raft::types::Command::Partition(command));
+        match tokio::time::timeout(
+            Duration::from_millis(self.config.limits.write_timeout_ms),
+            write,
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
         }
     }
 

@@ -657,6 +657,23 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
             (start == 8).then_some(())
         })
         .await;
+        // The Raft log itself shrinks too, on every replica.
+        eventually("log purged", Duration::from_secs(20), || async {
+            use openraft::async_runtime::WatchReceiver;
+            let group = node.group(group_id)?;
+            let forgotten = group.state.read(|inner| match &inner.data {
+                raftstream_node::state_machine::GroupData::Partition(p) => p.forgotten_log_index,
+                _ => 0,
+            });
+            let purged = group
+                .raft
+                .metrics()
+                .borrow_watched()
+                .purged
+                .map(|id| id.index);
+            (forgotten > 0 && purged >= Some(forgotten)).then_some(())
+        })
+        .await;
     }
     let response = client
         .consume(pb::ConsumeRequest {

@@ -64,6 +64,9 @@ pub enum PartitionCommand {
     AdvanceLogStart { offset: u64 },
     /// Forget every message committed so far (topic purge).
     PurgeAll,
+    /// Replicas may drop their Raft log up to this index: the leader saw
+    /// every replica holding it, and it holds only forgotten messages.
+    AllowLogPurge { upto: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -208,6 +211,9 @@ impl std::fmt::Display for Command {
                 write!(f, "advance log start to {offset}")
             }
             Command::Partition(PartitionCommand::PurgeAll) => write!(f, "purge"),
+            Command::Partition(PartitionCommand::AllowLogPurge { upto }) => {
+                write!(f, "allow log purge up to {upto}")
+            }
         }
     }
 }

@@ -74,6 +74,8 @@ struct Header {
     log_start_offset: u64,
     last_timestamp_ms: i64,
     retained_bytes: u64,
+    forgotten_log_index: u64,
+    purgeable_log_index: u64,
 }
 
 #[derive(Debug)]
@@ -156,6 +158,8 @@ impl GroupStateMachine {
                 log_start_offset: header.log_start_offset,
                 last_timestamp_ms: header.last_timestamp_ms,
                 retained_bytes: header.retained_bytes,
+                forgotten_log_index: header.forgotten_log_index,
+                purgeable_log_index: header.purgeable_log_index,
                 ..Default::default()
             };
             for (_, value) in storage.state_scan(group, PREFIX_BATCH)? {
@@ -202,6 +206,8 @@ impl GroupStateMachine {
             header.log_start_offset = p.log_start_offset;
             header.last_timestamp_ms = p.last_timestamp_ms;
             header.retained_bytes = p.retained_bytes;
+            header.forgotten_log_index = p.forgotten_log_index;
+            header.purgeable_log_index = p.purgeable_log_index;
         }
         header
     }

@@ -41,6 +41,10 @@ pub struct PartitionState {
     pub batches: VecDeque<BatchIndex>,
     pub retained_bytes: u64,
     pub consumer_offsets: BTreeMap<String, u64>,
+    /// The highest Raft log index of a batch retention has dropped.
+    pub forgotten_log_index: u64,
+    /// How far every replica may purge its Raft log (`AllowLogPurge`).
+    pub purgeable_log_index: u64,
 }
 
 /// A change to persist after applying, so restart need not replay the log.
@@ -118,6 +122,11 @@ impl PartitionState {
                 self.advance_log_start(self.next_offset, changes);
                 CommandResponse::None
             }
+            PartitionCommand::AllowLogPurge { upto } => {
+                let upto = (*upto).min(self.forgotten_log_index);
+                self.purgeable_log_index = self.purgeable_log_index.max(upto);
+                CommandResponse::None
+            }
         }
     }
 
@@ -134,6 +143,7 @@ impl PartitionState {
                 break;
             }
             self.retained_bytes = self.retained_bytes.saturating_sub(front.bytes);
+            self.forgotten_log_index = self.forgotten_log_index.max(front.log_index);
             changes.push(PartitionChange::DeleteBatch {
                 base_offset: front.base_offset,
             });
@@ -324,11 +334,42 @@ mod tests {
         );
         assert_eq!(state.locate(0, 1)[0].skip, 1);
         assert_eq!(state.retained_bytes, 60);
+        assert_eq!(state.forgotten_log_index, 1);
         state.apply(&PartitionCommand::PurgeAll, 10, &mut changes);
         assert_eq!(state.log_start_offset, 9);
+        assert_eq!(state.forgotten_log_index, 3);
         assert!(state.batches.is_empty());
         assert!(state.locate(0, 10).is_empty());
         state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn log_purge_allowance_never_exceeds_forgotten_batches_nor_goes_back() {
+        let mut state = state_with(&[(10, 3), (20, 2), (30, 4)]);
+        let mut changes = Vec::new();
+        state.apply(
+            &PartitionCommand::AllowLogPurge { upto: 9 },
+            4,
+            &mut changes,
+        );
+        assert_eq!(state.purgeable_log_index, 0, "nothing forgotten yet");
+        state.apply(
+            &PartitionCommand::AdvanceLogStart { offset: 5 },
+            5,
+            &mut changes,
+        );
+        state.apply(
+            &PartitionCommand::AllowLogPurge { upto: 9 },
+            6,
+            &mut changes,
+        );
+        assert_eq!(state.purgeable_log_index, 2);
+        state.apply(
+            &PartitionCommand::AllowLogPurge { upto: 1 },
+            7,
+            &mut changes,
+        );
+        assert_eq!(state.purgeable_log_index, 2);
     }
 
     #[test]
