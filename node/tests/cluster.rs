@@ -792,7 +792,20 @@ async fn a_node_down_during_topic_deletion_drops_the_data_when_it_returns() {
     let on_disk = |cluster: &TestCluster| cluster.nodes[&3].node.storage.groups_on_disk().unwrap();
     assert!(groups.iter().all(|g| on_disk(&cluster).contains(g)));
     cluster.stop(3).await;
-    client.delete_topic(topic("doomed").unwrap()).await.unwrap();
+    // The stopped node may have led the metadata group: like any client,
+    // retry UNAVAILABLE until a new leader answers.
+    eventually("topic deleted", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            match client.delete_topic(topic("doomed").unwrap()).await {
+                Ok(_) => Some(()),
+                Err(status) if status.code() == tonic::Code::NotFound => Some(()),
+                Err(status) if status.code() == tonic::Code::Unavailable => None,
+                Err(status) => panic!("delete failed: {status:?}"),
+            }
+        }
+    })
+    .await;
     cluster.restart(3).await;
     eventually(
         "orphaned partitions deleted",
@@ -810,13 +823,16 @@ async fn a_node_down_during_topic_deletion_drops_the_data_when_it_returns() {
 async fn shutting_down_ends_parked_long_polls() {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic("idle", 1, 3).await;
-    let leader = cluster.partition_leader("idle", 0).await;
-    let mut reader = cluster.client(leader).await;
-    let node = cluster.nodes[&leader].node.clone();
-    let group = node
-        .group(raftstream_node::raft::types::partition_group_id(1, 0))
-        .unwrap();
-    let idle_waiters = group.state.waiters();
+    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    let waiters = |cluster: &TestCluster| -> Vec<(u64, usize)> {
+        cluster
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| Some((*id, n.node.group(group_id)?.state.waiters())))
+            .collect()
+    };
+    let idle = waiters(&cluster);
+    let mut reader = cluster.client(1).await;
     let poll = tokio::spawn(async move {
         reader
             .consume(pb::ConsumeRequest {
@@ -828,14 +844,18 @@ async fn shutting_down_ends_parked_long_polls() {
             })
             .await
     });
-    eventually("the long poll parked", Duration::from_secs(10), || {
-        let parked = group.state.waiters() > idle_waiters;
-        async move { parked.then_some(()) }
+    // The poll parks on whichever node leads the partition at that moment.
+    let parked_on = eventually("the long poll parked", Duration::from_secs(10), || {
+        let now = waiters(&cluster);
+        let parked = now
+            .iter()
+            .find(|(id, n)| idle.iter().any(|(i, before)| i == id && n > before))
+            .map(|(id, _)| *id);
+        async move { parked }
     })
     .await;
-    drop(group);
     // Nothing is published: the poll can only return through the shutdown.
-    cluster.stop(leader).await;
+    cluster.stop(parked_on).await;
     let answer = tokio::time::timeout(Duration::from_secs(30), poll).await;
     assert!(
         answer.is_ok(),

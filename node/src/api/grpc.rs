@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
@@ -355,6 +356,48 @@ impl ClientService {
             .ok_or_else(|| topic_not_found(name))
     }
 
+    /// Does `local` on this node when it leads `group_id`, else `forward`s
+    /// towards the leader. A local proposal refused because leadership just
+    /// moved was never appended, so it is routed again (at most three times).
+    async fn on_leader<'a, T>(
+        &'a self,
+        group_id: u64,
+        replicas: &[u64],
+        hops: Hops,
+        local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
+        forward: impl FnOnce(String) -> BoxFuture<'a, Result<T, Status>>,
+    ) -> Result<T, Status> {
+        for _ in 0..3 {
+            let group = match self.route(group_id, replicas, hops).await? {
+                Route::Local(group) => group,
+                Route::Forward(addr) => return forward(addr).await,
+            };
+            match local(group.clone()).await {
+                Err(WriteError::NotLeader { .. }) => {
+                    let me = self.node.id();
+                    let _ = group
+                        .raft
+                        .wait(Some(Duration::from_secs(2)))
+                        .metrics(|m| m.current_leader.is_some_and(|l| l != me), "new leader")
+                        .await;
+                }
+                other => return other.map_err(write_status),
+            }
+        }
+        Err(Status::unavailable("leadership kept moving; retry"))
+    }
+
+    async fn on_meta_leader<'a, T>(
+        &'a self,
+        hops: Hops,
+        local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
+        forward: impl FnOnce(String) -> BoxFuture<'a, Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
+        self.on_leader(META_GROUP, &replicas, hops, local, forward)
+            .await
+    }
+
     async fn publish_to_partition(
         &self,
         topic: &Topic,
@@ -362,35 +405,21 @@ impl ClientService {
         records: Vec<pb::Record>,
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
-        let group_id = topic.group_id(partition);
-        let replicas = topic
-            .partitions
-            .get(partition as usize)
-            .cloned()
-            .unwrap_or_default();
+        let replicas = replicas_of(topic, partition)?;
         let records: Vec<StoredRecord> = records.into_iter().map(record_to_stored).collect();
         let count = records.len() as u64;
-        // A leader that lost leadership between routing and proposing did
-        // not append the entry, so routing again is safe; bounded.
-        for _ in 0..3 {
-            let group = match self.route(group_id, &replicas, hops).await? {
-                Route::Local(group) => group,
-                Route::Forward(addr) => {
-                    return self
-                        .forward_publish(&addr, topic, partition, records, hops)
-                        .await;
-                }
-            };
-            let command = PartitionCommand::Append {
-                timestamp_ms: now_ms(),
-                records: records.clone(),
-            };
-            match self.node.write_partition(&group, command).await {
-                Ok(CommandResponse::Appended {
-                    base_offset,
-                    timestamp_ms,
-                }) => {
-                    return Ok((0..count)
+        let records = &records;
+        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let command = PartitionCommand::Append {
+                    timestamp_ms: now_ms(),
+                    records: records.clone(),
+                };
+                match self.node.write_partition(&group, command).await? {
+                    CommandResponse::Appended {
+                        base_offset,
+                        timestamp_ms,
+                    } => Ok((0..count)
                         .map(|i| pb::PublishResult {
                             result: Some(pb::publish_result::Result::Ok(pb::PublishResponse {
                                 partition,
@@ -399,27 +428,21 @@ impl ClientService {
                                 message_id: message_id(partition, base_offset + i),
                             })),
                         })
-                        .collect());
-                }
-                Ok(other) => {
-                    return Err(Status::internal(format!(
+                        .collect()),
+                    other => Err(WriteError::Unavailable(format!(
                         "unexpected append response {other:?}"
-                    )));
+                    ))),
                 }
-                Err(WriteError::NotLeader { .. }) => {
-                    let _ = group
-                        .raft
-                        .wait(Some(Duration::from_secs(2)))
-                        .metrics(
-                            |m| m.current_leader.is_some_and(|l| l != self.node.id()),
-                            "new leader",
-                        )
-                        .await;
-                }
-                Err(e) => return Err(write_status(e)),
-            }
-        }
-        Err(Status::unavailable("leadership kept moving; retry"))
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                self.forward_publish(&addr, topic, partition, records.clone(), hops)
+                    .await
+            })
+        };
+        self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+            .await
     }
 
     async fn forward_publish(
@@ -817,23 +840,34 @@ impl Raftstream for ClientService {
         }
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
         let replicas = replicas_of(&topic, request.partition)?;
-        match self
-            .route(topic.group_id(request.partition), &replicas, hops)
-            .await?
-        {
-            Route::Forward(addr) => forward!(self, addr, commit_offset, request, hops),
-            Route::Local(group) => {
+        let request = &request;
+        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
                 let command = PartitionCommand::CommitOffset {
-                    group: request.group,
+                    group: request.group.clone(),
                     offset: request.offset,
                 };
                 self.node
                     .write_partition(&group, command)
                     .await
-                    .map_err(write_status)?;
-                Ok(Response::new(pb::CommitOffsetResponse {}))
-            }
-        }
+                    .map(|_| pb::CommitOffsetResponse {})
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                Ok(forward!(self, addr, commit_offset, request.clone(), hops)?.into_inner())
+            })
+        };
+        let response = self
+            .on_leader(
+                topic.group_id(request.partition),
+                &replicas,
+                hops,
+                local,
+                forward,
+            )
+            .await?;
+        Ok(Response::new(response))
     }
 
     async fn get_committed_offsets(
@@ -893,24 +927,40 @@ impl Raftstream for ClientService {
         };
         validate_spec(&spec, self.node.config.peers.len())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match self.meta_route(hops).await? {
-            Route::Forward(addr) => forward!(self, addr, create_topic, request, hops),
-            Route::Local(_) => {
+        let (spec, request) = (&spec, &request);
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
                 let command = MetaCommand::CreateTopic {
-                    spec,
+                    spec: spec.clone(),
                     now_ms: now_ms(),
                 };
-                let topic = self.node.write_meta(command).await.map_err(write_status)?;
-                Ok(Response::new(topic_to_pb(&topic)))
-            }
-        }
+                self.node
+                    .write_meta(command)
+                    .await
+                    .map(|topic| topic_to_pb(&topic))
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                Ok(forward!(self, addr, create_topic, request.clone(), hops)?.into_inner())
+            })
+        };
+        Ok(Response::new(
+            self.on_meta_leader(hops, local, forward).await?,
+        ))
     }
 
     async fn list_topics(
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        // The metadata leader has applied every topic change it answered,
+        // so reading there sees every acknowledged create, update and delete.
+        let hops = Hops::of(&request);
         let request = request.into_inner();
+        if let Route::Forward(addr) = self.meta_route(hops).await? {
+            return forward!(self, addr, list_topics, request, hops);
+        }
         let topics = self
             .node
             .metadata()
@@ -926,7 +976,16 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let topic = self.topic(&topic_name(Some(request.get_ref()))?).await?;
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        if let Route::Forward(addr) = self.meta_route(hops).await? {
+            return forward!(self, addr, get_topic, request, hops);
+        }
+        let name = topic_name(Some(&request))?;
+        let topic = self
+            .node
+            .find_topic(&name)
+            .ok_or_else(|| topic_not_found(&name))?;
         Ok(Response::new(topic_to_pb(&topic)))
     }
 
@@ -937,27 +996,37 @@ impl Raftstream for ClientService {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
-        match self.meta_route(hops).await? {
-            Route::Forward(addr) => forward!(self, addr, update_topic, request, hops),
-            Route::Local(_) => {
-                let update = TopicUpdate {
-                    name: request.name.clone(),
-                    description: request.description.clone(),
-                    schema: request.schema.clone().map(|s| (!s.is_empty()).then_some(s)),
-                    retention: request
-                        .retention
-                        .as_ref()
-                        .map(|r| retention_from_pb(Some(r))),
-                };
+        let update = TopicUpdate {
+            name: request.name.clone(),
+            description: request.description.clone(),
+            schema: request.schema.clone().map(|s| (!s.is_empty()).then_some(s)),
+            retention: request
+                .retention
+                .as_ref()
+                .map(|r| retention_from_pb(Some(r))),
+        };
+        let (update, request, topic_id) = (&update, &request, topic.id);
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
                 let command = MetaCommand::UpdateTopic {
-                    topic_id: topic.id,
-                    update,
+                    topic_id,
+                    update: update.clone(),
                     now_ms: now_ms(),
                 };
-                let topic = self.node.write_meta(command).await.map_err(write_status)?;
-                Ok(Response::new(topic_to_pb(&topic)))
-            }
-        }
+                self.node
+                    .write_meta(command)
+                    .await
+                    .map(|topic| topic_to_pb(&topic))
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                Ok(forward!(self, addr, update_topic, request.clone(), hops)?.into_inner())
+            })
+        };
+        Ok(Response::new(
+            self.on_meta_leader(hops, local, forward).await?,
+        ))
     }
 
     async fn purge_topic(
@@ -969,25 +1038,27 @@ impl Raftstream for ClientService {
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
         let partitions = selected_partitions(&topic, request.partition)?;
         for partition in partitions {
-            let replicas = &topic.partitions[partition as usize];
-            match self
-                .route(topic.group_id(partition), replicas, hops)
-                .await?
-            {
-                Route::Forward(addr) => {
-                    let one = pb::PurgeTopicRequest {
-                        topic: topic_ref(&topic),
-                        partition: Some(partition),
-                    };
-                    forward!(self, addr, purge_topic, one, hops)?;
-                }
-                Route::Local(group) => {
+            let replicas = replicas_of(&topic, partition)?;
+            let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
+                Box::pin(async move {
                     self.node
                         .write_partition(&group, PartitionCommand::PurgeAll)
                         .await
-                        .map_err(write_status)?;
-                }
-            }
+                        .map(|_| ())
+                })
+            };
+            let topic = &topic;
+            let forward = |addr: String| -> BoxFuture<'_, _> {
+                Box::pin(async move {
+                    let one = pb::PurgeTopicRequest {
+                        topic: topic_ref(topic),
+                        partition: Some(partition),
+                    };
+                    forward!(self, addr, purge_topic, one, hops).map(|_| ())
+                })
+            };
+            self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+                .await?;
         }
         Ok(Response::new(pb::PurgeTopicResponse {}))
     }
@@ -999,16 +1070,23 @@ impl Raftstream for ClientService {
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(Some(&request))?).await?;
-        match self.meta_route(hops).await? {
-            Route::Forward(addr) => forward!(self, addr, delete_topic, request, hops),
-            Route::Local(_) => {
+        let (request, topic_id) = (&request, topic.id);
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
                 self.node
-                    .write_meta(MetaCommand::DeleteTopic { topic_id: topic.id })
+                    .write_meta(MetaCommand::DeleteTopic { topic_id })
                     .await
-                    .map_err(write_status)?;
-                Ok(Response::new(pb::DeleteTopicResponse {}))
-            }
-        }
+                    .map(|_| pb::DeleteTopicResponse {})
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                Ok(forward!(self, addr, delete_topic, request.clone(), hops)?.into_inner())
+            })
+        };
+        Ok(Response::new(
+            self.on_meta_leader(hops, local, forward).await?,
+        ))
     }
 
     async fn cluster_status(

@@ -117,7 +117,11 @@ impl Node {
                 ))
             }
             Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(WriteError::Unavailable(e.to_string())),
+            // The group stopped (shutdown or a disk it no longer trusts)
+            // after the entry may have reached the followers.
+            Ok(Err(RaftError::Fatal(e))) => {
+                Err(WriteError::Unknown(format!("the group stopped: {e}")))
+            }
         }
     }
 

@@ -38,12 +38,29 @@ pub fn validate_topic_name(name: &str) -> Result<(), MetaRejection> {
     Ok(())
 }
 
+/// A schema must at least be a JSON document a JSON Schema can be (an
+/// object or a boolean); the gateway compiles it as well.
+pub fn validate_schema_document(schema: &str) -> Result<(), MetaRejection> {
+    match serde_json::from_str::<serde_json::Value>(schema) {
+        Ok(serde_json::Value::Object(_) | serde_json::Value::Bool(_)) => Ok(()),
+        Ok(_) => Err(MetaRejection::Invalid(
+            "schema must be a JSON object or boolean".into(),
+        )),
+        Err(e) => Err(MetaRejection::Invalid(format!(
+            "schema is not valid JSON: {e}"
+        ))),
+    }
+}
+
 pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRejection> {
     validate_topic_name(&spec.name)?;
     if spec.partitions == 0 || spec.partitions > MAX_PARTITIONS {
         return Err(MetaRejection::Invalid(format!(
             "partitions must be between 1 and {MAX_PARTITIONS}"
         )));
+    }
+    if let Some(schema) = &spec.schema {
+        validate_schema_document(schema)?;
     }
     if spec.replication_factor as usize > cluster_size {
         return Err(MetaRejection::Invalid(format!(
@@ -72,6 +89,11 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
             });
             if let Some(name) = &update.name
                 && let Err(e) = validate_topic_name(name)
+            {
+                return CommandResponse::MetaRejected(e);
+            }
+            if let Some(Some(schema)) = &update.schema
+                && let Err(e) = validate_schema_document(schema)
             {
                 return CommandResponse::MetaRejected(e);
             }
@@ -246,6 +268,20 @@ mod tests {
             (spec("x", 0, 1), "partitions"),
             (spec("x", 1, 4), "exceeds"),
             (spec("42", 1, 1), "number"),
+            (
+                TopicSpec {
+                    schema: Some("{not json".into()),
+                    ..spec("y", 1, 1)
+                },
+                "not valid JSON",
+            ),
+            (
+                TopicSpec {
+                    schema: Some("[1]".into()),
+                    ..spec("y", 1, 1)
+                },
+                "object or boolean",
+            ),
         ] {
             let CommandResponse::MetaRejected(why) = create(&mut state, bad) else {
                 panic!()
