@@ -4,7 +4,7 @@
 
 pub mod api;
 pub mod config;
-pub mod http;
+pub mod gateway;
 pub mod node;
 pub mod raft;
 pub mod server;

@@ -92,7 +92,7 @@ impl RunningNode {
             }
         });
         let mut shutdown = node.shutdown_signal();
-        let app = crate::http::router(node.clone());
+        let app = crate::gateway::router(node.clone());
         let http = tokio::spawn(async move {
             let result = axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {

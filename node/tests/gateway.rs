@@ -1,0 +1,443 @@
+//! The HTTP gateway (Workato Event Streams API) over real HTTP against a
+//! 3-node cluster, through a follower's gateway as well as a leader's.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestCluster;
+use reqwest::StatusCode;
+use serde_json::Value;
+use serde_json::json;
+
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    fn new(cluster: &TestCluster, node: u64) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            base: format!("http://{}", cluster.configs[&node].http_addr),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Every error body is {"message", "code"}.
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+async fn create_topic(http: &Http, cluster: &TestCluster, body: Value) -> Value {
+    let (status, topic) = http.post("/api/event_streams/topics", body).await;
+    assert_eq!(status, StatusCode::OK, "{topic}");
+    cluster
+        .wait_partition_leaders(topic["name"].as_str().unwrap())
+        .await;
+    topic
+}
+
+/// Consumes until empty, resuming from the last message id each time.
+async fn consume_all(http: &Http, topic: &str, batch_size: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = json!({"batch_size": batch_size});
+        if let Some(id) = &after {
+            body["after_message_id"] = json!(id);
+        }
+        let (status, page) = http
+            .post(&format!("/api/v1/topics/{topic}/consume"), body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            return all;
+        }
+        after = Some(
+            messages.last().unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        all.extend(messages);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_are_managed_in_workato_shapes_through_any_node() {
+    let cluster = TestCluster::start(3).await;
+    let http = Http::new(&cluster, 2);
+    let schema =
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    let topic = create_topic(
+        &http,
+        &cluster,
+        json!({"name": "orders", "description": "all orders", "schema": schema, "partitions": 2, "retention_hours": 24}),
+    )
+    .await;
+    assert_eq!(topic["partitions"], 2);
+    assert_eq!(topic["replication_factor"], 3);
+    assert_eq!(topic["retention_hours"], 24);
+    assert_eq!(topic["schema"], schema);
+    let id = topic["id"].as_u64().unwrap();
+
+    let other = Http::new(&cluster, 3);
+    let (status, by_id) = other
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/event_streams/topics/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_id["name"], "orders");
+    let (_, by_name) = other
+        .send(
+            reqwest::Method::GET,
+            "/api/event_streams/topics/orders",
+            None,
+        )
+        .await;
+    assert_eq!(by_name["id"], id);
+
+    let (_, list) = other
+        .send(
+            reqwest::Method::GET,
+            "/api/event_streams/topics?name=orders",
+            None,
+        )
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert!(list["data"][0].get("schema").is_none());
+    let (_, list) = other
+        .send(
+            reqwest::Method::GET,
+            "/api/event_streams/topics?include_schema=true",
+            None,
+        )
+        .await;
+    assert_eq!(list["data"][0]["schema"], schema);
+
+    let (status, body) = http
+        .post("/api/event_streams/topics", json!({"name": "orders"}))
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = http
+        .post(
+            "/api/event_streams/topics",
+            json!({"name": "bad", "schema": {"type": 12}}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_schema");
+    let (status, body) = http
+        .post(
+            "/api/event_streams/topics",
+            json!({"description": "no name"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    let (status, updated) = http
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/event_streams/topics/{id}"),
+            Some(json!({"description": "renamed", "schema": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["description"], "renamed");
+    assert_eq!(updated["schema"], Value::Null);
+    assert_eq!(updated["retention_hours"], 24, "untouched fields stay");
+
+    let (status, _) = http
+        .post(
+            &format!("/api/v1/topics/{id}/publish"),
+            json!({"anything": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "no schema any more");
+    let (status, _) = http
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/event_streams/topics/{id}/purge"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(consume_all(&http, "orders", 50).await.is_empty());
+
+    let (status, _) = http
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/event_streams/topics/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = other
+        .send(
+            reqwest::Method::GET,
+            &format!("/api/event_streams/topics/{id}"),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_validates_against_the_schema_and_batches_fail_item_by_item() {
+    let cluster = TestCluster::start(3).await;
+    let http = Http::new(&cluster, 1);
+    let schema =
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
+    create_topic(&http, &cluster, json!({"name": "typed", "schema": schema})).await;
+
+    let (status, ack) = http
+        .post("/api/v1/topics/typed/publish", json!({"n": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ack}");
+    assert!(ack["message_id"].is_string());
+    let (status, body) = http
+        .post("/api/v1/topics/typed/publish", json!({"n": "one"}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "schema_mismatch");
+    assert!(body["message"].as_str().unwrap().contains("/n"), "{body}");
+    let (status, body) = http
+        .post("/api/v1/topics/typed/publish", json!([1, 2]))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+
+    let (status, batch) = http
+        .post(
+            "/api/v1/batch/topics/typed/publish",
+            json!({"payloads": [{"n": 2}, {"n": "bad"}, {"n": 3}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    assert_eq!(batch["is_partial_error"], true);
+    assert_eq!(batch["message_ids"]["0"]["result"], "success");
+    assert!(batch["message_ids"]["1"]["message_id"].is_null());
+    assert!(
+        batch["message_ids"]["1"]["result"]
+            .as_str()
+            .unwrap()
+            .contains("/n")
+    );
+    assert_eq!(batch["message_ids"]["2"]["result"], "success");
+
+    let payloads: Vec<Value> = consume_all(&http, "typed", 50)
+        .await
+        .into_iter()
+        .map(|m| m["payload"].clone())
+        .collect();
+    assert_eq!(
+        payloads,
+        vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_consumer_misses_and_repeats_nothing_on_a_multi_partition_topic() {
+    let cluster = TestCluster::start(3).await;
+    let http = Http::new(&cluster, 3);
+    create_topic(&http, &cluster, json!({"name": "spread", "partitions": 3})).await;
+    let payloads: Vec<Value> = (0..40).map(|i| json!({"i": i})).collect();
+    for chunk in payloads.chunks(10) {
+        let (status, _) = http
+            .post(
+                "/api/v1/batch/topics/spread/publish",
+                json!({"payloads": chunk}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Interleave more publishes with a consumer resuming from ids.
+    let mut seen = consume_all(&http, "spread", 7).await;
+    for i in 40..50 {
+        http.post("/api/v1/topics/spread/publish", json!({"i": i}))
+            .await;
+    }
+    let last_id = seen.last().unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, page) = http
+        .post(
+            "/api/v1/topics/spread/consume",
+            json!({"after_message_id": last_id, "batch_size": 50}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    seen.extend(page["messages"].as_array().unwrap().clone());
+    let mut values: Vec<i64> = seen
+        .iter()
+        .map(|m| m["payload"]["i"].as_i64().unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(
+        values,
+        (0..50).collect::<Vec<_>>(),
+        "every message exactly once"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_since_time_and_long_poll_wake_up() {
+    let cluster = TestCluster::start(3).await;
+    let http = Http::new(&cluster, 2);
+    create_topic(&http, &cluster, json!({"name": "timeline"})).await;
+    for i in 0..3 {
+        http.post("/api/v1/topics/timeline/publish", json!({"i": i}))
+            .await;
+    }
+    let all = consume_all(&http, "timeline", 50).await;
+    let second_time = all[1]["time"].as_str().unwrap().to_string();
+    let (_, page) = http
+        .post(
+            "/api/v1/topics/timeline/consume",
+            json!({"since_time": second_time}),
+        )
+        .await;
+    let first = &page["messages"][0];
+    assert!(first["time"].as_str().unwrap() >= second_time.as_str());
+    assert!(page["messages"].as_array().unwrap().len() >= 2);
+    let (_, future) = http
+        .post(
+            "/api/v1/topics/timeline/consume",
+            json!({"since_time": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(future["messages"], json!([]));
+
+    let last = all.last().unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let poller = Http::new(&cluster, 3);
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (status, page) = poller
+            .post(
+                "/api/v1/topics/timeline/consume",
+                json!({"after_message_id": last, "timeout_secs": 30}),
+            )
+            .await;
+        (status, page, started.elapsed())
+    });
+    http.post("/api/v1/topics/timeline/publish", json!({"i": "late"}))
+        .await;
+    let (status, page, waited) = poll.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["messages"][0]["payload"]["i"], "late");
+    assert!(waited < Duration::from_secs(30));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_http_requests_get_the_right_status_and_error_body() {
+    let cluster = TestCluster::start(3).await;
+    let http = Http::new(&cluster, 1);
+    create_topic(&http, &cluster, json!({"name": "strict"})).await;
+    http.post("/api/v1/topics/strict/publish", json!({"kept": true}))
+        .await;
+
+    let (status, body) = http
+        .raw("/api/v1/topics/strict/publish", b"{not json".to_vec())
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = http
+        .raw("/api/v1/topics/strict/publish", vec![b' '; 1024 * 1024 + 1])
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let (status, body) = http.post("/api/v1/topics/missing/publish", json!({})).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let too_many: Vec<Value> = (0..101).map(|i| json!({"i": i})).collect();
+    let (status, body) = http
+        .post(
+            "/api/v1/batch/topics/strict/publish",
+            json!({"payloads": too_many}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = http
+        .post(
+            "/api/v1/batch/topics/strict/publish",
+            json!({"payloads": []}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    for bad in [
+        json!({"batch_size": 0}),
+        json!({"batch_size": 51}),
+        json!({"timeout_secs": 61}),
+        json!({"after_message_id": "0-0", "since_time": "2026-01-01T00:00:00Z"}),
+        json!({"after_message_id": "0-99"}),
+        json!({"after_message_id": "7-0"}),
+        json!({"after_message_id": "nonsense"}),
+    ] {
+        let (status, body) = http
+            .post("/api/v1/topics/strict/consume", bad.clone())
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let (status, body) = http
+        .send(reqwest::Method::GET, "/api/nothing/here", None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // Nothing above changed what was stored.
+    let (_, page) = http.post("/api/v1/topics/strict/consume", json!({})).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    cluster.shutdown().await;
+}
