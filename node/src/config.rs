@@ -33,6 +33,11 @@ pub struct NodeConfig {
     /// majority can lose acknowledged messages. See ARCHITECTURE.md.
     #[serde(default = "default_true")]
     pub fsync: bool,
+    /// The secret of the cluster's first admin token; generated (and
+    /// written to `admin-token` in the data directory) when absent.
+    /// `RAFTSTREAM_ADMIN_TOKEN` sets it too.
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 /// TOML table keys are strings; node ids are numbers.
@@ -95,6 +100,8 @@ pub struct Limits {
     pub write_timeout_ms: u64,
     /// How often leaders check retention.
     pub retention_interval_ms: u64,
+    /// Requests per second one HTTP token may make; unlimited when absent.
+    pub rate_limit_per_sec: Option<u32>,
 }
 
 impl Default for Limits {
@@ -104,6 +111,7 @@ impl Default for Limits {
             max_batch_bytes: 64 * 1024 * 1024,
             write_timeout_ms: 10_000,
             retention_interval_ms: 5_000,
+            rate_limit_per_sec: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md at the repository root has the codemap.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod node;

@@ -68,6 +68,7 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             raft: Default::default(),
             limits: Default::default(),
             fsync: true,
+            admin_token: None,
         },
         Cmd::Run {
             config: Some(path), ..
@@ -99,9 +100,16 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
                 raft: Default::default(),
                 limits: Default::default(),
                 fsync: !no_fsync,
+                admin_token: None,
             }
         }
     };
+    let mut config = config;
+    if let Ok(token) = std::env::var("RAFTSTREAM_ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        config.admin_token = Some(token);
+    }
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }

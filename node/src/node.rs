@@ -14,15 +14,19 @@ use openraft::async_runtime::WatchReceiver;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::api::WriteError;
 use crate::config::NodeConfig;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::types::GroupId;
 use crate::raft::types::META_GROUP;
+use crate::raft::types::MetaCommand;
+use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::NodeId;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::Raft;
+use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 use crate::state_machine::GroupData;
 use crate::state_machine::GroupShared;
@@ -129,6 +133,7 @@ impl Node {
         node.start_group(META_GROUP, &voters, true).await?;
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().retention_loop());
+        tokio::spawn(node.clone().bootstrap_admin_token());
         Ok(node)
     }
 
@@ -461,6 +466,59 @@ impl Node {
         }
     }
 
+    /// Creates the cluster's first admin token, once: the metadata leader
+    /// proposes it until the metadata holds any token. A generated secret is
+    /// printed once and written to `admin-token` (mode 0600) in the data
+    /// directory so scripts can read it.
+    async fn bootstrap_admin_token(self: Arc<Self>) {
+        let Some(meta) = self.meta_group() else {
+            return;
+        };
+        let mut changes = meta.state.subscribe();
+        let mut shutdown = self.shutdown_signal();
+        while self.metadata().next_token_id == 0 {
+            if meta.leader().is_some_and(|(leader, _)| leader == self.id()) {
+                let configured = self.config.admin_token.clone();
+                let secret = configured
+                    .clone()
+                    .unwrap_or_else(crate::auth::generate_secret);
+                let command = MetaCommand::CreateToken {
+                    name: "bootstrap-admin".into(),
+                    scopes: vec![Scope::Admin],
+                    topics: vec![],
+                    hash: crate::auth::hash_secret(&secret),
+                    now_ms: now_ms(),
+                    bootstrap: true,
+                };
+                match self.write_token(command).await {
+                    Ok(_) if configured.is_none() => {
+                        let path = self.config.data_dir.join("admin-token");
+                        match write_secret_file(&path, &secret).await {
+                            Ok(()) => println!(
+                                "raftstream: admin token (shown once; also in {}): {secret}",
+                                path.display()
+                            ),
+                            Err(e) => println!(
+                                "raftstream: admin token (shown once; writing {} failed: {e}): {secret}",
+                                path.display()
+                            ),
+                        }
+                        return;
+                    }
+                    Ok(_) | Err(WriteError::Rejected(MetaRejection::AlreadyBootstrapped)) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "creating the bootstrap admin token failed; retrying")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     /// Stops every group and the background tasks.
     pub async fn shutdown(&self) {
         self.shutdown_tx.send_replace(true);
@@ -469,6 +527,17 @@ impl Node {
             self.stop_group(id, false).await;
         }
     }
+}
+
+async fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).await?;
+    file.write_all(format!("{secret}\n").as_bytes()).await?;
+    file.sync_all().await
 }
 
 pub fn now_ms() -> i64 {

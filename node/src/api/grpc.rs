@@ -32,9 +32,12 @@ use crate::raft::network::MAX_RPC_BYTES;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
+use crate::raft::types::MetaRejection;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
+use crate::raft::types::Scope;
 use crate::raft::types::StoredRecord;
+use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
 use crate::raft::types::TopicUpdate;
@@ -156,6 +159,20 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
     }
 }
 
+pub fn token_to_pb(token: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: token.id,
+        name: token.name.clone(),
+        scopes: token
+            .scopes
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+        topics: token.topics.clone(),
+        created_at_ms: token.created_at_ms,
+    }
+}
+
 fn write_status(e: WriteError) -> Status {
     match e {
         WriteError::NotLeader { .. } => {
@@ -164,15 +181,13 @@ fn write_status(e: WriteError) -> Status {
         WriteError::Unknown(why) => Status::deadline_exceeded(format!("outcome unknown: {why}")),
         WriteError::Unavailable(why) => Status::unavailable(why),
         WriteError::Rejected(r) => match r {
-            crate::raft::types::MetaRejection::TopicExists { .. } => {
+            MetaRejection::TopicExists { .. } | MetaRejection::AlreadyBootstrapped => {
                 Status::already_exists(r.to_string())
             }
-            crate::raft::types::MetaRejection::TopicNotFound { .. } => {
+            MetaRejection::TopicNotFound { .. } | MetaRejection::TokenNotFound { .. } => {
                 Status::not_found(r.to_string())
             }
-            crate::raft::types::MetaRejection::Invalid(_) => {
-                Status::invalid_argument(r.to_string())
-            }
+            MetaRejection::Invalid(_) => Status::invalid_argument(r.to_string()),
         },
     }
 }
@@ -1083,6 +1098,98 @@ impl Raftstream for ClientService {
             Box::pin(async move {
                 Ok(forward!(self, addr, delete_topic, request.clone(), hops)?.into_inner())
             })
+        };
+        Ok(Response::new(
+            self.on_meta_leader(hops, local, forward).await?,
+        ))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let scopes = request
+            .scopes
+            .iter()
+            .map(|s| {
+                Scope::parse(s).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "unknown scope {s:?}: use publish, consume or admin"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::state_machine::meta::validate_token(&request.name, &scopes)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (scopes, request_ref) = (&scopes, &request);
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let secret = crate::auth::generate_secret();
+                let command = MetaCommand::CreateToken {
+                    name: request_ref.name.clone(),
+                    scopes: scopes.clone(),
+                    topics: request_ref.topics.clone(),
+                    hash: crate::auth::hash_secret(&secret),
+                    now_ms: now_ms(),
+                    bootstrap: false,
+                };
+                let token = self.node.write_token(command).await?;
+                Ok(pb::CreateTokenResponse {
+                    token: Some(token_to_pb(&token)),
+                    secret,
+                })
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                Ok(forward!(self, addr, create_token, request_ref.clone(), hops)?.into_inner())
+            })
+        };
+        Ok(Response::new(
+            self.on_meta_leader(hops, local, forward).await?,
+        ))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        if let Route::Forward(addr) = self.meta_route(hops).await? {
+            return forward!(self, addr, list_tokens, request, hops);
+        }
+        let tokens = self
+            .node
+            .metadata()
+            .tokens
+            .values()
+            .map(token_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn delete_token(
+        &self,
+        request: Request<pb::DeleteTokenRequest>,
+    ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let id = request.id;
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                self.node
+                    .write_token(MetaCommand::DeleteToken { id })
+                    .await
+                    .map(|_| pb::DeleteTokenResponse {})
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(
+                async move { Ok(forward!(self, addr, delete_token, request, hops)?.into_inner()) },
+            )
         };
         Ok(Response::new(
             self.on_meta_leader(hops, local, forward).await?,

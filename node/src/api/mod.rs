@@ -17,6 +17,7 @@ use crate::raft::types::CommandResponse;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::PartitionCommand;
+use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 
 /// Why a write did not succeed. `Unknown` is not a failure: the entry may
@@ -136,15 +137,34 @@ impl Node {
     /// Proposes a metadata command on the local metadata group (which must
     /// lead) and returns the resulting topic.
     pub async fn write_meta(&self, command: MetaCommand) -> Result<Topic, WriteError> {
+        match self.write_meta_command(command).await? {
+            CommandResponse::Topic(topic) => Ok(topic),
+            other => Err(WriteError::Unavailable(format!(
+                "unexpected metadata response {other:?}"
+            ))),
+        }
+    }
+
+    /// Like [`Node::write_meta`], for token commands.
+    pub async fn write_token(&self, command: MetaCommand) -> Result<TokenRecord, WriteError> {
+        match self.write_meta_command(command).await? {
+            CommandResponse::Token(token) => Ok(token),
+            other => Err(WriteError::Unavailable(format!(
+                "unexpected metadata response {other:?}"
+            ))),
+        }
+    }
+
+    async fn write_meta_command(
+        &self,
+        command: MetaCommand,
+    ) -> Result<CommandResponse, WriteError> {
         let group = self
             .meta_group()
             .ok_or_else(|| WriteError::Unavailable("metadata group is not running".into()))?;
         match self.write(&group, Command::Meta(command)).await? {
-            CommandResponse::Topic(topic) => Ok(topic),
             CommandResponse::MetaRejected(rejection) => Err(WriteError::Rejected(rejection)),
-            other => Err(WriteError::Unavailable(format!(
-                "unexpected metadata response {other:?}"
-            ))),
+            response => Ok(response),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! in-process, so it takes the same routing and forwarding path as a gRPC
 //! client: a gateway on a follower behaves exactly like one on a leader.
 
+mod auth;
 mod consume;
 mod error;
 mod schema;
+mod tokens;
 mod topics;
 
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use axum::extract::Path;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::delete;
 use axum::routing::get;
 use axum::routing::post;
 use axum::routing::put;
@@ -32,17 +36,26 @@ pub use self::error::ApiError;
 use crate::api::TopicName;
 use crate::api::grpc::ClientService;
 use crate::node::Node;
+use crate::raft::types::Scope;
 
 /// The largest request body the gateway reads (Workato's payload limit).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The most payloads one batch publish carries.
 pub const MAX_BATCH_PAYLOADS: usize = 100;
 
-#[derive(Debug)]
 pub struct Gateway {
     service: ClientService,
     node: Arc<Node>,
     schemas: schema::SchemaCache,
+    rate_limiter: Option<auth::RateLimiter>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("node", &self.node.id())
+            .finish()
+    }
 }
 
 type Shared = State<Arc<Gateway>>;
@@ -50,18 +63,23 @@ type Shared = State<Arc<Gateway>>;
 pub fn router(node: Arc<Node>) -> Router {
     let gateway = Arc::new(Gateway {
         service: ClientService::new(node.clone()),
+        rate_limiter: auth::rate_limiter(node.config.limits.rate_limit_per_sec),
         node,
         schemas: schema::SchemaCache::default(),
     });
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let scoped =
+        |scope: Scope| middleware::from_fn_with_state((gateway.clone(), scope), auth::require);
+    let publish_routes = Router::new()
         .route("/api/v1/topics/{topic_id}/publish", post(publish))
         .route(
             "/api/v1/batch/topics/{topic_id}/publish",
             post(publish_batch),
         )
+        .route_layer(scoped(Scope::Publish));
+    let consume_routes = Router::new()
         .route("/api/v1/topics/{topic_id}/consume", post(consume::consume))
+        .route_layer(scoped(Scope::Consume));
+    let admin_routes = Router::new()
         .route(
             "/api/event_streams/topics",
             get(topics::list).post(topics::create),
@@ -74,6 +92,15 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/event_streams/topics/{topic_id}/purge",
             put(topics::purge),
         )
+        .route("/api/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/tokens/{token_id}", delete(tokens::delete))
+        .route_layer(scoped(Scope::Admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(publish_routes)
+        .merge(consume_routes)
+        .merge(admin_routes)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(gateway)

@@ -87,6 +87,19 @@ impl StoredRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MetaCommand {
+    CreateToken {
+        name: String,
+        scopes: Vec<Scope>,
+        topics: Vec<String>,
+        /// SHA-256 of the secret; the secret itself is never replicated.
+        hash: [u8; 32],
+        now_ms: i64,
+        /// The cluster's first admin token: refused once any token exists.
+        bootstrap: bool,
+    },
+    DeleteToken {
+        id: u64,
+    },
     CreateTopic {
         spec: TopicSpec,
         now_ms: i64,
@@ -149,11 +162,52 @@ impl Topic {
     }
 }
 
+/// What a token may do. `Admin` may do everything.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Publish,
+    Consume,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "publish" => Some(Scope::Publish),
+            "consume" => Some(Scope::Consume),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Consume => "consume",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: u64,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// Topic names or ids; empty means every topic.
+    pub topics: Vec<String>,
+    pub hash: [u8; 32],
+    pub created_at_ms: i64,
+}
+
 /// The replicated metadata. Ordered maps keep apply deterministic.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct MetaState {
     pub topics: BTreeMap<u64, Topic>,
     pub next_topic_id: u64,
+    pub tokens: BTreeMap<u64, TokenRecord>,
+    /// Zero until the first token is created.
+    pub next_token_id: u64,
 }
 
 impl MetaState {
@@ -176,6 +230,7 @@ pub enum CommandResponse {
     None,
     Appended { base_offset: u64, timestamp_ms: i64 },
     Topic(Topic),
+    Token(TokenRecord),
     MetaRejected(MetaRejection),
 }
 
@@ -185,6 +240,10 @@ pub enum MetaRejection {
     TopicExists { name: String },
     #[error("topic {topic_id} does not exist")]
     TopicNotFound { topic_id: u64 },
+    #[error("token {token_id} does not exist")]
+    TokenNotFound { token_id: u64 },
+    #[error("the cluster already has tokens")]
+    AlreadyBootstrapped,
     #[error("{0}")]
     Invalid(String),
 }
@@ -192,6 +251,10 @@ pub enum MetaRejection {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Command::Meta(MetaCommand::CreateToken { name, .. }) => {
+                write!(f, "create token {name:?}")
+            }
+            Command::Meta(MetaCommand::DeleteToken { id }) => write!(f, "delete token {id}"),
             Command::Meta(MetaCommand::CreateTopic { spec, .. }) => {
                 write!(f, "create topic {:?}", spec.name)
             }
@@ -225,8 +288,8 @@ mod tests {
     #[test]
     fn only_groups_of_topics_seen_created_then_deleted_count_as_deleted() {
         let meta = MetaState {
-            topics: BTreeMap::new(),
             next_topic_id: 3,
+            ..Default::default()
         };
         assert!(meta.group_topic_deleted(partition_group_id(1, 0)));
         assert!(meta.group_topic_deleted(partition_group_id(2, 7)));

@@ -6,6 +6,8 @@ use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::NodeId;
+use crate::raft::types::Scope;
+use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
 
@@ -75,6 +77,27 @@ pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRe
 /// sorted, which is the set partitions are placed on.
 pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> CommandResponse {
     let result = match command {
+        MetaCommand::CreateToken {
+            name,
+            scopes,
+            topics,
+            hash,
+            now_ms,
+            bootstrap,
+        } => {
+            return match create_token(state, name, scopes, topics, *hash, *now_ms, *bootstrap) {
+                Ok(token) => CommandResponse::Token(token),
+                Err(rejection) => CommandResponse::MetaRejected(rejection),
+            };
+        }
+        MetaCommand::DeleteToken { id } => {
+            return match state.tokens.remove(id) {
+                Some(token) => CommandResponse::Token(token),
+                None => {
+                    CommandResponse::MetaRejected(MetaRejection::TokenNotFound { token_id: *id })
+                }
+            };
+        }
         MetaCommand::CreateTopic { spec, now_ms } => create_topic(state, spec, nodes, *now_ms),
         MetaCommand::UpdateTopic {
             topic_id,
@@ -134,6 +157,50 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
         Ok(topic) => CommandResponse::Topic(topic),
         Err(rejection) => CommandResponse::MetaRejected(rejection),
     }
+}
+
+fn create_token(
+    state: &mut MetaState,
+    name: &str,
+    scopes: &[Scope],
+    topics: &[String],
+    hash: [u8; 32],
+    now_ms: i64,
+    bootstrap: bool,
+) -> Result<TokenRecord, MetaRejection> {
+    if bootstrap && state.next_token_id > 0 {
+        return Err(MetaRejection::AlreadyBootstrapped);
+    }
+    validate_token(name, scopes)?;
+    let id = state.next_token_id.max(1);
+    state.next_token_id = id + 1;
+    let mut scopes = scopes.to_vec();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let token = TokenRecord {
+        id,
+        name: name.to_string(),
+        scopes,
+        topics: topics.to_vec(),
+        hash,
+        created_at_ms: now_ms,
+    };
+    state.tokens.insert(id, token.clone());
+    Ok(token)
+}
+
+pub fn validate_token(name: &str, scopes: &[Scope]) -> Result<(), MetaRejection> {
+    if name.trim().is_empty() || name.chars().count() > TOPIC_NAME_MAX_CHARS {
+        return Err(MetaRejection::Invalid(format!(
+            "token name must have 1 to {TOPIC_NAME_MAX_CHARS} characters"
+        )));
+    }
+    if scopes.is_empty() {
+        return Err(MetaRejection::Invalid(
+            "a token needs at least one scope".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn create_topic(
@@ -304,6 +371,39 @@ mod tests {
             panic!()
         };
         assert_eq!(t.id, 2);
+    }
+
+    #[test]
+    fn only_the_first_token_can_be_a_bootstrap_token() {
+        let mut state = MetaState::default();
+        let token = |bootstrap| MetaCommand::CreateToken {
+            name: "admin".into(),
+            scopes: vec![Scope::Admin],
+            topics: vec![],
+            hash: [7; 32],
+            now_ms: 1,
+            bootstrap,
+        };
+        let CommandResponse::Token(first) = apply(&mut state, &token(true), &[1]) else {
+            panic!()
+        };
+        assert_eq!(first.id, 1);
+        assert!(matches!(
+            apply(&mut state, &token(true), &[1]),
+            CommandResponse::MetaRejected(MetaRejection::AlreadyBootstrapped)
+        ));
+        let CommandResponse::Token(second) = apply(&mut state, &token(false), &[1]) else {
+            panic!()
+        };
+        assert_eq!(second.id, 2);
+        apply(&mut state, &MetaCommand::DeleteToken { id: 1 }, &[1]);
+        assert!(
+            matches!(
+                apply(&mut state, &token(true), &[1]),
+                CommandResponse::MetaRejected(MetaRejection::AlreadyBootstrapped)
+            ),
+            "deleting every token does not reopen the bootstrap"
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ use raftstream_node::server::RunningNode;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+/// The bootstrap admin token of every test cluster.
+pub const ADMIN_TOKEN: &str = "rst_test-admin-token";
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub configs: BTreeMap<u64, NodeConfig>,
@@ -91,6 +94,7 @@ impl TestCluster {
                     ..Limits::default()
                 },
                 fsync: true,
+                admin_token: Some(ADMIN_TOKEN.into()),
             };
             let node = RunningNode::start_on(config.clone(), grpc, http)
                 .await
@@ -112,6 +116,10 @@ impl TestCluster {
         for node in self.nodes.values() {
             eventually("metadata leader", Duration::from_secs(20), || async {
                 node.node.meta_group().and_then(|g| g.leader()).map(|_| ())
+            })
+            .await;
+            eventually("bootstrap admin token", Duration::from_secs(20), || async {
+                (node.node.metadata().next_token_id > 0).then_some(())
             })
             .await;
         }

@@ -1,0 +1,103 @@
+//! Bearer-token authentication, scopes and per-token rate limits for the
+//! API routes. /healthz, /readyz and the API documents stay public.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::extract::Path;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use governor::DefaultKeyedRateLimiter;
+use governor::Quota;
+
+use super::ApiError;
+use super::Gateway;
+use crate::api::TopicName;
+use crate::auth::Denied;
+use crate::auth::authenticate;
+use crate::raft::types::Scope;
+
+pub type RateLimiter = DefaultKeyedRateLimiter<u64>;
+
+pub fn rate_limiter(per_second: Option<u32>) -> Option<RateLimiter> {
+    let per_second = NonZeroU32::new(per_second?)?;
+    Some(RateLimiter::keyed(Quota::per_second(per_second)))
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// Admits a request whose bearer token has `scope` (and, for topic routes,
+/// may use that topic).
+pub async fn require(
+    State((gateway, scope)): State<(Arc<Gateway>, Scope)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match check(&gateway, scope, request).await {
+        Ok(request) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn check(gateway: &Gateway, scope: Scope, request: Request) -> Result<Request, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let secret = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?
+        .to_string();
+    let meta = gateway.node.metadata();
+    let token =
+        authenticate(&meta, &secret).ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    let params = Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
+        .await
+        .ok();
+    let topic = params
+        .as_ref()
+        .and_then(|p| p.get("topic_id"))
+        .and_then(|t| gateway.node.find_topic(&TopicName::parse(t)));
+    // A token limited to some topics may act only on routes naming one of
+    // them; routes naming no topic need an unrestricted token.
+    let allowed = token.allows(scope, topic.as_ref());
+    match allowed {
+        Ok(()) => {}
+        Err(Denied::Scope(s)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this token lacks the {} scope", s.as_str()),
+            ));
+        }
+        Err(Denied::Topic) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token may not use this topic",
+            ));
+        }
+    }
+    if let Some(limiter) = &gateway.rate_limiter
+        && limiter.check_key(&token.id).is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests for this token",
+        ));
+    }
+    Ok(Request::from_parts(parts, body))
+}
