@@ -418,6 +418,7 @@ impl ClientService {
         topic: &Topic,
         partition: u32,
         records: Vec<pb::Record>,
+        producer: Option<pb::ProducerBatch>,
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let replicas = replicas_of(topic, partition)?;
@@ -429,6 +430,7 @@ impl ClientService {
                 let command = PartitionCommand::Append {
                     timestamp_ms: now_ms(),
                     records: records.clone(),
+                    producer: producer.map(|p| (p.producer_id, p.base_sequence)),
                 };
                 match self.node.write_partition(&group, command).await? {
                     CommandResponse::Appended {
@@ -444,6 +446,34 @@ impl ClientService {
                             })),
                         })
                         .collect()),
+                    CommandResponse::OutOfSequence { expected } => {
+                        let base = producer.map_or(0, |p| p.base_sequence);
+                        // Below the expected sequence: an old retry the
+                        // partition already appended (beyond the window of
+                        // batches it can answer with offsets).
+                        let (code, message) = if base < expected {
+                            (
+                                "duplicate_sequence",
+                                format!(
+                                    "sequence {base} was already appended; the next is {expected}"
+                                ),
+                            )
+                        } else {
+                            (
+                                "out_of_sequence",
+                                format!("sequence {base} skips ahead; the next must be {expected}"),
+                            )
+                        };
+                        let error = pb::Error {
+                            code: code.into(),
+                            message,
+                        };
+                        Ok((0..count)
+                            .map(|_| pb::PublishResult {
+                                result: Some(pb::publish_result::Result::Error(error.clone())),
+                            })
+                            .collect())
+                    }
                     other => Err(WriteError::Unavailable(format!(
                         "unexpected append response {other:?}"
                     ))),
@@ -452,7 +482,7 @@ impl ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                self.forward_publish(&addr, topic, partition, records.clone(), hops)
+                self.forward_publish(&addr, topic, partition, records.clone(), producer, hops)
                     .await
             })
         };
@@ -466,6 +496,7 @@ impl ClientService {
         topic: &Topic,
         partition: u32,
         records: Vec<StoredRecord>,
+        producer: Option<pb::ProducerBatch>,
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let records = records
@@ -480,6 +511,7 @@ impl ClientService {
         let request = pb::PublishBatchRequest {
             topic: topic_ref(topic),
             records,
+            producer,
         };
         let response = forward!(self, addr, publish_batch, request, hops)?;
         Ok(response.into_inner().results)
@@ -489,9 +521,18 @@ impl ClientService {
         &self,
         name: &TopicName,
         records: Vec<pb::Record>,
+        producer: Option<pb::ProducerBatch>,
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let topic = self.topic(name).await?;
+        if producer.is_some() {
+            let first = records.first().and_then(|r| r.partition);
+            if first.is_none() || records.iter().any(|r| r.partition != first) {
+                return Err(Status::invalid_argument(
+                    "an idempotent batch must name one partition on every record",
+                ));
+            }
+        }
         let limits = &self.node.config.limits;
         let mut results: Vec<Option<pb::PublishResult>> = vec![None; records.len()];
         // Records grouped by partition, remembering their request positions.
@@ -545,7 +586,7 @@ impl ClientService {
             async move {
                 let (positions, records): (Vec<usize>, Vec<pb::Record>) = items.into_iter().unzip();
                 let outcome = self
-                    .publish_to_partition(topic, partition, records, hops)
+                    .publish_to_partition(topic, partition, records, producer, hops)
                     .await;
                 (positions, outcome)
             }
@@ -742,7 +783,9 @@ impl Raftstream for ClientService {
         let record = request
             .record
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
-        let results = self.publish_records(&name, vec![record], hops).await?;
+        let results = self
+            .publish_records(&name, vec![record], None, hops)
+            .await?;
         if let Some(e) = first_error(&results) {
             return Err(error_status(e));
         }
@@ -762,7 +805,9 @@ impl Raftstream for ClientService {
         if request.records.is_empty() {
             return Err(Status::invalid_argument("records must not be empty"));
         }
-        let results = self.publish_records(&name, request.records, hops).await?;
+        let results = self
+            .publish_records(&name, request.records, request.producer, hops)
+            .await?;
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
 

@@ -238,6 +238,7 @@ async fn publish_batch(
         let request = Request::new(pb::PublishBatchRequest {
             topic: topic_ref(&topic),
             records,
+            producer: None,
         });
         let results = gateway
             .service

@@ -57,6 +57,8 @@ pub enum PartitionCommand {
     Append {
         timestamp_ms: i64,
         records: Vec<StoredRecord>,
+        /// Idempotent producers: (producer id, sequence of the first record).
+        producer: Option<(u64, u64)>,
     },
     /// A consumer group's next offset to read.
     CommitOffset { group: String, offset: u64 },
@@ -228,7 +230,14 @@ impl MetaState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CommandResponse {
     None,
-    Appended { base_offset: u64, timestamp_ms: i64 },
+    /// An idempotent batch out of sequence: nothing was appended.
+    OutOfSequence {
+        expected: u64,
+    },
+    Appended {
+        base_offset: u64,
+        timestamp_ms: i64,
+    },
     Topic(Topic),
     Token(TokenRecord),
     MetaRejected(MetaRejection),

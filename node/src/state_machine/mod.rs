@@ -44,6 +44,7 @@ const KEY_META_STATE: &[u8] = b"m";
 const KEY_SNAPSHOT: &[u8] = b"s";
 const PREFIX_BATCH: &[u8] = b"b";
 const PREFIX_GROUP_OFFSET: &[u8] = b"g";
+const PREFIX_PRODUCER: &[u8] = b"p";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum GroupData {
@@ -136,6 +137,10 @@ fn batch_key(base_offset: u64) -> Vec<u8> {
     [PREFIX_BATCH, &base_offset.to_be_bytes()].concat()
 }
 
+fn producer_key(producer_id: u64) -> Vec<u8> {
+    [PREFIX_PRODUCER, &producer_id.to_be_bytes()].concat()
+}
+
 fn group_offset_key(group: &str) -> Vec<u8> {
     [PREFIX_GROUP_OFFSET, group.as_bytes()].concat()
 }
@@ -168,6 +173,14 @@ impl GroupStateMachine {
             for (key, value) in storage.state_scan(group, PREFIX_GROUP_OFFSET)? {
                 let name = String::from_utf8_lossy(&key[PREFIX_GROUP_OFFSET.len()..]).into_owned();
                 state.consumer_offsets.insert(name, decode(&value)?);
+            }
+            for (key, value) in storage.state_scan(group, PREFIX_PRODUCER)? {
+                let id_bytes: [u8; 8] = key[PREFIX_PRODUCER.len()..]
+                    .try_into()
+                    .map_err(|_| invalid_data("malformed producer key"))?;
+                state
+                    .producers
+                    .insert(u64::from_be_bytes(id_bytes), decode(&value)?);
             }
             state.check_invariants().map_err(invalid_data)?;
             GroupData::Partition(state)
@@ -221,6 +234,10 @@ impl GroupStateMachine {
             GroupData::Partition(p) => {
                 batch.delete_prefix(PREFIX_BATCH);
                 batch.delete_prefix(PREFIX_GROUP_OFFSET);
+                batch.delete_prefix(PREFIX_PRODUCER);
+                for (producer_id, producer) in &p.producers {
+                    batch.put(producer_key(*producer_id), encode(producer)?);
+                }
                 for b in &p.batches {
                     batch.put(batch_key(b.base_offset), encode(b)?);
                 }
@@ -334,6 +351,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     }
                     PartitionChange::PutGroupOffset { group, offset } => {
                         batch.put(group_offset_key(&group), encode(&offset)?)
+                    }
+                    PartitionChange::PutProducer { producer_id, state } => {
+                        batch.put(producer_key(producer_id), encode(&state)?)
+                    }
+                    PartitionChange::DeleteProducer { producer_id } => {
+                        batch.delete(producer_key(producer_id))
                     }
                 }
             }

@@ -45,14 +45,49 @@ pub struct PartitionState {
     pub forgotten_log_index: u64,
     /// How far every replica may purge its Raft log (`AllowLogPurge`).
     pub purgeable_log_index: u64,
+    /// Idempotent producers' sequence state, by producer id.
+    pub producers: BTreeMap<u64, ProducerState>,
+}
+
+/// Retries of up to this many of a producer's latest batches are answered
+/// with their original offsets.
+pub const RECENT_BATCHES_PER_PRODUCER: usize = 5;
+pub const MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProducerState {
+    /// The sequence number the producer's next batch must start at.
+    pub next_sequence: u64,
+    pub recent: VecDeque<RecentBatch>,
+    pub last_log_index: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecentBatch {
+    pub base_sequence: u64,
+    pub count: u32,
+    pub base_offset: u64,
+    pub timestamp_ms: i64,
 }
 
 /// A change to persist after applying, so restart need not replay the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartitionChange {
     PutBatch(BatchIndex),
-    DeleteBatch { base_offset: u64 },
-    PutGroupOffset { group: String, offset: u64 },
+    DeleteBatch {
+        base_offset: u64,
+    },
+    PutGroupOffset {
+        group: String,
+        offset: u64,
+    },
+    PutProducer {
+        producer_id: u64,
+        state: ProducerState,
+    },
+    DeleteProducer {
+        producer_id: u64,
+    },
 }
 
 /// A slice of one batch that a read wants.
@@ -76,12 +111,18 @@ impl PartitionState {
             PartitionCommand::Append {
                 timestamp_ms,
                 records,
+                producer,
             } => {
+                let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+                if let Some((producer_id, base_sequence)) = producer
+                    && let Some(answer) = self.check_sequence(*producer_id, *base_sequence, count)
+                {
+                    return answer;
+                }
                 // A leader whose clock is behind its predecessor's must not
                 // make time run backwards within the partition.
                 let timestamp_ms = (*timestamp_ms).max(self.last_timestamp_ms);
                 let base_offset = self.next_offset;
-                let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
                 if count == 0 {
                     return CommandResponse::Appended {
                         base_offset,
@@ -100,6 +141,9 @@ impl PartitionState {
                 self.retained_bytes += batch.bytes;
                 self.batches.push_back(batch);
                 changes.push(PartitionChange::PutBatch(batch));
+                if let Some((producer_id, base_sequence)) = producer {
+                    self.record_producer_batch(*producer_id, *base_sequence, batch, changes);
+                }
                 CommandResponse::Appended {
                     base_offset,
                     timestamp_ms,
@@ -148,6 +192,71 @@ impl PartitionState {
                 base_offset: front.base_offset,
             });
             self.batches.pop_front();
+        }
+    }
+
+    /// Decides an idempotent batch before it is appended: `Some(answer)`
+    /// when it must not be appended (a retry of a recent batch gets that
+    /// batch's offsets; anything else out of sequence is refused).
+    fn check_sequence(
+        &self,
+        producer_id: u64,
+        base_sequence: u64,
+        count: u32,
+    ) -> Option<CommandResponse> {
+        let producer = self.producers.get(&producer_id)?;
+        if base_sequence == producer.next_sequence {
+            return None;
+        }
+        if let Some(recent) = producer
+            .recent
+            .iter()
+            .find(|b| b.base_sequence == base_sequence && b.count == count)
+        {
+            return Some(CommandResponse::Appended {
+                base_offset: recent.base_offset,
+                timestamp_ms: recent.timestamp_ms,
+            });
+        }
+        Some(CommandResponse::OutOfSequence {
+            expected: producer.next_sequence,
+        })
+    }
+
+    fn record_producer_batch(
+        &mut self,
+        producer_id: u64,
+        base_sequence: u64,
+        batch: BatchIndex,
+        changes: &mut Vec<PartitionChange>,
+    ) {
+        let producer = self.producers.entry(producer_id).or_default();
+        producer.next_sequence = base_sequence + u64::from(batch.count);
+        producer.last_log_index = batch.log_index;
+        producer.recent.push_back(RecentBatch {
+            base_sequence,
+            count: batch.count,
+            base_offset: batch.base_offset,
+            timestamp_ms: batch.timestamp_ms,
+        });
+        while producer.recent.len() > RECENT_BATCHES_PER_PRODUCER {
+            producer.recent.pop_front();
+        }
+        changes.push(PartitionChange::PutProducer {
+            producer_id,
+            state: producer.clone(),
+        });
+        // Bound the state: forget the producer idle longest (by log index,
+        // so every replica forgets the same one).
+        if self.producers.len() > MAX_PRODUCERS_PER_PARTITION
+            && let Some(idle) = self
+                .producers
+                .iter()
+                .min_by_key(|(_, p)| p.last_log_index)
+                .map(|(id, _)| *id)
+        {
+            self.producers.remove(&idle);
+            changes.push(PartitionChange::DeleteProducer { producer_id: idle });
         }
     }
 
@@ -264,6 +373,7 @@ mod tests {
         PartitionCommand::Append {
             timestamp_ms: ts,
             records: vec![record; n],
+            producer: None,
         }
     }
 
@@ -379,6 +489,79 @@ mod tests {
         assert_eq!(state.retention_point(35, None, Some(60)), 3);
         assert_eq!(state.retention_point(35, None, Some(1000)), 0);
         assert_eq!(state.retention_point(1000, Some(10), None), 9);
+    }
+
+    fn idempotent(producer_id: u64, base_sequence: u64, n: usize) -> PartitionCommand {
+        let record = StoredRecord {
+            key: vec![],
+            value: vec![1],
+            headers: vec![],
+        };
+        PartitionCommand::Append {
+            timestamp_ms: 5,
+            records: vec![record; n],
+            producer: Some((producer_id, base_sequence)),
+        }
+    }
+
+    #[test]
+    fn a_retried_idempotent_batch_is_appended_once_and_answered_with_its_offsets() {
+        let mut state = PartitionState::default();
+        let mut changes = Vec::new();
+        let first = state.apply(&idempotent(9, 0, 3), 1, &mut changes);
+        let second = state.apply(&idempotent(9, 3, 2), 2, &mut changes);
+        assert!(matches!(
+            first,
+            CommandResponse::Appended { base_offset: 0, .. }
+        ));
+        assert!(matches!(
+            second,
+            CommandResponse::Appended { base_offset: 3, .. }
+        ));
+        // Both retried (say after timeouts): nothing new is stored.
+        let retry_first = state.apply(&idempotent(9, 0, 3), 3, &mut changes);
+        let retry_second = state.apply(&idempotent(9, 3, 2), 4, &mut changes);
+        assert!(matches!(
+            retry_first,
+            CommandResponse::Appended { base_offset: 0, .. }
+        ));
+        assert!(matches!(
+            retry_second,
+            CommandResponse::Appended { base_offset: 3, .. }
+        ));
+        assert_eq!(state.next_offset, 5);
+        // A gap is refused, and says where to continue.
+        let gap = state.apply(&idempotent(9, 7, 1), 5, &mut changes);
+        assert!(matches!(
+            gap,
+            CommandResponse::OutOfSequence { expected: 5 }
+        ));
+        assert_eq!(state.next_offset, 5);
+        // Other producers and plain appends are unaffected.
+        assert!(matches!(
+            state.apply(&idempotent(10, 0, 1), 6, &mut changes),
+            CommandResponse::Appended { base_offset: 5, .. }
+        ));
+        assert!(matches!(
+            state.apply(&append(6, 1), 7, &mut changes),
+            CommandResponse::Appended { base_offset: 6, .. }
+        ));
+        state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn producer_state_is_bounded() {
+        let mut state = PartitionState::default();
+        let mut changes = Vec::new();
+        for producer in 0..(MAX_PRODUCERS_PER_PARTITION as u64 + 3) {
+            state.apply(&idempotent(producer, 0, 1), producer + 1, &mut changes);
+        }
+        assert_eq!(state.producers.len(), MAX_PRODUCERS_PER_PARTITION);
+        assert!(
+            !state.producers.contains_key(&0),
+            "the longest idle producer is forgotten first"
+        );
+        assert!(changes.contains(&PartitionChange::DeleteProducer { producer_id: 0 }));
     }
 
     #[test]
