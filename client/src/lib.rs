@@ -1,42 +1,71 @@
-//! Async Rust client for Raftstream's gRPC API.
+//! Async Rust client for Raftstream.
 //!
-//! Today this is the generated tonic client plus a connect helper; the
-//! batching idempotent producer and consumer groups build on it.
+//! - [`Client`]: connects through seed nodes, discovers the cluster and the
+//!   partition leaders, routes calls to leaders and retries unavailable
+//!   clusters and leader changes with bounded exponential backoff; every call
+//!   has a deadline and carries the bearer token.
+//! - [`Producer`]: batching, pipelined across partitions, idempotent.
+//! - [`Consumer`]: reads by offset, message id or time; long polls; a stream
+//!   that resumes without gaps or repeats; consumer-group offsets.
+//!
+//! ```no_run
+//! use raftstream_client::{Client, ClientConfig, Consumer, Position, Producer, ProducerConfig, Record};
+//! use std::time::Duration;
+//!
+//! # async fn example() -> raftstream_client::Result<()> {
+//! let client = Client::connect(ClientConfig::new(["127.0.0.1:50051"]).with_token("rst_...")).await?;
+//! let producer = Producer::new(&client, "orders", ProducerConfig::default()).await?;
+//! let ack = producer.send_and_wait(Record::new(r#"{"id": 1}"#).with_key("customer-7")).await?;
+//! println!("stored at {}", ack.message_id);
+//!
+//! let mut consumer = Consumer::new(&client, "orders", ack.partition, Position::Earliest).await?;
+//! for message in consumer.poll(100, Duration::from_secs(5)).await? {
+//!     println!("{}: {:?}", message.offset, message.value);
+//! }
+//! consumer.commit("billing").await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod consumer;
+mod error;
+mod producer;
 
 pub use raftstream_proto::v1 as pb;
 pub use raftstream_proto::v1::raftstream_client::RaftstreamClient;
-use tonic::transport::Channel;
+pub use tonic::transport::ClientTlsConfig;
 
-/// Messages may be up to the server's batch limit.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+pub use crate::client::Client;
+pub use crate::client::ClientConfig;
+pub use crate::client::topic_ref;
+pub use crate::consumer::Consumer;
+pub use crate::consumer::Position;
+pub use crate::error::Error;
+pub use crate::error::Result;
+pub use crate::producer::Ack;
+pub use crate::producer::Delivery;
+pub use crate::producer::Producer;
+pub use crate::producer::ProducerConfig;
+pub use crate::producer::Record;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("invalid address {addr:?}: {reason}")]
-    InvalidAddress { addr: String, reason: String },
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
-}
-
-/// Connects to one node (`host:port`); any node serves every request.
-pub async fn connect(addr: &str) -> Result<RaftstreamClient<Channel>, ConnectError> {
-    let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| {
-        ConnectError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        }
-    })?;
-    let channel = endpoint
+/// Connects to one node (`host:port`) with no token: the raw generated gRPC
+/// client, for tools and tests that drive the API directly.
+pub async fn connect(
+    addr: &str,
+) -> Result<pb::raftstream_client::RaftstreamClient<tonic::transport::Channel>> {
+    let invalid = |e: &dyn std::fmt::Display| Error::InvalidAddress {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .map_err(|e| invalid(&e))?
         .connect()
         .await
-        .map_err(|source| ConnectError::Connect {
-            addr: addr.to_string(),
-            source,
+        .map_err(|_| Error::NoNodeReachable {
+            seeds: vec![addr.to_string()],
         })?;
-    Ok(RaftstreamClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(pb::raftstream_client::RaftstreamClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024))
 }

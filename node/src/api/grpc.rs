@@ -575,6 +575,22 @@ impl ClientService {
                 Err(message) => results[i] = refused("unknown_partition", message),
             }
         }
+        // An idempotent batch is appended whole or not at all, or its
+        // sequence numbers would no longer match the records stored.
+        if producer.is_some() && results.iter().any(Option::is_some) {
+            let refusal = pb::Error {
+                code: "batch_refused".into(),
+                message: "another record of this idempotent batch was refused".into(),
+            };
+            return Ok(results
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| pb::PublishResult {
+                        result: Some(pb::publish_result::Result::Error(refusal.clone())),
+                    })
+                })
+                .collect());
+        }
         if total_bytes > limits.max_batch_bytes {
             return Err(Status::invalid_argument(format!(
                 "batch is {total_bytes} bytes; the limit is {}",
@@ -969,6 +985,44 @@ impl Raftstream for ClientService {
             }
         }
         Ok(Response::new(pb::GetCommittedOffsetsResponse { offsets }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let hops = Hops::of(&request);
+        let request = request.into_inner();
+        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let partitions = selected_partitions(&topic, request.partition)?;
+        let mut groups = std::collections::BTreeSet::new();
+        for partition in partitions {
+            let replicas = replicas_of(&topic, partition)?;
+            match self
+                .route(topic.group_id(partition), &replicas, hops)
+                .await?
+            {
+                Route::Forward(addr) => {
+                    let one = pb::ListGroupsRequest {
+                        topic: topic_ref(&topic),
+                        partition: Some(partition),
+                    };
+                    groups.extend(
+                        forward!(self, addr, list_groups, one, hops)?
+                            .into_inner()
+                            .groups,
+                    );
+                }
+                Route::Local(group) => group.state.read(|inner| {
+                    if let GroupData::Partition(p) = &inner.data {
+                        groups.extend(p.consumer_offsets.keys().cloned());
+                    }
+                }),
+            }
+        }
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.into_iter().collect(),
+        }))
     }
 
     async fn create_topic(

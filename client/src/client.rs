@@ -1,0 +1,417 @@
+//! Connection, discovery, routing and retries.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use backoff::backoff::Backoff;
+use parking_lot::RwLock;
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::raftstream_client::RaftstreamClient;
+use tonic::Request;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
+use tonic::transport::Endpoint;
+
+use crate::error::Error;
+use crate::error::Result;
+
+/// Messages may be as large as the server's batch limit.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Nodes to start from (`host:port`); the rest are discovered.
+    pub seeds: Vec<String>,
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+    /// TLS (rustls); plain HTTP/2 when absent.
+    pub tls: Option<ClientTlsConfig>,
+    /// The deadline of one attempt of one call.
+    pub request_timeout: Duration,
+    /// How long a call keeps retrying UNAVAILABLE and leader changes.
+    pub retry_for: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(seeds: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            token: None,
+            tls: None,
+            request_timeout: Duration::from_secs(15),
+            retry_for: Duration::from_secs(20),
+        }
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone, Debug)]
+pub struct Auth(Option<AsciiMetadataValue>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Grpc = RaftstreamClient<InterceptedService<Channel, Auth>>;
+
+/// Where a call should go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// The leader of this group, when known.
+    Group(u64),
+    /// Any node.
+    Any,
+}
+
+/// Whether a call may be repeated after its outcome became unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads, and writes the server deduplicates.
+    Idempotent,
+    /// Retried only when it surely did not run (UNAVAILABLE).
+    Once,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    auth: Auth,
+    channels: RwLock<HashMap<String, Channel>>,
+    nodes: RwLock<Vec<String>>,
+    /// Group id → gRPC address of its leader.
+    leaders: RwLock<HashMap<u64, String>>,
+    next_node: AtomicUsize,
+}
+
+/// A connection to a Raftstream cluster. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects through the first reachable seed and learns the cluster.
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        let auth = match &config.token {
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                Error::Unauthenticated("the token has characters a header cannot carry".into())
+            })?),
+            None => None,
+        };
+        let client = Client {
+            inner: Arc::new(Inner {
+                nodes: RwLock::new(config.seeds.clone()),
+                config,
+                auth: Auth(auth),
+                channels: RwLock::new(HashMap::new()),
+                leaders: RwLock::new(HashMap::new()),
+                next_node: AtomicUsize::new(0),
+            }),
+        };
+        for seed in client.inner.config.seeds.clone() {
+            if client.refresh_from(&seed).await.is_ok() {
+                return Ok(client);
+            }
+        }
+        Err(Error::NoNodeReachable {
+            seeds: client.inner.config.seeds.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel> {
+        if let Some(channel) = self.inner.channels.read().get(addr) {
+            return Ok(channel.clone());
+        }
+        let scheme = if self.inner.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let invalid = |e: &dyn std::fmt::Display| Error::InvalidAddress {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| invalid(&e))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.inner.config.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(&e))?;
+        }
+        let channel = endpoint.connect_lazy();
+        self.inner
+            .channels
+            .write()
+            .insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A raw gRPC client for one node, with the token attached.
+    pub fn grpc(&self, addr: &str) -> Result<Grpc> {
+        Ok(
+            RaftstreamClient::with_interceptor(self.channel(addr)?, self.inner.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
+    /// Re-learns the nodes and the group leaders.
+    pub async fn refresh(&self) -> Result<()> {
+        let nodes = self.inner.nodes.read().clone();
+        for addr in nodes {
+            if self.refresh_from(&addr).await.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(Error::NoNodeReachable {
+            seeds: self.inner.nodes.read().clone(),
+        })
+    }
+
+    async fn refresh_from(&self, addr: &str) -> Result<()> {
+        let mut grpc = self.grpc(addr)?;
+        let mut request = Request::new(pb::ClusterStatusRequest {});
+        request.set_timeout(Duration::from_secs(3));
+        let status = tokio::time::timeout(Duration::from_secs(3), grpc.cluster_status(request))
+            .await
+            .map_err(|_| Error::NoNodeReachable {
+                seeds: vec![addr.to_string()],
+            })?
+            .map_err(Error::from_status)?
+            .into_inner();
+        let by_id: HashMap<u64, String> = status
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.grpc_addr.clone()))
+            .collect();
+        if !by_id.is_empty() {
+            let mut nodes: Vec<String> = status
+                .nodes
+                .iter()
+                .filter(|n| n.reachable)
+                .map(|n| n.grpc_addr.clone())
+                .collect();
+            if nodes.is_empty() {
+                nodes = by_id.values().cloned().collect();
+            }
+            *self.inner.nodes.write() = nodes;
+        }
+        let leaders = status
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.group_id, by_id.get(&g.leader?)?.clone())))
+            .collect();
+        *self.inner.leaders.write() = leaders;
+        Ok(())
+    }
+
+    fn pick(&self, target: Target) -> String {
+        if let Target::Group(group) = target
+            && let Some(addr) = self.inner.leaders.read().get(&group)
+        {
+            return addr.clone();
+        }
+        let nodes = self.inner.nodes.read();
+        let i = self.inner.next_node.fetch_add(1, Ordering::Relaxed);
+        nodes
+            .get(i % nodes.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Runs a call on the right node, retrying with bounded exponential
+    /// backoff while the cluster is unavailable or leaders move.
+    pub(crate) async fn call<T, F, Fut>(&self, target: Target, retry: Retry, f: F) -> Result<T>
+    where
+        F: Fn(Grpc, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = backoff::ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(50))
+            .with_max_interval(Duration::from_secs(1))
+            .with_max_elapsed_time(Some(self.inner.config.retry_for))
+            .build();
+        let timeout = self.inner.config.request_timeout;
+        loop {
+            let addr = self.pick(target);
+            let outcome = match self.grpc(&addr) {
+                Ok(grpc) => match tokio::time::timeout(timeout, f(grpc, timeout)).await {
+                    Ok(result) => result.map(tonic::Response::into_inner),
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "no answer from {addr} within {timeout:?}"
+                    ))),
+                },
+                Err(e) => return Err(e),
+            };
+            let status = match outcome {
+                Ok(value) => return Ok(value),
+                Err(status) => status,
+            };
+            let retryable = match status.code() {
+                tonic::Code::Unavailable => true,
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+                    retry == Retry::Idempotent
+                }
+                _ => false,
+            };
+            if !retryable {
+                return Err(Error::from_status(status));
+            }
+            // Leaders may have moved: learn again before the next attempt.
+            let _ = self.refresh().await;
+            match backoff.next_backoff() {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    return Err(match status.code() {
+                        tonic::Code::Unavailable => Error::Unavailable {
+                            message: status.message().to_string(),
+                            elapsed_ms,
+                        },
+                        _ => Error::OutcomeUnknown(status.message().to_string()),
+                    });
+                }
+            }
+        }
+    }
+
+    // ---- Admin ----
+
+    pub async fn create_topic(&self, request: pb::CreateTopicRequest) -> Result<pb::Topic> {
+        self.call(Target::Group(0), Retry::Once, |mut g, t| {
+            let mut r = Request::new(request.clone());
+            r.set_timeout(t);
+            async move { g.create_topic(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<pb::Topic>> {
+        let list = self
+            .call(Target::Group(0), Retry::Idempotent, |mut g, _| async move {
+                g.list_topics(pb::ListTopicsRequest { name: None }).await
+            })
+            .await?;
+        Ok(list.topics)
+    }
+
+    pub async fn topic(&self, topic: &str) -> Result<pb::Topic> {
+        self.call(Target::Group(0), Retry::Idempotent, |mut g, _| {
+            let r = topic_ref(topic);
+            async move { g.get_topic(r).await }
+        })
+        .await
+    }
+
+    pub async fn update_topic(&self, request: pb::UpdateTopicRequest) -> Result<pb::Topic> {
+        self.call(Target::Group(0), Retry::Once, |mut g, _| {
+            let r = request.clone();
+            async move { g.update_topic(r).await }
+        })
+        .await
+    }
+
+    pub async fn purge_topic(&self, topic: &str, partition: Option<u32>) -> Result<()> {
+        self.call(Target::Any, Retry::Idempotent, |mut g, _| {
+            let r = pb::PurgeTopicRequest {
+                topic: Some(topic_ref(topic)),
+                partition,
+            };
+            async move { g.purge_topic(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.call(Target::Group(0), Retry::Once, |mut g, _| {
+            let r = topic_ref(topic);
+            async move { g.delete_topic(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse> {
+        self.call(Target::Any, Retry::Idempotent, |mut g, _| async move {
+            g.cluster_status(pb::ClusterStatusRequest {}).await
+        })
+        .await
+    }
+
+    pub async fn create_token(
+        &self,
+        name: &str,
+        scopes: &[&str],
+        topics: &[&str],
+    ) -> Result<pb::CreateTokenResponse> {
+        let request = pb::CreateTokenRequest {
+            name: name.to_string(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            topics: topics.iter().map(|s| s.to_string()).collect(),
+        };
+        self.call(Target::Group(0), Retry::Once, |mut g, _| {
+            let r = request.clone();
+            async move { g.create_token(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<pb::TokenInfo>> {
+        let list = self
+            .call(Target::Group(0), Retry::Idempotent, |mut g, _| async move {
+                g.list_tokens(pb::ListTokensRequest {}).await
+            })
+            .await?;
+        Ok(list.tokens)
+    }
+
+    pub async fn delete_token(&self, id: u64) -> Result<()> {
+        self.call(Target::Group(0), Retry::Once, |mut g, _| async move {
+            g.delete_token(pb::DeleteTokenRequest { id }).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Digits name a topic by id, anything else by name.
+pub fn topic_ref(topic: &str) -> pb::TopicRef {
+    let reference = match topic.parse::<u64>() {
+        Ok(id) => pb::topic_ref::Topic::Id(id),
+        Err(_) => pb::topic_ref::Topic::Name(topic.to_string()),
+    };
+    pb::TopicRef {
+        topic: Some(reference),
+    }
+}

@@ -1,0 +1,160 @@
+//! The `raftstream` CLI end to end against a real 3-node cluster on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../node/tests/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use common::ADMIN_TOKEN;
+use common::TestCluster;
+
+fn cli(cluster: &TestCluster) -> Command {
+    let mut command = Command::cargo_bin("raftstream").unwrap();
+    command
+        .env("RAFTSTREAM_ADDR", cluster.addr(1).to_string())
+        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
+        .env("HOME", cluster.dir.path());
+    command
+}
+
+fn stdout(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn produce_then_consume_the_same_data_and_manage_groups() {
+    let cluster = TestCluster::start(3).await;
+    stdout(cli(&cluster).args(["topics", "create", "orders", "--partitions", "2"]));
+    cluster.wait_partition_leaders("orders").await;
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(cli(&cluster).args(["--json", "topics", "list"]))).unwrap();
+    assert_eq!(listed[0]["name"], "orders");
+
+    let input: String = (0..20).map(|i| format!("{{\"n\": {i}}}\n")).collect();
+    let output = cli(&cluster)
+        .args(["produce", "orders", "--key", "same-key"])
+        .write_stdin(input)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("produced 20 messages"));
+
+    // One key, one partition: the order sent is the order read.
+    let read =
+        stdout(cli(&cluster).args(["consume", "orders", "--from-beginning", "--output", "raw"]));
+    let expected: Vec<String> = (0..20).map(|i| format!("{{\"n\": {i}}}")).collect();
+    assert_eq!(read.lines().collect::<Vec<_>>(), expected);
+
+    // A group reads part, commits, and resumes where it stopped.
+    let first = stdout(cli(&cluster).args([
+        "consume", "orders", "--group", "billing", "--max", "5", "--output", "raw",
+    ]));
+    assert_eq!(first.lines().count(), 5);
+    let groups = stdout(cli(&cluster).args(["groups", "list", "orders"]));
+    assert_eq!(groups.trim(), "billing");
+    let offsets: serde_json::Value = serde_json::from_str(&stdout(
+        cli(&cluster).args(["--json", "groups", "offsets", "orders", "billing"]),
+    ))
+    .unwrap();
+    assert_eq!(
+        offsets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["offset"].as_u64().unwrap())
+            .sum::<u64>(),
+        5
+    );
+    let rest =
+        stdout(cli(&cluster).args(["consume", "orders", "--group", "billing", "--output", "raw"]));
+    assert_eq!(rest.lines().count(), 15);
+    stdout(cli(&cluster).args(["groups", "reset", "orders", "billing", "--to-earliest"]));
+    let again =
+        stdout(cli(&cluster).args(["consume", "orders", "--group", "billing", "--output", "raw"]));
+    assert_eq!(again.lines().count(), 20);
+
+    let status = stdout(cli(&cluster).args(["cluster", "status"]));
+    assert!(
+        status.contains("orders") && status.contains("(metadata)"),
+        "{status}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follow_mode_prints_new_messages_as_they_commit() {
+    let cluster = TestCluster::start(3).await;
+    stdout(cli(&cluster).args(["topics", "create", "live"]));
+    cluster.wait_partition_leaders("live").await;
+    let bin = assert_cmd::cargo::cargo_bin("raftstream");
+    let mut follower = std::process::Command::new(bin)
+        .args([
+            "consume", "live", "--follow", "--max", "3", "--output", "raw",
+        ])
+        .env("RAFTSTREAM_ADDR", cluster.addr(2).to_string())
+        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
+        .env("HOME", cluster.dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stdout(cli(&cluster).args(["produce", "live", "a", "b", "c"]));
+    let exited = common::eventually(
+        "follower exits after 3 messages",
+        Duration::from_secs(30),
+        || {
+            let status = follower.try_wait().unwrap();
+            async move { status }
+        },
+    )
+    .await;
+    assert!(exited.success());
+    let mut out = String::new();
+    follower
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn errors_are_one_clear_line_and_a_non_zero_exit() {
+    let cluster = TestCluster::start(3).await;
+    let output = cli(&cluster).args(["consume", "missing"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: not found"), "{stderr}");
+
+    let created =
+        stdout(cli(&cluster).args(["--json", "tokens", "create", "reader", "--scope", "consume"]));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert!(created["token"].as_str().unwrap().starts_with("rst_"));
+    let listed = stdout(cli(&cluster).args(["tokens", "list"]));
+    assert!(listed.contains("reader"));
+    stdout(cli(&cluster).args(["tokens", "revoke", &created["id"].to_string()]));
+    assert!(!stdout(cli(&cluster).args(["tokens", "list"])).contains("reader"));
+
+    let completions = stdout(
+        Command::cargo_bin("raftstream")
+            .unwrap()
+            .args(["completions", "bash"]),
+    );
+    assert!(completions.contains("raftstream"));
+    let help = stdout(Command::cargo_bin("raftstream").unwrap().args(["--help"]));
+    assert!(help.contains("Examples:"));
+    cluster.shutdown().await;
+}

@@ -1,0 +1,98 @@
+//! The idempotent producer against a real cluster whose leader is stopped
+//! mid-stream: every acknowledged message appears exactly once, in the order
+//! sent.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../node/tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::ADMIN_TOKEN;
+use common::TestCluster;
+use raftstream_client::Client;
+use raftstream_client::ClientConfig;
+use raftstream_client::Consumer;
+use raftstream_client::Error;
+use raftstream_client::Position;
+use raftstream_client::Producer;
+use raftstream_client::ProducerConfig;
+use raftstream_client::Record;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_lost_mid_stream_stores_every_acknowledged_message_exactly_once_in_order() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("ledger", 1, 3).await;
+    let seeds: Vec<String> = cluster
+        .running_ids()
+        .iter()
+        .map(|id| cluster.addr(*id).to_string())
+        .collect();
+    let client = Client::connect(ClientConfig::new(seeds).with_token(ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        batch_max_records: 20,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(&client, "ledger", config).await.unwrap();
+
+    let leader = cluster.partition_leader("ledger", 0).await;
+    let mut deliveries = Vec::new();
+    for i in 0..600 {
+        deliveries.push(producer.send(Record::new(format!("m{i}"))).await.unwrap());
+        if i == 200 {
+            // Lose the leader while batches are in flight.
+            cluster.stop(leader).await;
+        }
+    }
+    let mut acked = Vec::new();
+    for (i, delivery) in deliveries.into_iter().enumerate() {
+        match delivery.await.unwrap() {
+            Ok(ack) => acked.push((i, ack.offset)),
+            Err(Error::OutcomeUnknown(_)) => {}
+            Err(e) => panic!("message {i} failed: {e}"),
+        }
+    }
+    assert!(
+        acked.len() >= 500,
+        "most messages are acknowledged: {}",
+        acked.len()
+    );
+    let mut consumer = Consumer::new(&client, "ledger", 0, Position::Earliest)
+        .await
+        .unwrap();
+    let mut read = Vec::new();
+    loop {
+        let batch = consumer.poll(1000, Duration::ZERO).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        read.extend(
+            batch
+                .into_iter()
+                .map(|m| (String::from_utf8(m.value.to_vec()).unwrap(), m.offset)),
+        );
+    }
+    // Exactly once: no value twice.
+    let mut values: Vec<&String> = read.iter().map(|(v, _)| v).collect();
+    values.sort();
+    let unique = values.len();
+    values.dedup();
+    assert_eq!(values.len(), unique, "a message was stored twice");
+    // Every acknowledged message is at its acknowledged offset, in send order.
+    for (i, offset) in &acked {
+        assert_eq!(
+            read.get(*offset as usize).map(|(v, _)| v.clone()),
+            Some(format!("m{i}"))
+        );
+    }
+    let offsets: Vec<u64> = acked.iter().map(|(_, o)| *o).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "acknowledged messages out of send order"
+    );
+    cluster.shutdown().await;
+}
