@@ -23,7 +23,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .or_else(|_| std::fs::read_to_string("data/admin-token").map(|t| t.trim().to_string()))?;
     let client = Client::connect(ClientConfig::new([addr]).with_token(token)).await?;
 
-    let request = pb::CreateTopicRequest { name: "quickstart".into(), partitions: 1, ..Default::default() };
+    let request = pb::CreateTopicRequest {
+        name: "quickstart".into(),
+        partitions: 1,
+        ..Default::default()
+    };
     match client.create_topic(request).await {
         Ok(_) | Err(Error::AlreadyExists(_)) => {}
         Err(e) => return Err(e.into()),
@@ -41,7 +45,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut consumer = Consumer::new(&client, "quickstart", 0, Position::Earliest).await?;
     for message in consumer.poll(100, Duration::from_secs(1)).await? {
-        println!("read {}: {}", message.message_id, String::from_utf8_lossy(&message.value));
+        println!(
+            "read {}: {}",
+            message.message_id,
+            String::from_utf8_lossy(&message.value)
+        );
     }
     Ok(())
 }

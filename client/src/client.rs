@@ -66,6 +66,12 @@ impl ClientConfig {
 #[derive(Clone, Debug)]
 pub struct Auth(Option<AsciiMetadataValue>);
 
+impl Auth {
+    pub fn new(header: Option<AsciiMetadataValue>) -> Self {
+        Auth(header)
+    }
+}
+
 impl Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {

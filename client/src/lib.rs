@@ -36,8 +36,10 @@ pub use raftstream_proto::v1 as pb;
 pub use raftstream_proto::v1::raftstream_client::RaftstreamClient;
 pub use tonic::transport::ClientTlsConfig;
 
+pub use crate::client::Auth;
 pub use crate::client::Client;
 pub use crate::client::ClientConfig;
+pub use crate::client::Grpc;
 pub use crate::client::topic_ref;
 pub use crate::consumer::Consumer;
 pub use crate::consumer::Position;
@@ -49,11 +51,9 @@ pub use crate::producer::Producer;
 pub use crate::producer::ProducerConfig;
 pub use crate::producer::Record;
 
-/// Connects to one node (`host:port`) with no token: the raw generated gRPC
-/// client, for tools and tests that drive the API directly.
-pub async fn connect(
-    addr: &str,
-) -> Result<pb::raftstream_client::RaftstreamClient<tonic::transport::Channel>> {
+/// Connects to one node (`host:port`): the raw generated gRPC client with
+/// the token attached, for tools and tests that drive the API directly.
+pub async fn connect(addr: &str, token: Option<&str>) -> Result<Grpc> {
     let invalid = |e: &dyn std::fmt::Display| Error::InvalidAddress {
         addr: addr.to_string(),
         reason: e.to_string(),
@@ -65,7 +65,13 @@ pub async fn connect(
         .map_err(|_| Error::NoNodeReachable {
             seeds: vec![addr.to_string()],
         })?;
-    Ok(pb::raftstream_client::RaftstreamClient::new(channel)
+    let auth = match token {
+        Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+            Error::Unauthenticated("the token has characters a header cannot carry".into())
+        })?),
+        None => None,
+    };
+    Ok(RaftstreamClient::with_interceptor(channel, Auth::new(auth))
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(256 * 1024 * 1024))
 }

@@ -73,6 +73,9 @@ impl Group {
     }
 }
 
+/// How long an unknown token waits for metadata still on its way.
+const TOKEN_PROPAGATION_WAIT: Duration = Duration::from_millis(750);
+
 pub struct Node {
     pub config: NodeConfig,
     pub storage: Storage,
@@ -165,6 +168,24 @@ impl Node {
                 })
             })
             .unwrap_or_default()
+    }
+
+    /// The token a secret belongs to. A token created a moment ago through
+    /// another node may not have reached this node's metadata yet, so an
+    /// unknown secret is looked up again as metadata arrives, briefly.
+    pub async fn authenticate(&self, secret: &str) -> Option<crate::raft::types::TokenRecord> {
+        if let Some(token) = crate::auth::authenticate(&self.metadata(), secret) {
+            return Some(token.clone());
+        }
+        let meta = self.meta_group()?;
+        let mut changes = meta.state.subscribe();
+        let deadline = tokio::time::Instant::now() + TOKEN_PROPAGATION_WAIT;
+        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, changes.changed()).await {
+            if let Some(token) = crate::auth::authenticate(&self.metadata(), secret) {
+                return Some(token.clone());
+            }
+        }
+        None
     }
 
     pub fn next_round_robin(&self) -> u64 {
@@ -476,8 +497,22 @@ impl Node {
         };
         let mut changes = meta.state.subscribe();
         let mut shutdown = self.shutdown_signal();
-        while self.metadata().next_token_id == 0 {
-            if meta.leader().is_some_and(|(leader, _)| leader == self.id()) {
+        while self.metadata().next_token_id == 0 || self.metadata().cluster_secret.is_none() {
+            if meta.leader().is_some_and(|(leader, _)| leader == self.id())
+                && self.metadata().cluster_secret.is_none()
+            {
+                let mut secret = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut secret);
+                let command =
+                    crate::raft::types::Command::Meta(MetaCommand::SetClusterSecret { secret });
+                if let Err(e) = self.write(&meta, command).await {
+                    tracing::warn!(error = %e, "setting the cluster secret failed; retrying");
+                }
+                continue;
+            }
+            if self.metadata().next_token_id == 0
+                && meta.leader().is_some_and(|(leader, _)| leader == self.id())
+            {
                 let configured = self.config.admin_token.clone();
                 let secret = configured
                     .clone()
@@ -505,7 +540,9 @@ impl Node {
                         }
                         return;
                     }
-                    Ok(_) | Err(WriteError::Rejected(MetaRejection::AlreadyBootstrapped)) => return,
+                    Ok(_) | Err(WriteError::Rejected(MetaRejection::AlreadyBootstrapped)) => {
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "creating the bootstrap admin token failed; retrying")
                     }

@@ -75,7 +75,7 @@ impl RunningNode {
         )
         .max_decoding_message_size(MAX_RPC_BYTES)
         .max_encoding_message_size(MAX_RPC_BYTES);
-        let client_api = ClientService::new(node.clone()).into_server();
+        let client_api = ClientService::public(node.clone()).into_server();
         let mut shutdown = node.shutdown_signal();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
         let grpc = tokio::spawn(async move {

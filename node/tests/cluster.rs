@@ -17,7 +17,7 @@ fn values(messages: &[pb::Message]) -> Vec<String> {
 }
 
 async fn publish(
-    client: &mut raftstream_client::RaftstreamClient<tonic::transport::Channel>,
+    client: &mut raftstream_client::Grpc,
     name: &str,
     value: &str,
 ) -> pb::PublishResponse {
@@ -972,5 +972,104 @@ async fn idempotent_batches_survive_retries_and_leader_changes_exactly_once() {
     );
     let read = values(&read_all(&mut client, "exactly", 0, 3).await);
     assert_eq!(read, vec!["a", "b", "c"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_calls_need_a_token_with_the_right_scope_and_topic() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("guarded", 1, 3).await;
+    cluster.create_topic("other", 1, 3).await;
+    let addr = cluster.addr(2).to_string();
+
+    let mut anonymous = raftstream_client::connect(&addr, None).await.unwrap();
+    let err = anonymous
+        .publish(pb::PublishRequest {
+            topic: topic("guarded"),
+            record: record("x"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut wrong = raftstream_client::connect(&addr, Some("rst_wrong"))
+        .await
+        .unwrap();
+    let err = wrong
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    let mut admin = cluster.client(1).await;
+    let created = admin
+        .create_token(pb::CreateTokenRequest {
+            name: "writer".into(),
+            scopes: vec!["publish".into()],
+            topics: vec!["guarded".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Through every node, leader or not: forwarding carries the node
+    // credential, so the leader accepts work a follower authorized.
+    for id in 1..=3 {
+        let mut writer =
+            raftstream_client::connect(&cluster.addr(id).to_string(), Some(&created.secret))
+                .await
+                .unwrap();
+        eventually(
+            "token replicated to the node",
+            Duration::from_secs(10),
+            || {
+                let mut writer = writer.clone();
+                async move {
+                    writer
+                        .publish(pb::PublishRequest {
+                            topic: topic("guarded"),
+                            record: record("ok"),
+                        })
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+        let err = writer
+            .publish(pb::PublishRequest {
+                topic: topic("other"),
+                record: record("no"),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let err = writer
+            .consume(pb::ConsumeRequest {
+                topic: topic("guarded"),
+                partition: 0,
+                position: at_offset(0),
+                max_messages: 1,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let err = writer
+            .create_topic(pb::CreateTopicRequest {
+                name: "mine".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+    // A forged node credential is refused.
+    let mut forged = tonic::Request::new(pb::ClusterStatusRequest {});
+    forged
+        .metadata_mut()
+        .insert("x-raftstream-node-auth", "00".parse().unwrap());
+    assert_eq!(
+        anonymous.cluster_status(forged).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
     cluster.shutdown().await;
 }

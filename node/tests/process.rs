@@ -10,6 +10,7 @@ use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::ADMIN_TOKEN;
 use common::eventually;
 use common::record;
 use common::topic;
@@ -78,6 +79,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node-{}", i + 1)))
             .env("RUST_LOG", "warn")
+            .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -92,14 +94,15 @@ impl Cluster {
         }
     }
 
-    async fn client(
-        &self,
-        i: usize,
-    ) -> raftstream_client::RaftstreamClient<tonic::transport::Channel> {
+    async fn client(&self, i: usize) -> raftstream_client::Grpc {
         let addr = self.grpc[i].clone();
         eventually("node accepts connections", Duration::from_secs(30), || {
             let addr = addr.clone();
-            async move { raftstream_client::connect(&addr).await.ok() }
+            async move {
+                raftstream_client::connect(&addr, Some(ADMIN_TOKEN))
+                    .await
+                    .ok()
+            }
         })
         .await
     }
@@ -113,9 +116,7 @@ impl Drop for Cluster {
     }
 }
 
-async fn status(
-    client: &mut raftstream_client::RaftstreamClient<tonic::transport::Channel>,
-) -> Option<pb::ClusterStatusResponse> {
+async fn status(client: &mut raftstream_client::Grpc) -> Option<pb::ClusterStatusResponse> {
     Some(
         client
             .cluster_status(pb::ClusterStatusRequest {})
@@ -146,8 +147,7 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
         }
     })
     .await;
-    let publish = |client: &raftstream_client::RaftstreamClient<tonic::transport::Channel>,
-                   value: String| {
+    let publish = |client: &raftstream_client::Grpc, value: String| {
         let mut client = client.clone();
         async move {
             client

@@ -52,6 +52,13 @@ const MAX_HOPS: u32 = 2;
 /// Asks a node to answer from its own replicas only (cluster status fan-out
 /// and reads that a lagging replica could not serve).
 const LOCAL_HEADER: &str = "x-raftstream-local";
+/// Proves a forwarded request comes from a node of this cluster: the
+/// cluster secret held in the replicated metadata, which no API returns.
+const NODE_AUTH_HEADER: &str = "x-raftstream-node-auth";
+
+fn node_credential(secret: &[u8; 32]) -> String {
+    secret.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 pub const DEFAULT_MAX_MESSAGES: u32 = 100;
 pub const MAX_MESSAGES: u32 = 10_000;
@@ -60,11 +67,127 @@ pub const MAX_WAIT_MS: u32 = 60_000;
 #[derive(Debug, Clone)]
 pub struct ClientService {
     node: Arc<Node>,
+    trust: Trust,
+}
+
+/// Whom the service believes without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// The network-facing service: callers show a bearer token, or are
+    /// other nodes forwarding (they show the cluster's node credential).
+    Public,
+    /// The in-process service behind the HTTP gateway, which has already
+    /// authenticated and authorized its caller.
+    InProcess,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+enum Caller {
+    /// Another node forwarding work it authorized, or the gateway.
+    Node,
+    Token(TokenRecord),
+}
+
+impl Caller {
+    fn check_topic(&self, scope: Scope, topic: &Topic) -> Result<(), Status> {
+        match self {
+            Caller::Node => Ok(()),
+            Caller::Token(token) => token.allows(scope, Some(topic)).map_err(denied),
+        }
+    }
+
+    /// Cluster-wide operations need a token not limited to some topics.
+    fn check_unrestricted(&self) -> Result<(), Status> {
+        match self {
+            Caller::Token(token) if !token.topics.is_empty() => Err(Status::permission_denied(
+                "this token is limited to some topics",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn denied(why: crate::auth::Denied) -> Status {
+    match why {
+        crate::auth::Denied::Scope(scope) => {
+            Status::permission_denied(format!("this token lacks the {} scope", scope.as_str()))
+        }
+        crate::auth::Denied::Topic => {
+            Status::permission_denied("this token may not use this topic")
+        }
+    }
 }
 
 impl ClientService {
+    /// The in-process service for the HTTP gateway (it authenticates).
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            trust: Trust::InProcess,
+        }
+    }
+
+    /// The network-facing service: every call needs a bearer token.
+    pub fn public(node: Arc<Node>) -> Self {
+        Self {
+            node,
+            trust: Trust::Public,
+        }
+    }
+
+    /// Authenticates the caller and, when `scope` is given, checks it.
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        scope: Option<Scope>,
+    ) -> Result<Caller, Status> {
+        if self.trust == Trust::InProcess {
+            return Ok(Caller::Node);
+        }
+        let meta = self.node.metadata();
+        if let Some(credential) = request.metadata().get(NODE_AUTH_HEADER) {
+            let valid = meta.cluster_secret.as_ref().is_some_and(|secret| {
+                let presented = credential.as_bytes();
+                let expected = node_credential(secret);
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    presented,
+                    expected.as_bytes(),
+                ))
+            });
+            return if valid {
+                Ok(Caller::Node)
+            } else {
+                Err(Status::unauthenticated("invalid node credential"))
+            };
+        }
+        let secret = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+        let token = self
+            .node
+            .authenticate(secret)
+            .await
+            .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))?;
+        if let Some(scope) = scope
+            && !token.has_scope(scope)
+        {
+            return Err(denied(crate::auth::Denied::Scope(scope)));
+        }
+        Ok(Caller::Token(token))
+    }
+
+    /// Marks a request this node sends to another as coming from a node.
+    fn sign<T>(&self, request: &mut Request<T>) {
+        if let Some(secret) = self.node.metadata().cluster_secret
+            && let Ok(value) = node_credential(&secret).parse()
+        {
+            request.metadata_mut().insert(NODE_AUTH_HEADER, value);
+        }
     }
 
     pub fn into_server(self) -> pb::raftstream_server::RaftstreamServer<Self> {
@@ -258,11 +381,7 @@ macro_rules! forward {
     ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
         $service
             .client(&$addr)?
-            .$method(ClientService::forwarded(
-                $message,
-                $hops,
-                $service.forward_timeout(),
-            ))
+            .$method($service.forwarded($message, $hops, $service.forward_timeout()))
             .await
     };
 }
@@ -285,8 +404,9 @@ impl ClientService {
             .max_encoding_message_size(MAX_RPC_BYTES))
     }
 
-    fn forwarded<T>(message: T, hops: Hops, timeout: Duration) -> Request<T> {
+    fn forwarded<T>(&self, message: T, hops: Hops, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
+        self.sign(&mut request);
         request.set_timeout(timeout);
         if let Ok(value) = (hops.count + 1).to_string().parse() {
             request.metadata_mut().insert(HOPS_HEADER, value);
@@ -519,12 +639,14 @@ impl ClientService {
 
     async fn publish_records(
         &self,
+        caller: &Caller,
         name: &TopicName,
         records: Vec<pb::Record>,
         producer: Option<pb::ProducerBatch>,
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let topic = self.topic(name).await?;
+        caller.check_topic(Scope::Publish, &topic)?;
         if producer.is_some() {
             let first = records.first().and_then(|r| r.partition);
             if first.is_none() || records.iter().any(|r| r.partition != first) {
@@ -646,11 +768,13 @@ impl ClientService {
 
     async fn consume_inner(
         &self,
+        caller: &Caller,
         request: pb::ConsumeRequest,
         hops: Hops,
     ) -> Result<pb::ConsumeResponse, Status> {
         let name = topic_name(request.topic.as_ref())?;
         let topic = self.topic(&name).await?;
+        caller.check_topic(Scope::Consume, &topic)?;
         let mut partition = request.partition;
         let start = match request.position.and_then(|p| p.position) {
             None => StartAt::Earliest,
@@ -693,7 +817,7 @@ impl ClientService {
                 let timeout = wait + self.forward_timeout();
                 match self
                     .client(&addr)?
-                    .consume(Self::forwarded(forwarded, hops, timeout))
+                    .consume(self.forwarded(forwarded, hops, timeout))
                     .await
                 {
                     Ok(response) => return Ok(response.into_inner()),
@@ -748,6 +872,7 @@ impl ClientService {
                 LOCAL_HEADER,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
+            self.sign(&mut request);
             request.set_timeout(self.forward_timeout());
             match self.client(addr)?.consume(request).await {
                 Ok(response) => return Ok(response.into_inner()),
@@ -793,6 +918,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Publish)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let name = topic_name(request.topic.as_ref())?;
@@ -800,7 +926,7 @@ impl Raftstream for ClientService {
             .record
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
         let results = self
-            .publish_records(&name, vec![record], None, hops)
+            .publish_records(&caller, &name, vec![record], None, hops)
             .await?;
         if let Some(e) = first_error(&results) {
             return Err(error_status(e));
@@ -815,6 +941,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Publish)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let name = topic_name(request.topic.as_ref())?;
@@ -822,7 +949,7 @@ impl Raftstream for ClientService {
             return Err(Status::invalid_argument("records must not be empty"));
         }
         let results = self
-            .publish_records(&name, request.records, request.producer, hops)
+            .publish_records(&caller, &name, request.records, request.producer, hops)
             .await?;
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
@@ -831,9 +958,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = Hops::of(&request);
         Ok(Response::new(
-            self.consume_inner(request.into_inner(), hops).await?,
+            self.consume_inner(&caller, request.into_inner(), hops)
+                .await?,
         ))
     }
 
@@ -843,12 +972,14 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<MessageStream>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         // Validate the topic and position now, so a bad request fails the
         // call itself rather than the first stream item.
         let first = self
             .consume_inner(
+                &caller,
                 pb::ConsumeRequest {
                     topic: request.topic.clone(),
                     partition: request.partition,
@@ -886,7 +1017,7 @@ impl Raftstream for ClientService {
                     wait_ms: 30_000,
                 };
                 batch = tokio::select! {
-                    result = service.consume_inner(next, hops) => match result {
+                    result = service.consume_inner(&caller, next, hops) => match result {
                         Ok(batch) => batch,
                         Err(status) => {
                             let _ = tx.send(Err(status)).await;
@@ -909,12 +1040,14 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         if request.group.is_empty() {
             return Err(Status::invalid_argument("group must not be empty"));
         }
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        caller.check_topic(Scope::Consume, &topic)?;
         let replicas = replicas_of(&topic, request.partition)?;
         let request = &request;
         let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
@@ -950,9 +1083,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::GetCommittedOffsetsRequest>,
     ) -> Result<Response<pb::GetCommittedOffsetsResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        caller.check_topic(Scope::Consume, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
         let mut offsets = Vec::new();
         for partition in partitions {
@@ -991,9 +1126,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        caller.check_topic(Scope::Consume, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
         let mut groups = std::collections::BTreeSet::new();
         for partition in partitions {
@@ -1029,8 +1166,10 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
+        caller.check_unrestricted()?;
         let spec = TopicSpec {
             name: request.name.clone(),
             description: request.description.clone(),
@@ -1070,6 +1209,7 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         // The metadata leader has applied every topic change it answered,
         // so reading there sees every acknowledged create, update and delete.
+        let _caller = self.authorize(&request, None).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         if let Route::Forward(addr) = self.meta_route(hops).await? {
@@ -1090,6 +1230,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::Topic>, Status> {
+        let _caller = self.authorize(&request, None).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         if let Route::Forward(addr) = self.meta_route(hops).await? {
@@ -1107,9 +1248,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::UpdateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        caller.check_topic(Scope::Admin, &topic)?;
         let update = TopicUpdate {
             name: request.name.clone(),
             description: request.description.clone(),
@@ -1147,9 +1290,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::PurgeTopicRequest>,
     ) -> Result<Response<pb::PurgeTopicResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        caller.check_topic(Scope::Admin, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
         for partition in partitions {
             let replicas = replicas_of(&topic, partition)?;
@@ -1181,9 +1326,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
         let topic = self.topic(&topic_name(Some(&request))?).await?;
+        caller.check_topic(Scope::Admin, &topic)?;
         let (request, topic_id) = (&request, topic.id);
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
@@ -1207,8 +1354,10 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
+        caller.check_unrestricted()?;
         let scopes = request
             .scopes
             .iter()
@@ -1255,8 +1404,10 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
+        caller.check_unrestricted()?;
         if let Route::Forward(addr) = self.meta_route(hops).await? {
             return forward!(self, addr, list_tokens, request, hops);
         }
@@ -1274,8 +1425,10 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
+        caller.check_unrestricted()?;
         let id = request.id;
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
@@ -1299,6 +1452,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.authorize(&request, None).await?;
         let local = self.local_status();
         if Hops::of(&request).local_only {
             return Ok(Response::new(local));
@@ -1319,6 +1473,7 @@ impl Raftstream for ClientService {
                 LOCAL_HEADER,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
+            self.sign(&mut request);
             request.set_timeout(Duration::from_secs(2));
             let answer = match self.client(addr) {
                 Ok(mut client) => client

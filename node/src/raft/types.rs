@@ -102,6 +102,10 @@ pub enum MetaCommand {
     DeleteToken {
         id: u64,
     },
+    /// The secret nodes prove themselves with when forwarding; set once.
+    SetClusterSecret {
+        secret: [u8; 32],
+    },
     CreateTopic {
         spec: TopicSpec,
         now_ms: i64,
@@ -210,6 +214,7 @@ pub struct MetaState {
     pub tokens: BTreeMap<u64, TokenRecord>,
     /// Zero until the first token is created.
     pub next_token_id: u64,
+    pub cluster_secret: Option<[u8; 32]>,
 }
 
 impl MetaState {
@@ -264,6 +269,9 @@ impl std::fmt::Display for Command {
                 write!(f, "create token {name:?}")
             }
             Command::Meta(MetaCommand::DeleteToken { id }) => write!(f, "delete token {id}"),
+            Command::Meta(MetaCommand::SetClusterSecret { .. }) => {
+                write!(f, "set the cluster secret")
+            }
             Command::Meta(MetaCommand::CreateTopic { spec, .. }) => {
                 write!(f, "create topic {:?}", spec.name)
             }

@@ -90,6 +90,11 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
                 Err(rejection) => CommandResponse::MetaRejected(rejection),
             };
         }
+        MetaCommand::SetClusterSecret { secret } => {
+            // The first secret stays: nodes may already be using it.
+            state.cluster_secret.get_or_insert(*secret);
+            return CommandResponse::None;
+        }
         MetaCommand::DeleteToken { id } => {
             return match state.tokens.remove(id) {
                 Some(token) => CommandResponse::Token(token),

@@ -8,14 +8,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use raftstream_client::RaftstreamClient;
 use raftstream_client::pb;
 use raftstream_node::config::Limits;
 use raftstream_node::config::NodeConfig;
 use raftstream_node::config::RaftTimings;
 use raftstream_node::server::RunningNode;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
 /// The bootstrap admin token of every test cluster.
 pub const ADMIN_TOKEN: &str = "rst_test-admin-token";
@@ -129,8 +127,8 @@ impl TestCluster {
         self.configs[&id].grpc_addr
     }
 
-    pub async fn client(&self, id: u64) -> RaftstreamClient<Channel> {
-        raftstream_client::connect(&self.addr(id).to_string())
+    pub async fn client(&self, id: u64) -> raftstream_client::Grpc {
+        raftstream_client::connect(&self.addr(id).to_string(), Some(ADMIN_TOKEN))
             .await
             .unwrap()
     }
@@ -232,7 +230,7 @@ impl TestCluster {
 /// Reads a whole partition from `offset` through `client`, until `expected`
 /// messages have been read.
 pub async fn read_all(
-    client: &mut RaftstreamClient<Channel>,
+    client: &mut raftstream_client::Grpc,
     name: &str,
     partition: u32,
     expected: usize,
