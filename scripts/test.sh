@@ -1,14 +1,178 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, openraft's storage suite and the
-# multi-node integration tests on loopback. Ends with one summary line
-# over every test binary.
+# multi-node integration tests on loopback, then schemathesis against the
+# HTTP gateway's /openapi.json on one dev node. Ends with one summary line
+# over every test binary; the schemathesis run counts as one test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+
+work=$(mktemp -d)
+node_pid=""
+cleanup() {
+  # Stop only the node this script started.
+  if [ -n "$node_pid" ]; then
+    kill "$node_pid" 2>/dev/null || true
+    wait "$node_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
 status=0
-cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "%d passed, %d failed\n", p, f }' "$log"
+cargo test --workspace --all-targets 2>&1 | tee "$work/cargo.log" || status=$?
+
+# --- schemathesis against a running node's /openapi.json -----------------
+# Bounds: 25 generated cases per operation and phase, a 5 s timeout per
+# request, and `timeout` around the whole run (which takes about 15 s).
+fuzz_examples=25
+fuzz_timeout_secs=150
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# `set -e` does not apply inside a function called as a condition, so every
+# step that must succeed says `|| return 1`.
+fuzz() {
+  if ! python3 -c 'import schemathesis' 2>/dev/null; then
+    echo "schemathesis: installing it from PyPI"
+    python3 -m pip install --quiet schemathesis || return 1
+  fi
+  cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
+
+  local grpc_port http_port base token
+  grpc_port=$(free_port)
+  http_port=$(free_port)
+  base="http://127.0.0.1:$http_port"
+  token="rst_schemathesis-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn target/debug/raftstream-node dev \
+    --data-dir "$work/data" --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
+    >"$work/node.log" 2>&1 &
+  node_pid=$!
+
+  # Ready means the metadata group has a leader: poll, bounded at 30 s.
+  local ready=""
+  for _ in $(seq 150); do
+    if curl -sf "$base/readyz" >/dev/null; then ready=yes; break; fi
+    kill -0 "$node_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if [ -z "$ready" ]; then
+    echo "schemathesis: the node did not become ready; its log:"
+    tail -n 50 "$work/node.log"
+    return 1
+  fi
+
+  # Two topics (ids 1 and 2), one with a schema and a message, so that
+  # generated requests also reach real topics: publish, batch publish and
+  # consume take their {topic_id} from these most of the time.
+  local auth=(-H "Authorization: Bearer $token")
+  curl -sf "${auth[@]}" "$base/api/event_streams/topics" \
+    -d '{"name": "fuzz", "partitions": 2, "schema": {"type": "object"}}' >/dev/null || return 1
+  curl -sf "${auth[@]}" "$base/api/event_streams/topics" \
+    -d '{"name": "plain", "partitions": 3}' >/dev/null || return 1
+  curl -sf "${auth[@]}" "$base/api/v1/topics/fuzz/publish" -d '{"seed": 1}' >/dev/null || return 1
+  local keep
+  keep=$(curl -sf "${auth[@]}" "$base/api/tokens" |
+    python3 -c 'import json, sys; print(",".join(str(t["id"]) for t in json.load(sys.stdin)["data"]))') ||
+    return 1
+
+  # Hooks that keep the run meaningful and bounded without hiding errors:
+  # - DELETE /api/tokens/{token_id} must not revoke the token schemathesis
+  #   itself uses (every later request would be a 401), nor DELETE remove
+  #   the seeded topics (every later publish and consume would be a 404);
+  # - consume long polls are cut to 1 s: a 60 s wait finds no bug and
+  #   would eat the time budget (long polling is tested in node/tests);
+  # - new topics get at most 4 partitions: each partition is a Raft group
+  #   that costs this debug build CPU for the rest of the run, and a few
+  #   topics of 100+ partitions slow the node tenfold. Out-of-range values
+  #   are left alone, so their 400s are still exercised.
+  cat >"$work/hooks.py" <<'PY'
+import os
+
+import schemathesis
+
+KEEP_TOKEN_IDS = {int(i) for i in os.environ["FUZZ_KEEP_TOKEN_IDS"].split(",") if i}
+KEEP_TOPICS = {"fuzz", "1", "plain", "2"}
+
+
+def _as_int(value):
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _in_range(value, low, high):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+@schemathesis.hook
+def before_call(ctx, case, kwargs):
+    method = case.method.upper()
+    if method == "DELETE" and case.path == "/api/tokens/{token_id}":
+        if _as_int(case.path_parameters.get("token_id")) in KEEP_TOKEN_IDS:
+            case.path_parameters["token_id"] = "999999999"
+    if method == "DELETE" and case.path == "/api/event_streams/topics/{topic_id}":
+        if str(case.path_parameters.get("topic_id")) in KEEP_TOPICS:
+            case.path_parameters["topic_id"] = "no-such-topic"
+    if not isinstance(case.body, dict):
+        return
+    if case.path == "/api/v1/topics/{topic_id}/consume":
+        if _in_range(case.body.get("timeout_secs"), 2, 60):
+            case.body["timeout_secs"] = 1
+    if method == "POST" and case.path == "/api/event_streams/topics":
+        if _in_range(case.body.get("partitions"), 5, 256):
+            case.body["partitions"] = 4
+PY
+
+  # A 5xx fails the run, except 503: "no leader or no quorum, retry" is a
+  # deliberate answer (the node may be electing), which schemathesis is
+  # told to accept through not_a_server_error's expected statuses.
+  cat >"$work/schemathesis.toml" <<'TOML'
+[checks.not_a_server_error]
+expected-statuses = ["2xx", "3xx", "4xx", "503"]
+
+[dictionaries.topics]
+values = ["fuzz", "1", "plain", "2"]
+
+[[operations]]
+include-path-regex = "^/api/v1/"
+parameters = { "path.topic_id" = { dictionary = "topics", probability = 0.7 } }
+TOML
+
+  echo "schemathesis: $fuzz_examples examples per operation against $base/openapi.json"
+  local started=$SECONDS rc=0
+  (cd "$work" && FUZZ_KEEP_TOKEN_IDS="$keep" SCHEMATHESIS_HOOKS="$work/hooks.py" \
+    timeout "$fuzz_timeout_secs" python3 -c \
+    'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; schemathesis()' \
+    --config-file "$work/schemathesis.toml" \
+    run "$base/openapi.json" \
+    --header "Authorization: Bearer $token" \
+    --checks not_a_server_error \
+    --max-examples "$fuzz_examples" \
+    --request-timeout 5 \
+    --workers 2 \
+    --no-color) || rc=$?
+  echo "schemathesis: exit $rc after $((SECONDS - started)) s"
+  if ! kill -0 "$node_pid" 2>/dev/null; then
+    echo "schemathesis: the node died; its log:"
+    tail -n 50 "$work/node.log"
+    rc=1
+  elif grep -q "panicked" "$work/node.log"; then
+    echo "schemathesis: the node panicked:"
+    grep -A5 "panicked" "$work/node.log" | head -n 40
+    rc=1
+  fi
+  return "$rc"
+}
+
+fuzz_passed=0
+fuzz_failed=0
+if fuzz; then fuzz_passed=1; else fuzz_failed=1; status=1; fi
+
+awk -v fp="$fuzz_passed" -v ff="$fuzz_failed" '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+  END { printf "%d passed, %d failed\n", p + fp, f + ff }' "$work/cargo.log"
 exit "$status"

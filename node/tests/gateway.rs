@@ -447,6 +447,22 @@ async fn bad_http_requests_get_the_right_status_and_error_body() {
         .send(reqwest::Method::GET, "/api/nothing/here", None)
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // Every partition is a Raft group: one request may not ask for a
+    // million of them.
+    let (status, body) = http
+        .post(
+            "/api/event_streams/topics",
+            json!({"name": "vast", "partitions": 1 << 20}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, body) = http
+        .post(
+            "/api/event_streams/topics",
+            json!({"name": "typed", "partitions": "2"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     // Nothing above changed what was stored.
     let (_, page) = http.post("/api/v1/topics/strict/consume", json!({})).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
@@ -626,4 +642,151 @@ async fn an_optional_rate_limit_answers_429_with_retry_after() {
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["code"], "rate_limited");
     node.shutdown().await;
+}
+
+/// Every `"$ref": "#/..."` in `document` names something in it.
+fn assert_refs_resolve(document: &Value, node: &Value) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                let pointer = target
+                    .strip_prefix('#')
+                    .unwrap_or_else(|| panic!("{target} is not a local reference"));
+                assert!(
+                    document.pointer(pointer).is_some(),
+                    "{target} resolves to nothing"
+                );
+            }
+            map.values().for_each(|v| assert_refs_resolve(document, v));
+        }
+        Value::Array(items) => items.iter().for_each(|v| assert_refs_resolve(document, v)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_documents_are_public_and_describe_every_route() {
+    let cluster = TestCluster::start(1).await;
+    let public = Http::new(&cluster, 1).with_token(None);
+    let (status, openapi) = public
+        .send(reqwest::Method::GET, "/openapi.json", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{openapi}");
+    assert!(
+        openapi["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        openapi["openapi"]
+    );
+    assert_refs_resolve(&openapi, &openapi);
+    let bearer = &openapi["components"]["securitySchemes"]["bearer"];
+    assert_eq!(
+        (&bearer["type"], &bearer["scheme"]),
+        (&json!("http"), &json!("bearer"))
+    );
+
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+            let protected = path.starts_with("/api/");
+            let security = &operation["security"];
+            if protected {
+                assert_eq!(security, &json!([{"bearer": []}]), "{method} {path}");
+            } else {
+                assert!(security.is_null(), "{method} {path} is public");
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.as_str() >= "400" {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+            let statuses = operation["responses"].as_object().unwrap();
+            if protected {
+                for status in ["401", "403", "429", "500", "503"] {
+                    assert!(statuses.contains_key(status), "{method} {path} {status}");
+                }
+            }
+        }
+    }
+    let served = [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /openapi.json",
+        "GET /asyncapi.yaml",
+        "POST /api/v1/topics/{topic_id}/publish",
+        "POST /api/v1/batch/topics/{topic_id}/publish",
+        "POST /api/v1/topics/{topic_id}/consume",
+        "GET /api/event_streams/topics",
+        "POST /api/event_streams/topics",
+        "GET /api/event_streams/topics/{topic_id}",
+        "PUT /api/event_streams/topics/{topic_id}",
+        "DELETE /api/event_streams/topics/{topic_id}",
+        "PUT /api/event_streams/topics/{topic_id}/purge",
+        "GET /api/tokens",
+        "POST /api/tokens",
+        "DELETE /api/tokens/{token_id}",
+    ]
+    .map(String::from);
+    assert_eq!(documented, served.into_iter().collect());
+    // Every documented route is served: without a token, protected ones
+    // answer 401 and public ones 200.
+    for route in &documented {
+        let (method, path) = route.split_once(' ').unwrap();
+        let path = path.replace("{topic_id}", "1").replace("{token_id}", "1");
+        let (status, body) = public.send(method.parse().unwrap(), &path, None).await;
+        let expected = if path.starts_with("/api/") {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, expected, "{route}: {body}");
+    }
+    let (status, body) = public
+        .send(reqwest::Method::GET, "/api/v1/topics/1/publish", None)
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+
+    let response = reqwest::get(format!("{}/asyncapi.yaml", public.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/yaml");
+    // JSON is a subset of YAML: the document parses as JSON.
+    let asyncapi: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert!(asyncapi["asyncapi"].as_str().unwrap().starts_with("3.0."));
+    assert_refs_resolve(&asyncapi, &asyncapi);
+    assert_eq!(asyncapi["channels"]["topic"]["address"], "topic/{topicId}");
+    let actions: Vec<&str> = asyncapi["operations"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|op| op["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"send") && actions.contains(&"receive"),
+        "{actions:?}"
+    );
+    // The message schemas are the OpenAPI document's own.
+    assert_eq!(
+        asyncapi["components"]["schemas"],
+        openapi["components"]["schemas"]
+    );
+    assert_eq!(
+        asyncapi["components"]["messages"]["published"]["payload"]["$ref"],
+        "#/components/schemas/Payload"
+    );
+    assert_eq!(
+        asyncapi["components"]["messages"]["consumed"]["payload"]["$ref"],
+        "#/components/schemas/ConsumedMessage"
+    );
+    cluster.shutdown().await;
 }

@@ -21,7 +21,6 @@ use super::ApiError;
 use super::Gateway;
 use crate::api::TopicName;
 use crate::auth::Denied;
-use crate::auth::authenticate;
 use crate::raft::types::Scope;
 
 pub type RateLimiter = DefaultKeyedRateLimiter<u64>;
@@ -60,9 +59,13 @@ async fn check(gateway: &Gateway, scope: Scope, request: Request) -> Result<Requ
         .map(str::trim)
         .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?
         .to_string();
-    let meta = gateway.node.metadata();
-    let token =
-        authenticate(&meta, &secret).ok_or_else(|| unauthorized("unknown or revoked token"))?;
+    // A token created a moment ago through another node is waited for
+    // briefly, as its metadata arrives.
+    let token = gateway
+        .node
+        .authenticate(&secret)
+        .await
+        .ok_or_else(|| unauthorized("unknown or revoked token"))?;
     let params = Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
         .await
         .ok();

@@ -11,22 +11,24 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::Path;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
+use serde::Deserialize;
+use serde::Serialize;
 use serde_json::Value;
-use serde_json::json;
 use tonic::Request;
+use utoipa::ToSchema;
 
 use super::ApiError;
+use super::ErrorBody;
 use super::Shared;
-use super::body_bytes;
-use super::parse_json;
+use super::error::AuthErrors;
+use super::error::ClusterErrors;
+use super::extract::ApiPath;
+use super::extract::OptionalJsonBody;
 use super::topic_ref;
 use super::topics::rfc3339;
 use crate::api::grpc::message_id;
@@ -78,6 +80,49 @@ fn position(p: pb::position::Position) -> Option<pb::Position> {
     Some(pb::Position { position: Some(p) })
 }
 
+/// Where to start and how to wait. With no position, reading starts at the
+/// oldest retained message.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ConsumeRequest {
+    /// Resume after this message id (one this API returned, or one from
+    /// publish). It must name a message of the topic; it cannot be combined
+    /// with `since_time`.
+    #[schema(pattern = r"^[0-9]+-[0-9]+(@[0-9]+(\.[0-9]+)*)?$")]
+    pub after_message_id: Option<String>,
+    /// Start at the first message at or after this RFC 3339 time; a time in
+    /// the future counts as now.
+    #[schema(format = DateTime)]
+    pub since_time: Option<String>,
+    /// The most messages to return, 1 to 50 (default 50).
+    #[schema(minimum = 1, maximum = 50, default = 50)]
+    pub batch_size: Option<u64>,
+    /// Long poll: when no message is available, wait up to this many
+    /// seconds (0 to 60, default 0) and return as soon as one is committed.
+    #[schema(minimum = 0, maximum = 60, default = 0)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// A consumed message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConsumedMessage {
+    /// The message's id; it carries the consumer's position in every
+    /// partition, so resuming after it neither misses nor repeats a message.
+    pub message_id: String,
+    /// The published JSON object (a message published over gRPC whose
+    /// value is not JSON comes back as a string).
+    pub payload: Value,
+    /// When the message was stored (RFC 3339).
+    #[schema(format = DateTime)]
+    pub time: String,
+}
+
+/// The answer to a consume: messages in publish order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConsumeResponse {
+    pub messages: Vec<ConsumedMessage>,
+}
+
+/// A checked consume request.
 #[derive(Debug)]
 struct ConsumeBody {
     after_message_id: Option<String>,
@@ -87,71 +132,87 @@ struct ConsumeBody {
 }
 
 fn bounded(
-    body: &serde_json::Map<String, Value>,
+    value: Option<u64>,
     field: &str,
     default: u64,
     min: u64,
     max: u64,
 ) -> Result<u64, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => match v.as_u64() {
-            Some(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad_request(format!(
-                "{field} must be an integer from {min} to {max}"
-            ))),
-        },
+    match value {
+        None => Ok(default),
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{field} must be an integer from {min} to {max}"
+        ))),
     }
 }
 
-fn parse_body(bytes: &[u8]) -> Result<ConsumeBody, ApiError> {
-    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        parse_json(bytes)?
-    };
-    let Value::Object(body) = body else {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    };
-    let after_message_id = match body.get("after_message_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad_request("after_message_id must be a string")),
-    };
-    let since_time_ms = match body.get("since_time") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    ApiError::bad_request(format!("since_time is not an RFC 3339 time: {e}"))
-                })?;
-            Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
-        }
-        Some(_) => {
+impl ConsumeRequest {
+    fn check(self) -> Result<ConsumeBody, ApiError> {
+        let since_time_ms = match &self.since_time {
+            None => None,
+            Some(s) => {
+                let t =
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            ApiError::bad_request(format!(
+                                "since_time is not an RFC 3339 time: {e}"
+                            ))
+                        })?;
+                Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+            }
+        };
+        if self.after_message_id.is_some() && since_time_ms.is_some() {
             return Err(ApiError::bad_request(
-                "since_time must be an RFC 3339 string",
+                "after_message_id and since_time cannot be combined",
             ));
         }
-    };
-    if after_message_id.is_some() && since_time_ms.is_some() {
-        return Err(ApiError::bad_request(
-            "after_message_id and since_time cannot be combined",
-        ));
+        Ok(ConsumeBody {
+            after_message_id: self.after_message_id,
+            since_time_ms,
+            batch_size: bounded(
+                self.batch_size,
+                "batch_size",
+                DEFAULT_BATCH_SIZE,
+                1,
+                MAX_BATCH_SIZE,
+            )?,
+            timeout_secs: bounded(self.timeout_secs, "timeout_secs", 0, 0, MAX_TIMEOUT_SECS)?,
+        })
     }
-    Ok(ConsumeBody {
-        after_message_id,
-        since_time_ms,
-        batch_size: bounded(&body, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE)?,
-        timeout_secs: bounded(&body, "timeout_secs", 0, 0, MAX_TIMEOUT_SECS)?,
-    })
 }
 
+/// Reads committed messages across every partition of a topic, with replay
+/// by message id or time and long polling.
+#[utoipa::path(
+    post,
+    path = "/api/v1/topics/{topic_id}/consume",
+    tag = "consume",
+    operation_id = "consume",
+    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    request_body(content = Option<ConsumeRequest>, content_type = "application/json",
+        description = "Optional: an empty body, `null` and `{}` all read from the oldest \
+            retained message."),
+    responses(
+        (status = 200, description = "Up to `batch_size` messages in publish order; empty when \
+            none arrived before the timeout.", body = ConsumeResponse),
+        (status = 400, description = "`invalid_request`: malformed JSON, a field of the wrong \
+            type or out of range, `after_message_id` with `since_time`, or an \
+            `after_message_id` naming no message of the topic.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn consume(
     State(gateway): Shared,
-    Path(topic_id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = parse_body(&body_bytes(body)?)?;
+    ApiPath(topic_id): ApiPath<String>,
+    OptionalJsonBody(body): OptionalJsonBody<Option<ConsumeRequest>>,
+) -> Result<Json<ConsumeResponse>, ApiError> {
+    let body = body.unwrap_or_default().check()?;
     let topic = gateway.topic(&topic_id).await?;
     let partitions = topic.partitions.len();
     let read = |partition: usize, start: Option<pb::Position>, wait_ms: u32| {
@@ -203,7 +264,9 @@ pub async fn consume(
                 _ => ApiError::from(s),
             })?;
         match resume.next_offsets {
-            Some(next) if next.len() == partitions && next[p] == resume.offset + 1 => {
+            Some(next)
+                if next.len() == partitions && resume.offset.checked_add(1) == Some(next[p]) =>
+            {
                 for (i, offset) in next.into_iter().enumerate() {
                     starts[i] = position(pb::position::Position::Offset(offset));
                 }
@@ -251,15 +314,15 @@ pub async fn consume(
             }
         }
     }
-    Ok(Json(
-        json!({ "messages": merge(responses, body.batch_size as usize) }),
-    ))
+    Ok(Json(ConsumeResponse {
+        messages: merge(responses, body.batch_size as usize),
+    }))
 }
 
 /// Merges per-partition reads in time order (ties by partition, then
 /// offset, so each partition keeps its own order) and stamps every message
 /// with the position after it.
-fn merge(responses: Vec<pb::ConsumeResponse>, limit: usize) -> Vec<Value> {
+fn merge(responses: Vec<pb::ConsumeResponse>, limit: usize) -> Vec<ConsumedMessage> {
     let mut next: Vec<u64> = responses
         .iter()
         .map(|r| r.messages.first().map_or(r.next_offset, |m| m.offset))
@@ -274,11 +337,11 @@ fn merge(responses: Vec<pb::ConsumeResponse>, limit: usize) -> Vec<Value> {
             }
             let payload = serde_json::from_slice(&m.value)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.value).into_owned()));
-            json!({
-                "message_id": resume_id(m.partition, m.offset, &next),
-                "payload": payload,
-                "time": rfc3339(m.timestamp_ms),
-            })
+            ConsumedMessage {
+                message_id: resume_id(m.partition, m.offset, &next),
+                payload,
+                time: rfc3339(m.timestamp_ms),
+            }
         })
         .collect()
 }
@@ -335,13 +398,15 @@ mod tests {
             ..Default::default()
         };
         let merged = merge(vec![p0, p1, p2], 3);
-        let ids: Vec<&str> = merged
-            .iter()
-            .map(|m| m["message_id"].as_str().unwrap())
-            .collect();
+        let ids: Vec<&str> = merged.iter().map(|m| m.message_id.as_str()).collect();
         // Message (1, 3) was read but not returned: the last cursor still
         // points at it, so resuming re-reads nothing and misses nothing.
         assert_eq!(ids, vec!["0-5@6.2.9", "1-2@6.3.9", "0-6@7.3.9"]);
+    }
+
+    fn parse_body(bytes: &[u8]) -> Result<ConsumeBody, ApiError> {
+        let bytes = if bytes.is_empty() { &b"{}"[..] } else { bytes };
+        super::super::extract::parse_json::<ConsumeRequest>(bytes)?.check()
     }
 
     #[test]

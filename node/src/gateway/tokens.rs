@@ -1,94 +1,215 @@
 //! Token management: POST/GET /api/tokens, DELETE /api/tokens/{id}.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::Path;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
-use serde_json::Value;
-use serde_json::json;
+use serde::Deserialize;
+use serde::Serialize;
 use tonic::Request;
+use utoipa::ToSchema;
 
 use super::ApiError;
+use super::ErrorBody;
 use super::Shared;
-use super::body_bytes;
-use super::parse_json;
+use super::error::AuthErrors;
+use super::error::ClusterErrors;
+use super::error::WriteErrors;
+use super::extract::ApiPath;
+use super::extract::JsonBody;
+use super::topics::Done;
 use super::topics::rfc3339;
+use crate::raft::types::Scope;
 
-fn token_json(token: &pb::TokenInfo) -> Value {
-    json!({
-        "id": token.id,
-        "name": token.name,
-        "scopes": token.scopes,
-        "topics": token.topics,
-        "created_at": rfc3339(token.created_at_ms),
-    })
+/// What a token may do; `admin` may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    Publish,
+    Consume,
+    Admin,
 }
 
-fn strings(body: &Value, field: &str) -> Result<Vec<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str().map(String::from).ok_or_else(|| {
-                    ApiError::bad_request(format!("{field} must be a list of strings"))
-                })
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "{field} must be a list of strings"
-        ))),
+impl From<TokenScope> for Scope {
+    fn from(scope: TokenScope) -> Scope {
+        match scope {
+            TokenScope::Publish => Scope::Publish,
+            TokenScope::Consume => Scope::Consume,
+            TokenScope::Admin => Scope::Admin,
+        }
     }
 }
 
+impl TokenScope {
+    fn parse(text: &str) -> Option<TokenScope> {
+        Some(match Scope::parse(text)? {
+            Scope::Publish => TokenScope::Publish,
+            Scope::Consume => TokenScope::Consume,
+            Scope::Admin => TokenScope::Admin,
+        })
+    }
+}
+
+/// A new token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateToken {
+    /// Not blank, at most 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    pub name: String,
+    #[schema(min_items = 1)]
+    pub scopes: Vec<TokenScope>,
+    /// Topic names or ids the token is limited to; none or empty means
+    /// every topic.
+    pub topics: Option<Vec<String>>,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: u64,
+    pub name: String,
+    pub scopes: Vec<TokenScope>,
+    /// Topic names or ids the token is limited to; empty means every topic.
+    pub topics: Vec<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+impl Token {
+    fn from_pb(token: &pb::TokenInfo) -> Token {
+        Token {
+            id: token.id,
+            name: token.name.clone(),
+            // The metadata group stores only scopes it parsed.
+            scopes: token
+                .scopes
+                .iter()
+                .filter_map(|s| TokenScope::parse(s))
+                .collect(),
+            topics: token.topics.clone(),
+            created_at: rfc3339(token.created_at_ms),
+        }
+    }
+}
+
+/// A new token with its secret, shown this once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    pub id: u64,
+    pub name: String,
+    pub scopes: Vec<TokenScope>,
+    pub topics: Vec<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The bearer secret (`rst_…`). Only its hash is stored.
+    pub token: String,
+}
+
+/// A list of tokens.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub data: Vec<Token>,
+}
+
+/// Creates a token.
+#[utoipa::path(
+    post,
+    path = "/api/tokens",
+    tag = "tokens",
+    operation_id = "create_token",
+    request_body(content = CreateToken, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token and its secret, shown this once.",
+            body = CreatedToken),
+        (status = 400, description = "`invalid_request`: malformed JSON or an invalid field.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(gateway): Shared,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = parse_json(&body_bytes(body)?)?;
-    let name = body
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("name is required"))?;
+    JsonBody(body): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let request = pb::CreateTokenRequest {
-        name: name.to_string(),
-        scopes: strings(&body, "scopes")?,
-        topics: strings(&body, "topics")?,
+        name: body.name,
+        scopes: body
+            .scopes
+            .into_iter()
+            .map(|s| Scope::from(s).as_str().to_string())
+            .collect(),
+        topics: body.topics.unwrap_or_default(),
     };
     let created = gateway
         .service
         .create_token(Request::new(request))
         .await?
         .into_inner();
-    let mut answer = created
-        .token
-        .as_ref()
-        .map(token_json)
-        .unwrap_or_else(|| json!({}));
-    answer["token"] = json!(created.secret);
-    Ok((StatusCode::CREATED, Json(answer)))
+    let token = Token::from_pb(&created.token.unwrap_or_default());
+    let created = CreatedToken {
+        id: token.id,
+        name: token.name,
+        scopes: token.scopes,
+        topics: token.topics,
+        created_at: token.created_at,
+        token: created.secret,
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
-pub async fn list(State(gateway): Shared) -> Result<Json<Value>, ApiError> {
+/// Lists tokens, without their secrets.
+#[utoipa::path(
+    get,
+    path = "/api/tokens",
+    tag = "tokens",
+    operation_id = "list_tokens",
+    responses(
+        (status = 200, description = "The tokens.", body = TokenList),
+        AuthErrors,
+        ClusterErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(State(gateway): Shared) -> Result<Json<TokenList>, ApiError> {
     let tokens = gateway
         .service
         .list_tokens(Request::new(pb::ListTokensRequest {}))
         .await?
         .into_inner()
         .tokens;
-    Ok(Json(
-        json!({"data": tokens.iter().map(token_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(TokenList {
+        data: tokens.iter().map(Token::from_pb).collect(),
+    }))
 }
 
+/// Revokes a token.
+#[utoipa::path(
+    delete,
+    path = "/api/tokens/{token_id}",
+    tag = "tokens",
+    operation_id = "delete_token",
+    params(("token_id" = u64, Path, description = "The token's id.")),
+    responses(
+        (status = 200, description = "Revoked.", body = Done),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such token.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     State(gateway): Shared,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Done>, ApiError> {
+    // Any other text names no token: 404, like an id that does not exist.
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::not_found(format!("token {id:?} does not exist")))?;
@@ -96,5 +217,5 @@ pub async fn delete(
         .service
         .delete_token(Request::new(pb::DeleteTokenRequest { id }))
         .await?;
-    Ok(Json(json!({"result": "success"})))
+    Ok(Done::success())
 }

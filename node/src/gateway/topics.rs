@@ -1,28 +1,43 @@
 //! The developer API: topic management in Workato's shapes.
 
-use std::collections::HashMap;
-
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
+use serde::Deserialize;
+use serde::Deserializer;
+use serde::Serialize;
 use serde_json::Map;
 use serde_json::Value;
-use serde_json::json;
 use tonic::Request;
+use utoipa::IntoParams;
+use utoipa::ToSchema;
 
 use super::ApiError;
+use super::ErrorBody;
 use super::Shared;
-use super::body_bytes;
-use super::parse_json;
+use super::error::AuthErrors;
+use super::error::ClusterErrors;
+use super::error::WriteErrors;
+use super::extract::ApiPath;
+use super::extract::ApiQuery;
+use super::extract::JsonBody;
 use super::schema;
 use super::topic_ref;
+use crate::raft::types::MAX_PARTITIONS;
 
 const MS_PER_HOUR: u64 = 3_600_000;
+
+/// The most partitions a topic created over HTTP may have. Group ids leave
+/// room for `MAX_PARTITIONS` (2^20), but every partition is a Raft group
+/// on each of its replicas: a topic of 2^20 partitions, one request, made a
+/// node start groups for hours and grow without bound until it ran out of
+/// memory, and a consume of it fans out one read per partition.
+pub const MAX_TOPIC_PARTITIONS: u32 = 256;
+// The documented maximum of `CreateTopic::partitions` (an attribute takes
+// only a literal).
+const _: () = assert!(MAX_TOPIC_PARTITIONS == 256 && MAX_TOPIC_PARTITIONS <= MAX_PARTITIONS);
 
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
@@ -35,184 +50,369 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn topic_json(topic: &pb::Topic, include_schema: bool) -> Value {
-    let retention = topic.retention.unwrap_or_default();
-    let hours = match retention.retention_ms {
-        0 => Value::Null,
-        ms if ms % MS_PER_HOUR == 0 => json!(ms / MS_PER_HOUR),
-        ms => json!(ms as f64 / MS_PER_HOUR as f64),
-    };
-    let mut object = json!({
-        "id": topic.id,
-        "name": topic.name,
-        "description": topic.description,
-        "partitions": topic.partitions.len(),
-        "replication_factor": topic.replication_factor,
-        "retention_hours": hours,
-        "retention_bytes": if retention.retention_bytes == 0 { Value::Null } else { json!(retention.retention_bytes) },
-        "created_at": rfc3339(topic.created_at_ms),
-        "updated_at": rfc3339(topic.updated_at_ms),
-    });
-    if include_schema && let Value::Object(map) = &mut object {
-        let schema = topic
-            .schema
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or(Value::Null);
-        map.insert("schema".into(), schema);
-    }
-    object
+/// A topic's JSON Schema (drafts 2020-12 and 7): a schema document (an
+/// object or a boolean), or a string holding one. Published payloads must
+/// satisfy it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SchemaDocument {
+    Object(Map<String, Value>),
+    Boolean(bool),
+    Text(String),
 }
 
-/// Reads an optional non-negative integer field.
-fn uint(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ApiError::bad_request(format!("{field} must be a non-negative integer"))
-        }),
+impl<'de> Deserialize<'de> for SchemaDocument {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::Object(map) => Ok(Self::Object(map)),
+            Value::Bool(b) => Ok(Self::Boolean(b)),
+            Value::String(text) => Ok(Self::Text(text)),
+            _ => Err(serde::de::Error::custom(
+                "schema must be a JSON Schema object, a boolean, or a string holding one",
+            )),
+        }
     }
 }
 
-fn string(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
+impl SchemaDocument {
+    /// The document's text, once it compiles.
+    fn compiled_text(self) -> Result<String, ApiError> {
+        let text = match self {
+            Self::Object(map) => Value::Object(map).to_string(),
+            Self::Boolean(b) => b.to_string(),
+            Self::Text(text) => text,
+        };
+        schema::compile(&text)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", e))?;
+        Ok(text)
     }
 }
 
-/// The schema field: a JSON Schema document (object or boolean), or a
-/// string holding one. It must compile. `Ok(None)` when absent or null.
-fn schema_field(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    let document = match body.get("schema") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(text)) => text.clone(),
-        Some(v @ (Value::Object(_) | Value::Bool(_))) => v.to_string(),
-        Some(_) => return Err(ApiError::bad_request("schema must be a JSON Schema object")),
-    };
-    schema::compile(&document)
-        .map_err(|e| ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_schema", e))?;
-    Ok(Some(document))
+/// A topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Topic {
+    pub id: u64,
+    pub name: String,
+    pub description: String,
+    /// The topic's JSON Schema, null when it has none. Lists carry it only
+    /// with `include_schema=true`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    #[schema(value_type = Option<Value>)]
+    pub schema: Option<Option<Value>>,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    /// Messages older than this are deleted; null keeps them by age.
+    #[schema(value_type = Option<f64>)]
+    pub retention_hours: Option<serde_json::Number>,
+    /// The oldest messages are deleted past this size per partition; null
+    /// keeps them by size.
+    pub retention_bytes: Option<u64>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
 }
 
-fn object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    match parse_json(&body_bytes(body)?)? {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::bad_request("the body must be a JSON object")),
+impl Topic {
+    fn from_pb(topic: &pb::Topic, include_schema: bool) -> Topic {
+        let retention = topic.retention.unwrap_or_default();
+        let hours = match retention.retention_ms {
+            0 => None,
+            ms if ms % MS_PER_HOUR == 0 => Some((ms / MS_PER_HOUR).into()),
+            ms => serde_json::Number::from_f64(ms as f64 / MS_PER_HOUR as f64),
+        };
+        let schema = include_schema.then(|| {
+            topic
+                .schema
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok())
+        });
+        Topic {
+            id: topic.id,
+            name: topic.name.clone(),
+            description: topic.description.clone(),
+            schema,
+            partitions: u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX),
+            replication_factor: topic.replication_factor,
+            retention_hours: hours,
+            retention_bytes: (retention.retention_bytes != 0).then_some(retention.retention_bytes),
+            created_at: rfc3339(topic.created_at_ms),
+            updated_at: rfc3339(topic.updated_at_ms),
+        }
     }
 }
 
-fn u32_field(body: &Map<String, Value>, field: &str) -> Result<u32, ApiError> {
-    let value = uint(body, field)?.unwrap_or(0);
-    u32::try_from(value).map_err(|_| ApiError::bad_request(format!("{field} is too large")))
+/// A list of topics.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TopicList {
+    pub data: Vec<Topic>,
 }
 
-fn retention(hours: Option<u64>, bytes: Option<u64>) -> Result<pb::RetentionPolicy, ApiError> {
-    let retention_ms = hours
-        .unwrap_or(0)
+/// The answer to a delete or a purge.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Done {
+    /// Always `success`.
+    pub result: String,
+}
+
+impl Done {
+    pub fn success() -> Json<Done> {
+        Json(Done {
+            result: "success".into(),
+        })
+    }
+}
+
+/// Reads a field that may be absent, null or set as
+/// `None`, `Some(None)` or `Some(Some(value))`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A new topic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateTopic {
+    /// Unique; not a number (numbers name topics by id), not blank, at
+    /// most 255 characters, no control characters.
+    // The pattern is the metadata group's check (`validate_topic_name`) as
+    // a regular expression: no control characters, and some character that
+    // is neither a digit, `+` nor white space. It is a little stricter
+    // (it refuses `1+`); a unit test below holds the two together.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f0-9+\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub name: String,
+    pub description: Option<String>,
+    pub schema: Option<SchemaDocument>,
+    /// 1 to 256; 1 by default.
+    #[schema(minimum = 1, maximum = 256)]
+    pub partitions: Option<u32>,
+    /// Replicas of each partition, at most the cluster size; the default
+    /// is min(3, cluster size).
+    pub replication_factor: Option<u32>,
+    /// Delete messages older than this; unlimited by default.
+    pub retention_hours: Option<u64>,
+    /// Delete the oldest messages past this size per partition; unlimited
+    /// by default.
+    pub retention_bytes: Option<u64>,
+}
+
+/// Changes to a topic; absent fields stay as they are.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UpdateTopic {
+    /// A new unique name (see `CreateTopic`).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x1f\x7f-\x9f0-9+\s][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// A new schema; null removes the schema.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<SchemaDocument>)]
+    pub schema: Option<Option<SchemaDocument>>,
+    /// A new age limit; null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub retention_hours: Option<Option<u64>>,
+    /// A new size limit; null removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub retention_bytes: Option<Option<u64>>,
+}
+
+/// Filters of the topic list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListTopicsQuery {
+    /// Only the topic with this name.
+    pub name: Option<String>,
+    /// Add each topic's schema (default false).
+    pub include_schema: Option<bool>,
+}
+
+fn hours_to_ms(hours: u64) -> Result<u64, ApiError> {
+    hours
         .checked_mul(MS_PER_HOUR)
-        .ok_or_else(|| ApiError::bad_request("retention_hours is too large"))?;
-    Ok(pb::RetentionPolicy {
-        retention_ms,
-        retention_bytes: bytes.unwrap_or(0),
-    })
+        .ok_or_else(|| ApiError::bad_request("retention_hours is too large"))
 }
 
+/// Lists topics.
+#[utoipa::path(
+    get,
+    path = "/api/event_streams/topics",
+    tag = "topics",
+    operation_id = "list_topics",
+    params(ListTopicsQuery),
+    responses(
+        (status = 200, description = "The topics.", body = TopicList),
+        (status = 400, description = "`invalid_request`: a malformed query parameter.",
+            body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(gateway): Shared,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let include_schema = match query.get("include_schema").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "include_schema must be true or false, not {other:?}"
-            )));
-        }
-    };
-    let request = Request::new(pb::ListTopicsRequest {
-        name: query.get("name").cloned(),
-    });
+    ApiQuery(query): ApiQuery<ListTopicsQuery>,
+) -> Result<Json<TopicList>, ApiError> {
+    let include_schema = query.include_schema.unwrap_or(false);
+    let request = Request::new(pb::ListTopicsRequest { name: query.name });
     let topics = gateway
         .service
         .list_topics(request)
         .await?
         .into_inner()
         .topics;
-    let data: Vec<Value> = topics
+    let data = topics
         .iter()
-        .map(|t| topic_json(t, include_schema))
+        .map(|t| Topic::from_pb(t, include_schema))
         .collect();
-    Ok(Json(json!({ "data": data })))
+    Ok(Json(TopicList { data }))
 }
 
+/// Creates a topic.
+#[utoipa::path(
+    post,
+    path = "/api/event_streams/topics",
+    tag = "topics",
+    operation_id = "create_topic",
+    request_body(content = CreateTopic, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new topic.", body = Topic),
+        (status = 400, description = "`invalid_request`: malformed JSON, a missing or invalid \
+            field; `invalid_schema`: the schema does not compile.", body = ErrorBody),
+        (status = 409, description = "`conflict`: a topic with this name exists.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(gateway): Shared,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = object(body)?;
-    let name = string(&body, "name")?.ok_or_else(|| ApiError::bad_request("name is required"))?;
+    JsonBody(body): JsonBody<CreateTopic>,
+) -> Result<Json<Topic>, ApiError> {
+    if body.partitions.is_some_and(|n| n > MAX_TOPIC_PARTITIONS) {
+        return Err(ApiError::bad_request(format!(
+            "partitions must be between 1 and {MAX_TOPIC_PARTITIONS}"
+        )));
+    }
     let request = pb::CreateTopicRequest {
-        name,
-        description: string(&body, "description")?.unwrap_or_default(),
-        partitions: u32_field(&body, "partitions")?.max(1),
-        replication_factor: u32_field(&body, "replication_factor")?,
-        schema: schema_field(&body)?,
-        retention: Some(retention(
-            uint(&body, "retention_hours")?,
-            uint(&body, "retention_bytes")?,
-        )?),
+        name: body.name,
+        description: body.description.unwrap_or_default(),
+        partitions: body.partitions.unwrap_or(0).max(1),
+        replication_factor: body.replication_factor.unwrap_or(0),
+        schema: body.schema.map(SchemaDocument::compiled_text).transpose()?,
+        retention: Some(pb::RetentionPolicy {
+            retention_ms: body
+                .retention_hours
+                .map(hours_to_ms)
+                .transpose()?
+                .unwrap_or(0),
+            retention_bytes: body.retention_bytes.unwrap_or(0),
+        }),
     };
     let topic = gateway
         .service
         .create_topic(Request::new(request))
         .await?
         .into_inner();
-    Ok(Json(topic_json(&topic, true)))
+    Ok(Json(Topic::from_pb(&topic, true)))
 }
 
+/// One topic, with its schema.
+#[utoipa::path(
+    get,
+    path = "/api/event_streams/topics/{topic_id}",
+    tag = "topics",
+    operation_id = "get_topic",
+    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    responses(
+        (status = 200, description = "The topic.", body = Topic),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     State(gateway): Shared,
-    Path(topic_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let topic = gateway.topic(&topic_id).await?;
-    Ok(Json(topic_json(&topic, true)))
+    ApiPath(topic_id): ApiPath<String>,
+) -> Result<Json<Topic>, ApiError> {
+    let topic = gateway.current_topic(&topic_id).await?;
+    Ok(Json(Topic::from_pb(&topic, true)))
 }
 
+/// Updates a topic: name, description, schema, retention.
+#[utoipa::path(
+    put,
+    path = "/api/event_streams/topics/{topic_id}",
+    tag = "topics",
+    operation_id = "update_topic",
+    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    request_body(content = UpdateTopic, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated topic.", body = Topic),
+        (status = 400, description = "`invalid_request`: malformed JSON or an invalid field; \
+            `invalid_schema`: the schema does not compile.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        (status = 409, description = "`conflict`: another topic has the new name.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn update(
     State(gateway): Shared,
-    Path(topic_id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let body = object(body)?;
-    let topic = gateway.topic(&topic_id).await?;
+    ApiPath(topic_id): ApiPath<String>,
+    JsonBody(body): JsonBody<UpdateTopic>,
+) -> Result<Json<Topic>, ApiError> {
+    let topic = gateway.current_topic(&topic_id).await?;
     let current = topic.retention.unwrap_or_default();
-    let hours = uint(&body, "retention_hours")?;
-    let bytes = uint(&body, "retention_bytes")?;
-    let retention = (body.contains_key("retention_hours") || body.contains_key("retention_bytes"))
-        .then(|| pb::RetentionPolicy {
-            retention_ms: if body.contains_key("retention_hours") {
-                hours.unwrap_or(0).saturating_mul(MS_PER_HOUR)
-            } else {
-                current.retention_ms
+    let retention = (body.retention_hours.is_some() || body.retention_bytes.is_some()).then(|| {
+        pb::RetentionPolicy {
+            retention_ms: match body.retention_hours {
+                Some(hours) => hours.unwrap_or(0).saturating_mul(MS_PER_HOUR),
+                None => current.retention_ms,
             },
-            retention_bytes: if body.contains_key("retention_bytes") {
-                bytes.unwrap_or(0)
-            } else {
-                current.retention_bytes
+            retention_bytes: match body.retention_bytes {
+                Some(bytes) => bytes.unwrap_or(0),
+                None => current.retention_bytes,
             },
-        });
-    let schema = match body.get("schema") {
+        }
+    });
+    // The gRPC API removes the schema when given an empty one.
+    let schema = match body.schema {
         None => None,
-        Some(Value::Null) => Some(String::new()),
-        Some(_) => schema_field(&body)?,
+        Some(None) => Some(String::new()),
+        Some(Some(document)) => Some(document.compiled_text()?),
     };
     let request = pb::UpdateTopicRequest {
         topic: topic_ref(&topic),
-        name: string(&body, "name")?,
-        description: string(&body, "description")?,
+        name: body.name,
+        description: body.description,
         schema,
         retention,
     };
@@ -221,14 +421,32 @@ pub async fn update(
         .update_topic(Request::new(request))
         .await?
         .into_inner();
-    Ok(Json(topic_json(&topic, true)))
+    Ok(Json(Topic::from_pb(&topic, true)))
 }
 
+/// Deletes a topic and its messages.
+#[utoipa::path(
+    delete,
+    path = "/api/event_streams/topics/{topic_id}",
+    tag = "topics",
+    operation_id = "delete_topic",
+    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    responses(
+        (status = 200, description = "Deleted.", body = Done),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn delete(
     State(gateway): Shared,
-    Path(topic_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let topic = gateway.topic(&topic_id).await?;
+    ApiPath(topic_id): ApiPath<String>,
+) -> Result<Json<Done>, ApiError> {
+    let topic = gateway.current_topic(&topic_id).await?;
     let reference = pb::TopicRef {
         topic: Some(pb::topic_ref::Topic::Id(topic.id)),
     };
@@ -236,29 +454,86 @@ pub async fn delete(
         .service
         .delete_topic(Request::new(reference))
         .await?;
-    Ok(Json(json!({"result": "success"})))
+    Ok(Done::success())
 }
 
+/// Deletes every message of a topic and keeps the topic.
+#[utoipa::path(
+    put,
+    path = "/api/event_streams/topics/{topic_id}/purge",
+    tag = "topics",
+    operation_id = "purge_topic",
+    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    responses(
+        (status = 200, description = "Purged.", body = Done),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
 pub async fn purge(
     State(gateway): Shared,
-    Path(topic_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let topic = gateway.topic(&topic_id).await?;
+    ApiPath(topic_id): ApiPath<String>,
+) -> Result<Json<Done>, ApiError> {
+    let topic = gateway.current_topic(&topic_id).await?;
     let request = pb::PurgeTopicRequest {
         topic: topic_ref(&topic),
         partition: None,
     };
     gateway.service.purge_topic(Request::new(request)).await?;
-    Ok(Json(json!({"result": "success"})))
+    Ok(Done::success())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn times_format_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01.5Z");
+    }
+
+    fn name_schema<T: ToSchema>() -> Value {
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        let mut name = schema["properties"]["name"].clone();
+        // An optional field is documented as `["string", "null"]`.
+        name["type"] = "string".into();
+        name
+    }
+
+    #[test]
+    fn documented_topic_names_are_the_ones_the_metadata_group_accepts() {
+        for schema in [name_schema::<CreateTopic>(), name_schema::<UpdateTopic>()] {
+            let documented = jsonschema::validator_for(&schema).unwrap();
+            let long = "x".repeat(256);
+            for name in [
+                "orders", "a1", "1a", "-1", "é", " x ", "x y", "1.5", "", " ", "\t", "12", "+3",
+                "a\u{7}b", "\u{85}", &long,
+            ] {
+                let accepted = crate::state_machine::meta::validate_topic_name(name).is_ok();
+                assert_eq!(documented.is_valid(&json!(name)), accepted, "{name:?}");
+            }
+            // The one documented difference: stricter than the check.
+            assert!(!documented.is_valid(&json!("1+")));
+        }
+    }
+
+    #[test]
+    fn update_tells_an_absent_field_from_null() {
+        let update: UpdateTopic =
+            serde_json::from_str(r#"{"schema": null, "retention_bytes": 5}"#).unwrap();
+        assert!(matches!(update.schema, Some(None)));
+        assert_eq!(update.retention_bytes, Some(Some(5)));
+        assert_eq!(update.retention_hours, None);
+        let update: UpdateTopic = serde_json::from_str("{}").unwrap();
+        assert!(update.schema.is_none());
     }
 }
