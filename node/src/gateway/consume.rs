@@ -210,9 +210,9 @@ impl ConsumeRequest {
 pub async fn consume(
     State(gateway): Shared,
     ApiPath(topic_id): ApiPath<String>,
-    OptionalJsonBody(body): OptionalJsonBody<Option<ConsumeRequest>>,
+    OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
 ) -> Result<Json<ConsumeResponse>, ApiError> {
-    let body = body.unwrap_or_default().check()?;
+    let body = body.check()?;
     let topic = gateway.topic(&topic_id).await?;
     let partitions = topic.partitions.len();
     let read = |partition: usize, start: Option<pb::Position>, wait_ms: u32| {

@@ -15,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
-use serde_json::error::Category;
+use serde_json::Value;
 
 use super::ApiError;
 use super::MAX_BODY_BYTES;
@@ -34,14 +34,16 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 /// Parses a JSON body: malformed JSON and JSON of the wrong shape are both
-/// 400 `invalid_request`, with serde's message.
+/// 400 `invalid_request`, with serde's message. Every request body is a
+/// JSON object (serde would also read a struct from an array).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        Category::Data => ApiError::bad_request(format!("invalid request body: {e}")),
-        Category::Io | Category::Syntax | Category::Eof => {
-            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
-        }
-    })
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 /// A required JSON body.
@@ -57,17 +59,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// A JSON body that may be left out: an empty body reads as `{}`.
+/// A JSON body that may be left out: an empty body and `null` read as
+/// `T::default()`.
 #[derive(Debug)]
 pub struct OptionalJsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = body_bytes(Bytes::from_request(request, state).await)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return parse_json(b"{}").map(OptionalJsonBody);
+        let trimmed = bytes.trim_ascii();
+        if trimmed.is_empty() || trimmed == b"null" {
+            return Ok(OptionalJsonBody(T::default()));
         }
         parse_json(&bytes).map(OptionalJsonBody)
     }
