@@ -24,7 +24,7 @@ cargo test --workspace --all-targets 2>&1 | tee "$work/cargo.log" || status=$?
 
 # --- schemathesis against a running node's /openapi.json -----------------
 # Bounds: 25 generated cases per operation and phase, a 5 s timeout per
-# request, and `timeout` around the whole run (which takes about 15 s).
+# request, and `timeout` around the whole run (which takes 15–45 s here).
 fuzz_examples=25
 fuzz_timeout_secs=150
 
