@@ -1296,8 +1296,10 @@ impl Raftstream for ClientService {
         let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
         caller.check_topic(Scope::Admin, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
-        for partition in partitions {
-            let replicas = replicas_of(&topic, partition)?;
+        let topic = &topic;
+        // Partitions are independent groups: purge them all at once.
+        let purges = partitions.into_iter().map(|partition| async move {
+            let replicas = replicas_of(topic, partition)?;
             let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
                 Box::pin(async move {
                     self.node
@@ -1306,7 +1308,6 @@ impl Raftstream for ClientService {
                         .map(|_| ())
                 })
             };
-            let topic = &topic;
             let forward = |addr: String| -> BoxFuture<'_, _> {
                 Box::pin(async move {
                     let one = pb::PurgeTopicRequest {
@@ -1317,7 +1318,10 @@ impl Raftstream for ClientService {
                 })
             };
             self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
-                .await?;
+                .await
+        });
+        for outcome in futures::future::join_all(purges).await {
+            outcome?;
         }
         Ok(Response::new(pb::PurgeTopicResponse {}))
     }

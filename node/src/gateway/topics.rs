@@ -29,12 +29,8 @@ use crate::raft::types::MAX_PARTITIONS;
 
 const MS_PER_HOUR: u64 = 3_600_000;
 
-/// The most partitions a topic created over HTTP may have. Group ids leave
-/// room for `MAX_PARTITIONS` (2^20), but every partition is a Raft group
-/// on each of its replicas: a topic of 2^20 partitions, one request, made a
-/// node start groups for hours and grow without bound until it ran out of
-/// memory, and a consume of it fans out one read per partition.
-pub const MAX_TOPIC_PARTITIONS: u32 = 256;
+pub use crate::raft::types::MAX_TOPIC_PARTITIONS;
+
 // The documented maximum of `CreateTopic::partitions` (an attribute takes
 // only a literal).
 const _: () = assert!(MAX_TOPIC_PARTITIONS == 256 && MAX_TOPIC_PARTITIONS <= MAX_PARTITIONS);

@@ -20,6 +20,13 @@ pub const META_GROUP: GroupId = 0;
 pub const PARTITION_BITS: u32 = 20;
 pub const MAX_PARTITIONS: u32 = 1 << PARTITION_BITS;
 
+/// The most partitions one topic may have. Group ids leave room for
+/// `MAX_PARTITIONS` (2^20), but every partition is a Raft group on each of
+/// its replicas: one request for a topic of 2^20 partitions made a node
+/// start groups for hours and grow until it ran out of memory, and a
+/// consume over HTTP fans out one read per partition.
+pub const MAX_TOPIC_PARTITIONS: u32 = 256;
+
 pub fn partition_group_id(topic_id: u64, partition: u32) -> GroupId {
     (topic_id << PARTITION_BITS) | u64::from(partition)
 }

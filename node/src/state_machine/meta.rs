@@ -1,7 +1,7 @@
 //! The metadata group's state machine: topics and their placement.
 
 use crate::raft::types::CommandResponse;
-use crate::raft::types::MAX_PARTITIONS;
+use crate::raft::types::MAX_TOPIC_PARTITIONS;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
@@ -56,9 +56,9 @@ pub fn validate_schema_document(schema: &str) -> Result<(), MetaRejection> {
 
 pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRejection> {
     validate_topic_name(&spec.name)?;
-    if spec.partitions == 0 || spec.partitions > MAX_PARTITIONS {
+    if spec.partitions == 0 || spec.partitions > MAX_TOPIC_PARTITIONS {
         return Err(MetaRejection::Invalid(format!(
-            "partitions must be between 1 and {MAX_PARTITIONS}"
+            "partitions must be between 1 and {MAX_TOPIC_PARTITIONS}"
         )));
     }
     if let Some(schema) = &spec.schema {
@@ -338,6 +338,7 @@ mod tests {
             (spec("orders", 1, 1), "already exists"),
             (spec("", 1, 1), "empty"),
             (spec("x", 0, 1), "partitions"),
+            (spec("x", 257, 1), "partitions"),
             (spec("x", 1, 4), "exceeds"),
             (spec("42", 1, 1), "number"),
             (
