@@ -283,14 +283,25 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
+            // A status built from a broken connection (the node went away
+            // mid-call) carries its cause; one the server sent does not.
+            // Such a call may or may not have run.
+            let cut_off = std::error::Error::source(&status).is_some()
+                && status.code() != tonic::Code::Unavailable;
             let retryable = match status.code() {
                 tonic::Code::Unavailable => true,
                 tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
                     retry == Retry::Idempotent
                 }
-                _ => false,
+                _ => cut_off && retry == Retry::Idempotent,
             };
             if !retryable {
+                if cut_off {
+                    return Err(Error::OutcomeUnknown(format!(
+                        "the connection to {addr} broke: {}",
+                        status.message()
+                    )));
+                }
                 return Err(Error::from_status(status));
             }
             // Leaders may have moved: learn again before the next attempt.

@@ -145,6 +145,13 @@ impl ClientService {
         if self.trust == Trust::InProcess {
             return Ok(Caller::Node);
         }
+        // Without its metadata group (the node is stopping) nothing can be
+        // checked: that is unavailability, not a bad token.
+        if self.node.meta_group().is_none() {
+            return Err(Status::unavailable(
+                "this node is shutting down; retry another",
+            ));
+        }
         let meta = self.node.metadata();
         if let Some(credential) = request.metadata().get(NODE_AUTH_HEADER) {
             let valid = meta.cluster_secret.as_ref().is_some_and(|secret| {
@@ -376,6 +383,22 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
     }
 }
 
+/// A forwarded call cut off mid-way (the node went away) may have run
+/// there: its outcome is unknown. A refused connection stays UNAVAILABLE;
+/// statuses the other node sent pass through unchanged.
+fn forward_failure(status: Status) -> Status {
+    let cut_off =
+        std::error::Error::source(&status).is_some() && status.code() != tonic::Code::Unavailable;
+    if cut_off {
+        Status::deadline_exceeded(format!(
+            "outcome unknown: the node it was forwarded to went away: {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 /// Sends the same request one hop further and returns its answer as ours.
 macro_rules! forward {
     ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
@@ -383,6 +406,7 @@ macro_rules! forward {
             .client(&$addr)?
             .$method($service.forwarded($message, $hops, $service.forward_timeout()))
             .await
+            .map_err(forward_failure)
     };
 }
 
@@ -478,6 +502,11 @@ impl ClientService {
     async fn topic(&self, name: &TopicName) -> Result<Topic, Status> {
         if let Some(topic) = self.node.find_topic(name) {
             return Ok(topic);
+        }
+        if self.node.meta_group().is_none() {
+            return Err(Status::unavailable(
+                "this node is shutting down; retry another",
+            ));
         }
         if let Some(meta) = self.node.meta_group() {
             // Returns once this node has applied up to the leader's commit.
