@@ -3,11 +3,13 @@
 //! Records are gathered per partition into batches (closed by record count,
 //! bytes or linger time, like Kafka's batch.size and linger.ms). Every
 //! partition has its own sender, so batches for different partitions are in
-//! flight together while each partition's batches go in order. Each batch
+//! flight together, and each partition keeps up to `max_in_flight` batches
+//! in flight, appended in order. Each batch
 //! carries the producer id and the sequence number of its first record; the
 //! partition appends a sequenced batch at most once, so retrying after a
 //! timeout or a leader change never stores a message twice.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,7 @@ use std::time::Instant;
 use raftstream_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::client::Client;
 use crate::client::Retry;
@@ -36,6 +39,8 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// Records waiting per partition before `send` waits (back-pressure).
     pub buffer_records: usize,
+    /// Batches per partition sent before the oldest is acknowledged (1–5).
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -46,6 +51,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(60),
             buffer_records: 10_000,
+            max_in_flight: 5,
         }
     }
 }
@@ -136,8 +142,6 @@ impl Producer {
                     partition: p.partition,
                     group_id: p.group_id,
                     config: config.clone(),
-                    producer_id: rand::random(),
-                    next_sequence: 0,
                 };
                 tokio::spawn(sender.run(rx));
                 tx
@@ -210,15 +214,71 @@ struct PartitionSender {
     partition: u32,
     group_id: u64,
     config: Arc<ProducerConfig>,
-    producer_id: u64,
-    next_sequence: u64,
 }
+
+/// The partition answers retries of a producer's last five batches.
+const MAX_IN_FLIGHT: usize = 5;
 
 /// Per-record codes of a batch that did not reach its leader: safe to retry.
 const RETRYABLE_CODES: &[&str] = &["unavailable", "outcome_unknown"];
 
+/// Why a lane can take no more batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    /// A batch was refused whole: the batches after it were not stored.
+    Refused,
+    /// A batch's outcome is unknown: the batches after it may or may not be.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct LaneState {
+    /// Every sequence below this is stored (the partition appends a
+    /// producer's batches only in sequence order).
+    stored_through: u64,
+    broken: Option<Broken>,
+}
+
+/// One producer id's sequence space on one partition, shared by its
+/// batches in flight.
+struct Lane {
+    producer_id: u64,
+    state: watch::Sender<LaneState>,
+}
+
+impl Lane {
+    fn new() -> Arc<Lane> {
+        Arc::new(Lane {
+            producer_id: rand::random(),
+            state: watch::channel(LaneState::default()).0,
+        })
+    }
+
+    fn broken(&self) -> Option<Broken> {
+        self.state.borrow().broken
+    }
+
+    fn break_with(&self, why: Broken) {
+        self.state.send_modify(|s| {
+            // Unknown is the weaker claim: it wins over refused.
+            if s.broken != Some(Broken::Unknown) {
+                s.broken = Some(why);
+            }
+        });
+    }
+}
+
 impl PartitionSender {
-    async fn run(mut self, mut rx: mpsc::Receiver<Work>) {
+    async fn run(self, mut rx: mpsc::Receiver<Work>) {
+        let this = Arc::new(self);
+        // Batches in flight, oldest first. A new batch waits for the oldest
+        // to finish rather than for any: so however long one batch retries,
+        // fewer than `max_in_flight` batches are stored after it, and the
+        // partition still remembers it (it keeps a producer's last five).
+        let max_in_flight = this.config.max_in_flight.clamp(1, MAX_IN_FLIGHT);
+        let mut in_flight: VecDeque<tokio::task::JoinHandle<()>> = VecDeque::new();
+        let mut lane = Lane::new();
+        let mut next_sequence = 0u64;
         let mut pending: Option<Work> = None;
         loop {
             let first = match pending.take() {
@@ -230,6 +290,9 @@ impl PartitionSender {
             };
             let (record, done) = match first {
                 Work::Flush(reply) => {
+                    while let Some(batch) = in_flight.pop_front() {
+                        let _ = batch.await;
+                    }
                     let _ = reply.send(());
                     continue;
                 }
@@ -237,8 +300,8 @@ impl PartitionSender {
             };
             let mut bytes = record.size();
             let mut batch = vec![(record, done)];
-            let deadline = tokio::time::Instant::now() + self.config.linger;
-            while batch.len() < self.config.batch_max_records && bytes < self.config.batch_max_bytes
+            let deadline = tokio::time::Instant::now() + this.config.linger;
+            while batch.len() < this.config.batch_max_records && bytes < this.config.batch_max_bytes
             {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(Work::Record(record, done))) => {
@@ -253,38 +316,62 @@ impl PartitionSender {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
-            let outcome = self.deliver(records).await;
-            match outcome {
-                Ok(acks) => {
-                    for (waiter, ack) in waiters.into_iter().zip(acks) {
-                        let _ = waiter.send(ack);
-                    }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    for waiter in waiters {
-                        let error = match &e {
-                            Error::OutcomeUnknown(_) => Error::OutcomeUnknown(message.clone()),
-                            Error::Unavailable { elapsed_ms, .. } => Error::Unavailable {
-                                message: message.clone(),
-                                elapsed_ms: *elapsed_ms,
-                            },
-                            _ => Error::Server {
-                                code: "batch_failed".into(),
-                                message: message.clone(),
-                            },
-                        };
-                        let _ = waiter.send(Err(error));
-                    }
+            while in_flight.len() >= max_in_flight {
+                if let Some(oldest) = in_flight.pop_front() {
+                    let _ = oldest.await;
                 }
             }
+            // A broken lane cannot take more batches in sequence: continue
+            // under a fresh producer id, whose sequences start over.
+            if lane.broken().is_some() {
+                lane = Lane::new();
+                next_sequence = 0;
+            }
+            let base_sequence = next_sequence;
+            next_sequence += batch.len() as u64;
+            let sender = this.clone();
+            let lane = lane.clone();
+            in_flight.push_back(tokio::spawn(async move {
+                let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
+                let outcome = sender.deliver(&lane, base_sequence, records).await;
+                match outcome {
+                    Ok(acks) => {
+                        for (waiter, ack) in waiters.into_iter().zip(acks) {
+                            let _ = waiter.send(ack);
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for waiter in waiters {
+                            let error = match &e {
+                                Error::OutcomeUnknown(_) => Error::OutcomeUnknown(message.clone()),
+                                Error::Unavailable { elapsed_ms, .. } => Error::Unavailable {
+                                    message: message.clone(),
+                                    elapsed_ms: *elapsed_ms,
+                                },
+                                _ => Error::Server {
+                                    code: "batch_failed".into(),
+                                    message: message.clone(),
+                                },
+                            };
+                            let _ = waiter.send(Err(error));
+                        }
+                    }
+                }
+            }));
         }
     }
 
-    /// Sends one batch until it is stored, definitely refused, or the
-    /// delivery timeout passes.
-    async fn deliver(&mut self, records: Vec<Record>) -> Result<Vec<Result<Ack>>> {
+    /// Sends one sequenced batch until it is stored, definitely refused, or
+    /// the delivery timeout passes. Batches of one lane may reach the leader
+    /// out of order; one that arrives early is refused as out of sequence and
+    /// sent again once the batches before it are stored.
+    async fn deliver(
+        &self,
+        lane: &Lane,
+        base_sequence: u64,
+        records: Vec<Record>,
+    ) -> Result<Vec<Result<Ack>>> {
         let count = records.len() as u64;
         let request = pb::PublishBatchRequest {
             topic: Some(pb::TopicRef {
@@ -300,13 +387,30 @@ impl PartitionSender {
                 })
                 .collect(),
             producer: Some(pb::ProducerBatch {
-                producer_id: self.producer_id,
-                base_sequence: self.next_sequence,
+                producer_id: lane.producer_id,
+                base_sequence,
             }),
         };
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.delivery_timeout;
         let mut maybe_stored = false;
+        let mut stored = lane.state.subscribe();
         loop {
+            match lane.broken() {
+                Some(Broken::Unknown) => {
+                    return Err(Error::OutcomeUnknown(
+                        "an earlier batch to this partition has an unknown outcome".into(),
+                    ));
+                }
+                Some(Broken::Refused) if !maybe_stored => {
+                    return Err(Error::Server {
+                        code: "sequence_broken".into(),
+                        message: "an earlier batch to this partition was refused, so this one was not stored; send it again"
+                            .into(),
+                    });
+                }
+                _ => {}
+            }
             let attempt = self
                 .client
                 .call(
@@ -321,22 +425,52 @@ impl PartitionSender {
                 .await;
             let retry_reason = match attempt {
                 Ok(response) => {
-                    let retryable = response.results.iter().any(|r| match &r.result {
-                        Some(pb::publish_result::Result::Error(e)) => {
-                            RETRYABLE_CODES.contains(&e.code.as_str())
+                    let code = |r: &pb::PublishResult| match &r.result {
+                        Some(pb::publish_result::Result::Error(e)) => Some(e.code.clone()),
+                        _ => None,
+                    };
+                    let codes: Vec<Option<String>> = response.results.iter().map(code).collect();
+                    if codes.iter().all(Option::is_none) {
+                        lane.state.send_modify(|s| {
+                            s.stored_through = s.stored_through.max(base_sequence + count)
+                        });
+                        return Ok(response.results.into_iter().map(ack_of).collect());
+                    }
+                    if codes.iter().flatten().any(|c| c == "out_of_sequence") {
+                        if stored.borrow().stored_through >= base_sequence {
+                            // The batch ahead finished meanwhile: send again.
+                            // (Should the partition have forgotten this
+                            // producer, these retries run into the delivery
+                            // timeout and the lane starts over.)
+                            if tokio::time::Instant::now() >= deadline {
+                                lane.break_with(Broken::Unknown);
+                                return Err(Error::OutcomeUnknown(
+                                    "the partition kept refusing this batch's sequence".into(),
+                                ));
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
                         }
-                        _ => false,
-                    });
-                    if !retryable {
-                        let acks: Vec<Result<Ack>> =
-                            response.results.into_iter().map(ack_of).collect();
-                        if acks.iter().all(Result::is_ok) {
-                            self.next_sequence += count;
-                        } else {
-                            // The batch was refused whole (the server appends
-                            // an idempotent batch all or nothing).
+                        // Arrived before a batch ahead of it: wait for that one.
+                        let ready = stored
+                            .wait_for(|s| s.stored_through >= base_sequence || s.broken.is_some());
+                        if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                            lane.break_with(Broken::Unknown);
+                            return Err(Error::OutcomeUnknown(
+                                "the batches ahead of this one did not finish in time".into(),
+                            ));
                         }
-                        return Ok(acks);
+                        continue;
+                    }
+                    if !codes
+                        .iter()
+                        .flatten()
+                        .any(|c| RETRYABLE_CODES.contains(&c.as_str()))
+                    {
+                        // Refused whole: the batches after it can no longer
+                        // follow in sequence.
+                        lane.break_with(Broken::Refused);
+                        return Ok(response.results.into_iter().map(ack_of).collect());
                     }
                     maybe_stored = true;
                     "the partition had no reachable leader".to_string()
@@ -346,14 +480,17 @@ impl PartitionSender {
                     why
                 }
                 Err(e @ Error::Unavailable { .. }) => e.to_string(),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    lane.break_with(Broken::Refused);
+                    return Err(e);
+                }
             };
             if started.elapsed() >= self.config.delivery_timeout {
-                // Whether the batch landed cannot be known; continue with a
-                // fresh producer id, whose sequences start over, so later
-                // batches are not refused as out of sequence.
-                self.producer_id = rand::random();
-                self.next_sequence = 0;
+                lane.break_with(if maybe_stored {
+                    Broken::Unknown
+                } else {
+                    Broken::Refused
+                });
                 return Err(if maybe_stored {
                     Error::OutcomeUnknown(retry_reason)
                 } else {

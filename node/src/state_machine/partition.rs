@@ -204,7 +204,12 @@ impl PartitionState {
         base_sequence: u64,
         count: u32,
     ) -> Option<CommandResponse> {
-        let producer = self.producers.get(&producer_id)?;
+        // A producer's first batch starts at sequence 0: a later batch that
+        // overtook it on the way must wait for it, or the first would be
+        // refused as already appended.
+        let Some(producer) = self.producers.get(&producer_id) else {
+            return (base_sequence != 0).then_some(CommandResponse::OutOfSequence { expected: 0 });
+        };
         if base_sequence == producer.next_sequence {
             return None;
         }
@@ -530,6 +535,12 @@ mod tests {
             CommandResponse::Appended { base_offset: 3, .. }
         ));
         assert_eq!(state.next_offset, 5);
+        // A new producer's batch that overtook its first one is refused.
+        let early = state.apply(&idempotent(11, 4, 1), 5, &mut changes);
+        assert!(matches!(
+            early,
+            CommandResponse::OutOfSequence { expected: 0 }
+        ));
         // A gap is refused, and says where to continue.
         let gap = state.apply(&idempotent(9, 7, 1), 5, &mut changes);
         assert!(matches!(
