@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with only the Rust toolchain lacks to
-# build Raftstream: libclang for rocksdb's bindings. Safe to run repeatedly.
+# build and test Raftstream: libclang for rocksdb's bindings, and curl and
+# Python for the test command. Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,11 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/de
 fi
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
+# The test command polls nodes with curl and runs schemathesis from a
+# Python virtualenv.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -35,9 +35,14 @@ free_port() {
 # `set -e` does not apply inside a function called as a condition, so every
 # step that must succeed says `|| return 1`.
 fuzz() {
-  if ! python3 -c 'import schemathesis' 2>/dev/null; then
-    echo "schemathesis: installing it from PyPI"
-    python3 -m pip install --quiet schemathesis || return 1
+  # Its own virtualenv under target/: Debian's system Python refuses
+  # pip installs (PEP 668), and nothing outside the clone is touched.
+  local venv="$PWD/target/schemathesis-venv"
+  local py="$venv/bin/python3"
+  if ! "$py" -c 'import schemathesis' 2>/dev/null; then
+    echo "schemathesis: installing it from PyPI into $venv"
+    python3 -m venv "$venv" || return 1
+    "$py" -m pip install --quiet schemathesis || return 1
   fi
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
 
@@ -145,7 +150,7 @@ TOML
   echo "schemathesis: $fuzz_examples examples per operation against $base/openapi.json"
   local started=$SECONDS rc=0
   (cd "$work" && FUZZ_KEEP_TOKEN_IDS="$keep" SCHEMATHESIS_HOOKS="$work/hooks.py" \
-    timeout "$fuzz_timeout_secs" python3 -c \
+    timeout "$fuzz_timeout_secs" "$py" -c \
     'import sys; from schemathesis.cli import schemathesis; sys.argv[0] = "schemathesis"; schemathesis()' \
     --config-file "$work/schemathesis.toml" \
     run "$base/openapi.json" \
