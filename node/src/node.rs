@@ -159,6 +159,16 @@ impl Node {
     }
 
     /// This node's copy of the metadata: committed, possibly a little stale.
+    /// Reads this node's metadata in place: request paths use this to look
+    /// one thing up without copying every topic and token.
+    pub fn with_metadata<T>(&self, f: impl FnOnce(&MetaState) -> T) -> Option<T> {
+        self.meta_group()?.state.read(|inner| match &inner.data {
+            GroupData::Meta(m) => Some(f(m)),
+            GroupData::Partition(_) => None,
+        })
+    }
+
+    /// A copy of this node's metadata, for work that needs all of it.
     pub fn metadata(&self) -> MetaState {
         self.meta_group()
             .and_then(|g| {
@@ -174,15 +184,19 @@ impl Node {
     /// another node may not have reached this node's metadata yet, so an
     /// unknown secret is looked up again as metadata arrives, briefly.
     pub async fn authenticate(&self, secret: &str) -> Option<crate::raft::types::TokenRecord> {
-        if let Some(token) = crate::auth::authenticate(&self.metadata(), secret) {
-            return Some(token.clone());
+        let lookup = || {
+            self.with_metadata(|m| crate::auth::authenticate(m, secret).cloned())
+                .flatten()
+        };
+        if let Some(token) = lookup() {
+            return Some(token);
         }
         let meta = self.meta_group()?;
         let mut changes = meta.state.subscribe();
         let deadline = tokio::time::Instant::now() + TOKEN_PROPAGATION_WAIT;
         while let Ok(Ok(())) = tokio::time::timeout_at(deadline, changes.changed()).await {
-            if let Some(token) = crate::auth::authenticate(&self.metadata(), secret) {
-                return Some(token.clone());
+            if let Some(token) = lookup() {
+                return Some(token);
             }
         }
         None

@@ -152,9 +152,9 @@ impl ClientService {
                 "this node is shutting down; retry another",
             ));
         }
-        let meta = self.node.metadata();
         if let Some(credential) = request.metadata().get(NODE_AUTH_HEADER) {
-            let valid = meta.cluster_secret.as_ref().is_some_and(|secret| {
+            let cluster_secret = self.node.with_metadata(|m| m.cluster_secret).flatten();
+            let valid = cluster_secret.as_ref().is_some_and(|secret| {
                 let presented = credential.as_bytes();
                 let expected = node_credential(secret);
                 bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -190,7 +190,7 @@ impl ClientService {
 
     /// Marks a request this node sends to another as coming from a node.
     fn sign<T>(&self, request: &mut Request<T>) {
-        if let Some(secret) = self.node.metadata().cluster_secret
+        if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
             && let Ok(value) = node_credential(&secret).parse()
         {
             request.metadata_mut().insert(NODE_AUTH_HEADER, value);

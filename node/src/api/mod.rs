@@ -62,11 +62,11 @@ impl std::fmt::Display for TopicName {
 
 impl Node {
     pub fn find_topic(&self, name: &TopicName) -> Option<Topic> {
-        let meta = self.metadata();
-        match name {
+        self.with_metadata(|meta| match name {
             TopicName::Id(id) => meta.topics.get(id).cloned(),
             TopicName::Name(n) => meta.topic_by_name(n).cloned(),
-        }
+        })
+        .flatten()
     }
 
     /// Chooses a partition: explicit, else by key hash, else round-robin.
