@@ -91,6 +91,8 @@ pub enum Kind {
     },
     /// A fault window: from the fault's start to its heal.
     Fault { name: String, detail: String },
+    /// A node exited although nobody killed it.
+    Crash { node: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

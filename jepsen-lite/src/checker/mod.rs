@@ -44,6 +44,7 @@ impl Anomaly {
 /// Every anomaly kind the checker can report, so that results.json lists
 /// zeros too.
 pub const KINDS: &[&str] = &[
+    CRASH,
     lost::KIND,
     lost::FINAL_READ_FAILED,
     duplicates::KIND,
@@ -60,6 +61,22 @@ pub const KINDS: &[&str] = &[
     groups::BACKWARDS,
     groups::PAST_END,
 ];
+
+/// A node process exited although the nemesis did not kill it.
+pub const CRASH: &str = "node_crashed";
+
+fn crashes(ops: &[Op]) -> Vec<Anomaly> {
+    ops.iter()
+        .filter(|op| matches!(op.kind, Kind::Crash { .. }))
+        .map(|op| {
+            Anomaly::new(
+                CRASH,
+                op.error.clone().unwrap_or_else(|| "a node crashed".into()),
+                vec![op.id],
+            )
+        })
+        .collect()
+}
 
 /// The final state of every partition, from the final reads: for each
 /// partition, each node's copy.
@@ -147,6 +164,7 @@ pub fn check(ops: &[Op]) -> Report {
     let lost = lost::check(ops, &finals);
     lines.push(lost.summary.clone());
     anomalies.extend(lost.anomalies);
+    anomalies.extend(crashes(ops));
     anomalies.extend(duplicates::check(&finals));
     anomalies.extend(phantom::check(ops));
     anomalies.extend(divergence::check(ops, &finals));
