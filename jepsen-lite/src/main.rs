@@ -181,10 +181,10 @@ fn node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn repeat_command(args: &RunArgs, faults: &str) -> String {
+fn repeat_command(args: &RunArgs) -> String {
     let mut cmd = format!(
-        "cargo run -p jepsen-lite -- run --nodes {} --time-limit {} --nemesis {} --seed {}",
-        args.nodes, args.time_limit, faults, args.seed
+        "cargo run -p jepsen-lite -- run --nodes {} --time-limit {} --nemesis '{}' --seed {}",
+        args.nodes, args.time_limit, args.nemesis, args.seed
     );
     if let Some(bin) = &args.node_bin {
         cmd.push_str(&format!(" --node-bin {}", bin.display()));
@@ -193,19 +193,27 @@ fn repeat_command(args: &RunArgs, faults: &str) -> String {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    require_root()?;
     let faults = nemesis::parse(&args.nemesis).map_err(anyhow::Error::msg)?;
+    require_root()?;
     let fault_names = nemesis::names(&faults);
     let bin = node_binary(args.node_bin.clone())?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let dir = args.out.join(format!(
-        "{stamp}-n{}-s{}-{}",
-        args.nodes,
-        args.seed,
-        fault_names.replace(',', "+")
-    ));
+    let label: String = args
+        .nemesis
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '+'
+            }
+        })
+        .collect();
+    let dir = args
+        .out
+        .join(format!("{stamp}-n{}-s{}-{label}", args.nodes, args.seed));
     std::fs::create_dir_all(&dir)?;
     let dir = std::fs::canonicalize(&dir)?;
     let removed = net::clean_leftovers()?;
@@ -260,7 +268,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         .iter()
         .filter(|op| matches!(op.kind, Kind::Fault { .. }))
         .count();
-    let repeat = repeat_command(&args, &fault_names);
+    let repeat = repeat_command(&args);
     let results = serde_json::json!({
         "valid": report.is_valid(),
         "seed": args.seed,
@@ -304,10 +312,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     );
     for anomaly in report.anomalies.iter().take(20) {
-        println!(
-            "ANOMALY {}: {} (ops {:?})",
-            anomaly.kind, anomaly.message, anomaly.ops
-        );
+        println!("ANOMALY {}: {}", anomaly.kind, anomaly.message);
     }
     if report.anomalies.len() > 20 {
         println!("… {} more in results.json", report.anomalies.len() - 20);
@@ -515,15 +520,40 @@ async fn final_reads(
     for node in 1..=nodes {
         clients.push(workload::grpc_to(node, TOKEN)?);
     }
+    // Each partition is read on the nodes that hold a replica of it.
+    let all: Vec<u64> = (1..=nodes).collect();
+    let mut replicas: Vec<Vec<u64>> = vec![all.clone(); workload::PARTITIONS as usize];
+    if ready.is_ok() {
+        let seeds: Vec<String> = (1..=nodes).map(grpc_addr).collect();
+        let topic = async {
+            let client = Client::connect(ClientConfig::new(seeds).with_token(TOKEN)).await?;
+            client.topic(workload::TOPIC).await
+        };
+        match tokio::time::timeout(Duration::from_secs(30), topic).await {
+            Ok(Ok(topic)) => {
+                for p in &topic.partitions {
+                    if let Some(r) = replicas.get_mut(p.partition as usize) {
+                        *r = p.replicas.clone();
+                    }
+                }
+            }
+            other => eprintln!("final reads: no topic metadata ({other:?}); reading every node"),
+        }
+    }
+    let replicas = Arc::new(replicas);
     // Replicas catch up after the restart: wait (bounded) until every copy
     // of a partition reports the same end.
     let converged = if ready.is_ok() {
-        eventually("replicas converge", Duration::from_secs(60), || {
+        eventually("replicas converge", Duration::from_secs(45), || {
             let clients = clients.clone();
+            let replicas = replicas.clone();
             async move {
                 for partition in 0..workload::PARTITIONS {
                     let mut ends = std::collections::BTreeSet::new();
-                    for mut grpc in clients.iter().cloned() {
+                    for node in &replicas[partition as usize] {
+                        let Some(mut grpc) = clients.get((*node - 1) as usize).cloned() else {
+                            return false;
+                        };
                         match workload::read_local(&mut grpc, partition).await {
                             Ok((messages, _)) => {
                                 ends.insert(messages.last().map_or(0, |m| m.offset + 1));
@@ -545,13 +575,15 @@ async fn final_reads(
     if let Err(e) = &converged {
         eprintln!("final reads: {e:#}");
     }
-    for node in 1..=nodes {
-        for partition in 0..workload::PARTITIONS {
-            let mut grpc = clients[(node - 1) as usize].clone();
+    for partition in 0..workload::PARTITIONS {
+        for node in replicas[partition as usize].iter().copied() {
+            let Some(mut grpc) = clients.get((node - 1) as usize).cloned() else {
+                continue;
+            };
             let start = recorder.now_us();
             let mut last_error = None;
             let mut result = None;
-            for _ in 0..10 {
+            for _ in 0..5 {
                 match workload::read_local(&mut grpc, partition).await {
                     Ok((messages, _)) => {
                         result = Some(messages);
@@ -559,7 +591,7 @@ async fn final_reads(
                     }
                     Err(e) => {
                         last_error = Some(e.to_string());
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                 }
             }
@@ -614,7 +646,6 @@ fn campaign(
     node_bin: Option<PathBuf>,
     out: &Path,
 ) -> anyhow::Result<u8> {
-    require_root()?;
     let mixes: Vec<&str> = mixes
         .split(';')
         .map(str::trim)
@@ -631,6 +662,7 @@ fn campaign(
     if mixes.is_empty() || sizes.is_empty() {
         bail!("--mixes and --sizes must not be empty");
     }
+    require_root()?;
     let bin = node_binary(node_bin)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -498,6 +498,10 @@ impl Workload {
                         next_offset: next,
                     },
                 );
+                if outcome != Outcome::Ok {
+                    // The node is down or cut off: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..150))).await;
+                }
                 let Some(last) = messages.last() else {
                     continue;
                 };
