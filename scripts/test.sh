@@ -191,6 +191,7 @@ jepsen_seed="${JEPSEN_SEED:-1}"
 # their dependencies.
 jepsen_campaign() {
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
+  [ -x target/debug/jepsen-lite ] || cargo build --quiet -p jepsen-lite || return 1
   target/debug/jepsen-lite campaign --runs 4 --time-limit 20 --sizes 3,5 \
     --mixes "kill;partition,pause" --seed "$jepsen_seed" \
     --node-bin target/debug/raftstream-node --out "$work/jepsen"

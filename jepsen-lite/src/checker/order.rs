@@ -63,11 +63,18 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
         // completed before some lower-offset send had even started is out
         // of order. Pairs within one producer were checked above.
         placed.sort_by_key(|p| p.offset);
-        let mut latest_start: Option<&Placed> = None;
+        // The lower-offset send that started last, and the one that started
+        // last among the other producers, so that a pair within one
+        // producer never hides a pair across producers.
+        let mut latest: Option<&Placed> = None;
+        let mut latest_other: Option<&Placed> = None;
         for p in &placed {
-            if let Some(earlier) = latest_start
+            let earlier = match latest {
+                Some(l) if l.op.process != p.op.process => Some(l),
+                _ => latest_other,
+            };
+            if let Some(earlier) = earlier
                 && p.op.end_us < earlier.op.start_us
-                && p.op.process != earlier.op.process
             {
                 anomalies.push(Anomaly::new(
                     REAL_TIME,
@@ -78,8 +85,21 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
                     vec![p.op.id, earlier.op.id],
                 ));
             }
-            if latest_start.is_none_or(|l| p.op.start_us > l.op.start_us) {
-                latest_start = Some(p);
+            match latest {
+                Some(l) if p.op.start_us <= l.op.start_us => {
+                    if l.op.process != p.op.process
+                        && latest_other.is_none_or(|o| p.op.start_us > o.op.start_us)
+                    {
+                        latest_other = Some(p);
+                    }
+                }
+                Some(l) => {
+                    if l.op.process != p.op.process {
+                        latest_other = Some(l);
+                    }
+                    latest = Some(p);
+                }
+                None => latest = Some(p),
             }
         }
     }
@@ -108,6 +128,19 @@ mod tests {
         h.send("p1", (20, 30), "b", Outcome::Ok, Some((0, 0)));
         h.final_read(1, &["b", "a"]);
         assert_eq!(h.kinds(), vec![super::REAL_TIME]);
+    }
+
+    #[test]
+    fn a_producers_own_later_send_does_not_hide_a_real_time_violation() {
+        let mut h = H::default();
+        // p0's send at offset 0 started last of all; p1's at offset 1 is
+        // concurrent with it, but started after p0's send at offset 2 was
+        // acknowledged.
+        h.send("p0", (100, 110), "x", Outcome::Ok, Some((0, 0)));
+        h.send("p1", (50, 120), "y", Outcome::Ok, Some((0, 1)));
+        h.send("p0", (10, 40), "z", Outcome::Ok, Some((0, 2)));
+        h.final_read(1, &["x", "y", "z"]);
+        assert!(h.kinds().contains(&super::REAL_TIME), "{:?}", h.kinds());
     }
 
     #[test]
