@@ -592,14 +592,25 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         (&json!("http"), &json!("bearer"))
     );
 
+    let source_secret = &openapi["components"]["securitySchemes"]["source_secret"];
+    assert_eq!(source_secret["scheme"], "bearer");
+    // Webhook receivers authenticate with a source's secret, not a token.
+    let is_webhook =
+        |path: &str| path.starts_with("/api/ingest/webhook/") || path.starts_with("/webhook/");
     let mut documented = std::collections::BTreeSet::new();
     for (path, item) in openapi["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             documented.insert(format!("{} {path}", method.to_uppercase()));
-            let protected = path.starts_with("/api/");
+            let protected = path.starts_with("/api/") && !is_webhook(path);
             let security = &operation["security"];
             if protected {
                 assert_eq!(security, &json!([{"bearer": []}]), "{method} {path}");
+            } else if is_webhook(path) {
+                assert_eq!(security, &json!([{"source_secret": []}]), "{method} {path}");
+                let statuses = operation["responses"].as_object().unwrap();
+                for status in ["401", "404", "500", "503", "504"] {
+                    assert!(statuses.contains_key(status), "{method} {path} {status}");
+                }
             } else {
                 assert!(security.is_null(), "{method} {path} is public");
             }
@@ -637,16 +648,28 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         "GET /api/tokens",
         "POST /api/tokens",
         "DELETE /api/tokens/{token_id}",
+        "GET /api/ingest/sources",
+        "POST /api/ingest/sources",
+        "GET /api/ingest/sources/{source_id}",
+        "DELETE /api/ingest/sources/{source_id}",
+        "POST /api/ingest/sources/{source_id}/rotate-secret",
+        "POST /api/ingest/webhook/{source_id}",
+        "GET /webhook/flow/{flow_id}",
+        "POST /webhook/flow/{flow_id}",
     ]
     .map(String::from);
     assert_eq!(documented, served.into_iter().collect());
     // Every documented route is served: without a token, protected ones
-    // answer 401 and public ones 200.
+    // and webhook receivers answer 401 and public ones 200.
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap();
-        let path = path.replace("{topic_id}", "1").replace("{token_id}", "1");
+        let path = path
+            .replace("{topic_id}", "1")
+            .replace("{token_id}", "1")
+            .replace("{source_id}", "src_1")
+            .replace("{flow_id}", "src_1");
         let (status, body) = public.send(method.parse().unwrap(), &path, None).await;
-        let expected = if path.starts_with("/api/") {
+        let expected = if path.starts_with("/api/") || is_webhook(&path) {
             StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK
