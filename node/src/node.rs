@@ -73,7 +73,7 @@ impl Group {
     }
 }
 
-/// How long an unknown token waits for metadata still on its way.
+/// How long an unknown token or source waits for metadata still on its way.
 const METADATA_PROPAGATION_WAIT: Duration = Duration::from_millis(750);
 
 pub struct Node {
@@ -190,7 +190,18 @@ impl Node {
 
     /// A webhook source, waited for like a token (see `authenticate`).
     pub async fn find_source(&self, id: &str) -> Option<crate::raft::types::IngestSource> {
-        self.await_metadata(|m| m.sources.get(id).cloned()).await
+        self.find_source_where(id, |_| true).await
+    }
+
+    /// A webhook source that satisfies `accept` (say, a secret just
+    /// rotated), waited for like a token.
+    pub async fn find_source_where(
+        &self,
+        id: &str,
+        accept: impl Fn(&crate::raft::types::IngestSource) -> bool,
+    ) -> Option<crate::raft::types::IngestSource> {
+        self.await_metadata(|m| m.sources.get(id).filter(|s| accept(s)).cloned())
+            .await
     }
 
     /// `lookup` on this node's metadata, tried again as metadata arrives

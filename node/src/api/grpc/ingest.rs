@@ -371,7 +371,18 @@ impl Ingest for ClientService {
     ) -> Result<Response<pb::DeliverResponse>, Status> {
         let hops = Hops::of(&request);
         let request = request.into_inner();
-        let source = self.find_source(&request.source_id).await?;
+        let mut source = self.find_source(&request.source_id).await?;
+        if !crate::auth::secret_matches(&request.secret, &source.secret_hash) {
+            // A secret rotated a moment ago through another node may not
+            // have reached this node yet: wait for it briefly, as for tokens.
+            let rotated = self
+                .node
+                .find_source_where(&request.source_id, |s| {
+                    crate::auth::secret_matches(&request.secret, &s.secret_hash)
+                })
+                .await;
+            source = rotated.ok_or_else(|| refused(DeliveryRefused::BadSecret))?;
+        }
         crate::ingest::check_delivery(
             &source,
             &request.secret,
