@@ -197,6 +197,11 @@ async fn ingest_sources_are_managed_and_tail_follows_live_deliveries() {
     let last: Value = serde_json::from_str(last.trim()).unwrap();
     assert_eq!(last["action"], "connection.error");
     assert_eq!(last["sourceId"], id.as_str());
+    // Other messages after them in the partition: tail reads further back.
+    let others: Vec<String> = (0..50).map(|i| format!("{{\"other\": {i}}}")).collect();
+    stdout(cli(&cluster).args(["produce", "crm-events"]).args(&others));
+    let still = stdout(cli(&cluster).args(["ingest", "tail", &id]));
+    assert_eq!(still, rows);
 
     // --follow prints the history, then each delivery as it commits.
     let bin = assert_cmd::cargo::cargo_bin("raftstream");

@@ -990,7 +990,7 @@ async fn tail(
 ) -> anyhow::Result<()> {
     let source = client.source(id).await?;
     let topic = source.topic_id.to_string();
-    let mut consumer = Consumer::new(client, &topic, source.partition, Position::Earliest).await?;
+    let (recent, end) = recent_events(client, &topic, source.partition, id, lines).await?;
     let print = |event: &IngestedEvent| {
         if cli.json {
             println!("{}", event.value);
@@ -998,24 +998,10 @@ async fn tail(
             println!("{}", event.row());
         }
     };
-    let mut recent = std::collections::VecDeque::new();
-    loop {
-        let messages = consumer.poll(1000, Duration::ZERO).await?;
-        if messages.is_empty() {
-            break;
-        }
-        for event in messages
-            .iter()
-            .filter_map(|m| IngestedEvent::from_message(id, m))
-        {
-            recent.push_back(event);
-            if recent.len() > lines {
-                recent.pop_front();
-            }
-        }
-    }
     recent.iter().for_each(print);
     if follow {
+        let from = Position::Offset(end);
+        let consumer = Consumer::new(client, &topic, source.partition, from).await?;
         let mut stream = Box::pin(consumer.into_stream());
         while let Some(message) = stream.next().await {
             if let Some(event) = IngestedEvent::from_message(id, &message?) {
@@ -1024,6 +1010,47 @@ async fn tail(
         }
     }
     Ok(())
+}
+
+/// The source's last `lines` events before the partition's current end,
+/// and that end. Other sources may share the partition, so it reads back
+/// from the end in growing windows rather than from the beginning.
+async fn recent_events(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    id: &str,
+    lines: usize,
+) -> anyhow::Result<(Vec<IngestedEvent>, u64)> {
+    let mut probe = Consumer::new(client, topic, partition, Position::Latest).await?;
+    probe.poll(1, Duration::ZERO).await?;
+    let end = match probe.position() {
+        Position::Offset(offset) => *offset,
+        _ => 0,
+    };
+    let mut window = (lines as u64).max(1) * 4;
+    loop {
+        let start = end.saturating_sub(window);
+        let mut reader = Consumer::new(client, topic, partition, Position::Offset(start)).await?;
+        let mut found = Vec::new();
+        'read: loop {
+            let messages = reader.poll(1000, Duration::ZERO).await?;
+            if messages.is_empty() {
+                break;
+            }
+            for message in &messages {
+                if message.offset >= end {
+                    break 'read;
+                }
+                found.extend(IngestedEvent::from_message(id, message));
+            }
+        }
+        if found.len() >= lines || start == 0 {
+            let skip = found.len().saturating_sub(lines);
+            return Ok((found.split_off(skip), end));
+        }
+        window = window.saturating_mul(4);
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
