@@ -26,6 +26,10 @@ const STATUS_AWAITING_FIRST_EVENT: &str = "awaiting_first_event";
 const STATUS_ACTIVE: &str = "active";
 /// The counters could not be read (the partition has no leader).
 const STATUS_UNKNOWN: &str = "unknown";
+/// How long a source read waits for its partition leader's counters
+/// before showing them as unknown: a listing must not hang on one
+/// unreachable partition.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ClientService {
     pub fn into_ingest_server(self) -> IngestServer<Self> {
@@ -74,7 +78,13 @@ impl ClientService {
     /// happened and its new secret must reach the caller.
     async fn describe(&self, source: &IngestSource, hops: Hops) -> pb::Source {
         let stats = match self.source_partition(source) {
-            Some((topic, partition)) => self.source_stats(source, &topic, partition, hops).await,
+            Some((topic, partition)) => {
+                let stats = self.source_stats(source, &topic, partition, hops);
+                tokio::time::timeout(STATS_TIMEOUT, stats)
+                    .await
+                    .ok()
+                    .flatten()
+            }
             None => None,
         };
         self.source_pb(source, stats)
@@ -123,7 +133,7 @@ impl ClientService {
                 let message = pb::GetSourceRequest {
                     id: source.id.clone(),
                 };
-                let request = self.local_request(message, self.forward_timeout());
+                let request = self.local_request(message, STATS_TIMEOUT);
                 let answer = self.ingest_client(&addr).ok()?.get_source(request).await;
                 let remote = answer.ok()?.into_inner();
                 (remote.status != STATUS_UNKNOWN).then_some(SourceStats {
@@ -268,11 +278,9 @@ impl Ingest for ClientService {
             .node
             .with_metadata(|m| m.sources.values().cloned().collect())
             .unwrap_or_default();
-        let mut listed = Vec::with_capacity(sources.len());
-        for source in &sources {
-            listed.push(self.describe(source, hops).await);
-        }
-        Ok(Response::new(pb::ListSourcesResponse { sources: listed }))
+        let listed = sources.iter().map(|source| self.describe(source, hops));
+        let sources = futures::future::join_all(listed).await;
+        Ok(Response::new(pb::ListSourcesResponse { sources }))
     }
 
     async fn get_source(
