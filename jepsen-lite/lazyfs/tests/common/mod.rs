@@ -140,6 +140,12 @@ impl Lazy {
         self.expect_line("power loss")
     }
 
+    /// How lazyfs exited, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().unwrap()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.mnt.join(name)
     }
@@ -157,6 +163,9 @@ impl Lazy {
 
     fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let start = Instant::now();
         loop {
