@@ -63,19 +63,20 @@ impl Control {
                 inode.overlay = Overlay::default();
             }
         }
+        state.unsynced_bytes = 0;
         dropped
     }
+}
 
-    /// Unsynced written bytes and the files holding any unsynced change.
-    pub fn unsynced(&self) -> Dropped {
-        let state = lock(&self.shared);
-        let mut unsynced = Dropped::default();
-        for inode in state.inodes.values().filter(|i| !i.overlay.is_clean()) {
-            unsynced.bytes += inode.overlay.unsynced_bytes();
-            unsynced.files += 1;
-        }
-        unsynced
-    }
+/// How to build a [`LazyFs`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The backing directory.
+    pub source: PathBuf,
+    /// Unsynced written bytes held in memory over all files, at most. A write
+    /// that would go past it fails with ENOSPC: lazyfs cannot hold more, and
+    /// writing it back would make it durable, which it must not be.
+    pub unsynced_bytes_max: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +88,8 @@ pub enum NewError {
 }
 
 impl LazyFs {
-    pub fn new(source: &Path) -> Result<(LazyFs, Control), NewError> {
+    pub fn new(config: &Config) -> Result<(LazyFs, Control), NewError> {
+        let source = config.source.as_path();
         let path = source
             .canonicalize()
             .map_err(|source_err| NewError::Source {
@@ -107,6 +109,8 @@ impl LazyFs {
             handles: HashMap::new(),
             next_ino: ROOT,
             next_fh: 1,
+            unsynced_bytes: 0,
+            unsynced_bytes_max: config.unsynced_bytes_max,
         };
         let root = state.register(path, key(&meta));
         debug_assert_eq!(root, ROOT);
@@ -138,6 +142,9 @@ struct State {
     handles: HashMap<u64, Handle>,
     next_ino: u64,
     next_fh: u64,
+    /// The sum of `unsynced_bytes()` over all overlays.
+    unsynced_bytes: u64,
+    unsynced_bytes_max: u64,
 }
 
 #[derive(Debug)]
@@ -202,6 +209,23 @@ impl State {
         self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)
     }
 
+    /// Changes the overlay of `ino`, keeping the running total of unsynced
+    /// bytes right.
+    fn edit<R>(&mut self, ino: u64, change: impl FnOnce(&mut Overlay) -> R) -> Result<R, Errno> {
+        let inode = self.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        let before = inode.overlay.unsynced_bytes();
+        let result = change(&mut inode.overlay);
+        let after = inode.overlay.unsynced_bytes();
+        self.unsynced_bytes = self.unsynced_bytes - before + after;
+        Ok(result)
+    }
+
+    fn remove_inode(&mut self, ino: u64) {
+        if let Some(inode) = self.inodes.remove(&ino) {
+            self.unsynced_bytes -= inode.overlay.unsynced_bytes();
+        }
+    }
+
     fn path(&self, ino: u64) -> Result<PathBuf, Errno> {
         self.inode(ino)?.path.clone().ok_or(Errno::ENOENT)
     }
@@ -246,7 +270,7 @@ impl State {
             if last_link {
                 self.by_backing.remove(&inode.key);
                 if inode.open_handles == 0 {
-                    self.inodes.remove(&ino);
+                    self.remove_inode(ino);
                 }
             }
         }
@@ -357,7 +381,7 @@ impl State {
             if !meta.is_file() {
                 return Err(Errno::EINVAL);
             }
-            self.inode_mut(ino)?.overlay.truncate(size, meta.len());
+            self.edit(ino, |overlay| overlay.truncate(size, meta.len()))?;
         }
         let meta = target()?.metadata().map_err(errno)?;
         Ok(self.attr(ino, &meta))
@@ -392,7 +416,7 @@ impl State {
         let ino = self.register(path, key(&meta));
         if flags & libc::O_TRUNC != 0 {
             // The file may have existed after all; O_TRUNC is a data change.
-            self.inode_mut(ino)?.overlay.truncate(0, meta.len());
+            self.edit(ino, |overlay| overlay.truncate(0, meta.len()))?;
         }
         let fh = self.open_handle(Handle::File {
             ino,
@@ -427,18 +451,21 @@ impl State {
     fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let (ino, file, append, _) = self.file(fh)?;
         let written = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
+        if self.unsynced_bytes.saturating_add(u64::from(written)) > self.unsynced_bytes_max {
+            return Err(Errno::ENOSPC);
+        }
         let backing_size = file.metadata().map_err(errno)?.len();
-        let overlay = &mut self.inode_mut(ino)?.overlay;
-        // Our view of the size is the true one; the kernel's may predate a
-        // power loss.
-        let offset = if append {
-            overlay.size(backing_size)
-        } else {
-            offset
-        };
-        overlay
-            .write(offset, data, backing_size)
-            .map_err(|_| Errno::EFBIG)?;
+        self.edit(ino, |overlay| {
+            // Our view of the size is the true one; the kernel's may predate
+            // a power loss.
+            let offset = if append {
+                overlay.size(backing_size)
+            } else {
+                offset
+            };
+            overlay.write(offset, data, backing_size)
+        })?
+        .map_err(|_| Errno::EFBIG)?;
         Ok(written)
     }
 
@@ -454,7 +481,7 @@ impl State {
         // synced again; its unsynced data goes with it.
         let orphan = self.by_backing.get(&inode.key) != Some(&ino);
         if inode.open_handles == 0 && orphan {
-            self.inodes.remove(&ino);
+            self.remove_inode(ino);
         }
     }
 
@@ -472,7 +499,7 @@ impl State {
             };
             inode.overlay.apply(&mut &*target).map_err(errno)?;
             sync(&target, datasync).map_err(errno)?;
-            inode.overlay = Overlay::default();
+            self.edit(ino, std::mem::take)?;
         }
         sync(&file, datasync).map_err(errno)
     }
@@ -572,11 +599,11 @@ impl State {
             0 => {
                 let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
                 let backing_size = file.metadata().map_err(errno)?.len();
-                let overlay = &mut self.inode_mut(ino)?.overlay;
-                if end > overlay.size(backing_size) {
-                    overlay.truncate(end, backing_size);
-                }
-                Ok(())
+                self.edit(ino, |overlay| {
+                    if end > overlay.size(backing_size) {
+                        overlay.truncate(end, backing_size);
+                    }
+                })
             }
             // Punching holes and the like would need a zeroed extent model;
             // callers fall back on EOPNOTSUPP.

@@ -5,7 +5,7 @@
 mod fs;
 pub mod overlay;
 
-pub use fs::{Control, Dropped, LazyFs, NewError};
+pub use fs::{Config, Control, Dropped, LazyFs, NewError};
 
 /// The mount source of every lazyfs mount, as `/proc/self/mountinfo` shows
 /// it (the field after the filesystem type `fuse`).

@@ -21,6 +21,10 @@ struct Args {
     /// Where to mount it; must be an existing empty directory.
     #[arg(long)]
     mountpoint: PathBuf,
+    /// Unsynced bytes held in memory over all files, at most; a write past
+    /// it fails with ENOSPC.
+    #[arg(long, default_value_t = 1 << 30)]
+    unsynced_bytes_max: u64,
 }
 
 fn main() -> ExitCode {
@@ -47,7 +51,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     signals.thread_block().context("blocking control signals")?;
 
-    let (fs, control) = lazyfs::LazyFs::new(&args.source)?;
+    let (fs, control) = lazyfs::LazyFs::new(&lazyfs::Config {
+        source: args.source.clone(),
+        unsynced_bytes_max: args.unsynced_bytes_max,
+    })?;
     let mountpoint = args
         .mountpoint
         .canonicalize()

@@ -55,6 +55,9 @@ pub struct Overlay {
     cut: Option<u64>,
     /// Written ranges by start offset. They never overlap and are never empty.
     extents: BTreeMap<u64, Vec<u8>>,
+    /// The total length of `extents`, kept so that callers can bound memory
+    /// without walking every extent.
+    bytes: u64,
 }
 
 impl Overlay {
@@ -65,7 +68,7 @@ impl Overlay {
 
     /// Bytes of written data that a power loss would drop now.
     pub fn unsynced_bytes(&self) -> u64 {
-        self.extents.values().map(|data| data.len() as u64).sum()
+        self.bytes
     }
 
     /// The size the file has through the mount.
@@ -97,6 +100,7 @@ impl Overlay {
             merged.extend_from_slice(&next);
         }
         self.extents.insert(start, merged);
+        self.bytes += len;
         self.size = Some(size.max(end));
         Ok(())
     }
@@ -172,6 +176,7 @@ impl Overlay {
                 continue;
             };
             let data_end = s + data.len() as u64;
+            self.bytes -= data_end.min(end) - s.max(start);
             if data_end > end {
                 self.extents
                     .insert(end, data[(end - s) as usize..].to_vec());
@@ -437,6 +442,8 @@ mod tests {
                     }
                 }
                 assert_eq!(all(&o, &backing), model, "seed {seed} step {step}");
+                let extent_bytes: u64 = o.extents.values().map(|d| d.len() as u64).sum();
+                assert_eq!(o.unsynced_bytes(), extent_bytes, "seed {seed} step {step}");
                 assert_eq!(o.size(backing.0.len() as u64), model.len() as u64);
             }
             assert_eq!(

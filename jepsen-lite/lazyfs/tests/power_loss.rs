@@ -356,3 +356,17 @@ fn a_posix_lock_on_the_mount_excludes_other_processes() {
         "the lock outlived its holder"
     );
 }
+
+#[test]
+fn writes_past_the_unsynced_limit_fail_with_enospc_until_an_fsync() {
+    let lazy = Lazy::start_with(&["--unsynced-bytes-max", "100"]);
+    let file = File::create(lazy.path("data")).unwrap();
+    file.write_all_at(&[1; 60], 0).unwrap();
+    let err = file.write_all_at(&[2; 60], 60).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    // An fsync writes the unsynced bytes back and frees the room.
+    file.sync_data().unwrap();
+    file.write_all_at(&[2; 60], 60).unwrap();
+    file.sync_data().unwrap();
+    assert_eq!(read(&lazy.backing("data")).len(), 120);
+}

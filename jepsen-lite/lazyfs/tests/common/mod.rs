@@ -51,22 +51,23 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 impl Lazy {
     pub fn start() -> Lazy {
+        Self::start_with(&[])
+    }
+
+    /// Starts lazyfs with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Lazy {
         let dirs = TempDir::new().unwrap();
         let base = dirs.path().canonicalize().unwrap();
         let source = base.join("source");
         let mnt = base.join("mnt");
         fs::create_dir(&source).unwrap();
         fs::create_dir(&mnt).unwrap();
-        Self::start_on(dirs, source, mnt)
-    }
-
-    /// Mounts `source` at `mnt`; `dirs` is kept alive as long as the mount.
-    pub fn start_on(dirs: TempDir, source: PathBuf, mnt: PathBuf) -> Lazy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lazyfs"))
             .arg("--source")
             .arg(&source)
             .arg("--mountpoint")
             .arg(&mnt)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
