@@ -488,20 +488,23 @@ impl State {
     fn fsync(&mut self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let (ino, file, _, writable) = self.file(fh)?;
         let inode = self.inode_mut(ino)?;
-        if !inode.overlay.is_clean() {
-            let target = if writable {
-                file.clone()
-            } else {
-                // fsync(2) on a read-only descriptor still syncs what other
-                // descriptors wrote.
-                let path = inode.path.clone().ok_or(Errno::EBADF)?;
-                Arc::new(OpenOptions::new().write(true).open(path).map_err(errno)?)
-            };
-            inode.overlay.apply(&mut &*target).map_err(errno)?;
-            sync(&target, datasync).map_err(errno)?;
-            self.edit(ino, std::mem::take)?;
+        if inode.overlay.is_clean() {
+            return sync(&file, datasync).map_err(errno);
         }
-        sync(&file, datasync).map_err(errno)
+        let target = if writable {
+            file
+        } else {
+            // fsync(2) on a read-only descriptor still syncs what other
+            // descriptors wrote.
+            let path = inode.path.clone().ok_or(Errno::EBADF)?;
+            Arc::new(OpenOptions::new().write(true).open(path).map_err(errno)?)
+        };
+        // The overlay is cleared only once the backing file is synced, so a
+        // failed fsync leaves the data unsynced, and a retry writes it again.
+        inode.overlay.apply(&mut &*target).map_err(errno)?;
+        sync(&target, datasync).map_err(errno)?;
+        self.edit(ino, std::mem::take)?;
+        Ok(())
     }
 
     fn fsyncdir(&self, ino: u64) -> Result<(), Errno> {
