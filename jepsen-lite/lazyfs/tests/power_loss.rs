@@ -370,3 +370,21 @@ fn writes_past_the_unsynced_limit_fail_with_enospc_until_an_fsync() {
     file.sync_data().unwrap();
     assert_eq!(read(&lazy.backing("data")).len(), 120);
 }
+
+#[test]
+fn a_directory_larger_than_one_readdir_reply_lists_every_entry_once() {
+    let lazy = Lazy::start();
+    let count = 600;
+    for i in 0..count {
+        File::create(lazy.path(&format!("{i:06}.sst-with-a-long-enough-name"))).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(&lazy.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let listed = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "entries are missing");
+    assert_eq!(listed, count, "entries were listed twice");
+}
