@@ -3,7 +3,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    let protos = ["raftstream/v1/raftstream.proto", "raftstream/v1/raft.proto"];
+    let protos = [
+        "raftstream/v1/raftstream.proto",
+        "raftstream/v1/ingest.proto",
+        "raftstream/v1/raft.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

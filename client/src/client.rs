@@ -11,6 +11,7 @@ use std::time::Instant;
 use backoff::backoff::Backoff;
 use parking_lot::RwLock;
 use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::ingest_client::IngestClient;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
 use tonic::Request;
 use tonic::metadata::AsciiMetadataValue;
@@ -84,6 +85,7 @@ impl Interceptor for Auth {
 }
 
 pub type Grpc = RaftstreamClient<InterceptedService<Channel, Auth>>;
+pub type IngestGrpc = IngestClient<InterceptedService<Channel, Auth>>;
 
 /// Where a call should go.
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +192,15 @@ impl Client {
         )
     }
 
+    /// A raw client of one node's webhook ingestion service.
+    pub fn ingest_grpc(&self, addr: &str) -> Result<IngestGrpc> {
+        Ok(
+            IngestClient::with_interceptor(self.channel(addr)?, self.inner.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
     /// Re-learns the nodes and the group leaders.
     pub async fn refresh(&self) -> Result<()> {
         let nodes = self.inner.nodes.read().clone();
@@ -261,6 +272,22 @@ impl Client {
         F: Fn(Grpc, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with(Client::grpc, target, retry, f).await
+    }
+
+    /// [`Client::call`] for any of the node's services: `connect` makes
+    /// that service's client for a node address.
+    pub(crate) async fn call_with<C, T, F, Fut>(
+        &self,
+        connect: fn(&Client, &str) -> Result<C>,
+        target: Target,
+        retry: Retry,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(C, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let started = Instant::now();
         let mut backoff = backoff::ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(50))
@@ -270,7 +297,7 @@ impl Client {
         let timeout = self.inner.config.request_timeout;
         loop {
             let addr = self.pick(target);
-            let outcome = match self.grpc(&addr) {
+            let outcome = match connect(self, &addr) {
                 Ok(grpc) => match tokio::time::timeout(timeout, f(grpc, timeout)).await {
                     Ok(result) => result.map(tonic::Response::into_inner),
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!(

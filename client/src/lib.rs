@@ -30,6 +30,7 @@
 mod client;
 mod consumer;
 mod error;
+mod ingest;
 mod producer;
 
 pub use raftstream_proto::v1 as pb;
@@ -40,11 +41,14 @@ pub use crate::client::Auth;
 pub use crate::client::Client;
 pub use crate::client::ClientConfig;
 pub use crate::client::Grpc;
+pub use crate::client::IngestGrpc;
 pub use crate::client::topic_ref;
 pub use crate::consumer::Consumer;
 pub use crate::consumer::Position;
 pub use crate::error::Error;
 pub use crate::error::Result;
+pub use crate::ingest::IngestedEvent;
+pub use crate::ingest::rfc3339;
 pub use crate::producer::Ack;
 pub use crate::producer::Delivery;
 pub use crate::producer::Producer;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use assert_cmd::Command;
 use common::ADMIN_TOKEN;
 use common::TestCluster;
+use serde_json::Value;
+use serde_json::json;
 
 fn cli(cluster: &TestCluster) -> Command {
     let mut command = Command::cargo_bin("raftstream").unwrap();
@@ -127,6 +129,147 @@ async fn follow_mode_prints_new_messages_as_they_commit() {
         .read_to_string(&mut out)
         .unwrap();
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    cluster.shutdown().await;
+}
+
+/// Delivers a JSON body to a source through node `node`'s HTTP gateway.
+async fn deliver(cluster: &TestCluster, node: u64, id: &str, secret: &str, body: Value) {
+    let url = format!(
+        "http://{}/api/ingest/webhook/{id}",
+        cluster.configs[&node].http_addr
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(secret)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingest_sources_are_managed_and_tail_follows_live_deliveries() {
+    let cluster = TestCluster::start(3).await;
+    let created: Value = serde_json::from_str(&stdout(cli(&cluster).args([
+        "--json",
+        "ingest",
+        "create",
+        "crm",
+        "--type",
+        "workato",
+        "--topic",
+        "crm-events",
+    ])))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert_eq!(created["status"], "awaiting_first_event");
+    cluster.wait_partition_leaders("crm-events").await;
+    deliver(
+        &cluster,
+        2,
+        &id,
+        &secret,
+        json!({"event": "recipe.started", "recipe_id": 1,
+        "timestamp": "2026-01-02T03:04:05Z"}),
+    )
+    .await;
+    deliver(
+        &cluster,
+        3,
+        &id,
+        &secret,
+        json!({"event": "connection.error", "connection_id": 8,
+        "timestamp": "2026-01-02T03:04:06Z"}),
+    )
+    .await;
+
+    let rows = stdout(cli(&cluster).args(["ingest", "tail", &id]));
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        vec![
+            "2026-01-02T03:04:05Z  api.call  recipe.started → recipe:1",
+            "2026-01-02T03:04:06Z  auth.action  connection.error → connection:8",
+        ]
+    );
+    let last = stdout(cli(&cluster).args(["ingest", "tail", &id, "-n", "1", "--json"]));
+    let last: Value = serde_json::from_str(last.trim()).unwrap();
+    assert_eq!(last["action"], "connection.error");
+    assert_eq!(last["sourceId"], id.as_str());
+    // Other messages after them in the partition: tail reads further back.
+    let others: Vec<String> = (0..50).map(|i| format!("{{\"other\": {i}}}")).collect();
+    stdout(cli(&cluster).args(["produce", "crm-events"]).args(&others));
+    let still = stdout(cli(&cluster).args(["ingest", "tail", &id]));
+    assert_eq!(still, rows);
+
+    // --follow prints the history, then each delivery as it commits.
+    let bin = assert_cmd::cargo::cargo_bin("raftstream");
+    let mut follower = std::process::Command::new(bin)
+        .args(["ingest", "tail", &id, "--follow"])
+        .env("RAFTSTREAM_ADDR", cluster.addr(1).to_string())
+        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
+        .env("HOME", cluster.dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let output = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(output)) {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(next_line().contains("recipe.started"));
+    assert!(next_line().contains("connection.error"));
+    for (i, event) in ["job.started", "job.completed"].iter().enumerate() {
+        let sent = std::time::Instant::now();
+        deliver(
+            &cluster,
+            1 + i as u64,
+            &id,
+            &secret,
+            json!({"event": event, "recipe_id": 1}),
+        )
+        .await;
+        let line = next_line();
+        assert!(
+            line.contains(&format!("api.call  {event} → recipe:1")),
+            "{line}"
+        );
+        eprintln!(
+            "tail --follow printed a delivery {:?} after it was sent",
+            sent.elapsed()
+        );
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+
+    let listed = stdout(cli(&cluster).args(["ingest", "list"]));
+    assert!(
+        listed.contains(&id) && listed.contains("active"),
+        "{listed}"
+    );
+    let shown: Value =
+        serde_json::from_str(&stdout(cli(&cluster).args(["ingest", "get", &id]))).unwrap();
+    assert_eq!(shown["event_count"], 4);
+    let rotated: Value = serde_json::from_str(&stdout(
+        cli(&cluster).args(["--json", "ingest", "rotate", &id]),
+    ))
+    .unwrap();
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+    assert_eq!(
+        rotated["secret_last_four"],
+        &new_secret[new_secret.len() - 4..]
+    );
+    stdout(cli(&cluster).args(["ingest", "delete", &id]));
+    let output = cli(&cluster).args(["ingest", "get", &id]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
     cluster.shutdown().await;
 }
 

@@ -18,9 +18,19 @@ pub const TOKEN_PREFIX: &str = "rst_";
 const SECRET_BYTES: usize = 32;
 
 pub fn generate_secret() -> String {
+    generate_prefixed_secret(TOKEN_PREFIX)
+}
+
+/// `prefix` followed by 32 random bytes, base64url without padding.
+pub fn generate_prefixed_secret(prefix: &str) -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Whether `secret` hashes to `hash`, compared in constant time.
+pub fn secret_matches(secret: &str, hash: &[u8; 32]) -> bool {
+    bool::from(hash_secret(secret).ct_eq(hash))
 }
 
 pub fn hash_secret(secret: &str) -> [u8; 32] {

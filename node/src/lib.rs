@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod ingest;
 pub mod node;
 pub mod raft;
 pub mod server;

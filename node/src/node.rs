@@ -73,8 +73,8 @@ impl Group {
     }
 }
 
-/// How long an unknown token waits for metadata still on its way.
-const TOKEN_PROPAGATION_WAIT: Duration = Duration::from_millis(750);
+/// How long an unknown token or source waits for metadata still on its way.
+const METADATA_PROPAGATION_WAIT: Duration = Duration::from_millis(750);
 
 pub struct Node {
     pub config: NodeConfig,
@@ -184,19 +184,38 @@ impl Node {
     /// another node may not have reached this node's metadata yet, so an
     /// unknown secret is looked up again as metadata arrives, briefly.
     pub async fn authenticate(&self, secret: &str) -> Option<crate::raft::types::TokenRecord> {
-        let lookup = || {
-            self.with_metadata(|m| crate::auth::authenticate(m, secret).cloned())
-                .flatten()
-        };
-        if let Some(token) = lookup() {
-            return Some(token);
+        self.await_metadata(|m| crate::auth::authenticate(m, secret).cloned())
+            .await
+    }
+
+    /// A webhook source, waited for like a token (see `authenticate`).
+    pub async fn find_source(&self, id: &str) -> Option<crate::raft::types::IngestSource> {
+        self.find_source_where(id, |_| true).await
+    }
+
+    /// A webhook source that satisfies `accept` (say, a secret just
+    /// rotated), waited for like a token.
+    pub async fn find_source_where(
+        &self,
+        id: &str,
+        accept: impl Fn(&crate::raft::types::IngestSource) -> bool,
+    ) -> Option<crate::raft::types::IngestSource> {
+        self.await_metadata(|m| m.sources.get(id).filter(|s| accept(s)).cloned())
+            .await
+    }
+
+    /// `lookup` on this node's metadata, tried again as metadata arrives
+    /// until it finds something or `METADATA_PROPAGATION_WAIT` passes.
+    async fn await_metadata<T>(&self, lookup: impl Fn(&MetaState) -> Option<T>) -> Option<T> {
+        if let Some(found) = self.with_metadata(&lookup).flatten() {
+            return Some(found);
         }
         let meta = self.meta_group()?;
         let mut changes = meta.state.subscribe();
-        let deadline = tokio::time::Instant::now() + TOKEN_PROPAGATION_WAIT;
+        let deadline = tokio::time::Instant::now() + METADATA_PROPAGATION_WAIT;
         while let Ok(Ok(())) = tokio::time::timeout_at(deadline, changes.changed()).await {
-            if let Some(token) = lookup() {
-                return Some(token);
+            if let Some(found) = self.with_metadata(&lookup).flatten() {
+                return Some(found);
             }
         }
         None
@@ -589,6 +608,19 @@ async fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Res
     let mut file = options.open(path).await?;
     file.write_all(format!("{secret}\n").as_bytes()).await?;
     file.sync_all().await
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC; empty when out of
+/// range.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 pub fn now_ms() -> i64 {

@@ -76,6 +76,7 @@ impl RunningNode {
         .max_decoding_message_size(MAX_RPC_BYTES)
         .max_encoding_message_size(MAX_RPC_BYTES);
         let client_api = ClientService::public(node.clone()).into_server();
+        let ingest_api = ClientService::public(node.clone()).into_ingest_server();
         let mut shutdown = node.shutdown_signal();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
         let grpc = tokio::spawn(async move {
@@ -83,6 +84,7 @@ impl RunningNode {
                 .tcp_nodelay(true)
                 .add_service(transport)
                 .add_service(client_api)
+                .add_service(ingest_api)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = shutdown.changed().await;
                 })

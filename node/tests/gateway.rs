@@ -4,83 +4,18 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::time::Duration;
 
 use common::TestCluster;
+use http::Http;
+use http::assert_error;
+use http::consume_all;
 use reqwest::StatusCode;
 use serde_json::Value;
 use serde_json::json;
-
-struct Http {
-    client: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Http {
-    fn new(cluster: &TestCluster, node: u64) -> Http {
-        Http {
-            client: reqwest::Client::new(),
-            base: format!("http://{}", cluster.configs[&node].http_addr),
-            token: Some(common::ADMIN_TOKEN.into()),
-        }
-    }
-
-    fn with_token(&self, token: Option<&str>) -> Http {
-        Http {
-            client: self.client.clone(),
-            base: self.base.clone(),
-            token: token.map(String::from),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-
-    async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let mut request = self.client.post(format!("{}{path}", self.base)).body(body);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
-/// Every error body is {"message", "code"}.
-fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
-    assert_eq!(status, expected, "{body}");
-    assert_eq!(body["code"], code, "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-}
 
 async fn create_topic(http: &Http, cluster: &TestCluster, body: Value) -> Value {
     let (status, topic) = http.post("/api/event_streams/topics", body).await;
@@ -89,33 +24,6 @@ async fn create_topic(http: &Http, cluster: &TestCluster, body: Value) -> Value 
         .wait_partition_leaders(topic["name"].as_str().unwrap())
         .await;
     topic
-}
-
-/// Consumes until empty, resuming from the last message id each time.
-async fn consume_all(http: &Http, topic: &str, batch_size: u64) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut body = json!({"batch_size": batch_size});
-        if let Some(id) = &after {
-            body["after_message_id"] = json!(id);
-        }
-        let (status, page) = http
-            .post(&format!("/api/v1/topics/{topic}/consume"), body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        let messages = page["messages"].as_array().unwrap().clone();
-        if messages.is_empty() {
-            return all;
-        }
-        after = Some(
-            messages.last().unwrap()["message_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-        all.extend(messages);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -684,14 +592,25 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         (&json!("http"), &json!("bearer"))
     );
 
+    let source_secret = &openapi["components"]["securitySchemes"]["source_secret"];
+    assert_eq!(source_secret["scheme"], "bearer");
+    // Webhook receivers authenticate with a source's secret, not a token.
+    let is_webhook =
+        |path: &str| path.starts_with("/api/ingest/webhook/") || path.starts_with("/webhook/");
     let mut documented = std::collections::BTreeSet::new();
     for (path, item) in openapi["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             documented.insert(format!("{} {path}", method.to_uppercase()));
-            let protected = path.starts_with("/api/");
+            let protected = path.starts_with("/api/") && !is_webhook(path);
             let security = &operation["security"];
             if protected {
                 assert_eq!(security, &json!([{"bearer": []}]), "{method} {path}");
+            } else if is_webhook(path) {
+                assert_eq!(security, &json!([{"source_secret": []}]), "{method} {path}");
+                let statuses = operation["responses"].as_object().unwrap();
+                for status in ["401", "404", "500", "503", "504"] {
+                    assert!(statuses.contains_key(status), "{method} {path} {status}");
+                }
             } else {
                 assert!(security.is_null(), "{method} {path} is public");
             }
@@ -729,16 +648,28 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         "GET /api/tokens",
         "POST /api/tokens",
         "DELETE /api/tokens/{token_id}",
+        "GET /api/ingest/sources",
+        "POST /api/ingest/sources",
+        "GET /api/ingest/sources/{source_id}",
+        "DELETE /api/ingest/sources/{source_id}",
+        "POST /api/ingest/sources/{source_id}/rotate-secret",
+        "POST /api/ingest/webhook/{source_id}",
+        "GET /webhook/flow/{flow_id}",
+        "POST /webhook/flow/{flow_id}",
     ]
     .map(String::from);
     assert_eq!(documented, served.into_iter().collect());
     // Every documented route is served: without a token, protected ones
-    // answer 401 and public ones 200.
+    // and webhook receivers answer 401 and public ones 200.
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap();
-        let path = path.replace("{topic_id}", "1").replace("{token_id}", "1");
+        let path = path
+            .replace("{topic_id}", "1")
+            .replace("{token_id}", "1")
+            .replace("{source_id}", "src_1")
+            .replace("{flow_id}", "src_1");
         let (status, body) = public.send(method.parse().unwrap(), &path, None).await;
-        let expected = if path.starts_with("/api/") {
+        let expected = if path.starts_with("/api/") || is_webhook(&path) {
             StatusCode::UNAUTHORIZED
         } else {
             StatusCode::OK

@@ -19,11 +19,13 @@ use futures::StreamExt;
 use raftstream_client::Client;
 use raftstream_client::ClientConfig;
 use raftstream_client::Consumer;
+use raftstream_client::IngestedEvent;
 use raftstream_client::Position;
 use raftstream_client::Producer;
 use raftstream_client::ProducerConfig;
 use raftstream_client::Record;
 use raftstream_client::pb;
+use raftstream_client::rfc3339;
 use serde_json::json;
 
 const EXAMPLES: &str = "\
@@ -84,6 +86,12 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Webhook ingestion sources and their events.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  raftstream ingest create crm-hooks --type workato --topic crm --hmac-secret s3cret\n  raftstream ingest tail src_0123abcd --follow"
+    )]
+    Ingest(IngestCommand),
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
 }
@@ -236,6 +244,44 @@ enum TokensCommand {
     /// Revoke a token by id.
     Revoke {
         id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IngestCommand {
+    /// Create a source; its secret is shown once.
+    Create {
+        name: String,
+        /// workato (normalised), generic (any JSON) or flow (the request itself).
+        #[arg(long = "type", default_value = "generic", value_parser = ["workato", "generic", "flow"])]
+        source_type: String,
+        /// An existing topic (name or id), or the name of one to create.
+        #[arg(long)]
+        topic: String,
+        /// Require deliveries signed with this secret (X-Workato-Signature).
+        #[arg(long)]
+        hmac_secret: Option<String>,
+        /// Copied into every event's tenantId.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List sources: status, event counts, last event.
+    List,
+    /// Show one source.
+    Get { id: String },
+    /// Give a source a new secret; the old one stops working at once.
+    Rotate { id: String },
+    /// Delete a source; its events stay in the topic.
+    Delete { id: String },
+    /// Print a source's latest events; --follow keeps printing new ones.
+    Tail {
+        id: String,
+        /// Keep printing new deliveries until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// How many past events to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
     },
 }
 
@@ -828,6 +874,185 @@ async fn tokens(cli: &Cli, command: &TokensCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn source_json(s: &pb::Source) -> serde_json::Value {
+    json!({
+        "id": s.id, "name": s.name, "source_type": s.source_type, "status": s.status,
+        "topic": s.topic_name, "topic_id": s.topic_id, "partition": s.partition,
+        "secret_last_four": s.secret_last_four, "hmac": s.hmac, "tenant_id": s.tenant_id,
+        "created_at_ms": s.created_at_ms, "last_event_ms": s.last_event_ms,
+        "event_count": s.event_count,
+    })
+}
+
+/// Where the HTTP gateway takes a source's deliveries.
+fn webhook_path(s: &pb::Source) -> String {
+    match s.source_type.as_str() {
+        "flow" => format!("/webhook/flow/{}", s.id),
+        _ => format!("/api/ingest/webhook/{}", s.id),
+    }
+}
+
+fn print_with_secret(cli: &Cli, created: &pb::SourceWithSecret) {
+    let source = created.source.clone().unwrap_or_default();
+    if cli.json {
+        let mut value = source_json(&source);
+        value["secret"] = json!(created.secret);
+        value["webhook_path"] = json!(webhook_path(&source));
+        print_json(&value);
+    } else {
+        println!(
+            "source {} ({}, topic {})",
+            source.id, source.source_type, source.topic_name
+        );
+        println!("secret (shown once): {}", created.secret);
+        println!("deliver to: POST <gateway>{}", webhook_path(&source));
+    }
+}
+
+async fn ingest(cli: &Cli, command: &IngestCommand) -> anyhow::Result<()> {
+    let client = connect(cli).await?;
+    match command {
+        IngestCommand::Create {
+            name,
+            source_type,
+            topic,
+            hmac_secret,
+            tenant,
+        } => {
+            let request = pb::CreateSourceRequest {
+                name: name.clone(),
+                source_type: source_type.clone(),
+                topic: Some(raftstream_client::topic_ref(topic)),
+                hmac_secret: hmac_secret.clone(),
+                tenant_id: tenant.clone().unwrap_or_default(),
+            };
+            print_with_secret(cli, &client.create_source(request).await?);
+        }
+        IngestCommand::Rotate { id } => {
+            print_with_secret(cli, &client.rotate_source_secret(id).await?);
+        }
+        IngestCommand::List => {
+            let sources = client.list_sources().await?;
+            if cli.json {
+                print_json(&json!(sources.iter().map(source_json).collect::<Vec<_>>()));
+                return Ok(());
+            }
+            let mut table = Table::new();
+            table.set_header([
+                "ID",
+                "NAME",
+                "TYPE",
+                "TOPIC",
+                "STATUS",
+                "EVENTS",
+                "LAST EVENT",
+                "SECRET",
+            ]);
+            for s in &sources {
+                table.add_row(vec![
+                    s.id.clone(),
+                    s.name.clone(),
+                    s.source_type.clone(),
+                    s.topic_name.clone(),
+                    s.status.clone(),
+                    s.event_count.to_string(),
+                    s.last_event_ms.map(rfc3339).unwrap_or_else(|| "-".into()),
+                    format!("…{}", s.secret_last_four),
+                ]);
+            }
+            println!("{table}");
+        }
+        IngestCommand::Get { id } => {
+            let source = client.source(id).await?;
+            let mut value = source_json(&source);
+            value["webhook_path"] = json!(webhook_path(&source));
+            print_json(&value);
+        }
+        IngestCommand::Delete { id } => {
+            client.delete_source(id).await?;
+            println!("deleted source {id}");
+        }
+        IngestCommand::Tail { id, follow, lines } => {
+            tail(cli, &client, id, *follow, *lines).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints the source's last `lines` events, then (with `follow`) every new
+/// one as soon as it commits: the consumer long-polls its partition.
+async fn tail(
+    cli: &Cli,
+    client: &Client,
+    id: &str,
+    follow: bool,
+    lines: usize,
+) -> anyhow::Result<()> {
+    let source = client.source(id).await?;
+    let topic = source.topic_id.to_string();
+    let (recent, end) = recent_events(client, &topic, source.partition, id, lines).await?;
+    let print = |event: &IngestedEvent| {
+        if cli.json {
+            println!("{}", event.value);
+        } else {
+            println!("{}", event.row());
+        }
+    };
+    recent.iter().for_each(print);
+    if follow {
+        let from = Position::Offset(end);
+        let consumer = Consumer::new(client, &topic, source.partition, from).await?;
+        let mut stream = Box::pin(consumer.into_stream());
+        while let Some(message) = stream.next().await {
+            if let Some(event) = IngestedEvent::from_message(id, &message?) {
+                print(&event);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The source's last `lines` events before the partition's current end,
+/// and that end. Other sources may share the partition, so it reads back
+/// from the end in growing windows rather than from the beginning.
+async fn recent_events(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    id: &str,
+    lines: usize,
+) -> anyhow::Result<(Vec<IngestedEvent>, u64)> {
+    let mut probe = Consumer::new(client, topic, partition, Position::Latest).await?;
+    probe.poll(1, Duration::ZERO).await?;
+    let end = match probe.position() {
+        Position::Offset(offset) => *offset,
+        _ => 0,
+    };
+    let mut window = (lines as u64).max(1) * 4;
+    loop {
+        let start = end.saturating_sub(window);
+        let mut reader = Consumer::new(client, topic, partition, Position::Offset(start)).await?;
+        let mut found = Vec::new();
+        'read: loop {
+            let messages = reader.poll(1000, Duration::ZERO).await?;
+            if messages.is_empty() {
+                break;
+            }
+            for message in &messages {
+                if message.offset >= end {
+                    break 'read;
+                }
+                found.extend(IngestedEvent::from_message(id, message));
+            }
+        }
+        if found.len() >= lines || start == 0 {
+            let skip = found.len().saturating_sub(lines);
+            return Ok((found.split_off(skip), end));
+        }
+        window = window.saturating_mul(4);
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Topics(c) => topics(&cli, c).await,
@@ -836,6 +1061,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Groups(c) => groups(&cli, c).await,
         Command::Cluster(ClusterCommand::Status) => cluster(&cli).await,
         Command::Tokens(c) => tokens(&cli, c).await,
+        Command::Ingest(c) => ingest(&cli, c).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -314,9 +314,9 @@ fn write_status(e: WriteError) -> Status {
             MetaRejection::TopicExists { .. } | MetaRejection::AlreadyBootstrapped => {
                 Status::already_exists(r.to_string())
             }
-            MetaRejection::TopicNotFound { .. } | MetaRejection::TokenNotFound { .. } => {
-                Status::not_found(r.to_string())
-            }
+            MetaRejection::TopicNotFound { .. }
+            | MetaRejection::TokenNotFound { .. }
+            | MetaRejection::SourceNotFound { .. } => Status::not_found(r.to_string()),
             MetaRejection::Invalid(_) => Status::invalid_argument(r.to_string()),
         },
     }
@@ -400,10 +400,14 @@ fn forward_failure(status: Status) -> Status {
 }
 
 /// Sends the same request one hop further and returns its answer as ours.
+/// `via` names the method that makes the client (`client` by default).
 macro_rules! forward {
     ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
+        forward!(via client, $service, $addr, $method, $message, $hops)
+    };
+    (via $client:ident, $service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
         $service
-            .client(&$addr)?
+            .$client(&$addr)?
             .$method($service.forwarded($message, $hops, $service.forward_timeout()))
             .await
             .map_err(forward_failure)
@@ -435,6 +439,18 @@ impl ClientService {
         if let Ok(value) = (hops.count + 1).to_string().parse() {
             request.metadata_mut().insert(HOPS_HEADER, value);
         }
+        request
+    }
+
+    /// A request asking another node to answer from its own replicas.
+    fn local_request<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(
+            LOCAL_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        self.sign(&mut request);
+        request.set_timeout(timeout);
         request
     }
 
@@ -888,7 +904,7 @@ impl ClientService {
             let Some(addr) = self.node.config.peers.get(replica) else {
                 continue;
             };
-            let mut request = Request::new(pb::ConsumeRequest {
+            let message = pb::ConsumeRequest {
                 topic: topic_ref(topic),
                 partition,
                 position: Some(pb::Position {
@@ -896,13 +912,8 @@ impl ClientService {
                 }),
                 max_messages: max as u32,
                 wait_ms: 0,
-            });
-            request.metadata_mut().insert(
-                LOCAL_HEADER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            self.sign(&mut request);
-            request.set_timeout(self.forward_timeout());
+            };
+            let request = self.local_request(message, self.forward_timeout());
             match self.client(addr)?.consume(request).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => last = status,
@@ -1511,13 +1522,7 @@ impl Raftstream for ClientService {
             .map(|(id, addr)| (*id, addr.clone()))
             .collect();
         let asks = peers.iter().map(|(id, addr)| async move {
-            let mut request = Request::new(pb::ClusterStatusRequest {});
-            request.metadata_mut().insert(
-                LOCAL_HEADER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            self.sign(&mut request);
-            request.set_timeout(Duration::from_secs(2));
+            let request = self.local_request(pb::ClusterStatusRequest {}, Duration::from_secs(2));
             let answer = match self.client(addr) {
                 Ok(mut client) => client
                     .cluster_status(request)
@@ -1632,3 +1637,5 @@ impl ClientService {
         }
     }
 }
+
+mod ingest;

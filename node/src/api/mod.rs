@@ -14,6 +14,7 @@ use crate::node::Group;
 use crate::node::Node;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
+use crate::raft::types::IngestSource;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::PartitionCommand;
@@ -137,22 +138,40 @@ impl Node {
     /// Proposes a metadata command on the local metadata group (which must
     /// lead) and returns the resulting topic.
     pub async fn write_meta(&self, command: MetaCommand) -> Result<Topic, WriteError> {
-        match self.write_meta_command(command).await? {
-            CommandResponse::Topic(topic) => Ok(topic),
-            other => Err(WriteError::Unavailable(format!(
-                "unexpected metadata response {other:?}"
-            ))),
-        }
+        self.write_meta_for(command, |r| match r {
+            CommandResponse::Topic(topic) => Some(topic),
+            _ => None,
+        })
+        .await
     }
 
     /// Like [`Node::write_meta`], for token commands.
     pub async fn write_token(&self, command: MetaCommand) -> Result<TokenRecord, WriteError> {
-        match self.write_meta_command(command).await? {
-            CommandResponse::Token(token) => Ok(token),
-            other => Err(WriteError::Unavailable(format!(
-                "unexpected metadata response {other:?}"
-            ))),
-        }
+        self.write_meta_for(command, |r| match r {
+            CommandResponse::Token(token) => Some(token),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Like [`Node::write_meta`], for webhook source commands.
+    pub async fn write_source(&self, command: MetaCommand) -> Result<IngestSource, WriteError> {
+        self.write_meta_for(command, |r| match r {
+            CommandResponse::Source(source) => Some(source),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Proposes `command` and picks the response of the kind it expects.
+    async fn write_meta_for<T>(
+        &self,
+        command: MetaCommand,
+        pick: impl FnOnce(CommandResponse) -> Option<T>,
+    ) -> Result<T, WriteError> {
+        pick(self.write_meta_command(command).await?).ok_or_else(|| {
+            WriteError::Unavailable("unexpected response to a metadata command".into())
+        })
     }
 
     async fn write_meta_command(

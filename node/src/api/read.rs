@@ -112,13 +112,19 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
         // Retention may purge an entry between locating and reading it; the
         // reader then simply sees the newer log start on its next call.
         let Some(entry) = entry else { break };
-        let EntryPayload::Normal(Command::Partition(PartitionCommand::Append { records, .. })) =
-            entry.payload
-        else {
-            return Err(ReadError::Storage(format!(
-                "log entry {} is not the publish batch the index names",
-                slice.batch.log_index
-            )));
+        let records = match entry.payload {
+            EntryPayload::Normal(Command::Partition(PartitionCommand::Append {
+                records, ..
+            })) => records,
+            EntryPayload::Normal(Command::Partition(PartitionCommand::Ingest {
+                record, ..
+            })) => vec![record],
+            _ => {
+                return Err(ReadError::Storage(format!(
+                    "log entry {} is not the publish batch the index names",
+                    slice.batch.log_index
+                )));
+            }
         };
         let wanted = records
             .into_iter()

@@ -32,6 +32,8 @@ use crate::config::NodeConfig;
 
 /// The name of the bearer-token security scheme in both documents.
 pub const BEARER: &str = "bearer";
+/// The name of the scheme webhook receivers use: a source's secret.
+pub const SOURCE_SECRET: &str = "source_secret";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,6 +52,9 @@ pub const BEARER: &str = "bearer";
         (name = "consume", description = "Consume messages (scope `consume`)."),
         (name = "topics", description = "Topic management (scope `admin`)."),
         (name = "tokens", description = "Token management (scope `admin`)."),
+        (name = "ingest", description = "Webhook ingestion sources (scope `admin`)."),
+        (name = "webhooks", description = "Webhook receivers, authenticated by a source's own \
+            secret rather than a token."),
         (name = "health", description = "Liveness and readiness; public."),
         (name = "documents", description = "The API documents; public."),
     )
@@ -68,10 +73,16 @@ impl Modify for BearerScheme {
                  (`admin-token` in the data directory).",
             ))
             .build();
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+        let source_secret = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A webhook source's secret (`rsi_…`), shown once when the source is created \
+                 or its secret rotated.",
+            ))
+            .build();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+        components.add_security_scheme(SOURCE_SECRET, SecurityScheme::Http(source_secret));
     }
 }
 

@@ -67,7 +67,9 @@ impl From<tonic::Status> for ApiError {
         match status.code() {
             tonic::Code::NotFound => Self::not_found(message),
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Self::bad_request(message),
-            tonic::Code::AlreadyExists => Self::new(StatusCode::CONFLICT, "conflict", message),
+            tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
+                Self::new(StatusCode::CONFLICT, "conflict", message)
+            }
             tonic::Code::Unavailable => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
@@ -199,6 +201,8 @@ mod tests {
             (tonic::Code::NotFound, 404),
             (tonic::Code::InvalidArgument, 400),
             (tonic::Code::AlreadyExists, 409),
+            (tonic::Code::FailedPrecondition, 409),
+            (tonic::Code::Unauthenticated, 401),
             (tonic::Code::Unavailable, 503),
             (tonic::Code::DeadlineExceeded, 504),
             (tonic::Code::Internal, 500),

@@ -14,6 +14,7 @@ mod consume;
 mod docs;
 mod error;
 mod extract;
+mod ingest;
 mod publish;
 mod schema;
 mod tokens;
@@ -93,7 +94,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .routes(routes!(topics::purge))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::delete))
+        .routes(routes!(ingest::list, ingest::create))
+        .routes(routes!(ingest::get, ingest::delete))
+        .routes(routes!(ingest::rotate_secret))
         .route_layer(scoped(Scope::Admin));
+    // Webhook receivers authenticate with the source's own secret.
+    let webhook_routes = OpenApiRouter::default()
+        .routes(routes!(ingest::receive))
+        .routes(routes!(ingest::flow_get, ingest::flow_post));
     let (router, openapi) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -102,6 +110,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(publish_routes)
         .merge(consume_routes)
         .merge(admin_routes)
+        .merge(webhook_routes)
         .split_for_parts();
     let documents = docs::Documents::build(openapi, &gateway.node.config);
     // The gateway was created above and nothing else has set its documents.

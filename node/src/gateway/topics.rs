@@ -35,16 +35,7 @@ pub use crate::raft::types::MAX_TOPIC_PARTITIONS;
 // only a literal).
 const _: () = assert!(MAX_TOPIC_PARTITIONS == 256 && MAX_TOPIC_PARTITIONS <= MAX_PARTITIONS);
 
-pub fn rfc3339(ms: i64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::node::rfc3339;
 
 /// A topic's JSON Schema (drafts 2020-12 and 7): a schema document (an
 /// object or a boolean), or a string holding one. Published payloads must

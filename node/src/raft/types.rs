@@ -76,6 +76,16 @@ pub enum PartitionCommand {
     /// Replicas may drop their Raft log up to this index: the leader saw
     /// every replica holding it, and it holds only forgotten messages.
     AllowLogPurge { upto: u64 },
+    /// One webhook delivery: appends `record` and counts it for the source,
+    /// unless the source already stored a delivery with the same
+    /// idempotency key. Deciding both in one entry keeps them atomic.
+    Ingest {
+        timestamp_ms: i64,
+        source_id: String,
+        event_id: String,
+        idempotency_key: Option<String>,
+        record: StoredRecord,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,6 +135,74 @@ pub enum MetaCommand {
     DeleteTopic {
         topic_id: u64,
     },
+    /// A webhook source; `topic` creates its topic in the same entry when
+    /// the source names one that does not exist yet.
+    CreateSource {
+        source: IngestSource,
+        topic: SourceTopic,
+    },
+    RotateSourceSecret {
+        id: String,
+        hash: [u8; 32],
+        last_four: String,
+    },
+    DeleteSource {
+        id: String,
+    },
+}
+
+/// The topic a new source delivers to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SourceTopic {
+    Existing(u64),
+    /// Used when no topic has the spec's name yet, else that topic is.
+    CreateIfMissing(TopicSpec),
+}
+
+/// What kind of system delivers to a source, which decides how its
+/// deliveries are turned into events.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SourceKind {
+    Workato,
+    Generic,
+    Flow,
+}
+
+impl SourceKind {
+    pub fn parse(text: &str) -> Option<SourceKind> {
+        match text {
+            "workato" => Some(SourceKind::Workato),
+            "generic" => Some(SourceKind::Generic),
+            "flow" => Some(SourceKind::Flow),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceKind::Workato => "workato",
+            SourceKind::Generic => "generic",
+            SourceKind::Flow => "flow",
+        }
+    }
+}
+
+/// A webhook ingestion source. Like tokens, its bearer secret is kept only
+/// as a SHA-256 hash, plus the last four characters so an admin can tell
+/// which secret is configured upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestSource {
+    pub id: String,
+    pub name: String,
+    pub kind: SourceKind,
+    pub topic_id: u64,
+    pub tenant_id: String,
+    pub secret_hash: [u8; 32],
+    pub secret_last_four: String,
+    /// The shared secret deliveries are signed with. It must be kept in
+    /// the clear to verify signatures; no API returns it.
+    pub hmac_secret: Option<String>,
+    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -222,6 +300,8 @@ pub struct MetaState {
     /// Zero until the first token is created.
     pub next_token_id: u64,
     pub cluster_secret: Option<[u8; 32]>,
+    /// Webhook sources by id.
+    pub sources: BTreeMap<String, IngestSource>,
 }
 
 impl MetaState {
@@ -252,6 +332,14 @@ pub enum CommandResponse {
     },
     Topic(Topic),
     Token(TokenRecord),
+    Source(IngestSource),
+    /// A delivery's event: stored now, or stored before under the same
+    /// idempotency key (`duplicate`), in which case nothing was appended.
+    Ingested {
+        event_id: String,
+        offset: u64,
+        duplicate: bool,
+    },
     MetaRejected(MetaRejection),
 }
 
@@ -263,6 +351,8 @@ pub enum MetaRejection {
     TopicNotFound { topic_id: u64 },
     #[error("token {token_id} does not exist")]
     TokenNotFound { token_id: u64 },
+    #[error("source {id:?} does not exist")]
+    SourceNotFound { id: String },
     #[error("the cluster already has tokens")]
     AlreadyBootstrapped,
     #[error("{0}")]
@@ -287,6 +377,16 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::DeleteTopic { topic_id }) => {
                 write!(f, "delete topic {topic_id}")
+            }
+            Command::Meta(MetaCommand::CreateSource { source, .. }) => {
+                write!(f, "create source {:?}", source.id)
+            }
+            Command::Meta(MetaCommand::RotateSourceSecret { id, .. }) => {
+                write!(f, "rotate the secret of source {id:?}")
+            }
+            Command::Meta(MetaCommand::DeleteSource { id }) => write!(f, "delete source {id:?}"),
+            Command::Partition(PartitionCommand::Ingest { source_id, .. }) => {
+                write!(f, "ingest a delivery of source {source_id:?}")
             }
             Command::Partition(PartitionCommand::Append { records, .. }) => {
                 write!(f, "append {} records", records.len())

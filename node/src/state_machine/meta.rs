@@ -1,12 +1,14 @@
 //! The metadata group's state machine: topics and their placement.
 
 use crate::raft::types::CommandResponse;
+use crate::raft::types::IngestSource;
 use crate::raft::types::MAX_TOPIC_PARTITIONS;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::NodeId;
 use crate::raft::types::Scope;
+use crate::raft::types::SourceTopic;
 use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
@@ -100,6 +102,36 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
                 Some(token) => CommandResponse::Token(token),
                 None => {
                     CommandResponse::MetaRejected(MetaRejection::TokenNotFound { token_id: *id })
+                }
+            };
+        }
+        MetaCommand::CreateSource { source, topic } => {
+            return match create_source(state, source, topic, nodes) {
+                Ok(source) => CommandResponse::Source(source),
+                Err(rejection) => CommandResponse::MetaRejected(rejection),
+            };
+        }
+        MetaCommand::RotateSourceSecret {
+            id,
+            hash,
+            last_four,
+        } => {
+            return match state.sources.get_mut(id) {
+                Some(source) => {
+                    source.secret_hash = *hash;
+                    source.secret_last_four = last_four.clone();
+                    CommandResponse::Source(source.clone())
+                }
+                None => {
+                    CommandResponse::MetaRejected(MetaRejection::SourceNotFound { id: id.clone() })
+                }
+            };
+        }
+        MetaCommand::DeleteSource { id } => {
+            return match state.sources.remove(id) {
+                Some(source) => CommandResponse::Source(source),
+                None => {
+                    CommandResponse::MetaRejected(MetaRejection::SourceNotFound { id: id.clone() })
                 }
             };
         }
@@ -206,6 +238,61 @@ pub fn validate_token(name: &str, scopes: &[Scope]) -> Result<(), MetaRejection>
         ));
     }
     Ok(())
+}
+
+pub const SOURCE_NAME_MAX_CHARS: usize = 255;
+
+/// Checks a new source's own fields (its topic is checked when applied).
+pub fn validate_source(source: &IngestSource) -> Result<(), MetaRejection> {
+    if source.name.trim().is_empty() || source.name.chars().count() > SOURCE_NAME_MAX_CHARS {
+        return Err(MetaRejection::Invalid(format!(
+            "source name must have 1 to {SOURCE_NAME_MAX_CHARS} characters"
+        )));
+    }
+    if source.tenant_id.chars().count() > SOURCE_NAME_MAX_CHARS
+        || source.tenant_id.chars().any(char::is_control)
+    {
+        return Err(MetaRejection::Invalid(format!(
+            "tenant id must have at most {SOURCE_NAME_MAX_CHARS} printable characters"
+        )));
+    }
+    if source.hmac_secret.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err(MetaRejection::Invalid(
+            "hmac_secret must not be empty; leave it out for unsigned deliveries".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn create_source(
+    state: &mut MetaState,
+    source: &IngestSource,
+    topic: &SourceTopic,
+    nodes: &[NodeId],
+) -> Result<IngestSource, MetaRejection> {
+    validate_source(source)?;
+    if state.sources.contains_key(&source.id) {
+        return Err(MetaRejection::Invalid(format!(
+            "source id {:?} is taken",
+            source.id
+        )));
+    }
+    let topic_id = match topic {
+        SourceTopic::Existing(id) if state.topics.contains_key(id) => *id,
+        SourceTopic::Existing(id) => {
+            return Err(MetaRejection::TopicNotFound { topic_id: *id });
+        }
+        SourceTopic::CreateIfMissing(spec) => match state.topic_by_name(&spec.name) {
+            Some(existing) => existing.id,
+            None => create_topic(state, spec, nodes, source.created_at_ms)?.id,
+        },
+    };
+    let source = IngestSource {
+        topic_id,
+        ..source.clone()
+    };
+    state.sources.insert(source.id.clone(), source.clone());
+    Ok(source)
 }
 
 fn create_topic(

@@ -45,6 +45,8 @@ const KEY_SNAPSHOT: &[u8] = b"s";
 const PREFIX_BATCH: &[u8] = b"b";
 const PREFIX_GROUP_OFFSET: &[u8] = b"g";
 const PREFIX_PRODUCER: &[u8] = b"p";
+const PREFIX_SOURCE_STATS: &[u8] = b"i";
+const PREFIX_IDEMPOTENCY_KEY: &[u8] = b"k";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum GroupData {
@@ -145,6 +147,36 @@ fn group_offset_key(group: &str) -> Vec<u8> {
     [PREFIX_GROUP_OFFSET, group.as_bytes()].concat()
 }
 
+fn source_stats_key(source_id: &str) -> Vec<u8> {
+    [PREFIX_SOURCE_STATS, source_id.as_bytes()].concat()
+}
+
+/// The source id is length-prefixed so that no key can be read back as a
+/// different (source, key) pair.
+fn idempotency_key(source_id: &str, key: &str) -> Vec<u8> {
+    let len = u16::try_from(source_id.len()).unwrap_or(u16::MAX);
+    [
+        PREFIX_IDEMPOTENCY_KEY,
+        &len.to_be_bytes(),
+        source_id.as_bytes(),
+        key.as_bytes(),
+    ]
+    .concat()
+}
+
+fn parse_idempotency_key(stored: &[u8]) -> io::Result<(String, String)> {
+    let rest = &stored[PREFIX_IDEMPOTENCY_KEY.len()..];
+    let malformed = || invalid_data("malformed idempotency key");
+    let (len, rest) = rest.split_first_chunk::<2>().ok_or_else(malformed)?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return Err(malformed());
+    }
+    let (source_id, key) = rest.split_at(len);
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| malformed());
+    Ok((text(source_id)?, text(key)?))
+}
+
 impl GroupStateMachine {
     /// Loads the group's state from storage (empty for a new group).
     pub fn open(storage: Storage, group: GroupId) -> io::Result<Self> {
@@ -181,6 +213,17 @@ impl GroupStateMachine {
                 state
                     .producers
                     .insert(u64::from_be_bytes(id_bytes), decode(&value)?);
+            }
+            for (key, value) in storage.state_scan(group, PREFIX_SOURCE_STATS)? {
+                let source_id =
+                    String::from_utf8_lossy(&key[PREFIX_SOURCE_STATS.len()..]).into_owned();
+                state.source_stats.insert(source_id, decode(&value)?);
+            }
+            for (key, value) in storage.state_scan(group, PREFIX_IDEMPOTENCY_KEY)? {
+                let (source_id, key) = parse_idempotency_key(&key)?;
+                state
+                    .idempotency_keys
+                    .restore(source_id, key, decode(&value)?);
             }
             state.check_invariants().map_err(invalid_data)?;
             GroupData::Partition(state)
@@ -235,6 +278,14 @@ impl GroupStateMachine {
                 batch.delete_prefix(PREFIX_BATCH);
                 batch.delete_prefix(PREFIX_GROUP_OFFSET);
                 batch.delete_prefix(PREFIX_PRODUCER);
+                batch.delete_prefix(PREFIX_SOURCE_STATS);
+                batch.delete_prefix(PREFIX_IDEMPOTENCY_KEY);
+                for (source_id, stats) in &p.source_stats {
+                    batch.put(source_stats_key(source_id), encode(stats)?);
+                }
+                for ((source_id, key), delivered) in p.idempotency_keys.iter() {
+                    batch.put(idempotency_key(source_id, key), encode(delivered)?);
+                }
                 for (producer_id, producer) in &p.producers {
                     batch.put(producer_key(*producer_id), encode(producer)?);
                 }
@@ -358,6 +409,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     PartitionChange::DeleteProducer { producer_id } => {
                         batch.delete(producer_key(producer_id))
                     }
+                    PartitionChange::PutSourceStats { source_id, stats } => {
+                        batch.put(source_stats_key(&source_id), encode(&stats)?)
+                    }
+                    PartitionChange::PutIdempotencyKey {
+                        source_id,
+                        key,
+                        delivered,
+                    } => batch.put(idempotency_key(&source_id, &key), encode(&delivered)?),
+                    PartitionChange::DeleteIdempotencyKey { source_id, key } => {
+                        batch.delete(idempotency_key(&source_id, &key))
+                    }
                 }
             }
             if meta_changed && let GroupData::Meta(m) = &inner.data {
@@ -426,5 +488,24 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         };
         let (meta, snapshot): (SnapshotMeta, Vec<u8>) = decode(&bytes)?;
         Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_read_back_as_the_pair_they_were_written_from() {
+        for (source, key) in [("src_1", "k"), ("src_1k", ""), ("", "src_1k"), ("s", "ü ")] {
+            let stored = idempotency_key(source, key);
+            assert_eq!(
+                parse_idempotency_key(&stored).unwrap(),
+                (source.to_string(), key.to_string())
+            );
+        }
+        assert_ne!(idempotency_key("src_1", "k"), idempotency_key("src_1k", ""));
+        assert!(parse_idempotency_key(b"k\x00\x09ab").is_err());
     }
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::raft::types::CommandResponse;
 use crate::raft::types::PartitionCommand;
+use crate::raft::types::StoredRecord;
 
 /// Where one publish batch sits: its offsets, its Raft entry and its time.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -47,6 +48,84 @@ pub struct PartitionState {
     pub purgeable_log_index: u64,
     /// Idempotent producers' sequence state, by producer id.
     pub producers: BTreeMap<u64, ProducerState>,
+    /// Accepted webhook deliveries, by source id.
+    pub source_stats: BTreeMap<String, SourceStats>,
+    /// Deliveries stored under an idempotency key.
+    pub idempotency_keys: IdempotencyKeys,
+}
+
+/// A webhook source's accepted deliveries in this partition.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStats {
+    pub event_count: u64,
+    pub last_event_ms: i64,
+}
+
+/// The event a delivery with an idempotency key became.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delivered {
+    pub event_id: String,
+    pub offset: u64,
+    pub log_index: u64,
+}
+
+/// How many idempotency keys a partition remembers; beyond it the oldest
+/// is forgotten, so a repeat of a very old delivery is stored again.
+pub const MAX_IDEMPOTENCY_KEYS_PER_PARTITION: usize = 100_000;
+
+/// Idempotency keys by (source id, key), and the same keys by the log
+/// index that stored them so the oldest is found without a scan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdempotencyKeys {
+    by_key: BTreeMap<(String, String), Delivered>,
+    by_log_index: BTreeMap<u64, (String, String)>,
+}
+
+impl IdempotencyKeys {
+    pub fn get(&self, source_id: &str, key: &str) -> Option<&Delivered> {
+        self.by_key.get(&(source_id.to_string(), key.to_string()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&(String, String), &Delivered)> {
+        self.by_key.iter()
+    }
+
+    /// Puts back a key read from storage.
+    pub fn restore(&mut self, source_id: String, key: String, delivered: Delivered) {
+        self.by_log_index
+            .insert(delivered.log_index, (source_id.clone(), key.clone()));
+        self.by_key.insert((source_id, key), delivered);
+    }
+
+    fn insert(
+        &mut self,
+        source_id: &str,
+        key: &str,
+        delivered: Delivered,
+        changes: &mut Vec<PartitionChange>,
+    ) {
+        changes.push(PartitionChange::PutIdempotencyKey {
+            source_id: source_id.to_string(),
+            key: key.to_string(),
+            delivered: delivered.clone(),
+        });
+        self.restore(source_id.to_string(), key.to_string(), delivered);
+        while self.by_key.len() > MAX_IDEMPOTENCY_KEYS_PER_PARTITION {
+            let Some((_, (source_id, key))) = self.by_log_index.pop_first() else {
+                break;
+            };
+            self.by_key.remove(&(source_id.clone(), key.clone()));
+            changes.push(PartitionChange::DeleteIdempotencyKey { source_id, key });
+        }
+    }
 }
 
 /// Retries of up to this many of a producer's latest batches are answered
@@ -88,6 +167,19 @@ pub enum PartitionChange {
     DeleteProducer {
         producer_id: u64,
     },
+    PutSourceStats {
+        source_id: String,
+        stats: SourceStats,
+    },
+    PutIdempotencyKey {
+        source_id: String,
+        key: String,
+        delivered: Delivered,
+    },
+    DeleteIdempotencyKey {
+        source_id: String,
+        key: String,
+    },
 }
 
 /// A slice of one batch that a read wants.
@@ -119,34 +211,58 @@ impl PartitionState {
                 {
                     return answer;
                 }
-                // A leader whose clock is behind its predecessor's must not
-                // make time run backwards within the partition.
-                let timestamp_ms = (*timestamp_ms).max(self.last_timestamp_ms);
-                let base_offset = self.next_offset;
-                if count == 0 {
-                    return CommandResponse::Appended {
-                        base_offset,
-                        timestamp_ms,
-                    };
-                }
-                let batch = BatchIndex {
-                    base_offset,
-                    count,
-                    log_index,
-                    timestamp_ms,
-                    bytes: records.iter().map(|r| r.size_bytes()).sum(),
-                };
-                self.next_offset = batch.end_offset();
-                self.last_timestamp_ms = timestamp_ms;
-                self.retained_bytes += batch.bytes;
-                self.batches.push_back(batch);
-                changes.push(PartitionChange::PutBatch(batch));
-                if let Some((producer_id, base_sequence)) = producer {
+                let (batch, timestamp_ms) = self.append(*timestamp_ms, records, log_index, changes);
+                if let (Some(batch), Some((producer_id, base_sequence))) = (batch, producer) {
                     self.record_producer_batch(*producer_id, *base_sequence, batch, changes);
                 }
                 CommandResponse::Appended {
-                    base_offset,
+                    base_offset: batch.map_or(self.next_offset, |b| b.base_offset),
                     timestamp_ms,
+                }
+            }
+            PartitionCommand::Ingest {
+                timestamp_ms,
+                source_id,
+                event_id,
+                idempotency_key,
+                record,
+            } => {
+                if let Some(key) = idempotency_key
+                    && let Some(first) = self.idempotency_keys.get(source_id, key)
+                {
+                    return CommandResponse::Ingested {
+                        event_id: first.event_id.clone(),
+                        offset: first.offset,
+                        duplicate: true,
+                    };
+                }
+                let (batch, timestamp_ms) = self.append(
+                    *timestamp_ms,
+                    std::slice::from_ref(record),
+                    log_index,
+                    changes,
+                );
+                let offset = batch.map_or(self.next_offset, |b| b.base_offset);
+                let stats = self.source_stats.entry(source_id.clone()).or_default();
+                stats.event_count += 1;
+                stats.last_event_ms = timestamp_ms;
+                changes.push(PartitionChange::PutSourceStats {
+                    source_id: source_id.clone(),
+                    stats: *stats,
+                });
+                if let Some(key) = idempotency_key {
+                    let delivered = Delivered {
+                        event_id: event_id.clone(),
+                        offset,
+                        log_index,
+                    };
+                    self.idempotency_keys
+                        .insert(source_id, key, delivered, changes);
+                }
+                CommandResponse::Ingested {
+                    event_id: event_id.clone(),
+                    offset,
+                    duplicate: false,
                 }
             }
             PartitionCommand::CommitOffset { group, offset } => {
@@ -172,6 +288,36 @@ impl PartitionState {
                 CommandResponse::None
             }
         }
+    }
+
+    /// Appends one batch of records; answers its index entry (none for an
+    /// empty batch) and the time it was stamped with.
+    fn append(
+        &mut self,
+        timestamp_ms: i64,
+        records: &[StoredRecord],
+        log_index: u64,
+        changes: &mut Vec<PartitionChange>,
+    ) -> (Option<BatchIndex>, i64) {
+        // A leader whose clock is behind its predecessor's must not make
+        // time run backwards within the partition.
+        let timestamp_ms = timestamp_ms.max(self.last_timestamp_ms);
+        let Ok(count @ 1..) = u32::try_from(records.len()) else {
+            return (None, timestamp_ms);
+        };
+        let batch = BatchIndex {
+            base_offset: self.next_offset,
+            count,
+            log_index,
+            timestamp_ms,
+            bytes: records.iter().map(|r| r.size_bytes()).sum(),
+        };
+        self.next_offset = batch.end_offset();
+        self.last_timestamp_ms = timestamp_ms;
+        self.retained_bytes += batch.bytes;
+        self.batches.push_back(batch);
+        changes.push(PartitionChange::PutBatch(batch));
+        (Some(batch), timestamp_ms)
     }
 
     fn advance_log_start(&mut self, offset: u64, changes: &mut Vec<PartitionChange>) {
@@ -367,7 +513,6 @@ impl PartitionState {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::raft::types::StoredRecord;
 
     fn append(ts: i64, n: usize) -> PartitionCommand {
         let record = StoredRecord {
@@ -585,5 +730,66 @@ mod tests {
         };
         state.apply(&cmd, 5, &mut changes);
         assert_eq!(state.consumer_offsets["g"], 3);
+    }
+
+    fn ingest(source: &str, event_id: &str, key: Option<&str>) -> PartitionCommand {
+        PartitionCommand::Ingest {
+            timestamp_ms: 50,
+            source_id: source.into(),
+            event_id: event_id.into(),
+            idempotency_key: key.map(String::from),
+            record: StoredRecord {
+                key: source.as_bytes().to_vec(),
+                value: b"{}".to_vec(),
+                headers: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn deliveries_append_count_and_deduplicate_by_key() {
+        let mut state = state_with(&[(10, 2)]);
+        let mut changes = Vec::new();
+        let first = state.apply(&ingest("a", "e1", Some("k")), 3, &mut changes);
+        assert!(matches!(
+            first,
+            CommandResponse::Ingested { ref event_id, offset: 2, duplicate: false } if event_id == "e1"
+        ));
+        // The same key again: the first event, and nothing appended.
+        let again = state.apply(&ingest("a", "e2", Some("k")), 4, &mut changes);
+        assert!(matches!(
+            again,
+            CommandResponse::Ingested { ref event_id, offset: 2, duplicate: true } if event_id == "e1"
+        ));
+        // Keys belong to their source; no key never deduplicates.
+        state.apply(&ingest("b", "e3", Some("k")), 5, &mut changes);
+        state.apply(&ingest("a", "e4", None), 6, &mut changes);
+        state.apply(&ingest("a", "e5", None), 7, &mut changes);
+        assert_eq!(state.next_offset, 6);
+        assert_eq!(state.source_stats["a"].event_count, 3);
+        assert_eq!(state.source_stats["a"].last_event_ms, 50);
+        assert_eq!(state.source_stats["b"].event_count, 1);
+        assert_eq!(state.idempotency_keys.len(), 2);
+        state.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn the_oldest_idempotency_key_is_forgotten_first() {
+        let mut state = PartitionState::default();
+        let mut changes = Vec::new();
+        for i in 0..=MAX_IDEMPOTENCY_KEYS_PER_PARTITION as u64 {
+            let key = format!("k{i}");
+            state.apply(&ingest("a", "e", Some(&key)), i + 1, &mut changes);
+        }
+        assert_eq!(
+            state.idempotency_keys.len(),
+            MAX_IDEMPOTENCY_KEYS_PER_PARTITION
+        );
+        assert!(state.idempotency_keys.get("a", "k0").is_none());
+        assert!(state.idempotency_keys.get("a", "k1").is_some());
+        assert!(changes.contains(&PartitionChange::DeleteIdempotencyKey {
+            source_id: "a".into(),
+            key: "k0".into(),
+        }));
     }
 }

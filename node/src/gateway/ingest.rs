@@ -1,0 +1,595 @@
+//! Webhook ingestion over HTTP: source management under /api/ingest/sources
+//! (admin scope), the receiver POST /api/ingest/webhook/{source_id} and flow
+//! webhooks at /webhook/flow/{flow_id}, both authenticated by the source's
+//! own secret. Each maps onto the gRPC `Ingest` service.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::FromRequest;
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::header::HOST;
+use raftstream_proto::v1 as pb;
+use raftstream_proto::v1::ingest_server::Ingest;
+use serde::Deserialize;
+use serde::Serialize;
+use tonic::Request as GrpcRequest;
+use utoipa::ToSchema;
+
+use super::ApiError;
+use super::ErrorBody;
+use super::Shared;
+use super::error::AuthErrors;
+use super::error::ClusterErrors;
+use super::error::WriteErrors;
+use super::extract::ApiPath;
+use super::extract::ApiQuery;
+use super::extract::JsonBody;
+use super::extract::body_bytes;
+use super::topics::Done;
+use super::topics::rfc3339;
+
+/// What kind of system delivers to a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    /// Workato job, recipe and connection webhooks, normalised.
+    Workato,
+    /// Any JSON, kept as it is in `rawPayload`.
+    Generic,
+    /// An integration flow's webhook (`/webhook/flow/{flow_id}`): the
+    /// request itself is published, as `{method, headers, query, body}`.
+    Flow,
+}
+
+impl SourceType {
+    fn as_str(&self) -> &'static str {
+        match self {
+            SourceType::Workato => "workato",
+            SourceType::Generic => "generic",
+            SourceType::Flow => "flow",
+        }
+    }
+
+    fn parse(text: &str) -> Option<SourceType> {
+        match text {
+            "workato" => Some(SourceType::Workato),
+            "generic" => Some(SourceType::Generic),
+            "flow" => Some(SourceType::Flow),
+            _ => None,
+        }
+    }
+}
+
+/// A new ingestion source.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreateSource {
+    /// Not blank, at most 255 characters.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
+    pub name: String,
+    pub source_type: SourceType,
+    /// An existing topic's integer id or name; a name no topic has yet
+    /// creates a topic of one partition for the source.
+    #[schema(min_length = 1)]
+    pub topic: String,
+    /// When set, every delivery must carry `X-Workato-Signature`: the hex
+    /// HMAC-SHA256 of the raw body under this secret.
+    #[schema(min_length = 1)]
+    pub hmac_secret: Option<String>,
+    /// Copied into every event's `tenantId`; `default` when absent.
+    pub tenant_id: Option<String>,
+}
+
+/// An ingestion source, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Source {
+    pub id: String,
+    pub name: String,
+    pub source_type: SourceType,
+    /// `awaiting_first_event` until the first accepted delivery, then
+    /// `active`; `unknown` when the partition's counters could not be read.
+    pub status: String,
+    /// Where the source's deliveries go.
+    pub webhook_url: String,
+    pub topic: String,
+    pub topic_id: u64,
+    /// The partition every delivery of this source is appended to.
+    pub partition: u32,
+    /// The last four characters of the current secret.
+    pub secret_last_four: String,
+    /// Whether deliveries must be signed.
+    pub hmac: bool,
+    pub tenant_id: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub last_event_at: Option<String>,
+    pub event_count: u64,
+}
+
+/// A source with its secret, shown this once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SourceWithSecret {
+    #[serde(flatten)]
+    pub source: Source,
+    /// The bearer secret (`rsi_…`) deliveries must present. Only its hash
+    /// is stored.
+    pub secret: String,
+}
+
+/// A list of sources.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SourceList {
+    pub data: Vec<Source>,
+}
+
+/// A delivery was stored on a majority of its partition's replicas.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// Always `true`.
+    pub accepted: bool,
+    /// The body's length.
+    pub bytes: u64,
+    /// The event's id; a repeat of an `Idempotency-Key` answers the first
+    /// delivery's.
+    pub event_id: String,
+}
+
+/// Where a source takes deliveries, as seen through the Host the caller
+/// used to reach this node.
+fn webhook_url(headers: &HeaderMap, source: &pb::Source) -> String {
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    match SourceType::parse(&source.source_type) {
+        Some(SourceType::Flow) => format!("{scheme}://{host}/webhook/flow/{}", source.id),
+        _ => format!("{scheme}://{host}/api/ingest/webhook/{}", source.id),
+    }
+}
+
+fn source_from_pb(headers: &HeaderMap, source: &pb::Source) -> Source {
+    Source {
+        id: source.id.clone(),
+        name: source.name.clone(),
+        // The metadata group stores only types it parsed.
+        source_type: SourceType::parse(&source.source_type).unwrap_or(SourceType::Generic),
+        status: source.status.clone(),
+        webhook_url: webhook_url(headers, source),
+        topic: source.topic_name.clone(),
+        topic_id: source.topic_id,
+        partition: source.partition,
+        secret_last_four: source.secret_last_four.clone(),
+        hmac: source.hmac,
+        tenant_id: source.tenant_id.clone(),
+        created_at: rfc3339(source.created_at_ms),
+        last_event_at: source.last_event_ms.map(rfc3339),
+        event_count: source.event_count,
+    }
+}
+
+fn with_secret(headers: &HeaderMap, created: pb::SourceWithSecret) -> SourceWithSecret {
+    SourceWithSecret {
+        source: source_from_pb(headers, &created.source.unwrap_or_default()),
+        secret: created.secret,
+    }
+}
+
+/// Creates an ingestion source.
+#[utoipa::path(
+    post,
+    path = "/api/ingest/sources",
+    tag = "ingest",
+    operation_id = "create_source",
+    request_body(content = CreateSource, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The source and its secret, shown this once.",
+            body = SourceWithSecret),
+        (status = 400, description = "`invalid_request`: malformed JSON or an invalid field.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no topic has this id.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(gateway): Shared,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateSource>,
+) -> Result<(StatusCode, Json<SourceWithSecret>), ApiError> {
+    let topic = match crate::api::TopicName::parse(&body.topic) {
+        crate::api::TopicName::Id(id) => pb::topic_ref::Topic::Id(id),
+        crate::api::TopicName::Name(name) => pb::topic_ref::Topic::Name(name),
+    };
+    let request = pb::CreateSourceRequest {
+        name: body.name,
+        source_type: body.source_type.as_str().to_string(),
+        topic: Some(pb::TopicRef { topic: Some(topic) }),
+        hmac_secret: body.hmac_secret,
+        tenant_id: body.tenant_id.unwrap_or_default(),
+    };
+    let created = gateway
+        .service
+        .create_source(GrpcRequest::new(request))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(with_secret(&headers, created))))
+}
+
+/// Lists ingestion sources, without their secrets.
+#[utoipa::path(
+    get,
+    path = "/api/ingest/sources",
+    tag = "ingest",
+    operation_id = "list_sources",
+    responses(
+        (status = 200, description = "The sources.", body = SourceList),
+        AuthErrors,
+        ClusterErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(gateway): Shared,
+    headers: HeaderMap,
+) -> Result<Json<SourceList>, ApiError> {
+    let sources = gateway
+        .service
+        .list_sources(GrpcRequest::new(pb::ListSourcesRequest {}))
+        .await?
+        .into_inner()
+        .sources;
+    Ok(Json(SourceList {
+        data: sources
+            .iter()
+            .map(|s| source_from_pb(&headers, s))
+            .collect(),
+    }))
+}
+
+/// Shows one ingestion source: status, counters and its secret's last four.
+#[utoipa::path(
+    get,
+    path = "/api/ingest/sources/{source_id}",
+    tag = "ingest",
+    operation_id = "get_source",
+    params(("source_id" = String, Path, description = "The source's id.")),
+    responses(
+        (status = 200, description = "The source.", body = Source),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get(
+    State(gateway): Shared,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Source>, ApiError> {
+    let source = gateway
+        .service
+        .get_source(GrpcRequest::new(pb::GetSourceRequest { id }))
+        .await?
+        .into_inner();
+    Ok(Json(source_from_pb(&headers, &source)))
+}
+
+/// Deletes an ingestion source; its events stay in the topic.
+#[utoipa::path(
+    delete,
+    path = "/api/ingest/sources/{source_id}",
+    tag = "ingest",
+    operation_id = "delete_source",
+    params(("source_id" = String, Path, description = "The source's id.")),
+    responses(
+        (status = 200, description = "Deleted.", body = Done),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(gateway): Shared,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Done>, ApiError> {
+    gateway
+        .service
+        .delete_source(GrpcRequest::new(pb::DeleteSourceRequest { id }))
+        .await?;
+    Ok(Done::success())
+}
+
+/// Gives a source a new secret; the old one stops working at once.
+#[utoipa::path(
+    post,
+    path = "/api/ingest/sources/{source_id}/rotate-secret",
+    tag = "ingest",
+    operation_id = "rotate_source_secret",
+    params(("source_id" = String, Path, description = "The source's id.")),
+    responses(
+        (status = 200, description = "The source and its new secret, shown this once.",
+            body = SourceWithSecret),
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        AuthErrors,
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn rotate_secret(
+    State(gateway): Shared,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SourceWithSecret>, ApiError> {
+    let rotated = gateway
+        .service
+        .rotate_source_secret(GrpcRequest::new(pb::RotateSourceSecretRequest { id }))
+        .await?
+        .into_inner();
+    Ok(Json(with_secret(&headers, rotated)))
+}
+
+/// The bearer secret a delivery presents.
+fn source_secret(headers: &HeaderMap) -> Result<String, ApiError> {
+    let unauthorized =
+        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <source secret>"))?
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|secret| secret.trim().to_string())
+        .ok_or_else(|| unauthorized("the Authorization header must be Bearer <source secret>"))
+}
+
+fn text_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Hands one delivery to the `Ingest` service; answers 202 once its event
+/// is stored on a majority of the partition's replicas.
+async fn deliver(
+    gateway: &super::Gateway,
+    source_id: String,
+    headers: &HeaderMap,
+    body: Bytes,
+    flow: Option<pb::FlowRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let request = pb::DeliverRequest {
+        source_id,
+        secret: source_secret(headers)?,
+        signature: text_header(headers, "x-workato-signature"),
+        idempotency_key: text_header(headers, "idempotency-key"),
+        body,
+        flow,
+    };
+    let bytes = request.body.len() as u64;
+    let delivered = gateway
+        .service
+        .deliver(GrpcRequest::new(request))
+        .await?
+        .into_inner();
+    let accepted = Accepted {
+        accepted: true,
+        bytes,
+        event_id: delivered.event_id,
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// Receives one webhook delivery for a `workato` or `generic` source.
+#[utoipa::path(
+    post,
+    path = "/api/ingest/webhook/{source_id}",
+    tag = "webhooks",
+    operation_id = "ingest_webhook",
+    params(
+        ("source_id" = String, Path, description = "The source's id."),
+        ("X-Workato-Signature" = Option<String>, Header,
+            description = "Hex HMAC-SHA256 of the raw body (a `sha256=` prefix is accepted); \
+                required when the source has an HMAC secret."),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A repeated delivery with the same key stores nothing new and \
+                answers the first delivery's event id."),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "Any JSON document, at most 1 MiB."),
+    responses(
+        (status = 202, description = "Stored on a majority of the partition's replicas.",
+            body = Accepted),
+        (status = 400, description = "`invalid_request`: the body is not JSON, or the \
+            Idempotency-Key is malformed.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or wrong source secret, or a \
+            missing, malformed or wrong signature.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the source's topic was deleted.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("source_secret" = []))
+)]
+pub async fn receive(
+    State(gateway): Shared,
+    ApiPath(source_id): ApiPath<String>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let body = body_bytes(Bytes::from_request(request, &()).await)?;
+    deliver(&gateway, source_id, &headers, body, None).await
+}
+
+/// Headers a flow never publishes: credentials and signatures.
+fn is_credential(name: &str) -> bool {
+    const EXACT: [&str; 5] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+    ];
+    EXACT.contains(&name)
+        || ["signature", "secret", "token"]
+            .iter()
+            .any(|w| name.contains(w))
+}
+
+/// Receives a request for an integration flow and publishes it as
+/// `{method, headers, query, body}` (credentials removed) to the flow's
+/// topic, where the flow consumes it.
+#[utoipa::path(
+    post,
+    path = "/webhook/flow/{flow_id}",
+    tag = "webhooks",
+    operation_id = "flow_webhook_post",
+    params(
+        ("flow_id" = String, Path, description = "The flow's source id."),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A repeated request with the same key stores nothing new."),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "JSON, or any UTF-8 text; at most 1 MiB."),
+    responses(
+        (status = 202, description = "Stored on a majority of the partition's replicas.",
+            body = Accepted),
+        (status = 400, description = "`invalid_request`: the body is neither JSON nor UTF-8, \
+            or the source is not a flow.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or wrong secret.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such flow.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the flow's topic was deleted.",
+            body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
+            body = ErrorBody),
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("source_secret" = []))
+)]
+pub async fn flow_post(
+    state: Shared,
+    path: ApiPath<String>,
+    query: ApiQuery<BTreeMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    flow(state, path, query, method, headers, request).await
+}
+
+/// Receives a GET for an integration flow; published like a POST, with a
+/// null body.
+#[utoipa::path(
+    get,
+    path = "/webhook/flow/{flow_id}",
+    tag = "webhooks",
+    operation_id = "flow_webhook_get",
+    params(("flow_id" = String, Path, description = "The flow's source id.")),
+    responses(
+        (status = 202, description = "Stored on a majority of the partition's replicas.",
+            body = Accepted),
+        (status = 400, description = "`invalid_request`: the source is not a flow.",
+            body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or wrong secret.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such flow.", body = ErrorBody),
+        (status = 409, description = "`conflict`: the flow's topic was deleted.",
+            body = ErrorBody),
+        ClusterErrors,
+        WriteErrors,
+    ),
+    security(("source_secret" = []))
+)]
+pub async fn flow_get(
+    state: Shared,
+    path: ApiPath<String>,
+    query: ApiQuery<BTreeMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    flow(state, path, query, method, headers, request).await
+}
+
+async fn flow(
+    State(gateway): Shared,
+    ApiPath(flow_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<BTreeMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let body = body_bytes(Bytes::from_request(request, &()).await)?;
+    let published_headers = headers
+        .iter()
+        .filter(|(name, _)| !is_credential(name.as_str()))
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let flow = pb::FlowRequest {
+        method: method.to_string(),
+        headers: published_headers,
+        query: query.into_iter().collect(),
+    };
+    deliver(&gateway, flow_id, &headers, body, Some(flow)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_never_published() {
+        for name in [
+            "authorization",
+            "cookie",
+            "x-workato-signature",
+            "x-hub-signature-256",
+            "x-api-key",
+            "x-auth-token",
+            "x-webhook-secret",
+        ] {
+            assert!(is_credential(name), "{name}");
+        }
+        for name in [
+            "content-type",
+            "user-agent",
+            "x-request-id",
+            "idempotency-key",
+        ] {
+            assert!(!is_credential(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Webhook ingestion, independent of the wire: source ids and secrets,
+//! signature checks, and the event each delivery becomes.
+//!
+//! The gRPC `Ingest` service (`api/grpc/ingest.rs`) authenticates a delivery
+//! with these and appends its event as one `PartitionCommand::Ingest`; the
+//! HTTP receivers in `gateway/ingest.rs` map onto that service.
+
+pub mod envelope;
+pub mod signature;
+
+use rand::RngCore;
+
+use crate::raft::types::IngestSource;
+
+/// Source secrets are recognisable in logs and secret scanners, and differ
+/// from API tokens (`rst_`) so neither is mistaken for the other.
+pub const SOURCE_SECRET_PREFIX: &str = "rsi_";
+const SOURCE_ID_PREFIX: &str = "src_";
+/// The largest delivery body, as on Workato.
+pub const MAX_DELIVERY_BYTES: usize = 1024 * 1024;
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// Message headers every ingested event carries; its key is the source id.
+pub const HEADER_SOURCE_ID: &str = "source-id";
+pub const HEADER_EVENT_ID: &str = "event-id";
+pub const HEADER_SOURCE_TYPE: &str = "source-type";
+
+/// A new source id: a prefix and 80 random bits in hex.
+pub fn new_source_id() -> String {
+    let mut bytes = [0u8; 10];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{SOURCE_ID_PREFIX}{}", hex::encode(bytes))
+}
+
+/// A new event id: a UUIDv7, so ids sort by the time they were made.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn new_source_secret() -> String {
+    crate::auth::generate_prefixed_secret(SOURCE_SECRET_PREFIX)
+}
+
+/// The last four characters of a secret, which list and get show.
+pub fn last_four(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    chars[chars.len().saturating_sub(4)..].iter().collect()
+}
+
+/// Why a delivery was refused before anything was stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryRefused {
+    #[error("unknown or rotated source secret")]
+    BadSecret,
+    #[error(transparent)]
+    Signature(#[from] signature::SignatureError),
+    #[error("the body exceeds {MAX_DELIVERY_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error(
+        "Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters"
+    )]
+    InvalidIdempotencyKey,
+}
+
+/// Checks what a delivery presents: its secret, then its signature when
+/// the source has an HMAC secret, then the shape of its idempotency key.
+pub fn check_delivery(
+    source: &IngestSource,
+    secret: &str,
+    signature_header: Option<&str>,
+    body: &[u8],
+    idempotency_key: Option<&str>,
+) -> Result<(), DeliveryRefused> {
+    if !crate::auth::secret_matches(secret, &source.secret_hash) {
+        return Err(DeliveryRefused::BadSecret);
+    }
+    if let Some(hmac_secret) = &source.hmac_secret {
+        signature::verify(hmac_secret.as_bytes(), body, signature_header)?;
+    }
+    if body.len() > MAX_DELIVERY_BYTES {
+        return Err(DeliveryRefused::TooLarge);
+    }
+    if let Some(key) = idempotency_key {
+        let printable = key.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !printable {
+            return Err(DeliveryRefused::InvalidIdempotencyKey);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::raft::types::SourceKind;
+
+    fn source(secret: &str, hmac: Option<&str>) -> IngestSource {
+        IngestSource {
+            id: new_source_id(),
+            name: "s".into(),
+            kind: SourceKind::Generic,
+            topic_id: 1,
+            tenant_id: "default".into(),
+            secret_hash: crate::auth::hash_secret(secret),
+            secret_last_four: last_four(secret),
+            hmac_secret: hmac.map(String::from),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn ids_and_secrets_are_prefixed_and_random() {
+        let (a, b) = (new_source_id(), new_source_id());
+        assert!(a.starts_with("src_") && a.len() == 24 && a != b);
+        let secret = new_source_secret();
+        // 32 random bytes are 43 base64url characters.
+        assert!(secret.starts_with(SOURCE_SECRET_PREFIX));
+        assert_eq!(secret.len(), SOURCE_SECRET_PREFIX.len() + 43);
+        assert_eq!(last_four(&secret), secret[secret.len() - 4..]);
+        assert_eq!(last_four("ab"), "ab");
+        assert_ne!(new_event_id(), new_event_id());
+    }
+
+    #[test]
+    fn deliveries_need_the_secret_a_signature_and_a_sane_key() {
+        let plain = source("rsi_good", None);
+        assert_eq!(
+            check_delivery(&plain, "rsi_good", None, b"{}", None),
+            Ok(())
+        );
+        assert_eq!(
+            check_delivery(&plain, "rsi_bad", None, b"{}", None),
+            Err(DeliveryRefused::BadSecret)
+        );
+        let signed = source("rsi_good", Some("shh"));
+        assert!(matches!(
+            check_delivery(&signed, "rsi_good", None, b"{}", None),
+            Err(DeliveryRefused::Signature(_))
+        ));
+        let good = signature::sign(b"shh", b"{}");
+        assert_eq!(
+            check_delivery(&signed, "rsi_good", Some(&good), b"{}", None),
+            Ok(())
+        );
+        assert_eq!(
+            check_delivery(&plain, "rsi_good", None, b"{}", Some("bad\nkey")),
+            Err(DeliveryRefused::InvalidIdempotencyKey)
+        );
+        assert_eq!(
+            check_delivery(&plain, "rsi_good", None, b"{}", Some(&"k".repeat(256))),
+            Err(DeliveryRefused::InvalidIdempotencyKey)
+        );
+        let big = vec![b' '; MAX_DELIVERY_BYTES + 1];
+        assert_eq!(
+            check_delivery(&plain, "rsi_good", None, &big, None),
+            Err(DeliveryRefused::TooLarge)
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! A small HTTP client for the gateway tests: bearer auth, JSON bodies,
+//! and the error shape every failure must have.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::common::TestCluster;
+
+pub struct Http {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Http {
+    pub fn new(cluster: &TestCluster, node: u64) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            base: format!("http://{}", cluster.configs[&node].http_addr),
+            token: Some(crate::common::ADMIN_TOKEN.into()),
+        }
+    }
+
+    pub fn with_token(&self, token: Option<&str>) -> Http {
+        Http {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            token: token.map(String::from),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        finish(request).await
+    }
+
+    /// A request with this client's bearer token, for headers of one's own.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        finish(self.request(reqwest::Method::POST, path).body(body)).await
+    }
+}
+
+/// Every error body is {"message", "code"}.
+pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+/// Consumes until empty, resuming from the last message id each time.
+pub async fn consume_all(http: &Http, topic: &str, batch_size: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = json!({"batch_size": batch_size});
+        if let Some(id) = &after {
+            body["after_message_id"] = json!(id);
+        }
+        let (status, page) = http
+            .post(&format!("/api/v1/topics/{topic}/consume"), body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            return all;
+        }
+        after = Some(
+            messages.last().unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        all.extend(messages);
+    }
+}
+
+/// Sends a request and reads its status and JSON body (a body that is not
+/// JSON comes back as a string).
+pub async fn finish(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
