@@ -193,16 +193,19 @@ if fuzz; then fuzz_passed=1; else fuzz_failed=1; status=1; fi
 # (log appends skip the WAL) must find lost acknowledged writes.
 # JEPSEN_SEED picks other seeds; the default keeps CI repeatable.
 jepsen_seed="${JEPSEN_SEED:-1}"
-# target/debug/jepsen-lite was built by `cargo test` above (its CLI test
-# needs it), and target/debug/raftstream-node by the schemathesis step:
+# target/debug/jepsen-lite and target/debug/lazyfs were built by `cargo
+# test` above (their tests run them), and target/debug/raftstream-node by
+# the schemathesis step:
 # building either again here with another feature set would recompile
 # their dependencies.
 jepsen_campaign() {
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
   [ -x target/debug/jepsen-lite ] || cargo build --quiet -p jepsen-lite || return 1
+  [ -x target/debug/lazyfs ] || cargo build --quiet -p lazyfs || return 1
   target/debug/jepsen-lite campaign --runs 4 --time-limit 20 --sizes 3,5 \
-    --mixes "kill;partition,pause" --seed "$jepsen_seed" \
-    --node-bin target/debug/raftstream-node --out "$work/jepsen"
+    --mixes "kill,power-loss;partition,pause" --seed "$jepsen_seed" \
+    --node-bin target/debug/raftstream-node --lazyfs-bin target/debug/lazyfs \
+    --out "$work/jepsen"
 }
 
 jepsen_planted() {

@@ -33,6 +33,71 @@ pub fn http_addr(node: u64) -> String {
 struct Proc {
     child: Option<Child>,
     paused: bool,
+    /// The node's lazyfs, when its data directory is on one.
+    lazyfs: Option<Child>,
+}
+
+/// Where a harness records the lazyfs processes and mounts it made, so that
+/// a later run can remove them if this harness dies without cleaning up.
+const STATE_DIR: &str = "/run/jepsen-lite";
+
+fn state_file(harness: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{harness}.mounts"))
+}
+
+/// Stops the lazyfs processes and detaches the mounts that harnesses which
+/// no longer run left behind (their nodes were killed with their network
+/// namespaces). Only pids recorded by a harness, and only if they still run
+/// lazyfs, are signalled.
+pub fn clean_leftover_mounts() -> usize {
+    let Ok(entries) = std::fs::read_dir(STATE_DIR) else {
+        return 0;
+    };
+    let mut cleaned = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(harness) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if crate::net::alive(harness) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines() {
+            let Some((pid, mountpoint)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("lazyfs") {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = Command::new("umount")
+                .args(["-l", mountpoint])
+                .stderr(Stdio::null())
+                .status();
+            cleaned += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    cleaned
+}
+
+fn mounted(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = mountpoint.display().to_string();
+    info.lines().any(|line| {
+        let mut fields = line.split(' ');
+        fields.nth(4) == Some(wanted.as_str()) && line.contains(" - fuse")
+    })
 }
 
 #[derive(Debug)]
@@ -44,6 +109,9 @@ pub struct Cluster {
     peers: String,
     /// Whether nodes run under libfaketime (for the clock nemesis).
     faketime: bool,
+    /// The lazyfs binary, when data directories are on lazyfs (for the
+    /// power-loss nemesis).
+    lazyfs: Option<PathBuf>,
     namespaces: Vec<String>,
     procs: Vec<Proc>,
 }
@@ -56,6 +124,7 @@ impl Cluster {
         dir: &Path,
         token: &str,
         faketime: bool,
+        lazyfs: Option<&Path>,
     ) -> anyhow::Result<Cluster> {
         if faketime && !Path::new(FAKETIME_LIB).exists() {
             anyhow::bail!("the clock nemesis needs {FAKETIME_LIB} (apt-get install faketime)");
@@ -71,11 +140,13 @@ impl Cluster {
             token: token.to_string(),
             peers,
             faketime,
+            lazyfs: lazyfs.map(Path::to_path_buf),
             namespaces: (1..=size).map(|n| net.node_ns(n)).collect(),
             procs: (0..size)
                 .map(|_| Proc {
                     child: None,
                     paused: false,
+                    lazyfs: None,
                 })
                 .collect(),
         })
@@ -103,11 +174,134 @@ impl Cluster {
         Ok(())
     }
 
+    fn data_dir(&self, node: u64) -> PathBuf {
+        let dir = self.dir.join(format!("n{node}"));
+        if self.lazyfs.is_some() {
+            dir.join("data")
+        } else {
+            dir
+        }
+    }
+
+    fn lazyfs_log(&self, node: u64) -> PathBuf {
+        self.dir.join(format!("n{node}.lazyfs.log"))
+    }
+
+    fn power_losses_logged(&self, node: u64) -> usize {
+        std::fs::read_to_string(self.lazyfs_log(node))
+            .map(|t| t.matches("lazyfs: power loss").count())
+            .unwrap_or(0)
+    }
+
+    /// Mounts `node`'s data directory through lazyfs (backing directory
+    /// `n<node>/disk`) unless it is mounted; waits until the mount is there.
+    fn mount(&mut self, node: u64) -> anyhow::Result<()> {
+        let Some(bin) = self.lazyfs.clone() else {
+            return Ok(());
+        };
+        if self.proc(node)?.lazyfs.is_some() {
+            return Ok(());
+        }
+        let disk = self.dir.join(format!("n{node}")).join("disk");
+        let data = self.data_dir(node);
+        std::fs::create_dir_all(&disk)?;
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.lazyfs_log(node))?;
+        let child = Command::new(&bin)
+            .arg("--source")
+            .arg(&disk)
+            .arg("--mountpoint")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting lazyfs for node {node}"))?;
+        std::fs::create_dir_all(STATE_DIR)?;
+        let mut state = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_file(std::process::id()))?;
+        std::io::Write::write_all(
+            &mut state,
+            format!("{} {}\n", child.id(), data.display()).as_bytes(),
+        )?;
+        self.proc(node)?.lazyfs = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !mounted(&data) {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "lazyfs for node {node} did not mount {} within 15 s (see {})",
+                    data.display(),
+                    self.lazyfs_log(node).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// A power loss: SIGKILL the node, then make its lazyfs drop every write
+    /// that was not fsynced, and wait until it reports having done so.
+    pub fn power_loss(&mut self, node: u64) -> anyhow::Result<()> {
+        self.kill(node)?;
+        let before = self.power_losses_logged(node);
+        let Some(pid) = self.proc(node)?.lazyfs.as_ref().map(Child::id) else {
+            anyhow::bail!("node {node} has no lazyfs (the power-loss nemesis needs --lazyfs-bin)");
+        };
+        nix::sys::signal::kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.power_losses_logged(node) <= before {
+            if Instant::now() > deadline {
+                anyhow::bail!("lazyfs of node {node} did not report its power loss within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Unmounts `node`'s lazyfs (SIGTERM); the node must be stopped.
+    fn unmount(&mut self, node: u64) {
+        let data = self.data_dir(node);
+        let Ok(proc) = self.proc(node) else {
+            return;
+        };
+        let Some(mut child) = proc.lazyfs.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if mounted(&data) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&data)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     /// Starts `node` if it is not running.
     pub fn start(&mut self, node: u64) -> anyhow::Result<()> {
         if self.proc(node)?.child.is_some() {
             return Ok(());
         }
+        self.mount(node)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,7 +324,7 @@ impl Cluster {
                 &http_addr(node),
             ])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("n{node}")))
+            .arg(self.data_dir(node))
             .env("RUST_LOG", "warn")
             .env("RAFTSTREAM_ADMIN_TOKEN", &self.token)
             .stdin(Stdio::null())
@@ -226,10 +420,16 @@ impl Cluster {
         out
     }
 
-    /// Kills every node this cluster started.
+    /// Kills every node this cluster started, then unmounts their lazyfs.
     pub fn kill_all(&mut self) {
         for node in self.nodes() {
             let _ = self.kill(node);
+        }
+        if self.lazyfs.is_some() {
+            for node in self.nodes() {
+                self.unmount(node);
+            }
+            let _ = std::fs::remove_file(state_file(std::process::id()));
         }
     }
 }

@@ -69,6 +69,10 @@ struct RunArgs {
     /// The raftstream-node binary; built with cargo when absent.
     #[arg(long)]
     node_bin: Option<PathBuf>,
+    /// The lazyfs binary (for the power-loss nemesis); built with cargo
+    /// when absent and needed.
+    #[arg(long)]
+    lazyfs_bin: Option<PathBuf>,
     /// Where run directories go.
     #[arg(long, default_value = "target/jepsen-lite")]
     out: PathBuf,
@@ -98,6 +102,8 @@ enum Cmd {
         sizes: String,
         #[arg(long)]
         node_bin: Option<PathBuf>,
+        #[arg(long)]
+        lazyfs_bin: Option<PathBuf>,
         #[arg(long, default_value = "target/jepsen-lite")]
         out: PathBuf,
     },
@@ -114,8 +120,17 @@ fn main() -> ExitCode {
             mixes,
             sizes,
             node_bin,
+            lazyfs_bin,
             out,
-        } => campaign(runs, time_limit, seed, &mixes, &sizes, node_bin, &out),
+        } => campaign(
+            runs,
+            time_limit,
+            seed,
+            &mixes,
+            &sizes,
+            (node_bin, lazyfs_bin),
+            &out,
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -150,35 +165,33 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// The node binary: as given, or built with cargo (a no-op when fresh).
-fn node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// A binary of this workspace: as given, or built with cargo (a no-op when
+/// fresh) next to this executable.
+fn workspace_binary(given: Option<PathBuf>, package: &str) -> anyhow::Result<PathBuf> {
     if let Some(bin) = given {
         return std::fs::canonicalize(&bin).with_context(|| format!("{}", bin.display()));
     }
     let status = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "raftstream-node",
-            "--bin",
-            "raftstream-node",
-        ])
+        .args(["build", "--quiet", "-p", package, "--bin", package])
         .current_dir(workspace_root())
         .status()
-        .context("running cargo to build raftstream-node (or pass --node-bin)")?;
+        .with_context(|| format!("running cargo to build {package} (or pass its binary)"))?;
     if !status.success() {
-        bail!("building raftstream-node failed");
+        bail!("building {package} failed");
     }
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
         .context("no directory for the current executable")?
-        .join("raftstream-node");
+        .join(package);
     if !bin.exists() {
-        bail!("{} is missing; pass --node-bin", bin.display());
+        bail!("{} is missing; pass its path", bin.display());
     }
     Ok(bin)
+}
+
+fn node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    workspace_binary(given, "raftstream-node")
 }
 
 fn repeat_command(args: &RunArgs) -> String {
@@ -189,6 +202,9 @@ fn repeat_command(args: &RunArgs) -> String {
     if let Some(bin) = &args.node_bin {
         cmd.push_str(&format!(" --node-bin {}", bin.display()));
     }
+    if let Some(bin) = &args.lazyfs_bin {
+        cmd.push_str(&format!(" --lazyfs-bin {}", bin.display()));
+    }
     cmd
 }
 
@@ -197,6 +213,11 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     require_root()?;
     let fault_names = nemesis::names(&faults);
     let bin = node_binary(args.node_bin.clone())?;
+    let lazyfs = if faults.contains(&nemesis::Fault::PowerLoss) {
+        Some(workspace_binary(args.lazyfs_bin.clone(), "lazyfs")?)
+    } else {
+        None
+    };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -220,6 +241,10 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     if removed > 0 {
         eprintln!("removed {removed} namespaces left by an earlier crashed run");
     }
+    let unmounted = cluster::clean_leftover_mounts();
+    if unmounted > 0 {
+        eprintln!("removed {unmounted} lazyfs mounts left by an earlier crashed run");
+    }
     let started = Instant::now();
     let net = Arc::new(Net::create(args.nodes)?);
     // From here on every socket of this process is in the control namespace.
@@ -230,7 +255,13 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         .build()?;
     let uses_clock = faults.contains(&nemesis::Fault::Clock);
     let cluster = Arc::new(Mutex::new(Cluster::new(
-        &net, args.nodes, &bin, &dir, TOKEN, uses_clock,
+        &net,
+        args.nodes,
+        &bin,
+        &dir,
+        TOKEN,
+        uses_clock,
+        lazyfs.as_deref(),
     )?));
     let outcome = runtime.block_on(async {
         tokio::select! {
@@ -643,7 +674,7 @@ fn campaign(
     seed: u64,
     mixes: &str,
     sizes: &str,
-    node_bin: Option<PathBuf>,
+    (node_bin, lazyfs_bin): (Option<PathBuf>, Option<PathBuf>),
     out: &Path,
 ) -> anyhow::Result<u8> {
     let mixes: Vec<&str> = mixes
@@ -664,6 +695,17 @@ fn campaign(
     }
     require_root()?;
     let bin = node_binary(node_bin)?;
+    let mut needs_lazyfs = false;
+    for mix in &mixes {
+        needs_lazyfs |= nemesis::parse(mix)
+            .map_err(anyhow::Error::msg)?
+            .contains(&nemesis::Fault::PowerLoss);
+    }
+    let lazyfs = if needs_lazyfs {
+        Some(workspace_binary(lazyfs_bin, "lazyfs")?)
+    } else {
+        None
+    };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -681,16 +723,19 @@ fn campaign(
             "=== run {}/{runs}: --nodes {nodes} --nemesis {mix} --seed {run_seed}",
             i + 1
         );
-        let output = std::process::Command::new(&exe)
-            .args(["run", "--nodes", &nodes.to_string()])
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["run", "--nodes", &nodes.to_string()])
             .args(["--time-limit", &time_limit.to_string()])
             .args(["--nemesis", mix, "--seed", &run_seed.to_string()])
             .arg("--node-bin")
             .arg(&bin)
             .arg("--out")
             .arg(&dir)
-            .stderr(std::process::Stdio::inherit())
-            .output()?;
+            .stderr(std::process::Stdio::inherit());
+        if let Some(lazyfs) = &lazyfs {
+            cmd.arg("--lazyfs-bin").arg(lazyfs);
+        }
+        let output = cmd.output()?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         print!("{stdout}");
         let run_dir = stdout

@@ -36,10 +36,11 @@ pub enum Fault {
     PartitionOneWay,
     Loss,
     Clock,
+    PowerLoss,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 14] = [
         Fault::KillOne,
         Fault::KillMinority,
         Fault::KillLeaders,
@@ -53,6 +54,7 @@ impl Fault {
         Fault::PartitionOneWay,
         Fault::Loss,
         Fault::Clock,
+        Fault::PowerLoss,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Fault {
             Fault::PartitionOneWay => "partition-one-way",
             Fault::Loss => "loss",
             Fault::Clock => "clock",
+            Fault::PowerLoss => "power-loss",
         }
     }
 
@@ -85,12 +88,13 @@ impl Fault {
             | Fault::PartitionOneWay => "partition",
             Fault::Loss => "loss",
             Fault::Clock => "clock",
+            Fault::PowerLoss => "power",
         }
     }
 }
 
 /// Parses `kill,partition-ring,all,none`: fault names, groups (`kill`,
-/// `pause`, `partition`, `loss`, `clock`), `all`, or `none`.
+/// `pause`, `partition`, `loss`, `clock`, `power`), `all`, or `none`.
 pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -102,7 +106,7 @@ pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
         if matched.is_empty() && word != "none" {
             let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
             return Err(format!(
-                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock or one of {}",
+                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power or one of {}",
                 names.join(", ")
             ));
         }
@@ -303,6 +307,20 @@ impl Nemesis {
                     self.net.set_rules(node, &[], &others, percent)?;
                 }
                 (Undo::Network, format!("{percent}% of peer packets dropped"))
+            }
+            Fault::PowerLoss => {
+                // One node, or every node at once (a data-centre outage).
+                let victims = if rng.random_bool(0.5) {
+                    nodes[..1].to_vec()
+                } else {
+                    nodes.clone()
+                };
+                let mut cluster = self.cluster.lock();
+                for v in &victims {
+                    cluster.power_loss(*v)?;
+                }
+                let d = describe(&victims);
+                (Undo::Restart(victims), d)
             }
             Fault::Clock => {
                 let victims = nodes[..minority.max(1)].to_vec();

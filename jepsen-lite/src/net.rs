@@ -73,7 +73,7 @@ fn namespaces() -> anyhow::Result<Vec<String>> {
 }
 
 /// The harness pid a namespace name carries, if it is one of ours.
-fn owner(name: &str) -> Option<i32> {
+fn owner(name: &str) -> Option<u32> {
     name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
 }
 
@@ -97,13 +97,24 @@ fn remove_namespace(name: &str) {
     let _ = ip(&["netns", "del", name]);
 }
 
+/// Whether a process runs (a zombie, killed but not yet reaped, does not).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
 /// Removes the namespaces (and the processes in them) of earlier runs
 /// whose harness process no longer exists.
 pub fn clean_leftovers() -> anyhow::Result<usize> {
     let mut removed = 0;
     for name in namespaces()? {
         if let Some(pid) = owner(&name)
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !alive(pid)
         {
             remove_namespace(&name);
             removed += 1;
@@ -257,6 +268,12 @@ impl Drop for Net {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn this_process_is_alive_and_an_unused_pid_is_not() {
+        assert!(super::alive(std::process::id()));
+        assert!(!super::alive(u32::MAX));
+    }
+
     #[test]
     fn only_names_with_our_prefix_and_a_pid_are_ours() {
         assert_eq!(super::owner("jl1234-n1"), Some(1234));
