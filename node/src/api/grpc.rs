@@ -1149,6 +1149,16 @@ impl Raftstream for ClientService {
                     );
                 }
                 Route::Local(group) => {
+                    // Just after an election or a restart a leader's applied state can lag
+                    // what is committed: confirm leadership and catch up first, or a read
+                    // could return an offset older than one already committed.
+                    let linear = group
+                        .raft
+                        .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+                    match tokio::time::timeout(self.forward_timeout(), linear).await {
+                        Ok(Ok(_)) => {}
+                        _ => return Err(Status::unavailable("leadership unconfirmed; retry")),
+                    }
                     let offset = group.state.read(|inner| match &inner.data {
                         GroupData::Partition(p) => p.consumer_offsets.get(&request.group).copied(),
                         GroupData::Meta(_) => None,

@@ -259,11 +259,25 @@ impl<C: RaftTypeConfig> LogStore<C> {
         if batch.is_empty() {
             return Ok(());
         }
-        inner.db.write(batch).map_err(|e| StorageError::Write {
-            group,
-            what: "log entry",
-            source: e.into(),
-        })
+        #[cfg(not(feature = "planted-bug-unlogged-appends"))]
+        let options = rocksdb::WriteOptions::default();
+        // A bug planted on purpose, for jepsen-lite to find (never in a normal build): log
+        // entries bypass the WAL, so they are acknowledged while only in the memtable, and a
+        // crash of a majority loses committed messages.
+        #[cfg(feature = "planted-bug-unlogged-appends")]
+        let options = {
+            let mut options = rocksdb::WriteOptions::default();
+            options.disable_wal(true);
+            options
+        };
+        inner
+            .db
+            .write_opt(batch, &options)
+            .map_err(|e| StorageError::Write {
+                group,
+                what: "log entry",
+                source: e.into(),
+            })
     }
 
     /// Deletes the entries with index >= `from` in one range delete.

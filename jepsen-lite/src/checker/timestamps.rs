@@ -1,0 +1,111 @@
+//! Replay by timestamp: a poll from time T must start at the first message
+//! stamped at or after T. Against the final copy of the partition, its
+//! first message must not be stamped before T (too old), and no message
+//! before it may be stamped at or after T (missed).
+
+use super::Anomaly;
+use super::FinalLogs;
+use crate::history::Kind;
+use crate::history::Op;
+use crate::history::Outcome;
+use crate::history::Start;
+
+pub const TOO_OLD: &str = "timestamp_too_old";
+pub const MISSED: &str = "timestamp_missed";
+
+pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
+    let mut anomalies = Vec::new();
+    for op in ops {
+        let Kind::Poll {
+            partition,
+            start: Start::Timestamp(since),
+            messages,
+            ..
+        } = &op.kind
+        else {
+            continue;
+        };
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        let Some(first) = messages.first() else {
+            continue;
+        };
+        if first.timestamp_ms < *since {
+            anomalies.push(Anomaly::new(
+                TOO_OLD,
+                format!(
+                    "a read from time {since} began at {partition}-{}, stamped {}",
+                    first.offset, first.timestamp_ms
+                ),
+                vec![op.id],
+            ));
+        }
+        if let Some((final_op, log)) = finals.longest(*partition)
+            && let Some(earlier) = log
+                .iter()
+                .find(|m| m.offset < first.offset && m.timestamp_ms >= *since)
+        {
+            anomalies.push(Anomaly::new(
+                MISSED,
+                format!(
+                    "a read from time {since} began at {partition}-{}, but {partition}-{} is stamped {}",
+                    first.offset, earlier.offset, earlier.timestamp_ms
+                ),
+                vec![op.id, *final_op],
+            ));
+        }
+    }
+    anomalies
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::checker::build::H;
+    use crate::checker::build::msg;
+    use crate::history::Outcome;
+    use crate::history::Start;
+
+    fn three(h: &mut H) {
+        for v in ["a", "b", "c"] {
+            h.send("p0", (0, 1), v, Outcome::Info, None);
+        }
+        // Stamps 0, 10, 20.
+        h.final_read(1, &["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_replay_from_the_right_message_is_clean() {
+        let mut h = H::default();
+        three(&mut h);
+        h.poll(
+            1,
+            (5, 6),
+            Start::Timestamp(5),
+            vec![msg(1, "b", 10), msg(2, "c", 20)],
+        );
+        assert!(h.kinds().is_empty());
+    }
+
+    #[test]
+    fn a_replay_returning_an_older_message_is_too_old() {
+        let mut h = H::default();
+        three(&mut h);
+        h.poll(
+            1,
+            (5, 6),
+            Start::Timestamp(5),
+            vec![msg(0, "a", 0), msg(1, "b", 10)],
+        );
+        assert_eq!(h.kinds(), vec![super::TOO_OLD]);
+    }
+
+    #[test]
+    fn a_replay_starting_past_a_matching_message_misses_it() {
+        let mut h = H::default();
+        three(&mut h);
+        h.poll(1, (5, 6), Start::Timestamp(5), vec![msg(2, "c", 20)]);
+        assert_eq!(h.kinds(), vec![super::MISSED]);
+    }
+}

@@ -1,0 +1,441 @@
+//! The nodes: real `raftstream-node` processes, each started inside its own
+//! network namespace through `ip netns exec` (which execs the node, so the
+//! child's pid is the node's). Only these pids are ever signalled.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::net::Net;
+use crate::net::node_addr;
+
+pub const GRPC_PORT: u16 = 50051;
+pub const HTTP_PORT: u16 = 8080;
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+pub fn grpc_addr(node: u64) -> String {
+    format!("{}:{GRPC_PORT}", node_addr(node))
+}
+
+pub fn http_addr(node: u64) -> String {
+    format!("{}:{HTTP_PORT}", node_addr(node))
+}
+
+#[derive(Debug)]
+struct Proc {
+    child: Option<Child>,
+    paused: bool,
+    /// The node's lazyfs, when its data directory is on one.
+    lazyfs: Option<Child>,
+}
+
+/// Where a harness records the lazyfs processes and mounts it made, so that
+/// a later run can remove them if this harness dies without cleaning up.
+const STATE_DIR: &str = "/run/jepsen-lite";
+
+fn state_file(harness: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{harness}.mounts"))
+}
+
+/// Stops the lazyfs processes and detaches the mounts that harnesses which
+/// no longer run left behind (their nodes were killed with their network
+/// namespaces). Only pids recorded by a harness, and only if they still run
+/// lazyfs, are signalled.
+pub fn clean_leftover_mounts() -> usize {
+    let Ok(entries) = std::fs::read_dir(STATE_DIR) else {
+        return 0;
+    };
+    let mut cleaned = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(harness) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if crate::net::alive(harness) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines() {
+            let Some((pid, mountpoint)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("lazyfs") {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = Command::new("umount")
+                .args(["-l", mountpoint])
+                .stderr(Stdio::null())
+                .status();
+            cleaned += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    cleaned
+}
+
+fn mounted(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = mountpoint.display().to_string();
+    info.lines().any(|line| {
+        let mut fields = line.split(' ');
+        fields.nth(4) == Some(wanted.as_str()) && line.contains(" - fuse")
+    })
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub size: u64,
+    bin: PathBuf,
+    dir: PathBuf,
+    token: String,
+    peers: String,
+    /// Whether nodes run under libfaketime (for the clock nemesis).
+    faketime: bool,
+    /// The lazyfs binary, when data directories are on lazyfs (for the
+    /// power-loss nemesis).
+    lazyfs: Option<PathBuf>,
+    namespaces: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+impl Cluster {
+    pub fn new(
+        net: &Net,
+        size: u64,
+        bin: &Path,
+        dir: &Path,
+        token: &str,
+        faketime: bool,
+        lazyfs: Option<&Path>,
+    ) -> anyhow::Result<Cluster> {
+        if faketime && !Path::new(FAKETIME_LIB).exists() {
+            anyhow::bail!("the clock nemesis needs {FAKETIME_LIB} (apt-get install faketime)");
+        }
+        let peers = (1..=size)
+            .map(|n| format!("{n}={}", grpc_addr(n)))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Cluster {
+            size,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            token: token.to_string(),
+            peers,
+            faketime,
+            lazyfs: lazyfs.map(Path::to_path_buf),
+            namespaces: (1..=size).map(|n| net.node_ns(n)).collect(),
+            procs: (0..size)
+                .map(|_| Proc {
+                    child: None,
+                    paused: false,
+                    lazyfs: None,
+                })
+                .collect(),
+        })
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = u64> + use<> {
+        1..=self.size
+    }
+
+    fn proc(&mut self, node: u64) -> anyhow::Result<&mut Proc> {
+        let i = usize::try_from(node.wrapping_sub(1))?;
+        self.procs
+            .get_mut(i)
+            .with_context(|| format!("no node {node}"))
+    }
+
+    fn clock_file(&self, node: u64) -> PathBuf {
+        self.dir.join(format!("n{node}.faketime"))
+    }
+
+    /// Sets `node`'s wall clock offset (seconds; it takes effect within a
+    /// second, libfaketime rereads the file).
+    pub fn set_clock_offset(&self, node: u64, seconds: i64) -> anyhow::Result<()> {
+        std::fs::write(self.clock_file(node), format!("{seconds:+}\n"))?;
+        Ok(())
+    }
+
+    fn data_dir(&self, node: u64) -> PathBuf {
+        let dir = self.dir.join(format!("n{node}"));
+        if self.lazyfs.is_some() {
+            dir.join("data")
+        } else {
+            dir
+        }
+    }
+
+    fn lazyfs_log(&self, node: u64) -> PathBuf {
+        self.dir.join(format!("n{node}.lazyfs.log"))
+    }
+
+    fn power_losses_logged(&self, node: u64) -> usize {
+        std::fs::read_to_string(self.lazyfs_log(node))
+            .map(|t| t.matches("lazyfs: power loss").count())
+            .unwrap_or(0)
+    }
+
+    /// Mounts `node`'s data directory through lazyfs (backing directory
+    /// `n<node>/disk`) unless it is mounted; waits until the mount is there.
+    fn mount(&mut self, node: u64) -> anyhow::Result<()> {
+        let Some(bin) = self.lazyfs.clone() else {
+            return Ok(());
+        };
+        if self.proc(node)?.lazyfs.is_some() {
+            return Ok(());
+        }
+        let disk = self.dir.join(format!("n{node}")).join("disk");
+        let data = self.data_dir(node);
+        std::fs::create_dir_all(&disk)?;
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.lazyfs_log(node))?;
+        let child = Command::new(&bin)
+            .arg("--source")
+            .arg(&disk)
+            .arg("--mountpoint")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting lazyfs for node {node}"))?;
+        std::fs::create_dir_all(STATE_DIR)?;
+        let mut state = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_file(std::process::id()))?;
+        std::io::Write::write_all(
+            &mut state,
+            format!("{} {}\n", child.id(), data.display()).as_bytes(),
+        )?;
+        self.proc(node)?.lazyfs = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !mounted(&data) {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "lazyfs for node {node} did not mount {} within 15 s (see {})",
+                    data.display(),
+                    self.lazyfs_log(node).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// A power loss: SIGKILL the node, then make its lazyfs drop every write
+    /// that was not fsynced, and wait until it reports having done so.
+    pub fn power_loss(&mut self, node: u64) -> anyhow::Result<()> {
+        self.kill(node)?;
+        let before = self.power_losses_logged(node);
+        let Some(pid) = self.proc(node)?.lazyfs.as_ref().map(Child::id) else {
+            anyhow::bail!("node {node} has no lazyfs (the power-loss nemesis needs --lazyfs-bin)");
+        };
+        nix::sys::signal::kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGUSR1)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.power_losses_logged(node) <= before {
+            if Instant::now() > deadline {
+                anyhow::bail!("lazyfs of node {node} did not report its power loss within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Unmounts `node`'s lazyfs (SIGTERM); the node must be stopped.
+    fn unmount(&mut self, node: u64) {
+        let data = self.data_dir(node);
+        let Ok(proc) = self.proc(node) else {
+            return;
+        };
+        let Some(mut child) = proc.lazyfs.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if mounted(&data) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&data)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// Starts `node` if it is not running.
+    pub fn start(&mut self, node: u64) -> anyhow::Result<()> {
+        if self.proc(node)?.child.is_some() {
+            return Ok(());
+        }
+        self.mount(node)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{node}.log")))?;
+        let ns = self.namespaces[usize::try_from(node - 1)?].clone();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns])
+            .arg(&self.bin)
+            .args([
+                "run",
+                "--node-id",
+                &node.to_string(),
+                "--peers",
+                &self.peers,
+            ])
+            .args([
+                "--grpc-addr",
+                &grpc_addr(node),
+                "--http-addr",
+                &http_addr(node),
+            ])
+            .arg("--data-dir")
+            .arg(self.data_dir(node))
+            .env("RUST_LOG", "warn")
+            .env("RAFTSTREAM_ADMIN_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if self.faketime {
+            let file = self.clock_file(node);
+            if !file.exists() {
+                self.set_clock_offset(node, 0)?;
+            }
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME_TIMESTAMP_FILE", &file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting node {node}"))?;
+        let proc = self.proc(node)?;
+        proc.child = Some(child);
+        proc.paused = false;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self, node: u64) -> bool {
+        self.proc(node).is_ok_and(|p| p.child.is_some())
+    }
+
+    fn signal(&mut self, node: u64, signal: Signal) -> anyhow::Result<()> {
+        if let Some(child) = &self.proc(node)?.child {
+            let pid = Pid::from_raw(i32::try_from(child.id())?);
+            nix::sys::signal::kill(pid, signal)
+                .with_context(|| format!("sending {signal} to node {node}"))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self, node: u64) -> anyhow::Result<()> {
+        self.signal(node, Signal::SIGKILL)?;
+        let proc = self.proc(node)?;
+        if let Some(mut child) = proc.child.take() {
+            child.wait()?;
+        }
+        proc.paused = false;
+        Ok(())
+    }
+
+    pub fn pause(&mut self, node: u64) -> anyhow::Result<()> {
+        self.signal(node, Signal::SIGSTOP)?;
+        self.proc(node)?.paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, node: u64) -> anyhow::Result<()> {
+        if self.proc(node)?.paused {
+            self.signal(node, Signal::SIGCONT)?;
+            self.proc(node)?.paused = false;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait up to `grace` for a clean exit, then SIGKILL.
+    pub fn stop(&mut self, node: u64, grace: Duration) -> anyhow::Result<()> {
+        self.resume(node)?;
+        self.signal(node, Signal::SIGTERM)?;
+        let deadline = Instant::now() + grace;
+        let proc = self.proc(node)?;
+        if let Some(child) = &mut proc.child {
+            while Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    proc.child = None;
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill(node)
+    }
+
+    /// Nodes that exited on their own (a crash), with their exit status.
+    pub fn exited(&mut self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for node in self.nodes() {
+            if let Ok(proc) = self.proc(node)
+                && let Some(child) = &mut proc.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                out.push((node, status.to_string()));
+                proc.child = None;
+            }
+        }
+        out
+    }
+
+    /// Kills every node this cluster started, then unmounts their lazyfs.
+    pub fn kill_all(&mut self) {
+        for node in self.nodes() {
+            let _ = self.kill(node);
+        }
+        if self.lazyfs.is_some() {
+            for node in self.nodes() {
+                self.unmount(node);
+            }
+            let _ = std::fs::remove_file(state_file(std::process::id()));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

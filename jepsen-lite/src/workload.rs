@@ -1,0 +1,618 @@
+//! The workload: producers sending unique values through random nodes over
+//! gRPC (the client library's idempotent producer, and raw publishes) and
+//! the HTTP gateway; consumers polling through random nodes by offset,
+//! message id and timestamp and committing consumer-group offsets; and the
+//! final read of every partition from every node. Every operation goes into
+//! the history with its outcome; an indeterminate one is `Info`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use raftstream_client::Client;
+use raftstream_client::ClientConfig;
+use raftstream_client::Grpc;
+use raftstream_client::Producer;
+use raftstream_client::ProducerConfig;
+use raftstream_client::Record;
+use raftstream_client::pb;
+use rand::Rng;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::cluster::grpc_addr;
+use crate::cluster::http_addr;
+use crate::history::Kind;
+use crate::history::Msg;
+use crate::history::Op;
+use crate::history::Outcome;
+use crate::history::Start;
+use crate::history::Via;
+
+pub const TOPIC: &str = "jepsen";
+pub const PARTITIONS: u32 = 3;
+/// The deadline of one client request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Collects operations from every worker.
+#[derive(Debug)]
+pub struct Recorder {
+    started: Instant,
+    next_id: AtomicU64,
+    ops: Mutex<Vec<Op>>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            started: Instant::now(),
+            next_id: AtomicU64::new(0),
+            ops: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    pub fn record(
+        &self,
+        process: &str,
+        start_us: u64,
+        end_us: u64,
+        outcome: Outcome,
+        error: Option<String>,
+        kind: Kind,
+    ) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.ops.lock().push(Op {
+            id,
+            process: process.to_string(),
+            start_us,
+            end_us,
+            outcome,
+            error,
+            kind,
+        });
+    }
+
+    pub fn ops(&self) -> Vec<Op> {
+        let mut ops = self.ops.lock().clone();
+        ops.sort_by_key(|op| (op.start_us, op.id));
+        ops
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A gRPC client for one node that connects lazily and carries the token.
+pub fn grpc_to(node: u64, token: &str) -> anyhow::Result<Grpc> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", grpc_addr(node)))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let header = format!("Bearer {token}").parse()?;
+    Ok(pb::raftstream_client::RaftstreamClient::with_interceptor(
+        channel,
+        raftstream_client::Auth::new(Some(header)),
+    ))
+}
+
+/// Decodes a stored value: gRPC sends store the raw string, HTTP sends a
+/// JSON object `{"v": value}`.
+pub fn decode(bytes: &[u8]) -> String {
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(bytes)
+        && let Some(serde_json::Value::String(v)) = map.get("v")
+    {
+        return v.clone();
+    }
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn messages_of(response: &pb::ConsumeResponse) -> Vec<Msg> {
+    response
+        .messages
+        .iter()
+        .map(|m| Msg {
+            offset: m.offset,
+            value: decode(&m.value),
+            timestamp_ms: m.timestamp_ms,
+        })
+        .collect()
+}
+
+/// A status the server sent (no transport cause) saying it did not run the
+/// request, or a connection that was never made, is a definite failure;
+/// anything else after the request may have left is indeterminate.
+fn classify(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    let transport = std::error::Error::source(status).is_some();
+    match status.code() {
+        Code::Unavailable if !transport => Outcome::Fail,
+        Code::Unavailable => {
+            let text = format!("{:?}", std::error::Error::source(status)).to_lowercase();
+            if text.contains("connect") || text.contains("refused") {
+                Outcome::Fail
+            } else {
+                Outcome::Info
+            }
+        }
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::ResourceExhausted => Outcome::Fail,
+        _ => Outcome::Info,
+    }
+}
+
+/// What the consumers may start from: acknowledged messages.
+#[derive(Debug, Default)]
+pub struct Acked {
+    list: Mutex<Vec<(u32, u64, Option<i64>)>>,
+}
+
+impl Acked {
+    fn push(&self, partition: u32, offset: u64, timestamp_ms: Option<i64>) {
+        let mut list = self.list.lock();
+        if list.len() < 100_000 {
+            list.push((partition, offset, timestamp_ms));
+        }
+    }
+
+    fn pick(&self, rng: &mut StdRng, partition: u32) -> Option<(u64, Option<i64>)> {
+        let list = self.list.lock();
+        let mine: Vec<_> = list.iter().filter(|a| a.0 == partition).collect();
+        if mine.is_empty() {
+            return None;
+        }
+        let a = mine[rng.random_range(0..mine.len())];
+        Some((a.1, a.2))
+    }
+}
+
+#[derive(Clone)]
+pub struct Workload {
+    pub recorder: Arc<Recorder>,
+    pub acked: Arc<Acked>,
+    pub nodes: u64,
+    pub token: String,
+    pub seed: u64,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Workload {
+    fn rng(&self, worker: u64) -> StdRng {
+        StdRng::seed_from_u64(self.seed ^ (worker.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn seeds(&self, rng: &mut StdRng) -> Vec<String> {
+        let mut nodes: Vec<u64> = (1..=self.nodes).collect();
+        nodes.shuffle(rng);
+        nodes.into_iter().map(grpc_addr).collect()
+    }
+
+    fn send_done(
+        &self,
+        process: &str,
+        start: u64,
+        value: String,
+        via: Via,
+        node: u64,
+        result: SendResult,
+    ) {
+        let (outcome, error, at) = result;
+        if let Some((p, o, ts)) = at {
+            self.acked.push(p, o, ts);
+        }
+        self.recorder.record(
+            process,
+            start,
+            self.recorder.now_us(),
+            outcome,
+            error,
+            Kind::Send {
+                value,
+                via,
+                node,
+                partition: at.map(|a| a.0),
+                offset: at.map(|a| a.1),
+                timestamp_ms: at.and_then(|a| a.2),
+            },
+        );
+    }
+
+    /// The client library's idempotent producer.
+    pub async fn idempotent_producer(self, worker: u64) {
+        let process = format!("idem{worker}");
+        let mut rng = self.rng(worker);
+        let mut n = 0u64;
+        while !self.stopped() {
+            let mut config = ClientConfig::new(self.seeds(&mut rng)).with_token(&self.token);
+            config.request_timeout = REQUEST_TIMEOUT;
+            config.retry_for = Duration::from_secs(5);
+            let producer = async {
+                let client = Client::connect(config).await?;
+                let producer_config = ProducerConfig {
+                    linger: Duration::from_millis(2),
+                    delivery_timeout: Duration::from_secs(10),
+                    ..ProducerConfig::default()
+                };
+                Producer::new(&client, TOPIC, producer_config).await
+            };
+            let producer = match producer.await {
+                Ok(p) => p,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            // One producer for many sends, as an application would; a new
+            // one (new producer id) after an indeterminate send.
+            while !self.stopped() {
+                n += 1;
+                let value = format!("{process}-{n}");
+                let start = self.recorder.now_us();
+                let result = producer.send_and_wait(Record::new(value.clone())).await;
+                let indeterminate = result.is_err();
+                let result = match result {
+                    Ok(ack) => (
+                        Outcome::Ok,
+                        None,
+                        Some((ack.partition, ack.offset, Some(ack.timestamp_ms))),
+                    ),
+                    Err(e) => {
+                        use raftstream_client::Error as E;
+                        // The producer retries batches; after retries an
+                        // error does not prove that no attempt was stored,
+                        // except when the request itself was invalid.
+                        let outcome = match e {
+                            E::InvalidArgument(_)
+                            | E::NotFound(_)
+                            | E::PermissionDenied(_)
+                            | E::Unauthenticated(_) => Outcome::Fail,
+                            _ => Outcome::Info,
+                        };
+                        (outcome, Some(e.to_string()), None)
+                    }
+                };
+                self.send_done(&process, start, value, Via::Idempotent, 0, result);
+                if indeterminate {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+            }
+        }
+    }
+
+    /// Raw gRPC publishes through random nodes; a publish is retried on
+    /// another node only when the node said it did not run it.
+    pub async fn grpc_producer(self, worker: u64) {
+        let process = format!("grpc{worker}");
+        let mut rng = self.rng(worker);
+        let clients: Vec<Option<Grpc>> = (1..=self.nodes)
+            .map(|n| grpc_to(n, &self.token).ok())
+            .collect();
+        let mut n = 0u64;
+        while !self.stopped() {
+            n += 1;
+            let value = format!("{process}-{n}");
+            let start = self.recorder.now_us();
+            let first = rng.random_range(1..=self.nodes);
+            let mut node = first;
+            let mut result: SendResult = (Outcome::Fail, Some("not attempted".into()), None);
+            for attempt in 0..3 {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    node = rng.random_range(1..=self.nodes);
+                }
+                let Some(Some(mut grpc)) = clients.get((node - 1) as usize).cloned() else {
+                    break;
+                };
+                let mut request = tonic::Request::new(pb::PublishRequest {
+                    topic: Some(raftstream_client::topic_ref(TOPIC)),
+                    record: Some(pb::Record {
+                        value: value.clone().into_bytes().into(),
+                        ..Default::default()
+                    }),
+                });
+                request.set_timeout(REQUEST_TIMEOUT);
+                let call = tokio::time::timeout(
+                    REQUEST_TIMEOUT + Duration::from_secs(1),
+                    grpc.publish(request),
+                );
+                result = match call.await {
+                    Ok(Ok(response)) => {
+                        let r = response.into_inner();
+                        (
+                            Outcome::Ok,
+                            None,
+                            Some((r.partition, r.offset, Some(r.timestamp_ms))),
+                        )
+                    }
+                    Ok(Err(status)) => (classify(&status), Some(format!("{status}")), None),
+                    Err(_) => (Outcome::Info, Some("timed out".into()), None),
+                };
+                if result.0 != Outcome::Fail {
+                    break;
+                }
+            }
+            self.send_done(&process, start, value, Via::Grpc, first, result);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+        }
+    }
+
+    /// Publishes through the HTTP gateway of random nodes.
+    pub async fn http_producer(self, worker: u64) {
+        let process = format!("http{worker}");
+        let mut rng = self.rng(worker);
+        let http = match reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+        {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("{process}: no HTTP client: {e}");
+                return;
+            }
+        };
+        let mut n = 0u64;
+        while !self.stopped() {
+            n += 1;
+            let value = format!("{process}-{n}");
+            let start = self.recorder.now_us();
+            let node = rng.random_range(1..=self.nodes);
+            let url = format!("http://{}/api/v1/topics/{TOPIC}/publish", http_addr(node));
+            let sent = http
+                .post(&url)
+                .bearer_auth(&self.token)
+                .json(&serde_json::json!({ "v": value }))
+                .send()
+                .await;
+            let result: SendResult = match sent {
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        let at = serde_json::from_str::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v.get("message_id")?.as_str().map(str::to_string))
+                            .and_then(|id| {
+                                let (p, o) = id.split_once('-')?;
+                                Some((p.parse().ok()?, o.parse().ok()?, None))
+                            });
+                        match at {
+                            Some(at) => (Outcome::Ok, None, Some(at)),
+                            None => (
+                                Outcome::Info,
+                                Some(format!("unreadable answer {body}")),
+                                None,
+                            ),
+                        }
+                    } else if status.as_u16() == 503 || status.is_client_error() {
+                        (Outcome::Fail, Some(format!("{status}: {body}")), None)
+                    } else {
+                        (Outcome::Info, Some(format!("{status}: {body}")), None)
+                    }
+                }
+                Err(e) if e.is_connect() => (Outcome::Fail, Some(e.to_string()), None),
+                Err(e) => (Outcome::Info, Some(e.to_string()), None),
+            };
+            self.send_done(&process, start, value, Via::Http, node, result);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+        }
+    }
+
+    /// Consumer sessions: each reads one partition from a start position
+    /// (an offset, after a message id, or a timestamp) through random
+    /// nodes, and commits its position for its own consumer group.
+    pub async fn consumer(self, worker: u64) {
+        let process = format!("cons{worker}");
+        let mut rng = self.rng(worker);
+        let clients: Vec<Option<Grpc>> = (1..=self.nodes)
+            .map(|n| grpc_to(n, &self.token).ok())
+            .collect();
+        let mut client: Option<Client> = None;
+        let mut session_no = 0u64;
+        while !self.stopped() {
+            session_no += 1;
+            let session = worker * 1_000_000 + session_no;
+            let group = format!("g{session}");
+            let partition = rng.random_range(0..PARTITIONS);
+            let mut start = match (rng.random_range(0..3), self.acked.pick(&mut rng, partition)) {
+                (1, Some((offset, _))) => Start::After(offset),
+                (2, Some((_, Some(ts)))) => Start::Timestamp(ts - rng.random_range(0..50)),
+                (_, Some((offset, _))) => {
+                    Start::Offset(offset.saturating_sub(rng.random_range(0..20)))
+                }
+                _ => Start::Offset(0),
+            };
+            for _ in 0..8 {
+                if self.stopped() {
+                    break;
+                }
+                let node = rng.random_range(1..=self.nodes);
+                let Some(Some(mut grpc)) = clients.get((node - 1) as usize).cloned() else {
+                    break;
+                };
+                let position = match start {
+                    Start::Offset(o) => pb::position::Position::Offset(o),
+                    Start::After(o) => {
+                        pb::position::Position::AfterMessageId(format!("{partition}-{o}"))
+                    }
+                    Start::Timestamp(ts) => pb::position::Position::SinceTimestampMs(ts),
+                };
+                let mut request = tonic::Request::new(pb::ConsumeRequest {
+                    topic: Some(raftstream_client::topic_ref(TOPIC)),
+                    partition,
+                    position: Some(pb::Position {
+                        position: Some(position),
+                    }),
+                    max_messages: 50,
+                    wait_ms: 300,
+                });
+                request.set_timeout(REQUEST_TIMEOUT);
+                let t0 = self.recorder.now_us();
+                let call = tokio::time::timeout(
+                    REQUEST_TIMEOUT + Duration::from_secs(1),
+                    grpc.consume(request),
+                )
+                .await;
+                let (outcome, error, messages, next) = match call {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        (Outcome::Ok, None, messages_of(&r), Some(r.next_offset))
+                    }
+                    Ok(Err(status)) => (classify(&status), Some(status.to_string()), vec![], None),
+                    Err(_) => (Outcome::Info, Some("timed out".into()), vec![], None),
+                };
+                self.recorder.record(
+                    &process,
+                    t0,
+                    self.recorder.now_us(),
+                    outcome,
+                    error,
+                    Kind::Poll {
+                        session,
+                        node,
+                        partition,
+                        start,
+                        messages: messages.clone(),
+                        next_offset: next,
+                    },
+                );
+                if outcome != Outcome::Ok {
+                    // The node is down or cut off: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..150))).await;
+                }
+                let Some(last) = messages.last() else {
+                    continue;
+                };
+                start = Start::Offset(last.offset + 1);
+                self.commit(
+                    &process,
+                    &mut client,
+                    &mut rng,
+                    &group,
+                    partition,
+                    last.offset + 1,
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        process: &str,
+        client: &mut Option<Client>,
+        rng: &mut StdRng,
+        group: &str,
+        partition: u32,
+        offset: u64,
+    ) {
+        if client.is_none() {
+            let mut config = ClientConfig::new(self.seeds(rng)).with_token(&self.token);
+            config.request_timeout = REQUEST_TIMEOUT;
+            config.retry_for = Duration::from_secs(3);
+            *client = Client::connect(config).await.ok();
+        }
+        let Some(c) = client.clone() else {
+            return;
+        };
+        let t0 = self.recorder.now_us();
+        let result = c.commit_offset(TOPIC, group, partition, offset).await;
+        let (outcome, error) = match result {
+            Ok(()) => (Outcome::Ok, None),
+            Err(e) => (Outcome::Info, Some(e.to_string())),
+        };
+        self.recorder.record(
+            process,
+            t0,
+            self.recorder.now_us(),
+            outcome,
+            error,
+            Kind::Commit {
+                group: group.to_string(),
+                partition,
+                offset,
+            },
+        );
+        let t0 = self.recorder.now_us();
+        let result = c.committed_offsets(TOPIC, group).await;
+        let (outcome, error, offset) = match result {
+            Ok(offsets) => (
+                Outcome::Ok,
+                None,
+                offsets
+                    .iter()
+                    .find(|(p, _)| *p == partition)
+                    .map(|(_, o)| *o),
+            ),
+            Err(e) => (Outcome::Info, Some(e.to_string()), None),
+        };
+        self.recorder.record(
+            process,
+            t0,
+            self.recorder.now_us(),
+            outcome,
+            error,
+            Kind::FetchCommitted {
+                group: group.to_string(),
+                partition,
+                offset,
+            },
+        );
+    }
+}
+
+/// (outcome, error, (partition, offset, timestamp) when acknowledged)
+type SendResult = (Outcome, Option<String>, Option<(u32, u64, Option<i64>)>);
+
+/// Reads one partition on one node from its own replica (no forwarding)
+/// from offset 0 to its end. Returns the messages and the replica's high
+/// watermark.
+pub async fn read_local(grpc: &mut Grpc, partition: u32) -> Result<(Vec<Msg>, u64), tonic::Status> {
+    let mut messages = Vec::new();
+    let mut next = 0;
+    loop {
+        let mut request = tonic::Request::new(pb::ConsumeRequest {
+            topic: Some(raftstream_client::topic_ref(TOPIC)),
+            partition,
+            position: Some(pb::Position {
+                position: Some(pb::position::Position::Offset(next)),
+            }),
+            max_messages: 1000,
+            wait_ms: 0,
+        });
+        request.set_timeout(REQUEST_TIMEOUT);
+        request.metadata_mut().insert(
+            "x-raftstream-local",
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let response = grpc.consume(request).await?.into_inner();
+        let batch = messages_of(&response);
+        if batch.is_empty() {
+            return Ok((messages, response.high_watermark));
+        }
+        next = response.next_offset;
+        messages.extend(batch);
+    }
+}
