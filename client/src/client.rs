@@ -131,16 +131,7 @@ impl Client {
             })?),
             None => None,
         };
-        let client = Client {
-            inner: Arc::new(Inner {
-                nodes: RwLock::new(config.seeds.clone()),
-                config,
-                auth: Auth(auth),
-                channels: RwLock::new(HashMap::new()),
-                leaders: RwLock::new(HashMap::new()),
-                next_node: AtomicUsize::new(0),
-            }),
-        };
+        let client = Client::unconnected(config, Auth(auth));
         for seed in client.inner.config.seeds.clone() {
             if client.refresh_from(&seed).await.is_ok() {
                 return Ok(client);
@@ -149,6 +140,20 @@ impl Client {
         Err(Error::NoNodeReachable {
             seeds: client.inner.config.seeds.clone(),
         })
+    }
+
+    /// A client that has not yet learnt the cluster.
+    fn unconnected(config: ClientConfig, auth: Auth) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                nodes: RwLock::new(config.seeds.clone()),
+                config,
+                auth,
+                channels: RwLock::new(HashMap::new()),
+                leaders: RwLock::new(HashMap::new()),
+                next_node: AtomicUsize::new(0),
+            }),
+        }
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -295,6 +300,9 @@ impl Client {
             .with_max_elapsed_time(Some(self.inner.config.retry_for))
             .build();
         let timeout = self.inner.config.request_timeout;
+        // Once an attempt may have run, the call's outcome stays unknown
+        // whatever later attempts answer, unless one succeeds.
+        let mut may_have_run = false;
         loop {
             let addr = self.pick(target);
             let outcome = match connect(self, &addr) {
@@ -315,13 +323,14 @@ impl Client {
             // Such a call may or may not have run.
             let cut_off = std::error::Error::source(&status).is_some()
                 && status.code() != tonic::Code::Unavailable;
-            let retryable = match status.code() {
-                tonic::Code::Unavailable => true,
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-                    retry == Retry::Idempotent
-                }
-                _ => cut_off && retry == Retry::Idempotent,
-            };
+            let unknown = cut_off
+                || matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+                );
+            may_have_run |= unknown;
+            let retryable = status.code() == tonic::Code::Unavailable
+                || (unknown && retry == Retry::Idempotent);
             if !retryable {
                 if cut_off {
                     return Err(Error::OutcomeUnknown(format!(
@@ -337,12 +346,16 @@ impl Client {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None => {
                     let elapsed_ms = started.elapsed().as_millis() as u64;
-                    return Err(match status.code() {
-                        tonic::Code::Unavailable => Error::Unavailable {
+                    return Err(if may_have_run {
+                        Error::OutcomeUnknown(format!(
+                            "an attempt may have run; the last answered: {}",
+                            status.message()
+                        ))
+                    } else {
+                        Error::Unavailable {
                             message: status.message().to_string(),
                             elapsed_ms,
-                        },
-                        _ => Error::OutcomeUnknown(status.message().to_string()),
+                        }
                     });
                 }
             }
@@ -457,5 +470,47 @@ pub fn topic_ref(topic: &str) -> pb::TopicRef {
     };
     pb::TopicRef {
         topic: Some(reference),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    /// Runs `call_with` against answers scripted per attempt (the last
+    /// repeats), without a network: "connecting" always succeeds.
+    async fn scripted(retry: Retry, answers: &[tonic::Code]) -> Result<()> {
+        let mut config = ClientConfig::new(["127.0.0.1:1"]);
+        config.retry_for = Duration::from_millis(300);
+        let client = Client::unconnected(config, Auth(None));
+        let attempt = AtomicU32::new(0);
+        let connect: fn(&Client, &str) -> Result<()> = |_, _| Ok(());
+        client
+            .call_with(connect, Target::Any, retry, |(), _| {
+                let i = attempt.fetch_add(1, Ordering::Relaxed) as usize;
+                let code = answers[i.min(answers.len() - 1)];
+                async move { Err::<tonic::Response<()>, _>(tonic::Status::new(code, "scripted")) }
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_call_that_may_have_run_never_ends_as_unavailable() {
+        use tonic::Code::*;
+        let only_unavailable = scripted(Retry::Idempotent, &[Unavailable]).await;
+        assert!(
+            matches!(only_unavailable, Err(Error::Unavailable { .. })),
+            "{only_unavailable:?}"
+        );
+        let timed_out_first = scripted(Retry::Idempotent, &[DeadlineExceeded, Unavailable]).await;
+        assert!(
+            matches!(timed_out_first, Err(Error::OutcomeUnknown(_))),
+            "{timed_out_first:?}"
+        );
+        // Not retried at all: the timeout itself is the answer.
+        let once = scripted(Retry::Once, &[DeadlineExceeded]).await;
+        assert!(!matches!(once, Err(Error::Unavailable { .. })), "{once:?}");
     }
 }
