@@ -1188,16 +1188,26 @@ mod nats {
             .max_ack_inflight(window * args.producers.max(1) as usize + 16)
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let stream = js
-            .create_stream(jetstream::stream::Config {
-                name: topic.to_string(),
-                subjects: vec![format!("{topic}.>")],
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: args.replicas.unwrap_or(1) as usize,
-                ..Default::default()
-            })
-            .await
-            .context("creating the JetStream stream")?;
+        let config = jetstream::stream::Config {
+            name: topic.to_string(),
+            subjects: vec![format!("{topic}.>")],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: args.replicas.unwrap_or(1) as usize,
+            ..Default::default()
+        };
+        // A cluster that has just started may not have elected its JetStream
+        // meta leader yet: retry for a bounded time.
+        let until = Instant::now() + Duration::from_secs(60);
+        let stream = loop {
+            match js.create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() < until => {
+                    tracing_free_log(&format!("JetStream not ready ({e}); retrying"));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e).context("creating the JetStream stream"),
+            }
+        };
         if args.setup_only {
             return Ok(None);
         }
@@ -1371,6 +1381,10 @@ mod nats {
             }
             seq += 1;
         }
+    }
+
+    fn tracing_free_log(message: &str) {
+        eprintln!("loadgen: {message}");
     }
 
     /// Reads one subject through an ordered consumer until this run's

@@ -15,7 +15,7 @@ mod docs;
 mod error;
 mod extract;
 mod publish;
-mod schema;
+pub mod schema;
 mod tokens;
 mod topics;
 
