@@ -1178,8 +1178,14 @@ mod nats {
     use super::*;
 
     pub async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Option<Report>> {
+        let servers = args
+            .addr
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("--addr takes NATS URLs separated by commas")?;
         let client = async_nats::ConnectOptions::new()
-            .connect(args.addr.as_str())
+            .connect(servers)
             .await
             .context("connecting to NATS")?;
         let window = (args.in_flight.max(1) * args.batch_size.max(1)).max(1);
