@@ -143,23 +143,30 @@ start_nats() {
 }
 
 # run LABEL ARGS...: one loadgen run whose JSON result is kept under LABEL.
+# A failed run is recorded as failed (with the end of its error) and the
+# comparison goes on; the table shows it, and the script exits non-zero.
+failures=0
 run() {
   local label=$1
   shift
   echo "compare: $label: loadgen $*" >&2
   local out
-  if ! out=$(RAFTSTREAM_TOKEN="$token" "$loadgen" --json "$@"); then
-    echo "compare: $label failed" >&2
-    return 1
+  if ! out=$(RAFTSTREAM_TOKEN="$token" "$loadgen" --json "$@" 2>"$work/run.err"); then
+    echo "compare: $label failed:" >&2
+    grep -v '^ *[0-9]*: \|^ *at ' "$work/run.err" | head -n 5 >&2
+    python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "failed": True, "error": open(sys.argv[2]).read().split("Stack backtrace")[0].strip()[-500:]}))' \
+      "$label" "$work/run.err" >>"$results"
+    failures=$((failures + 1))
+    return 0
   fi
   printf '%s\n' "$out" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); r["label"] = sys.argv[1]; print(json.dumps(r))' "$label" >>"$results"
 }
 
 # Shapes of the workloads, identical for both systems.
 if [ -n "$quick" ]; then
-  n_1k=20000 n_100=30000 secs_sync=3 secs_lat=3 n_iggy=50000 secs_fo=6 kill_at=2 secs_scale=3 idle_secs=3
+  n_1k=20000 n_100=30000 secs_sync=3 secs_lat=3 n_iggy=50000 secs_fo=6 kill_at=2 secs_scale=3 idle_secs=3 settle_secs=8
 else
-  n_1k=200000 n_100=400000 secs_sync=10 secs_lat=10 n_iggy=1000000 secs_fo=10 kill_at=4 secs_scale=10 idle_secs=10
+  n_1k=200000 n_100=400000 secs_sync=10 secs_lat=10 n_iggy=1000000 secs_fo=10 kill_at=4 secs_scale=10 idle_secs=10 settle_secs=15
 fi
 pipelined=(--producers 4 --partitions 4 --batch-size 1000 --in-flight 5 --linger-ms 5)
 latency=(--one-at-a-time --producers 1 --partitions 1 --message-size 1024 --duration-secs "$secs_lat")
@@ -257,10 +264,14 @@ if want scale; then
     if [ "$parts" -le 250 ]; then topics=1 per=$parts; else topics=$((parts / 250)) per=250; fi
     "$loadgen" --addr "$addrs" --token "$token" --topic "scale$parts" --topics "$topics" \
       --partitions "$per" --replicas 3 --setup-only
-    # Idle: CPU time (utime + stime) and RSS of every node over idle_secs.
-    python3 - "$idle_secs" "$parts" "${rs_pids[@]}" >>"$work/scale.jsonl" <<'PY'
+    # Idle: CPU time (utime + stime) and RSS of every node over idle_secs,
+    # measured after the groups have been left alone for settle_secs (new
+    # groups elect, hand leadership to their preferred replicas and then
+    # quiesce after 2 s idle).
+    python3 - "$idle_secs" "$parts" "$settle_secs" "${rs_pids[@]}" >>"$work/scale.jsonl" <<'PY'
 import json, os, sys, time
-secs, parts, pids = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+secs, parts, settle, pids = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+time.sleep(settle)
 tick = os.sysconf("SC_CLK_TCK")
 def cpu(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -296,3 +307,7 @@ python3 "$root/benches/report.py" \
   --out "$out"
 cat "$out"
 echo "compare: wrote $out" >&2
+if [ "$failures" -gt 0 ]; then
+  echo "compare: $failures run(s) failed (see the table)" >&2
+  exit 1
+fi

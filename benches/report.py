@@ -72,7 +72,9 @@ def main():
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    runs = {r["label"]: r for r in load_lines(a.results)}
+    all_runs = load_lines(a.results)
+    failed = [r for r in all_runs if r.get("failed")]
+    runs = {r["label"]: r for r in all_runs if not r.get("failed")}
     scale = load_lines(a.scale)
     with open(a.disk) as f:
         disk = json.load(f)
@@ -221,6 +223,12 @@ def main():
             rate = get(f"scale/{s['partitions']}", "publish_msgs_per_sec")
             w(f"| {s['partitions']:,} | {', '.join(f'{c:.1f}' for c in s['idle_cpu_pct'])} | "
               f"{', '.join(f'{m:.0f}' for m in s['rss_mib'])} | {fmt_rate(rate)} |")
+        w("")
+
+    if failed:
+        w("## Failed runs\n")
+        for r in failed:
+            w(f"- `{r['label']}`: {r['error']}")
         w("")
 
     w("## Every run\n")

@@ -185,7 +185,8 @@ struct Report {
 struct Failover {
     killed_node: u64,
     killed_pid: u32,
-    /// From the kill to the first acknowledgement received after it.
+    /// From the kill to the first acknowledgement of a message published
+    /// after it.
     first_ack_after_kill_ms: Option<f64>,
     errored_publishes: u64,
 }
@@ -338,6 +339,16 @@ fn deadline(args: &Args, started: Instant) -> Option<Instant> {
         .map(|s| started + Duration::from_secs_f64(s))
 }
 
+/// How many unacknowledged messages one producer may have outstanding:
+/// every partition's batches in flight, but at most 32 MiB of messages
+/// (like Kafka's `buffer.memory`). Both systems get the same window, so a
+/// duration-bound run measures throughput rather than how fast an
+/// unbounded client-side queue fills.
+fn window(args: &Args, partitions: usize) -> usize {
+    let batches = args.in_flight.max(1) * args.batch_size.max(1) * partitions.max(1);
+    batches.min((32 << 20) / args.message_size.max(1)).max(1)
+}
+
 /// The kill instant of a failover run, set once.
 static KILLED_AT: OnceLock<Instant> = OnceLock::new();
 
@@ -370,7 +381,7 @@ async fn collect(mut rx: mpsc::Receiver<Pending>, slots: usize) -> anyhow::Resul
                         let us = d.finished.saturating_duration_since(d.sent).as_micros() as u64;
                         c.latency.saturating_record(us.max(1));
                         if let Some(killed) = KILLED_AT.get()
-                            && d.finished > *killed
+                            && d.sent > *killed
                             && c.first_ack_after_kill.is_none_or(|t| d.finished < t)
                         {
                             c.first_ack_after_kill = Some(d.finished);
@@ -689,6 +700,7 @@ mod raftstream {
     ) -> anyhow::Result<()> {
         let quota = quota(&args, index);
         let deadline = deadline(&args, started);
+        let window = Arc::new(Semaphore::new(window(&args, slots.len())));
         let mut seq = 0u64;
         // Producers start on different partitions so they do not move in lockstep.
         let offset = index as usize;
@@ -706,9 +718,11 @@ mod raftstream {
             };
             let record =
                 Record::new(stamp.encode_binary(args.message_size)).with_partition(slot.partition);
+            let permit = window.clone().acquire_owned().await?;
             let sent = Instant::now();
             let delivery = producers[slot.topic].send(record).await;
             let pending: Pending = Box::pin(async move {
+                let _permit = permit;
                 let result = match delivery {
                     Ok(d) => match d.await {
                         Ok(Ok(_ack)) => Ok(()),
@@ -1188,9 +1202,12 @@ mod nats {
             .connect(servers)
             .await
             .context("connecting to NATS")?;
-        let window = (args.in_flight.max(1) * args.batch_size.max(1)).max(1);
+        let window = window(args, args.partitions as usize);
+        // Acks wait up to two minutes: with every write forced to disk a
+        // full window of publishes takes JetStream far longer than the
+        // client's default five seconds to acknowledge.
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(120))
             .max_ack_inflight(window * args.producers.max(1) as usize + 16)
             .backpressure_on_inflight(true)
             .build(client.clone());
