@@ -262,8 +262,15 @@ if want scale; then
     start_raftstream 3
     addrs=$(IFS=,; echo "${rs_grpc[*]}")
     if [ "$parts" -le 250 ]; then topics=1 per=$parts; else topics=$((parts / 250)) per=250; fi
-    "$loadgen" --addr "$addrs" --token "$token" --topic "scale$parts" --topics "$topics" \
-      --partitions "$per" --replicas 3 --setup-only
+    if ! "$loadgen" --addr "$addrs" --token "$token" --topic "scale$parts" --topics "$topics" \
+      --partitions "$per" --replicas 3 --setup-only 2>"$work/run.err"; then
+      echo "compare: scale/$parts: creating the topics failed" >&2
+      python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "failed": True, "error": open(sys.argv[2]).read().split("Stack backtrace")[0].strip()[-500:]}))' \
+        "scale/$parts" "$work/run.err" >>"$results"
+      failures=$((failures + 1))
+      stop_all
+      continue
+    fi
     # Idle: CPU time (utime + stime) and RSS of every node over idle_secs,
     # measured after the groups have been left alone for settle_secs (new
     # groups elect, hand leadership to their preferred replicas and then
@@ -292,6 +299,13 @@ PY
       --producers 4 --batch-size 1000 --in-flight 5 --linger-ms 5 --message-size 1024 --duration-secs "$secs_scale"
     stop_all
   done
+fi
+
+# The raw figures of a full run are kept next to RESULTS.md.
+if [ ${#sections[@]} -eq 4 ] && [ -z "$quick" ]; then
+  mkdir -p "$root/benches/results"
+  cp "$results" "$work/disk.json" "$root/benches/results/"
+  [ -f "$work/scale.jsonl" ] && cp "$work/scale.jsonl" "$root/benches/results/"
 fi
 
 # Only a run of every section replaces benches/RESULTS.md; a partial run
