@@ -100,7 +100,7 @@ def main():
       f"{disk_mb:,.0f} MB/s sequential write with one fsync")
     w(f"- **Versions:** Raftstream {a.commit} (release build), {a.nats_version}, {a.rustc_version}")
     w(f"- **Command:** `{a.command}`")
-    w("- **Noise:** another engineer compiled on the same 2 cores during the run; "
+    w("- **Noise:** other engineers' builds and test clusters shared the 2 cores and the disk during the run; "
       "compare the ratios, which come from one run, rather than absolute figures.\n")
 
     w("Raftstream acknowledges a publish only after it is fsynced on a majority (group commit: "
@@ -132,8 +132,9 @@ def main():
             w(f"| HTTP gateway batch publish 1 KiB, msgs/s (Raftstream only) | {fmt_rate(http)} | | | | |")
         w("")
         w("Workloads: pipelined = 4 producers × 4 partitions (JetStream: 4 subjects of one stream), "
-          "batches of 1,000 with 5 in flight per partition and producer, linger 5 ms (JetStream: a "
-          "window of 5,000 unacknowledged publishes per producer); one-at-a-time = 1 producer, 1 "
+          "batches of 1,000 with 5 in flight per partition and producer, linger 5 ms; both systems "
+          "limit each producer to in-flight × batch × partitions unacknowledged messages, at most "
+          "32 MiB (20,000 here); one-at-a-time = 1 producer, 1 "
           "partition, 1 KiB, each publish waits for its ack. Catch-up reads everything a pipelined "
           "run acknowledged, one consumer per partition (subject). Every run verified that the "
           "consumers read exactly the acknowledged messages.\n")
