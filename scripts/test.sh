@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, openraft's storage suite and the
 # multi-node integration tests on loopback, then schemathesis against the
-# HTTP gateway's /openapi.json on one dev node, then jepsen-lite (a short
-# fault-injection campaign and a run that must catch a planted bug; both
-# need root). Ends with one summary line over every test binary; the
-# schemathesis run and the two jepsen-lite steps count as one test each.
+# HTTP gateway's /openapi.json on one dev node, a loadgen smoke test, then
+# jepsen-lite (a short fault-injection campaign and a run that must catch a
+# planted bug; both need root). Ends with one summary line over every test
+# binary; schemathesis, the loadgen smoke test and the two jepsen-lite
+# steps count as one test each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 work=$(mktemp -d)
 node_pid=""
+node_pids=()
 cleanup() {
-  # Stop only the node this script started.
-  if [ -n "$node_pid" ]; then
-    kill "$node_pid" 2>/dev/null || true
-    wait "$node_pid" 2>/dev/null || true
-  fi
+  # Stop only the nodes this script started.
+  for pid in "${node_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -58,6 +60,7 @@ fuzz() {
     --data-dir "$work/data" --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
     >"$work/node.log" 2>&1 &
   node_pid=$!
+  node_pids+=("$node_pid")
 
   # Ready means the metadata group has a leader: poll, bounded at 30 s.
   local ready=""
@@ -186,6 +189,49 @@ TOML
 fuzz_passed=0
 fuzz_failed=0
 if fuzz; then fuzz_passed=1; else fuzz_failed=1; status=1; fi
+if [ -n "$node_pid" ]; then
+  kill "$node_pid" 2>/dev/null || true
+  wait "$node_pid" 2>/dev/null || true
+  node_pid=""
+fi
+
+# --- loadgen smoke test: a tiny workload on a debug dev node ----------------
+# Checks only that loadgen runs and that its consumers read exactly what was
+# acknowledged (gRPC and HTTP); performance is never asserted here.
+# Bounded by `timeout` (it takes a few seconds).
+loadgen_smoke() {
+  # Two builds, as the rest of this script builds them, so neither
+  # recompiles shared crates with other features.
+  cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
+  cargo build --quiet -p raftstream-benches --bin loadgen || return 1
+  local grpc_port http_port token
+  grpc_port=$(free_port)
+  http_port=$(free_port)
+  token="rst_loadgen-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn target/debug/raftstream-node dev \
+    --data-dir "$work/loadgen-data" --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
+    >"$work/loadgen-node.log" 2>&1 &
+  node_pid=$!
+  node_pids+=("$node_pid")
+  local ready=""
+  for _ in $(seq 150); do
+    if curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null; then ready=yes; break; fi
+    kill -0 "$node_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if [ -z "$ready" ]; then
+    echo "loadgen: the node did not become ready; its log:"
+    tail -n 50 "$work/loadgen-node.log"
+    return 1
+  fi
+  RAFTSTREAM_TOKEN="$token" timeout 120 target/debug/loadgen --addr "127.0.0.1:$grpc_port" \
+    --partitions 3 --producers 2 --messages 3000 --message-size 100 --batch-size 100 --live || return 1
+  RAFTSTREAM_TOKEN="$token" timeout 120 target/debug/loadgen --addr "127.0.0.1:$grpc_port" \
+    --one-at-a-time --messages 50 --message-size 1024 || return 1
+  RAFTSTREAM_TOKEN="$token" timeout 120 target/debug/loadgen --system http --addr "127.0.0.1:$http_port" \
+    --partitions 2 --producers 2 --messages 400 --message-size 200 --batch-size 50 --in-flight 2 || return 1
+}
+if loadgen_smoke; then fuzz_passed=$((fuzz_passed + 1)); else fuzz_failed=$((fuzz_failed + 1)); status=1; fi
 
 # --- jepsen-lite: a short fault-injection campaign, and the planted bug ----
 # Both need root (network namespaces, nftables). The campaign must find no

@@ -76,6 +76,11 @@ pub struct RaftTimings {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A partition group whose leader's log has not grown for this long
+    /// stops ticking on every replica, and one heartbeat per peer node
+    /// stands in for its own (see `raft::quiesce`). 0 keeps every group
+    /// ticking.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -84,6 +89,7 @@ impl Default for RaftTimings {
             heartbeat_ms: 150,
             election_timeout_min_ms: 750,
             election_timeout_max_ms: 1500,
+            quiesce_after_ms: 2000,
         }
     }
 }

@@ -18,6 +18,8 @@ use crate::api::WriteError;
 use crate::config::NodeConfig;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
+use crate::raft::quiesce::QuiesceTimings;
+use crate::raft::quiesce::Quiescer;
 use crate::raft::types::GroupId;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
@@ -82,6 +84,8 @@ pub struct Node {
     pub pool: PeerPool,
     raft_config: Arc<openraft::Config>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
+    quiescer: Option<Arc<Quiescer>>,
     /// Round-robin cursor for publishes with neither key nor partition.
     round_robin: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
@@ -123,7 +127,18 @@ impl Node {
             .validate()
             .map_err(|e| NodeError::Config(e.to_string()))?;
         let (shutdown_tx, _) = watch::channel(false);
+        let quiescer = (timings.quiesce_after_ms > 0).then(|| {
+            Quiescer::new(
+                config.node_id,
+                QuiesceTimings {
+                    round: Duration::from_millis(timings.heartbeat_ms),
+                    quiesce_after: Duration::from_millis(timings.quiesce_after_ms),
+                    peer_timeout: Duration::from_millis(timings.election_timeout_min_ms),
+                },
+            )
+        });
         let node = Arc::new(Node {
+            quiescer,
             config,
             storage,
             pool: PeerPool::default(),
@@ -136,6 +151,7 @@ impl Node {
         node.start_group(META_GROUP, &voters, true).await?;
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().retention_loop());
+        tokio::spawn(node.clone().quiesce_loop());
         tokio::spawn(node.clone().bootstrap_admin_token());
         Ok(node)
     }
@@ -381,6 +397,55 @@ impl Node {
         }
     }
 
+    pub fn quiescer(&self) -> Option<&Arc<Quiescer>> {
+        self.quiescer.as_ref()
+    }
+
+    /// Every heartbeat interval: quiesce or wake local groups, then send
+    /// each peer one node heartbeat naming the idle groups this node leads.
+    /// A peer whose previous heartbeat is still in flight is skipped, so a
+    /// dead peer costs one pending call, not a growing pile.
+    async fn quiesce_loop(self: Arc<Self>) {
+        let Some(quiescer) = self.quiescer.clone() else {
+            return;
+        };
+        let round = Duration::from_millis(self.config.raft.heartbeat_ms.max(1));
+        let mut ticker = tokio::time::interval(round);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown_signal();
+        let mut sending: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let quiesced = quiescer.round(&self.groups());
+            for (peer, addr) in &self.config.peers {
+                if *peer == self.id() || sending.get(peer).is_some_and(|h| !h.is_finished()) {
+                    continue;
+                }
+                let beat = raftstream_proto::v1::NodeHeartbeatRequest {
+                    from: self.id(),
+                    quiesced_groups: quiesced.clone(),
+                };
+                let pool = self.pool.clone();
+                let addr = addr.clone();
+                let peer_id = *peer;
+                let timeout = Duration::from_millis(self.config.raft.election_timeout_min_ms);
+                sending.insert(
+                    *peer,
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            crate::raft::quiesce::send_heartbeat(&pool, &addr, beat, timeout).await
+                        {
+                            tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");
+                        }
+                    }),
+                );
+            }
+        }
+    }
+
     /// Periodic upkeep of every local partition: retention (leaders advance
     /// the log start, every replica then drops the Raft log below it, see
     /// ARCHITECTURE.md) and preferred-leader balancing.
@@ -516,6 +581,9 @@ impl Node {
                 to = preferred,
                 "handing leadership to the preferred replica"
             );
+            if let Some(quiescer) = &self.quiescer {
+                quiescer.hold_awake(group);
+            }
             let _ = group.raft.trigger().transfer_leader(preferred).await;
         }
     }

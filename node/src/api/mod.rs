@@ -102,6 +102,9 @@ impl Node {
         group: &Group,
         command: Command,
     ) -> Result<CommandResponse, WriteError> {
+        if let Some(quiescer) = self.quiescer() {
+            quiescer.wake_for_write(group).await;
+        }
         let write = group.raft.client_write(command);
         match tokio::time::timeout(self.write_timeout(), write).await {
             Err(_) => Err(WriteError::Unknown(format!(

@@ -16,7 +16,7 @@ mod error;
 mod extract;
 mod ingest;
 mod publish;
-mod schema;
+pub mod schema;
 mod tokens;
 mod topics;
 

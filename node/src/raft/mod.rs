@@ -2,5 +2,6 @@
 //! the transport server. No other module names openraft's network types.
 
 pub mod network;
+pub mod quiesce;
 pub mod transport;
 pub mod types;

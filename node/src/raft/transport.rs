@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use openraft::alias::SnapshotOf;
+use raftstream_proto::v1::NodeHeartbeatReply;
+use raftstream_proto::v1::NodeHeartbeatRequest;
 use raftstream_proto::v1::RaftMessage;
 use raftstream_proto::v1::raft_transport_server::RaftTransport;
 use serde::Serialize;
@@ -110,5 +112,15 @@ impl RaftTransport for TransportService {
             message.group_id,
             group.raft.handle_transfer_leader(rpc).await,
         )
+    }
+
+    async fn node_heartbeat(
+        &self,
+        request: Request<NodeHeartbeatRequest>,
+    ) -> Result<Response<NodeHeartbeatReply>, Status> {
+        if let Some(quiescer) = self.node.quiescer() {
+            quiescer.on_heartbeat(request.get_ref());
+        }
+        Ok(Response::new(NodeHeartbeatReply {}))
     }
 }

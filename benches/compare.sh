@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# Raftstream versus NATS JetStream, side by side on loopback, in one run.
+#
+#   benches/compare.sh [--quick] [SECTION...]
+#
+# Sections (all by default, in this order):
+#   compare   3 nodes / 3 replicas and 1 node / 1 replica: 1 KiB and 100 B
+#             pipelined throughput, one-at-a-time latency, catch-up consume;
+#             Raftstream (fsync per commit) against JetStream with its default
+#             lazy sync and with its store on a filesystem mounted -o sync
+#   iggy      single node, 1 replica, 1 KiB, 8 producers, batches of 1,000
+#   failover  kill a partition leader under load (3 nodes)
+#   scale     3 nodes with 10, 100 and 1,000 partitions: idle CPU and RSS per
+#             node, throughput over all partitions
+#
+# --quick shrinks every workload (for trying the script, not for figures).
+# Builds release binaries, installs nats-server from Debian when missing,
+# binds everything to 127.0.0.1, and on exit (also on failure or Ctrl-C)
+# stops only the processes it started, unmounts what it mounted and removes
+# its temporary directory. Writes benches/RESULTS.md and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+quick=""
+sections=()
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=yes ;;
+    compare | iggy | failover | scale) sections+=("$arg") ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ ${#sections[@]} -gt 0 ] || sections=(compare iggy failover scale)
+want() { local s; for s in "${sections[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+scripts/setup.sh
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "compare: installing nats-server from Debian" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq nats-server >/dev/null
+fi
+command -v mkfs.ext4 >/dev/null 2>&1 || { echo "compare: mkfs.ext4 (e2fsprogs) is needed for the -o sync store" >&2; exit 1; }
+
+echo "compare: building release binaries" >&2
+cargo build --release -q -p raftstream-node -p raftstream-benches --bin raftstream-node --bin loadgen
+node_bin=$root/target/release/raftstream-node
+loadgen=$root/target/release/loadgen
+
+work=$(mktemp -d /tmp/raftstream-compare.XXXXXX)
+results=$work/results.jsonl
+: >"$results"
+pids=()
+mounted=""
+token="rst_compare-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  stop_all
+  if [ -n "$mounted" ]; then umount "$mounted" 2>/dev/null || umount -l "$mounted" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Polls $1 (a URL) until it answers, bounded at 60 s.
+wait_http() {
+  local i
+  for i in $(seq 300); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "compare: $1 did not come up" >&2
+  return 1
+}
+
+# --- Raftstream --------------------------------------------------------------
+rs_grpc=()
+rs_http=()
+rs_pids=()
+# start_raftstream N: an N-node cluster with fresh data directories.
+start_raftstream() {
+  local n=$1 id peers="" dir
+  rs_grpc=() rs_http=() rs_pids=()
+  for id in $(seq "$n"); do
+    rs_grpc+=("127.0.0.1:$(free_port)")
+    rs_http+=("127.0.0.1:$(free_port)")
+  done
+  for id in $(seq "$n"); do peers+="${peers:+,}$id=${rs_grpc[$((id - 1))]}"; done
+  dir=$(mktemp -d "$work/raftstream.XXXX")
+  for id in $(seq "$n"); do
+    RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn "$node_bin" run --node-id "$id" --peers "$peers" \
+      --grpc-addr "${rs_grpc[$((id - 1))]}" --http-addr "${rs_http[$((id - 1))]}" \
+      --data-dir "$dir/$id" >"$dir/$id.log" 2>&1 &
+    pids+=($!)
+    rs_pids+=($!)
+  done
+  for id in $(seq "$n"); do wait_http "http://${rs_http[$((id - 1))]}/readyz"; done
+}
+
+# --- NATS JetStream ----------------------------------------------------------
+nats_urls=""
+# start_nats N STORE_ROOT: an N-node JetStream cluster storing under STORE_ROOT.
+start_nats() {
+  local n=$1 store=$2 id routes="" client cluster monitor conf
+  local -a clients=() clusters=() monitors=()
+  for id in $(seq "$n"); do
+    clients+=("$(free_port)")
+    clusters+=("$(free_port)")
+    monitors+=("$(free_port)")
+  done
+  for id in $(seq "$n"); do routes+="${routes:+, }nats-route://127.0.0.1:${clusters[$((id - 1))]}"; done
+  nats_urls=""
+  for id in $(seq "$n"); do
+    client=${clients[$((id - 1))]} cluster=${clusters[$((id - 1))]} monitor=${monitors[$((id - 1))]}
+    conf=$(mktemp "$work/nats-XXXX.conf")
+    {
+      echo "server_name: n$id"
+      echo "listen: 127.0.0.1:$client"
+      echo "http: 127.0.0.1:$monitor"
+      echo "jetstream { store_dir: \"$store/n$id\" }"
+      if [ "$n" -gt 1 ]; then
+        echo "cluster { name: bench, listen: 127.0.0.1:$cluster, routes: [ $routes ] }"
+      fi
+    } >"$conf"
+    nats-server -c "$conf" >"$conf.log" 2>&1 &
+    pids+=($!)
+    nats_urls+="${nats_urls:+,}nats://127.0.0.1:$client"
+  done
+  for id in $(seq "$n"); do wait_http "http://127.0.0.1:${monitors[$((id - 1))]}/healthz"; done
+}
+
+# run LABEL ARGS...: one loadgen run whose JSON result is kept under LABEL.
+# A failed run is recorded as failed (with the end of its error) and the
+# comparison goes on; the table shows it, and the script exits non-zero.
+failures=0
+run() {
+  local label=$1
+  shift
+  echo "compare: $label: loadgen $*" >&2
+  local out
+  if ! out=$(RAFTSTREAM_TOKEN="$token" "$loadgen" --json "$@" 2>"$work/run.err"); then
+    echo "compare: $label failed:" >&2
+    grep -v '^ *[0-9]*: \|^ *at ' "$work/run.err" | head -n 5 >&2
+    python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "failed": True, "error": open(sys.argv[2]).read().split("Stack backtrace")[0].strip()[-500:]}))' \
+      "$label" "$work/run.err" >>"$results"
+    failures=$((failures + 1))
+    return 0
+  fi
+  printf '%s\n' "$out" | python3 -c 'import json, sys; r = json.loads(sys.stdin.read()); r["label"] = sys.argv[1]; print(json.dumps(r))' "$label" >>"$results"
+}
+
+# Shapes of the workloads, identical for both systems.
+if [ -n "$quick" ]; then
+  n_1k=20000 n_100=30000 secs_sync=3 secs_lat=3 n_iggy=50000 secs_fo=6 kill_at=2 secs_scale=3 idle_secs=3 settle_secs=8
+else
+  n_1k=200000 n_100=400000 secs_sync=10 secs_lat=10 n_iggy=1000000 secs_fo=10 kill_at=4 secs_scale=10 idle_secs=10 settle_secs=15
+fi
+pipelined=(--producers 4 --partitions 4 --batch-size 1000 --in-flight 5 --linger-ms 5)
+latency=(--one-at-a-time --producers 1 --partitions 1 --message-size 1024 --duration-secs "$secs_lat")
+
+# workloads SYSTEM_TAG SYSTEM ADDR REPLICAS [--duration-secs S]: the four comparison workloads.
+workloads() {
+  local tag=$1 system=$2 addr=$3 replicas=$4
+  shift 4
+  local n1k=(--messages "$n_1k") n100=(--messages "$n_100")
+  if [ $# -gt 0 ]; then n1k=("$@") n100=("$@"); fi
+  run "$tag/1k" --system "$system" --addr "$addr" --replicas "$replicas" "${pipelined[@]}" --message-size 1024 "${n1k[@]}"
+  run "$tag/100b" --system "$system" --addr "$addr" --replicas "$replicas" "${pipelined[@]}" --message-size 100 "${n100[@]}"
+  run "$tag/latency" --system "$system" --addr "$addr" --replicas "$replicas" "${latency[@]}"
+}
+
+# The disk's fsync rate: what the publish path can at most do with one fsync per commit.
+python3 - "$work" >"$work/disk.json" <<'PY'
+import json, os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+n, start = 0, time.monotonic()
+while time.monotonic() - start < 3:
+    os.write(fd, b"x" * 1024)
+    os.fsync(fd)
+    n += 1
+os.close(fd)
+rate = n / (time.monotonic() - start)
+# Sequential bandwidth with one fsync at the end: 64 MiB in 1 MiB writes.
+chunk, total = b"y" * (1 << 20), 64
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+start = time.monotonic()
+for _ in range(total):
+    os.write(fd, chunk)
+os.fsync(fd)
+mb_per_sec = total * 1.048576 / (time.monotonic() - start)
+os.close(fd)
+os.unlink(path)
+print(json.dumps({"fsyncs_per_sec": rate, "write_mb_per_sec": mb_per_sec}))
+PY
+echo "compare: disk: $(cat "$work/disk.json")" >&2
+
+if want compare; then
+  for nodes in 3 1; do
+    replicas=$nodes
+    start_raftstream "$nodes"
+    addrs=$(IFS=,; echo "${rs_grpc[*]}")
+    workloads "raftstream/$nodes" raftstream "$addrs" "$replicas"
+    run "raftstream-http/$nodes/1k" --system http --addr "${rs_http[0]}" --replicas "$replicas" \
+      --producers 4 --partitions 4 --batch-size 100 --in-flight 4 --message-size 1024 --messages $((n_1k / 4))
+    stop_all
+
+    start_nats "$nodes" "$work/nats-lazy-$nodes"
+    workloads "nats-lazy/$nodes" nats "$nats_urls" "$replicas"
+    stop_all
+
+    # Every write forced to disk: the store on an ext4 image mounted -o sync.
+    img=$work/sync-$nodes.img
+    mnt=$work/sync-$nodes
+    truncate -s 4G "$img"
+    mkfs.ext4 -q -F "$img"
+    mkdir -p "$mnt"
+    mount -o loop,sync "$img" "$mnt"
+    mounted=$mnt
+    start_nats "$nodes" "$mnt"
+    workloads "nats-sync/$nodes" nats "$nats_urls" "$replicas" --duration-secs "$secs_sync"
+    stop_all
+    umount "$mnt"
+    mounted=""
+    rm -f "$img"
+  done
+fi
+
+if want iggy; then
+  start_raftstream 1
+  run "iggy/raftstream" --system raftstream --addr "${rs_grpc[0]}" --replicas 1 --producers 8 \
+    --partitions 8 --batch-size 1000 --in-flight 5 --linger-ms 5 --message-size 1024 --messages "$n_iggy"
+  stop_all
+fi
+
+if want failover; then
+  start_raftstream 3
+  addrs=$(IFS=,; echo "${rs_grpc[*]}")
+  node_pids=""
+  for id in 1 2 3; do node_pids+="${node_pids:+,}$id=${rs_pids[$((id - 1))]}"; done
+  run "failover/raftstream" --system raftstream --addr "$addrs" --replicas 3 --partitions 1 --producers 2 \
+    --batch-size 100 --in-flight 5 --linger-ms 1 --message-size 1024 --duration-secs "$secs_fo" \
+    --kill-leader-after-secs "$kill_at" --node-pids "$node_pids"
+  stop_all
+fi
+
+if want scale; then
+  for parts in 10 100 1000; do
+    start_raftstream 3
+    addrs=$(IFS=,; echo "${rs_grpc[*]}")
+    if [ "$parts" -le 250 ]; then topics=1 per=$parts; else topics=$((parts / 250)) per=250; fi
+    if ! "$loadgen" --addr "$addrs" --token "$token" --topic "scale$parts" --topics "$topics" \
+      --partitions "$per" --replicas 3 --setup-only 2>"$work/run.err"; then
+      echo "compare: scale/$parts: creating the topics failed" >&2
+      python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "failed": True, "error": open(sys.argv[2]).read().split("Stack backtrace")[0].strip()[-500:]}))' \
+        "scale/$parts" "$work/run.err" >>"$results"
+      failures=$((failures + 1))
+      stop_all
+      continue
+    fi
+    # Idle: CPU time (utime + stime) and RSS of every node over idle_secs,
+    # measured after the groups have been left alone for settle_secs (new
+    # groups elect, hand leadership to their preferred replicas and then
+    # quiesce after 2 s idle).
+    python3 - "$idle_secs" "$parts" "$settle_secs" "${rs_pids[@]}" >>"$work/scale.jsonl" <<'PY'
+import json, os, sys, time
+secs, parts, settle, pids = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+time.sleep(settle)
+tick = os.sysconf("SC_CLK_TCK")
+def cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+before = {p: cpu(p) for p in pids}
+time.sleep(secs)
+print(json.dumps({"partitions": parts, "idle_cpu_pct": [100 * (cpu(p) - before[p]) / secs for p in pids],
+                  "rss_mib": [rss_mib(p) for p in pids]}))
+PY
+    if [ "$topics" -gt 1 ]; then topic_args=(--topic "scale$parts" --topics "$topics"); else topic_args=(--topic "scale$parts"); fi
+    run "scale/$parts" --system raftstream --addr "$addrs" "${topic_args[@]}" --partitions "$per" --replicas 3 \
+      --producers 4 --batch-size 1000 --in-flight 5 --linger-ms 5 --message-size 1024 --duration-secs "$secs_scale"
+    stop_all
+  done
+fi
+
+# The raw figures of a full run are kept next to RESULTS.md.
+if [ ${#sections[@]} -eq 4 ] && [ -z "$quick" ]; then
+  mkdir -p "$root/benches/results"
+  cp "$results" "$work/disk.json" "$root/benches/results/"
+  [ -f "$work/scale.jsonl" ] && cp "$work/scale.jsonl" "$root/benches/results/"
+fi
+
+# Only a run of every section replaces benches/RESULTS.md; a partial run
+# writes its table next to the results in the temporary directory and prints it.
+out=$root/benches/RESULTS.md
+[ ${#sections[@]} -eq 4 ] && [ -z "$quick" ] || out=$work/RESULTS.md
+nats_version=$(nats-server --version 2>&1 | head -n1)
+rustc_version=$(rustc --version)
+python3 "$root/benches/report.py" \
+  --results "$results" --scale "$work/scale.jsonl" --disk "$work/disk.json" \
+  --command "benches/compare.sh $*" --nats-version "$nats_version" --rustc-version "$rustc_version" \
+  --commit "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+dirty')" \
+  --out "$out"
+cat "$out"
+echo "compare: wrote $out" >&2
+if [ "$failures" -gt 0 ]; then
+  echo "compare: $failures run(s) failed (see the table)" >&2
+  exit 1
+fi
