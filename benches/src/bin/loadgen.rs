@@ -686,20 +686,8 @@ mod raftstream {
             None => None,
         };
 
-        if let Ok(mut a) = acked_live.lock() {
-            *a = Some(publish.acked_per_slot.clone());
-        }
-        for t in live_tasks {
-            t.await.context("a live consumer panicked")??;
-        }
-        let live = match live {
-            Some(h) => Some(
-                h.lock()
-                    .map_err(|_| anyhow::anyhow!("live histogram poisoned"))?
-                    .clone(),
-            ),
-            None => None,
-        };
+        finish_live(&acked_live, &publish.acked_per_slot, live_tasks).await?;
+        let live = live_snapshot(live)?;
 
         let (catchup, reads) = if args.no_verify {
             (None, None)
@@ -1020,14 +1008,7 @@ mod http {
         if let Some(t) = live_task {
             t.await.context("the live consumer panicked")??;
         }
-        let live = match live {
-            Some(h) => Some(
-                h.lock()
-                    .map_err(|_| anyhow::anyhow!("live histogram poisoned"))?
-                    .clone(),
-            ),
-            None => None,
-        };
+        let live = live_snapshot(live)?;
         let (catchup, reads) = if args.no_verify {
             (None, None)
         } else {
@@ -1336,20 +1317,8 @@ mod nats {
             )));
         }
         let publish = gather(started, collectors, producers, subjects.len()).await?;
-        if let Ok(mut a) = acked_live.lock() {
-            *a = Some(publish.acked_per_slot.clone());
-        }
-        for t in live_tasks {
-            t.await.context("a live consumer panicked")??;
-        }
-        let live = match live {
-            Some(h) => Some(
-                h.lock()
-                    .map_err(|_| anyhow::anyhow!("live histogram poisoned"))?
-                    .clone(),
-            ),
-            None => None,
-        };
+        finish_live(&acked_live, &publish.acked_per_slot, live_tasks).await?;
+        let live = live_snapshot(live)?;
         let (catchup, reads) = if args.no_verify {
             (None, None)
         } else {
@@ -1517,4 +1486,32 @@ mod nats {
             reads.record(run, stamp);
         }
     }
+}
+
+/// Tells the live consumers how much was acknowledged per slot, so they
+/// know when they have read everything, and waits for them.
+async fn finish_live<T>(
+    acked_live: &Mutex<Option<Vec<u64>>>,
+    acked_per_slot: &[u64],
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<T>>>,
+) -> anyhow::Result<()> {
+    if let Ok(mut acked) = acked_live.lock() {
+        *acked = Some(acked_per_slot.to_vec());
+    }
+    for task in tasks {
+        task.await.context("a live consumer panicked")??;
+    }
+    Ok(())
+}
+
+/// The live consumers' end-to-end latencies, once they are done.
+fn live_snapshot(
+    live: Option<Arc<Mutex<Histogram<u64>>>>,
+) -> anyhow::Result<Option<Histogram<u64>>> {
+    live.map(|h| {
+        h.lock()
+            .map(|h| h.clone())
+            .map_err(|_| anyhow::anyhow!("live histogram poisoned"))
+    })
+    .transpose()
 }
