@@ -220,6 +220,22 @@ impl Node {
             .await
     }
 
+    /// Waits until this node's metadata holds topic `id` at `version` or
+    /// later (`None`: until the topic is gone). Topic changes are answered
+    /// by the metadata leader; waiting here means the next publish through
+    /// this node already checks the new schema (read your own writes).
+    /// Returns false if the change has not arrived within
+    /// `METADATA_PROPAGATION_WAIT`; it still arrives later.
+    pub async fn await_topic_applied(&self, id: u64, version: Option<u64>) -> bool {
+        self.await_metadata(|m| match (m.topics.get(&id), version) {
+            (Some(topic), Some(version)) => (topic.version >= version).then_some(()),
+            (None, None) => Some(()),
+            _ => None,
+        })
+        .await
+        .is_some()
+    }
+
     /// `lookup` on this node's metadata, tried again as metadata arrives
     /// until it finds something or `METADATA_PROPAGATION_WAIT` passes.
     async fn await_metadata<T>(&self, lookup: impl Fn(&MetaState) -> Option<T>) -> Option<T> {

@@ -1248,9 +1248,11 @@ impl Raftstream for ClientService {
                 Ok(forward!(self, addr, create_topic, request.clone(), hops)?.into_inner())
             })
         };
-        Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
-        ))
+        let topic = self.on_meta_leader(hops, local, forward).await?;
+        self.node
+            .await_topic_applied(topic.id, Some(topic.version))
+            .await;
+        Ok(Response::new(topic))
     }
 
     async fn list_topics(
@@ -1331,9 +1333,11 @@ impl Raftstream for ClientService {
                 Ok(forward!(self, addr, update_topic, request.clone(), hops)?.into_inner())
             })
         };
-        Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
-        ))
+        let topic = self.on_meta_leader(hops, local, forward).await?;
+        self.node
+            .await_topic_applied(topic.id, Some(topic.version))
+            .await;
+        Ok(Response::new(topic))
     }
 
     async fn purge_topic(
@@ -1399,9 +1403,9 @@ impl Raftstream for ClientService {
                 Ok(forward!(self, addr, delete_topic, request.clone(), hops)?.into_inner())
             })
         };
-        Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
-        ))
+        let deleted = self.on_meta_leader(hops, local, forward).await?;
+        self.node.await_topic_applied(topic_id, None).await;
+        Ok(Response::new(deleted))
     }
 
     async fn create_token(
