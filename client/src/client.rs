@@ -256,17 +256,32 @@ impl Client {
         Ok(())
     }
 
-    fn pick(&self, target: Target) -> String {
+    /// The node to send a call for `target` to: the group's leader when
+    /// known, else the next node in turn. `unreachable` (a node the last
+    /// attempt could not connect to) is passed over while another node is
+    /// known: after a crash the survivors still name the dead leader until
+    /// they elect a new one, and a survivor holds the call for that election.
+    fn pick(&self, target: Target, unreachable: Option<&str>) -> String {
         if let Target::Group(group) = target
             && let Some(addr) = self.inner.leaders.read().get(&group)
+            && Some(addr.as_str()) != unreachable
         {
             return addr.clone();
         }
         let nodes = self.inner.nodes.read();
+        let reachable: Vec<&String> = nodes
+            .iter()
+            .filter(|addr| Some(addr.as_str()) != unreachable)
+            .collect();
+        let candidates = if reachable.is_empty() {
+            nodes.iter().collect()
+        } else {
+            reachable
+        };
         let i = self.inner.next_node.fetch_add(1, Ordering::Relaxed);
-        nodes
-            .get(i % nodes.len().max(1))
-            .cloned()
+        candidates
+            .get(i % candidates.len().max(1))
+            .map(|addr| addr.to_string())
             .unwrap_or_default()
     }
 
@@ -303,8 +318,9 @@ impl Client {
         // Once an attempt may have run, the call's outcome stays unknown
         // whatever later attempts answer, unless one succeeds.
         let mut may_have_run = false;
+        let mut unreachable: Option<String> = None;
         loop {
-            let addr = self.pick(target);
+            let addr = self.pick(target, unreachable.as_deref());
             let outcome = match connect(self, &addr) {
                 Ok(grpc) => match tokio::time::timeout(timeout, f(grpc, timeout)).await {
                     Ok(result) => result.map(tonic::Response::into_inner),
@@ -329,6 +345,11 @@ impl Client {
                     tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
                 );
             may_have_run |= unknown;
+            // tonic reports a connection that could not be made as
+            // UNAVAILABLE with the transport error as its source.
+            let could_not_connect = status.code() == tonic::Code::Unavailable
+                && std::error::Error::source(&status).is_some();
+            unreachable = could_not_connect.then(|| addr.clone());
             let retryable = status.code() == tonic::Code::Unavailable
                 || (unknown && retry == Retry::Idempotent);
             if !retryable {

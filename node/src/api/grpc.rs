@@ -386,6 +386,14 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
 /// A forwarded call cut off mid-way (the node went away) may have run
 /// there: its outcome is unknown. A refused connection stays UNAVAILABLE;
 /// statuses the other node sent pass through unchanged.
+/// A forward that failed before it reached the other node (it could not
+/// connect): the request certainly did not run there. tonic reports those
+/// as UNAVAILABLE carrying the transport error; an UNAVAILABLE the other
+/// node answered itself carries no source.
+fn never_reached(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+}
+
 fn forward_failure(status: Status) -> Status {
     let cut_off =
         std::error::Error::source(&status).is_some() && status.code() != tonic::Code::Unavailable;
@@ -545,12 +553,30 @@ impl ClientService {
         replicas: &[u64],
         hops: Hops,
         local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
-        forward: impl FnOnce(String) -> BoxFuture<'a, Result<T, Status>>,
+        forward: impl Fn(String) -> BoxFuture<'a, Result<T, Status>>,
     ) -> Result<T, Status> {
+        let mut waited_out_dead_leader = false;
         for _ in 0..3 {
             let group = match self.route(group_id, replicas, hops).await? {
                 Route::Local(group) => group,
-                Route::Forward(addr) => return forward(addr).await,
+                Route::Forward(addr) => {
+                    let answer = forward(addr).await;
+                    match (&answer, self.node.group(group_id)) {
+                        (Err(status), Some(group))
+                            if never_reached(status) && !waited_out_dead_leader =>
+                        {
+                            // The leader this replica follows is gone (it
+                            // crashed or is cut off). Hold the request for
+                            // the election that replaces it rather than send
+                            // the client away to poll: failover then costs
+                            // the client one election, not its backoff too.
+                            waited_out_dead_leader = true;
+                            self.await_new_leader(&group).await;
+                            continue;
+                        }
+                        _ => return answer,
+                    }
+                }
             };
             match local(group.clone()).await {
                 Err(WriteError::NotLeader { .. }) => {
@@ -567,11 +593,26 @@ impl ClientService {
         Err(Status::unavailable("leadership kept moving; retry"))
     }
 
+    /// Waits, up to two maximal election timeouts, until `group` follows
+    /// a leader other than the one it follows now.
+    async fn await_new_leader(&self, group: &Group) {
+        let gone = group.leader().map(|(id, _)| id);
+        let bound = Duration::from_millis(2 * self.node.config.raft.election_timeout_max_ms);
+        let _ = group
+            .raft
+            .wait(Some(bound))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != gone,
+                "a new leader",
+            )
+            .await;
+    }
+
     async fn on_meta_leader<'a, T>(
         &'a self,
         hops: Hops,
         local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
-        forward: impl FnOnce(String) -> BoxFuture<'a, Result<T, Status>>,
+        forward: impl Fn(String) -> BoxFuture<'a, Result<T, Status>>,
     ) -> Result<T, Status> {
         let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
         self.on_leader(META_GROUP, &replicas, hops, local, forward)
