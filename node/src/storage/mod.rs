@@ -87,6 +87,8 @@ const CF_LOGS: &str = "logs";
 const CF_META: &str = "raft_meta";
 const CF_STATE: &str = "state";
 const COLUMN_FAMILIES: [&str; 3] = [CF_LOGS, CF_META, CF_STATE];
+/// The logs column family's memtable size (RocksDB's default is 64 MiB).
+const LOGS_WRITE_BUFFER_BYTES: usize = 128 << 20;
 
 /// Upper bound of the info log files RocksDB keeps next to the data.
 const INFO_LOG_FILES_MAX: usize = 10;
@@ -155,7 +157,16 @@ impl Storage {
 
         let descriptors = COLUMN_FAMILIES.map(|name| {
             let mut cf_options = Options::default();
-            cf_options.set_compression_type(DBCompressionType::Lz4);
+            if name == CF_LOGS {
+                // Message payloads are mostly compressed or random already, and LZ4 on them
+                // showed up in profiles for both replication and catch-up reads (benches/
+                // analysis.md). A bigger memtable keeps recent entries, the ones followers and
+                // tailing consumers read back, out of SST blocks.
+                cf_options.set_compression_type(DBCompressionType::None);
+                cf_options.set_write_buffer_size(LOGS_WRITE_BUFFER_BYTES);
+            } else {
+                cf_options.set_compression_type(DBCompressionType::Lz4);
+            }
             ColumnFamilyDescriptor::new(name, cf_options)
         });
         // Opening fails if the database has column families we do not know, which is what we
