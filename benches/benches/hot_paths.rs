@@ -30,10 +30,10 @@ use openraft::vote::RaftLeaderIdExt;
 use prost::Message;
 use raftstream_client::pb;
 use raftstream_node::gateway::schema::SchemaCache;
+use raftstream_node::raft::batch::RecordBatch;
 use raftstream_node::raft::types::Command;
 use raftstream_node::raft::types::Entry;
 use raftstream_node::raft::types::PartitionCommand;
-use raftstream_node::raft::types::StoredRecord;
 use raftstream_node::raft::types::TypeConfig;
 use raftstream_node::state_machine::partition::PartitionState;
 use raftstream_node::storage::Storage;
@@ -43,14 +43,12 @@ use raftstream_node::storage::SyncMode;
 const RECORDS: usize = 1000;
 const VALUE_BYTES: usize = 1024;
 
-fn records(n: usize, size: usize) -> Vec<StoredRecord> {
-    (0..n)
-        .map(|i| StoredRecord {
-            key: Vec::new(),
-            value: vec![(i % 251) as u8; size],
-            headers: Vec::new(),
-        })
-        .collect()
+fn records(n: usize, size: usize) -> RecordBatch {
+    let mut builder = RecordBatch::builder();
+    for i in 0..n {
+        builder.push(&[], &vec![(i % 251) as u8; size], []).unwrap();
+    }
+    builder.finish()
 }
 
 fn append_command(n: usize, size: usize, sequence: u64) -> Command {
@@ -262,7 +260,7 @@ fn read_records(storage: &Storage, state: &PartitionState, from: u64, max: usize
                 .skip(slice.skip as usize)
                 .take(slice.take as usize)
             {
-                black_box(r.value.len());
+                black_box(records.share(r.unwrap().value));
                 read += 1;
             }
         }

@@ -28,6 +28,8 @@ use crate::api::read::read_or_wait;
 use crate::node::Group;
 use crate::node::Node;
 use crate::node::now_ms;
+use crate::raft::batch::BatchError;
+use crate::raft::batch::RecordBatch;
 use crate::raft::network::MAX_RPC_BYTES;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::META_GROUP;
@@ -36,7 +38,6 @@ use crate::raft::types::MetaRejection;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
 use crate::raft::types::Scope;
-use crate::raft::types::StoredRecord;
 use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
@@ -352,14 +353,21 @@ fn topic_not_found(name: &TopicName) -> Status {
     Status::not_found(format!("topic {name} does not exist"))
 }
 
-fn record_to_stored(record: pb::Record) -> StoredRecord {
-    let mut headers: Vec<(String, String)> = record.headers.into_iter().collect();
-    headers.sort();
-    StoredRecord {
-        key: record.key.to_vec(),
-        value: record.value.to_vec(),
-        headers,
+/// The records of one publish, in one buffer. Headers are stored sorted,
+/// so every replica and every read sees the same bytes whatever order the
+/// request's map had.
+fn records_to_batch(records: &[pb::Record]) -> Result<RecordBatch, BatchError> {
+    let mut builder = RecordBatch::builder();
+    for record in records {
+        let mut headers: Vec<(&str, &str)> = record
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        headers.sort_unstable();
+        builder.push(&record.key, &record.value, headers)?;
     }
+    Ok(builder.finish())
 }
 
 fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
@@ -371,9 +379,9 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
                 partition,
                 offset: m.offset,
                 timestamp_ms: m.timestamp_ms,
-                key: m.record.key.into(),
-                value: m.record.value.into(),
-                headers: m.record.headers.into_iter().collect(),
+                key: m.key,
+                value: m.value,
+                headers: m.headers.into_iter().collect(),
                 message_id: message_id(partition, m.offset),
             })
             .collect(),
@@ -628,14 +636,21 @@ impl ClientService {
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let replicas = replicas_of(topic, partition)?;
-        let records: Vec<StoredRecord> = records.into_iter().map(record_to_stored).collect();
         let count = records.len() as u64;
         let records = &records;
+        // Built on the leader only: a forwarded publish travels as the
+        // request's records.
+        let batch = std::sync::OnceLock::new();
+        let batch = &batch;
         let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
+                let records = batch
+                    .get_or_init(|| records_to_batch(records))
+                    .clone()
+                    .map_err(|e| WriteError::Rejected(MetaRejection::Invalid(e.to_string())))?;
                 let command = PartitionCommand::Append {
                     timestamp_ms: now_ms(),
-                    records: records.clone(),
+                    records,
                     producer: producer.map(|p| (p.producer_id, p.base_sequence)),
                 };
                 match self.node.write_partition(&group, command).await? {
@@ -688,7 +703,7 @@ impl ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                self.forward_publish(&addr, topic, partition, records.clone(), producer, hops)
+                self.forward_publish(&addr, topic, partition, records, producer, hops)
                     .await
             })
         };
@@ -701,17 +716,16 @@ impl ClientService {
         addr: &str,
         topic: &Topic,
         partition: u32,
-        records: Vec<StoredRecord>,
+        records: &[pb::Record],
         producer: Option<pb::ProducerBatch>,
         hops: Hops,
     ) -> Result<Vec<pb::PublishResult>, Status> {
+        // Keys and values are `Bytes`: cloning a record shares them.
         let records = records
-            .into_iter()
+            .iter()
             .map(|r| pb::Record {
-                key: r.key.into(),
-                value: r.value.into(),
-                headers: r.headers.into_iter().collect(),
                 partition: Some(partition),
+                ..r.clone()
             })
             .collect();
         let request = pb::PublishBatchRequest {

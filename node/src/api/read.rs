@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::EntryPayload;
 
 use crate::node::Group;
+use crate::raft::batch::BatchError;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;
 use crate::raft::types::PartitionCommand;
-use crate::raft::types::StoredRecord;
 use crate::raft::types::TypeConfig;
 use crate::state_machine::GroupData;
 use crate::state_machine::partition::PartitionState;
@@ -30,7 +31,10 @@ pub enum StartAt {
 pub struct ReadMessage {
     pub offset: u64,
     pub timestamp_ms: i64,
-    pub record: StoredRecord,
+    /// Key and value share the stored entry's buffer.
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +117,12 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
         // reader then simply sees the newer log start on its next call.
         let Some(entry) = entry else { break };
         let records = match entry.payload {
-            EntryPayload::Normal(Command::Partition(PartitionCommand::Append {
-                records, ..
-            })) => records,
-            EntryPayload::Normal(Command::Partition(PartitionCommand::Ingest {
-                record, ..
-            })) => vec![record],
+            EntryPayload::Normal(Command::Partition(
+                PartitionCommand::Append { records, .. }
+                | PartitionCommand::Ingest {
+                    record: records, ..
+                },
+            )) => records,
             _ => {
                 return Err(ReadError::Storage(format!(
                     "log entry {} is not the publish batch the index names",
@@ -126,16 +130,21 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
                 )));
             }
         };
+        let malformed =
+            |e: BatchError| ReadError::Storage(format!("log entry {}: {e}", slice.batch.log_index));
         let wanted = records
-            .into_iter()
+            .iter()
             .enumerate()
             .skip(slice.skip as usize)
             .take(slice.take as usize);
         for (i, record) in wanted {
+            let record = record.map_err(malformed)?;
             messages.push(ReadMessage {
                 offset: slice.batch.base_offset + i as u64,
                 timestamp_ms: slice.batch.timestamp_ms,
-                record,
+                key: records.share(record.key),
+                value: records.share(record.value),
+                headers: record.headers().map_err(malformed)?,
             });
         }
         next_offset = slice.batch.base_offset + u64::from(slice.skip) + u64::from(slice.take);

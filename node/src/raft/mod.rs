@@ -1,6 +1,7 @@
 //! Everything openraft: the type configuration, the transport client and
 //! the transport server. No other module names openraft's network types.
 
+pub mod batch;
 pub mod network;
 pub mod quiesce;
 pub mod transport;

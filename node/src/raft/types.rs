@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::raft::batch::RecordBatch;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -63,7 +64,7 @@ pub enum PartitionCommand {
     /// a clock and only raises it to keep time monotonic per partition.
     Append {
         timestamp_ms: i64,
-        records: Vec<StoredRecord>,
+        records: RecordBatch,
         /// Idempotent producers: (producer id, sequence of the first record).
         producer: Option<(u64, u64)>,
     },
@@ -76,7 +77,8 @@ pub enum PartitionCommand {
     /// Replicas may drop their Raft log up to this index: the leader saw
     /// every replica holding it, and it holds only forgotten messages.
     AllowLogPurge { upto: u64 },
-    /// One webhook delivery: appends `record` and counts it for the source,
+    /// One webhook delivery: appends `record` (a batch of exactly one
+    /// record) and counts it for the source,
     /// unless the source already stored a delivery with the same
     /// idempotency key. Deciding both in one entry keeps them atomic.
     Ingest {
@@ -84,24 +86,8 @@ pub enum PartitionCommand {
         source_id: String,
         event_id: String,
         idempotency_key: Option<String>,
-        record: StoredRecord,
+        record: RecordBatch,
     },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StoredRecord {
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl StoredRecord {
-    pub fn size_bytes(&self) -> u64 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        (self.key.len() + self.value.len() + headers) as u64
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,9 +11,9 @@ use std::collections::VecDeque;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::PartitionCommand;
-use crate::raft::types::StoredRecord;
 
 /// Where one publish batch sits: its offsets, its Raft entry and its time.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -236,12 +236,7 @@ impl PartitionState {
                         duplicate: true,
                     };
                 }
-                let (batch, timestamp_ms) = self.append(
-                    *timestamp_ms,
-                    std::slice::from_ref(record),
-                    log_index,
-                    changes,
-                );
+                let (batch, timestamp_ms) = self.append(*timestamp_ms, record, log_index, changes);
                 let offset = batch.map_or(self.next_offset, |b| b.base_offset);
                 let stats = self.source_stats.entry(source_id.clone()).or_default();
                 stats.event_count += 1;
@@ -295,7 +290,7 @@ impl PartitionState {
     fn append(
         &mut self,
         timestamp_ms: i64,
-        records: &[StoredRecord],
+        records: &RecordBatch,
         log_index: u64,
         changes: &mut Vec<PartitionChange>,
     ) -> (Option<BatchIndex>, i64) {
@@ -310,7 +305,7 @@ impl PartitionState {
             count,
             log_index,
             timestamp_ms,
-            bytes: records.iter().map(|r| r.size_bytes()).sum(),
+            bytes: records.payload_bytes(),
         };
         self.next_offset = batch.end_offset();
         self.last_timestamp_ms = timestamp_ms;
@@ -514,15 +509,19 @@ impl PartitionState {
 mod tests {
     use super::*;
 
+    /// `n` records, each with no key and `value`.
+    fn batch_of(n: usize, value: &[u8]) -> RecordBatch {
+        let mut builder = RecordBatch::builder();
+        for _ in 0..n {
+            builder.push(b"", value, []).unwrap();
+        }
+        builder.finish()
+    }
+
     fn append(ts: i64, n: usize) -> PartitionCommand {
-        let record = StoredRecord {
-            key: vec![],
-            value: vec![0; 10],
-            headers: vec![],
-        };
         PartitionCommand::Append {
             timestamp_ms: ts,
-            records: vec![record; n],
+            records: batch_of(n, &[0; 10]),
             producer: None,
         }
     }
@@ -642,14 +641,9 @@ mod tests {
     }
 
     fn idempotent(producer_id: u64, base_sequence: u64, n: usize) -> PartitionCommand {
-        let record = StoredRecord {
-            key: vec![],
-            value: vec![1],
-            headers: vec![],
-        };
         PartitionCommand::Append {
             timestamp_ms: 5,
-            records: vec![record; n],
+            records: batch_of(n, &[1]),
             producer: Some((producer_id, base_sequence)),
         }
     }
@@ -738,11 +732,7 @@ mod tests {
             source_id: source.into(),
             event_id: event_id.into(),
             idempotency_key: key.map(String::from),
-            record: StoredRecord {
-                key: source.as_bytes().to_vec(),
-                value: b"{}".to_vec(),
-                headers: vec![],
-            },
+            record: RecordBatch::single(source.as_bytes(), b"{}", []).unwrap(),
         }
     }
 

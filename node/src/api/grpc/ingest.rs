@@ -415,21 +415,13 @@ impl Ingest for ClientService {
             ))
         })?;
         let replicas = replicas_of(&topic, partition)?;
-        let record = StoredRecord {
-            key: source.id.clone().into_bytes(),
-            value,
-            headers: vec![
-                (crate::ingest::HEADER_EVENT_ID.to_string(), event_id.clone()),
-                (
-                    crate::ingest::HEADER_SOURCE_ID.to_string(),
-                    source.id.clone(),
-                ),
-                (
-                    crate::ingest::HEADER_SOURCE_TYPE.to_string(),
-                    source.kind.as_str().to_string(),
-                ),
-            ],
-        };
+        let headers = [
+            (crate::ingest::HEADER_EVENT_ID, event_id.as_str()),
+            (crate::ingest::HEADER_SOURCE_ID, source.id.as_str()),
+            (crate::ingest::HEADER_SOURCE_TYPE, source.kind.as_str()),
+        ];
+        let record = RecordBatch::single(source.id.as_bytes(), &value, headers)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (request, record, event_id) = (&request, &record, &event_id);
         let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
