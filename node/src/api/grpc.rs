@@ -31,6 +31,7 @@ use crate::node::now_ms;
 use crate::raft::batch::BatchError;
 use crate::raft::batch::RecordBatch;
 use crate::raft::network::MAX_RPC_BYTES;
+use crate::raft::quiesce::quorum_acked_since;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
@@ -588,11 +589,24 @@ impl ClientService {
             };
             match local(group.clone()).await {
                 Err(WriteError::NotLeader { .. }) => {
+                    // Either leadership moved, or this node leads but has no
+                    // lease yet (just elected): wait for whichever it is.
                     let me = self.node.id();
+                    let refused_at = std::time::Instant::now();
                     let _ = group
                         .raft
                         .wait(Some(Duration::from_secs(2)))
-                        .metrics(|m| m.current_leader.is_some_and(|l| l != me), "new leader")
+                        .metrics(
+                            |m| match m.current_leader {
+                                Some(leader) if leader != me => true,
+                                Some(_) => {
+                                    m.state == openraft::ServerState::Leader
+                                        && quorum_acked_since(m, refused_at)
+                                }
+                                None => false,
+                            },
+                            "a leader that accepts writes",
+                        )
                         .await;
                 }
                 other => return other.map_err(write_status),

@@ -146,10 +146,7 @@ impl Quiescer {
         let _ = group.raft.trigger().heartbeat().await;
         let mut metrics = group.raft.metrics();
         let fresh = |m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>| {
-            m.state != ServerState::Leader
-                || m.last_quorum_acked
-                    .as_ref()
-                    .is_some_and(|at| at.elapsed() < started.elapsed())
+            m.state != ServerState::Leader || quorum_acked_since(m, started)
         };
         let wait = async {
             loop {
@@ -251,6 +248,20 @@ impl Quiescer {
             }
         }
     }
+}
+
+/// Whether a quorum acknowledged this leader after `since`. openraft refuses
+/// writes (ForwardToLeader without a leader) until it has: a leader that was
+/// just elected, or that let its lease lapse while quiesced, must first hear
+/// from a quorum.
+pub fn quorum_acked_since(
+    metrics: &openraft::RaftMetrics<crate::raft::types::TypeConfig>,
+    since: Instant,
+) -> bool {
+    metrics
+        .last_quorum_acked
+        .as_ref()
+        .is_some_and(|at| at.elapsed() < since.elapsed())
 }
 
 /// Sends one node heartbeat to a peer, bounded by `timeout`. A failure is
