@@ -121,6 +121,11 @@ impl Node {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             enable_pre_vote: Some(true),
+            // Replicate an entry as soon as it is written, before the leader's own fsync
+            // returns, so the leader's and the followers' fsyncs overlap instead of running one
+            // after the other. Commit still needs a majority of fsyncs, the leader's included
+            // only once it has synced.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         let raft_config = raft_config
