@@ -58,6 +58,9 @@ pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
     pub state: Arc<GroupShared>,
+    /// The term in which this node, leading for another preferred replica,
+    /// last saw that replica caught up (see `hand_back_to_preferred_leader`).
+    hand_back_seen_in_term: parking_lot::Mutex<Option<u64>>,
 }
 
 impl Group {
@@ -579,6 +582,10 @@ impl Node {
     /// and after a failover to a survivor. Like Kafka's preferred-leader
     /// election, a leader hands leadership back to the partition's first
     /// replica once that replica has every entry, so load stays spread.
+    /// It does so only when two rounds of the retention loop in the same
+    /// term have found the replica caught up: a hand-back right after a
+    /// failover would make clients that are still catching up with the first
+    /// leader change go through a second one.
     async fn hand_back_to_preferred_leader(&self, replicas: &[NodeId], group: &Group) {
         let Some(&preferred) = replicas.first() else {
             return;
@@ -596,7 +603,13 @@ impl Node {
             .as_ref()
             .and_then(|r| r.get(&preferred))
             .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last);
-        if caught_up {
+        let hand_back = {
+            let mut seen_in_term = group.hand_back_seen_in_term.lock();
+            let second_sighting = caught_up && *seen_in_term == Some(metrics.current_term);
+            *seen_in_term = (caught_up && !second_sighting).then_some(metrics.current_term);
+            second_sighting
+        };
+        if hand_back {
             tracing::debug!(
                 group = group.id,
                 to = preferred,
