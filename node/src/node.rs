@@ -282,7 +282,11 @@ impl Node {
             .map_err(|source| NodeError::StateMachine { group: id, source })?;
         let state = sm.shared();
         let log_store = self.storage.log_store(id);
-        let network = NetworkFactory::new(id, self.pool.clone());
+        let network = NetworkFactory::new(
+            id,
+            self.pool.clone(),
+            Duration::from_millis(self.config.raft.election_timeout_max_ms),
+        );
         let raft = Raft::new(self.id(), self.raft_config.clone(), network, log_store, sm)
             .await
             .map_err(|e| NodeError::Raft {
@@ -308,7 +312,12 @@ impl Node {
                 let _ = raft.trigger().elect(true).await;
             }
         }
-        let group = Arc::new(Group { id, raft, state });
+        let group = Arc::new(Group {
+            id,
+            raft,
+            state,
+            hand_back_seen_in_term: parking_lot::Mutex::new(None),
+        });
         self.groups.write().insert(id, group.clone());
         tracing::info!(group = id, "raft group started");
         Ok(group)

@@ -77,11 +77,18 @@ impl PeerPool {
 pub struct NetworkFactory {
     group: GroupId,
     pool: PeerPool,
+    min_append_timeout: Duration,
 }
 
 impl NetworkFactory {
-    pub fn new(group: GroupId, pool: PeerPool) -> Self {
-        Self { group, pool }
+    /// `min_append_timeout` bounds how short an append (or heartbeat, or
+    /// leadership transfer) call may be given: see `PeerNetwork::append_timeout`.
+    pub fn new(group: GroupId, pool: PeerPool, min_append_timeout: Duration) -> Self {
+        Self {
+            group,
+            pool,
+            min_append_timeout,
+        }
     }
 }
 
@@ -94,6 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             pool: self.pool.clone(),
+            min_append_timeout: self.min_append_timeout,
         }
     }
 }
@@ -103,6 +111,7 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     pool: PeerPool,
+    min_append_timeout: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -140,6 +149,16 @@ impl CallError {
 }
 
 impl PeerNetwork {
+    /// openraft gives an append 3/4 of the heartbeat interval (75 ms by
+    /// default). A link with a longer round trip, or a follower busy with a
+    /// large batch and its fsync, would then never answer in time: the
+    /// leader resends, never sees a majority, and commits nothing while every
+    /// follower keeps receiving (jepsen-lite's latency nemesis showed it).
+    /// Appends get at least the maximal election timeout instead.
+    fn append_timeout(&self, option: &RPCOption) -> Duration {
+        option.soft_ttl().max(self.min_append_timeout)
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         rpc: Rpc,
@@ -200,7 +219,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::Append, &rpc, option.soft_ttl())
+        self.call(Rpc::Append, &rpc, self.append_timeout(&option))
             .await
             .map_err(CallError::into_rpc)
     }
@@ -243,7 +262,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::TransferLeader, &req, option.soft_ttl())
+        self.call(Rpc::TransferLeader, &req, self.append_timeout(&option))
             .await
             .map_err(CallError::into_rpc)
     }
