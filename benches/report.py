@@ -209,7 +209,7 @@ def main():
     if fo:
         w("## Failover\n")
         w("3 nodes, 1 partition × 3 replicas, 2 producers of 1 KiB in batches of 100, default timeouts "
-          "(heartbeat 150 ms, election 750–1500 ms). The node leading the partition is SIGKILLed under "
+          "(heartbeat 100 ms, election 400–800 ms). The node leading the partition is SIGKILLed under "
           "load. The figure is the time from the kill to the first acknowledgement after the outage (the "
           "first that follows a 200 ms gap without any: acks the old leader sent just before dying "
           "arrive within milliseconds of the kill). Also shown: the first ack of a message published "
