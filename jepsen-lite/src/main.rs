@@ -493,6 +493,7 @@ async fn execute(
         token: TOKEN.to_string(),
         seed: args.seed,
         stop: stop.clone(),
+        clock_faults: faults.contains(&nemesis::Fault::Clock),
     };
     let mut workers = Vec::new();
     for w in 0..2 {
@@ -500,6 +501,7 @@ async fn execute(
         workers.push(tokio::spawn(workload.clone().grpc_producer(10 + w)));
         workers.push(tokio::spawn(workload.clone().http_producer(20 + w)));
         workers.push(tokio::spawn(workload.clone().consumer(30 + w)));
+        workers.push(tokio::spawn(workload.clone().http_consumer(40 + w)));
     }
     let nemesis = Nemesis {
         net: net.clone(),
