@@ -100,6 +100,20 @@ fn mounted(mountpoint: &Path) -> bool {
     })
 }
 
+/// What the nodes run under besides their binary; each part is on only in
+/// runs whose nemesis needs it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSetup {
+    /// libfaketime, for the clock nemesis.
+    pub faketime: bool,
+    /// The lazyfs binary that data directories are mounted through, for the
+    /// power-loss nemesis.
+    pub lazyfs: Option<PathBuf>,
+    /// Peers reach each other through the harness's proxies
+    /// ([`crate::proxy`]), for the latency nemesis.
+    pub peer_proxies: bool,
+}
+
 #[derive(Debug)]
 pub struct Cluster {
     pub size: u64,
@@ -123,14 +137,18 @@ impl Cluster {
         bin: &Path,
         dir: &Path,
         token: &str,
-        faketime: bool,
-        lazyfs: Option<&Path>,
+        setup: NodeSetup,
     ) -> anyhow::Result<Cluster> {
-        if faketime && !Path::new(FAKETIME_LIB).exists() {
+        if setup.faketime && !Path::new(FAKETIME_LIB).exists() {
             anyhow::bail!("the clock nemesis needs {FAKETIME_LIB} (apt-get install faketime)");
         }
+        let peer_addr = if setup.peer_proxies {
+            crate::proxy::peer_addr
+        } else {
+            grpc_addr
+        };
         let peers = (1..=size)
-            .map(|n| format!("{n}={}", grpc_addr(n)))
+            .map(|n| format!("{n}={}", peer_addr(n)))
             .collect::<Vec<_>>()
             .join(",");
         Ok(Cluster {
@@ -139,8 +157,8 @@ impl Cluster {
             dir: dir.to_path_buf(),
             token: token.to_string(),
             peers,
-            faketime,
-            lazyfs: lazyfs.map(Path::to_path_buf),
+            faketime: setup.faketime,
+            lazyfs: setup.lazyfs,
             namespaces: (1..=size).map(|n| net.node_ns(n)).collect(),
             procs: (0..size)
                 .map(|_| Proc {

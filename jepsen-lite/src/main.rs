@@ -6,6 +6,7 @@ mod cluster;
 mod nemesis;
 mod net;
 mod plot;
+mod proxy;
 mod workload;
 
 use std::path::Path;
@@ -31,10 +32,12 @@ use raftstream_client::ClientConfig;
 use raftstream_client::pb;
 
 use crate::cluster::Cluster;
+use crate::cluster::NodeSetup;
 use crate::cluster::grpc_addr;
 use crate::cluster::http_addr;
 use crate::nemesis::Nemesis;
 use crate::net::Net;
+use crate::proxy::PeerProxies;
 use crate::workload::Recorder;
 use crate::workload::Workload;
 
@@ -60,8 +63,9 @@ struct RunArgs {
     /// reads follow).
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// Faults: all, none, kill, pause, partition, loss, clock, or single
-    /// names such as kill-leaders, partition-ring (comma-separated).
+    /// Faults: all, none, kill, pause, partition, loss, clock, power,
+    /// latency, or single names such as kill-leaders, partition-ring
+    /// (comma-separated).
     #[arg(long, default_value = "all")]
     nemesis: String,
     #[arg(long, default_value_t = 1)]
@@ -253,25 +257,32 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let uses_clock = faults.contains(&nemesis::Fault::Clock);
+    let proxies = if faults.contains(&nemesis::Fault::Latency) {
+        Some(Arc::new(PeerProxies::start(&net, args.nodes)?))
+    } else {
+        None
+    };
+    let setup = NodeSetup {
+        faketime: faults.contains(&nemesis::Fault::Clock),
+        lazyfs,
+        peer_proxies: proxies.is_some(),
+    };
     let cluster = Arc::new(Mutex::new(Cluster::new(
-        &net,
-        args.nodes,
-        &bin,
-        &dir,
-        TOKEN,
-        uses_clock,
-        lazyfs.as_deref(),
+        &net, args.nodes, &bin, &dir, TOKEN, setup,
     )?));
     let outcome = runtime.block_on(async {
         tokio::select! {
-            r = execute(&args, &faults, net.clone(), cluster.clone()) => r,
+            r = execute(&args, &faults, net.clone(), cluster.clone(), proxies.clone()) => r,
             _ = interrupted() => Err(anyhow::anyhow!("interrupted; cleaned up")),
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
     cluster.lock().kill_all();
     drop(cluster);
+    if let Some(proxies) = proxies {
+        // Before the namespaces go: their threads hold them open.
+        proxies.stop();
+    }
     match Arc::try_unwrap(net) {
         Ok(mut net) => net.destroy(),
         Err(net) => eprintln!("network still in use; it is removed at exit ({net:?})"),
@@ -464,6 +475,7 @@ async fn execute(
     faults: &[nemesis::Fault],
     net: Arc<Net>,
     cluster: Arc<Mutex<Cluster>>,
+    proxies: Option<Arc<PeerProxies>>,
 ) -> anyhow::Result<Vec<history::Op>> {
     for node in 1..=args.nodes {
         cluster.lock().start(node)?;
@@ -481,6 +493,7 @@ async fn execute(
         token: TOKEN.to_string(),
         seed: args.seed,
         stop: stop.clone(),
+        clock_faults: faults.contains(&nemesis::Fault::Clock),
     };
     let mut workers = Vec::new();
     for w in 0..2 {
@@ -488,10 +501,12 @@ async fn execute(
         workers.push(tokio::spawn(workload.clone().grpc_producer(10 + w)));
         workers.push(tokio::spawn(workload.clone().http_producer(20 + w)));
         workers.push(tokio::spawn(workload.clone().consumer(30 + w)));
+        workers.push(tokio::spawn(workload.clone().http_consumer(40 + w)));
     }
     let nemesis = Nemesis {
         net: net.clone(),
         cluster: cluster.clone(),
+        proxies,
         recorder: recorder.clone(),
         faults: faults.to_vec(),
         seed: args.seed,

@@ -19,6 +19,8 @@ use crate::cluster::grpc_addr;
 use crate::history::Kind;
 use crate::history::Outcome;
 use crate::net::Net;
+use crate::proxy::LinkDelay;
+use crate::proxy::PeerProxies;
 use crate::workload::Recorder;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,10 +39,11 @@ pub enum Fault {
     Loss,
     Clock,
     PowerLoss,
+    Latency,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::KillOne,
         Fault::KillMinority,
         Fault::KillLeaders,
@@ -55,6 +58,7 @@ impl Fault {
         Fault::Loss,
         Fault::Clock,
         Fault::PowerLoss,
+        Fault::Latency,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Fault {
             Fault::Loss => "loss",
             Fault::Clock => "clock",
             Fault::PowerLoss => "power-loss",
+            Fault::Latency => "latency",
         }
     }
 
@@ -89,12 +94,14 @@ impl Fault {
             Fault::Loss => "loss",
             Fault::Clock => "clock",
             Fault::PowerLoss => "power",
+            Fault::Latency => "latency",
         }
     }
 }
 
 /// Parses `kill,partition-ring,all,none`: fault names, groups (`kill`,
-/// `pause`, `partition`, `loss`, `clock`, `power`), `all`, or `none`.
+/// `pause`, `partition`, `loss`, `clock`, `power`, `latency`), `all`, or
+/// `none`.
 pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -106,7 +113,7 @@ pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
         if matched.is_empty() && word != "none" {
             let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
             return Err(format!(
-                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power or one of {}",
+                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power, latency or one of {}",
                 names.join(", ")
             ));
         }
@@ -132,11 +139,14 @@ enum Undo {
     Resume(Vec<u64>),
     Network,
     Clocks(Vec<u64>),
+    Latency,
 }
 
 pub struct Nemesis {
     pub net: Arc<Net>,
     pub cluster: Arc<Mutex<Cluster>>,
+    /// Present in runs whose faults include `latency`.
+    pub proxies: Option<Arc<PeerProxies>>,
     pub recorder: Arc<Recorder>,
     pub faults: Vec<Fault>,
     pub seed: u64,
@@ -164,6 +174,17 @@ fn cuts_around(size: u64, side: &[u64]) -> Vec<(u64, u64)> {
         }
     }
     cuts
+}
+
+/// Every pair of nodes once.
+fn all_pairs(size: u64) -> Vec<(u64, u64)> {
+    let mut pairs = Vec::new();
+    for a in 1..=size {
+        for b in (a + 1)..=size {
+            pairs.push((a, b));
+        }
+    }
+    pairs
 }
 
 /// Overlapping majorities: each node keeps its two ring neighbours (5
@@ -338,6 +359,33 @@ impl Nemesis {
                 }
                 (Undo::Clocks(victims), d.join(", "))
             }
+            Fault::Latency => {
+                let Some(proxies) = &self.proxies else {
+                    anyhow::bail!("the latency nemesis needs the peer proxies");
+                };
+                let base_ms = rng.random_range(50..=200);
+                let delay = LinkDelay {
+                    base_ms,
+                    jitter_ms: rng.random_range(0..=base_ms / 2),
+                };
+                // Every link, or one slow node's links to all the others.
+                let (pairs, links) = if rng.random_bool(0.5) {
+                    (all_pairs(size), "every link".to_string())
+                } else {
+                    (
+                        cuts_around(size, &nodes[..1]),
+                        format!("node {}'s links", nodes[0]),
+                    )
+                };
+                proxies.delay(&pairs, delay);
+                (
+                    Undo::Latency,
+                    format!(
+                        "{links} delayed {}±{} ms each way",
+                        delay.base_ms, delay.jitter_ms
+                    ),
+                )
+            }
         })
     }
 
@@ -360,6 +408,11 @@ impl Nemesis {
                 let cluster = self.cluster.lock();
                 for n in nodes {
                     cluster.set_clock_offset(*n, 0)?;
+                }
+            }
+            Undo::Latency => {
+                if let Some(proxies) = &self.proxies {
+                    proxies.heal();
                 }
             }
         }
@@ -474,6 +527,22 @@ mod tests {
         let mut of3 = blocked[2].clone();
         of3.sort();
         assert_eq!(of3, vec![4, 5]);
+    }
+
+    #[test]
+    fn latency_is_its_own_group_and_part_of_all() {
+        assert_eq!(parse("latency").unwrap(), vec![Fault::Latency]);
+        assert!(parse("all").unwrap().contains(&Fault::Latency));
+    }
+
+    #[test]
+    fn all_pairs_names_each_pair_of_five_nodes_once() {
+        let pairs = all_pairs(5);
+        assert_eq!(pairs.len(), 10);
+        let unique: BTreeSet<(u64, u64)> =
+            pairs.iter().map(|(a, b)| (*a.min(b), *a.max(b))).collect();
+        assert_eq!(unique.len(), 10);
+        assert!(pairs.iter().all(|(a, b)| a != b));
     }
 
     #[test]

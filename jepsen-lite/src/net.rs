@@ -123,6 +123,17 @@ pub fn clean_leftovers() -> anyhow::Result<usize> {
     Ok(removed)
 }
 
+/// Moves the calling thread into network namespace `name`: sockets it
+/// opens from then on live there (sockets opened before stay where they
+/// were).
+pub fn enter(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering {path}"))?;
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Net {
     tag: String,
@@ -205,11 +216,7 @@ impl Net {
     /// thread starts: only the calling thread moves, and threads it starts
     /// later inherit its namespace.
     pub fn enter_control(&self) -> anyhow::Result<()> {
-        let path = format!("/run/netns/{}", self.control_ns());
-        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering {path}"))?;
-        Ok(())
+        enter(&self.control_ns())
     }
 
     /// Replaces `node`'s input rules: drop everything from `blocked`, and a

@@ -1,7 +1,8 @@
 //! The workload: producers sending unique values through random nodes over
 //! gRPC (the client library's idempotent producer, and raw publishes) and
 //! the HTTP gateway; consumers polling through random nodes by offset,
-//! message id and timestamp and committing consumer-group offsets; and the
+//! message id and timestamp, over gRPC (committing consumer-group offsets)
+//! and over the HTTP gateway's consume API; and the
 //! final read of every partition from every node. Every operation goes into
 //! the history with its outcome; an indeterminate one is `Info`.
 
@@ -158,6 +159,40 @@ fn classify(status: &tonic::Status) -> Outcome {
     }
 }
 
+/// An HTTP client for the gateways, with the workload's deadlines.
+fn http_client(process: &str) -> Option<reqwest::Client> {
+    match reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("{process}: no HTTP client: {e}");
+            None
+        }
+    }
+}
+
+/// A gateway's answer other than success: 503 and client errors say the
+/// request was not run; anything else (504 above all) leaves it unknown.
+fn classify_http(status: reqwest::StatusCode) -> Outcome {
+    if status.as_u16() == 503 || status.is_client_error() {
+        Outcome::Fail
+    } else {
+        Outcome::Info
+    }
+}
+
+/// A connection never made is a definite failure; any later error is not.
+fn classify_http_error(e: &reqwest::Error) -> Outcome {
+    if e.is_connect() {
+        Outcome::Fail
+    } else {
+        Outcome::Info
+    }
+}
+
 /// What the consumers may start from: acknowledged messages.
 #[derive(Debug, Default)]
 pub struct Acked {
@@ -191,6 +226,8 @@ pub struct Workload {
     pub token: String,
     pub seed: u64,
     pub stop: Arc<AtomicBool>,
+    /// Whether the clock nemesis may move nodes' wall clocks in this run.
+    pub clock_faults: bool,
 }
 
 impl Workload {
@@ -362,16 +399,8 @@ impl Workload {
     pub async fn http_producer(self, worker: u64) {
         let process = format!("http{worker}");
         let mut rng = self.rng(worker);
-        let http = match reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-        {
-            Ok(h) => h,
-            Err(e) => {
-                eprintln!("{process}: no HTTP client: {e}");
-                return;
-            }
+        let Some(http) = http_client(&process) else {
+            return;
         };
         let mut n = 0u64;
         while !self.stopped() {
@@ -406,14 +435,15 @@ impl Workload {
                                 None,
                             ),
                         }
-                    } else if status.as_u16() == 503 || status.is_client_error() {
-                        (Outcome::Fail, Some(format!("{status}: {body}")), None)
                     } else {
-                        (Outcome::Info, Some(format!("{status}: {body}")), None)
+                        (
+                            classify_http(status),
+                            Some(format!("{status}: {body}")),
+                            None,
+                        )
                     }
                 }
-                Err(e) if e.is_connect() => (Outcome::Fail, Some(e.to_string()), None),
-                Err(e) => (Outcome::Info, Some(e.to_string()), None),
+                Err(e) => (classify_http_error(&e), Some(e.to_string()), None),
             };
             self.send_done(&process, start, value, Via::Http, node, result);
             tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
@@ -519,6 +549,152 @@ impl Workload {
         }
     }
 
+    /// Consumer sessions through the HTTP gateway's consume API, which
+    /// reads every partition of the topic at once and hands out message ids
+    /// that carry the position in each. A session starts at the beginning,
+    /// after a published message's id or at a time, then resumes after the
+    /// last id it received. Each answer is recorded as one poll per
+    /// partition, in a session per partition, so the poll, phantom,
+    /// divergence and timestamp checks cover it as they do gRPC polls.
+    pub async fn http_consumer(self, worker: u64) {
+        let process = format!("hcons{worker}");
+        let mut rng = self.rng(worker);
+        let Some(http) = http_client(&process) else {
+            return;
+        };
+        let mut session_no = 0u64;
+        while !self.stopped() {
+            session_no += 1;
+            // Session `first_session + p` reads partition p.
+            let first_session = worker * 1_000_000 + session_no * u64::from(PARTITIONS);
+            let (mut position, mut starts) = self.http_start(&mut rng);
+            let batch_size = rng.random_range(1..=50u32);
+            let timeout_secs = rng.random_range(0..=1u32);
+            for _ in 0..8 {
+                if self.stopped() {
+                    break;
+                }
+                let node = rng.random_range(1..=self.nodes);
+                let url = format!("http://{}/api/v1/topics/{TOPIC}/consume", http_addr(node));
+                let mut body = position.clone();
+                body.insert("batch_size".into(), batch_size.into());
+                body.insert("timeout_secs".into(), timeout_secs.into());
+                let t0 = self.recorder.now_us();
+                let answer = http
+                    .post(&url)
+                    .bearer_auth(&self.token)
+                    .json(&body)
+                    .send()
+                    .await;
+                let (outcome, error, batch) = match answer {
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = response.text().await.unwrap_or_default();
+                        if !status.is_success() {
+                            (
+                                classify_http(status),
+                                Some(format!("{status}: {body}")),
+                                None,
+                            )
+                        } else {
+                            match parse_http_consume(&body) {
+                                Ok(batch) => (Outcome::Ok, None, Some(batch)),
+                                Err(why) => (
+                                    Outcome::Info,
+                                    Some(format!("unreadable answer ({why}): {body}")),
+                                    None,
+                                ),
+                            }
+                        }
+                    }
+                    Err(e) => (classify_http_error(&e), Some(e.to_string()), None),
+                };
+                let end = self.recorder.now_us();
+                for partition in 0..PARTITIONS {
+                    let p = partition as usize;
+                    let (messages, next_offset) = match &batch {
+                        Some(b) => (
+                            b.messages.get(p).cloned().unwrap_or_default(),
+                            b.next_offsets.as_ref().and_then(|n| n.get(p).copied()),
+                        ),
+                        None => (Vec::new(), None),
+                    };
+                    self.recorder.record(
+                        &process,
+                        t0,
+                        end,
+                        outcome,
+                        error.clone(),
+                        Kind::Poll {
+                            session: first_session + u64::from(partition),
+                            node,
+                            partition,
+                            start: starts[p],
+                            messages,
+                            next_offset,
+                        },
+                    );
+                }
+                match batch {
+                    Some(HttpBatch {
+                        last_id: Some(id),
+                        next_offsets: Some(next),
+                        ..
+                    }) => {
+                        position = serde_json::Map::new();
+                        position.insert("after_message_id".into(), id.into());
+                        starts = next.into_iter().map(Start::Offset).collect();
+                    }
+                    // Nothing yet: ask again from the same position.
+                    Some(_) => {}
+                    None => {
+                        // The node is down or cut off: do not spin on it.
+                        let pause = rng.random_range(50..150);
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where an HTTP consume session starts: the request's position fields,
+    /// and where that makes each partition start. A time goes in only when
+    /// no node's clock is moved: the gateway reads a time in its own future
+    /// from its own now, which the harness cannot know.
+    fn http_start(
+        &self,
+        rng: &mut StdRng,
+    ) -> (serde_json::Map<String, serde_json::Value>, Vec<Start>) {
+        let mut position = serde_json::Map::new();
+        let partition = rng.random_range(0..PARTITIONS);
+        let every = |start| vec![start; PARTITIONS as usize];
+        match (rng.random_range(0..3), self.acked.pick(rng, partition)) {
+            // A published message's id names only its own partition; the
+            // others start at its time.
+            (1, Some((offset, Some(ts)))) => {
+                position.insert(
+                    "after_message_id".into(),
+                    format!("{partition}-{offset}").into(),
+                );
+                let mut starts = every(Start::Timestamp(ts));
+                starts[partition as usize] = Start::After(offset);
+                (position, starts)
+            }
+            (2, Some((_, Some(ts)))) if !self.clock_faults => {
+                let since = ts - rng.random_range(0..50);
+                match rfc3339(since) {
+                    Some(text) => {
+                        position.insert("since_time".into(), text.into());
+                        (position, every(Start::Timestamp(since)))
+                    }
+                    None => (position, every(Start::Offset(0))),
+                }
+            }
+            // No position: the oldest message (the topic has no retention).
+            _ => (position, every(Start::Offset(0))),
+        }
+    }
+
     async fn commit(
         &self,
         process: &str,
@@ -583,6 +759,85 @@ impl Workload {
     }
 }
 
+fn rfc3339(ms: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// One HTTP consume answer, split by partition.
+#[derive(Debug, Default, PartialEq)]
+struct HttpBatch {
+    /// Per partition, its messages in the order returned.
+    messages: Vec<Vec<Msg>>,
+    /// The last message's id, and the next offset per partition it carries.
+    last_id: Option<String>,
+    next_offsets: Option<Vec<u64>>,
+}
+
+#[derive(serde::Deserialize)]
+struct HttpConsumeAnswer {
+    messages: Vec<HttpMessage>,
+}
+
+#[derive(serde::Deserialize)]
+struct HttpMessage {
+    message_id: String,
+    payload: serde_json::Value,
+    time: String,
+}
+
+/// `"<p>-<o>@<n0>.<n1>…"`: the message, and the next offset per partition.
+fn parse_resume_id(id: &str) -> Option<(u32, u64, Vec<u64>)> {
+    let (message, cursor) = id.split_once('@')?;
+    let (p, o) = message.split_once('-')?;
+    let next = cursor
+        .split('.')
+        .map(|n| n.parse().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    Some((p.parse().ok()?, o.parse().ok()?, next))
+}
+
+/// Splits a consume answer of the `jepsen` topic by partition. Values come
+/// back as the published JSON object (HTTP sends, `{"v": value}`) or, for
+/// gRPC sends, whose raw values are not JSON, as a string.
+fn parse_http_consume(body: &str) -> Result<HttpBatch, String> {
+    let answer: HttpConsumeAnswer = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let mut batch = HttpBatch {
+        messages: vec![Vec::new(); PARTITIONS as usize],
+        ..HttpBatch::default()
+    };
+    for m in answer.messages {
+        let (partition, offset, next) = parse_resume_id(&m.message_id)
+            .filter(|(p, _, next)| *p < PARTITIONS && next.len() == PARTITIONS as usize)
+            .ok_or_else(|| format!("message id {:?}", m.message_id))?;
+        let timestamp_ms = parse_rfc3339_ms(&m.time).ok_or_else(|| format!("time {:?}", m.time))?;
+        let value = match m.payload {
+            serde_json::Value::String(v) => v,
+            serde_json::Value::Object(map) => match map.get("v") {
+                Some(serde_json::Value::String(v)) => v.clone(),
+                _ => serde_json::Value::Object(map).to_string(),
+            },
+            other => other.to_string(),
+        };
+        batch.messages[partition as usize].push(Msg {
+            offset,
+            value,
+            timestamp_ms,
+        });
+        batch.last_id = Some(m.message_id);
+        batch.next_offsets = Some(next);
+    }
+    Ok(batch)
+}
+
 /// (outcome, error, (partition, offset, timestamp) when acknowledged)
 type SendResult = (Outcome, Option<String>, Option<(u32, u64, Option<i64>)>);
 
@@ -614,5 +869,66 @@ pub async fn read_local(grpc: &mut Grpc, partition: u32) -> Result<(Vec<Msg>, u6
         }
         next = response.next_offset;
         messages.extend(batch);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn msg(offset: u64, value: &str, timestamp_ms: i64) -> Msg {
+        Msg {
+            offset,
+            value: value.into(),
+            timestamp_ms,
+        }
+    }
+
+    #[test]
+    fn an_http_consume_answer_splits_by_partition_and_keeps_the_last_cursor() {
+        let body = r#"{"messages": [
+            {"message_id": "1-4@0.5.7", "payload": {"v": "http20-3"}, "time": "2026-01-02T03:04:05.006Z"},
+            {"message_id": "2-7@0.5.8", "payload": "grpc10-9", "time": "2026-01-02T03:04:05.007Z"},
+            {"message_id": "1-5@0.6.8", "payload": {"other": 1}, "time": "2026-01-02T03:04:05.007Z"}
+        ]}"#;
+        let batch = parse_http_consume(body).unwrap();
+        let t = parse_rfc3339_ms("2026-01-02T03:04:05.006Z").unwrap();
+        assert_eq!(
+            batch.messages,
+            vec![
+                vec![],
+                vec![msg(4, "http20-3", t), msg(5, r#"{"other":1}"#, t + 1)],
+                vec![msg(7, "grpc10-9", t + 1)],
+            ]
+        );
+        assert_eq!(batch.last_id.as_deref(), Some("1-5@0.6.8"));
+        assert_eq!(batch.next_offsets, Some(vec![0, 6, 8]));
+    }
+
+    #[test]
+    fn an_empty_answer_has_no_cursor() {
+        let batch = parse_http_consume(r#"{"messages": []}"#).unwrap();
+        assert_eq!(batch.messages, vec![Vec::<Msg>::new(); PARTITIONS as usize]);
+        assert_eq!((batch.last_id, batch.next_offsets), (None, None));
+    }
+
+    #[test]
+    fn ids_without_a_cursor_for_every_partition_or_bad_times_are_unreadable() {
+        for body in [
+            r#"{"messages": [{"message_id": "1-4", "payload": "a", "time": "2026-01-02T03:04:05Z"}]}"#,
+            r#"{"messages": [{"message_id": "1-4@1.2", "payload": "a", "time": "2026-01-02T03:04:05Z"}]}"#,
+            r#"{"messages": [{"message_id": "7-4@1.2.3", "payload": "a", "time": "2026-01-02T03:04:05Z"}]}"#,
+            r#"{"messages": [{"message_id": "1-4@1.5.3", "payload": "a", "time": "yesterday"}]}"#,
+            r#"{"messages": 3}"#,
+        ] {
+            assert!(parse_http_consume(body).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn times_keep_their_milliseconds_both_ways() {
+        let ms = 1_767_323_045_006;
+        assert_eq!(parse_rfc3339_ms(&rfc3339(ms).unwrap()), Some(ms));
     }
 }
