@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::grpc::ClientService;
@@ -78,7 +79,12 @@ impl RunningNode {
         let client_api = ClientService::public(node.clone()).into_server();
         let ingest_api = ClientService::public(node.clone()).into_ingest_server();
         let mut shutdown = node.shutdown_signal();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        // serve_with_incoming ignores the builder's tcp_nodelay, so the
+        // accepted sockets get it here. Without it, Nagle held back the second
+        // small write of a response until the peer's delayed ACK (40 ms):
+        // the 40-80 ms publish latency tail in benches/RESULTS.md.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let grpc = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -96,6 +102,11 @@ impl RunningNode {
         let mut shutdown = node.shutdown_signal();
         let app = crate::gateway::router(node.clone());
         let http = tokio::spawn(async move {
+            let http_listener = http_listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set on an HTTP connection");
+                }
+            });
             let result = axum::serve(http_listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = shutdown.changed().await;
