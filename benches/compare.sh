@@ -164,9 +164,9 @@ run() {
 
 # Shapes of the workloads, identical for both systems.
 if [ -n "$quick" ]; then
-  n_1k=20000 n_100=30000 secs_sync=3 secs_lat=3 n_iggy=50000 secs_fo=6 kill_at=2 secs_scale=3 idle_secs=3 settle_secs=8
+  n_1k=20000 n_100=30000 secs_sync=3 secs_lat=3 n_iggy=50000 secs_fo=6 kill_at=2 secs_scale=3 idle_secs=3 settle_secs=20
 else
-  n_1k=200000 n_100=400000 secs_sync=10 secs_lat=10 n_iggy=1000000 secs_fo=10 kill_at=4 secs_scale=10 idle_secs=10 settle_secs=15
+  n_1k=200000 n_100=400000 secs_sync=10 secs_lat=10 n_iggy=1000000 secs_fo=10 kill_at=4 secs_scale=10 idle_secs=5 settle_secs=90
 fi
 pipelined=(--producers 4 --partitions 4 --batch-size 1000 --in-flight 5 --linger-ms 5)
 latency=(--one-at-a-time --producers 1 --partitions 1 --message-size 1024 --duration-secs "$secs_lat")
@@ -272,13 +272,11 @@ if want scale; then
       continue
     fi
     # Idle: CPU time (utime + stime) and RSS of every node over idle_secs,
-    # measured after the groups have been left alone for settle_secs (new
-    # groups elect, hand leadership to their preferred replicas and then
-    # quiesce after 2 s idle).
+    # once the new groups have settled (elected, handed leadership to their
+    # preferred replicas and quiesced after 2 s idle), at most settle_secs.
     python3 - "$idle_secs" "$parts" "$settle_secs" "${rs_pids[@]}" >>"$work/scale.jsonl" <<'PY'
 import json, os, sys, time
-secs, parts, settle, pids = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
-time.sleep(settle)
+secs, parts, settle_max, pids = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
 tick = os.sysconf("SC_CLK_TCK")
 def cpu(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -289,9 +287,22 @@ def rss_mib(pid):
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-before = {p: cpu(p) for p in pids}
-time.sleep(secs)
-print(json.dumps({"partitions": parts, "idle_cpu_pct": [100 * (cpu(p) - before[p]) / secs for p in pids],
+def window():
+    before = {p: cpu(p) for p in pids}
+    time.sleep(secs)
+    return [100 * (cpu(p) - before[p]) / secs for p in pids]
+# Idle means settled: windows are measured back to back until two in a row
+# agree within one point of a core on every node (or settle_max passes).
+started = time.monotonic()
+previous = window()
+while True:
+    current = window()
+    settled = all(abs(a - b) < 1.0 for a, b in zip(previous, current))
+    if settled or time.monotonic() - started >= settle_max:
+        break
+    previous = current
+print(json.dumps({"partitions": parts, "idle_cpu_pct": current, "settled": settled,
+                  "settle_secs": round(time.monotonic() - started - secs, 1),
                   "rss_mib": [rss_mib(p) for p in pids]}))
 PY
     if [ "$topics" -gt 1 ]; then topic_args=(--topic "scale$parts" --topics "$topics"); else topic_args=(--topic "scale$parts"); fi

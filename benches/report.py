@@ -223,12 +223,17 @@ def main():
 
     if scale:
         w("## Scale: 3 nodes, many partitions\n")
-        w("| partitions | idle CPU per node (% of a core) | RSS per node (MiB) | publish 1 KiB over all partitions, msgs/s |")
-        w("|---:|---|---|---:|")
+        w("| partitions | idle CPU per node (% of a core) | settled after | RSS per node (MiB) | publish 1 KiB over all partitions, msgs/s |")
+        w("|---:|---|---:|---|---:|")
         for s in scale:
             rate = get(f"scale/{s['partitions']}", "publish_msgs_per_sec")
-            w(f"| {s['partitions']:,} | {', '.join(f'{c:.1f}' for c in s['idle_cpu_pct'])} | "
+            settled = f"{s['settle_secs']:.0f} s" if s.get("settled") else "not settled"
+            w(f"| {s['partitions']:,} | {', '.join(f'{c:.1f}' for c in s['idle_cpu_pct'])} | {settled} | "
               f"{', '.join(f'{m:.0f}' for m in s['rss_mib'])} | {fmt_rate(rate)} |")
+        w("")
+        w("Idle CPU is measured over back-to-back windows after the topics are created, until two windows "
+          "in a row agree within one point on every node; the table shows the last window and when the "
+          "groups had settled (elected, handed leadership to their preferred replicas, quiesced).")
         w("")
 
     if failed:
