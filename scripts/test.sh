@@ -39,6 +39,33 @@ free_port() {
 
 # `set -e` does not apply inside a function called as a condition, so every
 # step that must succeed says `|| return 1`.
+# start_dev_node LABEL: starts a single-node dev cluster in the background
+# (data and log under $work/LABEL-*) and polls, bounded at 30 s, until its
+# metadata group has a leader. Sets dev_grpc_port, dev_http_port, dev_token
+# and node_pid.
+start_dev_node() {
+  local label=$1
+  dev_grpc_port=$(free_port)
+  dev_http_port=$(free_port)
+  dev_token="rst_$label-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+  RAFTSTREAM_ADMIN_TOKEN="$dev_token" RUST_LOG=warn target/debug/raftstream-node dev \
+    --data-dir "$work/$label-data" --grpc-addr "127.0.0.1:$dev_grpc_port" \
+    --http-addr "127.0.0.1:$dev_http_port" >"$work/$label-node.log" 2>&1 &
+  node_pid=$!
+  node_pids+=("$node_pid")
+  local ready=""
+  for _ in $(seq 150); do
+    if curl -sf "http://127.0.0.1:$dev_http_port/readyz" >/dev/null; then ready=yes; break; fi
+    kill -0 "$node_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if [ -z "$ready" ]; then
+    echo "$label: the node did not become ready; its log:"
+    tail -n 50 "$work/$label-node.log"
+    return 1
+  fi
+}
+
 fuzz() {
   # Its own virtualenv under target/: Debian's system Python refuses
   # pip installs (PEP 668), and nothing outside the clone is touched.
@@ -51,29 +78,8 @@ fuzz() {
   fi
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
 
-  local grpc_port http_port base token
-  grpc_port=$(free_port)
-  http_port=$(free_port)
-  base="http://127.0.0.1:$http_port"
-  token="rst_schemathesis-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
-  RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn target/debug/raftstream-node dev \
-    --data-dir "$work/data" --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
-    >"$work/node.log" 2>&1 &
-  node_pid=$!
-  node_pids+=("$node_pid")
-
-  # Ready means the metadata group has a leader: poll, bounded at 30 s.
-  local ready=""
-  for _ in $(seq 150); do
-    if curl -sf "$base/readyz" >/dev/null; then ready=yes; break; fi
-    kill -0 "$node_pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if [ -z "$ready" ]; then
-    echo "schemathesis: the node did not become ready; its log:"
-    tail -n 50 "$work/node.log"
-    return 1
-  fi
+  start_dev_node schemathesis || return 1
+  local base="http://127.0.0.1:$dev_http_port" token=$dev_token
 
   # Two topics (ids 1 and 2), one with a schema and a message, so that
   # generated requests also reach real topics: publish, batch publish and
@@ -176,11 +182,11 @@ TOML
   echo "schemathesis: exit $rc after $((SECONDS - started)) s"
   if ! kill -0 "$node_pid" 2>/dev/null; then
     echo "schemathesis: the node died; its log:"
-    tail -n 50 "$work/node.log"
+    tail -n 50 "$work/schemathesis-node.log"
     rc=1
-  elif grep -q "panicked" "$work/node.log"; then
+  elif grep -q "panicked" "$work/schemathesis-node.log"; then
     echo "schemathesis: the node panicked:"
-    grep -A5 "panicked" "$work/node.log" | head -n 40
+    grep -A5 "panicked" "$work/schemathesis-node.log" | head -n 40
     rc=1
   fi
   return "$rc"
@@ -204,26 +210,8 @@ loadgen_smoke() {
   # recompiles shared crates with other features.
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
   cargo build --quiet -p raftstream-benches --bin loadgen || return 1
-  local grpc_port http_port token
-  grpc_port=$(free_port)
-  http_port=$(free_port)
-  token="rst_loadgen-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
-  RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn target/debug/raftstream-node dev \
-    --data-dir "$work/loadgen-data" --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" \
-    >"$work/loadgen-node.log" 2>&1 &
-  node_pid=$!
-  node_pids+=("$node_pid")
-  local ready=""
-  for _ in $(seq 150); do
-    if curl -sf "http://127.0.0.1:$http_port/readyz" >/dev/null; then ready=yes; break; fi
-    kill -0 "$node_pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if [ -z "$ready" ]; then
-    echo "loadgen: the node did not become ready; its log:"
-    tail -n 50 "$work/loadgen-node.log"
-    return 1
-  fi
+  start_dev_node loadgen || return 1
+  local grpc_port=$dev_grpc_port http_port=$dev_http_port token=$dev_token
   RAFTSTREAM_TOKEN="$token" timeout 120 target/debug/loadgen --addr "127.0.0.1:$grpc_port" \
     --partitions 3 --producers 2 --messages 3000 --message-size 100 --batch-size 100 --live || return 1
   RAFTSTREAM_TOKEN="$token" timeout 120 target/debug/loadgen --addr "127.0.0.1:$grpc_port" \
