@@ -65,8 +65,11 @@ pub struct Group {
 
 impl Group {
     /// The leader this node currently believes in, with its gRPC address.
+    /// Every routed request asks this, so it reads the metrics in place
+    /// rather than cloning them (membership and replication maps included).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow_watched();
         let leader = metrics.current_leader?;
         let addr = metrics
             .membership_config
