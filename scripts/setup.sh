@@ -5,7 +5,10 @@
 set -euo pipefail
 
 need=()
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+# clang-sys loads libclang.so or libclang-<version>.so; libclang-cpp (which
+# some machines have without libclang) does not do.
+if ! ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so' &&
+  ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1; then
   need+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || need+=(g++)
