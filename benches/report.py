@@ -239,9 +239,9 @@ def main():
             w(f"| {s['partitions']:,} | {', '.join(f'{c:.1f}' for c in s['idle_cpu_pct'])} | {settled} | "
               f"{', '.join(f'{m:.0f}' for m in s['rss_mib'])} | {fmt_rate(rate)} |")
         w("")
-        w("Idle CPU is measured over back-to-back windows after the topics are created, until two windows "
-          "in a row agree within one point on every node; the table shows the last window and when the "
-          "groups had settled (elected, handed leadership to their preferred replicas, quiesced).")
+        w("Idle CPU is measured over one window once every partition's leader reports its group quiesced "
+          "(elected, leadership handed to its preferred replica, idle for 2 s); \"settled after\" is how long "
+          "that took after the topics were created.")
         w("")
 
     swamped_runs = [r for r in runs.values() if swamped(r)]

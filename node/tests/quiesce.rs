@@ -49,7 +49,24 @@ async fn idle_groups_quiesce_and_a_write_wakes_them() {
     cluster.create_topic("idle", 4, 3).await;
     wait_all_quiesced(&cluster, 4).await;
 
+    // The cluster status reports it (benches/compare.sh waits on this before
+    // measuring idle CPU); the metadata group never quiesces.
     let mut client = cluster.client(1).await;
+    let status = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let quiesced: Vec<(String, bool)> = status
+        .groups
+        .iter()
+        .map(|g| (g.topic.clone(), g.quiesced))
+        .collect();
+    assert_eq!(quiesced.len(), 5, "{quiesced:?}");
+    for (topic, quiet) in &quiesced {
+        assert_eq!(*quiet, topic == "idle", "{quiesced:?}");
+    }
+
     for partition in 0..4 {
         let started = std::time::Instant::now();
         let response = publish_to(&mut client, "idle", partition, "wake up").await;

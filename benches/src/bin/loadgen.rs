@@ -116,6 +116,11 @@ struct Args {
     /// Only create the topics and wait for their leaders.
     #[arg(long)]
     setup_only: bool,
+    /// With --setup-only (raftstream): then wait, at most this long, until
+    /// every partition's leader reports the group quiesced (idle, timers
+    /// stopped), so that idle CPU is measured once the cluster has settled.
+    #[arg(long, requires = "setup_only")]
+    await_quiesced_secs: Option<f64>,
     /// Failover (raftstream): this long after publishing starts, SIGKILL the
     /// node leading partition 0 of the first topic. Needs --node-pids.
     #[arg(long, requires = "node_pids")]
@@ -594,6 +599,9 @@ mod raftstream {
         }
         wait_for_leaders(&client, &topics).await?;
         if args.setup_only {
+            if let Some(secs) = args.await_quiesced_secs {
+                wait_for_quiesced(&client, &topics, Duration::from_secs_f64(secs)).await?;
+            }
             eprintln!("{} topic(s) ready", topics.len());
             return Ok(None);
         }
@@ -708,25 +716,57 @@ mod raftstream {
 
     /// Polls the cluster status until every partition of `topics` has a leader.
     async fn wait_for_leaders(client: &Client, topics: &[pb::Topic]) -> anyhow::Result<()> {
+        wait_for_groups(
+            client,
+            topics,
+            Duration::from_secs(120),
+            "have a leader",
+            |g| g.leader.is_some(),
+        )
+        .await
+    }
+
+    async fn wait_for_quiesced(
+        client: &Client,
+        topics: &[pb::Topic],
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for_groups(client, topics, limit, "quiesce", |g| {
+            g.leader.is_some() && g.quiesced
+        })
+        .await
+    }
+
+    /// Polls the cluster status until every partition of `topics` is `ready`.
+    async fn wait_for_groups(
+        client: &Client,
+        topics: &[pb::Topic],
+        limit: Duration,
+        what: &str,
+        ready: impl Fn(&pb::GroupStatus) -> bool,
+    ) -> anyhow::Result<()> {
         let wanted: Vec<u64> = topics
             .iter()
             .flat_map(|t| t.partitions.iter().map(|p| p.group_id))
             .collect();
-        let until = Instant::now() + Duration::from_secs(120);
+        let until = Instant::now() + limit;
         loop {
             let status = client.cluster_status().await?;
-            let led: std::collections::HashSet<u64> = status
+            let done: std::collections::HashSet<u64> = status
                 .groups
                 .iter()
-                .filter(|g| g.leader.is_some())
+                .filter(|g| ready(g))
                 .map(|g| g.group_id)
                 .collect();
-            let missing = wanted.iter().filter(|g| !led.contains(g)).count();
+            let missing = wanted.iter().filter(|g| !done.contains(g)).count();
             if missing == 0 {
                 return Ok(());
             }
             if Instant::now() > until {
-                bail!("{missing} partitions still have no leader after 120 s");
+                bail!(
+                    "{missing} of {} partitions still do not {what} after {limit:?}",
+                    wanted.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

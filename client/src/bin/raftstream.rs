@@ -768,7 +768,7 @@ async fn cluster(cli: &Cli) -> anyhow::Result<()> {
             .iter()
             .map(|g| json!({"group_id": g.group_id, "topic": g.topic, "partition": g.partition, "leader": g.leader, "term": g.term,
                             "commit_index": g.commit_index, "replicas": g.replicas, "replica_lag": g.replica_lag,
-                            "high_watermark": g.high_watermark}))
+                            "high_watermark": g.high_watermark, "quiesced": g.quiesced}))
             .collect();
         let nodes: Vec<_> = status
             .nodes

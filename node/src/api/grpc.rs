@@ -1659,6 +1659,7 @@ impl ClientService {
                 (0..t.partitions.len() as u32).map(move |p| (t.group_id(p), (t.name.clone(), p)))
             })
             .collect();
+        let quiescer = self.node.quiescer();
         let groups = self
             .node
             .groups()
@@ -1700,6 +1701,7 @@ impl ClientService {
                     replica_lag,
                     high_watermark,
                     log_start_offset,
+                    quiesced: quiescer.is_some_and(|q| q.is_quiet(group.id)),
                 }
             })
             .collect();

@@ -166,6 +166,11 @@ impl Quiescer {
         self.state.lock().quiet.len()
     }
 
+    /// Whether this node has stopped `group`'s timers.
+    pub fn is_quiet(&self, group: GroupId) -> bool {
+        self.state.lock().quiet.contains(&group)
+    }
+
     /// Checks every group once, switches ticks, and returns the groups this
     /// node leads that are quiesced (for its next node heartbeat).
     pub fn round(&self, groups: &[Arc<Group>]) -> Vec<GroupId> {
