@@ -721,51 +721,63 @@ mod raftstream {
             topics,
             Duration::from_secs(120),
             "have a leader",
-            |g| g.leader.is_some(),
+            |g, _| g.leader.is_some(),
         )
         .await
     }
 
+    /// Settled: every partition is led by its preferred (first) replica, to
+    /// which the cluster hands leadership back after elections, and its
+    /// leader has quiesced the idle group.
     async fn wait_for_quiesced(
         client: &Client,
         topics: &[pb::Topic],
         limit: Duration,
     ) -> anyhow::Result<()> {
-        wait_for_groups(client, topics, limit, "quiesce", |g| {
-            g.leader.is_some() && g.quiesced
-        })
+        wait_for_groups(
+            client,
+            topics,
+            limit,
+            "settle (quiesced under their preferred leader)",
+            |g, preferred| g.quiesced && g.leader.is_some() && g.leader == preferred,
+        )
         .await
     }
 
-    /// Polls the cluster status until every partition of `topics` is `ready`.
+    /// Polls the cluster status until every partition of `topics` is `ready`
+    /// (given its status and its preferred leader).
     async fn wait_for_groups(
         client: &Client,
         topics: &[pb::Topic],
         limit: Duration,
         what: &str,
-        ready: impl Fn(&pb::GroupStatus) -> bool,
+        ready: impl Fn(&pb::GroupStatus, Option<u64>) -> bool,
     ) -> anyhow::Result<()> {
-        let wanted: Vec<u64> = topics
+        let preferred: std::collections::HashMap<u64, Option<u64>> = topics
             .iter()
-            .flat_map(|t| t.partitions.iter().map(|p| p.group_id))
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| (p.group_id, p.replicas.first().copied()))
             .collect();
         let until = Instant::now() + limit;
         loop {
             let status = client.cluster_status().await?;
-            let done: std::collections::HashSet<u64> = status
+            let done = status
                 .groups
                 .iter()
-                .filter(|g| ready(g))
-                .map(|g| g.group_id)
-                .collect();
-            let missing = wanted.iter().filter(|g| !done.contains(g)).count();
+                .filter(|g| {
+                    preferred
+                        .get(&g.group_id)
+                        .is_some_and(|preferred| ready(g, *preferred))
+                })
+                .count();
+            let missing = preferred.len().saturating_sub(done);
             if missing == 0 {
                 return Ok(());
             }
             if Instant::now() > until {
                 bail!(
                     "{missing} of {} partitions still do not {what} after {limit:?}",
-                    wanted.len()
+                    preferred.len()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
