@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -114,6 +115,11 @@ struct Inner {
     /// Group id → gRPC address of its leader.
     leaders: RwLock<HashMap<u64, String>>,
     next_node: AtomicUsize,
+    /// This client's offset commits carry (`commit_writer`, next
+    /// `commit_seq`), so that a late attempt of a commit it retried cannot
+    /// overwrite a later commit (see `Client::commit_offset`).
+    commit_writer: u64,
+    commit_seq: AtomicU64,
 }
 
 /// A connection to a Raftstream cluster. Cheap to clone.
@@ -152,8 +158,17 @@ impl Client {
                 channels: RwLock::new(HashMap::new()),
                 leaders: RwLock::new(HashMap::new()),
                 next_node: AtomicUsize::new(0),
+                // Non-zero: 0 means an unordered commit.
+                commit_writer: rand::random::<u64>().max(1),
+                commit_seq: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// This client's writer id and the next sequence for an offset commit.
+    pub(crate) fn next_commit_order(&self) -> (u64, u64) {
+        let seq = self.inner.commit_seq.fetch_add(1, Ordering::Relaxed);
+        (self.inner.commit_writer, seq)
     }
 
     pub fn config(&self) -> &ClientConfig {

@@ -144,6 +144,10 @@ impl Consumer {
 }
 
 impl Client {
+    /// Commits `offset` as the group's next offset to read on `partition`.
+    /// Retried after an unknown outcome; the commit carries this client's
+    /// writer id and sequence, so a late first attempt cannot later overwrite
+    /// a newer commit made through this client.
     pub async fn commit_offset(
         &self,
         topic: &str,
@@ -151,11 +155,14 @@ impl Client {
         partition: u32,
         offset: u64,
     ) -> Result<()> {
+        let (writer_id, writer_seq) = self.next_commit_order();
         let request = pb::CommitOffsetRequest {
             topic: Some(topic_ref(topic)),
             group: group.to_string(),
             partition,
             offset,
+            writer_id,
+            writer_seq,
         };
         self.call(Target::Any, Retry::Idempotent, |mut g, _| {
             let r = request.clone();

@@ -203,10 +203,21 @@ async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
                 group: "billing".into(),
                 partition,
                 offset: 7 + partition as u64,
+                ..Default::default()
             })
             .await
             .unwrap();
     }
+    // Partition 1's commit again, now ordered as writer 5's second commit.
+    let ordered = |offset, writer_seq| pb::CommitOffsetRequest {
+        topic: topic("audit"),
+        group: "billing".into(),
+        partition: 1,
+        offset,
+        writer_id: 5,
+        writer_seq,
+    };
+    client.commit_offset(ordered(8, 2)).await.unwrap();
     let before: Vec<Vec<String>> = {
         let mut out = Vec::new();
         for p in 0..2 {
@@ -227,6 +238,9 @@ async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
         let after = values(&read_all(&mut client, "audit", p, 20).await);
         assert_eq!(after, before[p as usize]);
     }
+    // A late attempt of writer 5's first commit, after the restart: the
+    // order survived it, so the group does not move back to offset 2.
+    client.commit_offset(ordered(2, 1)).await.unwrap();
     let offsets = client
         .get_committed_offsets(pb::GetCommittedOffsetsRequest {
             topic: topic("audit"),

@@ -33,6 +33,7 @@ use crate::raft::batch::RecordBatch;
 use crate::raft::network::MAX_RPC_BYTES;
 use crate::raft::quiesce::quorum_acked_since;
 use crate::raft::types::CommandResponse;
+use crate::raft::types::CommitWriter;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
@@ -1164,6 +1165,10 @@ impl Raftstream for ClientService {
                 let command = PartitionCommand::CommitOffset {
                     group: request.group.clone(),
                     offset: request.offset,
+                    writer: (request.writer_id != 0).then_some(CommitWriter {
+                        id: request.writer_id,
+                        seq: request.writer_seq,
+                    }),
                 };
                 self.node
                     .write_partition(&group, command)
@@ -1229,7 +1234,9 @@ impl Raftstream for ClientService {
                         _ => return Err(Status::unavailable("leadership unconfirmed; retry")),
                     }
                     let offset = group.state.read(|inner| match &inner.data {
-                        GroupData::Partition(p) => p.consumer_offsets.get(&request.group).copied(),
+                        GroupData::Partition(p) => {
+                            p.consumer_offsets.get(&request.group).map(|o| o.offset)
+                        }
                         GroupData::Meta(_) => None,
                     });
                     if let Some(offset) = offset {

@@ -57,6 +57,17 @@ pub enum Command {
     Partition(PartitionCommand),
 }
 
+/// Who committed a consumer group's offset, and the commit's place among
+/// that writer's commits. A client may retry a commit whose outcome it does
+/// not know, and the first attempt can still arrive later (held up in a
+/// forwarding node's connection during a partition): without an order it
+/// would move the group back to an older offset.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommitWriter {
+    pub id: u64,
+    pub seq: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PartitionCommand {
     /// One publish batch: one entry however many records it carries.
@@ -69,7 +80,11 @@ pub enum PartitionCommand {
         producer: Option<(u64, u64)>,
     },
     /// A consumer group's next offset to read.
-    CommitOffset { group: String, offset: u64 },
+    CommitOffset {
+        group: String,
+        offset: u64,
+        writer: Option<CommitWriter>,
+    },
     /// Retention: forget every message below `offset`.
     AdvanceLogStart { offset: u64 },
     /// Forget every message committed so far (topic purge).
@@ -377,7 +392,7 @@ impl std::fmt::Display for Command {
             Command::Partition(PartitionCommand::Append { records, .. }) => {
                 write!(f, "append {} records", records.len())
             }
-            Command::Partition(PartitionCommand::CommitOffset { group, offset }) => {
+            Command::Partition(PartitionCommand::CommitOffset { group, offset, .. }) => {
                 write!(f, "commit offset {offset} for group {group:?}")
             }
             Command::Partition(PartitionCommand::AdvanceLogStart { offset }) => {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
+use crate::raft::types::CommitWriter;
 use crate::raft::types::PartitionCommand;
 
 /// Where one publish batch sits: its offsets, its Raft entry and its time.
@@ -31,6 +32,28 @@ impl BatchIndex {
     }
 }
 
+/// A consumer group's committed offset on one partition.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupOffset {
+    /// The next offset the group will read.
+    pub offset: u64,
+    /// Who committed it; `None` for an unordered commit.
+    pub writer: Option<CommitWriter>,
+}
+
+impl GroupOffset {
+    /// Whether a commit by `writer` comes before this one in that writer's
+    /// order: a late attempt of a commit the writer has since superseded.
+    fn supersedes(&self, writer: Option<CommitWriter>) -> bool {
+        match (self.writer, writer) {
+            (Some(current), Some(incoming)) => {
+                current.id == incoming.id && incoming.seq < current.seq
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartitionState {
     /// One past the last committed offset (the high watermark).
@@ -41,7 +64,7 @@ pub struct PartitionState {
     /// Sorted by offset and, because time never decreases, by timestamp too.
     pub batches: VecDeque<BatchIndex>,
     pub retained_bytes: u64,
-    pub consumer_offsets: BTreeMap<String, u64>,
+    pub consumer_offsets: BTreeMap<String, GroupOffset>,
     /// The highest Raft log index of a batch retention has dropped.
     pub forgotten_log_index: u64,
     /// How far every replica may purge its Raft log (`AllowLogPurge`).
@@ -158,7 +181,7 @@ pub enum PartitionChange {
     },
     PutGroupOffset {
         group: String,
-        offset: u64,
+        offset: GroupOffset,
     },
     PutProducer {
         producer_id: u64,
@@ -260,13 +283,26 @@ impl PartitionState {
                     duplicate: false,
                 }
             }
-            PartitionCommand::CommitOffset { group, offset } => {
-                let offset = (*offset).min(self.next_offset);
-                self.consumer_offsets.insert(group.clone(), offset);
-                changes.push(PartitionChange::PutGroupOffset {
-                    group: group.clone(),
-                    offset,
-                });
+            PartitionCommand::CommitOffset {
+                group,
+                offset,
+                writer,
+            } => {
+                let superseded = self
+                    .consumer_offsets
+                    .get(group)
+                    .is_some_and(|current| current.supersedes(*writer));
+                if !superseded {
+                    let offset = GroupOffset {
+                        offset: (*offset).min(self.next_offset),
+                        writer: *writer,
+                    };
+                    self.consumer_offsets.insert(group.clone(), offset);
+                    changes.push(PartitionChange::PutGroupOffset {
+                        group: group.clone(),
+                        offset,
+                    });
+                }
                 CommandResponse::None
             }
             PartitionCommand::AdvanceLogStart { offset } => {
@@ -721,9 +757,40 @@ mod tests {
         let cmd = PartitionCommand::CommitOffset {
             group: "g".into(),
             offset: 99,
+            writer: None,
         };
         state.apply(&cmd, 5, &mut changes);
-        assert_eq!(state.consumer_offsets["g"], 3);
+        assert_eq!(state.consumer_offsets["g"].offset, 3);
+    }
+
+    #[test]
+    fn a_late_attempt_of_a_superseded_commit_changes_nothing() {
+        let mut state = state_with(&[(0, 500)]);
+        let mut changes = Vec::new();
+        let commit = |offset, writer: Option<(u64, u64)>| PartitionCommand::CommitOffset {
+            group: "g".into(),
+            offset,
+            writer: writer.map(|(id, seq)| CommitWriter { id, seq }),
+        };
+        let mut index = 1;
+        let mut apply = |state: &mut PartitionState, cmd: PartitionCommand| {
+            index += 1;
+            state.apply(&cmd, index, &mut changes);
+            state.consumer_offsets["g"].offset
+        };
+        // Writer 7 commits 115 (seq 1; its retry applies), then 165 (seq 2);
+        // then the first attempt of 115 arrives.
+        assert_eq!(apply(&mut state, commit(115, Some((7, 1)))), 115);
+        assert_eq!(apply(&mut state, commit(165, Some((7, 2)))), 165);
+        assert_eq!(apply(&mut state, commit(115, Some((7, 1)))), 165);
+        // A repeat of the last commit applies again, harmlessly.
+        assert_eq!(apply(&mut state, commit(165, Some((7, 2)))), 165);
+        // Another writer (a reset from the CLI, a new consumer) and unordered
+        // commits may move the group anywhere, as in Kafka.
+        assert_eq!(apply(&mut state, commit(100, Some((8, 1)))), 100);
+        assert_eq!(apply(&mut state, commit(90, None)), 90);
+        // After an unordered commit, writer 7's order starts afresh.
+        assert_eq!(apply(&mut state, commit(95, Some((7, 1)))), 95);
     }
 
     fn ingest(source: &str, event_id: &str, key: Option<&str>) -> PartitionCommand {
