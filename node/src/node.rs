@@ -14,6 +14,7 @@ use openraft::async_runtime::WatchReceiver;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::api::ProposalOrder;
 use crate::api::WriteError;
 use crate::config::NodeConfig;
 use crate::raft::network::NetworkFactory;
@@ -61,6 +62,8 @@ pub struct Group {
     /// The term in which this node, leading for another preferred replica,
     /// last saw that replica caught up (see `hand_back_to_preferred_leader`).
     hand_back_seen_in_term: parking_lot::Mutex<Option<u64>>,
+    /// Orders idempotent producers' batches before they are proposed.
+    pub proposal_order: ProposalOrder,
 }
 
 impl Group {
@@ -320,6 +323,7 @@ impl Node {
             raft,
             state,
             hand_back_seen_in_term: parking_lot::Mutex::new(None),
+            proposal_order: ProposalOrder::default(),
         });
         self.groups.write().insert(id, group.clone());
         tracing::info!(group = id, "raft group started");

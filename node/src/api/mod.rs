@@ -3,12 +3,14 @@
 //! The gRPC service (`grpc.rs`) maps it to protobuf and forwards to leaders.
 
 pub mod grpc;
+pub mod proposal_order;
 pub mod read;
 
 use std::time::Duration;
 
 use openraft::error::ClientWriteError;
-use openraft::error::RaftError;
+use openraft::raft::responder::ProgressResponder;
+pub use proposal_order::ProposalOrder;
 
 use crate::node::Group;
 use crate::node::Node;
@@ -20,6 +22,13 @@ use crate::raft::types::MetaRejection;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
+use crate::state_machine::GroupData;
+
+/// How long a producer's batch waits on the leader for the producer's
+/// earlier batches to be proposed before it is proposed anyway. The batch
+/// ahead is normally a request already on its way; if it never comes, the
+/// state machine refuses this one as out of sequence, as it would have.
+const PROPOSAL_ORDER_WAIT: Duration = Duration::from_millis(250);
 
 /// Why a write did not succeed. `Unknown` is not a failure: the entry may
 /// or may not commit, and a client that retries must be ready for either.
@@ -102,40 +111,80 @@ impl Node {
         group: &Group,
         command: Command,
     ) -> Result<CommandResponse, WriteError> {
+        self.write_then(group, command, || {}).await
+    }
+
+    /// Like [`Node::write`]; `queued` runs as soon as the command is in the
+    /// group's Raft queue, ahead of every command proposed after that.
+    async fn write_then(
+        &self,
+        group: &Group,
+        command: Command,
+        queued: impl FnOnce(),
+    ) -> Result<CommandResponse, WriteError> {
         if let Some(quiescer) = self.quiescer() {
             quiescer.wake_for_write(group).await;
         }
-        let write = group.raft.client_write(command);
-        match tokio::time::timeout(self.write_timeout(), write).await {
+        let (responder, applied) = ProgressResponder::complete_only();
+        let proposed = group.raft.client_write_ff(command, Some(responder)).await;
+        queued();
+        if let Err(e) = proposed {
+            // The group had stopped: the command never reached it.
+            return Err(WriteError::Unavailable(format!("the group stopped: {e}")));
+        }
+        match tokio::time::timeout(self.write_timeout(), applied).await {
             Err(_) => Err(WriteError::Unknown(format!(
                 "not committed within {} ms; it may still commit",
                 self.config.limits.write_timeout_ms
             ))),
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            // The group stopped (shutdown or a disk it no longer trusts)
+            // after the entry may have reached the followers.
+            Ok(Err(_)) => Err(WriteError::Unknown(
+                "the group stopped before the entry was known to commit".into(),
+            )),
+            Ok(Ok(Ok(response))) => Ok(response.data),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
                 let leader_addr = f.leader_node.map(|n| n.addr);
                 Err(WriteError::NotLeader { leader_addr })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                Err(WriteError::Unknown(
-                    "the leader changed before the entry was known to commit".into(),
-                ))
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable(e.to_string())),
-            // The group stopped (shutdown or a disk it no longer trusts)
-            // after the entry may have reached the followers.
-            Ok(Err(RaftError::Fatal(e))) => {
-                Err(WriteError::Unknown(format!("the group stopped: {e}")))
-            }
+            Ok(Ok(Err(ClientWriteError::LogEntryDiscarded(_)))) => Err(WriteError::Unknown(
+                "the leader changed before the entry was known to commit".into(),
+            )),
+            Ok(Ok(Err(e))) => Err(WriteError::Unavailable(e.to_string())),
         }
     }
 
+    /// Proposes a partition command. An idempotent producer's batch is
+    /// proposed only after the producer's earlier batches (see
+    /// [`ProposalOrder`]), waiting at most `PROPOSAL_ORDER_WAIT`.
     pub async fn write_partition(
         &self,
         group: &Group,
         command: PartitionCommand,
     ) -> Result<CommandResponse, WriteError> {
-        self.write(group, Command::Partition(command)).await
+        let PartitionCommand::Append {
+            producer: Some((producer, base_sequence)),
+            records,
+            ..
+        } = &command
+        else {
+            return self.write(group, Command::Partition(command)).await;
+        };
+        let (producer, base_sequence, count) = (*producer, *base_sequence, records.len() as u64);
+        let applied_next = group.state.read(|inner| match &inner.data {
+            GroupData::Partition(p) => p.producers.get(&producer).map_or(0, |s| s.next_sequence),
+            GroupData::Meta(_) => 0,
+        });
+        group
+            .proposal_order
+            .wait_turn(producer, base_sequence, applied_next, PROPOSAL_ORDER_WAIT)
+            .await;
+        self.write_then(group, Command::Partition(command), || {
+            group
+                .proposal_order
+                .proposed(producer, base_sequence, count)
+        })
+        .await
     }
 
     /// Proposes a metadata command on the local metadata group (which must
