@@ -14,6 +14,8 @@ use parking_lot::RwLock;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::ingest_client::IngestClient;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tonic::Request;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
@@ -40,6 +42,13 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// How long a call keeps retrying UNAVAILABLE and leader changes.
     pub retry_for: Duration,
+    /// Publish requests this client keeps in flight to one node, over all
+    /// its producers and partitions (Kafka's
+    /// `max.in.flight.requests.per.connection`, counted per node because
+    /// each request here carries one partition). Batches beyond it wait in
+    /// the producer and grow, instead of becoming thousands of tiny
+    /// concurrent requests when a topic has many partitions.
+    pub max_publishes_in_flight_per_node: usize,
 }
 
 impl ClientConfig {
@@ -50,6 +59,7 @@ impl ClientConfig {
             tls: None,
             request_timeout: Duration::from_secs(15),
             retry_for: Duration::from_secs(20),
+            max_publishes_in_flight_per_node: 64,
         }
     }
 
@@ -97,6 +107,22 @@ pub(crate) enum Target {
     Any,
 }
 
+/// Whether an attempt first takes one of its node's publish slots
+/// (`ClientConfig::max_publishes_in_flight_per_node`).
+#[derive(Debug)]
+enum Slot {
+    /// Take a slot; the first attempt may bring one taken beforehand.
+    Publish(Option<PublishSlot>),
+    Free,
+}
+
+/// One of a node's publish slots, held by a request in flight to it.
+#[derive(Debug)]
+pub(crate) struct PublishSlot {
+    addr: String,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// Whether a call may be repeated after its outcome became unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Retry {
@@ -120,6 +146,12 @@ struct Inner {
     /// overwrite a later commit (see `Client::commit_offset`).
     commit_writer: u64,
     commit_seq: AtomicU64,
+    /// Node address → its publish slots.
+    publish_slots: RwLock<HashMap<String, Arc<Semaphore>>>,
+    /// Held while learning the cluster, with when the last refresh ended:
+    /// many calls failing at once (a leader change under load) then share
+    /// one cluster status request instead of sending one each.
+    refreshing: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// A connection to a Raftstream cluster. Cheap to clone.
@@ -161,6 +193,8 @@ impl Client {
                 // Non-zero: 0 means an unordered commit.
                 commit_writer: rand::random::<u64>().max(1),
                 commit_seq: AtomicU64::new(1),
+                publish_slots: RwLock::new(HashMap::new()),
+                refreshing: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -221,8 +255,22 @@ impl Client {
         )
     }
 
-    /// Re-learns the nodes and the group leaders.
+    /// Re-learns the nodes and the group leaders. A call that finds a
+    /// refresh under way waits for it and uses its answer.
     pub async fn refresh(&self) -> Result<()> {
+        let asked = Instant::now();
+        let mut last_refresh = self.inner.refreshing.lock().await;
+        if last_refresh.is_some_and(|ended| ended >= asked) {
+            return Ok(());
+        }
+        let result = self.refresh_any().await;
+        if result.is_ok() {
+            *last_refresh = Some(Instant::now());
+        }
+        result
+    }
+
+    async fn refresh_any(&self) -> Result<()> {
         let nodes = self.inner.nodes.read().clone();
         for addr in nodes {
             if self.refresh_from(&addr).await.is_ok() {
@@ -310,6 +358,56 @@ impl Client {
         self.call_with(Client::grpc, target, retry, f).await
     }
 
+    /// [`Client::call`] for a publish: each attempt first takes a slot of
+    /// the node it goes to, except that the first may use `taken`, from
+    /// [`Client::publish_slot`], if it goes to the same node.
+    pub(crate) async fn call_publish<T, F, Fut>(
+        &self,
+        target: Target,
+        taken: Option<PublishSlot>,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(Grpc, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_in_slot(
+            Client::grpc,
+            target,
+            Retry::Idempotent,
+            Slot::Publish(taken),
+            f,
+        )
+        .await
+    }
+
+    /// Waits for a publish slot of the node a call for `target` would go
+    /// to now. A producer takes it before it closes a batch, so that the
+    /// batch keeps growing while the node is busy.
+    pub(crate) async fn publish_slot(&self, target: Target) -> Option<PublishSlot> {
+        self.take_publish_slot(self.pick(target, None)).await
+    }
+
+    async fn take_publish_slot(&self, addr: String) -> Option<PublishSlot> {
+        let slots = self.inner.publish_slots.read().get(&addr).cloned();
+        let slots = slots.unwrap_or_else(|| {
+            let limit = self.inner.config.max_publishes_in_flight_per_node.max(1);
+            self.inner
+                .publish_slots
+                .write()
+                .entry(addr.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone()
+        });
+        // The semaphore is never closed, so this fails only in theory; the
+        // call then goes without a slot rather than not at all.
+        let permit = slots.acquire_owned().await.ok()?;
+        Some(PublishSlot {
+            addr,
+            _permit: permit,
+        })
+    }
+
     /// [`Client::call`] for any of the node's services: `connect` makes
     /// that service's client for a node address.
     pub(crate) async fn call_with<C, T, F, Fut>(
@@ -317,6 +415,22 @@ impl Client {
         connect: fn(&Client, &str) -> Result<C>,
         target: Target,
         retry: Retry,
+        f: F,
+    ) -> Result<T>
+    where
+        F: Fn(C, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_in_slot(connect, target, retry, Slot::Free, f)
+            .await
+    }
+
+    async fn call_in_slot<C, T, F, Fut>(
+        &self,
+        connect: fn(&Client, &str) -> Result<C>,
+        target: Target,
+        retry: Retry,
+        mut slot: Slot,
         f: F,
     ) -> Result<T>
     where
@@ -336,6 +450,15 @@ impl Client {
         let mut unreachable: Option<String> = None;
         loop {
             let addr = self.pick(target, unreachable.as_deref());
+            // The wait for a slot is not part of the attempt's deadline:
+            // nothing has been sent yet.
+            let taken_slot = match &mut slot {
+                Slot::Publish(taken) => match taken.take() {
+                    Some(taken) if taken.addr == addr => Some(taken),
+                    _ => self.take_publish_slot(addr.clone()).await,
+                },
+                Slot::Free => None,
+            };
             let outcome = match connect(self, &addr) {
                 Ok(grpc) => match tokio::time::timeout(timeout, f(grpc, timeout)).await {
                     Ok(result) => result.map(tonic::Response::into_inner),
@@ -345,6 +468,7 @@ impl Client {
                 },
                 Err(e) => return Err(e),
             };
+            drop(taken_slot);
             let status = match outcome {
                 Ok(value) => return Ok(value),
                 Err(status) => status,

@@ -4,7 +4,10 @@
 //! bytes or linger time, like Kafka's batch.size and linger.ms). Every
 //! partition has its own sender, so batches for different partitions are in
 //! flight together, and each partition keeps up to `max_in_flight` batches
-//! in flight, appended in order. Each batch
+//! in flight, appended in order. The client bounds the publish requests in
+//! flight to each node over all partitions
+//! (`ClientConfig::max_publishes_in_flight_per_node`); while a batch waits
+//! for a slot, the records behind it gather into larger batches. Each batch
 //! carries the producer id and the sequence number of its first record; the
 //! partition appends a sequenced batch at most once, so retrying after a
 //! timeout or a leader change never stores a message twice.
@@ -22,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::sync::watch;
 
 use crate::client::Client;
-use crate::client::Retry;
+use crate::client::PublishSlot;
 use crate::client::Target;
 use crate::error::Error;
 use crate::error::Result;
@@ -316,11 +319,38 @@ impl PartitionSender {
                     Ok(None) | Err(_) => break,
                 }
             }
-            while in_flight.len() >= max_in_flight {
-                if let Some(oldest) = in_flight.pop_front() {
-                    let _ = oldest.await;
+            // Until the batch can go (a free place among this partition's
+            // batches in flight, and a slot of its leader's node), it keeps
+            // taking records: under load batches grow instead of queueing.
+            let slot = {
+                let ready = async {
+                    while in_flight.len() >= max_in_flight {
+                        if let Some(oldest) = in_flight.pop_front() {
+                            let _ = oldest.await;
+                        }
+                    }
+                    this.client.publish_slot(Target::Group(this.group_id)).await
+                };
+                tokio::pin!(ready);
+                loop {
+                    let full = pending.is_some()
+                        || batch.len() >= this.config.batch_max_records
+                        || bytes >= this.config.batch_max_bytes;
+                    tokio::select! {
+                        biased;
+                        slot = &mut ready => break slot,
+                        work = rx.recv(), if !full => match work {
+                            Some(Work::Record(record, done)) => {
+                                bytes += record.size();
+                                batch.push((record, done));
+                            }
+                            Some(flush @ Work::Flush(_)) => pending = Some(flush),
+                            // The producer is gone: send what we have.
+                            None => break (&mut ready).await,
+                        },
+                    }
                 }
-            }
+            };
             // A broken lane cannot take more batches in sequence: continue
             // under a fresh producer id, whose sequences start over.
             if lane.broken().is_some() {
@@ -333,7 +363,7 @@ impl PartitionSender {
             let lane = lane.clone();
             in_flight.push_back(tokio::spawn(async move {
                 let (records, waiters): (Vec<Record>, Vec<_>) = batch.into_iter().unzip();
-                let outcome = sender.deliver(&lane, base_sequence, records).await;
+                let outcome = sender.deliver(&lane, base_sequence, records, slot).await;
                 match outcome {
                     Ok(acks) => {
                         for (waiter, ack) in waiters.into_iter().zip(acks) {
@@ -371,6 +401,7 @@ impl PartitionSender {
         lane: &Lane,
         base_sequence: u64,
         records: Vec<Record>,
+        mut slot: Option<PublishSlot>,
     ) -> Result<Vec<Result<Ack>>> {
         let count = records.len() as u64;
         let request = pb::PublishBatchRequest {
@@ -413,9 +444,9 @@ impl PartitionSender {
             }
             let attempt = self
                 .client
-                .call(
+                .call_publish(
                     Target::Group(self.group_id),
-                    Retry::Idempotent,
+                    slot.take(),
                     |mut g, timeout| {
                         let mut r = tonic::Request::new(request.clone());
                         r.set_timeout(timeout);

@@ -96,3 +96,63 @@ async fn a_leader_lost_mid_stream_stores_every_acknowledged_message_exactly_once
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_one_publish_slot_per_node_every_record_of_many_partitions_lands_once_in_order() {
+    let cluster = TestCluster::start(3).await;
+    let partitions = 8u32;
+    cluster.create_topic("fanout", partitions, 3).await;
+    let seeds: Vec<String> = cluster
+        .running_ids()
+        .iter()
+        .map(|id| cluster.addr(*id).to_string())
+        .collect();
+    let mut config = ClientConfig::new(seeds).with_token(ADMIN_TOKEN);
+    config.max_publishes_in_flight_per_node = 1;
+    let client = Client::connect(config).await.unwrap();
+    let producer = Producer::new(
+        &client,
+        "fanout",
+        ProducerConfig {
+            linger: Duration::ZERO,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Records trickle in, one per partition at a time, so that batches of
+    // every partition wait for the node's one slot while more records come.
+    let per_partition = 150u32;
+    let mut deliveries = Vec::new();
+    for i in 0..per_partition {
+        for p in 0..partitions {
+            let record = Record::new(format!("{p}/{i}")).with_partition(p);
+            deliveries.push((p, i, producer.send(record).await.unwrap()));
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut offsets = vec![Vec::new(); partitions as usize];
+    for (p, i, delivery) in deliveries {
+        let ack = delivery.await.unwrap().unwrap();
+        assert_eq!(ack.partition, p);
+        offsets[p as usize].push((i, ack.offset));
+    }
+    for (p, acked) in offsets.iter().enumerate() {
+        let mut consumer = Consumer::new(&client, "fanout", p as u32, Position::Earliest)
+            .await
+            .unwrap();
+        let read = consumer.poll(1000, Duration::ZERO).await.unwrap();
+        let values: Vec<String> = read
+            .iter()
+            .map(|m| String::from_utf8(m.value.to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..per_partition).map(|i| format!("{p}/{i}")).collect();
+        assert_eq!(
+            values, expected,
+            "partition {p} holds each record once, in order"
+        );
+        assert!(acked.iter().all(|(i, offset)| *offset == u64::from(*i)));
+    }
+    cluster.shutdown().await;
+}
