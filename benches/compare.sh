@@ -101,7 +101,7 @@ start_raftstream() {
   for id in $(seq "$n"); do peers+="${peers:+,}$id=${rs_grpc[$((id - 1))]}"; done
   dir=$(mktemp -d "$work/raftstream.XXXX")
   for id in $(seq "$n"); do
-    RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn "$node_bin" run --node-id "$id" --peers "$peers" \
+    RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn,openraft::core::heartbeat=error "$node_bin" run --node-id "$id" --peers "$peers" \
       --grpc-addr "${rs_grpc[$((id - 1))]}" --http-addr "${rs_http[$((id - 1))]}" \
       --data-dir "$dir/$id" >"$dir/$id.log" 2>&1 &
     pids+=($!)

@@ -135,12 +135,18 @@ async fn shutdown_requested() {
     let _ = ctrl_c.await;
 }
 
+/// openraft warns of every failed heartbeat: one per group, follower and
+/// interval, which with a peer down or busy and 1,000 groups is thousands of
+/// lines a second saying only that the peer is slow. Replication errors
+/// still show at warn.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbeat=error";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     let config = config_from(Cli::parse().command)?;

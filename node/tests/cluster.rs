@@ -1087,3 +1087,48 @@ async fn grpc_calls_need_a_token_with_the_right_scope_and_topic() {
     );
     cluster.shutdown().await;
 }
+
+/// A batch of appends answers each message on its own, in order: a group the
+/// node does not host and an undecodable message fail alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_batch_answers_each_message_in_order() {
+    use raftstream_proto::v1::RaftBatch;
+    use raftstream_proto::v1::RaftMessage;
+    use raftstream_proto::v1::raft_batch_result::Result as Answer;
+    use raftstream_proto::v1::raft_transport_client::RaftTransportClient;
+
+    let cluster = TestCluster::start(1).await;
+    let mut transport = RaftTransportClient::connect(format!("http://{}", cluster.addr(1)))
+        .await
+        .unwrap();
+    let messages = vec![
+        RaftMessage {
+            group_id: 987_654_321,
+            payload: vec![0; 8].into(),
+        },
+        RaftMessage {
+            group_id: 0,
+            payload: b"not a raft message".to_vec().into(),
+        },
+    ];
+    let reply = transport
+        .append_entries_batch(RaftBatch { messages })
+        .await
+        .unwrap()
+        .into_inner();
+    let answers: Vec<(u64, Option<Answer>)> = reply
+        .results
+        .into_iter()
+        .map(|r| (r.group_id, r.result))
+        .collect();
+    assert_eq!(answers.len(), 2);
+    assert!(
+        matches!(&answers[0], (987_654_321, Some(Answer::NotHosted(_)))),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(&answers[1], (0, Some(Answer::Error(why))) if why.contains("undecodable")),
+        "{answers:?}"
+    );
+    cluster.shutdown().await;
+}

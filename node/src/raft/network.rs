@@ -1,11 +1,18 @@
 //! The client side of the Raft transport: one pooled tonic channel per peer
 //! node, shared by every group; the group id travels on each message.
+//!
+//! Appends without entries (heartbeats, commit updates, probes) are the bulk
+//! of the calls when many groups are busy: every leader sends one per
+//! follower every heartbeat interval. They go to a peer through one
+//! [`EmptyAppends`] queue, which sends whatever has gathered as one
+//! `AppendEntriesBatch` call, with a few such calls in flight at a time.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use openraft::BasicNode;
 use openraft::OptionalSend;
 use openraft::alias::SnapshotOf;
@@ -25,10 +32,15 @@ use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use parking_lot::Mutex;
+use raftstream_proto::v1::RaftBatch;
 use raftstream_proto::v1::RaftMessage;
+use raftstream_proto::v1::raft_batch_result;
 use raftstream_proto::v1::raft_transport_client::RaftTransportClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -46,14 +58,157 @@ pub enum PeerError {
     BadAddress { addr: String, reason: String },
 }
 
+/// Batched calls in flight to one peer: while they are, appends gather for
+/// the next.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Messages in one batched call at most.
+const MAX_BATCH: usize = 2048;
+/// A call's own deadline travels to the peer (`grpc-timeout`), which then
+/// answers DEADLINE_EXCEEDED itself. The local timer only guards against a
+/// peer that cannot answer at all, so it fires this much later: a call
+/// dropped locally resets its HTTP/2 stream, and h2 closes a connection on
+/// which too many streams were reset.
+const LOCAL_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
+
 /// One lazily connected channel per peer address. tonic reconnects a lazy
 /// channel by itself, so a restarted peer needs nothing from us.
 #[derive(Clone, Debug, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    empty_appends: Arc<Mutex<HashMap<String, EmptyAppends>>>,
+}
+
+/// An append without entries waiting for its batched call.
+struct QueuedAppend {
+    message: RaftMessage,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Bytes, CallError>>,
+}
+
+/// The queue of appends without entries to one peer.
+#[derive(Clone, Debug)]
+struct EmptyAppends {
+    queue: mpsc::UnboundedSender<QueuedAppend>,
+}
+
+impl EmptyAppends {
+    /// Starts the task that drains the queue into batched calls. It ends
+    /// when the pool, and so the queue's sender, is dropped.
+    fn start(channel: Channel, target: String) -> EmptyAppends {
+        let (queue, mut queued) = mpsc::unbounded_channel::<QueuedAppend>();
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+            while let Some(first) = queued.recv().await {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH
+                    && let Ok(next) = queued.try_recv()
+                {
+                    batch.push(next);
+                }
+                // Callers that gave up are not sent for.
+                batch.retain(|queued| !queued.reply.is_closed());
+                if batch.is_empty() {
+                    continue;
+                }
+                let channel = channel.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    send_batch(channel, &target, batch).await;
+                    drop(permit);
+                });
+            }
+        });
+        EmptyAppends { queue }
+    }
+}
+
+async fn send_batch(channel: Channel, target: &str, batch: Vec<QueuedAppend>) {
+    let timeout = batch
+        .iter()
+        .map(|queued| queued.timeout)
+        .max()
+        .unwrap_or_default();
+    let (messages, replies): (Vec<RaftMessage>, Vec<_>) = batch
+        .into_iter()
+        .map(|queued| (queued.message, queued.reply))
+        .unzip();
+    let mut client = RaftTransportClient::new(channel)
+        .max_decoding_message_size(MAX_RPC_BYTES)
+        .max_encoding_message_size(MAX_RPC_BYTES);
+    let mut request = tonic::Request::new(RaftBatch { messages });
+    request.set_timeout(timeout);
+    let outcome = tokio::time::timeout(
+        timeout + LOCAL_TIMEOUT_MARGIN,
+        client.append_entries_batch(request),
+    )
+    .await;
+    let results = match outcome {
+        Ok(Ok(response)) => response.into_inner().results,
+        Ok(Err(status)) => {
+            for reply in replies {
+                let _ = reply.send(Err(call_error(target, &status)));
+            }
+            return;
+        }
+        Err(_) => {
+            for reply in replies {
+                let _ = reply.send(Err(timed_out(target, timeout)));
+            }
+            return;
+        }
+    };
+    let mut results = results.into_iter();
+    for reply in replies {
+        let answer = match results.next().and_then(|r| r.result) {
+            Some(raft_batch_result::Result::Payload(payload)) => Ok(payload),
+            Some(raft_batch_result::Result::NotHosted(why)) => Err(CallError::Unreachable(
+                TransportError(format!("node {target}: {why}")),
+            )),
+            Some(raft_batch_result::Result::Error(why)) => Err(CallError::Network(TransportError(
+                format!("node {target}: {why}"),
+            ))),
+            None => Err(CallError::Network(TransportError(format!(
+                "node {target} answered fewer messages than it was sent"
+            )))),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// How a failed call is reported to openraft.
+fn call_error(target: &str, status: &tonic::Status) -> CallError {
+    let e = TransportError(format!("node {target}: {status}"));
+    match status.code() {
+        // The peer is down, or does not host this group yet (it creates
+        // partition groups as metadata reaches it).
+        tonic::Code::Unavailable | tonic::Code::NotFound => CallError::Unreachable(e),
+        _ => CallError::Network(e),
+    }
+}
+
+fn timed_out(target: &str, timeout: Duration) -> CallError {
+    CallError::Network(TransportError(format!(
+        "rpc to node {target} timed out after {timeout:?}"
+    )))
 }
 
 impl PeerPool {
+    /// The queue of appends without entries to `addr`.
+    fn empty_appends(&self, addr: &str) -> Result<EmptyAppends, PeerError> {
+        if let Some(queue) = self.empty_appends.lock().get(addr) {
+            return Ok(queue.clone());
+        }
+        let channel = self.channel(addr)?;
+        let mut queues = self.empty_appends.lock();
+        Ok(queues
+            .entry(addr.to_string())
+            .or_insert_with(|| EmptyAppends::start(channel, addr.to_string()))
+            .clone())
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, PeerError> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(addr) {
@@ -188,27 +343,56 @@ impl PeerNetwork {
                 Rpc::TransferLeader => client.transfer_leader(message).await,
             }
         };
-        let response = match tokio::time::timeout(timeout, call).await {
-            Err(_) => {
-                return Err(CallError::Network(TransportError(format!(
-                    "rpc to node {} timed out after {timeout:?}",
-                    self.target
-                ))));
-            }
-            Ok(Err(status)) => {
-                let e = TransportError(format!("node {}: {status}", self.target));
-                return Err(match status.code() {
-                    // The peer is down, or does not host this group yet
-                    // (it creates partition groups as metadata reaches it).
-                    tonic::Code::Unavailable | tonic::Code::NotFound => CallError::Unreachable(e),
-                    _ => CallError::Network(e),
-                });
-            }
+        let response = match tokio::time::timeout(timeout + LOCAL_TIMEOUT_MARGIN, call).await {
+            Err(_) => return Err(timed_out(&self.target.to_string(), timeout)),
+            Ok(Err(status)) => return Err(call_error(&self.target.to_string(), &status)),
             Ok(Ok(response)) => response.into_inner(),
         };
-        bincode::deserialize(&response.payload)
-            .map_err(|e| CallError::Network(TransportError(e.to_string())))
+        decode(&response.payload)
     }
+
+    /// An append without entries, through the peer's batching queue.
+    async fn call_batched(
+        &self,
+        request: &AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, CallError> {
+        let payload = bincode::serialize(request)
+            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let queue = self
+            .pool
+            .empty_appends(&self.addr)
+            .map_err(|e| CallError::Unreachable(TransportError(e.to_string())))?;
+        let (reply, answer) = oneshot::channel();
+        let queued = QueuedAppend {
+            message: RaftMessage {
+                group_id: self.group,
+                payload: payload.into(),
+            },
+            timeout,
+            reply,
+        };
+        let target = self.target.to_string();
+        queue.queue.send(queued).map_err(|_| {
+            CallError::Network(TransportError(format!(
+                "the append queue to node {target} has stopped"
+            )))
+        })?;
+        let payload = match tokio::time::timeout(timeout + LOCAL_TIMEOUT_MARGIN, answer).await {
+            Err(_) => return Err(timed_out(&target, timeout)),
+            Ok(Err(_)) => {
+                return Err(CallError::Network(TransportError(format!(
+                    "the append queue to node {target} dropped a message"
+                ))));
+            }
+            Ok(Ok(answer)) => answer?,
+        };
+        decode(&payload)
+    }
+}
+
+fn decode<Resp: DeserializeOwned>(payload: &[u8]) -> Result<Resp, CallError> {
+    bincode::deserialize(payload).map_err(|e| CallError::Network(TransportError(e.to_string())))
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
@@ -219,7 +403,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(Rpc::Append, &rpc, self.append_timeout(&option))
+        let timeout = self.append_timeout(&option);
+        if rpc.entries.is_empty() {
+            return self
+                .call_batched(&rpc, timeout)
+                .await
+                .map_err(CallError::into_rpc);
+        }
+        self.call(Rpc::Append, &rpc, timeout)
             .await
             .map_err(CallError::into_rpc)
     }

@@ -1,13 +1,19 @@
 //! The server side of the Raft transport: decode, route by group id, hand
 //! the message to that group's openraft instance. Requests for different
-//! groups (and for one group) are served concurrently by tonic.
+//! groups (and for one group) are served concurrently by tonic, and so are
+//! the messages of one `AppendEntriesBatch`, which is answered once all are.
 
 use std::sync::Arc;
 
+use futures::future::join_all;
 use openraft::alias::SnapshotOf;
 use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
+use raftstream_proto::v1::RaftBatch;
+use raftstream_proto::v1::RaftBatchReply;
+use raftstream_proto::v1::RaftBatchResult;
 use raftstream_proto::v1::RaftMessage;
+use raftstream_proto::v1::raft_batch_result;
 use raftstream_proto::v1::raft_transport_server::RaftTransport;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -45,6 +51,11 @@ impl TransportService {
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         Ok((group, request))
     }
+
+    async fn append_one(&self, message: RaftMessage) -> Result<RaftMessage, Status> {
+        let (group, rpc) = self.decode(&message)?;
+        reply(message.group_id, group.raft.append_entries(rpc).await).map(Response::into_inner)
+    }
 }
 
 fn reply<T: Serialize, E: std::fmt::Display>(
@@ -65,9 +76,32 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let message = request.into_inner();
-        let (group, rpc) = self.decode(&message)?;
-        reply(message.group_id, group.raft.append_entries(rpc).await)
+        self.append_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn append_entries_batch(
+        &self,
+        request: Request<RaftBatch>,
+    ) -> Result<Response<RaftBatchReply>, Status> {
+        let messages = request.into_inner().messages;
+        let answers = join_all(messages.into_iter().map(|message| async move {
+            let group_id = message.group_id;
+            let result = match self.append_one(message).await {
+                Ok(reply) => raft_batch_result::Result::Payload(reply.payload),
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    raft_batch_result::Result::NotHosted(status.message().to_string())
+                }
+                Err(status) => raft_batch_result::Result::Error(status.message().to_string()),
+            };
+            RaftBatchResult {
+                group_id,
+                result: Some(result),
+            }
+        }))
+        .await;
+        Ok(Response::new(RaftBatchReply { results: answers }))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
