@@ -98,6 +98,13 @@ def main():
             v = v.get(sub)
         return v
 
+    def publish_upper_bound(label):
+        # Acknowledged plus timed-out publishes per second of the run.
+        r = runs.get(label)
+        if r is None or not r.get("publish_secs"):
+            return None
+        return ((r.get("acked") or 0) + (r.get("errored") or 0)) / r["publish_secs"]
+
     out = []
     w = out.append
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -170,7 +177,16 @@ def main():
     r = ratio(rs1k, lz1k)
     row("3 replicas, 1 KiB pipelined ≥ 1.5× JetStream lazy", fmt_ratio(r), verdict(r, 1.5))
     r = ratio(rs1k, sy1k)
-    row("3 replicas, 1 KiB pipelined ≥ 50× JetStream -o sync", fmt_ratio(r), verdict(r, 50))
+    if r is None and (bound := publish_upper_bound("nats-sync/3/1k")) is not None:
+        # Its publishes mostly timed out, so it has no figure of its own: count every
+        # timed-out publish as stored, the reading most favourable to JetStream, which
+        # makes the ratio a lower bound.
+        r = ratio(rs1k, bound)
+        row("3 replicas, 1 KiB pipelined ≥ 50× JetStream -o sync",
+            f"≥ {fmt_ratio(r)} (JetStream's {runs['nats-sync/3/1k']['errored']:,} timed-out publishes "
+            f"counted as stored: {fmt_rate(bound)} msgs/s)", verdict(r, 50))
+    else:
+        row("3 replicas, 1 KiB pipelined ≥ 50× JetStream -o sync", fmt_ratio(r), verdict(r, 50))
     r = ratio(rs100, lz100)
     row("3 replicas, 100 B pipelined ≥ 3× JetStream lazy", fmt_ratio(r), verdict(r, 3))
     r = ratio(rsl, lzl)
