@@ -455,7 +455,13 @@ impl Client {
             let taken_slot = match &mut slot {
                 Slot::Publish(taken) => match taken.take() {
                     Some(taken) if taken.addr == addr => Some(taken),
-                    _ => self.take_publish_slot(addr.clone()).await,
+                    // A slot of another node is released before this one
+                    // is waited for: holding one while waiting could
+                    // deadlock two calls that moved in opposite directions.
+                    other => {
+                        drop(other);
+                        self.take_publish_slot(addr.clone()).await
+                    }
                 },
                 Slot::Free => None,
             };
