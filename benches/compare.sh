@@ -51,6 +51,8 @@ node_bin=$root/target/release/raftstream-node
 loadgen=$root/target/release/loadgen
 
 work=$(mktemp -d /tmp/raftstream-compare.XXXXXX)
+# The commit measured, taken before this run writes its results into the tree.
+commit="$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . 2>/dev/null || echo '+dirty')"
 results=$work/results.jsonl
 : >"$results"
 pids=()
@@ -322,7 +324,7 @@ rustc_version=$(rustc --version)
 python3 "$root/benches/report.py" \
   --results "$results" --scale "$work/scale.jsonl" --disk "$work/disk.json" \
   --command "benches/compare.sh $*" --nats-version "$nats_version" --rustc-version "$rustc_version" \
-  --commit "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo '+dirty')" \
+  --commit "$commit" \
   --out "$out"
 cat "$out"
 echo "compare: wrote $out" >&2

@@ -604,6 +604,13 @@ mod raftstream {
             topics.push(topic);
         }
         wait_for_leaders(&client, &topics).await?;
+        if !args.setup_only {
+            // A new topic's first leaders are whoever won the election; the
+            // cluster then hands each partition to its preferred replica,
+            // seconds later. Measured from before that, a run's figures
+            // depended on whether the hand-back fell inside it.
+            wait_for_preferred_leaders(&client, &topics).await?;
+        }
         if args.setup_only {
             if let Some(secs) = args.await_quiesced_secs {
                 wait_for_quiesced(&client, &topics, Duration::from_secs_f64(secs)).await?;
@@ -728,6 +735,22 @@ mod raftstream {
             Duration::from_secs(120),
             "have a leader",
             |g, _| g.leader.is_some(),
+        )
+        .await
+    }
+
+    /// Polls the cluster status until every partition of `topics` is led by
+    /// its preferred (first) replica.
+    async fn wait_for_preferred_leaders(
+        client: &Client,
+        topics: &[pb::Topic],
+    ) -> anyhow::Result<()> {
+        wait_for_groups(
+            client,
+            topics,
+            Duration::from_secs(60),
+            "have their preferred leader",
+            |g, preferred| g.leader.is_some() && g.leader == preferred,
         )
         .await
     }
