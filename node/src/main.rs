@@ -10,12 +10,6 @@ use raftstream_node::config::NodeConfig;
 use raftstream_node::config::parse_peers;
 use raftstream_node::server::RunningNode;
 
-/// glibc's allocator spent 40% of loadgen's CPU (and a few percent of the
-/// node's) in malloc and free of per-message buffers freed on other threads;
-/// mimalloc keeps per-thread heaps.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(name = "raftstream-node", version, about = "A Raftstream cluster node")]
 struct Cli {

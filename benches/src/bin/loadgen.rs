@@ -44,9 +44,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 
-/// glibc's allocator spent 40% of loadgen's CPU (and a few percent of the
-/// node's) in malloc and free of per-message buffers freed on other threads;
-/// mimalloc keeps per-thread heaps.
+/// glibc's allocator spent 40% of loadgen's CPU in malloc and free of
+/// per-message buffers freed on other threads; mimalloc keeps per-thread
+/// heaps. (The node keeps glibc's: under mimalloc an idle node with 250
+/// partitions held 770 MB resident instead of 102 MB.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
