@@ -135,9 +135,7 @@ async fn send_batch(channel: Channel, target: &str, batch: Vec<QueuedAppend>) {
         .into_iter()
         .map(|queued| (queued.message, queued.reply))
         .unzip();
-    let mut client = RaftTransportClient::new(channel)
-        .max_decoding_message_size(MAX_RPC_BYTES)
-        .max_encoding_message_size(MAX_RPC_BYTES);
+    let mut client = transport_client(channel);
     let mut request = tonic::Request::new(RaftBatch { messages });
     request.set_timeout(timeout);
     let outcome = tokio::time::timeout(
@@ -314,25 +312,29 @@ impl PeerNetwork {
         option.soft_ttl().max(self.min_append_timeout)
     }
 
+    /// `request` encoded for this group.
+    fn message<Req: Serialize>(&self, request: &Req) -> Result<RaftMessage, CallError> {
+        let payload = bincode::serialize(request)
+            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        Ok(RaftMessage {
+            group_id: self.group,
+            payload: payload.into(),
+        })
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         rpc: Rpc,
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
-        let payload = bincode::serialize(request)
-            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let message = self.message(request)?;
         let channel = self
             .pool
             .channel(&self.addr)
             .map_err(|e| CallError::Unreachable(TransportError(e.to_string())))?;
-        let mut client = RaftTransportClient::new(channel)
-            .max_decoding_message_size(MAX_RPC_BYTES)
-            .max_encoding_message_size(MAX_RPC_BYTES);
-        let mut message = tonic::Request::new(RaftMessage {
-            group_id: self.group,
-            payload: payload.into(),
-        });
+        let mut client = transport_client(channel);
+        let mut message = tonic::Request::new(message);
         message.set_timeout(timeout);
         let call = async {
             match rpc {
@@ -357,18 +359,14 @@ impl PeerNetwork {
         request: &AppendEntriesRequest<TypeConfig>,
         timeout: Duration,
     ) -> Result<AppendEntriesResponse<TypeConfig>, CallError> {
-        let payload = bincode::serialize(request)
-            .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
+        let message = self.message(request)?;
         let queue = self
             .pool
             .empty_appends(&self.addr)
             .map_err(|e| CallError::Unreachable(TransportError(e.to_string())))?;
         let (reply, answer) = oneshot::channel();
         let queued = QueuedAppend {
-            message: RaftMessage {
-                group_id: self.group,
-                payload: payload.into(),
-            },
+            message,
             timeout,
             reply,
         };
@@ -389,6 +387,12 @@ impl PeerNetwork {
         };
         decode(&payload)
     }
+}
+
+fn transport_client(channel: Channel) -> RaftTransportClient<Channel> {
+    RaftTransportClient::new(channel)
+        .max_decoding_message_size(MAX_RPC_BYTES)
+        .max_encoding_message_size(MAX_RPC_BYTES)
 }
 
 fn decode<Resp: DeserializeOwned>(payload: &[u8]) -> Result<Resp, CallError> {
