@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
         .bytes(".")
+        // Every service encodes through our codec, which sizes each message's buffer once.
+        .codec_path("crate::codec::PresizedCodec")
         .compile_with_config(config, &protos, &["."])?;
     Ok(())
 }

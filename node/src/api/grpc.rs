@@ -359,7 +359,14 @@ fn topic_not_found(name: &TopicName) -> Status {
 /// so every replica and every read sees the same bytes whatever order the
 /// request's map had.
 fn records_to_batch(records: &[pb::Record]) -> Result<RecordBatch, BatchError> {
-    let mut builder = RecordBatch::builder();
+    let bytes = records
+        .iter()
+        .map(|r| {
+            let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            RecordBatch::encoded_len(&r.key, &r.value, headers)
+        })
+        .sum();
+    let mut builder = RecordBatch::builder_with_capacity(bytes);
     for record in records {
         let mut headers: Vec<(&str, &str)> = record
             .headers

@@ -53,6 +53,29 @@ impl RecordBatch {
         RecordBatchBuilder::default()
     }
 
+    /// A builder whose buffer holds `bytes` (see [`RecordBatch::encoded_len`]) without
+    /// growing.
+    pub fn builder_with_capacity(bytes: usize) -> RecordBatchBuilder {
+        RecordBatchBuilder {
+            buf: Vec::with_capacity(bytes),
+            ..RecordBatchBuilder::default()
+        }
+    }
+
+    /// How many bytes of the batch's buffer a record takes.
+    pub fn encoded_len<'h>(
+        key: &[u8],
+        value: &[u8],
+        headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    ) -> usize {
+        let prefix = std::mem::size_of::<u32>();
+        let headers: usize = headers
+            .into_iter()
+            .map(|(name, value)| 2 * prefix + name.len() + value.len())
+            .sum();
+        3 * prefix + key.len() + value.len() + headers
+    }
+
     /// A batch of exactly one record.
     pub fn single<'h>(
         key: &[u8],
@@ -262,6 +285,25 @@ mod tests {
         builder.push(b"", b"", []).unwrap();
         builder.push(b"k3", &[7u8; 1000], [("h", "")]).unwrap();
         builder.finish()
+    }
+
+    #[test]
+    fn encoded_len_is_exactly_what_push_adds() {
+        let records: [(&[u8], &[u8], &[(&str, &str)]); 3] = [
+            (b"k1", b"value one", &[("a", "1"), ("bb", "22")]),
+            (b"", b"", &[]),
+            (b"k3", &[7u8; 1000], &[("h", "")]),
+        ];
+        let mut total = 0;
+        let mut builder = RecordBatch::builder();
+        for (key, value, headers) in records {
+            let len = RecordBatch::encoded_len(key, value, headers.iter().copied());
+            builder.push(key, value, headers.iter().copied()).unwrap();
+            total += len;
+            assert_eq!(builder.buf.len(), total);
+        }
+        let sized = RecordBatch::builder_with_capacity(total);
+        assert!(sized.buf.capacity() >= total);
     }
 
     #[test]

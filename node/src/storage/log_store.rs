@@ -34,6 +34,11 @@ use super::encode_value;
 use super::keys;
 use super::keys::MetaTag;
 
+/// RocksDB's write-batch layout: a header (sequence number and count), then per record a
+/// tag, the column family id and two lengths as varints of at most five bytes each.
+const WRITE_BATCH_HEADER: usize = 12;
+const WRITE_BATCH_RECORD_OVERHEAD: usize = 16;
+
 /// Bytes of entry values after which `limited_get_log_entries` stops, so that one replication
 /// read of a far-behind follower does not load the whole log. At least one entry is returned.
 const LIMITED_READ_BYTES_MAX: usize = 4 << 20;
@@ -238,8 +243,8 @@ impl<C: RaftTypeConfig> LogStore<C> {
         let group = self.group;
         let inner = &*self.storage.inner;
         let cf = inner.cf(CF_LOGS)?;
-        let mut batch = WriteBatch::default();
         let mut previous: Option<u64> = None;
+        let mut encoded = Vec::new();
         for entry in entries {
             let index = entry.index();
             if let Some(previous) = previous {
@@ -250,11 +255,19 @@ impl<C: RaftTypeConfig> LogStore<C> {
                 );
             }
             previous = Some(index);
-            batch.put_cf(
-                cf,
+            encoded.push((
                 keys::log_key(group, index),
                 encode_value(group, "log entry", &entry)?,
-            );
+            ));
+        }
+        // Sized up front: growing RocksDB's batch buffer entry by entry copied it again.
+        let bytes = encoded
+            .iter()
+            .map(|(key, value)| key.len() + value.len() + WRITE_BATCH_RECORD_OVERHEAD)
+            .sum::<usize>();
+        let mut batch = WriteBatch::with_capacity_bytes(WRITE_BATCH_HEADER + bytes);
+        for (key, value) in &encoded {
+            batch.put_cf(cf, key, value);
         }
         if batch.is_empty() {
             return Ok(());
