@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use backoff::backoff::Backoff;
 use parking_lot::RwLock;
+use raftstream_proto::http2;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::ingest_client::IngestClient;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
@@ -225,7 +226,10 @@ impl Client {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| invalid(&e))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .max_frame_size(http2::MAX_FRAME_BYTES)
+            .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES);
         if let Some(tls) = &self.inner.config.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(&e))?;
         }

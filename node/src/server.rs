@@ -1,5 +1,6 @@
 //! Runs a node: binds its listeners, serves until shut down.
 
+use raftstream_proto::http2;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -88,6 +89,9 @@ impl RunningNode {
         let grpc = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                .max_frame_size(http2::MAX_FRAME_BYTES)
+                .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
                 .add_service(transport)
                 .add_service(client_api)
                 .add_service(ingest_api)

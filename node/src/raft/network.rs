@@ -32,6 +32,7 @@ use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use parking_lot::Mutex;
+use raftstream_proto::http2;
 use raftstream_proto::v1::RaftBatch;
 use raftstream_proto::v1::RaftMessage;
 use raftstream_proto::v1::raft_batch_result;
@@ -219,6 +220,9 @@ impl PeerPool {
             })?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
+            .max_frame_size(http2::MAX_FRAME_BYTES)
+            .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
