@@ -289,7 +289,8 @@ mod tests {
 
     #[test]
     fn encoded_len_is_exactly_what_push_adds() {
-        let records: [(&[u8], &[u8], &[(&str, &str)]); 3] = [
+        type Headers<'a> = &'a [(&'a str, &'a str)];
+        let records: [(&[u8], &[u8], Headers<'_>); 3] = [
             (b"k1", b"value one", &[("a", "1"), ("bb", "22")]),
             (b"", b"", &[]),
             (b"k3", &[7u8; 1000], &[("h", "")]),
