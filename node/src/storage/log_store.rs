@@ -16,8 +16,6 @@ use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::alias::LogIdOf;
 use openraft::type_config::alias::VoteOf;
-use rocksdb::Direction;
-use rocksdb::IteratorMode;
 use rocksdb::ReadOptions;
 use rocksdb::WriteBatch;
 use serde::Serialize;
@@ -105,22 +103,24 @@ impl<C: RaftTypeConfig> LogStore<C> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_lower_bound(start_key.to_vec());
         read_options.set_iterate_upper_bound(keys::log_range_end(group, end));
-        let iter = inner.db.iterator_cf_opt(
-            inner.cf(CF_LOGS)?,
-            read_options,
-            IteratorMode::From(&start_key, Direction::Forward),
-        );
+        // The raw iterator lends each value: the entry is decoded straight from RocksDB's
+        // buffer. The owning iterator copied every value (a whole publish batch) first, and
+        // this read runs for every entry applied and every entry sent to a follower.
+        let read_error = |e: rocksdb::Error| StorageError::Read {
+            group,
+            what: "log entry",
+            source: e.into(),
+        };
+        let mut iter = inner
+            .db
+            .raw_iterator_cf_opt(inner.cf(CF_LOGS)?, read_options);
+        iter.seek(start_key);
 
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let mut previous: Option<u64> = None;
-        for item in iter {
-            let (key, value) = item.map_err(|e| StorageError::Read {
-                group,
-                what: "log entry",
-                source: e.into(),
-            })?;
-            let index = log_index_of(group, &key)?;
+        while let Some((key, value)) = iter.item() {
+            let index = log_index_of(group, key)?;
             // Entries may be missing before the first one (purged) and after the last one (not
             // yet appended), never in between.
             if let Some(previous) = previous {
@@ -134,14 +134,17 @@ impl<C: RaftTypeConfig> LogStore<C> {
                 }
             }
             previous = Some(index);
-            let entry: C::Entry = decode_value(group, "log entry", &key, &value)?;
+            let entry: C::Entry = decode_value(group, "log entry", key, value)?;
             check_entry_index(group, index, entry.index())?;
             entries.push(entry);
             bytes = bytes.saturating_add(value.len());
             if bytes_max.is_some_and(|max| bytes >= max) {
-                break;
+                return Ok(entries);
             }
+            iter.next();
         }
+        // The iterator stops at the end of the range or on an error; only the status tells.
+        iter.status().map_err(read_error)?;
         Ok(entries)
     }
 
