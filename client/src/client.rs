@@ -223,13 +223,12 @@ impl Client {
             addr: addr.to_string(),
             reason: e.to_string(),
         };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| invalid(&e))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .max_frame_size(http2::MAX_FRAME_BYTES)
-            .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES);
+        let mut endpoint = http2::endpoint(
+            Endpoint::from_shared(format!("{scheme}://{addr}"))
+                .map_err(|e| invalid(&e))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true),
+        );
         if let Some(tls) = &self.inner.config.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(&e))?;
         }

@@ -87,11 +87,8 @@ impl RunningNode {
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
         let grpc = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = http2::server(tonic::transport::Server::builder())
                 .tcp_nodelay(true)
-                .max_frame_size(http2::MAX_FRAME_BYTES)
-                .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
                 .add_service(transport)
                 .add_service(client_api)
                 .add_service(ingest_api)

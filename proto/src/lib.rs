@@ -11,12 +11,30 @@ pub mod codec;
 /// batch or a 10 MB consume response into hundreds of frames and stall a busy connection,
 /// which carries every request between two processes, on window updates.
 pub mod http2 {
+    use tonic::transport::{Endpoint, Server};
+
     /// The largest frame this side accepts.
-    pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+    const MAX_FRAME_BYTES: u32 = 1 << 20;
     /// Flow-control window of one stream.
-    pub const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+    const STREAM_WINDOW_BYTES: u32 = 8 << 20;
     /// Flow-control window of a whole connection.
-    pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+    const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
+    /// `endpoint` (a client's or a peer's channel) with these settings.
+    pub fn endpoint(endpoint: Endpoint) -> Endpoint {
+        endpoint
+            .max_frame_size(MAX_FRAME_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    }
+
+    /// `server` with these settings.
+    pub fn server<L>(server: Server<L>) -> Server<L> {
+        server
+            .max_frame_size(MAX_FRAME_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+    }
 }
 
 #[allow(clippy::all, missing_docs)]

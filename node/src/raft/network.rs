@@ -220,12 +220,9 @@ impl PeerPool {
             })?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .max_frame_size(http2::MAX_FRAME_BYTES)
-            .initial_stream_window_size(http2::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(http2::CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = http2::endpoint(endpoint).connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
