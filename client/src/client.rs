@@ -10,6 +10,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use backoff::backoff::Backoff;
+use parking_lot::Mutex;
 use parking_lot::RwLock;
 use raftstream_proto::http2;
 use raftstream_proto::v1 as pb;
@@ -30,6 +31,9 @@ use crate::error::Result;
 
 /// Messages may be as large as the server's batch limit.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// The shortest time between two background lookups of unknown group
+/// leaders (see `Client::learn_leaders_soon`).
+const LEADER_LOOKUP_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -153,6 +157,8 @@ struct Inner {
     /// many calls failing at once (a leader change under load) then share
     /// one cluster status request instead of sending one each.
     refreshing: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last background lookup of unknown leaders started.
+    last_leader_lookup: Mutex<Option<Instant>>,
 }
 
 /// A connection to a Raftstream cluster. Cheap to clone.
@@ -196,6 +202,7 @@ impl Client {
                 commit_seq: AtomicU64::new(1),
                 publish_slots: RwLock::new(HashMap::new()),
                 refreshing: tokio::sync::Mutex::new(None),
+                last_leader_lookup: Mutex::new(None),
             }),
         }
     }
@@ -322,17 +329,25 @@ impl Client {
         Ok(())
     }
 
+    /// The gRPC address this client sends calls for Raft group `group_id`
+    /// to, if it knows the group's leader (see `ClusterStatus` for group ids).
+    pub fn known_leader(&self, group_id: u64) -> Option<String> {
+        self.inner.leaders.read().get(&group_id).cloned()
+    }
+
     /// The node to send a call for `target` to: the group's leader when
     /// known, else the next node in turn. `unreachable` (a node the last
     /// attempt could not connect to) is passed over while another node is
     /// known: after a crash the survivors still name the dead leader until
     /// they elect a new one, and a survivor holds the call for that election.
     fn pick(&self, target: Target, unreachable: Option<&str>) -> String {
-        if let Target::Group(group) = target
-            && let Some(addr) = self.inner.leaders.read().get(&group)
-            && Some(addr.as_str()) != unreachable
-        {
-            return addr.clone();
+        if let Target::Group(group) = target {
+            let leader = self.inner.leaders.read().get(&group).cloned();
+            match leader {
+                Some(addr) if Some(addr.as_str()) != unreachable => return addr,
+                Some(_) => {}
+                None => self.learn_leaders_soon(),
+            }
         }
         let nodes = self.inner.nodes.read();
         let reachable: Vec<&String> = nodes
@@ -349,6 +364,31 @@ impl Client {
             .get(i % candidates.len().max(1))
             .map(|addr| addr.to_string())
             .unwrap_or_default()
+    }
+
+    /// A call for a group whose leader this client does not know (a topic
+    /// created after the client last learnt the cluster) goes to any node,
+    /// which forwards it: correct, but one hop longer for every call. So
+    /// such a call also starts learning the leaders in the background, at
+    /// most once per `LEADER_LOOKUP_INTERVAL`, and later calls go straight
+    /// to the leader.
+    fn learn_leaders_soon(&self) {
+        let now = Instant::now();
+        {
+            let mut last = self.inner.last_leader_lookup.lock();
+            if last.is_some_and(|started| now.duration_since(started) < LEADER_LOOKUP_INTERVAL) {
+                return;
+            }
+            *last = Some(now);
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.clone();
+            runtime.spawn(async move {
+                // A failed lookup changes nothing: calls keep going to any
+                // node, and the next one for an unknown leader tries again.
+                let _ = client.refresh().await;
+            });
+        }
     }
 
     /// Runs a call on the right node, retrying with bounded exponential

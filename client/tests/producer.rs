@@ -156,3 +156,42 @@ async fn with_one_publish_slot_per_node_every_record_of_many_partitions_lands_on
     }
     cluster.shutdown().await;
 }
+
+/// A topic created after the client learnt the cluster: its partition's
+/// leader is unknown, and a node that is not the leader forwards every call
+/// (correct, but one hop longer). Publishing makes the client learn it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_learns_the_leader_of_a_topic_created_after_it_connected() {
+    let cluster = TestCluster::start(3).await;
+    let seeds: Vec<String> = cluster
+        .running_ids()
+        .iter()
+        .map(|id| cluster.addr(*id).to_string())
+        .collect();
+    let client = Client::connect(ClientConfig::new(seeds).with_token(ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let topic = cluster.create_topic("late", 1, 3).await;
+    let group_id = topic.partitions[0].group_id;
+    assert_eq!(client.known_leader(group_id), None);
+    let leader = cluster
+        .addr(cluster.partition_leader("late", 0).await)
+        .to_string();
+
+    let producer = Producer::new(&client, "late", ProducerConfig::default())
+        .await
+        .unwrap();
+    let learnt = common::eventually(
+        "the client knows the leader",
+        Duration::from_secs(20),
+        || {
+            let (client, producer) = (&client, &producer);
+            async move {
+                producer.send_and_wait(Record::new("m")).await.unwrap();
+                client.known_leader(group_id)
+            }
+        },
+    )
+    .await;
+    assert_eq!(learnt, leader);
+}
