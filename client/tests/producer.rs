@@ -20,18 +20,21 @@ use raftstream_client::Producer;
 use raftstream_client::ProducerConfig;
 use raftstream_client::Record;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_lost_mid_stream_stores_every_acknowledged_message_exactly_once_in_order() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("ledger", 1, 3).await;
+/// A client of every running node of `cluster`, as the admin.
+fn client_config(cluster: &TestCluster) -> ClientConfig {
     let seeds: Vec<String> = cluster
         .running_ids()
         .iter()
         .map(|id| cluster.addr(*id).to_string())
         .collect();
-    let client = Client::connect(ClientConfig::new(seeds).with_token(ADMIN_TOKEN))
-        .await
-        .unwrap();
+    ClientConfig::new(seeds).with_token(ADMIN_TOKEN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_lost_mid_stream_stores_every_acknowledged_message_exactly_once_in_order() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("ledger", 1, 3).await;
+    let client = Client::connect(client_config(&cluster)).await.unwrap();
     let config = ProducerConfig {
         linger: Duration::from_millis(2),
         batch_max_records: 20,
@@ -102,12 +105,7 @@ async fn with_one_publish_slot_per_node_every_record_of_many_partitions_lands_on
     let cluster = TestCluster::start(3).await;
     let partitions = 8u32;
     cluster.create_topic("fanout", partitions, 3).await;
-    let seeds: Vec<String> = cluster
-        .running_ids()
-        .iter()
-        .map(|id| cluster.addr(*id).to_string())
-        .collect();
-    let mut config = ClientConfig::new(seeds).with_token(ADMIN_TOKEN);
+    let mut config = client_config(&cluster);
     config.max_publishes_in_flight_per_node = 1;
     let client = Client::connect(config).await.unwrap();
     let producer = Producer::new(
@@ -163,14 +161,7 @@ async fn with_one_publish_slot_per_node_every_record_of_many_partitions_lands_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_learns_the_leader_of_a_topic_created_after_it_connected() {
     let cluster = TestCluster::start(3).await;
-    let seeds: Vec<String> = cluster
-        .running_ids()
-        .iter()
-        .map(|id| cluster.addr(*id).to_string())
-        .collect();
-    let client = Client::connect(ClientConfig::new(seeds).with_token(ADMIN_TOKEN))
-        .await
-        .unwrap();
+    let client = Client::connect(client_config(&cluster)).await.unwrap();
     let topic = cluster.create_topic("late", 1, 3).await;
     let group_id = topic.partitions[0].group_id;
     assert_eq!(client.known_leader(group_id), None);
