@@ -152,6 +152,9 @@ run() {
   local label=$1
   shift
   echo "compare: $label: loadgen $*" >&2
+  # Write back what earlier runs left dirty in the page cache, so that their
+  # writeback is not charged to this run's fsyncs.
+  sync
   local out
   if ! out=$(RAFTSTREAM_TOKEN="$token" "$loadgen" --json "$@" 2>"$work/run.err"); then
     echo "compare: $label failed:" >&2
