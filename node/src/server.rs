@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use crate::api::forwarded::MarkForwardedLayer;
 use crate::api::grpc::ClientService;
 use crate::config::NodeConfig;
 use crate::node::Node;
@@ -89,6 +90,7 @@ impl RunningNode {
         let grpc = tokio::spawn(async move {
             let result = http2::server(tonic::transport::Server::builder())
                 .tcp_nodelay(true)
+                .layer(MarkForwardedLayer)
                 .add_service(transport)
                 .add_service(client_api)
                 .add_service(ingest_api)

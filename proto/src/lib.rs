@@ -5,6 +5,11 @@
 
 pub mod codec;
 
+/// Response metadata a node sets on a call it forwarded to another node (the
+/// group's leader): the caller's idea of the leader is out of date. Its value
+/// carries no meaning.
+pub const FORWARDED_HEADER: &str = "x-raftstream-forwarded";
+
 /// HTTP/2 settings of every Raftstream connection, client and server side.
 ///
 /// h2's defaults (16 KiB frames; hyper's 1 MiB windows on a server) cut a 1 MiB publish

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::api::TopicName;
 use crate::api::WriteError;
+use crate::api::forwarded::note_forwarded;
 use crate::api::read::ReadBatch;
 use crate::api::read::ReadError;
 use crate::api::read::StartAt;
@@ -485,8 +486,22 @@ impl ClientService {
 
     /// Decides where work for `group_id` (with these replicas) is done. A
     /// node leading the group does it; otherwise the request goes to the
-    /// leader this node knows of, or to a replica that will know.
+    /// leader this node knows of, or to a replica that will know, and the
+    /// caller is told so (see `forwarded`).
     async fn route(&self, group_id: u64, replicas: &[u64], hops: Hops) -> Result<Route, Status> {
+        let route = self.choose_route(group_id, replicas, hops).await;
+        if let Ok(Route::Forward(_)) = &route {
+            note_forwarded();
+        }
+        route
+    }
+
+    async fn choose_route(
+        &self,
+        group_id: u64,
+        replicas: &[u64],
+        hops: Hops,
+    ) -> Result<Route, Status> {
         let local = self.node.group(group_id);
         if let Some(group) = &local {
             match group.leader() {

@@ -2,6 +2,7 @@
 //! choice, writes with their three outcomes, committed reads and long polls.
 //! The gRPC service (`grpc.rs`) maps it to protobuf and forwards to leaders.
 
+pub mod forwarded;
 pub mod grpc;
 pub mod proposal_order;
 pub mod read;
