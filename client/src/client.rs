@@ -12,6 +12,7 @@ use std::time::Instant;
 use backoff::backoff::Backoff;
 use parking_lot::Mutex;
 use parking_lot::RwLock;
+use raftstream_proto::FORWARDED_HEADER;
 use raftstream_proto::http2;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::ingest_client::IngestClient;
@@ -368,10 +369,12 @@ impl Client {
 
     /// A call for a group whose leader this client does not know (a topic
     /// created after the client last learnt the cluster) goes to any node,
-    /// which forwards it: correct, but one hop longer for every call. So
-    /// such a call also starts learning the leaders in the background, at
-    /// most once per `LEADER_LOOKUP_INTERVAL`, and later calls go straight
-    /// to the leader.
+    /// which forwards it; so does a call to a leader that has since handed
+    /// leadership on and stayed up, and the node says so in the response
+    /// (`FORWARDED_HEADER`). Correct, but one hop longer for every call. So
+    /// either starts learning the leaders in the background, at most once
+    /// per `LEADER_LOOKUP_INTERVAL`, and later calls go straight to the
+    /// leader.
     fn learn_leaders_soon(&self) {
         let now = Instant::now();
         {
@@ -510,7 +513,16 @@ impl Client {
             };
             let outcome = match connect(self, &addr) {
                 Ok(grpc) => match tokio::time::timeout(timeout, f(grpc, timeout)).await {
-                    Ok(result) => result.map(tonic::Response::into_inner),
+                    Ok(result) => result.map(|response| {
+                        // A node forwarded the call: the leader this client
+                        // sent it to has moved while staying up.
+                        if matches!(target, Target::Group(_))
+                            && response.metadata().contains_key(FORWARDED_HEADER)
+                        {
+                            self.learn_leaders_soon();
+                        }
+                        response.into_inner()
+                    }),
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                         "no answer from {addr} within {timeout:?}"
                     ))),

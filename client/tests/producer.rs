@@ -19,6 +19,7 @@ use raftstream_client::Position;
 use raftstream_client::Producer;
 use raftstream_client::ProducerConfig;
 use raftstream_client::Record;
+use raftstream_node::config::Limits;
 
 /// A client of every running node of `cluster`, as the admin.
 fn client_config(cluster: &TestCluster) -> ClientConfig {
@@ -185,4 +186,54 @@ async fn a_client_learns_the_leader_of_a_topic_created_after_it_connected() {
     )
     .await;
     assert_eq!(learnt, leader);
+}
+
+/// A leader that hands leadership on and stays up forwards every call it
+/// still gets. Its answers say so, and the client learns the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_follows_a_leader_that_moved_while_the_old_one_stayed_up() {
+    // No hand-back to the preferred replica: the leader stays where the
+    // test moves it.
+    let limits = Limits {
+        retention_interval_ms: 3_600_000,
+        ..TestCluster::limits()
+    };
+    let cluster = TestCluster::start_with_limits(3, limits).await;
+    let topic = cluster.create_topic("moved", 1, 3).await;
+    let group_id = topic.partitions[0].group_id;
+    let client = Client::connect(client_config(&cluster)).await.unwrap();
+    let producer = Producer::new(&client, "moved", ProducerConfig::default())
+        .await
+        .unwrap();
+    let first = cluster.partition_leader("moved", 0).await;
+    let knows = |id: u64| {
+        let (client, producer) = (&client, &producer);
+        let addr = cluster.addr(id).to_string();
+        move || {
+            let addr = addr.clone();
+            async move {
+                producer.send_and_wait(Record::new("m")).await.unwrap();
+                (client.known_leader(group_id) == Some(addr)).then_some(())
+            }
+        }
+    };
+    common::eventually(
+        "the client knows the first leader",
+        Duration::from_secs(20),
+        knows(first),
+    )
+    .await;
+
+    let to = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != first)
+        .unwrap();
+    cluster.transfer_partition_leader("moved", 0, to).await;
+    common::eventually(
+        "the client knows the new leader",
+        Duration::from_secs(20),
+        knows(to),
+    )
+    .await;
 }

@@ -65,6 +65,20 @@ pub fn at_offset(offset: u64) -> Option<pb::Position> {
 
 impl TestCluster {
     pub async fn start(size: u64) -> TestCluster {
+        TestCluster::start_with_limits(size, TestCluster::limits()).await
+    }
+
+    /// The limits `start` gives every node: a short upkeep interval, so
+    /// retention and the hand-back to preferred leaders happen quickly.
+    pub fn limits() -> Limits {
+        Limits {
+            write_timeout_ms: 5_000,
+            retention_interval_ms: 200,
+            ..Limits::default()
+        }
+    }
+
+    pub async fn start_with_limits(size: u64, limits: Limits) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = BTreeMap::new();
         for id in 1..=size {
@@ -86,11 +100,7 @@ impl TestCluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 peers: peers.clone(),
                 raft: RaftTimings::default(),
-                limits: Limits {
-                    write_timeout_ms: 5_000,
-                    retention_interval_ms: 200,
-                    ..Limits::default()
-                },
+                limits: limits.clone(),
                 fsync: true,
                 admin_token: Some(ADMIN_TOKEN.into()),
             };
@@ -218,6 +228,31 @@ impl TestCluster {
                 .filter(|l| self.nodes.contains_key(l))
         })
         .await
+    }
+
+    /// Moves the leadership of a topic partition to node `to` (which must be
+    /// caught up) and waits until the cluster reports it there.
+    pub async fn transfer_partition_leader(&self, name: &str, partition: u32, to: u64) {
+        let from = self.partition_leader(name, partition).await;
+        let status = self
+            .client(from)
+            .await
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let group_id = status
+            .groups
+            .iter()
+            .find(|g| g.topic == name && g.partition == partition)
+            .unwrap()
+            .group_id;
+        let group = self.nodes[&from].node.group(group_id).unwrap();
+        group.raft.trigger().transfer_leader(to).await.unwrap();
+        eventually("leadership moved", Duration::from_secs(20), || async {
+            (self.partition_leader(name, partition).await == to).then_some(())
+        })
+        .await;
     }
 
     pub async fn shutdown(self) {
