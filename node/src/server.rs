@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tower::Layer;
 
 use crate::api::forwarded::MarkForwardedLayer;
 use crate::api::grpc::ClientService;
@@ -78,8 +79,10 @@ impl RunningNode {
         )
         .max_decoding_message_size(MAX_RPC_BYTES)
         .max_encoding_message_size(MAX_RPC_BYTES);
-        let client_api = ClientService::public(node.clone()).into_server();
-        let ingest_api = ClientService::public(node.clone()).into_ingest_server();
+        let client_api =
+            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_server());
+        let ingest_api =
+            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server());
         let mut shutdown = node.shutdown_signal();
         // serve_with_incoming ignores the builder's tcp_nodelay, so the
         // accepted sockets get it here. Without it, Nagle held back the second
@@ -90,7 +93,6 @@ impl RunningNode {
         let grpc = tokio::spawn(async move {
             let result = http2::server(tonic::transport::Server::builder())
                 .tcp_nodelay(true)
-                .layer(MarkForwardedLayer)
                 .add_service(transport)
                 .add_service(client_api)
                 .add_service(ingest_api)

@@ -46,6 +46,12 @@ impl<S> tower::Layer<S> for MarkForwardedLayer {
 #[derive(Clone, Debug)]
 pub struct MarkForwarded<S>(S);
 
+/// Keeps the wrapped service's gRPC name, so that only the client-facing
+/// services need the wrapper: Raft traffic between nodes never forwards.
+impl<S: tonic::server::NamedService> tonic::server::NamedService for MarkForwarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, Request, Body> tower::Service<Request> for MarkForwarded<S>
