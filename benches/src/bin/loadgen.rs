@@ -9,9 +9,11 @@
 //! `--json` prints the figures as one JSON object for scripts.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::OnceLock;
+use std::task::Poll;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -143,19 +145,98 @@ struct Args {
     json: bool,
 }
 
-/// One publish's outcome, timed where it resolved.
-struct Done {
-    producer: u32,
-    seq: u64,
-    /// Index into the run's partition list.
-    slot: usize,
-    sent: Instant,
-    finished: Instant,
-    ok: bool,
-    error: Option<String>,
+/// How a publish of one or more records ended.
+enum PublishOutcome {
+    /// The same for every record of the publish.
+    Whole(Result<(), String>),
+    /// One per record, in order.
+    PerRecord(Vec<Result<(), String>>),
 }
 
-type Pending = BoxFuture<'static, Vec<Done>>;
+/// A publish of records `seq..seq + count` of one producer, all to one slot,
+/// handed to the producer's collector while its outcome is pending.
+struct Sent {
+    producer: u32,
+    /// Index into the run's partition list.
+    slot: usize,
+    seq: u64,
+    count: u64,
+    sent: Instant,
+    outcome: BoxFuture<'static, PublishOutcome>,
+    /// Set when the producer waited for the outcome itself (one at a time).
+    finished: Option<Instant>,
+}
+
+impl Sent {
+    /// One record's publish, sent at `sent`.
+    fn one(
+        producer: u32,
+        slot: usize,
+        seq: u64,
+        sent: Instant,
+        outcome: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Sent {
+        Sent {
+            producer,
+            slot,
+            seq,
+            count: 1,
+            sent,
+            outcome: Box::pin(async move { PublishOutcome::Whole(outcome.await) }),
+            finished: None,
+        }
+    }
+
+    /// `sent` resolved by the producer before the collector sees it, when
+    /// publishing one at a time; otherwise as it is.
+    async fn resolved_if(mut self, wait: bool) -> Sent {
+        if wait {
+            let outcome = self.outcome.as_mut().await;
+            self.outcome = Box::pin(std::future::ready(outcome));
+            self.finished = Some(Instant::now());
+        }
+        self
+    }
+}
+
+/// A producer's side of its collector: the window of records it may have
+/// pending, and the channel its publishes go to.
+struct ToCollector {
+    tx: mpsc::Sender<Sent>,
+    window: Arc<Semaphore>,
+}
+
+impl ToCollector {
+    /// Starts a collector for publishes to `slots` slots, with a window of
+    /// `records` pending records.
+    fn start(
+        slots: usize,
+        records: usize,
+    ) -> (
+        ToCollector,
+        tokio::task::JoinHandle<anyhow::Result<Collected>>,
+    ) {
+        let (tx, rx) = mpsc::channel(1024);
+        let window = Arc::new(Semaphore::new(records.max(1)));
+        let collector = tokio::spawn(collect(rx, slots, window.clone()));
+        (ToCollector { tx, window }, collector)
+    }
+
+    /// Waits for room for `records` more pending records in the window.
+    async fn reserve(&self, records: u32) -> anyhow::Result<()> {
+        self.window.acquire_many(records).await?.forget();
+        Ok(())
+    }
+
+    /// Hands `sent` to the collector; first waits for its outcome when
+    /// publishing one at a time.
+    async fn hand_over(&self, sent: Sent, one_at_a_time: bool) -> anyhow::Result<()> {
+        self.tx
+            .send(sent.resolved_if(one_at_a_time).await)
+            .await
+            .map_err(|_| anyhow::anyhow!("the collector stopped"))
+    }
+}
 
 /// What the collector of one producer found.
 struct Collected {
@@ -394,8 +475,19 @@ fn window(args: &Args, partitions: usize) -> usize {
 /// The kill instant of a failover run, set once.
 static KILLED_AT: OnceLock<Instant> = OnceLock::new();
 
-/// Resolves the pending publishes of one producer as they finish.
-async fn collect(mut rx: mpsc::Receiver<Pending>, slots: usize) -> anyhow::Result<Collected> {
+/// Resolves the publishes of one producer as they finish, and gives their
+/// records' places in `window` back.
+///
+/// A slot's publishes finish in the order they were sent (the producer and
+/// the partition keep them in order), so only the oldest pending publish of
+/// each slot is awaited; once it resolves, those behind it are checked
+/// without waiting. The records of one batch then cost a poll each rather
+/// than a task each. Every system goes through this same code.
+async fn collect(
+    mut rx: mpsc::Receiver<Sent>,
+    slots: usize,
+    window: Arc<Semaphore>,
+) -> anyhow::Result<Collected> {
     let mut c = Collected {
         ledger: Ledger::default(),
         latency: latency_histogram()?,
@@ -406,47 +498,96 @@ async fn collect(mut rx: mpsc::Receiver<Pending>, slots: usize) -> anyhow::Resul
         first_ack_after_kill: None,
         acks_after_kill: Vec::new(),
     };
-    let mut pending = FuturesUnordered::new();
+    // Per slot: whether its oldest pending publish is being awaited, and
+    // the publishes behind that one.
+    let mut awaited = vec![false; slots];
+    let mut behind: Vec<VecDeque<Sent>> = (0..slots).map(|_| VecDeque::new()).collect();
+    let mut heads = FuturesUnordered::new();
+    let await_head = |mut sent: Sent| async move {
+        let outcome = sent.outcome.as_mut().await;
+        (sent, outcome)
+    };
     let mut open = true;
     loop {
         tokio::select! {
             item = rx.recv(), if open => match item {
-                Some(f) => pending.push(f),
+                Some(sent) => match awaited.get_mut(sent.slot) {
+                    Some(true) => behind[sent.slot].push_back(sent),
+                    Some(awaited) => {
+                        *awaited = true;
+                        heads.push(await_head(sent));
+                    }
+                    None => bail!("a publish to slot {} of {slots}", sent.slot),
+                },
                 None => open = false,
             },
-            Some(batch) = pending.next(), if !pending.is_empty() => {
-                for d in batch {
-                    if d.ok {
-                        c.ledger.record(d.producer, d.seq, Outcome::Acked);
-                        if let Some(n) = c.acked_per_slot.get_mut(d.slot) {
-                            *n += 1;
+            Some((sent, outcome)) = heads.next(), if !heads.is_empty() => {
+                let slot = sent.slot;
+                c.record(&sent, &outcome);
+                window.add_permits(sent.count as usize);
+                loop {
+                    let Some(mut next) = behind[slot].pop_front() else {
+                        awaited[slot] = false;
+                        break;
+                    };
+                    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+                    match next.outcome.as_mut().poll(&mut cx) {
+                        Poll::Ready(outcome) => {
+                            c.record(&next, &outcome);
+                            window.add_permits(next.count as usize);
                         }
-                        let us = d.finished.saturating_duration_since(d.sent).as_micros() as u64;
-                        c.latency.saturating_record(us.max(1));
-                        if let Some(killed) = KILLED_AT.get() {
-                            if d.finished > *killed {
-                                c.acks_after_kill.push(d.finished);
-                            }
-                            if d.sent > *killed
-                                && c.first_ack_after_kill.is_none_or(|t| d.finished < t)
-                            {
-                                c.first_ack_after_kill = Some(d.finished);
-                            }
-                        }
-                    } else {
-                        c.ledger.record(d.producer, d.seq, Outcome::Errored);
-                        c.errors += 1;
-                        if c.first_error.is_none() {
-                            c.first_error = d.error;
+                        Poll::Pending => {
+                            heads.push(await_head(next));
+                            break;
                         }
                     }
-                    c.last_finished = Some(c.last_finished.map_or(d.finished, |t| t.max(d.finished)));
                 }
             }
             else => break,
         }
     }
     Ok(c)
+}
+
+impl Collected {
+    /// Records the outcome of each record of `sent`.
+    fn record(&mut self, sent: &Sent, outcome: &PublishOutcome) {
+        let finished = sent.finished.unwrap_or_else(Instant::now);
+        for i in 0..sent.count {
+            let error = match outcome {
+                PublishOutcome::Whole(result) => result.as_ref().err().map(String::as_str),
+                PublishOutcome::PerRecord(each) => match each.get(i as usize) {
+                    Some(result) => result.as_ref().err().map(String::as_str),
+                    None => Some("the publish answered for fewer records than it carried"),
+                },
+            };
+            let seq = sent.seq + i;
+            let Some(error) = error else {
+                self.ledger.record(sent.producer, seq, Outcome::Acked);
+                if let Some(n) = self.acked_per_slot.get_mut(sent.slot) {
+                    *n += 1;
+                }
+                let us = finished.saturating_duration_since(sent.sent).as_micros() as u64;
+                self.latency.saturating_record(us.max(1));
+                if let Some(killed) = KILLED_AT.get() {
+                    if finished > *killed {
+                        self.acks_after_kill.push(finished);
+                    }
+                    if sent.sent > *killed && self.first_ack_after_kill.is_none_or(|t| finished < t)
+                    {
+                        self.first_ack_after_kill = Some(finished);
+                    }
+                }
+                continue;
+            };
+            self.ledger.record(sent.producer, seq, Outcome::Errored);
+            self.errors += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(error.to_string());
+            }
+        }
+        self.last_finished = Some(self.last_finished.map_or(finished, |t| t.max(finished)));
+    }
 }
 
 /// Merges the collectors into the publish half of a report.
@@ -678,8 +819,9 @@ mod raftstream {
             for name in &names {
                 per_topic.push(Producer::new(&client, name, config.clone()).await?);
             }
-            let (tx, rx) = mpsc::channel::<Pending>(1024);
-            collectors.push(tokio::spawn(collect(rx, slots.len())));
+            let (to_collector, collector) =
+                ToCollector::start(slots.len(), window(args, slots.len()));
+            collectors.push(collector);
             producers.push(tokio::spawn(produce(
                 args.clone(),
                 run,
@@ -687,7 +829,7 @@ mod raftstream {
                 per_topic,
                 slots.clone(),
                 started,
-                tx,
+                to_collector,
             )));
         }
         let publish = gather(started, collectors, producers, slots.len()).await?;
@@ -824,11 +966,10 @@ mod raftstream {
         producers: Vec<Producer>,
         slots: Vec<Slot>,
         started: Instant,
-        tx: mpsc::Sender<Pending>,
+        to_collector: ToCollector,
     ) -> anyhow::Result<()> {
         let quota = quota(&args, index);
         let deadline = deadline(&args, started);
-        let window = Arc::new(Semaphore::new(window(&args, slots.len())));
         let mut seq = 0u64;
         // Producers start on different partitions so they do not move in lockstep.
         let offset = index as usize;
@@ -846,39 +987,21 @@ mod raftstream {
             };
             let record =
                 Record::new(stamp.encode_binary(args.message_size)).with_partition(slot.partition);
-            let permit = window.clone().acquire_owned().await?;
+            to_collector.reserve(1).await?;
             let sent = Instant::now();
             let delivery = producers[slot.topic].send(record).await;
-            let pending: Pending = Box::pin(async move {
-                let _permit = permit;
-                let result = match delivery {
+            let outcome = async move {
+                match delivery {
                     Ok(d) => match d.await {
                         Ok(Ok(_ack)) => Ok(()),
                         Ok(Err(e)) => Err(e.to_string()),
                         Err(_) => Err("the producer dropped the delivery".to_string()),
                     },
                     Err(e) => Err(e.to_string()),
-                };
-                vec![Done {
-                    producer: index,
-                    seq,
-                    slot: slot_index,
-                    sent,
-                    finished: Instant::now(),
-                    ok: result.is_ok(),
-                    error: result.err(),
-                }]
-            });
-            if args.one_at_a_time {
-                let done = pending.await;
-                tx.send(Box::pin(async move { done }))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the collector stopped"))?;
-            } else {
-                tx.send(pending)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the collector stopped"))?;
-            }
+                }
+            };
+            let sent = Sent::one(index, slot_index, seq, sent, outcome);
+            to_collector.hand_over(sent, args.one_at_a_time).await?;
             seq += 1;
         }
     }
@@ -1071,8 +1194,10 @@ mod http {
         let mut producers = Vec::new();
         let mut collectors = Vec::new();
         for index in 0..args.producers {
-            let (tx, rx) = mpsc::channel::<Pending>(1024);
-            collectors.push(tokio::spawn(collect(rx, 1)));
+            // A window of `in_flight` batches, counted in records.
+            let (to_collector, collector) =
+                ToCollector::start(1, args.in_flight.max(1) * args.batch_size.max(1));
+            collectors.push(collector);
             producers.push(tokio::spawn(produce(
                 args.clone(),
                 run,
@@ -1082,7 +1207,7 @@ mod http {
                 token.clone(),
                 topic.to_string(),
                 started,
-                tx,
+                to_collector,
             )));
         }
         let publish = gather(started, collectors, producers, 1).await?;
@@ -1131,11 +1256,10 @@ mod http {
         token: String,
         topic: String,
         started: Instant,
-        tx: mpsc::Sender<Pending>,
+        to_collector: ToCollector,
     ) -> anyhow::Result<()> {
         let quota = quota(&args, index);
         let deadline = deadline(&args, started);
-        let window = Arc::new(Semaphore::new(args.in_flight.max(1)));
         let url = format!("{base}/api/v1/batch/topics/{topic}/publish");
         let mut seq = 0u64;
         loop {
@@ -1157,44 +1281,28 @@ mod http {
                 })
                 .collect();
             seq += count;
-            let permit = window.clone().acquire_owned().await?;
+            to_collector.reserve(count as u32).await?;
             let sent = Instant::now();
             let request = http
                 .post(&url)
                 .bearer_auth(&token)
                 .json(&serde_json::json!({ "payloads": payloads }));
-            let pending: Pending = Box::pin(async move {
-                let outcome = publish_batch(request, count).await;
-                let finished = Instant::now();
-                drop(permit);
-                (0..count)
-                    .map(|i| {
-                        let result = outcome
-                            .as_ref()
-                            .map_err(Clone::clone)
-                            .and_then(|per| per[i as usize].clone());
-                        Done {
-                            producer: index,
-                            seq: first + i,
-                            slot: 0,
-                            sent,
-                            finished,
-                            ok: result.is_ok(),
-                            error: result.err(),
-                        }
-                    })
-                    .collect()
-            });
-            if args.one_at_a_time {
-                let done = pending.await;
-                tx.send(Box::pin(async move { done }))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the collector stopped"))?;
-            } else {
-                tx.send(pending)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the collector stopped"))?;
-            }
+            let outcome = async move {
+                match publish_batch(request, count).await {
+                    Ok(each) => PublishOutcome::PerRecord(each),
+                    Err(e) => PublishOutcome::Whole(Err(e)),
+                }
+            };
+            let sent = Sent {
+                producer: index,
+                slot: 0,
+                seq: first,
+                count,
+                sent,
+                outcome: Box::pin(outcome),
+                finished: None,
+            };
+            to_collector.hand_over(sent, args.one_at_a_time).await?;
         }
     }
 
@@ -1388,17 +1496,16 @@ mod nats {
         let mut producers = Vec::new();
         let mut collectors = Vec::new();
         for index in 0..args.producers {
-            let (tx, rx) = mpsc::channel::<Pending>(1024);
-            collectors.push(tokio::spawn(collect(rx, subjects.len())));
+            let (to_collector, collector) = ToCollector::start(subjects.len(), window);
+            collectors.push(collector);
             producers.push(tokio::spawn(produce(
                 args.clone(),
                 run,
                 index,
                 js.clone(),
                 subjects.clone(),
-                window,
                 started,
-                tx,
+                to_collector,
             )));
         }
         let publish = gather(started, collectors, producers, subjects.len()).await?;
@@ -1459,13 +1566,11 @@ mod nats {
         index: u32,
         js: jetstream::Context,
         subjects: Vec<String>,
-        window: usize,
         started: Instant,
-        tx: mpsc::Sender<Pending>,
+        to_collector: ToCollector,
     ) -> anyhow::Result<()> {
         let quota = quota(&args, index);
         let deadline = deadline(&args, started);
-        let window = Arc::new(Semaphore::new(window));
         let mut seq = 0u64;
         loop {
             if quota.is_some_and(|q| seq >= q) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1479,38 +1584,19 @@ mod nats {
                 sent_ns: now_ns(),
             }
             .encode_binary(args.message_size);
-            let permit = window.clone().acquire_owned().await?;
+            to_collector.reserve(1).await?;
             let sent = Instant::now();
             let publish = js
                 .publish(subjects[slot].clone(), bytes::Bytes::from(payload))
                 .await;
-            let pending: Pending = Box::pin(async move {
-                let result = match publish {
+            let outcome = async move {
+                match publish {
                     Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
-                };
-                let finished = Instant::now();
-                drop(permit);
-                vec![Done {
-                    producer: index,
-                    seq,
-                    slot,
-                    sent,
-                    finished,
-                    ok: result.is_ok(),
-                    error: result.err(),
-                }]
-            });
-            if args.one_at_a_time {
-                let done = pending.await;
-                tx.send(Box::pin(async move { done }))
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the collector stopped"))?;
-            } else {
-                tx.send(pending)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("the collector stopped"))?;
-            }
+                }
+            };
+            let sent = Sent::one(index, slot, seq, sent, outcome);
+            to_collector.hand_over(sent, args.one_at_a_time).await?;
             seq += 1;
         }
     }
@@ -1599,4 +1685,93 @@ fn live_snapshot(
             .map_err(|_| anyhow::anyhow!("live histogram poisoned"))
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn sent(slot: usize, seq: u64, count: u64, outcome: oneshot::Receiver<PublishOutcome>) -> Sent {
+        Sent {
+            producer: 0,
+            slot,
+            seq,
+            count,
+            sent: Instant::now(),
+            outcome: Box::pin(async move {
+                outcome
+                    .await
+                    .unwrap_or(PublishOutcome::Whole(Err("dropped".to_string())))
+            }),
+            finished: None,
+        }
+    }
+
+    /// Publishes that resolve out of order, across slots and within one,
+    /// are each recorded once, and their places in the window come back.
+    #[tokio::test]
+    async fn the_collector_records_every_outcome_and_returns_the_window() -> anyhow::Result<()> {
+        let (to_collector, collector) = ToCollector::start(2, 10);
+        to_collector.reserve(10).await?;
+        let mut outcomes = Vec::new();
+        let shapes = [(0, 0, 1), (0, 1, 1), (1, 2, 4), (0, 6, 1), (1, 7, 3)];
+        for (slot, seq, count) in shapes {
+            let (resolve, outcome) = oneshot::channel();
+            to_collector
+                .hand_over(sent(slot, seq, count, outcome), false)
+                .await?;
+            outcomes.push(resolve);
+        }
+        // Resolve the last first, and the head of slot 0 after the one
+        // behind it.
+        let mut resolves = outcomes.into_iter().map(Some).collect::<Vec<_>>();
+        let mut resolve = |i: usize, outcome: PublishOutcome| {
+            if let Some(r) = resolves[i].take() {
+                let _ = r.send(outcome);
+            }
+        };
+        resolve(4, PublishOutcome::Whole(Ok(())));
+        resolve(1, PublishOutcome::Whole(Err("refused".to_string())));
+        resolve(0, PublishOutcome::Whole(Ok(())));
+        resolve(3, PublishOutcome::Whole(Ok(())));
+        // A per-record answer one short: the missing record counts as failed.
+        resolve(
+            2,
+            PublishOutcome::PerRecord(vec![Ok(()), Err("too big".to_string()), Ok(())]),
+        );
+        let window = to_collector.window.clone();
+        drop(to_collector);
+        let c = tokio::time::timeout(Duration::from_secs(10), collector).await???;
+        assert_eq!(c.ledger.count(Outcome::Acked), 1 + 2 + 1 + 3);
+        assert_eq!(c.ledger.count(Outcome::Errored), 1 + 2);
+        assert_eq!(c.errors, 3);
+        assert_eq!(c.acked_per_slot, vec![2, 5]);
+        assert_eq!(c.first_error.as_deref(), Some("refused"));
+        assert_eq!(c.latency.len(), 7);
+        assert_eq!(window.available_permits(), 10);
+        Ok(())
+    }
+
+    /// A publish the producer already waited for keeps the time it finished.
+    #[tokio::test]
+    async fn a_publish_resolved_by_the_producer_keeps_its_finish_time() -> anyhow::Result<()> {
+        let (to_collector, collector) = ToCollector::start(1, 1);
+        to_collector.reserve(1).await?;
+        let (resolve, outcome) = oneshot::channel();
+        let _ = resolve.send(PublishOutcome::Whole(Ok(())));
+        let before = Instant::now();
+        to_collector.hand_over(sent(0, 0, 1, outcome), true).await?;
+        let after = Instant::now();
+        let window = to_collector.window.clone();
+        drop(to_collector);
+        let c = tokio::time::timeout(Duration::from_secs(10), collector).await???;
+        // Timed when the producer had it, not when the collector did.
+        let finished = c.last_finished.context("no finish time")?;
+        assert!(before <= finished && finished <= after);
+        assert_eq!(c.ledger.count(Outcome::Acked), 1);
+        assert_eq!(window.available_permits(), 1);
+        Ok(())
+    }
 }
