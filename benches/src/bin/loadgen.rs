@@ -187,14 +187,23 @@ impl Sent {
         }
     }
 
-    /// `sent` resolved by the producer before the collector sees it, when
-    /// publishing one at a time; otherwise as it is.
-    async fn resolved_if(mut self, wait: bool) -> Sent {
-        if wait {
-            let outcome = self.outcome.as_mut().await;
-            self.outcome = Box::pin(std::future::ready(outcome));
-            self.finished = Some(Instant::now());
-        }
+    /// `sent` as the producer hands it over. Publishing one at a time, the
+    /// producer waits for the outcome itself. Otherwise it polls the outcome
+    /// once: a future that starts its work when first polled (JetStream's
+    /// ack starts its timeout then) must start now, not when the collector
+    /// gets to it behind the publishes before it.
+    async fn started(mut self, wait: bool) -> Sent {
+        let outcome = if wait {
+            self.outcome.as_mut().await
+        } else {
+            let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+            match self.outcome.as_mut().poll(&mut cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => return self,
+            }
+        };
+        self.outcome = Box::pin(std::future::ready(outcome));
+        self.finished = Some(Instant::now());
         self
     }
 }
@@ -228,11 +237,10 @@ impl ToCollector {
         Ok(())
     }
 
-    /// Hands `sent` to the collector; first waits for its outcome when
-    /// publishing one at a time.
+    /// Hands `sent` to the collector, started (see [`Sent::started`]).
     async fn hand_over(&self, sent: Sent, one_at_a_time: bool) -> anyhow::Result<()> {
         self.tx
-            .send(sent.resolved_if(one_at_a_time).await)
+            .send(sent.started(one_at_a_time).await)
             .await
             .map_err(|_| anyhow::anyhow!("the collector stopped"))
     }
@@ -1751,6 +1759,38 @@ mod tests {
         assert_eq!(c.first_error.as_deref(), Some("refused"));
         assert_eq!(c.latency.len(), 7);
         assert_eq!(window.available_permits(), 10);
+        Ok(())
+    }
+
+    /// A publish behind a slow one starts when it is handed over: its
+    /// timeout runs while the one before it is still pending.
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_behind_a_slow_one_times_out_on_its_own_clock() -> anyhow::Result<()> {
+        let (to_collector, collector) = ToCollector::start(1, 2);
+        to_collector.reserve(2).await?;
+        let start = tokio::time::Instant::now();
+        let (resolve, outcome) = oneshot::channel();
+        to_collector
+            .hand_over(sent(0, 0, 1, outcome), false)
+            .await?;
+        let behind = Sent::one(0, 0, 1, Instant::now(), async {
+            tokio::time::timeout(Duration::from_secs(5), std::future::pending::<()>())
+                .await
+                .map_err(|_| "timed out".to_string())
+        });
+        to_collector.hand_over(behind, false).await?;
+        drop(to_collector);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = resolve.send(PublishOutcome::Whole(Ok(())));
+        let c = collector.await??;
+        assert_eq!(c.errors, 1);
+        // Timed out 5 s after it was handed over, so it was done as soon as
+        // the head was; started by the collector, it would end at 15 s.
+        assert!(
+            start.elapsed() < Duration::from_secs(11),
+            "{:?}",
+            start.elapsed()
+        );
         Ok(())
     }
 
