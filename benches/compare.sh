@@ -56,6 +56,8 @@ commit="$(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HE
 results=$work/results.jsonl
 : >"$results"
 pids=()
+# Data directories of the clusters started since the last end_section.
+data_dirs=()
 mounted=""
 token="rst_compare-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 
@@ -64,6 +66,13 @@ stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   pids=()
+}
+# Stops the clusters and deletes their data, so that one section's gigabytes
+# do not sit in the page cache and on the disk under the next section.
+end_section() {
+  stop_all
+  [ ${#data_dirs[@]} -eq 0 ] || rm -rf "${data_dirs[@]}"
+  data_dirs=()
 }
 cleanup() {
   stop_all
@@ -107,6 +116,7 @@ start_raftstream() {
       --grpc-addr "${rs_grpc[$((id - 1))]}" --http-addr "${rs_http[$((id - 1))]}" \
       --data-dir "$dir/$id" >"$dir/$id.log" 2>&1 &
     pids+=($!)
+    data_dirs+=("$dir/$id")
     rs_pids+=($!)
   done
   for id in $(seq "$n"); do wait_http "http://${rs_http[$((id - 1))]}/readyz"; done
@@ -117,6 +127,7 @@ nats_urls=""
 # start_nats N STORE_ROOT: an N-node JetStream cluster storing under STORE_ROOT.
 start_nats() {
   local n=$1 store=$2 id routes="" client cluster monitor conf
+  data_dirs+=("$store")
   local -a clients=() clusters=() monitors=()
   for id in $(seq "$n"); do
     clients+=("$(free_port)")
@@ -221,11 +232,11 @@ if want compare; then
     workloads "raftstream/$nodes" raftstream "$addrs" "$replicas"
     run "raftstream-http/$nodes/1k" --system http --addr "${rs_http[0]}" --replicas "$replicas" \
       --producers 4 --partitions 4 --batch-size 100 --in-flight 4 --message-size 1024 --messages $((n_1k / 4))
-    stop_all
+    end_section
 
     start_nats "$nodes" "$work/nats-lazy-$nodes"
     workloads "nats-lazy/$nodes" nats "$nats_urls" "$replicas"
-    stop_all
+    end_section
 
     # Every write forced to disk: the store on an ext4 image mounted -o sync.
     img=$work/sync-$nodes.img
@@ -241,6 +252,7 @@ if want compare; then
     umount "$mnt"
     mounted=""
     rm -f "$img"
+    end_section # after the unmount, so that it removes an empty mount point
   done
 fi
 
@@ -248,7 +260,7 @@ if want iggy; then
   start_raftstream 1
   run "iggy/raftstream" --system raftstream --addr "${rs_grpc[0]}" --replicas 1 --producers 8 \
     --partitions 8 --batch-size 1000 --in-flight 5 --linger-ms 5 --message-size 1024 --messages "$n_iggy"
-  stop_all
+  end_section
 fi
 
 if want failover; then
@@ -259,7 +271,7 @@ if want failover; then
   run "failover/raftstream" --system raftstream --addr "$addrs" --replicas 3 --partitions 1 --producers 2 \
     --batch-size 100 --in-flight 5 --linger-ms 1 --message-size 1024 --duration-secs "$secs_fo" \
     --kill-leader-after-secs "$kill_at" --node-pids "$node_pids"
-  stop_all
+  end_section
 fi
 
 if want scale; then
@@ -273,7 +285,7 @@ if want scale; then
       python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "failed": True, "error": open(sys.argv[2]).read().split("Stack backtrace")[0].strip()[-500:]}))' \
         "scale/$parts" "$work/run.err" >>"$results"
       failures=$((failures + 1))
-      stop_all
+      end_section
       continue
     fi
     # Idle: CPU time (utime + stime) and RSS of every node over idle_secs,
@@ -307,7 +319,7 @@ PY
     if [ "$topics" -gt 1 ]; then topic_args=(--topic "scale$parts" --topics "$topics"); else topic_args=(--topic "scale$parts"); fi
     run "scale/$parts" --system raftstream --addr "$addrs" "${topic_args[@]}" --partitions "$per" --replicas 3 \
       --producers 4 --batch-size 1000 --in-flight 5 --linger-ms 5 --message-size 1024 --duration-secs "$secs_scale"
-    stop_all
+    end_section
   done
 fi
 
