@@ -1132,3 +1132,47 @@ async fn an_append_batch_answers_each_message_in_order() {
     );
     cluster.shutdown().await;
 }
+
+/// A caller that cancels many calls before the node takes them up (a busy
+/// node's peers time out hundreds of vote calls at once) keeps its
+/// connection: h2's default closes it with ENHANCE_YOUR_CALM after 20, and
+/// with it every other call it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_cancelled_at_once_do_not_close_the_connection() {
+    let cluster = TestCluster::start(1).await;
+    let tcp = tokio::net::TcpStream::connect(cluster.addr(1))
+        .await
+        .unwrap();
+    let (mut calls, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let call = || {
+        http::Request::post(format!(
+            "http://{}/raftstream.v1.Raftstream/ListTopics",
+            cluster.addr(1)
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+    };
+    // Headers and cancellations go out back to back, so the node reads them
+    // before it has taken the calls up.
+    for _ in 0..200 {
+        calls = calls.ready().await.unwrap();
+        let (_, mut body) = calls.send_request(call(), false).unwrap();
+        body.send_reset(h2::Reason::CANCEL);
+    }
+    // An empty unary call: the node answers it with a gRPC error, which is
+    // enough to show the connection still carries calls.
+    calls = calls.ready().await.unwrap();
+    let (answer, mut body) = calls.send_request(call(), false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("an answer within 10 s")
+        .expect("the connection is still open");
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    drop(calls);
+    connection.abort();
+}

@@ -412,6 +412,20 @@ fn never_reached(status: &Status) -> bool {
     status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
 }
 
+/// A read sent to another node that got no answer (the connection could not
+/// be made or broke, whatever code h2 gave the break) is unavailable: the
+/// client may send it again. Answers the other node sent pass through.
+fn unanswered_read(status: Status) -> Status {
+    if std::error::Error::source(&status).is_some() {
+        Status::unavailable(format!(
+            "the node holding these messages did not answer: {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 fn forward_failure(status: Status) -> Status {
     let cut_off =
         std::error::Error::source(&status).is_some() && status.code() != tonic::Code::Unavailable;
@@ -960,10 +974,13 @@ impl ClientService {
                     Ok(response) => return Ok(response.into_inner()),
                     // The leader is unreachable: a local replica still holds
                     // every message committed up to its applied index.
-                    Err(status) => match self.node.group(group_id) {
-                        Some(group) if status.code() == tonic::Code::Unavailable => group,
-                        _ => return Err(status),
-                    },
+                    Err(status) => {
+                        let status = unanswered_read(status);
+                        match self.node.group(group_id) {
+                            Some(group) if status.code() == tonic::Code::Unavailable => group,
+                            _ => return Err(status),
+                        }
+                    }
                 }
             }
             Err(status) => match self.node.group(group_id) {
@@ -1008,7 +1025,7 @@ impl ClientService {
             let request = self.local_request(message, self.forward_timeout());
             match self.client(addr)?.consume(request).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) => last = status,
+                Err(status) => last = unanswered_read(status),
             }
         }
         Err(last)
@@ -1743,3 +1760,45 @@ impl ClientService {
 }
 
 mod ingest;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What tonic makes of a connection the other node's h2 closed with
+    /// GOAWAY(ENHANCE_YOUR_CALM): RESOURCE_EXHAUSTED, carrying the transport
+    /// error as its source.
+    fn connection_closed_mid_call() -> Status {
+        let mut status = Status::resource_exhausted("h2 protocol error: http2 error");
+        status.set_source(std::sync::Arc::new(std::io::Error::other("GOAWAY")));
+        status
+    }
+
+    #[test]
+    fn a_read_without_an_answer_is_unavailable() {
+        let status = unanswered_read(connection_closed_mid_call());
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("http2 error"), "{status:?}");
+    }
+
+    #[test]
+    fn an_answer_to_a_read_passes_through() {
+        for sent in [
+            Status::resource_exhausted("the node is out of memory"),
+            Status::not_found("no such topic"),
+        ] {
+            let code = sent.code();
+            assert_eq!(unanswered_read(sent).code(), code);
+        }
+    }
+
+    #[test]
+    fn a_forward_cut_off_mid_call_has_an_unknown_outcome() {
+        let status = forward_failure(connection_closed_mid_call());
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(
+            status.message().starts_with("outcome unknown"),
+            "{status:?}"
+        );
+    }
+}
