@@ -371,20 +371,8 @@ impl PartitionSender {
                         }
                     }
                     Err(e) => {
-                        let message = e.to_string();
                         for waiter in waiters {
-                            let error = match &e {
-                                Error::OutcomeUnknown(_) => Error::OutcomeUnknown(message.clone()),
-                                Error::Unavailable { elapsed_ms, .. } => Error::Unavailable {
-                                    message: message.clone(),
-                                    elapsed_ms: *elapsed_ms,
-                                },
-                                _ => Error::Server {
-                                    code: "batch_failed".into(),
-                                    message: message.clone(),
-                                },
-                            };
-                            let _ = waiter.send(Err(error));
+                            let _ = waiter.send(Err(record_error(&e)));
                         }
                     }
                 }
@@ -536,6 +524,26 @@ impl PartitionSender {
     }
 }
 
+/// The error each record of a failed batch gets: the batch's own kind and
+/// words (its Display already says what the kind means), or, for a refusal,
+/// `batch_failed` naming it.
+fn record_error(batch_error: &Error) -> Error {
+    match batch_error {
+        Error::OutcomeUnknown(why) => Error::OutcomeUnknown(why.clone()),
+        Error::Unavailable {
+            message,
+            elapsed_ms,
+        } => Error::Unavailable {
+            message: message.clone(),
+            elapsed_ms: *elapsed_ms,
+        },
+        other => Error::Server {
+            code: "batch_failed".into(),
+            message: other.to_string(),
+        },
+    }
+}
+
 fn ack_of(result: pb::PublishResult) -> Result<Ack> {
     match result.result {
         Some(pb::publish_result::Result::Ok(ok)) => Ok(Ack {
@@ -557,5 +565,33 @@ fn ack_of(result: pb::PublishResult) -> Result<Ack> {
             code: "no_result".into(),
             message: "the server sent no result".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_a_failed_batch_says_what_happened_once() {
+        let unknown = record_error(&Error::OutcomeUnknown("the leader went away".into()));
+        assert_eq!(
+            unknown.to_string(),
+            "outcome unknown: the leader went away; the write may or may not have been stored"
+        );
+        let unavailable = record_error(&Error::Unavailable {
+            message: "no leader".into(),
+            elapsed_ms: 7,
+        });
+        assert!(matches!(
+            unavailable,
+            Error::Unavailable { elapsed_ms: 7, .. }
+        ));
+        assert_eq!(unavailable.to_string().matches("unavailable").count(), 1);
+        let refused = record_error(&Error::NotFound("topic t".into()));
+        assert!(
+            matches!(&refused, Error::Server { code, message } if code == "batch_failed" && message == "not found: topic t"),
+            "{refused:?}"
+        );
     }
 }
