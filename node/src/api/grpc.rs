@@ -401,22 +401,25 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
     }
 }
 
-/// A forwarded call cut off mid-way (the node went away) may have run
-/// there: its outcome is unknown. A refused connection stays UNAVAILABLE;
-/// statuses the other node sent pass through unchanged.
-/// A forward that failed before it reached the other node (it could not
-/// connect): the request certainly did not run there. tonic reports those
-/// as UNAVAILABLE carrying the transport error; an UNAVAILABLE the other
-/// node answered itself carries no source.
-fn never_reached(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable && std::error::Error::source(status).is_some()
+/// The call got no answer from the other node: the connection could not be
+/// made or broke mid-way, whatever code h2 gave it. tonic attaches the
+/// transport error as the status's source; a status the other node sent
+/// itself carries none.
+fn unanswered(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
-/// A read sent to another node that got no answer (the connection could not
-/// be made or broke, whatever code h2 gave the break) is unavailable: the
+/// A forward that failed before it reached the other node (it could not
+/// connect): the request certainly did not run there. tonic reports those
+/// as UNAVAILABLE.
+fn never_reached(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && unanswered(status)
+}
+
+/// A read sent to another node that got no answer is unavailable: the
 /// client may send it again. Answers the other node sent pass through.
 fn unanswered_read(status: Status) -> Status {
-    if std::error::Error::source(&status).is_some() {
+    if unanswered(&status) {
         Status::unavailable(format!(
             "the node holding these messages did not answer: {}",
             status.message()
@@ -426,10 +429,11 @@ fn unanswered_read(status: Status) -> Status {
     }
 }
 
+/// A forwarded call cut off mid-way (the node went away) may have run
+/// there: its outcome is unknown. A refused connection stays UNAVAILABLE;
+/// statuses the other node sent pass through unchanged.
 fn forward_failure(status: Status) -> Status {
-    let cut_off =
-        std::error::Error::source(&status).is_some() && status.code() != tonic::Code::Unavailable;
-    if cut_off {
+    if unanswered(&status) && !never_reached(&status) {
         Status::deadline_exceeded(format!(
             "outcome unknown: the node it was forwarded to went away: {}",
             status.message()
@@ -1800,5 +1804,16 @@ mod tests {
             status.message().starts_with("outcome unknown"),
             "{status:?}"
         );
+    }
+
+    #[test]
+    fn a_forward_that_never_connected_stays_unavailable() {
+        let mut refused = Status::unavailable("connection refused");
+        refused.set_source(std::sync::Arc::new(std::io::Error::other("refused")));
+        assert!(never_reached(&refused));
+        assert_eq!(forward_failure(refused).code(), tonic::Code::Unavailable);
+        let answered = Status::unavailable("no leader yet");
+        assert!(!never_reached(&answered));
+        assert_eq!(forward_failure(answered).code(), tonic::Code::Unavailable);
     }
 }
