@@ -104,16 +104,20 @@ rs_pids=()
 # start_raftstream N: an N-node cluster with fresh data directories.
 start_raftstream() {
   local n=$1 id peers="" dir
+  local -a rs_peer=()
   rs_grpc=() rs_http=() rs_pids=()
   for id in $(seq "$n"); do
     rs_grpc+=("127.0.0.1:$(free_port)")
     rs_http+=("127.0.0.1:$(free_port)")
+    rs_peer+=("127.0.0.1:$(free_port)")
   done
-  for id in $(seq "$n"); do peers+="${peers:+,}$id=${rs_grpc[$((id - 1))]}"; done
+  # Peer links are plain loopback, like JetStream's routes here.
+  for id in $(seq "$n"); do peers+="${peers:+,}$id=${rs_peer[$((id - 1))]}"; done
   dir=$(mktemp -d "$work/raftstream.XXXX")
   for id in $(seq "$n"); do
     RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn,openraft::core::heartbeat=error "$node_bin" run --node-id "$id" --peers "$peers" \
       --grpc-addr "${rs_grpc[$((id - 1))]}" --http-addr "${rs_http[$((id - 1))]}" \
+      --peer-addr "${rs_peer[$((id - 1))]}" \
       --data-dir "$dir/$id" >"$dir/$id.log" 2>&1 &
     pids+=($!)
     data_dirs+=("$dir/$id")

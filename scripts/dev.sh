@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs a single-node Raftstream cluster: data in ./data, gRPC on
-# 127.0.0.1:50051, HTTP on 127.0.0.1:8080.
+# 127.0.0.1:50051, HTTP on 127.0.0.1:8080, its peer listener on
+# 127.0.0.1:50061.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -47,10 +47,12 @@ start_dev_node() {
   local label=$1
   dev_grpc_port=$(free_port)
   dev_http_port=$(free_port)
+  dev_peer_port=$(free_port)
   dev_token="rst_$label-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
   RAFTSTREAM_ADMIN_TOKEN="$dev_token" RUST_LOG=warn target/debug/raftstream-node dev \
     --data-dir "$work/$label-data" --grpc-addr "127.0.0.1:$dev_grpc_port" \
-    --http-addr "127.0.0.1:$dev_http_port" >"$work/$label-node.log" 2>&1 &
+    --http-addr "127.0.0.1:$dev_http_port" --peer-addr "127.0.0.1:$dev_peer_port" \
+    >"$work/$label-node.log" 2>&1 &
   node_pid=$!
   node_pids+=("$node_pid")
   local ready=""

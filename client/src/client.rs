@@ -80,6 +80,29 @@ impl ClientConfig {
     }
 }
 
+/// TLS from PEM files: nodes must present a certificate `ca` signed, and
+/// `identity` (certificate, key) is shown to nodes that ask clients for one.
+pub fn tls_from_files(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<ClientTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::TlsFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read(cert)?,
+            read(key)?,
+        ));
+    }
+    Ok(tls)
+}
+
 /// Adds the bearer token to every call.
 #[derive(Clone, Debug)]
 pub struct Auth(Option<AsciiMetadataValue>);

@@ -28,6 +28,8 @@ pub enum Error {
     Server { code: String, message: String },
     #[error("the producer is closed")]
     ProducerClosed,
+    #[error("TLS file {path}: {reason}")]
+    TlsFile { path: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

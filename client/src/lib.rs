@@ -42,6 +42,7 @@ pub use crate::client::Client;
 pub use crate::client::ClientConfig;
 pub use crate::client::Grpc;
 pub use crate::client::IngestGrpc;
+pub use crate::client::tls_from_files;
 pub use crate::client::topic_ref;
 pub use crate::consumer::Consumer;
 pub use crate::consumer::Position;

@@ -301,3 +301,37 @@ async fn errors_are_one_clear_line_and_a_non_zero_exit() {
     assert!(help.contains("Examples:"));
     cluster.shutdown().await;
 }
+
+/// Against a cluster on TLS the CLI connects with `--tls-ca` (or
+/// `RAFTSTREAM_TLS_CA`) and fails with a clear error without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_talks_tls_with_the_cluster_ca() {
+    let cluster = TestCluster::start_tls(3).await;
+    let ca = cluster.certs.as_ref().unwrap().ca.clone();
+    stdout(
+        cli(&cluster)
+            .arg("--tls-ca")
+            .arg(&ca)
+            .args(["topics", "create", "secure"]),
+    );
+    let listed: Value = serde_json::from_str(&stdout(
+        cli(&cluster)
+            .env("RAFTSTREAM_TLS_CA", &ca)
+            .args(["--json", "topics", "list"]),
+    ))
+    .unwrap();
+    assert_eq!(listed[0]["name"], "secure");
+
+    let plain = cli(&cluster).args(["topics", "list"]).output().unwrap();
+    assert!(!plain.status.success(), "plain text reached a TLS listener");
+    let missing = cli(&cluster)
+        .args(["--tls-ca", "/no/such/ca.pem", "topics", "list"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/no/such/ca.pem"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}

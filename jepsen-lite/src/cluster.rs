@@ -19,6 +19,7 @@ use crate::net::node_addr;
 
 pub const GRPC_PORT: u16 = 50051;
 pub const HTTP_PORT: u16 = 8080;
+pub const PEER_PORT: u16 = 50061;
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 pub fn grpc_addr(node: u64) -> String {
@@ -27,6 +28,11 @@ pub fn grpc_addr(node: u64) -> String {
 
 pub fn http_addr(node: u64) -> String {
     format!("{}:{HTTP_PORT}", node_addr(node))
+}
+
+/// Where node `node`'s peer listener listens.
+pub fn peer_listen_addr(node: u64) -> String {
+    format!("{}:{PEER_PORT}", node_addr(node))
 }
 
 #[derive(Debug)]
@@ -121,6 +127,8 @@ pub struct Cluster {
     dir: PathBuf,
     token: String,
     peers: String,
+    /// The cluster CA and node certificates (`raftstream-node certs`).
+    certs: PathBuf,
     /// Whether nodes run under libfaketime (for the clock nemesis).
     faketime: bool,
     /// The lazyfs binary, when data directories are on lazyfs (for the
@@ -145,18 +153,46 @@ impl Cluster {
         let peer_addr = if setup.peer_proxies {
             crate::proxy::peer_addr
         } else {
-            grpc_addr
+            peer_listen_addr
         };
         let peers = (1..=size)
             .map(|n| format!("{n}={}", peer_addr(n)))
             .collect::<Vec<_>>()
             .join(",");
+        // The peer listeners are off loopback, so nodes talk mutual TLS, as
+        // a production cluster would; proxies reach them at 127.0.0.1.
+        let certs = dir.join("certs");
+        if !certs.join("ca.pem").exists() {
+            let hosts = std::iter::once("127.0.0.1".to_string())
+                .chain((1..=size).map(node_addr))
+                .collect::<Vec<_>>()
+                .join(",");
+            let nodes = (1..=size).map(|n| n.to_string()).collect::<Vec<_>>();
+            let written = Command::new(bin)
+                .args([
+                    "certs",
+                    "--nodes",
+                    &nodes.join(","),
+                    "--hosts",
+                    &hosts,
+                    "--out",
+                ])
+                .arg(&certs)
+                .output()
+                .context("running raftstream-node certs")?;
+            anyhow::ensure!(
+                written.status.success(),
+                "raftstream-node certs failed: {}",
+                String::from_utf8_lossy(&written.stderr)
+            );
+        }
         Ok(Cluster {
             size,
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             token: token.to_string(),
             peers,
+            certs,
             faketime: setup.faketime,
             lazyfs: setup.lazyfs,
             namespaces: (1..=size).map(|n| net.node_ns(n)).collect(),
@@ -340,7 +376,15 @@ impl Cluster {
                 &grpc_addr(node),
                 "--http-addr",
                 &http_addr(node),
+                "--peer-addr",
+                &peer_listen_addr(node),
             ])
+            .arg("--peer-tls-ca")
+            .arg(self.certs.join("ca.pem"))
+            .arg("--peer-tls-cert")
+            .arg(self.certs.join(format!("node-{node}.pem")))
+            .arg("--peer-tls-key")
+            .arg(self.certs.join(format!("node-{node}.key")))
             .arg("--data-dir")
             .arg(self.data_dir(node))
             .env("RUST_LOG", "warn")

@@ -3,11 +3,10 @@
 //! `latency`, every node's `--peers` names node j as `127.0.0.1:<50100 + j>`
 //! (the same list for every node, so every replica writes the same first
 //! membership entry). In each node's namespace the harness listens on those
-//! ports and forwards to node j's real gRPC address; connections leave from
+//! ports and forwards to node j's real peer listener; connections leave from
 //! the node's own namespace and address, so the nftables partitions and
-//! packet loss still apply to them. The same listeners run, never delayed,
-//! in the control namespace, because nodes hand their peer addresses to
-//! clients (`ClusterStatus`) and the client library then connects to them.
+//! packet loss still apply to them. Clients never use these addresses: nodes
+//! hand clients their public gRPC addresses (`ClusterStatus`).
 //!
 //! Each namespace gets one thread (moved into it before it opens a socket)
 //! running a single-threaded tokio runtime; stopping the proxies stops the
@@ -34,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cluster::grpc_addr;
+use crate::cluster::peer_listen_addr;
 use crate::net::Net;
 
 /// Node j's proxy listens on this port plus j.
@@ -217,16 +216,15 @@ fn bind_in(
     Ok((runtime, listeners))
 }
 
-/// Every node's proxy listener for connections opened by `from` (`None`:
-/// the clients in the control namespace).
-fn routes(nodes: u64, from: Option<u64>) -> anyhow::Result<Vec<Route>> {
+/// Every node's proxy listener for connections opened by node `from`.
+fn routes(nodes: u64, from: u64) -> anyhow::Result<Vec<Route>> {
     (1..=nodes)
         .map(|to| {
             Ok(Route {
                 port: PORT_BASE + u16::try_from(to)?,
-                upstream: grpc_addr(to).parse()?,
+                upstream: peer_listen_addr(to).parse()?,
                 // A node's connections to itself are never delayed.
-                link: from.filter(|from| *from != to).map(|from| (from, to)),
+                link: (from != to).then_some((from, to)),
             })
         })
         .collect()
@@ -240,8 +238,8 @@ pub struct PeerProxies {
 }
 
 impl PeerProxies {
-    /// Starts the proxies in every node's namespace and in the control
-    /// namespace; returns once every listener is bound.
+    /// Starts the proxies in every node's namespace; returns once every
+    /// listener is bound.
     pub fn start(net: &Net, nodes: u64) -> anyhow::Result<PeerProxies> {
         let proxies = PeerProxies {
             delays: Arc::default(),
@@ -249,9 +247,8 @@ impl PeerProxies {
             threads: Mutex::new(Vec::new()),
         };
         // On an error, dropping `proxies` stops the threads already started.
-        proxies.spawn_in(net.control_ns(), routes(nodes, None)?)?;
         for node in 1..=nodes {
-            proxies.spawn_in(net.node_ns(node), routes(nodes, Some(node))?)?;
+            proxies.spawn_in(net.node_ns(node), routes(nodes, node)?)?;
         }
         Ok(proxies)
     }
@@ -387,14 +384,12 @@ mod tests {
     }
 
     #[test]
-    fn control_routes_are_never_delayed_and_a_node_is_not_delayed_to_itself() {
-        let clients = routes(3, None).unwrap();
-        assert!(clients.iter().all(|r| r.link.is_none()));
-        let node2: Vec<Option<Link>> = routes(3, Some(2)).unwrap().iter().map(|r| r.link).collect();
+    fn a_node_is_not_delayed_to_itself_and_reaches_peer_listeners() {
+        let node2: Vec<Option<Link>> = routes(3, 2).unwrap().iter().map(|r| r.link).collect();
         assert_eq!(node2, vec![Some((2, 1)), None, Some((2, 3))]);
         assert_eq!(
-            routes(3, Some(2)).unwrap()[0].upstream,
-            grpc_addr(1).parse().unwrap()
+            routes(3, 2).unwrap()[0].upstream,
+            peer_listen_addr(1).parse().unwrap()
         );
         assert_eq!(peer_addr(2), format!("127.0.0.1:{}", PORT_BASE + 2));
     }

@@ -13,12 +13,17 @@ use crate::raft::types::NodeId;
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub node_id: NodeId,
-    /// Where the gRPC server (client API and Raft transport) listens.
+    /// Where the public gRPC server (client API, webhook ingestion) listens.
     pub grpc_addr: SocketAddr,
     /// Where the HTTP gateway listens.
     pub http_addr: SocketAddr,
+    /// Where the peer listener (Raft transport, node heartbeats, calls
+    /// forwarded by other nodes) listens. Only other nodes should reach it:
+    /// see `peer_tls`.
+    pub peer_addr: SocketAddr,
     pub data_dir: PathBuf,
-    /// Every node of the cluster, this one included: node id → gRPC address.
+    /// Every node of the cluster, this one included: node id → the address
+    /// other nodes reach its peer listener at.
     #[serde(
         serialize_with = "peers_to_strings",
         deserialize_with = "peers_from_strings"
@@ -38,6 +43,49 @@ pub struct NodeConfig {
     /// `RAFTSTREAM_ADMIN_TOKEN` sets it too.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Mutual TLS between nodes. Without it the peer listener is plain and
+    /// unauthenticated, which `validate` allows only on loopback or with
+    /// `insecure_peers`.
+    #[serde(default)]
+    pub peer_tls: Option<PeerTls>,
+    /// Serve the peer listener without TLS on a non-loopback address.
+    #[serde(default)]
+    pub insecure_peers: bool,
+    /// TLS on the public gRPC and HTTP listeners.
+    #[serde(default)]
+    pub client_tls: Option<ClientTls>,
+}
+
+/// The files of a node's peer identity: every node presents a certificate
+/// its cluster CA signed, and accepts only peers that do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTls {
+    /// PEM of the cluster CA.
+    pub ca: PathBuf,
+    /// PEM of this node's certificate (chain), signed by the cluster CA.
+    pub cert: PathBuf,
+    /// PEM of the certificate's private key.
+    pub key: PathBuf,
+    /// The name a peer's certificate must carry. When absent, the host of
+    /// the peer's address. `raftstream-node certs` puts `raftstream-node`
+    /// in every node certificate, for addresses that name no host of the
+    /// certificate (proxies, NAT).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// The public listeners' TLS.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// PEM of the certificate (chain) the listeners present.
+    pub cert: PathBuf,
+    /// PEM of its private key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate this CA signed.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// TOML table keys are strings; node ids are numbers.
@@ -166,6 +214,20 @@ impl NodeConfig {
         if t.election_timeout_max_ms <= t.election_timeout_min_ms {
             return Err("election_timeout_max_ms must exceed election_timeout_min_ms".into());
         }
+        if self.peer_tls.is_none() && !self.insecure_peers && !self.peer_addr.ip().is_loopback() {
+            return Err(format!(
+                "the peer listener {} is not on loopback: give it mutual TLS ([peer_tls], \
+                 --peer-tls-*) or, on a network only cluster nodes reach, set insecure_peers",
+                self.peer_addr
+            ));
+        }
+        for (listener, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {
+            if addr == self.peer_addr && addr.port() != 0 {
+                return Err(format!(
+                    "{listener} and peer_addr are both {addr}: the peer listener needs its own port"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -190,15 +252,44 @@ mod tests {
             node_id = 2
             grpc_addr = "127.0.0.1:50052"
             http_addr = "127.0.0.1:8082"
+            peer_addr = "127.0.0.1:50062"
             data_dir = "data/2"
             [peers]
-            1 = "127.0.0.1:50051"
-            2 = "127.0.0.1:50052"
+            1 = "127.0.0.1:50061"
+            2 = "127.0.0.1:50062"
         "#;
         let config: NodeConfig = toml::from_str(text).unwrap();
         assert!(config.fsync);
         assert_eq!(config.limits.max_message_bytes, 1024 * 1024);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_plain_peer_listener_off_loopback_needs_insecure_peers() {
+        let text = r#"
+            node_id = 1
+            grpc_addr = "0.0.0.0:50051"
+            http_addr = "0.0.0.0:8081"
+            peer_addr = "10.0.0.1:50061"
+            data_dir = "data/1"
+            [peers]
+            1 = "10.0.0.1:50061"
+        "#;
+        let mut config: NodeConfig = toml::from_str(text).unwrap();
+        let refused = config.validate().unwrap_err();
+        assert!(refused.contains("peer_tls"), "{refused}");
+        config.insecure_peers = true;
+        config.validate().unwrap();
+        config.insecure_peers = false;
+        config.peer_tls = Some(PeerTls {
+            ca: "ca.pem".into(),
+            cert: "node-1.pem".into(),
+            key: "node-1.key".into(),
+            server_name: None,
+        });
+        config.validate().unwrap();
+        config.peer_addr = config.grpc_addr;
+        assert!(config.validate().unwrap_err().contains("own port"));
     }
 
     #[test]

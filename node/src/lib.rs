@@ -12,3 +12,4 @@ pub mod raft;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;

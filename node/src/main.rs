@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
+use raftstream_node::config::ClientTls;
 use raftstream_node::config::NodeConfig;
+use raftstream_node::config::PeerTls;
 use raftstream_node::config::parse_peers;
 use raftstream_node::server::RunningNode;
+use raftstream_node::tls::write_dev_certs;
 
 #[derive(Parser, Debug)]
 #[command(name = "raftstream-node", version, about = "A Raftstream cluster node")]
@@ -19,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Runs a single-node cluster: data in ./data, gRPC on 127.0.0.1:50051, HTTP on 127.0.0.1:8080.
+    /// Runs a single-node cluster: data in ./data, gRPC on 127.0.0.1:50051, HTTP on
+    /// 127.0.0.1:8080, the peer listener on 127.0.0.1:50061 (plain: loopback only).
     Dev {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
@@ -27,30 +31,99 @@ enum Cmd {
         grpc_addr: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        peer_addr: SocketAddr,
+        #[command(flatten)]
+        client_tls: ClientTlsArgs,
     },
     /// Runs one node of a cluster, from flags or a TOML config file.
     ///
     /// Example: raftstream-node run --node-id 1 --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:8081
-    ///          --data-dir data/1 --peers 1=127.0.0.1:50051,2=127.0.0.1:50052,3=127.0.0.1:50053
+    ///          --peer-addr 127.0.0.1:50061 --data-dir data/1
+    ///          --peers 1=127.0.0.1:50061,2=127.0.0.1:50062,3=127.0.0.1:50063
     Run {
         /// A TOML file with every setting (see deploy/node1.toml); flags are then not needed.
         #[arg(long, conflicts_with_all = ["node_id", "peers"])]
         config: Option<PathBuf>,
         #[arg(long)]
         node_id: Option<u64>,
+        /// The public gRPC listener (client API, webhook ingestion).
         #[arg(long, default_value = "127.0.0.1:50051")]
         grpc_addr: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:8080")]
         http_addr: SocketAddr,
+        /// The peer listener (Raft, forwarded calls): for other nodes only.
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        peer_addr: SocketAddr,
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
-        /// Every node, this one included: id=host:port,...
+        /// Every node, this one included, at its peer listener: id=host:port,...
         #[arg(long)]
         peers: Option<String>,
         /// Acknowledge after the OS write instead of after fsync (unsafe on power loss).
         #[arg(long)]
         no_fsync: bool,
+        /// The cluster CA (PEM): peers must present a certificate it signed.
+        #[arg(long, requires_all = ["peer_tls_cert", "peer_tls_key"])]
+        peer_tls_ca: Option<PathBuf>,
+        /// This node's certificate (PEM), signed by the cluster CA.
+        #[arg(long, requires = "peer_tls_ca")]
+        peer_tls_cert: Option<PathBuf>,
+        /// The key of --peer-tls-cert (PEM).
+        #[arg(long, requires = "peer_tls_ca")]
+        peer_tls_key: Option<PathBuf>,
+        /// The name peers' certificates must carry, when the peer addresses
+        /// name hosts the certificates do not (raftstream-node certs adds
+        /// `raftstream-node` to every node certificate).
+        #[arg(long, requires = "peer_tls_ca")]
+        peer_tls_server_name: Option<String>,
+        /// Serve the peer listener without TLS on a non-loopback address
+        /// (only on a network no one but the cluster's nodes can reach).
+        #[arg(long, conflicts_with = "peer_tls_ca")]
+        insecure_peers: bool,
+        #[command(flatten)]
+        client_tls: ClientTlsArgs,
     },
+    /// Writes a development CA, a certificate per node and a client
+    /// certificate into a directory (never overwriting a file).
+    ///
+    /// Example: raftstream-node certs --out certs --nodes 1,2,3 --hosts localhost,127.0.0.1
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids: node-<id>.pem and node-<id>.key are written for each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        nodes: Vec<u64>,
+        /// Host names and IP addresses every node certificate names.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+    },
+}
+
+/// TLS on the public gRPC and HTTP listeners.
+#[derive(clap::Args, Debug)]
+struct ClientTlsArgs {
+    /// The certificate (PEM) the public gRPC and HTTP listeners present;
+    /// they serve TLS only when it is given.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Ask clients for a certificate this CA (PEM) signed.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn into_config(self) -> Option<ClientTls> {
+        let (cert, key) = (self.tls_cert?, self.tls_key?);
+        Some(ClientTls {
+            cert,
+            key,
+            client_ca: self.tls_client_ca,
+        })
+    }
 }
 
 fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
@@ -59,16 +132,22 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             data_dir,
             grpc_addr,
             http_addr,
+            peer_addr,
+            client_tls,
         } => NodeConfig {
             node_id: 1,
             grpc_addr,
             http_addr,
+            peer_addr,
             data_dir,
-            peers: [(1, grpc_addr.to_string())].into(),
+            peers: [(1, peer_addr.to_string())].into(),
             raft: Default::default(),
             limits: Default::default(),
             fsync: true,
             admin_token: None,
+            peer_tls: None,
+            insecure_peers: false,
+            client_tls: client_tls.into_config(),
         },
         Cmd::Run {
             config: Some(path), ..
@@ -82,27 +161,48 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             node_id,
             grpc_addr,
             http_addr,
+            peer_addr,
             data_dir,
             peers,
             no_fsync,
+            peer_tls_ca,
+            peer_tls_cert,
+            peer_tls_key,
+            peer_tls_server_name,
+            insecure_peers,
+            client_tls,
         } => {
             let node_id = node_id.context("--node-id is required without --config")?;
             let peers = match peers {
                 Some(text) => parse_peers(&text).map_err(anyhow::Error::msg)?,
-                None => [(node_id, grpc_addr.to_string())].into(),
+                None => [(node_id, peer_addr.to_string())].into(),
+            };
+            let peer_tls = match (peer_tls_ca, peer_tls_cert, peer_tls_key) {
+                (Some(ca), Some(cert), Some(key)) => Some(PeerTls {
+                    ca,
+                    cert,
+                    key,
+                    server_name: peer_tls_server_name,
+                }),
+                _ => None,
             };
             NodeConfig {
                 node_id,
                 grpc_addr,
                 http_addr,
+                peer_addr,
                 data_dir,
                 peers,
                 raft: Default::default(),
                 limits: Default::default(),
                 fsync: !no_fsync,
                 admin_token: None,
+                peer_tls,
+                insecure_peers,
+                client_tls: client_tls.into_config(),
             }
         }
+        Cmd::Certs { .. } => anyhow::bail!("certs runs no node"),
     };
     let mut config = config;
     if let Ok(token) = std::env::var("RAFTSTREAM_ADMIN_TOKEN")
@@ -149,15 +249,30 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
-    let config = config_from(Cli::parse().command)?;
+    let command = Cli::parse().command;
+    if let Cmd::Certs { out, nodes, hosts } = &command {
+        let written = write_dev_certs(out, nodes, hosts)?;
+        println!("CA: {}", written.ca.display());
+        for (id, cert, key) in &written.nodes {
+            println!("node {id}: {} {}", cert.display(), key.display());
+        }
+        println!(
+            "client: {} {}",
+            written.client.0.display(),
+            written.client.1.display()
+        );
+        return Ok(());
+    }
+    let config = config_from(command)?;
     let running = RunningNode::start(config)
         .await
         .context("starting the node")?;
     println!(
-        "raftstream node {} serving gRPC on {} and HTTP on {}",
+        "raftstream node {} serving gRPC on {}, HTTP on {} and peers on {}",
         running.node.id(),
         running.grpc_addr,
-        running.http_addr
+        running.http_addr,
+        running.peer_addr
     );
     shutdown_requested().await;
     tracing::info!("shutting down");

@@ -51,6 +51,8 @@ pub enum NodeError {
     Raft { group: GroupId, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One Raft group hosted on this node.
@@ -91,6 +93,9 @@ pub struct Node {
     pub config: NodeConfig,
     pub storage: Storage,
     pub pool: PeerPool,
+    /// Node id → the public gRPC address it reported last (its own from
+    /// the start): `peers` names peer listeners, which clients cannot use.
+    pub client_addrs: RwLock<BTreeMap<NodeId, String>>,
     raft_config: Arc<openraft::Config>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
@@ -113,6 +118,12 @@ impl Node {
     /// the metadata places here, and the background tasks.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
+        let own_client_addr = [(config.node_id, config.grpc_addr.to_string())].into();
+        let peer_tls = config
+            .peer_tls
+            .as_ref()
+            .map(crate::tls::peer_client)
+            .transpose()?;
         let sync_mode = if config.fsync {
             SyncMode::Always
         } else {
@@ -155,7 +166,8 @@ impl Node {
             quiescer,
             config,
             storage,
-            pool: PeerPool::default(),
+            pool: PeerPool::new(peer_tls),
+            client_addrs: RwLock::new(own_client_addr),
             raft_config: Arc::new(raft_config),
             groups: RwLock::new(HashMap::new()),
             round_robin: AtomicU64::new(0),

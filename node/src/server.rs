@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tonic::transport::ServerTlsConfig;
 use tower::Layer;
 
 use crate::api::forwarded::MarkForwardedLayer;
@@ -15,11 +16,14 @@ use crate::node::Node;
 use crate::node::NodeError;
 use crate::raft::network::MAX_RPC_BYTES;
 use crate::raft::transport::TransportService;
+use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -33,100 +37,115 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The three listeners of a node, bound.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Public gRPC: the client API and webhook ingestion.
+    pub grpc: TcpListener,
+    /// Public HTTP: the gateway.
+    pub http: TcpListener,
+    /// Other nodes only: Raft transport, node heartbeats, forwarded calls.
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses, so an address in use fails at once.
+    pub async fn bind(config: &NodeConfig) -> Result<Listeners, ServerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            grpc: bind(config.grpc_addr).await?,
+            http: bind(config.http_addr).await?,
+            peer: bind(config.peer_addr).await?,
+        })
+    }
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAddr, ServerError> {
+    listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: configured,
+        source,
+    })
+}
+
 impl RunningNode {
-    /// Binds both listeners first (so an address in use fails at once),
-    /// then starts the node and serves.
+    /// Binds every listener first, then starts the node and serves.
     pub async fn start(config: NodeConfig) -> Result<RunningNode, ServerError> {
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let http_listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
-        Self::start_on(config, grpc_listener, http_listener).await
+        let listeners = Listeners::bind(&config).await?;
+        Self::start_on(config, listeners).await
     }
 
     pub async fn start_on(
-        config: NodeConfig,
-        grpc_listener: TcpListener,
-        http_listener: TcpListener,
+        mut config: NodeConfig,
+        listeners: Listeners,
     ) -> Result<RunningNode, ServerError> {
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.http_addr,
-                source,
-            })?;
+        // A port 0 in the configuration is the port the listener got; the
+        // node reports its public address to clients.
+        config.grpc_addr = local_addr(&listeners.grpc, config.grpc_addr)?;
+        config.http_addr = local_addr(&listeners.http, config.http_addr)?;
+        config.peer_addr = local_addr(&listeners.peer, config.peer_addr)?;
+        let (grpc_addr, http_addr, peer_addr) =
+            (config.grpc_addr, config.http_addr, config.peer_addr);
+        // TLS files are read before anything starts, so a bad path or
+        // key fails the start with its name, not the first connection.
+        let peer_tls = config.peer_tls.as_ref().map(tls::peer_server).transpose()?;
+        let public_grpc_tls = config
+            .client_tls
+            .as_ref()
+            .map(tls::public_grpc)
+            .transpose()?;
+        let public_http_tls = config
+            .client_tls
+            .as_ref()
+            .map(tls::public_http)
+            .transpose()?;
         let node = Node::start(config).await?;
 
+        let public_services = tonic::service::Routes::new(
+            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_server()),
+        )
+        .add_service(
+            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server()),
+        );
         let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(
             TransportService::new(node.clone()),
         )
         .max_decoding_message_size(MAX_RPC_BYTES)
         .max_encoding_message_size(MAX_RPC_BYTES);
-        let client_api =
-            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_server());
-        let ingest_api =
-            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server());
-        let mut shutdown = node.shutdown_signal();
-        // serve_with_incoming ignores the builder's tcp_nodelay, so the
-        // accepted sockets get it here. Without it, Nagle held back the second
-        // small write of a response until the peer's delayed ACK (40 ms):
-        // the 40-80 ms publish latency tail in benches/RESULTS.md.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        let grpc = tokio::spawn(async move {
-            let result = http2::server(tonic::transport::Server::builder())
-                .tcp_nodelay(true)
-                .add_service(transport)
-                .add_service(client_api)
-                .add_service(ingest_api)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = shutdown.changed().await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        });
-        let mut shutdown = node.shutdown_signal();
-        let app = crate::gateway::router(node.clone());
-        let http = tokio::spawn(async move {
-            let http_listener = http_listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set on an HTTP connection");
-                }
-            });
-            let result = axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = shutdown.changed().await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-        tracing::info!(node = node.id(), %grpc_addr, %http_addr, "raftstream node serving");
+        let peer_services = tonic::service::Routes::new(transport)
+            .add_service(ClientService::peer(node.clone()).into_server())
+            .add_service(ClientService::peer(node.clone()).into_ingest_server());
+        let grpc = serve_grpc(
+            &node,
+            "public gRPC",
+            listeners.grpc,
+            public_grpc_tls,
+            public_services,
+        )?;
+        let peer = serve_grpc(&node, "peer", listeners.peer, peer_tls, peer_services)?;
+        let http = serve_http(&node, listeners.http, public_http_tls)?;
+        tracing::info!(
+            node = node.id(),
+            %grpc_addr,
+            %http_addr,
+            %peer_addr,
+            peer_tls = node.config.peer_tls.is_some(),
+            client_tls = node.config.client_tls.is_some(),
+            "raftstream node serving"
+        );
         Ok(RunningNode {
             node,
             grpc_addr,
             http_addr,
-            tasks: vec![grpc, http],
+            peer_addr,
+            tasks: vec![grpc, peer, http],
         })
     }
 
@@ -137,4 +156,86 @@ impl RunningNode {
             let _ = task.await;
         }
     }
+}
+
+/// Serves `services` on `listener` until the node shuts down.
+fn serve_grpc(
+    node: &Arc<Node>,
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    services: tonic::service::Routes,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let mut server = http2::server(tonic::transport::Server::builder()).tcp_nodelay(true);
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| ServerError::Tls(crate::tls::TlsError::Config(e.to_string())))?;
+    }
+    let mut shutdown = node.shutdown_signal();
+    // serve_with_incoming ignores the builder's tcp_nodelay, so the
+    // accepted sockets get it here. Without it, Nagle held back the second
+    // small write of a response until the peer's delayed ACK (40 ms):
+    // the 40-80 ms publish latency tail in benches/RESULTS.md.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    Ok(tokio::spawn(async move {
+        let result = server
+            .add_routes(services)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, listener = name, "gRPC server failed");
+        }
+    }))
+}
+
+/// Serves the HTTP gateway on `listener`, over TLS when `tls` is given,
+/// until the node shuts down.
+fn serve_http(
+    node: &Arc<Node>,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let mut shutdown = node.shutdown_signal();
+    let app = crate::gateway::router(node.clone());
+    let Some(tls) = tls else {
+        return Ok(tokio::spawn(async move {
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set on an HTTP connection");
+                }
+            });
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.changed().await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+    };
+    let addr = local_addr(&listener, SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    let std_listener = listener
+        .into_std()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let server = axum_server::from_tcp_rustls(
+        std_listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )
+    .map_err(|source| ServerError::Bind { addr, source })?;
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        let _ = shutdown.changed().await;
+        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    Ok(tokio::spawn(async move {
+        let result = server.handle(handle).serve(app.into_make_service()).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTPS server failed");
+        }
+    }))
 }

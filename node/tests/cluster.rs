@@ -1098,7 +1098,8 @@ async fn an_append_batch_answers_each_message_in_order() {
     use raftstream_proto::v1::raft_transport_client::RaftTransportClient;
 
     let cluster = TestCluster::start(1).await;
-    let mut transport = RaftTransportClient::connect(format!("http://{}", cluster.addr(1)))
+    let peer_addr = cluster.nodes[&1].peer_addr;
+    let mut transport = RaftTransportClient::connect(format!("http://{peer_addr}"))
         .await
         .unwrap();
     let messages = vec![
@@ -1140,15 +1141,14 @@ async fn an_append_batch_answers_each_message_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_calls_cancelled_at_once_do_not_close_the_connection() {
     let cluster = TestCluster::start(1).await;
-    let tcp = tokio::net::TcpStream::connect(cluster.addr(1))
-        .await
-        .unwrap();
+    // Peers are the callers that cancel many calls at once.
+    let peer_addr = cluster.nodes[&1].peer_addr;
+    let tcp = tokio::net::TcpStream::connect(peer_addr).await.unwrap();
     let (mut calls, connection) = h2::client::handshake(tcp).await.unwrap();
     let connection = tokio::spawn(connection);
     let call = || {
         http::Request::post(format!(
-            "http://{}/raftstream.v1.Raftstream/ListTopics",
-            cluster.addr(1)
+            "http://{peer_addr}/raftstream.v1.Raftstream/ListTopics"
         ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -1175,4 +1175,63 @@ async fn many_calls_cancelled_at_once_do_not_close_the_connection() {
     assert_eq!(answer.status(), http::StatusCode::OK);
     drop(calls);
     connection.abort();
+}
+
+/// Who may call what on which listener (ARCHITECTURE.md, "Trust
+/// boundaries"): the public port serves clients only, the peer port nodes
+/// only, and the node credential works on the peer port alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_public_port_refuses_node_credentials_and_the_peer_port_refuses_clients() {
+    let cluster = TestCluster::start(1).await;
+    let running = &cluster.nodes[&1];
+    let secret = running
+        .node
+        .with_metadata(|m| m.cluster_secret)
+        .flatten()
+        .unwrap();
+    let credential: tonic::metadata::AsciiMetadataValue = hex::encode(secret).parse().unwrap();
+    let channel = |addr: std::net::SocketAddr| {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    let as_node = || {
+        let mut request = tonic::Request::new(pb::ClusterStatusRequest {});
+        request
+            .metadata_mut()
+            .insert("x-raftstream-node-auth", credential.clone());
+        request
+    };
+    let as_client = || {
+        let mut request = tonic::Request::new(pb::ClusterStatusRequest {});
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+        );
+        request
+    };
+    let mut public = pb::raftstream_client::RaftstreamClient::new(channel(running.grpc_addr));
+    let mut peer = pb::raftstream_client::RaftstreamClient::new(channel(running.peer_addr));
+
+    let refused = public.cluster_status(as_node()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    assert!(refused.message().contains("peer listener"), "{refused}");
+    public.cluster_status(as_client()).await.unwrap();
+
+    let refused = peer.cluster_status(as_client()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    peer.cluster_status(as_node()).await.unwrap();
+
+    // Raft transport and node heartbeats are not on the public port.
+    let heartbeat = || pb::NodeHeartbeatRequest {
+        from: 1,
+        quiesced_groups: vec![],
+    };
+    let mut transport =
+        pb::raft_transport_client::RaftTransportClient::new(channel(running.grpc_addr));
+    let refused = transport.node_heartbeat(heartbeat()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused}");
+    let mut transport =
+        pb::raft_transport_client::RaftTransportClient::new(channel(running.peer_addr));
+    transport.node_heartbeat(heartbeat()).await.unwrap();
 }

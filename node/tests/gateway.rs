@@ -463,24 +463,16 @@ async fn eventually_status(http: &Http, expected: StatusCode) {
 async fn a_new_cluster_generates_prints_and_stores_its_admin_token() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
+    let listeners = common::loopback_listeners().await;
+    let http_addr = listeners.http.local_addr().unwrap();
     let config = raftstream_node::config::NodeConfig {
-        node_id: 1,
-        grpc_addr: grpc.local_addr().unwrap(),
-        http_addr,
-        data_dir: dir.path().to_path_buf(),
-        peers: [(1, grpc.local_addr().unwrap().to_string())].into(),
-        raft: Default::default(),
-        limits: Default::default(),
-        fsync: true,
         admin_token: None,
+        ..common::node_config(1, &listeners, dir.path())
     };
-    let node = raftstream_node::server::RunningNode::start_on(config, grpc, http)
+    let path = config.data_dir.join("admin-token");
+    let node = raftstream_node::server::RunningNode::start_on(config, listeners)
         .await
         .unwrap();
-    let path = dir.path().join("admin-token");
     let secret = common::eventually("admin-token file", Duration::from_secs(20), || async {
         let text = std::fs::read_to_string(&path).ok()?;
         (!text.trim().is_empty()).then(|| text.trim().to_string())
@@ -504,24 +496,16 @@ async fn a_new_cluster_generates_prints_and_stores_its_admin_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_optional_rate_limit_answers_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
+    let listeners = common::loopback_listeners().await;
+    let http_addr = listeners.http.local_addr().unwrap();
     let config = raftstream_node::config::NodeConfig {
-        node_id: 1,
-        grpc_addr: grpc.local_addr().unwrap(),
-        http_addr,
-        data_dir: dir.path().to_path_buf(),
-        peers: [(1, grpc.local_addr().unwrap().to_string())].into(),
-        raft: Default::default(),
         limits: raftstream_node::config::Limits {
             rate_limit_per_sec: Some(2),
             ..Default::default()
         },
-        fsync: true,
-        admin_token: Some(common::ADMIN_TOKEN.into()),
+        ..common::node_config(1, &listeners, dir.path())
     };
-    let node = raftstream_node::server::RunningNode::start_on(config, grpc, http)
+    let node = raftstream_node::server::RunningNode::start_on(config, listeners)
         .await
         .unwrap();
     let client = reqwest::Client::new();
@@ -720,4 +704,90 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         "#/components/schemas/ConsumedMessage"
     );
     cluster.shutdown().await;
+}
+
+/// The gateway on TLS: HTTPS through any node (forwarded to leaders over
+/// mutual TLS), and no plain HTTP on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_serves_https_on_a_cluster_on_tls() {
+    let cluster = TestCluster::start_tls(3).await;
+    let http = Http::new(&cluster, 2);
+    assert!(http.base.starts_with("https://"), "{}", http.base);
+    create_topic(&http, &cluster, json!({"name": "secure", "partitions": 2})).await;
+    for i in 0..6 {
+        let via = Http::new(&cluster, 1 + i % 3);
+        let (status, body) = via
+            .post("/api/v1/topics/secure/publish", json!({"n": i}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let messages = consume_all(&Http::new(&cluster, 3), "secure", 6).await;
+    assert_eq!(messages.len(), 6);
+
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/event_streams/topics",
+            cluster.configs[&2].http_addr
+        ))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await;
+    match plain {
+        Err(_) => {}
+        Ok(response) => assert!(
+            !response.status().is_success(),
+            "plain HTTP was served: {}",
+            response.status()
+        ),
+    }
+}
+
+/// A gateway that asks clients for a certificate serves only those that
+/// show one its client CA signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_requiring_client_certificates_refuses_clients_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = raftstream_node::tls::write_dev_certs(
+        &dir.path().join("certs"),
+        &[1],
+        &["127.0.0.1".into()],
+    )
+    .unwrap();
+    let listeners = common::loopback_listeners().await;
+    let http_addr = listeners.http.local_addr().unwrap();
+    let (_, cert, key) = &certs.nodes[0];
+    let config = raftstream_node::config::NodeConfig {
+        client_tls: Some(raftstream_node::config::ClientTls {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: Some(certs.ca.clone()),
+        }),
+        ..common::node_config(1, &listeners, dir.path())
+    };
+    let node = raftstream_node::server::RunningNode::start_on(config, listeners)
+        .await
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca.clone());
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder.build().unwrap()
+    };
+    let url = format!("https://{http_addr}/healthz");
+    let anonymous = client(None).get(&url).send().await;
+    assert!(
+        anonymous.is_err(),
+        "served without a client certificate: {anonymous:?}"
+    );
+    let mut pem = std::fs::read(&certs.client.0).unwrap();
+    pem.extend(std::fs::read(&certs.client.1).unwrap());
+    let identity = reqwest::Identity::from_pem(&pem).unwrap();
+    let with_certificate = client(Some(identity)).get(&url).send().await.unwrap();
+    assert_eq!(with_certificate.status(), StatusCode::OK);
+    node.shutdown().await;
 }

@@ -20,6 +20,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     grpc: Vec<String>,
     peers: String,
+    /// The certificates of a cluster on TLS (`raftstream-node certs`).
+    certs: Option<std::path::PathBuf>,
     children: Vec<Option<Child>>,
 }
 
@@ -35,22 +37,45 @@ fn free_port() -> u16 {
         .port()
 }
 
+const NODE_BIN: &str = env!("CARGO_BIN_EXE_raftstream-node");
+
 impl Cluster {
     fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, None)
+    }
+
+    /// A cluster on TLS: mutual TLS between nodes, TLS for clients, from
+    /// certificates `raftstream-node certs` writes.
+    fn start_tls(size: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let nodes = (1..=size).map(|i| i.to_string()).collect::<Vec<_>>();
+        let written = Command::new(NODE_BIN)
+            .args(["certs", "--nodes", &nodes.join(","), "--out"])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(written.status.success(), "{written:?}");
+        Cluster::start_with(size, Some((dir, certs)))
+    }
+
+    fn start_with(size: usize, tls: Option<(tempfile::TempDir, std::path::PathBuf)>) -> Cluster {
+        let (dir, certs) = match tls {
+            Some((dir, certs)) => (dir, Some(certs)),
+            None => (tempfile::tempdir().unwrap(), None),
+        };
         let grpc: Vec<String> = (0..size)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        let peers = grpc
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+        let peers = (1..=size)
+            .map(|id| format!("{id}=127.0.0.1:{}", free_port()))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Cluster {
             dir,
             grpc,
             peers,
+            certs,
             children: (0..size).map(|_| None).collect(),
         };
         for i in 0..size {
@@ -59,10 +84,21 @@ impl Cluster {
         cluster
     }
 
+    /// Node `i`'s peer address, from `--peers`.
+    fn peer_addr(&self, i: usize) -> String {
+        let prefix = format!("{}=", i + 1);
+        self.peers
+            .split(',')
+            .find_map(|p| p.strip_prefix(&prefix))
+            .unwrap()
+            .to_string()
+    }
+
     fn spawn(&mut self, i: usize) {
         let log =
             std::fs::File::create(self.dir.path().join(format!("node-{}.log", i + 1))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_raftstream-node"))
+        let mut command = Command::new(NODE_BIN);
+        command
             .args([
                 "run",
                 "--node-id",
@@ -75,9 +111,26 @@ impl Cluster {
                 &self.grpc[i],
                 "--http-addr",
                 &format!("127.0.0.1:{}", free_port()),
+                "--peer-addr",
+                &self.peer_addr(i),
             ])
             .arg("--data-dir")
-            .arg(self.dir.path().join(format!("node-{}", i + 1)))
+            .arg(self.dir.path().join(format!("node-{}", i + 1)));
+        if let Some(certs) = &self.certs {
+            let node = |ext: &str| certs.join(format!("node-{}.{ext}", i + 1));
+            command
+                .arg("--peer-tls-ca")
+                .arg(certs.join("ca.pem"))
+                .arg("--peer-tls-cert")
+                .arg(node("pem"))
+                .arg("--peer-tls-key")
+                .arg(node("key"))
+                .arg("--tls-cert")
+                .arg(node("pem"))
+                .arg("--tls-key")
+                .arg(node("key"));
+        }
+        let child = command
             .env("RUST_LOG", "warn")
             .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
@@ -94,17 +147,28 @@ impl Cluster {
         }
     }
 
+    /// The client TLS settings of a cluster on TLS: trust its CA.
+    fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        let ca = std::fs::read(self.certs.as_ref()?.join("ca.pem")).unwrap();
+        Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )
+    }
+
     async fn client(&self, i: usize) -> raftstream_client::Grpc {
         let addr = self.grpc[i].clone();
-        eventually("node accepts connections", Duration::from_secs(30), || {
-            let addr = addr.clone();
-            async move {
-                raftstream_client::connect(&addr, Some(ADMIN_TOKEN))
-                    .await
-                    .ok()
-            }
+        let mut config =
+            raftstream_client::ClientConfig::new([addr.clone()]).with_token(ADMIN_TOKEN);
+        if let Some(tls) = self.client_tls() {
+            config = config.with_tls(tls);
+        }
+        let client = eventually("node accepts connections", Duration::from_secs(30), || {
+            let config = config.clone();
+            async move { raftstream_client::Client::connect(config).await.ok() }
         })
-        .await
+        .await;
+        client.grpc(&addr).unwrap()
     }
 }
 
@@ -114,6 +178,57 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// Creates a topic of one partition on three replicas, retrying until the
+/// cluster takes it (a retry after an unknown outcome may find it exists).
+async fn create_topic(client: &raftstream_client::Grpc, name: &str) {
+    eventually("topic created", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            let request = pb::CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                replication_factor: 3,
+                ..Default::default()
+            };
+            match client.create_topic(request).await {
+                Ok(_) => Some(()),
+                Err(status) if status.code() == tonic::Code::AlreadyExists => Some(()),
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+}
+
+/// One publish attempt; `None` when it failed.
+async fn publish(client: &raftstream_client::Grpc, name: &str, value: String) -> Option<()> {
+    let mut client = client.clone();
+    client
+        .publish(pb::PublishRequest {
+            topic: topic(name),
+            record: record(&value),
+        })
+        .await
+        .ok()
+        .map(|_| ())
+}
+
+/// The leader of a topic's partition 0, once it has one.
+async fn partition_leader(client: &raftstream_client::Grpc, name: &str) -> u64 {
+    eventually("partition leader", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            status(&mut client)
+                .await?
+                .groups
+                .iter()
+                .find(|g| g.topic == name)?
+                .leader
+        }
+    })
+    .await
 }
 
 async fn status(client: &mut raftstream_client::Grpc) -> Option<pb::ClusterStatusResponse> {
@@ -130,56 +245,17 @@ async fn status(client: &mut raftstream_client::Grpc) -> Option<pb::ClusterStatu
 async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restart() {
     let mut cluster = Cluster::start(3);
     let mut client = cluster.client(0).await;
-    eventually("topic created", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move {
-            let request = pb::CreateTopicRequest {
-                name: "crash".into(),
-                partitions: 1,
-                replication_factor: 3,
-                ..Default::default()
-            };
-            match client.create_topic(request).await {
-                Ok(_) => Some(()),
-                Err(status) if status.code() == tonic::Code::AlreadyExists => Some(()),
-                Err(_) => None,
-            }
-        }
-    })
-    .await;
-    let publish = |client: &raftstream_client::Grpc, value: String| {
-        let mut client = client.clone();
-        async move {
-            client
-                .publish(pb::PublishRequest {
-                    topic: topic("crash"),
-                    record: record(&value),
-                })
-                .await
-                .ok()
-        }
-    };
+    create_topic(&client, "crash").await;
     let mut acked = Vec::new();
     for i in 0..50 {
         let value = format!("before-{i}");
         eventually("publish", Duration::from_secs(30), || {
-            publish(&client, value.clone())
+            publish(&client, "crash", value.clone())
         })
         .await;
         acked.push(value);
     }
-    let leader = eventually("partition leader", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move {
-            status(&mut client)
-                .await?
-                .groups
-                .iter()
-                .find(|g| g.topic == "crash")?
-                .leader
-        }
-    })
-    .await;
+    let leader = partition_leader(&client, "crash").await;
     let leader_index = (leader - 1) as usize;
     cluster.kill(leader_index);
     let survivor = (leader_index + 1) % 3;
@@ -187,7 +263,7 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
     for i in 0..50 {
         let value = format!("after-{i}");
         eventually("publish after the crash", Duration::from_secs(30), || {
-            publish(&client, value.clone())
+            publish(&client, "crash", value.clone())
         })
         .await;
         acked.push(value);
@@ -241,5 +317,157 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
             cursor.any(|r| r == value),
             "acknowledged {value} lost or reordered"
         );
+    }
+}
+
+/// A raw channel to `addr` over TLS trusting `ca`, presenting
+/// `identity` when given.
+async fn tls_channel(
+    addr: &str,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(std::fs::read(ca).unwrap()),
+    );
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// A node heartbeat through `channel`: the cheapest call of the peer API.
+async fn heartbeat(channel: tonic::transport::Channel) -> Result<(), tonic::Status> {
+    let mut transport = pb::raft_transport_client::RaftTransportClient::new(channel);
+    transport
+        .node_heartbeat(pb::NodeHeartbeatRequest {
+            from: 99,
+            quiesced_groups: vec![],
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_on_tls_serves_clients_and_refuses_peers_without_a_cluster_certificate() {
+    let mut cluster = Cluster::start_tls(3);
+    let certs = cluster.certs.clone().unwrap();
+    let mut client = cluster.client(0).await;
+    create_topic(&client, "tls").await;
+    // Every node takes publishes: the ones that do not lead forward them
+    // over mutual TLS to the leader.
+    for i in 0..30 {
+        let client = cluster.client(i % 3).await;
+        let value = format!("m-{i}");
+        eventually("publish over TLS", Duration::from_secs(30), || {
+            publish(&client, "tls", value.clone())
+        })
+        .await;
+    }
+    let leader = partition_leader(&client, "tls").await;
+    // Replication ran over mutual TLS: the whole cluster elects again and
+    // keeps every message after the leader dies.
+    cluster.kill((leader - 1) as usize);
+    let survivor = leader as usize % 3;
+    client = cluster.client(survivor).await;
+    let read = eventually(
+        "messages read after failover",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                let response = client
+                    .consume(pb::ConsumeRequest {
+                        topic: topic("tls"),
+                        partition: 0,
+                        position: common::at_offset(0),
+                        max_messages: 1000,
+                        wait_ms: 0,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (response.messages.len() >= 30).then_some(response.messages)
+            }
+        },
+    )
+    .await;
+    let values: Vec<String> = read
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    for i in 0..30 {
+        assert!(values.contains(&format!("m-{i}")), "m-{i} lost");
+    }
+
+    let peer = cluster.peer_addr(survivor);
+    let ca = certs.join("ca.pem");
+    // A peer that presents no certificate is refused at the handshake, or
+    // at its first call when the handshake completes before the server's
+    // verdict arrives.
+    let anonymous = match tls_channel(&peer, &ca, None).await {
+        Ok(channel) => heartbeat(channel).await.err().map(|s| s.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    assert!(
+        anonymous.is_some(),
+        "a peer without a certificate was served"
+    );
+    // So is one whose certificate another CA signed.
+    let other = cluster.dir.path().join("other-certs");
+    let written = Command::new(NODE_BIN)
+        .args(["certs", "--nodes", "1", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(written.status.success(), "{written:?}");
+    let forged = match tls_channel(
+        &peer,
+        &ca,
+        Some((&other.join("node-1.pem"), &other.join("node-1.key"))),
+    )
+    .await
+    {
+        Ok(channel) => heartbeat(channel).await.err().map(|s| s.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    assert!(
+        forged.is_some(),
+        "a peer with a foreign certificate was served"
+    );
+    // A node's own certificate is accepted: the refusals above are about
+    // the certificate, not the call.
+    let node_identity = (
+        certs.join(format!("node-{}.pem", survivor + 1)),
+        certs.join(format!("node-{}.key", survivor + 1)),
+    );
+    let channel = tls_channel(&peer, &ca, Some((&node_identity.0, &node_identity.1)))
+        .await
+        .unwrap();
+    heartbeat(channel).await.unwrap();
+    // The public listener does not serve the peer API at all, even to a
+    // caller holding a node certificate.
+    let public = tls_channel(&cluster.grpc[survivor], &ca, None)
+        .await
+        .unwrap();
+    let refused = heartbeat(public).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused}");
+    // And it speaks only TLS.
+    let plain = raftstream_client::connect(&cluster.grpc[survivor], Some(ADMIN_TOKEN)).await;
+    match plain {
+        Err(_) => {}
+        Ok(mut plain) => {
+            let answer = plain.cluster_status(pb::ClusterStatusRequest {}).await;
+            assert!(answer.is_err(), "a plain-text call was served");
+        }
     }
 }

@@ -38,10 +38,12 @@ Examples:
   raftstream cluster status
 
 Connection: --addr / RAFTSTREAM_ADDR (default 127.0.0.1:50051), --token / RAFTSTREAM_TOKEN,
-or a profile in ~/.config/raftstream/config.toml:
+TLS with --tls-ca / RAFTSTREAM_TLS_CA (and --tls-cert, --tls-key when the cluster asks
+clients for a certificate), or a profile in ~/.config/raftstream/config.toml:
   [profiles.default]
   addr = \"127.0.0.1:50051\"
-  token = \"rst_...\"";
+  token = \"rst_...\"
+  tls_ca = \"/etc/raftstream/certs/ca.pem\"";
 
 #[derive(Parser, Debug)]
 #[command(name = "raftstream", version, about = "Work with a Raftstream cluster", after_help = EXAMPLES)]
@@ -55,6 +57,16 @@ struct Cli {
     /// Profile from ~/.config/raftstream/config.toml.
     #[arg(long, global = true, env = "RAFTSTREAM_PROFILE")]
     profile: Option<String>,
+    /// CA certificate (PEM) the nodes' certificates are checked against;
+    /// connects over TLS when given.
+    #[arg(long, global = true, env = "RAFTSTREAM_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for clusters that ask clients for one.
+    #[arg(long, global = true, env = "RAFTSTREAM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "RAFTSTREAM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Machine-readable JSON output instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -295,6 +307,9 @@ struct ProfileFile {
 struct Profile {
     addr: Option<String>,
     token: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn profile(name: Option<&str>) -> anyhow::Result<Profile> {
@@ -329,6 +344,14 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(addr.split(',').map(str::trim).filter(|s| !s.is_empty()));
     if let Some(token) = cli.token.clone().or(profile.token) {
         config = config.with_token(token);
+    }
+    let (cert, key) = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => (Some(cert.clone()), Some(key.clone())),
+        _ => (profile.tls_cert, profile.tls_key),
+    };
+    if let Some(ca) = cli.tls_ca.clone().or(profile.tls_ca) {
+        let identity = cert.as_deref().zip(key.as_deref());
+        config = config.with_tls(raftstream_client::tls_from_files(&ca, identity)?);
     }
     Ok(Client::connect(config).await?)
 }

@@ -77,9 +77,14 @@ pub struct ClientService {
 /// Whom the service believes without a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trust {
-    /// The network-facing service: callers show a bearer token, or are
-    /// other nodes forwarding (they show the cluster's node credential).
+    /// The public listener's service: every caller shows a bearer token.
+    /// The node credential is refused here, so that knowing it (or a bug
+    /// that leaks it) never lets a client pose as a node.
     Public,
+    /// The peer listener's service: only other nodes forwarding work they
+    /// authorized, showing the node credential (behind mutual TLS when
+    /// `peer_tls` is set).
+    Peer,
     /// The in-process service behind the HTTP gateway, which has already
     /// authenticated and authorized its caller.
     InProcess,
@@ -132,11 +137,19 @@ impl ClientService {
         }
     }
 
-    /// The network-facing service: every call needs a bearer token.
+    /// The public listener's service: every call needs a bearer token.
     pub fn public(node: Arc<Node>) -> Self {
         Self {
             node,
             trust: Trust::Public,
+        }
+    }
+
+    /// The peer listener's service: every call needs the node credential.
+    pub fn peer(node: Arc<Node>) -> Self {
+        Self {
+            node,
+            trust: Trust::Peer,
         }
     }
 
@@ -156,7 +169,22 @@ impl ClientService {
                 "this node is shutting down; retry another",
             ));
         }
-        if let Some(credential) = request.metadata().get(NODE_AUTH_HEADER) {
+        let node_credential_shown = request.metadata().get(NODE_AUTH_HEADER);
+        match (self.trust, node_credential_shown) {
+            (Trust::Public, Some(_)) => {
+                return Err(Status::unauthenticated(
+                    "node credentials are accepted only on the peer listener",
+                ));
+            }
+            (Trust::Peer, None) => {
+                return Err(Status::unauthenticated(
+                    "the peer listener serves only nodes of this cluster, which show the \
+                     node credential; clients call the public gRPC address",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(credential) = node_credential_shown {
             let cluster_secret = self.node.with_metadata(|m| m.cluster_secret).flatten();
             let valid = cluster_secret.as_ref().is_some_and(|secret| {
                 let presented = credential.as_bytes();
@@ -1675,19 +1703,31 @@ impl Raftstream for ClientService {
         merge(self.node.id(), local.clone());
         for (id, answer) in answers {
             reachable.insert(id, answer.is_some());
-            if let Some(status) = answer {
+            if let Some(mut status) = answer {
+                if let Some(own) = status.nodes.iter().find(|n| n.id == id) {
+                    self.node
+                        .client_addrs
+                        .write()
+                        .insert(id, own.grpc_addr.clone());
+                }
+                status.nodes.clear();
                 merge(id, status);
             }
         }
+        // A node never reached since this one started has no known public
+        // address; clients cannot use it until it answers.
+        let client_addrs = self.node.client_addrs.read().clone();
         let nodes = self
             .node
             .config
             .peers
-            .iter()
-            .map(|(id, addr)| pb::NodeStatus {
-                id: *id,
-                grpc_addr: addr.clone(),
-                reachable: reachable.get(id).copied().unwrap_or(false),
+            .keys()
+            .filter_map(|id| {
+                Some(pb::NodeStatus {
+                    id: *id,
+                    grpc_addr: client_addrs.get(id)?.clone(),
+                    reachable: reachable.get(id).copied().unwrap_or(false),
+                })
             })
             .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
@@ -1757,7 +1797,11 @@ impl ClientService {
             .collect();
         pb::ClusterStatusResponse {
             node_id: self.node.id(),
-            nodes: vec![],
+            nodes: vec![pb::NodeStatus {
+                id: self.node.id(),
+                grpc_addr: self.node.config.grpc_addr.to_string(),
+                reachable: true,
+            }],
             groups,
         }
     }

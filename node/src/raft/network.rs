@@ -43,6 +43,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 
 use crate::raft::types::GroupId;
@@ -71,12 +72,15 @@ const MAX_BATCH: usize = 2048;
 /// which too many streams were reset.
 const LOCAL_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
 
-/// One lazily connected channel per peer address. tonic reconnects a lazy
-/// channel by itself, so a restarted peer needs nothing from us.
+/// One lazily connected channel per peer address (a peer listener). tonic
+/// reconnects a lazy channel by itself, so a restarted peer needs nothing
+/// from us.
 #[derive(Clone, Debug, Default)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     empty_appends: Arc<Mutex<HashMap<String, EmptyAppends>>>,
+    /// Mutual TLS with every peer; plain HTTP/2 when absent.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// An append without entries waiting for its batched call.
@@ -195,6 +199,13 @@ fn timed_out(target: &str, timeout: Duration) -> CallError {
 }
 
 impl PeerPool {
+    pub fn new(tls: Option<ClientTlsConfig>) -> PeerPool {
+        PeerPool {
+            tls,
+            ..PeerPool::default()
+        }
+    }
+
     /// The queue of appends without entries to `addr`.
     fn empty_appends(&self, addr: &str) -> Result<EmptyAppends, PeerError> {
         if let Some(queue) = self.empty_appends.lock().get(addr) {
@@ -213,15 +224,22 @@ impl PeerPool {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| PeerError::BadAddress {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?
+        let bad_address = |e: &dyn std::fmt::Display| PeerError::BadAddress {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad_address(&e))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| bad_address(&e))?;
+        }
         let channel = http2::endpoint(endpoint).connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)

@@ -16,10 +16,27 @@ pub struct Http {
 }
 
 impl Http {
+    /// A client of node `node`'s gateway: HTTPS trusting the cluster's CA
+    /// when the cluster is on TLS.
     pub fn new(cluster: &TestCluster, node: u64) -> Http {
+        let addr = cluster.configs[&node].http_addr;
+        let (client, base) = match &cluster.certs {
+            None => (reqwest::Client::new(), format!("http://{addr}")),
+            Some(certs) => {
+                let ca =
+                    reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
+                let client = reqwest::Client::builder()
+                    .use_rustls_tls()
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(ca)
+                    .build()
+                    .unwrap();
+                (client, format!("https://{addr}"))
+            }
+        };
         Http {
-            client: reqwest::Client::new(),
-            base: format!("http://{}", cluster.configs[&node].http_addr),
+            client,
+            base,
             token: Some(crate::common::ADMIN_TOKEN.into()),
         }
     }

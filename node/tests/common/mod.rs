@@ -9,10 +9,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use raftstream_client::pb;
+use raftstream_node::config::ClientTls;
 use raftstream_node::config::Limits;
 use raftstream_node::config::NodeConfig;
+use raftstream_node::config::PeerTls;
 use raftstream_node::config::RaftTimings;
+use raftstream_node::server::Listeners;
 use raftstream_node::server::RunningNode;
+use raftstream_node::tls::DevCerts;
+use raftstream_node::tls::write_dev_certs;
 use tokio::net::TcpListener;
 
 /// The bootstrap admin token of every test cluster.
@@ -22,6 +27,8 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub configs: BTreeMap<u64, NodeConfig>,
     pub nodes: BTreeMap<u64, RunningNode>,
+    /// The certificates of a cluster on TLS (`start_tls`).
+    pub certs: Option<DevCerts>,
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what`
@@ -63,6 +70,38 @@ pub fn at_offset(offset: u64) -> Option<pb::Position> {
     })
 }
 
+/// A node's three listeners on loopback, on ports the kernel picks.
+pub async fn loopback_listeners() -> Listeners {
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    Listeners {
+        grpc: bind().await,
+        http: bind().await,
+        peer: bind().await,
+    }
+}
+
+/// The configuration of node `id` serving on `listeners`, with its data
+/// under `dir`: a cluster of one until `peers` is set, with the test admin
+/// token, default timings and limits, and no TLS.
+pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> NodeConfig {
+    let peer_addr = listeners.peer.local_addr().unwrap();
+    NodeConfig {
+        node_id: id,
+        grpc_addr: listeners.grpc.local_addr().unwrap(),
+        http_addr: listeners.http.local_addr().unwrap(),
+        peer_addr,
+        data_dir: dir.join(format!("node-{id}")),
+        peers: [(id, peer_addr.to_string())].into(),
+        raft: RaftTimings::default(),
+        limits: Limits::default(),
+        fsync: true,
+        admin_token: Some(ADMIN_TOKEN.into()),
+        peer_tls: None,
+        insecure_peers: false,
+        client_tls: None,
+    }
+}
+
 impl TestCluster {
     pub async fn start(size: u64) -> TestCluster {
         TestCluster::start_with_limits(size, TestCluster::limits()).await
@@ -79,32 +118,51 @@ impl TestCluster {
     }
 
     pub async fn start_with_limits(size: u64, limits: Limits) -> TestCluster {
+        TestCluster::start_with(size, limits, false).await
+    }
+
+    /// A cluster on TLS: mutual TLS between nodes, and TLS on the public
+    /// gRPC and HTTP listeners, from `raftstream-node certs`' certificates.
+    pub async fn start_tls(size: u64) -> TestCluster {
+        TestCluster::start_with(size, TestCluster::limits(), true).await
+    }
+
+    async fn start_with(size: u64, limits: Limits, tls: bool) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<u64> = (1..=size).collect();
+        let certs = tls.then(|| {
+            let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+            write_dev_certs(&dir.path().join("certs"), &ids, &hosts).unwrap()
+        });
         let mut listeners = BTreeMap::new();
         for id in 1..=size {
-            let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            listeners.insert(id, (grpc, http));
+            listeners.insert(id, loopback_listeners().await);
         }
         let peers: BTreeMap<u64, String> = listeners
             .iter()
-            .map(|(id, (grpc, _))| (*id, grpc.local_addr().unwrap().to_string()))
+            .map(|(id, l)| (*id, l.peer.local_addr().unwrap().to_string()))
             .collect();
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
-        for (id, (grpc, http)) in listeners {
-            let config = NodeConfig {
-                node_id: id,
-                grpc_addr: grpc.local_addr().unwrap(),
-                http_addr: http.local_addr().unwrap(),
-                data_dir: dir.path().join(format!("node-{id}")),
-                peers: peers.clone(),
-                raft: RaftTimings::default(),
-                limits: limits.clone(),
-                fsync: true,
-                admin_token: Some(ADMIN_TOKEN.into()),
-            };
-            let node = RunningNode::start_on(config.clone(), grpc, http)
+        for (id, listeners) in listeners {
+            let mut config = node_config(id, &listeners, dir.path());
+            config.peers = peers.clone();
+            config.limits = limits.clone();
+            if let Some(certs) = &certs {
+                let (_, cert, key) = certs.nodes.iter().find(|(n, _, _)| *n == id).unwrap();
+                config.peer_tls = Some(PeerTls {
+                    ca: certs.ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    server_name: None,
+                });
+                config.client_tls = Some(ClientTls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: None,
+                });
+            }
+            let node = RunningNode::start_on(config.clone(), listeners)
                 .await
                 .unwrap();
             configs.insert(id, config);
@@ -114,6 +172,7 @@ impl TestCluster {
             dir,
             configs,
             nodes,
+            certs,
         };
         cluster.wait_ready().await;
         cluster
@@ -138,8 +197,20 @@ impl TestCluster {
     }
 
     pub async fn client(&self, id: u64) -> raftstream_client::Grpc {
-        raftstream_client::connect(&self.addr(id).to_string(), Some(ADMIN_TOKEN))
+        let addr = self.addr(id).to_string();
+        let Some(certs) = &self.certs else {
+            return raftstream_client::connect(&addr, Some(ADMIN_TOKEN))
+                .await
+                .unwrap();
+        };
+        let tls = raftstream_client::tls_from_files(&certs.ca, None).unwrap();
+        let config = raftstream_client::ClientConfig::new([addr.clone()])
+            .with_token(ADMIN_TOKEN)
+            .with_tls(tls);
+        raftstream_client::Client::connect(config)
             .await
+            .unwrap()
+            .grpc(&addr)
             .unwrap()
     }
 
