@@ -1,6 +1,7 @@
 //! Webhook ingestion over real HTTP against a 3-node cluster: sources and
-//! their secrets, signatures, idempotent redelivery, the Workato
-//! normaliser, flow webhooks, and source status across a restart.
+//! their secrets, signatures and their timestamps, idempotent redelivery,
+//! the Workato normaliser, flow webhooks, and source status across a
+//! restart.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +10,8 @@ mod common;
 mod http;
 
 use std::time::Duration;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
 use common::TestCluster;
 use common::eventually;
@@ -47,10 +50,18 @@ async fn deliver(
     finish(request).await
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+/// The hex HMAC-SHA256 of `"{timestamp}.{body}"`, written here rather
+/// than taken from the node so that a mistake there cannot hide in both.
+fn sign(secret: &str, timestamp_s: i64, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp_s}.").as_bytes());
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+fn now_s() -> i64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    i64::try_from(since_epoch.as_secs()).unwrap()
 }
 
 fn text<'a>(value: &'a Value, field: &str) -> &'a str {
@@ -182,39 +193,75 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     .await;
     assert_error(status, &bad_key, StatusCode::BAD_REQUEST, "invalid_request");
 
-    // Signatures: a source with an HMAC secret takes only signed bodies.
+    // Signatures: a source with an HMAC secret takes only signed bodies,
+    // signed with the time they were sent.
+    let hmac_secret = "whsec-0123456789abcdef";
     let signed = create_source(
         &admin,
         json!({"name": "workato prod", "source_type": "workato", "topic": "hooks",
-               "hmac_secret": "whsec-1"}),
+               "hmac_secret": hmac_secret}),
     )
     .await;
     let (signed_id, signed_secret) = (text(&signed, "id"), text(&signed, "secret"));
     assert_eq!(signed["hmac"], true);
     let body = br#"{"event": "job.completed", "recipe_id": 5}"#;
-    let good = sign("whsec-1", body);
+    let timestamp_s = now_s();
+    let timestamp = timestamp_s.to_string();
+    let good = sign(hmac_secret, timestamp_s, body);
     let prefixed = format!("sha256={good}");
+    let stripe_form = format!("t={timestamp},v1={good}");
+    let other_time = sign(hmac_secret, timestamp_s - 1, body);
     let tampered = br#"{"event": "job.completed", "recipe_id": 6}"#;
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a [u8], StatusCode);
-    let cases: [Case; 5] = [
+    let cases: [Case; 8] = [
         (
-            &[("x-workato-signature", &good)],
+            &[
+                ("x-workato-signature", &good),
+                ("x-workato-timestamp", &timestamp),
+            ],
             body,
             StatusCode::ACCEPTED,
         ),
         (
-            &[("x-workato-signature", &prefixed)],
+            &[
+                ("x-workato-signature", &prefixed),
+                ("x-workato-timestamp", &timestamp),
+            ],
+            body,
+            StatusCode::ACCEPTED,
+        ),
+        (
+            &[("x-workato-signature", &stripe_form)],
             body,
             StatusCode::ACCEPTED,
         ),
         (&[], body, StatusCode::UNAUTHORIZED),
         (
-            &[("x-workato-signature", &sign("other", body))],
+            &[("x-workato-signature", &good)],
             body,
             StatusCode::UNAUTHORIZED,
         ),
         (
-            &[("x-workato-signature", &good)],
+            &[
+                (
+                    "x-workato-signature",
+                    &sign("another secret", timestamp_s, body),
+                ),
+                ("x-workato-timestamp", &timestamp),
+            ],
+            body,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            &[
+                ("x-workato-signature", &other_time),
+                ("x-workato-timestamp", &timestamp),
+            ],
+            body,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            &[("x-workato-signature", &stripe_form)],
             tampered,
             StatusCode::UNAUTHORIZED,
         ),
@@ -222,9 +269,9 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     for (headers, body, expected) in cases {
         let (status, answer) =
             deliver(&receiver, signed_id, Some(signed_secret), headers, body).await;
-        assert_eq!(status, expected, "{answer}");
+        assert_eq!(status, expected, "{headers:?}: {answer}");
     }
-    assert_eq!(events(&admin, "hooks").await.len(), 4);
+    assert_eq!(events(&admin, "hooks").await.len(), 5);
 
     // Rotation: the old secret stops working at once, the new one works.
     let (status, rotated) = admin
@@ -283,6 +330,94 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     assert_error(status, &gone, StatusCode::NOT_FOUND, "not_found");
     let (status, gone) = deliver(&receiver, &id, Some(new_secret), &[], b"{}").await;
     assert_error(status, &gone, StatusCode::NOT_FOUND, "not_found");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_deliveries_and_short_hmac_secrets_are_refused() {
+    let cluster = TestCluster::start(3).await;
+    let admin = Http::new(&cluster, 1);
+
+    // A secret short enough to brute-force from one delivery is refused,
+    // and neither the source nor the topic it named is created.
+    let (status, refused) = admin
+        .post(
+            "/api/ingest/sources",
+            json!({"name": "weak", "source_type": "generic", "topic": "weak-hooks",
+                   "hmac_secret": "0123456789abcde"}),
+        )
+        .await;
+    assert_error(status, &refused, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        text(&refused, "message").contains("at least 16 bytes"),
+        "{refused}"
+    );
+    let (status, list) = admin.send(Method::GET, "/api/ingest/sources", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["data"], json!([]), "{list}");
+    let (status, topic) = admin
+        .send(Method::GET, "/api/event_streams/topics/weak-hooks", None)
+        .await;
+    assert_error(status, &topic, StatusCode::NOT_FOUND, "not_found");
+
+    let hmac_secret = "0123456789abcdef";
+    let source = create_source(
+        &admin,
+        json!({"name": "replays", "source_type": "generic", "topic": "replay-hooks",
+               "hmac_secret": hmac_secret}),
+    )
+    .await;
+    let (id, secret) = (text(&source, "id"), text(&source, "secret"));
+    cluster.wait_partition_leaders("replay-hooks").await;
+
+    // Deliveries captured ten minutes ago, or signed by a clock ten
+    // minutes fast, are authentic but outside the tolerance.
+    let body = br#"{"transfer": 991, "amount": 5000}"#;
+    for skew_s in [-600, 600] {
+        let timestamp_s = now_s() + skew_s;
+        let signature = sign(hmac_secret, timestamp_s, body);
+        let timestamp = timestamp_s.to_string();
+        let stripe_form = format!("t={timestamp},v1={signature}");
+        let header_forms: [&[(&str, &str)]; 2] = [
+            &[
+                ("x-workato-signature", &signature),
+                ("x-workato-timestamp", &timestamp),
+            ],
+            &[("x-workato-signature", &stripe_form)],
+        ];
+        for node in [1, 2, 3] {
+            for headers in header_forms {
+                let http = Http::new(&cluster, node);
+                let (status, replay) = deliver(&http, id, Some(secret), headers, body).await;
+                assert_error(status, &replay, StatusCode::UNAUTHORIZED, "unauthorized");
+                assert_eq!(
+                    text(&replay, "message"),
+                    "X-Workato-Timestamp is outside the 300 s tolerance; \
+                     the delivery may be a replay",
+                    "node {node}, skew {skew_s} s"
+                );
+            }
+        }
+    }
+    assert!(
+        events(&admin, "replay-hooks").await.is_empty(),
+        "replays store nothing"
+    );
+
+    // The same delivery signed now is taken through every node, so the
+    // timestamp survives being forwarded to the partition's leader.
+    for node in [1, 2, 3] {
+        let timestamp_s = now_s();
+        let signature = sign(hmac_secret, timestamp_s, body);
+        let headers = [
+            ("x-workato-signature", signature.as_str()),
+            ("x-workato-timestamp", &timestamp_s.to_string()),
+        ];
+        let (status, accepted) =
+            deliver(&Http::new(&cluster, node), id, Some(secret), &headers, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "node {node}: {accepted}");
+    }
+    assert_eq!(events(&admin, "replay-hooks").await.len(), 3);
     cluster.shutdown().await;
 }
 

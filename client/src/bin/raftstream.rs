@@ -101,7 +101,7 @@ enum Command {
     /// Webhook ingestion sources and their events.
     #[command(
         subcommand,
-        after_help = "Examples:\n  raftstream ingest create crm-hooks --type workato --topic crm --hmac-secret s3cret\n  raftstream ingest tail src_0123abcd --follow"
+        after_help = "Examples:\n  raftstream ingest create crm-hooks --type workato --topic crm --hmac-secret whsec_0123456789abcdef\n  raftstream ingest tail src_0123abcd --follow"
     )]
     Ingest(IngestCommand),
     /// Print shell completions (bash, zsh, fish, ...).
@@ -270,7 +270,8 @@ enum IngestCommand {
         /// An existing topic (name or id), or the name of one to create.
         #[arg(long)]
         topic: String,
-        /// Require deliveries signed with this secret (X-Workato-Signature).
+        /// Require deliveries signed with this secret (X-Workato-Signature over
+        /// the timestamp and body); at least 16 bytes.
         #[arg(long)]
         hmac_secret: Option<String>,
         /// Copied into every event's tenantId.

@@ -78,9 +78,12 @@ pub struct CreateSource {
     /// creates a topic of one partition for the source.
     #[schema(min_length = 1)]
     pub topic: String,
-    /// When set, every delivery must carry `X-Workato-Signature`: the hex
-    /// HMAC-SHA256 of the raw body under this secret.
-    #[schema(min_length = 1)]
+    /// When set, every delivery must be signed: `X-Workato-Signature` is
+    /// the hex HMAC-SHA256 of `"{timestamp}.{raw body}"` under this secret,
+    /// the timestamp (Unix seconds, within 5 minutes of the node's clock)
+    /// in `X-Workato-Timestamp` or as `t=` in the signature. At least 16
+    /// bytes.
+    #[schema(min_length = 16)]
     pub hmac_secret: Option<String>,
     /// Copied into every event's `tenantId`; `default` when absent.
     pub tenant_id: Option<String>,
@@ -199,8 +202,8 @@ fn with_secret(headers: &HeaderMap, created: pb::SourceWithSecret) -> SourceWith
     responses(
         (status = 201, description = "The source and its secret, shown this once.",
             body = SourceWithSecret),
-        (status = 400, description = "`invalid_request`: malformed JSON or an invalid field.",
-            body = ErrorBody),
+        (status = 400, description = "`invalid_request`: malformed JSON or an invalid field, \
+            such as an `hmac_secret` shorter than 16 bytes.", body = ErrorBody),
         (status = 404, description = "`not_found`: no topic has this id.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
             body = ErrorBody),
@@ -386,10 +389,16 @@ async fn deliver(
     body: Bytes,
     flow: Option<pb::FlowRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    // The request has one signature field, which also reaches the
+    // partition's leader when the delivery is forwarded.
+    let signature = crate::ingest::signature::fold_timestamp_header(
+        text_header(headers, "x-workato-signature").as_deref(),
+        text_header(headers, "x-workato-timestamp").as_deref(),
+    );
     let request = pb::DeliverRequest {
         source_id,
         secret: source_secret(headers)?,
-        signature: text_header(headers, "x-workato-signature"),
+        signature,
         idempotency_key: text_header(headers, "idempotency-key"),
         body,
         flow,
@@ -417,8 +426,14 @@ async fn deliver(
     params(
         ("source_id" = String, Path, description = "The source's id."),
         ("X-Workato-Signature" = Option<String>, Header,
-            description = "Hex HMAC-SHA256 of the raw body (a `sha256=` prefix is accepted); \
-                required when the source has an HMAC secret."),
+            description = "Required when the source has an HMAC secret: the hex HMAC-SHA256 \
+                of `\"{timestamp}.{raw body}\"` under it, either as `t=<timestamp>,v1=<hex>` \
+                or as the hex alone (a `sha256=` prefix is accepted) with \
+                `X-Workato-Timestamp`."),
+        ("X-Workato-Timestamp" = Option<String>, Header,
+            description = "The Unix time in seconds the delivery was signed at, unless the \
+                signature carries it as `t=`. It must be within 300 s of the node's clock, \
+                either way, so a captured delivery cannot be replayed later."),
         ("Idempotency-Key" = Option<String>, Header,
             description = "A repeated delivery with the same key stores nothing new and \
                 answers the first delivery's event id."),
@@ -430,8 +445,9 @@ async fn deliver(
             body = Accepted),
         (status = 400, description = "`invalid_request`: the body is not JSON, or the \
             Idempotency-Key is malformed.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: a missing or wrong source secret, or a \
-            missing, malformed or wrong signature.", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: a missing or wrong source secret; a \
+            missing, malformed or wrong signature; a missing timestamp, or one more than 300 s \
+            from the node's clock (a possible replay).", body = ErrorBody),
         (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
         (status = 409, description = "`conflict`: the source's topic was deleted.",
             body = ErrorBody),

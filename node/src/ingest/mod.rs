@@ -20,6 +20,10 @@ const SOURCE_ID_PREFIX: &str = "src_";
 pub const MAX_DELIVERY_BYTES: usize = 1024 * 1024;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
+/// One captured delivery holds both a message and its MAC, so a short HMAC
+/// secret can be found from it offline by brute force.
+pub const HMAC_SECRET_MIN_BYTES: usize = 16;
+
 /// Message headers every ingested event carries; its key is the source id.
 pub const HEADER_SOURCE_ID: &str = "source-id";
 pub const HEADER_EVENT_ID: &str = "event-id";
@@ -47,6 +51,29 @@ pub fn last_four(secret: &str) -> String {
     chars[chars.len().saturating_sub(4)..].iter().collect()
 }
 
+/// A source's HMAC secret was refused; nothing was stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "hmac_secret must have at least {HMAC_SECRET_MIN_BYTES} bytes (it has {len_bytes}); \
+     leave it out for unsigned deliveries"
+)]
+pub struct HmacSecretTooShort {
+    pub len_bytes: usize,
+}
+
+/// Checks the HMAC secret a source is given, if any. Only new secrets are
+/// checked: a source already stored with a shorter one keeps working, and
+/// the metadata state machine, which must apply old log entries as it did,
+/// does not check this.
+pub fn validate_hmac_secret(hmac_secret: Option<&str>) -> Result<(), HmacSecretTooShort> {
+    match hmac_secret {
+        Some(secret) if secret.len() < HMAC_SECRET_MIN_BYTES => Err(HmacSecretTooShort {
+            len_bytes: secret.len(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Why a delivery was refused before anything was stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryRefused {
@@ -66,18 +93,22 @@ pub enum DeliveryRefused {
 
 /// Checks what a delivery presents: its secret, then its signature when
 /// the source has an HMAC secret, then the shape of its idempotency key.
+/// `signature` is `X-Workato-Signature` with `X-Workato-Timestamp` folded
+/// in (`signature::fold_timestamp_header`); `now_unix_s` is this node's
+/// clock, which the signed timestamp must be near.
 pub fn check_delivery(
     source: &IngestSource,
     secret: &str,
-    signature_header: Option<&str>,
+    signature: Option<&str>,
     body: &[u8],
     idempotency_key: Option<&str>,
+    now_unix_s: i64,
 ) -> Result<(), DeliveryRefused> {
     if !crate::auth::secret_matches(secret, &source.secret_hash) {
         return Err(DeliveryRefused::BadSecret);
     }
     if let Some(hmac_secret) = &source.hmac_secret {
-        signature::verify(hmac_secret.as_bytes(), body, signature_header)?;
+        signature::verify(hmac_secret.as_bytes(), body, signature, now_unix_s)?;
     }
     if body.len() > MAX_DELIVERY_BYTES {
         return Err(DeliveryRefused::TooLarge);
@@ -126,37 +157,68 @@ mod tests {
 
     #[test]
     fn deliveries_need_the_secret_a_signature_and_a_sane_key() {
+        const NOW_S: i64 = 1_712_345_678;
+        fn check(
+            source: &IngestSource,
+            secret: &str,
+            signature: Option<&str>,
+            body: &[u8],
+            key: Option<&str>,
+        ) -> Result<(), DeliveryRefused> {
+            check_delivery(source, secret, signature, body, key, NOW_S)
+        }
         let plain = source("rsi_good", None);
+        assert_eq!(check(&plain, "rsi_good", None, b"{}", None), Ok(()));
         assert_eq!(
-            check_delivery(&plain, "rsi_good", None, b"{}", None),
-            Ok(())
-        );
-        assert_eq!(
-            check_delivery(&plain, "rsi_bad", None, b"{}", None),
+            check(&plain, "rsi_bad", None, b"{}", None),
             Err(DeliveryRefused::BadSecret)
         );
-        let signed = source("rsi_good", Some("shh"));
+        let hmac_secret = "whsec-0123456789abcdef";
+        let signed = source("rsi_good", Some(hmac_secret));
         assert!(matches!(
-            check_delivery(&signed, "rsi_good", None, b"{}", None),
+            check(&signed, "rsi_good", None, b"{}", None),
             Err(DeliveryRefused::Signature(_))
         ));
-        let good = signature::sign(b"shh", b"{}");
+        let good = signature::signature_header(hmac_secret.as_bytes(), NOW_S, b"{}");
+        assert_eq!(check(&signed, "rsi_good", Some(&good), b"{}", None), Ok(()));
+        // The clock the caller passes is the one the timestamp is held to.
+        let later_s = NOW_S + signature::TIMESTAMP_TOLERANCE_S as i64 + 1;
         assert_eq!(
-            check_delivery(&signed, "rsi_good", Some(&good), b"{}", None),
-            Ok(())
+            check_delivery(&signed, "rsi_good", Some(&good), b"{}", None, later_s),
+            Err(DeliveryRefused::Signature(
+                signature::SignatureError::OutsideTolerance
+            ))
         );
         assert_eq!(
-            check_delivery(&plain, "rsi_good", None, b"{}", Some("bad\nkey")),
+            check(&plain, "rsi_good", None, b"{}", Some("bad\nkey")),
             Err(DeliveryRefused::InvalidIdempotencyKey)
         );
         assert_eq!(
-            check_delivery(&plain, "rsi_good", None, b"{}", Some(&"k".repeat(256))),
+            check(&plain, "rsi_good", None, b"{}", Some(&"k".repeat(256))),
             Err(DeliveryRefused::InvalidIdempotencyKey)
         );
         let big = vec![b' '; MAX_DELIVERY_BYTES + 1];
         assert_eq!(
-            check_delivery(&plain, "rsi_good", None, &big, None),
+            check(&plain, "rsi_good", None, &big, None),
             Err(DeliveryRefused::TooLarge)
         );
+    }
+
+    #[test]
+    fn hmac_secrets_need_sixteen_bytes() {
+        assert_eq!(validate_hmac_secret(None), Ok(()));
+        assert_eq!(validate_hmac_secret(Some("0123456789abcdef")), Ok(()));
+        assert_eq!(
+            validate_hmac_secret(Some("0123456789abcde")),
+            Err(HmacSecretTooShort { len_bytes: 15 })
+        );
+        assert_eq!(
+            validate_hmac_secret(Some("")),
+            Err(HmacSecretTooShort { len_bytes: 0 })
+        );
+        // Bytes, not characters: eight two-byte characters are enough.
+        assert_eq!(validate_hmac_secret(Some("éééééééé")), Ok(()));
+        let refused = HmacSecretTooShort { len_bytes: 6 }.to_string();
+        assert!(refused.contains("at least 16 bytes"), "{refused}");
     }
 }

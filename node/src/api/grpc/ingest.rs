@@ -235,6 +235,8 @@ impl Ingest for ClientService {
                 })
             }
         };
+        crate::ingest::validate_hmac_secret(request.hmac_secret.as_deref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         validate_source(&new_source(&request, String::new(), ""))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (request, topic) = (&request, &topic);
@@ -397,6 +399,7 @@ impl Ingest for ClientService {
             request.signature.as_deref(),
             &request.body,
             request.idempotency_key.as_deref(),
+            now_ms().div_euclid(1000),
         )
         .map_err(refused)?;
         let flow = request.flow.as_ref().map(|f| FlowRequest {
