@@ -95,6 +95,7 @@ impl Consumer {
             position: Some(self.next.to_pb()),
             max_messages: max,
             wait_ms: wait.as_millis().min(60_000) as u32,
+            max_bytes: 0,
         };
         let response = self
             .client

@@ -497,6 +497,7 @@ impl Workload {
                     }),
                     max_messages: 50,
                     wait_ms: 300,
+                    max_bytes: 0,
                 });
                 request.set_timeout(REQUEST_TIMEOUT);
                 let t0 = self.recorder.now_us();
@@ -856,6 +857,7 @@ pub async fn read_local(grpc: &mut Grpc, partition: u32) -> Result<(Vec<Msg>, u6
             }),
             max_messages: 1000,
             wait_ms: 0,
+            max_bytes: 0,
         });
         request.set_timeout(REQUEST_TIMEOUT);
         request.metadata_mut().insert(

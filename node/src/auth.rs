@@ -1,5 +1,8 @@
 //! API tokens: secrets are generated here, stored only as SHA-256 hashes in
-//! the replicated metadata, and checked in constant time.
+//! the replicated metadata, and checked in constant time. A token limited
+//! to topics keeps their ids, and reads that stay open re-check their token.
+
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -8,9 +11,13 @@ use sha2::Digest;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::api::TopicName;
+use crate::node::Node;
+use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::Scope;
 use crate::raft::types::TokenRecord;
+use crate::raft::types::TokenTopic;
 use crate::raft::types::Topic;
 
 /// Recognisable in logs and secret scanners.
@@ -62,7 +69,8 @@ impl TokenRecord {
         self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
     }
 
-    /// Whether this token may use `scope` on `topic` (by its name or id).
+    /// Whether this token may use `scope` on `topic`, which it names by id
+    /// (or, until resolved, by a legacy name).
     pub fn allows(&self, scope: Scope, topic: Option<&Topic>) -> Result<(), Denied> {
         if !self.has_scope(scope) {
             return Err(Denied::Scope(scope));
@@ -71,15 +79,133 @@ impl TokenRecord {
             return Ok(());
         }
         match topic {
-            Some(t)
-                if self
-                    .topics
-                    .iter()
-                    .any(|allowed| *allowed == t.name || *allowed == t.id.to_string()) =>
-            {
-                Ok(())
-            }
+            Some(t) if self.topics.iter().any(|allowed| allowed.is(t)) => Ok(()),
             _ => Err(Denied::Topic),
+        }
+    }
+
+    /// The token's topics as people name them: each topic's current name,
+    /// or the id of a topic that no longer exists.
+    pub fn topic_names(&self, meta: &MetaState) -> Vec<String> {
+        self.topics
+            .iter()
+            .map(|topic| match topic {
+                TokenTopic::Id(id) => meta
+                    .topics
+                    .get(id)
+                    .map_or_else(|| id.to_string(), |t| t.name.clone()),
+                TokenTopic::LegacyName(name) => name.clone(),
+            })
+            .collect()
+    }
+}
+
+impl TokenTopic {
+    pub fn is(&self, topic: &Topic) -> bool {
+        match self {
+            TokenTopic::Id(id) => *id == topic.id,
+            TokenTopic::LegacyName(name) => *name == topic.name,
+        }
+    }
+}
+
+/// The ids of the topics a new token is limited to, given by name or id,
+/// in order and without repeats; a topic that does not exist refuses the
+/// whole token. The token keeps the ids, so a rename neither takes a topic
+/// away from it nor gives it the topic that takes the old name.
+pub fn resolve_token_topics(
+    meta: &MetaState,
+    requested: &[String],
+) -> Result<Vec<u64>, MetaRejection> {
+    let mut ids: Vec<u64> = Vec::with_capacity(requested.len());
+    for text in requested {
+        let id = match TopicName::parse(text) {
+            TopicName::Id(id) if meta.topics.contains_key(&id) => id,
+            TopicName::Id(topic_id) => return Err(MetaRejection::TopicNotFound { topic_id }),
+            TopicName::Name(name) => match meta.topic_by_name(&name) {
+                Some(topic) => topic.id,
+                None => return Err(MetaRejection::TopicNameNotFound { name }),
+            },
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Why a caller admitted to a read that stays open (a stream, a long poll)
+/// may not read on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessLost {
+    #[error("token revoked")]
+    Revoked,
+    #[error("the token no longer allows this read")]
+    Denied(Denied),
+    /// The metadata group is gone: the node is stopping.
+    #[error("this node is shutting down; retry another")]
+    NodeStopping,
+}
+
+/// Whether token `token_id` may still use `scope` on topic `topic_id`
+/// (`None`: a topic this node has not resolved; then only the token and
+/// its scope are checked), by this metadata.
+pub fn still_allowed(
+    meta: &MetaState,
+    token_id: u64,
+    scope: Scope,
+    topic_id: Option<u64>,
+) -> Result<&TokenRecord, AccessLost> {
+    let token = meta.tokens.get(&token_id).ok_or(AccessLost::Revoked)?;
+    match topic_id {
+        Some(id) => token.allows(scope, meta.topics.get(&id)),
+        None if token.has_scope(scope) => Ok(()),
+        None => Err(Denied::Scope(scope)),
+    }
+    .map_err(AccessLost::Denied)?;
+    Ok(token)
+}
+
+/// A backstop to the metadata watch below: reads that stay open check
+/// their token at least this often.
+pub const ACCESS_RECHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Resolves once token `token_id` may no longer use `scope` on `topic_id`
+/// by this node's metadata, checked whenever the metadata changes and at
+/// least every [`ACCESS_RECHECK_INTERVAL`]. Reads that stay open race
+/// against it, so revoking a token ends them within a second rather than
+/// when they would have ended anyway. Only memory is read, never storage.
+pub async fn access_lost(
+    node: &Node,
+    token_id: u64,
+    scope: Scope,
+    topic_id: Option<u64>,
+) -> AccessLost {
+    let Some(meta) = node.meta_group() else {
+        return AccessLost::NodeStopping;
+    };
+    let mut changes = meta.state.subscribe();
+    let mut recheck = tokio::time::interval(ACCESS_RECHECK_INTERVAL);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        changes.borrow_and_update();
+        let verdict = node.with_metadata(|m| {
+            still_allowed(m, token_id, scope, topic_id)
+                .map(|_| ())
+                .err()
+        });
+        match verdict {
+            Some(None) => {}
+            Some(Some(lost)) => return lost,
+            None => return AccessLost::NodeStopping,
+        }
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return AccessLost::NodeStopping;
+                }
+            }
+            _ = recheck.tick() => {}
         }
     }
 }
@@ -88,16 +214,44 @@ impl TokenRecord {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::raft::types::RetentionPolicy;
 
-    fn token(id: u64, secret: &str, scopes: Vec<Scope>, topics: Vec<&str>) -> TokenRecord {
+    fn token(id: u64, secret: &str, scopes: Vec<Scope>, topics: Vec<TokenTopic>) -> TokenRecord {
         TokenRecord {
             id,
             name: format!("t{id}"),
             scopes,
-            topics: topics.into_iter().map(String::from).collect(),
+            topics,
             hash: hash_secret(secret),
             created_at_ms: 0,
         }
+    }
+
+    fn topic(id: u64, name: &str) -> Topic {
+        Topic {
+            id,
+            name: name.into(),
+            description: String::new(),
+            schema: None,
+            replication_factor: 1,
+            retention: RetentionPolicy {
+                retention_ms: None,
+                retention_bytes: None,
+            },
+            partitions: vec![vec![1]],
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            version: 1,
+        }
+    }
+
+    fn meta_with(topics: &[(u64, &str)]) -> MetaState {
+        let mut meta = MetaState::default();
+        for (id, name) in topics {
+            meta.topics.insert(*id, topic(*id, name));
+        }
+        meta.next_topic_id = topics.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
+        meta
     }
 
     #[test]
@@ -119,36 +273,128 @@ mod tests {
 
     #[test]
     fn scopes_and_topic_lists_are_enforced() {
-        let topic = Topic {
-            id: 4,
-            name: "orders".into(),
-            description: String::new(),
-            schema: None,
-            replication_factor: 1,
-            retention: crate::raft::types::RetentionPolicy {
-                retention_ms: None,
-                retention_bytes: None,
-            },
-            partitions: vec![vec![1]],
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            version: 1,
-        };
-        let publisher = token(1, "s", vec![Scope::Publish], vec!["orders"]);
-        assert_eq!(publisher.allows(Scope::Publish, Some(&topic)), Ok(()));
+        let orders = topic(4, "orders");
+        let publisher = token(1, "s", vec![Scope::Publish], vec![TokenTopic::Id(4)]);
+        assert_eq!(publisher.allows(Scope::Publish, Some(&orders)), Ok(()));
         assert_eq!(
-            publisher.allows(Scope::Consume, Some(&topic)),
+            publisher.allows(Scope::Consume, Some(&orders)),
             Err(Denied::Scope(Scope::Consume))
         );
-        let by_id = token(2, "s", vec![Scope::Consume], vec!["4"]);
-        assert_eq!(by_id.allows(Scope::Consume, Some(&topic)), Ok(()));
-        let elsewhere = token(3, "s", vec![Scope::Admin], vec!["payments"]);
+        let elsewhere = token(3, "s", vec![Scope::Admin], vec![TokenTopic::Id(9)]);
         assert_eq!(
-            elsewhere.allows(Scope::Publish, Some(&topic)),
+            elsewhere.allows(Scope::Publish, Some(&orders)),
             Err(Denied::Topic)
         );
         assert_eq!(elsewhere.allows(Scope::Publish, None), Err(Denied::Topic));
         let admin = token(4, "s", vec![Scope::Admin], vec![]);
         assert_eq!(admin.allows(Scope::Consume, None), Ok(()));
+    }
+
+    #[test]
+    fn token_topics_resolve_to_ids_by_name_or_id_without_repeats() {
+        let meta = meta_with(&[(3, "orders"), (4, "payments")]);
+        let check = |requested: &[&str]| {
+            let requested: Vec<String> = requested.iter().map(|t| t.to_string()).collect();
+            resolve_token_topics(&meta, &requested)
+        };
+        assert_eq!(check(&[]), Ok(vec![]));
+        assert_eq!(check(&["payments", "3"]), Ok(vec![4, 3]));
+        assert_eq!(check(&["orders", "3", "orders"]), Ok(vec![3]));
+        assert_eq!(
+            check(&["orders", "refunds"]),
+            Err(MetaRejection::TopicNameNotFound {
+                name: "refunds".into()
+            })
+        );
+        assert_eq!(
+            check(&["9"]),
+            Err(MetaRejection::TopicNotFound { topic_id: 9 })
+        );
+        assert_eq!(
+            check(&[""]),
+            Err(MetaRejection::TopicNameNotFound { name: "".into() })
+        );
+    }
+
+    #[test]
+    fn a_renamed_topic_stays_allowed_and_a_new_topic_with_its_old_name_does_not() {
+        let reader = token(1, "s", vec![Scope::Consume], vec![TokenTopic::Id(3)]);
+        let renamed = topic(3, "b");
+        let new_with_old_name = topic(4, "a");
+        assert_eq!(reader.allows(Scope::Consume, Some(&renamed)), Ok(()));
+        assert_eq!(
+            reader.allows(Scope::Consume, Some(&new_with_old_name)),
+            Err(Denied::Topic)
+        );
+        // A name stored before tokens kept ids means the topic bearing it
+        // now, as it always did, until the leader resolves it to an id.
+        let legacy = token(
+            2,
+            "s",
+            vec![Scope::Consume],
+            vec![TokenTopic::LegacyName("a".into())],
+        );
+        assert_eq!(
+            legacy.allows(Scope::Consume, Some(&new_with_old_name)),
+            Ok(())
+        );
+        assert_eq!(
+            legacy.allows(Scope::Consume, Some(&renamed)),
+            Err(Denied::Topic)
+        );
+    }
+
+    #[test]
+    fn token_topics_are_shown_by_their_current_names() {
+        let meta = meta_with(&[(3, "renamed")]);
+        let limited = token(
+            1,
+            "s",
+            vec![Scope::Consume],
+            vec![
+                TokenTopic::Id(3),
+                TokenTopic::Id(8),
+                TokenTopic::LegacyName("old".into()),
+            ],
+        );
+        assert_eq!(limited.topic_names(&meta), vec!["renamed", "8", "old"]);
+    }
+
+    #[test]
+    fn open_reads_lose_access_when_the_token_is_revoked_or_no_longer_allows_them() {
+        let mut meta = meta_with(&[(3, "orders"), (4, "payments")]);
+        meta.tokens.insert(
+            1,
+            token(1, "s", vec![Scope::Consume], vec![TokenTopic::Id(3)]),
+        );
+        assert_eq!(
+            still_allowed(&meta, 1, Scope::Consume, Some(3)).unwrap().id,
+            1
+        );
+        assert_eq!(
+            still_allowed(&meta, 1, Scope::Consume, Some(4)).unwrap_err(),
+            AccessLost::Denied(Denied::Topic)
+        );
+        assert_eq!(
+            still_allowed(&meta, 1, Scope::Publish, Some(3)).unwrap_err(),
+            AccessLost::Denied(Denied::Scope(Scope::Publish))
+        );
+        // A topic this node has not resolved: the token and scope still count.
+        assert!(still_allowed(&meta, 1, Scope::Consume, None).is_ok());
+        assert_eq!(
+            still_allowed(&meta, 1, Scope::Publish, None).unwrap_err(),
+            AccessLost::Denied(Denied::Scope(Scope::Publish))
+        );
+        // A deleted topic is no longer one the token may read.
+        meta.topics.remove(&3);
+        assert_eq!(
+            still_allowed(&meta, 1, Scope::Consume, Some(3)).unwrap_err(),
+            AccessLost::Denied(Denied::Topic)
+        );
+        meta.tokens.remove(&1);
+        assert_eq!(
+            still_allowed(&meta, 1, Scope::Consume, None).unwrap_err(),
+            AccessLost::Revoked
+        );
     }
 }

@@ -160,19 +160,53 @@ pub struct Limits {
     pub retention_interval_ms: u64,
     /// Requests per second one HTTP token may make; unlimited when absent.
     pub rate_limit_per_sec: Option<u32>,
+    /// The largest gRPC request the public listener decodes; a larger one
+    /// is refused (RESOURCE_EXHAUSTED) before it is read into memory.
+    pub max_request_bytes: usize,
+    /// The most bytes of keys, values and headers one read returns (a
+    /// consume, a long poll, one step of a subscription).
+    pub max_read_bytes: usize,
+    /// Long polls (consumes that wait) parked on this node at once; more
+    /// are refused with RESOURCE_EXHAUSTED / HTTP 429.
+    pub max_long_polls: usize,
+    /// Open Subscribe streams on this node at once; more are refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_subscriptions: usize,
+    /// Concurrent calls (HTTP/2 streams) one client connection may have.
+    pub max_streams_per_connection: u32,
+    /// The longest a public gRPC call may take to be answered (a stream's
+    /// messages are not bounded, only its start). Longer than any long poll.
+    pub request_timeout_ms: u64,
+    /// Publishes and webhook deliveries are refused (RESOURCE_EXHAUSTED,
+    /// HTTP 507) while the data directory's file system has less free than
+    /// this, so the disk never fills: a node whose disk is full stops.
+    /// Metadata changes still go through, so topics can be deleted or their
+    /// retention shortened to free space.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 1024 * 1024,
-            max_batch_bytes: 64 * 1024 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
             write_timeout_ms: 10_000,
             retention_interval_ms: 5_000,
             rate_limit_per_sec: None,
+            max_request_bytes: 8 * 1024 * 1024,
+            max_read_bytes: 4 * 1024 * 1024,
+            max_long_polls: 4096,
+            max_subscriptions: 1024,
+            max_streams_per_connection: 1024,
+            request_timeout_ms: 120_000,
+            min_free_disk_bytes: 512 * 1024 * 1024,
         }
     }
 }
+
+/// What a publish request carries besides its records' bytes (record
+/// framing, topic, producer ids), at most.
+pub const REQUEST_FRAMING_BYTES: usize = 256 * 1024;
 
 /// Parses `1=127.0.0.1:50051,2=127.0.0.1:50052`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
@@ -219,6 +253,28 @@ impl NodeConfig {
                 "the peer listener {} is not on loopback: give it mutual TLS ([peer_tls], \
                  --peer-tls-*) or, on a network only cluster nodes reach, set insecure_peers",
                 self.peer_addr
+            ));
+        }
+        let l = &self.limits;
+        if l.max_batch_bytes + REQUEST_FRAMING_BYTES > l.max_request_bytes {
+            return Err(format!(
+                "max_batch_bytes ({}) must leave {REQUEST_FRAMING_BYTES} bytes of max_request_bytes \
+                 ({}) for the request's framing",
+                l.max_batch_bytes, l.max_request_bytes
+            ));
+        }
+        if l.max_message_bytes > l.max_batch_bytes {
+            return Err("max_message_bytes must not exceed max_batch_bytes".into());
+        }
+        if l.max_read_bytes == 0 || l.max_long_polls == 0 || l.max_subscriptions == 0 {
+            return Err(
+                "max_read_bytes, max_long_polls and max_subscriptions must be positive".into(),
+            );
+        }
+        if l.request_timeout_ms <= u64::from(crate::api::grpc::MAX_WAIT_MS) + l.write_timeout_ms {
+            return Err(format!(
+                "request_timeout_ms must exceed the longest long poll ({} ms) plus write_timeout_ms",
+                crate::api::grpc::MAX_WAIT_MS
             ));
         }
         for (listener, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {

@@ -235,6 +235,12 @@ async fn shutdown_requested() {
     let _ = ctrl_c.await;
 }
 
+/// The exit status after a failed write or fsync (sysexits' EX_IOERR), so a
+/// supervisor restarts the node and recovery replays what was fsynced.
+const EXIT_STORAGE_FAILED: i32 = 74;
+/// How long a node whose storage failed waits for its listeners to close.
+const STOP_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// openraft warns of every failed heartbeat: one per group, follower and
 /// interval, which with a peer down or busy and 1,000 groups is thousands of
 /// lines a second saying only that the peer is slow. Replication errors
@@ -274,7 +280,15 @@ async fn main() -> anyhow::Result<()> {
         running.http_addr,
         running.peer_addr
     );
-    shutdown_requested().await;
+    let storage_failed = tokio::select! {
+        _ = shutdown_requested() => false,
+        // The node has logged why and stopped its groups.
+        _ = running.node.failed() => true,
+    };
+    if storage_failed {
+        let _ = tokio::time::timeout(STOP_AFTER_FAILURE, running.shutdown()).await;
+        std::process::exit(EXIT_STORAGE_FAILED);
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

@@ -12,11 +12,15 @@ use openraft::BasicNode;
 use openraft::SnapshotPolicy;
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::RwLock;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
 use crate::api::ProposalOrder;
 use crate::api::WriteError;
+use crate::api::schema::SchemaCache;
 use crate::config::NodeConfig;
+use crate::disk::DiskSpace;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::quiesce::QuiesceTimings;
@@ -86,6 +90,64 @@ impl Group {
     }
 }
 
+/// Slots for the reads that stay open on a node: each holds a task, a
+/// wake-up subscription and, for a subscription, a buffer of messages.
+/// Without a bound, clients could park reads until memory runs out.
+#[derive(Debug)]
+pub struct ReadSlots {
+    long_polls: (Arc<Semaphore>, usize),
+    subscriptions: (Arc<Semaphore>, usize),
+}
+
+/// A read's slot, given back when dropped.
+#[derive(Debug)]
+pub struct ReadSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Every slot of that kind is taken.
+#[derive(Debug, thiserror::Error)]
+#[error("{limit} {kind} are open on this node already, its limit; retry later or on another node")]
+pub struct NoReadSlot {
+    kind: &'static str,
+    limit: usize,
+}
+
+impl ReadSlots {
+    fn new(limits: &crate::config::Limits) -> ReadSlots {
+        let slots = |n: usize| (Arc::new(Semaphore::new(n)), n);
+        ReadSlots {
+            long_polls: slots(limits.max_long_polls),
+            subscriptions: slots(limits.max_subscriptions),
+        }
+    }
+
+    pub fn long_poll(&self) -> Result<ReadSlot, NoReadSlot> {
+        Self::take(&self.long_polls, "long polls")
+    }
+
+    pub fn subscription(&self) -> Result<ReadSlot, NoReadSlot> {
+        Self::take(&self.subscriptions, "subscriptions")
+    }
+
+    /// Long polls parked now.
+    pub fn long_polls_open(&self) -> usize {
+        let (slots, limit) = &self.long_polls;
+        limit.saturating_sub(slots.available_permits())
+    }
+
+    fn take(
+        (slots, limit): &(Arc<Semaphore>, usize),
+        kind: &'static str,
+    ) -> Result<ReadSlot, NoReadSlot> {
+        let permit = slots.clone().try_acquire_owned().map_err(|_| NoReadSlot {
+            kind,
+            limit: *limit,
+        })?;
+        Ok(ReadSlot { _permit: permit })
+    }
+}
+
 /// How long an unknown token or source waits for metadata still on its way.
 const METADATA_PROPAGATION_WAIT: Duration = Duration::from_millis(750);
 
@@ -96,6 +158,14 @@ pub struct Node {
     /// Node id → the public gRPC address it reported last (its own from
     /// the start): `peers` names peer listeners, which clients cannot use.
     pub client_addrs: RwLock<BTreeMap<NodeId, String>>,
+    /// Bounds on reads parked on this node (`Limits::max_long_polls`,
+    /// `max_subscriptions`).
+    pub read_slots: ReadSlots,
+    /// Free space on the data directory's disk, checked every second.
+    pub disk: DiskSpace,
+    /// Topics' compiled JSON Schemas, shared by the gRPC service and the
+    /// gateway, and the bound on validations running at once.
+    pub schemas: SchemaCache,
     raft_config: Arc<openraft::Config>,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
@@ -119,6 +189,9 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         let own_client_addr = [(config.node_id, config.grpc_addr.to_string())].into();
+        let read_slots = ReadSlots::new(&config.limits);
+        // Measured first when its loop starts, right after the storage opens.
+        let disk = DiskSpace::new(&config.data_dir, config.limits.min_free_disk_bytes);
         let peer_tls = config
             .peer_tls
             .as_ref()
@@ -168,6 +241,9 @@ impl Node {
             storage,
             pool: PeerPool::new(peer_tls),
             client_addrs: RwLock::new(own_client_addr),
+            read_slots,
+            disk,
+            schemas: SchemaCache::default(),
             raft_config: Arc::new(raft_config),
             groups: RwLock::new(HashMap::new()),
             round_robin: AtomicU64::new(0),
@@ -178,7 +254,10 @@ impl Node {
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().retention_loop());
         tokio::spawn(node.clone().quiesce_loop());
+        tokio::spawn(node.clone().disk_space_loop());
+        tokio::spawn(node.clone().stop_on_storage_failure());
         tokio::spawn(node.clone().bootstrap_admin_token());
+        tokio::spawn(node.clone().resolve_token_topic_names());
         Ok(node)
     }
 
@@ -719,7 +798,91 @@ impl Node {
         }
     }
 
+    /// Tokens stored before tokens kept topic ids hold topic names. The
+    /// metadata leader proposes `ResolveTokenTopicNames` whenever its
+    /// metadata holds any, so every replica turns them into ids at one log
+    /// index; converting at load instead would resolve each replica against
+    /// whatever it had applied, and replicas could disagree.
+    async fn resolve_token_topic_names(self: Arc<Self>) {
+        let Some(meta) = self.meta_group() else {
+            return;
+        };
+        let mut changes = meta.state.subscribe();
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let is_leader = meta.leader().is_some_and(|(leader, _)| leader == self.id());
+            if is_leader && self.with_metadata(MetaState::has_token_topic_names) == Some(true) {
+                let command =
+                    crate::raft::types::Command::Meta(MetaCommand::ResolveTokenTopicNames);
+                if let Err(e) = self.write(&meta, command).await {
+                    tracing::warn!(error = %e, "resolving token topic names failed; retrying");
+                }
+            }
+            // Woken by every metadata change: an older log entry replayed
+            // after start can still create a token with topic names.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     /// Stops every group and the background tasks.
+    /// Why this node stopped serving on its own: its storage failed.
+    pub fn failure(&self) -> Option<String> {
+        self.storage.failure().borrow().clone()
+    }
+
+    /// Returns once this node's storage has failed, with the reason.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.storage.failure();
+        let reason = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The storage, and so the node, is gone: it never fails now.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// A failed write or fsync means the disk is no longer trusted: the
+    /// node stops serving at once instead of staying up with frozen groups.
+    /// `/readyz` answers 503 from that moment; `raftstream-node` then exits
+    /// non-zero so a supervisor restarts it, and recovery replays what was
+    /// fsynced.
+    async fn stop_on_storage_failure(self: Arc<Self>) {
+        let mut shutdown = self.shutdown_signal();
+        let reason = tokio::select! {
+            // A failure that stops the node is logged whoever stops it.
+            biased;
+            reason = self.failed() => reason,
+            _ = shutdown.changed() => return,
+        };
+        tracing::error!(
+            reason = %reason,
+            "storage failed; this node stops serving (restart it once the disk is healthy)"
+        );
+        self.shutdown().await;
+    }
+
+    /// Measures the free disk space every second, off the async workers.
+    async fn disk_space_loop(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let node = self.clone();
+            let _ = tokio::task::spawn_blocking(move || node.disk.check()).await;
+        }
+    }
+
     pub async fn shutdown(&self) {
         self.shutdown_tx.send_replace(true);
         let ids: Vec<GroupId> = self.groups.read().keys().copied().collect();

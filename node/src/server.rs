@@ -3,9 +3,11 @@
 use raftstream_proto::http2;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::transport::ServerTlsConfig;
 use tower::Layer;
 
@@ -31,6 +33,9 @@ pub enum ServerError {
     },
 }
 
+/// Concurrent calls one peer connection may carry.
+const PEER_STREAMS_PER_CONNECTION: u32 = 8192;
+
 /// A running node and its listeners.
 #[derive(Debug)]
 pub struct RunningNode {
@@ -38,6 +43,10 @@ pub struct RunningNode {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub peer_addr: SocketAddr,
+    /// Closes the listeners. Separate from the node's own shutdown: a node
+    /// whose storage failed stops its groups but keeps answering, 503 on
+    /// `/readyz`, until its owner stops it.
+    stop_listeners: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -107,6 +116,7 @@ impl RunningNode {
             .map(tls::public_http)
             .transpose()?;
         let node = Node::start(config).await?;
+        let stop_listeners = watch::Sender::new(false);
 
         let public_services = tonic::service::Routes::new(
             MarkForwardedLayer.layer(ClientService::public(node.clone()).into_server()),
@@ -122,15 +132,37 @@ impl RunningNode {
         let peer_services = tonic::service::Routes::new(transport)
             .add_service(ClientService::peer(node.clone()).into_server())
             .add_service(ClientService::peer(node.clone()).into_ingest_server());
+        let limits = &node.config.limits;
+        let public_server = http2::server(tonic::transport::Server::builder())
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .timeout(Duration::from_millis(limits.request_timeout_ms));
+        // Peers carry every group's replication on one connection, and
+        // cancel many calls at once when many groups elect: their calls
+        // wait for a stream instead of failing, so the cap is generous.
+        let peer_server = http2::server(tonic::transport::Server::builder())
+            .max_concurrent_streams(PEER_STREAMS_PER_CONNECTION);
         let grpc = serve_grpc(
-            &node,
+            stop_listeners.subscribe(),
             "public gRPC",
+            public_server,
             listeners.grpc,
             public_grpc_tls,
             public_services,
         )?;
-        let peer = serve_grpc(&node, "peer", listeners.peer, peer_tls, peer_services)?;
-        let http = serve_http(&node, listeners.http, public_http_tls)?;
+        let peer = serve_grpc(
+            stop_listeners.subscribe(),
+            "peer",
+            peer_server,
+            listeners.peer,
+            peer_tls,
+            peer_services,
+        )?;
+        let http = serve_http(
+            &node,
+            stop_listeners.subscribe(),
+            listeners.http,
+            public_http_tls,
+        )?;
         tracing::info!(
             node = node.id(),
             %grpc_addr,
@@ -145,12 +177,14 @@ impl RunningNode {
             grpc_addr,
             http_addr,
             peer_addr,
+            stop_listeners,
             tasks: vec![grpc, peer, http],
         })
     }
 
     /// Stops serving, stops every Raft group and waits for the listeners.
     pub async fn shutdown(self) {
+        self.stop_listeners.send_replace(true);
         self.node.shutdown().await;
         for task in self.tasks {
             let _ = task.await;
@@ -158,21 +192,21 @@ impl RunningNode {
     }
 }
 
-/// Serves `services` on `listener` until the node shuts down.
+/// Serves `services` on `listener` until `shutdown` turns true.
 fn serve_grpc(
-    node: &Arc<Node>,
+    mut shutdown: watch::Receiver<bool>,
     name: &'static str,
+    server: tonic::transport::Server,
     listener: TcpListener,
     tls: Option<ServerTlsConfig>,
     services: tonic::service::Routes,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
-    let mut server = http2::server(tonic::transport::Server::builder()).tcp_nodelay(true);
+    let mut server = server.tcp_nodelay(true);
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)
             .map_err(|e| ServerError::Tls(crate::tls::TlsError::Config(e.to_string())))?;
     }
-    let mut shutdown = node.shutdown_signal();
     // serve_with_incoming ignores the builder's tcp_nodelay, so the
     // accepted sockets get it here. Without it, Nagle held back the second
     // small write of a response until the peer's delayed ACK (40 ms):
@@ -195,10 +229,10 @@ fn serve_grpc(
 /// until the node shuts down.
 fn serve_http(
     node: &Arc<Node>,
+    mut shutdown: watch::Receiver<bool>,
     listener: TcpListener,
     tls: Option<rustls::ServerConfig>,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
-    let mut shutdown = node.shutdown_signal();
     let app = crate::gateway::router(node.clone());
     let Some(tls) = tls else {
         return Ok(tokio::spawn(async move {
@@ -230,7 +264,7 @@ fn serve_http(
     let stopping = handle.clone();
     tokio::spawn(async move {
         let _ = shutdown.changed().await;
-        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        stopping.graceful_shutdown(Some(Duration::from_secs(5)));
     });
     Ok(tokio::spawn(async move {
         let result = server.handle(handle).serve(app.into_make_service()).await;

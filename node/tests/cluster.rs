@@ -64,6 +64,7 @@ async fn publish_through_any_node_reads_identical_sequence_from_every_node() {
                     position: at_offset(0),
                     max_messages: 1,
                     wait_ms: 0,
+                    max_bytes: 0,
                 })
                 .await
                 .unwrap()
@@ -107,23 +108,7 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_messages() {
     // The first publish after the loss may meet the election: retry until
     // the new leader takes it. A failed attempt was never acknowledged.
     let started = std::time::Instant::now();
-    eventually(
-        "a publish on the new leader",
-        Duration::from_secs(15),
-        || {
-            let mut client = client.clone();
-            async move {
-                client
-                    .publish(pb::PublishRequest {
-                        topic: topic("events"),
-                        record: record("after-0"),
-                    })
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await;
+    publish_until_acked(&client, "events", "after-0", Duration::from_secs(15)).await;
     let failover = started.elapsed();
     acked.push("after-0".into());
     for i in 1..10 {
@@ -294,6 +279,7 @@ async fn replay_by_offset_message_id_and_timestamp_returns_exactly_the_right_mes
         }),
         max_messages: 100,
         wait_ms: 0,
+        max_bytes: 0,
     };
     let by_offset = client
         .consume(consume(pb::position::Position::Offset(4)))
@@ -353,6 +339,7 @@ async fn long_poll_returns_as_soon_as_a_message_commits() {
                 position: at_offset(0),
                 max_messages: 10,
                 wait_ms: 30_000,
+                max_bytes: 0,
             })
             .await
             .unwrap()
@@ -559,6 +546,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             position: None,
             max_messages: 1,
             wait_ms: 60_001,
+            max_bytes: 0,
         })
         .await
         .unwrap_err();
@@ -574,6 +562,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
                     position: at_offset(0),
                     max_messages: 100,
                     wait_ms: 0,
+                    max_bytes: 0,
                 })
                 .await
                 .unwrap()
@@ -619,6 +608,7 @@ async fn topics_update_purge_and_delete_through_a_follower() {
             position: None,
             max_messages: 10,
             wait_ms: 0,
+            max_bytes: 0,
         })
         .await
         .unwrap()
@@ -698,6 +688,7 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
             position: None,
             max_messages: 100,
             wait_ms: 0,
+            max_bytes: 0,
         })
         .await
         .unwrap()
@@ -776,19 +767,7 @@ async fn without_quorum_a_publish_gets_a_clear_status_and_the_node_recovers() {
     cluster.restart(2).await;
     cluster.restart(3).await;
     cluster.wait_ready().await;
-    eventually("publishes again", Duration::from_secs(20), || {
-        let mut client = client.clone();
-        async move {
-            client
-                .publish(pb::PublishRequest {
-                    topic: topic("quorum"),
-                    record: record("after"),
-                })
-                .await
-                .ok()
-        }
-    })
-    .await;
+    publish_until_acked(&client, "quorum", "after", Duration::from_secs(20)).await;
     let read = values(&read_all(&mut client, "quorum", 0, 2).await);
     assert_eq!(read.first().map(String::as_str), Some("before"));
     assert_eq!(read.last().map(String::as_str), Some("after"));
@@ -857,6 +836,7 @@ async fn shutting_down_ends_parked_long_polls() {
                 position: at_offset(0),
                 max_messages: 10,
                 wait_ms: 60_000,
+                max_bytes: 0,
             })
             .await
     });
@@ -1063,6 +1043,7 @@ async fn grpc_calls_need_a_token_with_the_right_scope_and_topic() {
                 position: at_offset(0),
                 max_messages: 1,
                 wait_ms: 0,
+                max_bytes: 0,
             })
             .await
             .unwrap_err();

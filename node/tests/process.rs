@@ -297,6 +297,7 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
                 }),
                 max_messages: 1000,
                 wait_ms: 5_000,
+                max_bytes: 0,
             })
             .await
             .unwrap()
@@ -392,6 +393,7 @@ async fn a_cluster_on_tls_serves_clients_and_refuses_peers_without_a_cluster_cer
                         position: common::at_offset(0),
                         max_messages: 1000,
                         wait_ms: 0,
+                        max_bytes: 0,
                     })
                     .await
                     .ok()?
@@ -470,4 +472,175 @@ async fn a_cluster_on_tls_serves_clients_and_refuses_peers_without_a_cluster_cer
             assert!(answer.is_err(), "a plain-text call was served");
         }
     }
+}
+
+/// A tmpfs of a few MiB, mounted for the life of the guard: a disk that
+/// really fills. Mounting needs root, as jepsen-lite does.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, mib: u64) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            mounted.status.success(),
+            "mounting a tmpfs (this test needs root): {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        SmallDisk {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let stats = nix::sys::statvfs::statvfs(&self.path).unwrap();
+        stats.blocks_available() * stats.fragment_size()
+    }
+
+    /// Writes zeros into `ballast` until `leave` bytes are free, or the
+    /// disk is full.
+    fn fill(&self, leave: u64) {
+        use std::io::Write;
+        let mut ballast = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path.join("ballast"))
+            .unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while self.free_bytes() > leave {
+            if ballast.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = ballast.sync_all();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_refuses_publishes_near_a_full_disk_and_exits_when_a_write_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("disk"), 64);
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let peer = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            node_id = 1
+            grpc_addr = "{grpc}"
+            http_addr = "127.0.0.1:{http}"
+            peer_addr = "{peer}"
+            data_dir = "{data}"
+            [peers]
+            1 = "{peer}"
+            [limits]
+            min_free_disk_bytes = {headroom}
+            "#,
+            http = free_port(),
+            data = disk.path.join("node").display(),
+            headroom = 16 * 1024 * 1024,
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("node.log");
+    let mut child = Command::new(NODE_BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+        // The node logs to stdout.
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = eventually("node accepts connections", Duration::from_secs(30), || {
+        let grpc = grpc.clone();
+        async move {
+            raftstream_client::connect(&grpc, Some(ADMIN_TOKEN))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let create = |name: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .create_topic(pb::CreateTopicRequest {
+                    name: name.into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    eventually("topic created", Duration::from_secs(30), || async {
+        create("filling").await.ok()
+    })
+    .await;
+    eventually("a publish", Duration::from_secs(30), || {
+        publish(&client, "filling", "before".into())
+    })
+    .await;
+
+    // Under the headroom: publishes are refused with a clear error, and
+    // nothing is written.
+    disk.fill(8 * 1024 * 1024);
+    let refused = eventually("publishes refused", Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish(pb::PublishRequest {
+                    topic: topic("filling"),
+                    record: record("refused"),
+                })
+                .await
+                .err()
+                .filter(|s| s.code() == tonic::Code::ResourceExhausted)
+        }
+    })
+    .await;
+    assert!(refused.message().contains("headroom"), "{refused:?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the node stopped early"
+    );
+
+    // A full disk: the next write that still goes through (a metadata
+    // change) fails, and the node exits non-zero with one clear line.
+    disk.fill(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node kept running on a full disk; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), create("more")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(74), "{log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("storage failed; this node stops serving"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
 }

@@ -10,6 +10,13 @@ pub mod codec;
 /// carries no meaning.
 pub const FORWARDED_HEADER: &str = "x-raftstream-forwarded";
 
+/// Status metadata that tells apart errors sharing a gRPC code, for the HTTP
+/// gateway and clients; its values are the constants below.
+pub const ERROR_KIND_HEADER: &str = "x-raftstream-error";
+/// RESOURCE_EXHAUSTED because the node's disk is nearly full (HTTP 507),
+/// not a rate or concurrency limit (HTTP 429).
+pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
+
 /// HTTP/2 settings of every Raftstream connection, client and server side.
 ///
 /// h2's defaults (16 KiB frames; hyper's 1 MiB windows on a server) cut a 1 MiB publish

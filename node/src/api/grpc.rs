@@ -26,6 +26,9 @@ use crate::api::read::ReadBatch;
 use crate::api::read::ReadError;
 use crate::api::read::StartAt;
 use crate::api::read::read_or_wait;
+use crate::api::schema::SchemaError;
+use crate::api::schema::TopicSchema;
+use crate::api::schema::ValuesChecked;
 use crate::node::Group;
 use crate::node::Node;
 use crate::node::now_ms;
@@ -38,6 +41,7 @@ use crate::raft::types::CommitWriter;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
+use crate::raft::types::MetaState;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
 use crate::raft::types::Scope;
@@ -114,6 +118,46 @@ impl Caller {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The caller as this node's metadata has it now, if it may still use
+    /// `scope` on `topic_id`: reads that stay open call this before every
+    /// batch, so a revoked token ends them even while messages flow.
+    fn refreshed(
+        &self,
+        node: &Node,
+        scope: Scope,
+        topic_id: Option<u64>,
+    ) -> Result<Caller, Status> {
+        match self {
+            Caller::Node => Ok(Caller::Node),
+            Caller::Token(token) => node
+                .with_metadata(|m| {
+                    crate::auth::still_allowed(m, token.id, scope, topic_id)
+                        .map(|token| Caller::Token(token.clone()))
+                        .map_err(access_lost_status)
+                })
+                .unwrap_or_else(|| Err(access_lost_status(crate::auth::AccessLost::NodeStopping))),
+        }
+    }
+
+    /// Resolves with the status to end a read with once the caller may no
+    /// longer use `scope` on `topic_id`; never for a node.
+    async fn access_lost(&self, node: &Node, scope: Scope, topic_id: Option<u64>) -> Status {
+        match self {
+            Caller::Node => std::future::pending().await,
+            Caller::Token(token) => {
+                access_lost_status(crate::auth::access_lost(node, token.id, scope, topic_id).await)
+            }
+        }
+    }
+}
+
+fn access_lost_status(why: crate::auth::AccessLost) -> Status {
+    match why {
+        crate::auth::AccessLost::Revoked => Status::unauthenticated(why.to_string()),
+        crate::auth::AccessLost::Denied(denied_why) => denied(denied_why),
+        crate::auth::AccessLost::NodeStopping => Status::unavailable(why.to_string()),
     }
 }
 
@@ -220,6 +264,51 @@ impl ClientService {
         Ok(Caller::Token(token))
     }
 
+    /// Whether this node checks a call's values against the topic's
+    /// schema. The node a client called checks them, once: a forwarded call
+    /// (peer listener) was checked there, and the gateway checks its
+    /// payloads itself, item by item, and says so.
+    fn schema_check<T>(&self, request: &Request<T>) -> SchemaCheck {
+        match self.trust {
+            Trust::Public => SchemaCheck::Here,
+            Trust::Peer => SchemaCheck::Done,
+            Trust::InProcess if request.extensions().get::<ValuesChecked>().is_some() => {
+                SchemaCheck::Done
+            }
+            Trust::InProcess => SchemaCheck::Here,
+        }
+    }
+
+    /// Refuses values that the topic's JSON Schema does not accept: each
+    /// must be JSON satisfying it. Topics without a schema take any bytes.
+    async fn check_schema(
+        &self,
+        topic: &Topic,
+        values: impl IntoIterator<Item = bytes::Bytes>,
+    ) -> Result<(), Status> {
+        let Some(schema) = TopicSchema::of(topic) else {
+            return Ok(());
+        };
+        let values = values.into_iter().collect();
+        self.node
+            .schemas
+            .check_all(schema, values)
+            .await
+            .map_err(schema_status)
+    }
+
+    /// Refuses a schema offered for a topic that is too large or does not
+    /// compile, before it is stored: publishes to the topic would fail.
+    /// Checked here, not when the command is applied, so that entries an
+    /// older version committed are never judged by newer limits.
+    async fn check_schema_document(&self, schema: &str) -> Result<(), Status> {
+        self.node
+            .schemas
+            .check_document(schema)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
     /// Marks a request this node sends to another as coming from a node.
     fn sign<T>(&self, request: &mut Request<T>) {
         if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
@@ -230,10 +319,29 @@ impl ClientService {
     }
 
     pub fn into_server(self) -> pb::raftstream_server::RaftstreamServer<Self> {
+        let max_request_bytes = self.max_request_bytes();
         pb::raftstream_server::RaftstreamServer::new(self)
-            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_decoding_message_size(max_request_bytes)
             .max_encoding_message_size(MAX_RPC_BYTES)
     }
+
+    /// The largest request this service decodes: clients are held to
+    /// `max_request_bytes`; peers forward what a client sent, or a whole
+    /// publish batch, and are trusted (mutual TLS) to the Raft limit.
+    pub(crate) fn max_request_bytes(&self) -> usize {
+        match self.trust {
+            Trust::Public => self.node.config.limits.max_request_bytes,
+            Trust::Peer | Trust::InProcess => MAX_RPC_BYTES,
+        }
+    }
+}
+
+/// Whether a call's values still need their schema check on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaCheck {
+    Here,
+    /// Checked by the node or the gateway that took the call.
+    Done,
 }
 
 /// What the caller knows about forwarding.
@@ -321,7 +429,8 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
     }
 }
 
-pub fn token_to_pb(token: &TokenRecord) -> pb::TokenInfo {
+/// A token for the API: its topics by their current names (`meta`).
+pub fn token_to_pb(token: &TokenRecord, meta: &MetaState) -> pb::TokenInfo {
     pb::TokenInfo {
         id: token.id,
         name: token.name.clone(),
@@ -330,7 +439,7 @@ pub fn token_to_pb(token: &TokenRecord) -> pb::TokenInfo {
             .iter()
             .map(|s| s.as_str().to_string())
             .collect(),
-        topics: token.topics.clone(),
+        topics: token.topic_names(meta),
         created_at_ms: token.created_at_ms,
     }
 }
@@ -342,11 +451,13 @@ fn write_status(e: WriteError) -> Status {
         }
         WriteError::Unknown(why) => Status::deadline_exceeded(format!("outcome unknown: {why}")),
         WriteError::Unavailable(why) => Status::unavailable(why),
+        WriteError::InsufficientStorage(why) => insufficient_storage(why),
         WriteError::Rejected(r) => match r {
             MetaRejection::TopicExists { .. } | MetaRejection::AlreadyBootstrapped => {
                 Status::already_exists(r.to_string())
             }
             MetaRejection::TopicNotFound { .. }
+            | MetaRejection::TopicNameNotFound { .. }
             | MetaRejection::TokenNotFound { .. }
             | MetaRejection::SourceNotFound { .. } => Status::not_found(r.to_string()),
             MetaRejection::Invalid(_) => Status::invalid_argument(r.to_string()),
@@ -484,6 +595,13 @@ macro_rules! forward {
             .await
             .map_err(forward_failure)
     };
+}
+
+/// A read that another replica serves for this one.
+struct ReplicaRead<'a> {
+    start: &'a StartAt,
+    max: usize,
+    max_bytes: usize,
 }
 
 /// Where a request for a group should go.
@@ -827,9 +945,17 @@ impl ClientService {
         records: Vec<pb::Record>,
         producer: Option<pb::ProducerBatch>,
         hops: Hops,
+        schema_check: SchemaCheck,
     ) -> Result<Vec<pb::PublishResult>, Status> {
         let topic = self.topic(name).await?;
         caller.check_topic(Scope::Publish, &topic)?;
+        if schema_check == SchemaCheck::Here {
+            // Before anything is appended: one refused record refuses the
+            // whole call, so a client never has to find out which of its
+            // records were stored.
+            self.check_schema(&topic, records.iter().map(|r| r.value.clone()))
+                .await?;
+        }
         if producer.is_some() {
             let first = records.first().and_then(|r| r.partition);
             if first.is_none() || records.iter().any(|r| r.partition != first) {
@@ -923,6 +1049,9 @@ impl ClientService {
                     let code = match status.code() {
                         tonic::Code::DeadlineExceeded => "outcome_unknown",
                         tonic::Code::Unavailable => "unavailable",
+                        tonic::Code::ResourceExhausted if is_insufficient_storage(&status) => {
+                            raftstream_proto::INSUFFICIENT_STORAGE
+                        }
                         _ => "failed",
                     };
                     for position in positions {
@@ -983,6 +1112,11 @@ impl ClientService {
                 "wait_ms is at most {MAX_WAIT_MS}"
             )));
         }
+        let read_limit = self.node.config.limits.max_read_bytes;
+        let max_bytes = match request.max_bytes {
+            0 => read_limit,
+            n => (n as usize).min(read_limit),
+        };
         let wait = Duration::from_millis(u64::from(request.wait_ms));
         let group_id = topic.group_id(partition);
         let group = match self.route(group_id, &replicas, hops).await {
@@ -996,6 +1130,7 @@ impl ClientService {
                     }),
                     max_messages: max as u32,
                     wait_ms: request.wait_ms,
+                    max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
                 };
                 let timeout = wait + self.forward_timeout();
                 match self
@@ -1020,10 +1155,16 @@ impl ClientService {
                 None => return Err(status),
             },
         };
-        match read_or_wait(&group, &start, max, wait, self.node.shutdown_signal()).await {
+        let stop = self.node.shutdown_signal();
+        match read_or_wait(&group, &start, max, max_bytes, wait, stop).await {
             Ok(batch) => Ok(batch_to_pb(partition, batch)),
             Err(ReadError::NotLocal { .. }) if !hops.local_only => {
-                self.consume_from_other_replica(&topic, partition, &replicas, &start, max)
+                let read = ReplicaRead {
+                    start: &start,
+                    max,
+                    max_bytes,
+                };
+                self.consume_from_other_replica(&topic, partition, &replicas, read)
                     .await
             }
             Err(e) => Err(read_status(e)),
@@ -1037,9 +1178,13 @@ impl ClientService {
         topic: &Topic,
         partition: u32,
         replicas: &[u64],
-        start: &StartAt,
-        max: usize,
+        read: ReplicaRead<'_>,
     ) -> Result<pb::ConsumeResponse, Status> {
+        let ReplicaRead {
+            start,
+            max,
+            max_bytes,
+        } = read;
         let mut last = Status::unavailable("no replica holds these messages");
         for replica in replicas.iter().filter(|id| **id != self.node.id()) {
             let Some(addr) = self.node.config.peers.get(replica) else {
@@ -1053,6 +1198,7 @@ impl ClientService {
                 }),
                 max_messages: max as u32,
                 wait_ms: 0,
+                max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             };
             let request = self.local_request(message, self.forward_timeout());
             match self.client(addr)?.consume(request).await {
@@ -1081,14 +1227,42 @@ fn first_error(results: &[pb::PublishResult]) -> Option<&pb::Error> {
     })
 }
 
+fn schema_status(e: SchemaError) -> Status {
+    match e {
+        SchemaError::NotJson { .. } | SchemaError::Mismatch { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        SchemaError::StoredSchema { .. } => Status::failed_precondition(e.to_string()),
+        SchemaError::Interrupted(_) => Status::internal(e.to_string()),
+    }
+}
+
 fn error_status(e: &pb::Error) -> Status {
     let message = format!("{}: {}", e.code, e.message);
     match e.code.as_str() {
         "message_too_large" | "unknown_partition" => Status::invalid_argument(message),
         "outcome_unknown" => Status::deadline_exceeded(message),
         "unavailable" => Status::unavailable(message),
+        raftstream_proto::INSUFFICIENT_STORAGE => insufficient_storage(message),
         _ => Status::internal(message),
     }
+}
+
+/// RESOURCE_EXHAUSTED marked as a nearly full disk (HTTP 507).
+fn insufficient_storage(message: String) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    status.metadata_mut().insert(
+        raftstream_proto::ERROR_KIND_HEADER,
+        tonic::metadata::MetadataValue::from_static(raftstream_proto::INSUFFICIENT_STORAGE),
+    );
+    status
+}
+
+pub(crate) fn is_insufficient_storage(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(raftstream_proto::ERROR_KIND_HEADER)
+        .is_some_and(|kind| kind == raftstream_proto::INSUFFICIENT_STORAGE)
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
@@ -1101,13 +1275,14 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Publish)).await?;
         let hops = Hops::of(&request);
+        let schema_check = self.schema_check(&request);
         let request = request.into_inner();
         let name = topic_name(request.topic.as_ref())?;
         let record = request
             .record
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
         let results = self
-            .publish_records(&caller, &name, vec![record], None, hops)
+            .publish_records(&caller, &name, vec![record], None, hops, schema_check)
             .await?;
         if let Some(e) = first_error(&results) {
             return Err(error_status(e));
@@ -1124,13 +1299,15 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Publish)).await?;
         let hops = Hops::of(&request);
+        let schema_check = self.schema_check(&request);
         let request = request.into_inner();
         let name = topic_name(request.topic.as_ref())?;
         if request.records.is_empty() {
             return Err(Status::invalid_argument("records must not be empty"));
         }
+        let (records, producer) = (request.records, request.producer);
         let results = self
-            .publish_records(&caller, &name, request.records, request.producer, hops)
+            .publish_records(&caller, &name, records, producer, hops, schema_check)
             .await?;
         Ok(Response::new(pb::PublishBatchResponse { results }))
     }
@@ -1141,10 +1318,30 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = Hops::of(&request);
-        Ok(Response::new(
-            self.consume_inner(&caller, request.into_inner(), hops)
-                .await?,
-        ))
+        // The gateway takes one slot for a whole HTTP long poll, which waits
+        // on every partition at once.
+        let _slot = (request.get_ref().wait_ms > 0 && self.trust != Trust::InProcess)
+            .then(|| self.node.read_slots.long_poll())
+            .transpose()
+            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
+        let request = request.into_inner();
+        if request.wait_ms == 0 {
+            return Ok(Response::new(
+                self.consume_inner(&caller, request, hops).await?,
+            ));
+        }
+        // A parked long poll ends as soon as its token is revoked, and what
+        // it woke with is handed over only if the token still allows it.
+        let topic_id = topic_name(request.topic.as_ref())
+            .ok()
+            .and_then(|name| self.node.find_topic(&name))
+            .map(|topic| topic.id);
+        let response = tokio::select! {
+            response = self.consume_inner(&caller, request, hops) => response?,
+            status = caller.access_lost(&self.node, Scope::Consume, topic_id) => return Err(status),
+        };
+        caller.refreshed(&self.node, Scope::Consume, topic_id)?;
+        Ok(Response::new(response))
     }
 
     type SubscribeStream = MessageStream;
@@ -1154,19 +1351,30 @@ impl Raftstream for ClientService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<MessageStream>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
+        let slot = self
+            .node
+            .read_slots
+            .subscription()
+            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         let hops = Hops::of(&request);
         let request = request.into_inner();
+        // The stream reads its topic by id: renamed, it is still the topic
+        // the stream was opened on, and a new topic taking the old name is
+        // not. The caller's token is checked against this id while it runs.
+        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let (topic_id, topic_by_id) = (topic.id, topic_ref(&topic));
         // Validate the topic and position now, so a bad request fails the
         // call itself rather than the first stream item.
         let first = self
             .consume_inner(
                 &caller,
                 pb::ConsumeRequest {
-                    topic: request.topic.clone(),
+                    topic: topic_by_id.clone(),
                     partition: request.partition,
                     position: request.position.clone(),
                     max_messages: DEFAULT_MAX_MESSAGES,
                     wait_ms: 0,
+                    max_bytes: 0,
                 },
                 hops,
             )
@@ -1177,7 +1385,10 @@ impl Raftstream for ClientService {
         let service = self.clone();
         let mut shutdown = self.node.shutdown_signal();
         tokio::spawn(async move {
+            // Held for as long as the stream is open.
+            let _slot = slot;
             let mut batch = first;
+            let mut caller = caller;
             loop {
                 let partition = batch
                     .messages
@@ -1188,14 +1399,24 @@ impl Raftstream for ClientService {
                         return; // The subscriber went away.
                     }
                 }
+                // Checked before every read, as well as while one waits
+                // (below), so a busy stream ends on revocation too.
+                caller = match caller.refreshed(&service.node, Scope::Consume, Some(topic_id)) {
+                    Ok(caller) => caller,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let next = pb::ConsumeRequest {
-                    topic: request.topic.clone(),
+                    topic: topic_by_id.clone(),
                     partition,
                     position: Some(pb::Position {
                         position: Some(pb::position::Position::Offset(batch.next_offset)),
                     }),
                     max_messages: DEFAULT_MAX_MESSAGES,
                     wait_ms: 30_000,
+                    max_bytes: 0,
                 };
                 batch = tokio::select! {
                     result = service.consume_inner(&caller, next, hops) => match result {
@@ -1205,6 +1426,10 @@ impl Raftstream for ClientService {
                             return;
                         }
                     },
+                    status = caller.access_lost(&service.node, Scope::Consume, Some(topic_id)) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                     _ = tx.closed() => return,
                     // A node shutting down ends its streams rather than
                     // holding the server open until a long poll expires.
@@ -1377,6 +1602,9 @@ impl Raftstream for ClientService {
         };
         validate_spec(&spec, self.node.config.peers.len())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(schema) = &spec.schema {
+            self.check_schema_document(schema).await?;
+        }
         let (spec, request) = (&spec, &request);
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
@@ -1461,6 +1689,9 @@ impl Raftstream for ClientService {
                 .as_ref()
                 .map(|r| retention_from_pb(Some(r))),
         };
+        if let Some(Some(schema)) = &update.schema {
+            self.check_schema_document(schema).await?;
+        }
         let (update, request, topic_id) = (&update, &request, topic.id);
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
@@ -1579,18 +1810,31 @@ impl Raftstream for ClientService {
         let (scopes, request_ref) = (&scopes, &request);
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
+                // Resolved here, on the metadata leader, which has applied
+                // every topic change it acknowledged; apply checks the ids
+                // again in case a topic is deleted meanwhile.
+                let topic_ids = self
+                    .node
+                    .with_metadata(|m| crate::auth::resolve_token_topics(m, &request_ref.topics))
+                    .ok_or_else(|| {
+                        WriteError::Unavailable("this node is shutting down; retry another".into())
+                    })?
+                    .map_err(WriteError::Rejected)?;
                 let secret = crate::auth::generate_secret();
-                let command = MetaCommand::CreateToken {
+                let command = MetaCommand::CreateTokenWithTopicIds {
                     name: request_ref.name.clone(),
                     scopes: scopes.clone(),
-                    topics: request_ref.topics.clone(),
+                    topic_ids,
                     hash: crate::auth::hash_secret(&secret),
                     now_ms: now_ms(),
-                    bootstrap: false,
                 };
                 let token = self.node.write_token(command).await?;
+                let info = self
+                    .node
+                    .with_metadata(|m| token_to_pb(&token, m))
+                    .unwrap_or_else(|| token_to_pb(&token, &MetaState::default()));
                 Ok(pb::CreateTokenResponse {
-                    token: Some(token_to_pb(&token)),
+                    token: Some(info),
                     secret,
                 })
             })
@@ -1618,11 +1862,8 @@ impl Raftstream for ClientService {
         }
         let tokens = self
             .node
-            .metadata()
-            .tokens
-            .values()
-            .map(token_to_pb)
-            .collect();
+            .with_metadata(|m| m.tokens.values().map(|t| token_to_pb(t, m)).collect())
+            .unwrap_or_default();
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 

@@ -1,11 +1,13 @@
 //! The client API, independent of the wire: topic resolution, partition
-//! choice, writes with their three outcomes, committed reads and long polls.
+//! choice, JSON Schema checks of published values (`schema.rs`), writes with
+//! their three outcomes, committed reads and long polls.
 //! The gRPC service (`grpc.rs`) maps it to protobuf and forwards to leaders.
 
 pub mod forwarded;
 pub mod grpc;
 pub mod proposal_order;
 pub mod read;
+pub mod schema;
 
 use std::time::Duration;
 
@@ -43,6 +45,9 @@ pub enum WriteError {
     Unavailable(String),
     #[error("{0}")]
     Rejected(MetaRejection),
+    /// The node's disk is nearly full: nothing was written.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 /// A topic named by id or by name, as every API accepts it.
@@ -123,6 +128,12 @@ impl Node {
         command: Command,
         queued: impl FnOnce(),
     ) -> Result<CommandResponse, WriteError> {
+        if let Command::Partition(PartitionCommand::Append { .. } | PartitionCommand::Ingest { .. }) =
+            &command
+            && let Some(low) = self.disk.low_on_space()
+        {
+            return Err(WriteError::InsufficientStorage(low));
+        }
         if let Some(quiescer) = self.quiescer() {
             quiescer.wake_for_write(group).await;
         }

@@ -80,8 +80,27 @@ pub fn resolve(group: &Group, start: &StartAt) -> Result<u64, ReadError> {
     .unwrap_or(Ok(0))
 }
 
-/// Reads up to `max` committed messages from `from` on this replica.
-pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch, ReadError> {
+/// How much of a read's byte budget a message takes: its key, value and
+/// headers, the bytes a response carries for it.
+fn message_bytes(message: &ReadMessage) -> usize {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    message.key.len() + message.value.len() + headers
+}
+
+/// Reads up to `max` committed messages from `from` on this replica, and
+/// stops before the message that would take them over `max_bytes` (though
+/// never before the first, so a message larger than the budget is still
+/// read, as Kafka's fetch does).
+pub fn read_committed(
+    group: &Group,
+    from: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<ReadBatch, ReadError> {
     let Some((slices, local_first, hw, log_start)) = partition_view(group, |p, local_first| {
         (
             p.locate(from, max),
@@ -99,7 +118,8 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
     };
     let mut messages = Vec::new();
     let mut next_offset = from.max(log_start);
-    for slice in slices {
+    let mut budget_left = max_bytes;
+    'slices: for slice in slices {
         if slice.batch.log_index < local_first {
             if messages.is_empty() {
                 return Err(ReadError::NotLocal {
@@ -139,15 +159,21 @@ pub fn read_committed(group: &Group, from: u64, max: usize) -> Result<ReadBatch,
             .take(slice.take as usize);
         for (i, record) in wanted {
             let record = record.map_err(malformed)?;
-            messages.push(ReadMessage {
+            let message = ReadMessage {
                 offset: slice.batch.base_offset + i as u64,
                 timestamp_ms: slice.batch.timestamp_ms,
                 key: records.share(record.key),
                 value: records.share(record.value),
                 headers: record.headers().map_err(malformed)?,
-            });
+            };
+            let size = message_bytes(&message);
+            if size > budget_left && !messages.is_empty() {
+                break 'slices;
+            }
+            budget_left = budget_left.saturating_sub(size);
+            next_offset = message.offset + 1;
+            messages.push(message);
         }
-        next_offset = slice.batch.base_offset + u64::from(slice.skip) + u64::from(slice.take);
     }
     Ok(ReadBatch {
         messages,
@@ -164,6 +190,7 @@ pub async fn read_or_wait(
     group: &Group,
     start: &StartAt,
     max: usize,
+    max_bytes: usize,
     wait: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<ReadBatch, ReadError> {
@@ -174,7 +201,7 @@ pub async fn read_or_wait(
     let from = resolve(group, start)?;
     loop {
         applied.borrow_and_update();
-        let batch = read_committed(group, from, max)?;
+        let batch = read_committed(group, from, max, max_bytes)?;
         if !batch.messages.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(batch);
         }
@@ -188,7 +215,7 @@ pub async fn read_or_wait(
         if !woken {
             // Timed out, or the group or the node is shutting down: answer
             // with what there is.
-            return read_committed(group, from, max);
+            return read_committed(group, from, max, max_bytes);
         }
     }
 }

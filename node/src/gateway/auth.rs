@@ -20,6 +20,7 @@ use governor::Quota;
 use super::ApiError;
 use super::Gateway;
 use crate::api::TopicName;
+use crate::auth::AccessLost;
 use crate::auth::Denied;
 use crate::raft::types::Scope;
 
@@ -75,24 +76,7 @@ async fn check(gateway: &Gateway, scope: Scope, request: Request) -> Result<Requ
         .and_then(|t| gateway.node.find_topic(&TopicName::parse(t)));
     // A token limited to some topics may act only on routes naming one of
     // them; routes naming no topic need an unrestricted token.
-    let allowed = token.allows(scope, topic.as_ref());
-    match allowed {
-        Ok(()) => {}
-        Err(Denied::Scope(s)) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this token lacks the {} scope", s.as_str()),
-            ));
-        }
-        Err(Denied::Topic) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this token may not use this topic",
-            ));
-        }
-    }
+    token.allows(scope, topic.as_ref()).map_err(denied_error)?;
     if let Some(limiter) = &gateway.rate_limiter
         && limiter.check_key(&token.id).is_err()
     {
@@ -102,5 +86,65 @@ async fn check(gateway: &Gateway, scope: Scope, request: Request) -> Result<Requ
             "too many requests for this token",
         ));
     }
+    parts.extensions.insert(AdmittedToken(token.id));
     Ok(Request::from_parts(parts, body))
+}
+
+/// The token this middleware admitted a request with, for handlers whose
+/// work outlives the check (a long poll checks it again as it waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmittedToken(pub u64);
+
+impl AdmittedToken {
+    /// Whether the token may still use `scope` on topic `topic_id`.
+    pub fn still_allowed(
+        self,
+        gateway: &Gateway,
+        scope: Scope,
+        topic_id: u64,
+    ) -> Result<(), ApiError> {
+        gateway
+            .node
+            .with_metadata(|m| {
+                crate::auth::still_allowed(m, self.0, scope, Some(topic_id))
+                    .map(|_| ())
+                    .map_err(access_lost_error)
+            })
+            .unwrap_or_else(|| Err(access_lost_error(AccessLost::NodeStopping)))
+    }
+
+    /// Resolves with the error to answer with once the token may no longer
+    /// use `scope` on topic `topic_id`.
+    pub async fn access_lost(self, gateway: &Gateway, scope: Scope, topic_id: u64) -> ApiError {
+        access_lost_error(
+            crate::auth::access_lost(&gateway.node, self.0, scope, Some(topic_id)).await,
+        )
+    }
+}
+
+fn denied_error(why: Denied) -> ApiError {
+    match why {
+        Denied::Scope(s) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token lacks the {} scope", s.as_str()),
+        ),
+        Denied::Topic => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not use this topic",
+        ),
+    }
+}
+
+fn access_lost_error(why: AccessLost) -> ApiError {
+    match why {
+        AccessLost::Revoked => unauthorized("token revoked"),
+        AccessLost::Denied(denied) => denied_error(denied),
+        AccessLost::NodeStopping => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            why.to_string(),
+        ),
+    }
 }

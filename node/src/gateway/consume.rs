@@ -10,8 +10,10 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use raftstream_proto::v1 as pb;
@@ -25,6 +27,7 @@ use utoipa::ToSchema;
 use super::ApiError;
 use super::ErrorBody;
 use super::Shared;
+use super::auth::AdmittedToken;
 use super::error::AuthErrors;
 use super::error::ClusterErrors;
 use super::extract::ApiPath;
@@ -34,6 +37,7 @@ use super::topics::rfc3339;
 use crate::api::grpc::message_id;
 use crate::api::grpc::parse_message_id;
 use crate::node::now_ms;
+use crate::raft::types::Scope;
 
 pub const DEFAULT_BATCH_SIZE: u64 = 50;
 pub const MAX_BATCH_SIZE: u64 = 50;
@@ -210,11 +214,18 @@ impl ConsumeRequest {
 pub async fn consume(
     State(gateway): Shared,
     ApiPath(topic_id): ApiPath<String>,
+    Extension(admitted): Extension<AdmittedToken>,
     OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
 ) -> Result<Json<ConsumeResponse>, ApiError> {
     let body = body.check()?;
     let topic = gateway.topic(&topic_id).await?;
     let partitions = topic.partitions.len();
+    // The response holds at most about max_read_bytes: each partition
+    // reads its share (at least one message, so every read progresses).
+    let max_read_bytes = gateway.node.config.limits.max_read_bytes;
+    let share = u32::try_from(max_read_bytes / partitions.max(1))
+        .unwrap_or(u32::MAX)
+        .max(1);
     let read = |partition: usize, start: Option<pb::Position>, wait_ms: u32| {
         let request = pb::ConsumeRequest {
             topic: topic_ref(&topic),
@@ -222,6 +233,7 @@ pub async fn consume(
             position: start,
             max_messages: body.batch_size as u32,
             wait_ms,
+            max_bytes: share,
         };
         let service = gateway.service.clone();
         async move {
@@ -299,11 +311,22 @@ pub async fn consume(
         responses[p] = response;
     }
     if body.timeout_secs > 0 && responses.iter().all(|r| r.messages.is_empty()) {
+        // One slot for the whole poll, however many partitions it waits on.
+        let _slot = gateway.node.read_slots.long_poll().map_err(|full| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_long_polls",
+                full.to_string(),
+            )
+        })?;
         // Long poll every partition; the first to commit a message answers.
         let wait_ms = (body.timeout_secs * 1000) as u32;
-        let mut polls: FuturesUnordered<_> = (0..partitions)
+        // A token revoked while the poll waits ends it at once.
+        let access_lost = Box::pin(admitted.access_lost(&gateway, Scope::Consume, topic.id));
+        let mut polls = (0..partitions)
             .map(|p| read(p, starts[p].clone(), wait_ms))
-            .collect();
+            .collect::<FuturesUnordered<_>>()
+            .take_until(access_lost);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(body.timeout_secs + 5);
         while let Ok(Some(result)) = tokio::time::timeout_at(deadline, polls.next()).await {
             let (p, response) = result?;
@@ -313,24 +336,43 @@ pub async fn consume(
                 break;
             }
         }
+        // What the poll woke with is answered only if the token still
+        // allows it (and this is the answer when revocation ended it).
+        admitted.still_allowed(&gateway, Scope::Consume, topic.id)?;
     }
     Ok(Json(ConsumeResponse {
-        messages: merge(responses, body.batch_size as usize),
+        messages: merge(responses, body.batch_size as usize, max_read_bytes),
     }))
 }
 
 /// Merges per-partition reads in time order (ties by partition, then
 /// offset, so each partition keeps its own order) and stamps every message
 /// with the position after it.
-fn merge(responses: Vec<pb::ConsumeResponse>, limit: usize) -> Vec<ConsumedMessage> {
+/// Returns at most `limit` messages and, past the first, at most
+/// `max_bytes` of values: the cursors name exactly what was returned, so
+/// what is cut off is read by the next call.
+fn merge(
+    responses: Vec<pb::ConsumeResponse>,
+    limit: usize,
+    max_bytes: usize,
+) -> Vec<ConsumedMessage> {
     let mut next: Vec<u64> = responses
         .iter()
         .map(|r| r.messages.first().map_or(r.next_offset, |m| m.offset))
         .collect();
     let mut all: Vec<pb::Message> = responses.into_iter().flat_map(|r| r.messages).collect();
     all.sort_by_key(|m| (m.timestamp_ms, m.partition, m.offset));
+    let mut bytes = 0usize;
+    let within_budget = all
+        .iter()
+        .take_while(|m| {
+            let first = bytes == 0;
+            bytes = bytes.saturating_add(m.value.len().max(1));
+            first || bytes <= max_bytes
+        })
+        .count();
     all.into_iter()
-        .take(limit)
+        .take(limit.min(within_budget))
         .map(|m| {
             if let Some(slot) = next.get_mut(m.partition as usize) {
                 *slot = m.offset + 1;
@@ -397,11 +439,18 @@ mod tests {
             next_offset: 9,
             ..Default::default()
         };
-        let merged = merge(vec![p0, p1, p2], 3);
+        let merged = merge(vec![p0.clone(), p1.clone(), p2.clone()], 3, usize::MAX);
         let ids: Vec<&str> = merged.iter().map(|m| m.message_id.as_str()).collect();
         // Message (1, 3) was read but not returned: the last cursor still
         // points at it, so resuming re-reads nothing and misses nothing.
         assert_eq!(ids, vec!["0-5@6.2.9", "1-2@6.3.9", "0-6@7.3.9"]);
+
+        // A byte budget cuts the same way: two 2-byte values fit in 4 bytes.
+        let merged = merge(vec![p0.clone(), p1.clone(), p2.clone()], 50, 4);
+        let ids: Vec<&str> = merged.iter().map(|m| m.message_id.as_str()).collect();
+        assert_eq!(ids, vec!["0-5@6.2.9", "1-2@6.3.9"]);
+        // The first message is returned whatever its size.
+        assert_eq!(merge(vec![p0, p1, p2], 50, 0).len(), 1);
     }
 
     fn parse_body(bytes: &[u8]) -> Result<ConsumeBody, ApiError> {

@@ -81,6 +81,15 @@ impl From<tonic::Status> for ApiError {
             tonic::Code::Unauthenticated => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
             }
+            tonic::Code::ResourceExhausted
+                if crate::api::grpc::is_insufficient_storage(&status) =>
+            {
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    raftstream_proto::INSUFFICIENT_STORAGE,
+                    message,
+                )
+            }
             tonic::Code::ResourceExhausted => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
             }

@@ -16,7 +16,6 @@ mod error;
 mod extract;
 mod ingest;
 mod publish;
-pub mod schema;
 mod tokens;
 mod topics;
 
@@ -44,6 +43,8 @@ pub use self::error::ApiError;
 pub use self::error::ErrorBody;
 use crate::api::TopicName;
 use crate::api::grpc::ClientService;
+use crate::api::schema::SchemaError;
+use crate::api::schema::TopicSchema;
 use crate::node::Node;
 use crate::raft::types::Scope;
 
@@ -55,7 +56,6 @@ pub const MAX_BATCH_PAYLOADS: usize = 100;
 pub struct Gateway {
     service: ClientService,
     node: Arc<Node>,
-    schemas: schema::SchemaCache,
     rate_limiter: Option<auth::RateLimiter>,
     /// The API documents, serialized once when the router is built.
     documents: OnceLock<docs::Documents>,
@@ -76,7 +76,6 @@ pub fn router(node: Arc<Node>) -> Router {
         service: ClientService::new(node.clone()),
         rate_limiter: auth::rate_limiter(node.config.limits.rate_limit_per_sec),
         node,
-        schemas: schema::SchemaCache::default(),
         documents: OnceLock::new(),
     });
     let scoped =
@@ -165,12 +164,20 @@ async fn healthz() -> Json<Health> {
     tag = "health",
     responses(
         (status = 200, description = "The node can take writes.", body = Ready),
-        (status = 503, description = "`not_ready`: no metadata leader yet.", body = ErrorBody,
+        (status = 503, description = "`not_ready`: no metadata leader yet; `storage_failed`: a \
+            write or fsync failed and the node stopped serving.", body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
     )
 )]
 async fn readyz(State(gateway): Shared) -> Result<Json<Ready>, ApiError> {
     let node = &gateway.node;
+    if let Some(reason) = node.failure() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_failed",
+            format!("this node's storage failed and it stopped serving: {reason}"),
+        ));
+    }
     match node.meta_group().and_then(|g| g.leader()) {
         Some((leader, _)) => Ok(Json(Ready {
             status: "ready".into(),
@@ -218,11 +225,76 @@ impl Gateway {
         Ok(self.service.get_topic(request).await?.into_inner())
     }
 
-    /// Checks a payload: a JSON object that satisfies the topic's schema.
-    fn check_payload(&self, topic: &pb::Topic, payload: &Value) -> Result<(), ApiError> {
-        if !payload.is_object() {
-            return Err(ApiError::bad_request("the payload must be a JSON object"));
+    /// Checks one payload, as `check_payloads` does, and returns it.
+    async fn check_payload(&self, topic: &pb::Topic, payload: Value) -> Result<Value, ApiError> {
+        let (payloads, outcomes) = self.check_payloads(topic, vec![payload]).await?;
+        match (payloads.into_iter().next(), outcomes.into_iter().next()) {
+            (Some(payload), Some(Ok(()))) => Ok(payload),
+            (_, Some(Err(e))) => Err(e),
+            _ => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the payload's check gave no outcome",
+            )),
         }
-        self.schemas.validate(topic, payload)
     }
+
+    /// Checks payloads one by one: each must be a JSON object that
+    /// satisfies the topic's schema. Returns the payloads back with each
+    /// one's outcome; an error only when they could not be checked at all.
+    async fn check_payloads(
+        &self,
+        topic: &pb::Topic,
+        payloads: Vec<Value>,
+    ) -> Result<(Vec<Value>, Vec<Result<(), ApiError>>), ApiError> {
+        let (payloads, mismatches) = match topic.schema.as_deref() {
+            None => {
+                let mismatches = vec![None; payloads.len()];
+                (payloads, mismatches)
+            }
+            Some(schema) => {
+                let schema = TopicSchema {
+                    topic_id: topic.id,
+                    version: topic.version,
+                    topic_name: &topic.name,
+                    schema,
+                };
+                self.node
+                    .schemas
+                    .check_each(schema, payloads)
+                    .await
+                    .map_err(unchecked)?
+            }
+        };
+        let outcomes = payloads
+            .iter()
+            .zip(mismatches)
+            .map(|(payload, mismatch)| payload_outcome(payload, mismatch))
+            .collect();
+        Ok((payloads, outcomes))
+    }
+}
+
+/// One payload's outcome, given what it fails of the topic's schema.
+fn payload_outcome(payload: &Value, mismatch: Option<String>) -> Result<(), ApiError> {
+    if !payload.is_object() {
+        return Err(ApiError::bad_request("the payload must be a JSON object"));
+    }
+    match mismatch {
+        Some(failures) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "schema_mismatch",
+            format!("the payload does not match the topic's schema: {failures}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Payloads could not be checked at all.
+fn unchecked(e: SchemaError) -> ApiError {
+    let code = match e {
+        SchemaError::StoredSchema { .. } => "invalid_topic_schema",
+        _ => "internal",
+    };
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.to_string())
 }

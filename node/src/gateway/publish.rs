@@ -24,6 +24,7 @@ use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
 use super::topic_ref;
+use crate::api::schema::ValuesChecked;
 
 /// A message payload: any JSON object. When the topic has a JSON Schema,
 /// the payload must satisfy it.
@@ -106,16 +107,18 @@ pub async fn publish(
     JsonBody(payload): JsonBody<Payload>,
 ) -> Result<Json<PublishResponse>, ApiError> {
     let topic = gateway.topic(&topic_id).await?;
-    let payload = Value::Object(payload.0);
-    gateway.check_payload(&topic, &payload)?;
+    let payload = gateway
+        .check_payload(&topic, Value::Object(payload.0))
+        .await?;
     let record = pb::Record {
         value: payload.to_string().into_bytes().into(),
         ..Default::default()
     };
-    let request = Request::new(pb::PublishRequest {
+    let mut request = Request::new(pb::PublishRequest {
         topic: topic_ref(&topic),
         record: Some(record),
     });
+    request.extensions_mut().insert(ValuesChecked);
     let ack = gateway.service.publish(request).await?.into_inner();
     Ok(Json(PublishResponse {
         message_id: ack.message_id,
@@ -158,10 +161,11 @@ pub async fn publish_batch(
     let topic = gateway.topic(&topic_id).await?;
     // Items that fail validation fail alone; the valid ones are published
     // together (one Raft entry per partition).
+    let (payloads, checks) = gateway.check_payloads(&topic, payloads).await?;
     let mut outcomes: Vec<Result<String, String>> = Vec::with_capacity(payloads.len());
     let mut valid = Vec::new();
-    for (index, payload) in payloads.iter().enumerate() {
-        match gateway.check_payload(&topic, payload) {
+    for (index, check) in checks.into_iter().enumerate() {
+        match check {
             Ok(()) => {
                 valid.push(index);
                 outcomes.push(Ok(String::new()));
@@ -177,11 +181,12 @@ pub async fn publish_batch(
                 ..Default::default()
             })
             .collect();
-        let request = Request::new(pb::PublishBatchRequest {
+        let mut request = Request::new(pb::PublishBatchRequest {
             topic: topic_ref(&topic),
             records,
             ..Default::default()
         });
+        request.extensions_mut().insert(ValuesChecked);
         let results = gateway
             .service
             .publish_batch(request)

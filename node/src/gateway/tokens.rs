@@ -59,8 +59,9 @@ pub struct CreateToken {
     pub name: String,
     #[schema(min_items = 1)]
     pub scopes: Vec<TokenScope>,
-    /// Topic names or ids the token is limited to; none or empty means
-    /// every topic.
+    /// Names or ids of the existing topics the token is limited to; none
+    /// or empty means every topic. The token keeps their ids: a renamed
+    /// topic stays allowed, and a new topic taking an old name does not.
     pub topics: Option<Vec<String>>,
 }
 
@@ -70,7 +71,8 @@ pub struct Token {
     pub id: u64,
     pub name: String,
     pub scopes: Vec<TokenScope>,
-    /// Topic names or ids the token is limited to; empty means every topic.
+    /// The current names of the topics the token is limited to (the id of
+    /// one since deleted); empty means every topic.
     pub topics: Vec<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
@@ -124,6 +126,8 @@ pub struct TokenList {
             body = CreatedToken),
         (status = 400, description = "`invalid_request`: malformed JSON or an invalid field.",
             body = ErrorBody),
+        (status = 404, description = "`not_found`: one of `topics` names no topic; no token \
+            is created.", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
             body = ErrorBody),
         AuthErrors,

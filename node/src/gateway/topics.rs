@@ -23,8 +23,8 @@ use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::ApiQuery;
 use super::extract::JsonBody;
-use super::schema;
 use super::topic_ref;
+use crate::api::schema::SchemaCache;
 use crate::raft::types::MAX_PARTITIONS;
 
 const MS_PER_HOUR: u64 = 3_600_000;
@@ -38,8 +38,8 @@ const _: () = assert!(MAX_TOPIC_PARTITIONS == 256 && MAX_TOPIC_PARTITIONS <= MAX
 pub use crate::node::rfc3339;
 
 /// A topic's JSON Schema (drafts 2020-12 and 7): a schema document (an
-/// object or a boolean), or a string holding one. Published payloads must
-/// satisfy it.
+/// object or a boolean), or a string holding one, of at most 64 KiB of JSON
+/// text. Published payloads must satisfy it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum SchemaDocument {
@@ -62,15 +62,17 @@ impl<'de> Deserialize<'de> for SchemaDocument {
 }
 
 impl SchemaDocument {
-    /// The document's text, once it compiles.
-    fn compiled_text(self) -> Result<String, ApiError> {
+    /// The document's text, once it is within the size limit and compiles.
+    async fn compiled_text(self, schemas: &SchemaCache) -> Result<String, ApiError> {
         let text = match self {
             Self::Object(map) => Value::Object(map).to_string(),
             Self::Boolean(b) => b.to_string(),
             Self::Text(text) => text,
         };
-        schema::compile(&text)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", e))?;
+        schemas
+            .check_document(&text)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", e.to_string()))?;
         Ok(text)
     }
 }
@@ -300,12 +302,16 @@ pub async fn create(
             "partitions must be between 1 and {MAX_TOPIC_PARTITIONS}"
         )));
     }
+    let schema = match body.schema {
+        Some(document) => Some(document.compiled_text(&gateway.node.schemas).await?),
+        None => None,
+    };
     let request = pb::CreateTopicRequest {
         name: body.name,
         description: body.description.unwrap_or_default(),
         partitions: body.partitions.unwrap_or(0).max(1),
         replication_factor: body.replication_factor.unwrap_or(0),
-        schema: body.schema.map(SchemaDocument::compiled_text).transpose()?,
+        schema,
         retention: Some(pb::RetentionPolicy {
             retention_ms: body
                 .retention_hours
@@ -394,7 +400,7 @@ pub async fn update(
     let schema = match body.schema {
         None => None,
         Some(None) => Some(String::new()),
-        Some(Some(document)) => Some(document.compiled_text()?),
+        Some(Some(document)) => Some(document.compiled_text(&gateway.node.schemas).await?),
     };
     let request = pb::UpdateTopicRequest {
         topic: topic_ref(&topic),

@@ -65,6 +65,12 @@ pub enum PeerError {
 const BATCHES_IN_FLIGHT: usize = 4;
 /// Messages in one batched call at most.
 const MAX_BATCH: usize = 2048;
+/// Appends without entries waiting for a batched call to one peer, at
+/// most. Each group's leader has about one outstanding per follower, so this
+/// is far above any cluster's need; past it the peer is not keeping up, and
+/// a refused heartbeat (openraft sends the next one) costs less than a
+/// queue that grows without bound.
+const APPENDS_QUEUED_MAX: usize = 16 * 1024;
 /// A call's own deadline travels to the peer (`grpc-timeout`), which then
 /// answers DEADLINE_EXCEEDED itself. The local timer only guards against a
 /// peer that cannot answer at all, so it fires this much later: a call
@@ -93,14 +99,14 @@ struct QueuedAppend {
 /// The queue of appends without entries to one peer.
 #[derive(Clone, Debug)]
 struct EmptyAppends {
-    queue: mpsc::UnboundedSender<QueuedAppend>,
+    queue: mpsc::Sender<QueuedAppend>,
 }
 
 impl EmptyAppends {
     /// Starts the task that drains the queue into batched calls. It ends
     /// when the pool, and so the queue's sender, is dropped.
     fn start(channel: Channel, target: String) -> EmptyAppends {
-        let (queue, mut queued) = mpsc::unbounded_channel::<QueuedAppend>();
+        let (queue, mut queued) = mpsc::channel::<QueuedAppend>(APPENDS_QUEUED_MAX);
         tokio::spawn(async move {
             let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
             while let Some(first) = queued.recv().await {
@@ -390,9 +396,13 @@ impl PeerNetwork {
             reply,
         };
         let target = self.target.to_string();
-        queue.queue.send(queued).map_err(|_| {
+        queue.queue.try_send(queued).map_err(|refused| {
+            let why = match refused {
+                mpsc::error::TrySendError::Full(_) => "is full: the peer is not keeping up",
+                mpsc::error::TrySendError::Closed(_) => "has stopped",
+            };
             CallError::Network(TransportError(format!(
-                "the append queue to node {target} has stopped"
+                "the append queue to node {target} {why}"
             )))
         })?;
         let payload = match tokio::time::timeout(timeout + LOCAL_TIMEOUT_MARGIN, answer).await {

@@ -107,6 +107,11 @@ pub enum PartitionCommand {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MetaCommand {
+    /// A token as versions before topic ids wrote it: `topics` may hold
+    /// names, kept as [`TokenTopic::LegacyName`] so that older log entries
+    /// apply as they did. The API creates tokens with
+    /// `CreateTokenWithTopicIds`; this one still creates the bootstrap admin
+    /// token, which is limited to no topic.
     CreateToken {
         name: String,
         scopes: Vec<Scope>,
@@ -150,6 +155,22 @@ pub enum MetaCommand {
     DeleteSource {
         id: String,
     },
+    /// A token limited to topics the proposing leader resolved to ids.
+    /// Apply refuses it, storing nothing, if one of them no longer exists.
+    /// (New variants go last: bincode stores the variant's index.)
+    CreateTokenWithTopicIds {
+        name: String,
+        scopes: Vec<Scope>,
+        topic_ids: Vec<u64>,
+        /// SHA-256 of the secret; the secret itself is never replicated.
+        hash: [u8; 32],
+        now_ms: i64,
+    },
+    /// Turns every token topic still stored by name into the id of the
+    /// topic bearing that name now ([`MetaState::has_token_topic_names`]).
+    /// The metadata leader proposes it after an upgrade, so every replica
+    /// converts at the same log index, as of the same topics.
+    ResolveTokenTopicNames,
 }
 
 /// The topic a new source delivers to.
@@ -286,10 +307,75 @@ pub struct TokenRecord {
     pub id: u64,
     pub name: String,
     pub scopes: Vec<Scope>,
-    /// Topic names or ids; empty means every topic.
-    pub topics: Vec<String>,
+    /// The topics this token may use; empty means every topic.
+    #[serde(with = "token_topics_as_text")]
+    pub topics: Vec<TokenTopic>,
     pub hash: [u8; 32],
     pub created_at_ms: i64,
+}
+
+/// A topic a token is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenTopic {
+    /// The topic with this id, whatever it is named now. Topic ids are
+    /// never reused, so a renamed topic stays this topic and a new topic
+    /// taking an old name never becomes it.
+    Id(u64),
+    /// A name stored before tokens kept topic ids. It stands for the topic
+    /// bearing that name now, as it always did, until
+    /// `MetaCommand::ResolveTokenTopicNames` turns it into an id.
+    LegacyName(String),
+}
+
+impl TokenTopic {
+    /// What a name that names no topic resolves to: topic ids start at 1,
+    /// so this one never names a topic.
+    pub const NO_TOPIC: TokenTopic = TokenTopic::Id(0);
+
+    /// As stored: an id as its digits, a legacy name as itself. Topic
+    /// names may not be numbers, so the two never mix up.
+    fn to_stored_text(&self) -> String {
+        match self {
+            TokenTopic::Id(id) => id.to_string(),
+            TokenTopic::LegacyName(name) => name.clone(),
+        }
+    }
+
+    pub fn from_stored_text(text: String) -> TokenTopic {
+        match text.parse() {
+            Ok(id) => TokenTopic::Id(id),
+            Err(_) => TokenTopic::LegacyName(text),
+        }
+    }
+}
+
+/// Token topics are stored as the list of strings they always were.
+/// Bincode keeps no field names and has no defaults, so a new field or
+/// type would make metadata, snapshots and log entries written before
+/// topic ids unreadable; this way they load unchanged, ids (which tokens
+/// could always be given) as ids and names as legacy names.
+mod token_topics_as_text {
+    use serde::Deserialize;
+    use serde::Deserializer;
+    use serde::Serializer;
+
+    use super::TokenTopic;
+
+    pub fn serialize<S: Serializer>(
+        topics: &[TokenTopic],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(topics.iter().map(TokenTopic::to_stored_text))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<TokenTopic>, D::Error> {
+        Ok(Vec::<String>::deserialize(deserializer)?
+            .into_iter()
+            .map(TokenTopic::from_stored_text)
+            .collect())
+    }
 }
 
 /// The replicated metadata. Ordered maps keep apply deterministic.
@@ -308,6 +394,17 @@ pub struct MetaState {
 impl MetaState {
     pub fn topic_by_name(&self, name: &str) -> Option<&Topic> {
         self.topics.values().find(|t| t.name == name)
+    }
+
+    /// Whether some token still holds a topic by name (stored before
+    /// tokens kept topic ids; see `MetaCommand::ResolveTokenTopicNames`).
+    pub fn has_token_topic_names(&self) -> bool {
+        self.tokens.values().any(|token| {
+            token
+                .topics
+                .iter()
+                .any(|t| matches!(t, TokenTopic::LegacyName(_)))
+        })
     }
 
     /// Whether this metadata shows the group's topic as created and then
@@ -350,6 +447,8 @@ pub enum MetaRejection {
     TopicExists { name: String },
     #[error("topic {topic_id} does not exist")]
     TopicNotFound { topic_id: u64 },
+    #[error("topic {name:?} does not exist")]
+    TopicNameNotFound { name: String },
     #[error("token {token_id} does not exist")]
     TokenNotFound { token_id: u64 },
     #[error("source {id:?} does not exist")]
@@ -386,6 +485,12 @@ impl std::fmt::Display for Command {
                 write!(f, "rotate the secret of source {id:?}")
             }
             Command::Meta(MetaCommand::DeleteSource { id }) => write!(f, "delete source {id:?}"),
+            Command::Meta(MetaCommand::CreateTokenWithTopicIds { name, .. }) => {
+                write!(f, "create token {name:?}")
+            }
+            Command::Meta(MetaCommand::ResolveTokenTopicNames) => {
+                write!(f, "resolve token topics stored by name")
+            }
             Command::Partition(PartitionCommand::Ingest { source_id, .. }) => {
                 write!(f, "ingest a delivery of source {source_id:?}")
             }
@@ -421,5 +526,45 @@ mod tests {
         // Not created yet as far as this copy knows.
         assert!(!meta.group_topic_deleted(partition_group_id(3, 0)));
         assert!(!meta.group_topic_deleted(META_GROUP));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn token_records_stored_with_topic_names_still_load() {
+        // The shape versions before topic ids stored (bincode keeps no
+        // field names, so only the order and types matter).
+        #[derive(Serialize)]
+        struct StoredBeforeTopicIds {
+            id: u64,
+            name: String,
+            scopes: Vec<Scope>,
+            topics: Vec<String>,
+            hash: [u8; 32],
+            created_at_ms: i64,
+        }
+        let old = StoredBeforeTopicIds {
+            id: 2,
+            name: "reader".into(),
+            scopes: vec![Scope::Consume],
+            topics: vec!["orders".into(), "4".into()],
+            hash: [9; 32],
+            created_at_ms: 11,
+        };
+        let loaded: TokenRecord = bincode::deserialize(&bincode::serialize(&old).unwrap()).unwrap();
+        assert_eq!(
+            loaded.topics,
+            vec![TokenTopic::LegacyName("orders".into()), TokenTopic::Id(4)]
+        );
+        assert_eq!((loaded.id, loaded.created_at_ms), (2, 11));
+
+        let current = TokenRecord {
+            topics: vec![TokenTopic::Id(7), TokenTopic::NO_TOPIC],
+            ..loaded
+        };
+        let bytes = bincode::serialize(&current).unwrap();
+        assert_eq!(
+            bincode::deserialize::<TokenRecord>(&bytes).unwrap(),
+            current
+        );
     }
 }

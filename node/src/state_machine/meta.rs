@@ -10,6 +10,7 @@ use crate::raft::types::NodeId;
 use crate::raft::types::Scope;
 use crate::raft::types::SourceTopic;
 use crate::raft::types::TokenRecord;
+use crate::raft::types::TokenTopic;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
 
@@ -43,7 +44,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), MetaRejection> {
 }
 
 /// A schema must at least be a JSON document a JSON Schema can be (an
-/// object or a boolean); the gateway compiles it as well.
+/// object or a boolean). The API layer also bounds its size and compiles it
+/// (`api::schema`), before the command is proposed: apply does not, so that
+/// entries committed under older limits are judged the same on replay.
 pub fn validate_schema_document(schema: &str) -> Result<(), MetaRejection> {
     match serde_json::from_str::<serde_json::Value>(schema) {
         Ok(serde_json::Value::Object(_) | serde_json::Value::Bool(_)) => Ok(()),
@@ -87,10 +90,53 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
             now_ms,
             bootstrap,
         } => {
-            return match create_token(state, name, scopes, topics, *hash, *now_ms, *bootstrap) {
+            // Exactly as versions before topic ids applied it: names stay
+            // names, so replaying an old entry builds the same state.
+            let topics = topics
+                .iter()
+                .map(|t| TokenTopic::from_stored_text(t.clone()))
+                .collect();
+            let token = NewToken {
+                name,
+                scopes,
+                topics,
+                hash: *hash,
+                now_ms: *now_ms,
+            };
+            return match create_token(state, token, *bootstrap) {
                 Ok(token) => CommandResponse::Token(token),
                 Err(rejection) => CommandResponse::MetaRejected(rejection),
             };
+        }
+        MetaCommand::CreateTokenWithTopicIds {
+            name,
+            scopes,
+            topic_ids,
+            hash,
+            now_ms,
+        } => {
+            // The leader resolved these from its metadata, but a topic may
+            // have been deleted since: judged again here, at this index.
+            if let Some(missing) = topic_ids.iter().find(|id| !state.topics.contains_key(id)) {
+                return CommandResponse::MetaRejected(MetaRejection::TopicNotFound {
+                    topic_id: *missing,
+                });
+            }
+            let token = NewToken {
+                name,
+                scopes,
+                topics: topic_ids.iter().map(|id| TokenTopic::Id(*id)).collect(),
+                hash: *hash,
+                now_ms: *now_ms,
+            };
+            return match create_token(state, token, false) {
+                Ok(token) => CommandResponse::Token(token),
+                Err(rejection) => CommandResponse::MetaRejected(rejection),
+            };
+        }
+        MetaCommand::ResolveTokenTopicNames => {
+            resolve_token_topic_names(state);
+            return CommandResponse::None;
         }
         MetaCommand::SetClusterSecret { secret } => {
             // The first secret stays: nodes may already be using it.
@@ -196,34 +242,57 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
     }
 }
 
-fn create_token(
-    state: &mut MetaState,
-    name: &str,
-    scopes: &[Scope],
-    topics: &[String],
+/// A token's fields as a create command carries them.
+struct NewToken<'c> {
+    name: &'c str,
+    scopes: &'c [Scope],
+    topics: Vec<TokenTopic>,
     hash: [u8; 32],
     now_ms: i64,
+}
+
+fn create_token(
+    state: &mut MetaState,
+    new: NewToken<'_>,
     bootstrap: bool,
 ) -> Result<TokenRecord, MetaRejection> {
     if bootstrap && state.next_token_id > 0 {
         return Err(MetaRejection::AlreadyBootstrapped);
     }
-    validate_token(name, scopes)?;
+    validate_token(new.name, new.scopes)?;
     let id = state.next_token_id.max(1);
     state.next_token_id = id + 1;
-    let mut scopes = scopes.to_vec();
+    let mut scopes = new.scopes.to_vec();
     scopes.sort_unstable();
     scopes.dedup();
     let token = TokenRecord {
         id,
-        name: name.to_string(),
+        name: new.name.to_string(),
         scopes,
-        topics: topics.to_vec(),
-        hash,
-        created_at_ms: now_ms,
+        topics: new.topics,
+        hash: new.hash,
+        created_at_ms: new.now_ms,
     };
     state.tokens.insert(id, token.clone());
     Ok(token)
+}
+
+/// Every token topic stored by name becomes the id of the topic bearing
+/// that name now; a name no topic bears becomes [`TokenTopic::NO_TOPIC`]
+/// (a topic created later with that name is a different topic). Never an
+/// empty list: that would widen the token to every topic.
+fn resolve_token_topic_names(state: &mut MetaState) {
+    let topics = &state.topics;
+    for token in state.tokens.values_mut() {
+        for topic in &mut token.topics {
+            if let TokenTopic::LegacyName(name) = topic {
+                *topic = topics
+                    .values()
+                    .find(|t| t.name == *name)
+                    .map_or(TokenTopic::NO_TOPIC, |t| TokenTopic::Id(t.id));
+            }
+        }
+    }
 }
 
 pub fn validate_token(name: &str, scopes: &[Scope]) -> Result<(), MetaRejection> {
@@ -521,5 +590,99 @@ mod tests {
             r,
             CommandResponse::MetaRejected(MetaRejection::TopicExists { .. })
         ));
+    }
+
+    fn rename(state: &mut MetaState, topic_id: u64, name: &str) {
+        let update = crate::raft::types::TopicUpdate {
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        let command = MetaCommand::UpdateTopic {
+            topic_id,
+            update,
+            now_ms: 8,
+        };
+        assert!(matches!(
+            apply(state, &command, &[1]),
+            CommandResponse::Topic(_)
+        ));
+    }
+
+    fn token_on(topic_ids: Vec<u64>) -> MetaCommand {
+        MetaCommand::CreateTokenWithTopicIds {
+            name: "reader".into(),
+            scopes: vec![Scope::Consume],
+            topic_ids,
+            hash: [3; 32],
+            now_ms: 1,
+        }
+    }
+
+    #[test]
+    fn tokens_keep_topic_ids_across_renames_and_refuse_missing_topics_whole() {
+        let mut state = MetaState::default();
+        create(&mut state, spec("a", 1, 1));
+        let CommandResponse::Token(token) = apply(&mut state, &token_on(vec![1]), &[1]) else {
+            panic!()
+        };
+        assert_eq!(token.topics, vec![TokenTopic::Id(1)]);
+        rename(&mut state, 1, "b");
+        create(&mut state, spec("a", 1, 1));
+        assert_eq!(state.tokens[&token.id].topics, vec![TokenTopic::Id(1)]);
+
+        // A topic deleted after the leader resolved it: nothing is stored,
+        // and no token id is used up.
+        let before = state.clone();
+        assert!(matches!(
+            apply(&mut state, &token_on(vec![2, 7]), &[1]),
+            CommandResponse::MetaRejected(MetaRejection::TopicNotFound { topic_id: 7 })
+        ));
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn token_topics_stored_by_name_resolve_to_ids_at_one_log_index() {
+        let mut state = MetaState::default();
+        create(&mut state, spec("orders", 1, 1));
+        create(&mut state, spec("payments", 1, 1));
+        // As versions before topic ids wrote it, and as they applied it.
+        let legacy = MetaCommand::CreateToken {
+            name: "old".into(),
+            scopes: vec![Scope::Consume],
+            topics: vec!["orders".into(), "2".into(), "gone".into()],
+            hash: [5; 32],
+            now_ms: 1,
+            bootstrap: false,
+        };
+        let CommandResponse::Token(token) = apply(&mut state, &legacy, &[1]) else {
+            panic!()
+        };
+        assert_eq!(
+            token.topics,
+            vec![
+                TokenTopic::LegacyName("orders".into()),
+                TokenTopic::Id(2),
+                TokenTopic::LegacyName("gone".into()),
+            ]
+        );
+        assert!(state.has_token_topic_names());
+
+        let mut replica = state.clone();
+        apply(&mut state, &MetaCommand::ResolveTokenTopicNames, &[1]);
+        apply(&mut replica, &MetaCommand::ResolveTokenTopicNames, &[1]);
+        assert_eq!(state, replica, "every replica resolves alike");
+        assert!(!state.has_token_topic_names());
+        // A name no topic bears matches no topic, rather than none of them
+        // (an empty list would allow every topic).
+        assert_eq!(
+            state.tokens[&token.id].topics,
+            vec![TokenTopic::Id(1), TokenTopic::Id(2), TokenTopic::NO_TOPIC]
+        );
+        create(&mut state, spec("gone", 1, 1));
+        let gone = state.topic_by_name("gone").unwrap();
+        assert_eq!(
+            state.tokens[&token.id].allows(Scope::Consume, Some(gone)),
+            Err(crate::auth::Denied::Topic)
+        );
     }
 }

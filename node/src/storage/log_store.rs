@@ -208,11 +208,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
         inner
             .db
             .put_cf(inner.cf(CF_META)?, keys::meta_key(group, tag), bytes)
-            .map_err(|e| StorageError::Write {
-                group,
-                what,
-                source: e.into(),
-            })
+            .map_err(|e| inner.write_failed(group, what, e))
     }
 
     fn delete_meta(&self, tag: MetaTag, what: &'static str) -> Result<(), StorageError> {
@@ -221,11 +217,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
         inner
             .db
             .delete_cf(inner.cf(CF_META)?, keys::meta_key(group, tag))
-            .map_err(|e| StorageError::Write {
-                group,
-                what,
-                source: e.into(),
-            })
+            .map_err(|e| inner.write_failed(group, what, e))
     }
 
     /// Waits, without blocking the calling thread, for an fsync of everything written so far.
@@ -289,11 +281,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
         inner
             .db
             .write_opt(batch, &options)
-            .map_err(|e| StorageError::Write {
-                group,
-                what: "log entry",
-                source: e.into(),
-            })
+            .map_err(|e| inner.write_failed(group, "log entry", e))
     }
 
     /// Deletes the entries with index >= `from` in one range delete.
@@ -306,11 +294,10 @@ impl<C: RaftTypeConfig> LogStore<C> {
             keys::log_key(group, from).to_vec(),
             keys::log_range_end(group, None),
         );
-        inner.db.write(batch).map_err(|e| StorageError::Write {
-            group,
-            what: "log entry",
-            source: e.into(),
-        })
+        inner
+            .db
+            .write(batch)
+            .map_err(|e| inner.write_failed(group, "log entry", e))
     }
 
     /// Records `log_id` as the last purged log id and deletes the entries up to it, in one
@@ -331,11 +318,10 @@ impl<C: RaftTypeConfig> LogStore<C> {
             keys::log_key(group, 0).to_vec(),
             keys::log_range_end(group, log_id.index.checked_add(1)),
         );
-        inner.db.write(batch).map_err(|e| StorageError::Write {
-            group,
-            what: "last purged",
-            source: e.into(),
-        })
+        inner
+            .db
+            .write(batch)
+            .map_err(|e| inner.write_failed(group, "last purged", e))
     }
 }
 

@@ -132,6 +132,33 @@ struct Inner {
     config: StorageConfig,
     db: Arc<DB>,
     syncer: Syncer,
+    /// Set, once, when a write or an fsync failed: see [`Storage::failure`].
+    failure: Arc<StorageFailure>,
+}
+
+/// The first write or fsync failure of a storage. Once set, the disk is no longer trusted.
+#[derive(Debug)]
+pub(crate) struct StorageFailure {
+    reason: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl StorageFailure {
+    fn new() -> StorageFailure {
+        StorageFailure {
+            reason: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// Records `reason` unless a failure was recorded before (the first one is the cause).
+    pub(crate) fn record(&self, reason: impl FnOnce() -> String) {
+        self.reason.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason());
+            true
+        });
+    }
 }
 
 impl fmt::Debug for Storage {
@@ -196,12 +223,14 @@ impl Storage {
             }
         })?;
         let db = Arc::new(db);
-        let syncer = Syncer::spawn(Arc::clone(&db))?;
+        let failure = Arc::new(StorageFailure::new());
+        let syncer = Syncer::spawn(Arc::clone(&db), Arc::clone(&failure))?;
         let inner = Inner {
             path: dir.to_path_buf(),
             config,
             db,
             syncer,
+            failure,
         };
         for name in COLUMN_FAMILIES {
             inner.cf(name)?;
@@ -213,6 +242,18 @@ impl Storage {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Why this storage is no longer trusted: the first write or fsync that failed (a full
+    /// disk, an I/O error). `None` while every write has succeeded. The receiver changes once.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.failure.reason.subscribe()
+    }
+
+    /// Declares the storage failed, as a failed write does: for failures found outside this
+    /// module (a disk check) and for fault injection in tests.
+    pub fn mark_failed(&self, reason: &str) {
+        self.inner.failure.record(|| reason.to_string());
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -321,11 +362,10 @@ impl Storage {
                 }
             }
         }
-        inner.db.write(write).map_err(|e| StorageError::Write {
-            group,
-            what: "state",
-            source: e.into(),
-        })
+        inner
+            .db
+            .write(write)
+            .map_err(|e| inner.write_failed(group, "state", e))
     }
 
     /// Removes every log entry, the Raft metadata and the state of `group` in one atomic,
@@ -347,11 +387,7 @@ impl Storage {
         inner
             .db
             .write_opt(write, &write_options)
-            .map_err(|e| StorageError::Write {
-                group,
-                what: "group",
-                source: e.into(),
-            })
+            .map_err(|e| inner.write_failed(group, "group", e))
     }
 
     /// The groups that have any Raft metadata (a vote, a committed or a last purged log id) or
@@ -372,6 +408,18 @@ impl Storage {
 }
 
 impl Inner {
+    /// The error of a failed write, which also marks the storage failed: RocksDB fails writes
+    /// for a full disk or an I/O error, and then stops taking writes until reopened.
+    fn write_failed(&self, group: GroupId, what: &'static str, e: rocksdb::Error) -> StorageError {
+        let error = StorageError::Write {
+            group,
+            what,
+            source: e.into(),
+        };
+        self.failure.record(|| error.to_string());
+        error
+    }
+
     fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StorageError> {
         self.db
             .cf_handle(name)

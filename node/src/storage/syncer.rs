@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use rocksdb::DB;
 
 use super::StorageError;
+use super::StorageFailure;
 
 /// Completion of a sync: runs on the syncer thread, so it must be quick and must not block.
 pub(super) type Waiter = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
@@ -69,7 +70,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Syncer {
-    pub(super) fn spawn(db: Arc<DB>) -> Result<Syncer, StorageError> {
+    pub(super) fn spawn(db: Arc<DB>, failure: Arc<StorageFailure>) -> Result<Syncer, StorageError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -79,7 +80,7 @@ impl Syncer {
             .name("raftstream-wal-sync".to_string())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&db, &shared)
+                move || run(&db, &shared, &failure)
             })
             .map_err(|source| StorageError::SpawnSyncer { source })?;
         Ok(Syncer {
@@ -153,7 +154,7 @@ impl Drop for HoldGuard {
     }
 }
 
-fn run(db: &DB, shared: &Shared) {
+fn run(db: &DB, shared: &Shared, storage_failure: &StorageFailure) {
     let _exit = ExitGuard(shared);
     // Once an fsync has failed, the kernel may already have dropped the dirty pages it could
     // not write, so a later fsync that succeeds proves nothing about earlier writes. Every
@@ -171,6 +172,7 @@ fn run(db: &DB, shared: &Shared) {
                         waiters = batch.len(),
                         "WAL fsync failed; failing every pending and future append and vote"
                     );
+                    storage_failure.record(|| format!("WAL fsync failed: {message}"));
                     failure = Some(message.clone());
                 }
                 result

@@ -217,6 +217,8 @@ async fn failed_fsync_fails_every_waiter_and_every_later_sync() {
     let mut one: Store = storage.log_store(1);
     let mut two: Store = storage.log_store(2);
 
+    let failure = storage.failure();
+    assert_eq!(*failure.borrow(), None);
     storage.syncer().fail_next_sync();
     let hold = storage.syncer().hold();
     let flushed_one = start_append(&mut one, entries(1, 1..=2)).await;
@@ -224,6 +226,9 @@ async fn failed_fsync_fails_every_waiter_and_every_later_sync() {
     drop(hold);
     assert!(flushed_one.await.unwrap().is_err());
     assert!(flushed_two.await.unwrap().is_err());
+    // The node learns of it (and stops serving, see Node::stop_on_storage_failure).
+    let reason = failure.borrow().clone().unwrap();
+    assert!(reason.contains("WAL fsync failed"), "{reason}");
 
     // The disk is no longer trusted: later syncs fail too, without a new fsync.
     let syncs = storage.syncer().sync_count();

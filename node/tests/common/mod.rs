@@ -64,6 +64,30 @@ pub fn record(value: &str) -> Option<pb::Record> {
     })
 }
 
+/// Publishes `value` until a node acknowledges it, for a publish that may
+/// meet an election; an attempt that failed was never acknowledged.
+pub async fn publish_until_acked(
+    client: &raftstream_client::Grpc,
+    name: &str,
+    value: &str,
+    timeout: Duration,
+) -> pb::PublishResponse {
+    eventually("an acknowledged publish", timeout, || {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish(pb::PublishRequest {
+                    topic: topic(name),
+                    record: record(value),
+                })
+                .await
+                .ok()
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await
+}
+
 pub fn at_offset(offset: u64) -> Option<pb::Position> {
     Some(pb::Position {
         position: Some(pb::position::Position::Offset(offset)),
@@ -354,6 +378,7 @@ pub async fn read_all(
                         position: at_offset(next),
                         max_messages: 1000,
                         wait_ms: 0,
+                        max_bytes: 0,
                     })
                     .await
                     .ok()?

@@ -33,8 +33,9 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ClientService {
     pub fn into_ingest_server(self) -> IngestServer<Self> {
+        let max_request_bytes = self.max_request_bytes();
         IngestServer::new(self)
-            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_decoding_message_size(max_request_bytes)
             .max_encoding_message_size(MAX_RPC_BYTES)
     }
 
@@ -380,6 +381,7 @@ impl Ingest for ClientService {
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
         let hops = Hops::of(&request);
+        let schema_check = self.schema_check(&request);
         let request = request.into_inner();
         let mut source = self.find_source(&request.source_id).await?;
         if !crate::auth::secret_matches(&request.secret, &source.secret_hash) {
@@ -417,6 +419,12 @@ impl Ingest for ClientService {
                 source.id
             ))
         })?;
+        // The message stored, not the body received, is what the topic's
+        // schema promises its consumers.
+        if schema_check == SchemaCheck::Here {
+            let message = bytes::Bytes::copy_from_slice(&value);
+            self.check_schema(&topic, [message]).await?;
+        }
         let replicas = replicas_of(&topic, partition)?;
         let headers = [
             (crate::ingest::HEADER_EVENT_ID, event_id.as_str()),

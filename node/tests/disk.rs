@@ -1,0 +1,108 @@
+//! Disk faults: free-space headroom, and a node whose storage fails.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+
+use std::time::Duration;
+
+use common::*;
+use raftstream_client::pb;
+use raftstream_node::config::Limits;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_free_space_headroom_publishes_are_refused_but_metadata_changes_go_through() {
+    let cluster = TestCluster::start_with_limits(
+        1,
+        Limits {
+            // More than any disk has: every publish is under the headroom.
+            min_free_disk_bytes: u64::MAX,
+            ..TestCluster::limits()
+        },
+    )
+    .await;
+    // Topic changes still work, so an operator can free space.
+    cluster.create_topic("full", 1, 1).await;
+    let mut client = cluster.client(1).await;
+    let refused = client
+        .publish(pb::PublishRequest {
+            topic: topic("full"),
+            record: record("x"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("headroom"), "{refused:?}");
+
+    let http = http::Http::new(&cluster, 1);
+    let (status, body) = http
+        .post("/api/v1/topics/full/publish", json!({"n": 1}))
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["code"], "insufficient_storage", "{body}");
+
+    let read = client
+        .consume(pb::ConsumeRequest {
+            topic: topic("full"),
+            partition: 0,
+            position: at_offset(0),
+            max_messages: 10,
+            wait_ms: 0,
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(read.messages.is_empty(), "a refused publish was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_storage_fails_stops_serving_and_the_rest_carry_on() {
+    let cluster = TestCluster::start(3).await;
+    cluster.create_topic("carry-on", 1, 3).await;
+    let failing = cluster.partition_leader("carry-on", 0).await;
+    let http = http::Http::new(&cluster, failing);
+    let (status, _) = http.send(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // What a failed fsync or write does (see storage::tests).
+    cluster.nodes[&failing]
+        .node
+        .storage
+        .mark_failed("injected: disk gone");
+    let (status, body) = http.send(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "storage_failed", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("disk gone"),
+        "{body}"
+    );
+    // Its groups stop, so the others elect a new leader and take writes.
+    eventually(
+        "the failed node's groups stopped",
+        Duration::from_secs(20),
+        || async {
+            cluster.nodes[&failing]
+                .node
+                .groups()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let survivor = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != failing)
+        .unwrap();
+    let client = cluster.client(survivor).await;
+    publish_until_acked(&client, "carry-on", "after", Duration::from_secs(20)).await;
+}
