@@ -183,6 +183,10 @@ pub struct Limits {
     /// Metadata changes still go through, so topics can be deleted or their
     /// retention shortened to free space.
     pub min_free_disk_bytes: u64,
+    /// A leader expires messages by age only while its wall clock is within
+    /// this of the clocks of a majority of the partition's replicas, so a
+    /// clock that jumped ahead purges nothing (see `clock.rs`).
+    pub max_clock_offset_ms: u64,
 }
 
 impl Default for Limits {
@@ -200,6 +204,7 @@ impl Default for Limits {
             max_streams_per_connection: 1024,
             request_timeout_ms: 120_000,
             min_free_disk_bytes: 512 * 1024 * 1024,
+            max_clock_offset_ms: 5_000,
         }
     }
 }

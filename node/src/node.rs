@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::api::ProposalOrder;
 use crate::api::WriteError;
 use crate::api::schema::SchemaCache;
+use crate::clock::ClockCheck;
 use crate::config::NodeConfig;
 use crate::disk::DiskSpace;
 use crate::raft::network::NetworkFactory;
@@ -148,6 +149,11 @@ impl ReadSlots {
     }
 }
 
+/// How old a peer's clock measurement may be and still count: heartbeats
+/// measure it every `heartbeat_ms`, so only a peer cut off for this long
+/// stops counting.
+const CLOCK_SAMPLES_FRESH_FOR: Duration = Duration::from_secs(10);
+
 /// How long an unknown token or source waits for metadata still on its way.
 const METADATA_PROPAGATION_WAIT: Duration = Duration::from_millis(750);
 
@@ -163,6 +169,8 @@ pub struct Node {
     pub read_slots: ReadSlots,
     /// Free space on the data directory's disk, checked every second.
     pub disk: DiskSpace,
+    /// Whether this node's clock may expire messages by age.
+    pub clock: ClockCheck,
     /// Topics' compiled JSON Schemas, shared by the gRPC service and the
     /// gateway, and the bound on validations running at once.
     pub schemas: SchemaCache,
@@ -190,6 +198,11 @@ impl Node {
         config.validate().map_err(NodeError::Config)?;
         let own_client_addr = [(config.node_id, config.grpc_addr.to_string())].into();
         let read_slots = ReadSlots::new(&config.limits);
+        let clock = ClockCheck::new(
+            config.limits.max_clock_offset_ms,
+            CLOCK_SAMPLES_FRESH_FOR,
+            now_ms(),
+        );
         // Measured first when its loop starts, right after the storage opens.
         let disk = DiskSpace::new(&config.data_dir, config.limits.min_free_disk_bytes);
         let peer_tls = config
@@ -243,6 +256,7 @@ impl Node {
             client_addrs: RwLock::new(own_client_addr),
             read_slots,
             disk,
+            clock,
             schemas: SchemaCache::default(),
             raft_config: Arc::new(raft_config),
             groups: RwLock::new(HashMap::new()),
@@ -253,7 +267,7 @@ impl Node {
         node.start_group(META_GROUP, &voters, true).await?;
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().retention_loop());
-        tokio::spawn(node.clone().quiesce_loop());
+        tokio::spawn(node.clone().node_heartbeat_loop());
         tokio::spawn(node.clone().disk_space_loop());
         tokio::spawn(node.clone().stop_on_storage_failure());
         tokio::spawn(node.clone().bootstrap_admin_token());
@@ -533,13 +547,11 @@ impl Node {
     }
 
     /// Every heartbeat interval: quiesce or wake local groups, then send
-    /// each peer one node heartbeat naming the idle groups this node leads.
-    /// A peer whose previous heartbeat is still in flight is skipped, so a
-    /// dead peer costs one pending call, not a growing pile.
-    async fn quiesce_loop(self: Arc<Self>) {
-        let Some(quiescer) = self.quiescer.clone() else {
-            return;
-        };
+    /// each peer one node heartbeat naming the idle groups this node leads,
+    /// and measure its clock from the answer (`clock.rs`). A peer whose
+    /// previous heartbeat is still in flight is skipped, so a dead peer
+    /// costs one pending call, not a growing pile.
+    async fn node_heartbeat_loop(self: Arc<Self>) {
         let round = Duration::from_millis(self.config.raft.heartbeat_ms.max(1));
         let mut ticker = tokio::time::interval(round);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -550,7 +562,11 @@ impl Node {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let quiesced = quiescer.round(&self.groups());
+            let quiesced = self
+                .quiescer
+                .as_ref()
+                .map(|quiescer| quiescer.round(&self.groups()))
+                .unwrap_or_default();
             for (peer, addr) in &self.config.peers {
                 if *peer == self.id() || sending.get(peer).is_some_and(|h| !h.is_finished()) {
                     continue;
@@ -559,17 +575,21 @@ impl Node {
                     from: self.id(),
                     quiesced_groups: quiesced.clone(),
                 };
-                let pool = self.pool.clone();
+                let node = self.clone();
                 let addr = addr.clone();
                 let peer_id = *peer;
                 let timeout = Duration::from_millis(self.config.raft.election_timeout_min_ms);
                 sending.insert(
                     *peer,
                     tokio::spawn(async move {
-                        if let Err(e) =
-                            crate::raft::quiesce::send_heartbeat(&pool, &addr, beat, timeout).await
+                        let sent_ms = now_ms();
+                        let pool = &node.pool;
+                        match crate::raft::quiesce::send_heartbeat(pool, &addr, beat, timeout).await
                         {
-                            tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");
+                            Ok(peer_ms) => node.clock.record(peer_id, sent_ms, peer_ms, now_ms()),
+                            Err(e) => {
+                                tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");
+                            }
                         }
                     }),
                 );
@@ -602,13 +622,18 @@ impl Node {
 
     async fn enforce_retention(&self, topic: &Topic, group: &Group) {
         let now_ms = now_ms();
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        let leads = metrics.current_leader == Some(self.id());
+        // Only the leader proposes, and only with a clock a majority of the
+        // replicas agrees with (`clock.rs`); size needs no clock.
+        let retention_ms = topic.retention.retention_ms.filter(|_| {
+            let replicas: Vec<NodeId> =
+                metrics.membership_config.membership().voter_ids().collect();
+            leads && self.clock.check(self.id(), &replicas, now_ms).is_ok()
+        });
         let view = group.state.read(|inner| match &inner.data {
             GroupData::Partition(p) => Some((
-                p.retention_point(
-                    now_ms,
-                    topic.retention.retention_ms,
-                    topic.retention.retention_bytes,
-                ),
+                p.retention_point(now_ms, retention_ms, topic.retention.retention_bytes),
                 p.log_start_offset,
                 p.forgotten_log_index,
                 p.purgeable_log_index,
@@ -618,8 +643,7 @@ impl Node {
         let Some((point, log_start, forgotten, purgeable)) = view else {
             return;
         };
-        let metrics = group.raft.metrics().borrow_watched().clone();
-        if metrics.current_leader == Some(self.id()) {
+        if leads {
             if point > log_start {
                 let command = PartitionCommand::AdvanceLogStart { offset: point };
                 if let Err(e) = self.write_retention(group, command).await {
@@ -670,6 +694,12 @@ impl Node {
         group: &Group,
         command: PartitionCommand,
     ) -> Result<(), String> {
+        // A quiesced leader has let its lease lapse and openraft refuses
+        // writes without one: without this, an idle partition, the usual
+        // one to have expired messages, never advanced its log start.
+        if let Some(quiescer) = self.quiescer() {
+            quiescer.wake_for_write(group).await;
+        }
         let write = group
             .raft
             .client_write(crate::raft::types::Command::Partition(command));

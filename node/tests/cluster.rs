@@ -629,6 +629,55 @@ async fn topics_update_purge_and_delete_through_a_follower() {
     cluster.shutdown().await;
 }
 
+/// Expired messages of a partition that went quiet are dropped too: a
+/// quiesced leader has no lease, and the retention write must wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_by_age_expires_the_messages_of_a_quiesced_partition() {
+    let cluster = TestCluster::start(3).await;
+    let mut client = cluster.client(1).await;
+    client
+        .create_topic(pb::CreateTopicRequest {
+            name: "aging".into(),
+            partitions: 1,
+            replication_factor: 3,
+            retention: Some(pb::RetentionPolicy {
+                // Longer than the 2 s after which an idle group quiesces.
+                retention_ms: 4_000,
+                retention_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    cluster.wait_partition_leaders("aging").await;
+    for i in 0..3 {
+        publish(&mut client, "aging", &format!("old-{i}")).await;
+    }
+    let status = |client: raftstream_client::Grpc| async move {
+        let mut client = client;
+        let status = client
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        status.groups.into_iter().find(|g| g.topic == "aging")
+    };
+    eventually("the partition quiesced", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move { status(client).await?.quiesced.then_some(()) }
+    })
+    .await;
+    eventually(
+        "the expired messages dropped",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move { (status(client).await?.log_start_offset == 3).then_some(()) }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_bytes_advances_log_start_on_every_replica() {
     let cluster = TestCluster::start(3).await;

@@ -22,6 +22,9 @@ struct Cluster {
     peers: String,
     /// The certificates of a cluster on TLS (`raftstream-node certs`).
     certs: Option<std::path::PathBuf>,
+    /// Nodes run under libfaketime, each reading its clock offset from
+    /// `clock_file(i)`.
+    faketime: bool,
     children: Vec<Option<Child>>,
 }
 
@@ -38,10 +41,21 @@ fn free_port() -> u16 {
 }
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_raftstream-node");
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl Cluster {
     fn start(size: usize) -> Cluster {
-        Cluster::start_with(size, None)
+        Cluster::start_with(size, None, false)
+    }
+
+    /// A cluster whose nodes' wall clocks the test can move
+    /// (`set_clock_offset`), through libfaketime as jepsen-lite does.
+    fn start_with_clocks(size: usize) -> Cluster {
+        assert!(
+            std::path::Path::new(FAKETIME_LIB).exists(),
+            "{FAKETIME_LIB} is missing: scripts/setup.sh installs faketime"
+        );
+        Cluster::start_with(size, None, true)
     }
 
     /// A cluster on TLS: mutual TLS between nodes, TLS for clients, from
@@ -56,10 +70,14 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(written.status.success(), "{written:?}");
-        Cluster::start_with(size, Some((dir, certs)))
+        Cluster::start_with(size, Some((dir, certs)), false)
     }
 
-    fn start_with(size: usize, tls: Option<(tempfile::TempDir, std::path::PathBuf)>) -> Cluster {
+    fn start_with(
+        size: usize,
+        tls: Option<(tempfile::TempDir, std::path::PathBuf)>,
+        faketime: bool,
+    ) -> Cluster {
         let (dir, certs) = match tls {
             Some((dir, certs)) => (dir, Some(certs)),
             None => (tempfile::tempdir().unwrap(), None),
@@ -76,6 +94,7 @@ impl Cluster {
             grpc,
             peers,
             certs,
+            faketime,
             children: (0..size).map(|_| None).collect(),
         };
         for i in 0..size {
@@ -130,14 +149,41 @@ impl Cluster {
                 .arg("--tls-key")
                 .arg(node("key"));
         }
+        if self.faketime {
+            let clock = self.clock_file(i);
+            if !clock.exists() {
+                self.set_clock_offset(i, "+0");
+            }
+            command
+                .env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME_TIMESTAMP_FILE", clock)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        // The node logs to stdout; a panic goes to stderr.
         let child = command
             .env("RUST_LOG", "warn")
             .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
         self.children[i] = Some(child);
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{}.log", i + 1)))
+            .unwrap_or_default()
+    }
+
+    fn clock_file(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("clock-{}", i + 1))
+    }
+
+    /// Moves node `i`'s wall clock by `offset` (libfaketime's syntax, such
+    /// as "+2d"); it reads the file again within a second.
+    fn set_clock_offset(&self, i: usize, offset: &str) {
+        std::fs::write(self.clock_file(i), offset).unwrap();
     }
 
     fn kill(&mut self, i: usize) {
@@ -183,15 +229,24 @@ impl Drop for Cluster {
 /// Creates a topic of one partition on three replicas, retrying until the
 /// cluster takes it (a retry after an unknown outcome may find it exists).
 async fn create_topic(client: &raftstream_client::Grpc, name: &str) {
+    create_topic_as(
+        client,
+        pb::CreateTopicRequest {
+            name: name.into(),
+            partitions: 1,
+            replication_factor: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// Creates the topic `request` describes, retrying as `create_topic` does.
+async fn create_topic_as(client: &raftstream_client::Grpc, request: pb::CreateTopicRequest) {
     eventually("topic created", Duration::from_secs(30), || {
         let mut client = client.clone();
+        let request = request.clone();
         async move {
-            let request = pb::CreateTopicRequest {
-                name: name.into(),
-                partitions: 1,
-                replication_factor: 3,
-                ..Default::default()
-            };
             match client.create_topic(request).await {
                 Ok(_) => Some(()),
                 Err(status) if status.code() == tonic::Code::AlreadyExists => Some(()),
@@ -643,4 +698,108 @@ async fn a_node_refuses_publishes_near_a_full_disk_and_exits_when_a_write_fails(
         .filter(|l| l.contains("storage failed; this node stops serving"))
         .collect();
     assert_eq!(lines.len(), 1, "{log}");
+}
+
+/// A leader whose wall clock jumps two days ahead must not take its
+/// messages for expired: its clock disagrees with the other replicas', so
+/// it stops expiring by age until they agree again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_clock_jumps_ahead_expires_nothing_by_age() {
+    let cluster = Cluster::start_with_clocks(3);
+    let client = cluster.client(0).await;
+    let request = pb::CreateTopicRequest {
+        name: "kept".into(),
+        partitions: 3,
+        replication_factor: 3,
+        retention: Some(pb::RetentionPolicy {
+            retention_ms: 3_600_000,
+            retention_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    create_topic_as(&client, request).await;
+    // Each node is the preferred leader (first replica) of one of the three
+    // partitions, and leadership settles there.
+    let kept = client
+        .clone()
+        .get_topic(topic("kept").unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let partition = kept
+        .partitions
+        .iter()
+        .find(|p| p.replicas.first() == Some(&1))
+        .unwrap()
+        .partition;
+    eventually(
+        "node 1 leads its partition",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                status(&mut client)
+                    .await?
+                    .groups
+                    .iter()
+                    .any(|g| g.topic == "kept" && g.partition == partition && g.leader == Some(1))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    for i in 0..5 {
+        let value = format!("m-{i}");
+        eventually("a publish", Duration::from_secs(30), || {
+            let mut client = client.clone();
+            let value = value.clone();
+            async move {
+                client
+                    .publish(pb::PublishRequest {
+                        topic: topic("kept"),
+                        record: Some(pb::Record {
+                            value: value.into_bytes().into(),
+                            partition: Some(partition),
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+
+    cluster.set_clock_offset(0, "+2d");
+    eventually(
+        "node 1 pauses retention by age",
+        Duration::from_secs(30),
+        || async {
+            cluster
+                .log(0)
+                .contains("retention by age paused")
+                .then_some(())
+        },
+    )
+    .await;
+    // A few more retention rounds (every 5 s): the messages stay.
+    let watched_until = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < watched_until {
+        let read = client
+            .clone()
+            .consume(pb::ConsumeRequest {
+                topic: topic("kept"),
+                partition,
+                position: common::at_offset(0),
+                max_messages: 100,
+                wait_ms: 0,
+                max_bytes: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.log_start_offset, 0, "{}", cluster.log(0));
+        assert_eq!(read.messages.len(), 5);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -269,21 +269,22 @@ pub fn quorum_acked_since(
         .is_some_and(|at| at.elapsed() < since.elapsed())
 }
 
-/// Sends one node heartbeat to a peer, bounded by `timeout`. A failure is
-/// only logged: the peer then sees this node's heartbeats stop, which is
-/// exactly what it should conclude.
+/// Sends one node heartbeat to a peer, bounded by `timeout`, and returns
+/// the peer's wall clock from its answer. A failure is only logged: the
+/// peer then sees this node's heartbeats stop, which is exactly what it
+/// should conclude.
 pub async fn send_heartbeat(
     pool: &PeerPool,
     addr: &str,
     beat: NodeHeartbeatRequest,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<i64, String> {
     let channel = pool.channel(addr).map_err(|e| e.to_string())?;
     let mut client = RaftTransportClient::new(channel);
     let mut request = tonic::Request::new(beat);
     request.set_timeout(timeout);
     match tokio::time::timeout(timeout, client.node_heartbeat(request)).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(reply)) => Ok(reply.into_inner().now_ms),
         Ok(Err(status)) => Err(status.to_string()),
         Err(_) => Err(format!("timed out after {timeout:?}")),
     }

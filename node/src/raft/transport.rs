@@ -155,6 +155,8 @@ impl RaftTransport for TransportService {
         if let Some(quiescer) = self.node.quiescer() {
             quiescer.on_heartbeat(request.get_ref());
         }
-        Ok(Response::new(NodeHeartbeatReply {}))
+        Ok(Response::new(NodeHeartbeatReply {
+            now_ms: crate::node::now_ms(),
+        }))
     }
 }
