@@ -2,9 +2,10 @@
 # Runs the whole test suite: unit tests, openraft's storage suite and the
 # multi-node integration tests on loopback, then schemathesis against the
 # HTTP gateway's /openapi.json on one dev node, a loadgen smoke test, then
-# jepsen-lite (a short fault-injection campaign and a run that must catch a
-# planted bug; both need root). Ends with one summary line over every test
-# binary; schemathesis, the loadgen smoke test and the two jepsen-lite
+# jepsen-lite (a short fault-injection campaign, and two runs that must
+# catch lost writes: a planted bug, and --no-fsync under power losses; all
+# need root). Ends with one summary line over every test
+# binary; schemathesis, the loadgen smoke test and the three jepsen-lite
 # steps count as one test each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -223,10 +224,11 @@ loadgen_smoke() {
 }
 if loadgen_smoke; then fuzz_passed=$((fuzz_passed + 1)); else fuzz_failed=$((fuzz_failed + 1)); status=1; fi
 
-# --- jepsen-lite: a short fault-injection campaign, and the planted bug ----
-# Both need root (network namespaces, nftables). The campaign must find no
+# --- jepsen-lite: a short fault-injection campaign, and two known losses ---
+# All need root (network namespaces, nftables). The campaign must find no
 # anomaly; the run against a node built with a bug planted on purpose
-# (log appends skip the WAL) must find lost acknowledged writes.
+# (log appends skip the WAL) and the run of --no-fsync nodes under power
+# losses must find lost acknowledged writes.
 # JEPSEN_SEED picks other seeds; the default keeps CI repeatable.
 jepsen_seed="${JEPSEN_SEED:-1}"
 # target/debug/jepsen-lite and target/debug/lazyfs were built by `cargo
@@ -244,26 +246,43 @@ jepsen_campaign() {
     --out "$work/jepsen"
 }
 
+# expect_lost_writes LABEL ARGS...: a jepsen-lite run that must fail (exit 1)
+# and report acknowledged writes lost (gone, or their offset taken by another).
+expect_lost_writes() {
+  local label=$1 rc=0 results
+  shift
+  target/debug/jepsen-lite run "$@" --out "$work/$label" >"$work/$label.log" 2>&1 || rc=$?
+  tail -n 12 "$work/$label.log"
+  if [ "$rc" -ne 1 ]; then
+    echo "$label: expected exit 1 (anomalies), got $rc"
+    return 1
+  fi
+  results=$(ls "$work/$label"/*/results.json)
+  if ! python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))["counts"]; sys.exit(0 if c["lost_write"] + c["ack_offset_mismatch"] > 0 else 1)' "$results"; then
+    echo "$label: the run failed but reported no lost acknowledged write"
+    return 1
+  fi
+  echo "$label: found (lost acknowledged writes reported)"
+}
+
 jepsen_planted() {
-  local planted="$work/raftstream-node-planted" rc=0 results
+  local planted="$work/raftstream-node-planted"
   cargo build --quiet -p raftstream-node --bin raftstream-node \
     --features planted-bug-unlogged-appends || return 1
   cp target/debug/raftstream-node "$planted" || return 1
   # Put the normal binary back in target/debug.
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
-  target/debug/jepsen-lite run --nodes 3 --time-limit 15 --nemesis kill-all --seed 1 \
-    --node-bin "$planted" --out "$work/planted" >"$work/planted.log" 2>&1 || rc=$?
-  tail -n 12 "$work/planted.log"
-  if [ "$rc" -ne 1 ]; then
-    echo "planted bug: expected exit 1 (anomalies), got $rc"
-    return 1
-  fi
-  results=$(ls "$work"/planted/*/results.json)
-  if ! python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["counts"]["lost_write"] > 0 else 1)' "$results"; then
-    echo "planted bug: the run failed but reported no lost acknowledged write"
-    return 1
-  fi
-  echo "planted bug: found (lost acknowledged writes reported)"
+  expect_lost_writes planted --nodes 3 --time-limit 15 --nemesis kill-all --seed 1 \
+    --node-bin "$planted"
+}
+
+# Nodes that acknowledge before fsync (--no-fsync, a documented relaxation)
+# lose acknowledged writes when every node loses power at once: only the
+# power-loss nemesis (lazyfs dropping unsynced writes) can show it, and it
+# must. Seed 2 cuts power to all three nodes.
+jepsen_no_fsync() {
+  expect_lost_writes no-fsync --nodes 3 --time-limit 15 --nemesis power-loss --seed 2 \
+    --no-fsync --node-bin target/debug/raftstream-node --lazyfs-bin target/debug/lazyfs
 }
 
 jepsen_passed=0
@@ -271,6 +290,7 @@ jepsen_failed=0
 started=$SECONDS
 if jepsen_campaign; then jepsen_passed=$((jepsen_passed + 1)); else jepsen_failed=$((jepsen_failed + 1)); status=1; fi
 if jepsen_planted; then jepsen_passed=$((jepsen_passed + 1)); else jepsen_failed=$((jepsen_failed + 1)); status=1; fi
+if jepsen_no_fsync; then jepsen_passed=$((jepsen_passed + 1)); else jepsen_failed=$((jepsen_failed + 1)); status=1; fi
 echo "jepsen-lite: $((SECONDS - started)) s"
 
 awk -v fp="$((fuzz_passed + jepsen_passed))" -v ff="$((fuzz_failed + jepsen_failed))" '

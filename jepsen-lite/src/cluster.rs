@@ -118,6 +118,9 @@ pub struct NodeSetup {
     /// Peers reach each other through the harness's proxies
     /// ([`crate::proxy`]), for the latency nemesis.
     pub peer_proxies: bool,
+    /// Nodes acknowledge before fsync (`--no-fsync`), for the harness's own
+    /// test: power losses must then lose acknowledged writes.
+    pub no_fsync: bool,
 }
 
 #[derive(Debug)]
@@ -129,6 +132,7 @@ pub struct Cluster {
     peers: String,
     /// The cluster CA and node certificates (`raftstream-node certs`).
     certs: PathBuf,
+    no_fsync: bool,
     /// Whether nodes run under libfaketime (for the clock nemesis).
     faketime: bool,
     /// The lazyfs binary, when data directories are on lazyfs (for the
@@ -193,6 +197,7 @@ impl Cluster {
             token: token.to_string(),
             peers,
             certs,
+            no_fsync: setup.no_fsync,
             faketime: setup.faketime,
             lazyfs: setup.lazyfs,
             namespaces: (1..=size).map(|n| net.node_ns(n)).collect(),
@@ -385,6 +390,7 @@ impl Cluster {
             .arg(self.certs.join(format!("node-{node}.pem")))
             .arg("--peer-tls-key")
             .arg(self.certs.join(format!("node-{node}.key")))
+            .args(self.no_fsync.then_some("--no-fsync"))
             .arg("--data-dir")
             .arg(self.data_dir(node))
             .env("RUST_LOG", "warn")

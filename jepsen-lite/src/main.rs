@@ -80,6 +80,10 @@ struct RunArgs {
     /// Where run directories go.
     #[arg(long, default_value = "target/jepsen-lite")]
     out: PathBuf,
+    /// Run the nodes with --no-fsync (acknowledge before fsync): a cluster
+    /// this harness must catch losing acknowledged writes to power losses.
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +213,9 @@ fn repeat_command(args: &RunArgs) -> String {
     if let Some(bin) = &args.lazyfs_bin {
         cmd.push_str(&format!(" --lazyfs-bin {}", bin.display()));
     }
+    if args.no_fsync {
+        cmd.push_str(" --no-fsync");
+    }
     cmd
 }
 
@@ -266,6 +273,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         faketime: faults.contains(&nemesis::Fault::Clock),
         lazyfs,
         peer_proxies: proxies.is_some(),
+        no_fsync: args.no_fsync,
     };
     let cluster = Arc::new(Mutex::new(Cluster::new(
         &net, args.nodes, &bin, &dir, TOKEN, setup,
