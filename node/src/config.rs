@@ -268,6 +268,12 @@ impl NodeConfig {
                 l.max_batch_bytes, l.max_request_bytes
             ));
         }
+        if l.max_request_bytes > crate::raft::network::MAX_RPC_BYTES {
+            return Err(format!(
+                "max_request_bytes must not exceed {} bytes, the largest message between nodes",
+                crate::raft::network::MAX_RPC_BYTES
+            ));
+        }
         if l.max_message_bytes > l.max_batch_bytes {
             return Err("max_message_bytes must not exceed max_batch_bytes".into());
         }

@@ -149,6 +149,17 @@ impl ReadSlots {
     }
 }
 
+/// The most entries one AppendEntries call carries: as many of the largest
+/// (a publish batch at `max_batch_bytes` with its framing) as fit the peer
+/// API's message limit, and at most openraft's default of 300. Without the
+/// bound, a follower catching up on large batches was sent appends the
+/// peer refused to encode, and never caught up.
+pub fn entries_per_append(limits: &crate::config::Limits) -> u64 {
+    let largest_entry = limits.max_batch_bytes + crate::config::REQUEST_FRAMING_BYTES;
+    let fit = crate::raft::network::MAX_RPC_BYTES / largest_entry.max(1);
+    u64::try_from(fit).unwrap_or(u64::MAX).clamp(1, 300)
+}
+
 /// How old a peer's clock measurement may be and still count: heartbeats
 /// measure it every `heartbeat_ms`, so only a peer cut off for this long
 /// stops counting.
@@ -232,6 +243,7 @@ impl Node {
             // after the other. Commit still needs a majority of fsyncs, the leader's included
             // only once it has synced.
             broadcast_submitted_on_append: Some(true),
+            max_payload_entries: entries_per_append(&config.limits),
             ..Default::default()
         };
         let raft_config = raft_config
@@ -951,4 +963,35 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::config::REQUEST_FRAMING_BYTES;
+    use crate::raft::network::MAX_RPC_BYTES;
+
+    #[test]
+    fn an_append_of_the_largest_entries_fits_the_peer_message_limit() {
+        for max_batch_bytes in [1 << 10, 1 << 20, 4 << 20, 8 << 20, 64 << 20, 256 << 20] {
+            let limits = Limits {
+                max_batch_bytes,
+                ..Limits::default()
+            };
+            let entries = entries_per_append(&limits);
+            assert!((1..=300).contains(&entries), "{entries}");
+            let largest_append = entries as usize * (max_batch_bytes + REQUEST_FRAMING_BYTES);
+            assert!(
+                entries == 1 || largest_append <= MAX_RPC_BYTES,
+                "{entries} entries of {max_batch_bytes} bytes"
+            );
+        }
+        // Small batches keep openraft's default.
+        let small = Limits {
+            max_batch_bytes: 1 << 10,
+            ..Limits::default()
+        };
+        assert_eq!(entries_per_append(&small), 300);
+    }
 }
