@@ -241,7 +241,7 @@ jepsen_campaign() {
   [ -x target/debug/jepsen-lite ] || cargo build --quiet -p jepsen-lite || return 1
   [ -x target/debug/lazyfs ] || cargo build --quiet -p lazyfs || return 1
   target/debug/jepsen-lite campaign --runs 6 --time-limit 20 --sizes 3,5 \
-    --mixes "kill,power-loss;partition,pause,latency;loss,clock,kill-one" --seed "$jepsen_seed" \
+    --mixes "kill,power-loss;partition,pause,latency;loss,clock,kill-one,wipe" --seed "$jepsen_seed" \
     --node-bin target/debug/raftstream-node --lazyfs-bin target/debug/lazyfs \
     --out "$work/jepsen"
 }

@@ -441,6 +441,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills `node` and empties its data directory, as a replaced disk
+    /// would; `start` brings it back empty.
+    pub fn wipe(&mut self, node: u64) -> anyhow::Result<()> {
+        self.kill(node)?;
+        let data = self.data_dir(node);
+        for entry in std::fs::read_dir(&data)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn pause(&mut self, node: u64) -> anyhow::Result<()> {
         self.signal(node, Signal::SIGSTOP)?;
         self.proc(node)?.paused = true;

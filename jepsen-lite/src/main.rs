@@ -64,7 +64,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
     /// Faults: all, none, kill, pause, partition, loss, clock, power,
-    /// latency, or single names such as kill-leaders, partition-ring
+    /// latency, wipe, or single names such as kill-leaders, partition-ring
     /// (comma-separated).
     #[arg(long, default_value = "all")]
     nemesis: String,

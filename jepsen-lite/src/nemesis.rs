@@ -40,10 +40,11 @@ pub enum Fault {
     Clock,
     PowerLoss,
     Latency,
+    WipeOne,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 16] = [
         Fault::KillOne,
         Fault::KillMinority,
         Fault::KillLeaders,
@@ -59,6 +60,7 @@ impl Fault {
         Fault::Clock,
         Fault::PowerLoss,
         Fault::Latency,
+        Fault::WipeOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Fault {
             Fault::Clock => "clock",
             Fault::PowerLoss => "power-loss",
             Fault::Latency => "latency",
+            Fault::WipeOne => "wipe-one",
         }
     }
 
@@ -95,13 +98,14 @@ impl Fault {
             Fault::Clock => "clock",
             Fault::PowerLoss => "power",
             Fault::Latency => "latency",
+            Fault::WipeOne => "wipe",
         }
     }
 }
 
 /// Parses `kill,partition-ring,all,none`: fault names, groups (`kill`,
-/// `pause`, `partition`, `loss`, `clock`, `power`, `latency`), `all`, or
-/// `none`.
+/// `pause`, `partition`, `loss`, `clock`, `power`, `latency`, `wipe`),
+/// `all`, or `none`.
 pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -113,7 +117,7 @@ pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
         if matched.is_empty() && word != "none" {
             let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
             return Err(format!(
-                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power, latency or one of {}",
+                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power, latency, wipe or one of {}",
                 names.join(", ")
             ));
         }
@@ -339,6 +343,17 @@ impl Nemesis {
                 let mut cluster = self.cluster.lock();
                 for v in &victims {
                     cluster.power_loss(*v)?;
+                }
+                let d = describe(&victims);
+                (Undo::Restart(victims), d)
+            }
+            Fault::WipeOne => {
+                // A replaced disk: the node comes back empty and must catch
+                // up before it votes.
+                let victims = nodes[..1].to_vec();
+                let mut cluster = self.cluster.lock();
+                for v in &victims {
+                    cluster.wipe(*v)?;
                 }
                 let d = describe(&victims);
                 (Undo::Restart(victims), d)

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod ingest;
 pub mod node;
 pub mod raft;
+pub mod rejoin;
 pub mod server;
 pub mod state_machine;
 pub mod storage;

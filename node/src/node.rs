@@ -36,6 +36,7 @@ use crate::raft::types::PartitionCommand;
 use crate::raft::types::Raft;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
+use crate::rejoin::Rejoin;
 use crate::state_machine::GroupData;
 use crate::state_machine::GroupShared;
 use crate::state_machine::GroupStateMachine;
@@ -149,6 +150,28 @@ impl ReadSlots {
     }
 }
 
+/// Writes a group's first membership. Every replica initializes with the
+/// same membership, which writes the same first entry everywhere, so it is
+/// safe and no single replica being down can leave the group unformed. The
+/// preferred leader then starts the first election.
+async fn initialize_group(
+    raft: &Raft,
+    id: GroupId,
+    replicas: &BTreeMap<NodeId, String>,
+    preferred_leader: bool,
+) {
+    let members: BTreeMap<NodeId, BasicNode> = replicas
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+        .collect();
+    if let Err(e) = raft.initialize(members).await {
+        tracing::debug!(group = id, error = %e, "initialize skipped");
+    }
+    if preferred_leader {
+        let _ = raft.trigger().elect(true).await;
+    }
+}
+
 /// The most entries one AppendEntries call carries: as many of the largest
 /// (a publish batch at `max_batch_bytes` with its framing) as fit the peer
 /// API's message limit, and at most openraft's default of 300. Without the
@@ -182,6 +205,8 @@ pub struct Node {
     pub disk: DiskSpace,
     /// Whether this node's clock may expire messages by age.
     pub clock: ClockCheck,
+    /// Caution after an empty start: no votes until caught up.
+    pub rejoin: Rejoin,
     /// Topics' compiled JSON Schemas, shared by the gRPC service and the
     /// gateway, and the bound on validations running at once.
     pub schemas: SchemaCache,
@@ -226,7 +251,11 @@ impl Node {
         } else {
             SyncMode::Never
         };
-        let storage = Storage::open(&config.data_dir.join("db"), StorageConfig { sync_mode })?;
+        let db_dir = config.data_dir.join("db");
+        // RocksDB writes CURRENT when it creates a database.
+        let empty_data_dir = !db_dir.join("CURRENT").exists();
+        let rejoin = Rejoin::new(empty_data_dir, config.peers.len());
+        let storage = Storage::open(&db_dir, StorageConfig { sync_mode })?;
         let timings = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: "raftstream".into(),
@@ -269,6 +298,7 @@ impl Node {
             read_slots,
             disk,
             clock,
+            rejoin,
             schemas: SchemaCache::default(),
             raft_config: Arc::new(raft_config),
             groups: RwLock::new(HashMap::new()),
@@ -410,30 +440,22 @@ impl Node {
             self.pool.clone(),
             Duration::from_millis(self.config.raft.election_timeout_max_ms),
         );
+        let cautious = self.rejoin.on_group_started(id, replicas, preferred_leader);
         let raft = Raft::new(self.id(), self.raft_config.clone(), network, log_store, sm)
             .await
             .map_err(|e| NodeError::Raft {
                 group: id,
                 reason: e.to_string(),
             })?;
+        if cautious {
+            raft.runtime_config().elect(false);
+        }
         let initialized = raft.is_initialized().await.map_err(|e| NodeError::Raft {
             group: id,
             reason: e.to_string(),
         })?;
-        if !initialized {
-            // Every replica initializes with the same membership, which
-            // writes the same first entry everywhere, so it is safe and no
-            // single replica being down can leave the group unformed.
-            let members: BTreeMap<NodeId, BasicNode> = replicas
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr)))
-                .collect();
-            if let Err(e) = raft.initialize(members).await {
-                tracing::debug!(group = id, error = %e, "initialize skipped");
-            }
-            if preferred_leader {
-                let _ = raft.trigger().elect(true).await;
-            }
+        if !initialized && !cautious {
+            initialize_group(&raft, id, replicas, preferred_leader).await;
         }
         let group = Arc::new(Group {
             id,
@@ -574,6 +596,7 @@ impl Node {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            self.release_caught_up_groups();
             let quiesced = self
                 .quiescer
                 .as_ref()
@@ -598,13 +621,38 @@ impl Node {
                         let pool = &node.pool;
                         match crate::raft::quiesce::send_heartbeat(pool, &addr, beat, timeout).await
                         {
-                            Ok(peer_ms) => node.clock.record(peer_id, sent_ms, peer_ms, now_ms()),
+                            Ok(reply) => {
+                                node.clock.record(peer_id, sent_ms, reply.now_ms, now_ms());
+                                node.rejoin.on_peer(peer_id, reply.cluster_formed);
+                            }
                             Err(e) => {
                                 tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");
                             }
                         }
                     }),
                 );
+            }
+        }
+    }
+
+    /// Lets the groups that caught up after an empty start vote again.
+    fn release_caught_up_groups(&self) {
+        let applied = |id: GroupId| {
+            let group = self.group(id)?;
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            Some(metrics.last_applied.map_or(0, |l| l.index))
+        };
+        for released in self.rejoin.release_caught_up(applied) {
+            let Some(group) = self.group(released.group) else {
+                continue;
+            };
+            group.raft.runtime_config().elect(true);
+            tracing::debug!(group = group.id, "may vote again after an empty start");
+            if let Some(members) = released.initialize {
+                let raft = group.raft.clone();
+                tokio::spawn(async move {
+                    initialize_group(&raft, released.group, &members, released.preferred).await;
+                });
             }
         }
     }

@@ -33,6 +33,7 @@ use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
+use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 use raftstream_proto::v1::raft_transport_client::RaftTransportClient;
 
@@ -270,7 +271,7 @@ pub fn quorum_acked_since(
 }
 
 /// Sends one node heartbeat to a peer, bounded by `timeout`, and returns
-/// the peer's wall clock from its answer. A failure is only logged: the
+/// its answer (the peer's wall clock, whether it holds a formed cluster). A failure is only logged: the
 /// peer then sees this node's heartbeats stop, which is exactly what it
 /// should conclude.
 pub async fn send_heartbeat(
@@ -278,13 +279,13 @@ pub async fn send_heartbeat(
     addr: &str,
     beat: NodeHeartbeatRequest,
     timeout: Duration,
-) -> Result<i64, String> {
+) -> Result<NodeHeartbeatReply, String> {
     let channel = pool.channel(addr).map_err(|e| e.to_string())?;
     let mut client = RaftTransportClient::new(channel);
     let mut request = tonic::Request::new(beat);
     request.set_timeout(timeout);
     match tokio::time::timeout(timeout, client.node_heartbeat(request)).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner().now_ms),
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
         Ok(Err(status)) => Err(status.to_string()),
         Err(_) => Err(format!("timed out after {timeout:?}")),
     }

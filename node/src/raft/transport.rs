@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use openraft::alias::SnapshotOf;
+use openraft::raft::AppendEntriesRequest;
 use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 use raftstream_proto::v1::RaftBatch;
@@ -53,8 +54,24 @@ impl TransportService {
     }
 
     async fn append_one(&self, message: RaftMessage) -> Result<RaftMessage, Status> {
-        let (group, rpc) = self.decode(&message)?;
+        let (group, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.decode(&message)?;
+        self.node.rejoin.on_append(
+            message.group_id,
+            rpc.leader_commit.as_ref().map(|c| c.index),
+        );
         reply(message.group_id, group.raft.append_entries(rpc).await).map(Response::into_inner)
+    }
+
+    /// A replica that lost its data votes, and takes leadership, only once
+    /// it has caught up (`rejoin.rs`).
+    fn refuse_if_cautious(&self, group_id: u64) -> Result<(), Status> {
+        if self.node.rejoin.is_cautious(group_id) {
+            return Err(Status::unavailable(format!(
+                "group {group_id}: this replica started with an empty data directory and is \
+                 catching up; it votes once it has"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -106,6 +123,7 @@ impl RaftTransport for TransportService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
+        self.refuse_if_cautious(message.group_id)?;
         let (group, rpc) = self.decode(&message)?;
         reply(message.group_id, group.raft.vote(rpc).await)
     }
@@ -115,6 +133,7 @@ impl RaftTransport for TransportService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
+        self.refuse_if_cautious(message.group_id)?;
         let (group, rpc) = self.decode(&message)?;
         reply(message.group_id, group.raft.pre_vote(rpc).await)
     }
@@ -141,6 +160,7 @@ impl RaftTransport for TransportService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
+        self.refuse_if_cautious(message.group_id)?;
         let (group, rpc) = self.decode(&message)?;
         reply(
             message.group_id,
@@ -155,8 +175,13 @@ impl RaftTransport for TransportService {
         if let Some(quiescer) = self.node.quiescer() {
             quiescer.on_heartbeat(request.get_ref());
         }
+        let cluster_formed = self
+            .node
+            .with_metadata(|m| m.cluster_secret.is_some())
+            .unwrap_or(false);
         Ok(Response::new(NodeHeartbeatReply {
             now_ms: crate::node::now_ms(),
+            cluster_formed,
         }))
     }
 }

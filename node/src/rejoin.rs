@@ -1,0 +1,239 @@
+//! A node that starts with an empty data directory votes only once it holds
+//! what it may have acknowledged before.
+//!
+//! Raft counts on every voter remembering its log. A node whose disk was
+//! wiped or replaced forgets entries it once acknowledged: if it then voted
+//! for a candidate missing them, the candidate could win and committed
+//! entries would be lost. So a node that finds its data directory empty
+//! starts *cautious*: in every group it neither campaigns nor grants votes
+//! (nor takes a leadership transfer) until it has applied the commit index
+//! of the first append its group's leader sent it. Appends still count
+//! towards commits: a replica acknowledges only entries it has fsynced.
+//!
+//! A brand-new cluster starts empty too. Its nodes learn from the node
+//! heartbeats that a majority has formed no cluster yet (no node holds a
+//! bootstrapped metadata group) and then drop the caution: a formed cluster
+//! committed its bootstrap on a majority, which shares a node with any
+//! other majority, so only a new cluster can show that, as long as no
+//! node but this one lost its data.
+
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use crate::raft::types::GroupId;
+use crate::raft::types::NodeId;
+
+#[derive(Debug)]
+pub struct Rejoin {
+    state: Mutex<State>,
+    /// Voters of the cluster, this node included.
+    cluster_size: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Whether groups started now start cautious.
+    active: bool,
+    /// Some peer holds a formed cluster: this node must catch up.
+    formed_elsewhere: bool,
+    /// Peers that report no formed cluster.
+    unformed_peers: BTreeSet<NodeId>,
+    /// Cautious groups → the leader's commit index from its first append,
+    /// and whether this node is the group's preferred leader.
+    groups: HashMap<GroupId, Cautious>,
+    /// Groups a new cluster released, not yet handed back by
+    /// `release_caught_up`.
+    released: Vec<Released>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Cautious {
+    target: Option<u64>,
+    /// The group's first membership, which a cautious replica does not
+    /// write itself: a new cluster's node writes it once released; a node
+    /// that lost its data gets it from the leader's log.
+    members: Members,
+    preferred: bool,
+}
+
+/// Node id → peer address.
+pub type Members = std::collections::BTreeMap<NodeId, String>;
+
+/// A group that may vote again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub group: GroupId,
+    /// Released because the cluster is new: the group still has to be
+    /// initialized with these members, and its preferred leader (this node
+    /// when `preferred`) may start the first election.
+    pub initialize: Option<Members>,
+    pub preferred: bool,
+}
+
+impl Rejoin {
+    /// `empty_data_dir`: the node found no database when it started.
+    pub fn new(empty_data_dir: bool, cluster_size: usize) -> Rejoin {
+        Rejoin {
+            state: Mutex::new(State {
+                // A cluster of one has nobody to learn from.
+                active: empty_data_dir && cluster_size > 1,
+                ..State::default()
+            }),
+            cluster_size,
+        }
+    }
+
+    /// Registers a group being started; whether it starts cautious (then
+    /// it neither initializes nor campaigns until released).
+    pub fn on_group_started(&self, group: GroupId, members: &Members, preferred: bool) -> bool {
+        let mut state = self.state.lock();
+        if state.active {
+            state.groups.insert(
+                group,
+                Cautious {
+                    target: None,
+                    members: members.clone(),
+                    preferred,
+                },
+            );
+        }
+        state.active
+    }
+
+    pub fn is_cautious(&self, group: GroupId) -> bool {
+        self.state.lock().groups.contains_key(&group)
+    }
+
+    /// A peer's heartbeat answer: whether it holds a formed cluster.
+    pub fn on_peer(&self, peer: NodeId, formed: bool) {
+        let mut state = self.state.lock();
+        if !state.active || state.formed_elsewhere {
+            return;
+        }
+        if formed {
+            state.formed_elsewhere = true;
+            return;
+        }
+        state.unformed_peers.insert(peer);
+        // With this node, a majority has no cluster: a cluster formed
+        // without them would have committed its first entry on one of them.
+        if state.unformed_peers.len() + 1 > self.cluster_size / 2 {
+            tracing::info!("a majority of the nodes is new: this is a new cluster");
+            state.active = false;
+            let released: Vec<Released> = state
+                .groups
+                .drain()
+                .map(|(group, c)| Released {
+                    group,
+                    initialize: Some(c.members),
+                    preferred: c.preferred,
+                })
+                .collect();
+            state.released.extend(released);
+        }
+    }
+
+    /// The leader's commit index on an append to a cautious group; the
+    /// first one is what the group must apply.
+    pub fn on_append(&self, group: GroupId, leader_commit: Option<u64>) {
+        let mut state = self.state.lock();
+        if let Some(cautious) = state.groups.get_mut(&group)
+            && cautious.target.is_none()
+        {
+            cautious.target = leader_commit;
+        }
+    }
+
+    /// Releases the cautious groups whose `applied` index (by `applied`)
+    /// reached their target, and those a new cluster released; returns
+    /// them. Once none is left after a peer showed a formed cluster, groups
+    /// start normally again.
+    pub fn release_caught_up(&self, applied: impl Fn(GroupId) -> Option<u64>) -> Vec<Released> {
+        let mut state = self.state.lock();
+        let caught_up: Vec<Released> = state
+            .groups
+            .iter()
+            .filter(|(group, c)| {
+                c.target
+                    .is_some_and(|t| applied(**group).is_some_and(|a| a >= t))
+            })
+            // A group that caught up follows a leader: its membership came
+            // with the leader's log, and no election is due.
+            .map(|(group, _)| Released {
+                group: *group,
+                initialize: None,
+                preferred: false,
+            })
+            .collect();
+        for released in &caught_up {
+            state.groups.remove(&released.group);
+        }
+        if state.formed_elsewhere && state.groups.is_empty() && !caught_up.is_empty() {
+            tracing::info!("every group has caught up: this node votes again");
+            state.active = false;
+        }
+        let mut released = std::mem::take(&mut state.released);
+        released.extend(caught_up);
+        released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_majority_of_new_nodes_is_a_new_cluster() {
+        let rejoin = Rejoin::new(true, 3);
+        let members: Members = [(1, "a:1".to_string()), (2, "b:1".to_string())].into();
+        assert!(rejoin.on_group_started(0, &members, true));
+        assert!(rejoin.is_cautious(0));
+        rejoin.on_peer(2, false);
+        assert!(!rejoin.is_cautious(0));
+        assert!(!rejoin.on_group_started(7, &members, false));
+        // The group it held back is initialized now, and its preferred
+        // leader may campaign.
+        let released = rejoin.release_caught_up(|_| None);
+        assert_eq!(
+            released,
+            vec![Released {
+                group: 0,
+                initialize: Some(members),
+                preferred: true
+            }]
+        );
+        assert!(rejoin.release_caught_up(|_| None).is_empty());
+    }
+
+    #[test]
+    fn a_wiped_node_votes_only_after_applying_its_leaders_commit_index() {
+        let rejoin = Rejoin::new(true, 3);
+        assert!(rejoin.on_group_started(0, &Members::new(), false));
+        rejoin.on_peer(2, true);
+        // A peer with no cluster does not outweigh one with a cluster.
+        rejoin.on_peer(3, false);
+        assert!(rejoin.is_cautious(0));
+        // No append yet: nothing to measure against.
+        assert!(rejoin.release_caught_up(|_| Some(100)).is_empty());
+        rejoin.on_append(0, Some(40));
+        // A later append's commit index does not move the target.
+        rejoin.on_append(0, Some(90));
+        assert!(rejoin.release_caught_up(|_| Some(39)).is_empty());
+        let released = rejoin.release_caught_up(|_| Some(40));
+        assert_eq!(
+            released.iter().map(|r| r.group).collect::<Vec<_>>(),
+            vec![0]
+        );
+        assert!(!rejoin.is_cautious(0));
+        assert!(released[0].initialize.is_none());
+        assert!(!rejoin.on_group_started(5, &Members::new(), false));
+    }
+
+    #[test]
+    fn a_node_with_data_or_alone_is_never_cautious() {
+        assert!(!Rejoin::new(false, 3).on_group_started(0, &Members::new(), true));
+        assert!(!Rejoin::new(true, 1).on_group_started(0, &Members::new(), true));
+    }
+}

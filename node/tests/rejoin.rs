@@ -1,0 +1,83 @@
+//! A node whose data directory was wiped must not vote until it caught up.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Node 2 misses the newest messages while it is down; node 3 then loses
+/// its disk. Had node 3 voted with its empty log, node 2 would have been
+/// elected with its stale one and, once node 1 came back, the messages only
+/// node 1 still held would have been truncated away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_is_lost() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("survive", 1, 3).await;
+    let client = cluster.client(1).await;
+    publish_until_acked(&client, "survive", "while-all-up", Duration::from_secs(20)).await;
+
+    cluster.stop(2).await;
+    let client = cluster.client(1).await;
+    let mut acked = vec!["while-all-up".to_string()];
+    for i in 0..20 {
+        let value = format!("without-2-{i}");
+        publish_until_acked(&client, "survive", &value, Duration::from_secs(20)).await;
+        acked.push(value);
+    }
+
+    cluster.stop(1).await;
+    cluster.stop(3).await;
+    // The stopped node's last tasks may still be closing its files.
+    let data_dir = cluster.configs[&3].data_dir.clone();
+    eventually("node 3's data wiped", Duration::from_secs(20), || async {
+        std::fs::remove_dir_all(&data_dir).ok()
+    })
+    .await;
+    cluster.restart(2).await;
+    cluster.restart(3).await;
+    // Node 2's log is stale and node 3's is empty: without node 3's vote
+    // node 2 cannot win. Watch the partition for a few election timeouts.
+    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    let watched_until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < watched_until {
+        for id in [2, 3] {
+            if let Some(group) = cluster.nodes[&id].node.group(group_id) {
+                use openraft::async_runtime::WatchReceiver;
+                let state = group.raft.metrics().borrow_watched().state;
+                assert_ne!(
+                    state,
+                    openraft::ServerState::Leader,
+                    "node {id} was elected without node 1"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Node 3 has not even caught up its metadata: it holds back there too.
+    let meta = raftstream_node::raft::types::META_GROUP;
+    assert!(cluster.nodes[&3].node.rejoin.is_cautious(meta));
+
+    cluster.restart(1).await;
+    cluster.wait_ready().await;
+    let mut reader = cluster.client(3).await;
+    let read = read_all(&mut reader, "survive", 0, acked.len()).await;
+    let values: Vec<String> = read
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    for value in &acked {
+        assert!(
+            values.contains(value),
+            "acknowledged {value} lost: {values:?}"
+        );
+    }
+    // Node 3 caught up and votes again.
+    eventually("node 3 caught up", Duration::from_secs(20), || async {
+        let rejoin = &cluster.nodes[&3].node.rejoin;
+        (!rejoin.is_cautious(meta) && !rejoin.is_cautious(group_id)).then_some(())
+    })
+    .await;
+}
