@@ -9,6 +9,9 @@
 //! (nor takes a leadership transfer) until it has applied the commit index
 //! of the first append its group's leader sent it. Appends still count
 //! towards commits: a replica acknowledges only entries it has fsynced.
+//! Having forgotten its term, it still accepts appends from a leader of an
+//! older term (see ARCHITECTURE.md, Disk faults): rejoining as a learner
+//! closes that once membership changes exist.
 //!
 //! A brand-new cluster starts empty too. Its nodes learn from the node
 //! heartbeats that a majority has formed no cluster yet (no node holds a

@@ -175,10 +175,12 @@ impl RaftTransport for TransportService {
         if let Some(quiescer) = self.node.quiescer() {
             quiescer.on_heartbeat(request.get_ref());
         }
+        // A node that is stopping, or whose storage failed, has no metadata
+        // to tell from: it must not pass for a node of a new cluster.
         let cluster_formed = self
             .node
             .with_metadata(|m| m.cluster_secret.is_some())
-            .unwrap_or(false);
+            .ok_or_else(|| Status::unavailable("this node is stopping"))?;
         Ok(Response::new(NodeHeartbeatReply {
             now_ms: crate::node::now_ms(),
             cluster_formed,
