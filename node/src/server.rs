@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tonic::transport::ServerTlsConfig;
 use tower::Layer;
 
+use crate::api::authenticate_first::AuthenticateFirstLayer;
 use crate::api::forwarded::MarkForwardedLayer;
 use crate::api::grpc::ClientService;
 use crate::config::NodeConfig;
@@ -118,12 +119,12 @@ impl RunningNode {
         let node = Node::start(config).await?;
         let stop_listeners = watch::Sender::new(false);
 
-        let public_services = tonic::service::Routes::new(
-            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_server()),
-        )
-        .add_service(
-            MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server()),
-        );
+        let client_api = AuthenticateFirstLayer::new(node.clone())
+            .layer(ClientService::public(node.clone()).into_server());
+        let public_services = tonic::service::Routes::new(MarkForwardedLayer.layer(client_api))
+            .add_service(
+                MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server()),
+            );
         let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(
             TransportService::new(node.clone()),
         )

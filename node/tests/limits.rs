@@ -229,3 +229,38 @@ async fn long_polls_and_subscriptions_past_the_node_limits_are_refused() {
     )
     .await;
 }
+
+/// The token is checked from the headers, before the body is read: a
+/// caller without one is refused even when its request is too large to
+/// decode, and so costs the node no decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_without_a_valid_token_is_refused_before_its_body_is_decoded() {
+    let cluster = TestCluster::start(1).await;
+    cluster.create_topic("guarded", 1, 1).await;
+    let oversized = || pb::PublishRequest {
+        topic: topic("guarded"),
+        record: Some(pb::Record {
+            value: vec![b'x'; 9 * 1024 * 1024].into(),
+            ..Default::default()
+        }),
+    };
+    let addr = cluster.addr(1).to_string();
+    let mut anonymous = raftstream_client::connect(&addr, None).await.unwrap();
+    let refused = anonymous.publish(oversized()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut forged = raftstream_client::connect(&addr, Some("rst_not-a-token"))
+        .await
+        .unwrap();
+    let refused = forged.publish(oversized()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // With a valid token the same request gets as far as its size.
+    let mut client = cluster.client(1).await;
+    let too_large = client.publish(oversized()).await.unwrap_err();
+    assert!(
+        matches!(
+            too_large.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{too_large:?}"
+    );
+}

@@ -62,7 +62,7 @@ const MAX_HOPS: u32 = 2;
 const LOCAL_HEADER: &str = "x-raftstream-local";
 /// Proves a forwarded request comes from a node of this cluster: the
 /// cluster secret held in the replicated metadata, which no API returns.
-const NODE_AUTH_HEADER: &str = "x-raftstream-node-auth";
+pub(crate) const NODE_AUTH_HEADER: &str = "x-raftstream-node-auth";
 
 fn node_credential(secret: &[u8; 32]) -> String {
     secret.iter().map(|b| format!("{b:02x}")).collect()

@@ -3,6 +3,7 @@
 //! their three outcomes, committed reads and long polls.
 //! The gRPC service (`grpc.rs`) maps it to protobuf and forwards to leaders.
 
+pub mod authenticate_first;
 pub mod forwarded;
 pub mod grpc;
 pub mod proposal_order;

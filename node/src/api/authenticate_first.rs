@@ -1,0 +1,108 @@
+//! Authentication before work: the public `Raftstream` service checks the
+//! caller's bearer token from the request headers before tonic reads and
+//! decodes the body. An unauthenticated caller then costs a header lookup,
+//! not the decoding of a request of up to `max_request_bytes`. The handler
+//! still authorizes the call (scopes, topics) as before.
+//!
+//! Webhook deliveries (`Ingest`) carry their source's secret in the message
+//! itself, so that service is not wrapped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+
+use tonic::codegen::http;
+
+use crate::api::grpc::NODE_AUTH_HEADER;
+use crate::node::Node;
+
+#[derive(Clone, Debug)]
+pub struct AuthenticateFirstLayer {
+    node: Arc<Node>,
+}
+
+impl AuthenticateFirstLayer {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthenticateFirstLayer {
+    type Service = AuthenticateFirst<S>;
+
+    fn layer(&self, inner: S) -> AuthenticateFirst<S> {
+        AuthenticateFirst {
+            inner,
+            node: self.node.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthenticateFirst<S> {
+    inner: S,
+    node: Arc<Node>,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for AuthenticateFirst<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Why the headers alone refuse a call, if they do.
+async fn refusal(node: &Node, headers: &http::HeaderMap) -> Option<&'static str> {
+    if headers.contains_key(NODE_AUTH_HEADER) {
+        return Some("node credentials are accepted only on the peer listener");
+    }
+    // Without metadata (the node is stopping) nothing can be checked: the
+    // handler answers UNAVAILABLE.
+    node.meta_group()?;
+    let secret = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(secret) = secret else {
+        return Some("missing authorization: Bearer <token>");
+    };
+    node.authenticate(secret)
+        .await
+        .is_none()
+        .then_some("unknown or revoked token")
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for AuthenticateFirst<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready serves this call (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let node = self.node.clone();
+        Box::pin(async move {
+            if let Some(why) = refusal(&node, request.headers()).await {
+                return Ok(tonic::Status::unauthenticated(why).into_http());
+            }
+            inner.call(request).await
+        })
+    }
+}
