@@ -435,29 +435,7 @@ async fn a_cluster_on_tls_serves_clients_and_refuses_peers_without_a_cluster_cer
     cluster.kill((leader - 1) as usize);
     let survivor = leader as usize % 3;
     client = cluster.client(survivor).await;
-    let read = eventually(
-        "messages read after failover",
-        Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move {
-                let response = client
-                    .consume(pb::ConsumeRequest {
-                        topic: topic("tls"),
-                        partition: 0,
-                        position: common::at_offset(0),
-                        max_messages: 1000,
-                        wait_ms: 0,
-                        max_bytes: 0,
-                    })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (response.messages.len() >= 30).then_some(response.messages)
-            }
-        },
-    )
-    .await;
+    let read = common::read_all(&mut client, "tls", 0, 30).await;
     let values: Vec<String> = read
         .iter()
         .map(|m| String::from_utf8_lossy(&m.value).into_owned())

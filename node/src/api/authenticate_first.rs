@@ -17,6 +17,7 @@ use tonic::codegen::http;
 
 use crate::api::grpc::NODE_AUTH_HEADER;
 use crate::node::Node;
+use crate::raft::types::TokenRecord;
 
 #[derive(Clone, Debug)]
 pub struct AuthenticateFirstLayer {
@@ -52,26 +53,40 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Authenticat
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Why the headers alone refuse a call, if they do.
-async fn refusal(node: &Node, headers: &http::HeaderMap) -> Option<&'static str> {
+/// The token this layer found valid, handed to the handler in the request's
+/// extensions (which only this process can set) so that it does not hash
+/// and look the secret up a second time.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedToken(pub TokenRecord);
+
+/// What the headers alone decide about a call.
+enum Verdict {
+    Refused(&'static str),
+    Authenticated(TokenRecord),
+    /// Left to the handler: the node is stopping, and without metadata
+    /// nothing can be checked (the handler answers UNAVAILABLE).
+    Undecided,
+}
+
+async fn verdict(node: &Node, headers: &http::HeaderMap) -> Verdict {
     if headers.contains_key(NODE_AUTH_HEADER) {
-        return Some("node credentials are accepted only on the peer listener");
+        return Verdict::Refused("node credentials are accepted only on the peer listener");
     }
-    // Without metadata (the node is stopping) nothing can be checked: the
-    // handler answers UNAVAILABLE.
-    node.meta_group()?;
+    if node.meta_group().is_none() {
+        return Verdict::Undecided;
+    }
     let secret = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(secret) = secret else {
-        return Some("missing authorization: Bearer <token>");
+        return Verdict::Refused("missing authorization: Bearer <token>");
     };
-    node.authenticate(secret)
-        .await
-        .is_none()
-        .then_some("unknown or revoked token")
+    match node.authenticate(secret).await {
+        Some(token) => Verdict::Authenticated(token),
+        None => Verdict::Refused("unknown or revoked token"),
+    }
 }
 
 impl<S, B, ResBody> tower::Service<http::Request<B>> for AuthenticateFirst<S>
@@ -93,14 +108,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // The clone that was made ready serves this call (tower's rule).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let node = self.node.clone();
         Box::pin(async move {
-            if let Some(why) = refusal(&node, request.headers()).await {
-                return Ok(tonic::Status::unauthenticated(why).into_http());
+            match verdict(&node, request.headers()).await {
+                Verdict::Refused(why) => return Ok(tonic::Status::unauthenticated(why).into_http()),
+                Verdict::Authenticated(token) => {
+                    request.extensions_mut().insert(AuthenticatedToken(token));
+                }
+                Verdict::Undecided => {}
             }
             inner.call(request).await
         })

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 
 use crate::api::TopicName;
 use crate::api::WriteError;
+use crate::api::authenticate_first::AuthenticatedToken;
 use crate::api::forwarded::note_forwarded;
 use crate::api::read::ReadBatch;
 use crate::api::read::ReadError;
@@ -244,18 +245,25 @@ impl ClientService {
                 Err(Status::unauthenticated("invalid node credential"))
             };
         }
-        let secret = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        let token = self
-            .node
-            .authenticate(secret)
-            .await
-            .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))?;
+        let token = match request.extensions().get::<AuthenticatedToken>() {
+            // The public service's layer authenticated it from the headers.
+            Some(AuthenticatedToken(token)) => token.clone(),
+            None => {
+                let secret = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .ok_or_else(|| {
+                        Status::unauthenticated("missing authorization: Bearer <token>")
+                    })?;
+                self.node
+                    .authenticate(secret)
+                    .await
+                    .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))?
+            }
+        };
         if let Some(scope) = scope
             && !token.has_scope(scope)
         {
