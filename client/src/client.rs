@@ -13,6 +13,7 @@ use backoff::backoff::Backoff;
 use parking_lot::Mutex;
 use parking_lot::RwLock;
 use raftstream_proto::FORWARDED_HEADER;
+use raftstream_proto::call_outcome;
 use raftstream_proto::http2;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::ingest_client::IngestClient;
@@ -159,6 +160,40 @@ pub(crate) enum Retry {
     Idempotent,
     /// Retried only when it surely did not run (UNAVAILABLE).
     Once,
+}
+
+/// What one failed attempt of a call tells about the call.
+#[derive(Debug, PartialEq, Eq)]
+struct Attempt {
+    /// The connection broke or went silent after the request left (the
+    /// node went away, or stopped answering until the keep-alive gave up).
+    cut_off: bool,
+    /// The request may have run on the server.
+    may_have_run: bool,
+    /// Sending it again cannot make it run twice, or it is idempotent.
+    retryable: bool,
+    /// The node gave no answer: the next attempt goes elsewhere.
+    node_unreachable: bool,
+}
+
+impl Attempt {
+    fn judge(status: &tonic::Status, retry: Retry) -> Attempt {
+        let cut_off = call_outcome::cut_off(status);
+        let may_have_run = cut_off
+            || matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+            );
+        // UNAVAILABLE that the server sent, or a connection never made,
+        // says the request did not run.
+        let surely_did_not_run = status.code() == tonic::Code::Unavailable && !cut_off;
+        Attempt {
+            cut_off,
+            may_have_run,
+            retryable: surely_did_not_run || (may_have_run && retry == Retry::Idempotent),
+            node_unreachable: call_outcome::unanswered(status),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -557,24 +592,14 @@ impl Client {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
-            // A status built from a broken connection (the node went away
-            // mid-call) carries its cause; one the server sent does not.
-            // Such a call may or may not have run.
-            let cut_off = std::error::Error::source(&status).is_some()
-                && status.code() != tonic::Code::Unavailable;
-            let unknown = cut_off
-                || matches!(
-                    status.code(),
-                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
-                );
+            let Attempt {
+                cut_off,
+                may_have_run: unknown,
+                retryable,
+                node_unreachable,
+            } = Attempt::judge(&status, retry);
             may_have_run |= unknown;
-            // tonic reports a connection that could not be made as
-            // UNAVAILABLE with the transport error as its source.
-            let could_not_connect = status.code() == tonic::Code::Unavailable
-                && std::error::Error::source(&status).is_some();
-            unreachable = could_not_connect.then(|| addr.clone());
-            let retryable = status.code() == tonic::Code::Unavailable
-                || (unknown && retry == Retry::Idempotent);
+            unreachable = node_unreachable.then(|| addr.clone());
             if !retryable {
                 if cut_off {
                     return Err(Error::OutcomeUnknown(format!(
@@ -756,5 +781,30 @@ mod tests {
         // Not retried at all: the timeout itself is the answer.
         let once = scripted(Retry::Once, &[DeadlineExceeded]).await;
         assert!(!matches!(once, Err(Error::Unavailable { .. })), "{once:?}");
+    }
+
+    #[test]
+    fn a_publish_whose_node_went_silent_is_not_sent_again() {
+        // hyper's keep-alive timeout: UNAVAILABLE with a transport source,
+        // after the request had left.
+        let mut went_silent = tonic::Status::unavailable("http2 error");
+        went_silent.set_source(Arc::new(std::io::Error::other("keep-alive timed out")));
+        let publish = Attempt::judge(&went_silent, Retry::Once);
+        assert!(publish.cut_off && publish.may_have_run, "{publish:?}");
+        assert!(!publish.retryable, "{publish:?}");
+        assert!(publish.node_unreachable, "{publish:?}");
+        assert!(Attempt::judge(&went_silent, Retry::Idempotent).retryable);
+
+        // A connection never made: the publish surely did not run.
+        let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        let publish = Attempt::judge(&refused, Retry::Once);
+        assert!(!publish.may_have_run && publish.retryable, "{publish:?}");
+        assert!(publish.node_unreachable, "{publish:?}");
+
+        // UNAVAILABLE the server sent: it did not run; the node answered.
+        let sent = Attempt::judge(&tonic::Status::unavailable("no leader"), Retry::Once);
+        assert!(!sent.may_have_run && sent.retryable && !sent.node_unreachable);
     }
 }

@@ -21,6 +21,7 @@ use raftstream_client::Producer;
 use raftstream_client::ProducerConfig;
 use raftstream_client::Record;
 use raftstream_client::pb;
+use raftstream_proto::call_outcome;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -131,23 +132,17 @@ fn messages_of(response: &pb::ConsumeResponse) -> Vec<Msg> {
         .collect()
 }
 
-/// A status the server sent (no transport cause) saying it did not run the
-/// request, or a connection that was never made, is a definite failure;
-/// anything else after the request may have left is indeterminate.
+/// A status the server sent saying it did not run the request, or a
+/// connection that was never made, is a definite failure; anything else
+/// after the request may have left is indeterminate.
 fn classify(status: &tonic::Status) -> Outcome {
     use tonic::Code;
-    let transport = std::error::Error::source(status).is_some();
+    if call_outcome::cut_off(status) {
+        return Outcome::Info;
+    }
     match status.code() {
-        Code::Unavailable if !transport => Outcome::Fail,
-        Code::Unavailable => {
-            let text = format!("{:?}", std::error::Error::source(status)).to_lowercase();
-            if text.contains("connect") || text.contains("refused") {
-                Outcome::Fail
-            } else {
-                Outcome::Info
-            }
-        }
-        Code::InvalidArgument
+        Code::Unavailable
+        | Code::InvalidArgument
         | Code::NotFound
         | Code::AlreadyExists
         | Code::PermissionDenied

@@ -70,6 +70,42 @@ pub mod http2 {
     }
 }
 
+/// What a caller can tell about a call that failed: did the request leave?
+///
+/// tonic builds a status from a broken or missing connection itself and
+/// keeps the transport error as its source; a status the server sent carries
+/// none. Both a refused connection and a connection that died mid-call (an
+/// HTTP/2 keep-alive timeout against a paused or cut-off node) come out as
+/// UNAVAILABLE, so the code alone cannot say whether the request ran.
+pub mod call_outcome {
+    use tonic::Status;
+
+    /// The call failed on the transport: the server sent no answer.
+    pub fn unanswered(status: &Status) -> bool {
+        std::error::Error::source(status).is_some()
+    }
+
+    /// The connection could not be made (TCP or TLS): the request never
+    /// left, so it certainly did not run. tonic marks exactly these with a
+    /// [`tonic::ConnectError`] in the status's source chain.
+    pub fn never_sent(status: &Status) -> bool {
+        let mut cause = std::error::Error::source(status);
+        while let Some(error) = cause {
+            if error.is::<tonic::ConnectError>() {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+
+    /// The request may have left and the answer never came: whether it ran
+    /// is unknown.
+    pub fn cut_off(status: &Status) -> bool {
+        unanswered(status) && !never_sent(status)
+    }
+}
+
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("raftstream.v1");

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::Stream;
 use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
+use raftstream_proto::call_outcome;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
 use raftstream_proto::v1::raftstream_server::Raftstream;
@@ -548,25 +549,10 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
     }
 }
 
-/// The call got no answer from the other node: the connection could not be
-/// made or broke mid-way, whatever code h2 gave it. tonic attaches the
-/// transport error as the status's source; a status the other node sent
-/// itself carries none.
-fn unanswered(status: &Status) -> bool {
-    std::error::Error::source(status).is_some()
-}
-
-/// A forward that failed before it reached the other node (it could not
-/// connect): the request certainly did not run there. tonic reports those
-/// as UNAVAILABLE.
-fn never_reached(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable && unanswered(status)
-}
-
 /// A read sent to another node that got no answer is unavailable: the
 /// client may send it again. Answers the other node sent pass through.
 fn unanswered_read(status: Status) -> Status {
-    if unanswered(&status) {
+    if call_outcome::unanswered(&status) {
         Status::unavailable(format!(
             "the node holding these messages did not answer: {}",
             status.message()
@@ -576,11 +562,12 @@ fn unanswered_read(status: Status) -> Status {
     }
 }
 
-/// A forwarded call cut off mid-way (the node went away) may have run
-/// there: its outcome is unknown. A refused connection stays UNAVAILABLE;
-/// statuses the other node sent pass through unchanged.
+/// A forwarded call cut off mid-way (the node went away, or stopped
+/// answering until the keep-alive gave up) may have run there: its outcome
+/// is unknown. A refused connection stays UNAVAILABLE; statuses the other
+/// node sent pass through unchanged.
 fn forward_failure(status: Status) -> Status {
-    if unanswered(&status) && !never_reached(&status) {
+    if call_outcome::cut_off(&status) {
         Status::deadline_exceeded(format!(
             "outcome unknown: the node it was forwarded to went away: {}",
             status.message()
@@ -767,7 +754,7 @@ impl ClientService {
                     let answer = forward(addr).await;
                     match (&answer, self.node.group(group_id)) {
                         (Err(status), Some(group))
-                            if never_reached(status) && !waited_out_dead_leader =>
+                            if call_outcome::never_sent(status) && !waited_out_dead_leader =>
                         {
                             // The leader this replica follows is gone (it
                             // crashed or is cut off). Hold the request for
@@ -2101,12 +2088,28 @@ mod tests {
 
     #[test]
     fn a_forward_that_never_connected_stays_unavailable() {
-        let mut refused = Status::unavailable("connection refused");
-        refused.set_source(std::sync::Arc::new(std::io::Error::other("refused")));
-        assert!(never_reached(&refused));
+        // What tonic builds when it cannot connect: UNAVAILABLE, with a
+        // ConnectError in the source chain.
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert_eq!(forward_failure(refused).code(), tonic::Code::Unavailable);
         let answered = Status::unavailable("no leader yet");
-        assert!(!never_reached(&answered));
         assert_eq!(forward_failure(answered).code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn a_forward_the_keep_alive_gave_up_on_has_an_unknown_outcome() {
+        // hyper's keep-alive timeout also comes out as UNAVAILABLE with a
+        // transport source, but the request had left: it may have run.
+        let mut timed_out = Status::unavailable("http2 error");
+        timed_out.set_source(std::sync::Arc::new(std::io::Error::other(
+            "keep-alive timed out",
+        )));
+        assert_eq!(
+            forward_failure(timed_out).code(),
+            tonic::Code::DeadlineExceeded
+        );
     }
 }
