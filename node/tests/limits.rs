@@ -143,6 +143,42 @@ async fn a_request_over_the_size_limit_is_refused_and_the_node_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_request_that_would_decode_into_too_much_is_refused() {
+    let cluster = TestCluster::start(1).await;
+    cluster.create_topic("flood", 1, 1).await;
+    let mut client = cluster.client(1).await;
+    // About 1 MiB on the wire, far under the byte limits, yet over 50 MiB
+    // of records once decoded.
+    let limit = raftstream_proto::decode_budget::MAX_DECODED_ELEMENTS;
+    let flood = pb::PublishBatchRequest {
+        topic: topic("flood"),
+        records: vec![pb::Record::default(); limit + 1],
+        ..Default::default()
+    };
+    let refused = client.publish_batch(flood).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("split it"), "{refused:?}");
+    client
+        .publish(pb::PublishRequest {
+            topic: topic("flood"),
+            record: record("after"),
+        })
+        .await
+        .unwrap();
+    let read = client
+        .consume(consume_request("flood", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let values: Vec<&[u8]> = read.messages.iter().map(|m| &m.value[..]).collect();
+    assert_eq!(values, vec![&b"after"[..]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_polls_and_subscriptions_past_the_node_limits_are_refused() {
     let cluster = TestCluster::start_with_limits(
         1,

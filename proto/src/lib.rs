@@ -4,6 +4,7 @@
 //! and the client crate use this crate.
 
 pub mod codec;
+pub mod decode_budget;
 
 /// Response metadata a node sets on a call it forwarded to another node (the
 /// group's leader): the caller's idea of the leader is out of date. Its value

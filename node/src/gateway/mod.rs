@@ -21,6 +21,7 @@ mod topics;
 
 use std::sync::Arc;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -28,6 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
+use axum::response::IntoResponse;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
@@ -124,7 +126,34 @@ pub fn router(node: Arc<Node>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_millis(gateway.node.config.limits.request_timeout_ms),
+            within_request_timeout,
+        ))
         .with_state(gateway)
+}
+
+/// Bounds a whole request, body included, by `request_timeout_ms` (longer
+/// than any long poll plus a write's own timeout): a client that sends its
+/// body slowly, or a call stuck behind a fault, does not hold a connection
+/// and its buffers forever. Whether a write ran is then unknown: 504.
+async fn within_request_timeout(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            format!(
+                "no answer within {} ms; a write may still take effect",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// The answer of /healthz.
@@ -297,4 +326,40 @@ fn unchecked(e: SchemaError) -> ApiError {
         _ => "internal",
     };
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_whose_body_never_ends_gets_504_at_the_request_timeout() {
+        let app = Router::new()
+            .route("/", post(|body: String| async move { body }))
+            .layer(middleware::from_fn_with_state(
+                Duration::from_millis(200),
+                within_request_timeout,
+            ));
+        // A body that sends one chunk and then nothing, like a slow client.
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        let _ = sender.send(Ok(b"{\"payload\":".to_vec())).await;
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        let request = axum::extract::Request::post("/").body(body).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), app.oneshot(request))
+            .await
+            .expect("the middleware answers at its timeout")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let error: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(error.code, "outcome_unknown", "{error:?}");
+        drop(sender);
+    }
 }
