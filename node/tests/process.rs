@@ -28,16 +28,29 @@ struct Cluster {
     children: Vec<Option<Child>>,
 }
 
-/// An ephemeral port chosen by the kernel. The listener is closed before the
-/// node binds it, so another process could take the port in between; the
-/// kernel hands out ephemeral ports in rotation, which makes that unlikely,
-/// and the node's log in the temp dir would show the bind error.
+/// A free loopback port for a node to bind, below the kernel's ephemeral
+/// range. A port from bind(0) comes from that range, and once its listener
+/// closes the kernel may hand it out again as the source port of an
+/// outgoing connection (these nodes connect to each other) before the node
+/// binds it: a node then failed to start with "Address already in use".
+/// Below the range only another listener can take it, and ports handed out
+/// here are never handed out twice.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let below = 10_000..ephemeral_start.max(10_001);
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = rand::random_range(below.clone());
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_raftstream-node");
@@ -209,11 +222,21 @@ impl Cluster {
         if let Some(tls) = self.client_tls() {
             config = config.with_tls(tls);
         }
-        let client = eventually("node accepts connections", Duration::from_secs(30), || {
-            let config = config.clone();
-            async move { raftstream_client::Client::connect(config).await.ok() }
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut last_error;
+        let client = loop {
+            match raftstream_client::Client::connect(config.clone()).await {
+                Ok(client) => break client,
+                Err(e) => last_error = e,
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} accepts no connections within 30 s ({last_error}); its log:\n{}",
+                i + 1,
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         client.grpc(&addr).unwrap()
     }
 }
@@ -407,7 +430,7 @@ async fn heartbeat(channel: tonic::transport::Channel) -> Result<(), tonic::Stat
     transport
         .node_heartbeat(pb::NodeHeartbeatRequest {
             from: 99,
-            quiesced_groups: vec![],
+            ..Default::default()
         })
         .await
         .map(|_| ())
