@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod gateway;
+pub mod identity;
 pub mod ingest;
 pub mod node;
 pub mod raft;

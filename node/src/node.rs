@@ -22,6 +22,7 @@ use crate::api::schema::SchemaCache;
 use crate::clock::ClockCheck;
 use crate::config::NodeConfig;
 use crate::disk::DiskSpace;
+use crate::identity::Identity;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::quiesce::QuiesceTimings;
@@ -59,6 +60,8 @@ pub enum NodeError {
     Config(String),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// One Raft group hosted on this node.
@@ -207,6 +210,10 @@ pub struct Node {
     pub clock: ClockCheck,
     /// Caution after an empty start: no votes until caught up.
     pub rejoin: Rejoin,
+    /// Whose the data directory is (`identity.rs`).
+    identity: parking_lot::Mutex<Identity>,
+    /// Each peer's incarnation from its last node heartbeat.
+    peer_incarnations: parking_lot::Mutex<HashMap<NodeId, u64>>,
     /// Topics' compiled JSON Schemas, shared by the gRPC service and the
     /// gateway, and the bound on validations running at once.
     pub schemas: SchemaCache,
@@ -255,6 +262,11 @@ impl Node {
         // RocksDB writes CURRENT when it creates a database.
         let empty_data_dir = !db_dir.join("CURRENT").exists();
         let rejoin = Rejoin::new(empty_data_dir, config.peers.len());
+        let identity = Identity::load_or_create(&config.data_dir, config.node_id, empty_data_dir)?;
+        let pool = PeerPool::new(peer_tls);
+        if let Some(cluster_id) = &identity.cluster_id {
+            pool.cluster().set(cluster_id);
+        }
         let storage = Storage::open(&db_dir, StorageConfig { sync_mode })?;
         let timings = &config.raft;
         let raft_config = openraft::Config {
@@ -293,12 +305,14 @@ impl Node {
             quiescer,
             config,
             storage,
-            pool: PeerPool::new(peer_tls),
+            pool,
             client_addrs: RwLock::new(own_client_addr),
             read_slots,
             disk,
             clock,
             rejoin,
+            identity: parking_lot::Mutex::new(identity),
+            peer_incarnations: parking_lot::Mutex::default(),
             schemas: SchemaCache::default(),
             raft_config: Arc::new(raft_config),
             groups: RwLock::new(HashMap::new()),
@@ -597,6 +611,8 @@ impl Node {
                 _ = shutdown.changed() => return,
             }
             self.release_caught_up_groups();
+            self.learn_cluster_id();
+            let incarnation = self.identity.lock().incarnation;
             let quiesced = self
                 .quiescer
                 .as_ref()
@@ -609,6 +625,7 @@ impl Node {
                 let beat = raftstream_proto::v1::NodeHeartbeatRequest {
                     from: self.id(),
                     quiesced_groups: quiesced.clone(),
+                    incarnation,
                 };
                 let node = self.clone();
                 let addr = addr.clone();
@@ -632,6 +649,55 @@ impl Node {
                     }),
                 );
             }
+        }
+    }
+
+    /// Records the cluster id in the data directory once the metadata holds
+    /// the cluster secret, and shows it to peers from then on. A data
+    /// directory whose metadata names another cluster than its identity
+    /// was mixed up with another cluster's: the node stops.
+    fn learn_cluster_id(&self) {
+        let Some(secret) = self.with_metadata(|m| m.cluster_secret).flatten() else {
+            return;
+        };
+        let learned = crate::identity::cluster_id(&secret);
+        let mut identity = self.identity.lock();
+        match identity.cluster_id.as_deref() {
+            Some(known) if known == learned => {}
+            Some(known) => {
+                let reason = format!(
+                    "the data directory's identity names cluster {known}, its metadata cluster \
+                     {learned}"
+                );
+                drop(identity);
+                self.storage.mark_failed(&reason);
+            }
+            None => {
+                identity.cluster_id = Some(learned.clone());
+                match identity.store(&self.config.data_dir) {
+                    Ok(()) => self.pool.cluster().set(&learned),
+                    Err(e) => {
+                        identity.cluster_id = None;
+                        drop(identity);
+                        self.storage.mark_failed(&e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes the incarnation a peer's node heartbeat shows; a new one means
+    /// the peer started on an empty data directory since its last heartbeat.
+    pub fn note_peer_incarnation(&self, peer: NodeId, incarnation: u64) {
+        if incarnation == 0 {
+            return;
+        }
+        let before = self.peer_incarnations.lock().insert(peer, incarnation);
+        if before.is_some_and(|before| before != incarnation) {
+            tracing::warn!(
+                peer,
+                "node {peer} restarted on an empty data directory: it votes again once caught up"
+            );
         }
     }
 

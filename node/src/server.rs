@@ -130,6 +130,10 @@ impl RunningNode {
         )
         .max_decoding_message_size(MAX_RPC_BYTES)
         .max_encoding_message_size(MAX_RPC_BYTES);
+        let transport = tonic::service::interceptor::InterceptorLayer::new(refuse_other_clusters(
+            node.pool.cluster().clone(),
+        ))
+        .layer(transport);
         let peer_services = tonic::service::Routes::new(transport)
             .add_service(ClientService::peer(node.clone()).into_server())
             .add_service(ClientService::peer(node.clone()).into_ingest_server());
@@ -273,4 +277,27 @@ fn serve_http(
             tracing::error!(error = %e, "HTTPS server failed");
         }
     }))
+}
+
+/// Refuses Raft transport calls from a node of another cluster (a stale
+/// `--peers` entry, two clusters sharing hosts): both know their cluster
+/// id and they differ. A node that does not know its cluster yet passes.
+fn refuse_other_clusters(
+    ours: crate::raft::network::ClusterStamp,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request| {
+        let theirs = request
+            .metadata()
+            .get(crate::identity::CLUSTER_ID_HEADER)
+            .and_then(|value| value.to_str().ok());
+        if crate::identity::same_cluster(ours.get(), theirs) {
+            Ok(request)
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "this node belongs to cluster {}, the caller to cluster {}: check --peers",
+                ours.get().unwrap_or_default(),
+                theirs.unwrap_or_default()
+            )))
+        }
+    }
 }

@@ -1266,7 +1266,7 @@ async fn the_public_port_refuses_node_credentials_and_the_peer_port_refuses_clie
     // Raft transport and node heartbeats are not on the public port.
     let heartbeat = || pb::NodeHeartbeatRequest {
         from: 1,
-        quiesced_groups: vec![],
+        ..Default::default()
     };
     let mut transport =
         pb::raft_transport_client::RaftTransportClient::new(channel(running.grpc_addr));
@@ -1274,5 +1274,31 @@ async fn the_public_port_refuses_node_credentials_and_the_peer_port_refuses_clie
     assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused}");
     let mut transport =
         pb::raft_transport_client::RaftTransportClient::new(channel(running.peer_addr));
+    transport.node_heartbeat(heartbeat()).await.unwrap();
+
+    // A node of another cluster is refused on the Raft transport; one of
+    // this cluster, or one that does not know its cluster yet, is not.
+    let ours = raftstream_node::identity::cluster_id(&secret);
+    let from_cluster = |cluster: &str| {
+        let mut request = tonic::Request::new(heartbeat());
+        request
+            .metadata_mut()
+            .insert("x-raftstream-cluster", cluster.parse().unwrap());
+        request
+    };
+    let other = raftstream_node::identity::cluster_id(&[0; 32]);
+    let refused = eventually(
+        "the node knows its cluster id",
+        Duration::from_secs(10),
+        || {
+            let mut transport = transport.clone();
+            let request = from_cluster(&other);
+            async move { transport.node_heartbeat(request).await.err() }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert!(refused.message().contains(&ours), "{refused}");
+    transport.node_heartbeat(from_cluster(&ours)).await.unwrap();
     transport.node_heartbeat(heartbeat()).await.unwrap();
 }

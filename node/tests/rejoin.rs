@@ -82,3 +82,43 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     })
     .await;
 }
+
+/// A data directory keeps the node id it was created for: started under
+/// another id (a disk moved between machines, a wrong `--node-id`), the
+/// node refuses to start rather than speak with another node's log and vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_directory_of_another_node_is_refused_at_start() {
+    let mut cluster = TestCluster::start(1).await;
+    let config = cluster.configs[&1].clone();
+    cluster.stop(1).await;
+    let mut wrong = config.clone();
+    wrong.node_id = 2;
+    wrong.peers = [(2, config.peer_addr.to_string())].into();
+    let refused = eventually(
+        "the stopped node's storage is released",
+        Duration::from_secs(20),
+        || {
+            let wrong = wrong.clone();
+            async move {
+                match raftstream_node::server::RunningNode::start(wrong).await {
+                    Ok(_) => panic!("node 2 started on node 1's data directory"),
+                    // The old node's ports and RocksDB lock may not be
+                    // released yet.
+                    Err(e)
+                        if e.to_string().contains("in use") || e.to_string().contains("lock") =>
+                    {
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        refused.contains("belongs to node 1, not to node 2"),
+        "{refused}"
+    );
+    // Under its own id the directory still starts.
+    cluster.restart(1).await;
+}

@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
@@ -87,7 +88,46 @@ pub struct PeerPool {
     empty_appends: Arc<Mutex<HashMap<String, EmptyAppends>>>,
     /// Mutual TLS with every peer; plain HTTP/2 when absent.
     tls: Option<ClientTlsConfig>,
+    /// This node's cluster id, shown on every Raft transport call.
+    cluster: ClusterStamp,
 }
+
+/// Puts this node's cluster id, once known, on a Raft transport call; the
+/// peer refuses calls from another cluster (see `identity.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterStamp(
+    Arc<std::sync::OnceLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>,
+);
+
+impl ClusterStamp {
+    /// Sets the cluster id; it never changes once set.
+    pub fn set(&self, cluster_id: &str) {
+        if let Ok(value) = cluster_id.parse() {
+            let _ = self.0.set(value);
+        }
+    }
+
+    pub fn get(&self) -> Option<&str> {
+        self.0.get().and_then(|value| value.to_str().ok())
+    }
+}
+
+impl tonic::service::Interceptor for ClusterStamp {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = self.0.get() {
+            request
+                .metadata_mut()
+                .insert(crate::identity::CLUSTER_ID_HEADER, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A Raft transport client that shows this node's cluster id.
+pub type TransportClient = RaftTransportClient<InterceptedService<Channel, ClusterStamp>>;
 
 /// An append without entries waiting for its batched call.
 struct QueuedAppend {
@@ -105,7 +145,7 @@ struct EmptyAppends {
 impl EmptyAppends {
     /// Starts the task that drains the queue into batched calls. It ends
     /// when the pool, and so the queue's sender, is dropped.
-    fn start(channel: Channel, target: String) -> EmptyAppends {
+    fn start(channel: Channel, cluster: ClusterStamp, target: String) -> EmptyAppends {
         let (queue, mut queued) = mpsc::channel::<QueuedAppend>(APPENDS_QUEUED_MAX);
         tokio::spawn(async move {
             let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
@@ -124,10 +164,10 @@ impl EmptyAppends {
                 if batch.is_empty() {
                     continue;
                 }
-                let channel = channel.clone();
+                let client = transport_client(channel.clone(), cluster.clone());
                 let target = target.clone();
                 tokio::spawn(async move {
-                    send_batch(channel, &target, batch).await;
+                    send_batch(client, &target, batch).await;
                     drop(permit);
                 });
             }
@@ -136,7 +176,7 @@ impl EmptyAppends {
     }
 }
 
-async fn send_batch(channel: Channel, target: &str, batch: Vec<QueuedAppend>) {
+async fn send_batch(mut client: TransportClient, target: &str, batch: Vec<QueuedAppend>) {
     let timeout = batch
         .iter()
         .map(|queued| queued.timeout)
@@ -146,7 +186,6 @@ async fn send_batch(channel: Channel, target: &str, batch: Vec<QueuedAppend>) {
         .into_iter()
         .map(|queued| (queued.message, queued.reply))
         .unzip();
-    let mut client = transport_client(channel);
     let mut request = tonic::Request::new(RaftBatch { messages });
     request.set_timeout(timeout);
     let outcome = tokio::time::timeout(
@@ -212,6 +251,16 @@ impl PeerPool {
         }
     }
 
+    /// This node's cluster id as peers are shown it.
+    pub fn cluster(&self) -> &ClusterStamp {
+        &self.cluster
+    }
+
+    /// A Raft transport client for the peer at `addr`.
+    pub fn transport(&self, addr: &str) -> Result<TransportClient, PeerError> {
+        Ok(transport_client(self.channel(addr)?, self.cluster.clone()))
+    }
+
     /// The queue of appends without entries to `addr`.
     fn empty_appends(&self, addr: &str) -> Result<EmptyAppends, PeerError> {
         if let Some(queue) = self.empty_appends.lock().get(addr) {
@@ -221,7 +270,7 @@ impl PeerPool {
         let mut queues = self.empty_appends.lock();
         Ok(queues
             .entry(addr.to_string())
-            .or_insert_with(|| EmptyAppends::start(channel, addr.to_string()))
+            .or_insert_with(|| EmptyAppends::start(channel, self.cluster.clone(), addr.to_string()))
             .clone())
     }
 
@@ -358,7 +407,7 @@ impl PeerNetwork {
             .pool
             .channel(&self.addr)
             .map_err(|e| CallError::Unreachable(TransportError(e.to_string())))?;
-        let mut client = transport_client(channel);
+        let mut client = transport_client(channel, self.pool.cluster.clone());
         let mut message = tonic::Request::new(message);
         message.set_timeout(timeout);
         let call = async {
@@ -418,8 +467,8 @@ impl PeerNetwork {
     }
 }
 
-fn transport_client(channel: Channel) -> RaftTransportClient<Channel> {
-    RaftTransportClient::new(channel)
+pub fn transport_client(channel: Channel, cluster: ClusterStamp) -> TransportClient {
+    RaftTransportClient::with_interceptor(channel, cluster)
         .max_decoding_message_size(MAX_RPC_BYTES)
         .max_encoding_message_size(MAX_RPC_BYTES)
 }

@@ -35,7 +35,6 @@ use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
 use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
-use raftstream_proto::v1::raft_transport_client::RaftTransportClient;
 
 use crate::node::Group;
 use crate::raft::network::PeerPool;
@@ -280,8 +279,7 @@ pub async fn send_heartbeat(
     beat: NodeHeartbeatRequest,
     timeout: Duration,
 ) -> Result<NodeHeartbeatReply, String> {
-    let channel = pool.channel(addr).map_err(|e| e.to_string())?;
-    let mut client = RaftTransportClient::new(channel);
+    let mut client = pool.transport(addr).map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(beat);
     request.set_timeout(timeout);
     match tokio::time::timeout(timeout, client.node_heartbeat(request)).await {
