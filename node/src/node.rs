@@ -261,7 +261,7 @@ impl Node {
         let db_dir = config.data_dir.join("db");
         // RocksDB writes CURRENT when it creates a database.
         let empty_data_dir = !db_dir.join("CURRENT").exists();
-        let rejoin = Rejoin::new(empty_data_dir, config.peers.len());
+        let rejoin = Rejoin::new(config.node_id, empty_data_dir, config.peers.len());
         let identity = Identity::load_or_create(&config.data_dir, config.node_id, empty_data_dir)?;
         let pool = PeerPool::new(peer_tls);
         if let Some(cluster_id) = &identity.cluster_id {
@@ -613,6 +613,7 @@ impl Node {
             self.release_caught_up_groups();
             self.learn_cluster_id();
             let incarnation = self.identity.lock().incarnation;
+            let terms_wanted = self.rejoin.groups_learning_terms();
             let quiesced = self
                 .quiescer
                 .as_ref()
@@ -626,6 +627,7 @@ impl Node {
                     from: self.id(),
                     quiesced_groups: quiesced.clone(),
                     incarnation,
+                    terms_wanted: terms_wanted.clone(),
                 };
                 let node = self.clone();
                 let addr = addr.clone();
@@ -641,6 +643,7 @@ impl Node {
                             Ok(reply) => {
                                 node.clock.record(peer_id, sent_ms, reply.now_ms, now_ms());
                                 node.rejoin.on_peer(peer_id, reply.cluster_formed);
+                                node.rejoin.on_terms(peer_id, &reply.group_terms);
                             }
                             Err(e) => {
                                 tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");

@@ -9,9 +9,18 @@
 //! (nor takes a leadership transfer) until it has applied the commit index
 //! of the first append its group's leader sent it. Appends still count
 //! towards commits: a replica acknowledges only entries it has fsynced.
-//! Having forgotten its term, it still accepts appends from a leader of an
-//! older term (see ARCHITECTURE.md, Disk faults): rejoining as a learner
-//! closes that once membership changes exist.
+//!
+//! Having forgotten its term, it could also acknowledge appends of a stale
+//! leader (one partitioned away, of an older term) and complete a quorum
+//! for entries the current leader's quorum overwrote. So before it takes
+//! any append, a cautious replica learns a *term floor*: the highest
+//! current term that a majority of the group's replicas, counted without
+//! itself, report on node heartbeats, and it refuses appends of lower terms.
+//! Any election that could have counted its forgotten vote was won with a
+//! majority that, without this node, still shares a node with every such
+//! set of reporters, so the floor is at least the term of every leader that
+//! could have been elected. Once it took an append at or above the floor,
+//! openraft's own persisted vote rejects older leaders.
 //!
 //! A brand-new cluster starts empty too. Its nodes learn from the node
 //! heartbeats that a majority has formed no cluster yet (no node holds a
@@ -20,6 +29,7 @@
 //! other majority, so only a new cluster can show that, as long as no
 //! node but this one lost its data.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 
@@ -33,6 +43,7 @@ pub struct Rejoin {
     state: Mutex<State>,
     /// Voters of the cluster, this node included.
     cluster_size: usize,
+    me: NodeId,
 }
 
 #[derive(Debug, Default)]
@@ -59,10 +70,29 @@ struct Cautious {
     /// that lost its data gets it from the leader's log.
     members: Members,
     preferred: bool,
+    /// The group's current term as other replicas reported it.
+    terms_reported: BTreeMap<NodeId, u64>,
+    /// Once enough replicas reported: appends of lower terms are refused.
+    term_floor: Option<u64>,
 }
 
 /// Node id → peer address.
-pub type Members = std::collections::BTreeMap<NodeId, String>;
+pub type Members = BTreeMap<NodeId, String>;
+
+/// Why a cautious replica does not take an append.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppendRefused {
+    #[error(
+        "this replica started with an empty data directory and is still learning the group's \
+         current term from the other replicas"
+    )]
+    LearningTerm,
+    #[error(
+        "the leader's term {term} is older than term {floor}, which a majority of the other \
+         replicas reached: a stale leader"
+    )]
+    StaleLeader { term: u64, floor: u64 },
+}
 
 /// A group that may vote again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +107,7 @@ pub struct Released {
 
 impl Rejoin {
     /// `empty_data_dir`: the node found no database when it started.
-    pub fn new(empty_data_dir: bool, cluster_size: usize) -> Rejoin {
+    pub fn new(me: NodeId, empty_data_dir: bool, cluster_size: usize) -> Rejoin {
         Rejoin {
             state: Mutex::new(State {
                 // A cluster of one has nobody to learn from.
@@ -85,6 +115,7 @@ impl Rejoin {
                 ..State::default()
             }),
             cluster_size,
+            me,
         }
     }
 
@@ -99,6 +130,8 @@ impl Rejoin {
                     target: None,
                     members: members.clone(),
                     preferred,
+                    terms_reported: BTreeMap::new(),
+                    term_floor: None,
                 },
             );
         }
@@ -135,6 +168,62 @@ impl Rejoin {
                 })
                 .collect();
             state.released.extend(released);
+        }
+    }
+
+    /// Cautious groups whose term floor is not known yet: node heartbeats
+    /// ask peers for their current term in them.
+    pub fn groups_learning_terms(&self) -> Vec<GroupId> {
+        let state = self.state.lock();
+        let mut groups: Vec<GroupId> = state
+            .groups
+            .iter()
+            .filter(|(_, c)| c.term_floor.is_none())
+            .map(|(group, _)| *group)
+            .collect();
+        groups.sort_unstable();
+        groups
+    }
+
+    /// A peer's current terms in groups this node asked about. A peer that
+    /// is not a replica of a group does not count for it.
+    pub fn on_terms(&self, peer: NodeId, terms: &std::collections::HashMap<GroupId, u64>) {
+        let mut state = self.state.lock();
+        for (group, term) in terms {
+            let Some(cautious) = state.groups.get_mut(group) else {
+                continue;
+            };
+            if cautious.term_floor.is_some() || peer == self.me {
+                continue;
+            }
+            if !cautious.members.contains_key(&peer) {
+                continue;
+            }
+            cautious.terms_reported.insert(peer, *term);
+            // Reporters needed: more than the other replicas an election
+            // quorum may hold besides this node (`replicas / 2`).
+            let replicas = cautious.members.len().max(1);
+            let needed = replicas - replicas / 2;
+            if cautious.terms_reported.len() >= needed {
+                let floor = cautious.terms_reported.values().copied().max().unwrap_or(0);
+                tracing::debug!(group, floor, "learnt the term floor after an empty start");
+                cautious.term_floor = Some(floor);
+            }
+        }
+    }
+
+    /// Whether an append of a leader of `term` may reach group `group`: a
+    /// cautious group takes none until it knows its term floor, then none
+    /// below it.
+    pub fn may_append(&self, group: GroupId, term: u64) -> Result<(), AppendRefused> {
+        let state = self.state.lock();
+        let Some(cautious) = state.groups.get(&group) else {
+            return Ok(());
+        };
+        match cautious.term_floor {
+            Some(floor) if term >= floor => Ok(()),
+            Some(floor) => Err(AppendRefused::StaleLeader { term, floor }),
+            None => Err(AppendRefused::LearningTerm),
         }
     }
 
@@ -189,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_majority_of_new_nodes_is_a_new_cluster() {
-        let rejoin = Rejoin::new(true, 3);
+        let rejoin = Rejoin::new(1, true, 3);
         let members: Members = [(1, "a:1".to_string()), (2, "b:1".to_string())].into();
         assert!(rejoin.on_group_started(0, &members, true));
         assert!(rejoin.is_cautious(0));
@@ -212,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_wiped_node_votes_only_after_applying_its_leaders_commit_index() {
-        let rejoin = Rejoin::new(true, 3);
+        let rejoin = Rejoin::new(1, true, 3);
         assert!(rejoin.on_group_started(0, &Members::new(), false));
         rejoin.on_peer(2, true);
         // A peer with no cluster does not outweigh one with a cluster.
@@ -235,8 +324,51 @@ mod tests {
     }
 
     #[test]
+    fn a_wiped_replica_takes_appends_only_at_or_above_the_term_a_majority_reached() {
+        // Node 3 of replicas 1, 2, 3 lost its data.
+        let rejoin = Rejoin::new(3, true, 3);
+        let replicas: Members = (1..=3).map(|id| (id, format!("n{id}:1"))).collect();
+        assert!(rejoin.on_group_started(7, &replicas, false));
+        rejoin.on_peer(1, true);
+        assert_eq!(rejoin.groups_learning_terms(), vec![7]);
+        assert_eq!(rejoin.may_append(7, 9), Err(AppendRefused::LearningTerm));
+        // Node 1 was partitioned away as leader of term 5; node 2 leads
+        // term 6, possibly elected with node 3's forgotten vote. Neither
+        // one report, nor a node that is no replica, fixes the floor.
+        rejoin.on_terms(1, &[(7, 5)].into());
+        rejoin.on_terms(4, &[(7, 1)].into());
+        rejoin.on_terms(3, &[(7, 0)].into());
+        assert_eq!(rejoin.may_append(7, 5), Err(AppendRefused::LearningTerm));
+        rejoin.on_terms(2, &[(7, 6)].into());
+        assert!(rejoin.groups_learning_terms().is_empty());
+        assert_eq!(
+            rejoin.may_append(7, 5),
+            Err(AppendRefused::StaleLeader { term: 5, floor: 6 })
+        );
+        assert_eq!(rejoin.may_append(7, 6), Ok(()));
+        // Later reports do not move it.
+        rejoin.on_terms(1, &[(7, 8)].into());
+        assert_eq!(rejoin.may_append(7, 7), Ok(()));
+        // Groups that are not cautious take every append.
+        assert_eq!(rejoin.may_append(8, 1), Ok(()));
+    }
+
+    #[test]
+    fn five_replicas_need_three_reports() {
+        let rejoin = Rejoin::new(5, true, 5);
+        let replicas: Members = (1..=5).map(|id| (id, format!("n{id}:1"))).collect();
+        assert!(rejoin.on_group_started(2, &replicas, false));
+        rejoin.on_terms(1, &[(2, 3)].into());
+        rejoin.on_terms(2, &[(2, 4)].into());
+        assert_eq!(rejoin.may_append(2, 4), Err(AppendRefused::LearningTerm));
+        rejoin.on_terms(3, &[(2, 2)].into());
+        assert_eq!(rejoin.may_append(2, 4), Ok(()));
+        assert!(rejoin.may_append(2, 3).is_err());
+    }
+
+    #[test]
     fn a_node_with_data_or_alone_is_never_cautious() {
-        assert!(!Rejoin::new(false, 3).on_group_started(0, &Members::new(), true));
-        assert!(!Rejoin::new(true, 1).on_group_started(0, &Members::new(), true));
+        assert!(!Rejoin::new(1, false, 3).on_group_started(0, &Members::new(), true));
+        assert!(!Rejoin::new(1, true, 1).on_group_started(0, &Members::new(), true));
     }
 }

@@ -18,6 +18,19 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     cluster.create_topic("survive", 1, 3).await;
     let client = cluster.client(1).await;
     publish_until_acked(&client, "survive", "while-all-up", Duration::from_secs(20)).await;
+    // A node that started a moment after the others found a cluster formed
+    // and starts cautious too; it takes appends once both other replicas
+    // told it the current term. Stopping one before that would leave it
+    // waiting for that node, and the partition without a quorum.
+    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    let meta = raftstream_node::raft::types::META_GROUP;
+    eventually("every node votes", Duration::from_secs(20), || async {
+        let caught_up = cluster.nodes.values().all(|running| {
+            !running.node.rejoin.is_cautious(meta) && !running.node.rejoin.is_cautious(group_id)
+        });
+        caught_up.then_some(())
+    })
+    .await;
 
     cluster.stop(2).await;
     let client = cluster.client(1).await;
@@ -38,7 +51,6 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     cluster.restart(3).await;
     // Node 2's log is stale and node 3's is empty: without node 3's vote
     // node 2 cannot win. Watch the partition for a few election timeouts.
-    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
     let watched_until = std::time::Instant::now() + Duration::from_secs(5);
     while std::time::Instant::now() < watched_until {
         for id in [2, 3] {
@@ -58,8 +70,13 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Node 3 has not even caught up its metadata: it holds back there too.
-    let meta = raftstream_node::raft::types::META_GROUP;
     assert!(cluster.nodes[&3].node.rejoin.is_cautious(meta));
+    // Nor does it take appends, of any term: with node 1 down only one of
+    // the other replicas can tell it the current term, and a stale leader
+    // could be among those that answer.
+    let refused = append_to(&cluster, 3, meta, 1_000).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains("learning"), "{refused}");
 
     cluster.restart(1).await;
     cluster.wait_ready().await;
@@ -81,6 +98,38 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
         (!rejoin.is_cautious(meta) && !rejoin.is_cautious(group_id)).then_some(())
     })
     .await;
+}
+
+/// Sends node `to` an AppendEntries without entries for `group`, from node 2
+/// as the leader of `term`, over the peer transport.
+async fn append_to(
+    cluster: &TestCluster,
+    to: u64,
+    group: u64,
+    term: u64,
+) -> Result<raftstream_client::pb::RaftMessage, tonic::Status> {
+    use raftstream_node::raft::types::TypeConfig;
+    let request = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: raftstream_node::raft::types::Vote::new_committed(term, 2),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        cluster.configs[&to].peer_addr
+    ))
+    .unwrap()
+    .connect_lazy();
+    let mut transport =
+        raftstream_client::pb::raft_transport_client::RaftTransportClient::new(channel);
+    transport
+        .append_entries(raftstream_client::pb::RaftMessage {
+            group_id: group,
+            payload: bincode::serialize(&request).unwrap().into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// A data directory keeps the node id it was created for: started under

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use openraft::alias::SnapshotOf;
+use openraft::async_runtime::WatchReceiver as _;
 use openraft::raft::AppendEntriesRequest;
+use openraft::vote::RaftLeaderId as _;
 use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 use raftstream_proto::v1::RaftBatch;
@@ -55,6 +57,13 @@ impl TransportService {
 
     async fn append_one(&self, message: RaftMessage) -> Result<RaftMessage, Status> {
         let (group, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.decode(&message)?;
+        let term = rpc.vote.leader_id().term();
+        self.node
+            .rejoin
+            .may_append(message.group_id, term)
+            .map_err(|refused| {
+                Status::unavailable(format!("group {}: {refused}", message.group_id))
+            })?;
         self.node.rejoin.on_append(
             message.group_id,
             rpc.leader_commit.as_ref().map(|c| c.index),
@@ -183,9 +192,22 @@ impl RaftTransport for TransportService {
             .node
             .with_metadata(|m| m.cluster_secret.is_some())
             .ok_or_else(|| Status::unavailable("this node is stopping"))?;
+        let group_terms = beat
+            .terms_wanted
+            .iter()
+            .filter(|group| !self.node.rejoin.is_cautious(**group))
+            .map(|group| {
+                let term = self
+                    .node
+                    .group(*group)
+                    .map_or(0, |g| g.raft.metrics().borrow_watched().current_term);
+                (*group, term)
+            })
+            .collect();
         Ok(Response::new(NodeHeartbeatReply {
             now_ms: crate::node::now_ms(),
             cluster_formed,
+            group_terms,
         }))
     }
 }
