@@ -2,10 +2,14 @@
 //! network namespace through `ip netns exec` (which execs the node, so the
 //! child's pid is the node's). Only these pids are ever signalled.
 
+use std::io::BufRead;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
+use std::process::ExitStatus;
 use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
@@ -21,6 +25,32 @@ pub const GRPC_PORT: u16 = 50051;
 pub const HTTP_PORT: u16 = 8080;
 pub const PEER_PORT: u16 = 50061;
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// How `raftstream-node` exits after a failed write or fsync (EX_IOERR);
+/// a supervisor restarts it once the disk is healthy.
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+/// What the node logs when its storage fails and it stops serving.
+const STORAGE_FAILED_LOG: &str = "storage failed";
+/// How long a lazyfs control command may take.
+const LAZYFS_COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A disk fault that lazyfs switches on and off (its control socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// fsync and fdatasync fail with EIO; the bytes they failed are lost.
+    FsyncEio,
+    /// Growing writes fail with ENOSPC; statfs reports no free space.
+    DiskFull,
+}
+
+impl DiskFault {
+    /// The fault's name in lazyfs's control language.
+    fn command(self) -> &'static str {
+        match self {
+            DiskFault::FsyncEio => "fsync-eio",
+            DiskFault::DiskFull => "disk-full",
+        }
+    }
+}
 
 pub fn grpc_addr(node: u64) -> String {
     format!("{}:{GRPC_PORT}", node_addr(node))
@@ -51,6 +81,12 @@ fn state_file(harness: u32) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{harness}.mounts"))
 }
 
+/// The control socket of node `node`'s lazyfs: short, as socket paths must
+/// be, and named after the harness so a later run can remove it.
+fn control_socket(harness: u32, node: u64) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{harness}.n{node}.sock"))
+}
+
 /// Stops the lazyfs processes and detaches the mounts that harnesses which
 /// no longer run left behind (their nodes were killed with their network
 /// namespaces). Only pids recorded by a harness, and only if they still run
@@ -62,6 +98,19 @@ pub fn clean_leftover_mounts() -> usize {
     let mut cleaned = 0;
     for entry in entries.flatten() {
         let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `<harness>.n<node>.sock`: a control socket its lazyfs, killed
+        // with the harness, could not remove.
+        if let Some(harness) = name
+            .strip_suffix(".sock")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(harness, _)| harness.parse::<u32>().ok())
+        {
+            if !crate::net::alive(harness) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         let Some(harness) = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -113,7 +162,7 @@ pub struct NodeSetup {
     /// libfaketime, for the clock nemesis.
     pub faketime: bool,
     /// The lazyfs binary that data directories are mounted through, for the
-    /// power-loss nemesis.
+    /// power-loss, torn-write, fsync-eio and disk-full nemeses.
     pub lazyfs: Option<PathBuf>,
     /// Peers reach each other through the harness's proxies
     /// ([`crate::proxy`]), for the latency nemesis.
@@ -136,7 +185,7 @@ pub struct Cluster {
     /// Whether nodes run under libfaketime (for the clock nemesis).
     faketime: bool,
     /// The lazyfs binary, when data directories are on lazyfs (for the
-    /// power-loss nemesis).
+    /// power-loss, torn-write, fsync-eio and disk-full nemeses).
     lazyfs: Option<PathBuf>,
     namespaces: Vec<String>,
     procs: Vec<Proc>,
@@ -269,17 +318,19 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.lazyfs_log(node))?;
+        std::fs::create_dir_all(STATE_DIR)?;
         let child = Command::new(&bin)
             .arg("--source")
             .arg(&disk)
             .arg("--mountpoint")
             .arg(&data)
+            .arg("--control")
+            .arg(control_socket(std::process::id(), node))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting lazyfs for node {node}"))?;
-        std::fs::create_dir_all(STATE_DIR)?;
         let mut state = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -320,6 +371,75 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Sends one command to `node`'s lazyfs over its control socket; the
+    /// text of its `ok` reply, or an error with its `error` reply.
+    fn lazyfs_command(
+        &mut self,
+        node: u64,
+        nemesis: &str,
+        command: &str,
+    ) -> anyhow::Result<String> {
+        if self.proc(node)?.lazyfs.is_none() {
+            anyhow::bail!("node {node} has no lazyfs (the {nemesis} nemesis needs --lazyfs-bin)");
+        }
+        let path = control_socket(std::process::id(), node);
+        let mut stream = UnixStream::connect(&path)
+            .with_context(|| format!("connecting to node {node}'s lazyfs at {}", path.display()))?;
+        stream.set_read_timeout(Some(LAZYFS_COMMAND_TIMEOUT))?;
+        stream.set_write_timeout(Some(LAZYFS_COMMAND_TIMEOUT))?;
+        stream.write_all(format!("{command}\n").as_bytes())?;
+        let mut reply = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut reply)
+            .with_context(|| format!("node {node}'s lazyfs did not answer {command:?}"))?;
+        let reply = reply.trim_end();
+        match reply.strip_prefix("ok ") {
+            Some(text) => Ok(text.to_string()),
+            None => anyhow::bail!("node {node}'s lazyfs refused {command:?}: {reply}"),
+        }
+    }
+
+    /// A power loss that tears writes: SIGKILL the node, then make its
+    /// lazyfs keep a random prefix (drawn from `seed`) of each file's
+    /// unsynced tail and drop everything else unsynced. Returns lazyfs's
+    /// report.
+    pub fn torn_power_loss(&mut self, node: u64, seed: u64) -> anyhow::Result<String> {
+        self.kill(node)?;
+        self.lazyfs_command(node, "torn-write", &format!("torn-power-loss {seed}"))
+    }
+
+    /// Switches a disk fault of `node`'s lazyfs on or off; returns lazyfs's
+    /// report (on `off`, how many calls the fault failed).
+    pub fn set_disk_fault(
+        &mut self,
+        node: u64,
+        fault: DiskFault,
+        on: bool,
+    ) -> anyhow::Result<String> {
+        let name = fault.command();
+        let switch = if on { "on" } else { "off" };
+        self.lazyfs_command(node, name, &format!("{name} {switch}"))
+    }
+
+    /// Makes `node`'s lazyfs report `bytes` free to statfs (a disk filling
+    /// up; writes still succeed), or with `None` the real figure again.
+    pub fn set_free_space(&mut self, node: u64, bytes: Option<u64>) -> anyhow::Result<String> {
+        let command = match bytes {
+            Some(bytes) => format!("free-space {bytes}"),
+            None => "free-space real".to_string(),
+        };
+        self.lazyfs_command(node, "disk-full", &command)
+    }
+
+    /// The last line of `node`'s log saying that its storage failed, if any.
+    pub fn storage_failure_logged(&self, node: u64) -> Option<String> {
+        let log = std::fs::read_to_string(self.dir.join(format!("n{node}.log"))).ok()?;
+        log.lines()
+            .rev()
+            .find(|line| line.contains(STORAGE_FAILED_LOG))
+            .map(|line| strip_ansi(line).trim().to_string())
     }
 
     /// Unmounts `node`'s lazyfs (SIGTERM); the node must be stopped.
@@ -396,7 +516,9 @@ impl Cluster {
             .env("RUST_LOG", "warn")
             .env("RAFTSTREAM_ADMIN_TOKEN", &self.token)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The node logs (tracing) to stdout: its warnings and errors,
+            // such as why its storage failed, belong in its log too.
+            .stdout(log.try_clone()?)
             .stderr(log);
         if self.faketime {
             let file = self.clock_file(node);
@@ -489,15 +611,15 @@ impl Cluster {
         self.kill(node)
     }
 
-    /// Nodes that exited on their own (a crash), with their exit status.
-    pub fn exited(&mut self) -> Vec<(u64, String)> {
+    /// Nodes that exited on their own, with their exit status.
+    pub fn exited(&mut self) -> Vec<(u64, ExitStatus)> {
         let mut out = Vec::new();
         for node in self.nodes() {
             if let Ok(proc) = self.proc(node)
                 && let Some(child) = &mut proc.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                out.push((node, status.to_string()));
+                out.push((node, status));
                 proc.child = None;
             }
         }
@@ -518,8 +640,48 @@ impl Cluster {
     }
 }
 
+/// `line` without terminal colour codes (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_stripped_from_log_lines() {
+        assert_eq!(
+            strip_ansi("\u{1b}[31mERROR\u{1b}[0m storage failed"),
+            "ERROR storage failed"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    #[test]
+    fn control_sockets_are_short_and_named_after_the_harness() {
+        let path = control_socket(4_194_304, 5);
+        assert_eq!(path, Path::new("/run/jepsen-lite/4194304.n5.sock"));
+        // A Unix socket path must fit in sun_path (108 bytes).
+        assert!(path.as_os_str().len() < 108);
     }
 }

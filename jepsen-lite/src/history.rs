@@ -93,6 +93,10 @@ pub enum Kind {
     Fault { name: String, detail: String },
     /// A node exited although nobody killed it.
     Crash { node: u64 },
+    /// A node stopped itself (exit 74) after a disk fault the nemesis
+    /// injected on it failed one of its writes or fsyncs, as it should; the
+    /// nemesis restarts it once the fault is healed. Not an anomaly.
+    StorageExit { node: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -64,8 +64,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
     /// Faults: all, none, kill, pause, partition, loss, clock, power,
-    /// latency, wipe, or single names such as kill-leaders, partition-ring
-    /// (comma-separated).
+    /// latency, wipe, disk, or single names such as kill-leaders,
+    /// partition-ring, fsync-eio (comma-separated).
     #[arg(long, default_value = "all")]
     nemesis: String,
     #[arg(long, default_value_t = 1)]
@@ -73,8 +73,8 @@ struct RunArgs {
     /// The raftstream-node binary; built with cargo when absent.
     #[arg(long)]
     node_bin: Option<PathBuf>,
-    /// The lazyfs binary (for the power-loss nemesis); built with cargo
-    /// when absent and needed.
+    /// The lazyfs binary (for the power-loss, torn-write, fsync-eio and
+    /// disk-full nemeses); built with cargo when absent and needed.
     #[arg(long)]
     lazyfs_bin: Option<PathBuf>,
     /// Where run directories go.
@@ -202,6 +202,21 @@ fn node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     workspace_binary(given, "raftstream-node")
 }
 
+/// The lazyfs binary for runs whose faults need it: as given, or built.
+fn lazyfs_binary(given: Option<PathBuf>, faults: &[nemesis::Fault]) -> anyhow::Result<PathBuf> {
+    let needing: Vec<&str> = faults
+        .iter()
+        .filter(|f| f.needs_lazyfs())
+        .map(|f| f.name())
+        .collect();
+    workspace_binary(given, "lazyfs").with_context(|| {
+        format!(
+            "the {} nemesis runs nodes on lazyfs: pass --lazyfs-bin",
+            needing.join(", ")
+        )
+    })
+}
+
 fn repeat_command(args: &RunArgs) -> String {
     let mut cmd = format!(
         "cargo run -p jepsen-lite -- run --nodes {} --time-limit {} --nemesis '{}' --seed {}",
@@ -224,8 +239,8 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     require_root()?;
     let fault_names = nemesis::names(&faults);
     let bin = node_binary(args.node_bin.clone())?;
-    let lazyfs = if faults.contains(&nemesis::Fault::PowerLoss) {
-        Some(workspace_binary(args.lazyfs_bin.clone(), "lazyfs")?)
+    let lazyfs = if faults.iter().any(|f| f.needs_lazyfs()) {
+        Some(lazyfs_binary(args.lazyfs_bin.clone(), &faults)?)
     } else {
         None
     };
@@ -306,6 +321,21 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         .iter()
         .filter(|op| matches!(op.kind, Kind::Send { .. }))
         .count();
+    let storage_exits = ops
+        .iter()
+        .filter(|op| matches!(op.kind, Kind::StorageExit { .. }))
+        .count();
+    // Publishes a leader refused for want of disk space: HTTP 507
+    // (`insufficient_storage`), or RESOURCE_EXHAUSTED naming the headroom.
+    let refused_for_space = ops
+        .iter()
+        .filter(|op| {
+            matches!(op.kind, Kind::Send { .. })
+                && op.error.as_deref().is_some_and(|e| {
+                    e.to_ascii_lowercase().contains("insufficient") || e.contains("MiB headroom")
+                })
+        })
+        .count();
     let ok = ops
         .iter()
         .filter(|op| matches!(op.kind, Kind::Send { .. }) && op.outcome == Outcome::Ok)
@@ -330,6 +360,8 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         "sends_ok": ok,
         "polls": polls,
         "faults": faults_done,
+        "storage_exits": storage_exits,
+        "sends_refused_for_disk_space": refused_for_space,
         "counts": report.counts,
         "lines": report.lines,
         "availability": report.availability,
@@ -346,6 +378,12 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
         "{sends} sends ({ok} ok), {polls} polls, {faults_done} faults in {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    if storage_exits > 0 || refused_for_space > 0 {
+        println!(
+            "disk faults: {storage_exits} node exits on storage failures (status 74, restarted), \
+             {refused_for_space} sends refused for disk space"
+        );
+    }
     for line in &report.lines {
         println!("{line}");
     }
@@ -519,11 +557,12 @@ async fn execute(
         faults: faults.to_vec(),
         seed: args.seed,
         token: TOKEN.to_string(),
+        storage_faults: Mutex::default(),
     };
     let until = args.time_limit * 1_000_000;
     nemesis.run(until).await?;
     // Everything is healed: a recovery phase with the workload still on.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    nemesis.watch(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         // Every request has a deadline, so workers end soon after `stop`.
@@ -534,28 +573,21 @@ async fn execute(
             bail!("a workload worker did not stop within 30 s");
         }
     }
+    // The last exits, expected (a disk fault's) or not, before every node
+    // is restarted for the final reads.
+    nemesis.note_crashes();
     final_reads(args.nodes, &cluster, &recorder).await?;
     Ok(recorder.ops())
 }
 
 /// Restarts every node, waits until all replicas of every partition agree
 /// on its end, then reads every partition from offset 0 on every node.
+/// Exits until now were noted by the nemesis.
 async fn final_reads(
     nodes: u64,
     cluster: &Arc<Mutex<Cluster>>,
     recorder: &Recorder,
 ) -> anyhow::Result<()> {
-    for (node, status) in cluster.lock().exited() {
-        let now = recorder.now_us();
-        recorder.record(
-            "final",
-            now,
-            now,
-            Outcome::Fail,
-            Some(format!("node {node} exited on its own: {status}")),
-            Kind::Crash { node },
-        );
-    }
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut cluster = c.lock();
@@ -718,16 +750,21 @@ fn campaign(
     }
     require_root()?;
     let bin = node_binary(node_bin)?;
-    let mut needs_lazyfs = false;
+    let mut on_lazyfs = Vec::new();
     for mix in &mixes {
-        needs_lazyfs |= nemesis::parse(mix)
-            .map_err(anyhow::Error::msg)?
-            .contains(&nemesis::Fault::PowerLoss);
+        on_lazyfs.extend(
+            nemesis::parse(mix)
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .filter(|f| f.needs_lazyfs()),
+        );
     }
-    let lazyfs = if needs_lazyfs {
-        Some(workspace_binary(lazyfs_bin, "lazyfs")?)
-    } else {
+    let lazyfs = if on_lazyfs.is_empty() {
         None
+    } else {
+        on_lazyfs.sort();
+        on_lazyfs.dedup();
+        Some(lazyfs_binary(lazyfs_bin, &on_lazyfs)?)
     };
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

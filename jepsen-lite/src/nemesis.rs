@@ -3,9 +3,11 @@
 //! long) follows from the seed alone; the victims of a leader fault depend
 //! on where the leaders are at that moment.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use raftstream_client::pb;
@@ -15,7 +17,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::cluster::Cluster;
+use crate::cluster::DiskFault;
+use crate::cluster::EXIT_STORAGE_FAILED;
 use crate::cluster::grpc_addr;
+use crate::cluster::http_addr;
 use crate::history::Kind;
 use crate::history::Outcome;
 use crate::net::Net;
@@ -41,10 +46,13 @@ pub enum Fault {
     PowerLoss,
     Latency,
     WipeOne,
+    TornWrite,
+    FsyncEio,
+    DiskFull,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 16] = [
+    pub const ALL: [Fault; 19] = [
         Fault::KillOne,
         Fault::KillMinority,
         Fault::KillLeaders,
@@ -61,6 +69,9 @@ impl Fault {
         Fault::PowerLoss,
         Fault::Latency,
         Fault::WipeOne,
+        Fault::TornWrite,
+        Fault::FsyncEio,
+        Fault::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +92,26 @@ impl Fault {
             Fault::PowerLoss => "power-loss",
             Fault::Latency => "latency",
             Fault::WipeOne => "wipe-one",
+            Fault::TornWrite => "torn-write",
+            Fault::FsyncEio => "fsync-eio",
+            Fault::DiskFull => "disk-full",
+        }
+    }
+
+    /// Whether nodes must run on lazyfs for this fault.
+    pub fn needs_lazyfs(self) -> bool {
+        matches!(
+            self,
+            Fault::PowerLoss | Fault::TornWrite | Fault::FsyncEio | Fault::DiskFull
+        )
+    }
+
+    /// The lazyfs fault behind a disk fault.
+    fn disk_fault(self) -> Option<DiskFault> {
+        match self {
+            Fault::FsyncEio => Some(DiskFault::FsyncEio),
+            Fault::DiskFull => Some(DiskFault::DiskFull),
+            _ => None,
         }
     }
 
@@ -96,16 +127,17 @@ impl Fault {
             | Fault::PartitionOneWay => "partition",
             Fault::Loss => "loss",
             Fault::Clock => "clock",
-            Fault::PowerLoss => "power",
+            Fault::PowerLoss | Fault::TornWrite => "power",
             Fault::Latency => "latency",
             Fault::WipeOne => "wipe",
+            Fault::FsyncEio | Fault::DiskFull => "disk",
         }
     }
 }
 
 /// Parses `kill,partition-ring,all,none`: fault names, groups (`kill`,
-/// `pause`, `partition`, `loss`, `clock`, `power`, `latency`, `wipe`),
-/// `all`, or `none`.
+/// `pause`, `partition`, `loss`, `clock`, `power`, `latency`, `wipe`,
+/// `disk`), `all`, or `none`.
 pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = BTreeSet::new();
     for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -117,7 +149,7 @@ pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
         if matched.is_empty() && word != "none" {
             let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
             return Err(format!(
-                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power, latency, wipe or one of {}",
+                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power, latency, wipe, disk or one of {}",
                 names.join(", ")
             ));
         }
@@ -144,7 +176,24 @@ enum Undo {
     Network,
     Clocks(Vec<u64>),
     Latency,
+    /// A disk fault on these nodes' lazyfs: switch it off, then restart
+    /// those of them that stopped on it.
+    Disk(DiskFault, Vec<u64>),
 }
+
+/// The free space the disk-full nemesis shows before the disk is full: under
+/// the 512 MiB headroom nodes keep by default (`min_free_disk_bytes`), so
+/// they refuse publishes (HTTP 507, RESOURCE_EXHAUSTED) while writes still
+/// succeed.
+const LOW_FREE_BYTES: u64 = 64 << 20;
+
+/// How long after a disk fault is healed a node may still exit because of
+/// it: the node logs the failure, stops its groups (at most 10 s) and exits.
+const STORAGE_EXIT_GRACE: Duration = Duration::from_secs(30);
+/// How long a heal waits for the victims of a disk fault to settle: each
+/// either serving (`/readyz` not saying `storage_failed`) or exited and
+/// restarted.
+const SETTLE_LIMIT: Duration = Duration::from_secs(25);
 
 pub struct Nemesis {
     pub net: Arc<Net>,
@@ -155,6 +204,10 @@ pub struct Nemesis {
     pub faults: Vec<Fault>,
     pub seed: u64,
     pub token: String,
+    /// Nodes that may exit with status 74 (storage failed) because a disk
+    /// fault was injected on them: `None` while the fault is on, else until
+    /// when that stays expected.
+    pub storage_faults: Mutex<BTreeMap<u64, Option<Instant>>>,
 }
 
 /// Symmetric cuts → per node, the nodes it drops.
@@ -347,6 +400,64 @@ impl Nemesis {
                 let d = describe(&victims);
                 (Undo::Restart(victims), d)
             }
+            Fault::TornWrite => {
+                // A power loss in the middle of writes: one node, a
+                // minority, or every node at once.
+                let victims = match rng.random_range(0..3) {
+                    0 => nodes[..1].to_vec(),
+                    1 => nodes[..minority.max(1)].to_vec(),
+                    _ => nodes.clone(),
+                };
+                let mut reports = Vec::new();
+                let mut cluster = self.cluster.lock();
+                for v in &victims {
+                    let seed: u64 = rng.random();
+                    let report = cluster.torn_power_loss(*v, seed)?;
+                    reports.push(format!("node {v}: {report}"));
+                }
+                let d = format!("{}; {}", describe(&victims), reports.join("; "));
+                (Undo::Restart(victims), d)
+            }
+            Fault::FsyncEio | Fault::DiskFull => {
+                let Some(disk) = fault.disk_fault() else {
+                    anyhow::bail!("{} is not a disk fault", fault.name());
+                };
+                // One node, or every node's disk at once.
+                let victims = if rng.random_bool(0.5) {
+                    nodes[..1].to_vec()
+                } else {
+                    nodes.clone()
+                };
+                {
+                    let mut expected = self.storage_faults.lock();
+                    for v in &victims {
+                        expected.insert(*v, None);
+                    }
+                }
+                let mut d = describe(&victims);
+                if disk == DiskFault::DiskFull {
+                    // A disk fills up before it is full: first only the free
+                    // space shown drops under the nodes' headroom.
+                    let low_for = Duration::from_millis(rng.random_range(1_500..3_000));
+                    {
+                        let mut cluster = self.cluster.lock();
+                        for v in &victims {
+                            cluster.set_free_space(*v, Some(LOW_FREE_BYTES))?;
+                        }
+                    }
+                    self.sleep_checking(low_for, u64::MAX).await;
+                    d = format!(
+                        "{d}: {} MiB free for {:.1} s, then full",
+                        LOW_FREE_BYTES >> 20,
+                        low_for.as_secs_f64()
+                    );
+                }
+                let mut cluster = self.cluster.lock();
+                for v in &victims {
+                    cluster.set_disk_fault(*v, disk, true)?;
+                }
+                (Undo::Disk(disk, victims), d)
+            }
             Fault::WipeOne => {
                 // A replaced disk: the node comes back empty and must catch
                 // up before it votes.
@@ -404,7 +515,8 @@ impl Nemesis {
         })
     }
 
-    fn heal(&self, undo: &Undo) -> anyhow::Result<()> {
+    /// Undoes a fault; returns what the heal found out, if anything.
+    async fn heal(&self, undo: &Undo) -> anyhow::Result<Option<String>> {
         match undo {
             Undo::Restart(nodes) => {
                 let mut cluster = self.cluster.lock();
@@ -430,27 +542,151 @@ impl Nemesis {
                     proxies.heal();
                 }
             }
+            Undo::Disk(fault, nodes) => {
+                let mut reports = Vec::new();
+                {
+                    let mut cluster = self.cluster.lock();
+                    for n in nodes {
+                        let report = cluster.set_disk_fault(*n, *fault, false)?;
+                        reports.push(format!("node {n}: {report}"));
+                        if *fault == DiskFault::DiskFull {
+                            cluster.set_free_space(*n, None)?;
+                        }
+                    }
+                }
+                {
+                    let mut expected = self.storage_faults.lock();
+                    let until = Instant::now() + STORAGE_EXIT_GRACE;
+                    for n in nodes {
+                        expected.insert(*n, Some(until));
+                    }
+                }
+                let restarted = self.settle(nodes).await?;
+                if !restarted.is_empty() {
+                    reports.push(format!("restarted {restarted:?} after exit 74"));
+                }
+                return Ok(Some(reports.join("; ")));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Notes nodes that exited without being killed: a crash is a finding.
-    fn note_crashes(&self) {
-        for (node, status) in self.cluster.lock().exited() {
-            let now = self.recorder.now_us();
-            self.recorder.record(
-                "nemesis",
-                now,
-                now,
-                Outcome::Fail,
-                Some(format!("node {node} exited on its own: {status}")),
-                Kind::Crash { node },
-            );
+    /// After a disk fault is healed, waits (bounded) until each victim is
+    /// either serving or has exited (and was restarted, as a supervisor
+    /// would). Returns the nodes restarted.
+    async fn settle(&self, nodes: &[u64]) -> anyhow::Result<Vec<u64>> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        // Those that stopped while the fault was on come back now.
+        let mut restarted = Vec::new();
+        {
+            let mut cluster = self.cluster.lock();
+            for node in nodes {
+                if !cluster.is_running(*node) {
+                    cluster.start(*node)?;
+                    restarted.push(*node);
+                }
+            }
         }
+        // A call the fault failed just before the heal reaches the node's
+        // failure handling within moments; give it those.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let mut pending: Vec<u64> = nodes.to_vec();
+        loop {
+            restarted.extend(self.note_crashes());
+            pending.retain(|n| !restarted.contains(n));
+            let mut still = Vec::new();
+            for node in pending {
+                if !self.cluster.lock().is_running(node) {
+                    continue;
+                }
+                let answer = http
+                    .get(format!("http://{}/readyz", http_addr(node)))
+                    .send()
+                    .await;
+                let failed = match answer {
+                    Ok(r) => r
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .contains("storage_failed"),
+                    // Stopping after a failure closes the listeners first.
+                    Err(_) => true,
+                };
+                if failed {
+                    still.push(node);
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                return Ok(restarted);
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "nemesis: nodes {pending:?} neither serve nor exited {} s after the heal",
+                    SETTLE_LIMIT.as_secs()
+                );
+                return Ok(restarted);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Records nodes that exited on their own. A node that stopped with
+    /// status 74 because of a disk fault injected on it did what it should,
+    /// and is restarted once that fault is healed; any other exit is a
+    /// crash, which is a finding. Returns the nodes restarted.
+    pub fn note_crashes(&self) -> Vec<u64> {
+        let mut restarted = Vec::new();
+        let mut cluster = self.cluster.lock();
+        for (node, status) in cluster.exited() {
+            let now = self.recorder.now_us();
+            let expected = match self.storage_faults.lock().get(&node) {
+                Some(None) => Some(false),
+                Some(Some(until)) if Instant::now() <= *until => Some(true),
+                _ => None,
+            };
+            match expected {
+                Some(healed) if status.code() == Some(EXIT_STORAGE_FAILED) => {
+                    let logged = cluster
+                        .storage_failure_logged(node)
+                        .unwrap_or_else(|| "no storage failure in its log".into());
+                    eprintln!(
+                        "[{:>6.1}s] nemesis: node {node} stopped on the disk fault ({status}): {logged}",
+                        now as f64 / 1e6
+                    );
+                    self.recorder.record(
+                        "nemesis",
+                        now,
+                        now,
+                        Outcome::Info,
+                        Some(format!("node {node} {status}: {logged}")),
+                        Kind::StorageExit { node },
+                    );
+                    if healed {
+                        match cluster.start(node) {
+                            Ok(()) => restarted.push(node),
+                            Err(e) => eprintln!("nemesis: restarting node {node}: {e:#}"),
+                        }
+                    }
+                }
+                _ => self.recorder.record(
+                    "nemesis",
+                    now,
+                    now,
+                    Outcome::Fail,
+                    Some(format!("node {node} exited on its own: {status}")),
+                    Kind::Crash { node },
+                ),
+            }
+        }
+        restarted
     }
 
     /// Runs faults until `until` (µs since start), then heals.
-    pub async fn run(self, until_us: u64) -> anyhow::Result<()> {
+    pub async fn run(&self, until_us: u64) -> anyhow::Result<()> {
         let mut rng = StdRng::seed_from_u64(self.seed);
         if self.faults.is_empty() {
             while self.recorder.now_us() < until_us {
@@ -475,13 +711,18 @@ impl Nemesis {
                 fault.name()
             );
             self.sleep_checking(hold, until_us).await;
-            self.heal(&undo)?;
+            let found = self.heal(&undo).await?;
             let end = self.recorder.now_us();
             eprintln!(
-                "[{:>6.1}s] nemesis: healed {}",
+                "[{:>6.1}s] nemesis: healed {}{}",
                 end as f64 / 1e6,
-                fault.name()
+                fault.name(),
+                found.as_ref().map_or(String::new(), |f| format!(" ({f})"))
             );
+            let detail = match found {
+                Some(found) => format!("{detail}; heal: {found}"),
+                None => detail,
+            };
             self.recorder.record(
                 "nemesis",
                 start,
@@ -500,6 +741,16 @@ impl Nemesis {
         let end = self.recorder.now_us() + wait.as_micros() as u64;
         let end = end.min(until_us);
         while self.recorder.now_us() < end {
+            self.note_crashes();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Keeps noting exits for `wait` after the last fault (the recovery
+    /// phase), restarting nodes that stop on a healed disk fault.
+    pub async fn watch(&self, wait: Duration) {
+        let end = Instant::now() + wait;
+        while Instant::now() < end {
             self.note_crashes();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -558,6 +809,38 @@ mod tests {
             pairs.iter().map(|(a, b)| (*a.min(b), *a.max(b))).collect();
         assert_eq!(unique.len(), 10);
         assert!(pairs.iter().all(|(a, b)| a != b));
+    }
+
+    #[test]
+    fn disk_faults_are_their_own_group_and_torn_writes_are_power_faults() {
+        assert_eq!(
+            parse("disk").unwrap(),
+            vec![Fault::FsyncEio, Fault::DiskFull]
+        );
+        assert_eq!(
+            parse("power").unwrap(),
+            vec![Fault::PowerLoss, Fault::TornWrite]
+        );
+        assert_eq!(
+            parse("torn-write,fsync-eio,disk-full").unwrap(),
+            vec![Fault::TornWrite, Fault::FsyncEio, Fault::DiskFull]
+        );
+        let on_lazyfs: Vec<Fault> = Fault::ALL
+            .iter()
+            .copied()
+            .filter(|f| f.needs_lazyfs())
+            .collect();
+        assert_eq!(
+            on_lazyfs,
+            vec![
+                Fault::PowerLoss,
+                Fault::TornWrite,
+                Fault::FsyncEio,
+                Fault::DiskFull
+            ]
+        );
+        let all = parse("all").unwrap();
+        assert!(all.contains(&Fault::TornWrite) && all.contains(&Fault::DiskFull));
     }
 
     #[test]

@@ -169,10 +169,13 @@ fn http_client(process: &str) -> Option<reqwest::Client> {
     }
 }
 
-/// A gateway's answer other than success: 503 and client errors say the
-/// request was not run; anything else (504 above all) leaves it unknown.
+/// A gateway's answer other than success: 503, 507 (the leader refused the
+/// publish before proposing it, its disk being nearly full: gRPC's
+/// RESOURCE_EXHAUSTED, which `classify` counts as failed too) and client
+/// errors say the request was not run; anything else (504 above all) leaves
+/// it unknown.
 fn classify_http(status: reqwest::StatusCode) -> Outcome {
-    if status.as_u16() == 503 || status.is_client_error() {
+    if matches!(status.as_u16(), 503 | 507) || status.is_client_error() {
         Outcome::Fail
     } else {
         Outcome::Info

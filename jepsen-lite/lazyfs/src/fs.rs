@@ -1,6 +1,10 @@
 //! The FUSE side: a passthrough filesystem over a source directory whose file
 //! data goes through an [`Overlay`] per inode until it is fsynced.
 //!
+//! Faults can be switched on at runtime through [`Control`]: fsyncs that fail
+//! with EIO, a full disk, and a power loss that tears the unsynced tail of
+//! each file instead of dropping all of it. The README says what each models.
+//!
 //! Inodes are tracked by path. Our inode numbers are handed out once and never
 //! reused, and each is tied to the backing file's (device, inode) pair so hard
 //! links share one overlay. One lock guards all state; the session runs a
@@ -38,6 +42,78 @@ pub struct Dropped {
     pub files: u64,
 }
 
+/// What a torn power loss did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Torn {
+    /// Unsynced bytes that reached the disk: the kept prefixes of the tails.
+    pub kept_bytes: u64,
+    /// Unsynced bytes dropped, lost bytes and the rest of each tail included.
+    pub dropped_bytes: u64,
+    /// Files that had any unsynced change.
+    pub files: u64,
+    /// Of those, files whose tail was cut inside (some but not all of it kept).
+    pub torn_files: u64,
+}
+
+/// The faults that can be switched on and off while mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `fsync`, `fdatasync` and directory fsyncs fail with EIO.
+    FsyncEio,
+    /// Writes that would grow a file, and `fallocate`, fail with ENOSPC;
+    /// `statfs` reports no free blocks.
+    DiskFull,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::FsyncEio => "fsync-eio",
+            Fault::DiskFull => "disk-full",
+        }
+    }
+}
+
+/// What a fault did while it was on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultReport {
+    /// Whether it was on before this switch.
+    pub was_on: bool,
+    /// Calls it failed since it was last switched on.
+    pub failed_calls: u64,
+}
+
+/// Injected failures are reported on stderr, this many per fault window;
+/// the rest are only counted.
+const REPORTED_FAILURES_MAX: u64 = 10;
+
+/// A small seeded generator (SplitMix64), so that a torn power loss with a
+/// given seed tears the same files at the same bytes.
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> SplitMix {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..=max`.
+    pub fn up_to(&mut self, max: u64) -> u64 {
+        match max.checked_add(1) {
+            Some(n) => self.next_u64() % n,
+            None => self.next_u64(),
+        }
+    }
+}
+
 /// The filesystem handed to the FUSE session.
 #[derive(Debug)]
 pub struct LazyFs {
@@ -66,6 +142,141 @@ impl Control {
         state.unsynced_bytes = 0;
         dropped
     }
+
+    /// A power loss that tears writes: for every file that extends past its
+    /// synced end, a prefix of that unsynced tail, cut at a byte drawn from
+    /// `seed` (0 to all of it, not aligned to anything), reaches the disk and
+    /// is synced there; every other unsynced change is dropped, as in
+    /// [`Control::power_loss`]. Files are visited in inode order, so a seed
+    /// tears the same way given the same files.
+    ///
+    /// Every overlay is dropped even when writing a prefix fails; the first
+    /// such error is returned after that.
+    pub fn torn_power_loss(&self, seed: u64) -> io::Result<Torn> {
+        let mut state = lock(&self.shared);
+        let mut rng = SplitMix::new(seed);
+        let mut torn = Torn::default();
+        let mut first_error = None;
+        let mut inos: Vec<u64> = state
+            .inodes
+            .iter()
+            .filter(|(_, inode)| !inode.overlay.is_clean())
+            .map(|(ino, _)| *ino)
+            .collect();
+        inos.sort_unstable();
+        for ino in inos {
+            let Some(inode) = state.inodes.get_mut(&ino) else {
+                continue;
+            };
+            let overlay = std::mem::take(&mut inode.overlay);
+            torn.files += 1;
+            let mut kept = 0;
+            // An unlinked file is gone after a power loss, whatever it held.
+            if let Some(path) = &inode.path {
+                match tear(&overlay, path, &mut rng) {
+                    Ok((k, whole)) => {
+                        kept = k;
+                        if k > 0 && k < whole {
+                            torn.torn_files += 1;
+                        }
+                        eprintln!(
+                            "lazyfs: torn: {}: kept {k} of the {whole} unsynced bytes past its synced end, dropped {} unsynced bytes in all",
+                            path.display(),
+                            overlay.unsynced_bytes().saturating_sub(k)
+                        );
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| {
+                            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                        });
+                    }
+                }
+            }
+            torn.kept_bytes += kept;
+            torn.dropped_bytes += overlay.unsynced_bytes().saturating_sub(kept);
+        }
+        state.unsynced_bytes = 0;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(torn),
+        }
+    }
+
+    /// Switches `fault` on or off; returns what it did while it was on.
+    pub fn set_fault(&self, fault: Fault, on: bool) -> FaultReport {
+        let mut state = lock(&self.shared);
+        let slot = match fault {
+            Fault::FsyncEio => &mut state.fsync_eio,
+            Fault::DiskFull => &mut state.disk_full,
+        };
+        let report = FaultReport {
+            was_on: slot.on,
+            failed_calls: slot.failed,
+        };
+        if on && !slot.on {
+            slot.failed = 0;
+        }
+        slot.on = on;
+        report
+    }
+
+    /// Makes `statfs` report `bytes` free (rounded down to whole blocks), or
+    /// with `None` the backing file system's own figures again. Writes are
+    /// not affected: this is a disk that is filling up, not a full one
+    /// ([`Fault::DiskFull`], which reports no free space whatever this says).
+    pub fn set_free_space(&self, bytes: Option<u64>) {
+        lock(&self.shared).free_space = bytes;
+    }
+
+    /// What `statfs` is told to report free, if anything.
+    pub fn free_space(&self) -> Option<u64> {
+        lock(&self.shared).free_space
+    }
+
+    /// Whether `fault` is on, and the calls it failed since it was last
+    /// switched on.
+    pub fn fault(&self, fault: Fault) -> (bool, u64) {
+        let state = lock(&self.shared);
+        let slot = match fault {
+            Fault::FsyncEio => &state.fsync_eio,
+            Fault::DiskFull => &state.disk_full,
+        };
+        (slot.on, slot.failed)
+    }
+
+    /// Unsynced bytes held over all files, and of those the lost ones.
+    pub fn unsynced(&self) -> (u64, u64) {
+        let state = lock(&self.shared);
+        let lost = state.inodes.values().map(|i| i.overlay.lost_bytes()).sum();
+        (state.unsynced_bytes, lost)
+    }
+}
+
+/// Writes a random prefix of `overlay`'s tearable tail to the backing file
+/// at `path` and syncs it. Returns (bytes kept, tail length).
+fn tear(overlay: &Overlay, path: &Path, rng: &mut SplitMix) -> io::Result<(u64, u64)> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        // Not a regular file any more (replaced by a directory, say): there
+        // is no tail to keep.
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Ok((0, 0));
+    }
+    let Some((offset, tail)) = overlay.tearable_tail(&&file)? else {
+        return Ok((0, 0));
+    };
+    let whole = tail.len() as u64;
+    let keep = rng.up_to(whole);
+    if keep > 0 {
+        let keep_len =
+            usize::try_from(keep).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &tail[..keep_len], offset)?;
+        file.sync_data()?;
+    }
+    Ok((keep, whole))
 }
 
 /// How to build a [`LazyFs`].
@@ -111,6 +322,9 @@ impl LazyFs {
             next_fh: 1,
             unsynced_bytes: 0,
             unsynced_bytes_max: config.unsynced_bytes_max,
+            fsync_eio: FaultSlot::default(),
+            disk_full: FaultSlot::default(),
+            free_space: None,
         };
         let root = state.register(path, key(&meta));
         debug_assert_eq!(root, ROOT);
@@ -145,6 +359,26 @@ struct State {
     /// The sum of `unsynced_bytes()` over all overlays.
     unsynced_bytes: u64,
     unsynced_bytes_max: u64,
+    fsync_eio: FaultSlot,
+    disk_full: FaultSlot,
+    /// Free bytes `statfs` reports instead of the backing file system's,
+    /// when set (a disk filling up; writes still succeed).
+    free_space: Option<u64>,
+}
+
+/// One switchable fault: whether it is on, and what it failed since.
+#[derive(Debug, Default)]
+struct FaultSlot {
+    on: bool,
+    failed: u64,
+}
+
+impl FaultSlot {
+    /// Counts one failed call and says whether to report it on stderr.
+    fn count(&mut self) -> bool {
+        self.failed += 1;
+        self.failed <= REPORTED_FAILURES_MAX
+    }
 }
 
 #[derive(Debug)]
@@ -455,17 +689,21 @@ impl State {
             return Err(Errno::ENOSPC);
         }
         let backing_size = file.metadata().map_err(errno)?.len();
-        self.edit(ino, |overlay| {
-            // Our view of the size is the true one; the kernel's may predate
-            // a power loss.
-            let offset = if append {
-                overlay.size(backing_size)
-            } else {
-                offset
-            };
-            overlay.write(offset, data, backing_size)
-        })?
-        .map_err(|_| Errno::EFBIG)?;
+        let size = self.inode(ino)?.overlay.size(backing_size);
+        // Our view of the size is the true one; the kernel's may predate a
+        // power loss.
+        let offset = if append { size } else { offset };
+        if self.disk_full.on && offset.saturating_add(u64::from(written)) > size {
+            if self.disk_full.count() {
+                eprintln!(
+                    "lazyfs: disk-full: a write of {written} bytes at {offset} growing {} failed with ENOSPC",
+                    self.describe(ino)
+                );
+            }
+            return Err(Errno::ENOSPC);
+        }
+        self.edit(ino, |overlay| overlay.write(offset, data, backing_size))?
+            .map_err(|_| Errno::EFBIG)?;
         Ok(written)
     }
 
@@ -487,6 +725,20 @@ impl State {
 
     fn fsync(&mut self, fh: u64, datasync: bool) -> Result<(), Errno> {
         let (ino, file, _, writable) = self.file(fh)?;
+        if self.fsync_eio.on {
+            // The disk refused the writeback: nothing reaches the backing
+            // file, and what was unsynced is lost (see `Overlay`).
+            let unsynced = self.inode(ino)?.overlay.unsynced_bytes();
+            self.edit(ino, Overlay::fail_sync)?;
+            if self.fsync_eio.count() {
+                eprintln!(
+                    "lazyfs: fsync-eio: {} of {} failed with EIO; its {unsynced} unsynced bytes are lost",
+                    if datasync { "fdatasync" } else { "fsync" },
+                    self.describe(ino)
+                );
+            }
+            return Err(Errno::EIO);
+        }
         let inode = self.inode_mut(ino)?;
         if inode.overlay.is_clean() {
             return sync(&file, datasync).map_err(errno);
@@ -500,14 +752,32 @@ impl State {
             Arc::new(OpenOptions::new().write(true).open(path).map_err(errno)?)
         };
         // The overlay is cleared only once the backing file is synced, so a
-        // failed fsync leaves the data unsynced, and a retry writes it again.
+        // real failure here leaves the data unsynced, and a retry writes it
+        // again. Lost bytes stay behind, readable and never written.
         inode.overlay.apply(&mut &*target).map_err(errno)?;
         sync(&target, datasync).map_err(errno)?;
-        self.edit(ino, std::mem::take)?;
+        self.edit(ino, |overlay| *overlay = overlay.synced())?;
         Ok(())
     }
 
-    fn fsyncdir(&self, ino: u64) -> Result<(), Errno> {
+    /// The path of `ino` for messages.
+    fn describe(&self, ino: u64) -> String {
+        match self.inodes.get(&ino).and_then(|i| i.path.as_ref()) {
+            Some(path) => path.display().to_string(),
+            None => format!("unlinked inode {ino}"),
+        }
+    }
+
+    fn fsyncdir(&mut self, ino: u64) -> Result<(), Errno> {
+        if self.fsync_eio.on {
+            if self.fsync_eio.count() {
+                eprintln!(
+                    "lazyfs: fsync-eio: fsync of directory {} failed with EIO",
+                    self.describe(ino)
+                );
+            }
+            return Err(Errno::EIO);
+        }
         File::open(self.path(ino)?)
             .and_then(|dir| dir.sync_all())
             .map_err(errno)
@@ -592,8 +862,41 @@ impl State {
         Ok(self.open_handle(Handle::Dir { entries }))
     }
 
+    /// The backing file system's figures, with no free blocks while the
+    /// disk is full, or as many as `free_space` says.
+    fn statfs(&self) -> Result<StatFs, Errno> {
+        let s =
+            nix::sys::statvfs::statvfs(&self.path(ROOT)?).map_err(|e| Errno::from_i32(e as i32))?;
+        // statvfs(3) counts free blocks in fragments.
+        let fragment = s.fragment_size().max(1);
+        let (free, available) = match (self.disk_full.on, self.free_space) {
+            (true, _) => (0, 0),
+            (false, Some(bytes)) => (bytes / fragment, bytes / fragment),
+            (false, None) => (s.blocks_free(), s.blocks_available()),
+        };
+        Ok(StatFs {
+            blocks: s.blocks(),
+            blocks_free: free,
+            blocks_available: available,
+            files: s.files(),
+            files_free: s.files_free(),
+            block_size: u32::try_from(s.block_size()).unwrap_or(4096),
+            name_max: u32::try_from(s.name_max()).unwrap_or(255),
+            fragment_size: u32::try_from(s.fragment_size()).unwrap_or(4096),
+        })
+    }
+
     fn fallocate(&mut self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
         let (ino, file, _, _) = self.file(fh)?;
+        if self.disk_full.on && length > 0 {
+            if self.disk_full.count() {
+                eprintln!(
+                    "lazyfs: disk-full: fallocate of {length} bytes at {offset} in {} failed with ENOSPC",
+                    self.describe(ino)
+                );
+            }
+            return Err(Errno::ENOSPC);
+        }
         match mode {
             // Reserving space changes no content, so there is nothing to keep
             // unsynced.
@@ -613,6 +916,19 @@ impl State {
             _ => Err(Errno::EOPNOTSUPP),
         }
     }
+}
+
+/// What `statfs` answers.
+#[derive(Debug, Clone, Copy)]
+struct StatFs {
+    blocks: u64,
+    blocks_free: u64,
+    blocks_available: u64,
+    files: u64,
+    files_free: u64,
+    block_size: u32,
+    name_max: u32,
+    fragment_size: u32,
 }
 
 /// Opens the backing file read-write whenever possible, so that an fsync on
@@ -951,20 +1267,16 @@ impl Filesystem for LazyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let root = self.state().path(ROOT);
-        let stat = root.and_then(|root| {
-            nix::sys::statvfs::statvfs(&root).map_err(|e| Errno::from_i32(e as i32))
-        });
-        match stat {
+        match self.state().statfs() {
             Ok(s) => reply.statfs(
-                s.blocks(),
-                s.blocks_free(),
-                s.blocks_available(),
-                s.files(),
-                s.files_free(),
-                u32::try_from(s.block_size()).unwrap_or(4096),
-                u32::try_from(s.name_max()).unwrap_or(255),
-                u32::try_from(s.fragment_size()).unwrap_or(4096),
+                s.blocks,
+                s.blocks_free,
+                s.blocks_available,
+                s.files,
+                s.files_free,
+                s.block_size,
+                s.name_max,
+                s.fragment_size,
             ),
             Err(e) => reply.error(e),
         }
@@ -1006,5 +1318,269 @@ impl Filesystem for LazyFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A filesystem over a fresh source directory, driven without FUSE.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        fs: LazyFs,
+        control: Control,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let (fs, control) = LazyFs::new(&Config {
+                source: dir.path().to_path_buf(),
+                unsynced_bytes_max: 1 << 20,
+            })
+            .unwrap();
+            Fixture { dir, fs, control }
+        }
+
+        /// Creates `name` and returns its inode and a read-write handle.
+        fn create(&self, name: &str) -> (u64, u64) {
+            let (attr, fh) = self
+                .fs
+                .state()
+                .create(ROOT, OsStr::new(name), 0o644, libc::O_RDWR)
+                .unwrap();
+            (attr.ino.0, fh)
+        }
+
+        fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+            self.fs.state().write(fh, offset, data)
+        }
+
+        fn fsync(&self, fh: u64) -> Result<(), Errno> {
+            self.fs.state().fsync(fh, true)
+        }
+
+        /// The whole file as the mount shows it.
+        fn read(&self, fh: u64) -> Vec<u8> {
+            self.fs.state().read(fh, 0, u32::MAX).unwrap()
+        }
+
+        /// The whole backing file: what the disk holds.
+        fn disk(&self, name: &str) -> Vec<u8> {
+            fs::read(self.dir.path().join(name)).unwrap()
+        }
+    }
+
+    #[test]
+    fn fsync_eio_fails_fsyncs_and_the_bytes_it_failed_never_reach_the_disk() {
+        let f = Fixture::new();
+        let (_, fh) = f.create("wal");
+        f.write(fh, 0, b"synced").unwrap();
+        f.fsync(fh).unwrap();
+        f.write(fh, 6, b" lost").unwrap();
+
+        assert!(!f.control.set_fault(Fault::FsyncEio, true).was_on);
+        assert_eq!(f.fsync(fh), Err(Errno::EIO));
+        assert_eq!(f.fs.state().fsync(fh, false), Err(Errno::EIO), "fsync too");
+        assert_eq!(f.fs.state().fsyncdir(ROOT), Err(Errno::EIO));
+        assert_eq!(f.disk("wal"), b"synced", "nothing was written back");
+        assert_eq!(f.read(fh), b"synced lost", "the bytes still read back");
+        // Writes still go through while fsyncs fail.
+        f.write(fh, 11, b"!").unwrap();
+        assert_eq!(f.control.unsynced(), (6, 5));
+
+        let report = f.control.set_fault(Fault::FsyncEio, false);
+        assert!(report.was_on);
+        assert_eq!(report.failed_calls, 3);
+        // A later fsync succeeds but, like Linux after a failed writeback,
+        // does not write the bytes it lost: the disk has zeros there.
+        f.fsync(fh).unwrap();
+        f.fs.state().fsyncdir(ROOT).unwrap();
+        assert_eq!(f.disk("wal"), b"synced\0\0\0\0\0!");
+        assert_eq!(f.read(fh), b"synced lost!");
+        // A power loss then shows what the disk has.
+        assert_eq!(f.control.power_loss().bytes, 5);
+        assert_eq!(f.read(fh), b"synced\0\0\0\0\0!");
+    }
+
+    #[test]
+    fn a_failed_fsync_of_a_clean_file_fails_too() {
+        let f = Fixture::new();
+        let (_, fh) = f.create("clean");
+        f.control.set_fault(Fault::FsyncEio, true);
+        assert_eq!(f.fsync(fh), Err(Errno::EIO));
+        assert_eq!(f.control.fault(Fault::FsyncEio), (true, 1));
+        // Switching it on again starts a new count.
+        f.control.set_fault(Fault::FsyncEio, false);
+        f.control.set_fault(Fault::FsyncEio, true);
+        assert_eq!(f.control.fault(Fault::FsyncEio), (true, 0));
+    }
+
+    #[test]
+    fn disk_full_refuses_growing_writes_and_fallocate_and_reports_no_free_space() {
+        let f = Fixture::new();
+        let (ino, fh) = f.create("data");
+        f.write(fh, 0, b"0123456789").unwrap();
+        assert!(f.fs.state().statfs().unwrap().blocks_available > 0);
+
+        f.control.set_fault(Fault::DiskFull, true);
+        let stat = f.fs.state().statfs().unwrap();
+        assert_eq!((stat.blocks_free, stat.blocks_available), (0, 0));
+        assert!(stat.blocks > 0);
+        // Overwriting allocated bytes still works; growing does not.
+        assert_eq!(f.write(fh, 2, b"ab"), Ok(2));
+        assert_eq!(f.write(fh, 8, b"xyz"), Err(Errno::ENOSPC));
+        assert_eq!(f.write(fh, 10, b"z"), Err(Errno::ENOSPC));
+        assert_eq!(
+            f.fs.state()
+                .fallocate(fh, 0, 4096, libc::FALLOC_FL_KEEP_SIZE),
+            Err(Errno::ENOSPC)
+        );
+        assert_eq!(f.fs.state().fallocate(fh, 0, 100, 0), Err(Errno::ENOSPC));
+        // Growing by truncation allocates nothing (a sparse file).
+        f.fs.state()
+            .setattr(ino, Some(fh), None, None, None, Some(12), None, None)
+            .unwrap();
+        // An O_APPEND handle appends at our end of the file, and is refused.
+        let fh_append =
+            f.fs.state()
+                .open(ino, libc::O_WRONLY | libc::O_APPEND)
+                .unwrap();
+        assert_eq!(f.write(fh_append, 0, b"a"), Err(Errno::ENOSPC));
+        // fsync still works: the data was already accepted.
+        f.fsync(fh).unwrap();
+        assert_eq!(f.disk("data"), b"01ab456789\0\0");
+
+        let report = f.control.set_fault(Fault::DiskFull, false);
+        assert_eq!(report.failed_calls, 5);
+        assert!(f.fs.state().statfs().unwrap().blocks_available > 0);
+        assert_eq!(f.write(fh, 12, b"!"), Ok(1));
+        assert_eq!(f.read(fh), b"01ab456789\0\0!");
+    }
+
+    #[test]
+    fn a_disk_filling_up_shows_little_free_space_and_still_takes_writes() {
+        let f = Fixture::new();
+        let (_, fh) = f.create("data");
+        f.control.set_free_space(Some(10 << 20));
+        assert_eq!(f.control.free_space(), Some(10 << 20));
+        let stat = f.fs.state().statfs().unwrap();
+        assert_eq!(
+            stat.blocks_available * u64::from(stat.fragment_size),
+            10 << 20
+        );
+        assert_eq!(stat.blocks_free, stat.blocks_available);
+        assert_eq!(f.write(fh, 0, b"grows"), Ok(5));
+        // Full wins over the figure shown.
+        f.control.set_fault(Fault::DiskFull, true);
+        assert_eq!(f.fs.state().statfs().unwrap().blocks_available, 0);
+        f.control.set_fault(Fault::DiskFull, false);
+        f.control.set_free_space(None);
+        let real = nix::sys::statvfs::statvfs(f.dir.path()).unwrap();
+        let shown = f.fs.state().statfs().unwrap();
+        assert_eq!(shown.blocks, real.blocks());
+        assert!(shown.blocks_available > 0);
+    }
+
+    #[test]
+    fn a_torn_power_loss_keeps_a_random_prefix_of_each_unsynced_tail() {
+        let tail: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut kept = Vec::new();
+        for seed in 0..40 {
+            let f = Fixture::new();
+            let (_, fh) = f.create("wal");
+            f.write(fh, 0, b"head").unwrap();
+            f.fsync(fh).unwrap();
+            f.write(fh, 4, &tail).unwrap();
+            // An overwrite of synced bytes is dropped, not torn.
+            f.write(fh, 0, b"H").unwrap();
+            let torn = f.control.torn_power_loss(seed).unwrap();
+            assert_eq!(torn.files, 1);
+            assert_eq!(torn.kept_bytes + torn.dropped_bytes, 5001);
+            let disk = f.disk("wal");
+            let k = disk.len() - 4;
+            assert_eq!(torn.kept_bytes, k as u64);
+            assert_eq!(&disk[..4], b"head", "seed {seed}");
+            assert_eq!(&disk[4..], &tail[..k], "seed {seed}: a prefix of the tail");
+            assert_eq!(f.read(fh), disk, "the mount shows the disk");
+            assert_eq!(f.control.unsynced(), (0, 0));
+            kept.push(k);
+
+            // The same seed over the same files tears at the same byte.
+            let again = Fixture::new();
+            let (_, fh) = again.create("wal");
+            again.write(fh, 0, b"head").unwrap();
+            again.fsync(fh).unwrap();
+            again.write(fh, 4, &tail).unwrap();
+            again.control.torn_power_loss(seed).unwrap();
+            assert_eq!(again.disk("wal"), disk, "seed {seed} repeats");
+        }
+        // Cut points are spread over the tail, not aligned to blocks.
+        assert!(kept.iter().any(|k| *k > 0 && *k < 2500), "{kept:?}");
+        assert!(kept.iter().any(|k| *k > 2500 && *k < 5000), "{kept:?}");
+        assert!(kept.iter().any(|k| k % 512 != 0), "{kept:?}");
+    }
+
+    #[test]
+    fn a_torn_power_loss_tears_every_file_and_drops_what_is_not_a_tail() {
+        let f = Fixture::new();
+        let (_, a) = f.create("a");
+        let (_, b) = f.create("b");
+        let (ino_c, c) = f.create("c");
+        f.write(a, 0, &[1; 300]).unwrap();
+        f.write(b, 0, &[2; 300]).unwrap();
+        // A file truncated since its last sync keeps nothing unsynced.
+        f.write(c, 0, b"0123456789").unwrap();
+        f.fsync(c).unwrap();
+        f.fs.state()
+            .setattr(ino_c, Some(c), None, None, None, Some(2), None, None)
+            .unwrap();
+        f.write(c, 2, b"new tail").unwrap();
+        // An unlinked file leaves nothing behind.
+        let (_, gone) = f.create("gone");
+        f.write(gone, 0, &[3; 50]).unwrap();
+        f.fs.state()
+            .unlink(ROOT, OsStr::new("gone"), false)
+            .unwrap();
+
+        let torn = f.control.torn_power_loss(99).unwrap();
+        assert_eq!(torn.files, 4);
+        assert_eq!(torn.kept_bytes + torn.dropped_bytes, 300 + 300 + 8 + 50);
+        let (la, lb) = (f.disk("a").len(), f.disk("b").len());
+        assert_eq!(torn.kept_bytes, (la + lb) as u64);
+        assert_eq!(f.disk("a"), vec![1; la]);
+        assert_eq!(f.disk("b"), vec![2; lb]);
+        assert_eq!(f.disk("c"), b"0123456789");
+        assert_eq!(f.read(c), b"0123456789");
+        assert_eq!(f.control.unsynced(), (0, 0));
+    }
+
+    #[test]
+    fn a_torn_power_loss_never_keeps_bytes_a_failed_fsync_lost() {
+        let f = Fixture::new();
+        let (_, fh) = f.create("wal");
+        f.write(fh, 0, &[7; 100]).unwrap();
+        f.control.set_fault(Fault::FsyncEio, true);
+        assert_eq!(f.fsync(fh), Err(Errno::EIO));
+        f.control.set_fault(Fault::FsyncEio, false);
+        f.write(fh, 100, &[8; 100]).unwrap();
+        for seed in 0..20 {
+            let torn = f.control.torn_power_loss(seed).unwrap();
+            assert_eq!(torn.kept_bytes, 0, "seed {seed}");
+        }
+        assert_eq!(f.disk("wal"), b"");
+    }
+
+    #[test]
+    fn split_mix_stays_in_range() {
+        let mut rng = SplitMix::new(1);
+        for max in [0, 1, 7, 4095, u64::MAX] {
+            for _ in 0..100 {
+                assert!(rng.up_to(max) <= max);
+            }
+        }
+        assert_eq!(SplitMix::new(5).next_u64(), SplitMix::new(5).next_u64());
     }
 }

@@ -2,10 +2,11 @@
 //! the last fsync in memory, so a simulated power loss can drop it. See the
 //! README for what it models and how the jepsen-lite harness drives it.
 
+pub mod control;
 mod fs;
 pub mod overlay;
 
-pub use fs::{Config, Control, Dropped, LazyFs, NewError};
+pub use fs::{Config, Control, Dropped, Fault, FaultReport, LazyFs, NewError, SplitMix, Torn};
 
 /// The mount source of every lazyfs mount, as `/proc/self/mountinfo` shows
 /// it (the field after the filesystem type `fuse`).

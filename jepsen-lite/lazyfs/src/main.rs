@@ -1,7 +1,10 @@
-//! `lazyfs --source DIR --mountpoint DIR`: mounts DIR through lazyfs until
-//! SIGTERM or SIGINT; SIGUSR1 simulates a power loss.
+//! `lazyfs --source DIR --mountpoint DIR [--control SOCKET]`: mounts DIR
+//! through lazyfs until SIGTERM or SIGINT; SIGUSR1 simulates a power loss,
+//! and the control socket switches faults (see `lazyfs::control`).
 
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
 
@@ -25,6 +28,12 @@ struct Args {
     /// it fails with ENOSPC.
     #[arg(long, default_value_t = 1 << 30)]
     unsynced_bytes_max: u64,
+    /// A Unix socket to create for fault control: one command per line
+    /// (power-loss, torn-power-loss SEED, fsync-eio on|off, disk-full
+    /// on|off, free-space BYTES|real, status), one reply line each. Removed
+    /// at exit.
+    #[arg(long)]
+    control: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +42,36 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("lazyfs: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds the control socket at `path`, replacing a socket a previous lazyfs
+/// left there (never any other kind of file); only its owner may use it.
+fn bind_control(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "control path {} exists and is not a socket",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Removes the control socket when lazyfs exits, however `run` returns.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -55,6 +94,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         source: args.source.clone(),
         unsynced_bytes_max: args.unsynced_bytes_max,
     })?;
+    let controller = lazyfs::control::Controller::new(control);
+    let _socket = RemoveOnDrop(args.control.clone());
+    if let Some(path) = &args.control {
+        let listener = bind_control(path)?;
+        let serving = controller.clone();
+        thread::Builder::new()
+            .name("lazyfs-control".to_string())
+            .spawn(move || serving.serve(&listener))
+            .context("starting the control thread")?;
+    }
     let mountpoint = args
         .mountpoint
         .canonicalize()
@@ -83,16 +132,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         })
         .context("starting the session thread")?;
 
-    let mut power_losses = 0u64;
     loop {
         match signals.wait().context("waiting for signals")? {
             Signal::SIGUSR1 => {
-                power_losses += 1;
-                let dropped = control.power_loss();
-                eprintln!(
-                    "lazyfs: power loss {power_losses}: dropped {} unsynced bytes in {} files",
-                    dropped.bytes, dropped.files
-                );
+                controller.handle_line("power-loss");
             }
             Signal::SIGTERM | Signal::SIGINT => {
                 if let Err(e) = unmounter.unmount() {

@@ -46,6 +46,12 @@ pub struct TooLarge {
 /// The logical content of the file is: the backing file, cut at `cut` (bytes
 /// at or past it were truncated away and read as zeros), then the extents on
 /// top, the whole thing `size` bytes long.
+///
+/// Some extent bytes may be *lost*: a failed fsync tried to write them back
+/// and could not. Like the pages Linux marks clean after a failed writeback,
+/// they still read back as written, but no later fsync writes them, and a
+/// power loss drops them. Writing them again makes them ordinary unsynced
+/// data.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Overlay {
     /// The logical size, when it is not simply the backing file's size.
@@ -58,6 +64,9 @@ pub struct Overlay {
     /// The total length of `extents`, kept so that callers can bound memory
     /// without walking every extent.
     bytes: u64,
+    /// Lost ranges, start → end: always inside `extents`, never overlapping,
+    /// never empty, never adjacent.
+    lost: BTreeMap<u64, u64>,
 }
 
 impl Overlay {
@@ -66,9 +75,16 @@ impl Overlay {
         self.size.is_none() && self.cut.is_none() && self.extents.is_empty()
     }
 
-    /// Bytes of written data that a power loss would drop now.
+    /// Bytes of written data that a power loss would drop now (lost bytes
+    /// included).
     pub fn unsynced_bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes that a failed fsync could not write back and no later fsync
+    /// will.
+    pub fn lost_bytes(&self) -> u64 {
+        self.lost.iter().map(|(start, end)| end - start).sum()
     }
 
     /// The size the file has through the mount.
@@ -143,19 +159,108 @@ impl Overlay {
         Ok(buf)
     }
 
-    /// Makes the backing file hold exactly what the mount shows. The overlay
-    /// stays as it is; the caller clears it once the backing file is synced.
+    /// Makes the backing file hold what the mount shows, except for lost
+    /// bytes: there the backing file keeps what it had (zeros past its old
+    /// end). The overlay stays as it is; once the backing file is synced the
+    /// caller replaces it with [`Overlay::synced`].
     pub fn apply(&self, backing: &mut impl Backing) -> io::Result<()> {
         if let Some(cut) = self.cut {
             backing.set_size(cut)?;
         }
         for (&start, data) in &self.extents {
-            backing.write_all_at(data, start)?;
+            let end = start + data.len() as u64;
+            let mut at = start;
+            for (lost_start, lost_end) in self.lost_within(start, end) {
+                if lost_start > at {
+                    backing.write_all_at(&data[slice(start, at, lost_start)?], at)?;
+                }
+                at = lost_end;
+            }
+            if at < end {
+                backing.write_all_at(&data[slice(start, at, end)?], at)?;
+            }
         }
         if let Some(size) = self.size {
             backing.set_size(size)?;
         }
         Ok(())
+    }
+
+    /// What remains unsynced once [`Overlay::apply`] reached the disk and was
+    /// synced: only the lost bytes, still readable through the mount.
+    pub fn synced(&self) -> Overlay {
+        let mut rest = Overlay::default();
+        for (&start, &end) in &self.lost {
+            for (&extent_start, data) in self.overlapping(start, end) {
+                let from = start.max(extent_start);
+                let to = end.min(extent_start + data.len() as u64);
+                let Ok(range) = slice(extent_start, from, to) else {
+                    continue;
+                };
+                rest.extents.insert(from, data[range].to_vec());
+                rest.bytes += to - from;
+            }
+        }
+        rest.lost = self.lost.clone();
+        rest
+    }
+
+    /// A failed fsync: every unsynced byte written so far becomes lost. Size
+    /// changes stay pending, and the next successful fsync makes them
+    /// durable.
+    pub fn fail_sync(&mut self) {
+        let ranges: Vec<(u64, u64)> = self
+            .extents
+            .iter()
+            .map(|(&start, data)| (start, start + data.len() as u64))
+            .collect();
+        for (start, end) in ranges {
+            insert_range(&mut self.lost, start, end);
+        }
+    }
+
+    /// The part of the file that a torn write can leave behind: the bytes the
+    /// mount shows past the end of the backing file, as (offset, bytes), up
+    /// to the first lost byte (a failed writeback never reaches the disk).
+    /// `None` when the file does not extend its backing file, or was cut
+    /// below it since its last sync (a truncated file is not a torn append).
+    pub fn tearable_tail(&self, backing: &impl Backing) -> io::Result<Option<(u64, Vec<u8>)>> {
+        if self.cut.is_some() {
+            return Ok(None);
+        }
+        let backing_size = backing.size()?;
+        let mut end = self.size(backing_size);
+        if end <= backing_size {
+            return Ok(None);
+        }
+        if let Some((start, _)) = self.lost_within(backing_size, end).next() {
+            end = start.max(backing_size);
+        }
+        let mut tail = Vec::with_capacity(to_usize(end - backing_size)?);
+        let mut at = backing_size;
+        while at < end {
+            let len = u32::try_from(end - at).unwrap_or(u32::MAX);
+            let chunk = self.read(at, len, backing)?;
+            if chunk.is_empty() {
+                break;
+            }
+            at += chunk.len() as u64;
+            tail.extend_from_slice(&chunk);
+        }
+        Ok(Some((backing_size, tail)))
+    }
+
+    /// The lost ranges that overlap `[start, end)`, clipped to it, in order.
+    fn lost_within(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let before = self
+            .lost
+            .range(..start)
+            .next_back()
+            .filter(|(_, e)| **e > start);
+        before
+            .into_iter()
+            .chain(self.lost.range(start..end))
+            .map(move |(&s, &e)| (s.max(start), e.min(end)))
     }
 
     fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (&u64, &Vec<u8>)> {
@@ -168,8 +273,10 @@ impl Overlay {
     }
 
     /// Removes `[start, end)` from the extents, keeping the parts of extents
-    /// that stick out on either side.
+    /// that stick out on either side. Lost bytes in the range are no longer
+    /// lost: they are overwritten or truncated away.
     fn remove_range(&mut self, start: u64, end: u64) {
+        remove_range(&mut self.lost, start, end);
         let hit: Vec<u64> = self.overlapping(start, end).map(|(s, _)| *s).collect();
         for s in hit {
             let Some(data) = self.extents.remove(&s) else {
@@ -188,6 +295,56 @@ impl Overlay {
             }
         }
     }
+}
+
+/// Adds `[start, end)` to a set of disjoint ranges, merging what it touches.
+fn insert_range(ranges: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
+    if start >= end {
+        return;
+    }
+    if let Some((&s, &e)) = ranges.range(..=start).next_back()
+        && e >= start
+    {
+        start = s;
+        end = end.max(e);
+        ranges.remove(&s);
+    }
+    let touched: Vec<(u64, u64)> = ranges.range(start..=end).map(|(&s, &e)| (s, e)).collect();
+    for (s, e) in touched {
+        end = end.max(e);
+        ranges.remove(&s);
+    }
+    ranges.insert(start, end);
+}
+
+/// Removes `[start, end)` from a set of disjoint ranges, keeping what sticks
+/// out on either side.
+fn remove_range(ranges: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
+    if start >= end {
+        return;
+    }
+    let mut hit: Vec<(u64, u64)> = ranges
+        .range(..start)
+        .next_back()
+        .filter(|(_, e)| **e > start)
+        .map(|(&s, &e)| (s, e))
+        .into_iter()
+        .collect();
+    hit.extend(ranges.range(start..end).map(|(&s, &e)| (s, e)));
+    for (s, e) in hit {
+        ranges.remove(&s);
+        if s < start {
+            ranges.insert(s, start);
+        }
+        if e > end {
+            ranges.insert(end, e);
+        }
+    }
+}
+
+/// The index range of `[from, to)` in an extent that starts at `start`.
+fn slice(start: u64, from: u64, to: u64) -> io::Result<std::ops::Range<usize>> {
+    Ok(to_usize(from - start)?..to_usize(to - start)?)
 }
 
 fn to_usize(n: u64) -> io::Result<usize> {
@@ -393,18 +550,120 @@ mod tests {
         }
     }
 
-    /// Random writes, truncates and syncs against a plain vector that models
-    /// the file as the mount should show it.
+    #[test]
+    fn a_failed_sync_loses_the_unsynced_bytes_but_they_stay_readable() {
+        let mut backing = Mem(b"synced".to_vec());
+        let mut o = Overlay::default();
+        write(&mut o, &backing, 6, b" lost");
+        o.fail_sync();
+        assert_eq!(o.lost_bytes(), 5);
+        assert_eq!(all(&o, &backing), b"synced lost");
+        // A later write after the lost bytes is ordinary unsynced data.
+        write(&mut o, &backing, 11, b"!");
+        assert_eq!(o.lost_bytes(), 5);
+        // A successful sync writes the size and the new byte, not the lost
+        // ones: the disk has zeros there.
+        o.apply(&mut backing).unwrap();
+        o = o.synced();
+        assert_eq!(backing.0, b"synced\0\0\0\0\0!");
+        assert_eq!(all(&o, &backing), b"synced lost!");
+        assert_eq!(o.unsynced_bytes(), 5);
+        assert_eq!(o.lost_bytes(), 5);
+        // Syncing again still does not write them.
+        o.apply(&mut backing).unwrap();
+        o = o.synced();
+        assert_eq!(backing.0, b"synced\0\0\0\0\0!");
+        // Writing them again makes them ordinary data, which syncs.
+        write(&mut o, &backing, 7, b"LO");
+        assert_eq!(o.lost_bytes(), 3);
+        o.apply(&mut backing).unwrap();
+        o = o.synced();
+        assert_eq!(backing.0, b"synced\0LO\0\0!");
+        assert_eq!(all(&o, &backing), b"synced LOst!");
+        // A power loss drops the rest: the mount shows the disk.
+        o = Overlay::default();
+        assert_eq!(all(&o, &backing), b"synced\0LO\0\0!");
+    }
+
+    #[test]
+    fn lost_bytes_under_a_synced_region_keep_the_old_disk_bytes() {
+        let mut backing = Mem(b"0123456789".to_vec());
+        let mut o = Overlay::default();
+        write(&mut o, &backing, 2, b"abcd");
+        o.fail_sync();
+        o.truncate(5, 10);
+        assert_eq!(
+            o.lost_bytes(),
+            3,
+            "truncation drops lost bytes past the end"
+        );
+        o.apply(&mut backing).unwrap();
+        o = o.synced();
+        assert_eq!(backing.0, b"01234", "the old bytes under the lost ones");
+        assert_eq!(all(&o, &backing), b"01abc");
+    }
+
+    #[test]
+    fn the_tearable_tail_is_what_extends_the_backing_file() {
+        let backing = Mem(b"head".to_vec());
+        let mut o = Overlay::default();
+        assert_eq!(o.tearable_tail(&backing).unwrap(), None);
+        write(&mut o, &backing, 1, b"E");
+        assert_eq!(o.tearable_tail(&backing).unwrap(), None, "no growth");
+        write(&mut o, &backing, 4, b"tail");
+        write(&mut o, &backing, 10, b"!");
+        assert_eq!(
+            o.tearable_tail(&backing).unwrap(),
+            Some((4, b"tail\0\0!".to_vec())),
+            "a hole reads as zeros"
+        );
+        // It stops at the first lost byte.
+        o.fail_sync();
+        write(&mut o, &backing, 4, b"TA");
+        assert_eq!(
+            o.tearable_tail(&backing).unwrap(),
+            Some((4, b"TA".to_vec()))
+        );
+        // A file cut below its backing size is not a torn append.
+        let mut cut = Overlay::default();
+        cut.truncate(2, 4);
+        write(&mut cut, &backing, 2, b"new tail");
+        assert_eq!(cut.tearable_tail(&backing).unwrap(), None);
+    }
+
+    #[test]
+    fn range_sets_merge_and_split() {
+        let mut r = BTreeMap::new();
+        insert_range(&mut r, 5, 10);
+        insert_range(&mut r, 10, 12);
+        insert_range(&mut r, 0, 2);
+        assert_eq!(r, BTreeMap::from([(0, 2), (5, 12)]));
+        insert_range(&mut r, 1, 6);
+        assert_eq!(r, BTreeMap::from([(0, 12)]));
+        remove_range(&mut r, 3, 4);
+        assert_eq!(r, BTreeMap::from([(0, 3), (4, 12)]));
+        remove_range(&mut r, 0, 20);
+        assert!(r.is_empty());
+    }
+
+    /// Random writes, truncates, syncs, failed syncs and power losses
+    /// against plain vectors that model the file as the mount shows it and
+    /// as the disk holds it.
     #[test]
     fn random_operations_match_a_plain_vector_model() {
-        for seed in 1..200u64 {
+        for seed in 1..300u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut backing = Mem((0..rng.below(40)).map(|i| i as u8).collect());
             let mut model = backing.0.clone();
-            let mut synced = backing.0.clone();
+            // Per byte of `model`: written since the last sync (an extent
+            // byte), and lost by a failed sync.
+            let mut written = vec![false; model.len()];
+            let mut lost = vec![false; model.len()];
+            // The smallest size truncated to since the last sync.
+            let mut cut: Option<usize> = None;
             let mut o = Overlay::default();
-            for step in 0..60 {
-                match rng.below(10) {
+            for step in 0..80 {
+                match rng.below(14) {
                     0..=5 => {
                         let offset = rng.below(60);
                         let data: Vec<u8> =
@@ -414,19 +673,50 @@ mod tests {
                         if !data.is_empty() {
                             if model.len() < end {
                                 model.resize(end, 0);
+                                written.resize(end, false);
+                                lost.resize(end, false);
                             }
                             model[offset as usize..end].copy_from_slice(&data);
+                            written[offset as usize..end].fill(true);
+                            lost[offset as usize..end].fill(false);
                         }
                     }
                     6 | 7 => {
-                        let size = rng.below(70);
-                        o.truncate(size, backing.0.len() as u64);
-                        model.resize(size as usize, 0);
+                        let size = rng.below(70) as usize;
+                        o.truncate(size as u64, backing.0.len() as u64);
+                        if size < model.len() {
+                            cut = Some(cut.map_or(size, |c| c.min(size)));
+                        }
+                        model.resize(size, 0);
+                        written.resize(size, false);
+                        lost.resize(size, false);
                     }
                     8 => {
+                        let old = backing.0.clone();
+                        let keep = cut.unwrap_or(usize::MAX).min(old.len());
                         o.apply(&mut backing).unwrap();
+                        o = o.synced();
+                        let disk: Vec<u8> = (0..model.len())
+                            .map(|i| match (lost[i], i < keep) {
+                                (false, _) => model[i],
+                                (true, true) => old[i],
+                                (true, false) => 0,
+                            })
+                            .collect();
+                        assert_eq!(backing.0, disk, "seed {seed} step {step}: sync");
+                        written.clone_from(&lost);
+                        cut = None;
+                    }
+                    9 => {
+                        o.fail_sync();
+                        lost.clone_from(&written);
+                    }
+                    10 => {
                         o = Overlay::default();
-                        synced = model.clone();
+                        model = backing.0.clone();
+                        written = vec![false; model.len()];
+                        lost = vec![false; model.len()];
+                        cut = None;
                     }
                     _ => {
                         let offset = rng.below(80);
@@ -444,12 +734,14 @@ mod tests {
                 assert_eq!(all(&o, &backing), model, "seed {seed} step {step}");
                 let extent_bytes: u64 = o.extents.values().map(|d| d.len() as u64).sum();
                 assert_eq!(o.unsynced_bytes(), extent_bytes, "seed {seed} step {step}");
+                let lost_count = lost.iter().filter(|l| **l).count() as u64;
+                assert_eq!(o.lost_bytes(), lost_count, "seed {seed} step {step}");
                 assert_eq!(o.size(backing.0.len() as u64), model.len() as u64);
+                if !o.is_clean() || o.lost_bytes() > 0 {
+                    continue;
+                }
+                assert_eq!(backing.0, model, "seed {seed} step {step}: clean");
             }
-            assert_eq!(
-                backing.0, synced,
-                "seed {seed}: backing holds the last sync"
-            );
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Lazy {
     log: Vec<String>,
     pub source: PathBuf,
     pub mnt: PathBuf,
+    /// The control socket, when lazyfs was started with one.
+    pub control: Option<PathBuf>,
     _dirs: TempDir,
 }
 
@@ -54,15 +56,30 @@ impl Lazy {
         Self::start_with(&[])
     }
 
+    /// Starts lazyfs with a control socket (`control.sock` beside the
+    /// mountpoint).
+    pub fn start_with_control() -> Lazy {
+        Self::start_inner(&[], true)
+    }
+
     /// Starts lazyfs with extra command-line arguments.
     pub fn start_with(args: &[&str]) -> Lazy {
+        Self::start_inner(args, false)
+    }
+
+    fn start_inner(args: &[&str], with_control: bool) -> Lazy {
         let dirs = TempDir::new().unwrap();
         let base = dirs.path().canonicalize().unwrap();
         let source = base.join("source");
         let mnt = base.join("mnt");
         fs::create_dir(&source).unwrap();
         fs::create_dir(&mnt).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lazyfs"))
+        let control = with_control.then(|| base.join("control.sock"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lazyfs"));
+        if let Some(control) = &control {
+            command.arg("--control").arg(control);
+        }
+        let mut child = command
             .arg("--source")
             .arg(&source)
             .arg("--mountpoint")
@@ -89,6 +106,7 @@ impl Lazy {
             log: Vec::new(),
             source,
             mnt,
+            control,
             _dirs: dirs,
         };
         let start = Instant::now();
@@ -139,6 +157,18 @@ impl Lazy {
     pub fn power_loss(&mut self) -> String {
         kill(self.pid(), Signal::SIGUSR1).unwrap();
         self.expect_line("power loss")
+    }
+
+    /// Sends one line on the control socket and returns the reply line.
+    pub fn command(&self, line: &str) -> String {
+        use std::io::Write;
+        let path = self.control.as_ref().expect("started without --control");
+        let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).unwrap();
+        reply.trim_end().to_string()
     }
 
     /// How lazyfs exited, if it has.
