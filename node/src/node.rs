@@ -75,6 +75,8 @@ pub struct Group {
     hand_back_seen_in_term: parking_lot::Mutex<Option<u64>>,
     /// Orders idempotent producers' batches before they are proposed.
     pub proposal_order: ProposalOrder,
+    /// Stops the group's backfill task (`backfill.rs`).
+    pub backfill: crate::backfill::BackfillStop,
 }
 
 impl Group {
@@ -221,6 +223,8 @@ pub struct Node {
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
     quiescer: Option<Arc<Quiescer>>,
+    /// What the partition groups' backfill tasks share (`backfill.rs`).
+    backfills: crate::backfill::Backfills,
     /// Round-robin cursor for publishes with neither key nor partition.
     round_robin: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
@@ -302,6 +306,7 @@ impl Node {
             )
         });
         let node = Arc::new(Node {
+            backfills: crate::backfill::Backfills::new(config.node_id, pool.clone()),
             quiescer,
             config,
             storage,
@@ -477,14 +482,22 @@ impl Node {
             state,
             hand_back_seen_in_term: parking_lot::Mutex::new(None),
             proposal_order: ProposalOrder::default(),
+            backfill: crate::backfill::BackfillStop::default(),
         });
         self.groups.write().insert(id, group.clone());
+        // A partition replica that installs a snapshot, or had not finished
+        // fetching the messages below one when it stopped, fetches them.
+        self.backfills.start(&group);
         tracing::info!(group = id, "raft group started");
         Ok(group)
     }
 
     async fn stop_group(&self, id: GroupId, delete_data: bool) {
         let group = self.groups.write().remove(&id);
+        if let Some(group) = &group {
+            // Ended before the data may be deleted: it writes to the log.
+            group.backfill.stop().await;
+        }
         if let Some(group) = group
             && let Err(e) = group.raft.shutdown().await
         {
@@ -797,6 +810,8 @@ impl Node {
                 }
             }
         }
+        // Entries a backfill put below openraft's log are purged only here.
+        crate::backfill::drop_forgotten(group);
         if purgeable == 0
             || metrics
                 .purged

@@ -2,6 +2,7 @@
 //! the transport server. No other module names openraft's network types.
 
 pub mod batch;
+pub mod log_range;
 pub mod network;
 pub mod quiesce;
 pub mod transport;

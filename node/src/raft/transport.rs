@@ -10,6 +10,8 @@ use openraft::alias::SnapshotOf;
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::raft::AppendEntriesRequest;
 use openraft::vote::RaftLeaderId as _;
+use raftstream_proto::v1::LogRangeReply;
+use raftstream_proto::v1::LogRangeRequest;
 use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 use raftstream_proto::v1::RaftBatch;
@@ -175,6 +177,24 @@ impl RaftTransport for TransportService {
             message.group_id,
             group.raft.handle_transfer_leader(rpc).await,
         )
+    }
+
+    /// Committed entries of a partition's log for another replica's
+    /// backfill (`backfill.rs`). Like every call here it reaches only the
+    /// peer listener: mutual TLS and the cluster id admit the caller.
+    async fn read_log_range(
+        &self,
+        request: Request<LogRangeRequest>,
+    ) -> Result<Response<LogRangeReply>, Status> {
+        let request = request.into_inner();
+        let query = crate::raft::log_range::query_of(&request);
+        let answer = crate::backfill::serve_log_range(&self.node, &query)
+            .await
+            .map_err(|e| crate::raft::log_range::status_of(&e))?;
+        Ok(Response::new(crate::raft::log_range::reply_of(
+            request.group_id,
+            answer,
+        )))
     }
 
     async fn node_heartbeat(

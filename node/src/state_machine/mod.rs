@@ -71,7 +71,8 @@ struct Header {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     /// Entries below this index were covered by an installed snapshot and
-    /// are not in this replica's log: their messages are read elsewhere.
+    /// are not in this replica's log: their messages are read elsewhere,
+    /// until a backfill (`backfill.rs`) lowers it.
     local_first_log_index: u64,
     next_offset: u64,
     log_start_offset: u64,
@@ -97,6 +98,14 @@ pub struct GroupShared {
     inner: RwLock<SmInner>,
     /// The last applied log index: long polls and watchers wait on it.
     applied_tx: watch::Sender<u64>,
+    /// `local_first_log_index`: the backfill task waits on it.
+    local_first_tx: watch::Sender<u64>,
+    /// Held from a change of the state in memory until its write to storage
+    /// has been made, by apply, a snapshot install and a backfill: their
+    /// writes then reach storage in the order of their changes, so a header
+    /// never lands after a newer one, nor before the apply batch whose
+    /// `last_applied` it records.
+    header_writes: parking_lot::Mutex<()>,
 }
 
 impl GroupShared {
@@ -115,6 +124,34 @@ impl GroupShared {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// Wakes on every change of `local_first_log_index`.
+    pub fn subscribe_local_first(&self) -> watch::Receiver<u64> {
+        self.local_first_tx.subscribe()
+    }
+
+    /// Moves `local_first_log_index` from `expected` to `new` and persists
+    /// it (unsynced, like apply: after a crash it may come back higher,
+    /// which only claims fewer local entries). A backfill lowers it once its
+    /// entries are on disk, retention raises it past entries it forgot.
+    /// Returns false, changing nothing, if it is no longer `expected` (a
+    /// snapshot was installed meanwhile, say).
+    pub fn replace_local_first_log_index(&self, expected: u64, new: u64) -> io::Result<bool> {
+        let _header_write = self.header_writes.lock();
+        let header = {
+            let mut inner = self.inner.write();
+            if inner.local_first_log_index != expected {
+                return Ok(false);
+            }
+            inner.local_first_log_index = new;
+            GroupStateMachine::header_of(&inner)
+        };
+        let mut batch = StateBatch::new();
+        batch.put(KEY_HEADER, encode(&header)?);
+        self.storage.state_write(self.group, batch)?;
+        self.local_first_tx.send_replace(new);
+        Ok(true)
     }
 }
 
@@ -230,6 +267,7 @@ impl GroupStateMachine {
         };
         let applied_index = header.last_applied.as_ref().map_or(0, |id| id.index);
         let (applied_tx, _) = watch::channel(applied_index);
+        let (local_first_tx, _) = watch::channel(header.local_first_log_index);
         let inner = SmInner {
             last_applied: header.last_applied,
             membership: header.membership,
@@ -242,6 +280,8 @@ impl GroupStateMachine {
                 storage,
                 inner: RwLock::new(inner),
                 applied_tx,
+                local_first_tx,
+                header_writes: parking_lot::Mutex::new(()),
             }),
         })
     }
@@ -351,6 +391,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut responses = Vec::with_capacity(pending.len());
         let mut batch = StateBatch::new();
         let applied_index;
+        let header_write = self.shared.header_writes.lock();
         {
             let mut inner = self.shared.inner.write();
             let mut changes = Vec::new();
@@ -429,6 +470,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             applied_index = inner.last_applied.as_ref().map_or(0, |id| id.index);
         }
         self.shared.storage.state_write(self.shared.group, batch)?;
+        drop(header_write);
         self.shared.applied_tx.send_replace(applied_index);
         for (responder, response) in responses {
             if let Some(responder) = responder {
@@ -458,21 +500,28 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if let GroupData::Partition(p) = &data {
             p.check_invariants().map_err(invalid_data)?;
         }
-        let applied_index = {
+        let header_write = self.shared.header_writes.lock();
+        let (applied_index, local_first) = {
             let mut inner = self.shared.inner.write();
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             // The snapshot replaces the log up to its last entry, so this
-            // replica holds message bytes only for later entries.
+            // replica holds message bytes only for later entries, until the
+            // backfill task fetches the retained ones below (`backfill.rs`).
             inner.local_first_log_index = meta.last_log_id.as_ref().map_or(0, |id| id.index + 1);
             inner.data = data;
             self.persist_all(&inner)?;
-            inner.last_applied.as_ref().map_or(0, |id| id.index)
+            (
+                inner.last_applied.as_ref().map_or(0, |id| id.index),
+                inner.local_first_log_index,
+            )
         };
         let mut batch = StateBatch::new();
         batch.put(KEY_SNAPSHOT, encode(&(meta.clone(), snapshot))?);
         self.shared.storage.state_write(self.shared.group, batch)?;
+        drop(header_write);
         self.shared.applied_tx.send_replace(applied_index);
+        self.shared.local_first_tx.send_replace(local_first);
         Ok(())
     }
 

@@ -107,6 +107,11 @@ pub enum StorageError {
 
     #[error("group id {group} is reserved")]
     ReservedGroup { group: GroupId },
+
+    /// A write below the last purged log id (a backfill) of entries that are not
+    /// consecutive, or that reach into openraft's log above it.
+    #[error("group {group}: not a run of entries below the last purged log id: {detail}")]
+    NotBelowPurged { group: GroupId, detail: String },
 }
 
 impl StorageError {
@@ -127,6 +132,7 @@ impl StorageError {
             StorageError::SyncFailed { .. } => "storage.sync_failed",
             StorageError::SyncerStopped => "storage.syncer_stopped",
             StorageError::ReservedGroup { .. } => "storage.reserved_group",
+            StorageError::NotBelowPurged { .. } => "storage.not_below_purged",
         }
     }
 
@@ -148,9 +154,9 @@ impl From<StorageError> for io::Error {
             StorageError::CreateDir { source, .. } | StorageError::SpawnSyncer { source } => {
                 source.kind()
             }
-            StorageError::ReservedGroup { .. } | StorageError::Encode { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            StorageError::ReservedGroup { .. }
+            | StorageError::Encode { .. }
+            | StorageError::NotBelowPurged { .. } => io::ErrorKind::InvalidInput,
             e if e.is_corruption() => io::ErrorKind::InvalidData,
             _ => io::ErrorKind::Other,
         };

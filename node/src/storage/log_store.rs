@@ -86,9 +86,26 @@ impl<C: RaftTypeConfig> LogStore<C> {
         &self.storage
     }
 
-    /// Reads the entries in `range` from one consistent view of the database (an iterator
-    /// reads from an implicit snapshot). Stops after `bytes_max` bytes of values, if given,
-    /// but always returns the first entry found.
+    /// The last purged log id: openraft's log starts after it.
+    pub fn last_purged(&self) -> Result<Option<LogIdOf<C>>, StorageError> {
+        self.storage
+            .inner
+            .get_meta(self.group, MetaTag::LastPurged, "last purged")
+    }
+
+    /// The first index of openraft's log: entries at or below the last purged log id are not
+    /// part of it, even where a replica holds some (`write_below_purged`).
+    fn first_visible_index(&self) -> Result<Option<u64>, StorageError> {
+        Ok(match self.last_purged()? {
+            Some(purged) => purged.index.checked_add(1),
+            None => Some(0),
+        })
+    }
+
+    /// Reads the entries in `range` of openraft's log (nothing at or below the last purged log
+    /// id) from one consistent view of the database (an iterator reads from an implicit
+    /// snapshot). Stops after `bytes_max` bytes of values, if given, but always returns the
+    /// first entry found.
     fn read_range(
         &self,
         range: &impl RangeBounds<u64>,
@@ -97,6 +114,13 @@ impl<C: RaftTypeConfig> LogStore<C> {
         let Some((start, end)) = index_range(range) else {
             return Ok(Vec::new());
         };
+        let Some(first_visible) = self.first_visible_index()? else {
+            return Ok(Vec::new());
+        };
+        let start = start.max(first_visible);
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
         let group = self.group;
         let inner = &*self.storage.inner;
         let start_key = keys::log_key(group, start);
@@ -151,11 +175,16 @@ impl<C: RaftTypeConfig> LogStore<C> {
     fn log_state(&self) -> Result<LogState<C>, StorageError> {
         let group = self.group;
         let inner = &*self.storage.inner;
-        let last_purged: Option<LogIdOf<C>> =
-            inner.get_meta(group, MetaTag::LastPurged, "last purged")?;
+        let last_purged = self.last_purged()?;
+        // Entries at or below the last purged id (a replica's backfill, see
+        // `write_below_purged`) are not openraft's: the last entry is looked for above it.
+        let first_visible = match &last_purged {
+            Some(purged) => purged.index.saturating_add(1),
+            None => 0,
+        };
 
         let mut read_options = ReadOptions::default();
-        read_options.set_iterate_lower_bound(keys::log_key(group, 0).to_vec());
+        read_options.set_iterate_lower_bound(keys::log_key(group, first_visible).to_vec());
         read_options.set_iterate_upper_bound(keys::log_range_end(group, None));
         let mut iter = inner
             .db
@@ -178,8 +207,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             }
         };
 
-        // purge() writes last_purged and deletes the entries up to it in one batch, so every
-        // entry left is after it.
+        // The iterator starts after last_purged; an entry at or below it would be a bug here.
         if let (Some(last), Some(purged)) = (&last_entry, &last_purged)
             && last.index <= purged.index
         {
@@ -305,6 +333,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
     fn purge_upto(&self, log_id: &LogIdOf<C>) -> Result<(), StorageError> {
         let group = self.group;
         let inner = &*self.storage.inner;
+        let _purging = inner.log_purge.lock();
         let mut batch = WriteBatch::default();
         // The last purged id goes first: even read as two steps, the log never has a hole
         // after last_purged. In one batch both take effect together anyway.
@@ -323,6 +352,194 @@ impl<C: RaftTypeConfig> LogStore<C> {
             .write(batch)
             .map_err(|e| inner.write_failed(group, "last purged", e))
     }
+
+    /// Waits, without blocking the calling thread, for an fsync of everything written so far,
+    /// in every [`SyncMode`]: a backfill lowers `local_first_log_index` only after its entries
+    /// are on disk.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.wait_for_sync().await
+    }
+
+    /// Decodes an entry in the stored format (as [`LogStore::read_tail`] returns it, here or
+    /// on a peer) and checks that it is the entry at `index`.
+    pub fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<C::Entry, StorageError> {
+        let key = keys::log_key(self.group, index);
+        let entry: C::Entry = decode_value(self.group, "log entry", &key, bytes)?;
+        check_entry_index(self.group, index, entry.index())?;
+        Ok(entry)
+    }
+
+    /// The stored bytes of the newest entries of `first..=last`, oldest first, from one
+    /// consistent view of the database: a run ending at `last`, read down from it until
+    /// `first`, a missing entry, or the entry that would take the run past `max_bytes` (never
+    /// the first one read, so an entry larger than the budget is still returned). Entries at
+    /// or below the last purged id are read too: this serves another replica's backfill.
+    pub fn read_tail(
+        &self,
+        first: u64,
+        last: u64,
+        max_bytes: usize,
+    ) -> Result<RawTail, StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        if last < first {
+            return Ok(RawTail {
+                entries: Vec::new(),
+                end: TailEnd::ReachedFirst,
+            });
+        }
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(keys::log_key(group, first).to_vec());
+        read_options.set_iterate_upper_bound(keys::log_range_end(group, last.checked_add(1)));
+        let mut iter = inner
+            .db
+            .raw_iterator_cf_opt(inner.cf(CF_LOGS)?, read_options);
+        iter.seek_for_prev(keys::log_key(group, last));
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        let mut expected = last;
+        let end = loop {
+            let Some((key, value)) = iter.item() else {
+                iter.status().map_err(|e| StorageError::Read {
+                    group,
+                    what: "log entry",
+                    source: e.into(),
+                })?;
+                break TailEnd::Missing(expected);
+            };
+            if log_index_of(group, key)? != expected {
+                break TailEnd::Missing(expected);
+            }
+            if !entries.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
+                break TailEnd::Budget;
+            }
+            bytes = bytes.saturating_add(value.len());
+            entries.push(value.to_vec());
+            if expected == first {
+                break TailEnd::ReachedFirst;
+            }
+            expected -= 1;
+            iter.prev();
+        };
+        entries.reverse();
+        Ok(RawTail { entries, end })
+    }
+
+    /// Writes `entries` (consecutive) below the last purged log id, where openraft neither
+    /// reads, truncates nor counts them: a replica that installed a snapshot fetches the
+    /// retained messages the snapshot spans this way (`backfill.rs`). The write is not synced:
+    /// call [`LogStore::sync`] before relying on it.
+    ///
+    /// `admit` runs under the lock every purge takes, with the last purged log id, so that
+    /// nothing it checks is purged before the write lands (an entry written after the purge
+    /// that should have dropped it would stay until a later purge). It answers the lowest
+    /// index still worth writing (entries below it are left out), or `None` to write nothing.
+    /// Returns the first index written.
+    pub fn write_below_purged(
+        &self,
+        entries: Vec<C::Entry>,
+        admit: impl FnOnce(Option<&LogIdOf<C>>) -> Option<u64>,
+    ) -> Result<Option<u64>, StorageError> {
+        let group = self.group;
+        let refused = |detail: String| StorageError::NotBelowPurged { group, detail };
+        for pair in entries.windows(2) {
+            if pair[0].index().checked_add(1) != Some(pair[1].index()) {
+                return Err(refused(format!(
+                    "entry {} follows entry {}",
+                    pair[1].index(),
+                    pair[0].index()
+                )));
+            }
+        }
+        let _purging = self.storage.inner.log_purge.lock();
+        let last_purged = self.last_purged()?;
+        let Some(from) = admit(last_purged.as_ref()) else {
+            return Ok(None);
+        };
+        let Some(last) = entries.last().map(|entry| entry.index()) else {
+            return Ok(None);
+        };
+        if last_purged
+            .as_ref()
+            .is_none_or(|purged| last > purged.index)
+        {
+            return Err(refused(format!(
+                "entry {last} is not below the last purged log id {}",
+                last_purged.map_or("(none)".to_string(), |purged| purged.to_string())
+            )));
+        }
+        let kept: Vec<C::Entry> = entries
+            .into_iter()
+            .filter(|entry| entry.index() >= from)
+            .collect();
+        let Some(first) = kept.first().map(|entry| entry.index()) else {
+            return Ok(None);
+        };
+        self.write_entries(kept)?;
+        Ok(Some(first))
+    }
+
+    /// Deletes the entries at or below `upto` that lie below the last purged log id (a
+    /// backfill's that retention has since forgotten, or left behind by one that stopped half
+    /// way), unsynced like a purge: should a crash undo it, they are deleted again. Writes
+    /// nothing when there is nothing to delete, so calling it often leaves no range
+    /// tombstones behind. Returns the index it deleted up to.
+    pub fn delete_below_purged(&self, upto: u64) -> Result<Option<u64>, StorageError> {
+        let group = self.group;
+        let inner = &*self.storage.inner;
+        let _purging = inner.log_purge.lock();
+        let Some(purged) = self.last_purged()? else {
+            return Ok(None);
+        };
+        let limit = upto.min(purged.index);
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(keys::log_key(group, 0).to_vec());
+        read_options.set_iterate_upper_bound(keys::log_range_end(group, limit.checked_add(1)));
+        let mut iter = inner
+            .db
+            .raw_iterator_cf_opt(inner.cf(CF_LOGS)?, read_options);
+        iter.seek_to_first();
+        if iter.key().is_none() {
+            iter.status().map_err(|e| StorageError::Read {
+                group,
+                what: "log entry",
+                source: e.into(),
+            })?;
+            return Ok(None);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            inner.cf(CF_LOGS)?,
+            keys::log_key(group, 0).to_vec(),
+            keys::log_range_end(group, limit.checked_add(1)),
+        );
+        inner
+            .db
+            .write(batch)
+            .map_err(|e| inner.write_failed(group, "log entry", e))?;
+        Ok(Some(limit))
+    }
+}
+
+/// The stored bytes of a run of entries, as [`LogStore::read_tail`] read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTail {
+    /// Oldest first; the last is the entry asked for last.
+    pub entries: Vec<Vec<u8>>,
+    /// Why the run starts where it does.
+    pub end: TailEnd,
+}
+
+/// What [`LogStore::read_tail`] found below the run it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailEnd {
+    /// The run goes down to the first index asked for.
+    ReachedFirst,
+    /// The byte budget ended it; older entries may be there.
+    Budget,
+    /// The entry at this index is not in the log (purged, or never held): the run cannot go
+    /// further down.
+    Missing(u64),
 }
 
 impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
@@ -420,7 +637,12 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
                 None => return Ok(()),
             },
         };
-        self.delete_from(from)?;
+        // openraft truncates only after its last purged id; entries at or below it are
+        // committed, and a replica's backfilled ones (`write_below_purged`) must stay.
+        let Some(first_visible) = self.first_visible_index()? else {
+            return Ok(());
+        };
+        self.delete_from(from.max(first_visible))?;
         Ok(())
     }
 

@@ -30,6 +30,11 @@
 //! - State-machine writes ([`Storage::state_write`]) are not synced: the state machine is
 //!   rebuilt by re-applying committed entries after a restart.
 //! - [`Storage::delete_group`] is synced before it returns.
+//! - [`LogStore::write_below_purged`] (a replica's backfill, `backfill.rs`) writes entries
+//!   below a group's last purged log id, unsynced; the caller waits for [`LogStore::sync`]
+//!   before it counts on them. openraft never sees such entries: its reads, its log state
+//!   and truncation start after the last purged id, and every purge, which deletes from index
+//!   0, takes them along.
 //! - A failed fsync fails every waiting and every later append and vote with
 //!   [`StorageError::SyncFailed`]: after a failed fsync the disk is no longer trusted, and
 //!   openraft stops the group on such an error.
@@ -74,6 +79,8 @@ pub use self::error::StorageError;
 pub use self::keys::GROUP_ID_MAX;
 use self::keys::MetaTag;
 pub use self::log_store::LogStore;
+pub use self::log_store::RawTail;
+pub use self::log_store::TailEnd;
 use self::syncer::Syncer;
 
 /// Identifies a Raft group: 0 is the metadata group, every other id a partition.
@@ -134,6 +141,10 @@ struct Inner {
     syncer: Syncer,
     /// Set, once, when a write or an fsync failed: see [`Storage::failure`].
     failure: Arc<StorageFailure>,
+    /// Held by every write to the log below a group's last purged log id, and by every
+    /// purge: what such a write checks (the last purged id, what the group still needs) then
+    /// cannot change before it lands. See [`LogStore::write_below_purged`].
+    log_purge: parking_lot::Mutex<()>,
 }
 
 /// The first write or fsync failure of a storage. Once set, the disk is no longer trusted.
@@ -231,6 +242,7 @@ impl Storage {
             db,
             syncer,
             failure,
+            log_purge: parking_lot::Mutex::new(()),
         };
         for name in COLUMN_FAMILIES {
             inner.cf(name)?;

@@ -412,6 +412,221 @@ async fn undecodable_entries_are_errors_not_panics() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 }
 
+/// Indexes of the entries of `group` that are stored at all, openraft's or not.
+fn stored_indexes(
+    storage: &Storage,
+    group: GroupId,
+    range: std::ops::RangeInclusive<u64>,
+) -> Vec<u64> {
+    range
+        .filter(|index| {
+            storage
+                .read_entry::<TestConfig>(group, *index)
+                .unwrap()
+                .is_some()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    // A replica that installed a snapshot at 6: openraft purged up to it.
+    append(&mut store, entries(1, 7..=10)).await;
+    store.purge(log_id(1, 6)).await.unwrap();
+
+    let written = store
+        .write_below_purged(entries(1, 3..=6), |purged| {
+            assert_eq!(purged, Some(&log_id(1, 6)));
+            Some(0)
+        })
+        .unwrap();
+    assert_eq!(written, Some(3));
+    store.sync().await.unwrap();
+    assert_eq!(
+        stored_indexes(&storage, 1, 0..=10),
+        (3..=10).collect::<Vec<_>>()
+    );
+
+    // openraft's log is unchanged: its state, its reads and its truncation.
+    assert_eq!(log_state(&mut store).await, (Some(6), Some(10)));
+    assert_eq!(indexes(&mut store, ..).await, (7..=10).collect::<Vec<_>>());
+    assert_eq!(indexes(&mut store, 0..=5).await, Vec::<u64>::new());
+    assert_eq!(store.limited_get_log_entries(0, 9).await.unwrap().len(), 2);
+    store.truncate_after(Some(log_id(1, 8))).await.unwrap();
+    assert_eq!(log_state(&mut store).await, (Some(6), Some(8)));
+    // Truncated to nothing above the purge point, the log is empty for
+    // openraft even though entries below it are stored.
+    store.truncate_after(None).await.unwrap();
+    assert_eq!(log_state(&mut store).await, (Some(6), Some(6)));
+    assert_eq!(indexes(&mut store, ..).await, Vec::<u64>::new());
+    assert_eq!(
+        stored_indexes(&storage, 1, 0..=10),
+        (3..=6).collect::<Vec<_>>()
+    );
+
+    // And after a reopen.
+    drop(store);
+    drop(storage);
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    assert_eq!(log_state(&mut store).await, (Some(6), Some(6)));
+    append(&mut store, entries(2, 7..=8)).await;
+    assert_eq!(indexes(&mut store, ..).await, vec![7, 8]);
+    assert_eq!(
+        stored_indexes(&storage, 1, 0..=10),
+        (3..=8).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_purge_deletes_entries_written_below_the_purge_point_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    append(&mut store, entries(1, 7..=10)).await;
+    store.purge(log_id(1, 6)).await.unwrap();
+    store
+        .write_below_purged(entries(1, 2..=6), |_| Some(0))
+        .unwrap();
+    store.purge(log_id(1, 8)).await.unwrap();
+    assert_eq!(stored_indexes(&storage, 1, 0..=10), vec![9, 10]);
+    assert_eq!(log_state(&mut store).await, (Some(8), Some(10)));
+}
+
+#[tokio::test]
+async fn writes_below_the_purge_point_stay_below_it_and_are_admitted_under_the_purge_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let store: Store = storage.log_store(1);
+    // Nothing purged: there is nothing below the purge point to write.
+    let err = store
+        .write_below_purged(entries(1, 1..=2), |_| Some(0))
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::NotBelowPurged { group: 1, .. }),
+        "{err}"
+    );
+
+    let mut store = store;
+    append(&mut store, entries(1, 7..=8)).await;
+    store.purge(log_id(1, 6)).await.unwrap();
+    // Reaching into openraft's log is refused, and so is a run with a gap.
+    let err = store
+        .write_below_purged(entries(1, 5..=7), |_| Some(0))
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotBelowPurged { .. }), "{err}");
+    let gapped = vec![entry(1, 3), entry(1, 5)];
+    let err = store.write_below_purged(gapped, |_| Some(0)).unwrap_err();
+    assert!(matches!(err, StorageError::NotBelowPurged { .. }), "{err}");
+    // `admit` may refuse the write, or leave out its head.
+    assert_eq!(
+        store
+            .write_below_purged(entries(1, 3..=6), |_| None)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .write_below_purged(entries(1, 3..=6), |_| Some(5))
+            .unwrap(),
+        Some(5)
+    );
+    assert_eq!(
+        store
+            .write_below_purged(entries(1, 3..=6), |_| Some(7))
+            .unwrap(),
+        None
+    );
+    assert_eq!(stored_indexes(&storage, 1, 0..=10), vec![5, 6, 7, 8]);
+}
+
+#[tokio::test]
+async fn deleting_below_the_purge_point_spares_openraft_and_writes_only_when_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    let mut neighbour: Store = storage.log_store(2);
+    append(&mut store, entries(1, 7..=10)).await;
+    append(&mut neighbour, entries(1, 0..=3)).await;
+    store.purge(log_id(1, 6)).await.unwrap();
+    store
+        .write_below_purged(entries(1, 2..=6), |_| Some(0))
+        .unwrap();
+
+    assert_eq!(store.delete_below_purged(3).unwrap(), Some(3));
+    assert_eq!(
+        stored_indexes(&storage, 1, 0..=10),
+        vec![4, 5, 6, 7, 8, 9, 10]
+    );
+    // Nothing left at or below 3: nothing written.
+    assert_eq!(store.delete_below_purged(3).unwrap(), None);
+    // Never past the last purged id, into openraft's log.
+    assert_eq!(store.delete_below_purged(100).unwrap(), Some(6));
+    assert_eq!(stored_indexes(&storage, 1, 0..=10), vec![7, 8, 9, 10]);
+    assert_eq!(log_state(&mut store).await, (Some(6), Some(10)));
+    assert_eq!(indexes(&mut neighbour, ..).await, vec![0, 1, 2, 3]);
+    // A group that purged nothing has nothing below its purge point.
+    assert_eq!(neighbour.delete_below_purged(100).unwrap(), None);
+    assert_eq!(indexes(&mut neighbour, ..).await, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test]
+async fn read_tail_reads_newest_first_and_says_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    append(&mut store, entries(1, 1..=10)).await;
+    store.purge(log_id(1, 3)).await.unwrap();
+    let decode = |tail: &RawTail, first: u64| -> Vec<EntryOf<TestConfig>> {
+        (first..)
+            .zip(&tail.entries)
+            .map(|(index, bytes)| store.decode_entry(index, bytes).unwrap())
+            .collect()
+    };
+
+    let tail = store.read_tail(5, 8, usize::MAX).unwrap();
+    assert_eq!(tail.end, TailEnd::ReachedFirst);
+    assert_eq!(decode(&tail, 5), entries(1, 5..=8));
+
+    // The budget keeps the newest entries, and at least one.
+    let newest_two: usize = store
+        .read_tail(9, 10, usize::MAX)
+        .unwrap()
+        .entries
+        .iter()
+        .map(Vec::len)
+        .sum();
+    let tail = store.read_tail(1, 10, newest_two).unwrap();
+    assert_eq!(tail.end, TailEnd::Budget);
+    assert_eq!(decode(&tail, 9), entries(1, 9..=10));
+    let tail = store.read_tail(1, 10, 1).unwrap();
+    assert_eq!(tail.end, TailEnd::Budget);
+    assert_eq!(decode(&tail, 10), entries(1, 10..=10));
+
+    // Purged entries end the run.
+    let tail = store.read_tail(1, 6, usize::MAX).unwrap();
+    assert_eq!(tail.end, TailEnd::Missing(3));
+    assert_eq!(decode(&tail, 4), entries(1, 4..=6));
+    let tail = store.read_tail(1, 12, usize::MAX).unwrap();
+    assert_eq!(tail.end, TailEnd::Missing(12));
+    assert!(tail.entries.is_empty());
+
+    // An entry stored under the wrong index does not decode as that index.
+    let bytes = store.read_tail(7, 7, usize::MAX).unwrap().entries.remove(0);
+    assert!(store.decode_entry(7, &bytes).is_ok());
+    assert!(matches!(
+        store.decode_entry(8, &bytes),
+        Err(StorageError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        store.decode_entry(7, b"\x01garbage"),
+        Err(StorageError::Decode { .. })
+    ));
+}
+
 #[tokio::test]
 async fn committed_is_saved_and_cleared() {
     let dir = tempfile::tempdir().unwrap();
