@@ -37,6 +37,11 @@ pub struct Identity {
     /// Known once the metadata group holds the cluster secret.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// Started on an empty data directory and not yet caught up in every
+    /// group (`rejoin.rs`): a restart meanwhile finds a database, but not
+    /// everything this node once acknowledged, so it stays cautious.
+    #[serde(default)]
+    pub rejoining: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +118,7 @@ impl Identity {
                     node_id,
                     incarnation: rand::random::<u64>().max(1),
                     cluster_id: None,
+                    rejoining: empty,
                 };
                 identity.store(data_dir)?;
                 Ok(identity)
@@ -195,6 +201,9 @@ mod tests {
         let wiped = Identity::load_or_create(dir.path(), 1, true).unwrap();
         assert_ne!(wiped.incarnation, first.incarnation);
         assert_eq!(wiped.cluster_id, None);
+        assert!(wiped.rejoining);
+        // A restart before it caught up finds it still rejoining.
+        assert!(Identity::load_or_create(dir.path(), 1, false).unwrap().rejoining);
     }
 
     #[test]

@@ -265,8 +265,12 @@ impl Node {
         let db_dir = config.data_dir.join("db");
         // RocksDB writes CURRENT when it creates a database.
         let empty_data_dir = !db_dir.join("CURRENT").exists();
-        let rejoin = Rejoin::new(config.node_id, empty_data_dir, config.peers.len());
         let identity = Identity::load_or_create(&config.data_dir, config.node_id, empty_data_dir)?;
+        let rejoin = Rejoin::new(
+            config.node_id,
+            empty_data_dir || identity.rejoining,
+            config.peers.len(),
+        );
         let pool = PeerPool::new(peer_tls);
         if let Some(cluster_id) = &identity.cluster_id {
             pool.cluster().set(cluster_id);
@@ -624,6 +628,7 @@ impl Node {
                 _ = shutdown.changed() => return,
             }
             self.release_caught_up_groups();
+            self.note_rejoined();
             self.learn_cluster_id();
             let incarnation = self.identity.lock().incarnation;
             let terms_wanted = self.rejoin.groups_learning_terms();
@@ -702,9 +707,24 @@ impl Node {
         }
     }
 
+    /// Clears `rejoining` in the data directory's identity once no group is
+    /// held back any more, so a later restart starts normally.
+    fn note_rejoined(&self) {
+        let mut identity = self.identity.lock();
+        if !identity.rejoining || self.rejoin.is_active() {
+            return;
+        }
+        identity.rejoining = false;
+        if let Err(e) = identity.store(&self.config.data_dir) {
+            identity.rejoining = true;
+            drop(identity);
+            self.storage.mark_failed(&e.to_string());
+        }
+    }
+
     /// Notes the incarnation a peer's node heartbeat shows; a new one means
     /// the peer started on an empty data directory since its last heartbeat.
-    pub fn note_peer_incarnation(&self, peer: NodeId, incarnation: u64) {
+    pub async fn note_peer_incarnation(&self, peer: NodeId, incarnation: u64) {
         if incarnation == 0 {
             return;
         }
@@ -714,6 +734,31 @@ impl Node {
                 peer,
                 "node {peer} restarted on an empty data directory: it votes again once caught up"
             );
+            self.allow_log_reversion_of(peer).await;
+        }
+    }
+
+    /// A leader whose follower lost its log finds entries it counted as
+    /// replicated there gone. openraft treats that as a bug (a debug
+    /// assertion) unless told once per follower that it is expected; the
+    /// entries were committed by a majority without it, and the follower
+    /// does not vote or count until it caught up again (`rejoin.rs`).
+    /// Done before the heartbeat is answered: the wiped node takes no
+    /// append until enough peers answered it (`rejoin.rs`).
+    async fn allow_log_reversion_of(&self, peer: NodeId) {
+        let led: Vec<Arc<Group>> = self
+            .groups
+            .read()
+            .values()
+            .filter(|group| group.raft.metrics().borrow_watched().current_leader == Some(self.id()))
+            .cloned()
+            .collect();
+        for group in led {
+            // Refused when this node no longer leads or the peer is no
+            // replica of the group: then there is nothing to allow.
+            if let Ok(Err(e)) = group.raft.trigger().allow_next_revert(&peer, true).await {
+                tracing::debug!(group = group.id, peer, "log reversion not allowed: {e}");
+            }
         }
     }
 

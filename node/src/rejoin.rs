@@ -106,7 +106,8 @@ pub struct Released {
 }
 
 impl Rejoin {
-    /// `empty_data_dir`: the node found no database when it started.
+    /// `empty_data_dir`: the node found no database when it started, or
+    /// restarted before it had caught up after such a start.
     pub fn new(me: NodeId, empty_data_dir: bool, cluster_size: usize) -> Rejoin {
         Rejoin {
             state: Mutex::new(State {
@@ -136,6 +137,12 @@ impl Rejoin {
             );
         }
         state.active
+    }
+
+    /// Whether groups started now start cautious: after an empty start,
+    /// until this is a new cluster or every group has caught up.
+    pub fn is_active(&self) -> bool {
+        self.state.lock().active
     }
 
     pub fn is_cautious(&self, group: GroupId) -> bool {

@@ -77,6 +77,11 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     let refused = append_to(&cluster, 3, meta, 1_000).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
     assert!(refused.message().contains("learning"), "{refused}");
+    // Restarted before it caught up, node 3 finds a database, but not what
+    // it once acknowledged: it stays cautious.
+    cluster.stop(3).await;
+    cluster.restart(3).await;
+    assert!(cluster.nodes[&3].node.rejoin.is_cautious(meta));
 
     cluster.restart(1).await;
     cluster.wait_ready().await;
@@ -170,4 +175,65 @@ async fn a_data_directory_of_another_node_is_refused_at_start() {
     );
     // Under its own id the directory still starts.
     cluster.restart(1).await;
+}
+
+/// A follower loses its disk while the leaders stay up: the leaders find
+/// entries they counted as replicated there gone, expect it (openraft
+/// stops a leader that finds a follower's log reverted unexpectedly, in
+/// debug builds), and bring the follower back to a full copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_topic("kept", 1, 3).await;
+    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    let meta = raftstream_node::raft::types::META_GROUP;
+    // Leaders elsewhere, so that node 3's log is one a leader counted on.
+    cluster.transfer_partition_leader("kept", 0, 1).await;
+    let client = cluster.client(1).await;
+    let mut acked = vec![];
+    for i in 0..10 {
+        let value = format!("before-{i}");
+        publish_until_acked(&client, "kept", &value, Duration::from_secs(20)).await;
+        acked.push(value);
+    }
+    node_3_applied_all(&cluster, group_id).await;
+
+    cluster.stop(3).await;
+    cluster.configs.get_mut(&3).unwrap().data_dir = cluster.dir.path().join("node-3-replaced");
+    cluster.restart(3).await;
+    for i in 0..10 {
+        let value = format!("after-{i}");
+        publish_until_acked(&client, "kept", &value, Duration::from_secs(20)).await;
+        acked.push(value);
+    }
+    eventually("node 3 caught up", Duration::from_secs(30), || async {
+        let rejoin = &cluster.nodes[&3].node.rejoin;
+        (!rejoin.is_cautious(meta) && !rejoin.is_cautious(group_id)).then_some(())
+    })
+    .await;
+    // The leaders survived: the partition still takes publishes, node 3
+    // applies them, and no acknowledged message is lost.
+    publish_until_acked(&client, "kept", "last", Duration::from_secs(20)).await;
+    acked.push("last".into());
+    node_3_applied_all(&cluster, group_id).await;
+    let mut reader = cluster.client(3).await;
+    let read = read_all(&mut reader, "kept", 0, acked.len()).await;
+    let values: Vec<String> = read
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect();
+    assert_eq!(values, acked);
+}
+
+async fn node_3_applied_all(cluster: &TestCluster, group_id: u64) {
+    use openraft::async_runtime::WatchReceiver;
+    eventually("node 3 applied every entry", Duration::from_secs(30), || async {
+        let applied = |id: u64| {
+            let group = cluster.nodes[&id].node.group(group_id)?;
+            let metrics = group.raft.metrics().borrow_watched().clone();
+            metrics.last_applied.map(|l| l.index)
+        };
+        (applied(3)? == applied(1)?).then_some(())
+    })
+    .await;
 }

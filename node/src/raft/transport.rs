@@ -205,7 +205,9 @@ impl RaftTransport for TransportService {
             quiescer.on_heartbeat(request.get_ref());
         }
         let beat = request.get_ref();
-        self.node.note_peer_incarnation(beat.from, beat.incarnation);
+        self.node
+            .note_peer_incarnation(beat.from, beat.incarnation)
+            .await;
         // A node that is stopping, or whose storage failed, has no metadata
         // to tell from: it must not pass for a node of a new cluster.
         let cluster_formed = self
