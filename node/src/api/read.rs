@@ -201,7 +201,7 @@ pub async fn read_or_wait(
     let from = resolve(group, start)?;
     loop {
         applied.borrow_and_update();
-        let batch = read_committed(group, from, max, max_bytes)?;
+        let batch = read_from(group, start, from, max, max_bytes)?;
         if !batch.messages.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(batch);
         }
@@ -215,7 +215,31 @@ pub async fn read_or_wait(
         if !woken {
             // Timed out, or the group or the node is shutting down: answer
             // with what there is.
-            return read_committed(group, from, max, max_bytes);
+            return read_from(group, start, from, max, max_bytes);
         }
     }
+}
+
+/// One read for [`read_or_wait`] from `from`, the offset `start` resolved to
+/// when the wait began. A time resolves to the end of what this replica has
+/// applied when nothing it holds is that new; a replica behind the commit
+/// index (restarted, or serving because the leader is unreachable) may then
+/// apply older messages after it. So a time is resolved again on each read,
+/// and messages stamped before it are left out.
+fn read_from(
+    group: &Group,
+    start: &StartAt,
+    from: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<ReadBatch, ReadError> {
+    let StartAt::Timestamp(since) = start else {
+        return read_committed(group, from, max, max_bytes);
+    };
+    let from = resolve(group, start)?;
+    let mut batch = read_committed(group, from, max, max_bytes)?;
+    // Applied between resolving and reading: older than `since`, though
+    // nothing newer was there a moment ago.
+    batch.messages.retain(|m| m.timestamp_ms >= *since);
+    Ok(batch)
 }
