@@ -9,13 +9,6 @@ use std::time::Duration;
 use common::*;
 use raftstream_client::pb;
 
-fn values(messages: &[pb::Message]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
-        .collect()
-}
-
 async fn publish(
     client: &mut raftstream_client::Grpc,
     name: &str,

@@ -87,10 +87,7 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     cluster.wait_ready().await;
     let mut reader = cluster.client(3).await;
     let read = read_all(&mut reader, "survive", 0, acked.len()).await;
-    let values: Vec<String> = read
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
-        .collect();
+    let values = values(&read);
     for value in &acked {
         assert!(
             values.contains(value),
@@ -218,10 +215,7 @@ async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
     node_3_applied_all(&cluster, group_id).await;
     let mut reader = cluster.client(3).await;
     let read = read_all(&mut reader, "kept", 0, acked.len()).await;
-    let values: Vec<String> = read
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
-        .collect();
+    let values = values(&read);
     assert_eq!(values, acked);
 }
 

@@ -359,6 +359,14 @@ impl TestCluster {
 
 /// Reads a whole partition from `offset` through `client`, until `expected`
 /// messages have been read.
+/// The values of `messages`, as text.
+pub fn values(messages: &[pb::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.value).into_owned())
+        .collect()
+}
+
 pub async fn read_all(
     client: &mut raftstream_client::Grpc,
     name: &str,
