@@ -203,7 +203,11 @@ mod tests {
         assert_eq!(wiped.cluster_id, None);
         assert!(wiped.rejoining);
         // A restart before it caught up finds it still rejoining.
-        assert!(Identity::load_or_create(dir.path(), 1, false).unwrap().rejoining);
+        assert!(
+            Identity::load_or_create(dir.path(), 1, false)
+                .unwrap()
+                .rejoining
+        );
     }
 
     #[test]

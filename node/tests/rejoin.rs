@@ -221,13 +221,17 @@ async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
 
 async fn node_3_applied_all(cluster: &TestCluster, group_id: u64) {
     use openraft::async_runtime::WatchReceiver;
-    eventually("node 3 applied every entry", Duration::from_secs(30), || async {
-        let applied = |id: u64| {
-            let group = cluster.nodes[&id].node.group(group_id)?;
-            let metrics = group.raft.metrics().borrow_watched().clone();
-            metrics.last_applied.map(|l| l.index)
-        };
-        (applied(3)? == applied(1)?).then_some(())
-    })
+    eventually(
+        "node 3 applied every entry",
+        Duration::from_secs(30),
+        || async {
+            let applied = |id: u64| {
+                let group = cluster.nodes[&id].node.group(group_id)?;
+                let metrics = group.raft.metrics().borrow_watched().clone();
+                metrics.last_applied.map(|l| l.index)
+            };
+            (applied(3)? == applied(1)?).then_some(())
+        },
+    )
     .await;
 }
