@@ -65,7 +65,8 @@ struct RunArgs {
     time_limit: u64,
     /// Faults: all, none, kill, pause, partition, loss, clock, power,
     /// latency, wipe, disk, or single names such as kill-leaders,
-    /// partition-ring, fsync-eio (comma-separated).
+    /// partition-ring, fsync-eio (comma-separated); two of them joined by +
+    /// (partition+kill) are one step with both faults in effect at once.
     #[arg(long, default_value = "all")]
     nemesis: String,
     #[arg(long, default_value_t = 1)]
@@ -99,7 +100,8 @@ enum Cmd {
         /// The first seed; run i uses seed + i.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Nemesis mixes, `;`-separated; runs cycle through them.
+        /// Nemesis mixes, `;`-separated (each a --nemesis list, composed
+        /// words such as partition+kill included); runs cycle through them.
         #[arg(
             long,
             default_value = "kill;pause;partition;loss,partition-one-way;clock,kill-one;all"
@@ -235,9 +237,11 @@ fn repeat_command(args: &RunArgs) -> String {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let faults = nemesis::parse(&args.nemesis).map_err(anyhow::Error::msg)?;
+    let plan = nemesis::parse(&args.nemesis).map_err(anyhow::Error::msg)?;
     require_root()?;
-    let fault_names = nemesis::names(&faults);
+    let fault_names = plan.names();
+    // Every fault a step may apply, alone or composed with another.
+    let faults = plan.faults();
     let bin = node_binary(args.node_bin.clone())?;
     let lazyfs = if faults.iter().any(|f| f.needs_lazyfs()) {
         Some(lazyfs_binary(args.lazyfs_bin.clone(), &faults)?)
@@ -295,7 +299,7 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
     )?));
     let outcome = runtime.block_on(async {
         tokio::select! {
-            r = execute(&args, &faults, net.clone(), cluster.clone(), proxies.clone()) => r,
+            r = execute(&args, &plan, net.clone(), cluster.clone(), proxies.clone()) => r,
             _ = interrupted() => Err(anyhow::anyhow!("interrupted; cleaned up")),
         }
     });
@@ -518,7 +522,7 @@ async fn setup_topic(nodes: u64) -> anyhow::Result<()> {
 
 async fn execute(
     args: &RunArgs,
-    faults: &[nemesis::Fault],
+    plan: &nemesis::Plan,
     net: Arc<Net>,
     cluster: Arc<Mutex<Cluster>>,
     proxies: Option<Arc<PeerProxies>>,
@@ -539,7 +543,7 @@ async fn execute(
         token: TOKEN.to_string(),
         seed: args.seed,
         stop: stop.clone(),
-        clock_faults: faults.contains(&nemesis::Fault::Clock),
+        clock_faults: plan.contains(nemesis::Fault::Clock),
     };
     let mut workers = Vec::new();
     for w in 0..2 {
@@ -554,7 +558,7 @@ async fn execute(
         cluster: cluster.clone(),
         proxies,
         recorder: recorder.clone(),
-        faults: faults.to_vec(),
+        plan: plan.clone(),
         seed: args.seed,
         token: TOKEN.to_string(),
         storage_faults: Mutex::default(),
@@ -755,6 +759,7 @@ fn campaign(
         on_lazyfs.extend(
             nemesis::parse(mix)
                 .map_err(anyhow::Error::msg)?
+                .faults()
                 .into_iter()
                 .filter(|f| f.needs_lazyfs()),
         );

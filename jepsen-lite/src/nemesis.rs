@@ -135,38 +135,225 @@ impl Fault {
     }
 }
 
-/// Parses `kill,partition-ring,all,none`: fault names, groups (`kill`,
-/// `pause`, `partition`, `loss`, `clock`, `power`, `latency`, `wipe`,
-/// `disk`), `all`, or `none`.
-pub fn parse(list: &str) -> Result<Vec<Fault>, String> {
-    let mut out = BTreeSet::new();
-    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        let matched: Vec<Fault> = Fault::ALL
-            .iter()
-            .copied()
-            .filter(|f| word == "all" || f.name() == word || f.group() == word)
-            .collect();
-        if matched.is_empty() && word != "none" {
-            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-            return Err(format!(
-                "unknown nemesis {word:?}; use all, none, kill, pause, partition, loss, clock, power, latency, wipe, disk or one of {}",
-                names.join(", ")
-            ));
-        }
-        out.extend(matched);
-    }
-    Ok(out.into_iter().collect())
+/// The words a nemesis list may use besides fault names.
+const GROUPS: &str = "kill, pause, partition, loss, clock, power, latency, wipe, disk";
+
+fn unknown(word: &str) -> String {
+    let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+    format!(
+        "unknown nemesis {word:?}; use all, none, {GROUPS}, one of {}, or two of these joined by + (partition+kill)",
+        names.join(", ")
+    )
 }
 
-pub fn names(faults: &[Fault]) -> String {
-    if faults.is_empty() {
-        return "none".into();
-    }
-    faults
+/// The faults one word names: a fault, a group, or `all`.
+fn expand(word: &str) -> Result<Vec<Fault>, String> {
+    let matched: Vec<Fault> = Fault::ALL
         .iter()
-        .map(|f| f.name())
-        .collect::<Vec<_>>()
-        .join(",")
+        .copied()
+        .filter(|f| word == "all" || f.name() == word || f.group() == word)
+        .collect();
+    if matched.is_empty() {
+        return Err(unknown(word));
+    }
+    Ok(matched)
+}
+
+/// Groups whose faults stop nodes and restart them at their heal.
+fn restarts(group: &str) -> bool {
+    matches!(group, "kill" | "power" | "wipe")
+}
+
+/// Why faults `a` and `b` cannot be in effect at the same time, if they
+/// cannot: they would act on the same thing, or one's heal would undo or
+/// wait on the other.
+fn conflict(a: Fault, b: Fault) -> Option<String> {
+    let (ga, gb) = (a.group(), b.group());
+    let either = |x: &str, y: &str| (ga == x && gb == y) || (ga == y && gb == x);
+    if ga == gb {
+        return Some(format!("both are {ga} faults"));
+    }
+    if either("partition", "loss") {
+        return Some(
+            "partition and loss faults are both rules in each node's one nftables chain: \
+             the second would replace the first's rules"
+                .into(),
+        );
+    }
+    if restarts(ga) && restarts(gb) {
+        return Some(format!(
+            "{ga} and {gb} faults both stop nodes and restart them at their heal: the first \
+             heal would restart nodes the other fault still holds down"
+        ));
+    }
+    let other = if ga == "disk" {
+        gb
+    } else if gb == "disk" {
+        ga
+    } else {
+        return None;
+    };
+    if restarts(other) {
+        return Some(format!(
+            "a disk fault's heal restarts every victim that is down, which would end the \
+             {other} fault early (and lazyfs's disk fault would outlive the node it was on)"
+        ));
+    }
+    if other == "pause" {
+        return Some(
+            "a disk fault's heal waits until its victims serve again, which a paused node \
+             cannot do"
+                .into(),
+        );
+    }
+    None
+}
+
+/// One side of a composed word: the word as written and its faults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Side {
+    word: String,
+    faults: Vec<Fault>,
+}
+
+/// What one step of the schedule draws from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// One fault.
+    One(Fault),
+    /// Two faults in effect at the same time (`A+B`): one of the first
+    /// side's, then one of the second's, healed in the reverse order.
+    Composed(Side, Side),
+}
+
+impl Entry {
+    fn name(&self) -> String {
+        match self {
+            Entry::One(f) => f.name().to_string(),
+            Entry::Composed(a, b) => format!("{}+{}", a.word, b.word),
+        }
+    }
+}
+
+/// A parsed nemesis list: the entries each step picks uniformly among.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    entries: Vec<Entry>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every fault some step may apply, plain or in a composition, in
+    /// [`Fault::ALL`] order: what the run must prepare for (lazyfs, the
+    /// latency proxies, libfaketime).
+    pub fn faults(&self) -> Vec<Fault> {
+        let mut all = BTreeSet::new();
+        for entry in &self.entries {
+            match entry {
+                Entry::One(f) => {
+                    all.insert(*f);
+                }
+                Entry::Composed(a, b) => all.extend(a.faults.iter().chain(&b.faults)),
+            }
+        }
+        all.into_iter().collect()
+    }
+
+    /// Whether some step may apply `fault`.
+    pub fn contains(&self, fault: Fault) -> bool {
+        self.faults().contains(&fault)
+    }
+
+    /// The entries, comma-separated: `kill-one,partition+kill`, or `none`.
+    pub fn names(&self) -> String {
+        if self.entries.is_empty() {
+            return "none".into();
+        }
+        self.entries
+            .iter()
+            .map(Entry::name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Draws the faults of one step: one, or two to be in effect at once
+    /// (applied in this order, healed in the reverse). Empty without
+    /// entries.
+    fn pick(&self, rng: &mut StdRng) -> Vec<Fault> {
+        if self.entries.is_empty() {
+            return Vec::new();
+        }
+        match &self.entries[rng.random_range(0..self.entries.len())] {
+            Entry::One(f) => vec![*f],
+            Entry::Composed(a, b) => {
+                let first = a.faults[rng.random_range(0..a.faults.len())];
+                let second = b.faults[rng.random_range(0..b.faults.len())];
+                vec![first, second]
+            }
+        }
+    }
+}
+
+/// Parses `kill,partition-ring,partition+kill,all,none`: fault names,
+/// groups (`kill`, `pause`, `partition`, `loss`, `clock`, `power`,
+/// `latency`, `wipe`, `disk`), `all`, `none`, or two names or groups joined
+/// by `+`: a composed step, one fault of each side in effect at the same
+/// time. Compositions whose faults would undo or wait on each other are
+/// refused (see [`conflict`]).
+pub fn parse(list: &str) -> Result<Plan, String> {
+    let mut plain = BTreeSet::new();
+    let mut composed: Vec<Entry> = Vec::new();
+    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if !word.contains('+') {
+            if word != "none" {
+                plain.extend(expand(word)?);
+            }
+            continue;
+        }
+        let sides: Vec<&str> = word.split('+').map(str::trim).collect();
+        if sides.len() != 2 {
+            return Err(format!(
+                "composed nemesis {word:?}: join exactly two faults or groups with + (partition+kill)"
+            ));
+        }
+        let mut parsed = Vec::new();
+        for side in &sides {
+            if side.is_empty() || *side == "all" || *side == "none" {
+                return Err(format!(
+                    "composed nemesis {word:?}: each side of + is a fault name or one of the groups {GROUPS}, not {side:?}"
+                ));
+            }
+            parsed.push(Side {
+                word: (*side).to_string(),
+                faults: expand(side)?,
+            });
+        }
+        for a in &parsed[0].faults {
+            for b in &parsed[1].faults {
+                if let Some(why) = conflict(*a, *b) {
+                    return Err(format!(
+                        "composed nemesis {word:?} cannot be applied: {} with {}: {why}",
+                        a.name(),
+                        b.name()
+                    ));
+                }
+            }
+        }
+        let second = parsed.pop();
+        let first = parsed.pop();
+        if let (Some(a), Some(b)) = (first, second) {
+            let entry = Entry::Composed(a, b);
+            if !composed.contains(&entry) {
+                composed.push(entry);
+            }
+        }
+    }
+    let mut entries: Vec<Entry> = plain.into_iter().map(Entry::One).collect();
+    entries.extend(composed);
+    Ok(Plan { entries })
 }
 
 /// What a fault did, so that its heal can undo exactly that.
@@ -201,7 +388,8 @@ pub struct Nemesis {
     /// Present in runs whose faults include `latency`.
     pub proxies: Option<Arc<PeerProxies>>,
     pub recorder: Arc<Recorder>,
-    pub faults: Vec<Fault>,
+    /// What each step picks among.
+    pub plan: Plan,
     pub seed: u64,
     pub token: String,
     /// Nodes that may exit with status 74 (storage failed) because a disk
@@ -267,36 +455,78 @@ fn ring_cuts(order: &[u64]) -> Vec<(u64, u64)> {
     cuts
 }
 
+/// One step of the schedule: a quiet period, then these faults (one, or two
+/// composed) held for `hold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Step {
+    quiet: Duration,
+    hold: Duration,
+    faults: Vec<Fault>,
+}
+
+/// Draws the next step from the seeded generator. With only plain entries
+/// the draws are those of the single-fault schedule, so a seed keeps its
+/// schedule.
+fn next_step(plan: &Plan, rng: &mut StdRng) -> Step {
+    let quiet = Duration::from_millis(rng.random_range(2_000..5_000));
+    let hold = Duration::from_millis(rng.random_range(3_000..8_000));
+    let faults = plan.pick(rng);
+    Step {
+        quiet,
+        hold,
+        faults,
+    }
+}
+
 impl Nemesis {
+    /// The nodes that lead a partition of the topic, each by its own
+    /// account. Each running node is asked for its local view only (the
+    /// node's local header): a cluster-wide `ClusterStatus` asks every peer
+    /// with a 2 s deadline, so while another fault cuts a node off, every
+    /// node would answer too late.
     async fn leaders(&self) -> Vec<u64> {
         let running: Vec<u64> = {
             let mut cluster = self.cluster.lock();
             cluster.nodes().filter(|n| cluster.is_running(*n)).collect()
         };
+        let mut claimed = BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for node in running {
             let addr = grpc_addr(node);
             let status = async {
                 let mut grpc = raftstream_client::connect(&addr, Some(&self.token))
                     .await
                     .ok()?;
-                grpc.cluster_status(pb::ClusterStatusRequest {})
+                let mut request = tonic::Request::new(pb::ClusterStatusRequest {});
+                request.metadata_mut().insert(
+                    "x-raftstream-local",
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                grpc.cluster_status(request)
                     .await
                     .ok()
                     .map(|r| r.into_inner())
             };
             if let Ok(Some(status)) = tokio::time::timeout(Duration::from_secs(2), status).await {
-                let leaders: BTreeSet<u64> = status
+                for leader in status
                     .groups
                     .iter()
                     .filter(|g| g.topic == crate::workload::TOPIC)
                     .filter_map(|g| g.leader)
-                    .collect();
-                if !leaders.is_empty() {
-                    return leaders.into_iter().collect();
+                {
+                    seen.insert(leader);
+                    if leader == node {
+                        claimed.insert(leader);
+                    }
                 }
             }
         }
-        Vec::new()
+        // Nodes that say they lead; else whom the others take for leaders.
+        if claimed.is_empty() {
+            seen.into_iter().collect()
+        } else {
+            claimed.into_iter().collect()
+        }
     }
 
     /// Starts `fault`; returns how to undo it and a description.
@@ -688,7 +918,7 @@ impl Nemesis {
     /// Runs faults until `until` (µs since start), then heals.
     pub async fn run(&self, until_us: u64) -> anyhow::Result<()> {
         let mut rng = StdRng::seed_from_u64(self.seed);
-        if self.faults.is_empty() {
+        if self.plan.is_empty() {
             while self.recorder.now_us() < until_us {
                 self.note_crashes();
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -696,32 +926,91 @@ impl Nemesis {
             return Ok(());
         }
         loop {
-            let quiet = Duration::from_millis(rng.random_range(2_000..5_000));
-            let hold = Duration::from_millis(rng.random_range(3_000..8_000));
-            let fault = self.faults[rng.random_range(0..self.faults.len())];
-            self.sleep_checking(quiet, until_us).await;
-            if self.recorder.now_us() + (hold.as_micros() as u64) / 2 > until_us {
+            let step = next_step(&self.plan, &mut rng);
+            self.sleep_checking(step.quiet, until_us).await;
+            if self.recorder.now_us() + (step.hold.as_micros() as u64) / 2 > until_us {
                 return Ok(());
             }
+            let name = step
+                .faults
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join("+");
+            let composed = step.faults.len() > 1;
             let start = self.recorder.now_us();
-            let (undo, detail) = self.apply(fault, &mut rng).await?;
-            eprintln!(
-                "[{:>6.1}s] nemesis: {} {detail}",
-                start as f64 / 1e6,
-                fault.name()
-            );
-            self.sleep_checking(hold, until_us).await;
-            let found = self.heal(&undo).await?;
+            // Each fault in turn; the ones on are healed in the reverse order.
+            let mut on: Vec<(Fault, Undo, String)> = Vec::new();
+            for fault in &step.faults {
+                let at = self.recorder.now_us();
+                match self.apply(*fault, &mut rng).await {
+                    Ok((undo, detail)) => {
+                        eprintln!(
+                            "[{:>6.1}s] nemesis: {}{} {detail}",
+                            at as f64 / 1e6,
+                            if composed {
+                                format!("{name}: ")
+                            } else {
+                                String::new()
+                            },
+                            fault.name()
+                        );
+                        on.push((*fault, undo, detail));
+                    }
+                    Err(e) => {
+                        // Leave nothing on behind the error.
+                        for (f, undo, _) in on.iter().rev() {
+                            if let Err(h) = self.heal(undo).await {
+                                eprintln!("nemesis: healing {} after an error: {h:#}", f.name());
+                            }
+                        }
+                        return Err(e.context(format!("applying {}", fault.name())));
+                    }
+                }
+            }
+            self.sleep_checking(step.hold, until_us).await;
+            let mut details = Vec::new();
+            let mut failed = None;
+            for (fault, undo, detail) in on.iter().rev() {
+                let found = match self.heal(undo).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        // Heal the others all the same, then stop the run.
+                        failed.get_or_insert(e.context(format!("healing {}", fault.name())));
+                        None
+                    }
+                };
+                eprintln!(
+                    "[{:>6.1}s] nemesis: healed {}{}{}",
+                    self.recorder.now_us() as f64 / 1e6,
+                    if composed {
+                        format!("{name}: ")
+                    } else {
+                        String::new()
+                    },
+                    fault.name(),
+                    found.as_ref().map_or(String::new(), |f| format!(" ({f})"))
+                );
+                let detail = match found {
+                    Some(found) => format!("{detail}; heal: {found}"),
+                    None => detail.clone(),
+                };
+                details.push((*fault, detail));
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
             let end = self.recorder.now_us();
-            eprintln!(
-                "[{:>6.1}s] nemesis: healed {}{}",
-                end as f64 / 1e6,
-                fault.name(),
-                found.as_ref().map_or(String::new(), |f| format!(" ({f})"))
-            );
-            let detail = match found {
-                Some(found) => format!("{detail}; heal: {found}"),
-                None => detail,
+            // In the order the faults were applied.
+            details.reverse();
+            let detail = if composed {
+                details
+                    .iter()
+                    .map(|(f, d)| format!("{}: {d}", f.name()))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            } else {
+                details.pop().map(|(_, d)| d).unwrap_or_default()
             };
             self.recorder.record(
                 "nemesis",
@@ -729,10 +1018,7 @@ impl Nemesis {
                 end,
                 Outcome::Ok,
                 None,
-                Kind::Fault {
-                    name: fault.name().to_string(),
-                    detail,
-                },
+                Kind::Fault { name, detail },
             );
         }
     }
@@ -764,9 +1050,9 @@ mod tests {
 
     #[test]
     fn groups_and_names_parse_and_unknown_words_are_refused() {
-        assert_eq!(parse("all").unwrap().len(), Fault::ALL.len());
+        assert_eq!(parse("all").unwrap().faults().len(), Fault::ALL.len());
         assert_eq!(
-            parse("kill").unwrap(),
+            parse("kill").unwrap().faults(),
             vec![
                 Fault::KillOne,
                 Fault::KillMinority,
@@ -775,7 +1061,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            parse("loss,pause-one").unwrap(),
+            parse("loss,pause-one").unwrap().faults(),
             vec![Fault::PauseOne, Fault::Loss]
         );
         assert!(parse("none").unwrap().is_empty());
@@ -797,8 +1083,8 @@ mod tests {
 
     #[test]
     fn latency_is_its_own_group_and_part_of_all() {
-        assert_eq!(parse("latency").unwrap(), vec![Fault::Latency]);
-        assert!(parse("all").unwrap().contains(&Fault::Latency));
+        assert_eq!(parse("latency").unwrap().faults(), vec![Fault::Latency]);
+        assert!(parse("all").unwrap().faults().contains(&Fault::Latency));
     }
 
     #[test]
@@ -814,15 +1100,15 @@ mod tests {
     #[test]
     fn disk_faults_are_their_own_group_and_torn_writes_are_power_faults() {
         assert_eq!(
-            parse("disk").unwrap(),
+            parse("disk").unwrap().faults(),
             vec![Fault::FsyncEio, Fault::DiskFull]
         );
         assert_eq!(
-            parse("power").unwrap(),
+            parse("power").unwrap().faults(),
             vec![Fault::PowerLoss, Fault::TornWrite]
         );
         assert_eq!(
-            parse("torn-write,fsync-eio,disk-full").unwrap(),
+            parse("torn-write,fsync-eio,disk-full").unwrap().faults(),
             vec![Fault::TornWrite, Fault::FsyncEio, Fault::DiskFull]
         );
         let on_lazyfs: Vec<Fault> = Fault::ALL
@@ -839,12 +1125,196 @@ mod tests {
                 Fault::DiskFull
             ]
         );
-        let all = parse("all").unwrap();
+        let all = parse("all").unwrap().faults();
         assert!(all.contains(&Fault::TornWrite) && all.contains(&Fault::DiskFull));
     }
 
     #[test]
     fn a_three_node_ring_is_a_bridge() {
         assert_eq!(ring_cuts(&[2, 3, 1]), vec![(2, 1)]);
+    }
+
+    #[test]
+    fn a_composed_word_expands_each_side_and_keeps_its_name() {
+        let plan = parse("partition+kill").unwrap();
+        assert_eq!(plan.names(), "partition+kill");
+        let Entry::Composed(a, b) = &plan.entries[0] else {
+            panic!("{plan:?}");
+        };
+        assert_eq!(a.faults, parse("partition").unwrap().faults());
+        assert_eq!(b.faults, parse("kill").unwrap().faults());
+        // Every fault of either side is prepared for.
+        let mut both = parse("partition,kill").unwrap().faults();
+        both.sort();
+        assert_eq!(plan.faults(), both);
+        // Single names compose too, with spaces around +.
+        assert_eq!(
+            parse("loss + power-loss").unwrap().names(),
+            "loss+power-loss"
+        );
+    }
+
+    #[test]
+    fn plain_and_composed_words_mix_and_each_is_one_entry() {
+        let plan = parse("kill, partition+kill, loss+pause, partition+kill").unwrap();
+        // Four kill faults, then the two compositions once each, in order.
+        assert_eq!(plan.entries.len(), 6);
+        assert_eq!(
+            plan.names(),
+            "kill-one,kill-minority,kill-leaders,kill-all,partition+kill,loss+pause"
+        );
+        // Order matters: B+A is another step than A+B.
+        assert_eq!(
+            parse("kill+partition,partition+kill")
+                .unwrap()
+                .entries
+                .len(),
+            2
+        );
+        // Only the side that needs it brings lazyfs, proxies or faketime.
+        assert!(
+            parse("partition+power-loss")
+                .unwrap()
+                .faults()
+                .iter()
+                .any(|f| f.needs_lazyfs())
+        );
+        assert!(parse("kill+latency").unwrap().contains(Fault::Latency));
+        assert!(parse("clock+partition-one").unwrap().contains(Fault::Clock));
+        assert!(!parse("kill+partition").unwrap().contains(Fault::Clock));
+        // A list of plain words keeps its meaning.
+        assert_eq!(
+            parse("loss,pause-one").unwrap().entries,
+            vec![Entry::One(Fault::PauseOne), Entry::One(Fault::Loss)]
+        );
+    }
+
+    #[test]
+    fn network_faults_compose_with_every_process_and_disk_fault() {
+        for net in ["partition", "loss", "latency"] {
+            for node in [
+                "kill",
+                "pause",
+                "power-loss",
+                "torn-write",
+                "wipe-one",
+                "clock",
+                "fsync-eio",
+                "disk-full",
+            ] {
+                for word in [format!("{net}+{node}"), format!("{node}+{net}")] {
+                    assert!(parse(&word).is_ok(), "{word}: {:?}", parse(&word));
+                }
+            }
+        }
+        // Different mechanisms: the proxies delay what the rules let through.
+        assert!(parse("latency+partition").is_ok());
+        assert!(parse("loss+latency").is_ok());
+        // Process faults with independent heals.
+        assert!(parse("kill+pause").is_ok());
+        assert!(parse("clock+kill").is_ok());
+        assert!(parse("disk+clock").is_ok());
+    }
+
+    #[test]
+    fn compositions_whose_heals_interfere_are_refused_with_the_reason() {
+        let refused = |word: &str, why: &str| {
+            let e = parse(word).unwrap_err();
+            assert!(
+                e.contains(&format!("{word:?}")) && e.contains(why),
+                "{word}: {e}"
+            );
+        };
+        refused("kill-one+kill-all", "both are kill faults");
+        refused("partition-one+partition-ring", "both are partition faults");
+        refused("power-loss+torn-write", "both are power faults");
+        refused("partition+loss", "nftables chain");
+        refused("loss+partition-one-way", "nftables chain");
+        refused("kill+power-loss", "both stop nodes and restart them");
+        refused("wipe-one+kill-one", "both stop nodes and restart them");
+        refused("torn-write+wipe", "both stop nodes and restart them");
+        refused("fsync-eio+kill", "restarts every victim that is down");
+        refused("power-loss+disk-full", "restarts every victim that is down");
+        refused("disk+wipe-one", "restarts every victim that is down");
+        refused("pause-leaders+fsync-eio", "a paused node");
+        // Words that are not a pair of faults or groups.
+        refused("partition+kill+loss", "exactly two");
+        refused("all+kill", "not \"all\"");
+        refused("kill+", "not \"\"");
+        refused("none+kill", "not \"none\"");
+        let e = parse("kill+meteor").unwrap_err();
+        assert!(e.contains("unknown nemesis \"meteor\""), "{e}");
+        // One refused word refuses the list.
+        assert!(parse("kill,partition+kill,kill+wipe").is_err());
+    }
+
+    #[test]
+    fn the_schedule_follows_the_seed_and_draws_composed_steps() {
+        let plan = parse("kill,partition+kill,loss+pause").unwrap();
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..200)
+                .map(|_| next_step(&plan, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        let steps = draw(7);
+        assert_eq!(steps, draw(7));
+        assert_ne!(steps, draw(8));
+        let names: BTreeSet<String> = steps
+            .iter()
+            .map(|s| {
+                s.faults
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            })
+            .collect();
+        // Plain kills, every partition with some kill, loss with each pause.
+        for kill in ["kill-one", "kill-minority", "kill-leaders", "kill-all"] {
+            assert!(names.contains(kill), "{names:?}");
+        }
+        for partition in parse("partition").unwrap().faults() {
+            let prefix = format!("{}+kill-", partition.name());
+            assert!(names.iter().any(|n| n.starts_with(&prefix)), "{names:?}");
+        }
+        assert!(names.contains("loss+pause-one") && names.contains("loss+pause-leaders"));
+        for step in &steps {
+            assert!((2_000..5_000).contains(&(step.quiet.as_millis() as u64)));
+            assert!((3_000..8_000).contains(&(step.hold.as_millis() as u64)));
+            match step.faults[..] {
+                [f] => assert_eq!(f.group(), "kill"),
+                [a, b] => assert!(conflict(a, b).is_none() && a.group() != "kill"),
+                _ => panic!("{step:?}"),
+            }
+        }
+        // Six entries, each picked about a sixth of the time... roughly:
+        // the composed ones together about a third.
+        let composed = steps.iter().filter(|s| s.faults.len() == 2).count();
+        assert!((30..110).contains(&composed), "{composed}");
+    }
+
+    #[test]
+    fn a_plain_list_keeps_the_schedule_of_a_seed() {
+        // The single-fault schedule: quiet, hold, then the index of one of
+        // the faults in Fault::ALL order.
+        let plan = parse("kill,loss").unwrap();
+        let faults = plan.faults();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut old = StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let step = next_step(&plan, &mut rng);
+            let quiet = Duration::from_millis(old.random_range(2_000..5_000));
+            let hold = Duration::from_millis(old.random_range(3_000..8_000));
+            let fault = faults[old.random_range(0..faults.len())];
+            assert_eq!(
+                step,
+                Step {
+                    quiet,
+                    hold,
+                    faults: vec![fault]
+                }
+            );
+        }
     }
 }
