@@ -73,6 +73,11 @@ impl ProposalOrder {
             }
             let next = proposed_up_to.entry(producer).or_insert(0);
             *next = (*next).max(base_sequence.saturating_add(count));
+            debug_assert!(
+                proposed_up_to.len() <= PRODUCERS_MAX,
+                "{} producers remembered, more than {PRODUCERS_MAX}",
+                proposed_up_to.len()
+            );
         }
         self.proposed.notify_waiters();
     }
@@ -126,6 +131,30 @@ mod tests {
         tokio::time::timeout(quick, order.wait_turn(8, 50, 50, LONG))
             .await
             .unwrap();
+    }
+
+    #[test]
+    fn the_producer_map_starts_over_when_full() {
+        let order = ProposalOrder::default();
+        for producer in 0..PRODUCERS_MAX as u64 {
+            order.proposed(producer, 0, 1);
+        }
+        order.proposed(0, 1, 1);
+        assert_eq!(order.proposed_up_to.lock().len(), PRODUCERS_MAX);
+        order.proposed(u64::MAX, 0, 1);
+        assert_eq!(*order.proposed_up_to.lock(), HashMap::from([(u64::MAX, 1)]));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "10001 producers remembered, more than 10000")]
+    fn a_producer_map_past_its_bound_stops_a_debug_build() {
+        let order = ProposalOrder::default();
+        order
+            .proposed_up_to
+            .lock()
+            .extend((0..=PRODUCERS_MAX as u64).map(|producer| (producer, 1)));
+        order.proposed(0, 1, 1);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The metadata group's state machine: topics and their placement.
 
+use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::IngestSource;
 use crate::raft::types::MAX_TOPIC_PARTITIONS;
@@ -79,8 +80,117 @@ pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRe
 }
 
 /// Applies one metadata command. `nodes` are the metadata group's voters,
-/// sorted, which is the set partitions are placed on.
+/// sorted, which is the set partitions are placed on. Debug builds check the
+/// metadata's invariants after it: metadata commands are rare, so the whole
+/// state is checked every time.
 pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> CommandResponse {
+    let before = Counters::of(state);
+    let response = apply_command(state, command, nodes);
+    // Named by `Command`'s Display, which leaves out secrets and hashes.
+    debug_assert_ok!(
+        before.check_progress(&Counters::of(state)),
+        "metadata invariant broken by {}",
+        Command::Meta(command.clone())
+    );
+    debug_assert_ok!(
+        check_invariants(state),
+        "metadata invariant broken by {}",
+        Command::Meta(command.clone())
+    );
+    response
+}
+
+/// What no metadata command may undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    next_topic_id: u64,
+    next_token_id: u64,
+    cluster_secret: Option<[u8; 32]>,
+}
+
+impl Counters {
+    fn of(state: &MetaState) -> Self {
+        Counters {
+            next_topic_id: state.next_topic_id,
+            next_token_id: state.next_token_id,
+            cluster_secret: state.cluster_secret,
+        }
+    }
+
+    /// Ids are never handed out twice (a partition group id of a deleted
+    /// topic must not name a new one), and the cluster secret, once set,
+    /// stays: nodes may already be using it.
+    fn check_progress(&self, after: &Counters) -> Result<(), String> {
+        if after.next_topic_id < self.next_topic_id {
+            return Err(format!(
+                "next topic id moved back from {} to {}",
+                self.next_topic_id, after.next_topic_id
+            ));
+        }
+        if after.next_token_id < self.next_token_id {
+            return Err(format!(
+                "next token id moved back from {} to {}",
+                self.next_token_id, after.next_token_id
+            ));
+        }
+        if self.cluster_secret.is_some() && after.cluster_secret != self.cluster_secret {
+            return Err("the cluster secret changed once set".into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks the invariants every metadata command keeps: each topic, token
+/// and source is stored under its own id, topic and token ids are below the
+/// next id to hand out, topic names are unique, and every partition has as
+/// many distinct replicas as its topic's replication factor.
+pub(super) fn check_invariants(state: &MetaState) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (id, topic) in &state.topics {
+        if topic.id != *id || topic.id == 0 || topic.id >= state.next_topic_id {
+            return Err(format!(
+                "topic {:?} with id {} is stored under id {id}, next topic id {}",
+                topic.name, topic.id, state.next_topic_id
+            ));
+        }
+        if !names.insert(topic.name.as_str()) {
+            return Err(format!("two topics are named {:?}", topic.name));
+        }
+        for (partition, replicas) in topic.partitions.iter().enumerate() {
+            let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+            if replicas.len() != topic.replication_factor as usize
+                || distinct.len() != replicas.len()
+            {
+                return Err(format!(
+                    "partition {partition} of topic {id} has replicas {replicas:?}, replication \
+                     factor {}",
+                    topic.replication_factor
+                ));
+            }
+        }
+    }
+    for (id, token) in &state.tokens {
+        if token.id != *id || token.id == 0 || token.id >= state.next_token_id {
+            return Err(format!(
+                "token {:?} with id {} is stored under id {id}, next token id {}",
+                token.name, token.id, state.next_token_id
+            ));
+        }
+    }
+    if let Some((id, source)) = state.sources.iter().find(|(id, source)| source.id != **id) {
+        return Err(format!(
+            "source with id {:?} is stored under id {id:?}",
+            source.id
+        ));
+    }
+    Ok(())
+}
+
+fn apply_command(
+    state: &mut MetaState,
+    command: &MetaCommand,
+    nodes: &[NodeId],
+) -> CommandResponse {
     let result = match command {
         MetaCommand::CreateToken {
             name,
@@ -261,6 +371,10 @@ fn create_token(
     }
     validate_token(new.name, new.scopes)?;
     let id = state.next_token_id.max(1);
+    debug_assert!(
+        !state.tokens.contains_key(&id),
+        "token ids are never reused, but id {id} (the next token id) is taken"
+    );
     state.next_token_id = id + 1;
     let mut scopes = new.scopes.to_vec();
     scopes.sort_unstable();
@@ -386,6 +500,10 @@ fn create_topic(
     // Topic ids start at 1 and never repeat, so partition group ids of a
     // deleted topic are never reused by a new one.
     let id = state.next_topic_id.max(1);
+    debug_assert!(
+        !state.topics.contains_key(&id),
+        "topic ids are never reused, but id {id} (the next topic id) is taken"
+    );
     state.next_topic_id = id + 1;
     let topic = Topic {
         id,
@@ -533,6 +651,115 @@ mod tests {
             panic!()
         };
         assert_eq!(t.id, 2);
+    }
+
+    /// A way to break a state, and what the check that catches it says.
+    type Corruption = (fn(&mut MetaState), &'static str);
+
+    /// Two topics on nodes 1..=3 and a token.
+    fn populated() -> MetaState {
+        let mut state = MetaState::default();
+        create(&mut state, spec("a", 2, 3));
+        create(&mut state, spec("b", 1, 2));
+        apply(&mut state, &token_on(vec![1]), &[1]);
+        state
+    }
+
+    #[test]
+    fn the_invariant_check_catches_ids_names_and_placements_out_of_step() {
+        let cases: [Corruption; 6] = [
+            (
+                |s| s.next_topic_id = 2,
+                "with id 2 is stored under id 2, next topic id 2",
+            ),
+            (
+                |s| s.topics.get_mut(&2).unwrap().id = 7,
+                "with id 7 is stored under id 2",
+            ),
+            (
+                |s| s.topics.get_mut(&2).unwrap().name = "a".into(),
+                "two topics are named",
+            ),
+            (
+                |s| s.topics.get_mut(&1).unwrap().partitions[1] = vec![1, 1, 2],
+                "replicas [1, 1, 2]",
+            ),
+            (
+                |s| s.topics.get_mut(&2).unwrap().replication_factor = 3,
+                "replication factor 3",
+            ),
+            (|s| s.next_token_id = 1, "next token id 1"),
+        ];
+        assert_eq!(check_invariants(&populated()), Ok(()));
+        for (corrupt, expected) in cases {
+            let mut state = populated();
+            corrupt(&mut state);
+            let broken = check_invariants(&state).unwrap_err();
+            assert!(broken.contains(expected), "{broken:?} for {expected:?}");
+        }
+    }
+
+    #[test]
+    fn ids_moving_back_and_a_replaced_cluster_secret_are_caught() {
+        let before = Counters::of(&populated());
+        let unset = Counters {
+            cluster_secret: None,
+            ..before
+        };
+        let set = Counters {
+            cluster_secret: Some([1; 32]),
+            ..before
+        };
+        assert_eq!(
+            unset.check_progress(&set),
+            Ok(()),
+            "the first secret may be set"
+        );
+        let cases = [
+            (
+                Counters {
+                    next_topic_id: 1,
+                    ..set
+                },
+                "next topic id moved back from 3 to 1",
+            ),
+            (
+                Counters {
+                    next_token_id: 1,
+                    ..set
+                },
+                "next token id moved back from 2 to 1",
+            ),
+            (
+                Counters {
+                    cluster_secret: Some([2; 32]),
+                    ..set
+                },
+                "cluster secret changed",
+            ),
+        ];
+        for (after, expected) in cases {
+            let broken = set.check_progress(&after).unwrap_err();
+            assert!(broken.contains(expected), "{broken:?} for {expected:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "topic ids are never reused, but id 2 (the next topic id) is taken")]
+    fn handing_out_a_taken_topic_id_stops_a_debug_build() {
+        let mut state = populated();
+        state.next_topic_id = 2;
+        create(&mut state, spec("c", 1, 1));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "metadata invariant broken by delete token 9: two topics")]
+    fn a_broken_invariant_stops_a_debug_build_at_the_next_apply() {
+        let mut state = populated();
+        state.topics.get_mut(&2).unwrap().name = "a".into();
+        apply(&mut state, &MetaCommand::DeleteToken { id: 9 }, &[1]);
     }
 
     #[test]

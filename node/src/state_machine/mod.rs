@@ -6,6 +6,21 @@
 //! (the Raft log is the durable record; a crash re-applies committed entries
 //! from the last persisted `last_applied`), then answers the waiting client.
 
+/// Panics, in debug builds only, if `$check` (a `Result<(), String>`) names a
+/// broken invariant; the rest of the message says where it was checked.
+/// Release builds compile the check but never run it: a broken invariant is
+/// a bug, and debug nodes (tests, jepsen-lite, loadgen) should stop at the
+/// entry that caused it rather than at a later read.
+macro_rules! debug_assert_ok {
+    ($check:expr, $($context:tt)+) => {
+        if cfg!(debug_assertions)
+            && let Err(broken) = $check
+        {
+            panic!("{}: {broken}", format_args!($($context)+));
+        }
+    };
+}
+
 pub mod meta;
 pub mod partition;
 
@@ -223,7 +238,14 @@ impl GroupStateMachine {
         };
         let data = if group == META_GROUP {
             match storage.state_get(group, KEY_META_STATE)? {
-                Some(bytes) => GroupData::Meta(decode(&bytes)?),
+                Some(bytes) => {
+                    let state: MetaState = decode(&bytes)?;
+                    debug_assert_ok!(
+                        meta::check_invariants(&state),
+                        "metadata invariant broken in the stored state"
+                    );
+                    GroupData::Meta(state)
+                }
                 None => GroupData::Meta(MetaState::default()),
             }
         } else {
@@ -263,6 +285,10 @@ impl GroupStateMachine {
                     .restore(source_id, key, decode(&value)?);
             }
             state.check_invariants().map_err(invalid_data)?;
+            debug_assert_ok!(
+                state.check_all_invariants(),
+                "group {group}: partition invariant broken in the stored state"
+            );
             GroupData::Partition(state)
         };
         let applied_index = header.last_applied.as_ref().map_or(0, |id| id.index);
@@ -398,6 +424,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let mut meta_changed = false;
             for (entry, responder) in pending {
                 let log_index = entry.log_id.index;
+                // An entry applied twice would append its records twice.
+                // openraft also never skips one (it applies from the entry
+                // after the last applied one, or a snapshot's last), but its
+                // storage conformance suite applies index 5 after 3, so only
+                // the order is asserted.
+                debug_assert!(
+                    inner
+                        .last_applied
+                        .as_ref()
+                        .is_none_or(|applied| applied.index < log_index),
+                    "group {}: entries apply once each and in log order, but entry {log_index} \
+                     follows the last applied {:?}",
+                    self.shared.group,
+                    inner.last_applied,
+                );
                 let response = match &entry.payload {
                     EntryPayload::Blank => CommandResponse::None,
                     EntryPayload::Membership(m) => {
@@ -497,8 +538,20 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 self.shared.group
             )));
         }
-        if let GroupData::Partition(p) = &data {
-            p.check_invariants().map_err(invalid_data)?;
+        match &data {
+            GroupData::Partition(p) => {
+                p.check_invariants().map_err(invalid_data)?;
+                // The leader built the snapshot from a state that kept them.
+                debug_assert_ok!(
+                    p.check_all_invariants(),
+                    "group {}: partition invariant broken in a snapshot",
+                    self.shared.group
+                );
+            }
+            GroupData::Meta(m) => debug_assert_ok!(
+                meta::check_invariants(m),
+                "metadata invariant broken in a snapshot"
+            ),
         }
         let header_write = self.shared.header_writes.lock();
         let (applied_index, local_first) = {
@@ -543,7 +596,65 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::type_config::alias::EntryOf;
+    use openraft::type_config::alias::LeaderIdOf;
+    use openraft::vote::RaftLeaderIdExt;
+
     use super::*;
+    use crate::storage::StorageConfig;
+
+    /// Applies blank entries of term 1 at `indexes`, in one call.
+    async fn apply_blanks(sm: &mut GroupStateMachine, indexes: &[u64]) -> io::Result<()> {
+        let leader = LeaderIdOf::<TypeConfig>::new_committed(1, 1);
+        let items: Vec<io::Result<EntryResponder<TypeConfig>>> = indexes
+            .iter()
+            .map(|&index| {
+                let entry = EntryOf::<TypeConfig>::new_blank(LogId::new(leader, index));
+                Ok((entry, None))
+            })
+            .collect();
+        sm.apply(futures::stream::iter(items)).await
+    }
+
+    fn open_partition(dir: &tempfile::TempDir) -> GroupStateMachine {
+        let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+        GroupStateMachine::open(storage, 7).unwrap()
+    }
+
+    #[tokio::test]
+    async fn apply_resumes_after_the_last_applied_entry_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_partition(&dir);
+        apply_blanks(&mut sm, &[1, 2]).await.unwrap();
+        apply_blanks(&mut sm, &[3]).await.unwrap();
+        drop(sm);
+        let mut sm = open_partition(&dir);
+        apply_blanks(&mut sm, &[4, 5]).await.unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(5));
+    }
+
+    #[tokio::test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "group 7: entries apply once each and in log order, but entry 1")]
+    async fn an_entry_applied_again_after_a_reopen_stops_a_debug_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_partition(&dir);
+        apply_blanks(&mut sm, &[1, 2]).await.unwrap();
+        drop(sm);
+        let mut sm = open_partition(&dir);
+        let _ = apply_blanks(&mut sm, &[1]).await;
+    }
+
+    #[tokio::test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "but entry 2 follows the last applied")]
+    async fn an_entry_applied_twice_stops_a_debug_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open_partition(&dir);
+        let _ = apply_blanks(&mut sm, &[1, 2, 2]).await;
+    }
 
     #[test]
     fn idempotency_keys_read_back_as_the_pair_they_were_written_from() {

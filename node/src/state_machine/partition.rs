@@ -215,8 +215,108 @@ pub struct BatchSlice {
     pub take: u32,
 }
 
+/// Retained batches up to which debug builds check every invariant after
+/// every apply; above it, after every [`FULL_CHECK_EVERY_ENTRIES`]th entry.
+///
+/// The full check walks every retained batch: a debug build took 0.9 ms for
+/// 100,000 batches (on a busy 2-core machine), so a state of 1,024 batches
+/// costs about 10 µs, less than the state write that follows each apply.
+/// Walking a large state after every entry would make a long-running debug
+/// node quadratic in its retained batches; this cadence keeps the walk to
+/// about one batch per entry applied. The O(1) checks (some 20 ns) run after
+/// every entry.
+const FULL_CHECK_BATCHES_MAX: usize = 1_024;
+const FULL_CHECK_EVERY_ENTRIES: u64 = 1_024;
+
+/// The counters no apply may move backwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watermarks {
+    next_offset: u64,
+    log_start_offset: u64,
+    last_timestamp_ms: i64,
+    forgotten_log_index: u64,
+    purgeable_log_index: u64,
+}
+
+impl Watermarks {
+    fn of(state: &PartitionState) -> Self {
+        Watermarks {
+            next_offset: state.next_offset,
+            log_start_offset: state.log_start_offset,
+            last_timestamp_ms: state.last_timestamp_ms,
+            forgotten_log_index: state.forgotten_log_index,
+            purgeable_log_index: state.purgeable_log_index,
+        }
+    }
+
+    /// Checks that nothing moved back from `self` to `after`: offsets are
+    /// never reused, retention never brings back what it dropped, time
+    /// within a partition never decreases, and a purge point never retreats.
+    fn check_progress(&self, after: &Watermarks) -> Result<(), String> {
+        let pairs = [
+            ("next offset", self.next_offset, after.next_offset),
+            (
+                "log start offset",
+                self.log_start_offset,
+                after.log_start_offset,
+            ),
+            (
+                "forgotten log index",
+                self.forgotten_log_index,
+                after.forgotten_log_index,
+            ),
+            (
+                "purgeable log index",
+                self.purgeable_log_index,
+                after.purgeable_log_index,
+            ),
+        ];
+        for (what, before, after) in pairs {
+            if after < before {
+                return Err(format!("{what} moved back from {before} to {after}"));
+            }
+        }
+        if after.last_timestamp_ms < self.last_timestamp_ms {
+            return Err(format!(
+                "last timestamp moved back from {} to {}",
+                self.last_timestamp_ms, after.last_timestamp_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl PartitionState {
+    /// Applies the command at `log_index`, recording what to persist in
+    /// `changes`. Debug builds check the partition's invariants after it.
     pub fn apply(
+        &mut self,
+        command: &PartitionCommand,
+        log_index: u64,
+        changes: &mut Vec<PartitionChange>,
+    ) -> CommandResponse {
+        let before = Watermarks::of(self);
+        let response = self.apply_command(command, log_index, changes);
+        debug_assert_ok!(
+            before.check_progress(&Watermarks::of(self)),
+            "partition invariant broken by the entry at log index {log_index}"
+        );
+        debug_assert_ok!(
+            self.check_watermarks(),
+            "partition invariant broken by the entry at log index {log_index}"
+        );
+        if self.batches.len() <= FULL_CHECK_BATCHES_MAX
+            || log_index.is_multiple_of(FULL_CHECK_EVERY_ENTRIES)
+        {
+            debug_assert_ok!(
+                self.check_all_invariants(),
+                "partition invariant broken by the entry at log index {log_index}"
+            );
+        }
+        response
+    }
+
+    fn apply_command(
         &mut self,
         command: &PartitionCommand,
         log_index: u64,
@@ -336,6 +436,22 @@ impl PartitionState {
         let Ok(count @ 1..) = u32::try_from(records.len()) else {
             return (None, timestamp_ms);
         };
+        debug_assert!(
+            self.batches
+                .back()
+                .is_none_or(|last| last.end_offset() == self.next_offset),
+            "offsets are dense: the new batch starts at the next offset {}, where the last batch \
+             {:?} must end",
+            self.next_offset,
+            self.batches.back(),
+        );
+        debug_assert!(
+            self.batches
+                .back()
+                .is_none_or(|last| last.log_index < log_index),
+            "entries apply in log order: a batch at log index {log_index} follows {:?}",
+            self.batches.back(),
+        );
         let batch = BatchIndex {
             base_offset: self.next_offset,
             count,
@@ -509,7 +625,10 @@ impl PartitionState {
         point.min(self.next_offset)
     }
 
-    /// Checks the invariants that every apply must keep.
+    /// Checks the invariants of the batch index that every apply must keep:
+    /// offsets dense, time never decreasing, the index ending at the high
+    /// watermark. A state read from storage or a snapshot that breaks them
+    /// is refused. Walks every retained batch.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut expected_base: Option<u64> = None;
         let mut last_time = i64::MIN;
@@ -535,6 +654,131 @@ impl PartitionState {
         }
         if self.log_start_offset > self.next_offset {
             return Err("log start past the high watermark".into());
+        }
+        Ok(())
+    }
+
+    /// Checks, in O(1), how the counters sit against the first and last
+    /// retained batch. Debug builds run it after every apply.
+    fn check_watermarks(&self) -> Result<(), String> {
+        let (next, start) = (self.next_offset, self.log_start_offset);
+        if start > next {
+            return Err(format!(
+                "log start offset {start} is past the next offset {next}"
+            ));
+        }
+        match (self.batches.front(), self.batches.back()) {
+            (Some(first), Some(last)) => {
+                // Retention drops a batch only once all of its records are
+                // below the log start, so the first batch holds the log start.
+                if !(first.base_offset <= start && start < first.end_offset()) {
+                    return Err(format!(
+                        "log start offset {start} is not in the first retained batch {first:?}"
+                    ));
+                }
+                if last.end_offset() != next {
+                    return Err(format!(
+                        "the last batch {last:?} does not end at the next offset {next}"
+                    ));
+                }
+                if last.timestamp_ms > self.last_timestamp_ms {
+                    return Err(format!(
+                        "the last batch {last:?} is later than the last timestamp {}",
+                        self.last_timestamp_ms
+                    ));
+                }
+                if self.forgotten_log_index > first.log_index {
+                    return Err(format!(
+                        "forgotten log index {} is past the first retained batch {first:?}",
+                        self.forgotten_log_index
+                    ));
+                }
+            }
+            // Every offset below the next one was in a batch, and retention
+            // drops a batch only with all of its records.
+            _ if start != next => {
+                return Err(format!(
+                    "no batch is retained, yet offsets {start}..{next} are readable"
+                ));
+            }
+            _ => {}
+        }
+        if self.purgeable_log_index > self.forgotten_log_index {
+            return Err(format!(
+                "purgeable log index {} is past the forgotten log index {}",
+                self.purgeable_log_index, self.forgotten_log_index
+            ));
+        }
+        if self.producers.len() > MAX_PRODUCERS_PER_PARTITION {
+            return Err(format!(
+                "{} producers remembered, more than {MAX_PRODUCERS_PER_PARTITION}",
+                self.producers.len()
+            ));
+        }
+        let keys = &self.idempotency_keys;
+        if keys.by_key.len() != keys.by_log_index.len()
+            || keys.len() > MAX_IDEMPOTENCY_KEYS_PER_PARTITION
+        {
+            return Err(format!(
+                "{} idempotency keys indexed by {} log indexes (at most {} allowed)",
+                keys.by_key.len(),
+                keys.by_log_index.len(),
+                MAX_IDEMPOTENCY_KEYS_PER_PARTITION
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything [`PartitionState::check_invariants`] and
+    /// [`PartitionState::check_watermarks`] check, and the bookkeeping that
+    /// only a walk over the whole state can check. Debug builds run it after
+    /// applies, at the cadence of [`FULL_CHECK_BATCHES_MAX`].
+    pub(super) fn check_all_invariants(&self) -> Result<(), String> {
+        self.check_invariants()?;
+        self.check_watermarks()?;
+        let mut bytes = 0u64;
+        let mut previous: Option<&BatchIndex> = None;
+        for batch in &self.batches {
+            if batch.count == 0 {
+                return Err(format!("empty batch {batch:?} in the index"));
+            }
+            if let Some(previous) = previous
+                && previous.log_index >= batch.log_index
+            {
+                return Err(format!(
+                    "batch {batch:?} does not come after {previous:?} in the log"
+                ));
+            }
+            bytes = bytes.saturating_add(batch.bytes);
+            previous = Some(batch);
+        }
+        if bytes != self.retained_bytes {
+            return Err(format!(
+                "retained bytes {} but the retained batches hold {bytes}",
+                self.retained_bytes
+            ));
+        }
+        // Commits are capped at the next offset, which never decreases.
+        if let Some((group, offset)) = self
+            .consumer_offsets
+            .iter()
+            .find(|(_, offset)| offset.offset > self.next_offset)
+        {
+            return Err(format!(
+                "group {group:?} committed {} past the next offset {}",
+                offset.offset, self.next_offset
+            ));
+        }
+        if let Some((producer_id, producer)) = self
+            .producers
+            .iter()
+            .find(|(_, producer)| producer.recent.len() > RECENT_BATCHES_PER_PRODUCER)
+        {
+            return Err(format!(
+                "producer {producer_id} remembers {} batches, more than \
+                 {RECENT_BATCHES_PER_PRODUCER}",
+                producer.recent.len()
+            ));
         }
         Ok(())
     }
@@ -828,6 +1072,193 @@ mod tests {
         assert_eq!(state.source_stats["b"].event_count, 1);
         assert_eq!(state.idempotency_keys.len(), 2);
         state.check_invariants().unwrap();
+    }
+
+    fn commit(group: &str, offset: u64) -> PartitionCommand {
+        PartitionCommand::CommitOffset {
+            group: group.into(),
+            offset,
+            writer: None,
+        }
+    }
+
+    /// A way to break a state, and what the check that catches it says.
+    type Corruption = (fn(&mut PartitionState), &'static str);
+
+    /// A state with a straddling first batch: offsets 3..9 readable from 4,
+    /// in batches at log indexes 2 and 3, the one at 1 forgotten.
+    fn trimmed_state() -> PartitionState {
+        let mut state = state_with(&[(10, 3), (20, 2), (30, 4)]);
+        state.apply(
+            &PartitionCommand::AdvanceLogStart { offset: 4 },
+            4,
+            &mut Vec::new(),
+        );
+        state
+    }
+
+    #[test]
+    fn the_constant_time_check_catches_counters_out_of_step_with_the_batches() {
+        let cases: [Corruption; 7] = [
+            (|s| s.log_start_offset = 10, "past the next offset"),
+            (
+                |s| s.log_start_offset = 2,
+                "not in the first retained batch",
+            ),
+            (|s| s.next_offset += 1, "does not end at the next offset"),
+            (
+                |s| s.last_timestamp_ms = 25,
+                "later than the last timestamp",
+            ),
+            (
+                |s| s.forgotten_log_index = 3,
+                "past the first retained batch",
+            ),
+            (
+                |s| s.purgeable_log_index = 2,
+                "past the forgotten log index",
+            ),
+            (|s| s.batches.clear(), "no batch is retained"),
+        ];
+        assert_eq!(trimmed_state().check_watermarks(), Ok(()));
+        for (corrupt, expected) in cases {
+            let mut state = trimmed_state();
+            corrupt(&mut state);
+            let broken = state.check_watermarks().unwrap_err();
+            assert!(broken.contains(expected), "{broken:?} for {expected:?}");
+        }
+    }
+
+    #[test]
+    fn the_full_check_catches_what_only_a_walk_over_the_state_sees() {
+        let cases: [Corruption; 5] = [
+            (|s| s.retained_bytes += 1, "retained bytes"),
+            (|s| s.batches[1].log_index = 2, "does not come after"),
+            (|s| s.batches[0].timestamp_ms = 40, "time went backwards"),
+            (
+                |s| {
+                    s.consumer_offsets.insert(
+                        "g".into(),
+                        GroupOffset {
+                            offset: 10,
+                            writer: None,
+                        },
+                    );
+                },
+                "committed 10 past the next offset 9",
+            ),
+            (
+                |s| {
+                    let producer = s.producers.entry(1).or_default();
+                    producer.recent.resize(
+                        RECENT_BATCHES_PER_PRODUCER + 1,
+                        RecentBatch {
+                            base_sequence: 0,
+                            count: 1,
+                            base_offset: 0,
+                            timestamp_ms: 0,
+                        },
+                    );
+                },
+                "remembers 6 batches",
+            ),
+        ];
+        assert_eq!(trimmed_state().check_all_invariants(), Ok(()));
+        for (corrupt, expected) in cases {
+            let mut state = trimmed_state();
+            corrupt(&mut state);
+            let broken = state.check_all_invariants().unwrap_err();
+            assert!(broken.contains(expected), "{broken:?} for {expected:?}");
+        }
+    }
+
+    #[test]
+    fn every_counter_moving_back_is_named() {
+        // Trimmed: next offset 9, log start 4, time 30, index 1 forgotten;
+        // and index 1 allowed to be purged.
+        let before = Watermarks {
+            purgeable_log_index: 1,
+            ..Watermarks::of(&trimmed_state())
+        };
+        assert_eq!(before.check_progress(&before), Ok(()));
+        let cases = [
+            (
+                Watermarks {
+                    next_offset: 8,
+                    ..before
+                },
+                "next offset moved back from 9 to 8",
+            ),
+            (
+                Watermarks {
+                    log_start_offset: 3,
+                    ..before
+                },
+                "log start offset moved back from 4 to 3",
+            ),
+            (
+                Watermarks {
+                    last_timestamp_ms: 29,
+                    ..before
+                },
+                "last timestamp moved back from 30 to 29",
+            ),
+            (
+                Watermarks {
+                    forgotten_log_index: 0,
+                    ..before
+                },
+                "forgotten log index moved back from 1 to 0",
+            ),
+            (
+                Watermarks {
+                    purgeable_log_index: 0,
+                    ..before
+                },
+                "purgeable log index moved back from 1 to 0",
+            ),
+        ];
+        for (after, expected) in cases {
+            let broken = before.check_progress(&after).unwrap_err();
+            assert!(broken.contains(expected), "{broken:?} for {expected:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "offsets are dense: the new batch starts at the next offset 4")]
+    fn an_append_after_a_skipped_offset_stops_a_debug_build() {
+        let mut state = state_with(&[(10, 3)]);
+        state.next_offset += 1;
+        state.apply(&append(20, 1), 2, &mut Vec::new());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "entries apply in log order: a batch at log index 2")]
+    fn a_batch_from_an_already_applied_log_index_stops_a_debug_build() {
+        let mut state = state_with(&[(10, 3), (20, 2)]);
+        state.apply(&append(30, 1), 2, &mut Vec::new());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(
+        expected = "log index 5: purgeable log index 3 is past the forgotten log index 1"
+    )]
+    fn a_broken_invariant_stops_a_debug_build_at_the_next_apply() {
+        let mut state = trimmed_state();
+        state.purgeable_log_index = 3;
+        state.apply(&commit("g", 1), 5, &mut Vec::new());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "retained bytes 61 but the retained batches hold 60")]
+    fn bookkeeping_out_of_step_stops_a_debug_build_at_the_next_apply() {
+        let mut state = trimmed_state();
+        state.retained_bytes += 1;
+        state.apply(&commit("g", 1), 5, &mut Vec::new());
     }
 
     #[test]

@@ -259,6 +259,11 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     /// Writes `entries` as one unsynced batch; they are readable when this returns.
+    ///
+    /// The entries must be consecutive: openraft appends a run of its log, and
+    /// `write_below_purged` checks its run first. Anything else is a bug that would
+    /// leave a hole in the log (or reorder it), so debug builds stop on it; release
+    /// builds refuse the write, which stops the group rather than the whole node.
     fn write_entries(
         &self,
         entries: impl IntoIterator<Item = C::Entry>,
@@ -271,11 +276,19 @@ impl<C: RaftTypeConfig> LogStore<C> {
         for entry in entries {
             let index = entry.index();
             if let Some(previous) = previous {
-                assert_eq!(
-                    previous.checked_add(1),
-                    Some(index),
-                    "group {group}: append of non-consecutive entries"
+                let consecutive = previous.checked_add(1) == Some(index);
+                debug_assert!(
+                    consecutive,
+                    "group {group}: log entries are appended consecutively, but entry {index} \
+                     follows entry {previous}"
                 );
+                if !consecutive {
+                    return Err(StorageError::LogHole {
+                        group,
+                        expected: previous.saturating_add(1),
+                        found: index,
+                    });
+                }
             }
             previous = Some(index);
             encoded.push((
@@ -686,10 +699,74 @@ fn log_index_of(group: GroupId, key: &[u8]) -> Result<u64, StorageError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::ops::Bound;
 
-    use super::index_range;
+    use openraft::type_config::alias::EntryOf;
+    use openraft::type_config::alias::LeaderIdOf;
+    use openraft::vote::RaftLeaderIdExt;
+
+    use super::*;
+    use crate::storage::StorageConfig;
+    use crate::storage::tests::TestConfig;
+
+    /// Entries of term 1 at `indexes`, in that order.
+    fn entries_at(indexes: &[u64]) -> Vec<EntryOf<TestConfig>> {
+        let leader = LeaderIdOf::<TestConfig>::new_committed(1, 1);
+        indexes
+            .iter()
+            .map(|&index| {
+                let log_id = LogIdOf::<TestConfig>::new(leader, index);
+                EntryOf::<TestConfig>::new_normal(log_id, format!("payload {index}"))
+            })
+            .collect()
+    }
+
+    fn store(dir: &tempfile::TempDir) -> LogStore<TestConfig> {
+        Storage::open(dir.path(), StorageConfig::default())
+            .unwrap()
+            .log_store(5)
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "group 5: log entries are appended consecutively, but entry 4")]
+    fn an_append_that_would_leave_a_hole_stops_a_debug_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = store(&dir).write_entries(entries_at(&[1, 2, 4]));
+    }
+
+    #[test]
+    #[cfg(not(debug_assertions))]
+    fn an_append_that_would_leave_a_hole_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let refused = store.write_entries(entries_at(&[1, 2, 4])).unwrap_err();
+        assert!(matches!(
+            refused,
+            StorageError::LogHole {
+                group: 5,
+                expected: 3,
+                found: 4
+            }
+        ));
+        assert_eq!(store.read_range(&(0..), None).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn consecutive_entries_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        store.write_entries(entries_at(&[1, 2, 3])).unwrap();
+        let indexes: Vec<u64> = store
+            .read_range(&(0..), None)
+            .unwrap()
+            .iter()
+            .map(|entry| entry.index())
+            .collect();
+        assert_eq!(indexes, vec![1, 2, 3]);
+    }
 
     #[test]
     fn index_range_handles_every_bound() {
