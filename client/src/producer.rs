@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use raftstream_proto::ErrorCode;
 use raftstream_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -222,8 +223,13 @@ struct PartitionSender {
 /// The partition answers retries of a producer's last five batches.
 const MAX_IN_FLIGHT: usize = 5;
 
-/// Per-record codes of a batch that did not reach its leader: safe to retry.
-const RETRYABLE_CODES: &[&str] = &["unavailable", "outcome_unknown"];
+/// Whether a per-record code lets the producer send its batch again: the
+/// code table's `retryable` ones (of the codes a record gets, `unavailable`
+/// and `outcome_unknown`). An unknown outcome is safe to retry here because
+/// the batch's sequence numbers make the partition store it at most once.
+fn retryable(code: &str) -> bool {
+    ErrorCode::parse(code).is_some_and(ErrorCode::retryable)
+}
 
 /// Why a lane can take no more batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,7 +461,11 @@ impl PartitionSender {
                         });
                         return Ok(response.results.into_iter().map(ack_of).collect());
                     }
-                    if codes.iter().flatten().any(|c| c == "out_of_sequence") {
+                    if codes
+                        .iter()
+                        .flatten()
+                        .any(|c| c == ErrorCode::OutOfSequence.as_str())
+                    {
                         if stored.borrow().stored_through >= base_sequence {
                             // The batch ahead finished meanwhile: send again.
                             // (Should the partition have forgotten this
@@ -481,11 +491,7 @@ impl PartitionSender {
                         }
                         continue;
                     }
-                    if !codes
-                        .iter()
-                        .flatten()
-                        .any(|c| RETRYABLE_CODES.contains(&c.as_str()))
-                    {
+                    if !codes.iter().flatten().any(|c| retryable(c)) {
                         // Refused whole: the batches after it can no longer
                         // follow in sequence.
                         lane.break_with(Broken::Refused);
@@ -553,7 +559,10 @@ fn ack_of(result: pb::PublishResult) -> Result<Ack> {
             message_id: ok.message_id,
         }),
         Some(pb::publish_result::Result::Error(e))
-            if e.code == "message_too_large" || e.code == "unknown_partition" =>
+            if matches!(
+                ErrorCode::parse(&e.code),
+                Some(ErrorCode::MessageTooLarge | ErrorCode::UnknownPartition)
+            ) =>
         {
             Err(Error::InvalidArgument(format!("{}: {}", e.code, e.message)))
         }
@@ -571,6 +580,23 @@ fn ack_of(result: pb::PublishResult) -> Result<Ack> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_goes_again_only_after_a_passing_failure() {
+        for (code, again) in [
+            ("unavailable", true),
+            ("outcome_unknown", true),
+            ("insufficient_storage", false),
+            ("failed", false),
+            ("batch_refused", false),
+            ("duplicate_sequence", false),
+            ("out_of_sequence", false),
+            ("message_too_large", false),
+            ("a_code_from_a_newer_node", false),
+        ] {
+            assert_eq!(retryable(code), again, "{code}");
+        }
+    }
 
     #[test]
     fn a_record_of_a_failed_batch_says_what_happened_once() {

@@ -5,6 +5,10 @@
 
 pub mod codec;
 pub mod decode_budget;
+mod error_code;
+
+pub use error_code::ErrorCode;
+pub use error_code::UnknownErrorCode;
 
 /// Response metadata a node sets on a call it forwarded to another node (the
 /// group's leader): the caller's idea of the leader is out of date. Its value
@@ -12,11 +16,10 @@ pub mod decode_budget;
 pub const FORWARDED_HEADER: &str = "x-raftstream-forwarded";
 
 /// Status metadata that tells apart errors sharing a gRPC code, for the HTTP
-/// gateway and clients; its values are the constants below.
+/// gateway and clients: its value is an [`ErrorCode`] string (see
+/// [`ErrorCode::status`] and [`ErrorCode::of_status`]). Older nodes set it
+/// only to `insufficient_storage`, on RESOURCE_EXHAUSTED.
 pub const ERROR_KIND_HEADER: &str = "x-raftstream-error";
-/// RESOURCE_EXHAUSTED because the node's disk is nearly full (HTTP 507),
-/// not a rate or concurrency limit (HTTP 429).
-pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
 
 /// HTTP/2 settings of every Raftstream connection, client and server side.
 ///

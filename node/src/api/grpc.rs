@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::Stream;
 use futures::future::BoxFuture;
 use openraft::async_runtime::WatchReceiver;
+use raftstream_proto::ErrorCode;
 use raftstream_proto::call_outcome;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
@@ -157,19 +158,19 @@ impl Caller {
 
 fn access_lost_status(why: crate::auth::AccessLost) -> Status {
     match why {
-        crate::auth::AccessLost::Revoked => Status::unauthenticated(why.to_string()),
+        crate::auth::AccessLost::Revoked => ErrorCode::Unauthorized.status(why.to_string()),
         crate::auth::AccessLost::Denied(denied_why) => denied(denied_why),
-        crate::auth::AccessLost::NodeStopping => Status::unavailable(why.to_string()),
+        crate::auth::AccessLost::NodeStopping => ErrorCode::Unavailable.status(why.to_string()),
     }
 }
 
 fn denied(why: crate::auth::Denied) -> Status {
     match why {
         crate::auth::Denied::Scope(scope) => {
-            Status::permission_denied(format!("this token lacks the {} scope", scope.as_str()))
+            ErrorCode::Forbidden.status(format!("this token lacks the {} scope", scope.as_str()))
         }
         crate::auth::Denied::Topic => {
-            Status::permission_denied("this token may not use this topic")
+            ErrorCode::Forbidden.status("this token may not use this topic")
         }
     }
 }
@@ -456,29 +457,37 @@ pub fn token_to_pb(token: &TokenRecord, meta: &MetaState) -> pb::TokenInfo {
 fn write_status(e: WriteError) -> Status {
     match e {
         WriteError::NotLeader { .. } => {
-            Status::unavailable("no leader reachable for this group; retry")
+            ErrorCode::Unavailable.status("no leader reachable for this group; retry")
         }
-        WriteError::Unknown(why) => Status::deadline_exceeded(format!("outcome unknown: {why}")),
-        WriteError::Unavailable(why) => Status::unavailable(why),
-        WriteError::InsufficientStorage(why) => insufficient_storage(why),
+        WriteError::Unknown(why) => outcome_unknown(&why),
+        WriteError::Unavailable(why) => ErrorCode::Unavailable.status(why),
+        WriteError::InsufficientStorage(why) => ErrorCode::InsufficientStorage.status(why),
         WriteError::Rejected(r) => match r {
             MetaRejection::TopicExists { .. } | MetaRejection::AlreadyBootstrapped => {
-                Status::already_exists(r.to_string())
+                ErrorCode::Conflict.status(r.to_string())
             }
             MetaRejection::TopicNotFound { .. }
             | MetaRejection::TopicNameNotFound { .. }
             | MetaRejection::TokenNotFound { .. }
-            | MetaRejection::SourceNotFound { .. } => Status::not_found(r.to_string()),
-            MetaRejection::Invalid(_) => Status::invalid_argument(r.to_string()),
+            | MetaRejection::SourceNotFound { .. } => ErrorCode::NotFound.status(r.to_string()),
+            MetaRejection::Invalid(_) => ErrorCode::InvalidRequest.status(r.to_string()),
         },
     }
 }
 
+/// How a whole-call status words an unknown outcome: DEADLINE_EXCEEDED
+/// alone reads like a plain timeout to a person.
+const OUTCOME_UNKNOWN_PREFIX: &str = "outcome unknown: ";
+
+fn outcome_unknown(why: &str) -> Status {
+    ErrorCode::OutcomeUnknown.status(format!("{OUTCOME_UNKNOWN_PREFIX}{why}"))
+}
+
 fn read_status(e: ReadError) -> Status {
     match e {
-        ReadError::NoSuchMessage { .. } => Status::invalid_argument(e.to_string()),
-        ReadError::NotLocal { .. } => Status::unavailable(e.to_string()),
-        ReadError::Storage(_) => Status::internal(e.to_string()),
+        ReadError::NoSuchMessage { .. } => ErrorCode::InvalidRequest.status(e.to_string()),
+        ReadError::NotLocal { .. } => ErrorCode::Unavailable.status(e.to_string()),
+        ReadError::Storage(_) => ErrorCode::Internal.status(e.to_string()),
     }
 }
 
@@ -553,7 +562,7 @@ fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
 /// client may send it again. Answers the other node sent pass through.
 fn unanswered_read(status: Status) -> Status {
     if call_outcome::unanswered(&status) {
-        Status::unavailable(format!(
+        ErrorCode::Unavailable.status(format!(
             "the node holding these messages did not answer: {}",
             status.message()
         ))
@@ -568,8 +577,8 @@ fn unanswered_read(status: Status) -> Status {
 /// node sent pass through unchanged.
 fn forward_failure(status: Status) -> Status {
     if call_outcome::cut_off(&status) {
-        Status::deadline_exceeded(format!(
-            "outcome unknown: the node it was forwarded to went away: {}",
+        outcome_unknown(&format!(
+            "the node it was forwarded to went away: {}",
             status.message()
         ))
     } else {
@@ -870,19 +879,19 @@ impl ClientService {
                         // batches it can answer with offsets).
                         let (code, message) = if base < expected {
                             (
-                                "duplicate_sequence",
+                                ErrorCode::DuplicateSequence,
                                 format!(
                                     "sequence {base} was already appended; the next is {expected}"
                                 ),
                             )
                         } else {
                             (
-                                "out_of_sequence",
+                                ErrorCode::OutOfSequence,
                                 format!("sequence {base} skips ahead; the next must be {expected}"),
                             )
                         };
                         let error = pb::Error {
-                            code: code.into(),
+                            code: code.as_str().into(),
                             message,
                         };
                         Ok((0..count)
@@ -972,17 +981,17 @@ impl ClientService {
                     .iter()
                     .map(|(k, v)| k.len() + v.len())
                     .sum::<usize>();
-            let refused = |code: &str, message: String| {
+            let refused = |code: ErrorCode, message: String| {
                 Some(pb::PublishResult {
                     result: Some(pb::publish_result::Result::Error(pb::Error {
-                        code: code.into(),
+                        code: code.as_str().into(),
                         message,
                     })),
                 })
             };
             if size > limits.max_message_bytes {
                 results[i] = refused(
-                    "message_too_large",
+                    ErrorCode::MessageTooLarge,
                     format!(
                         "message is {size} bytes; the limit is {}",
                         limits.max_message_bytes
@@ -998,14 +1007,14 @@ impl ClientService {
                     total_bytes += size;
                     by_partition.entry(p).or_default().push((i, record));
                 }
-                Err(message) => results[i] = refused("unknown_partition", message),
+                Err(message) => results[i] = refused(ErrorCode::UnknownPartition, message),
             }
         }
         // An idempotent batch is appended whole or not at all, or its
         // sequence numbers would no longer match the records stored.
         if producer.is_some() && results.iter().any(Option::is_some) {
             let refusal = pb::Error {
-                code: "batch_refused".into(),
+                code: ErrorCode::BatchRefused.as_str().into(),
                 message: "another record of this idempotent batch was refused".into(),
             };
             return Ok(results
@@ -1041,20 +1050,10 @@ impl ClientService {
                     }
                 }
                 Err(status) => {
-                    let code = match status.code() {
-                        tonic::Code::DeadlineExceeded => "outcome_unknown",
-                        tonic::Code::Unavailable => "unavailable",
-                        tonic::Code::ResourceExhausted if is_insufficient_storage(&status) => {
-                            raftstream_proto::INSUFFICIENT_STORAGE
-                        }
-                        _ => "failed",
-                    };
+                    let error = record_error(&status);
                     for position in positions {
                         results[position] = Some(pb::PublishResult {
-                            result: Some(pb::publish_result::Result::Error(pb::Error {
-                                code: code.into(),
-                                message: status.message().to_string(),
-                            })),
+                            result: Some(pb::publish_result::Result::Error(error.clone())),
                         });
                     }
                 }
@@ -1065,7 +1064,7 @@ impl ClientService {
             .map(|r| {
                 r.unwrap_or_else(|| pb::PublishResult {
                     result: Some(pb::publish_result::Result::Error(pb::Error {
-                        code: "failed".into(),
+                        code: ErrorCode::Failed.as_str().into(),
                         message: "no result".into(),
                     })),
                 })
@@ -1222,42 +1221,62 @@ fn first_error(results: &[pb::PublishResult]) -> Option<&pb::Error> {
     })
 }
 
+/// A schema refusal as a status. Its codes are those the HTTP gateway has
+/// always answered a delivery's schema refusal with (`invalid_request`,
+/// `conflict`), not the gateway's own `schema_mismatch` and
+/// `invalid_topic_schema`, so HTTP answers stay as they were.
 fn schema_status(e: SchemaError) -> Status {
     match e {
         SchemaError::NotJson { .. } | SchemaError::Mismatch { .. } => {
-            Status::invalid_argument(e.to_string())
+            ErrorCode::InvalidRequest.status(e.to_string())
         }
-        SchemaError::StoredSchema { .. } => Status::failed_precondition(e.to_string()),
-        SchemaError::Interrupted(_) => Status::internal(e.to_string()),
+        // FAILED_PRECONDITION, as before, for clients that read the gRPC
+        // code.
+        SchemaError::StoredSchema { .. } => {
+            ErrorCode::Conflict.tag(Status::failed_precondition(e.to_string()))
+        }
+        SchemaError::Interrupted(_) => ErrorCode::Internal.status(e.to_string()),
     }
 }
 
+/// The error each record of a partition's failed publish gets. Only the
+/// outcomes a producer acts on keep their code; any other is `failed`.
+/// The code says the outcome, so the message drops the words that say it
+/// again.
+fn record_error(status: &Status) -> pb::Error {
+    let code = match ErrorCode::of_status(status) {
+        code @ (ErrorCode::OutcomeUnknown
+        | ErrorCode::Unavailable
+        | ErrorCode::InsufficientStorage) => code,
+        _ => ErrorCode::Failed,
+    };
+    let message = status.message();
+    let message = match code {
+        ErrorCode::OutcomeUnknown => message
+            .strip_prefix(OUTCOME_UNKNOWN_PREFIX)
+            .unwrap_or(message),
+        _ => message,
+    };
+    pb::Error {
+        code: code.as_str().into(),
+        message: message.to_string(),
+    }
+}
+
+/// The status of a single publish whose record got `e`: the code of the
+/// call, with the record's own code leading the message.
 fn error_status(e: &pb::Error) -> Status {
     let message = format!("{}: {}", e.code, e.message);
-    match e.code.as_str() {
-        "message_too_large" | "unknown_partition" => Status::invalid_argument(message),
-        "outcome_unknown" => Status::deadline_exceeded(message),
-        "unavailable" => Status::unavailable(message),
-        raftstream_proto::INSUFFICIENT_STORAGE => insufficient_storage(message),
-        _ => Status::internal(message),
-    }
-}
-
-/// RESOURCE_EXHAUSTED marked as a nearly full disk (HTTP 507).
-fn insufficient_storage(message: String) -> Status {
-    let mut status = Status::resource_exhausted(message);
-    status.metadata_mut().insert(
-        raftstream_proto::ERROR_KIND_HEADER,
-        tonic::metadata::MetadataValue::from_static(raftstream_proto::INSUFFICIENT_STORAGE),
-    );
-    status
-}
-
-pub(crate) fn is_insufficient_storage(status: &Status) -> bool {
-    status
-        .metadata()
-        .get(raftstream_proto::ERROR_KIND_HEADER)
-        .is_some_and(|kind| kind == raftstream_proto::INSUFFICIENT_STORAGE)
+    let code = match ErrorCode::parse(&e.code) {
+        Some(ErrorCode::MessageTooLarge | ErrorCode::UnknownPartition) => ErrorCode::InvalidRequest,
+        Some(
+            code @ (ErrorCode::OutcomeUnknown
+            | ErrorCode::Unavailable
+            | ErrorCode::InsufficientStorage),
+        ) => code,
+        _ => ErrorCode::Internal,
+    };
+    code.status(message)
 }
 
 type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
@@ -2097,6 +2116,86 @@ mod tests {
         assert_eq!(forward_failure(refused).code(), tonic::Code::Unavailable);
         let answered = Status::unavailable("no leader yet");
         assert_eq!(forward_failure(answered).code(), tonic::Code::Unavailable);
+    }
+
+    /// A write whose outcome is unknown, told to the publisher: the code
+    /// says it, and no message says it again (it once read
+    /// "outcome_unknown: outcome unknown: ...").
+    #[test]
+    fn an_unknown_outcome_is_named_once() {
+        let unknown = write_status(WriteError::Unknown("the leader changed".into()));
+        assert_eq!(unknown.message(), "outcome unknown: the leader changed");
+        let record = record_error(&unknown);
+        assert_eq!(
+            (record.code.as_str(), record.message.as_str()),
+            ("outcome_unknown", "the leader changed")
+        );
+        let single = error_status(&record);
+        assert_eq!(single.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(single.message(), "outcome_unknown: the leader changed");
+        assert_eq!(ErrorCode::of_status(&single), ErrorCode::OutcomeUnknown);
+
+        let cut_off = record_error(&forward_failure(connection_closed_mid_call()));
+        assert_eq!(cut_off.code, "outcome_unknown");
+        assert!(
+            cut_off
+                .message
+                .starts_with("the node it was forwarded to went away"),
+            "{cut_off:?}"
+        );
+    }
+
+    #[test]
+    fn a_partition_that_failed_gives_its_records_the_codes_producers_act_on() {
+        // Statuses of older nodes carry no code but their gRPC code.
+        for (status, code) in [
+            (Status::deadline_exceeded("late"), "outcome_unknown"),
+            (Status::unavailable("no leader"), "unavailable"),
+            (
+                write_status(WriteError::InsufficientStorage("disk full".into())),
+                "insufficient_storage",
+            ),
+            (Status::resource_exhausted("busy"), "failed"),
+            (Status::not_found("no such topic"), "failed"),
+            (ErrorCode::Forbidden.status("no"), "failed"),
+        ] {
+            assert_eq!(record_error(&status).code, code, "{status:?}");
+        }
+    }
+
+    /// A single publish answers as it always has, over gRPC and so over
+    /// HTTP: the record's code leads the message, and the status's code is
+    /// the call's.
+    #[test]
+    fn a_single_publish_answers_with_the_code_of_the_call() {
+        for (record_code, grpc, call_code) in [
+            (
+                "message_too_large",
+                tonic::Code::InvalidArgument,
+                "invalid_request",
+            ),
+            (
+                "unknown_partition",
+                tonic::Code::InvalidArgument,
+                "invalid_request",
+            ),
+            ("unavailable", tonic::Code::Unavailable, "unavailable"),
+            (
+                "insufficient_storage",
+                tonic::Code::ResourceExhausted,
+                "insufficient_storage",
+            ),
+            ("failed", tonic::Code::Internal, "internal"),
+            ("something_new", tonic::Code::Internal, "internal"),
+        ] {
+            let status = error_status(&pb::Error {
+                code: record_code.into(),
+                message: "why".into(),
+            });
+            assert_eq!(status.code(), grpc, "{record_code}");
+            assert_eq!(ErrorCode::of_status(&status).as_str(), call_code);
+            assert_eq!(status.message(), format!("{record_code}: why"));
+        }
     }
 
     #[test]

@@ -9,13 +9,13 @@ use axum::extract::FromRequestParts;
 use axum::extract::Path;
 use axum::extract::Request;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use governor::DefaultKeyedRateLimiter;
 use governor::Quota;
+use raftstream_proto::ErrorCode;
 
 use super::ApiError;
 use super::Gateway;
@@ -32,7 +32,7 @@ pub fn rate_limiter(per_second: Option<u32>) -> Option<RateLimiter> {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::new(ErrorCode::Unauthorized, message)
 }
 
 /// Admits a request whose bearer token has `scope` (and, for topic routes,
@@ -81,8 +81,7 @@ async fn check(gateway: &Gateway, scope: Scope, request: Request) -> Result<Requ
         && limiter.check_key(&token.id).is_err()
     {
         return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many requests for this token",
         ));
     }
@@ -125,15 +124,10 @@ impl AdmittedToken {
 fn denied_error(why: Denied) -> ApiError {
     match why {
         Denied::Scope(s) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!("this token lacks the {} scope", s.as_str()),
         ),
-        Denied::Topic => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token may not use this topic",
-        ),
+        Denied::Topic => ApiError::new(ErrorCode::Forbidden, "this token may not use this topic"),
     }
 }
 
@@ -141,10 +135,6 @@ fn access_lost_error(why: AccessLost) -> ApiError {
     match why {
         AccessLost::Revoked => unauthorized("token revoked"),
         AccessLost::Denied(denied) => denied_error(denied),
-        AccessLost::NodeStopping => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            why.to_string(),
-        ),
+        AccessLost::NodeStopping => ApiError::new(ErrorCode::Unavailable, why.to_string()),
     }
 }

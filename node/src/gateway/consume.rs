@@ -13,9 +13,9 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use raftstream_proto::ErrorCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
@@ -312,13 +312,11 @@ pub async fn consume(
     }
     if body.timeout_secs > 0 && responses.iter().all(|r| r.messages.is_empty()) {
         // One slot for the whole poll, however many partitions it waits on.
-        let _slot = gateway.node.read_slots.long_poll().map_err(|full| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_long_polls",
-                full.to_string(),
-            )
-        })?;
+        let _slot = gateway
+            .node
+            .read_slots
+            .long_poll()
+            .map_err(|full| ApiError::new(ErrorCode::TooManyLongPolls, full.to_string()))?;
         // Long poll every partition; the first to commit a message answers.
         let wait_ms = (body.timeout_secs * 1000) as u32;
         // A token revoked while the poll waits ends it at once.

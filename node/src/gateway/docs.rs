@@ -5,10 +5,10 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::response::Response;
+use raftstream_proto::ErrorCode;
 use serde_json::Value;
 use serde_json::json;
 use utoipa::Modify;
@@ -142,12 +142,9 @@ fn serve(
         Some(documents) => {
             ([(CONTENT_TYPE, content_type)], pick(documents).clone()).into_response()
         }
-        None => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the API documents were not built",
-        )
-        .into_response(),
+        None => {
+            ApiError::new(ErrorCode::Internal, "the API documents were not built").into_response()
+        }
     }
 }
 

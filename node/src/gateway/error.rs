@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::http::header::RETRY_AFTER;
 use axum::response::IntoResponse;
 use axum::response::Response;
+use raftstream_proto::ErrorCode;
 use serde::Deserialize;
 use serde::Serialize;
 use utoipa::IntoResponses;
@@ -18,11 +19,14 @@ use utoipa::ToSchema;
 use utoipa::openapi;
 use utoipa::openapi::RefOr;
 
+// The codes listed are `raftstream_proto::ErrorCode`'s, less those only a
+// record of a batch publish gets.
 /// An error: a human-readable `message` and a stable machine-readable
 /// `code` (`invalid_request`, `schema_mismatch`, `invalid_schema`,
-/// `unauthorized`, `forbidden`, `not_found`, `conflict`,
-/// `payload_too_large`, `rate_limited`, `unavailable`, `not_ready`,
-/// `outcome_unknown`, `method_not_allowed`, `internal`).
+/// `invalid_topic_schema`, `unauthorized`, `forbidden`, `not_found`,
+/// `method_not_allowed`, `conflict`, `payload_too_large`, `rate_limited`,
+/// `too_many_long_polls`, `internal`, `unavailable`, `not_ready`,
+/// `storage_failed`, `insufficient_storage`, `outcome_unknown`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub message: String,
@@ -31,70 +35,51 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    /// The code's HTTP status (`ErrorCode::http_status`), unless a
+    /// rejection of axum's chose another.
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with `code`, answered with the code's HTTP status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: http_status(code),
             code,
             message: message.into(),
         }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             message: self.message.clone(),
-            code: self.code.to_string(),
+            code: self.code.as_str().to_string(),
         }
     }
 }
 
+/// The HTTP status of `code`. Every status in the code table is valid (a
+/// test here checks), so the fallback never answers.
+fn http_status(code: ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The status's code (its header, or what its gRPC code means), answered
+/// with that code's HTTP status. DEADLINE_EXCEEDED is `outcome_unknown`:
+/// the write may still commit.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let message = status.message().to_string();
-        match status.code() {
-            tonic::Code::NotFound => Self::not_found(message),
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Self::bad_request(message),
-            tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
-                Self::new(StatusCode::CONFLICT, "conflict", message)
-            }
-            tonic::Code::Unavailable => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            }
-            // The write may still commit: an unknown outcome, not a failure.
-            tonic::Code::DeadlineExceeded => {
-                Self::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", message)
-            }
-            tonic::Code::PermissionDenied => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
-            tonic::Code::Unauthenticated => {
-                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-            }
-            tonic::Code::ResourceExhausted
-                if crate::api::grpc::is_insufficient_storage(&status) =>
-            {
-                Self::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    raftstream_proto::INSUFFICIENT_STORAGE,
-                    message,
-                )
-            }
-            tonic::Code::ResourceExhausted => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-            }
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
-        }
+        Self::new(ErrorCode::of_status(&status), status.message())
     }
 }
 
@@ -206,22 +191,50 @@ mod tests {
 
     #[test]
     fn grpc_statuses_map_to_http_statuses() {
-        for (code, status) in [
-            (tonic::Code::NotFound, 404),
-            (tonic::Code::InvalidArgument, 400),
-            (tonic::Code::AlreadyExists, 409),
-            (tonic::Code::FailedPrecondition, 409),
-            (tonic::Code::Unauthenticated, 401),
-            (tonic::Code::Unavailable, 503),
-            (tonic::Code::DeadlineExceeded, 504),
-            (tonic::Code::Internal, 500),
+        for (code, status, error_code) in [
+            (tonic::Code::NotFound, 404, "not_found"),
+            (tonic::Code::InvalidArgument, 400, "invalid_request"),
+            (tonic::Code::OutOfRange, 400, "invalid_request"),
+            (tonic::Code::AlreadyExists, 409, "conflict"),
+            (tonic::Code::FailedPrecondition, 409, "conflict"),
+            (tonic::Code::Unauthenticated, 401, "unauthorized"),
+            (tonic::Code::PermissionDenied, 403, "forbidden"),
+            (tonic::Code::ResourceExhausted, 429, "rate_limited"),
+            (tonic::Code::Unavailable, 503, "unavailable"),
+            (tonic::Code::DeadlineExceeded, 504, "outcome_unknown"),
+            (tonic::Code::Internal, 500, "internal"),
+            (tonic::Code::Unknown, 500, "internal"),
         ] {
+            let error = ApiError::from(tonic::Status::new(code, "x"));
             assert_eq!(
-                ApiError::from(tonic::Status::new(code, "x"))
-                    .status
-                    .as_u16(),
-                status
+                (error.status.as_u16(), error.body().code.as_str()),
+                (status, error_code),
+                "{code:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_status_that_names_its_code_keeps_it() {
+        for code in [
+            ErrorCode::InsufficientStorage,
+            ErrorCode::TooManyLongPolls,
+            ErrorCode::Conflict,
+        ] {
+            let error = ApiError::from(code.status("x"));
+            assert_eq!(
+                (error.code, error.status.as_u16()),
+                (code, code.http_status())
+            );
+        }
+        let stored_schema = ErrorCode::Conflict.tag(tonic::Status::failed_precondition("x"));
+        assert_eq!(ApiError::from(stored_schema).status, StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn every_code_has_a_valid_http_status() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(http_status(code).as_u16(), code.http_status(), "{code}");
         }
     }
 }

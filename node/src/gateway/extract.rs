@@ -14,6 +14,7 @@ use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use raftstream_proto::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -25,8 +26,7 @@ use super::MAX_BODY_BYTES;
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body exceeds {MAX_BODY_BYTES} bytes"),
         ),
         _ => ApiError::bad_request(rejection.body_text()),
@@ -92,11 +92,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
                 Err(ApiError::bad_request(rejection.body_text()))
             }
             // A route whose path lacks a parameter its handler reads: a bug.
-            Err(rejection) => Err(ApiError::new(
-                rejection.status(),
-                "internal",
-                rejection.body_text(),
-            )),
+            Err(rejection) => Err(ApiError {
+                status: rejection.status(),
+                ..ApiError::new(ErrorCode::Internal, rejection.body_text())
+            }),
         }
     }
 }

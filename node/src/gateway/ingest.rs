@@ -15,6 +15,7 @@ use axum::http::Method;
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::header::HOST;
+use raftstream_proto::ErrorCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::ingest_server::Ingest;
 use serde::Deserialize;
@@ -361,8 +362,7 @@ pub async fn rotate_secret(
 
 /// The bearer secret a delivery presents.
 fn source_secret(headers: &HeaderMap) -> Result<String, ApiError> {
-    let unauthorized =
-        |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let unauthorized = |message: &str| ApiError::new(ErrorCode::Unauthorized, message);
     headers
         .get(AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <source secret>"))?

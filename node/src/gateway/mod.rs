@@ -27,9 +27,9 @@ use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::IntoResponse;
+use raftstream_proto::ErrorCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
@@ -120,8 +120,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this route does not take this method",
             )
         })
@@ -145,8 +144,7 @@ async fn within_request_timeout(
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "outcome_unknown",
+            ErrorCode::OutcomeUnknown,
             format!(
                 "no answer within {} ms; a write may still take effect",
                 limit.as_millis()
@@ -202,8 +200,7 @@ async fn readyz(State(gateway): Shared) -> Result<Json<Ready>, ApiError> {
     let node = &gateway.node;
     if let Some(reason) = node.failure() {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_failed",
+            ErrorCode::StorageFailed,
             format!("this node's storage failed and it stopped serving: {reason}"),
         ));
     }
@@ -213,11 +210,7 @@ async fn readyz(State(gateway): Shared) -> Result<Json<Ready>, ApiError> {
             node_id: node.id(),
             metadata_leader: leader,
         })),
-        None => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "no metadata leader yet",
-        )),
+        None => Err(ApiError::new(ErrorCode::NotReady, "no metadata leader yet")),
     }
 }
 
@@ -261,8 +254,7 @@ impl Gateway {
             (Some(payload), Some(Ok(()))) => Ok(payload),
             (_, Some(Err(e))) => Err(e),
             _ => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the payload's check gave no outcome",
             )),
         }
@@ -311,8 +303,7 @@ fn payload_outcome(payload: &Value, mismatch: Option<String>) -> Result<(), ApiE
     }
     match mismatch {
         Some(failures) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "schema_mismatch",
+            ErrorCode::SchemaMismatch,
             format!("the payload does not match the topic's schema: {failures}"),
         )),
         None => Ok(()),
@@ -322,16 +313,17 @@ fn payload_outcome(payload: &Value, mismatch: Option<String>) -> Result<(), ApiE
 /// Payloads could not be checked at all.
 fn unchecked(e: SchemaError) -> ApiError {
     let code = match e {
-        SchemaError::StoredSchema { .. } => "invalid_topic_schema",
-        _ => "internal",
+        SchemaError::StoredSchema { .. } => ErrorCode::InvalidTopicSchema,
+        _ => ErrorCode::Internal,
     };
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, e.to_string())
+    ApiError::new(code, e.to_string())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::post;
     use tower::ServiceExt;
 

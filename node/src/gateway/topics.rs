@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use raftstream_proto::ErrorCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
@@ -72,7 +72,7 @@ impl SchemaDocument {
         schemas
             .check_document(&text)
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_schema", e.to_string()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSchema, e.to_string()))?;
         Ok(text)
     }
 }
