@@ -11,12 +11,14 @@
 //! started instead. Retention by size needs no clock and always runs.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use crate::raft::types::NodeId;
+use crate::time::Clock;
 
 /// A peer's clock measured on a heartbeat's round trip.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +35,9 @@ pub struct ClockCheck {
     max_offset_ms: i64,
     /// How old a peer's sample may be and still count.
     fresh_for: Duration,
+    /// The node's clock: its monotonic side dates samples and measures
+    /// the time since the start.
+    time: Arc<dyn Clock>,
     /// The wall clock and the monotonic clock when the node started.
     anchor: (i64, Instant),
     samples: Mutex<HashMap<NodeId, Sample>>,
@@ -41,11 +46,12 @@ pub struct ClockCheck {
 }
 
 impl ClockCheck {
-    pub fn new(max_offset_ms: u64, fresh_for: Duration, now_ms: i64) -> ClockCheck {
+    pub fn new(max_offset_ms: u64, fresh_for: Duration, time: Arc<dyn Clock>) -> ClockCheck {
         ClockCheck {
             max_offset_ms: i64::try_from(max_offset_ms).unwrap_or(i64::MAX),
             fresh_for,
-            anchor: (now_ms, Instant::now()),
+            anchor: (time.now_ms(), time.now()),
+            time,
             samples: Mutex::new(HashMap::new()),
             distrusted: Mutex::new(false),
         }
@@ -59,7 +65,7 @@ impl ClockCheck {
         let sample = Sample {
             offset_ms: peer_ms.saturating_sub(midpoint),
             rtt_ms,
-            at: Instant::now(),
+            at: self.time.now(),
         };
         self.samples.lock().insert(peer, sample);
     }
@@ -67,7 +73,7 @@ impl ClockCheck {
     /// `Ok` when `now_ms`, this node's wall clock, may expire messages of a
     /// group with these `replicas`; otherwise why not.
     pub fn check(&self, me: NodeId, replicas: &[NodeId], now_ms: i64) -> Result<(), String> {
-        let verdict = self.verdict(me, replicas, now_ms, Instant::now());
+        let verdict = self.verdict(me, replicas, now_ms);
         let mut distrusted = self.distrusted.lock();
         match (&verdict, *distrusted) {
             (Err(why), false) => {
@@ -83,13 +89,8 @@ impl ClockCheck {
         verdict
     }
 
-    fn verdict(
-        &self,
-        me: NodeId,
-        replicas: &[NodeId],
-        now_ms: i64,
-        now: Instant,
-    ) -> Result<(), String> {
+    fn verdict(&self, me: NodeId, replicas: &[NodeId], now_ms: i64) -> Result<(), String> {
+        let now = self.time.now();
         let others: Vec<NodeId> = replicas.iter().copied().filter(|r| *r != me).collect();
         if others.is_empty() {
             let (wall, instant) = self.anchor;
@@ -143,23 +144,26 @@ impl ClockCheck {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::time::ManualClock;
 
     const HOUR_MS: i64 = 3_600_000;
 
-    fn check() -> ClockCheck {
-        ClockCheck::new(5_000, Duration::from_secs(10), 1_000_000)
+    /// A check on a clock that moves only when the test moves it.
+    fn check() -> (ClockCheck, Arc<ManualClock>) {
+        let time = Arc::new(ManualClock::new(1_000_000));
+        let clocks = ClockCheck::new(5_000, Duration::from_secs(10), time.clone());
+        (clocks, time)
     }
 
     #[test]
     fn a_leader_whose_clock_agrees_with_a_majority_expires_by_age() {
-        let clocks = check();
-        let now = Instant::now();
+        let (clocks, _) = check();
         // Node 2 is 2 ms ahead, node 3 is an hour ahead.
         clocks.record(2, 1_000, 1_007, 1_010);
         clocks.record(3, 1_000, 1_005 + HOUR_MS, 1_010);
-        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010, now), Ok(()));
+        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010), Ok(()));
         // Five replicas: agreeing with one other is not a majority.
-        let refused = clocks.verdict(1, &[1, 2, 3, 4, 5], 1_010, now).unwrap_err();
+        let refused = clocks.verdict(1, &[1, 2, 3, 4, 5], 1_010).unwrap_err();
         assert!(refused.contains("node 4: unknown"), "{refused}");
     }
 
@@ -167,13 +171,11 @@ mod tests {
     fn a_leader_whose_clock_jumped_ahead_does_not() {
         // Node 1's clock is an hour ahead of both others: they see it so,
         // and it sees them an hour behind.
-        let clocks = check();
+        let (clocks, _) = check();
         let ahead = 1_000 + HOUR_MS;
         clocks.record(2, ahead, 1_005, ahead + 10);
         clocks.record(3, ahead, 1_004, ahead + 10);
-        let refused = clocks
-            .verdict(1, &[1, 2, 3], ahead + 10, Instant::now())
-            .unwrap_err();
+        let refused = clocks.verdict(1, &[1, 2, 3], ahead + 10).unwrap_err();
         assert!(
             refused.contains("with 0 of the other replicas"),
             "{refused}"
@@ -182,22 +184,28 @@ mod tests {
 
     #[test]
     fn stale_or_missing_samples_do_not_count() {
-        let clocks = check();
+        let (clocks, time) = check();
         clocks.record(2, 1_000, 1_005, 1_010);
-        let later = Instant::now() + Duration::from_secs(11);
-        assert!(clocks.verdict(1, &[1, 2, 3], 1_010, later).is_err());
-        assert!(clocks.verdict(1, &[1, 2, 3], 1_010, Instant::now()).is_ok());
+        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010), Ok(()));
+        // The heartbeats stop: once the sample is older than `fresh_for`,
+        // node 3's missing one leaves no majority.
+        time.advance(Duration::from_secs(10));
+        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010), Ok(()));
+        time.advance(Duration::from_millis(1));
+        assert!(clocks.check(1, &[1, 2, 3], 1_010).is_err());
+        // A new heartbeat makes it count again.
+        clocks.record(2, 1_000, 1_005, 1_010);
+        assert_eq!(clocks.check(1, &[1, 2, 3], 1_010), Ok(()));
     }
 
     #[test]
     fn a_single_replica_compares_the_wall_clock_with_the_monotonic_clock() {
-        let clocks = ClockCheck::new(5_000, Duration::from_secs(10), 1_000_000);
-        let start = clocks.anchor.1;
-        let in_a_minute = start + Duration::from_secs(60);
-        assert_eq!(clocks.verdict(1, &[1], 1_060_000, in_a_minute), Ok(()));
-        let refused = clocks
-            .verdict(1, &[1], 1_060_000 + HOUR_MS, in_a_minute)
-            .unwrap_err();
+        let (clocks, time) = check();
+        time.advance(Duration::from_secs(60));
+        assert_eq!(clocks.check(1, &[1], time.now_ms()), Ok(()));
+        // The wall clock steps an hour ahead; the monotonic clock does not.
+        time.set_wall_ms(time.now_ms() + HOUR_MS);
+        let refused = clocks.check(1, &[1], time.now_ms()).unwrap_err();
         assert!(refused.contains("monotonic"), "{refused}");
     }
 }

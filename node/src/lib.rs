@@ -17,4 +17,5 @@ pub mod rejoin;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+pub mod time;
 pub mod tls;

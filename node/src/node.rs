@@ -44,6 +44,8 @@ use crate::state_machine::GroupStateMachine;
 use crate::storage::Storage;
 use crate::storage::StorageConfig;
 use crate::storage::SyncMode;
+use crate::time::Clock;
+use crate::time::SystemClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -210,6 +212,8 @@ pub struct Node {
     pub disk: DiskSpace,
     /// Whether this node's clock may expire messages by age.
     pub clock: ClockCheck,
+    /// Where the node reads the time for its own decisions (`time.rs`).
+    pub time: Arc<dyn Clock>,
     /// Caution after an empty start: no votes until caught up.
     pub rejoin: Rejoin,
     /// Whose the data directory is (`identity.rs`).
@@ -240,15 +244,16 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Opens storage, starts the metadata group and every partition group
-    /// the metadata places here, and the background tasks.
-    pub async fn start(config: NodeConfig) -> Result<Arc<Node>, NodeError> {
+    /// the metadata places here, and the background tasks. The node reads
+    /// the time from `time` (`SystemClock` outside tests).
+    pub async fn start(config: NodeConfig, time: Arc<dyn Clock>) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
         let own_client_addr = [(config.node_id, config.grpc_addr.to_string())].into();
         let read_slots = ReadSlots::new(&config.limits);
         let clock = ClockCheck::new(
             config.limits.max_clock_offset_ms,
             CLOCK_SAMPLES_FRESH_FOR,
-            now_ms(),
+            time.clone(),
         );
         // Measured first when its loop starts, right after the storage opens.
         let disk = DiskSpace::new(&config.data_dir, config.limits.min_free_disk_bytes);
@@ -307,6 +312,7 @@ impl Node {
                     quiesce_after: Duration::from_millis(timings.quiesce_after_ms),
                     peer_timeout: Duration::from_millis(timings.election_timeout_min_ms),
                 },
+                time.clone(),
             )
         });
         let node = Arc::new(Node {
@@ -319,6 +325,7 @@ impl Node {
             read_slots,
             disk,
             clock,
+            time,
             rejoin,
             identity: parking_lot::Mutex::new(identity),
             peer_incarnations: parking_lot::Mutex::default(),
@@ -654,12 +661,12 @@ impl Node {
                 sending.insert(
                     *peer,
                     tokio::spawn(async move {
-                        let sent_ms = now_ms();
+                        let sent_ms = node.time.now_ms();
                         let pool = &node.pool;
                         match crate::raft::quiesce::send_heartbeat(pool, &addr, beat, timeout).await
                         {
                             Ok(reply) => {
-                                node.clock.record(peer_id, sent_ms, reply.now_ms, now_ms());
+                                node.clock.record(peer_id, sent_ms, reply.now_ms, node.time.now_ms());
                                 node.rejoin.on_peer(peer_id, reply.cluster_formed);
                                 node.rejoin.on_terms(peer_id, &reply.group_terms);
                             }
@@ -808,7 +815,7 @@ impl Node {
     }
 
     async fn enforce_retention(&self, topic: &Topic, group: &Group) {
-        let now_ms = now_ms();
+        let now_ms = self.time.now_ms();
         let metrics = group.raft.metrics().borrow_watched().clone();
         let leads = metrics.current_leader == Some(self.id());
         // Only the leader proposes, and only with a clock a majority of the
@@ -983,7 +990,7 @@ impl Node {
                     scopes: vec![Scope::Admin],
                     topics: vec![],
                     hash: crate::auth::hash_secret(&secret),
-                    now_ms: now_ms(),
+                    now_ms: self.time.now_ms(),
                     bootstrap: true,
                 };
                 match self.write_token(command).await {
@@ -1135,11 +1142,10 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The system's wall clock, for the callers that do not read `Node::time`
+/// yet.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemClock.now_ms()
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use crate::node::Node;
 use crate::node::NodeError;
 use crate::raft::network::MAX_RPC_BYTES;
 use crate::raft::transport::TransportService;
+use crate::time::Clock;
+use crate::time::SystemClock;
 use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +95,18 @@ impl RunningNode {
     }
 
     pub async fn start_on(
+        config: NodeConfig,
+        listeners: Listeners,
+    ) -> Result<RunningNode, ServerError> {
+        Self::start_on_with_clock(config, listeners, Arc::new(SystemClock)).await
+    }
+
+    /// `start_on` with the clock the node reads the time from: a test can
+    /// pass a `ManualClock`.
+    pub async fn start_on_with_clock(
         mut config: NodeConfig,
         listeners: Listeners,
+        time: Arc<dyn Clock>,
     ) -> Result<RunningNode, ServerError> {
         // A port 0 in the configuration is the port the listener got; the
         // node reports its public address to clients.
@@ -116,7 +128,7 @@ impl RunningNode {
             .as_ref()
             .map(tls::public_http)
             .transpose()?;
-        let node = Node::start(config).await?;
+        let node = Node::start(config, time).await?;
         let stop_listeners = watch::Sender::new(false);
 
         let client_api = AuthenticateFirstLayer::new(node.clone())

@@ -36,7 +36,6 @@ use super::topic_ref;
 use super::topics::rfc3339;
 use crate::api::grpc::message_id;
 use crate::api::grpc::parse_message_id;
-use crate::node::now_ms;
 use crate::raft::types::Scope;
 
 pub const DEFAULT_BATCH_SIZE: u64 = 50;
@@ -250,7 +249,7 @@ pub async fn consume(
     if let Some(ts) = body.since_time_ms {
         // A time in the future counts as now.
         starts.fill(position(pb::position::Position::SinceTimestampMs(
-            ts.min(now_ms()),
+            ts.min(gateway.node.time.now_ms()),
         )));
     }
     if let Some(id) = &body.after_message_id {

@@ -41,6 +41,7 @@ use crate::raft::network::PeerPool;
 use crate::raft::types::GroupId;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::NodeId;
+use crate::time::Clock;
 
 /// Timings of quiescence, from the node's Raft timings.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +81,8 @@ struct State {
 pub struct Quiescer {
     node_id: NodeId,
     timings: QuiesceTimings,
+    /// The node's clock: when peers were heard from and groups last grew.
+    time: Arc<dyn Clock>,
     state: Mutex<State>,
 }
 
@@ -91,10 +94,11 @@ enum Decision {
 }
 
 impl Quiescer {
-    pub fn new(node_id: NodeId, timings: QuiesceTimings) -> Arc<Quiescer> {
+    pub fn new(node_id: NodeId, timings: QuiesceTimings, time: Arc<dyn Clock>) -> Arc<Quiescer> {
         Arc::new(Quiescer {
             node_id,
             timings,
+            time,
             state: Mutex::new(State::default()),
         })
     }
@@ -103,7 +107,7 @@ impl Quiescer {
     pub fn on_heartbeat(&self, beat: &NodeHeartbeatRequest) {
         let mut state = self.state.lock();
         let peer = state.peers.entry(beat.from).or_default();
-        peer.at = Some(Instant::now());
+        peer.at = Some(self.time.now());
         peer.quiesced = beat.quiesced_groups.iter().copied().collect();
     }
 
@@ -122,7 +126,7 @@ impl Quiescer {
             group.id,
             Activity {
                 last_log_index: last,
-                changed_at: Instant::now(),
+                changed_at: self.time.now(),
             },
         );
         state.leading_quiet.remove(&group.id);
@@ -142,6 +146,8 @@ impl Quiescer {
         if !was_quiet {
             return;
         }
+        // Compared with openraft's `last_quorum_acked`, which openraft stamps
+        // from its runtime's clock: so the real clock, not `self.time`.
         let started = Instant::now();
         let _ = group.raft.trigger().heartbeat().await;
         let mut metrics = group.raft.metrics();
@@ -174,7 +180,7 @@ impl Quiescer {
     /// Checks every group once, switches ticks, and returns the groups this
     /// node leads that are quiesced (for its next node heartbeat).
     pub fn round(&self, groups: &[Arc<Group>]) -> Vec<GroupId> {
-        let now = Instant::now();
+        let now = self.time.now();
         let mut state = self.state.lock();
         let live: HashSet<GroupId> = groups.iter().map(|g| g.id).collect();
         state.activity.retain(|g, _| live.contains(g));

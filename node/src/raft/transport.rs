@@ -227,7 +227,7 @@ impl RaftTransport for TransportService {
             })
             .collect();
         Ok(Response::new(NodeHeartbeatReply {
-            now_ms: crate::node::now_ms(),
+            now_ms: self.node.time.now_ms(),
             cluster_formed,
             group_terms,
         }))
