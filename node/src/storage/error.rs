@@ -82,6 +82,21 @@ pub enum StorageError {
         source: bincode::Error,
     },
 
+    /// A stored value's bytes differ from what was written: the disk (or memory) corrupted
+    /// them. Reading one from the local disk also marks the storage failed (see
+    /// [`super::Storage::failure`]), so the node stops rather than serve or replicate it.
+    #[error(
+        "group {group}: {what} at {key} fails its checksum (stored {stored:016x}, computed \
+         {computed:016x}): the disk returned other bytes than were written"
+    )]
+    Checksum {
+        group: GroupId,
+        what: &'static str,
+        key: String,
+        stored: u64,
+        computed: u64,
+    },
+
     #[error("group {group}: corrupt {what}: {detail}")]
     Corrupt {
         group: GroupId,
@@ -127,6 +142,7 @@ impl StorageError {
             StorageError::ListGroups { .. } => "storage.list_groups",
             StorageError::Encode { .. } => "storage.encode",
             StorageError::Decode { .. } => "storage.decode",
+            StorageError::Checksum { .. } => "storage.checksum",
             StorageError::Corrupt { .. } => "storage.corrupt",
             StorageError::LogHole { .. } => "storage.log_hole",
             StorageError::SyncFailed { .. } => "storage.sync_failed",
@@ -142,6 +158,7 @@ impl StorageError {
         matches!(
             self,
             StorageError::Decode { .. }
+                | StorageError::Checksum { .. }
                 | StorageError::Corrupt { .. }
                 | StorageError::LogHole { .. }
         )

@@ -158,7 +158,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
                 }
             }
             previous = Some(index);
-            let entry: C::Entry = decode_value(group, "log entry", key, value)?;
+            let entry: C::Entry = inner.decode_stored(group, "log entry", key, value)?;
             check_entry_index(group, index, entry.index())?;
             entries.push(entry);
             bytes = bytes.saturating_add(value.len());
@@ -193,7 +193,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
         let last_entry = match (iter.key(), iter.value()) {
             (Some(key), Some(value)) => {
                 let index = log_index_of(group, key)?;
-                let entry: C::Entry = decode_value(group, "log entry", key, value)?;
+                let entry: C::Entry = inner.decode_stored(group, "log entry", key, value)?;
                 check_entry_index(group, index, entry.index())?;
                 Some(entry.log_id())
             }
@@ -374,7 +374,8 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     /// Decodes an entry in the stored format (as [`LogStore::read_tail`] returns it, here or
-    /// on a peer) and checks that it is the entry at `index`.
+    /// on a peer) and checks that it is the entry at `index`. A checksum mismatch is an error
+    /// but does not mark this storage failed: the bytes did not come from this disk.
     pub fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<C::Entry, StorageError> {
         let key = keys::log_key(self.group, index);
         let entry: C::Entry = decode_value(self.group, "log entry", &key, bytes)?;
@@ -387,6 +388,8 @@ impl<C: RaftTypeConfig> LogStore<C> {
     /// `first`, a missing entry, or the entry that would take the run past `max_bytes` (never
     /// the first one read, so an entry larger than the budget is still returned). Entries at
     /// or below the last purged id are read too: this serves another replica's backfill.
+    /// Every entry returned passed its checksum; one that fails it fails the read (and marks
+    /// the storage failed).
     pub fn read_tail(
         &self,
         first: u64,
@@ -426,6 +429,9 @@ impl<C: RaftTypeConfig> LogStore<C> {
             if !entries.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
                 break TailEnd::Budget;
             }
+            // Checked here as well as by the replica that decodes it: a corrupt entry is
+            // never passed on, and it is this disk that is no longer trusted.
+            inner.verify_stored(group, "log entry", key, value)?;
             bytes = bytes.saturating_add(value.len());
             entries.push(value.to_vec());
             if expected == first {

@@ -38,6 +38,10 @@
 //! - A failed fsync fails every waiting and every later append and vote with
 //!   [`StorageError::SyncFailed`]: after a failed fsync the disk is no longer trusted, and
 //!   openraft stops the group on such an error.
+//! - Every value of `logs` and `raft_meta` carries a checksum (`codec.rs`), checked on every
+//!   read. A value read from this disk that fails it fails the read with
+//!   [`StorageError::Checksum`] and marks the storage failed like a failed write: the disk
+//!   returned other bytes than were written, so it is no longer trusted either.
 //!
 //! # Threads
 //!
@@ -139,7 +143,8 @@ struct Inner {
     config: StorageConfig,
     db: Arc<DB>,
     syncer: Syncer,
-    /// Set, once, when a write or an fsync failed: see [`Storage::failure`].
+    /// Set, once, when a write or an fsync failed or a read failed its checksum: see
+    /// [`Storage::failure`].
     failure: Arc<StorageFailure>,
     /// Held by every write to the log below a group's last purged log id, and by every
     /// purge: what such a write checks (the last purged id, what the group still needs) then
@@ -147,7 +152,8 @@ struct Inner {
     log_purge: parking_lot::Mutex<()>,
 }
 
-/// The first write or fsync failure of a storage. Once set, the disk is no longer trusted.
+/// The first write, fsync or checksum failure of a storage. Once set, the disk is no longer
+/// trusted.
 #[derive(Debug)]
 pub(crate) struct StorageFailure {
     reason: tokio::sync::watch::Sender<Option<String>>,
@@ -257,7 +263,8 @@ impl Storage {
     }
 
     /// Why this storage is no longer trusted: the first write or fsync that failed (a full
-    /// disk, an I/O error). `None` while every write has succeeded. The receiver changes once.
+    /// disk, an I/O error), or the first value read that failed its checksum. `None` until
+    /// then. The receiver changes once.
     pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.inner.failure.reason.subscribe()
     }
@@ -304,7 +311,7 @@ impl Storage {
         else {
             return Ok(None);
         };
-        let entry: C::Entry = decode_value(group, "log entry", &key, &bytes)?;
+        let entry: C::Entry = inner.decode_stored(group, "log entry", &key, &bytes)?;
         check_entry_index(group, index, entry.index())?;
         Ok(Some(entry))
     }
@@ -456,7 +463,41 @@ impl Inner {
         else {
             return Ok(None);
         };
-        decode_value(group, what, &key, &bytes).map(Some)
+        self.decode_stored(group, what, &key, &bytes).map(Some)
+    }
+
+    /// Decodes a value read from this storage's disk. A value that fails its checksum marks
+    /// the storage failed, as a failed write does: the disk returned other bytes than were
+    /// written, so nothing it holds is trusted, and the node stops rather than serve or
+    /// replicate them. Other decode errors only fail the read, as before checksums.
+    fn decode_stored<T: DeserializeOwned>(
+        &self,
+        group: GroupId,
+        what: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StorageError> {
+        decode_value(group, what, key, bytes).inspect_err(|e| self.note_corruption(e))
+    }
+
+    /// Checks a value read from this storage's disk as [`Inner::decode_stored`] does, for
+    /// values passed on undecoded.
+    fn verify_stored(
+        &self,
+        group: GroupId,
+        what: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        codec::verify(bytes)
+            .map_err(|e| decode_error(group, what, key, e))
+            .inspect_err(|e| self.note_corruption(e))
+    }
+
+    fn note_corruption(&self, error: &StorageError) {
+        if matches!(error, StorageError::Checksum { .. }) {
+            self.failure.record(|| error.to_string());
+        }
     }
 
     /// The distinct group ids in column family `name`, found by seeking from one group's first
@@ -510,12 +551,33 @@ fn decode_value<T: DeserializeOwned>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, StorageError> {
-    codec::decode(bytes).map_err(|source| StorageError::Decode {
-        group,
-        what,
-        key: format!("{key:02x?}"),
-        source,
-    })
+    codec::decode(bytes).map_err(|e| decode_error(group, what, key, e))
+}
+
+fn decode_error(
+    group: GroupId,
+    what: &'static str,
+    key: &[u8],
+    error: codec::DecodeError,
+) -> StorageError {
+    match error {
+        codec::DecodeError::Checksum { stored, computed } => StorageError::Checksum {
+            group,
+            what,
+            key: match keys::decode_log_key(key) {
+                Some((_, index)) => format!("index {index}"),
+                None => format!("key {key:02x?}"),
+            },
+            stored,
+            computed,
+        },
+        codec::DecodeError::Malformed(source) => StorageError::Decode {
+            group,
+            what,
+            key: format!("{key:02x?}"),
+            source,
+        },
+    }
 }
 
 /// Checks after a read that the entry stored under `key_index` claims that index.

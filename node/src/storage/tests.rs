@@ -814,3 +814,114 @@ fn syncer_completes_waiters_in_queue_order() {
     let completed: Vec<_> = (0..5).map(|_| rx.recv().unwrap()).collect();
     assert_eq!(completed, (0..5).map(|id| (id, true)).collect::<Vec<_>>());
 }
+
+/// Flips one bit in the last byte of the stored value of entry `index` of group 1, in the
+/// bincode body (the payload), where only the checksum can tell.
+fn flip_stored_bit(storage: &Storage, index: u64) {
+    let inner = &*storage.inner;
+    let logs = inner.cf(CF_LOGS).unwrap();
+    let key = keys::log_key(1, index);
+    let mut bytes = inner.db.get_cf(logs, key).unwrap().unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    inner.db.put_cf(logs, key, bytes).unwrap();
+}
+
+fn assert_checksum_error(err: &StorageError, index: u64) {
+    assert!(
+        matches!(err, StorageError::Checksum { group: 1, what: "log entry", key, .. }
+            if *key == format!("index {index}")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_stored_entry_is_never_returned_and_fails_the_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    append(&mut store, entries(1, 1..=3)).await;
+    // The payload differs only in its last byte ("payload 3" and "payload 2"), so a decode
+    // without the checksum would return a plausible entry.
+    flip_stored_bit(&storage, 3);
+    assert_eq!(storage.failure().borrow().clone(), None);
+
+    assert_checksum_error(&storage.read_entry::<TestConfig>(1, 3).unwrap_err(), 3);
+    let reason = storage.failure().borrow().clone().unwrap();
+    assert!(
+        reason.contains("log entry at index 3 fails its checksum"),
+        "{reason}"
+    );
+
+    // Every read that could serve or replicate it refuses it, openraft's included.
+    let err = store.try_get_log_entries(1..=3).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("fails its checksum"), "{err}");
+    let err = store.limited_get_log_entries(3, 4).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    let err = store.get_log_state().await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert_checksum_error(&store.read_tail(1, 3, usize::MAX).unwrap_err(), 3);
+    // The entries before it are sound.
+    assert_eq!(indexes(&mut store, 1..=2).await, vec![1, 2]);
+    let tail = store.read_tail(1, 2, usize::MAX).unwrap();
+    assert_eq!(tail.entries.len(), 2);
+}
+
+#[tokio::test]
+async fn a_corrupt_entry_from_a_peer_is_refused_without_failing_this_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    append(&mut store, entries(1, 1..=1)).await;
+    let mut bytes = store.read_tail(1, 1, usize::MAX).unwrap().entries.remove(0);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+
+    assert_checksum_error(&store.decode_entry(1, &bytes).unwrap_err(), 1);
+    assert_eq!(storage.failure().borrow().clone(), None);
+}
+
+#[tokio::test]
+async fn entries_and_metadata_written_before_checksums_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let mut store: Store = storage.log_store(1);
+    let inner = &*storage.inner;
+    let logs = inner.cf(CF_LOGS).unwrap();
+    let meta = inner.cf(CF_META).unwrap();
+    for old in entries(1, 1..=3) {
+        let key = keys::log_key(1, old.index());
+        inner
+            .db
+            .put_cf(logs, key, codec::encode_v1(&old).unwrap())
+            .unwrap();
+    }
+    inner
+        .db
+        .put_cf(
+            meta,
+            keys::meta_key(1, MetaTag::Vote),
+            codec::encode_v1(&vote(4, 2)).unwrap(),
+        )
+        .unwrap();
+    // A new binary appends after them in the new format.
+    append(&mut store, entries(1, 4..=5)).await;
+
+    assert_eq!(
+        store.try_get_log_entries(1..=5).await.unwrap(),
+        entries(1, 1..=5)
+    );
+    assert_eq!(
+        storage.read_entry::<TestConfig>(1, 2).unwrap(),
+        Some(entry(1, 2))
+    );
+    assert_eq!(store.read_vote().await.unwrap(), Some(vote(4, 2)));
+    let tail = store.read_tail(1, 5, usize::MAX).unwrap();
+    let read: Vec<_> = (1..)
+        .zip(&tail.entries)
+        .map(|(index, bytes)| store.decode_entry(index, bytes).unwrap())
+        .collect();
+    assert_eq!(read, entries(1, 1..=5));
+    assert_eq!(storage.failure().borrow().clone(), None);
+}
