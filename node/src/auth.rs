@@ -11,7 +11,7 @@ use sha2::Digest;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::api::TopicName;
+use crate::model::TopicName;
 use crate::node::Node;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;

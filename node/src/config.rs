@@ -213,6 +213,16 @@ impl Default for Limits {
 /// framing, topic, producer ids), at most.
 pub const REQUEST_FRAMING_BYTES: usize = 256 * 1024;
 
+/// Messages between nodes may carry a whole publish batch.
+pub const MAX_RPC_BYTES: usize = 256 * 1024 * 1024;
+
+/// How many messages a consume returns when the request names no maximum.
+pub const DEFAULT_MAX_MESSAGES: u32 = 100;
+/// The most messages one consume returns, whatever the request asks for.
+pub const MAX_MESSAGES: u32 = 10_000;
+/// The longest a consume may wait for messages (a long poll).
+pub const MAX_WAIT_MS: u32 = 60_000;
+
 /// Parses `1=127.0.0.1:50051,2=127.0.0.1:50052`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
     let mut peers = BTreeMap::new();
@@ -268,10 +278,10 @@ impl NodeConfig {
                 l.max_batch_bytes, l.max_request_bytes
             ));
         }
-        if l.max_request_bytes > crate::raft::network::MAX_RPC_BYTES {
+        if l.max_request_bytes > MAX_RPC_BYTES {
             return Err(format!(
-                "max_request_bytes must not exceed {} bytes, the largest message between nodes",
-                crate::raft::network::MAX_RPC_BYTES
+                "max_request_bytes must not exceed {MAX_RPC_BYTES} bytes, the largest message \
+                 between nodes"
             ));
         }
         if l.max_message_bytes > l.max_batch_bytes {
@@ -282,10 +292,10 @@ impl NodeConfig {
                 "max_read_bytes, max_long_polls and max_subscriptions must be positive".into(),
             );
         }
-        if l.request_timeout_ms <= u64::from(crate::api::grpc::MAX_WAIT_MS) + l.write_timeout_ms {
+        if l.request_timeout_ms <= u64::from(MAX_WAIT_MS) + l.write_timeout_ms {
             return Err(format!(
-                "request_timeout_ms must exceed the longest long poll ({} ms) plus write_timeout_ms",
-                crate::api::grpc::MAX_WAIT_MS
+                "request_timeout_ms must exceed the longest long poll ({MAX_WAIT_MS} ms) plus \
+                 write_timeout_ms"
             ));
         }
         for (listener, addr) in [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)] {

@@ -45,7 +45,6 @@ use crate::storage::Storage;
 use crate::storage::StorageConfig;
 use crate::storage::SyncMode;
 use crate::time::Clock;
-use crate::time::SystemClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -186,7 +185,7 @@ async fn initialize_group(
 /// peer refused to encode, and never caught up.
 pub fn entries_per_append(limits: &crate::config::Limits) -> u64 {
     let largest_entry = limits.max_batch_bytes + crate::config::REQUEST_FRAMING_BYTES;
-    let fit = crate::raft::network::MAX_RPC_BYTES / largest_entry.max(1);
+    let fit = crate::config::MAX_RPC_BYTES / largest_entry.max(1);
     u64::try_from(fit).unwrap_or(u64::MAX).clamp(1, 300)
 }
 
@@ -1129,31 +1128,12 @@ async fn write_secret_file(path: &std::path::Path, secret: &str) -> std::io::Res
     file.sync_all().await
 }
 
-/// Milliseconds since the epoch as RFC 3339 in UTC; empty when out of
-/// range.
-pub fn rfc3339(ms: i64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-/// The system's wall clock, for the callers that do not read `Node::time`
-/// yet.
-pub fn now_ms() -> i64 {
-    SystemClock.now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Limits;
+    use crate::config::MAX_RPC_BYTES;
     use crate::config::REQUEST_FRAMING_BYTES;
-    use crate::raft::network::MAX_RPC_BYTES;
 
     #[test]
     fn an_append_of_the_largest_entries_fits_the_peer_message_limit() {

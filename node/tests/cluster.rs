@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use raftstream_client::pb;
+use raftstream_node::time::Clock;
+use raftstream_node::time::SystemClock;
 
 async fn publish(
     client: &mut raftstream_client::Grpc,
@@ -260,7 +262,7 @@ async fn replay_by_offset_message_id_and_timestamp_returns_exactly_the_right_mes
         // distinct times to land between; wait on the clock, not a sleep.
         let last = acks.last().unwrap().timestamp_ms;
         eventually("clock tick", Duration::from_secs(1), || async move {
-            (raftstream_node::node::now_ms() > last).then_some(())
+            (SystemClock.now_ms() > last).then_some(())
         })
         .await;
     }

@@ -30,7 +30,7 @@ const SPLIT_DIRS: &[&str] = &["api", "raft", "state_machine"];
 const LAYERS: &[&[&str]] = &[
     &["storage", "disk", "time"],
     // The domain model: ids, topics, commands, record batches.
-    &["raft::types", "raft::batch"],
+    &["model", "raft::types", "raft::batch"],
     &[
         "config",
         "identity",
@@ -71,9 +71,6 @@ const LAYERS: &[&[&str]] = &[
 const ALLOWED_BACK_EDGES: &[(&str, &str)] = &[
     // The domain model names the state machine in the `Raft` alias.
     ("raft::types", "state_machine"),
-    // Limits whose defaults live next to their users.
-    ("config", "api::grpc"),
-    ("config", "raft::network"),
     // Raft's transport and quiescence reach for the node's groups, and the
     // log-range RPC for backfill's answer types.
     ("raft::transport", "node"),
@@ -87,10 +84,6 @@ const ALLOWED_BACK_EDGES: &[(&str, &str)] = &[
     // its bootstrap token with auth.
     ("node", "api"),
     ("node", "auth"),
-    ("auth", "api"),
-    // The header the node credential travels in is defined with the
-    // service rather than below both.
-    ("api::authenticate_first", "api::grpc"),
 ];
 
 /// Crates only some modules may name: (crate, module prefixes allowed).
@@ -104,11 +97,23 @@ const CRATE_HOMES: &[(&str, &[&str])] = &[
 const CRATE_BANS: &[(&str, &[&str])] = &[
     (
         "tonic",
-        &["storage", "state_machine", "raft::types", "raft::batch"],
+        &[
+            "storage",
+            "state_machine",
+            "model",
+            "raft::types",
+            "raft::batch",
+        ],
     ),
     (
         "raftstream_proto",
-        &["storage", "state_machine", "raft::types", "raft::batch"],
+        &[
+            "storage",
+            "state_machine",
+            "model",
+            "raft::types",
+            "raft::batch",
+        ],
     ),
 ];
 

@@ -15,9 +15,12 @@ use std::task::Poll;
 
 use tonic::codegen::http;
 
-use crate::api::grpc::NODE_AUTH_HEADER;
 use crate::node::Node;
 use crate::raft::types::TokenRecord;
+
+/// Proves a forwarded request comes from a node of this cluster: the
+/// cluster secret held in the replicated metadata, which no API returns.
+pub(crate) const NODE_AUTH_HEADER: &str = "x-raftstream-node-auth";
 
 #[derive(Clone, Debug)]
 pub struct AuthenticateFirstLayer {

@@ -21,9 +21,9 @@ use tonic::Response;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::api::TopicName;
 use crate::api::WriteError;
 use crate::api::authenticate_first::AuthenticatedToken;
+use crate::api::authenticate_first::NODE_AUTH_HEADER;
 use crate::api::forwarded::note_forwarded;
 use crate::api::read::ReadBatch;
 use crate::api::read::ReadError;
@@ -32,12 +32,15 @@ use crate::api::read::read_or_wait;
 use crate::api::schema::SchemaError;
 use crate::api::schema::TopicSchema;
 use crate::api::schema::ValuesChecked;
+use crate::config::DEFAULT_MAX_MESSAGES;
+use crate::config::MAX_MESSAGES;
+use crate::config::MAX_RPC_BYTES;
+use crate::config::MAX_WAIT_MS;
+use crate::model::TopicName;
 use crate::node::Group;
 use crate::node::Node;
-use crate::node::now_ms;
 use crate::raft::batch::BatchError;
 use crate::raft::batch::RecordBatch;
-use crate::raft::network::MAX_RPC_BYTES;
 use crate::raft::quiesce::quorum_acked_since;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::CommitWriter;
@@ -63,17 +66,10 @@ const MAX_HOPS: u32 = 2;
 /// Asks a node to answer from its own replicas only (cluster status fan-out
 /// and reads that a lagging replica could not serve).
 const LOCAL_HEADER: &str = "x-raftstream-local";
-/// Proves a forwarded request comes from a node of this cluster: the
-/// cluster secret held in the replicated metadata, which no API returns.
-pub(crate) const NODE_AUTH_HEADER: &str = "x-raftstream-node-auth";
 
 fn node_credential(secret: &[u8; 32]) -> String {
     secret.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-pub const DEFAULT_MAX_MESSAGES: u32 = 100;
-pub const MAX_MESSAGES: u32 = 10_000;
-pub const MAX_WAIT_MS: u32 = 60_000;
 
 #[derive(Debug, Clone)]
 pub struct ClientService {
@@ -854,7 +850,7 @@ impl ClientService {
                     .clone()
                     .map_err(|e| WriteError::Rejected(MetaRejection::Invalid(e.to_string())))?;
                 let command = PartitionCommand::Append {
-                    timestamp_ms: now_ms(),
+                    timestamp_ms: self.node.time.now_ms(),
                     records,
                     producer: producer.map(|p| (p.producer_id, p.base_sequence)),
                 };
@@ -1624,7 +1620,7 @@ impl Raftstream for ClientService {
             Box::pin(async move {
                 let command = MetaCommand::CreateTopic {
                     spec: spec.clone(),
-                    now_ms: now_ms(),
+                    now_ms: self.node.time.now_ms(),
                 };
                 self.node
                     .write_meta(command)
@@ -1712,7 +1708,7 @@ impl Raftstream for ClientService {
                 let command = MetaCommand::UpdateTopic {
                     topic_id,
                     update: update.clone(),
-                    now_ms: now_ms(),
+                    now_ms: self.node.time.now_ms(),
                 };
                 self.node
                     .write_meta(command)
@@ -1840,7 +1836,7 @@ impl Raftstream for ClientService {
                     scopes: scopes.clone(),
                     topic_ids,
                     hash: crate::auth::hash_secret(&secret),
-                    now_ms: now_ms(),
+                    now_ms: self.node.time.now_ms(),
                 };
                 let token = self.node.write_token(command).await?;
                 let info = self

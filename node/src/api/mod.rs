@@ -16,6 +16,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::responder::ProgressResponder;
 pub use proposal_order::ProposalOrder;
 
+use crate::model::TopicName;
 use crate::node::Group;
 use crate::node::Node;
 use crate::raft::types::Command;
@@ -49,32 +50,6 @@ pub enum WriteError {
     /// The node's disk is nearly full: nothing was written.
     #[error("{0}")]
     InsufficientStorage(String),
-}
-
-/// A topic named by id or by name, as every API accepts it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicName {
-    Id(u64),
-    Name(String),
-}
-
-impl TopicName {
-    /// Digits name a topic by id (names may not be numbers).
-    pub fn parse(text: &str) -> TopicName {
-        match text.parse::<u64>() {
-            Ok(id) => TopicName::Id(id),
-            Err(_) => TopicName::Name(text.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for TopicName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TopicName::Id(id) => write!(f, "{id}"),
-            TopicName::Name(name) => write!(f, "{name:?}"),
-        }
-    }
 }
 
 impl Node {

@@ -19,9 +19,9 @@ use raftstream_proto::ErrorCode;
 
 use super::ApiError;
 use super::Gateway;
-use crate::api::TopicName;
 use crate::auth::AccessLost;
 use crate::auth::Denied;
+use crate::model::TopicName;
 use crate::raft::types::Scope;
 
 pub type RateLimiter = DefaultKeyedRateLimiter<u64>;

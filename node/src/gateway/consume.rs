@@ -33,9 +33,9 @@ use super::error::ClusterErrors;
 use super::extract::ApiPath;
 use super::extract::OptionalJsonBody;
 use super::topic_ref;
-use super::topics::rfc3339;
 use crate::api::grpc::message_id;
 use crate::api::grpc::parse_message_id;
+use crate::model::rfc3339;
 use crate::raft::types::Scope;
 
 pub const DEFAULT_BATCH_SIZE: u64 = 50;

@@ -34,7 +34,7 @@ use super::extract::ApiQuery;
 use super::extract::JsonBody;
 use super::extract::body_bytes;
 use super::topics::Done;
-use super::topics::rfc3339;
+use crate::model::rfc3339;
 
 /// What kind of system delivers to a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -219,9 +219,9 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateSource>,
 ) -> Result<(StatusCode, Json<SourceWithSecret>), ApiError> {
-    let topic = match crate::api::TopicName::parse(&body.topic) {
-        crate::api::TopicName::Id(id) => pb::topic_ref::Topic::Id(id),
-        crate::api::TopicName::Name(name) => pb::topic_ref::Topic::Name(name),
+    let topic = match crate::model::TopicName::parse(&body.topic) {
+        crate::model::TopicName::Id(id) => pb::topic_ref::Topic::Id(id),
+        crate::model::TopicName::Name(name) => pb::topic_ref::Topic::Name(name),
     };
     let request = pb::CreateSourceRequest {
         name: body.name,

@@ -43,10 +43,10 @@ use utoipa_axum::routes;
 
 pub use self::error::ApiError;
 pub use self::error::ErrorBody;
-use crate::api::TopicName;
 use crate::api::grpc::ClientService;
 use crate::api::schema::SchemaError;
 use crate::api::schema::TopicSchema;
+use crate::model::TopicName;
 use crate::node::Node;
 use crate::raft::types::Scope;
 

@@ -19,7 +19,7 @@ use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
 use super::topics::Done;
-use super::topics::rfc3339;
+use crate::model::rfc3339;
 use crate::raft::types::Scope;
 
 /// What a token may do; `admin` may do everything.

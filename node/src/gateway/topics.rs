@@ -25,6 +25,7 @@ use super::extract::ApiQuery;
 use super::extract::JsonBody;
 use super::topic_ref;
 use crate::api::schema::SchemaCache;
+use crate::model::rfc3339;
 use crate::raft::types::MAX_PARTITIONS;
 
 const MS_PER_HOUR: u64 = 3_600_000;
@@ -34,8 +35,6 @@ pub use crate::raft::types::MAX_TOPIC_PARTITIONS;
 // The documented maximum of `CreateTopic::partitions` (an attribute takes
 // only a literal).
 const _: () = assert!(MAX_TOPIC_PARTITIONS == 256 && MAX_TOPIC_PARTITIONS <= MAX_PARTITIONS);
-
-pub use crate::node::rfc3339;
 
 /// A topic's JSON Schema (drafts 2020-12 and 7): a schema document (an
 /// object or a boolean), or a string holding one, of at most 64 KiB of JSON

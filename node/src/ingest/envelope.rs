@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::node::rfc3339;
+use crate::model::rfc3339;
 use crate::raft::types::IngestSource;
 use crate::raft::types::SourceKind;
 

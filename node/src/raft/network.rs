@@ -47,13 +47,11 @@ use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 
+use crate::config::MAX_RPC_BYTES;
 use crate::raft::types::GroupId;
 use crate::raft::types::NodeId;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
-
-/// Messages between nodes may carry a whole publish batch.
-pub const MAX_RPC_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {

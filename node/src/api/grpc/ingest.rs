@@ -167,6 +167,30 @@ impl ClientService {
             secret,
         })
     }
+
+    /// The source a create request asks for, stamped with this node's
+    /// time.
+    fn new_source(
+        &self,
+        request: &pb::CreateSourceRequest,
+        id: String,
+        secret: &str,
+    ) -> IngestSource {
+        IngestSource {
+            id,
+            name: request.name.clone(),
+            kind: SourceKind::parse(&request.source_type).unwrap_or(SourceKind::Generic),
+            topic_id: 0,
+            tenant_id: match request.tenant_id.trim() {
+                "" => "default".to_string(),
+                tenant => tenant.to_string(),
+            },
+            secret_hash: crate::auth::hash_secret(secret),
+            secret_last_four: crate::ingest::last_four(secret),
+            hmac_secret: request.hmac_secret.clone(),
+            created_at_ms: self.node.time.now_ms(),
+        }
+    }
 }
 
 fn local_stats(group: &Group, source_id: &str) -> SourceStats {
@@ -184,23 +208,6 @@ fn refused(why: DeliveryRefused) -> Status {
         DeliveryRefused::TooLarge
         | DeliveryRefused::InvalidBody(_)
         | DeliveryRefused::InvalidIdempotencyKey => Status::invalid_argument(why.to_string()),
-    }
-}
-
-fn new_source(request: &pb::CreateSourceRequest, id: String, secret: &str) -> IngestSource {
-    IngestSource {
-        id,
-        name: request.name.clone(),
-        kind: SourceKind::parse(&request.source_type).unwrap_or(SourceKind::Generic),
-        topic_id: 0,
-        tenant_id: match request.tenant_id.trim() {
-            "" => "default".to_string(),
-            tenant => tenant.to_string(),
-        },
-        secret_hash: crate::auth::hash_secret(secret),
-        secret_last_four: crate::ingest::last_four(secret),
-        hmac_secret: request.hmac_secret.clone(),
-        created_at_ms: now_ms(),
     }
 }
 
@@ -238,14 +245,14 @@ impl Ingest for ClientService {
         };
         crate::ingest::validate_hmac_secret(request.hmac_secret.as_deref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        validate_source(&new_source(&request, String::new(), ""))
+        validate_source(&self.new_source(&request, String::new(), ""))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (request, topic) = (&request, &topic);
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 let secret = crate::ingest::new_source_secret();
                 let command = MetaCommand::CreateSource {
-                    source: new_source(request, crate::ingest::new_source_id(), &secret),
+                    source: self.new_source(request, crate::ingest::new_source_id(), &secret),
                     topic: topic.clone(),
                 };
                 self.write_with_secret(command, secret, hops).await
@@ -395,13 +402,14 @@ impl Ingest for ClientService {
                 .await;
             source = rotated.ok_or_else(|| refused(DeliveryRefused::BadSecret))?;
         }
+        let received_ms = self.node.time.now_ms();
         crate::ingest::check_delivery(
             &source,
             &request.secret,
             request.signature.as_deref(),
             &request.body,
             request.idempotency_key.as_deref(),
-            now_ms().div_euclid(1000),
+            received_ms.div_euclid(1000),
         )
         .map_err(refused)?;
         let flow = request.flow.as_ref().map(|f| FlowRequest {
@@ -410,9 +418,14 @@ impl Ingest for ClientService {
             query: f.query.clone().into_iter().collect(),
         });
         let event_id = crate::ingest::new_event_id();
-        let value =
-            envelope::message_value(&source, &event_id, &request.body, flow.as_ref(), now_ms())
-                .map_err(|why| refused(DeliveryRefused::InvalidBody(why)))?;
+        let value = envelope::message_value(
+            &source,
+            &event_id,
+            &request.body,
+            flow.as_ref(),
+            received_ms,
+        )
+        .map_err(|why| refused(DeliveryRefused::InvalidBody(why)))?;
         let (topic, partition) = self.source_partition(&source).ok_or_else(|| {
             Status::failed_precondition(format!(
                 "the topic of source {:?} was deleted; create the source again",
@@ -437,7 +450,7 @@ impl Ingest for ClientService {
         let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 let command = PartitionCommand::Ingest {
-                    timestamp_ms: now_ms(),
+                    timestamp_ms: self.node.time.now_ms(),
                     source_id: request.source_id.clone(),
                     event_id: event_id.clone(),
                     idempotency_key: request.idempotency_key.clone(),
