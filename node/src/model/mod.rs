@@ -56,7 +56,8 @@ mod tests {
     }
 
     #[test]
-    fn times_out_of_range_format_as_empty() {
+    fn times_format_as_rfc3339_and_out_of_range_as_empty() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01.5Z");
         assert_eq!(rfc3339(i64::MAX), "");
     }
