@@ -119,12 +119,30 @@ pub async fn consume_all(http: &Http, topic: &str, batch_size: u64) -> Vec<Value
 
 /// Sends a request and reads its status and JSON body (a body that is not
 /// JSON comes back as a string).
-pub async fn finish(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+///
+/// A 503 `unavailable` is retried for up to 20 s, as a client would: the
+/// node took nothing (its partition has no leader yet, or an election is
+/// under way; forwarded calls whose outcome is unknown answer
+/// `outcome_unknown` instead) and says to retry. On a loaded machine an
+/// election can outlast the gateway's 3 s wait for a leader, which made
+/// tests that expected the first answer to succeed flaky.
+pub async fn finish(mut request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let again = request.try_clone();
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let retry = status == StatusCode::SERVICE_UNAVAILABLE
+            && body["code"] == "unavailable"
+            && std::time::Instant::now() < deadline;
+        match again {
+            Some(again) if retry => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                request = again;
+            }
+            _ => return (status, body),
+        }
+    }
 }
