@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../node/tests/common/mod.rs"]
+#[path = "../../node/tests/it/common/mod.rs"]
 mod common;
 
 use std::io::Read;

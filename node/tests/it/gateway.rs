@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/http.rs"]
-mod http;
+use crate::common;
+use crate::http;
 
 use std::time::Duration;
 
-use common::TestCluster;
+use crate::common::TestCluster;
 use http::Http;
 use http::assert_error;
 use http::consume_all;

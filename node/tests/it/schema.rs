@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/http.rs"]
-mod http;
+use crate::http;
 
-use common::TestCluster;
-use common::read_all;
-use common::topic;
+use crate::common::TestCluster;
+use crate::common::read_all;
+use crate::common::topic;
 use http::Http;
 use raftstream_client::pb;
 use reqwest::StatusCode;

@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/http.rs"]
-mod http;
+use crate::http;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::Http;
 use raftstream_client::pb;
 use reqwest::StatusCode;

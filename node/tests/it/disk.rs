@@ -2,13 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/http.rs"]
-mod http;
+use crate::http;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use raftstream_client::pb;
 use raftstream_node::config::Limits;
 use reqwest::StatusCode;

@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use raftstream_client::pb;
 use raftstream_node::time::Clock;
 use raftstream_node::time::SystemClock;

@@ -5,16 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-#[path = "common/http.rs"]
-mod http;
+use crate::http;
 
 use std::time::Duration;
 use std::time::SystemTime;
 use std::time::UNIX_EPOCH;
 
-use common::TestCluster;
-use common::eventually;
+use crate::common::TestCluster;
+use crate::common::eventually;
 use hmac::Mac;
 use http::Http;
 use http::assert_error;

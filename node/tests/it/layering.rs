@@ -406,7 +406,7 @@ fn every_module_has_a_layer() {
     let unplaced: Vec<&&String> = modules.iter().filter(|m| layer_of(m).is_none()).collect();
     assert!(
         unplaced.is_empty(),
-        "modules with no layer in LAYERS (tests/layering.rs): {unplaced:?}"
+        "modules with no layer in LAYERS (tests/it/layering.rs): {unplaced:?}"
     );
 }
 

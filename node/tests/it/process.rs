@@ -3,17 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::ADMIN_TOKEN;
-use common::eventually;
-use common::record;
-use common::topic;
+use crate::common::ADMIN_TOKEN;
+use crate::common::eventually;
+use crate::common::record;
+use crate::common::topic;
 use raftstream_client::pb;
 
 struct Cluster {

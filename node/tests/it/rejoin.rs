@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Node 2 misses the newest messages while it is down; node 3 then loses
 /// its disk. Had node 3 voted with its empty log, node 2 would have been

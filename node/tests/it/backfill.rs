@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use openraft::async_runtime::WatchReceiver;
 use raftstream_client::pb;
 use raftstream_node::raft::types::TypeConfig;

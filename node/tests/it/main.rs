@@ -1,0 +1,20 @@
+//! The node's integration tests, one binary so that the test suite builds
+//! and links the node once instead of once per file.
+
+mod common;
+#[path = "common/http.rs"]
+mod http;
+
+mod backfill;
+mod cluster;
+mod disk;
+mod gateway;
+mod ingest;
+mod layering;
+mod limits;
+mod process;
+mod quiesce;
+mod rejoin;
+mod schema;
+mod storage_suite;
+mod tokens;
