@@ -97,13 +97,8 @@ impl Record {
     }
 
     fn size(&self) -> usize {
-        self.key.len()
-            + self.value.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+        let headers = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        raftstream_proto::record_size(&self.key, &self.value, headers)
     }
 }
 

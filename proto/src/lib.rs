@@ -81,6 +81,22 @@ pub mod http2 {
 /// none. Both a refused connection and a connection that died mid-call (an
 /// HTTP/2 keep-alive timeout against a paused or cut-off node) come out as
 /// UNAVAILABLE, so the code alone cannot say whether the request ran.
+/// The size a record counts against the message size limit: key, value,
+/// and every header's name and value. Clients check it before sending; the
+/// node enforces it.
+pub fn record_size<'a>(
+    key: &[u8],
+    value: &[u8],
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    key.len()
+        + value.len()
+        + headers
+            .into_iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
 pub mod call_outcome {
     use tonic::Status;
 

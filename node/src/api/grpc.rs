@@ -24,29 +24,37 @@ use tonic::transport::Channel;
 use crate::api::WriteError;
 use crate::api::authenticate_first::AuthenticatedToken;
 use crate::api::authenticate_first::NODE_AUTH_HEADER;
-use crate::api::forwarded::note_forwarded;
 use crate::api::read::ReadBatch;
-use crate::api::read::ReadError;
+use crate::api::read::ReadMessage;
 use crate::api::read::StartAt;
-use crate::api::read::read_or_wait;
-use crate::api::schema::SchemaError;
-use crate::api::schema::TopicSchema;
-use crate::api::schema::ValuesChecked;
+use crate::api::service::Caller;
+use crate::api::service::Consume;
+use crate::api::service::ForwardError;
+use crate::api::service::Hops;
+use crate::api::service::Page;
+use crate::api::service::PeerRead;
+use crate::api::service::Peers;
+use crate::api::service::ProducerBatch;
+use crate::api::service::Publish;
+use crate::api::service::Record;
+use crate::api::service::RecordOutcome;
+use crate::api::service::Route;
+use crate::api::service::SchemaCheck;
+use crate::api::service::Service;
+use crate::api::service::ServiceError;
+use crate::api::service::Stored;
+use crate::api::service::denied_scope;
+use crate::api::service::message_id;
+use crate::api::service::parse_message_id;
+use crate::api::service::replicas_of;
+use crate::api::service::selected_partitions;
 use crate::config::DEFAULT_MAX_MESSAGES;
-use crate::config::MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
-use crate::config::MAX_WAIT_MS;
 use crate::model::TopicName;
 use crate::node::Group;
 use crate::node::Node;
-use crate::raft::batch::BatchError;
-use crate::raft::batch::RecordBatch;
-use crate::raft::quiesce::quorum_acked_since;
-use crate::raft::types::CommandResponse;
 use crate::raft::types::CommitWriter;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
-use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
@@ -58,11 +66,8 @@ use crate::raft::types::TopicUpdate;
 use crate::state_machine::GroupData;
 use crate::state_machine::meta::validate_spec;
 
-/// How many times a request has been forwarded. A request is forwarded at
-/// most twice (to a replica, then to its leader) so stale leader hints can
-/// never make it loop.
+/// How many times a request has been forwarded (see `Hops`).
 const HOPS_HEADER: &str = "x-raftstream-hops";
-const MAX_HOPS: u32 = 2;
 /// Asks a node to answer from its own replicas only (cluster status fan-out
 /// and reads that a lagging replica could not serve).
 const LOCAL_HEADER: &str = "x-raftstream-local";
@@ -71,9 +76,14 @@ fn node_credential(secret: &[u8; 32]) -> String {
     secret.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The gRPC adapter over [`Service`]: it authenticates callers, converts
+/// protobuf to the service's types and back, and forwards the calls the
+/// service does not take yet.
 #[derive(Debug, Clone)]
 pub struct ClientService {
     node: Arc<Node>,
+    core: Service,
+    peers: Arc<GrpcPeers>,
     trust: Trust,
 }
 
@@ -93,107 +103,36 @@ enum Trust {
     InProcess,
 }
 
-/// Who is calling.
-#[derive(Debug, Clone)]
-enum Caller {
-    /// Another node forwarding work it authorized, or the gateway.
-    Node,
-    Token(TokenRecord),
-}
-
-impl Caller {
-    fn check_topic(&self, scope: Scope, topic: &Topic) -> Result<(), Status> {
-        match self {
-            Caller::Node => Ok(()),
-            Caller::Token(token) => token.allows(scope, Some(topic)).map_err(denied),
-        }
-    }
-
-    /// Cluster-wide operations need a token not limited to some topics.
-    fn check_unrestricted(&self) -> Result<(), Status> {
-        match self {
-            Caller::Token(token) if !token.topics.is_empty() => Err(Status::permission_denied(
-                "this token is limited to some topics",
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// The caller as this node's metadata has it now, if it may still use
-    /// `scope` on `topic_id`: reads that stay open call this before every
-    /// batch, so a revoked token ends them even while messages flow.
-    fn refreshed(
-        &self,
-        node: &Node,
-        scope: Scope,
-        topic_id: Option<u64>,
-    ) -> Result<Caller, Status> {
-        match self {
-            Caller::Node => Ok(Caller::Node),
-            Caller::Token(token) => node
-                .with_metadata(|m| {
-                    crate::auth::still_allowed(m, token.id, scope, topic_id)
-                        .map(|token| Caller::Token(token.clone()))
-                        .map_err(access_lost_status)
-                })
-                .unwrap_or_else(|| Err(access_lost_status(crate::auth::AccessLost::NodeStopping))),
-        }
-    }
-
-    /// Resolves with the status to end a read with once the caller may no
-    /// longer use `scope` on `topic_id`; never for a node.
-    async fn access_lost(&self, node: &Node, scope: Scope, topic_id: Option<u64>) -> Status {
-        match self {
-            Caller::Node => std::future::pending().await,
-            Caller::Token(token) => {
-                access_lost_status(crate::auth::access_lost(node, token.id, scope, topic_id).await)
-            }
-        }
-    }
-}
-
-fn access_lost_status(why: crate::auth::AccessLost) -> Status {
-    match why {
-        crate::auth::AccessLost::Revoked => ErrorCode::Unauthorized.status(why.to_string()),
-        crate::auth::AccessLost::Denied(denied_why) => denied(denied_why),
-        crate::auth::AccessLost::NodeStopping => ErrorCode::Unavailable.status(why.to_string()),
-    }
-}
-
-fn denied(why: crate::auth::Denied) -> Status {
-    match why {
-        crate::auth::Denied::Scope(scope) => {
-            ErrorCode::Forbidden.status(format!("this token lacks the {} scope", scope.as_str()))
-        }
-        crate::auth::Denied::Topic => {
-            ErrorCode::Forbidden.status("this token may not use this topic")
-        }
-    }
+/// The client API service of `node`, carrying calls to other nodes over
+/// gRPC on the peer listeners.
+pub fn service(node: Arc<Node>) -> Service {
+    Service::new(node.clone(), Arc::new(GrpcPeers { node }))
 }
 
 impl ClientService {
+    fn with_trust(node: Arc<Node>, trust: Trust) -> Self {
+        let peers = Arc::new(GrpcPeers { node: node.clone() });
+        Self {
+            core: Service::new(node.clone(), peers.clone()),
+            node,
+            peers,
+            trust,
+        }
+    }
+
     /// The in-process service for the HTTP gateway (it authenticates).
     pub fn new(node: Arc<Node>) -> Self {
-        Self {
-            node,
-            trust: Trust::InProcess,
-        }
+        Self::with_trust(node, Trust::InProcess)
     }
 
     /// The public listener's service: every call needs a bearer token.
     pub fn public(node: Arc<Node>) -> Self {
-        Self {
-            node,
-            trust: Trust::Public,
-        }
+        Self::with_trust(node, Trust::Public)
     }
 
     /// The peer listener's service: every call needs the node credential.
     pub fn peer(node: Arc<Node>) -> Self {
-        Self {
-            node,
-            trust: Trust::Peer,
-        }
+        Self::with_trust(node, Trust::Peer)
     }
 
     /// Authenticates the caller and, when `scope` is given, checks it.
@@ -265,42 +204,20 @@ impl ClientService {
         if let Some(scope) = scope
             && !token.has_scope(scope)
         {
-            return Err(denied(crate::auth::Denied::Scope(scope)));
+            return Err(denied_scope(scope).into());
         }
         Ok(Caller::Token(token))
     }
 
     /// Whether this node checks a call's values against the topic's
     /// schema. The node a client called checks them, once: a forwarded call
-    /// (peer listener) was checked there, and the gateway checks its
-    /// payloads itself, item by item, and says so.
-    fn schema_check<T>(&self, request: &Request<T>) -> SchemaCheck {
+    /// (peer listener) was checked there. (The gateway checks its payloads
+    /// itself, item by item, and calls the service directly.)
+    fn schema_check(&self) -> SchemaCheck {
         match self.trust {
-            Trust::Public => SchemaCheck::Here,
+            Trust::Public | Trust::InProcess => SchemaCheck::Here,
             Trust::Peer => SchemaCheck::Done,
-            Trust::InProcess if request.extensions().get::<ValuesChecked>().is_some() => {
-                SchemaCheck::Done
-            }
-            Trust::InProcess => SchemaCheck::Here,
         }
-    }
-
-    /// Refuses values that the topic's JSON Schema does not accept: each
-    /// must be JSON satisfying it. Topics without a schema take any bytes.
-    async fn check_schema(
-        &self,
-        topic: &Topic,
-        values: impl IntoIterator<Item = bytes::Bytes>,
-    ) -> Result<(), Status> {
-        let Some(schema) = TopicSchema::of(topic) else {
-            return Ok(());
-        };
-        let values = values.into_iter().collect();
-        self.node
-            .schemas
-            .check_all(schema, values)
-            .await
-            .map_err(schema_status)
     }
 
     /// Refuses a schema offered for a topic that is too large or does not
@@ -313,15 +230,6 @@ impl ClientService {
             .check_document(schema)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))
-    }
-
-    /// Marks a request this node sends to another as coming from a node.
-    fn sign<T>(&self, request: &mut Request<T>) {
-        if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
-            && let Ok(value) = node_credential(&secret).parse()
-        {
-            request.metadata_mut().insert(NODE_AUTH_HEADER, value);
-        }
     }
 
     pub fn into_server(self) -> pb::raftstream_server::RaftstreamServer<Self> {
@@ -340,39 +248,52 @@ impl ClientService {
             Trust::Peer | Trust::InProcess => MAX_RPC_BYTES,
         }
     }
+
+    fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
+        self.peers.client(addr)
+    }
 }
 
-/// Whether a call's values still need their schema check on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SchemaCheck {
-    Here,
-    /// Checked by the node or the gateway that took the call.
-    Done,
+/// What a request says about forwarding.
+fn hops_of<T>(request: &Request<T>) -> Hops {
+    let count = request
+        .metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Hops {
+        count,
+        local_only: request.metadata().contains_key(LOCAL_HEADER),
+    }
 }
 
-/// What the caller knows about forwarding.
-#[derive(Debug, Clone, Copy)]
-struct Hops {
-    count: u32,
-    local_only: bool,
-}
-
-impl Hops {
-    fn of<T>(request: &Request<T>) -> Hops {
-        let count = request
-            .metadata()
-            .get(HOPS_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Hops {
-            count,
-            local_only: request.metadata().contains_key(LOCAL_HEADER),
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match e.grpc_code {
+            Some(code) => e.code.tag(Status::new(code, e.message)),
+            None => e.code.status(e.message),
         }
     }
+}
 
-    fn can_forward(&self) -> bool {
-        !self.local_only && self.count < MAX_HOPS
+/// An answer from another node, or a call to it that failed, as the
+/// service's error: the code it carries, and its gRPC code kept so that it
+/// passes through to this node's caller unchanged.
+impl From<Status> for ServiceError {
+    fn from(status: Status) -> ServiceError {
+        ServiceError {
+            code: ErrorCode::of_status(&status),
+            message: status.message().to_string(),
+            grpc_code: Some(status.code()),
+            never_sent: call_outcome::never_sent(&status),
+        }
+    }
+}
+
+impl ForwardError for Status {
+    fn never_sent(&self) -> bool {
+        call_outcome::never_sent(self)
     }
 }
 
@@ -388,16 +309,6 @@ fn topic_ref(topic: &Topic) -> Option<pb::TopicRef> {
     Some(pb::TopicRef {
         topic: Some(pb::topic_ref::Topic::Id(topic.id)),
     })
-}
-
-pub fn message_id(partition: u32, offset: u64) -> String {
-    format!("{partition}-{offset}")
-}
-
-/// Parses "<partition>-<offset>".
-pub fn parse_message_id(id: &str) -> Option<(u32, u64)> {
-    let (partition, offset) = id.split_once('-')?;
-    Some((partition.parse().ok()?, offset.parse().ok()?))
 }
 
 fn retention_from_pb(r: Option<&pb::RetentionPolicy>) -> RetentionPolicy {
@@ -449,91 +360,7 @@ pub fn token_to_pb(token: &TokenRecord, meta: &MetaState) -> pb::TokenInfo {
         created_at_ms: token.created_at_ms,
     }
 }
-
-fn write_status(e: WriteError) -> Status {
-    match e {
-        WriteError::NotLeader { .. } => {
-            ErrorCode::Unavailable.status("no leader reachable for this group; retry")
-        }
-        WriteError::Unknown(why) => outcome_unknown(&why),
-        WriteError::Unavailable(why) => ErrorCode::Unavailable.status(why),
-        WriteError::InsufficientStorage(why) => ErrorCode::InsufficientStorage.status(why),
-        WriteError::Rejected(r) => match r {
-            MetaRejection::TopicExists { .. } | MetaRejection::AlreadyBootstrapped => {
-                ErrorCode::Conflict.status(r.to_string())
-            }
-            MetaRejection::TopicNotFound { .. }
-            | MetaRejection::TopicNameNotFound { .. }
-            | MetaRejection::TokenNotFound { .. }
-            | MetaRejection::SourceNotFound { .. } => ErrorCode::NotFound.status(r.to_string()),
-            MetaRejection::Invalid(_) => ErrorCode::InvalidRequest.status(r.to_string()),
-        },
-    }
-}
-
-/// How a whole-call status words an unknown outcome: DEADLINE_EXCEEDED
-/// alone reads like a plain timeout to a person.
-const OUTCOME_UNKNOWN_PREFIX: &str = "outcome unknown: ";
-
-fn outcome_unknown(why: &str) -> Status {
-    ErrorCode::OutcomeUnknown.status(format!("{OUTCOME_UNKNOWN_PREFIX}{why}"))
-}
-
-fn read_status(e: ReadError) -> Status {
-    match e {
-        ReadError::NoSuchMessage { .. } => ErrorCode::InvalidRequest.status(e.to_string()),
-        ReadError::NotLocal { .. } => ErrorCode::Unavailable.status(e.to_string()),
-        ReadError::Storage(_) => ErrorCode::Internal.status(e.to_string()),
-    }
-}
-
-/// The partitions a request names: one, or all when it names none.
-fn selected_partitions(topic: &Topic, partition: Option<u32>) -> Result<Vec<u32>, Status> {
-    match partition {
-        Some(p) => replicas_of(topic, p).map(|_| vec![p]),
-        None => Ok((0..topic.partitions.len() as u32).collect()),
-    }
-}
-
-fn replicas_of(topic: &Topic, partition: u32) -> Result<Vec<u64>, Status> {
-    topic
-        .partitions
-        .get(partition as usize)
-        .cloned()
-        .ok_or_else(|| {
-            Status::invalid_argument(format!("topic {} has no partition {partition}", topic.name))
-        })
-}
-
-fn topic_not_found(name: &TopicName) -> Status {
-    Status::not_found(format!("topic {name} does not exist"))
-}
-
-/// The records of one publish, in one buffer. Headers are stored sorted,
-/// so every replica and every read sees the same bytes whatever order the
-/// request's map had.
-fn records_to_batch(records: &[pb::Record]) -> Result<RecordBatch, BatchError> {
-    let bytes = records
-        .iter()
-        .map(|r| {
-            let headers = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            RecordBatch::encoded_len(&r.key, &r.value, headers)
-        })
-        .sum();
-    let mut builder = RecordBatch::builder_with_capacity(bytes);
-    for record in records {
-        let mut headers: Vec<(&str, &str)> = record
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        headers.sort_unstable();
-        builder.push(&record.key, &record.value, headers)?;
-    }
-    Ok(builder.finish())
-}
-
-fn batch_to_pb(partition: u32, batch: ReadBatch) -> pb::ConsumeResponse {
+fn page_to_pb(Page { partition, batch }: Page) -> pb::ConsumeResponse {
     pb::ConsumeResponse {
         messages: batch
             .messages
@@ -573,10 +400,11 @@ fn unanswered_read(status: Status) -> Status {
 /// node sent pass through unchanged.
 fn forward_failure(status: Status) -> Status {
     if call_outcome::cut_off(&status) {
-        outcome_unknown(&format!(
+        ServiceError::outcome_unknown(&format!(
             "the node it was forwarded to went away: {}",
             status.message()
         ))
+        .into()
     } else {
         status
     }
@@ -591,26 +419,30 @@ macro_rules! forward {
     (via $client:ident, $service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
         $service
             .$client(&$addr)?
-            .$method($service.forwarded($message, $hops, $service.forward_timeout()))
+            .$method(
+                $service
+                    .peers
+                    .forwarded($message, $hops, $service.core.forward_timeout()),
+            )
             .await
             .map_err(forward_failure)
     };
 }
 
-/// A read that another replica serves for this one.
-struct ReplicaRead<'a> {
-    start: &'a StartAt,
-    max: usize,
-    max_bytes: usize,
+/// What a call to another node that must answer from its own replicas
+/// says about forwarding.
+const LOCAL_ONLY: Hops = Hops {
+    count: 0,
+    local_only: true,
+};
+
+/// Calls to other nodes' peer listeners, signed with the node credential.
+#[derive(Debug)]
+pub(crate) struct GrpcPeers {
+    node: Arc<Node>,
 }
 
-/// Where a request for a group should go.
-enum Route {
-    Local(Arc<Group>),
-    Forward(String),
-}
-
-impl ClientService {
+impl GrpcPeers {
     fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
         let channel = self
             .node
@@ -622,582 +454,205 @@ impl ClientService {
             .max_encoding_message_size(MAX_RPC_BYTES))
     }
 
+    /// `message` as a request from this node one hop further on, or, with
+    /// `hops.local_only`, asking the other node to answer from its own
+    /// replicas.
     fn forwarded<T>(&self, message: T, hops: Hops, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
-        self.sign(&mut request);
+        if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
+            && let Ok(value) = node_credential(&secret).parse()
+        {
+            request.metadata_mut().insert(NODE_AUTH_HEADER, value);
+        }
         request.set_timeout(timeout);
-        if let Ok(value) = (hops.count + 1).to_string().parse() {
+        if hops.local_only {
+            request.metadata_mut().insert(
+                LOCAL_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        } else if let Ok(value) = (hops.count + 1).to_string().parse() {
             request.metadata_mut().insert(HOPS_HEADER, value);
         }
-        request
-    }
-
-    /// A request asking another node to answer from its own replicas.
-    fn local_request<T>(&self, message: T, timeout: Duration) -> Request<T> {
-        let mut request = Request::new(message);
-        request.metadata_mut().insert(
-            LOCAL_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        self.sign(&mut request);
-        request.set_timeout(timeout);
         request
     }
 
     fn forward_timeout(&self) -> Duration {
         Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
     }
+}
 
-    /// Decides where work for `group_id` (with these replicas) is done. A
-    /// node leading the group does it; otherwise the request goes to the
-    /// leader this node knows of, or to a replica that will know, and the
-    /// caller is told so (see `forwarded`).
-    async fn route(&self, group_id: u64, replicas: &[u64], hops: Hops) -> Result<Route, Status> {
-        let route = self.choose_route(group_id, replicas, hops).await;
-        if let Ok(Route::Forward(_)) = &route {
-            note_forwarded();
-        }
-        route
-    }
-
-    async fn choose_route(
-        &self,
-        group_id: u64,
-        replicas: &[u64],
-        hops: Hops,
-    ) -> Result<Route, Status> {
-        let local = self.node.group(group_id);
-        if let Some(group) = &local {
-            match group.leader() {
-                Some((leader, _)) if leader == self.node.id() => {
-                    return Ok(Route::Local(group.clone()));
-                }
-                Some((_, addr)) if hops.can_forward() => return Ok(Route::Forward(addr)),
-                Some(_) => {
-                    return Err(Status::unavailable(
-                        "not the leader and out of forwarding hops; retry",
-                    ));
-                }
-                None => {}
-            }
-            // No leader known: an election is under way. Wait briefly for
-            // one rather than fail at once.
-            let wait = group
-                .raft
-                .wait(Some(Duration::from_secs(3)))
-                .metrics(|m| m.current_leader.is_some(), "leader elected")
-                .await;
-            return match (wait, group.leader()) {
-                (Ok(_), Some((leader, _))) if leader == self.node.id() => {
-                    Ok(Route::Local(group.clone()))
-                }
-                (Ok(_), Some((_, addr))) if hops.can_forward() => Ok(Route::Forward(addr)),
-                _ => Err(Status::unavailable(format!(
-                    "group {group_id} has no leader (no quorum?); retry"
-                ))),
-            };
-        }
-        if !hops.can_forward() {
-            return Err(Status::unavailable(format!(
-                "group {group_id} is not hosted on this node"
-            )));
-        }
-        let replica = replicas
-            .iter()
-            .find_map(|id| self.node.config.peers.get(id).cloned())
-            .ok_or_else(|| {
-                Status::unavailable(format!("group {group_id} has no reachable replica"))
-            })?;
-        Ok(Route::Forward(replica))
-    }
-
-    async fn meta_route(&self, hops: Hops) -> Result<Route, Status> {
-        let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
-        self.route(META_GROUP, &replicas, hops).await
-    }
-
-    /// Finds a topic in this node's metadata; a topic created a moment ago
-    /// through another node may not have reached it yet, so it then asks
-    /// the metadata leader for a linearizable read.
-    async fn topic(&self, name: &TopicName) -> Result<Topic, Status> {
-        if let Some(topic) = self.node.find_topic(name) {
-            return Ok(topic);
-        }
-        if self.node.meta_group().is_none() {
-            return Err(Status::unavailable(
-                "this node is shutting down; retry another",
-            ));
-        }
-        if let Some(meta) = self.node.meta_group() {
-            // Returns once this node has applied up to the leader's commit.
-            let linear = meta
-                .raft
-                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
-            let _ = tokio::time::timeout(Duration::from_secs(2), linear).await;
-        }
-        self.node
-            .find_topic(name)
-            .ok_or_else(|| topic_not_found(name))
-    }
-
-    /// Does `local` on this node when it leads `group_id`, else `forward`s
-    /// towards the leader. A local proposal refused because leadership just
-    /// moved was never appended, so it is routed again (at most three times).
-    async fn on_leader<'a, T>(
+impl Peers for GrpcPeers {
+    fn publish<'a>(
         &'a self,
-        group_id: u64,
-        replicas: &[u64],
+        addr: &'a str,
+        topic_id: u64,
+        records: &'a [Record],
+        producer: Option<ProducerBatch>,
         hops: Hops,
-        local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
-        forward: impl Fn(String) -> BoxFuture<'a, Result<T, Status>>,
-    ) -> Result<T, Status> {
-        let mut waited_out_dead_leader = false;
-        for _ in 0..3 {
-            let group = match self.route(group_id, replicas, hops).await? {
-                Route::Local(group) => group,
-                Route::Forward(addr) => {
-                    let answer = forward(addr).await;
-                    match (&answer, self.node.group(group_id)) {
-                        (Err(status), Some(group))
-                            if call_outcome::never_sent(status) && !waited_out_dead_leader =>
-                        {
-                            // The leader this replica follows is gone (it
-                            // crashed or is cut off). Hold the request for
-                            // the election that replaces it rather than send
-                            // the client away to poll: failover then costs
-                            // the client one election, not its backoff too.
-                            waited_out_dead_leader = true;
-                            self.await_new_leader(&group).await;
-                            continue;
-                        }
-                        _ => return answer,
-                    }
-                }
-            };
-            match local(group.clone()).await {
-                Err(WriteError::NotLeader { .. }) => {
-                    // Either leadership moved, or this node leads but has no
-                    // lease yet (just elected): wait for whichever it is.
-                    let me = self.node.id();
-                    let refused_at = std::time::Instant::now();
-                    let _ = group
-                        .raft
-                        .wait(Some(Duration::from_secs(2)))
-                        .metrics(
-                            |m| match m.current_leader {
-                                Some(leader) if leader != me => true,
-                                Some(_) => {
-                                    m.state == openraft::ServerState::Leader
-                                        && quorum_acked_since(m, refused_at)
-                                }
-                                None => false,
-                            },
-                            "a leader that accepts writes",
-                        )
-                        .await;
-                }
-                other => return other.map_err(write_status),
-            }
-        }
-        Err(Status::unavailable("leadership kept moving; retry"))
-    }
-
-    /// Waits, up to two maximal election timeouts, until `group` follows
-    /// a leader other than the one it follows now.
-    async fn await_new_leader(&self, group: &Group) {
-        let gone = group.leader().map(|(id, _)| id);
-        let bound = Duration::from_millis(2 * self.node.config.raft.election_timeout_max_ms);
-        let _ = group
-            .raft
-            .wait(Some(bound))
-            .metrics(
-                |m| m.current_leader.is_some() && m.current_leader != gone,
-                "a new leader",
-            )
-            .await;
-    }
-
-    async fn on_meta_leader<'a, T>(
-        &'a self,
-        hops: Hops,
-        local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
-        forward: impl Fn(String) -> BoxFuture<'a, Result<T, Status>>,
-    ) -> Result<T, Status> {
-        let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
-        self.on_leader(META_GROUP, &replicas, hops, local, forward)
-            .await
-    }
-
-    async fn publish_to_partition(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        records: Vec<pb::Record>,
-        producer: Option<pb::ProducerBatch>,
-        hops: Hops,
-    ) -> Result<Vec<pb::PublishResult>, Status> {
-        let replicas = replicas_of(topic, partition)?;
-        let count = records.len() as u64;
-        let records = &records;
-        // Built on the leader only: a forwarded publish travels as the
-        // request's records.
-        let batch = std::sync::OnceLock::new();
-        let batch = &batch;
-        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let records = batch
-                    .get_or_init(|| records_to_batch(records))
-                    .clone()
-                    .map_err(|e| WriteError::Rejected(MetaRejection::Invalid(e.to_string())))?;
-                let command = PartitionCommand::Append {
-                    timestamp_ms: self.node.time.now_ms(),
-                    records,
-                    producer: producer.map(|p| (p.producer_id, p.base_sequence)),
-                };
-                match self.node.write_partition(&group, command).await? {
-                    CommandResponse::Appended {
-                        base_offset,
-                        timestamp_ms,
-                    } => Ok((0..count)
-                        .map(|i| pb::PublishResult {
-                            result: Some(pb::publish_result::Result::Ok(pb::PublishResponse {
-                                partition,
-                                offset: base_offset + i,
-                                timestamp_ms,
-                                message_id: message_id(partition, base_offset + i),
-                            })),
-                        })
-                        .collect()),
-                    CommandResponse::OutOfSequence { expected } => {
-                        let base = producer.map_or(0, |p| p.base_sequence);
-                        // Below the expected sequence: an old retry the
-                        // partition already appended (beyond the window of
-                        // batches it can answer with offsets).
-                        let (code, message) = if base < expected {
-                            (
-                                ErrorCode::DuplicateSequence,
-                                format!(
-                                    "sequence {base} was already appended; the next is {expected}"
-                                ),
-                            )
-                        } else {
-                            (
-                                ErrorCode::OutOfSequence,
-                                format!("sequence {base} skips ahead; the next must be {expected}"),
-                            )
-                        };
-                        let error = pb::Error {
-                            code: code.as_str().into(),
-                            message,
-                        };
-                        Ok((0..count)
-                            .map(|_| pb::PublishResult {
-                                result: Some(pb::publish_result::Result::Error(error.clone())),
-                            })
-                            .collect())
-                    }
-                    other => Err(WriteError::Unavailable(format!(
-                        "unexpected append response {other:?}"
-                    ))),
-                }
-            })
-        };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.forward_publish(&addr, topic, partition, records, producer, hops)
-                    .await
-            })
-        };
-        self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
-            .await
-    }
-
-    async fn forward_publish(
-        &self,
-        addr: &str,
-        topic: &Topic,
-        partition: u32,
-        records: &[pb::Record],
-        producer: Option<pb::ProducerBatch>,
-        hops: Hops,
-    ) -> Result<Vec<pb::PublishResult>, Status> {
-        // Keys and values are `Bytes`: cloning a record shares them.
-        let records = records
-            .iter()
-            .map(|r| pb::Record {
-                partition: Some(partition),
-                ..r.clone()
-            })
-            .collect();
-        let request = pb::PublishBatchRequest {
-            topic: topic_ref(topic),
-            records,
-            producer,
-        };
-        let response = forward!(self, addr, publish_batch, request, hops)?;
-        Ok(response.into_inner().results)
-    }
-
-    async fn publish_records(
-        &self,
-        caller: &Caller,
-        name: &TopicName,
-        records: Vec<pb::Record>,
-        producer: Option<pb::ProducerBatch>,
-        hops: Hops,
-        schema_check: SchemaCheck,
-    ) -> Result<Vec<pb::PublishResult>, Status> {
-        let topic = self.topic(name).await?;
-        caller.check_topic(Scope::Publish, &topic)?;
-        if schema_check == SchemaCheck::Here {
-            // Before anything is appended: one refused record refuses the
-            // whole call, so a client never has to find out which of its
-            // records were stored.
-            self.check_schema(&topic, records.iter().map(|r| r.value.clone()))
-                .await?;
-        }
-        if producer.is_some() {
-            let first = records.first().and_then(|r| r.partition);
-            if first.is_none() || records.iter().any(|r| r.partition != first) {
-                return Err(Status::invalid_argument(
-                    "an idempotent batch must name one partition on every record",
-                ));
-            }
-        }
-        let limits = &self.node.config.limits;
-        let mut results: Vec<Option<pb::PublishResult>> = vec![None; records.len()];
-        // Records grouped by partition, remembering their request positions.
-        let mut by_partition: BTreeMap<u32, Vec<(usize, pb::Record)>> = BTreeMap::new();
-        let mut total_bytes = 0usize;
-        for (i, record) in records.into_iter().enumerate() {
-            let size = record.key.len()
-                + record.value.len()
-                + record
-                    .headers
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>();
-            let refused = |code: ErrorCode, message: String| {
-                Some(pb::PublishResult {
-                    result: Some(pb::publish_result::Result::Error(pb::Error {
-                        code: code.as_str().into(),
-                        message,
-                    })),
-                })
-            };
-            if size > limits.max_message_bytes {
-                results[i] = refused(
-                    ErrorCode::MessageTooLarge,
-                    format!(
-                        "message is {size} bytes; the limit is {}",
-                        limits.max_message_bytes
-                    ),
-                );
-                continue;
-            }
-            match self
-                .node
-                .choose_partition(&topic, record.partition, &record.key)
-            {
-                Ok(p) => {
-                    total_bytes += size;
-                    by_partition.entry(p).or_default().push((i, record));
-                }
-                Err(message) => results[i] = refused(ErrorCode::UnknownPartition, message),
-            }
-        }
-        // An idempotent batch is appended whole or not at all, or its
-        // sequence numbers would no longer match the records stored.
-        if producer.is_some() && results.iter().any(Option::is_some) {
-            let refusal = pb::Error {
-                code: ErrorCode::BatchRefused.as_str().into(),
-                message: "another record of this idempotent batch was refused".into(),
-            };
-            return Ok(results
-                .into_iter()
-                .map(|r| {
-                    r.unwrap_or_else(|| pb::PublishResult {
-                        result: Some(pb::publish_result::Result::Error(refusal.clone())),
-                    })
-                })
-                .collect());
-        }
-        if total_bytes > limits.max_batch_bytes {
-            return Err(Status::invalid_argument(format!(
-                "batch is {total_bytes} bytes; the limit is {}",
-                limits.max_batch_bytes
-            )));
-        }
-        let publishes = by_partition.into_iter().map(|(partition, items)| {
-            let topic = &topic;
-            async move {
-                let (positions, records): (Vec<usize>, Vec<pb::Record>) = items.into_iter().unzip();
-                let outcome = self
-                    .publish_to_partition(topic, partition, records, producer, hops)
-                    .await;
-                (positions, outcome)
-            }
-        });
-        for (positions, outcome) in futures::future::join_all(publishes).await {
-            match outcome {
-                Ok(partition_results) => {
-                    for (position, result) in positions.into_iter().zip(partition_results) {
-                        results[position] = Some(result);
-                    }
-                }
-                Err(status) => {
-                    let error = record_error(&status);
-                    for position in positions {
-                        results[position] = Some(pb::PublishResult {
-                            result: Some(pb::publish_result::Result::Error(error.clone())),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| pb::PublishResult {
-                    result: Some(pb::publish_result::Result::Error(pb::Error {
-                        code: ErrorCode::Failed.as_str().into(),
-                        message: "no result".into(),
-                    })),
-                })
-            })
-            .collect())
-    }
-
-    async fn consume_inner(
-        &self,
-        caller: &Caller,
-        request: pb::ConsumeRequest,
-        hops: Hops,
-    ) -> Result<pb::ConsumeResponse, Status> {
-        let name = topic_name(request.topic.as_ref())?;
-        let topic = self.topic(&name).await?;
-        caller.check_topic(Scope::Consume, &topic)?;
-        let mut partition = request.partition;
-        let start = match request.position.and_then(|p| p.position) {
-            None => StartAt::Earliest,
-            Some(pb::position::Position::Offset(o)) => StartAt::Offset(o),
-            Some(pb::position::Position::SinceTimestampMs(ts)) => StartAt::Timestamp(ts),
-            Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
-            Some(pb::position::Position::Latest(_)) => StartAt::Latest,
-            Some(pb::position::Position::AfterMessageId(id)) => {
-                let (p, offset) = parse_message_id(&id).ok_or_else(|| {
-                    Status::invalid_argument(format!("{id:?} is not a message id"))
-                })?;
-                partition = p;
-                StartAt::After(offset)
-            }
-        };
-        let replicas = replicas_of(&topic, partition)?;
-        let max = match request.max_messages {
-            0 => DEFAULT_MAX_MESSAGES,
-            n => n.min(MAX_MESSAGES),
-        } as usize;
-        if request.wait_ms > MAX_WAIT_MS {
-            return Err(Status::invalid_argument(format!(
-                "wait_ms is at most {MAX_WAIT_MS}"
-            )));
-        }
-        let read_limit = self.node.config.limits.max_read_bytes;
-        let max_bytes = match request.max_bytes {
-            0 => read_limit,
-            n => (n as usize).min(read_limit),
-        };
-        let wait = Duration::from_millis(u64::from(request.wait_ms));
-        let group_id = topic.group_id(partition);
-        let group = match self.route(group_id, &replicas, hops).await {
-            Ok(Route::Local(group)) => group,
-            Ok(Route::Forward(addr)) => {
-                let forwarded = pb::ConsumeRequest {
-                    topic: topic_ref(&topic),
-                    partition,
-                    position: Some(pb::Position {
-                        position: Some(start_to_pb(&start, partition)),
-                    }),
-                    max_messages: max as u32,
-                    wait_ms: request.wait_ms,
-                    max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
-                };
-                let timeout = wait + self.forward_timeout();
-                match self
-                    .client(&addr)?
-                    .consume(self.forwarded(forwarded, hops, timeout))
-                    .await
-                {
-                    Ok(response) => return Ok(response.into_inner()),
-                    // The leader is unreachable: a local replica still holds
-                    // every message committed up to its applied index.
-                    Err(status) => {
-                        let status = unanswered_read(status);
-                        match self.node.group(group_id) {
-                            Some(group) if status.code() == tonic::Code::Unavailable => group,
-                            _ => return Err(status),
-                        }
-                    }
-                }
-            }
-            Err(status) => match self.node.group(group_id) {
-                Some(group) => group,
-                None => return Err(status),
-            },
-        };
-        let stop = self.node.shutdown_signal();
-        match read_or_wait(&group, &start, max, max_bytes, wait, stop).await {
-            Ok(batch) => Ok(batch_to_pb(partition, batch)),
-            Err(ReadError::NotLocal { .. }) if !hops.local_only => {
-                let read = ReplicaRead {
-                    start: &start,
-                    max,
-                    max_bytes,
-                };
-                self.consume_from_other_replica(&topic, partition, &replicas, read)
-                    .await
-            }
-            Err(e) => Err(read_status(e)),
-        }
-    }
-
-    /// Serves a read this replica cannot (it caught up from a snapshot past
-    /// the messages) from another replica's log.
-    async fn consume_from_other_replica(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        replicas: &[u64],
-        read: ReplicaRead<'_>,
-    ) -> Result<pb::ConsumeResponse, Status> {
-        let ReplicaRead {
-            start,
-            max,
-            max_bytes,
-        } = read;
-        let mut last = Status::unavailable("no replica holds these messages");
-        for replica in replicas.iter().filter(|id| **id != self.node.id()) {
-            let Some(addr) = self.node.config.peers.get(replica) else {
-                continue;
-            };
-            let message = pb::ConsumeRequest {
-                topic: topic_ref(topic),
-                partition,
-                position: Some(pb::Position {
-                    position: Some(start_to_pb(start, partition)),
+    ) -> BoxFuture<'a, Result<Vec<RecordOutcome>, ServiceError>> {
+        Box::pin(async move {
+            let request = pb::PublishBatchRequest {
+                topic: Some(pb::TopicRef {
+                    topic: Some(pb::topic_ref::Topic::Id(topic_id)),
                 }),
-                max_messages: max as u32,
-                wait_ms: 0,
-                max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+                records: records.iter().map(record_to_pb).collect(),
+                producer: producer.map(|p| pb::ProducerBatch {
+                    producer_id: p.producer_id,
+                    base_sequence: p.base_sequence,
+                }),
             };
-            let request = self.local_request(message, self.forward_timeout());
-            match self.client(addr)?.consume(request).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => last = unanswered_read(status),
-            }
-        }
-        Err(last)
+            let request = self.forwarded(request, hops, self.forward_timeout());
+            let response = self
+                .client(addr)?
+                .publish_batch(request)
+                .await
+                .map_err(forward_failure)?;
+            Ok(response
+                .into_inner()
+                .results
+                .into_iter()
+                .map(outcome_from_pb)
+                .collect())
+        })
     }
+
+    fn consume<'a>(
+        &'a self,
+        addr: &'a str,
+        read: PeerRead,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Page, ServiceError>> {
+        Box::pin(async move {
+            let request = pb::ConsumeRequest {
+                topic: Some(pb::TopicRef {
+                    topic: Some(pb::topic_ref::Topic::Id(read.topic_id)),
+                }),
+                partition: read.partition,
+                position: Some(pb::Position {
+                    position: Some(start_to_pb(&read.start, read.partition)),
+                }),
+                max_messages: read.max_messages,
+                wait_ms: read.wait_ms,
+                max_bytes: read.max_bytes,
+            };
+            let timeout = Duration::from_millis(u64::from(read.wait_ms)) + self.forward_timeout();
+            let request = self.forwarded(request, hops, timeout);
+            let response = self
+                .client(addr)?
+                .consume(request)
+                .await
+                .map_err(unanswered_read)?;
+            Ok(page_from_pb(read.partition, response.into_inner()))
+        })
+    }
+}
+
+fn record_to_pb(record: &Record) -> pb::Record {
+    pb::Record {
+        partition: record.partition,
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: record.headers.iter().cloned().collect(),
+    }
+}
+
+fn record_from_pb(record: pb::Record) -> Record {
+    Record {
+        partition: record.partition,
+        key: record.key,
+        value: record.value,
+        headers: record.headers.into_iter().collect(),
+    }
+}
+
+fn outcome_to_pb(outcome: RecordOutcome) -> pb::PublishResult {
+    let result = match outcome {
+        Ok(stored) => pb::publish_result::Result::Ok(stored_to_pb(stored)),
+        Err(e) => pb::publish_result::Result::Error(pb::Error {
+            code: e.code.as_str().into(),
+            message: e.message,
+        }),
+    };
+    pb::PublishResult {
+        result: Some(result),
+    }
+}
+
+fn stored_to_pb(stored: Stored) -> pb::PublishResponse {
+    pb::PublishResponse {
+        partition: stored.partition,
+        offset: stored.offset,
+        timestamp_ms: stored.timestamp_ms,
+        message_id: stored.message_id(),
+    }
+}
+
+fn outcome_from_pb(result: pb::PublishResult) -> RecordOutcome {
+    match result.result {
+        Some(pb::publish_result::Result::Ok(ok)) => Ok(Stored {
+            partition: ok.partition,
+            offset: ok.offset,
+            timestamp_ms: ok.timestamp_ms,
+        }),
+        Some(pb::publish_result::Result::Error(e)) => Err(ServiceError::new(
+            ErrorCode::parse(&e.code).unwrap_or(ErrorCode::Failed),
+            e.message,
+        )),
+        None => Err(ServiceError::new(ErrorCode::Failed, "no result")),
+    }
+}
+
+fn page_from_pb(partition: u32, response: pb::ConsumeResponse) -> Page {
+    let messages = response
+        .messages
+        .into_iter()
+        .map(|m| {
+            let mut headers: Vec<(String, String)> = m.headers.into_iter().collect();
+            headers.sort_unstable();
+            ReadMessage {
+                offset: m.offset,
+                timestamp_ms: m.timestamp_ms,
+                key: m.key,
+                value: m.value,
+                headers,
+            }
+        })
+        .collect();
+    Page {
+        partition,
+        batch: ReadBatch {
+            messages,
+            next_offset: response.next_offset,
+            high_watermark: response.high_watermark,
+            log_start_offset: response.log_start_offset,
+        },
+    }
+}
+
+/// A consume request as the service's call; a position after a message id
+/// names the partition too.
+fn consume_call(request: pb::ConsumeRequest) -> Result<Consume, Status> {
+    let mut partition = request.partition;
+    let start = match request.position.and_then(|p| p.position) {
+        None => StartAt::Earliest,
+        Some(pb::position::Position::Offset(o)) => StartAt::Offset(o),
+        Some(pb::position::Position::SinceTimestampMs(ts)) => StartAt::Timestamp(ts),
+        Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
+        Some(pb::position::Position::Latest(_)) => StartAt::Latest,
+        Some(pb::position::Position::AfterMessageId(id)) => {
+            let (p, offset) = parse_message_id(&id)
+                .ok_or_else(|| Status::invalid_argument(format!("{id:?} is not a message id")))?;
+            partition = p;
+            StartAt::After(offset)
+        }
+    };
+    Ok(Consume {
+        partition,
+        start,
+        max_messages: request.max_messages,
+        wait_ms: request.wait_ms,
+        max_bytes: request.max_bytes,
+    })
 }
 
 fn start_to_pb(start: &StartAt, partition: u32) -> pb::position::Position {
@@ -1209,72 +664,6 @@ fn start_to_pb(start: &StartAt, partition: u32) -> pb::position::Position {
         StartAt::Latest => pb::position::Position::Latest(true),
     }
 }
-
-fn first_error(results: &[pb::PublishResult]) -> Option<&pb::Error> {
-    results.iter().find_map(|r| match &r.result {
-        Some(pb::publish_result::Result::Error(e)) => Some(e),
-        _ => None,
-    })
-}
-
-/// A schema refusal as a status. Its codes are those the HTTP gateway has
-/// always answered a delivery's schema refusal with (`invalid_request`,
-/// `conflict`), not the gateway's own `schema_mismatch` and
-/// `invalid_topic_schema`, so HTTP answers stay as they were.
-fn schema_status(e: SchemaError) -> Status {
-    match e {
-        SchemaError::NotJson { .. } | SchemaError::Mismatch { .. } => {
-            ErrorCode::InvalidRequest.status(e.to_string())
-        }
-        // FAILED_PRECONDITION, as before, for clients that read the gRPC
-        // code.
-        SchemaError::StoredSchema { .. } => {
-            ErrorCode::Conflict.tag(Status::failed_precondition(e.to_string()))
-        }
-        SchemaError::Interrupted(_) => ErrorCode::Internal.status(e.to_string()),
-    }
-}
-
-/// The error each record of a partition's failed publish gets. Only the
-/// outcomes a producer acts on keep their code; any other is `failed`.
-/// The code says the outcome, so the message drops the words that say it
-/// again.
-fn record_error(status: &Status) -> pb::Error {
-    let code = match ErrorCode::of_status(status) {
-        code @ (ErrorCode::OutcomeUnknown
-        | ErrorCode::Unavailable
-        | ErrorCode::InsufficientStorage) => code,
-        _ => ErrorCode::Failed,
-    };
-    let message = status.message();
-    let message = match code {
-        ErrorCode::OutcomeUnknown => message
-            .strip_prefix(OUTCOME_UNKNOWN_PREFIX)
-            .unwrap_or(message),
-        _ => message,
-    };
-    pb::Error {
-        code: code.as_str().into(),
-        message: message.to_string(),
-    }
-}
-
-/// The status of a single publish whose record got `e`: the code of the
-/// call, with the record's own code leading the message.
-fn error_status(e: &pb::Error) -> Status {
-    let message = format!("{}: {}", e.code, e.message);
-    let code = match ErrorCode::parse(&e.code) {
-        Some(ErrorCode::MessageTooLarge | ErrorCode::UnknownPartition) => ErrorCode::InvalidRequest,
-        Some(
-            code @ (ErrorCode::OutcomeUnknown
-            | ErrorCode::Unavailable
-            | ErrorCode::InsufficientStorage),
-        ) => code,
-        _ => ErrorCode::Internal,
-    };
-    code.status(message)
-}
-
 type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -1284,22 +673,23 @@ impl Raftstream for ClientService {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Publish)).await?;
-        let hops = Hops::of(&request);
-        let schema_check = self.schema_check(&request);
+        let hops = hops_of(&request);
+        let schema_check = self.schema_check();
         let request = request.into_inner();
-        let name = topic_name(request.topic.as_ref())?;
+        let topic = topic_name(request.topic.as_ref())?;
         let record = request
             .record
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
-        let results = self
-            .publish_records(&caller, &name, vec![record], None, hops, schema_check)
-            .await?;
-        if let Some(e) = first_error(&results) {
-            return Err(error_status(e));
-        }
-        match results.into_iter().next().and_then(|r| r.result) {
-            Some(pb::publish_result::Result::Ok(ok)) => Ok(Response::new(ok)),
-            _ => Err(Status::internal("publish produced no result")),
+        let call = Publish {
+            records: vec![record_from_pb(record)],
+            producer: None,
+            schema_check,
+        };
+        let outcome = self.core.publish(&caller, &topic, call, hops).await?.pop();
+        match outcome {
+            Some(Ok(stored)) => Ok(Response::new(stored_to_pb(stored))),
+            Some(Err(e)) => Err(e.of_single_publish().into()),
+            None => Err(Status::internal("publish produced no result")),
         }
     }
 
@@ -1308,18 +698,22 @@ impl Raftstream for ClientService {
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Publish)).await?;
-        let hops = Hops::of(&request);
-        let schema_check = self.schema_check(&request);
+        let hops = hops_of(&request);
+        let schema_check = self.schema_check();
         let request = request.into_inner();
-        let name = topic_name(request.topic.as_ref())?;
-        if request.records.is_empty() {
-            return Err(Status::invalid_argument("records must not be empty"));
-        }
-        let (records, producer) = (request.records, request.producer);
-        let results = self
-            .publish_records(&caller, &name, records, producer, hops, schema_check)
-            .await?;
-        Ok(Response::new(pb::PublishBatchResponse { results }))
+        let topic = topic_name(request.topic.as_ref())?;
+        let call = Publish {
+            records: request.records.into_iter().map(record_from_pb).collect(),
+            producer: request.producer.map(|p| ProducerBatch {
+                producer_id: p.producer_id,
+                base_sequence: p.base_sequence,
+            }),
+            schema_check,
+        };
+        let outcomes = self.core.publish(&caller, &topic, call, hops).await?;
+        Ok(Response::new(pb::PublishBatchResponse {
+            results: outcomes.into_iter().map(outcome_to_pb).collect(),
+        }))
     }
 
     async fn consume(
@@ -1327,7 +721,7 @@ impl Raftstream for ClientService {
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         // The gateway takes one slot for a whole HTTP long poll, which waits
         // on every partition at once.
         let _slot = (request.get_ref().wait_ms > 0 && self.trust != Trust::InProcess)
@@ -1335,23 +729,21 @@ impl Raftstream for ClientService {
             .transpose()
             .map_err(|full| Status::resource_exhausted(full.to_string()))?;
         let request = request.into_inner();
-        if request.wait_ms == 0 {
-            return Ok(Response::new(
-                self.consume_inner(&caller, request, hops).await?,
-            ));
+        let topic = topic_name(request.topic.as_ref())?;
+        let call = consume_call(request)?;
+        if call.wait_ms == 0 {
+            let page = self.core.consume(&caller, &topic, call, hops).await?;
+            return Ok(Response::new(page_to_pb(page)));
         }
         // A parked long poll ends as soon as its token is revoked, and what
         // it woke with is handed over only if the token still allows it.
-        let topic_id = topic_name(request.topic.as_ref())
-            .ok()
-            .and_then(|name| self.node.find_topic(&name))
-            .map(|topic| topic.id);
-        let response = tokio::select! {
-            response = self.consume_inner(&caller, request, hops) => response?,
-            status = caller.access_lost(&self.node, Scope::Consume, topic_id) => return Err(status),
+        let topic_id = self.node.find_topic(&topic).map(|topic| topic.id);
+        let page = tokio::select! {
+            page = self.core.consume(&caller, &topic, call, hops) => page?,
+            e = caller.access_lost(&self.node, Scope::Consume, topic_id) => return Err(e.into()),
         };
         caller.refreshed(&self.node, Scope::Consume, topic_id)?;
-        Ok(Response::new(response))
+        Ok(Response::new(page_to_pb(page)))
     }
 
     type SubscribeStream = MessageStream;
@@ -1366,45 +758,45 @@ impl Raftstream for ClientService {
             .read_slots
             .subscription()
             .map_err(|full| Status::resource_exhausted(full.to_string()))?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         // The stream reads its topic by id: renamed, it is still the topic
         // the stream was opened on, and a new topic taking the old name is
         // not. The caller's token is checked against this id while it runs.
-        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
-        let (topic_id, topic_by_id) = (topic.id, topic_ref(&topic));
+        let topic = self
+            .core
+            .topic(&topic_name(request.topic.as_ref())?)
+            .await?;
+        let topic_id = topic.id;
+        let first_call = consume_call(pb::ConsumeRequest {
+            topic: None,
+            partition: request.partition,
+            position: request.position,
+            max_messages: DEFAULT_MAX_MESSAGES,
+            wait_ms: 0,
+            max_bytes: 0,
+        })?;
         // Validate the topic and position now, so a bad request fails the
         // call itself rather than the first stream item.
         let first = self
-            .consume_inner(
-                &caller,
-                pb::ConsumeRequest {
-                    topic: topic_by_id.clone(),
-                    partition: request.partition,
-                    position: request.position.clone(),
-                    max_messages: DEFAULT_MAX_MESSAGES,
-                    wait_ms: 0,
-                    max_bytes: 0,
-                },
-                hops,
-            )
+            .core
+            .consume_from(&caller, &topic, first_call, hops)
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::Message, Status>>(
             DEFAULT_MAX_MESSAGES as usize,
         );
-        let service = self.clone();
+        let service = self.core.clone();
+        let by_id = TopicName::Id(topic_id);
         let mut shutdown = self.node.shutdown_signal();
         tokio::spawn(async move {
             // Held for as long as the stream is open.
             let _slot = slot;
-            let mut batch = first;
+            let mut page = first;
             let mut caller = caller;
             loop {
-                let partition = batch
-                    .messages
-                    .first()
-                    .map_or(request.partition, |m| m.partition);
-                for message in batch.messages {
+                let partition = page.partition;
+                let next_offset = page.batch.next_offset;
+                for message in page_to_pb(page).messages {
                     if tx.send(Ok(message)).await.is_err() {
                         return; // The subscriber went away.
                     }
@@ -1413,31 +805,28 @@ impl Raftstream for ClientService {
                 // (below), so a busy stream ends on revocation too.
                 caller = match caller.refreshed(&service.node, Scope::Consume, Some(topic_id)) {
                     Ok(caller) => caller,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
-                let next = pb::ConsumeRequest {
-                    topic: topic_by_id.clone(),
+                let next = Consume {
                     partition,
-                    position: Some(pb::Position {
-                        position: Some(pb::position::Position::Offset(batch.next_offset)),
-                    }),
+                    start: StartAt::Offset(next_offset),
                     max_messages: DEFAULT_MAX_MESSAGES,
                     wait_ms: 30_000,
                     max_bytes: 0,
                 };
-                batch = tokio::select! {
-                    result = service.consume_inner(&caller, next, hops) => match result {
-                        Ok(batch) => batch,
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
+                page = tokio::select! {
+                    result = service.consume(&caller, &by_id, next, hops) => match result {
+                        Ok(page) => page,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                     },
-                    status = caller.access_lost(&service.node, Scope::Consume, Some(topic_id)) => {
-                        let _ = tx.send(Err(status)).await;
+                    e = caller.access_lost(&service.node, Scope::Consume, Some(topic_id)) => {
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                     _ = tx.closed() => return,
@@ -1457,12 +846,15 @@ impl Raftstream for ClientService {
         request: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         if request.group.is_empty() {
             return Err(Status::invalid_argument("group must not be empty"));
         }
-        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let topic = self
+            .core
+            .topic(&topic_name(request.topic.as_ref())?)
+            .await?;
         caller.check_topic(Scope::Consume, &topic)?;
         let replicas = replicas_of(&topic, request.partition)?;
         let request = &request;
@@ -1484,10 +876,11 @@ impl Raftstream for ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                Ok(forward!(self, addr, commit_offset, request.clone(), hops)?.into_inner())
+                forward!(self, addr, commit_offset, request.clone(), hops).map(Response::into_inner)
             })
         };
         let response = self
+            .core
             .on_leader(
                 topic.group_id(request.partition),
                 &replicas,
@@ -1504,15 +897,19 @@ impl Raftstream for ClientService {
         request: Request<pb::GetCommittedOffsetsRequest>,
     ) -> Result<Response<pb::GetCommittedOffsetsResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let topic = self
+            .core
+            .topic(&topic_name(request.topic.as_ref())?)
+            .await?;
         caller.check_topic(Scope::Consume, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
         let mut offsets = Vec::new();
         for partition in partitions {
             let replicas = &topic.partitions[partition as usize];
             match self
+                .core
                 .route(topic.group_id(partition), replicas, hops)
                 .await?
             {
@@ -1535,7 +932,7 @@ impl Raftstream for ClientService {
                     let linear = group
                         .raft
                         .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
-                    match tokio::time::timeout(self.forward_timeout(), linear).await {
+                    match tokio::time::timeout(self.core.forward_timeout(), linear).await {
                         Ok(Ok(_)) => {}
                         _ => return Err(Status::unavailable("leadership unconfirmed; retry")),
                     }
@@ -1559,15 +956,19 @@ impl Raftstream for ClientService {
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let topic = self
+            .core
+            .topic(&topic_name(request.topic.as_ref())?)
+            .await?;
         caller.check_topic(Scope::Consume, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
         let mut groups = std::collections::BTreeSet::new();
         for partition in partitions {
             let replicas = replicas_of(&topic, partition)?;
             match self
+                .core
                 .route(topic.group_id(partition), &replicas, hops)
                 .await?
             {
@@ -1599,7 +1000,7 @@ impl Raftstream for ClientService {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         let spec = TopicSpec {
@@ -1630,10 +1031,10 @@ impl Raftstream for ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                Ok(forward!(self, addr, create_topic, request.clone(), hops)?.into_inner())
+                forward!(self, addr, create_topic, request.clone(), hops).map(Response::into_inner)
             })
         };
-        let topic = self.on_meta_leader(hops, local, forward).await?;
+        let topic = self.core.on_meta_leader(hops, local, forward).await?;
         self.node
             .await_topic_applied(topic.id, Some(topic.version))
             .await;
@@ -1647,9 +1048,9 @@ impl Raftstream for ClientService {
         // The metadata leader has applied every topic change it answered,
         // so reading there sees every acknowledged create, update and delete.
         let _caller = self.authorize(&request, None).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
             return forward!(self, addr, list_topics, request, hops);
         }
         let topics = self
@@ -1668,16 +1069,16 @@ impl Raftstream for ClientService {
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::Topic>, Status> {
         let _caller = self.authorize(&request, None).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
             return forward!(self, addr, get_topic, request, hops);
         }
         let name = topic_name(Some(&request))?;
         let topic = self
             .node
             .find_topic(&name)
-            .ok_or_else(|| topic_not_found(&name))?;
+            .ok_or_else(|| ErrorCode::NotFound.status(format!("topic {name} does not exist")))?;
         Ok(Response::new(topic_to_pb(&topic)))
     }
 
@@ -1686,9 +1087,12 @@ impl Raftstream for ClientService {
         request: Request<pb::UpdateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let topic = self
+            .core
+            .topic(&topic_name(request.topic.as_ref())?)
+            .await?;
         caller.check_topic(Scope::Admin, &topic)?;
         let update = TopicUpdate {
             name: request.name.clone(),
@@ -1718,10 +1122,10 @@ impl Raftstream for ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                Ok(forward!(self, addr, update_topic, request.clone(), hops)?.into_inner())
+                forward!(self, addr, update_topic, request.clone(), hops).map(Response::into_inner)
             })
         };
-        let topic = self.on_meta_leader(hops, local, forward).await?;
+        let topic = self.core.on_meta_leader(hops, local, forward).await?;
         self.node
             .await_topic_applied(topic.id, Some(topic.version))
             .await;
@@ -1733,9 +1137,12 @@ impl Raftstream for ClientService {
         request: Request<pb::PurgeTopicRequest>,
     ) -> Result<Response<pb::PurgeTopicResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self.topic(&topic_name(request.topic.as_ref())?).await?;
+        let topic = self
+            .core
+            .topic(&topic_name(request.topic.as_ref())?)
+            .await?;
         caller.check_topic(Scope::Admin, &topic)?;
         let partitions = selected_partitions(&topic, request.partition)?;
         let topic = &topic;
@@ -1759,7 +1166,8 @@ impl Raftstream for ClientService {
                     forward!(self, addr, purge_topic, one, hops).map(|_| ())
                 })
             };
-            self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+            self.core
+                .on_leader(topic.group_id(partition), &replicas, hops, local, forward)
                 .await
         });
         for outcome in futures::future::join_all(purges).await {
@@ -1773,9 +1181,9 @@ impl Raftstream for ClientService {
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self.topic(&topic_name(Some(&request))?).await?;
+        let topic = self.core.topic(&topic_name(Some(&request))?).await?;
         caller.check_topic(Scope::Admin, &topic)?;
         let (request, topic_id) = (&request, topic.id);
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
@@ -1788,10 +1196,10 @@ impl Raftstream for ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                Ok(forward!(self, addr, delete_topic, request.clone(), hops)?.into_inner())
+                forward!(self, addr, delete_topic, request.clone(), hops).map(Response::into_inner)
             })
         };
-        let deleted = self.on_meta_leader(hops, local, forward).await?;
+        let deleted = self.core.on_meta_leader(hops, local, forward).await?;
         self.node.await_topic_applied(topic_id, None).await;
         Ok(Response::new(deleted))
     }
@@ -1801,7 +1209,7 @@ impl Raftstream for ClientService {
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         let scopes = request
@@ -1851,11 +1259,12 @@ impl Raftstream for ClientService {
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                Ok(forward!(self, addr, create_token, request_ref.clone(), hops)?.into_inner())
+                forward!(self, addr, create_token, request_ref.clone(), hops)
+                    .map(Response::into_inner)
             })
         };
         Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
+            self.core.on_meta_leader(hops, local, forward).await?,
         ))
     }
 
@@ -1864,10 +1273,10 @@ impl Raftstream for ClientService {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
             return forward!(self, addr, list_tokens, request, hops);
         }
         let tokens = self
@@ -1882,7 +1291,7 @@ impl Raftstream for ClientService {
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         let id = request.id;
@@ -1895,12 +1304,12 @@ impl Raftstream for ClientService {
             })
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(
-                async move { Ok(forward!(self, addr, delete_token, request, hops)?.into_inner()) },
-            )
+            Box::pin(async move {
+                forward!(self, addr, delete_token, request, hops).map(Response::into_inner)
+            })
         };
         Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
+            self.core.on_meta_leader(hops, local, forward).await?,
         ))
     }
 
@@ -1910,7 +1319,7 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         self.authorize(&request, None).await?;
         let local = self.local_status();
-        if Hops::of(&request).local_only {
+        if hops_of(&request).local_only {
             return Ok(Response::new(local));
         }
         // Ask every other node for its own groups and keep, for each group,
@@ -1924,8 +1333,12 @@ impl Raftstream for ClientService {
             .map(|(id, addr)| (*id, addr.clone()))
             .collect();
         let asks = peers.iter().map(|(id, addr)| async move {
-            let request = self.local_request(pb::ClusterStatusRequest {}, Duration::from_secs(2));
-            let answer = match self.client(addr) {
+            let request = self.peers.forwarded(
+                pb::ClusterStatusRequest {},
+                LOCAL_ONLY,
+                Duration::from_secs(2),
+            );
+            let answer = match self.peers.client(addr) {
                 Ok(mut client) => client
                     .cluster_status(request)
                     .await
@@ -2061,6 +1474,7 @@ impl ClientService {
 mod ingest;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -2119,79 +1533,64 @@ mod tests {
     /// "outcome_unknown: outcome unknown: ...").
     #[test]
     fn an_unknown_outcome_is_named_once() {
-        let unknown = write_status(WriteError::Unknown("the leader changed".into()));
-        assert_eq!(unknown.message(), "outcome unknown: the leader changed");
-        let record = record_error(&unknown);
+        let cut_off = ServiceError::from(forward_failure(connection_closed_mid_call()));
+        assert_eq!(cut_off.code, ErrorCode::OutcomeUnknown);
+        let record = outcome_to_pb(Err(ServiceError::new(
+            ErrorCode::OutcomeUnknown,
+            "the leader changed",
+        )));
+        let Some(pb::publish_result::Result::Error(error)) = record.result else {
+            panic!("an error was expected: {record:?}");
+        };
         assert_eq!(
-            (record.code.as_str(), record.message.as_str()),
+            (error.code.as_str(), error.message.as_str()),
             ("outcome_unknown", "the leader changed")
         );
-        let single = error_status(&record);
+        let single = Status::from(
+            outcome_from_pb(pb::PublishResult {
+                result: Some(pb::publish_result::Result::Error(error)),
+            })
+            .unwrap_err()
+            .of_single_publish(),
+        );
         assert_eq!(single.code(), tonic::Code::DeadlineExceeded);
         assert_eq!(single.message(), "outcome_unknown: the leader changed");
         assert_eq!(ErrorCode::of_status(&single), ErrorCode::OutcomeUnknown);
-
-        let cut_off = record_error(&forward_failure(connection_closed_mid_call()));
-        assert_eq!(cut_off.code, "outcome_unknown");
-        assert!(
-            cut_off
-                .message
-                .starts_with("the node it was forwarded to went away"),
-            "{cut_off:?}"
-        );
     }
 
+    /// Statuses of older nodes carry no code but their gRPC code; a
+    /// forwarded partition's failure gives its records the code producers
+    /// act on.
     #[test]
-    fn a_partition_that_failed_gives_its_records_the_codes_producers_act_on() {
-        // Statuses of older nodes carry no code but their gRPC code.
+    fn a_status_from_another_node_keeps_its_meaning() {
         for (status, code) in [
-            (Status::deadline_exceeded("late"), "outcome_unknown"),
-            (Status::unavailable("no leader"), "unavailable"),
+            (Status::deadline_exceeded("late"), ErrorCode::OutcomeUnknown),
+            (Status::unavailable("no leader"), ErrorCode::Unavailable),
             (
-                write_status(WriteError::InsufficientStorage("disk full".into())),
-                "insufficient_storage",
+                ErrorCode::InsufficientStorage.status("disk full"),
+                ErrorCode::InsufficientStorage,
             ),
-            (Status::resource_exhausted("busy"), "failed"),
-            (Status::not_found("no such topic"), "failed"),
-            (ErrorCode::Forbidden.status("no"), "failed"),
+            (Status::not_found("no such topic"), ErrorCode::NotFound),
+            (ErrorCode::Forbidden.status("no"), ErrorCode::Forbidden),
         ] {
-            assert_eq!(record_error(&status).code, code, "{status:?}");
+            let grpc = status.code();
+            let error = ServiceError::from(status);
+            assert_eq!(error.code, code);
+            // And passes through to this node's caller unchanged.
+            let passed_on = Status::from(error);
+            assert_eq!(passed_on.code(), grpc);
+            assert_eq!(ErrorCode::of_status(&passed_on), code);
         }
     }
 
-    /// A single publish answers as it always has, over gRPC and so over
-    /// HTTP: the record's code leads the message, and the status's code is
-    /// the call's.
     #[test]
-    fn a_single_publish_answers_with_the_code_of_the_call() {
-        for (record_code, grpc, call_code) in [
-            (
-                "message_too_large",
-                tonic::Code::InvalidArgument,
-                "invalid_request",
-            ),
-            (
-                "unknown_partition",
-                tonic::Code::InvalidArgument,
-                "invalid_request",
-            ),
-            ("unavailable", tonic::Code::Unavailable, "unavailable"),
-            (
-                "insufficient_storage",
-                tonic::Code::ResourceExhausted,
-                "insufficient_storage",
-            ),
-            ("failed", tonic::Code::Internal, "internal"),
-            ("something_new", tonic::Code::Internal, "internal"),
-        ] {
-            let status = error_status(&pb::Error {
-                code: record_code.into(),
-                message: "why".into(),
-            });
-            assert_eq!(status.code(), grpc, "{record_code}");
-            assert_eq!(ErrorCode::of_status(&status).as_str(), call_code);
-            assert_eq!(status.message(), format!("{record_code}: why"));
-        }
+    fn a_refused_connection_is_known_never_to_have_reached_the_node() {
+        let refused = Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))));
+        assert!(ServiceError::from(forward_failure(refused)).never_sent);
+        assert!(!ServiceError::from(forward_failure(connection_closed_mid_call())).never_sent);
+        assert!(!ServiceError::from(Status::unavailable("no leader yet")).never_sent);
     }
 
     #[test]

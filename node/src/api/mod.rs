@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod proposal_order;
 pub mod read;
 pub mod schema;
+pub mod service;
 
 use std::time::Duration;
 

@@ -37,7 +37,7 @@ pub struct ReadMessage {
     pub headers: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadBatch {
     pub messages: Vec<ReadMessage>,
     pub next_offset: u64,

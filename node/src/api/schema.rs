@@ -91,12 +91,6 @@ impl<'a> TopicSchema<'a> {
     }
 }
 
-/// Marks an in-process request whose values the caller (the HTTP gateway,
-/// which answers batch items one by one) has already checked against the
-/// topic's schema. Only code in this process can set a request extension.
-#[derive(Debug, Clone, Copy)]
-pub struct ValuesChecked;
-
 /// Compiles a schema document (drafts 7 and 2020-12, detected from
 /// `$schema`; 2020-12 when absent) with the regular expression budget.
 /// Without the `resolve-http`/`resolve-file` features, remote `$ref`s are

@@ -16,12 +16,9 @@ use axum::extract::State;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use raftstream_proto::ErrorCode;
-use raftstream_proto::v1 as pb;
-use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
-use tonic::Request;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -32,9 +29,14 @@ use super::error::AuthErrors;
 use super::error::ClusterErrors;
 use super::extract::ApiPath;
 use super::extract::OptionalJsonBody;
-use super::topic_ref;
-use crate::api::grpc::message_id;
-use crate::api::grpc::parse_message_id;
+use crate::api::read::ReadBatch;
+use crate::api::read::ReadMessage;
+use crate::api::read::StartAt;
+use crate::api::service::Caller;
+use crate::api::service::Consume;
+use crate::api::service::Hops;
+use crate::api::service::message_id;
+use crate::api::service::parse_message_id;
 use crate::model::rfc3339;
 use crate::raft::types::Scope;
 
@@ -77,10 +79,6 @@ pub fn resume_id(partition: u32, offset: u64, next_offsets: &[u64]) -> String {
     }
     let cursor: Vec<String> = next_offsets.iter().map(u64::to_string).collect();
     format!("{}@{}", message_id(partition, offset), cursor.join("."))
-}
-
-fn position(p: pb::position::Position) -> Option<pb::Position> {
-    Some(pb::Position { position: Some(p) })
 }
 
 /// Where to start and how to wait. With no position, reading starts at the
@@ -225,32 +223,27 @@ pub async fn consume(
     let share = u32::try_from(max_read_bytes / partitions.max(1))
         .unwrap_or(u32::MAX)
         .max(1);
-    let read = |partition: usize, start: Option<pb::Position>, wait_ms: u32| {
-        let request = pb::ConsumeRequest {
-            topic: topic_ref(&topic),
+    let read = |partition: usize, start: StartAt, wait_ms: u32| {
+        let call = Consume {
             partition: partition as u32,
-            position: start,
+            start,
             max_messages: body.batch_size as u32,
             wait_ms,
             max_bytes: share,
         };
-        let service = gateway.service.clone();
+        let (core, topic) = (&gateway.core, &topic);
         async move {
-            service
-                .consume(Request::new(request))
+            core.consume_from(&Caller::Node, topic, call, Hops::default())
                 .await
-                .map(|r| (partition, r.into_inner()))
+                .map(|page| (partition, page.batch))
         }
     };
 
     // Where each partition starts.
-    let mut starts: Vec<Option<pb::Position>> =
-        vec![position(pb::position::Position::Earliest(true)); partitions];
+    let mut starts: Vec<StartAt> = vec![StartAt::Earliest; partitions];
     if let Some(ts) = body.since_time_ms {
         // A time in the future counts as now.
-        starts.fill(position(pb::position::Position::SinceTimestampMs(
-            ts.min(gateway.node.time.now_ms()),
-        )));
+        starts.fill(StartAt::Timestamp(ts.min(gateway.node.time.now_ms())));
     }
     if let Some(id) = &body.after_message_id {
         let invalid = || {
@@ -263,37 +256,31 @@ pub async fn consume(
         if p >= partitions {
             return Err(invalid());
         }
-        let after = position(pb::position::Position::AfterMessageId(message_id(
-            resume.partition,
-            resume.offset,
-        )));
+        let after = StartAt::After(resume.offset);
         // The named message must exist: reading after it checks that.
-        read(p, after.clone(), 0)
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::InvalidArgument => invalid(),
-                _ => ApiError::from(s),
-            })?;
+        read(p, after.clone(), 0).await.map_err(|e| match e.code {
+            ErrorCode::InvalidRequest => invalid(),
+            _ => ApiError::from(e),
+        })?;
         match resume.next_offsets {
             Some(next)
                 if next.len() == partitions && resume.offset.checked_add(1) == Some(next[p]) =>
             {
                 for (i, offset) in next.into_iter().enumerate() {
-                    starts[i] = position(pb::position::Position::Offset(offset));
+                    starts[i] = StartAt::Offset(offset);
                 }
             }
             Some(_) => return Err(invalid()),
             None => {
-                let at = position(pb::position::Position::Offset(resume.offset));
-                let time = read(p, at, 0)
+                let time = read(p, StartAt::Offset(resume.offset), 0)
                     .await?
                     .1
                     .messages
                     .first()
                     .map(|m| m.timestamp_ms);
                 let others = match time {
-                    Some(ts) => position(pb::position::Position::SinceTimestampMs(ts)),
-                    None => position(pb::position::Position::Earliest(true)),
+                    Some(ts) => StartAt::Timestamp(ts),
+                    None => StartAt::Earliest,
                 };
                 starts.fill(others);
             }
@@ -301,7 +288,7 @@ pub async fn consume(
         starts[p] = after;
     }
 
-    let mut responses: Vec<pb::ConsumeResponse> = vec![pb::ConsumeResponse::default(); partitions];
+    let mut responses: Vec<ReadBatch> = vec![ReadBatch::default(); partitions];
     let mut reads: FuturesUnordered<_> = (0..partitions)
         .map(|p| read(p, starts[p].clone(), 0))
         .collect();
@@ -348,21 +335,21 @@ pub async fn consume(
 /// Returns at most `limit` messages and, past the first, at most
 /// `max_bytes` of values: the cursors name exactly what was returned, so
 /// what is cut off is read by the next call.
-fn merge(
-    responses: Vec<pb::ConsumeResponse>,
-    limit: usize,
-    max_bytes: usize,
-) -> Vec<ConsumedMessage> {
+fn merge(responses: Vec<ReadBatch>, limit: usize, max_bytes: usize) -> Vec<ConsumedMessage> {
     let mut next: Vec<u64> = responses
         .iter()
         .map(|r| r.messages.first().map_or(r.next_offset, |m| m.offset))
         .collect();
-    let mut all: Vec<pb::Message> = responses.into_iter().flat_map(|r| r.messages).collect();
-    all.sort_by_key(|m| (m.timestamp_ms, m.partition, m.offset));
+    let mut all: Vec<(u32, ReadMessage)> = responses
+        .into_iter()
+        .enumerate()
+        .flat_map(|(p, r)| r.messages.into_iter().map(move |m| (p as u32, m)))
+        .collect();
+    all.sort_by_key(|(p, m)| (m.timestamp_ms, *p, m.offset));
     let mut bytes = 0usize;
     let within_budget = all
         .iter()
-        .take_while(|m| {
+        .take_while(|(_, m)| {
             let first = bytes == 0;
             bytes = bytes.saturating_add(m.value.len().max(1));
             first || bytes <= max_bytes
@@ -370,14 +357,14 @@ fn merge(
         .count();
     all.into_iter()
         .take(limit.min(within_budget))
-        .map(|m| {
-            if let Some(slot) = next.get_mut(m.partition as usize) {
+        .map(|(partition, m)| {
+            if let Some(slot) = next.get_mut(partition as usize) {
                 *slot = m.offset + 1;
             }
             let payload = serde_json::from_slice(&m.value)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.value).into_owned()));
             ConsumedMessage {
-                message_id: resume_id(m.partition, m.offset, &next),
+                message_id: resume_id(partition, m.offset, &next),
                 payload,
                 time: rfc3339(m.timestamp_ms),
             }
@@ -388,15 +375,17 @@ fn merge(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
-    fn message(partition: u32, offset: u64, ts: i64) -> pb::Message {
-        pb::Message {
-            partition,
+    fn message(offset: u64, ts: i64) -> ReadMessage {
+        ReadMessage {
             offset,
             timestamp_ms: ts,
-            value: b"{}".to_vec().into(),
-            ..Default::default()
+            key: Bytes::new(),
+            value: Bytes::from_static(b"{}"),
+            headers: Vec::new(),
         }
     }
 
@@ -421,20 +410,20 @@ mod tests {
 
     #[test]
     fn merge_orders_by_time_and_cursors_cover_only_what_was_returned() {
-        let p0 = pb::ConsumeResponse {
-            messages: vec![message(0, 5, 10), message(0, 6, 30)],
+        let p0 = ReadBatch {
+            messages: vec![message(5, 10), message(6, 30)],
             next_offset: 7,
-            ..Default::default()
+            ..ReadBatch::default()
         };
-        let p1 = pb::ConsumeResponse {
-            messages: vec![message(1, 2, 20), message(1, 3, 40)],
+        let p1 = ReadBatch {
+            messages: vec![message(2, 20), message(3, 40)],
             next_offset: 4,
-            ..Default::default()
+            ..ReadBatch::default()
         };
-        let p2 = pb::ConsumeResponse {
+        let p2 = ReadBatch {
             messages: vec![],
             next_offset: 9,
-            ..Default::default()
+            ..ReadBatch::default()
         };
         let merged = merge(vec![p0.clone(), p1.clone(), p2.clone()], 3, usize::MAX);
         let ids: Vec<&str> = merged.iter().map(|m| m.message_id.as_str()).collect();

@@ -19,6 +19,8 @@ use utoipa::ToSchema;
 use utoipa::openapi;
 use utoipa::openapi::RefOr;
 
+use crate::api::service::ServiceError;
+
 // The codes listed are `raftstream_proto::ErrorCode`'s, less those only a
 // record of a batch publish gets.
 /// An error: a human-readable `message` and a stable machine-readable
@@ -77,6 +79,12 @@ fn http_status(code: ErrorCode) -> StatusCode {
 /// The status's code (its header, or what its gRPC code means), answered
 /// with that code's HTTP status. DEADLINE_EXCEEDED is `outcome_unknown`:
 /// the write may still commit.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        Self::new(e.code, e.message)
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         Self::new(ErrorCode::of_status(&status), status.message())

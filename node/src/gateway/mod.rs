@@ -1,8 +1,10 @@
 //! The HTTP gateway: the Workato Event Streams API on axum.
 //!
-//! Every call becomes the matching call of the gRPC service (`ClientService`)
-//! in-process, so it takes the same routing and forwarding path as a gRPC
-//! client: a gateway on a follower behaves exactly like one on a leader.
+//! Publish and consume call the client API's core (`api::service`) with
+//! its own types; topic, token and source management still go through the
+//! gRPC service (`ClientService`) in-process. Either way a call takes the
+//! same routing and forwarding path as a gRPC client's: a gateway on a
+//! follower behaves exactly like one on a leader.
 //!
 //! Routes are registered through utoipa-axum's `OpenApiRouter`: each handler
 //! carries its `#[utoipa::path]`, and the bodies it reads and writes are the
@@ -29,6 +31,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::middleware;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use raftstream_proto::ErrorCode;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::raftstream_server::Raftstream;
@@ -46,9 +49,17 @@ pub use self::error::ErrorBody;
 use crate::api::grpc::ClientService;
 use crate::api::schema::SchemaError;
 use crate::api::schema::TopicSchema;
+use crate::api::service::Caller;
+use crate::api::service::Hops;
+use crate::api::service::Publish;
+use crate::api::service::Record;
+use crate::api::service::RecordOutcome;
+use crate::api::service::SchemaCheck;
+use crate::api::service::Service;
 use crate::model::TopicName;
 use crate::node::Node;
 use crate::raft::types::Scope;
+use crate::raft::types::Topic;
 
 /// The largest request body the gateway reads (Workato's payload limit).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -56,6 +67,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_BATCH_PAYLOADS: usize = 100;
 
 pub struct Gateway {
+    core: Service,
     service: ClientService,
     node: Arc<Node>,
     rate_limiter: Option<auth::RateLimiter>,
@@ -75,6 +87,7 @@ type Shared = State<Arc<Gateway>>;
 
 pub fn router(node: Arc<Node>) -> Router {
     let gateway = Arc::new(Gateway {
+        core: crate::api::grpc::service(node.clone()),
         service: ClientService::new(node.clone()),
         rate_limiter: auth::rate_limiter(node.config.limits.rate_limit_per_sec),
         node,
@@ -224,12 +237,8 @@ impl Gateway {
     /// Resolves `{topic_id}` (an id or a name) for publish and consume:
     /// this node's metadata first, then the metadata leader, so a topic
     /// created a moment ago is found.
-    async fn topic(&self, path: &str) -> Result<pb::Topic, ApiError> {
-        let name = TopicName::parse(path);
-        if let Some(topic) = self.node.find_topic(&name) {
-            return Ok(crate::api::grpc::topic_to_pb(&topic));
-        }
-        self.current_topic(path).await
+    async fn topic(&self, path: &str) -> Result<Topic, ApiError> {
+        Ok(self.core.topic(&TopicName::parse(path)).await?)
     }
 
     /// Resolves `{topic_id}` on the metadata leader, which has applied
@@ -247,8 +256,33 @@ impl Gateway {
         Ok(self.service.get_topic(request).await?.into_inner())
     }
 
+    /// Publishes values the gateway has checked against the topic's
+    /// schema itself, item by item: each one's outcome, in order.
+    async fn publish_checked(
+        &self,
+        topic: &Topic,
+        values: Vec<Bytes>,
+    ) -> Result<Vec<RecordOutcome>, ApiError> {
+        let records = values
+            .into_iter()
+            .map(|value| Record {
+                value,
+                ..Record::default()
+            })
+            .collect();
+        let call = Publish {
+            records,
+            producer: None,
+            schema_check: SchemaCheck::Done,
+        };
+        Ok(self
+            .core
+            .publish_to(&Caller::Node, topic, call, Hops::default())
+            .await?)
+    }
+
     /// Checks one payload, as `check_payloads` does, and returns it.
-    async fn check_payload(&self, topic: &pb::Topic, payload: Value) -> Result<Value, ApiError> {
+    async fn check_payload(&self, topic: &Topic, payload: Value) -> Result<Value, ApiError> {
         let (payloads, outcomes) = self.check_payloads(topic, vec![payload]).await?;
         match (payloads.into_iter().next(), outcomes.into_iter().next()) {
             (Some(payload), Some(Ok(()))) => Ok(payload),
@@ -265,27 +299,20 @@ impl Gateway {
     /// one's outcome; an error only when they could not be checked at all.
     async fn check_payloads(
         &self,
-        topic: &pb::Topic,
+        topic: &Topic,
         payloads: Vec<Value>,
     ) -> Result<(Vec<Value>, Vec<Result<(), ApiError>>), ApiError> {
-        let (payloads, mismatches) = match topic.schema.as_deref() {
+        let (payloads, mismatches) = match TopicSchema::of(topic) {
             None => {
                 let mismatches = vec![None; payloads.len()];
                 (payloads, mismatches)
             }
-            Some(schema) => {
-                let schema = TopicSchema {
-                    topic_id: topic.id,
-                    version: topic.version,
-                    topic_name: &topic.name,
-                    schema,
-                };
-                self.node
-                    .schemas
-                    .check_each(schema, payloads)
-                    .await
-                    .map_err(unchecked)?
-            }
+            Some(schema) => self
+                .node
+                .schemas
+                .check_each(schema, payloads)
+                .await
+                .map_err(unchecked)?,
         };
         let outcomes = payloads
             .iter()

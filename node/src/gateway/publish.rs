@@ -4,14 +4,13 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use raftstream_proto::v1 as pb;
-use raftstream_proto::v1::raftstream_server::Raftstream;
+use bytes::Bytes;
+use raftstream_proto::ErrorCode;
 use serde::Deserialize;
 use serde::Deserializer;
 use serde::Serialize;
 use serde_json::Map;
 use serde_json::Value;
-use tonic::Request;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -23,8 +22,6 @@ use super::error::ClusterErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
-use super::topic_ref;
-use crate::api::schema::ValuesChecked;
 
 /// A message payload: any JSON object. When the topic has a JSON Schema,
 /// the payload must satisfy it.
@@ -110,19 +107,22 @@ pub async fn publish(
     let payload = gateway
         .check_payload(&topic, Value::Object(payload.0))
         .await?;
-    let record = pb::Record {
-        value: payload.to_string().into_bytes().into(),
-        ..Default::default()
-    };
-    let mut request = Request::new(pb::PublishRequest {
-        topic: topic_ref(&topic),
-        record: Some(record),
-    });
-    request.extensions_mut().insert(ValuesChecked);
-    let ack = gateway.service.publish(request).await?.into_inner();
-    Ok(Json(PublishResponse {
-        message_id: ack.message_id,
-    }))
+    let outcome = gateway
+        .publish_checked(&topic, vec![json_bytes(&payload)])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "publish produced no result"))?;
+    match outcome {
+        Ok(stored) => Ok(Json(PublishResponse {
+            message_id: stored.message_id(),
+        })),
+        Err(e) => Err(e.of_single_publish().into()),
+    }
+}
+
+/// A payload as the bytes stored.
+fn json_bytes(payload: &Value) -> Bytes {
+    Bytes::from(payload.to_string())
 }
 
 /// Publishes up to 100 messages; each item succeeds or fails on its own.
@@ -174,32 +174,12 @@ pub async fn publish_batch(
         }
     }
     if !valid.is_empty() {
-        let records = valid
-            .iter()
-            .map(|i| pb::Record {
-                value: payloads[*i].to_string().into_bytes().into(),
-                ..Default::default()
-            })
-            .collect();
-        let mut request = Request::new(pb::PublishBatchRequest {
-            topic: topic_ref(&topic),
-            records,
-            ..Default::default()
-        });
-        request.extensions_mut().insert(ValuesChecked);
-        let results = gateway
-            .service
-            .publish_batch(request)
-            .await?
-            .into_inner()
-            .results;
+        let checked = valid.iter().map(|i| json_bytes(&payloads[*i])).collect();
+        let results = gateway.publish_checked(&topic, checked).await?;
         for (index, result) in valid.into_iter().zip(results) {
-            outcomes[index] = match result.result {
-                Some(pb::publish_result::Result::Ok(ack)) => Ok(ack.message_id),
-                Some(pb::publish_result::Result::Error(e)) => {
-                    Err(format!("{}: {}", e.code, e.message))
-                }
-                None => Err("no result".into()),
+            outcomes[index] = match result {
+                Ok(stored) => Ok(stored.message_id()),
+                Err(e) => Err(e.to_string()),
             };
         }
     }

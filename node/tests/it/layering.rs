@@ -59,9 +59,11 @@ const LAYERS: &[&[&str]] = &[
     &["node"],
     // Services over the node.
     &["auth", "ingest"],
-    &["api"],
+    &["api", "api::forwarded"],
+    // The client API without a wire format.
+    &["api::service"],
     // Wire adapters.
-    &["api::authenticate_first", "api::forwarded"],
+    &["api::authenticate_first"],
     &["api::grpc", "gateway"],
     &["server"],
 ];

@@ -12,9 +12,12 @@ use raftstream_proto::v1::ingest_server::Ingest;
 use raftstream_proto::v1::ingest_server::IngestServer;
 
 use super::*;
+use crate::api::WriteError;
 use crate::ingest::DeliveryRefused;
 use crate::ingest::envelope;
 use crate::ingest::envelope::FlowRequest;
+use crate::raft::batch::RecordBatch;
+use crate::raft::types::CommandResponse;
 use crate::raft::types::IngestSource;
 use crate::raft::types::SourceKind;
 use crate::raft::types::SourceTopic;
@@ -128,13 +131,17 @@ impl ClientService {
         hops: Hops,
     ) -> Option<SourceStats> {
         let replicas = replicas_of(topic, partition).ok()?;
-        match self.route(topic.group_id(partition), &replicas, hops).await {
+        match self
+            .core
+            .route(topic.group_id(partition), &replicas, hops)
+            .await
+        {
             Ok(Route::Local(group)) => Some(local_stats(&group, &source.id)),
             Ok(Route::Forward(addr)) => {
                 let message = pb::GetSourceRequest {
                     id: source.id.clone(),
                 };
-                let request = self.local_request(message, STATS_TIMEOUT);
+                let request = self.peers.forwarded(message, LOCAL_ONLY, STATS_TIMEOUT);
                 let answer = self.ingest_client(&addr).ok()?.get_source(request).await;
                 let remote = answer.ok()?.into_inner();
                 (remote.status != STATUS_UNKNOWN).then_some(SourceStats {
@@ -218,7 +225,7 @@ impl Ingest for ClientService {
         request: Request<pb::CreateSourceRequest>,
     ) -> Result<Response<pb::SourceWithSecret>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         if SourceKind::parse(&request.source_type).is_none() {
@@ -261,14 +268,12 @@ impl Ingest for ClientService {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 let request = request.clone();
-                Ok(
-                    forward!(via ingest_client, self, addr, create_source, request, hops)?
-                        .into_inner(),
-                )
+                forward!(via ingest_client, self, addr, create_source, request, hops)
+                    .map(Response::into_inner)
             })
         };
         Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
+            self.core.on_meta_leader(hops, local, forward).await?,
         ))
     }
 
@@ -277,11 +282,11 @@ impl Ingest for ClientService {
         request: Request<pb::ListSourcesRequest>,
     ) -> Result<Response<pb::ListSourcesResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         // The metadata leader has applied every source change it answered.
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
             return forward!(via ingest_client, self, addr, list_sources, request, hops);
         }
         let sources: Vec<IngestSource> = self
@@ -298,7 +303,7 @@ impl Ingest for ClientService {
         request: Request<pb::GetSourceRequest>,
     ) -> Result<Response<pb::Source>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         if hops.local_only {
@@ -306,7 +311,7 @@ impl Ingest for ClientService {
             let source = self.find_source(&request.id).await?;
             return Ok(Response::new(self.describe(&source, hops).await));
         }
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
             return forward!(via ingest_client, self, addr, get_source, request, hops);
         }
         let source = self
@@ -322,7 +327,7 @@ impl Ingest for ClientService {
         request: Request<pb::DeleteSourceRequest>,
     ) -> Result<Response<pb::DeleteSourceResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         let request = &request;
@@ -338,14 +343,12 @@ impl Ingest for ClientService {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 let request = request.clone();
-                Ok(
-                    forward!(via ingest_client, self, addr, delete_source, request, hops)?
-                        .into_inner(),
-                )
+                forward!(via ingest_client, self, addr, delete_source, request, hops)
+                    .map(Response::into_inner)
             })
         };
         Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
+            self.core.on_meta_leader(hops, local, forward).await?,
         ))
     }
 
@@ -354,7 +357,7 @@ impl Ingest for ClientService {
         request: Request<pb::RotateSourceSecretRequest>,
     ) -> Result<Response<pb::SourceWithSecret>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = Hops::of(&request);
+        let hops = hops_of(&request);
         let request = request.into_inner();
         caller.check_unrestricted()?;
         let request = &request;
@@ -372,14 +375,12 @@ impl Ingest for ClientService {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 let request = request.clone();
-                Ok(
-                    forward!(via ingest_client, self, addr, rotate_source_secret, request, hops)?
-                        .into_inner(),
-                )
+                forward!(via ingest_client, self, addr, rotate_source_secret, request, hops)
+                    .map(Response::into_inner)
             })
         };
         Ok(Response::new(
-            self.on_meta_leader(hops, local, forward).await?,
+            self.core.on_meta_leader(hops, local, forward).await?,
         ))
     }
 
@@ -387,8 +388,8 @@ impl Ingest for ClientService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
-        let hops = Hops::of(&request);
-        let schema_check = self.schema_check(&request);
+        let hops = hops_of(&request);
+        let schema_check = self.schema_check();
         let request = request.into_inner();
         let mut source = self.find_source(&request.source_id).await?;
         if !crate::auth::secret_matches(&request.secret, &source.secret_hash) {
@@ -436,7 +437,7 @@ impl Ingest for ClientService {
         // schema promises its consumers.
         if schema_check == SchemaCheck::Here {
             let message = bytes::Bytes::copy_from_slice(&value);
-            self.check_schema(&topic, [message]).await?;
+            self.core.check_schema(&topic, [message]).await?;
         }
         let replicas = replicas_of(&topic, partition)?;
         let headers = [
@@ -476,10 +477,12 @@ impl Ingest for ClientService {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 let request = request.clone();
-                Ok(forward!(via ingest_client, self, addr, deliver, request, hops)?.into_inner())
+                forward!(via ingest_client, self, addr, deliver, request, hops)
+                    .map(Response::into_inner)
             })
         };
         let delivered = self
+            .core
             .on_leader(topic.group_id(partition), &replicas, hops, local, forward)
             .await?;
         Ok(Response::new(delivered))
