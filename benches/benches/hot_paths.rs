@@ -127,6 +127,14 @@ fn apply(c: &mut Criterion) {
     g.finish();
 }
 
+/// Storage in a fresh temporary directory, which lives as long as the
+/// returned guard.
+fn temp_storage(sync_mode: SyncMode) -> (tempfile::TempDir, Storage) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageConfig { sync_mode }).unwrap();
+    (dir, storage)
+}
+
 fn storage(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -136,8 +144,7 @@ fn storage(c: &mut Criterion) {
     let mut g = c.benchmark_group("storage");
     g.measurement_time(Duration::from_secs(5));
     for (name, mode) in [("fsync", SyncMode::Always), ("no_fsync", SyncMode::Never)] {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), StorageConfig { sync_mode: mode }).unwrap();
+        let (_dir, storage) = temp_storage(mode);
         let mut store = storage.log_store::<TypeConfig>(1);
         let command = append_command(RECORDS, VALUE_BYTES, 0);
         let mut index = 0u64;
@@ -156,8 +163,7 @@ fn storage(c: &mut Criterion) {
     }
     // Group commit: 16 groups append at once and wait; one fsync should
     // cover most of them, so this costs far less than 16 sequential appends.
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
+    let (_dir, storage) = temp_storage(SyncMode::Always);
     let mut stores: Vec<_> = (1..=16u64)
         .map(|g| storage.log_store::<TypeConfig>(g))
         .collect();
@@ -191,14 +197,7 @@ fn read(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(
-        dir.path(),
-        StorageConfig {
-            sync_mode: SyncMode::Never,
-        },
-    )
-    .unwrap();
+    let (_dir, storage) = temp_storage(SyncMode::Never);
     let mut store = storage.log_store::<TypeConfig>(1);
     let mut state = PartitionState::default();
     let mut changes = Vec::new();

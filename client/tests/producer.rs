@@ -224,11 +224,7 @@ async fn a_client_follows_a_leader_that_moved_while_the_old_one_stayed_up() {
     )
     .await;
 
-    let to = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != first)
-        .unwrap();
+    let to = cluster.running_node_other_than(first);
     cluster.transfer_partition_leader("moved", 0, to).await;
     common::eventually(
         "the client knows the new leader",

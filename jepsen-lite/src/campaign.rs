@@ -2,15 +2,15 @@
 //! cluster sizes and nemesis mixes, summed up in a table.
 
 use std::path::Path;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::bail;
 
+use crate::Binaries;
 use crate::EXIT_ANOMALIES;
 use crate::EXIT_ERROR;
-use crate::host::lazyfs_binary;
+use crate::host::lazyfs_binary_if_needed;
 use crate::host::node_binary;
 use crate::host::require_root;
 use crate::nemesis;
@@ -30,15 +30,13 @@ struct Row {
     run_dir: String,
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn campaign(
     runs: u64,
     time_limit: u64,
     seed: u64,
     mixes: &str,
     sizes: &str,
-    (node_bin, lazyfs_bin): (Option<PathBuf>, Option<PathBuf>),
-    out: &Path,
+    binaries: Binaries,
 ) -> anyhow::Result<u8> {
     let mixes: Vec<&str> = mixes
         .split(';')
@@ -57,28 +55,16 @@ pub(crate) fn campaign(
         bail!("--mixes and --sizes must not be empty");
     }
     require_root()?;
-    let bin = node_binary(node_bin)?;
-    let mut on_lazyfs = Vec::new();
+    let bin = node_binary(binaries.node_bin)?;
+    let mut every_fault = Vec::new();
     for mix in &mixes {
-        on_lazyfs.extend(
-            nemesis::parse(mix)
-                .map_err(anyhow::Error::msg)?
-                .faults()
-                .into_iter()
-                .filter(|f| f.needs_lazyfs()),
-        );
+        every_fault.extend(nemesis::parse(mix).map_err(anyhow::Error::msg)?.faults());
     }
-    let lazyfs = if on_lazyfs.is_empty() {
-        None
-    } else {
-        on_lazyfs.sort();
-        on_lazyfs.dedup();
-        Some(lazyfs_binary(lazyfs_bin, &on_lazyfs)?)
-    };
+    let lazyfs = lazyfs_binary_if_needed(binaries.lazyfs_bin, every_fault)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let dir = out.join(format!("campaign-{stamp}"));
+    let dir = binaries.out.join(format!("campaign-{stamp}"));
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
     let started = Instant::now();

@@ -1,6 +1,7 @@
 //! What a run needs from the machine: root, the network tools, and the
 //! workspace's binaries (the node, lazyfs), built with cargo when not given.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -62,20 +63,23 @@ pub(crate) fn node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     workspace_binary(given, "raftstream-node")
 }
 
-/// The lazyfs binary for runs whose faults need it: as given, or built.
-pub(crate) fn lazyfs_binary(
+/// The lazyfs binary when some of `faults` need it (as given, or built);
+/// `None` when none does.
+pub(crate) fn lazyfs_binary_if_needed(
     given: Option<PathBuf>,
-    faults: &[nemesis::Fault],
-) -> anyhow::Result<PathBuf> {
-    let needing: Vec<&str> = faults
-        .iter()
-        .filter(|f| f.needs_lazyfs())
-        .map(|f| f.name())
-        .collect();
-    workspace_binary(given, "lazyfs").with_context(|| {
+    faults: impl IntoIterator<Item = nemesis::Fault>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let needing: BTreeSet<nemesis::Fault> =
+        faults.into_iter().filter(|f| f.needs_lazyfs()).collect();
+    if needing.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<&str> = needing.iter().map(|f| f.name()).collect();
+    let bin = workspace_binary(given, "lazyfs").with_context(|| {
         format!(
             "the {} nemesis runs nodes on lazyfs: pass --lazyfs-bin",
-            needing.join(", ")
+            names.join(", ")
         )
-    })
+    })?;
+    Ok(Some(bin))
 }

@@ -51,6 +51,18 @@ struct RunArgs {
     nemesis: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    binaries: Binaries,
+    /// Run the nodes with --no-fsync (acknowledge before fsync): a cluster
+    /// this harness must catch losing acknowledged writes to power losses.
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+/// The binaries a run uses and where its directory goes; `run` and
+/// `campaign` take the same options.
+#[derive(clap::Args, Debug, Clone)]
+struct Binaries {
     /// The raftstream-node binary; built with cargo when absent.
     #[arg(long)]
     node_bin: Option<PathBuf>,
@@ -61,10 +73,6 @@ struct RunArgs {
     /// Where run directories go.
     #[arg(long, default_value = "target/jepsen-lite")]
     out: PathBuf,
-    /// Run the nodes with --no-fsync (acknowledge before fsync): a cluster
-    /// this harness must catch losing acknowledged writes to power losses.
-    #[arg(long)]
-    no_fsync: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,12 +98,8 @@ enum Cmd {
         /// Cluster sizes, comma-separated; runs cycle through them.
         #[arg(long, default_value = "3,5")]
         sizes: String,
-        #[arg(long)]
-        node_bin: Option<PathBuf>,
-        #[arg(long)]
-        lazyfs_bin: Option<PathBuf>,
-        #[arg(long, default_value = "target/jepsen-lite")]
-        out: PathBuf,
+        #[command(flatten)]
+        binaries: Binaries,
     },
 }
 
@@ -109,18 +113,8 @@ fn main() -> ExitCode {
             seed,
             mixes,
             sizes,
-            node_bin,
-            lazyfs_bin,
-            out,
-        } => campaign::campaign(
-            runs,
-            time_limit,
-            seed,
-            &mixes,
-            &sizes,
-            (node_bin, lazyfs_bin),
-            &out,
-        ),
+            binaries,
+        } => campaign::campaign(runs, time_limit, seed, &mixes, &sizes, binaries),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -479,6 +479,17 @@ fn next_step(plan: &Plan, rng: &mut StdRng) -> Step {
 }
 
 impl Nemesis {
+    /// Applies `act` to each of `nodes` in turn, under one hold of the
+    /// cluster lock, and returns what each gave; stops at the first error.
+    fn on_each_node<T>(
+        &self,
+        nodes: &[u64],
+        mut act: impl FnMut(&mut Cluster, u64) -> anyhow::Result<T>,
+    ) -> anyhow::Result<Vec<T>> {
+        let mut cluster = self.cluster.lock();
+        nodes.iter().map(|n| act(&mut cluster, *n)).collect()
+    }
+
     /// The nodes that lead a partition of the topic, each by its own
     /// account. Each running node is asked for its local view only (the
     /// node's local header): a cluster-wide `ClusterStatus` asks every peer
@@ -553,10 +564,7 @@ impl Nemesis {
                     Fault::KillLeaders => leaders,
                     _ => nodes.clone(),
                 };
-                let mut cluster = self.cluster.lock();
-                for v in &victims {
-                    cluster.kill(*v)?;
-                }
+                self.on_each_node(&victims, Cluster::kill)?;
                 let d = describe(&victims);
                 (Undo::Restart(victims), d)
             }
@@ -566,10 +574,7 @@ impl Nemesis {
                 } else {
                     leaders
                 };
-                let mut cluster = self.cluster.lock();
-                for v in &victims {
-                    cluster.pause(*v)?;
-                }
+                self.on_each_node(&victims, Cluster::pause)?;
                 let d = describe(&victims);
                 (Undo::Resume(victims), d)
             }
@@ -623,10 +628,7 @@ impl Nemesis {
                 } else {
                     nodes.clone()
                 };
-                let mut cluster = self.cluster.lock();
-                for v in &victims {
-                    cluster.power_loss(*v)?;
-                }
+                self.on_each_node(&victims, Cluster::power_loss)?;
                 let d = describe(&victims);
                 (Undo::Restart(victims), d)
             }
@@ -638,13 +640,11 @@ impl Nemesis {
                     1 => nodes[..minority.max(1)].to_vec(),
                     _ => nodes.clone(),
                 };
-                let mut reports = Vec::new();
-                let mut cluster = self.cluster.lock();
-                for v in &victims {
+                let reports = self.on_each_node(&victims, |cluster, v| {
                     let seed: u64 = rng.random();
-                    let report = cluster.torn_power_loss(*v, seed)?;
-                    reports.push(format!("node {v}: {report}"));
-                }
+                    let report = cluster.torn_power_loss(v, seed)?;
+                    Ok(format!("node {v}: {report}"))
+                })?;
                 let d = format!("{}; {}", describe(&victims), reports.join("; "));
                 (Undo::Restart(victims), d)
             }
@@ -669,12 +669,9 @@ impl Nemesis {
                     // A disk fills up before it is full: first only the free
                     // space shown drops under the nodes' headroom.
                     let low_for = Duration::from_millis(rng.random_range(1_500..3_000));
-                    {
-                        let mut cluster = self.cluster.lock();
-                        for v in &victims {
-                            cluster.set_free_space(*v, Some(LOW_FREE_BYTES))?;
-                        }
-                    }
+                    self.on_each_node(&victims, |cluster, v| {
+                        cluster.set_free_space(v, Some(LOW_FREE_BYTES))
+                    })?;
                     self.sleep_checking(low_for, u64::MAX).await;
                     d = format!(
                         "{d}: {} MiB free for {:.1} s, then full",
@@ -682,37 +679,29 @@ impl Nemesis {
                         low_for.as_secs_f64()
                     );
                 }
-                let mut cluster = self.cluster.lock();
-                for v in &victims {
-                    cluster.set_disk_fault(*v, disk, true)?;
-                }
+                self.on_each_node(&victims, |cluster, v| cluster.set_disk_fault(v, disk, true))?;
                 (Undo::Disk(disk, victims), d)
             }
             Fault::WipeOne => {
                 // A replaced disk: the node comes back empty and must catch
                 // up before it votes.
                 let victims = nodes[..1].to_vec();
-                let mut cluster = self.cluster.lock();
-                for v in &victims {
-                    cluster.wipe(*v)?;
-                }
+                self.on_each_node(&victims, Cluster::wipe)?;
                 let d = describe(&victims);
                 (Undo::Restart(victims), d)
             }
             Fault::Clock => {
                 let victims = nodes[..minority.max(1)].to_vec();
-                let mut d = Vec::new();
-                let cluster = self.cluster.lock();
-                for v in &victims {
+                let d = self.on_each_node(&victims, |cluster, v| {
                     let magnitude = rng.random_range(2..=120);
                     let offset = if rng.random_bool(0.5) {
                         magnitude
                     } else {
                         -magnitude
                     };
-                    cluster.set_clock_offset(*v, offset)?;
-                    d.push(format!("{v}: {offset:+}s"));
-                }
+                    cluster.set_clock_offset(v, offset)?;
+                    Ok(format!("{v}: {offset:+}s"))
+                })?;
                 (Undo::Clocks(victims), d.join(", "))
             }
             Fault::Latency => {
@@ -749,23 +738,14 @@ impl Nemesis {
     async fn heal(&self, undo: &Undo) -> anyhow::Result<Option<String>> {
         match undo {
             Undo::Restart(nodes) => {
-                let mut cluster = self.cluster.lock();
-                for n in nodes {
-                    cluster.start(*n)?;
-                }
+                self.on_each_node(nodes, Cluster::start)?;
             }
             Undo::Resume(nodes) => {
-                let mut cluster = self.cluster.lock();
-                for n in nodes {
-                    cluster.resume(*n)?;
-                }
+                self.on_each_node(nodes, Cluster::resume)?;
             }
             Undo::Network => self.net.heal()?,
             Undo::Clocks(nodes) => {
-                let cluster = self.cluster.lock();
-                for n in nodes {
-                    cluster.set_clock_offset(*n, 0)?;
-                }
+                self.on_each_node(nodes, |cluster, n| cluster.set_clock_offset(n, 0))?;
             }
             Undo::Latency => {
                 if let Some(proxies) = &self.proxies {
@@ -773,17 +753,13 @@ impl Nemesis {
                 }
             }
             Undo::Disk(fault, nodes) => {
-                let mut reports = Vec::new();
-                {
-                    let mut cluster = self.cluster.lock();
-                    for n in nodes {
-                        let report = cluster.set_disk_fault(*n, *fault, false)?;
-                        reports.push(format!("node {n}: {report}"));
-                        if *fault == DiskFault::DiskFull {
-                            cluster.set_free_space(*n, None)?;
-                        }
+                let mut reports = self.on_each_node(nodes, |cluster, n| {
+                    let report = cluster.set_disk_fault(n, *fault, false)?;
+                    if *fault == DiskFault::DiskFull {
+                        cluster.set_free_space(n, None)?;
                     }
-                }
+                    Ok(format!("node {n}: {report}"))
+                })?;
                 {
                     let mut expected = self.storage_faults.lock();
                     let until = Instant::now() + STORAGE_EXIT_GRACE;

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::history::Kind;
@@ -12,6 +14,34 @@ use crate::history::Outcome;
 
 fn secs(us: u64) -> f64 {
     us as f64 / 1e6
+}
+
+type Panel<'a, 'p> = ChartContext<'a, SVGBackend<'p>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel of the plot: `caption` over the run's `end` seconds, the y axis
+/// a little above `y_max`, with the fault windows shaded.
+fn panel<'a, 'p>(
+    area: &'a DrawingArea<SVGBackend<'p>, Shift>,
+    caption: &str,
+    end: f64,
+    y_max: f64,
+    faults: &[(f64, f64, String)],
+) -> anyhow::Result<Panel<'a, 'p>> {
+    let top = y_max * 1.05;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(25)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..end, 0f64..top)?;
+    chart.configure_mesh().x_desc("s").draw()?;
+    let shade = RGBColor(255, 200, 200).mix(0.5);
+    chart.draw_series(
+        faults
+            .iter()
+            .map(|(s, e, _)| Rectangle::new([(*s, 0.0), (*e, top)], shade.filled())),
+    )?;
+    Ok(chart)
 }
 
 pub fn draw(path: &Path, ops: &[Op]) -> anyhow::Result<()> {
@@ -85,22 +115,13 @@ pub fn draw(path: &Path, ops: &[Op]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
-    let shade = RGBColor(255, 200, 200).mix(0.5);
 
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption(
-            "send latency (ms); green ok, orange indeterminate, red failed",
-            ("sans-serif", 16),
-        )
-        .margin(8)
-        .x_label_area_size(25)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..end, 0f64..latency_max * 1.05)?;
-    chart.configure_mesh().x_desc("s").draw()?;
-    chart.draw_series(
-        faults
-            .iter()
-            .map(|(s, e, _)| Rectangle::new([(*s, 0.0), (*e, latency_max * 1.05)], shade.filled())),
+    let mut chart = panel(
+        &panels[0],
+        "send latency (ms); green ok, orange indeterminate, red failed",
+        end,
+        latency_max,
+        &faults,
     )?;
     chart.draw_series(sends.iter().map(|op| {
         let color = match op.outcome {
@@ -115,19 +136,13 @@ pub fn draw(path: &Path, ops: &[Op]) -> anyhow::Result<()> {
         )
     }))?;
 
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption(
-            "sends per second: ok (green), indeterminate (orange), failed (red)",
-            ("sans-serif", 16),
-        )
-        .margin(8)
-        .x_label_area_size(25)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..end, 0f64..throughput_max * 1.05)?;
-    chart.configure_mesh().x_desc("s").draw()?;
-    chart.draw_series(faults.iter().map(|(s, e, _)| {
-        Rectangle::new([(*s, 0.0), (*e, throughput_max * 1.05)], shade.filled())
-    }))?;
+    let mut chart = panel(
+        &panels[1],
+        "sends per second: ok (green), indeterminate (orange), failed (red)",
+        end,
+        throughput_max,
+        &faults,
+    )?;
     for (k, color) in [(0, GREEN), (1, RGBColor(230, 140, 0)), (2, RED)] {
         chart.draw_series(LineSeries::new(
             per_second
@@ -145,20 +160,12 @@ pub fn draw(path: &Path, ops: &[Op]) -> anyhow::Result<()> {
         )))?;
     }
 
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption(
-            "acknowledged messages not yet read by any consumer",
-            ("sans-serif", 16),
-        )
-        .margin(8)
-        .x_label_area_size(25)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..end, 0f64..unseen_max * 1.05)?;
-    chart.configure_mesh().x_desc("s").draw()?;
-    chart.draw_series(
-        faults
-            .iter()
-            .map(|(s, e, _)| Rectangle::new([(*s, 0.0), (*e, unseen_max * 1.05)], shade.filled())),
+    let mut chart = panel(
+        &panels[2],
+        "acknowledged messages not yet read by any consumer",
+        end,
+        unseen_max,
+        &faults,
     )?;
     chart.draw_series(LineSeries::new(
         unseen

@@ -21,7 +21,7 @@ use crate::TOKEN;
 use crate::cluster;
 use crate::cluster::Cluster;
 use crate::cluster::NodeSetup;
-use crate::host::lazyfs_binary;
+use crate::host::lazyfs_binary_if_needed;
 use crate::host::node_binary;
 use crate::host::require_root;
 use crate::nemesis;
@@ -41,10 +41,10 @@ fn repeat_command(args: &RunArgs) -> String {
         "cargo run -p jepsen-lite -- run --nodes {} --time-limit {} --nemesis '{}' --seed {}",
         args.nodes, args.time_limit, args.nemesis, args.seed
     );
-    if let Some(bin) = &args.node_bin {
+    if let Some(bin) = &args.binaries.node_bin {
         cmd.push_str(&format!(" --node-bin {}", bin.display()));
     }
-    if let Some(bin) = &args.lazyfs_bin {
+    if let Some(bin) = &args.binaries.lazyfs_bin {
         cmd.push_str(&format!(" --lazyfs-bin {}", bin.display()));
     }
     if args.no_fsync {
@@ -59,12 +59,8 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
     let fault_names = plan.names();
     // Every fault a step may apply, alone or composed with another.
     let faults = plan.faults();
-    let bin = node_binary(args.node_bin.clone())?;
-    let lazyfs = if faults.iter().any(|f| f.needs_lazyfs()) {
-        Some(lazyfs_binary(args.lazyfs_bin.clone(), &faults)?)
-    } else {
-        None
-    };
+    let bin = node_binary(args.binaries.node_bin.clone())?;
+    let lazyfs = lazyfs_binary_if_needed(args.binaries.lazyfs_bin.clone(), faults.iter().copied())?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -80,6 +76,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
         })
         .collect();
     let dir = args
+        .binaries
         .out
         .join(format!("{stamp}-n{}-s{}-{label}", args.nodes, args.seed));
     std::fs::create_dir_all(&dir)?;

@@ -191,6 +191,67 @@ fn classify_http_error(e: &reqwest::Error) -> Outcome {
     }
 }
 
+/// POSTs `body` to the test topic's `action` (publish, consume) on node
+/// `node`'s gateway and turns the answer into (outcome, error, what `parse`
+/// read from a successful body); `parse` gives the whole error message when
+/// it cannot read the body.
+async fn gateway_call<T>(
+    http: &reqwest::Client,
+    token: &str,
+    node: u64,
+    action: &str,
+    body: &impl serde::Serialize,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> (Outcome, Option<String>, Option<T>) {
+    let url = format!("http://{}/api/v1/topics/{TOPIC}/{action}", http_addr(node));
+    let sent = http.post(&url).bearer_auth(token).json(body).send().await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => return (classify_http_error(&e), Some(e.to_string()), None),
+    };
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return (
+            classify_http(status),
+            Some(format!("{status}: {body}")),
+            None,
+        );
+    }
+    match parse(&body) {
+        Ok(read) => (Outcome::Ok, None, Some(read)),
+        Err(unreadable) => (Outcome::Info, Some(unreadable), None),
+    }
+}
+
+/// Runs one gRPC call with the workload's deadline, which the request
+/// carries too (the extra second lets the server's deadline fire first),
+/// and turns its answer into (outcome, error, response).
+async fn grpc_call<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> (Outcome, Option<String>, Option<T>) {
+    match tokio::time::timeout(REQUEST_TIMEOUT + Duration::from_secs(1), call).await {
+        Ok(Ok(response)) => (Outcome::Ok, None, Some(response.into_inner())),
+        Ok(Err(status)) => (classify(&status), Some(status.to_string()), None),
+        Err(_) => (Outcome::Info, Some("timed out".into()), None),
+    }
+}
+
+/// A lazily connecting gRPC client per node, `None` for a node whose
+/// address or token did not parse.
+struct NodeClients(Vec<Option<Grpc>>);
+
+impl NodeClients {
+    fn new(nodes: u64, token: &str) -> Self {
+        Self((1..=nodes).map(|n| grpc_to(n, token).ok()).collect())
+    }
+
+    /// The client for node `node` (numbered from 1).
+    fn to(&self, node: u64) -> Option<Grpc> {
+        self.0.get((node - 1) as usize).cloned().flatten()
+    }
+}
+
 /// What the consumers may start from: acknowledged messages.
 #[derive(Debug, Default)]
 pub struct Acked {
@@ -341,9 +402,7 @@ impl Workload {
     pub async fn grpc_producer(self, worker: u64) {
         let process = format!("grpc{worker}");
         let mut rng = self.rng(worker);
-        let clients: Vec<Option<Grpc>> = (1..=self.nodes)
-            .map(|n| grpc_to(n, &self.token).ok())
-            .collect();
+        let clients = NodeClients::new(self.nodes, &self.token);
         let mut n = 0u64;
         while !self.stopped() {
             n += 1;
@@ -357,7 +416,7 @@ impl Workload {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     node = rng.random_range(1..=self.nodes);
                 }
-                let Some(Some(mut grpc)) = clients.get((node - 1) as usize).cloned() else {
+                let Some(mut grpc) = clients.to(node) else {
                     break;
                 };
                 let mut request = tonic::Request::new(pb::PublishRequest {
@@ -368,22 +427,9 @@ impl Workload {
                     }),
                 });
                 request.set_timeout(REQUEST_TIMEOUT);
-                let call = tokio::time::timeout(
-                    REQUEST_TIMEOUT + Duration::from_secs(1),
-                    grpc.publish(request),
-                );
-                result = match call.await {
-                    Ok(Ok(response)) => {
-                        let r = response.into_inner();
-                        (
-                            Outcome::Ok,
-                            None,
-                            Some((r.partition, r.offset, Some(r.timestamp_ms))),
-                        )
-                    }
-                    Ok(Err(status)) => (classify(&status), Some(format!("{status}")), None),
-                    Err(_) => (Outcome::Info, Some("timed out".into()), None),
-                };
+                let (outcome, error, response) = grpc_call(grpc.publish(request)).await;
+                let at = response.map(|r| (r.partition, r.offset, Some(r.timestamp_ms)));
+                result = (outcome, error, at);
                 if result.0 != Outcome::Fail {
                     break;
                 }
@@ -406,43 +452,19 @@ impl Workload {
             let value = format!("{process}-{n}");
             let start = self.recorder.now_us();
             let node = rng.random_range(1..=self.nodes);
-            let url = format!("http://{}/api/v1/topics/{TOPIC}/publish", http_addr(node));
-            let sent = http
-                .post(&url)
-                .bearer_auth(&self.token)
-                .json(&serde_json::json!({ "v": value }))
-                .send()
+            let body = serde_json::json!({ "v": value });
+            let result: SendResult =
+                gateway_call(&http, &self.token, node, "publish", &body, |answer| {
+                    serde_json::from_str::<serde_json::Value>(answer)
+                        .ok()
+                        .and_then(|v| v.get("message_id")?.as_str().map(str::to_string))
+                        .and_then(|id| {
+                            let (p, o) = id.split_once('-')?;
+                            Some((p.parse().ok()?, o.parse().ok()?, None))
+                        })
+                        .ok_or_else(|| format!("unreadable answer {answer}"))
+                })
                 .await;
-            let result: SendResult = match sent {
-                Ok(response) => {
-                    let status = response.status();
-                    let body = response.text().await.unwrap_or_default();
-                    if status.is_success() {
-                        let at = serde_json::from_str::<serde_json::Value>(&body)
-                            .ok()
-                            .and_then(|v| v.get("message_id")?.as_str().map(str::to_string))
-                            .and_then(|id| {
-                                let (p, o) = id.split_once('-')?;
-                                Some((p.parse().ok()?, o.parse().ok()?, None))
-                            });
-                        match at {
-                            Some(at) => (Outcome::Ok, None, Some(at)),
-                            None => (
-                                Outcome::Info,
-                                Some(format!("unreadable answer {body}")),
-                                None,
-                            ),
-                        }
-                    } else {
-                        (
-                            classify_http(status),
-                            Some(format!("{status}: {body}")),
-                            None,
-                        )
-                    }
-                }
-                Err(e) => (classify_http_error(&e), Some(e.to_string()), None),
-            };
             self.send_done(&process, start, value, Via::Http, node, result);
             tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
         }
@@ -454,9 +476,7 @@ impl Workload {
     pub async fn consumer(self, worker: u64) {
         let process = format!("cons{worker}");
         let mut rng = self.rng(worker);
-        let clients: Vec<Option<Grpc>> = (1..=self.nodes)
-            .map(|n| grpc_to(n, &self.token).ok())
-            .collect();
+        let clients = NodeClients::new(self.nodes, &self.token);
         let mut client: Option<Client> = None;
         let mut session_no = 0u64;
         while !self.stopped() {
@@ -477,7 +497,7 @@ impl Workload {
                     break;
                 }
                 let node = rng.random_range(1..=self.nodes);
-                let Some(Some(mut grpc)) = clients.get((node - 1) as usize).cloned() else {
+                let Some(mut grpc) = clients.to(node) else {
                     break;
                 };
                 let position = match start {
@@ -499,19 +519,9 @@ impl Workload {
                 });
                 request.set_timeout(REQUEST_TIMEOUT);
                 let t0 = self.recorder.now_us();
-                let call = tokio::time::timeout(
-                    REQUEST_TIMEOUT + Duration::from_secs(1),
-                    grpc.consume(request),
-                )
-                .await;
-                let (outcome, error, messages, next) = match call {
-                    Ok(Ok(r)) => {
-                        let r = r.into_inner();
-                        (Outcome::Ok, None, messages_of(&r), Some(r.next_offset))
-                    }
-                    Ok(Err(status)) => (classify(&status), Some(status.to_string()), vec![], None),
-                    Err(_) => (Outcome::Info, Some("timed out".into()), vec![], None),
-                };
+                let (outcome, error, response) = grpc_call(grpc.consume(request)).await;
+                let messages = response.as_ref().map(messages_of).unwrap_or_default();
+                let next = response.map(|r| r.next_offset);
                 self.recorder.record(
                     &process,
                     t0,
@@ -574,40 +584,16 @@ impl Workload {
                     break;
                 }
                 let node = rng.random_range(1..=self.nodes);
-                let url = format!("http://{}/api/v1/topics/{TOPIC}/consume", http_addr(node));
                 let mut body = position.clone();
                 body.insert("batch_size".into(), batch_size.into());
                 body.insert("timeout_secs".into(), timeout_secs.into());
                 let t0 = self.recorder.now_us();
-                let answer = http
-                    .post(&url)
-                    .bearer_auth(&self.token)
-                    .json(&body)
-                    .send()
+                let (outcome, error, batch) =
+                    gateway_call(&http, &self.token, node, "consume", &body, |answer| {
+                        parse_http_consume(answer)
+                            .map_err(|why| format!("unreadable answer ({why}): {answer}"))
+                    })
                     .await;
-                let (outcome, error, batch) = match answer {
-                    Ok(response) => {
-                        let status = response.status();
-                        let body = response.text().await.unwrap_or_default();
-                        if !status.is_success() {
-                            (
-                                classify_http(status),
-                                Some(format!("{status}: {body}")),
-                                None,
-                            )
-                        } else {
-                            match parse_http_consume(&body) {
-                                Ok(batch) => (Outcome::Ok, None, Some(batch)),
-                                Err(why) => (
-                                    Outcome::Info,
-                                    Some(format!("unreadable answer ({why}): {body}")),
-                                    None,
-                                ),
-                            }
-                        }
-                    }
-                    Err(e) => (classify_http_error(&e), Some(e.to_string()), None),
-                };
                 let end = self.recorder.now_us();
                 for partition in 0..PARTITIONS {
                     let p = partition as usize;

@@ -404,6 +404,17 @@ enum Handle {
     },
 }
 
+/// The attribute changes one `setattr` asks for; `None` leaves one as it is.
+#[derive(Debug, Default)]
+struct AttrChanges {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
 fn key(meta: &Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
@@ -537,11 +548,17 @@ impl State {
         fh
     }
 
-    fn lookup(&mut self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
-        let path = self.child(parent, name)?;
+    /// Gives the file at `path` (not following a symlink) its inode and
+    /// returns its attributes.
+    fn register_path(&mut self, path: PathBuf) -> Result<FileAttr, Errno> {
         let meta = fs::symlink_metadata(&path).map_err(errno)?;
         let ino = self.register(path, key(&meta));
         Ok(self.attr(ino, &meta))
+    }
+
+    fn lookup(&mut self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let path = self.child(parent, name)?;
+        self.register_path(path)
     }
 
     fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
@@ -553,17 +570,11 @@ impl State {
         Ok(self.attr(ino, &meta))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn setattr(
         &mut self,
         ino: u64,
         fh: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
+        changes: AttrChanges,
     ) -> Result<FileAttr, Errno> {
         let open = fh
             .and_then(|fh| self.file(fh).ok())
@@ -577,7 +588,7 @@ impl State {
                 (None, None) => Err(Errno::ENOENT),
             }
         };
-        if let Some(mode) = mode {
+        if let Some(mode) = changes.mode {
             let perms = fs::Permissions::from_mode(mode & 0o7777);
             match (&open, &path) {
                 (None, Some(path)) => fs::set_permissions(path, perms),
@@ -585,28 +596,28 @@ impl State {
             }
             .map_err(errno)?;
         }
-        if uid.is_some() || gid.is_some() {
+        if changes.uid.is_some() || changes.gid.is_some() {
             match (&open, &path) {
-                (None, Some(path)) => std::os::unix::fs::lchown(path, uid, gid),
-                _ => std::os::unix::fs::fchown(&*target()?, uid, gid),
+                (None, Some(path)) => std::os::unix::fs::lchown(path, changes.uid, changes.gid),
+                _ => std::os::unix::fs::fchown(&*target()?, changes.uid, changes.gid),
             }
             .map_err(errno)?;
         }
-        if atime.is_some() || mtime.is_some() {
+        if changes.atime.is_some() || changes.mtime.is_some() {
             let resolve = |t: TimeOrNow| match t {
                 TimeOrNow::SpecificTime(t) => t,
                 TimeOrNow::Now => SystemTime::now(),
             };
             let mut times = FileTimes::new();
-            if let Some(t) = atime {
+            if let Some(t) = changes.atime {
                 times = times.set_accessed(resolve(t));
             }
-            if let Some(t) = mtime {
+            if let Some(t) = changes.mtime {
                 times = times.set_modified(resolve(t));
             }
             target()?.set_times(times).map_err(errno)?;
         }
-        if let Some(size) = size {
+        if let Some(size) = changes.size {
             // A size change is file data: it stays unsynced like a write.
             let meta = target()?.metadata().map_err(errno)?;
             if meta.is_dir() {
@@ -627,9 +638,7 @@ impl State {
             .mode(mode & 0o7777)
             .create(&path)
             .map_err(errno)?;
-        let meta = fs::symlink_metadata(&path).map_err(errno)?;
-        let ino = self.register(path, key(&meta));
-        Ok(self.attr(ino, &meta))
+        self.register_path(path)
     }
 
     fn create(
@@ -828,9 +837,7 @@ impl State {
     fn symlink(&mut self, parent: u64, name: &OsStr, target: &Path) -> Result<FileAttr, Errno> {
         let path = self.child(parent, name)?;
         std::os::unix::fs::symlink(target, &path).map_err(errno)?;
-        let meta = fs::symlink_metadata(&path).map_err(errno)?;
-        let ino = self.register(path, key(&meta));
-        Ok(self.attr(ino, &meta))
+        self.register_path(path)
     }
 
     fn opendir(&mut self, ino: u64) -> Result<u64, Errno> {
@@ -1029,9 +1036,15 @@ impl Filesystem for LazyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let result =
-            self.state()
-                .setattr(ino.0, fh.map(|fh| fh.0), mode, uid, gid, size, atime, mtime);
+        let changes = AttrChanges {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        let result = self.state().setattr(ino.0, fh.map(|fh| fh.0), changes);
         match result {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -1441,7 +1454,14 @@ mod tests {
         assert_eq!(f.fs.state().fallocate(fh, 0, 100, 0), Err(Errno::ENOSPC));
         // Growing by truncation allocates nothing (a sparse file).
         f.fs.state()
-            .setattr(ino, Some(fh), None, None, None, Some(12), None, None)
+            .setattr(
+                ino,
+                Some(fh),
+                AttrChanges {
+                    size: Some(12),
+                    ..AttrChanges::default()
+                },
+            )
             .unwrap();
         // An O_APPEND handle appends at our end of the file, and is refused.
         let fh_append =
@@ -1535,7 +1555,14 @@ mod tests {
         f.write(c, 0, b"0123456789").unwrap();
         f.fsync(c).unwrap();
         f.fs.state()
-            .setattr(ino_c, Some(c), None, None, None, Some(2), None, None)
+            .setattr(
+                ino_c,
+                Some(c),
+                AttrChanges {
+                    size: Some(2),
+                    ..AttrChanges::default()
+                },
+            )
             .unwrap();
         f.write(c, 2, b"new tail").unwrap();
         // An unlinked file leaves nothing behind.

@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use common::Lazy;
-
-fn read(path: &std::path::Path) -> Vec<u8> {
-    fs::read(path).unwrap()
-}
+use common::{Lazy, read};
 
 #[test]
 fn fsync_eio_fails_fsync_and_fdatasync_and_loses_what_they_failed() {

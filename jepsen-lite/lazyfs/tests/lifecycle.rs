@@ -9,13 +9,17 @@ use std::process::Command;
 
 use common::{Lazy, is_mounted, wait_until};
 
-#[test]
-fn sigterm_unmounts_and_exits_zero() {
-    let lazy = Lazy::start();
+/// Stops lazyfs (SIGTERM): it must exit zero and leave no mount behind.
+fn assert_stops_cleanly(lazy: Lazy) {
     let mnt = lazy.mnt.clone();
     let status = lazy.stop();
     assert!(status.success(), "{status}");
     assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_zero() {
+    assert_stops_cleanly(Lazy::start());
 }
 
 #[test]
@@ -25,10 +29,7 @@ fn sigterm_with_files_still_open_detaches_the_mount_and_exits_zero() {
     let lazy = Lazy::start();
     let mut open = File::create(lazy.path("held")).unwrap();
     open.write_all(b"x").unwrap();
-    let mnt = lazy.mnt.clone();
-    let status = lazy.stop();
-    assert!(status.success(), "{status}");
-    assert!(!is_mounted(&mnt));
+    assert_stops_cleanly(lazy);
 }
 
 #[test]

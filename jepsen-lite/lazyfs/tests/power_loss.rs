@@ -7,10 +7,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use common::Lazy;
+use common::{Lazy, read};
 
-fn read(path: &std::path::Path) -> Vec<u8> {
-    fs::read(path).unwrap()
+/// `name` shows `shown` through the mount while the disk still holds
+/// `on_disk`, and a power loss brings `on_disk` back.
+fn assert_power_loss_reverts(lazy: &mut Lazy, name: &str, shown: &[u8], on_disk: &[u8]) {
+    assert_eq!(read(&lazy.path(name)), shown);
+    assert_eq!(read(&lazy.backing(name)), on_disk);
+    lazy.power_loss();
+    assert_eq!(read(&lazy.path(name)), on_disk);
 }
 
 #[test]
@@ -60,10 +65,7 @@ fn fdatasync_makes_writes_durable_too() {
     file.sync_data().unwrap();
     file.write_all_at(b"ab", 3).unwrap();
 
-    assert_eq!(read(&lazy.path("data")), b"012ab56789");
-    assert_eq!(read(&lazy.backing("data")), b"0123456789");
-    lazy.power_loss();
-    assert_eq!(read(&lazy.path("data")), b"0123456789");
+    assert_power_loss_reverts(&mut lazy, "data", b"012ab56789", b"0123456789");
 }
 
 #[test]
@@ -171,17 +173,11 @@ fn unsynced_truncation_is_undone_by_a_power_loss() {
     file.set_len(4).unwrap(); // ftruncate
     assert_eq!(read(&lazy.path("data")), b"0123");
     file.set_len(6).unwrap();
-    assert_eq!(read(&lazy.path("data")), b"0123\0\0");
-    assert_eq!(read(&lazy.backing("data")), b"0123456789");
-    lazy.power_loss();
-    assert_eq!(read(&lazy.path("data")), b"0123456789");
+    assert_power_loss_reverts(&mut lazy, "data", b"0123\0\0", b"0123456789");
 
     // Opening with O_TRUNC is a size change like any other.
     fs::write(lazy.path("data"), b"new").unwrap();
-    assert_eq!(read(&lazy.path("data")), b"new");
-    assert_eq!(read(&lazy.backing("data")), b"0123456789");
-    lazy.power_loss();
-    assert_eq!(read(&lazy.path("data")), b"0123456789");
+    assert_power_loss_reverts(&mut lazy, "data", b"new", b"0123456789");
 
     // Synced, the truncation sticks.
     file.set_len(2).unwrap();

@@ -52,12 +52,7 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
             .contains_key(&partition)
             .then(|| finals.end(partition));
         for (fetch, value) in &g.fetches {
-            let committed_before = g
-                .commits
-                .iter()
-                .filter(|(c, _)| c.end_us < fetch.start_us)
-                .max_by_key(|(_, o)| *o);
-            if let Some((commit, offset)) = committed_before
+            if let Some((commit, offset)) = highest_finished_before(&g.commits, fetch)
                 && value.is_none_or(|v| v < *offset)
             {
                 anomalies.push(Anomaly::new(
@@ -68,12 +63,7 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
                     vec![commit.id, fetch.id],
                 ));
             }
-            let read_before = g
-                .fetches
-                .iter()
-                .filter(|(f, _)| f.end_us < fetch.start_us)
-                .max_by_key(|(_, o)| *o);
-            if let Some((earlier, Some(earlier_value))) = read_before
+            if let Some((earlier, Some(earlier_value))) = highest_finished_before(&g.fetches, fetch)
                 && value.is_none_or(|v| v < *earlier_value)
             {
                 anomalies.push(Anomaly::new(
@@ -100,23 +90,26 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
     anomalies
 }
 
+/// Of the operations that finished before `fetch` started, the one with the
+/// highest offset: what `fetch` must read at least.
+fn highest_finished_before<'a, 'o, T: Ord>(
+    ops: &'a [(&'o Op, T)],
+    fetch: &Op,
+) -> Option<&'a (&'o Op, T)> {
+    ops.iter()
+        .filter(|(op, _)| op.end_us < fetch.start_us)
+        .max_by_key(|(_, offset)| offset)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use crate::checker::build::H;
     use crate::history::Outcome;
 
-    fn log(h: &mut H) {
-        for v in ["a", "b", "c"] {
-            h.send("p0", (0, 1), v, Outcome::Info, None);
-        }
-        h.final_read(1, &["a", "b", "c"]);
-    }
-
     #[test]
     fn reads_of_forward_commits_are_clean() {
-        let mut h = H::default();
-        log(&mut h);
+        let mut h = H::sent_and_read(&["a", "b", "c"]);
         h.commit((10, 20), 1, Outcome::Ok);
         h.fetch((30, 40), Some(1));
         h.commit((50, 60), 3, Outcome::Ok);
@@ -127,8 +120,7 @@ mod tests {
 
     #[test]
     fn a_read_below_an_acknowledged_commit_goes_backwards() {
-        let mut h = H::default();
-        log(&mut h);
+        let mut h = H::sent_and_read(&["a", "b", "c"]);
         h.commit((10, 20), 2, Outcome::Ok);
         h.fetch((30, 40), Some(1));
         assert_eq!(h.kinds(), vec![super::BACKWARDS]);
@@ -136,8 +128,7 @@ mod tests {
 
     #[test]
     fn a_commit_past_the_end_of_the_log_is_reported() {
-        let mut h = H::default();
-        log(&mut h);
+        let mut h = H::sent_and_read(&["a", "b", "c"]);
         h.commit((10, 20), 7, Outcome::Ok);
         h.fetch((30, 40), Some(7));
         assert_eq!(h.kinds(), vec![super::PAST_END]);

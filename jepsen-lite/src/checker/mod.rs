@@ -221,6 +221,23 @@ pub(crate) mod build {
     }
 
     impl H {
+        /// Sends of `values` by one producer, their outcomes unknown.
+        pub fn sent(values: &[&str]) -> H {
+            let mut h = H::default();
+            for v in values {
+                h.send("p0", (0, 1), v, Outcome::Info, None);
+            }
+            h
+        }
+
+        /// `sent(values)`, then found by node 1's final read in that order
+        /// (see `final_read`).
+        pub fn sent_and_read(values: &[&str]) -> H {
+            let mut h = H::sent(values);
+            h.final_read(1, values);
+            h
+        }
+
         fn push(&mut self, process: &str, t: (u64, u64), outcome: Outcome, kind: Kind) -> u64 {
             let id = self.ops.len() as u64;
             self.ops.push(Op {

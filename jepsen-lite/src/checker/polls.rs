@@ -3,6 +3,7 @@
 //! asked (the offset, or the one after the message id), and the next poll
 //! asks where the previous one ended.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use super::Anomaly;
@@ -40,31 +41,23 @@ pub fn check(ops: &[Op]) -> Vec<Anomaly> {
                 Start::After(o) => Some(o + 1),
                 Start::Timestamp(_) => None,
             };
-            let mut previous = match (expected_first, messages.first()) {
-                (Some(first), Some(m)) => {
-                    if m.offset > first {
-                        anomalies.push(Anomaly::new(
-                            SKIP,
-                            format!(
-                                "session {session}: asked from offset {first}, got {} first",
-                                m.offset
-                            ),
-                            vec![op.id],
-                        ));
-                    } else if m.offset < first {
-                        anomalies.push(Anomaly::new(
-                            NON_MONOTONIC,
-                            format!(
-                                "session {session}: asked from offset {first}, got {} first",
-                                m.offset
-                            ),
-                            vec![op.id],
-                        ));
-                    }
-                    None
+            if let (Some(first), Some(m)) = (expected_first, messages.first()) {
+                let kind = match m.offset.cmp(&first) {
+                    Ordering::Greater => Some(SKIP),
+                    Ordering::Less => Some(NON_MONOTONIC),
+                    Ordering::Equal => None,
+                };
+                if let Some(kind) = kind {
+                    anomalies.push(Anomaly::new(
+                        kind,
+                        format!(
+                            "session {session}: asked from offset {first}, got {} first",
+                            m.offset
+                        ),
+                        vec![op.id],
+                    ));
                 }
-                _ => None,
-            };
+            }
             if let (Some((last_offset, last_op)), Some(m)) = (last, messages.first())
                 && m.offset <= last_offset
             {
@@ -77,29 +70,22 @@ pub fn check(ops: &[Op]) -> Vec<Anomaly> {
                     vec![last_op, op.id],
                 ));
             }
-            for m in messages {
-                if let Some(p) = previous {
-                    if m.offset > p + 1 {
-                        anomalies.push(Anomaly::new(
-                            SKIP,
-                            format!(
-                                "session {session}: one poll jumped from offset {p} to {}",
-                                m.offset
-                            ),
-                            vec![op.id],
-                        ));
-                    } else if m.offset <= p {
-                        anomalies.push(Anomaly::new(
-                            NON_MONOTONIC,
-                            format!(
-                                "session {session}: one poll went from offset {p} to {}",
-                                m.offset
-                            ),
-                            vec![op.id],
-                        ));
-                    }
+            for pair in messages.windows(2) {
+                let (from, to) = (pair[0].offset, pair[1].offset);
+                let step = if to > from + 1 {
+                    Some((SKIP, "jumped"))
+                } else if to <= from {
+                    Some((NON_MONOTONIC, "went"))
+                } else {
+                    None
+                };
+                if let Some((kind, how)) = step {
+                    anomalies.push(Anomaly::new(
+                        kind,
+                        format!("session {session}: one poll {how} from offset {from} to {to}"),
+                        vec![op.id],
+                    ));
                 }
-                previous = Some(m.offset);
             }
             if let Some(m) = messages.last() {
                 last = Some((m.offset, op.id));
@@ -114,25 +100,22 @@ pub fn check(ops: &[Op]) -> Vec<Anomaly> {
 mod tests {
     use crate::checker::build::H;
     use crate::checker::build::msg;
-    use crate::history::Outcome;
     use crate::history::Start;
 
-    fn sent(h: &mut H, n: u64) {
-        for i in 0..n {
-            h.send("p0", (0, 1), &format!("v{i}"), Outcome::Info, None);
-        }
-    }
-
-    #[test]
-    fn consecutive_polls_from_where_the_last_ended_are_clean() {
-        let mut h = H::default();
-        sent(&mut h, 3);
+    /// Session 1's first poll, from offset 0, reads offsets 0 and 1.
+    fn first_poll_reads_offsets_0_and_1(h: &mut H) {
         h.poll(
             1,
             (10, 20),
             Start::Offset(0),
             vec![msg(0, "v0", 0), msg(1, "v1", 10)],
         );
+    }
+
+    #[test]
+    fn consecutive_polls_from_where_the_last_ended_are_clean() {
+        let mut h = H::sent(&["v0", "v1", "v2"]);
+        first_poll_reads_offsets_0_and_1(&mut h);
         h.poll(1, (30, 40), Start::Offset(2), vec![msg(2, "v2", 20)]);
         h.poll(1, (50, 60), Start::After(2), vec![]);
         assert!(h.kinds().is_empty());
@@ -140,16 +123,14 @@ mod tests {
 
     #[test]
     fn a_poll_that_starts_later_than_asked_skips() {
-        let mut h = H::default();
-        sent(&mut h, 3);
+        let mut h = H::sent(&["v0", "v1", "v2"]);
         h.poll(1, (10, 20), Start::Offset(0), vec![msg(1, "v1", 10)]);
         assert_eq!(h.kinds(), vec![super::SKIP]);
     }
 
     #[test]
     fn a_gap_inside_a_poll_skips() {
-        let mut h = H::default();
-        sent(&mut h, 3);
+        let mut h = H::sent(&["v0", "v1", "v2"]);
         h.poll(
             1,
             (10, 20),
@@ -161,14 +142,8 @@ mod tests {
 
     #[test]
     fn a_later_poll_returning_an_earlier_offset_is_non_monotonic() {
-        let mut h = H::default();
-        sent(&mut h, 3);
-        h.poll(
-            1,
-            (10, 20),
-            Start::Offset(0),
-            vec![msg(0, "v0", 0), msg(1, "v1", 10)],
-        );
+        let mut h = H::sent(&["v0", "v1", "v2"]);
+        first_poll_reads_offsets_0_and_1(&mut h);
         h.poll(1, (30, 40), Start::Timestamp(0), vec![msg(0, "v0", 0)]);
         assert_eq!(h.kinds(), vec![super::NON_MONOTONIC]);
     }

@@ -64,21 +64,12 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
 mod tests {
     use crate::checker::build::H;
     use crate::checker::build::msg;
-    use crate::history::Outcome;
     use crate::history::Start;
-
-    fn three(h: &mut H) {
-        for v in ["a", "b", "c"] {
-            h.send("p0", (0, 1), v, Outcome::Info, None);
-        }
-        // Stamps 0, 10, 20.
-        h.final_read(1, &["a", "b", "c"]);
-    }
 
     #[test]
     fn a_replay_from_the_right_message_is_clean() {
-        let mut h = H::default();
-        three(&mut h);
+        // Stamped 0, 10 and 20.
+        let mut h = H::sent_and_read(&["a", "b", "c"]);
         h.poll(
             1,
             (5, 6),
@@ -90,8 +81,8 @@ mod tests {
 
     #[test]
     fn a_replay_returning_an_older_message_is_too_old() {
-        let mut h = H::default();
-        three(&mut h);
+        // Stamped 0, 10 and 20.
+        let mut h = H::sent_and_read(&["a", "b", "c"]);
         h.poll(
             1,
             (5, 6),
@@ -103,8 +94,8 @@ mod tests {
 
     #[test]
     fn a_replay_starting_past_a_matching_message_misses_it() {
-        let mut h = H::default();
-        three(&mut h);
+        // Stamped 0, 10 and 20.
+        let mut h = H::sent_and_read(&["a", "b", "c"]);
         h.poll(1, (5, 6), Start::Timestamp(5), vec![msg(2, "c", 20)]);
         assert_eq!(h.kinds(), vec![super::MISSED]);
     }

@@ -58,14 +58,7 @@ async fn read_locally(cluster: &TestCluster, node: u64, from: u64, to: u64) -> O
     let mut values = Vec::new();
     let mut next = from;
     while next < to {
-        let mut request = tonic::Request::new(pb::ConsumeRequest {
-            topic: topic(TOPIC),
-            partition: 0,
-            position: at_offset(next),
-            max_messages: 1000,
-            wait_ms: 0,
-            max_bytes: 0,
-        });
+        let mut request = tonic::Request::new(consume_now(TOPIC, 0, at_offset(next), 1000));
         request.metadata_mut().insert(
             LOCAL_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
@@ -170,11 +163,7 @@ async fn wipe_a_follower_after_retention(published: u64, kept: u64, value_len: u
     // in rejoin.rs: a leader that still remembers what the follower held
     // would meet a log that went back, which openraft refuses (it asserts
     // in debug builds) unless told to allow it.
-    let victim = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let victim = cluster.running_node_other_than(leader);
     let survivors: Vec<u64> = cluster
         .running_ids()
         .into_iter()

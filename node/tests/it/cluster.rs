@@ -15,13 +15,38 @@ async fn publish(
     value: &str,
 ) -> pb::PublishResponse {
     client
-        .publish(pb::PublishRequest {
-            topic: topic(name),
-            record: record(value),
-        })
+        .publish(publish_request(name, value))
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Publishes a batch and returns each record's result, in order.
+async fn publish_batch(
+    client: &mut raftstream_client::Grpc,
+    batch: pb::PublishBatchRequest,
+) -> Vec<pb::PublishResult> {
+    client
+        .publish_batch(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+}
+
+/// A topic of one partition on three replicas whose messages are kept
+/// for `retention_ms` and up to `retention_bytes` (0: without that limit).
+fn retained_topic(name: &str, retention_ms: u64, retention_bytes: u64) -> pb::CreateTopicRequest {
+    pb::CreateTopicRequest {
+        name: name.into(),
+        partitions: 1,
+        replication_factor: 3,
+        retention: Some(pb::RetentionPolicy {
+            retention_ms,
+            retention_bytes,
+        }),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -51,14 +76,7 @@ async fn publish_through_any_node_reads_identical_sequence_from_every_node() {
         let mut all = Vec::new();
         for p in 0..3 {
             let hw = client
-                .consume(pb::ConsumeRequest {
-                    topic: topic("orders"),
-                    partition: p,
-                    position: at_offset(0),
-                    max_messages: 1,
-                    wait_ms: 0,
-                    max_bytes: 0,
-                })
+                .consume(consume_now("orders", p, at_offset(0), 1))
                 .await
                 .unwrap()
                 .into_inner()
@@ -94,10 +112,7 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_messages() {
         publish(&mut client, "events", &format!("before-{i}")).await;
         acked.push(format!("before-{i}"));
     }
-    let leader = cluster.partition_leader("events", 0).await;
-    cluster.stop(leader).await;
-    let survivor = cluster.running_ids()[0];
-    let mut client = cluster.client(survivor).await;
+    let mut client = cluster.stop_partition_leader("events", 0).await;
     // The first publish after the loss may meet the election: retry until
     // the new leader takes it. A failed attempt was never acknowledged.
     let started = std::time::Instant::now();
@@ -110,15 +125,7 @@ async fn leader_loss_elects_new_leader_and_keeps_acknowledged_messages() {
     }
     let messages = read_all(&mut client, "events", 0, acked.len()).await;
     let read = values(&messages);
-    // A retried publish whose first attempt timed out could appear twice;
-    // every acknowledged one must appear, in acknowledgement order.
-    let mut cursor = read.iter();
-    for value in &acked {
-        assert!(
-            cursor.any(|r| r == value),
-            "acknowledged {value} lost or reordered; read {read:?}"
-        );
-    }
+    assert_acknowledged_in_order(&acked, &read);
     assert!(
         failover < Duration::from_secs(15),
         "failover took {failover:?}"
@@ -131,11 +138,7 @@ async fn restarted_follower_catches_up() {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic("logs", 1, 3).await;
     let leader = cluster.partition_leader("logs", 0).await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.running_node_other_than(leader);
     cluster.stop(follower).await;
     let mut client = cluster.client(leader).await;
     for i in 0..25 {
@@ -145,11 +148,7 @@ async fn restarted_follower_catches_up() {
     let node = cluster.nodes[&follower].node.clone();
     let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
     eventually("follower caught up", Duration::from_secs(20), || async {
-        let group = node.group(group_id)?;
-        let hw = group.state.read(|inner| match &inner.data {
-            raftstream_node::state_machine::GroupData::Partition(p) => p.next_offset,
-            _ => 0,
-        });
+        let hw = partition_figure(&node, group_id, |p| p.next_offset)?;
         (hw == 25).then_some(())
     })
     .await;
@@ -264,15 +263,11 @@ async fn replay_by_offset_message_id_and_timestamp_returns_exactly_the_right_mes
         })
         .await;
     }
-    let consume = |position: pb::position::Position| pb::ConsumeRequest {
-        topic: topic("replay"),
-        partition: 0,
-        position: Some(pb::Position {
+    let consume = |position: pb::position::Position| {
+        let position = Some(pb::Position {
             position: Some(position),
-        }),
-        max_messages: 100,
-        wait_ms: 0,
-        max_bytes: 0,
+        });
+        consume_now("replay", 0, position, 100)
     };
     let by_offset = client
         .consume(consume(pb::position::Position::Offset(4)))
@@ -327,12 +322,8 @@ async fn long_poll_returns_as_soon_as_a_message_commits() {
         let started = std::time::Instant::now();
         let response = reader
             .consume(pb::ConsumeRequest {
-                topic: topic("poll"),
-                partition: 0,
-                position: at_offset(0),
-                max_messages: 10,
                 wait_ms: 30_000,
-                max_bytes: 0,
+                ..consume_now("poll", 0, at_offset(0), 10)
             })
             .await
             .unwrap()
@@ -366,12 +357,7 @@ async fn many_partitions_spread_leaders_across_three_nodes() {
             .collect(),
         producer: None,
     };
-    let results = client
-        .publish_batch(batch)
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = publish_batch(&mut client, batch).await;
     assert_eq!(results.len(), 120);
     assert!(
         results
@@ -380,21 +366,14 @@ async fn many_partitions_spread_leaders_across_three_nodes() {
     );
     // Cluster status shows each group as its leader (else a replica) last
     // applied it: while a leader moves, a replica's view can lag briefly.
-    eventually(
+    eventually_in_status(
+        &client,
         "every publish in the status",
         Duration::from_secs(20),
-        || {
-            let mut client = client.clone();
-            async move {
-                let status = client
-                    .cluster_status(pb::ClusterStatusRequest {})
-                    .await
-                    .ok()?
-                    .into_inner();
-                let wide: Vec<_> = status.groups.iter().filter(|g| g.topic == "wide").collect();
-                let total: u64 = wide.iter().map(|g| g.high_watermark).sum();
-                (wide.len() == 12 && total == 120).then_some(())
-            }
+        |status| {
+            let wide: Vec<_> = status.groups.iter().filter(|g| g.topic == "wide").collect();
+            let total: u64 = wide.iter().map(|g| g.high_watermark).sum();
+            (wide.len() == 12 && total == 120).then_some(())
         },
     )
     .await;
@@ -405,25 +384,18 @@ async fn many_partitions_spread_leaders_across_three_nodes() {
         .await
         .unwrap()
         .into_inner();
-    let settled = eventually(
+    let settled = eventually_in_status(
+        &client,
         "leaders on preferred replicas",
         Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            let topic_info = topic_info.clone();
-            async move {
-                let status = client
-                    .cluster_status(pb::ClusterStatusRequest {})
-                    .await
-                    .ok()?
-                    .into_inner();
-                let settled = topic_info.partitions.iter().all(|p| {
-                    status.groups.iter().any(|g| {
-                        g.group_id == p.group_id && g.leader == p.replicas.first().copied()
-                    })
-                });
-                settled.then_some(status)
-            }
+        |status| {
+            let settled = topic_info.partitions.iter().all(|p| {
+                status
+                    .groups
+                    .iter()
+                    .any(|g| g.group_id == p.group_id && g.leader == p.replicas.first().copied())
+            });
+            settled.then_some(status)
         },
     )
     .await;
@@ -448,10 +420,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     publish(&mut client, "strict", "kept").await;
 
     let unknown = client
-        .publish(pb::PublishRequest {
-            topic: topic("nope"),
-            record: record("x"),
-        })
+        .publish(publish_request("nope", "x"))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
@@ -500,12 +469,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         ],
         producer: None,
     };
-    let results = client
-        .publish_batch(batch)
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = publish_batch(&mut client, batch).await;
     assert!(matches!(
         results[0].result,
         Some(pb::publish_result::Result::Ok(_))
@@ -545,12 +509,8 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
 
     let wait_too_long = client
         .consume(pb::ConsumeRequest {
-            topic: topic("strict"),
-            partition: 0,
-            position: None,
-            max_messages: 1,
             wait_ms: 60_001,
-            max_bytes: 0,
+            ..consume_now("strict", 0, None, 1)
         })
         .await
         .unwrap_err();
@@ -560,14 +520,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         let mut n = 0;
         for p in 0..2 {
             let r = client
-                .consume(pb::ConsumeRequest {
-                    topic: topic("strict"),
-                    partition: p,
-                    position: at_offset(0),
-                    max_messages: 100,
-                    wait_ms: 0,
-                    max_bytes: 0,
-                })
+                .consume(consume_now("strict", p, at_offset(0), 100))
                 .await
                 .unwrap()
                 .into_inner();
@@ -606,14 +559,7 @@ async fn topics_update_purge_and_delete_through_a_follower() {
         .await
         .unwrap();
     let after = client
-        .consume(pb::ConsumeRequest {
-            topic: topic("admin"),
-            partition: 0,
-            position: None,
-            max_messages: 10,
-            wait_ms: 0,
-            max_bytes: 0,
-        })
+        .consume(consume_now("admin", 0, None, 10))
         .await
         .unwrap()
         .into_inner();
@@ -639,45 +585,27 @@ async fn topics_update_purge_and_delete_through_a_follower() {
 async fn retention_by_age_expires_the_messages_of_a_quiesced_partition() {
     let cluster = TestCluster::start(3).await;
     let mut client = cluster.client(1).await;
-    client
-        .create_topic(pb::CreateTopicRequest {
-            name: "aging".into(),
-            partitions: 1,
-            replication_factor: 3,
-            retention: Some(pb::RetentionPolicy {
-                // Longer than the 2 s after which an idle group quiesces.
-                retention_ms: 4_000,
-                retention_bytes: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    cluster.wait_partition_leaders("aging").await;
+    // Longer than the 2 s after which an idle group quiesces.
+    cluster
+        .create_topic_from(retained_topic("aging", 4_000, 0))
+        .await;
     for i in 0..3 {
         publish(&mut client, "aging", &format!("old-{i}")).await;
     }
-    let status = |client: raftstream_client::Grpc| async move {
-        let mut client = client;
-        let status = client
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner();
-        status.groups.into_iter().find(|g| g.topic == "aging")
-    };
-    eventually("the partition quiesced", Duration::from_secs(20), || {
-        let client = client.clone();
-        async move { status(client).await?.quiesced.then_some(()) }
-    })
+    let aging =
+        |status: pb::ClusterStatusResponse| status.groups.into_iter().find(|g| g.topic == "aging");
+    eventually_in_status(
+        &client,
+        "the partition quiesced",
+        Duration::from_secs(20),
+        |status| aging(status)?.quiesced.then_some(()),
+    )
     .await;
-    eventually(
+    eventually_in_status(
+        &client,
         "the expired messages dropped",
         Duration::from_secs(20),
-        || {
-            let client = client.clone();
-            async move { (status(client).await?.log_start_offset == 3).then_some(()) }
-        },
+        |status| (aging(status)?.log_start_offset == 3).then_some(()),
     )
     .await;
 }
@@ -686,20 +614,9 @@ async fn retention_by_age_expires_the_messages_of_a_quiesced_partition() {
 async fn retention_by_bytes_advances_log_start_on_every_replica() {
     let cluster = TestCluster::start(3).await;
     let mut client = cluster.client(1).await;
-    client
-        .create_topic(pb::CreateTopicRequest {
-            name: "short".into(),
-            partitions: 1,
-            replication_factor: 3,
-            retention: Some(pb::RetentionPolicy {
-                retention_ms: 0,
-                retention_bytes: 100,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    cluster.wait_partition_leaders("short").await;
+    cluster
+        .create_topic_from(retained_topic("short", 0, 100))
+        .await;
     for i in 0..10 {
         // 50-byte values: only the newest two fit in 100 bytes.
         publish(&mut client, "short", &format!("{i:050}")).await;
@@ -708,22 +625,15 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
     for id in 1..=3 {
         let node = cluster.nodes[&id].node.clone();
         eventually("retention applied", Duration::from_secs(20), || async {
-            let group = node.group(group_id)?;
-            let start = group.state.read(|inner| match &inner.data {
-                raftstream_node::state_machine::GroupData::Partition(p) => p.log_start_offset,
-                _ => 0,
-            });
+            let start = partition_figure(&node, group_id, |p| p.log_start_offset)?;
             (start == 8).then_some(())
         })
         .await;
         // The Raft log itself shrinks too, on every replica.
         eventually("log purged", Duration::from_secs(20), || async {
             use openraft::async_runtime::WatchReceiver;
+            let forgotten = partition_figure(&node, group_id, |p| p.forgotten_log_index)?;
             let group = node.group(group_id)?;
-            let forgotten = group.state.read(|inner| match &inner.data {
-                raftstream_node::state_machine::GroupData::Partition(p) => p.forgotten_log_index,
-                _ => 0,
-            });
             let purged = group
                 .raft
                 .metrics()
@@ -735,14 +645,7 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
         .await;
     }
     let response = client
-        .consume(pb::ConsumeRequest {
-            topic: topic("short"),
-            partition: 0,
-            position: None,
-            max_messages: 100,
-            wait_ms: 0,
-            max_bytes: 0,
-        })
+        .consume(consume_now("short", 0, None, 100))
         .await
         .unwrap()
         .into_inner();
@@ -802,10 +705,7 @@ async fn without_quorum_a_publish_gets_a_clear_status_and_the_node_recovers() {
     cluster.stop(2).await;
     cluster.stop(3).await;
     let err = client
-        .publish(pb::PublishRequest {
-            topic: topic("quorum"),
-            record: record("lonely"),
-        })
+        .publish(publish_request("quorum", "lonely"))
         .await
         .unwrap_err();
     // Either no leader could be reached, or the entry could not commit and
@@ -884,12 +784,8 @@ async fn shutting_down_ends_parked_long_polls() {
     let poll = tokio::spawn(async move {
         reader
             .consume(pb::ConsumeRequest {
-                topic: topic("idle"),
-                partition: 0,
-                position: at_offset(0),
-                max_messages: 10,
                 wait_ms: 60_000,
-                max_bytes: 0,
+                ..consume_now("idle", 0, at_offset(0), 10)
             })
             .await
     });
@@ -942,30 +838,13 @@ async fn idempotent_batches_survive_retries_and_leader_changes_exactly_once() {
             .collect()
     };
     let mut client = cluster.client(1).await;
-    let first = offsets(
-        client
-            .publish_batch(batch(0, &["a", "b"]))
-            .await
-            .unwrap()
-            .into_inner()
-            .results,
-    );
+    let first = offsets(publish_batch(&mut client, batch(0, &["a", "b"])).await);
     assert_eq!(first, vec![0, 1]);
     // The same batch again, as a retry after an unknown outcome would send it.
-    let retry = offsets(
-        client
-            .publish_batch(batch(0, &["a", "b"]))
-            .await
-            .unwrap()
-            .into_inner()
-            .results,
-    );
+    let retry = offsets(publish_batch(&mut client, batch(0, &["a", "b"])).await);
     assert_eq!(retry, first);
     // The retry survives a leader change: the sequence state is replicated.
-    let leader = cluster.partition_leader("exactly", 0).await;
-    cluster.stop(leader).await;
-    let survivor = cluster.running_ids()[0];
-    let client = cluster.client(survivor).await;
+    let client = cluster.stop_partition_leader("exactly", 0).await;
     let retry = eventually("retry on the new leader", Duration::from_secs(20), || {
         let mut client = client.clone();
         let request = batch(0, &["a", "b"]);
@@ -987,22 +866,10 @@ async fn idempotent_batches_survive_retries_and_leader_changes_exactly_once() {
     .await;
     assert_eq!(offsets(retry), first);
     let mut client = client.clone();
-    let next = offsets(
-        client
-            .publish_batch(batch(2, &["c"]))
-            .await
-            .unwrap()
-            .into_inner()
-            .results,
-    );
+    let next = offsets(publish_batch(&mut client, batch(2, &["c"])).await);
     assert_eq!(next, vec![2]);
     // A gap is refused and stores nothing.
-    let gap = client
-        .publish_batch(batch(9, &["z"]))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let gap = publish_batch(&mut client, batch(9, &["z"])).await;
     assert!(
         matches!(&gap[0].result, Some(pb::publish_result::Result::Error(e)) if e.code == "out_of_sequence")
     );
@@ -1031,10 +898,7 @@ async fn grpc_calls_need_a_token_with_the_right_scope_and_topic() {
 
     let mut anonymous = raftstream_client::connect(&addr, None).await.unwrap();
     let err = anonymous
-        .publish(pb::PublishRequest {
-            topic: topic("guarded"),
-            record: record("x"),
-        })
+        .publish(publish_request("guarded", "x"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
@@ -1069,35 +933,17 @@ async fn grpc_calls_need_a_token_with_the_right_scope_and_topic() {
             Duration::from_secs(10),
             || {
                 let mut writer = writer.clone();
-                async move {
-                    writer
-                        .publish(pb::PublishRequest {
-                            topic: topic("guarded"),
-                            record: record("ok"),
-                        })
-                        .await
-                        .ok()
-                }
+                async move { writer.publish(publish_request("guarded", "ok")).await.ok() }
             },
         )
         .await;
         let err = writer
-            .publish(pb::PublishRequest {
-                topic: topic("other"),
-                record: record("no"),
-            })
+            .publish(publish_request("other", "no"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         let err = writer
-            .consume(pb::ConsumeRequest {
-                topic: topic("guarded"),
-                partition: 0,
-                position: at_offset(0),
-                max_messages: 1,
-                wait_ms: 0,
-                max_bytes: 0,
-            })
+            .consume(consume_now("guarded", 0, at_offset(0), 1))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);

@@ -7,7 +7,6 @@ use crate::http;
 use std::time::Duration;
 
 use crate::common::*;
-use raftstream_client::pb;
 use raftstream_node::config::Limits;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -27,10 +26,7 @@ async fn under_the_free_space_headroom_publishes_are_refused_but_metadata_change
     cluster.create_topic("full", 1, 1).await;
     let mut client = cluster.client(1).await;
     let refused = client
-        .publish(pb::PublishRequest {
-            topic: topic("full"),
-            record: record("x"),
-        })
+        .publish(publish_request("full", "x"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -48,14 +44,7 @@ async fn under_the_free_space_headroom_publishes_are_refused_but_metadata_change
     assert_eq!(body["code"], "insufficient_storage", "{body}");
 
     let read = client
-        .consume(pb::ConsumeRequest {
-            topic: topic("full"),
-            partition: 0,
-            position: at_offset(0),
-            max_messages: 10,
-            wait_ms: 0,
-            max_bytes: 0,
-        })
+        .consume(consume_now("full", 0, at_offset(0), 10))
         .await
         .unwrap()
         .into_inner();
@@ -96,11 +85,7 @@ async fn a_node_whose_storage_fails_stops_serving_and_the_rest_carry_on() {
         },
     )
     .await;
-    let survivor = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != failing)
-        .unwrap();
+    let survivor = cluster.running_node_other_than(failing);
     let client = cluster.client(survivor).await;
     publish_until_acked(&client, "carry-on", "after", Duration::from_secs(20)).await;
 }

@@ -93,6 +93,23 @@ async fn a_read_stops_at_its_byte_budget_and_the_next_read_continues_there() {
     assert_eq!(all.len(), 10);
 }
 
+/// After a refused request, a small publish to `name` (a topic of one
+/// partition that held nothing) is stored, and is all the partition holds.
+async fn assert_publishes_still_go_through(
+    client: &mut raftstream_client::Grpc,
+    name: &str,
+    value: &str,
+) {
+    client.publish(publish_request(name, value)).await.unwrap();
+    let read = client
+        .consume(consume_request(name, 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let values: Vec<&[u8]> = read.messages.iter().map(|m| &m.value[..]).collect();
+    assert_eq!(values, vec![value.as_bytes()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_over_the_size_limit_is_refused_and_the_node_keeps_serving() {
     let cluster = TestCluster::start_with_limits(
@@ -124,20 +141,7 @@ async fn a_request_over_the_size_limit_is_refused_and_the_node_keeps_serving() {
         ),
         "{refused:?}"
     );
-    client
-        .publish(pb::PublishRequest {
-            topic: topic("sized"),
-            record: record("small"),
-        })
-        .await
-        .unwrap();
-    let read = client
-        .consume(consume_request("sized", 0, 0, 0))
-        .await
-        .unwrap()
-        .into_inner();
-    let values: Vec<&[u8]> = read.messages.iter().map(|m| &m.value[..]).collect();
-    assert_eq!(values, vec![&b"small"[..]]);
+    assert_publishes_still_go_through(&mut client, "sized", "small").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,20 +164,7 @@ async fn a_small_request_that_would_decode_into_too_much_is_refused() {
         "{refused:?}"
     );
     assert!(refused.message().contains("split it"), "{refused:?}");
-    client
-        .publish(pb::PublishRequest {
-            topic: topic("flood"),
-            record: record("after"),
-        })
-        .await
-        .unwrap();
-    let read = client
-        .consume(consume_request("flood", 0, 0, 0))
-        .await
-        .unwrap()
-        .into_inner();
-    let values: Vec<&[u8]> = read.messages.iter().map(|m| &m.value[..]).collect();
-    assert_eq!(values, vec![&b"after"[..]]);
+    assert_publishes_still_go_through(&mut client, "flood", "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,10 +214,7 @@ async fn long_polls_and_subscriptions_past_the_node_limits_are_refused() {
     // A message ends the parked poll, which gives its slot back.
     client
         .clone()
-        .publish(pb::PublishRequest {
-            topic: topic("quiet"),
-            record: record("wake"),
-        })
+        .publish(publish_request("quiet", "wake"))
         .await
         .unwrap();
     assert_eq!(

@@ -11,8 +11,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::ADMIN_TOKEN;
+use crate::common::assert_acknowledged_in_order;
+use crate::common::at_offset;
+use crate::common::consume_now;
 use crate::common::eventually;
-use crate::common::record;
+use crate::common::eventually_in_status;
+use crate::common::publish_request;
 use crate::common::topic;
 use raftstream_client::pb;
 
@@ -284,39 +288,40 @@ async fn create_topic_as(client: &raftstream_client::Grpc, request: pb::CreateTo
 async fn publish(client: &raftstream_client::Grpc, name: &str, value: String) -> Option<()> {
     let mut client = client.clone();
     client
-        .publish(pb::PublishRequest {
-            topic: topic(name),
-            record: record(&value),
-        })
+        .publish(publish_request(name, &value))
         .await
         .ok()
         .map(|_| ())
 }
 
-/// The leader of a topic's partition 0, once it has one.
-async fn partition_leader(client: &raftstream_client::Grpc, name: &str) -> u64 {
-    eventually("partition leader", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move {
-            status(&mut client)
-                .await?
-                .groups
-                .iter()
-                .find(|g| g.topic == name)?
-                .leader
-        }
-    })
-    .await
+/// Publishes 50 values, `{prefix}-0` on, to `name`, each retried until
+/// acknowledged, and adds them to `acked` in that order.
+async fn publish_each_until_acked(
+    client: &raftstream_client::Grpc,
+    name: &str,
+    prefix: &str,
+    acked: &mut Vec<String>,
+) {
+    for i in 0..50 {
+        let value = format!("{prefix}-{i}");
+        let what = format!("publish of {value}");
+        eventually(&what, Duration::from_secs(30), || {
+            publish(client, name, value.clone())
+        })
+        .await;
+        acked.push(value);
+    }
 }
 
-async fn status(client: &mut raftstream_client::Grpc) -> Option<pb::ClusterStatusResponse> {
-    Some(
-        client
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .ok()?
-            .into_inner(),
+/// The leader of a topic's partition 0, once it has one.
+async fn partition_leader(client: &raftstream_client::Grpc, name: &str) -> u64 {
+    eventually_in_status(
+        client,
+        "partition leader",
+        Duration::from_secs(30),
+        |status| status.groups.iter().find(|g| g.topic == name)?.leader,
     )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -325,40 +330,23 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
     let mut client = cluster.client(0).await;
     create_topic(&client, "crash").await;
     let mut acked = Vec::new();
-    for i in 0..50 {
-        let value = format!("before-{i}");
-        eventually("publish", Duration::from_secs(30), || {
-            publish(&client, "crash", value.clone())
-        })
-        .await;
-        acked.push(value);
-    }
+    publish_each_until_acked(&client, "crash", "before", &mut acked).await;
     let leader = partition_leader(&client, "crash").await;
     let leader_index = (leader - 1) as usize;
     cluster.kill(leader_index);
     let survivor = (leader_index + 1) % 3;
     client = cluster.client(survivor).await;
-    for i in 0..50 {
-        let value = format!("after-{i}");
-        eventually("publish after the crash", Duration::from_secs(30), || {
-            publish(&client, "crash", value.clone())
-        })
-        .await;
-        acked.push(value);
-    }
+    publish_each_until_acked(&client, "crash", "after", &mut acked).await;
     cluster.spawn(leader_index);
     // The restarted node rejoins: the leader reports it fully caught up.
-    eventually(
+    eventually_in_status(
+        &client,
         "restarted replica caught up",
         Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move {
-                let status = status(&mut client).await?;
-                let group = status.groups.iter().find(|g| g.topic == "crash")?;
-                let lag = group.replica_lag.get(&leader)?;
-                (*lag == 0 && group.high_watermark >= 100).then_some(())
-            }
+        |status| {
+            let group = status.groups.iter().find(|g| g.topic == "crash")?;
+            let lag = group.replica_lag.get(&leader)?;
+            (*lag == 0 && group.high_watermark >= 100).then_some(())
         },
     )
     .await;
@@ -368,14 +356,8 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
     while read.len() < 100 {
         let response = reader
             .consume(pb::ConsumeRequest {
-                topic: topic("crash"),
-                partition: 0,
-                position: Some(pb::Position {
-                    position: Some(pb::position::Position::Offset(next)),
-                }),
-                max_messages: 1000,
                 wait_ms: 5_000,
-                max_bytes: 0,
+                ..consume_now("crash", 0, at_offset(next), 1000)
             })
             .await
             .unwrap()
@@ -388,15 +370,7 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
                 .map(|m| String::from_utf8_lossy(&m.value).into_owned()),
         );
     }
-    // Every acknowledged message, in acknowledgement order; a publish whose
-    // first attempt had an unknown outcome may appear an extra time.
-    let mut cursor = read.iter();
-    for value in &acked {
-        assert!(
-            cursor.any(|r| r == value),
-            "acknowledged {value} lost or reordered"
-        );
-    }
+    assert_acknowledged_in_order(&acked, &read);
 }
 
 /// A raw channel to `addr` over TLS trusting `ca`, presenting
@@ -660,10 +634,7 @@ async fn a_node_refuses_publishes_near_a_full_disk_and_exits_when_a_write_fails(
         let mut client = client.clone();
         async move {
             client
-                .publish(pb::PublishRequest {
-                    topic: topic("filling"),
-                    record: record("refused"),
-                })
+                .publish(publish_request("filling", "refused"))
                 .await
                 .err()
                 .filter(|s| s.code() == tonic::Code::ResourceExhausted)
@@ -733,19 +704,16 @@ async fn a_leader_whose_clock_jumps_ahead_expires_nothing_by_age() {
         .find(|p| p.replicas.first() == Some(&1))
         .unwrap()
         .partition;
-    eventually(
+    eventually_in_status(
+        &client,
         "node 1 leads its partition",
         Duration::from_secs(30),
-        || {
-            let mut client = client.clone();
-            async move {
-                status(&mut client)
-                    .await?
-                    .groups
-                    .iter()
-                    .any(|g| g.topic == "kept" && g.partition == partition && g.leader == Some(1))
-                    .then_some(())
-            }
+        |status| {
+            status
+                .groups
+                .iter()
+                .any(|g| g.topic == "kept" && g.partition == partition && g.leader == Some(1))
+                .then_some(())
         },
     )
     .await;
@@ -788,14 +756,7 @@ async fn a_leader_whose_clock_jumps_ahead_expires_nothing_by_age() {
     while std::time::Instant::now() < watched_until {
         let read = client
             .clone()
-            .consume(pb::ConsumeRequest {
-                topic: topic("kept"),
-                partition,
-                position: common::at_offset(0),
-                max_messages: 100,
-                wait_ms: 0,
-                max_bytes: 0,
-            })
+            .consume(consume_now("kept", partition, at_offset(0), 100))
             .await
             .unwrap()
             .into_inner();

@@ -97,10 +97,7 @@ async fn a_quiesced_group_elects_a_new_leader_when_its_leader_node_stops() {
         .unwrap();
     wait_all_quiesced(&cluster, 1).await;
 
-    let leader = cluster.partition_leader("sleepy", 0).await;
-    cluster.stop(leader).await;
-    let survivor = cluster.running_ids()[0];
-    let mut client = cluster.client(survivor).await;
+    let mut client = cluster.stop_partition_leader("sleepy", 0).await;
     eventually(
         "a publish on a new leader of the quiesced partition",
         Duration::from_secs(15),

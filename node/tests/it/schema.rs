@@ -87,11 +87,7 @@ async fn grpc_publishes_that_fail_the_schema_are_refused_whole_on_leader_and_fol
     let cluster = TestCluster::start(3).await;
     create_topic_with_schema(&cluster, "typed", n_schema()).await;
     let leader = cluster.partition_leader("typed", 0).await;
-    let follower = cluster
-        .running_ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .unwrap();
+    let follower = cluster.running_node_other_than(leader);
 
     let mut stored = Vec::new();
     for (node, first) in [(leader, 0), (follower, 10)] {

@@ -66,14 +66,26 @@ fn consume_request(name: &str, wait_ms: u32) -> pb::ConsumeRequest {
     }
 }
 
-async fn publish(client: &mut raftstream_client::Grpc, name: &str, value: &str) {
-    client
-        .publish(pb::PublishRequest {
-            topic: topic(name),
-            record: record(value),
-        })
+/// A subscription to partition 0 of `name` from its first message.
+fn subscribe_request(name: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        topic: topic(name),
+        partition: 0,
+        position: at_offset(0),
+    }
+}
+
+async fn list_tokens(admin: &mut raftstream_client::Grpc) -> Vec<pb::TokenInfo> {
+    admin
+        .list_tokens(pb::ListTokensRequest {})
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .tokens
+}
+
+async fn publish(client: &mut raftstream_client::Grpc, name: &str, value: &str) {
+    client.publish(publish_request(name, value)).await.unwrap();
 }
 
 /// Readers parked on a partition, on every node.
@@ -97,11 +109,7 @@ async fn revoking_a_token_ends_its_subscribe_streams_on_every_node_with_unauthen
     for id in 1..=3 {
         let mut reader = client_with_token(&cluster, id, &secret).await;
         let stream = reader
-            .subscribe(pb::SubscribeRequest {
-                topic: topic("feed"),
-                partition: 0,
-                position: at_offset(0),
-            })
+            .subscribe(subscribe_request("feed"))
             .await
             .unwrap()
             .into_inner();
@@ -192,12 +200,7 @@ async fn a_token_limited_to_a_topic_keeps_it_when_renamed_and_not_its_old_name()
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    let listed = admin
-        .list_tokens(pb::ListTokensRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let listed = list_tokens(&mut admin).await;
     assert!(listed.iter().all(|t| t.name != "typo"), "{listed:?}");
 
     let (token_id, secret) = create_token(&mut admin, &["a"]).await;
@@ -212,12 +215,7 @@ async fn a_token_limited_to_a_topic_keeps_it_when_renamed_and_not_its_old_name()
     cluster.create_topic("a", 1, 3).await;
 
     // Listing names the topic as it is called now.
-    let listed = admin
-        .list_tokens(pb::ListTokensRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let listed = list_tokens(&mut admin).await;
     let token = listed.iter().find(|t| t.id == token_id).unwrap();
     assert_eq!(token.topics, vec!["b"]);
 
@@ -238,14 +236,7 @@ async fn a_token_limited_to_a_topic_keeps_it_when_renamed_and_not_its_old_name()
         assert_eq!(values, vec![b"m0"]);
         let err = reader.consume(consume_request("a", 0)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-        let err = reader
-            .subscribe(pb::SubscribeRequest {
-                topic: topic("a"),
-                partition: 0,
-                position: at_offset(0),
-            })
-            .await
-            .unwrap_err();
+        let err = reader.subscribe(subscribe_request("a")).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
         // The gateway checks the same way.

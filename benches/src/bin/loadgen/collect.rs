@@ -16,9 +16,15 @@ use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use raftstream_benches::Ledger;
 use raftstream_benches::Outcome;
+use raftstream_benches::Stamp;
 use raftstream_benches::latency_histogram;
+use raftstream_benches::now_ns;
 use tokio::sync::Semaphore;
 use tokio::sync::mpsc;
+
+use crate::args::Args;
+use crate::args::deadline;
+use crate::args::quota;
 
 /// How a publish of one or more records ended.
 pub(crate) enum PublishOutcome {
@@ -306,6 +312,89 @@ pub(crate) async fn gather(
     }
     out.secs = last.duration_since(started).as_secs_f64().max(1e-9);
     Ok(out)
+}
+
+/// What every producer task starts with, whatever the back end.
+pub(crate) struct ProducerTask {
+    pub(crate) args: Args,
+    /// The run's id, stamped into every message.
+    pub(crate) run: u32,
+    /// Which producer this is.
+    pub(crate) index: u32,
+    /// When publishing started, from which `--duration-secs` counts.
+    pub(crate) started: Instant,
+    pub(crate) to_collector: ToCollector,
+}
+
+impl ProducerTask {
+    pub(crate) fn new(
+        args: &Args,
+        run: u32,
+        index: u32,
+        started: Instant,
+        to_collector: ToCollector,
+    ) -> ProducerTask {
+        ProducerTask {
+            args: args.clone(),
+            run,
+            index,
+            started,
+            to_collector,
+        }
+    }
+
+    /// How many more messages this producer may send, `sent` messages in:
+    /// none once its share of `--messages` is sent or `--duration-secs` is
+    /// up, and no limit when neither bounds the run.
+    pub(crate) fn may_send(&self, sent: u64) -> u64 {
+        if deadline(&self.args, self.started).is_some_and(|d| Instant::now() >= d) {
+            return 0;
+        }
+        quota(&self.args, self.index).map_or(u64::MAX, |q| q.saturating_sub(sent))
+    }
+
+    /// The stamp of this producer's message `seq`, sent now.
+    pub(crate) fn stamp(&self, seq: u64) -> Stamp {
+        Stamp {
+            run: self.run,
+            producer: self.index,
+            seq,
+            sent_ns: now_ns(),
+        }
+    }
+}
+
+/// One producer of a back end that publishes a message at a time: until its
+/// share of `--messages` is sent or `--duration-secs` is up, it stamps the
+/// next message, `send`s it to its slot and hands the outcome `send`
+/// resolves to over to the collector. Producers start on different slots so
+/// they do not move in lockstep.
+///
+/// `send` resolves once the message is sent, to a future of its
+/// acknowledgement, which the collector awaits.
+pub(crate) async fn produce_each<Publishing, Acked>(
+    task: ProducerTask,
+    slots: usize,
+    mut send: impl FnMut(usize, Vec<u8>) -> Publishing,
+) -> anyhow::Result<()>
+where
+    Publishing: Future<Output = Acked>,
+    Acked: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut seq = 0u64;
+    while task.may_send(seq) > 0 {
+        let slot = (seq as usize + task.index as usize) % slots;
+        let payload = task.stamp(seq).encode_binary(task.args.message_size);
+        task.to_collector.reserve(1).await?;
+        let sent = Instant::now();
+        let outcome = send(slot, payload).await;
+        let sent = Sent::one(task.index, slot, seq, sent, outcome);
+        task.to_collector
+            .hand_over(sent, task.args.one_at_a_time)
+            .await?;
+        seq += 1;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,11 +4,22 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use raftstream_benches::Reads;
 use raftstream_benches::Stamp;
+use raftstream_benches::latency_histogram;
 use raftstream_benches::now_ns;
+
+use crate::args::Args;
+
+/// The histogram the live consumers record into, when `--live` asks for them.
+pub(crate) fn live_histogram(args: &Args) -> anyhow::Result<Option<Arc<Mutex<Histogram<u64>>>>> {
+    let histogram = args.live.then(latency_histogram).transpose()?;
+    Ok(histogram.map(|h| Arc::new(Mutex::new(h))))
+}
 
 /// Records publish-to-consume latency of messages read live.
 pub(crate) fn record_e2e(h: &Mutex<Histogram<u64>>, stamp: &Stamp) {
@@ -36,6 +47,41 @@ pub(crate) async fn finish_live<T>(
         task.await.context("a live consumer panicked")??;
     }
     Ok(())
+}
+
+/// How many messages were acknowledged on `slot`, once publishing has
+/// ended and `finish_live` has said so; `None` before.
+pub(crate) fn acked_on(
+    acked_live: &Mutex<Option<Vec<u64>>>,
+    slot: usize,
+) -> anyhow::Result<Option<u64>> {
+    let acked = acked_live.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    Ok(acked.as_ref().map(|a| a.get(slot).copied().unwrap_or(0)))
+}
+
+/// Waits for the catch-up consumers and adds up how many messages they
+/// read and what they read.
+pub(crate) async fn join_catch_up(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<(u64, Reads)>>>,
+) -> anyhow::Result<(u64, Reads)> {
+    let mut reads = Reads::default();
+    let mut total = 0;
+    for task in tasks {
+        let (n, r) = task.await.context("a catch-up consumer panicked")??;
+        total += n;
+        reads.merge(r);
+    }
+    Ok((total, reads))
+}
+
+/// Runs a catch-up read and times it: how many messages it read, the
+/// seconds that took, and what it read.
+pub(crate) async fn timed_catch_up(
+    read: impl Future<Output = anyhow::Result<(u64, Reads)>>,
+) -> anyhow::Result<(u64, f64, Reads)> {
+    let started = Instant::now();
+    let (n, reads) = read.await?;
+    Ok((n, started.elapsed().as_secs_f64(), reads))
 }
 
 /// The live consumers' end-to-end latencies, once they are done.

@@ -12,21 +12,19 @@ use hdrhistogram::Histogram;
 use raftstream_benches::Outcome;
 use raftstream_benches::Reads;
 use raftstream_benches::Stamp;
-use raftstream_benches::latency_histogram;
-use raftstream_benches::now_ns;
 
 use crate::args::Args;
-use crate::args::deadline;
-use crate::args::quota;
+use crate::collect::ProducerTask;
 use crate::collect::PublishOutcome;
 use crate::collect::Sent;
 use crate::collect::ToCollector;
 use crate::collect::gather;
 use crate::consume::STALL;
-use crate::consume::live_snapshot;
+use crate::consume::live_histogram;
 use crate::consume::record_e2e;
+use crate::consume::timed_catch_up;
 use crate::report::Report;
-use crate::report::report;
+use crate::report::report_after_catch_up;
 
 pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Option<Report>> {
     let base = format!("http://{}", args.addr.split(',').next().unwrap_or_default());
@@ -55,11 +53,7 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
     if args.setup_only {
         return Ok(None);
     }
-    let live = if args.live {
-        Some(Arc::new(Mutex::new(latency_histogram()?)))
-    } else {
-        None
-    };
+    let live = live_histogram(args)?;
     let acked_live = Arc::new(Mutex::new(None::<u64>));
     let live_task = live.as_ref().map(|h| {
         tokio::spawn(consume(
@@ -81,16 +75,13 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
         let (to_collector, collector) =
             ToCollector::start(1, args.in_flight.max(1) * args.batch_size.max(1));
         collectors.push(collector);
+        let task = ProducerTask::new(args, run, index, started, to_collector);
         producers.push(tokio::spawn(produce(
-            args.clone(),
-            run,
-            index,
+            task,
             http.clone(),
             base.clone(),
             token.clone(),
             topic.to_string(),
-            started,
-            to_collector,
         )));
     }
     let publish = gather(started, collectors, producers, 1).await?;
@@ -101,67 +92,38 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
     if let Some(t) = live_task {
         t.await.context("the live consumer panicked")??;
     }
-    let live = live_snapshot(live)?;
-    let (catchup, reads) = if args.no_verify {
-        (None, None)
-    } else {
-        let started = Instant::now();
-        let (n, reads) = consume(
-            http.clone(),
-            base.clone(),
-            token.clone(),
-            topic.to_string(),
-            run,
-            None,
-            acked,
-        )
-        .await?;
-        (Some((n, started.elapsed().as_secs_f64())), Some(reads))
-    };
-    Ok(Some(report(
-        args,
-        topic,
-        &publish,
-        live.as_ref(),
-        catchup,
-        reads.as_ref(),
+    let catch_up = timed_catch_up(consume(
+        http.clone(),
+        base.clone(),
+        token.clone(),
+        topic.to_string(),
+        run,
         None,
-    )))
+        acked,
+    ));
+    let report = report_after_catch_up(args, topic, &publish, live, None, catch_up).await?;
+    Ok(Some(report))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn produce(
-    args: Args,
-    run: u32,
-    index: u32,
+    task: ProducerTask,
     http: reqwest::Client,
     base: String,
     token: String,
     topic: String,
-    started: Instant,
-    to_collector: ToCollector,
 ) -> anyhow::Result<()> {
-    let quota = quota(&args, index);
-    let deadline = deadline(&args, started);
+    let (args, to_collector) = (&task.args, &task.to_collector);
     let url = format!("{base}/api/v1/batch/topics/{topic}/publish");
     let mut seq = 0u64;
     loop {
-        let remaining = quota.map_or(u64::MAX, |q| q.saturating_sub(seq));
-        if remaining == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+        let remaining = task.may_send(seq);
+        if remaining == 0 {
             return Ok(());
         }
         let count = (args.batch_size as u64).min(remaining);
         let first = seq;
         let payloads: Vec<serde_json::Value> = (first..first + count)
-            .map(|s| {
-                Stamp {
-                    run,
-                    producer: index,
-                    seq: s,
-                    sent_ns: now_ns(),
-                }
-                .encode_json(args.message_size)
-            })
+            .map(|s| task.stamp(s).encode_json(args.message_size))
             .collect();
         seq += count;
         to_collector.reserve(count as u32).await?;
@@ -177,7 +139,7 @@ async fn produce(
             }
         };
         let sent = Sent {
-            producer: index,
+            producer: task.index,
             slot: 0,
             seq: first,
             count,

@@ -13,22 +13,22 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use raftstream_benches::Reads;
 use raftstream_benches::Stamp;
-use raftstream_benches::latency_histogram;
-use raftstream_benches::now_ns;
 
 use crate::args::Args;
-use crate::args::deadline;
-use crate::args::quota;
 use crate::args::window;
-use crate::collect::Sent;
+use crate::collect::ProducerTask;
 use crate::collect::ToCollector;
 use crate::collect::gather;
+use crate::collect::produce_each;
 use crate::consume::STALL;
+use crate::consume::acked_on;
 use crate::consume::finish_live;
-use crate::consume::live_snapshot;
+use crate::consume::join_catch_up;
+use crate::consume::live_histogram;
 use crate::consume::record_e2e;
+use crate::consume::timed_catch_up;
 use crate::report::Report;
-use crate::report::report;
+use crate::report::report_after_catch_up;
 
 pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Option<Report>> {
     let servers = args
@@ -76,11 +76,7 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
     let subjects: Vec<String> = (0..args.partitions)
         .map(|p| format!("{topic}.{p}"))
         .collect();
-    let live = if args.live {
-        Some(Arc::new(Mutex::new(latency_histogram()?)))
-    } else {
-        None
-    };
+    let live = live_histogram(args)?;
     let acked_live = Arc::new(Mutex::new(None::<Vec<u64>>));
     let mut live_tasks = Vec::new();
     if let Some(h) = &live {
@@ -108,22 +104,12 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
     for index in 0..args.producers {
         let (to_collector, collector) = ToCollector::start(subjects.len(), window);
         collectors.push(collector);
-        producers.push(tokio::spawn(produce(
-            args.clone(),
-            run,
-            index,
-            js.clone(),
-            subjects.clone(),
-            started,
-            to_collector,
-        )));
+        let task = ProducerTask::new(args, run, index, started, to_collector);
+        producers.push(tokio::spawn(produce(task, js.clone(), subjects.clone())));
     }
     let publish = gather(started, collectors, producers, subjects.len()).await?;
     finish_live(&acked_live, &publish.acked_per_slot, live_tasks).await?;
-    let live = live_snapshot(live)?;
-    let (catchup, reads) = if args.no_verify {
-        (None, None)
-    } else {
+    let catch_up = async {
         let expected = Arc::new(Mutex::new(Some(publish.acked_per_slot.clone())));
         let mut consumers = Vec::new();
         for subject in &subjects {
@@ -137,78 +123,46 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
                     .await?,
             );
         }
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for (i, consumer) in consumers.into_iter().enumerate() {
-            tasks.push(tokio::spawn(read_subject(
-                consumer,
-                run,
-                i,
-                None,
-                expected.clone(),
-            )));
-        }
-        let mut reads = Reads::default();
-        let mut total = 0;
-        for t in tasks {
-            let (n, r) = t.await.context("a catch-up consumer panicked")??;
-            total += n;
-            reads.merge(r);
-        }
-        (Some((total, started.elapsed().as_secs_f64())), Some(reads))
+        timed_catch_up(async {
+            let mut tasks = Vec::new();
+            for (i, consumer) in consumers.into_iter().enumerate() {
+                tasks.push(tokio::spawn(read_subject(
+                    consumer,
+                    run,
+                    i,
+                    None,
+                    expected.clone(),
+                )));
+            }
+            join_catch_up(tasks).await
+        })
+        .await
     };
+    let report = report_after_catch_up(args, topic, &publish, live, None, catch_up).await?;
     let _ = js.delete_stream(topic).await;
-    Ok(Some(report(
-        args,
-        topic,
-        &publish,
-        live.as_ref(),
-        catchup,
-        reads.as_ref(),
-        None,
-    )))
+    Ok(Some(report))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn produce(
-    args: Args,
-    run: u32,
-    index: u32,
+    task: ProducerTask,
     js: jetstream::Context,
     subjects: Vec<String>,
-    started: Instant,
-    to_collector: ToCollector,
 ) -> anyhow::Result<()> {
-    let quota = quota(&args, index);
-    let deadline = deadline(&args, started);
-    let mut seq = 0u64;
-    loop {
-        if quota.is_some_and(|q| seq >= q) || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(());
-        }
-        let slot = (seq as usize + index as usize) % subjects.len();
-        let payload = Stamp {
-            run,
-            producer: index,
-            seq,
-            sent_ns: now_ns(),
-        }
-        .encode_binary(args.message_size);
-        to_collector.reserve(1).await?;
-        let sent = Instant::now();
-        let publish = js
-            .publish(subjects[slot].clone(), bytes::Bytes::from(payload))
-            .await;
-        let outcome = async move {
-            match publish {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+    // A future of a future on purpose: see `produce_each`.
+    #[allow(clippy::async_yields_async)]
+    let send = |slot: usize, payload: Vec<u8>| {
+        let publish = js.publish(subjects[slot].clone(), bytes::Bytes::from(payload));
+        async move {
+            let publish = publish.await;
+            async move {
+                match publish {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-        };
-        let sent = Sent::one(index, slot, seq, sent, outcome);
-        to_collector.hand_over(sent, args.one_at_a_time).await?;
-        seq += 1;
-    }
+        }
+    };
+    produce_each(task, subjects.len(), send).await
 }
 
 fn tracing_free_log(message: &str) {
@@ -232,11 +186,7 @@ async fn read_subject(
     let mut last_progress = Instant::now();
     let mut pending_zero = false;
     loop {
-        let target = acked
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .as_ref()
-            .map(|a| a.get(slot).copied().unwrap_or(0));
+        let target = acked_on(&acked, slot)?;
         if let Some(target) = target
             && ((mine >= target && (pending_zero || live.is_some()))
                 || last_progress.elapsed() > STALL)

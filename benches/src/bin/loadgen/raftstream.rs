@@ -13,8 +13,6 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use raftstream_benches::Reads;
 use raftstream_benches::Stamp;
-use raftstream_benches::latency_histogram;
-use raftstream_benches::now_ns;
 use raftstream_client::Client;
 use raftstream_client::ClientConfig;
 use raftstream_client::Consumer;
@@ -26,22 +24,24 @@ use raftstream_client::pb;
 use tokio::sync::Semaphore;
 
 use crate::args::Args;
-use crate::args::deadline;
-use crate::args::quota;
 use crate::args::window;
 use crate::collect::KILLED_AT;
+use crate::collect::ProducerTask;
 use crate::collect::PublishResult;
-use crate::collect::Sent;
 use crate::collect::ToCollector;
 use crate::collect::gather;
+use crate::collect::produce_each;
 use crate::consume::STALL;
+use crate::consume::acked_on;
 use crate::consume::finish_live;
-use crate::consume::live_snapshot;
+use crate::consume::join_catch_up;
+use crate::consume::live_histogram;
 use crate::consume::record_e2e;
+use crate::consume::timed_catch_up;
 use crate::report::Failover;
 use crate::report::Report;
 use crate::report::first_ack_after_outage;
-use crate::report::report;
+use crate::report::report_after_catch_up;
 
 /// One partition of the run: which topic and which partition in it.
 #[derive(Debug, Clone)]
@@ -120,11 +120,7 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
             })
         })
         .collect();
-    let live = args.live.then(|| {
-        let h = latency_histogram().map(Mutex::new);
-        h.map(Arc::new)
-    });
-    let live = live.transpose()?;
+    let live = live_histogram(args)?;
     let acked_live = Arc::new(Mutex::new(None::<Vec<u64>>));
     let mut live_tasks = Vec::new();
     if let Some(h) = &live {
@@ -168,15 +164,8 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
         }
         let (to_collector, collector) = ToCollector::start(slots.len(), window(args, slots.len()));
         collectors.push(collector);
-        producers.push(tokio::spawn(produce(
-            args.clone(),
-            run,
-            index,
-            per_topic,
-            slots.clone(),
-            started,
-            to_collector,
-        )));
+        let task = ProducerTask::new(args, run, index, started, to_collector);
+        producers.push(tokio::spawn(produce(task, per_topic, slots.clone())));
     }
     let publish = gather(started, collectors, producers, slots.len()).await?;
     let failover = match failover {
@@ -200,23 +189,9 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
     };
 
     finish_live(&acked_live, &publish.acked_per_slot, live_tasks).await?;
-    let live = live_snapshot(live)?;
-
-    let (catchup, reads) = if args.no_verify {
-        (None, None)
-    } else {
-        let (n, secs, reads) = catch_up(&client, &names, &slots, &publish, run).await?;
-        (Some((n, secs)), Some(reads))
-    };
-    Ok(Some(report(
-        args,
-        topic,
-        &publish,
-        live.as_ref(),
-        catchup,
-        reads.as_ref(),
-        failover,
-    )))
+    let catch_up = timed_catch_up(catch_up(&client, &names, &slots, &publish, run));
+    let report = report_after_catch_up(args, topic, &publish, live, failover, catch_up).await?;
+    Ok(Some(report))
 }
 
 /// Polls the cluster status until every partition of `topics` has a leader.
@@ -303,50 +278,31 @@ async fn wait_for_groups(
 }
 
 async fn produce(
-    args: Args,
-    run: u32,
-    index: u32,
+    task: ProducerTask,
     producers: Vec<Producer>,
     slots: Vec<Slot>,
-    started: Instant,
-    to_collector: ToCollector,
 ) -> anyhow::Result<()> {
-    let quota = quota(&args, index);
-    let deadline = deadline(&args, started);
-    let mut seq = 0u64;
-    // Producers start on different partitions so they do not move in lockstep.
-    let offset = index as usize;
-    loop {
-        if quota.is_some_and(|q| seq >= q) || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(());
-        }
-        let slot_index = (seq as usize + offset) % slots.len();
-        let slot = &slots[slot_index];
-        let stamp = Stamp {
-            run,
-            producer: index,
-            seq,
-            sent_ns: now_ns(),
-        };
-        let record =
-            Record::new(stamp.encode_binary(args.message_size)).with_partition(slot.partition);
-        to_collector.reserve(1).await?;
-        let sent = Instant::now();
-        let delivery = producers[slot.topic].send(record).await;
-        let outcome = async move {
-            match delivery {
-                Ok(d) => match d.await {
-                    Ok(Ok(_ack)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("the producer dropped the delivery".to_string()),
-                },
-                Err(e) => Err(e.to_string()),
+    // A future of a future on purpose: see `produce_each`.
+    #[allow(clippy::async_yields_async)]
+    let send = |slot: usize, payload: Vec<u8>| {
+        let slot = &slots[slot];
+        let record = Record::new(payload).with_partition(slot.partition);
+        let delivery = producers[slot.topic].send(record);
+        async move {
+            let delivery = delivery.await;
+            async move {
+                match delivery {
+                    Ok(d) => match d.await {
+                        Ok(Ok(_ack)) => Ok(()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("the producer dropped the delivery".to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                }
             }
-        };
-        let sent = Sent::one(index, slot_index, seq, sent, outcome);
-        to_collector.hand_over(sent, args.one_at_a_time).await?;
-        seq += 1;
-    }
+        }
+    };
+    produce_each(task, slots.len(), send).await
 }
 
 async fn live_consume(
@@ -359,11 +315,7 @@ async fn live_consume(
     let mut read = 0u64;
     let mut last_progress = Instant::now();
     loop {
-        let target = acked
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .as_ref()
-            .map(|a| a.get(slot).copied().unwrap_or(0));
+        let target = acked_on(&acked, slot)?;
         if let Some(target) = target
             && (read >= target || last_progress.elapsed() > STALL)
         {
@@ -392,8 +344,7 @@ async fn catch_up(
     slots: &[Slot],
     publish: &PublishResult,
     run: u32,
-) -> anyhow::Result<(u64, f64, Reads)> {
-    let started = Instant::now();
+) -> anyhow::Result<(u64, Reads)> {
     let limit = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
@@ -434,14 +385,7 @@ async fn catch_up(
             anyhow::Ok((total, reads))
         }));
     }
-    let mut reads = Reads::default();
-    let mut total = 0;
-    for t in tasks {
-        let (n, r) = t.await.context("a catch-up consumer panicked")??;
-        total += n;
-        reads.merge(r);
-    }
-    Ok((total, started.elapsed().as_secs_f64(), reads))
+    join_catch_up(tasks).await
 }
 
 /// Waits until `at`, finds the leader of `group`, SIGKILLs its process.

@@ -1,6 +1,8 @@
 //! The result of a run: built from the publish and consume halves, printed
 //! as text or serialized as one JSON object.
 
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -15,6 +17,7 @@ use serde::Serialize;
 use crate::args::Args;
 use crate::args::System;
 use crate::collect::PublishResult;
+use crate::consume::live_snapshot;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
@@ -146,9 +149,39 @@ pub(crate) fn first_ack_after_outage(
     // No gap at all: the outage, if any, was shorter than 200 ms.
     acks.first().copied()
 }
+/// Ends a run once publishing and the live consumers are done: unless
+/// `--no-verify`, reads everything back with `catch_up` (which returns the
+/// messages it read, the seconds that took and what it read), then builds
+/// the report.
+pub(crate) async fn report_after_catch_up(
+    args: &Args,
+    topic: &str,
+    publish: &PublishResult,
+    live: Option<Arc<Mutex<Histogram<u64>>>>,
+    failover: Option<Failover>,
+    catch_up: impl Future<Output = anyhow::Result<(u64, f64, Reads)>>,
+) -> anyhow::Result<Report> {
+    let live = live_snapshot(live)?;
+    let (catchup, reads) = if args.no_verify {
+        (None, None)
+    } else {
+        let (n, secs, reads) = catch_up.await?;
+        (Some((n, secs)), Some(reads))
+    };
+    Ok(report(
+        args,
+        topic,
+        publish,
+        live.as_ref(),
+        catchup,
+        reads.as_ref(),
+        failover,
+    ))
+}
+
 /// Builds the report from the publish and consume halves.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn report(
+fn report(
     args: &Args,
     topic: &str,
     publish: &PublishResult,

@@ -16,6 +16,11 @@ use tempfile::TempDir;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The whole content of the file at `path`.
+pub fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap()
+}
+
 /// A running lazyfs mount. Dropping it stops lazyfs and makes sure the
 /// mount is gone.
 pub struct Lazy {

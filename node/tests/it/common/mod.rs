@@ -64,6 +64,59 @@ pub fn record(value: &str) -> Option<pb::Record> {
     })
 }
 
+/// A publish of the text `value` to topic `name`, the partition left to
+/// the node.
+pub fn publish_request(name: &str, value: &str) -> pb::PublishRequest {
+    pb::PublishRequest {
+        topic: topic(name),
+        record: record(value),
+    }
+}
+
+/// The cluster status as the node behind `client` reports it; `None` while
+/// it cannot answer.
+pub async fn cluster_status(
+    client: &mut raftstream_client::Grpc,
+) -> Option<pb::ClusterStatusResponse> {
+    Some(
+        client
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner(),
+    )
+}
+
+/// Polls the cluster status through `client` until `check` finds in it
+/// what it waits for, failing the test with `what` after `timeout`.
+pub async fn eventually_in_status<T>(
+    client: &raftstream_client::Grpc,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(pb::ClusterStatusResponse) -> Option<T>,
+) -> T {
+    eventually(what, timeout, || {
+        let mut client = client.clone();
+        let check = &check;
+        async move { check(cluster_status(&mut client).await?) }
+    })
+    .await
+}
+
+/// A figure of the partition group `group_id` as `node` holds it (0 for a
+/// group that is not a partition); `None` while the node does not host it.
+pub fn partition_figure(
+    node: &raftstream_node::node::Node,
+    group_id: u64,
+    figure: impl Fn(&raftstream_node::state_machine::partition::PartitionState) -> u64,
+) -> Option<u64> {
+    let group = node.group(group_id)?;
+    Some(group.state.read(|inner| match &inner.data {
+        raftstream_node::state_machine::GroupData::Partition(p) => figure(p),
+        _ => 0,
+    }))
+}
+
 /// Publishes `value` until a node acknowledges it, for a publish that may
 /// meet an election; an attempt that failed was never acknowledged.
 pub async fn publish_until_acked(
@@ -76,10 +129,7 @@ pub async fn publish_until_acked(
         let mut client = client.clone();
         async move {
             client
-                .publish(pb::PublishRequest {
-                    topic: topic(name),
-                    record: record(value),
-                })
+                .publish(publish_request(name, value))
                 .await
                 .ok()
                 .map(tonic::Response::into_inner)
@@ -92,6 +142,24 @@ pub fn at_offset(offset: u64) -> Option<pb::Position> {
     Some(pb::Position {
         position: Some(pb::position::Position::Offset(offset)),
     })
+}
+
+/// A read of up to `max_messages` from one partition that answers at once
+/// with what is there: no long poll, no byte budget.
+pub fn consume_now(
+    name: &str,
+    partition: u32,
+    position: Option<pb::Position>,
+    max_messages: u32,
+) -> pb::ConsumeRequest {
+    pb::ConsumeRequest {
+        topic: topic(name),
+        partition,
+        position,
+        max_messages,
+        wait_ms: 0,
+        max_bytes: 0,
+    }
 }
 
 /// A node's three listeners on loopback, on ports the kernel picks.
@@ -242,6 +310,24 @@ impl TestCluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// The first running node other than `id`.
+    pub fn running_node_other_than(&self, id: u64) -> u64 {
+        self.running_ids().into_iter().find(|n| *n != id).unwrap()
+    }
+
+    /// Stops the node leading a topic partition; returns a client of a
+    /// node still running.
+    pub async fn stop_partition_leader(
+        &mut self,
+        name: &str,
+        partition: u32,
+    ) -> raftstream_client::Grpc {
+        let leader = self.partition_leader(name, partition).await;
+        self.stop(leader).await;
+        let survivor = self.running_ids()[0];
+        self.client(survivor).await
+    }
+
     /// Stops a node (its listeners, Raft groups and storage).
     pub async fn stop(&mut self, id: u64) {
         if let Some(node) = self.nodes.remove(&id) {
@@ -269,18 +355,22 @@ impl TestCluster {
         partitions: u32,
         replication_factor: u32,
     ) -> pb::Topic {
+        self.create_topic_from(pb::CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Creates the topic `request` describes and waits until every
+    /// partition has a leader.
+    pub async fn create_topic_from(&self, request: pb::CreateTopicRequest) -> pb::Topic {
+        let name = request.name.clone();
         let mut client = self.client(self.running_ids()[0]).await;
-        let created = client
-            .create_topic(pb::CreateTopicRequest {
-                name: name.into(),
-                partitions,
-                replication_factor,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        self.wait_partition_leaders(name).await;
+        let created = client.create_topic(request).await.unwrap().into_inner();
+        self.wait_partition_leaders(&name).await;
         created
     }
 
@@ -288,11 +378,7 @@ impl TestCluster {
         let first = self.running_ids()[0];
         eventually("partition leaders", Duration::from_secs(20), || async {
             let mut client = self.client(first).await;
-            let status = client
-                .cluster_status(pb::ClusterStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
+            let status = cluster_status(&mut client).await?;
             let groups: Vec<_> = status.groups.iter().filter(|g| g.topic == name).collect();
             let topic = client
                 .get_topic(topic(name).unwrap())
@@ -310,12 +396,8 @@ impl TestCluster {
         let first = self.running_ids()[0];
         eventually("partition leader", Duration::from_secs(20), || async {
             let mut client = self.client(first).await;
-            let status = client
-                .cluster_status(pb::ClusterStatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            status
+            cluster_status(&mut client)
+                .await?
                 .groups
                 .iter()
                 .find(|g| g.topic == name && g.partition == partition)
@@ -357,8 +439,19 @@ impl TestCluster {
     }
 }
 
-/// Reads a whole partition from `offset` through `client`, until `expected`
-/// messages have been read.
+/// Every acknowledged value appears in `read`, in acknowledgement order.
+/// A publish retried after an unknown outcome may appear an extra time,
+/// which this allows.
+pub fn assert_acknowledged_in_order(acked: &[String], read: &[String]) {
+    let mut cursor = read.iter();
+    for value in acked {
+        assert!(
+            cursor.any(|r| r == value),
+            "acknowledged {value} lost or reordered; read {read:?}"
+        );
+    }
+}
+
 /// The values of `messages`, as text.
 pub fn values(messages: &[pb::Message]) -> Vec<String> {
     messages
@@ -367,6 +460,8 @@ pub fn values(messages: &[pb::Message]) -> Vec<String> {
         .collect()
 }
 
+/// Reads a whole partition from offset 0 through `client`, until `expected`
+/// messages have been read.
 pub async fn read_all(
     client: &mut raftstream_client::Grpc,
     name: &str,
@@ -380,14 +475,7 @@ pub async fn read_all(
             let mut next = 0;
             loop {
                 let response = client
-                    .consume(pb::ConsumeRequest {
-                        topic: topic(name),
-                        partition,
-                        position: at_offset(next),
-                        max_messages: 1000,
-                        wait_ms: 0,
-                        max_bytes: 0,
-                    })
+                    .consume(consume_now(name, partition, at_offset(next), 1000))
                     .await
                     .ok()?
                     .into_inner();
