@@ -21,7 +21,6 @@ use tonic::Response;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::api::WriteError;
 use crate::api::authenticate_first::AuthenticatedToken;
 use crate::api::authenticate_first::NODE_AUTH_HEADER;
 use crate::api::read::ReadBatch;
@@ -29,8 +28,10 @@ use crate::api::read::ReadMessage;
 use crate::api::read::StartAt;
 use crate::api::service::Caller;
 use crate::api::service::Consume;
+use crate::api::service::CreatedToken;
 use crate::api::service::ForwardError;
 use crate::api::service::Hops;
+use crate::api::service::NewToken;
 use crate::api::service::Page;
 use crate::api::service::PeerRead;
 use crate::api::service::Peers;
@@ -43,6 +44,7 @@ use crate::api::service::SchemaCheck;
 use crate::api::service::Service;
 use crate::api::service::ServiceError;
 use crate::api::service::Stored;
+use crate::api::service::TokenInfo;
 use crate::api::service::denied_scope;
 use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
@@ -55,16 +57,13 @@ use crate::node::Group;
 use crate::node::Node;
 use crate::raft::types::CommitWriter;
 use crate::raft::types::MetaCommand;
-use crate::raft::types::MetaState;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
 use crate::raft::types::Scope;
-use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
 use crate::raft::types::TopicUpdate;
 use crate::state_machine::GroupData;
-use crate::state_machine::meta::validate_spec;
 
 /// How many times a request has been forwarded (see `Hops`).
 const HOPS_HEADER: &str = "x-raftstream-hops";
@@ -220,18 +219,6 @@ impl ClientService {
         }
     }
 
-    /// Refuses a schema offered for a topic that is too large or does not
-    /// compile, before it is stored: publishes to the topic would fail.
-    /// Checked here, not when the command is applied, so that entries an
-    /// older version committed are never judged by newer limits.
-    async fn check_schema_document(&self, schema: &str) -> Result<(), Status> {
-        self.node
-            .schemas
-            .check_document(schema)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))
-    }
-
     pub fn into_server(self) -> pb::raftstream_server::RaftstreamServer<Self> {
         let max_request_bytes = self.max_request_bytes();
         pb::raftstream_server::RaftstreamServer::new(self)
@@ -306,8 +293,12 @@ fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
 }
 
 fn topic_ref(topic: &Topic) -> Option<pb::TopicRef> {
+    topic_by_id(topic.id)
+}
+
+fn topic_by_id(topic_id: u64) -> Option<pb::TopicRef> {
     Some(pb::TopicRef {
-        topic: Some(pb::topic_ref::Topic::Id(topic.id)),
+        topic: Some(pb::topic_ref::Topic::Id(topic_id)),
     })
 }
 
@@ -319,6 +310,35 @@ fn retention_from_pb(r: Option<&pb::RetentionPolicy>) -> RetentionPolicy {
     }
 }
 
+fn retention_to_pb(retention: &RetentionPolicy) -> pb::RetentionPolicy {
+    pb::RetentionPolicy {
+        retention_ms: retention.retention_ms.unwrap_or(0),
+        retention_bytes: retention.retention_bytes.unwrap_or(0),
+    }
+}
+
+fn spec_to_pb(spec: &TopicSpec) -> pb::CreateTopicRequest {
+    pb::CreateTopicRequest {
+        name: spec.name.clone(),
+        description: spec.description.clone(),
+        partitions: spec.partitions,
+        replication_factor: spec.replication_factor,
+        schema: spec.schema.clone(),
+        retention: Some(retention_to_pb(&spec.retention)),
+    }
+}
+
+fn spec_from_pb(request: pb::CreateTopicRequest) -> TopicSpec {
+    TopicSpec {
+        retention: retention_from_pb(request.retention.as_ref()),
+        name: request.name,
+        description: request.description,
+        partitions: request.partitions.max(1),
+        replication_factor: request.replication_factor,
+        schema: request.schema,
+    }
+}
+
 pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
     pb::Topic {
         id: topic.id,
@@ -326,10 +346,7 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
         description: topic.description.clone(),
         schema: topic.schema.clone(),
         replication_factor: topic.replication_factor,
-        retention: Some(pb::RetentionPolicy {
-            retention_ms: topic.retention.retention_ms.unwrap_or(0),
-            retention_bytes: topic.retention.retention_bytes.unwrap_or(0),
-        }),
+        retention: Some(retention_to_pb(&topic.retention)),
         partitions: topic
             .partitions
             .iter()
@@ -346,8 +363,22 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
     }
 }
 
-/// A token for the API: its topics by their current names (`meta`).
-pub fn token_to_pb(token: &TokenRecord, meta: &MetaState) -> pb::TokenInfo {
+fn topic_from_pb(topic: pb::Topic) -> Topic {
+    Topic {
+        retention: retention_from_pb(topic.retention.as_ref()),
+        id: topic.id,
+        name: topic.name,
+        description: topic.description,
+        schema: topic.schema,
+        replication_factor: topic.replication_factor,
+        partitions: topic.partitions.into_iter().map(|p| p.replicas).collect(),
+        created_at_ms: topic.created_at_ms,
+        updated_at_ms: topic.updated_at_ms,
+        version: topic.version,
+    }
+}
+
+pub fn token_to_pb(token: &TokenInfo) -> pb::TokenInfo {
     pb::TokenInfo {
         id: token.id,
         name: token.name.clone(),
@@ -356,7 +387,22 @@ pub fn token_to_pb(token: &TokenRecord, meta: &MetaState) -> pb::TokenInfo {
             .iter()
             .map(|s| s.as_str().to_string())
             .collect(),
-        topics: token.topic_names(meta),
+        topics: token.topics.clone(),
+        created_at_ms: token.created_at_ms,
+    }
+}
+
+/// A token from another node; it stores only scopes it parsed.
+fn token_from_pb(token: pb::TokenInfo) -> TokenInfo {
+    TokenInfo {
+        id: token.id,
+        name: token.name,
+        scopes: token
+            .scopes
+            .iter()
+            .filter_map(|s| Scope::parse(s))
+            .collect(),
+        topics: token.topics,
         created_at_ms: token.created_at_ms,
     }
 }
@@ -479,6 +525,34 @@ impl GrpcPeers {
     fn forward_timeout(&self) -> Duration {
         Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
     }
+
+    /// Sends `message` to the node at `addr` with `send` and returns its
+    /// answer, with a call cut off mid-way as an unknown outcome.
+    async fn call<Req, Resp, Sent>(
+        &self,
+        addr: &str,
+        hops: Hops,
+        message: Req,
+        send: impl FnOnce(RaftstreamClient<Channel>, Request<Req>) -> Sent,
+    ) -> Result<Resp, ServiceError>
+    where
+        Sent: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let request = self.forwarded(message, hops, self.forward_timeout());
+        let response = send(self.client(addr)?, request)
+            .await
+            .map_err(forward_failure)?;
+        Ok(response.into_inner())
+    }
+}
+
+/// Calls `method` on the node at `addr` through [`GrpcPeers::call`].
+macro_rules! peer_call {
+    ($peers:ident, $addr:ident, $hops:ident, $method:ident, $message:expr) => {
+        $peers.call($addr, $hops, $message, |mut client, request| async move {
+            client.$method(request).await
+        })
+    };
 }
 
 impl Peers for GrpcPeers {
@@ -543,6 +617,156 @@ impl Peers for GrpcPeers {
                 .await
                 .map_err(unanswered_read)?;
             Ok(page_from_pb(read.partition, response.into_inner()))
+        })
+    }
+
+    fn create_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        spec: &'a TopicSpec,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+        Box::pin(async move {
+            let message = spec_to_pb(spec);
+            peer_call!(self, addr, hops, create_topic, message)
+                .await
+                .map(topic_from_pb)
+        })
+    }
+
+    fn list_topics<'a>(
+        &'a self,
+        addr: &'a str,
+        name: Option<String>,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<Topic>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::ListTopicsRequest { name };
+            let answer = peer_call!(self, addr, hops, list_topics, message).await?;
+            Ok(answer.topics.into_iter().map(topic_from_pb).collect())
+        })
+    }
+
+    fn get_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        name: &'a TopicName,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+        Box::pin(async move {
+            let topic = match name {
+                TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
+                TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
+            };
+            let message = pb::TopicRef { topic: Some(topic) };
+            peer_call!(self, addr, hops, get_topic, message)
+                .await
+                .map(topic_from_pb)
+        })
+    }
+
+    fn update_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        update: &'a TopicUpdate,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::UpdateTopicRequest {
+                topic: topic_by_id(topic_id),
+                name: update.name.clone(),
+                description: update.description.clone(),
+                // The gRPC API removes the schema when given an empty one.
+                schema: update
+                    .schema
+                    .as_ref()
+                    .map(|schema| schema.clone().unwrap_or_default()),
+                retention: update.retention.as_ref().map(retention_to_pb),
+            };
+            peer_call!(self, addr, hops, update_topic, message)
+                .await
+                .map(topic_from_pb)
+        })
+    }
+
+    fn purge_partition<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::PurgeTopicRequest {
+                topic: topic_by_id(topic_id),
+                partition: Some(partition),
+            };
+            peer_call!(self, addr, hops, purge_topic, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn delete_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::TopicRef {
+                topic: Some(pb::topic_ref::Topic::Id(topic_id)),
+            };
+            peer_call!(self, addr, hops, delete_topic, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn create_token<'a>(
+        &'a self,
+        addr: &'a str,
+        new: &'a NewToken,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<CreatedToken, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::CreateTokenRequest {
+                name: new.name.clone(),
+                scopes: new.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+                topics: new.topics.clone(),
+            };
+            let created = peer_call!(self, addr, hops, create_token, message).await?;
+            Ok(CreatedToken {
+                token: token_from_pb(created.token.unwrap_or_default()),
+                secret: created.secret,
+            })
+        })
+    }
+
+    fn list_tokens<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<TokenInfo>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::ListTokensRequest {};
+            let answer = peer_call!(self, addr, hops, list_tokens, message).await?;
+            Ok(answer.tokens.into_iter().map(token_from_pb).collect())
+        })
+    }
+
+    fn delete_token<'a>(
+        &'a self,
+        addr: &'a str,
+        id: u64,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::DeleteTokenRequest { id };
+            peer_call!(self, addr, hops, delete_token, message)
+                .await
+                .map(|_| ())
         })
     }
 }
@@ -1001,67 +1225,22 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::Topic>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
-        let request = request.into_inner();
-        caller.check_unrestricted()?;
-        let spec = TopicSpec {
-            name: request.name.clone(),
-            description: request.description.clone(),
-            partitions: request.partitions.max(1),
-            replication_factor: request.replication_factor,
-            schema: request.schema.clone(),
-            retention: retention_from_pb(request.retention.as_ref()),
-        };
-        validate_spec(&spec, self.node.config.peers.len())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if let Some(schema) = &spec.schema {
-            self.check_schema_document(schema).await?;
-        }
-        let (spec, request) = (&spec, &request);
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = MetaCommand::CreateTopic {
-                    spec: spec.clone(),
-                    now_ms: self.node.time.now_ms(),
-                };
-                self.node
-                    .write_meta(command)
-                    .await
-                    .map(|topic| topic_to_pb(&topic))
-            })
-        };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                forward!(self, addr, create_topic, request.clone(), hops).map(Response::into_inner)
-            })
-        };
-        let topic = self.core.on_meta_leader(hops, local, forward).await?;
-        self.node
-            .await_topic_applied(topic.id, Some(topic.version))
-            .await;
-        Ok(Response::new(topic))
+        let spec = spec_from_pb(request.into_inner());
+        let topic = self.core.create_topic(&caller, spec, hops).await?;
+        Ok(Response::new(topic_to_pb(&topic)))
     }
 
     async fn list_topics(
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        // The metadata leader has applied every topic change it answered,
-        // so reading there sees every acknowledged create, update and delete.
         let _caller = self.authorize(&request, None).await?;
         let hops = hops_of(&request);
-        let request = request.into_inner();
-        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
-            return forward!(self, addr, list_topics, request, hops);
-        }
-        let topics = self
-            .node
-            .metadata()
-            .topics
-            .values()
-            .filter(|t| request.name.as_ref().is_none_or(|n| &t.name == n))
-            .map(topic_to_pb)
-            .collect();
-        Ok(Response::new(pb::ListTopicsResponse { topics }))
+        let name = request.into_inner().name;
+        let topics = self.core.list_topics(name, hops).await?;
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: topics.iter().map(topic_to_pb).collect(),
+        }))
     }
 
     async fn get_topic(
@@ -1070,15 +1249,8 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::Topic>, Status> {
         let _caller = self.authorize(&request, None).await?;
         let hops = hops_of(&request);
-        let request = request.into_inner();
-        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
-            return forward!(self, addr, get_topic, request, hops);
-        }
-        let name = topic_name(Some(&request))?;
-        let topic = self
-            .node
-            .find_topic(&name)
-            .ok_or_else(|| ErrorCode::NotFound.status(format!("topic {name} does not exist")))?;
+        let name = topic_name(Some(request.get_ref()))?;
+        let topic = self.core.current_topic(&name, hops).await?;
         Ok(Response::new(topic_to_pb(&topic)))
     }
 
@@ -1089,47 +1261,19 @@ impl Raftstream for ClientService {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self
-            .core
-            .topic(&topic_name(request.topic.as_ref())?)
-            .await?;
-        caller.check_topic(Scope::Admin, &topic)?;
+        let name = topic_name(request.topic.as_ref())?;
         let update = TopicUpdate {
-            name: request.name.clone(),
-            description: request.description.clone(),
-            schema: request.schema.clone().map(|s| (!s.is_empty()).then_some(s)),
+            name: request.name,
+            description: request.description,
+            // An empty schema removes the topic's schema.
+            schema: request.schema.map(|s| (!s.is_empty()).then_some(s)),
             retention: request
                 .retention
                 .as_ref()
                 .map(|r| retention_from_pb(Some(r))),
         };
-        if let Some(Some(schema)) = &update.schema {
-            self.check_schema_document(schema).await?;
-        }
-        let (update, request, topic_id) = (&update, &request, topic.id);
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = MetaCommand::UpdateTopic {
-                    topic_id,
-                    update: update.clone(),
-                    now_ms: self.node.time.now_ms(),
-                };
-                self.node
-                    .write_meta(command)
-                    .await
-                    .map(|topic| topic_to_pb(&topic))
-            })
-        };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                forward!(self, addr, update_topic, request.clone(), hops).map(Response::into_inner)
-            })
-        };
-        let topic = self.core.on_meta_leader(hops, local, forward).await?;
-        self.node
-            .await_topic_applied(topic.id, Some(topic.version))
-            .await;
-        Ok(Response::new(topic))
+        let topic = self.core.update_topic(&caller, &name, update, hops).await?;
+        Ok(Response::new(topic_to_pb(&topic)))
     }
 
     async fn purge_topic(
@@ -1139,40 +1283,10 @@ impl Raftstream for ClientService {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self
-            .core
-            .topic(&topic_name(request.topic.as_ref())?)
+        let name = topic_name(request.topic.as_ref())?;
+        self.core
+            .purge_topic(&caller, &name, request.partition, hops)
             .await?;
-        caller.check_topic(Scope::Admin, &topic)?;
-        let partitions = selected_partitions(&topic, request.partition)?;
-        let topic = &topic;
-        // Partitions are independent groups: purge them all at once.
-        let purges = partitions.into_iter().map(|partition| async move {
-            let replicas = replicas_of(topic, partition)?;
-            let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-                Box::pin(async move {
-                    self.node
-                        .write_partition(&group, PartitionCommand::PurgeAll)
-                        .await
-                        .map(|_| ())
-                })
-            };
-            let forward = |addr: String| -> BoxFuture<'_, _> {
-                Box::pin(async move {
-                    let one = pb::PurgeTopicRequest {
-                        topic: topic_ref(topic),
-                        partition: Some(partition),
-                    };
-                    forward!(self, addr, purge_topic, one, hops).map(|_| ())
-                })
-            };
-            self.core
-                .on_leader(topic.group_id(partition), &replicas, hops, local, forward)
-                .await
-        });
-        for outcome in futures::future::join_all(purges).await {
-            outcome?;
-        }
         Ok(Response::new(pb::PurgeTopicResponse {}))
     }
 
@@ -1182,26 +1296,9 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
-        let request = request.into_inner();
-        let topic = self.core.topic(&topic_name(Some(&request))?).await?;
-        caller.check_topic(Scope::Admin, &topic)?;
-        let (request, topic_id) = (&request, topic.id);
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.node
-                    .write_meta(MetaCommand::DeleteTopic { topic_id })
-                    .await
-                    .map(|_| pb::DeleteTopicResponse {})
-            })
-        };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                forward!(self, addr, delete_topic, request.clone(), hops).map(Response::into_inner)
-            })
-        };
-        let deleted = self.core.on_meta_leader(hops, local, forward).await?;
-        self.node.await_topic_applied(topic_id, None).await;
-        Ok(Response::new(deleted))
+        let name = topic_name(Some(request.get_ref()))?;
+        self.core.delete_topic(&caller, &name, hops).await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 
     async fn create_token(
@@ -1211,7 +1308,6 @@ impl Raftstream for ClientService {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
         let request = request.into_inner();
-        caller.check_unrestricted()?;
         let scopes = request
             .scopes
             .iter()
@@ -1223,49 +1319,16 @@ impl Raftstream for ClientService {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        crate::state_machine::meta::validate_token(&request.name, &scopes)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (scopes, request_ref) = (&scopes, &request);
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                // Resolved here, on the metadata leader, which has applied
-                // every topic change it acknowledged; apply checks the ids
-                // again in case a topic is deleted meanwhile.
-                let topic_ids = self
-                    .node
-                    .with_metadata(|m| crate::auth::resolve_token_topics(m, &request_ref.topics))
-                    .ok_or_else(|| {
-                        WriteError::Unavailable("this node is shutting down; retry another".into())
-                    })?
-                    .map_err(WriteError::Rejected)?;
-                let secret = crate::auth::generate_secret();
-                let command = MetaCommand::CreateTokenWithTopicIds {
-                    name: request_ref.name.clone(),
-                    scopes: scopes.clone(),
-                    topic_ids,
-                    hash: crate::auth::hash_secret(&secret),
-                    now_ms: self.node.time.now_ms(),
-                };
-                let token = self.node.write_token(command).await?;
-                let info = self
-                    .node
-                    .with_metadata(|m| token_to_pb(&token, m))
-                    .unwrap_or_else(|| token_to_pb(&token, &MetaState::default()));
-                Ok(pb::CreateTokenResponse {
-                    token: Some(info),
-                    secret,
-                })
-            })
+        let new = NewToken {
+            name: request.name,
+            scopes,
+            topics: request.topics,
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                forward!(self, addr, create_token, request_ref.clone(), hops)
-                    .map(Response::into_inner)
-            })
-        };
-        Ok(Response::new(
-            self.core.on_meta_leader(hops, local, forward).await?,
-        ))
+        let created = self.core.create_token(&caller, new, hops).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_to_pb(&created.token)),
+            secret: created.secret,
+        }))
     }
 
     async fn list_tokens(
@@ -1274,16 +1337,10 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
-        let request = request.into_inner();
-        caller.check_unrestricted()?;
-        if let Route::Forward(addr) = self.core.meta_route(hops).await? {
-            return forward!(self, addr, list_tokens, request, hops);
-        }
-        let tokens = self
-            .node
-            .with_metadata(|m| m.tokens.values().map(|t| token_to_pb(t, m)).collect())
-            .unwrap_or_default();
-        Ok(Response::new(pb::ListTokensResponse { tokens }))
+        let tokens = self.core.list_tokens(&caller, hops).await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(token_to_pb).collect(),
+        }))
     }
 
     async fn delete_token(
@@ -1292,25 +1349,9 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Admin)).await?;
         let hops = hops_of(&request);
-        let request = request.into_inner();
-        caller.check_unrestricted()?;
-        let id = request.id;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.node
-                    .write_token(MetaCommand::DeleteToken { id })
-                    .await
-                    .map(|_| pb::DeleteTokenResponse {})
-            })
-        };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                forward!(self, addr, delete_token, request, hops).map(Response::into_inner)
-            })
-        };
-        Ok(Response::new(
-            self.core.on_meta_leader(hops, local, forward).await?,
-        ))
+        let id = request.into_inner().id;
+        self.core.delete_token(&caller, id, hops).await?;
+        Ok(Response::new(pb::DeleteTokenResponse {}))
     }
 
     async fn cluster_status(

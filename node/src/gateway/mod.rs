@@ -33,12 +33,9 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use raftstream_proto::ErrorCode;
-use raftstream_proto::v1 as pb;
-use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
-use tonic::Request;
 use utoipa::OpenApi;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -227,12 +224,6 @@ async fn readyz(State(gateway): Shared) -> Result<Json<Ready>, ApiError> {
     }
 }
 
-fn topic_ref(topic: &pb::Topic) -> Option<pb::TopicRef> {
-    Some(pb::TopicRef {
-        topic: Some(pb::topic_ref::Topic::Id(topic.id)),
-    })
-}
-
 impl Gateway {
     /// Resolves `{topic_id}` (an id or a name) for publish and consume:
     /// this node's metadata first, then the metadata leader, so a topic
@@ -245,15 +236,9 @@ impl Gateway {
     /// every topic change it acknowledged: topic management reads there, so
     /// a topic deleted or changed through another node is never seen as it
     /// was.
-    async fn current_topic(&self, path: &str) -> Result<pb::Topic, ApiError> {
-        let reference = match TopicName::parse(path) {
-            TopicName::Id(id) => pb::topic_ref::Topic::Id(id),
-            TopicName::Name(name) => pb::topic_ref::Topic::Name(name),
-        };
-        let request = Request::new(pb::TopicRef {
-            topic: Some(reference),
-        });
-        Ok(self.service.get_topic(request).await?.into_inner())
+    async fn current_topic(&self, path: &str) -> Result<Topic, ApiError> {
+        let name = TopicName::parse(path);
+        Ok(self.core.current_topic(&name, Hops::default()).await?)
     }
 
     /// Publishes values the gateway has checked against the topic's

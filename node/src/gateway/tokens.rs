@@ -3,11 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use raftstream_proto::v1 as pb;
-use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
 use serde::Serialize;
-use tonic::Request;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -19,6 +16,10 @@ use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
 use super::topics::Done;
+use crate::api::service::Caller;
+use crate::api::service::Hops;
+use crate::api::service::NewToken;
+use crate::api::service::TokenInfo;
 use crate::model::rfc3339;
 use crate::raft::types::Scope;
 
@@ -41,13 +42,13 @@ impl From<TokenScope> for Scope {
     }
 }
 
-impl TokenScope {
-    fn parse(text: &str) -> Option<TokenScope> {
-        Some(match Scope::parse(text)? {
+impl From<Scope> for TokenScope {
+    fn from(scope: Scope) -> TokenScope {
+        match scope {
             Scope::Publish => TokenScope::Publish,
             Scope::Consume => TokenScope::Consume,
             Scope::Admin => TokenScope::Admin,
-        })
+        }
     }
 }
 
@@ -79,17 +80,12 @@ pub struct Token {
 }
 
 impl Token {
-    fn from_pb(token: &pb::TokenInfo) -> Token {
+    fn of(token: TokenInfo) -> Token {
         Token {
             id: token.id,
-            name: token.name.clone(),
-            // The metadata group stores only scopes it parsed.
-            scopes: token
-                .scopes
-                .iter()
-                .filter_map(|s| TokenScope::parse(s))
-                .collect(),
-            topics: token.topics.clone(),
+            name: token.name,
+            scopes: token.scopes.into_iter().map(TokenScope::from).collect(),
+            topics: token.topics,
             created_at: rfc3339(token.created_at_ms),
         }
     }
@@ -140,21 +136,16 @@ pub async fn create(
     State(gateway): Shared,
     JsonBody(body): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let request = pb::CreateTokenRequest {
+    let new = NewToken {
         name: body.name,
-        scopes: body
-            .scopes
-            .into_iter()
-            .map(|s| Scope::from(s).as_str().to_string())
-            .collect(),
+        scopes: body.scopes.into_iter().map(Scope::from).collect(),
         topics: body.topics.unwrap_or_default(),
     };
     let created = gateway
-        .service
-        .create_token(Request::new(request))
-        .await?
-        .into_inner();
-    let token = Token::from_pb(&created.token.unwrap_or_default());
+        .core
+        .create_token(&Caller::Node, new, Hops::default())
+        .await?;
+    let token = Token::of(created.token);
     let created = CreatedToken {
         id: token.id,
         name: token.name,
@@ -181,13 +172,11 @@ pub async fn create(
 )]
 pub async fn list(State(gateway): Shared) -> Result<Json<TokenList>, ApiError> {
     let tokens = gateway
-        .service
-        .list_tokens(Request::new(pb::ListTokensRequest {}))
-        .await?
-        .into_inner()
-        .tokens;
+        .core
+        .list_tokens(&Caller::Node, Hops::default())
+        .await?;
     Ok(Json(TokenList {
-        data: tokens.iter().map(Token::from_pb).collect(),
+        data: tokens.into_iter().map(Token::of).collect(),
     }))
 }
 
@@ -218,8 +207,8 @@ pub async fn delete(
         .parse()
         .map_err(|_| ApiError::not_found(format!("token {id:?} does not exist")))?;
     gateway
-        .service
-        .delete_token(Request::new(pb::DeleteTokenRequest { id }))
+        .core
+        .delete_token(&Caller::Node, id, Hops::default())
         .await?;
     Ok(Done::success())
 }

@@ -3,14 +3,11 @@
 use axum::Json;
 use axum::extract::State;
 use raftstream_proto::ErrorCode;
-use raftstream_proto::v1 as pb;
-use raftstream_proto::v1::raftstream_server::Raftstream;
 use serde::Deserialize;
 use serde::Deserializer;
 use serde::Serialize;
 use serde_json::Map;
 use serde_json::Value;
-use tonic::Request;
 use utoipa::IntoParams;
 use utoipa::ToSchema;
 
@@ -23,10 +20,16 @@ use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::ApiQuery;
 use super::extract::JsonBody;
-use super::topic_ref;
 use crate::api::schema::SchemaCache;
+use crate::api::service::Caller;
+use crate::api::service::Hops;
+use crate::model::TopicName;
 use crate::model::rfc3339;
+use crate::raft::types;
 use crate::raft::types::MAX_PARTITIONS;
+use crate::raft::types::RetentionPolicy;
+use crate::raft::types::TopicSpec;
+use crate::raft::types::TopicUpdate;
 
 const MS_PER_HOUR: u64 = 3_600_000;
 
@@ -106,12 +109,11 @@ pub struct Topic {
 }
 
 impl Topic {
-    fn from_pb(topic: &pb::Topic, include_schema: bool) -> Topic {
-        let retention = topic.retention.unwrap_or_default();
-        let hours = match retention.retention_ms {
-            0 => None,
-            ms if ms % MS_PER_HOUR == 0 => Some((ms / MS_PER_HOUR).into()),
-            ms => serde_json::Number::from_f64(ms as f64 / MS_PER_HOUR as f64),
+    fn of(topic: &types::Topic, include_schema: bool) -> Topic {
+        let hours = match topic.retention.retention_ms {
+            None => None,
+            Some(ms) if ms % MS_PER_HOUR == 0 => Some((ms / MS_PER_HOUR).into()),
+            Some(ms) => serde_json::Number::from_f64(ms as f64 / MS_PER_HOUR as f64),
         };
         let schema = include_schema.then(|| {
             topic
@@ -127,7 +129,7 @@ impl Topic {
             partitions: u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX),
             replication_factor: topic.replication_factor,
             retention_hours: hours,
-            retention_bytes: (retention.retention_bytes != 0).then_some(retention.retention_bytes),
+            retention_bytes: topic.retention.retention_bytes,
             created_at: rfc3339(topic.created_at_ms),
             updated_at: rfc3339(topic.updated_at_ms),
         }
@@ -257,16 +259,13 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListTopicsQuery>,
 ) -> Result<Json<TopicList>, ApiError> {
     let include_schema = query.include_schema.unwrap_or(false);
-    let request = Request::new(pb::ListTopicsRequest { name: query.name });
     let topics = gateway
-        .service
-        .list_topics(request)
-        .await?
-        .into_inner()
-        .topics;
+        .core
+        .list_topics(query.name, Hops::default())
+        .await?;
     let data = topics
         .iter()
-        .map(|t| Topic::from_pb(t, include_schema))
+        .map(|t| Topic::of(t, include_schema))
         .collect();
     Ok(Json(TopicList { data }))
 }
@@ -305,27 +304,26 @@ pub async fn create(
         Some(document) => Some(document.compiled_text(&gateway.node.schemas).await?),
         None => None,
     };
-    let request = pb::CreateTopicRequest {
+    let spec = TopicSpec {
         name: body.name,
         description: body.description.unwrap_or_default(),
         partitions: body.partitions.unwrap_or(0).max(1),
         replication_factor: body.replication_factor.unwrap_or(0),
         schema,
-        retention: Some(pb::RetentionPolicy {
+        retention: RetentionPolicy {
             retention_ms: body
                 .retention_hours
                 .map(hours_to_ms)
                 .transpose()?
-                .unwrap_or(0),
-            retention_bytes: body.retention_bytes.unwrap_or(0),
-        }),
+                .filter(|ms| *ms > 0),
+            retention_bytes: body.retention_bytes.filter(|bytes| *bytes > 0),
+        },
     };
     let topic = gateway
-        .service
-        .create_topic(Request::new(request))
-        .await?
-        .into_inner();
-    Ok(Json(Topic::from_pb(&topic, true)))
+        .core
+        .create_topic(&Caller::Node, spec, Hops::default())
+        .await?;
+    Ok(Json(Topic::of(&topic, true)))
 }
 
 /// One topic, with its schema.
@@ -350,7 +348,7 @@ pub async fn get(
     ApiPath(topic_id): ApiPath<String>,
 ) -> Result<Json<Topic>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
-    Ok(Json(Topic::from_pb(&topic, true)))
+    Ok(Json(Topic::of(&topic, true)))
 }
 
 /// Updates a topic: name, description, schema, retention.
@@ -382,38 +380,42 @@ pub async fn update(
     JsonBody(body): JsonBody<UpdateTopic>,
 ) -> Result<Json<Topic>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
-    let current = topic.retention.unwrap_or_default();
+    let current = &topic.retention;
     let retention = (body.retention_hours.is_some() || body.retention_bytes.is_some()).then(|| {
-        pb::RetentionPolicy {
+        RetentionPolicy {
             retention_ms: match body.retention_hours {
-                Some(hours) => hours.unwrap_or(0).saturating_mul(MS_PER_HOUR),
+                Some(hours) => hours
+                    .map(|hours| hours.saturating_mul(MS_PER_HOUR))
+                    .filter(|ms| *ms > 0),
                 None => current.retention_ms,
             },
             retention_bytes: match body.retention_bytes {
-                Some(bytes) => bytes.unwrap_or(0),
+                Some(bytes) => bytes.filter(|bytes| *bytes > 0),
                 None => current.retention_bytes,
             },
         }
     });
-    // The gRPC API removes the schema when given an empty one.
     let schema = match body.schema {
         None => None,
-        Some(None) => Some(String::new()),
-        Some(Some(document)) => Some(document.compiled_text(&gateway.node.schemas).await?),
+        Some(None) => Some(None),
+        Some(Some(document)) => Some(Some(document.compiled_text(&gateway.node.schemas).await?)),
     };
-    let request = pb::UpdateTopicRequest {
-        topic: topic_ref(&topic),
+    let update = TopicUpdate {
         name: body.name,
         description: body.description,
         schema,
         retention,
     };
     let topic = gateway
-        .service
-        .update_topic(Request::new(request))
-        .await?
-        .into_inner();
-    Ok(Json(Topic::from_pb(&topic, true)))
+        .core
+        .update_topic(
+            &Caller::Node,
+            &TopicName::Id(topic.id),
+            update,
+            Hops::default(),
+        )
+        .await?;
+    Ok(Json(Topic::of(&topic, true)))
 }
 
 /// Deletes a topic and its messages.
@@ -439,12 +441,9 @@ pub async fn delete(
     ApiPath(topic_id): ApiPath<String>,
 ) -> Result<Json<Done>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
-    let reference = pb::TopicRef {
-        topic: Some(pb::topic_ref::Topic::Id(topic.id)),
-    };
     gateway
-        .service
-        .delete_topic(Request::new(reference))
+        .core
+        .delete_topic(&Caller::Node, &TopicName::Id(topic.id), Hops::default())
         .await?;
     Ok(Done::success())
 }
@@ -472,11 +471,15 @@ pub async fn purge(
     ApiPath(topic_id): ApiPath<String>,
 ) -> Result<Json<Done>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
-    let request = pb::PurgeTopicRequest {
-        topic: topic_ref(&topic),
-        partition: None,
-    };
-    gateway.service.purge_topic(Request::new(request)).await?;
+    gateway
+        .core
+        .purge_topic(
+            &Caller::Node,
+            &TopicName::Id(topic.id),
+            None,
+            Hops::default(),
+        )
+        .await?;
     Ok(Done::success())
 }
 

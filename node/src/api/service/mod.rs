@@ -5,6 +5,8 @@
 //! adapters over it that convert, authenticate callers, and carry calls to
 //! other nodes ([`Peers`]).
 
+mod admin;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,12 @@ use crate::raft::types::PartitionCommand;
 use crate::raft::types::Scope;
 use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
+use crate::raft::types::TopicSpec;
+use crate::raft::types::TopicUpdate;
+
+pub use self::admin::CreatedToken;
+pub use self::admin::NewToken;
+pub use self::admin::TokenInfo;
 
 /// A request is forwarded at most twice (to a replica, then to its
 /// leader) so stale leader hints can never make it loop.
@@ -412,6 +420,70 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         read: PeerRead,
         hops: Hops,
     ) -> BoxFuture<'a, Result<Page, ServiceError>>;
+
+    fn create_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        spec: &'a TopicSpec,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
+
+    fn list_topics<'a>(
+        &'a self,
+        addr: &'a str,
+        name: Option<String>,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<Topic>, ServiceError>>;
+
+    fn get_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        name: &'a TopicName,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
+
+    fn update_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        update: &'a TopicUpdate,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
+
+    fn purge_partition<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn delete_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn create_token<'a>(
+        &'a self,
+        addr: &'a str,
+        new: &'a NewToken,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<CreatedToken, ServiceError>>;
+
+    fn list_tokens<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<TokenInfo>, ServiceError>>;
+
+    fn delete_token<'a>(
+        &'a self,
+        addr: &'a str,
+        id: u64,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
 }
 
 /// The error of a call forwarded to another node, which can tell whether

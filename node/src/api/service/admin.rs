@@ -1,0 +1,323 @@
+//! Topic and token management: metadata commands proposed on the metadata
+//! group's leader (or carried there through [`Peers`]), and partition
+//! purges on each partition's leader.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::Caller;
+use super::Hops;
+use super::Route;
+use super::Service;
+use super::ServiceError;
+use super::replicas_of;
+use super::selected_partitions;
+use crate::api::WriteError;
+use crate::model::TopicName;
+use crate::node::Group;
+use crate::raft::types::MetaCommand;
+use crate::raft::types::MetaState;
+use crate::raft::types::PartitionCommand;
+use crate::raft::types::Scope;
+use crate::raft::types::TokenRecord;
+use crate::raft::types::Topic;
+use crate::raft::types::TopicSpec;
+use crate::raft::types::TopicUpdate;
+use crate::state_machine::meta::validate_spec;
+use crate::state_machine::meta::validate_token;
+use raftstream_proto::ErrorCode;
+
+/// A token to create: its topics by name (or id), resolved on the
+/// metadata leader.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub topics: Vec<String>,
+}
+
+/// A token as callers see it: never its secret's hash, and its topics by
+/// their current names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: u64,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub topics: Vec<String>,
+    pub created_at_ms: i64,
+}
+
+impl TokenInfo {
+    pub fn of(token: &TokenRecord, meta: &MetaState) -> TokenInfo {
+        TokenInfo {
+            id: token.id,
+            name: token.name.clone(),
+            scopes: token.scopes.clone(),
+            topics: token.topic_names(meta),
+            created_at_ms: token.created_at_ms,
+        }
+    }
+}
+
+/// A token just created, with the secret shown this once.
+#[derive(Debug, Clone)]
+pub struct CreatedToken {
+    pub token: TokenInfo,
+    pub secret: String,
+}
+
+impl Service {
+    /// Refuses a schema offered for a topic that is too large or does not
+    /// compile, before it is stored: publishes to the topic would fail.
+    /// Checked here, not when the command is applied, so that entries an
+    /// older version committed are never judged by newer limits.
+    async fn check_schema_document(&self, schema: &str) -> Result<(), ServiceError> {
+        self.node
+            .schemas
+            .check_document(schema)
+            .await
+            .map_err(|e| ServiceError::invalid(e.to_string()))
+    }
+
+    pub async fn create_topic(
+        &self,
+        caller: &Caller,
+        spec: TopicSpec,
+        hops: Hops,
+    ) -> Result<Topic, ServiceError> {
+        caller.check_unrestricted()?;
+        validate_spec(&spec, self.node.config.peers.len())
+            .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        if let Some(schema) = &spec.schema {
+            self.check_schema_document(schema).await?;
+        }
+        let spec = &spec;
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let command = MetaCommand::CreateTopic {
+                    spec: spec.clone(),
+                    now_ms: self.node.time.now_ms(),
+                };
+                self.node.write_meta(command).await
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move { self.peers.create_topic(&addr, spec, hops).await })
+        };
+        let topic = self.on_meta_leader(hops, local, forward).await?;
+        self.node
+            .await_topic_applied(topic.id, Some(topic.version))
+            .await;
+        Ok(topic)
+    }
+
+    /// Topics as the metadata leader has them, which has applied every
+    /// topic change it acknowledged: a listing sees every acknowledged
+    /// create, update and delete. `name` keeps only the topic of that name.
+    pub async fn list_topics(
+        &self,
+        name: Option<String>,
+        hops: Hops,
+    ) -> Result<Vec<Topic>, ServiceError> {
+        if let Route::Forward(addr) = self.meta_route(hops).await? {
+            return self.peers.list_topics(&addr, name, hops).await;
+        }
+        Ok(self
+            .node
+            .metadata()
+            .topics
+            .values()
+            .filter(|t| name.as_ref().is_none_or(|n| &t.name == n))
+            .cloned()
+            .collect())
+    }
+
+    /// A topic as the metadata leader has it (see [`Service::list_topics`]),
+    /// so a topic deleted or changed through another node is never seen as
+    /// it was.
+    pub async fn current_topic(&self, name: &TopicName, hops: Hops) -> Result<Topic, ServiceError> {
+        if let Route::Forward(addr) = self.meta_route(hops).await? {
+            return self.peers.get_topic(&addr, name, hops).await;
+        }
+        self.node.find_topic(name).ok_or_else(|| {
+            ServiceError::new(ErrorCode::NotFound, format!("topic {name} does not exist"))
+        })
+    }
+
+    pub async fn update_topic(
+        &self,
+        caller: &Caller,
+        name: &TopicName,
+        update: TopicUpdate,
+        hops: Hops,
+    ) -> Result<Topic, ServiceError> {
+        let topic = self.topic(name).await?;
+        caller.check_topic(Scope::Admin, &topic)?;
+        if let Some(Some(schema)) = &update.schema {
+            self.check_schema_document(schema).await?;
+        }
+        let (update, topic_id) = (&update, topic.id);
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let command = MetaCommand::UpdateTopic {
+                    topic_id,
+                    update: update.clone(),
+                    now_ms: self.node.time.now_ms(),
+                };
+                self.node.write_meta(command).await
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move { self.peers.update_topic(&addr, topic_id, update, hops).await })
+        };
+        let topic = self.on_meta_leader(hops, local, forward).await?;
+        self.node
+            .await_topic_applied(topic.id, Some(topic.version))
+            .await;
+        Ok(topic)
+    }
+
+    /// Deletes every retained message of one partition, or of all.
+    pub async fn purge_topic(
+        &self,
+        caller: &Caller,
+        name: &TopicName,
+        partition: Option<u32>,
+        hops: Hops,
+    ) -> Result<(), ServiceError> {
+        let topic = self.topic(name).await?;
+        caller.check_topic(Scope::Admin, &topic)?;
+        let partitions = selected_partitions(&topic, partition)?;
+        let topic = &topic;
+        // Partitions are independent groups: purge them all at once.
+        let purges = partitions.into_iter().map(|partition| async move {
+            let replicas = replicas_of(topic, partition)?;
+            let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
+                Box::pin(async move {
+                    self.node
+                        .write_partition(&group, PartitionCommand::PurgeAll)
+                        .await
+                        .map(|_| ())
+                })
+            };
+            let forward = |addr: String| -> BoxFuture<'_, _> {
+                Box::pin(async move {
+                    self.peers
+                        .purge_partition(&addr, topic.id, partition, hops)
+                        .await
+                })
+            };
+            self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+                .await
+        });
+        for outcome in futures::future::join_all(purges).await {
+            outcome?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_topic(
+        &self,
+        caller: &Caller,
+        name: &TopicName,
+        hops: Hops,
+    ) -> Result<(), ServiceError> {
+        let topic = self.topic(name).await?;
+        caller.check_topic(Scope::Admin, &topic)?;
+        let topic_id = topic.id;
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                self.node
+                    .write_meta(MetaCommand::DeleteTopic { topic_id })
+                    .await
+                    .map(|_| ())
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move { self.peers.delete_topic(&addr, topic_id, hops).await })
+        };
+        self.on_meta_leader(hops, local, forward).await?;
+        self.node.await_topic_applied(topic_id, None).await;
+        Ok(())
+    }
+
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        new: NewToken,
+        hops: Hops,
+    ) -> Result<CreatedToken, ServiceError> {
+        caller.check_unrestricted()?;
+        validate_token(&new.name, &new.scopes).map_err(|e| ServiceError::invalid(e.to_string()))?;
+        let new = &new;
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                // Resolved here, on the metadata leader, which has applied
+                // every topic change it acknowledged; apply checks the ids
+                // again in case a topic is deleted meanwhile.
+                let topic_ids = self
+                    .node
+                    .with_metadata(|m| crate::auth::resolve_token_topics(m, &new.topics))
+                    .ok_or_else(|| {
+                        WriteError::Unavailable("this node is shutting down; retry another".into())
+                    })?
+                    .map_err(WriteError::Rejected)?;
+                let secret = crate::auth::generate_secret();
+                let command = MetaCommand::CreateTokenWithTopicIds {
+                    name: new.name.clone(),
+                    scopes: new.scopes.clone(),
+                    topic_ids,
+                    hash: crate::auth::hash_secret(&secret),
+                    now_ms: self.node.time.now_ms(),
+                };
+                let token = self.node.write_token(command).await?;
+                let token = self
+                    .node
+                    .with_metadata(|m| TokenInfo::of(&token, m))
+                    .unwrap_or_else(|| TokenInfo::of(&token, &MetaState::default()));
+                Ok(CreatedToken { token, secret })
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move { self.peers.create_token(&addr, new, hops).await })
+        };
+        self.on_meta_leader(hops, local, forward).await
+    }
+
+    pub async fn list_tokens(
+        &self,
+        caller: &Caller,
+        hops: Hops,
+    ) -> Result<Vec<TokenInfo>, ServiceError> {
+        caller.check_unrestricted()?;
+        if let Route::Forward(addr) = self.meta_route(hops).await? {
+            return self.peers.list_tokens(&addr, hops).await;
+        }
+        Ok(self
+            .node
+            .with_metadata(|m| m.tokens.values().map(|t| TokenInfo::of(t, m)).collect())
+            .unwrap_or_default())
+    }
+
+    pub async fn delete_token(
+        &self,
+        caller: &Caller,
+        id: u64,
+        hops: Hops,
+    ) -> Result<(), ServiceError> {
+        caller.check_unrestricted()?;
+        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                self.node
+                    .write_token(MetaCommand::DeleteToken { id })
+                    .await
+                    .map(|_| ())
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move { self.peers.delete_token(&addr, id, hops).await })
+        };
+        self.on_meta_leader(hops, local, forward).await
+    }
+}
