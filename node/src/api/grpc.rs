@@ -56,7 +56,6 @@ use crate::model::TopicName;
 use crate::node::Group;
 use crate::node::Node;
 use crate::raft::types::CommitWriter;
-use crate::raft::types::MetaCommand;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
 use crate::raft::types::Scope;
@@ -97,9 +96,6 @@ enum Trust {
     /// authorized, showing the node credential (behind mutual TLS when
     /// `peer_tls` is set).
     Peer,
-    /// The in-process service behind the HTTP gateway, which has already
-    /// authenticated and authorized its caller.
-    InProcess,
 }
 
 /// The client API service of `node`, carrying calls to other nodes over
@@ -119,11 +115,6 @@ impl ClientService {
         }
     }
 
-    /// The in-process service for the HTTP gateway (it authenticates).
-    pub fn new(node: Arc<Node>) -> Self {
-        Self::with_trust(node, Trust::InProcess)
-    }
-
     /// The public listener's service: every call needs a bearer token.
     pub fn public(node: Arc<Node>) -> Self {
         Self::with_trust(node, Trust::Public)
@@ -140,9 +131,6 @@ impl ClientService {
         request: &Request<T>,
         scope: Option<Scope>,
     ) -> Result<Caller, Status> {
-        if self.trust == Trust::InProcess {
-            return Ok(Caller::Node);
-        }
         // Without its metadata group (the node is stopping) nothing can be
         // checked: that is unavailability, not a bad token.
         if self.node.meta_group().is_none() {
@@ -210,11 +198,10 @@ impl ClientService {
 
     /// Whether this node checks a call's values against the topic's
     /// schema. The node a client called checks them, once: a forwarded call
-    /// (peer listener) was checked there. (The gateway checks its payloads
-    /// itself, item by item, and calls the service directly.)
+    /// (peer listener) was checked there.
     fn schema_check(&self) -> SchemaCheck {
         match self.trust {
-            Trust::Public | Trust::InProcess => SchemaCheck::Here,
+            Trust::Public => SchemaCheck::Here,
             Trust::Peer => SchemaCheck::Done,
         }
     }
@@ -232,7 +219,7 @@ impl ClientService {
     pub(crate) fn max_request_bytes(&self) -> usize {
         match self.trust {
             Trust::Public => self.node.config.limits.max_request_bytes,
-            Trust::Peer | Trust::InProcess => MAX_RPC_BYTES,
+            Trust::Peer => MAX_RPC_BYTES,
         }
     }
 
@@ -475,302 +462,6 @@ macro_rules! forward {
     };
 }
 
-/// What a call to another node that must answer from its own replicas
-/// says about forwarding.
-const LOCAL_ONLY: Hops = Hops {
-    count: 0,
-    local_only: true,
-};
-
-/// Calls to other nodes' peer listeners, signed with the node credential.
-#[derive(Debug)]
-pub(crate) struct GrpcPeers {
-    node: Arc<Node>,
-}
-
-impl GrpcPeers {
-    fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
-        let channel = self
-            .node
-            .pool
-            .channel(addr)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(RaftstreamClient::new(channel)
-            .max_decoding_message_size(MAX_RPC_BYTES)
-            .max_encoding_message_size(MAX_RPC_BYTES))
-    }
-
-    /// `message` as a request from this node one hop further on, or, with
-    /// `hops.local_only`, asking the other node to answer from its own
-    /// replicas.
-    fn forwarded<T>(&self, message: T, hops: Hops, timeout: Duration) -> Request<T> {
-        let mut request = Request::new(message);
-        if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
-            && let Ok(value) = node_credential(&secret).parse()
-        {
-            request.metadata_mut().insert(NODE_AUTH_HEADER, value);
-        }
-        request.set_timeout(timeout);
-        if hops.local_only {
-            request.metadata_mut().insert(
-                LOCAL_HEADER,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-        } else if let Ok(value) = (hops.count + 1).to_string().parse() {
-            request.metadata_mut().insert(HOPS_HEADER, value);
-        }
-        request
-    }
-
-    fn forward_timeout(&self) -> Duration {
-        Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
-    }
-
-    /// Sends `message` to the node at `addr` with `send` and returns its
-    /// answer, with a call cut off mid-way as an unknown outcome.
-    async fn call<Req, Resp, Sent>(
-        &self,
-        addr: &str,
-        hops: Hops,
-        message: Req,
-        send: impl FnOnce(RaftstreamClient<Channel>, Request<Req>) -> Sent,
-    ) -> Result<Resp, ServiceError>
-    where
-        Sent: Future<Output = Result<Response<Resp>, Status>>,
-    {
-        let request = self.forwarded(message, hops, self.forward_timeout());
-        let response = send(self.client(addr)?, request)
-            .await
-            .map_err(forward_failure)?;
-        Ok(response.into_inner())
-    }
-}
-
-/// Calls `method` on the node at `addr` through [`GrpcPeers::call`].
-macro_rules! peer_call {
-    ($peers:ident, $addr:ident, $hops:ident, $method:ident, $message:expr) => {
-        $peers.call($addr, $hops, $message, |mut client, request| async move {
-            client.$method(request).await
-        })
-    };
-}
-
-impl Peers for GrpcPeers {
-    fn publish<'a>(
-        &'a self,
-        addr: &'a str,
-        topic_id: u64,
-        records: &'a [Record],
-        producer: Option<ProducerBatch>,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<RecordOutcome>, ServiceError>> {
-        Box::pin(async move {
-            let request = pb::PublishBatchRequest {
-                topic: Some(pb::TopicRef {
-                    topic: Some(pb::topic_ref::Topic::Id(topic_id)),
-                }),
-                records: records.iter().map(record_to_pb).collect(),
-                producer: producer.map(|p| pb::ProducerBatch {
-                    producer_id: p.producer_id,
-                    base_sequence: p.base_sequence,
-                }),
-            };
-            let request = self.forwarded(request, hops, self.forward_timeout());
-            let response = self
-                .client(addr)?
-                .publish_batch(request)
-                .await
-                .map_err(forward_failure)?;
-            Ok(response
-                .into_inner()
-                .results
-                .into_iter()
-                .map(outcome_from_pb)
-                .collect())
-        })
-    }
-
-    fn consume<'a>(
-        &'a self,
-        addr: &'a str,
-        read: PeerRead,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Page, ServiceError>> {
-        Box::pin(async move {
-            let request = pb::ConsumeRequest {
-                topic: Some(pb::TopicRef {
-                    topic: Some(pb::topic_ref::Topic::Id(read.topic_id)),
-                }),
-                partition: read.partition,
-                position: Some(pb::Position {
-                    position: Some(start_to_pb(&read.start, read.partition)),
-                }),
-                max_messages: read.max_messages,
-                wait_ms: read.wait_ms,
-                max_bytes: read.max_bytes,
-            };
-            let timeout = Duration::from_millis(u64::from(read.wait_ms)) + self.forward_timeout();
-            let request = self.forwarded(request, hops, timeout);
-            let response = self
-                .client(addr)?
-                .consume(request)
-                .await
-                .map_err(unanswered_read)?;
-            Ok(page_from_pb(read.partition, response.into_inner()))
-        })
-    }
-
-    fn create_topic<'a>(
-        &'a self,
-        addr: &'a str,
-        spec: &'a TopicSpec,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
-        Box::pin(async move {
-            let message = spec_to_pb(spec);
-            peer_call!(self, addr, hops, create_topic, message)
-                .await
-                .map(topic_from_pb)
-        })
-    }
-
-    fn list_topics<'a>(
-        &'a self,
-        addr: &'a str,
-        name: Option<String>,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<Topic>, ServiceError>> {
-        Box::pin(async move {
-            let message = pb::ListTopicsRequest { name };
-            let answer = peer_call!(self, addr, hops, list_topics, message).await?;
-            Ok(answer.topics.into_iter().map(topic_from_pb).collect())
-        })
-    }
-
-    fn get_topic<'a>(
-        &'a self,
-        addr: &'a str,
-        name: &'a TopicName,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
-        Box::pin(async move {
-            let topic = match name {
-                TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
-                TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
-            };
-            let message = pb::TopicRef { topic: Some(topic) };
-            peer_call!(self, addr, hops, get_topic, message)
-                .await
-                .map(topic_from_pb)
-        })
-    }
-
-    fn update_topic<'a>(
-        &'a self,
-        addr: &'a str,
-        topic_id: u64,
-        update: &'a TopicUpdate,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
-        Box::pin(async move {
-            let message = pb::UpdateTopicRequest {
-                topic: topic_by_id(topic_id),
-                name: update.name.clone(),
-                description: update.description.clone(),
-                // The gRPC API removes the schema when given an empty one.
-                schema: update
-                    .schema
-                    .as_ref()
-                    .map(|schema| schema.clone().unwrap_or_default()),
-                retention: update.retention.as_ref().map(retention_to_pb),
-            };
-            peer_call!(self, addr, hops, update_topic, message)
-                .await
-                .map(topic_from_pb)
-        })
-    }
-
-    fn purge_partition<'a>(
-        &'a self,
-        addr: &'a str,
-        topic_id: u64,
-        partition: u32,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
-        Box::pin(async move {
-            let message = pb::PurgeTopicRequest {
-                topic: topic_by_id(topic_id),
-                partition: Some(partition),
-            };
-            peer_call!(self, addr, hops, purge_topic, message)
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn delete_topic<'a>(
-        &'a self,
-        addr: &'a str,
-        topic_id: u64,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
-        Box::pin(async move {
-            let message = pb::TopicRef {
-                topic: Some(pb::topic_ref::Topic::Id(topic_id)),
-            };
-            peer_call!(self, addr, hops, delete_topic, message)
-                .await
-                .map(|_| ())
-        })
-    }
-
-    fn create_token<'a>(
-        &'a self,
-        addr: &'a str,
-        new: &'a NewToken,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<CreatedToken, ServiceError>> {
-        Box::pin(async move {
-            let message = pb::CreateTokenRequest {
-                name: new.name.clone(),
-                scopes: new.scopes.iter().map(|s| s.as_str().to_string()).collect(),
-                topics: new.topics.clone(),
-            };
-            let created = peer_call!(self, addr, hops, create_token, message).await?;
-            Ok(CreatedToken {
-                token: token_from_pb(created.token.unwrap_or_default()),
-                secret: created.secret,
-            })
-        })
-    }
-
-    fn list_tokens<'a>(
-        &'a self,
-        addr: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<TokenInfo>, ServiceError>> {
-        Box::pin(async move {
-            let message = pb::ListTokensRequest {};
-            let answer = peer_call!(self, addr, hops, list_tokens, message).await?;
-            Ok(answer.tokens.into_iter().map(token_from_pb).collect())
-        })
-    }
-
-    fn delete_token<'a>(
-        &'a self,
-        addr: &'a str,
-        id: u64,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
-        Box::pin(async move {
-            let message = pb::DeleteTokenRequest { id };
-            peer_call!(self, addr, hops, delete_token, message)
-                .await
-                .map(|_| ())
-        })
-    }
-}
-
 fn record_to_pb(record: &Record) -> pb::Record {
     pb::Record {
         partition: record.partition,
@@ -946,9 +637,7 @@ impl Raftstream for ClientService {
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = hops_of(&request);
-        // The gateway takes one slot for a whole HTTP long poll, which waits
-        // on every partition at once.
-        let _slot = (request.get_ref().wait_ms > 0 && self.trust != Trust::InProcess)
+        let _slot = (request.get_ref().wait_ms > 0)
             .then(|| self.node.read_slots.long_poll())
             .transpose()
             .map_err(|full| Status::resource_exhausted(full.to_string()))?;
@@ -1513,6 +1202,10 @@ impl ClientService {
 }
 
 mod ingest;
+mod peers;
+
+use self::peers::GrpcPeers;
+use self::peers::LOCAL_ONLY;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

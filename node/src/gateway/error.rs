@@ -76,18 +76,11 @@ fn http_status(code: ErrorCode) -> StatusCode {
     StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// The status's code (its header, or what its gRPC code means), answered
-/// with that code's HTTP status. DEADLINE_EXCEEDED is `outcome_unknown`:
-/// the write may still commit.
+/// A service error, answered with its code's HTTP status (an unknown
+/// outcome is 504: the write may still commit).
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         Self::new(e.code, e.message)
-    }
-}
-
-impl From<tonic::Status> for ApiError {
-    fn from(status: tonic::Status) -> Self {
-        Self::new(ErrorCode::of_status(&status), status.message())
     }
 }
 
@@ -197,6 +190,8 @@ impl IntoResponses for WriteErrors {
 mod tests {
     use super::*;
 
+    /// What another node answered a forwarded call with reaches an HTTP
+    /// caller with the HTTP status of its code.
     #[test]
     fn grpc_statuses_map_to_http_statuses() {
         for (code, status, error_code) in [
@@ -213,7 +208,7 @@ mod tests {
             (tonic::Code::Internal, 500, "internal"),
             (tonic::Code::Unknown, 500, "internal"),
         ] {
-            let error = ApiError::from(tonic::Status::new(code, "x"));
+            let error = ApiError::from(ServiceError::from(tonic::Status::new(code, "x")));
             assert_eq!(
                 (error.status.as_u16(), error.body().code.as_str()),
                 (status, error_code),
@@ -229,14 +224,15 @@ mod tests {
             ErrorCode::TooManyLongPolls,
             ErrorCode::Conflict,
         ] {
-            let error = ApiError::from(code.status("x"));
+            let error = ApiError::from(ServiceError::from(code.status("x")));
             assert_eq!(
                 (error.code, error.status.as_u16()),
                 (code, code.http_status())
             );
         }
         let stored_schema = ErrorCode::Conflict.tag(tonic::Status::failed_precondition("x"));
-        assert_eq!(ApiError::from(stored_schema).status, StatusCode::CONFLICT);
+        let error = ApiError::from(ServiceError::from(stored_schema));
+        assert_eq!(error.status, StatusCode::CONFLICT);
     }
 
     #[test]

@@ -16,11 +16,8 @@ use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::header::HOST;
 use raftstream_proto::ErrorCode;
-use raftstream_proto::v1 as pb;
-use raftstream_proto::v1::ingest_server::Ingest;
 use serde::Deserialize;
 use serde::Serialize;
-use tonic::Request as GrpcRequest;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -34,7 +31,17 @@ use super::extract::ApiQuery;
 use super::extract::JsonBody;
 use super::extract::body_bytes;
 use super::topics::Done;
+use crate::api::service;
+use crate::api::service::Caller;
+use crate::api::service::Delivery;
+use crate::api::service::Hops;
+use crate::api::service::NewSource;
+use crate::api::service::SchemaCheck;
+use crate::api::service::SourceView;
+use crate::ingest::envelope::FlowRequest;
+use crate::model::TopicName;
 use crate::model::rfc3339;
+use crate::raft::types::SourceKind;
 
 /// What kind of system delivers to a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -49,21 +56,22 @@ pub enum SourceType {
     Flow,
 }
 
-impl SourceType {
-    fn as_str(&self) -> &'static str {
-        match self {
-            SourceType::Workato => "workato",
-            SourceType::Generic => "generic",
-            SourceType::Flow => "flow",
+impl From<SourceType> for SourceKind {
+    fn from(kind: SourceType) -> SourceKind {
+        match kind {
+            SourceType::Workato => SourceKind::Workato,
+            SourceType::Generic => SourceKind::Generic,
+            SourceType::Flow => SourceKind::Flow,
         }
     }
+}
 
-    fn parse(text: &str) -> Option<SourceType> {
-        match text {
-            "workato" => Some(SourceType::Workato),
-            "generic" => Some(SourceType::Generic),
-            "flow" => Some(SourceType::Flow),
-            _ => None,
+impl From<SourceKind> for SourceType {
+    fn from(kind: SourceKind) -> SourceType {
+        match kind {
+            SourceKind::Workato => SourceType::Workato,
+            SourceKind::Generic => SourceType::Generic,
+            SourceKind::Flow => SourceType::Flow,
         }
     }
 }
@@ -148,7 +156,7 @@ pub struct Accepted {
 
 /// Where a source takes deliveries, as seen through the Host the caller
 /// used to reach this node.
-fn webhook_url(headers: &HeaderMap, source: &pb::Source) -> String {
+fn webhook_url(headers: &HeaderMap, source: &SourceView) -> String {
     let host = headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
@@ -160,19 +168,20 @@ fn webhook_url(headers: &HeaderMap, source: &pb::Source) -> String {
         Some("https") => "https",
         _ => "http",
     };
-    match SourceType::parse(&source.source_type) {
-        Some(SourceType::Flow) => format!("{scheme}://{host}/webhook/flow/{}", source.id),
-        _ => format!("{scheme}://{host}/api/ingest/webhook/{}", source.id),
+    match source.kind {
+        SourceKind::Flow => format!("{scheme}://{host}/webhook/flow/{}", source.id),
+        SourceKind::Workato | SourceKind::Generic => {
+            format!("{scheme}://{host}/api/ingest/webhook/{}", source.id)
+        }
     }
 }
 
-fn source_from_pb(headers: &HeaderMap, source: &pb::Source) -> Source {
+fn source_of(headers: &HeaderMap, source: &SourceView) -> Source {
     Source {
         id: source.id.clone(),
         name: source.name.clone(),
-        // The metadata group stores only types it parsed.
-        source_type: SourceType::parse(&source.source_type).unwrap_or(SourceType::Generic),
-        status: source.status.clone(),
+        source_type: source.kind.into(),
+        status: source.status.as_str().to_string(),
         webhook_url: webhook_url(headers, source),
         topic: source.topic_name.clone(),
         topic_id: source.topic_id,
@@ -186,9 +195,9 @@ fn source_from_pb(headers: &HeaderMap, source: &pb::Source) -> Source {
     }
 }
 
-fn with_secret(headers: &HeaderMap, created: pb::SourceWithSecret) -> SourceWithSecret {
+fn with_secret(headers: &HeaderMap, created: service::SourceWithSecret) -> SourceWithSecret {
     SourceWithSecret {
-        source: source_from_pb(headers, &created.source.unwrap_or_default()),
+        source: source_of(headers, &created.source),
         secret: created.secret,
     }
 }
@@ -219,22 +228,17 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateSource>,
 ) -> Result<(StatusCode, Json<SourceWithSecret>), ApiError> {
-    let topic = match crate::model::TopicName::parse(&body.topic) {
-        crate::model::TopicName::Id(id) => pb::topic_ref::Topic::Id(id),
-        crate::model::TopicName::Name(name) => pb::topic_ref::Topic::Name(name),
-    };
-    let request = pb::CreateSourceRequest {
+    let new = NewSource {
         name: body.name,
-        source_type: body.source_type.as_str().to_string(),
-        topic: Some(pb::TopicRef { topic: Some(topic) }),
+        kind: body.source_type.into(),
+        topic: TopicName::parse(&body.topic),
         hmac_secret: body.hmac_secret,
         tenant_id: body.tenant_id.unwrap_or_default(),
     };
     let created = gateway
-        .service
-        .create_source(GrpcRequest::new(request))
-        .await?
-        .into_inner();
+        .core
+        .create_source(&Caller::Node, new, Hops::default())
+        .await?;
     Ok((StatusCode::CREATED, Json(with_secret(&headers, created))))
 }
 
@@ -256,16 +260,11 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<SourceList>, ApiError> {
     let sources = gateway
-        .service
-        .list_sources(GrpcRequest::new(pb::ListSourcesRequest {}))
-        .await?
-        .into_inner()
-        .sources;
+        .core
+        .list_sources(&Caller::Node, Hops::default())
+        .await?;
     Ok(Json(SourceList {
-        data: sources
-            .iter()
-            .map(|s| source_from_pb(&headers, s))
-            .collect(),
+        data: sources.iter().map(|s| source_of(&headers, s)).collect(),
     }))
 }
 
@@ -292,11 +291,10 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Source>, ApiError> {
     let source = gateway
-        .service
-        .get_source(GrpcRequest::new(pb::GetSourceRequest { id }))
-        .await?
-        .into_inner();
-    Ok(Json(source_from_pb(&headers, &source)))
+        .core
+        .get_source(&Caller::Node, &id, Hops::default())
+        .await?;
+    Ok(Json(source_of(&headers, &source)))
 }
 
 /// Deletes an ingestion source; its events stay in the topic.
@@ -322,8 +320,8 @@ pub async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Done>, ApiError> {
     gateway
-        .service
-        .delete_source(GrpcRequest::new(pb::DeleteSourceRequest { id }))
+        .core
+        .delete_source(&Caller::Node, &id, Hops::default())
         .await?;
     Ok(Done::success())
 }
@@ -353,10 +351,9 @@ pub async fn rotate_secret(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SourceWithSecret>, ApiError> {
     let rotated = gateway
-        .service
-        .rotate_source_secret(GrpcRequest::new(pb::RotateSourceSecretRequest { id }))
-        .await?
-        .into_inner();
+        .core
+        .rotate_source_secret(&Caller::Node, &id, Hops::default())
+        .await?;
     Ok(Json(with_secret(&headers, rotated)))
 }
 
@@ -387,7 +384,7 @@ async fn deliver(
     source_id: String,
     headers: &HeaderMap,
     body: Bytes,
-    flow: Option<pb::FlowRequest>,
+    flow: Option<FlowRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     // The request has one signature field, which also reaches the
     // partition's leader when the delivery is forwarded.
@@ -395,7 +392,7 @@ async fn deliver(
         text_header(headers, "x-workato-signature").as_deref(),
         text_header(headers, "x-workato-timestamp").as_deref(),
     );
-    let request = pb::DeliverRequest {
+    let delivery = Delivery {
         source_id,
         secret: source_secret(headers)?,
         signature,
@@ -403,12 +400,11 @@ async fn deliver(
         body,
         flow,
     };
-    let bytes = request.body.len() as u64;
+    let bytes = delivery.body.len() as u64;
     let delivered = gateway
-        .service
-        .deliver(GrpcRequest::new(request))
-        .await?
-        .into_inner();
+        .core
+        .deliver(delivery, SchemaCheck::Here, Hops::default())
+        .await?;
     let accepted = Accepted {
         accepted: true,
         bytes,
@@ -574,10 +570,10 @@ async fn flow(
         .filter(|(name, _)| !is_credential(name.as_str()))
         .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
         .collect();
-    let flow = pb::FlowRequest {
+    let flow = FlowRequest {
         method: method.to_string(),
         headers: published_headers,
-        query: query.into_iter().collect(),
+        query,
     };
     deliver(&gateway, flow_id, &headers, body, Some(flow)).await
 }

@@ -1,9 +1,8 @@
 //! The HTTP gateway: the Workato Event Streams API on axum.
 //!
-//! Publish and consume call the client API's core (`api::service`) with
-//! its own types; topic, token and source management still go through the
-//! gRPC service (`ClientService`) in-process. Either way a call takes the
-//! same routing and forwarding path as a gRPC client's: a gateway on a
+//! Every call becomes a call of the client API's core (`api::service`) with
+//! its own types, the same core the gRPC service adapts: a call takes the
+//! same routing and forwarding path as a gRPC client's, and a gateway on a
 //! follower behaves exactly like one on a leader.
 //!
 //! Routes are registered through utoipa-axum's `OpenApiRouter`: each handler
@@ -43,7 +42,6 @@ use utoipa_axum::routes;
 
 pub use self::error::ApiError;
 pub use self::error::ErrorBody;
-use crate::api::grpc::ClientService;
 use crate::api::schema::SchemaError;
 use crate::api::schema::TopicSchema;
 use crate::api::service::Caller;
@@ -65,7 +63,6 @@ pub const MAX_BATCH_PAYLOADS: usize = 100;
 
 pub struct Gateway {
     core: Service,
-    service: ClientService,
     node: Arc<Node>,
     rate_limiter: Option<auth::RateLimiter>,
     /// The API documents, serialized once when the router is built.
@@ -85,7 +82,6 @@ type Shared = State<Arc<Gateway>>;
 pub fn router(node: Arc<Node>) -> Router {
     let gateway = Arc::new(Gateway {
         core: crate::api::grpc::service(node.clone()),
-        service: ClientService::new(node.clone()),
         rate_limiter: auth::rate_limiter(node.config.limits.rate_limit_per_sec),
         node,
         documents: OnceLock::new(),

@@ -738,7 +738,17 @@ async fn a_node_down_during_topic_deletion_drops_the_data_when_it_returns() {
         raftstream_node::raft::types::partition_group_id(1, 1),
     ];
     let on_disk = |cluster: &TestCluster| cluster.nodes[&3].node.storage.groups_on_disk().unwrap();
-    assert!(groups.iter().all(|g| on_disk(&cluster).contains(g)));
+    // A publish needs two of the three replicas: node 3 may still be
+    // creating its groups.
+    eventually(
+        "node 3 holds both partitions",
+        Duration::from_secs(20),
+        || {
+            let held = groups.iter().all(|g| on_disk(&cluster).contains(g));
+            async move { held.then_some(()) }
+        },
+    )
+    .await;
     cluster.stop(3).await;
     // The stopped node may have led the metadata group: like any client,
     // retry UNAVAILABLE until a new leader answers.

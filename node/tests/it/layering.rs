@@ -105,6 +105,8 @@ const CRATE_BANS: &[(&str, &[&str])] = &[
             "model",
             "raft::types",
             "raft::batch",
+            // The gateway calls the service, never the gRPC one.
+            "gateway",
         ],
     ),
     (

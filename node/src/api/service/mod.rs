@@ -6,6 +6,7 @@
 //! other nodes ([`Peers`]).
 
 mod admin;
+mod ingest;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +46,12 @@ use crate::raft::types::TopicUpdate;
 pub use self::admin::CreatedToken;
 pub use self::admin::NewToken;
 pub use self::admin::TokenInfo;
+pub use self::ingest::Delivered;
+pub use self::ingest::Delivery;
+pub use self::ingest::NewSource;
+pub use self::ingest::SourceStatus;
+pub use self::ingest::SourceView;
+pub use self::ingest::SourceWithSecret;
 
 /// A request is forwarded at most twice (to a replica, then to its
 /// leader) so stale leader hints can never make it loop.
@@ -484,6 +491,50 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         id: u64,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn create_source<'a>(
+        &'a self,
+        addr: &'a str,
+        new: &'a NewSource,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>>;
+
+    fn list_sources<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<SourceView>, ServiceError>>;
+
+    /// With `hops.local_only`, the counters of the other node's replica.
+    fn get_source<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<SourceView, ServiceError>>;
+
+    fn delete_source<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn rotate_source_secret<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>>;
+
+    /// Hands a delivery, as received, to the partition's leader, which
+    /// checks it again.
+    fn deliver<'a>(
+        &'a self,
+        addr: &'a str,
+        delivery: &'a Delivery,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Delivered, ServiceError>>;
 }
 
 /// The error of a call forwarded to another node, which can tell whether

@@ -1,0 +1,430 @@
+//! Calls to other nodes' peer listeners: the service's [`Peers`], carried
+//! over gRPC with the node credential and the hop headers.
+
+use raftstream_proto::v1::ingest_client::IngestClient;
+
+use super::ingest::source_from_pb;
+use super::ingest::with_secret_from_pb;
+use super::*;
+use crate::api::service::Delivered;
+use crate::api::service::Delivery;
+use crate::api::service::NewSource;
+use crate::api::service::SourceView;
+use crate::api::service::SourceWithSecret;
+
+/// What a call to another node that must answer from its own replicas
+/// says about forwarding.
+pub(super) const LOCAL_ONLY: Hops = Hops {
+    count: 0,
+    local_only: true,
+};
+
+/// Calls to other nodes' peer listeners, signed with the node credential.
+#[derive(Debug)]
+pub(crate) struct GrpcPeers {
+    pub(super) node: Arc<Node>,
+}
+
+impl GrpcPeers {
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        self.node
+            .pool
+            .channel(addr)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    pub(super) fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
+        Ok(RaftstreamClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_encoding_message_size(MAX_RPC_BYTES))
+    }
+
+    pub(super) fn ingest_client(&self, addr: &str) -> Result<IngestClient<Channel>, Status> {
+        Ok(IngestClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_encoding_message_size(MAX_RPC_BYTES))
+    }
+
+    /// `message` as a request from this node one hop further on, or, with
+    /// `hops.local_only`, asking the other node to answer from its own
+    /// replicas.
+    pub(super) fn forwarded<T>(&self, message: T, hops: Hops, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
+            && let Ok(value) = node_credential(&secret).parse()
+        {
+            request.metadata_mut().insert(NODE_AUTH_HEADER, value);
+        }
+        request.set_timeout(timeout);
+        if hops.local_only {
+            request.metadata_mut().insert(
+                LOCAL_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        } else if let Ok(value) = (hops.count + 1).to_string().parse() {
+            request.metadata_mut().insert(HOPS_HEADER, value);
+        }
+        request
+    }
+
+    fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
+    }
+
+    /// Sends `message` through `client` with `send` and returns the other
+    /// node's answer, with a call cut off mid-way as an unknown outcome.
+    async fn call<C, Req, Resp, Sent>(
+        &self,
+        client: Result<C, Status>,
+        hops: Hops,
+        message: Req,
+        send: impl FnOnce(C, Request<Req>) -> Sent,
+    ) -> Result<Resp, ServiceError>
+    where
+        Sent: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let request = self.forwarded(message, hops, self.forward_timeout());
+        let response = send(client?, request).await.map_err(forward_failure)?;
+        Ok(response.into_inner())
+    }
+}
+
+/// Calls `method` on the node at `addr` through [`GrpcPeers::call`];
+/// `via` names the client (`client`, the `Raftstream` service, by default).
+macro_rules! peer_call {
+    ($peers:ident, $addr:ident, $hops:ident, $method:ident, $message:expr) => {
+        peer_call!(via client, $peers, $addr, $hops, $method, $message)
+    };
+    (via $client:ident, $peers:ident, $addr:ident, $hops:ident, $method:ident, $message:expr) => {
+        $peers.call(
+            $peers.$client($addr),
+            $hops,
+            $message,
+            |mut client, request| async move { client.$method(request).await },
+        )
+    };
+}
+
+impl Peers for GrpcPeers {
+    fn publish<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        records: &'a [Record],
+        producer: Option<ProducerBatch>,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<RecordOutcome>, ServiceError>> {
+        Box::pin(async move {
+            let request = pb::PublishBatchRequest {
+                topic: Some(pb::TopicRef {
+                    topic: Some(pb::topic_ref::Topic::Id(topic_id)),
+                }),
+                records: records.iter().map(record_to_pb).collect(),
+                producer: producer.map(|p| pb::ProducerBatch {
+                    producer_id: p.producer_id,
+                    base_sequence: p.base_sequence,
+                }),
+            };
+            let request = self.forwarded(request, hops, self.forward_timeout());
+            let response = self
+                .client(addr)?
+                .publish_batch(request)
+                .await
+                .map_err(forward_failure)?;
+            Ok(response
+                .into_inner()
+                .results
+                .into_iter()
+                .map(outcome_from_pb)
+                .collect())
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        addr: &'a str,
+        read: PeerRead,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Page, ServiceError>> {
+        Box::pin(async move {
+            let request = pb::ConsumeRequest {
+                topic: Some(pb::TopicRef {
+                    topic: Some(pb::topic_ref::Topic::Id(read.topic_id)),
+                }),
+                partition: read.partition,
+                position: Some(pb::Position {
+                    position: Some(start_to_pb(&read.start, read.partition)),
+                }),
+                max_messages: read.max_messages,
+                wait_ms: read.wait_ms,
+                max_bytes: read.max_bytes,
+            };
+            let timeout = Duration::from_millis(u64::from(read.wait_ms)) + self.forward_timeout();
+            let request = self.forwarded(request, hops, timeout);
+            let response = self
+                .client(addr)?
+                .consume(request)
+                .await
+                .map_err(unanswered_read)?;
+            Ok(page_from_pb(read.partition, response.into_inner()))
+        })
+    }
+
+    fn create_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        spec: &'a TopicSpec,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+        Box::pin(async move {
+            let message = spec_to_pb(spec);
+            peer_call!(self, addr, hops, create_topic, message)
+                .await
+                .map(topic_from_pb)
+        })
+    }
+
+    fn list_topics<'a>(
+        &'a self,
+        addr: &'a str,
+        name: Option<String>,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<Topic>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::ListTopicsRequest { name };
+            let answer = peer_call!(self, addr, hops, list_topics, message).await?;
+            Ok(answer.topics.into_iter().map(topic_from_pb).collect())
+        })
+    }
+
+    fn get_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        name: &'a TopicName,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+        Box::pin(async move {
+            let topic = match name {
+                TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
+                TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
+            };
+            let message = pb::TopicRef { topic: Some(topic) };
+            peer_call!(self, addr, hops, get_topic, message)
+                .await
+                .map(topic_from_pb)
+        })
+    }
+
+    fn update_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        update: &'a TopicUpdate,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::UpdateTopicRequest {
+                topic: topic_by_id(topic_id),
+                name: update.name.clone(),
+                description: update.description.clone(),
+                // The gRPC API removes the schema when given an empty one.
+                schema: update
+                    .schema
+                    .as_ref()
+                    .map(|schema| schema.clone().unwrap_or_default()),
+                retention: update.retention.as_ref().map(retention_to_pb),
+            };
+            peer_call!(self, addr, hops, update_topic, message)
+                .await
+                .map(topic_from_pb)
+        })
+    }
+
+    fn purge_partition<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::PurgeTopicRequest {
+                topic: topic_by_id(topic_id),
+                partition: Some(partition),
+            };
+            peer_call!(self, addr, hops, purge_topic, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn delete_topic<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::TopicRef {
+                topic: Some(pb::topic_ref::Topic::Id(topic_id)),
+            };
+            peer_call!(self, addr, hops, delete_topic, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn create_token<'a>(
+        &'a self,
+        addr: &'a str,
+        new: &'a NewToken,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<CreatedToken, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::CreateTokenRequest {
+                name: new.name.clone(),
+                scopes: new.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+                topics: new.topics.clone(),
+            };
+            let created = peer_call!(self, addr, hops, create_token, message).await?;
+            Ok(CreatedToken {
+                token: token_from_pb(created.token.unwrap_or_default()),
+                secret: created.secret,
+            })
+        })
+    }
+
+    fn list_tokens<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<TokenInfo>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::ListTokensRequest {};
+            let answer = peer_call!(self, addr, hops, list_tokens, message).await?;
+            Ok(answer.tokens.into_iter().map(token_from_pb).collect())
+        })
+    }
+
+    fn delete_token<'a>(
+        &'a self,
+        addr: &'a str,
+        id: u64,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::DeleteTokenRequest { id };
+            peer_call!(self, addr, hops, delete_token, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn create_source<'a>(
+        &'a self,
+        addr: &'a str,
+        new: &'a NewSource,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>> {
+        Box::pin(async move {
+            let topic = match &new.topic {
+                TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
+                TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
+            };
+            let message = pb::CreateSourceRequest {
+                name: new.name.clone(),
+                source_type: new.kind.as_str().to_string(),
+                topic: Some(pb::TopicRef { topic: Some(topic) }),
+                hmac_secret: new.hmac_secret.clone(),
+                tenant_id: new.tenant_id.clone(),
+            };
+            peer_call!(via ingest_client, self, addr, hops, create_source, message)
+                .await
+                .map(with_secret_from_pb)
+        })
+    }
+
+    fn list_sources<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<SourceView>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::ListSourcesRequest {};
+            let answer =
+                peer_call!(via ingest_client, self, addr, hops, list_sources, message).await?;
+            Ok(answer.sources.into_iter().map(source_from_pb).collect())
+        })
+    }
+
+    fn get_source<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<SourceView, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::GetSourceRequest { id: id.to_string() };
+            peer_call!(via ingest_client, self, addr, hops, get_source, message)
+                .await
+                .map(source_from_pb)
+        })
+    }
+
+    fn delete_source<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::DeleteSourceRequest { id: id.to_string() };
+            peer_call!(via ingest_client, self, addr, hops, delete_source, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn rotate_source_secret<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::RotateSourceSecretRequest { id: id.to_string() };
+            peer_call!(via ingest_client, self, addr, hops, rotate_source_secret, message)
+                .await
+                .map(with_secret_from_pb)
+        })
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        addr: &'a str,
+        delivery: &'a Delivery,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Delivered, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::DeliverRequest {
+                source_id: delivery.source_id.clone(),
+                secret: delivery.secret.clone(),
+                signature: delivery.signature.clone(),
+                idempotency_key: delivery.idempotency_key.clone(),
+                body: delivery.body.clone(),
+                flow: delivery.flow.as_ref().map(|f| pb::FlowRequest {
+                    method: f.method.clone(),
+                    headers: f.headers.clone().into_iter().collect(),
+                    query: f.query.clone().into_iter().collect(),
+                }),
+            };
+            let answer = peer_call!(via ingest_client, self, addr, hops, deliver, message).await?;
+            Ok(Delivered {
+                event_id: answer.event_id,
+                partition: answer.partition,
+                offset: answer.offset,
+                duplicate: answer.duplicate,
+            })
+        })
+    }
+}
