@@ -32,6 +32,7 @@ use crate::api::service::CreatedToken;
 use crate::api::service::ForwardError;
 use crate::api::service::Hops;
 use crate::api::service::NewToken;
+use crate::api::service::OffsetCommit;
 use crate::api::service::Page;
 use crate::api::service::PeerRead;
 use crate::api::service::Peers;
@@ -39,7 +40,6 @@ use crate::api::service::ProducerBatch;
 use crate::api::service::Publish;
 use crate::api::service::Record;
 use crate::api::service::RecordOutcome;
-use crate::api::service::Route;
 use crate::api::service::SchemaCheck;
 use crate::api::service::Service;
 use crate::api::service::ServiceError;
@@ -48,15 +48,11 @@ use crate::api::service::TokenInfo;
 use crate::api::service::denied_scope;
 use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
-use crate::api::service::replicas_of;
-use crate::api::service::selected_partitions;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
 use crate::model::TopicName;
-use crate::node::Group;
 use crate::node::Node;
 use crate::raft::types::CommitWriter;
-use crate::raft::types::PartitionCommand;
 use crate::raft::types::RetentionPolicy;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
@@ -134,19 +130,16 @@ impl ClientService {
         // Without its metadata group (the node is stopping) nothing can be
         // checked: that is unavailability, not a bad token.
         if self.node.meta_group().is_none() {
-            return Err(Status::unavailable(
-                "this node is shutting down; retry another",
-            ));
+            return Err(ErrorCode::Unavailable.status("this node is shutting down; retry another"));
         }
         let node_credential_shown = request.metadata().get(NODE_AUTH_HEADER);
         match (self.trust, node_credential_shown) {
             (Trust::Public, Some(_)) => {
-                return Err(Status::unauthenticated(
-                    "node credentials are accepted only on the peer listener",
-                ));
+                return Err(ErrorCode::Unauthorized
+                    .status("node credentials are accepted only on the peer listener"));
             }
             (Trust::Peer, None) => {
-                return Err(Status::unauthenticated(
+                return Err(ErrorCode::Unauthorized.status(
                     "the peer listener serves only nodes of this cluster, which show the \
                      node credential; clients call the public gRPC address",
                 ));
@@ -166,7 +159,7 @@ impl ClientService {
             return if valid {
                 Ok(Caller::Node)
             } else {
-                Err(Status::unauthenticated("invalid node credential"))
+                Err(ErrorCode::Unauthorized.status("invalid node credential"))
             };
         }
         let token = match request.extensions().get::<AuthenticatedToken>() {
@@ -180,12 +173,12 @@ impl ClientService {
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .map(str::trim)
                     .ok_or_else(|| {
-                        Status::unauthenticated("missing authorization: Bearer <token>")
+                        ErrorCode::Unauthorized.status("missing authorization: Bearer <token>")
                     })?;
                 self.node
                     .authenticate(secret)
                     .await
-                    .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))?
+                    .ok_or_else(|| ErrorCode::Unauthorized.status("unknown or revoked token"))?
             }
         };
         if let Some(scope) = scope
@@ -221,10 +214,6 @@ impl ClientService {
             Trust::Public => self.node.config.limits.max_request_bytes,
             Trust::Peer => MAX_RPC_BYTES,
         }
-    }
-
-    fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
-        self.peers.client(addr)
     }
 }
 
@@ -275,12 +264,8 @@ fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
     match topic.and_then(|t| t.topic.as_ref()) {
         Some(pb::topic_ref::Topic::Id(id)) => Ok(TopicName::Id(*id)),
         Some(pb::topic_ref::Topic::Name(name)) => Ok(TopicName::parse(name)),
-        None => Err(Status::invalid_argument("topic is required")),
+        None => Err(ErrorCode::InvalidRequest.status("topic is required")),
     }
-}
-
-fn topic_ref(topic: &Topic) -> Option<pb::TopicRef> {
-    topic_by_id(topic.id)
 }
 
 fn topic_by_id(topic_id: u64) -> Option<pb::TopicRef> {
@@ -443,25 +428,6 @@ fn forward_failure(status: Status) -> Status {
     }
 }
 
-/// Sends the same request one hop further and returns its answer as ours.
-/// `via` names the method that makes the client (`client` by default).
-macro_rules! forward {
-    ($service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
-        forward!(via client, $service, $addr, $method, $message, $hops)
-    };
-    (via $client:ident, $service:ident, $addr:expr, $method:ident, $message:expr, $hops:expr) => {
-        $service
-            .$client(&$addr)?
-            .$method(
-                $service
-                    .peers
-                    .forwarded($message, $hops, $service.core.forward_timeout()),
-            )
-            .await
-            .map_err(forward_failure)
-    };
-}
-
 fn record_to_pb(record: &Record) -> pb::Record {
     pb::Record {
         partition: record.partition,
@@ -555,8 +521,9 @@ fn consume_call(request: pb::ConsumeRequest) -> Result<Consume, Status> {
         Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
         Some(pb::position::Position::Latest(_)) => StartAt::Latest,
         Some(pb::position::Position::AfterMessageId(id)) => {
-            let (p, offset) = parse_message_id(&id)
-                .ok_or_else(|| Status::invalid_argument(format!("{id:?} is not a message id")))?;
+            let (p, offset) = parse_message_id(&id).ok_or_else(|| {
+                ErrorCode::InvalidRequest.status(format!("{id:?} is not a message id"))
+            })?;
             partition = p;
             StartAt::After(offset)
         }
@@ -594,7 +561,7 @@ impl Raftstream for ClientService {
         let topic = topic_name(request.topic.as_ref())?;
         let record = request
             .record
-            .ok_or_else(|| Status::invalid_argument("record is required"))?;
+            .ok_or_else(|| ErrorCode::InvalidRequest.status("record is required"))?;
         let call = Publish {
             records: vec![record_from_pb(record)],
             producer: None,
@@ -604,7 +571,7 @@ impl Raftstream for ClientService {
         match outcome {
             Some(Ok(stored)) => Ok(Response::new(stored_to_pb(stored))),
             Some(Err(e)) => Err(e.of_single_publish().into()),
-            None => Err(Status::internal("publish produced no result")),
+            None => Err(ErrorCode::Internal.status("publish produced no result")),
         }
     }
 
@@ -640,7 +607,7 @@ impl Raftstream for ClientService {
         let _slot = (request.get_ref().wait_ms > 0)
             .then(|| self.node.read_slots.long_poll())
             .transpose()
-            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
+            .map_err(|full| ErrorCode::TooManyLongPolls.status(full.to_string()))?;
         let request = request.into_inner();
         let topic = topic_name(request.topic.as_ref())?;
         let call = consume_call(request)?;
@@ -670,7 +637,7 @@ impl Raftstream for ClientService {
             .node
             .read_slots
             .subscription()
-            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
+            .map_err(|full| ErrorCode::TooManyLongPolls.status(full.to_string()))?;
         let hops = hops_of(&request);
         let request = request.into_inner();
         // The stream reads its topic by id: renamed, it is still the topic
@@ -761,48 +728,20 @@ impl Raftstream for ClientService {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = hops_of(&request);
         let request = request.into_inner();
-        if request.group.is_empty() {
-            return Err(Status::invalid_argument("group must not be empty"));
-        }
-        let topic = self
-            .core
-            .topic(&topic_name(request.topic.as_ref())?)
-            .await?;
-        caller.check_topic(Scope::Consume, &topic)?;
-        let replicas = replicas_of(&topic, request.partition)?;
-        let request = &request;
-        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = PartitionCommand::CommitOffset {
-                    group: request.group.clone(),
-                    offset: request.offset,
-                    writer: (request.writer_id != 0).then_some(CommitWriter {
-                        id: request.writer_id,
-                        seq: request.writer_seq,
-                    }),
-                };
-                self.node
-                    .write_partition(&group, command)
-                    .await
-                    .map(|_| pb::CommitOffsetResponse {})
-            })
+        let topic = topic_name(request.topic.as_ref())?;
+        let commit = OffsetCommit {
+            group: request.group,
+            partition: request.partition,
+            offset: request.offset,
+            writer: (request.writer_id != 0).then_some(CommitWriter {
+                id: request.writer_id,
+                seq: request.writer_seq,
+            }),
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                forward!(self, addr, commit_offset, request.clone(), hops).map(Response::into_inner)
-            })
-        };
-        let response = self
-            .core
-            .on_leader(
-                topic.group_id(request.partition),
-                &replicas,
-                hops,
-                local,
-                forward,
-            )
+        self.core
+            .commit_offset(&caller, &topic, commit, hops)
             .await?;
-        Ok(Response::new(response))
+        Ok(Response::new(pb::CommitOffsetResponse {}))
     }
 
     async fn get_committed_offsets(
@@ -812,56 +751,17 @@ impl Raftstream for ClientService {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self
+        let topic = topic_name(request.topic.as_ref())?;
+        let offsets = self
             .core
-            .topic(&topic_name(request.topic.as_ref())?)
+            .committed_offsets(&caller, &topic, &request.group, request.partition, hops)
             .await?;
-        caller.check_topic(Scope::Consume, &topic)?;
-        let partitions = selected_partitions(&topic, request.partition)?;
-        let mut offsets = Vec::new();
-        for partition in partitions {
-            let replicas = &topic.partitions[partition as usize];
-            match self
-                .core
-                .route(topic.group_id(partition), replicas, hops)
-                .await?
-            {
-                Route::Forward(addr) => {
-                    let one = pb::GetCommittedOffsetsRequest {
-                        topic: topic_ref(&topic),
-                        group: request.group.clone(),
-                        partition: Some(partition),
-                    };
-                    offsets.extend(
-                        forward!(self, addr, get_committed_offsets, one, hops)?
-                            .into_inner()
-                            .offsets,
-                    );
-                }
-                Route::Local(group) => {
-                    // Just after an election or a restart a leader's applied state can lag
-                    // what is committed: confirm leadership and catch up first, or a read
-                    // could return an offset older than one already committed.
-                    let linear = group
-                        .raft
-                        .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
-                    match tokio::time::timeout(self.core.forward_timeout(), linear).await {
-                        Ok(Ok(_)) => {}
-                        _ => return Err(Status::unavailable("leadership unconfirmed; retry")),
-                    }
-                    let offset = group.state.read(|inner| match &inner.data {
-                        GroupData::Partition(p) => {
-                            p.consumer_offsets.get(&request.group).map(|o| o.offset)
-                        }
-                        GroupData::Meta(_) => None,
-                    });
-                    if let Some(offset) = offset {
-                        offsets.push(pb::PartitionOffset { partition, offset });
-                    }
-                }
-            }
-        }
-        Ok(Response::new(pb::GetCommittedOffsetsResponse { offsets }))
+        Ok(Response::new(pb::GetCommittedOffsetsResponse {
+            offsets: offsets
+                .into_iter()
+                .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                .collect(),
+        }))
     }
 
     async fn list_groups(
@@ -871,41 +771,12 @@ impl Raftstream for ClientService {
         let caller = self.authorize(&request, Some(Scope::Consume)).await?;
         let hops = hops_of(&request);
         let request = request.into_inner();
-        let topic = self
+        let topic = topic_name(request.topic.as_ref())?;
+        let groups = self
             .core
-            .topic(&topic_name(request.topic.as_ref())?)
+            .consumer_groups(&caller, &topic, request.partition, hops)
             .await?;
-        caller.check_topic(Scope::Consume, &topic)?;
-        let partitions = selected_partitions(&topic, request.partition)?;
-        let mut groups = std::collections::BTreeSet::new();
-        for partition in partitions {
-            let replicas = replicas_of(&topic, partition)?;
-            match self
-                .core
-                .route(topic.group_id(partition), &replicas, hops)
-                .await?
-            {
-                Route::Forward(addr) => {
-                    let one = pb::ListGroupsRequest {
-                        topic: topic_ref(&topic),
-                        partition: Some(partition),
-                    };
-                    groups.extend(
-                        forward!(self, addr, list_groups, one, hops)?
-                            .into_inner()
-                            .groups,
-                    );
-                }
-                Route::Local(group) => group.state.read(|inner| {
-                    if let GroupData::Partition(p) = &inner.data {
-                        groups.extend(p.consumer_offsets.keys().cloned());
-                    }
-                }),
-            }
-        }
-        Ok(Response::new(pb::ListGroupsResponse {
-            groups: groups.into_iter().collect(),
-        }))
+        Ok(Response::new(pb::ListGroupsResponse { groups }))
     }
 
     async fn create_topic(
@@ -1002,7 +873,7 @@ impl Raftstream for ClientService {
             .iter()
             .map(|s| {
                 Scope::parse(s).ok_or_else(|| {
-                    Status::invalid_argument(format!(
+                    ErrorCode::InvalidRequest.status(format!(
                         "unknown scope {s:?}: use publish, consume or admin"
                     ))
                 })

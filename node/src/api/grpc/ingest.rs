@@ -84,7 +84,7 @@ impl Ingest for ClientService {
         let hops = hops_of(&request);
         let request = request.into_inner();
         let kind = SourceKind::parse(&request.source_type).ok_or_else(|| {
-            Status::invalid_argument("source_type must be workato, generic or flow")
+            ErrorCode::InvalidRequest.status("source_type must be workato, generic or flow")
         })?;
         let new = NewSource {
             topic: topic_name(request.topic.as_ref())?,

@@ -9,6 +9,7 @@ use super::*;
 use crate::api::service::Delivered;
 use crate::api::service::Delivery;
 use crate::api::service::NewSource;
+use crate::api::service::OffsetCommit;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
 
@@ -30,7 +31,7 @@ impl GrpcPeers {
         self.node
             .pool
             .channel(addr)
-            .map_err(|e| Status::internal(e.to_string()))
+            .map_err(|e| ErrorCode::Internal.status(e.to_string()))
     }
 
     pub(super) fn client(&self, addr: &str) -> Result<RaftstreamClient<Channel>, Status> {
@@ -425,6 +426,69 @@ impl Peers for GrpcPeers {
                 offset: answer.offset,
                 duplicate: answer.duplicate,
             })
+        })
+    }
+
+    fn commit_offset<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        commit: &'a OffsetCommit,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let writer = commit.writer.unwrap_or(CommitWriter { id: 0, seq: 0 });
+            let message = pb::CommitOffsetRequest {
+                topic: topic_by_id(topic_id),
+                group: commit.group.clone(),
+                partition: commit.partition,
+                offset: commit.offset,
+                writer_id: writer.id,
+                writer_seq: writer.seq,
+            };
+            peer_call!(self, addr, hops, commit_offset, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn committed_offsets<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        group: &'a str,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<(u32, u64)>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::GetCommittedOffsetsRequest {
+                topic: topic_by_id(topic_id),
+                group: group.to_string(),
+                partition: Some(partition),
+            };
+            let answer = peer_call!(self, addr, hops, get_committed_offsets, message).await?;
+            Ok(answer
+                .offsets
+                .into_iter()
+                .map(|o| (o.partition, o.offset))
+                .collect())
+        })
+    }
+
+    fn consumer_groups<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>> {
+        Box::pin(async move {
+            let message = pb::ListGroupsRequest {
+                topic: topic_by_id(topic_id),
+                partition: Some(partition),
+            };
+            let answer = peer_call!(self, addr, hops, list_groups, message).await?;
+            Ok(answer.groups)
         })
     }
 }

@@ -7,6 +7,7 @@
 
 mod admin;
 mod ingest;
+mod offsets;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub use self::ingest::NewSource;
 pub use self::ingest::SourceStatus;
 pub use self::ingest::SourceView;
 pub use self::ingest::SourceWithSecret;
+pub use self::offsets::OffsetCommit;
 
 /// A request is forwarded at most twice (to a replica, then to its
 /// leader) so stale leader hints can never make it loop.
@@ -526,6 +528,32 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         id: &'a str,
         hops: Hops,
     ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>>;
+
+    fn commit_offset<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        commit: &'a OffsetCommit,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    /// `group`'s committed offset in one partition, if it has one.
+    fn committed_offsets<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        group: &'a str,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<(u32, u64)>, ServiceError>>;
+
+    fn consumer_groups<'a>(
+        &'a self,
+        addr: &'a str,
+        topic_id: u64,
+        partition: u32,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>>;
 
     /// Hands a delivery, as received, to the partition's leader, which
     /// checks it again.

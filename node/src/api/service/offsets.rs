@@ -1,0 +1,160 @@
+//! Consumer groups' committed offsets, kept by each partition's group and
+//! read and written on its leader.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::Caller;
+use super::Hops;
+use super::Route;
+use super::Service;
+use super::ServiceError;
+use super::replicas_of;
+use super::selected_partitions;
+use crate::model::TopicName;
+use crate::node::Group;
+use crate::raft::types::CommitWriter;
+use crate::raft::types::PartitionCommand;
+use crate::raft::types::Scope;
+use crate::raft::types::Topic;
+use crate::state_machine::GroupData;
+
+/// A consumer group's position in one partition: the next offset it reads.
+#[derive(Debug, Clone)]
+pub struct OffsetCommit {
+    pub group: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// Orders one client's retried commits (see [`CommitWriter`]).
+    pub writer: Option<CommitWriter>,
+}
+
+impl Service {
+    pub async fn commit_offset(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        commit: OffsetCommit,
+        hops: Hops,
+    ) -> Result<(), ServiceError> {
+        if commit.group.is_empty() {
+            return Err(ServiceError::invalid("group must not be empty"));
+        }
+        let topic = self.readable_topic(caller, topic).await?;
+        let replicas = replicas_of(&topic, commit.partition)?;
+        let (commit, topic_id) = (&commit, topic.id);
+        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let command = PartitionCommand::CommitOffset {
+                    group: commit.group.clone(),
+                    offset: commit.offset,
+                    writer: commit.writer,
+                };
+                self.node.write_partition(&group, command).await.map(|_| ())
+            })
+        };
+        let forward = |addr: String| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                self.peers
+                    .commit_offset(&addr, topic_id, commit, hops)
+                    .await
+            })
+        };
+        let group_id = topic.group_id(commit.partition);
+        self.on_leader(group_id, &replicas, hops, local, forward)
+            .await
+    }
+
+    /// The offsets `group` committed, by partition, read on each
+    /// partition's leader; partitions it never committed are absent.
+    pub async fn committed_offsets(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        group: &str,
+        partition: Option<u32>,
+        hops: Hops,
+    ) -> Result<Vec<(u32, u64)>, ServiceError> {
+        let topic = self.readable_topic(caller, topic).await?;
+        let mut offsets = Vec::new();
+        for partition in selected_partitions(&topic, partition)? {
+            let replicas = replicas_of(&topic, partition)?;
+            match self
+                .route(topic.group_id(partition), &replicas, hops)
+                .await?
+            {
+                Route::Forward(addr) => offsets.extend(
+                    self.peers
+                        .committed_offsets(&addr, topic.id, group, partition, hops)
+                        .await?,
+                ),
+                Route::Local(local) => {
+                    // Just after an election or a restart a leader's applied
+                    // state can lag what is committed: confirm leadership
+                    // and catch up first, or a read could return an offset
+                    // older than one already committed.
+                    let linear = local
+                        .raft
+                        .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+                    match tokio::time::timeout(self.forward_timeout(), linear).await {
+                        Ok(Ok(_)) => {}
+                        _ => {
+                            return Err(ServiceError::unavailable("leadership unconfirmed; retry"));
+                        }
+                    }
+                    let offset = local.state.read(|inner| match &inner.data {
+                        GroupData::Partition(p) => p.consumer_offsets.get(group).map(|o| o.offset),
+                        GroupData::Meta(_) => None,
+                    });
+                    offsets.extend(offset.map(|offset| (partition, offset)));
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
+    /// The consumer groups that committed an offset in the topic (or one
+    /// partition of it), in name order.
+    pub async fn consumer_groups(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        partition: Option<u32>,
+        hops: Hops,
+    ) -> Result<Vec<String>, ServiceError> {
+        let topic = self.readable_topic(caller, topic).await?;
+        let mut groups = BTreeSet::new();
+        for partition in selected_partitions(&topic, partition)? {
+            let replicas = replicas_of(&topic, partition)?;
+            match self
+                .route(topic.group_id(partition), &replicas, hops)
+                .await?
+            {
+                Route::Forward(addr) => groups.extend(
+                    self.peers
+                        .consumer_groups(&addr, topic.id, partition, hops)
+                        .await?,
+                ),
+                Route::Local(local) => local.state.read(|inner| {
+                    if let GroupData::Partition(p) = &inner.data {
+                        groups.extend(p.consumer_offsets.keys().cloned());
+                    }
+                }),
+            }
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    /// The topic, if the caller may consume it.
+    async fn readable_topic(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+    ) -> Result<Topic, ServiceError> {
+        let topic = self.topic(topic).await?;
+        caller.check_topic(Scope::Consume, &topic)?;
+        Ok(topic)
+    }
+}
