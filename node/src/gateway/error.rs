@@ -171,6 +171,21 @@ impl IntoResponses for ClusterErrors {
     }
 }
 
+/// The error of every route with a path parameter that is not a valid
+/// UTF-8 string.
+#[derive(Debug)]
+pub struct PathErrors;
+
+impl IntoResponses for PathErrors {
+    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+        [error_response(
+            StatusCode::BAD_REQUEST,
+            "`invalid_request`: the path does not decode as UTF-8.",
+        )]
+        .into()
+    }
+}
+
 /// The error of every write: its outcome is unknown.
 #[derive(Debug)]
 pub struct WriteErrors;

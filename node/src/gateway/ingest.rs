@@ -25,6 +25,7 @@ use super::ErrorBody;
 use super::Shared;
 use super::error::AuthErrors;
 use super::error::ClusterErrors;
+use super::error::PathErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::ApiQuery;
@@ -277,8 +278,7 @@ pub async fn list(
     params(("source_id" = String, Path, description = "The source's id.")),
     responses(
         (status = 200, description = "The source.", body = Source),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,
@@ -306,8 +306,7 @@ pub async fn get(
     params(("source_id" = String, Path, description = "The source's id.")),
     responses(
         (status = 200, description = "Deleted.", body = Done),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,
@@ -336,8 +335,7 @@ pub async fn delete(
     responses(
         (status = 200, description = "The source and its new secret, shown this once.",
             body = SourceWithSecret),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,

@@ -12,6 +12,7 @@ use super::ErrorBody;
 use super::Shared;
 use super::error::AuthErrors;
 use super::error::ClusterErrors;
+use super::error::PathErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
@@ -189,8 +190,7 @@ pub async fn list(State(gateway): Shared) -> Result<Json<TokenList>, ApiError> {
     params(("token_id" = u64, Path, description = "The token's id.")),
     responses(
         (status = 200, description = "Revoked.", body = Done),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such token.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,

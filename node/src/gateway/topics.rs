@@ -16,6 +16,7 @@ use super::ErrorBody;
 use super::Shared;
 use super::error::AuthErrors;
 use super::error::ClusterErrors;
+use super::error::PathErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::ApiQuery;
@@ -335,8 +336,7 @@ pub async fn create(
     params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
     responses(
         (status = 200, description = "The topic.", body = Topic),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,
@@ -427,8 +427,7 @@ pub async fn update(
     params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
     responses(
         (status = 200, description = "Deleted.", body = Done),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,
@@ -457,8 +456,7 @@ pub async fn delete(
     params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
     responses(
         (status = 200, description = "Purged.", body = Done),
-        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8.",
-            body = ErrorBody),
+        PathErrors,
         (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,
