@@ -119,6 +119,9 @@ const CRATE_BANS: &[(&str, &[&str])] = &[
             "raft::batch",
         ],
     ),
+    // The service and the gateway are wire-free: error codes, but no
+    // protobuf.
+    ("raftstream_proto::v1", &["api::service", "gateway"]),
 ];
 
 fn src_dir() -> PathBuf {
@@ -266,6 +269,16 @@ fn paths_after<'a>(line: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
     out
 }
 
+/// Whether `line` names `watched`: a crate, or a path inside one
+/// (`raftstream_proto::v1`).
+fn names(line: &str, watched: &str) -> bool {
+    let (root, inner) = watched.split_once("::").unwrap_or((watched, ""));
+    let inner: Vec<&str> = inner.split("::").filter(|s| !s.is_empty()).collect();
+    paths_after(line, &format!("{root}::"))
+        .iter()
+        .any(|s| !s.is_empty() && s.starts_with(&inner))
+}
+
 /// Where a use of another module was seen first.
 type Edges = BTreeMap<(String, String), String>;
 
@@ -333,10 +346,7 @@ fn read_sources() -> Sources {
                 }
             }
             for krate in &watched {
-                let used = paths_after(line, &format!("{krate}::"))
-                    .iter()
-                    .any(|s| !s.is_empty());
-                if used {
+                if names(line, krate) {
                     crates
                         .entry((krate.to_string(), from.clone()))
                         .or_insert_with(|| at.clone());
@@ -505,6 +515,18 @@ fn the_reader_sees_uses_and_skips_comments_and_tests() {
     assert_eq!(inline, vec![true, true, true, false]);
     // `mycrate::` is not `crate::`.
     assert!(paths_after("use mycrate::x;", "crate::").is_empty());
+    assert!(names(
+        "use raftstream_proto::v1 as pb;",
+        "raftstream_proto::v1"
+    ));
+    assert!(!names(
+        "use raftstream_proto::ErrorCode;",
+        "raftstream_proto::v1"
+    ));
+    assert!(names(
+        "use raftstream_proto::ErrorCode;",
+        "raftstream_proto"
+    ));
     let cycle = find_cycle(
         &[("a", "b"), ("b", "c"), ("c", "a")]
             .iter()
