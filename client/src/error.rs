@@ -1,5 +1,7 @@
 //! What can go wrong, and what to do about it.
 
+use raftstream_proto::ErrorCode;
+
 /// Every error says what happened and what to do. `OutcomeUnknown` is not a
 /// failure: the write may or may not have been stored.
 #[derive(Debug, thiserror::Error)]
@@ -35,26 +37,32 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Maps a final (not retried) gRPC status.
+    /// Maps a final (not retried) gRPC status, by the code the node named
+    /// (`x-raftstream-error`) or, from older nodes and tonic itself, by its
+    /// gRPC code. `Server` carries the stable code string.
     pub fn from_status(status: tonic::Status) -> Error {
         let message = status.message().to_string();
-        match status.code() {
-            tonic::Code::NotFound => Error::NotFound(message),
-            tonic::Code::InvalidArgument
-            | tonic::Code::OutOfRange
-            | tonic::Code::FailedPrecondition => Error::InvalidArgument(message),
-            tonic::Code::AlreadyExists => Error::AlreadyExists(message),
-            tonic::Code::Unauthenticated => Error::Unauthenticated(message),
-            tonic::Code::PermissionDenied => Error::PermissionDenied(message),
-            tonic::Code::Unavailable => Error::Unavailable {
-                message,
-                elapsed_ms: 0,
-            },
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                Error::OutcomeUnknown(message)
+        match (ErrorCode::of_status(&status), status.code()) {
+            (_, tonic::Code::Cancelled) => Error::OutcomeUnknown(message),
+            (ErrorCode::NotFound, _) => Error::NotFound(message),
+            (ErrorCode::Unauthorized, _) => Error::Unauthenticated(message),
+            (ErrorCode::Forbidden, _) => Error::PermissionDenied(message),
+            (ErrorCode::Unavailable | ErrorCode::NotReady | ErrorCode::StorageFailed, _) => {
+                Error::Unavailable {
+                    message,
+                    elapsed_ms: 0,
+                }
             }
-            code => Error::Server {
-                code: format!("{code:?}"),
+            (ErrorCode::OutcomeUnknown, _) => Error::OutcomeUnknown(message),
+            (_, tonic::Code::AlreadyExists) => Error::AlreadyExists(message),
+            (
+                _,
+                tonic::Code::InvalidArgument
+                | tonic::Code::OutOfRange
+                | tonic::Code::FailedPrecondition,
+            ) => Error::InvalidArgument(message),
+            (code, _) => Error::Server {
+                code: code.as_str().to_string(),
                 message,
             },
         }
@@ -66,5 +74,41 @@ impl Error {
             self,
             Error::Unavailable { .. } | Error::NoNodeReachable { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_maps_by_the_code_the_node_named() {
+        let full = ErrorCode::InsufficientStorage.status("disk full");
+        assert!(matches!(
+            Error::from_status(full),
+            Error::Server { code, .. } if code == "insufficient_storage"
+        ));
+        let not_ready = ErrorCode::NotReady.status("no leader yet");
+        assert!(matches!(
+            Error::from_status(not_ready),
+            Error::Unavailable { .. }
+        ));
+        // Without the header, as tonic's own statuses come.
+        assert!(matches!(
+            Error::from_status(tonic::Status::deadline_exceeded("late")),
+            Error::OutcomeUnknown(_)
+        ));
+        assert!(matches!(
+            Error::from_status(tonic::Status::cancelled("dropped")),
+            Error::OutcomeUnknown(_)
+        ));
+        assert!(matches!(
+            Error::from_status(tonic::Status::failed_precondition("stored schema")),
+            Error::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            Error::from_status(tonic::Status::internal("boom")),
+            Error::Server { code, .. } if code == "internal"
+        ));
     }
 }
