@@ -399,10 +399,18 @@ fn page_to_pb(Page { partition, batch }: Page) -> pb::ConsumeResponse {
     }
 }
 
+/// Whether a forwarded call's deadline passed before the other node
+/// answered it: its server then ends the call with CANCELLED ("Timeout
+/// expired") whatever the handler was doing, so the call is as unanswered
+/// as one cut off.
+fn deadline_passed(status: &Status) -> bool {
+    status.code() == tonic::Code::Cancelled
+}
+
 /// A read sent to another node that got no answer is unavailable: the
 /// client may send it again. Answers the other node sent pass through.
 fn unanswered_read(status: Status) -> Status {
-    if call_outcome::unanswered(&status) {
+    if call_outcome::unanswered(&status) || deadline_passed(&status) {
         ErrorCode::Unavailable.status(format!(
             "the node holding these messages did not answer: {}",
             status.message()
@@ -417,7 +425,7 @@ fn unanswered_read(status: Status) -> Status {
 /// is unknown. A refused connection stays UNAVAILABLE; statuses the other
 /// node sent pass through unchanged.
 fn forward_failure(status: Status) -> Status {
-    if call_outcome::cut_off(&status) {
+    if call_outcome::cut_off(&status) || deadline_passed(&status) {
         ServiceError::outcome_unknown(&format!(
             "the node it was forwarded to went away: {}",
             status.message()
@@ -1196,6 +1204,17 @@ mod tests {
         assert!(ServiceError::from(forward_failure(refused)).never_sent);
         assert!(!ServiceError::from(forward_failure(connection_closed_mid_call())).never_sent);
         assert!(!ServiceError::from(Status::unavailable("no leader yet")).never_sent);
+    }
+
+    /// The other node's server ends a call whose deadline passed with
+    /// CANCELLED, and the handler may have written by then.
+    #[test]
+    fn a_forward_whose_deadline_passed_there_has_an_unknown_outcome() {
+        let expired = Status::cancelled("Timeout expired");
+        let write = ServiceError::from(forward_failure(expired.clone()));
+        assert_eq!(write.code, ErrorCode::OutcomeUnknown);
+        let read = ServiceError::from(unanswered_read(expired));
+        assert_eq!(read.code, ErrorCode::Unavailable);
     }
 
     #[test]

@@ -637,11 +637,21 @@ impl Service {
                 None => {}
             }
             // No leader known: an election is under way. Wait briefly for
-            // one rather than fail at once.
+            // one rather than fail at once. A follower of a new group can
+            // hear from its leader before it has the membership that names
+            // the leader's address: wait for that too, or the leader stays
+            // unknown to `Group::leader` and the call fails at once.
             let wait = group
                 .raft
                 .wait(Some(Duration::from_secs(3)))
-                .metrics(|m| m.current_leader.is_some(), "leader elected")
+                .metrics(
+                    |m| {
+                        m.current_leader.is_some_and(|leader| {
+                            m.membership_config.membership().get_node(&leader).is_some()
+                        })
+                    },
+                    "a leader with a known address",
+                )
                 .await;
             return match (wait, group.leader()) {
                 (Ok(_), Some((leader, _))) if leader == self.node.id() => {
