@@ -54,6 +54,10 @@ pub struct NodeConfig {
     /// TLS on the public gRPC and HTTP listeners.
     #[serde(default)]
     pub client_tls: Option<ClientTls>,
+    /// Faults on the links to this node, for clusters that tests run in
+    /// one process (`link_faults.rs`); never read from a file.
+    #[serde(skip)]
+    pub link_faults: Option<std::sync::Arc<crate::link_faults::LinkFaults>>,
 }
 
 /// The files of a node's peer identity: every node presents a certificate

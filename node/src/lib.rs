@@ -11,6 +11,7 @@ pub mod disk;
 pub mod gateway;
 pub mod identity;
 pub mod ingest;
+pub mod link_faults;
 pub mod model;
 pub mod node;
 pub mod raft;

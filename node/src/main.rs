@@ -148,6 +148,7 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             peer_tls: None,
             insecure_peers: false,
             client_tls: client_tls.into_config(),
+            link_faults: None,
         },
         Cmd::Run {
             config: Some(path), ..
@@ -200,6 +201,7 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
                 peer_tls,
                 insecure_peers,
                 client_tls: client_tls.into_config(),
+                link_faults: None,
             }
         }
         Cmd::Certs { .. } => anyhow::bail!("certs runs no node"),

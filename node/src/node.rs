@@ -275,7 +275,7 @@ impl Node {
             empty_data_dir || identity.rejoining,
             config.peers.len(),
         );
-        let pool = PeerPool::new(peer_tls);
+        let pool = PeerPool::new(peer_tls, config.node_id);
         if let Some(cluster_id) = &identity.cluster_id {
             pool.cluster().set(cluster_id);
         }

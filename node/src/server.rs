@@ -16,6 +16,7 @@ use crate::api::forwarded::MarkForwardedLayer;
 use crate::api::grpc::ClientService;
 use crate::config::MAX_RPC_BYTES;
 use crate::config::NodeConfig;
+use crate::link_faults::LinkFaultLayer;
 use crate::node::Node;
 use crate::node::NodeError;
 use crate::raft::transport::TransportService;
@@ -146,9 +147,10 @@ impl RunningNode {
             node.pool.cluster().clone(),
         ))
         .layer(transport);
-        let peer_services = tonic::service::Routes::new(transport)
-            .add_service(ClientService::peer(node.clone()).into_server())
-            .add_service(ClientService::peer(node.clone()).into_ingest_server());
+        let link_faults = LinkFaultLayer::new(node.id(), node.config.link_faults.clone());
+        let peer_services = tonic::service::Routes::new(link_faults.layer(transport))
+            .add_service(link_faults.layer(ClientService::peer(node.clone()).into_server()))
+            .add_service(link_faults.layer(ClientService::peer(node.clone()).into_ingest_server()));
         let limits = &node.config.limits;
         let public_server = http2::server(tonic::transport::Server::builder())
             .max_concurrent_streams(limits.max_streams_per_connection)

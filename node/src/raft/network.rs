@@ -80,33 +80,43 @@ const LOCAL_TIMEOUT_MARGIN: Duration = Duration::from_millis(500);
 /// One lazily connected channel per peer address (a peer listener). tonic
 /// reconnects a lazy channel by itself, so a restarted peer needs nothing
 /// from us.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PeerPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     empty_appends: Arc<Mutex<HashMap<String, EmptyAppends>>>,
     /// Mutual TLS with every peer; plain HTTP/2 when absent.
     tls: Option<ClientTlsConfig>,
-    /// This node's cluster id, shown on every Raft transport call.
+    /// This node's cluster id and node id, shown on every Raft transport
+    /// call.
     cluster: ClusterStamp,
 }
 
-/// Puts this node's cluster id, once known, on a Raft transport call; the
-/// peer refuses calls from another cluster (see `identity.rs`).
-#[derive(Clone, Debug, Default)]
-pub struct ClusterStamp(
-    Arc<std::sync::OnceLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>,
-);
+/// Puts this node's cluster id, once known, on a Raft transport call (the
+/// peer refuses calls from another cluster, see `identity.rs`), and this
+/// node's id (`link_faults.rs`).
+#[derive(Clone, Debug)]
+pub struct ClusterStamp {
+    cluster: Arc<std::sync::OnceLock<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>>,
+    node: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
 
 impl ClusterStamp {
+    pub fn new(node: NodeId) -> ClusterStamp {
+        ClusterStamp {
+            cluster: Arc::default(),
+            node: tonic::metadata::MetadataValue::from(node),
+        }
+    }
+
     /// Sets the cluster id; it never changes once set.
     pub fn set(&self, cluster_id: &str) {
         if let Ok(value) = cluster_id.parse() {
-            let _ = self.0.set(value);
+            let _ = self.cluster.set(value);
         }
     }
 
     pub fn get(&self) -> Option<&str> {
-        self.0.get().and_then(|value| value.to_str().ok())
+        self.cluster.get().and_then(|value| value.to_str().ok())
     }
 }
 
@@ -115,11 +125,14 @@ impl tonic::service::Interceptor for ClusterStamp {
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = self.0.get() {
+        if let Some(value) = self.cluster.get() {
             request
                 .metadata_mut()
                 .insert(crate::identity::CLUSTER_ID_HEADER, value.clone());
         }
+        request
+            .metadata_mut()
+            .insert(crate::link_faults::FROM_NODE_HEADER, self.node.clone());
         Ok(request)
     }
 }
@@ -242,10 +255,12 @@ fn timed_out(target: &str, timeout: Duration) -> CallError {
 }
 
 impl PeerPool {
-    pub fn new(tls: Option<ClientTlsConfig>) -> PeerPool {
+    pub fn new(tls: Option<ClientTlsConfig>, node: NodeId) -> PeerPool {
         PeerPool {
+            channels: Arc::default(),
+            empty_appends: Arc::default(),
             tls,
-            ..PeerPool::default()
+            cluster: ClusterStamp::new(node),
         }
     }
 

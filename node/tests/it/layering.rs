@@ -33,6 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["model", "raft::types", "raft::batch"],
     &[
         "config",
+        "link_faults",
         "identity",
         "clock",
         "rejoin",

@@ -12,6 +12,7 @@ mod gateway;
 mod ingest;
 mod layering;
 mod limits;
+mod links;
 mod process;
 mod quiesce;
 mod rejoin;

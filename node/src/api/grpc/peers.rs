@@ -57,6 +57,10 @@ impl GrpcPeers {
             request.metadata_mut().insert(NODE_AUTH_HEADER, value);
         }
         request.set_timeout(timeout);
+        request.metadata_mut().insert(
+            crate::link_faults::FROM_NODE_HEADER,
+            tonic::metadata::MetadataValue::from(self.node.id()),
+        );
         if hops.local_only {
             request.metadata_mut().insert(
                 LOCAL_HEADER,

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raftstream_client::pb;
@@ -14,6 +15,7 @@ use raftstream_node::config::Limits;
 use raftstream_node::config::NodeConfig;
 use raftstream_node::config::PeerTls;
 use raftstream_node::config::RaftTimings;
+use raftstream_node::link_faults::LinkFaults;
 use raftstream_node::server::Listeners;
 use raftstream_node::server::RunningNode;
 use raftstream_node::tls::DevCerts;
@@ -29,6 +31,18 @@ pub struct TestCluster {
     pub nodes: BTreeMap<u64, RunningNode>,
     /// The certificates of a cluster on TLS (`start_tls`).
     pub certs: Option<DevCerts>,
+    /// The links between the nodes: a test cuts, delays or makes them lose
+    /// messages here. Seeded by `RAFTSTREAM_TEST_SEED` (default 0), which a
+    /// failure prints, so a lossy run can be replayed.
+    pub links: Arc<LinkFaults>,
+}
+
+/// The seed of every test cluster's lossy links.
+pub fn test_seed() -> u64 {
+    std::env::var("RAFTSTREAM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Polls `check` until it returns `Some`, failing the test with `what`
@@ -191,6 +205,7 @@ pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> Nod
         peer_tls: None,
         insecure_peers: false,
         client_tls: None,
+        link_faults: None,
     }
 }
 
@@ -236,10 +251,12 @@ impl TestCluster {
             .collect();
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
+        let links = LinkFaults::new(test_seed());
         for (id, listeners) in listeners {
             let mut config = node_config(id, &listeners, dir.path());
             config.peers = peers.clone();
             config.limits = limits.clone();
+            config.link_faults = Some(links.clone());
             if let Some(certs) = &certs {
                 let (_, cert, key) = certs.nodes.iter().find(|(n, _, _)| *n == id).unwrap();
                 config.peer_tls = Some(PeerTls {
@@ -265,6 +282,7 @@ impl TestCluster {
             configs,
             nodes,
             certs,
+            links,
         };
         cluster.wait_ready().await;
         cluster
