@@ -28,13 +28,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::async_runtime::WatchReceiver;
-use parking_lot::Mutex;
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
-use crate::node::Group;
-use crate::node::Node;
+use crate::group::Group;
+use crate::group::HostedGroups;
 use crate::raft::network::PeerPool;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;
@@ -122,7 +121,7 @@ pub enum ServeError {
 /// entries only (applied here), and only those this replica holds itself
 /// (at or above its `local_first_log_index`).
 pub async fn serve_log_range(
-    node: &Node,
+    groups: &HostedGroups,
     query: &LogRangeQuery,
 ) -> Result<LogRangeAnswer, ServeError> {
     let group_id = query.group_id;
@@ -133,8 +132,8 @@ pub async fn serve_log_range(
     if first > last {
         return Err(ServeError::EmptyRange { first, last });
     }
-    let group = node
-        .group(group_id)
+    let group = groups
+        .get(group_id)
         .ok_or(ServeError::NotHosted(group_id))?;
     let (local_first, applied) = group.state.read(|inner| {
         (
@@ -192,7 +191,7 @@ impl Backfills {
     }
 
     /// Starts the backfill task of a partition group; it ends when
-    /// [`BackfillStop::stop`] is called or the group is dropped.
+    /// [`crate::group::BackfillStop::stop`] is called or the group is dropped.
     pub fn start(&self, group: &Group) {
         if group.id == META_GROUP {
             return;
@@ -203,9 +202,9 @@ impl Backfills {
             log_store: group.state.storage().log_store(group.id),
             state: group.state.clone(),
         };
-        let stop = group.backfill.tx.subscribe();
-        let task = tokio::spawn(self.clone().run(target, stop));
-        *group.backfill.task.lock() = Some(task);
+        group
+            .backfill
+            .start(|stop| tokio::spawn(self.clone().run(target, stop)));
     }
 
     async fn run(self, target: Target, mut stop: watch::Receiver<bool>) {
@@ -349,36 +348,6 @@ impl Backfills {
             wanted.last,
             failures.join("; ")
         ))
-    }
-}
-
-/// Stops a group's backfill task; held by the group.
-#[derive(Debug)]
-pub struct BackfillStop {
-    tx: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Default for BackfillStop {
-    fn default() -> Self {
-        BackfillStop {
-            tx: watch::Sender::new(false),
-            task: Mutex::new(None),
-        }
-    }
-}
-
-impl BackfillStop {
-    /// Stops the task and waits until it has ended, so that it writes
-    /// nothing into a group whose data is deleted next.
-    pub async fn stop(&self) {
-        self.tx.send_replace(true);
-        let task = self.task.lock().take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            tracing::warn!(error = %e, "backfill task ended abnormally");
-        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod gateway;
+pub mod group;
 pub mod identity;
 pub mod ingest;
 pub mod link_faults;

@@ -16,12 +16,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
-use crate::api::ProposalOrder;
 use crate::api::WriteError;
 use crate::api::schema::SchemaCache;
 use crate::clock::ClockCheck;
 use crate::config::NodeConfig;
 use crate::disk::DiskSpace;
+use crate::group::Group;
+use crate::group::HostedGroups;
 use crate::identity::Identity;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
@@ -39,7 +40,6 @@ use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 use crate::rejoin::Rejoin;
 use crate::state_machine::GroupData;
-use crate::state_machine::GroupShared;
 use crate::state_machine::GroupStateMachine;
 use crate::storage::Storage;
 use crate::storage::StorageConfig;
@@ -63,39 +63,6 @@ pub enum NodeError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Identity(#[from] crate::identity::IdentityError),
-}
-
-/// One Raft group hosted on this node.
-#[derive(Debug)]
-pub struct Group {
-    pub id: GroupId,
-    pub raft: Raft,
-    pub state: Arc<GroupShared>,
-    /// The term in which this node, leading for another preferred replica,
-    /// last saw that replica caught up (see `hand_back_to_preferred_leader`).
-    hand_back_seen_in_term: parking_lot::Mutex<Option<u64>>,
-    /// Orders idempotent producers' batches before they are proposed.
-    pub proposal_order: ProposalOrder,
-    /// Stops the group's backfill task (`backfill.rs`).
-    pub backfill: crate::backfill::BackfillStop,
-}
-
-impl Group {
-    /// The leader this node currently believes in, with its gRPC address.
-    /// Every routed request asks this, so it reads the metrics in place
-    /// rather than cloning them (membership and replication maps included).
-    pub fn leader(&self) -> Option<(NodeId, String)> {
-        let watch = self.raft.metrics();
-        let metrics = watch.borrow_watched();
-        let leader = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .addr
-            .clone();
-        Some((leader, addr))
-    }
 }
 
 /// Slots for the reads that stay open on a node: each holds a task, a
@@ -223,7 +190,7 @@ pub struct Node {
     /// gateway, and the bound on validations running at once.
     pub schemas: SchemaCache,
     raft_config: Arc<openraft::Config>,
-    groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    groups: HostedGroups,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
     quiescer: Option<Arc<Quiescer>>,
     /// What the partition groups' backfill tasks share (`backfill.rs`).
@@ -330,7 +297,7 @@ impl Node {
             peer_incarnations: parking_lot::Mutex::default(),
             schemas: SchemaCache::default(),
             raft_config: Arc::new(raft_config),
-            groups: RwLock::new(HashMap::new()),
+            groups: HostedGroups::default(),
             round_robin: AtomicU64::new(0),
             shutdown_tx,
         });
@@ -351,27 +318,26 @@ impl Node {
     }
 
     pub fn group(&self, id: GroupId) -> Option<Arc<Group>> {
-        self.groups.read().get(&id).cloned()
+        self.groups.get(id)
     }
 
+    /// Every group this node hosts, in id order.
     pub fn groups(&self) -> Vec<Arc<Group>> {
-        let mut groups: Vec<_> = self.groups.read().values().cloned().collect();
-        groups.sort_by_key(|g| g.id);
-        groups
+        self.groups.all()
+    }
+
+    /// The registry of the groups this node hosts.
+    pub fn hosted_groups(&self) -> &HostedGroups {
+        &self.groups
     }
 
     pub fn meta_group(&self) -> Option<Arc<Group>> {
-        self.group(META_GROUP)
+        self.groups.meta()
     }
 
-    /// This node's copy of the metadata: committed, possibly a little stale.
-    /// Reads this node's metadata in place: request paths use this to look
-    /// one thing up without copying every topic and token.
+    /// See [`HostedGroups::with_metadata`].
     pub fn with_metadata<T>(&self, f: impl FnOnce(&MetaState) -> T) -> Option<T> {
-        self.meta_group()?.state.read(|inner| match &inner.data {
-            GroupData::Meta(m) => Some(f(m)),
-            GroupData::Partition(_) => None,
-        })
+        self.groups.with_metadata(f)
     }
 
     /// A copy of this node's metadata, for work that needs all of it.
@@ -486,15 +452,8 @@ impl Node {
         if !initialized && !cautious {
             initialize_group(&raft, id, replicas, preferred_leader).await;
         }
-        let group = Arc::new(Group {
-            id,
-            raft,
-            state,
-            hand_back_seen_in_term: parking_lot::Mutex::new(None),
-            proposal_order: ProposalOrder::default(),
-            backfill: crate::backfill::BackfillStop::default(),
-        });
-        self.groups.write().insert(id, group.clone());
+        let group = Arc::new(Group::new(id, raft, state));
+        self.groups.insert(group.clone());
         // A partition replica that installs a snapshot, or had not finished
         // fetching the messages below one when it stopped, fetches them.
         self.backfills.start(&group);
@@ -503,7 +462,7 @@ impl Node {
     }
 
     async fn stop_group(&self, id: GroupId, delete_data: bool) {
-        let group = self.groups.write().remove(&id);
+        let group = self.groups.remove(id);
         if let Some(group) = &group {
             // Ended before the data may be deleted: it writes to the log.
             group.backfill.stop().await;
@@ -575,9 +534,8 @@ impl Node {
         }
         let stale: Vec<GroupId> = self
             .groups
-            .read()
-            .keys()
-            .copied()
+            .ids()
+            .into_iter()
             .filter(|id| *id != META_GROUP && !desired.contains_key(id))
             .collect();
         for id in stale {
@@ -754,10 +712,9 @@ impl Node {
     async fn allow_log_reversion_of(&self, peer: NodeId) {
         let led: Vec<Arc<Group>> = self
             .groups
-            .read()
-            .values()
+            .all()
+            .into_iter()
             .filter(|group| group.raft.metrics().borrow_watched().current_leader == Some(self.id()))
-            .cloned()
             .collect();
         for group in led {
             // Refused when this node no longer leads or the peer is no
@@ -935,13 +892,7 @@ impl Node {
             .as_ref()
             .and_then(|r| r.get(&preferred))
             .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last);
-        let hand_back = {
-            let mut seen_in_term = group.hand_back_seen_in_term.lock();
-            let second_sighting = caught_up && *seen_in_term == Some(metrics.current_term);
-            *seen_in_term = (caught_up && !second_sighting).then_some(metrics.current_term);
-            second_sighting
-        };
-        if hand_back {
+        if group.preferred_caught_up_again(caught_up, metrics.current_term) {
             tracing::debug!(
                 group = group.id,
                 to = preferred,
@@ -1110,8 +1061,7 @@ impl Node {
 
     pub async fn shutdown(&self) {
         self.shutdown_tx.send_replace(true);
-        let ids: Vec<GroupId> = self.groups.read().keys().copied().collect();
-        for id in ids {
+        for id in self.groups.ids() {
             self.stop_group(id, false).await;
         }
     }

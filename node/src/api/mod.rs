@@ -6,7 +6,6 @@
 pub mod authenticate_first;
 pub mod forwarded;
 pub mod grpc;
-pub mod proposal_order;
 pub mod read;
 pub mod schema;
 pub mod service;
@@ -15,10 +14,9 @@ use std::time::Duration;
 
 use openraft::error::ClientWriteError;
 use openraft::raft::responder::ProgressResponder;
-pub use proposal_order::ProposalOrder;
 
+use crate::group::Group;
 use crate::model::TopicName;
-use crate::node::Group;
 use crate::node::Node;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
@@ -145,7 +143,7 @@ impl Node {
 
     /// Proposes a partition command. An idempotent producer's batch is
     /// proposed only after the producer's earlier batches (see
-    /// [`ProposalOrder`]), waiting at most `PROPOSAL_ORDER_WAIT`.
+    /// [`crate::group::ProposalOrder`]), waiting at most `PROPOSAL_ORDER_WAIT`.
     pub async fn write_partition(
         &self,
         group: &Group,

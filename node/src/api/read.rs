@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use openraft::EntryPayload;
 
-use crate::node::Group;
+use crate::group::Group;
 use crate::raft::batch::BatchError;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 
-use crate::node::Group;
+use crate::group::Group;
 use crate::raft::network::PeerPool;
 use crate::raft::types::GroupId;
 use crate::raft::types::META_GROUP;

@@ -26,7 +26,7 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-use crate::node::Group;
+use crate::group::Group;
 use crate::node::Node;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::TypeConfig;
@@ -188,7 +188,7 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<LogRangeReply>, Status> {
         let request = request.into_inner();
         let query = crate::raft::log_range::query_of(&request);
-        let answer = crate::backfill::serve_log_range(&self.node, &query)
+        let answer = crate::backfill::serve_log_range(self.node.hosted_groups(), &query)
             .await
             .map_err(|e| crate::raft::log_range::status_of(&e))?;
         Ok(Response::new(crate::raft::log_range::reply_of(

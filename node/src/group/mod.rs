@@ -1,0 +1,162 @@
+//! One Raft group hosted on this node, and the registry of them.
+//!
+//! A group is its openraft instance, the state readers see, and what its
+//! leader keeps between requests. This module names nothing above the state
+//! machines, so Raft's transport and quiescence can find groups without
+//! reaching for the node.
+
+pub mod proposal_order;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use openraft::async_runtime::WatchReceiver;
+use parking_lot::Mutex;
+use parking_lot::RwLock;
+pub use proposal_order::ProposalOrder;
+use tokio::sync::watch;
+
+use crate::raft::types::GroupId;
+use crate::raft::types::META_GROUP;
+use crate::raft::types::MetaState;
+use crate::raft::types::NodeId;
+use crate::raft::types::Raft;
+use crate::state_machine::GroupData;
+use crate::state_machine::GroupShared;
+
+/// One Raft group hosted on this node.
+#[derive(Debug)]
+pub struct Group {
+    pub id: GroupId,
+    pub raft: Raft,
+    pub state: Arc<GroupShared>,
+    /// The term in which this node, leading for another preferred replica,
+    /// last saw that replica caught up (see `hand_back_to_preferred_leader`).
+    hand_back_seen_in_term: Mutex<Option<u64>>,
+    /// Orders idempotent producers' batches before they are proposed.
+    pub proposal_order: ProposalOrder,
+    /// Stops the group's backfill task (`backfill.rs`).
+    pub backfill: BackfillStop,
+}
+
+impl Group {
+    pub fn new(id: GroupId, raft: Raft, state: Arc<GroupShared>) -> Group {
+        Group {
+            id,
+            raft,
+            state,
+            hand_back_seen_in_term: Mutex::new(None),
+            proposal_order: ProposalOrder::default(),
+            backfill: BackfillStop::default(),
+        }
+    }
+
+    /// The leader this node currently believes in, with its gRPC address.
+    /// Every routed request asks this, so it reads the metrics in place
+    /// rather than cloning them (membership and replication maps included).
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow_watched();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, addr))
+    }
+
+    /// Records whether this node, leading in `term`, saw the preferred
+    /// replica caught up; true on the second sighting in one term, when
+    /// leadership may be handed back (see `hand_back_to_preferred_leader`).
+    pub fn preferred_caught_up_again(&self, caught_up: bool, term: u64) -> bool {
+        let mut seen_in_term = self.hand_back_seen_in_term.lock();
+        let second_sighting = caught_up && *seen_in_term == Some(term);
+        *seen_in_term = (caught_up && !second_sighting).then_some(term);
+        second_sighting
+    }
+}
+
+/// Stops a group's backfill task; held by the group.
+#[derive(Debug)]
+pub struct BackfillStop {
+    tx: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Default for BackfillStop {
+    fn default() -> Self {
+        BackfillStop {
+            tx: watch::Sender::new(false),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl BackfillStop {
+    /// Starts the backfill task with the signal to stop on, and keeps the
+    /// task so that `stop` can wait for it.
+    pub fn start(&self, start: impl FnOnce(watch::Receiver<bool>) -> tokio::task::JoinHandle<()>) {
+        let task = start(self.tx.subscribe());
+        *self.task.lock() = Some(task);
+    }
+
+    /// Stops the task and waits until it has ended, so that it writes
+    /// nothing into a group whose data is deleted next.
+    pub async fn stop(&self) {
+        self.tx.send_replace(true);
+        let task = self.task.lock().take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::warn!(error = %e, "backfill task ended abnormally");
+        }
+    }
+}
+
+/// The groups this node hosts, by id: the metadata group and the partition
+/// groups the metadata places here.
+#[derive(Debug, Default)]
+pub struct HostedGroups {
+    groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+}
+
+impl HostedGroups {
+    pub fn get(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.read().get(&id).cloned()
+    }
+
+    /// Every hosted group, in id order.
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        let mut groups: Vec<_> = self.groups.read().values().cloned().collect();
+        groups.sort_by_key(|g| g.id);
+        groups
+    }
+
+    pub fn ids(&self) -> Vec<GroupId> {
+        self.groups.read().keys().copied().collect()
+    }
+
+    pub fn insert(&self, group: Arc<Group>) {
+        self.groups.write().insert(group.id, group);
+    }
+
+    pub fn remove(&self, id: GroupId) -> Option<Arc<Group>> {
+        self.groups.write().remove(&id)
+    }
+
+    pub fn meta(&self) -> Option<Arc<Group>> {
+        self.get(META_GROUP)
+    }
+
+    /// This node's copy of the metadata: committed, possibly a little stale.
+    /// Reads this node's metadata in place: request paths use this to look
+    /// one thing up without copying every topic and token.
+    pub fn with_metadata<T>(&self, f: impl FnOnce(&MetaState) -> T) -> Option<T> {
+        self.meta()?.state.read(|inner| match &inner.data {
+            GroupData::Meta(m) => Some(f(m)),
+            GroupData::Partition(_) => None,
+        })
+    }
+}
