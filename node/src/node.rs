@@ -16,18 +16,21 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
-use crate::api::WriteError;
 use crate::api::schema::SchemaCache;
 use crate::clock::ClockCheck;
 use crate::config::NodeConfig;
 use crate::disk::DiskSpace;
 use crate::group::Group;
 use crate::group::HostedGroups;
+use crate::group::write::WriteError;
+use crate::group::write::WritePath;
 use crate::identity::Identity;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::quiesce::QuiesceTimings;
 use crate::raft::quiesce::Quiescer;
+use crate::raft::types::Command;
+use crate::raft::types::CommandResponse;
 use crate::raft::types::GroupId;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
@@ -175,7 +178,7 @@ pub struct Node {
     /// `max_subscriptions`).
     pub read_slots: ReadSlots,
     /// Free space on the data directory's disk, checked every second.
-    pub disk: DiskSpace,
+    pub disk: Arc<DiskSpace>,
     /// Whether this node's clock may expire messages by age.
     pub clock: ClockCheck,
     /// Where the node reads the time for its own decisions (`time.rs`).
@@ -193,6 +196,8 @@ pub struct Node {
     groups: HostedGroups,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
     quiescer: Option<Arc<Quiescer>>,
+    /// How this node's groups take writes.
+    writes: WritePath,
     /// What the partition groups' backfill tasks share (`backfill.rs`).
     backfills: crate::backfill::Backfills,
     /// Round-robin cursor for publishes with neither key nor partition.
@@ -222,7 +227,10 @@ impl Node {
             time.clone(),
         );
         // Measured first when its loop starts, right after the storage opens.
-        let disk = DiskSpace::new(&config.data_dir, config.limits.min_free_disk_bytes);
+        let disk = Arc::new(DiskSpace::new(
+            &config.data_dir,
+            config.limits.min_free_disk_bytes,
+        ));
         let peer_tls = config
             .peer_tls
             .as_ref()
@@ -281,9 +289,15 @@ impl Node {
                 time.clone(),
             )
         });
+        let writes = WritePath::new(
+            disk.clone(),
+            quiescer.clone(),
+            Duration::from_millis(config.limits.write_timeout_ms),
+        );
         let node = Arc::new(Node {
             backfills: crate::backfill::Backfills::new(config.node_id, pool.clone()),
             quiescer,
+            writes,
             config,
             storage,
             pool,
@@ -407,6 +421,24 @@ impl Node {
             }
         }
         None
+    }
+
+    /// See [`WritePath::write`].
+    pub async fn write(
+        &self,
+        group: &Group,
+        command: Command,
+    ) -> Result<CommandResponse, WriteError> {
+        self.writes.write(group, command).await
+    }
+
+    /// See [`WritePath::write_partition`].
+    pub async fn write_partition(
+        &self,
+        group: &Group,
+        command: PartitionCommand,
+    ) -> Result<CommandResponse, WriteError> {
+        self.writes.write_partition(group, command).await
     }
 
     pub fn next_round_robin(&self) -> u64 {

@@ -3,9 +3,11 @@
 //! A group is its openraft instance, the state readers see, and what its
 //! leader keeps between requests. This module names nothing above the state
 //! machines, so Raft's transport and quiescence can find groups without
-//! reaching for the node.
+//! reaching for the node; the write path (`write.rs`) wakes quiesced
+//! leaders, and so sits above Raft.
 
 pub mod proposal_order;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;

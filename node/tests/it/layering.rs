@@ -53,7 +53,7 @@ const LAYERS: &[&[&str]] = &[
         "raft::log_range",
     ],
     // What a group needs to take writes and serve reads.
-    &["api::read", "api::schema", "backfill"],
+    &["group::write", "api::read", "api::schema", "backfill"],
     &["node"],
     // Services over the node.
     &["auth", "ingest"],
@@ -76,9 +76,7 @@ const ALLOWED_BACK_EDGES: &[(&str, &str)] = &[
     ("raft::transport", "node"),
     ("raft::transport", "backfill"),
     ("raft::log_range", "backfill"),
-    // The node names the write path's types (in api/mod.rs) and hashes
-    // its bootstrap token with auth.
-    ("node", "api"),
+    // The node hashes its bootstrap token with auth.
     ("node", "auth"),
 ];
 

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use raftstream_proto::ErrorCode;
 
-use crate::api::WriteError;
 use crate::api::forwarded::note_forwarded;
 use crate::api::read::ReadBatch;
 use crate::api::read::ReadError;
@@ -29,6 +28,7 @@ use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_MESSAGES;
 use crate::config::MAX_WAIT_MS;
 use crate::group::Group;
+use crate::group::write::WriteError;
 use crate::model::TopicName;
 use crate::node::Node;
 use crate::raft::batch::BatchError;
