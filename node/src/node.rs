@@ -29,6 +29,7 @@ use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::quiesce::QuiesceTimings;
 use crate::raft::quiesce::Quiescer;
+use crate::raft::transport::TransportHost;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::GroupId;
@@ -338,11 +339,6 @@ impl Node {
     /// Every group this node hosts, in id order.
     pub fn groups(&self) -> Vec<Arc<Group>> {
         self.groups.all()
-    }
-
-    /// The registry of the groups this node hosts.
-    pub fn hosted_groups(&self) -> &HostedGroups {
-        &self.groups
     }
 
     pub fn meta_group(&self) -> Option<Arc<Group>> {
@@ -718,22 +714,6 @@ impl Node {
         }
     }
 
-    /// Notes the incarnation a peer's node heartbeat shows; a new one means
-    /// the peer started on an empty data directory since its last heartbeat.
-    pub async fn note_peer_incarnation(&self, peer: NodeId, incarnation: u64) {
-        if incarnation == 0 {
-            return;
-        }
-        let before = self.peer_incarnations.lock().insert(peer, incarnation);
-        if before.is_some_and(|before| before != incarnation) {
-            tracing::warn!(
-                peer,
-                "node {peer} restarted on an empty data directory: it votes again once caught up"
-            );
-            self.allow_log_reversion_of(peer).await;
-        }
-    }
-
     /// A leader whose follower lost its log finds entries it counted as
     /// replicated there gone. openraft treats that as a bug (a debug
     /// assertion) unless told once per follower that it is expected; the
@@ -1095,6 +1075,40 @@ impl Node {
         self.shutdown_tx.send_replace(true);
         for id in self.groups.ids() {
             self.stop_group(id, false).await;
+        }
+    }
+}
+
+impl TransportHost for Node {
+    fn hosted_groups(&self) -> &HostedGroups {
+        &self.groups
+    }
+
+    fn rejoin(&self) -> &Rejoin {
+        &self.rejoin
+    }
+
+    fn quiescer(&self) -> Option<&Arc<Quiescer>> {
+        self.quiescer.as_ref()
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.time.now_ms()
+    }
+
+    /// Notes the incarnation a peer's node heartbeat shows; a new one means
+    /// the peer started on an empty data directory since its last heartbeat.
+    async fn note_peer_incarnation(&self, peer: NodeId, incarnation: u64) {
+        if incarnation == 0 {
+            return;
+        }
+        let before = self.peer_incarnations.lock().insert(peer, incarnation);
+        if before.is_some_and(|before| before != incarnation) {
+            tracing::warn!(
+                peer,
+                "node {peer} restarted on an empty data directory: it votes again once caught up"
+            );
+            self.allow_log_reversion_of(peer).await;
         }
     }
 }

@@ -3,6 +3,7 @@
 //! groups (and for one group) are served concurrently by tonic, and so are
 //! the messages of one `AppendEntriesBatch`, which is answered once all are.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -27,31 +28,71 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::group::Group;
-use crate::node::Node;
+use crate::group::HostedGroups;
+use crate::raft::quiesce::Quiescer;
+use crate::raft::types::NodeId;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
+use crate::rejoin::Rejoin;
 
-#[derive(Debug, Clone)]
-pub struct TransportService {
-    node: Arc<Node>,
+/// What the transport server needs of the node that hosts it: its groups,
+/// and the node-wide state that peers' messages consult or update. The
+/// node implements it; the transport sees nothing else of the node.
+pub trait TransportHost: std::fmt::Debug + Send + Sync + 'static {
+    fn hosted_groups(&self) -> &HostedGroups;
+
+    /// Caution after an empty start: which groups may not vote or take
+    /// appends yet.
+    fn rejoin(&self) -> &Rejoin;
+
+    /// `None` when quiescence is off.
+    fn quiescer(&self) -> Option<&Arc<Quiescer>>;
+
+    /// The node's wall clock, which a peer measures its own against.
+    fn now_ms(&self) -> i64;
+
+    /// Notes the incarnation a peer's node heartbeat shows, before the
+    /// heartbeat is answered.
+    fn note_peer_incarnation(
+        &self,
+        peer: NodeId,
+        incarnation: u64,
+    ) -> impl Future<Output = ()> + Send;
 }
 
-impl TransportService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+#[derive(Debug)]
+pub struct TransportService<H> {
+    host: Arc<H>,
+}
+
+impl<H> Clone for TransportService<H> {
+    fn clone(&self) -> Self {
+        Self {
+            host: self.host.clone(),
+        }
+    }
+}
+
+impl<H: TransportHost> TransportService<H> {
+    pub fn new(host: Arc<H>) -> Self {
+        Self { host }
     }
 
     fn decode<T: DeserializeOwned>(
         &self,
         message: &RaftMessage,
     ) -> Result<(Arc<Group>, T), Status> {
-        let group = self.node.group(message.group_id).ok_or_else(|| {
-            Status::not_found(format!(
-                "group {} is not hosted here (yet)",
-                message.group_id
-            ))
-        })?;
+        let group = self
+            .host
+            .hosted_groups()
+            .get(message.group_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "group {} is not hosted here (yet)",
+                    message.group_id
+                ))
+            })?;
         let request = bincode::deserialize(&message.payload)
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
         Ok((group, request))
@@ -60,13 +101,13 @@ impl TransportService {
     async fn append_one(&self, message: RaftMessage) -> Result<RaftMessage, Status> {
         let (group, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.decode(&message)?;
         let term = rpc.vote.leader_id().term();
-        self.node
-            .rejoin
+        self.host
+            .rejoin()
             .may_append(message.group_id, term)
             .map_err(|refused| {
                 Status::unavailable(format!("group {}: {refused}", message.group_id))
             })?;
-        self.node.rejoin.on_append(
+        self.host.rejoin().on_append(
             message.group_id,
             rpc.leader_commit.as_ref().map(|c| c.index),
         );
@@ -76,7 +117,7 @@ impl TransportService {
     /// A replica that lost its data votes, and takes leadership, only once
     /// it has caught up (`rejoin.rs`).
     fn refuse_if_cautious(&self, group_id: u64) -> Result<(), Status> {
-        if self.node.rejoin.is_cautious(group_id) {
+        if self.host.rejoin().is_cautious(group_id) {
             return Err(Status::unavailable(format!(
                 "group {group_id}: this replica started with an empty data directory and is \
                  catching up; it votes once it has"
@@ -99,7 +140,7 @@ fn reply<T: Serialize, E: std::fmt::Display>(
 }
 
 #[tonic::async_trait]
-impl RaftTransport for TransportService {
+impl<H: TransportHost> RaftTransport for TransportService<H> {
     async fn append_entries(
         &self,
         request: Request<RaftMessage>,
@@ -188,7 +229,7 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<LogRangeReply>, Status> {
         let request = request.into_inner();
         let query = crate::raft::log_range::query_of(&request);
-        let answer = crate::backfill::serve_log_range(self.node.hosted_groups(), &query)
+        let answer = crate::backfill::serve_log_range(self.host.hosted_groups(), &query)
             .await
             .map_err(|e| crate::raft::log_range::status_of(&e))?;
         Ok(Response::new(crate::raft::log_range::reply_of(
@@ -201,33 +242,35 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<NodeHeartbeatRequest>,
     ) -> Result<Response<NodeHeartbeatReply>, Status> {
-        if let Some(quiescer) = self.node.quiescer() {
+        if let Some(quiescer) = self.host.quiescer() {
             quiescer.on_heartbeat(request.get_ref());
         }
         let beat = request.get_ref();
-        self.node
+        self.host
             .note_peer_incarnation(beat.from, beat.incarnation)
             .await;
         // A node that is stopping, or whose storage failed, has no metadata
         // to tell from: it must not pass for a node of a new cluster.
         let cluster_formed = self
-            .node
+            .host
+            .hosted_groups()
             .with_metadata(|m| m.cluster_secret.is_some())
             .ok_or_else(|| Status::unavailable("this node is stopping"))?;
         let group_terms = beat
             .terms_wanted
             .iter()
-            .filter(|group| !self.node.rejoin.is_cautious(**group))
+            .filter(|group| !self.host.rejoin().is_cautious(**group))
             .map(|group| {
                 let term = self
-                    .node
-                    .group(*group)
+                    .host
+                    .hosted_groups()
+                    .get(*group)
                     .map_or(0, |g| g.raft.metrics().borrow_watched().current_term);
                 (*group, term)
             })
             .collect();
         Ok(Response::new(NodeHeartbeatReply {
-            now_ms: self.node.time.now_ms(),
+            now_ms: self.host.now_ms(),
             cluster_formed,
             group_terms,
         }))
