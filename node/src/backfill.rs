@@ -25,7 +25,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use openraft::EntryPayload;
 use openraft::async_runtime::WatchReceiver;
 use rand::Rng;
@@ -33,7 +32,9 @@ use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
 use crate::group::Group;
-use crate::group::HostedGroups;
+use crate::raft::log_range::CHUNK_BYTES;
+use crate::raft::log_range::LogRangeAnswer;
+use crate::raft::log_range::LogRangeQuery;
 use crate::raft::network::PeerPool;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;
@@ -49,14 +50,6 @@ use crate::state_machine::GroupShared;
 use crate::state_machine::partition::BatchIndex;
 use crate::storage::LogStore;
 use crate::storage::StorageError;
-use crate::storage::TailEnd;
-
-/// Bytes of entries one `ReadLogRange` answer carries at most, beyond a
-/// single entry larger than that (which is still sent, so a chunk always
-/// progresses). One entry is at most a publish batch and its framing, which
-/// fits the peer message limit like an AppendEntries call of one entry; with
-/// the default limits an answer stays under 12 MiB of the 256 MiB allowed.
-pub const CHUNK_BYTES: u64 = 8 << 20;
 
 /// How long a peer gets to answer one `ReadLogRange` call.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,105 +66,6 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Plans made again at once, without waiting, after the state changed
 /// under a chunk's write.
 const REPLANS_AT_ONCE: u32 = 3;
-
-/// What a `ReadLogRange` call asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogRangeQuery {
-    pub group_id: GroupId,
-    /// The entries `first_index ..= last_index`.
-    pub first_index: u64,
-    pub last_index: u64,
-    pub max_bytes: u64,
-}
-
-/// What a `ReadLogRange` call answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogRangeAnswer {
-    /// The newest entries of the range the node holds, oldest first, in the
-    /// log's stored format: consecutive and ending at the range's last index;
-    /// empty when the node does not hold that one.
-    pub entries: Vec<Bytes>,
-    /// Non-zero: the node does not hold the entries of the range below this
-    /// index (purged by retention, or spanned by a snapshot it installed).
-    pub missing_below: u64,
-}
-
-/// Why a node does not answer a `ReadLogRange` call.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("group {0} is not hosted here")]
-    NotHosted(GroupId),
-    #[error("group {0} is not a partition: only partition logs are served")]
-    NotAPartition(GroupId),
-    #[error("entries {first}..={last} are not a range")]
-    EmptyRange { first: u64, last: u64 },
-    #[error("group {group}: entry {last} is not applied here yet (applied up to {applied:?})")]
-    NotApplied {
-        group: GroupId,
-        last: u64,
-        applied: Option<u64>,
-    },
-    #[error("reading the log: {0}")]
-    Storage(#[from] StorageError),
-    #[error("the log read was cancelled: {0}")]
-    Cancelled(String),
-}
-
-/// Answers a `ReadLogRange` call from this node's own log: committed
-/// entries only (applied here), and only those this replica holds itself
-/// (at or above its `local_first_log_index`).
-pub async fn serve_log_range(
-    groups: &HostedGroups,
-    query: &LogRangeQuery,
-) -> Result<LogRangeAnswer, ServeError> {
-    let group_id = query.group_id;
-    if group_id == META_GROUP {
-        return Err(ServeError::NotAPartition(group_id));
-    }
-    let (first, last) = (query.first_index, query.last_index);
-    if first > last {
-        return Err(ServeError::EmptyRange { first, last });
-    }
-    let group = groups
-        .get(group_id)
-        .ok_or(ServeError::NotHosted(group_id))?;
-    let (local_first, applied) = group.state.read(|inner| {
-        (
-            inner.local_first_log_index,
-            inner.last_applied.as_ref().map(|id| id.index),
-        )
-    });
-    if applied.is_none_or(|applied| applied < last) {
-        return Err(ServeError::NotApplied {
-            group: group_id,
-            last,
-            applied,
-        });
-    }
-    if last < local_first {
-        return Ok(LogRangeAnswer {
-            entries: Vec::new(),
-            missing_below: last.saturating_add(1),
-        });
-    }
-    let floor = first.max(local_first);
-    let max_bytes = usize::try_from(query.max_bytes.clamp(1, CHUNK_BYTES)).unwrap_or(usize::MAX);
-    let log_store = group.state.storage().log_store::<TypeConfig>(group_id);
-    // Up to a chunk of entries, possibly from blob files on disk: off the
-    // async workers.
-    let tail = tokio::task::spawn_blocking(move || log_store.read_tail(floor, last, max_bytes))
-        .await
-        .map_err(|e| ServeError::Cancelled(e.to_string()))??;
-    let missing_below = match tail.end {
-        TailEnd::ReachedFirst if floor > first => floor,
-        TailEnd::ReachedFirst | TailEnd::Budget => 0,
-        TailEnd::Missing(index) => index.saturating_add(1),
-    };
-    Ok(LogRangeAnswer {
-        entries: tail.entries.into_iter().map(Bytes::from).collect(),
-        missing_below,
-    })
-}
 
 /// The backfill tasks of one node, and what they share.
 #[derive(Debug, Clone)]

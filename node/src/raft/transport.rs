@@ -229,7 +229,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
     ) -> Result<Response<LogRangeReply>, Status> {
         let request = request.into_inner();
         let query = crate::raft::log_range::query_of(&request);
-        let answer = crate::backfill::serve_log_range(self.host.hosted_groups(), &query)
+        let answer = crate::raft::log_range::serve_log_range(self.host.hosted_groups(), &query)
             .await
             .map_err(|e| crate::raft::log_range::status_of(&e))?;
         Ok(Response::new(crate::raft::log_range::reply_of(

@@ -278,7 +278,7 @@ async fn retained_messages_larger_than_a_chunk_are_fetched_in_several() {
     let value_len = 512 << 10;
     let kept = 36;
     // Three chunks at least.
-    assert!(kept * value_len as u64 > 2 * raftstream_node::backfill::CHUNK_BYTES);
+    assert!(kept * value_len as u64 > 2 * raftstream_node::raft::log_range::CHUNK_BYTES);
     let wiped = wipe_a_follower_after_retention(40, kept, value_len).await;
     assert_served_locally(&wiped, 4, 40, value_len).await;
     wiped.cluster.shutdown().await;

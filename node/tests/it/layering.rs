@@ -71,10 +71,6 @@ const LAYERS: &[&[&str]] = &[
 const ALLOWED_BACK_EDGES: &[(&str, &str)] = &[
     // The domain model names the state machine in the `Raft` alias.
     ("raft::types", "state_machine"),
-    // Raft's transport serves backfill's log ranges, and the log-range RPC
-    // names their answer types.
-    ("raft::transport", "backfill"),
-    ("raft::log_range", "backfill"),
     // The node hashes its bootstrap token with auth.
     ("node", "auth"),
 ];
