@@ -193,6 +193,15 @@ pub struct Limits {
     pub max_clock_offset_ms: u64,
 }
 
+impl Limits {
+    /// How long a call forwarded to another node may take: the write
+    /// timeout there, and a margin for the hop, so that the other node
+    /// answers an unknown outcome before the forward gives up on it.
+    pub fn forward_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.write_timeout_ms + 2_000)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

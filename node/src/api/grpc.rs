@@ -268,10 +268,17 @@ fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
     }
 }
 
+/// `name` on the wire; the inverse of `topic_name`.
+fn topic_ref_to_pb(name: &TopicName) -> pb::TopicRef {
+    let topic = match name {
+        TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
+        TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
+    };
+    pb::TopicRef { topic: Some(topic) }
+}
+
 fn topic_by_id(topic_id: u64) -> Option<pb::TopicRef> {
-    Some(pb::TopicRef {
-        topic: Some(pb::topic_ref::Topic::Id(topic_id)),
-    })
+    Some(topic_ref_to_pb(&TopicName::Id(topic_id)))
 }
 
 fn retention_from_pb(r: Option<&pb::RetentionPolicy>) -> RetentionPolicy {
@@ -944,7 +951,7 @@ impl Raftstream for ClientService {
         let asks = peers.iter().map(|(id, addr)| async move {
             let request = self.peers.forwarded(
                 pb::ClusterStatusRequest {},
-                LOCAL_ONLY,
+                Hops::LOCAL_ONLY,
                 Duration::from_secs(2),
             );
             let answer = match self.peers.client(addr) {
@@ -1084,7 +1091,6 @@ mod ingest;
 mod peers;
 
 use self::peers::GrpcPeers;
-use self::peers::LOCAL_ONLY;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -13,13 +13,6 @@ use crate::api::service::OffsetCommit;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
 
-/// What a call to another node that must answer from its own replicas
-/// says about forwarding.
-pub(super) const LOCAL_ONLY: Hops = Hops {
-    count: 0,
-    local_only: true,
-};
-
 /// Calls to other nodes' peer listeners, signed with the node credential.
 #[derive(Debug)]
 pub(crate) struct GrpcPeers {
@@ -73,7 +66,7 @@ impl GrpcPeers {
     }
 
     fn forward_timeout(&self) -> Duration {
-        Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
+        self.node.config.limits.forward_timeout()
     }
 
     /// Sends `message` through `client` with `send` and returns the other
@@ -209,11 +202,7 @@ impl Peers for GrpcPeers {
         hops: Hops,
     ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
         Box::pin(async move {
-            let topic = match name {
-                TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
-                TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
-            };
-            let message = pb::TopicRef { topic: Some(topic) };
+            let message = topic_ref_to_pb(name);
             peer_call!(self, addr, hops, get_topic, message)
                 .await
                 .map(topic_from_pb)
@@ -270,9 +259,7 @@ impl Peers for GrpcPeers {
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>> {
         Box::pin(async move {
-            let message = pb::TopicRef {
-                topic: Some(pb::topic_ref::Topic::Id(topic_id)),
-            };
+            let message = topic_ref_to_pb(&TopicName::Id(topic_id));
             peer_call!(self, addr, hops, delete_topic, message)
                 .await
                 .map(|_| ())
@@ -332,14 +319,10 @@ impl Peers for GrpcPeers {
         hops: Hops,
     ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>> {
         Box::pin(async move {
-            let topic = match &new.topic {
-                TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
-                TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
-            };
             let message = pb::CreateSourceRequest {
                 name: new.name.clone(),
                 source_type: new.kind.as_str().to_string(),
-                topic: Some(pb::TopicRef { topic: Some(topic) }),
+                topic: Some(topic_ref_to_pb(&new.topic)),
                 hmac_secret: new.hmac_secret.clone(),
                 tenant_id: new.tenant_id.clone(),
             };

@@ -237,13 +237,9 @@ impl Service {
         match self.route(topic.group_id(partition), &replicas, hops).await {
             Ok(Route::Local(group)) => Some(local_stats(&group, &source.id)),
             Ok(Route::Forward(addr)) => {
-                let local_only = Hops {
-                    count: 0,
-                    local_only: true,
-                };
                 let remote = self
                     .peers
-                    .get_source(&addr, &source.id, local_only)
+                    .get_source(&addr, &source.id, Hops::LOCAL_ONLY)
                     .await
                     .ok()?;
                 (remote.status != SourceStatus::Unknown).then_some(SourceStats {

@@ -302,6 +302,12 @@ pub struct Hops {
 }
 
 impl Hops {
+    /// A call asking another node to answer from its own replicas.
+    pub const LOCAL_ONLY: Hops = Hops {
+        count: 0,
+        local_only: true,
+    };
+
     fn can_forward(&self) -> bool {
         !self.local_only && self.count < MAX_HOPS
     }
@@ -596,7 +602,7 @@ impl Service {
     }
 
     pub fn forward_timeout(&self) -> Duration {
-        Duration::from_millis(self.node.config.limits.write_timeout_ms + 2_000)
+        self.node.config.limits.forward_timeout()
     }
 
     /// Decides where work for `group_id` (with these replicas) is done. A
@@ -1101,10 +1107,6 @@ impl Service {
         read: PeerRead,
     ) -> Result<Page, ServiceError> {
         let mut last = ServiceError::unavailable("no replica holds these messages");
-        let local_only = Hops {
-            count: 0,
-            local_only: true,
-        };
         for replica in replicas.iter().filter(|id| **id != self.node.id()) {
             let Some(addr) = self.node.config.peers.get(replica) else {
                 continue;
@@ -1113,7 +1115,7 @@ impl Service {
                 wait_ms: 0,
                 ..read.clone()
             };
-            match self.peers.consume(addr, read, local_only).await {
+            match self.peers.consume(addr, read, Hops::LOCAL_ONLY).await {
                 Ok(page) => return Ok(page),
                 Err(e) => last = e,
             }
