@@ -11,8 +11,8 @@ use sha2::Digest;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::group::HostedGroups;
 use crate::model::TopicName;
-use crate::node::Node;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::Scope;
@@ -176,12 +176,12 @@ pub const ACCESS_RECHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// against it, so revoking a token ends them within a second rather than
 /// when they would have ended anyway. Only memory is read, never storage.
 pub async fn access_lost(
-    node: &Node,
+    groups: &HostedGroups,
     token_id: u64,
     scope: Scope,
     topic_id: Option<u64>,
 ) -> AccessLost {
-    let Some(meta) = node.meta_group() else {
+    let Some(meta) = groups.meta() else {
         return AccessLost::NodeStopping;
     };
     let mut changes = meta.state.subscribe();
@@ -189,7 +189,7 @@ pub async fn access_lost(
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         changes.borrow_and_update();
-        let verdict = node.with_metadata(|m| {
+        let verdict = groups.with_metadata(|m| {
             still_allowed(m, token_id, scope, topic_id)
                 .map(|_| ())
                 .err()

@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
 use crate::group::Group;
+use crate::group::Raft;
 use crate::raft::log_range::CHUNK_BYTES;
 use crate::raft::log_range::LogRangeAnswer;
 use crate::raft::log_range::LogRangeQuery;
@@ -43,7 +44,6 @@ use crate::raft::types::LogId;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::NodeId;
 use crate::raft::types::PartitionCommand;
-use crate::raft::types::Raft;
 use crate::raft::types::TypeConfig;
 use crate::state_machine::GroupData;
 use crate::state_machine::GroupShared;

@@ -22,6 +22,7 @@ use crate::config::NodeConfig;
 use crate::disk::DiskSpace;
 use crate::group::Group;
 use crate::group::HostedGroups;
+use crate::group::Raft;
 use crate::group::write::WriteError;
 use crate::group::write::WritePath;
 use crate::identity::Identity;
@@ -39,7 +40,6 @@ use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::NodeId;
 use crate::raft::types::PartitionCommand;
-use crate::raft::types::Raft;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 use crate::rejoin::Rejoin;
@@ -339,6 +339,12 @@ impl Node {
     /// Every group this node hosts, in id order.
     pub fn groups(&self) -> Vec<Arc<Group>> {
         self.groups.all()
+    }
+
+    /// The groups this node hosts, for code below the node that only
+    /// needs to find them.
+    pub fn hosted_groups(&self) -> &HostedGroups {
+        &self.groups
     }
 
     pub fn meta_group(&self) -> Option<Arc<Group>> {

@@ -116,7 +116,8 @@ impl AdmittedToken {
     /// use `scope` on topic `topic_id`.
     pub async fn access_lost(self, gateway: &Gateway, scope: Scope, topic_id: u64) -> ApiError {
         access_lost_error(
-            crate::auth::access_lost(&gateway.node, self.0, scope, Some(topic_id)).await,
+            crate::auth::access_lost(gateway.node.hosted_groups(), self.0, scope, Some(topic_id))
+                .await,
         )
     }
 }

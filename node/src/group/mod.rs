@@ -22,9 +22,14 @@ use crate::raft::types::GroupId;
 use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaState;
 use crate::raft::types::NodeId;
-use crate::raft::types::Raft;
+use crate::raft::types::TypeConfig;
 use crate::state_machine::GroupData;
 use crate::state_machine::GroupShared;
+use crate::state_machine::GroupStateMachine;
+
+/// The Raft of one group: every group, metadata or partition, runs the
+/// same state machine type (it holds either kind of state).
+pub type Raft = openraft::Raft<TypeConfig, GroupStateMachine>;
 
 /// One Raft group hosted on this node.
 #[derive(Debug)]

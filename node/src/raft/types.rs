@@ -43,7 +43,6 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::GroupStateMachine>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;

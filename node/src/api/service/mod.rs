@@ -285,9 +285,9 @@ impl Caller {
     ) -> ServiceError {
         match self {
             Caller::Node => std::future::pending().await,
-            Caller::Token(token) => {
-                access_lost_error(crate::auth::access_lost(node, token.id, scope, topic_id).await)
-            }
+            Caller::Token(token) => access_lost_error(
+                crate::auth::access_lost(node.hosted_groups(), token.id, scope, topic_id).await,
+            ),
         }
     }
 }
