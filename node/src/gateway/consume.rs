@@ -26,9 +26,12 @@ use super::ErrorBody;
 use super::Shared;
 use super::auth::AdmittedToken;
 use super::error::AuthErrors;
+use super::error::BodyErrors;
 use super::error::ClusterErrors;
+use super::error::NoSuchTopic;
 use super::extract::ApiPath;
 use super::extract::OptionalJsonBody;
+use super::extract::TopicPath;
 use crate::api::read::ReadBatch;
 use crate::api::read::ReadMessage;
 use crate::api::read::StartAt;
@@ -190,7 +193,7 @@ impl ConsumeRequest {
     path = "/api/v1/topics/{topic_id}/consume",
     tag = "consume",
     operation_id = "consume",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     request_body(content = Option<ConsumeRequest>, content_type = "application/json",
         description = "Optional: an empty body, `null` and `{}` all read from the oldest \
             retained message."),
@@ -200,9 +203,8 @@ impl ConsumeRequest {
         (status = 400, description = "`invalid_request`: malformed JSON, a field of the wrong \
             type or out of range, `after_message_id` with `since_time`, or an \
             `after_message_id` naming no message of the topic.", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        NoSuchTopic,
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
     ),
@@ -210,7 +212,7 @@ impl ConsumeRequest {
 )]
 pub async fn consume(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
     Extension(admitted): Extension<AdmittedToken>,
     OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
 ) -> Result<Json<ConsumeResponse>, ApiError> {

@@ -127,77 +127,56 @@ fn error_response(status: StatusCode, description: &str) -> (String, RefOr<opena
     (status.as_u16().to_string(), response.build().into())
 }
 
-/// The errors of every route that needs a bearer token.
-#[derive(Debug)]
-pub struct AuthErrors;
+/// Declares a documented set of error responses: a unit struct whose
+/// `IntoResponses` lists `(status, description)` pairs, each with the
+/// `ErrorBody` schema. Routes name the set instead of repeating its lines.
+macro_rules! error_responses {
+    ($($(#[$doc:meta])* $name:ident { $(($status:ident, $text:expr)),+ $(,)? })+) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
 
-impl IntoResponses for AuthErrors {
-    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        [
-            error_response(
-                StatusCode::UNAUTHORIZED,
-                "`unauthorized`: the bearer token is missing, malformed, unknown or revoked.",
-            ),
-            error_response(
-                StatusCode::FORBIDDEN,
-                "`forbidden`: the token lacks this route's scope, or may not use this topic.",
-            ),
-            error_response(
-                StatusCode::TOO_MANY_REQUESTS,
-                "`rate_limited`: the token's request rate limit is spent.",
-            ),
-        ]
-        .into()
-    }
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
+                [$(error_response(StatusCode::$status, $text)),+].into()
+            }
+        }
+    )+};
 }
 
-/// The errors of every route that calls the cluster.
-#[derive(Debug)]
-pub struct ClusterErrors;
-
-impl IntoResponses for ClusterErrors {
-    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        [
-            error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "`internal`: an unexpected error inside the node.",
-            ),
-            error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "`unavailable`: no leader or no quorum could be reached; retry.",
-            ),
-        ]
-        .into()
+error_responses! {
+    /// The errors of every route that needs a bearer token.
+    AuthErrors {
+        (UNAUTHORIZED, "`unauthorized`: the bearer token is missing, malformed, unknown or revoked."),
+        (FORBIDDEN, "`forbidden`: the token lacks this route's scope, or may not use this topic."),
+        (TOO_MANY_REQUESTS, "`rate_limited`: the token's request rate limit is spent."),
     }
-}
-
-/// The error of every route with a path parameter that is not a valid
-/// UTF-8 string.
-#[derive(Debug)]
-pub struct PathErrors;
-
-impl IntoResponses for PathErrors {
-    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        [error_response(
-            StatusCode::BAD_REQUEST,
-            "`invalid_request`: the path does not decode as UTF-8.",
-        )]
-        .into()
+    /// The errors of every route that calls the cluster.
+    ClusterErrors {
+        (INTERNAL_SERVER_ERROR, "`internal`: an unexpected error inside the node."),
+        (SERVICE_UNAVAILABLE, "`unavailable`: no leader or no quorum could be reached; retry."),
     }
-}
-
-/// The error of every write: its outcome is unknown.
-#[derive(Debug)]
-pub struct WriteErrors;
-
-impl IntoResponses for WriteErrors {
-    fn responses() -> BTreeMap<String, RefOr<openapi::Response>> {
-        [error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            "`outcome_unknown`: the write timed out or met a leader change; it may still \
-             commit, so a retry can duplicate it.",
-        )]
-        .into()
+    /// The error of every route with a path parameter that is not a valid
+    /// UTF-8 string.
+    PathErrors {
+        (BAD_REQUEST, "`invalid_request`: the path does not decode as UTF-8."),
+    }
+    /// The error of every write: its outcome is unknown.
+    WriteErrors {
+        (GATEWAY_TIMEOUT, "`outcome_unknown`: the write timed out or met a leader change; it may \
+            still commit, so a retry can duplicate it."),
+    }
+    /// The error of every route that takes a body: the gateway's body limit.
+    BodyErrors {
+        (PAYLOAD_TOO_LARGE, "`payload_too_large`: the body exceeds 1 MiB."),
+    }
+    /// The error of every route that names a topic.
+    NoSuchTopic {
+        (NOT_FOUND, "`not_found`: no such topic."),
+    }
+    /// The error of every route that names a webhook source.
+    NoSuchSource {
+        (NOT_FOUND, "`not_found`: no such source."),
     }
 }
 

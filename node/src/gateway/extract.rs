@@ -77,6 +77,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
+/// The `{topic_id}` path parameter: what routes read and what the API
+/// document says of it, in one place.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TopicPath {
+    /// The topic's integer id, or its name.
+    pub topic_id: String,
+}
+
+/// The `{source_id}` path parameter of a webhook source's routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SourcePath {
+    /// The source's id.
+    pub source_id: String,
+}
+
 /// Path parameters; a path that does not decode (say, invalid UTF-8) is a
 /// 400 in our error shape.
 #[derive(Debug)]

@@ -24,12 +24,15 @@ use super::ApiError;
 use super::ErrorBody;
 use super::Shared;
 use super::error::AuthErrors;
+use super::error::BodyErrors;
 use super::error::ClusterErrors;
+use super::error::NoSuchSource;
 use super::error::PathErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::ApiQuery;
 use super::extract::JsonBody;
+use super::extract::SourcePath;
 use super::extract::body_bytes;
 use super::topics::Done;
 use crate::api::service;
@@ -216,8 +219,7 @@ fn with_secret(headers: &HeaderMap, created: service::SourceWithSecret) -> Sourc
         (status = 400, description = "`invalid_request`: malformed JSON or an invalid field, \
             such as an `hmac_secret` shorter than 16 bytes.", body = ErrorBody),
         (status = 404, description = "`not_found`: no topic has this id.", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -275,11 +277,11 @@ pub async fn list(
     path = "/api/ingest/sources/{source_id}",
     tag = "ingest",
     operation_id = "get_source",
-    params(("source_id" = String, Path, description = "The source's id.")),
+    params(SourcePath),
     responses(
         (status = 200, description = "The source.", body = Source),
         PathErrors,
-        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        NoSuchSource,
         AuthErrors,
         ClusterErrors,
     ),
@@ -288,7 +290,7 @@ pub async fn list(
 pub async fn get(
     State(gateway): Shared,
     headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SourcePath { source_id: id }): ApiPath<SourcePath>,
 ) -> Result<Json<Source>, ApiError> {
     let source = gateway
         .core
@@ -303,11 +305,11 @@ pub async fn get(
     path = "/api/ingest/sources/{source_id}",
     tag = "ingest",
     operation_id = "delete_source",
-    params(("source_id" = String, Path, description = "The source's id.")),
+    params(SourcePath),
     responses(
         (status = 200, description = "Deleted.", body = Done),
         PathErrors,
-        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        NoSuchSource,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -316,7 +318,7 @@ pub async fn get(
 )]
 pub async fn delete(
     State(gateway): Shared,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SourcePath { source_id: id }): ApiPath<SourcePath>,
 ) -> Result<Json<Done>, ApiError> {
     gateway
         .core
@@ -331,12 +333,12 @@ pub async fn delete(
     path = "/api/ingest/sources/{source_id}/rotate-secret",
     tag = "ingest",
     operation_id = "rotate_source_secret",
-    params(("source_id" = String, Path, description = "The source's id.")),
+    params(SourcePath),
     responses(
         (status = 200, description = "The source and its new secret, shown this once.",
             body = SourceWithSecret),
         PathErrors,
-        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        NoSuchSource,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -346,7 +348,7 @@ pub async fn delete(
 pub async fn rotate_secret(
     State(gateway): Shared,
     headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(SourcePath { source_id: id }): ApiPath<SourcePath>,
 ) -> Result<Json<SourceWithSecret>, ApiError> {
     let rotated = gateway
         .core
@@ -418,7 +420,7 @@ async fn deliver(
     tag = "webhooks",
     operation_id = "ingest_webhook",
     params(
-        ("source_id" = String, Path, description = "The source's id."),
+        SourcePath,
         ("X-Workato-Signature" = Option<String>, Header,
             description = "Required when the source has an HMAC secret: the hex HMAC-SHA256 \
                 of `\"{timestamp}.{raw body}\"` under it, either as `t=<timestamp>,v1=<hex>` \
@@ -442,11 +444,10 @@ async fn deliver(
         (status = 401, description = "`unauthorized`: a missing or wrong source secret; a \
             missing, malformed or wrong signature; a missing timestamp, or one more than 300 s \
             from the node's clock (a possible replay).", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such source.", body = ErrorBody),
+        NoSuchSource,
         (status = 409, description = "`conflict`: the source's topic was deleted.",
             body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        BodyErrors,
         ClusterErrors,
         WriteErrors,
     ),
@@ -454,7 +455,7 @@ async fn deliver(
 )]
 pub async fn receive(
     State(gateway): Shared,
-    ApiPath(source_id): ApiPath<String>,
+    ApiPath(SourcePath { source_id }): ApiPath<SourcePath>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
@@ -502,8 +503,7 @@ fn is_credential(name: &str) -> bool {
         (status = 404, description = "`not_found`: no such flow.", body = ErrorBody),
         (status = 409, description = "`conflict`: the flow's topic was deleted.",
             body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        BodyErrors,
         ClusterErrors,
         WriteErrors,
     ),

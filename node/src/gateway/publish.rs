@@ -18,10 +18,13 @@ use super::ErrorBody;
 use super::MAX_BATCH_PAYLOADS;
 use super::Shared;
 use super::error::AuthErrors;
+use super::error::BodyErrors;
 use super::error::ClusterErrors;
+use super::error::NoSuchTopic;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
+use super::extract::TopicPath;
 
 /// A message payload: any JSON object. When the topic has a JSON Schema,
 /// the payload must satisfy it.
@@ -81,7 +84,7 @@ pub struct PublishBatchResponse {
     path = "/api/v1/topics/{topic_id}/publish",
     tag = "publish",
     operation_id = "publish",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     request_body(content = Payload, content_type = "application/json",
         description = "The message payload: a JSON object, at most 1 MiB."),
     responses(
@@ -89,9 +92,8 @@ pub struct PublishBatchResponse {
             body = PublishResponse),
         (status = 400, description = "`invalid_request`: malformed JSON or not an object; \
             `schema_mismatch`: the payload fails the topic's schema.", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        NoSuchTopic,
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -100,7 +102,7 @@ pub struct PublishBatchResponse {
 )]
 pub async fn publish(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
     JsonBody(payload): JsonBody<Payload>,
 ) -> Result<Json<PublishResponse>, ApiError> {
     let topic = gateway.topic(&topic_id).await?;
@@ -131,16 +133,15 @@ fn json_bytes(payload: &Value) -> Bytes {
     path = "/api/v1/batch/topics/{topic_id}/publish",
     tag = "publish",
     operation_id = "publish_batch",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     request_body(content = PublishBatchRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Every item's outcome; the valid items are stored.",
             body = PublishBatchResponse),
         (status = 400, description = "`invalid_request`: malformed JSON, or not 1 to 100 payloads.",
             body = ErrorBody),
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        NoSuchTopic,
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -149,7 +150,7 @@ fn json_bytes(payload: &Value) -> Bytes {
 )]
 pub async fn publish_batch(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
     JsonBody(body): JsonBody<PublishBatchRequest>,
 ) -> Result<Json<PublishBatchResponse>, ApiError> {
     let payloads = body.payloads;

@@ -11,6 +11,7 @@ use super::ApiError;
 use super::ErrorBody;
 use super::Shared;
 use super::error::AuthErrors;
+use super::error::BodyErrors;
 use super::error::ClusterErrors;
 use super::error::PathErrors;
 use super::error::WriteErrors;
@@ -125,8 +126,7 @@ pub struct TokenList {
             body = ErrorBody),
         (status = 404, description = "`not_found`: one of `topics` names no topic; no token \
             is created.", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,

@@ -15,12 +15,15 @@ use super::ApiError;
 use super::ErrorBody;
 use super::Shared;
 use super::error::AuthErrors;
+use super::error::BodyErrors;
 use super::error::ClusterErrors;
+use super::error::NoSuchTopic;
 use super::error::PathErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::ApiQuery;
 use super::extract::JsonBody;
+use super::extract::TopicPath;
 use crate::api::schema::SchemaCache;
 use crate::api::service::Caller;
 use crate::api::service::Hops;
@@ -284,8 +287,7 @@ pub async fn list(
             field; `invalid_schema`: the schema does not compile.", body = ErrorBody),
         (status = 409, description = "`conflict`: a topic with this name exists.",
             body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -333,11 +335,11 @@ pub async fn create(
     path = "/api/event_streams/topics/{topic_id}",
     tag = "topics",
     operation_id = "get_topic",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     responses(
         (status = 200, description = "The topic.", body = Topic),
         PathErrors,
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        NoSuchTopic,
         AuthErrors,
         ClusterErrors,
     ),
@@ -345,7 +347,7 @@ pub async fn create(
 )]
 pub async fn get(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
 ) -> Result<Json<Topic>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
     Ok(Json(Topic::of(&topic, true)))
@@ -357,17 +359,16 @@ pub async fn get(
     path = "/api/event_streams/topics/{topic_id}",
     tag = "topics",
     operation_id = "update_topic",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     request_body(content = UpdateTopic, content_type = "application/json"),
     responses(
         (status = 200, description = "The updated topic.", body = Topic),
         (status = 400, description = "`invalid_request`: malformed JSON or an invalid field; \
             `invalid_schema`: the schema does not compile.", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        NoSuchTopic,
         (status = 409, description = "`conflict`: another topic has the new name.",
             body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body exceeds 1 MiB.",
-            body = ErrorBody),
+        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -376,7 +377,7 @@ pub async fn get(
 )]
 pub async fn update(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
     JsonBody(body): JsonBody<UpdateTopic>,
 ) -> Result<Json<Topic>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
@@ -424,11 +425,11 @@ pub async fn update(
     path = "/api/event_streams/topics/{topic_id}",
     tag = "topics",
     operation_id = "delete_topic",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     responses(
         (status = 200, description = "Deleted.", body = Done),
         PathErrors,
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        NoSuchTopic,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -437,7 +438,7 @@ pub async fn update(
 )]
 pub async fn delete(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
 ) -> Result<Json<Done>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
     gateway
@@ -453,11 +454,11 @@ pub async fn delete(
     path = "/api/event_streams/topics/{topic_id}/purge",
     tag = "topics",
     operation_id = "purge_topic",
-    params(("topic_id" = String, Path, description = "The topic's integer id, or its name.")),
+    params(TopicPath),
     responses(
         (status = 200, description = "Purged.", body = Done),
         PathErrors,
-        (status = 404, description = "`not_found`: no such topic.", body = ErrorBody),
+        NoSuchTopic,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -466,7 +467,7 @@ pub async fn delete(
 )]
 pub async fn purge(
     State(gateway): Shared,
-    ApiPath(topic_id): ApiPath<String>,
+    ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
 ) -> Result<Json<Done>, ApiError> {
     let topic = gateway.current_topic(&topic_id).await?;
     gateway
