@@ -925,12 +925,23 @@ impl Node {
 
     /// Creates the cluster's first admin token, once: the metadata leader
     /// proposes it until the metadata holds any token. A generated secret is
-    /// printed once and written to `admin-token` (mode 0600) in the data
-    /// directory so scripts can read it.
+    /// never logged: it is written (mode 0600) to `admin-token.new` in the
+    /// data directory before it is proposed, so a token nobody can read is
+    /// never created, and renamed to `admin-token` once the token is in the
+    /// metadata, so whoever reads `admin-token` can use it. Every retry
+    /// proposes the same secret, so the file holds whichever attempt
+    /// commits.
     async fn bootstrap_admin_token(self: Arc<Self>) {
         let Some(meta) = self.meta_group() else {
             return;
         };
+        let configured = self.config.admin_token.clone();
+        let secret = configured
+            .clone()
+            .unwrap_or_else(crate::auth::generate_secret);
+        let token_file = self.config.data_dir.join("admin-token");
+        let pending_file = self.config.data_dir.join("admin-token.new");
+        let mut written = configured.is_some();
         let mut changes = meta.state.subscribe();
         let mut shutdown = self.shutdown_signal();
         while self.metadata().next_token_id == 0 || self.metadata().cluster_secret.is_none() {
@@ -949,38 +960,36 @@ impl Node {
             if self.metadata().next_token_id == 0
                 && meta.leader().is_some_and(|(leader, _)| leader == self.id())
             {
-                let configured = self.config.admin_token.clone();
-                let secret = configured
-                    .clone()
-                    .unwrap_or_else(crate::auth::generate_secret);
-                let command = MetaCommand::CreateToken {
-                    name: "bootstrap-admin".into(),
-                    scopes: vec![Scope::Admin],
-                    topics: vec![],
-                    hash: crate::auth::hash_secret(&secret),
-                    now_ms: self.time.now_ms(),
-                    bootstrap: true,
-                };
-                match self.write_token(command).await {
-                    Ok(_) if configured.is_none() => {
-                        let path = self.config.data_dir.join("admin-token");
-                        match write_secret_file(&path, &secret).await {
-                            Ok(()) => println!(
-                                "raftstream: admin token (shown once; also in {}): {secret}",
-                                path.display()
-                            ),
-                            Err(e) => println!(
-                                "raftstream: admin token (shown once; writing {} failed: {e}): {secret}",
-                                path.display()
-                            ),
+                if !written {
+                    match write_secret_file(&pending_file, &secret).await {
+                        Ok(()) => written = true,
+                        Err(e) => tracing::error!(
+                            path = %pending_file.display(),
+                            error = %e,
+                            "writing the bootstrap admin token failed; retrying (or set \
+                             RAFTSTREAM_ADMIN_TOKEN)"
+                        ),
+                    }
+                }
+                // A secret that is not in the file yet is not proposed: the
+                // loop waits and writes again.
+                if written {
+                    let command = MetaCommand::CreateToken {
+                        name: "bootstrap-admin".into(),
+                        scopes: vec![Scope::Admin],
+                        topics: vec![],
+                        hash: crate::auth::hash_secret(&secret),
+                        now_ms: self.time.now_ms(),
+                        bootstrap: true,
+                    };
+                    match self.write_token(command).await {
+                        Ok(_) | Err(WriteError::Rejected(MetaRejection::AlreadyBootstrapped)) => {
+                            continue;
                         }
-                        return;
-                    }
-                    Ok(_) | Err(WriteError::Rejected(MetaRejection::AlreadyBootstrapped)) => {
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "creating the bootstrap admin token failed; retrying")
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "creating the bootstrap admin token failed; retrying"
+                        ),
                     }
                 }
             }
@@ -988,6 +997,39 @@ impl Node {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = shutdown.changed() => return,
+            }
+        }
+        if written && configured.is_none() {
+            // Another node may have led when the token was created (or this
+            // node's attempt lost the race): its secret is in that node's
+            // file, and this one's would not authenticate.
+            let ours = self
+                .with_metadata(|m| {
+                    m.tokens
+                        .values()
+                        .any(|t| crate::auth::secret_matches(&secret, &t.hash))
+                })
+                .unwrap_or(false);
+            let kept = if ours {
+                tokio::fs::rename(&pending_file, &token_file).await
+            } else {
+                tokio::fs::remove_file(&pending_file).await
+            };
+            match (ours, kept) {
+                (true, Ok(())) => tracing::info!(
+                    path = %token_file.display(),
+                    "created the bootstrap admin token; its secret is in this file"
+                ),
+                (true, Err(e)) => tracing::error!(
+                    path = %pending_file.display(),
+                    error = %e,
+                    "created the bootstrap admin token, but renaming its file failed: \
+                     its secret is in this file"
+                ),
+                (false, _) => tracing::info!(
+                    "another node created the bootstrap admin token: its secret is in that \
+                     node's admin-token file"
+                ),
             }
         }
     }

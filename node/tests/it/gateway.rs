@@ -459,7 +459,7 @@ async fn eventually_status(http: &Http, expected: StatusCode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_cluster_generates_prints_and_stores_its_admin_token() {
+async fn a_new_cluster_stores_its_admin_token_in_a_file_only_its_owner_reads() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let listeners = common::loopback_listeners().await;
@@ -489,7 +489,73 @@ async fn a_new_cluster_generates_prints_and_stores_its_admin_token() {
         .await
         .unwrap();
     assert_eq!(list.status(), StatusCode::OK);
+    assert!(!sibling_exists(&path, "admin-token.new"));
     node.shutdown().await;
+}
+
+fn sibling_exists(token_file: &std::path::Path, name: &str) -> bool {
+    token_file.with_file_name(name).exists()
+}
+
+/// In a cluster every node may try to create the first admin token; only
+/// the one whose token is in the metadata keeps a file, and that token
+/// works on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_three_node_cluster_keeps_one_admin_token_file_that_works_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(common::loopback_listeners().await);
+    }
+    let peers: std::collections::BTreeMap<u64, String> = (1..=3)
+        .zip(&listeners)
+        .map(|(id, l)| (id, l.peer.local_addr().unwrap().to_string()))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut token_files = Vec::new();
+    let mut http_addrs = Vec::new();
+    for (id, listeners) in (1..=3).zip(listeners) {
+        let config = raftstream_node::config::NodeConfig {
+            admin_token: None,
+            peers: peers.clone(),
+            ..common::node_config(id, &listeners, dir.path())
+        };
+        token_files.push(config.data_dir.join("admin-token"));
+        http_addrs.push(config.http_addr);
+        nodes.push(
+            raftstream_node::server::RunningNode::start_on(config, listeners)
+                .await
+                .unwrap(),
+        );
+    }
+    let secret = common::eventually("one admin-token file", Duration::from_secs(30), || async {
+        let secrets: Vec<String> = token_files
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .map(|text| text.trim().to_string())
+            .collect();
+        let pending = token_files
+            .iter()
+            .any(|path| sibling_exists(path, "admin-token.new"));
+        (secrets.len() == 1 && !pending).then(|| secrets[0].clone())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for http_addr in &http_addrs {
+        common::eventually("the admin token works", Duration::from_secs(20), || async {
+            let list = client
+                .get(format!("http://{http_addr}/api/event_streams/topics"))
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .ok()?;
+            (list.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
