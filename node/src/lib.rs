@@ -10,6 +10,7 @@ pub mod config;
 pub mod disk;
 pub mod gateway;
 pub mod group;
+pub mod health;
 pub mod identity;
 pub mod ingest;
 pub mod link_faults;

@@ -50,6 +50,15 @@ use crate::storage::StorageConfig;
 use crate::storage::SyncMode;
 use crate::time::Clock;
 
+/// Why a node cannot serve writes yet, or any more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("this node's storage failed and it stopped serving: {0}")]
+    StorageFailed(String),
+    #[error("no metadata leader yet")]
+    NoMetadataLeader,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("storage: {0}")]
@@ -1064,10 +1073,22 @@ impl Node {
         }
     }
 
-    /// Stops every group and the background tasks.
     /// Why this node stopped serving on its own: its storage failed.
     pub fn failure(&self) -> Option<String> {
         self.storage.failure().borrow().clone()
+    }
+
+    /// Whether this node can serve writes: its storage has not failed and
+    /// it knows a metadata leader, which it answers with. `/readyz` and the
+    /// gRPC health service both report this.
+    pub fn readiness(&self) -> Result<NodeId, NotReady> {
+        if let Some(reason) = self.failure() {
+            return Err(NotReady::StorageFailed(reason));
+        }
+        self.meta_group()
+            .and_then(|g| g.leader())
+            .map(|(leader, _)| leader)
+            .ok_or(NotReady::NoMetadataLeader)
     }
 
     /// Returns once this node's storage has failed, with the reason.

@@ -16,6 +16,7 @@ use crate::api::forwarded::MarkForwardedLayer;
 use crate::api::grpc::ClientService;
 use crate::config::MAX_RPC_BYTES;
 use crate::config::NodeConfig;
+use crate::health;
 use crate::link_faults::LinkFaultLayer;
 use crate::node::Node;
 use crate::node::NodeError;
@@ -30,6 +31,9 @@ pub enum ServerError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The compiled-in protobuf descriptors did not load: a build fault.
+    #[error("gRPC server reflection: {0}")]
+    Reflection(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -134,10 +138,17 @@ impl RunningNode {
 
         let client_api = AuthenticateFirstLayer::new(node.clone())
             .layer(ClientService::public(node.clone()).into_server());
+        let (health, health_task) =
+            health::health_service(node.clone(), stop_listeners.subscribe()).await;
+        let (reflection_v1, reflection_v1alpha) =
+            health::reflection_services().map_err(|e| ServerError::Reflection(e.to_string()))?;
         let public_services = tonic::service::Routes::new(MarkForwardedLayer.layer(client_api))
             .add_service(
                 MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server()),
-            );
+            )
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(
             TransportService::new(node.clone()),
         )
@@ -197,7 +208,7 @@ impl RunningNode {
             http_addr,
             peer_addr,
             stop_listeners,
-            tasks: vec![grpc, peer, http],
+            tasks: vec![grpc, peer, http, health_task],
         })
     }
 

@@ -41,9 +41,9 @@ enum Field {
 type Schema = HashMap<String, HashMap<u32, Field>>;
 
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
-    let encoded = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
     // Written by build.rs from the same protos as the code: it decodes.
-    let set = prost_types::FileDescriptorSet::decode(&encoded[..]).unwrap_or_default();
+    let set =
+        prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap_or_default();
     let mut schema = Schema::new();
     for file in &set.file {
         for message in &file.message_type {

@@ -126,6 +126,11 @@ pub mod call_outcome {
     }
 }
 
+/// Every message and service of `raftstream.v1`, as an encoded
+/// `FileDescriptorSet`: what server reflection serves and what the decode
+/// budget walks.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("raftstream.v1");

@@ -53,6 +53,7 @@ use crate::api::service::SchemaCheck;
 use crate::api::service::Service;
 use crate::model::TopicName;
 use crate::node::Node;
+use crate::node::NotReady;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 
@@ -204,19 +205,18 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(State(gateway): Shared) -> Result<Json<Ready>, ApiError> {
     let node = &gateway.node;
-    if let Some(reason) = node.failure() {
-        return Err(ApiError::new(
-            ErrorCode::StorageFailed,
-            format!("this node's storage failed and it stopped serving: {reason}"),
-        ));
-    }
-    match node.meta_group().and_then(|g| g.leader()) {
-        Some((leader, _)) => Ok(Json(Ready {
+    match node.readiness() {
+        Ok(leader) => Ok(Json(Ready {
             status: "ready".into(),
             node_id: node.id(),
             metadata_leader: leader,
         })),
-        None => Err(ApiError::new(ErrorCode::NotReady, "no metadata leader yet")),
+        Err(why @ NotReady::StorageFailed(_)) => {
+            Err(ApiError::new(ErrorCode::StorageFailed, why.to_string()))
+        }
+        Err(why @ NotReady::NoMetadataLeader) => {
+            Err(ApiError::new(ErrorCode::NotReady, why.to_string()))
+        }
     }
 }
 

@@ -65,7 +65,7 @@ const LAYERS: &[&[&str]] = &[
     &["api::service"],
     // Wire adapters.
     &["api::authenticate_first"],
-    &["api::grpc", "gateway"],
+    &["api::grpc", "gateway", "health"],
     &["server"],
 ];
 

@@ -9,6 +9,7 @@ mod backfill;
 mod cluster;
 mod disk;
 mod gateway;
+mod health;
 mod ingest;
 mod layering;
 mod limits;
