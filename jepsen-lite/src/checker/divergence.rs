@@ -119,10 +119,7 @@ mod tests {
 
     #[test]
     fn a_lagging_copy_is_not_divergent() {
-        let mut h = H::default();
-        h.send("p0", (0, 10), "a", Outcome::Ok, Some((0, 0)));
-        h.send("p0", (20, 30), "b", Outcome::Ok, Some((0, 1)));
-        h.final_read(1, &["a", "b"]);
+        let mut h = H::acked_and_read(&[("p0", (0, 10), "a", 0), ("p0", (20, 30), "b", 1)]);
         h.final_read(2, &["a"]);
         assert!(h.kinds().is_empty());
     }

@@ -58,9 +58,7 @@ mod tests {
 
     #[test]
     fn the_same_value_on_two_nodes_is_not_a_duplicate() {
-        let mut h = H::default();
-        h.send("p0", (0, 10), "a", Outcome::Ok, Some((0, 0)));
-        h.final_read(1, &["a"]);
+        let mut h = H::acked_and_read(&[("p0", (0, 10), "a", 0)]);
         h.final_read(2, &["a"]);
         assert!(h.kinds().is_empty());
     }

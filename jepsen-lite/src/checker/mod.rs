@@ -207,6 +207,9 @@ pub(crate) mod build {
     use crate::history::Start;
     use crate::history::Via;
 
+    /// An acknowledged send: `(process, (start, end), value, offset)`.
+    pub type AckedSend<'a> = (&'a str, (u64, u64), &'a str, u64);
+
     #[derive(Default)]
     pub struct H {
         pub ops: Vec<Op>,
@@ -235,6 +238,28 @@ pub(crate) mod build {
         pub fn sent_and_read(values: &[&str]) -> H {
             let mut h = H::sent(values);
             h.final_read(1, values);
+            h
+        }
+
+        /// Sends, each acknowledged at an offset of partition 0, then node
+        /// 1's final read holding their values in offset order. A send is
+        /// `(process, (start, end), value, offset)`; the offsets must be 0,
+        /// 1, ... in some order.
+        pub fn acked_and_read(sends: &[AckedSend]) -> H {
+            let mut h = H::default();
+            for (process, t, value, offset) in sends {
+                h.send(process, *t, value, Outcome::Ok, Some((0, *offset)));
+            }
+            let mut by_offset = sends.to_vec();
+            by_offset.sort_by_key(|(_, _, _, offset)| *offset);
+            assert!(
+                (0..)
+                    .zip(&by_offset)
+                    .all(|(i, (_, _, _, offset))| *offset == i),
+                "offsets must be 0, 1, ...: {sends:?}"
+            );
+            let values: Vec<&str> = by_offset.iter().map(|(_, _, value, _)| *value).collect();
+            h.final_read(1, &values);
             h
         }
 
@@ -375,14 +400,10 @@ pub(crate) mod build {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::build::H;
-    use crate::history::Outcome;
 
     #[test]
     fn a_clean_history_has_no_anomaly_and_counts_every_kind() {
-        let mut h = H::default();
-        h.send("p0", (0, 10), "a", Outcome::Ok, Some((0, 0)));
-        h.send("p0", (20, 30), "b", Outcome::Ok, Some((0, 1)));
-        h.final_read(1, &["a", "b"]);
+        let mut h = H::acked_and_read(&[("p0", (0, 10), "a", 0), ("p0", (20, 30), "b", 1)]);
         h.final_read(2, &["a", "b"]);
         let report = super::check(&h.ops);
         assert!(report.is_valid(), "{:?}", report.anomalies);

@@ -107,48 +107,45 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
+    use crate::checker::build::AckedSend;
     use crate::checker::build::H;
-    use crate::history::Outcome;
 
     #[test]
-    fn a_producers_later_send_at_an_earlier_offset_is_reported() {
-        let mut h = H::default();
-        h.send("p0", (0, 10), "a", Outcome::Ok, Some((0, 1)));
-        h.send("p0", (20, 30), "b", Outcome::Ok, Some((0, 0)));
-        h.final_read(1, &["b", "a"]);
-        assert_eq!(h.kinds(), vec![super::PRODUCER]);
-    }
-
-    #[test]
-    fn an_acknowledged_send_ordered_after_a_later_one_breaks_real_time() {
-        let mut h = H::default();
-        h.send("p0", (0, 10), "a", Outcome::Ok, Some((0, 1)));
-        h.send("p1", (20, 30), "b", Outcome::Ok, Some((0, 0)));
-        h.final_read(1, &["b", "a"]);
-        assert_eq!(h.kinds(), vec![super::REAL_TIME]);
-    }
-
-    #[test]
-    fn a_producers_own_later_send_does_not_hide_a_real_time_violation() {
-        let mut h = H::default();
-        // p0's send at offset 0 started last of all; p1's at offset 1 is
-        // concurrent with it, but started after p0's send at offset 2 was
-        // acknowledged.
-        h.send("p0", (100, 110), "x", Outcome::Ok, Some((0, 0)));
-        h.send("p1", (50, 120), "y", Outcome::Ok, Some((0, 1)));
-        h.send("p0", (10, 40), "z", Outcome::Ok, Some((0, 2)));
-        h.final_read(1, &["x", "y", "z"]);
-        assert!(h.kinds().contains(&super::REAL_TIME), "{:?}", h.kinds());
-    }
-
-    #[test]
-    fn concurrent_sends_may_land_in_either_order() {
-        let mut h = H::default();
-        h.send("p0", (0, 30), "a", Outcome::Ok, Some((0, 1)));
-        h.send("p1", (10, 20), "b", Outcome::Ok, Some((0, 0)));
-        h.final_read(1, &["b", "a"]);
-        assert!(h.kinds().is_empty());
+    fn acknowledged_sends_are_checked_against_their_final_offsets() {
+        // (what the case shows, its sends, the anomalies it must report)
+        let cases: &[(&str, &[AckedSend], &[&str])] = &[
+            (
+                "a producer's later send at an earlier offset is reported",
+                &[("p0", (0, 10), "a", 1), ("p0", (20, 30), "b", 0)],
+                &[super::PRODUCER],
+            ),
+            (
+                "an acknowledged send ordered after a later one breaks real time",
+                &[("p0", (0, 10), "a", 1), ("p1", (20, 30), "b", 0)],
+                &[super::REAL_TIME],
+            ),
+            (
+                // p0's send at offset 0 started last of all; p1's at offset 1
+                // is concurrent with it, but started after p0's send at
+                // offset 2 was acknowledged. p0's own pair breaks producer
+                // order as well.
+                "a producer's own later send does not hide a real-time violation",
+                &[
+                    ("p0", (100, 110), "x", 0),
+                    ("p1", (50, 120), "y", 1),
+                    ("p0", (10, 40), "z", 2),
+                ],
+                &[super::PRODUCER, super::REAL_TIME],
+            ),
+            (
+                "concurrent sends may land in either order",
+                &[("p0", (0, 30), "a", 1), ("p1", (10, 20), "b", 0)],
+                &[],
+            ),
+        ];
+        for (case, sends, anomalies) in cases {
+            assert_eq!(H::acked_and_read(sends).kinds(), *anomalies, "{case}");
+        }
     }
 }

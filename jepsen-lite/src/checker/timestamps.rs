@@ -60,43 +60,36 @@ pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use crate::checker::build::H;
     use crate::checker::build::msg;
+    use crate::history::Msg;
     use crate::history::Start;
 
     #[test]
-    fn a_replay_from_the_right_message_is_clean() {
-        // Stamped 0, 10 and 20.
-        let mut h = H::sent_and_read(&["a", "b", "c"]);
-        h.poll(
-            1,
-            (5, 6),
-            Start::Timestamp(5),
-            vec![msg(1, "b", 10), msg(2, "c", 20)],
-        );
-        assert!(h.kinds().is_empty());
-    }
-
-    #[test]
-    fn a_replay_returning_an_older_message_is_too_old() {
-        // Stamped 0, 10 and 20.
-        let mut h = H::sent_and_read(&["a", "b", "c"]);
-        h.poll(
-            1,
-            (5, 6),
-            Start::Timestamp(5),
-            vec![msg(0, "a", 0), msg(1, "b", 10)],
-        );
-        assert_eq!(h.kinds(), vec![super::TOO_OLD]);
-    }
-
-    #[test]
-    fn a_replay_starting_past_a_matching_message_misses_it() {
-        // Stamped 0, 10 and 20.
-        let mut h = H::sent_and_read(&["a", "b", "c"]);
-        h.poll(1, (5, 6), Start::Timestamp(5), vec![msg(2, "c", 20)]);
-        assert_eq!(h.kinds(), vec![super::MISSED]);
+    fn a_replay_from_time_5_must_start_at_the_first_message_stamped_since() {
+        // The final copy holds a, b and c, stamped 0, 10 and 20.
+        let cases: Vec<(&str, Vec<Msg>, &[&str])> = vec![
+            (
+                "a replay from the right message is clean",
+                vec![msg(1, "b", 10), msg(2, "c", 20)],
+                &[],
+            ),
+            (
+                "a replay returning an older message is too old",
+                vec![msg(0, "a", 0), msg(1, "b", 10)],
+                &[super::TOO_OLD],
+            ),
+            (
+                "a replay starting past a matching message misses it",
+                vec![msg(2, "c", 20)],
+                &[super::MISSED],
+            ),
+        ];
+        for (case, polled, anomalies) in cases {
+            let mut h = H::sent_and_read(&["a", "b", "c"]);
+            h.poll(1, (5, 6), Start::Timestamp(5), polled);
+            assert_eq!(h.kinds(), anomalies, "{case}");
+        }
     }
 }
