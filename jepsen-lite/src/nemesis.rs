@@ -849,6 +849,11 @@ impl Nemesis {
         let mut cluster = self.cluster.lock();
         for (node, status) in cluster.exited() {
             let now = self.recorder.now_us();
+            // A node's exit is seen at one instant, not over a span.
+            let record_exit = |outcome, detail, kind| {
+                self.recorder
+                    .record("nemesis", now, now, outcome, Some(detail), kind)
+            };
             let expected = match self.storage_faults.lock().get(&node) {
                 Some(None) => Some(false),
                 Some(Some(until)) if Instant::now() <= *until => Some(true),
@@ -863,12 +868,9 @@ impl Nemesis {
                         "[{:>6.1}s] nemesis: node {node} stopped on the disk fault ({status}): {logged}",
                         now as f64 / 1e6
                     );
-                    self.recorder.record(
-                        "nemesis",
-                        now,
-                        now,
+                    record_exit(
                         Outcome::Info,
-                        Some(format!("node {node} {status}: {logged}")),
+                        format!("node {node} {status}: {logged}"),
                         Kind::StorageExit { node },
                     );
                     if healed {
@@ -878,12 +880,9 @@ impl Nemesis {
                         }
                     }
                 }
-                _ => self.recorder.record(
-                    "nemesis",
-                    now,
-                    now,
+                _ => record_exit(
                     Outcome::Fail,
-                    Some(format!("node {node} exited on its own: {status}")),
+                    format!("node {node} exited on its own: {status}"),
                     Kind::Crash { node },
                 ),
             }

@@ -12,6 +12,7 @@ use anyhow::bail;
 use jepsen_lite::checker;
 use jepsen_lite::history;
 use jepsen_lite::history::Kind;
+use jepsen_lite::history::Op;
 use jepsen_lite::history::Outcome;
 use parking_lot::Mutex;
 
@@ -135,37 +136,21 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
     if let Err(e) = plot::draw(&dir.join("plots.svg"), &ops) {
         eprintln!("plotting failed: {e:#}");
     }
-    let sends = ops
-        .iter()
-        .filter(|op| matches!(op.kind, Kind::Send { .. }))
-        .count();
-    let storage_exits = ops
-        .iter()
-        .filter(|op| matches!(op.kind, Kind::StorageExit { .. }))
-        .count();
+    let sends = count(&ops, |op| matches!(op.kind, Kind::Send { .. }));
+    let storage_exits = count(&ops, |op| matches!(op.kind, Kind::StorageExit { .. }));
     // Publishes a leader refused for want of disk space: HTTP 507
     // (`insufficient_storage`), or RESOURCE_EXHAUSTED naming the headroom.
-    let refused_for_space = ops
-        .iter()
-        .filter(|op| {
-            matches!(op.kind, Kind::Send { .. })
-                && op.error.as_deref().is_some_and(|e| {
-                    e.to_ascii_lowercase().contains("insufficient") || e.contains("MiB headroom")
-                })
-        })
-        .count();
-    let ok = ops
-        .iter()
-        .filter(|op| matches!(op.kind, Kind::Send { .. }) && op.outcome == Outcome::Ok)
-        .count();
-    let polls = ops
-        .iter()
-        .filter(|op| matches!(op.kind, Kind::Poll { .. }))
-        .count();
-    let faults_done = ops
-        .iter()
-        .filter(|op| matches!(op.kind, Kind::Fault { .. }))
-        .count();
+    let refused_for_space = count(&ops, |op| {
+        matches!(op.kind, Kind::Send { .. })
+            && op.error.as_deref().is_some_and(|e| {
+                e.to_ascii_lowercase().contains("insufficient") || e.contains("MiB headroom")
+            })
+    });
+    let ok = count(&ops, |op| {
+        matches!(op.kind, Kind::Send { .. }) && op.outcome == Outcome::Ok
+    });
+    let polls = count(&ops, |op| matches!(op.kind, Kind::Poll { .. }));
+    let faults_done = count(&ops, |op| matches!(op.kind, Kind::Fault { .. }));
     let repeat = repeat_command(&args);
     let results = serde_json::json!({
         "valid": report.is_valid(),
@@ -234,6 +219,11 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<u8> {
     );
     println!("repeat with: {repeat}");
     Ok(if report.is_valid() { 0 } else { EXIT_ANOMALIES })
+}
+
+/// How many operations of the history `keep` holds for.
+fn count(ops: &[Op], keep: impl Fn(&Op) -> bool) -> usize {
+    ops.iter().filter(|op| keep(op)).count()
 }
 
 fn share(s: Option<f64>) -> String {

@@ -23,25 +23,19 @@ struct Group<'a> {
 pub fn check(ops: &[Op], finals: &FinalLogs) -> Vec<Anomaly> {
     let mut groups: BTreeMap<(&str, u32), Group> = BTreeMap::new();
     for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
-        match &op.kind {
-            Kind::Commit {
-                group,
-                partition,
-                offset,
-            } => groups
-                .entry((group, *partition))
-                .or_default()
-                .commits
-                .push((op, *offset)),
-            Kind::FetchCommitted {
-                group,
-                partition,
-                offset,
-            } => groups
-                .entry((group, *partition))
-                .or_default()
-                .fetches
-                .push((op, *offset)),
+        let (Kind::Commit {
+            group, partition, ..
+        }
+        | Kind::FetchCommitted {
+            group, partition, ..
+        }) = &op.kind
+        else {
+            continue;
+        };
+        let g = groups.entry((group, *partition)).or_default();
+        match op.kind {
+            Kind::Commit { offset, .. } => g.commits.push((op, offset)),
+            Kind::FetchCommitted { offset, .. } => g.fetches.push((op, offset)),
             _ => {}
         }
     }
