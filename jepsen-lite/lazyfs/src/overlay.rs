@@ -412,6 +412,13 @@ mod tests {
         overlay.write(offset, data, backing.0.len() as u64).unwrap();
     }
 
+    /// A successful fsync: the overlay's bytes reach the disk, and only
+    /// the lost ones stay in the overlay.
+    fn sync(overlay: &mut Overlay, backing: &mut Mem) {
+        overlay.apply(backing).unwrap();
+        *overlay = overlay.synced();
+    }
+
     #[test]
     fn overlapping_writes_keep_the_latest_bytes() {
         let backing = Mem(b"0123456789".to_vec());
@@ -563,21 +570,18 @@ mod tests {
         assert_eq!(o.lost_bytes(), 5);
         // A successful sync writes the size and the new byte, not the lost
         // ones: the disk has zeros there.
-        o.apply(&mut backing).unwrap();
-        o = o.synced();
+        sync(&mut o, &mut backing);
         assert_eq!(backing.0, b"synced\0\0\0\0\0!");
         assert_eq!(all(&o, &backing), b"synced lost!");
         assert_eq!(o.unsynced_bytes(), 5);
         assert_eq!(o.lost_bytes(), 5);
         // Syncing again still does not write them.
-        o.apply(&mut backing).unwrap();
-        o = o.synced();
+        sync(&mut o, &mut backing);
         assert_eq!(backing.0, b"synced\0\0\0\0\0!");
         // Writing them again makes them ordinary data, which syncs.
         write(&mut o, &backing, 7, b"LO");
         assert_eq!(o.lost_bytes(), 3);
-        o.apply(&mut backing).unwrap();
-        o = o.synced();
+        sync(&mut o, &mut backing);
         assert_eq!(backing.0, b"synced\0LO\0\0!");
         assert_eq!(all(&o, &backing), b"synced LOst!");
         // A power loss drops the rest: the mount shows the disk.
@@ -597,8 +601,7 @@ mod tests {
             3,
             "truncation drops lost bytes past the end"
         );
-        o.apply(&mut backing).unwrap();
-        o = o.synced();
+        sync(&mut o, &mut backing);
         assert_eq!(backing.0, b"01234", "the old bytes under the lost ones");
         assert_eq!(all(&o, &backing), b"01abc");
     }
@@ -694,8 +697,7 @@ mod tests {
                     8 => {
                         let old = backing.0.clone();
                         let keep = cut.unwrap_or(usize::MAX).min(old.len());
-                        o.apply(&mut backing).unwrap();
-                        o = o.synced();
+                        sync(&mut o, &mut backing);
                         let disk: Vec<u8> = (0..model.len())
                             .map(|i| match (lost[i], i < keep) {
                                 (false, _) => model[i],
