@@ -166,24 +166,21 @@ async fn ingest_sources_are_managed_and_tail_follows_live_deliveries() {
     let secret = created["secret"].as_str().unwrap().to_string();
     assert_eq!(created["status"], "awaiting_first_event");
     cluster.wait_partition_leaders("crm-events").await;
-    deliver(
-        &cluster,
-        2,
-        &id,
-        &secret,
-        json!({"event": "recipe.started", "recipe_id": 1,
-        "timestamp": "2026-01-02T03:04:05Z"}),
-    )
-    .await;
-    deliver(
-        &cluster,
-        3,
-        &id,
-        &secret,
-        json!({"event": "connection.error", "connection_id": 8,
-        "timestamp": "2026-01-02T03:04:06Z"}),
-    )
-    .await;
+    // Through two different nodes, in this order.
+    for (node, event) in [
+        (
+            2,
+            json!({"event": "recipe.started", "recipe_id": 1,
+            "timestamp": "2026-01-02T03:04:05Z"}),
+        ),
+        (
+            3,
+            json!({"event": "connection.error", "connection_id": 8,
+            "timestamp": "2026-01-02T03:04:06Z"}),
+        ),
+    ] {
+        deliver(&cluster, node, &id, &secret, event).await;
+    }
 
     let rows = stdout(cli(&cluster).args(["ingest", "tail", &id]));
     assert_eq!(
