@@ -419,39 +419,57 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let mut client = cluster.client(2).await;
     publish(&mut client, "strict", "kept").await;
 
-    let unknown = client
-        .publish(publish_request("nope", "x"))
-        .await
-        .unwrap_err();
-    assert_eq!(unknown.code(), tonic::Code::NotFound);
-
     let oversize = pb::Record {
         value: vec![0u8; 1024 * 1024 + 1].into(),
         ..Default::default()
     };
-    let too_big = client
-        .publish(pb::PublishRequest {
-            topic: topic("strict"),
-            record: Some(oversize.clone()),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
-    assert!(too_big.message().contains("message_too_large"));
-
     let bad_partition = pb::Record {
         value: b"x".to_vec().into(),
         partition: Some(9),
         ..Default::default()
     };
-    let err = client
-        .publish(pb::PublishRequest {
-            topic: topic("strict"),
-            record: Some(bad_partition),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // (what is wrong, the publish, its code, what its message names)
+    for (wrong, request, code, named) in [
+        (
+            "an unknown topic",
+            publish_request("nope", "x"),
+            tonic::Code::NotFound,
+            None,
+        ),
+        (
+            "an oversized record",
+            pb::PublishRequest {
+                topic: topic("strict"),
+                record: Some(oversize.clone()),
+            },
+            tonic::Code::InvalidArgument,
+            Some("message_too_large"),
+        ),
+        (
+            "a partition the topic lacks",
+            pb::PublishRequest {
+                topic: topic("strict"),
+                record: Some(bad_partition),
+            },
+            tonic::Code::InvalidArgument,
+            None,
+        ),
+        (
+            "no topic",
+            pb::PublishRequest {
+                topic: None,
+                record: record("x"),
+            },
+            tonic::Code::InvalidArgument,
+            None,
+        ),
+    ] {
+        let refused = client.publish(request).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{wrong}: {refused:?}");
+        if let Some(named) = named {
+            assert!(refused.message().contains(named), "{wrong}: {refused:?}");
+        }
+    }
 
     // In a batch, the bad record fails alone.
     let batch = pb::PublishBatchRequest {
@@ -478,34 +496,31 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         matches!(&results[1].result, Some(pb::publish_result::Result::Error(e)) if e.code == "message_too_large")
     );
 
-    let missing = client
-        .publish(pb::PublishRequest {
-            topic: None,
-            record: record("x"),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
-
-    let dup = client
-        .create_topic(pb::CreateTopicRequest {
-            name: "strict".into(),
-            partitions: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
-    let too_many_replicas = client
-        .create_topic(pb::CreateTopicRequest {
-            name: "x".into(),
-            partitions: 1,
-            replication_factor: 5,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(too_many_replicas.code(), tonic::Code::InvalidArgument);
+    // (what is wrong, the topic asked for, its code)
+    for (wrong, request, code) in [
+        (
+            "a taken name",
+            pb::CreateTopicRequest {
+                name: "strict".into(),
+                partitions: 1,
+                ..Default::default()
+            },
+            tonic::Code::AlreadyExists,
+        ),
+        (
+            "more replicas than nodes",
+            pb::CreateTopicRequest {
+                name: "x".into(),
+                partitions: 1,
+                replication_factor: 5,
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        let refused = client.create_topic(request).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{wrong}: {refused:?}");
+    }
 
     let wait_too_long = client
         .consume(pb::ConsumeRequest {
