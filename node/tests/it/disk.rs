@@ -40,8 +40,12 @@ async fn under_the_free_space_headroom_publishes_are_refused_but_metadata_change
     let (status, body) = http
         .post("/api/v1/topics/full/publish", json!({"n": 1}))
         .await;
-    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
-    assert_eq!(body["code"], "insufficient_storage", "{body}");
+    http::assert_error(
+        status,
+        &body,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "insufficient_storage",
+    );
 
     let read = client
         .consume(consume_now("full", 0, at_offset(0), 10))
