@@ -516,8 +516,9 @@ impl Cluster {
             .env("RUST_LOG", "warn")
             .env("RAFTSTREAM_ADMIN_TOKEN", &self.token)
             .stdin(Stdio::null())
-            // The node logs (tracing) to stdout: its warnings and errors,
-            // such as why its storage failed, belong in its log too.
+            // The node logs (tracing) to stderr, and a panic goes there
+            // too: its warnings and errors, such as why its storage failed,
+            // belong in its log.
             .stdout(log.try_clone()?)
             .stderr(log);
         if self.faketime {

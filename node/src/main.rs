@@ -16,8 +16,41 @@ use raftstream_node::tls::write_dev_certs;
 #[derive(Parser, Debug)]
 #[command(name = "raftstream-node", version, about = "A Raftstream cluster node")]
 struct Cli {
+    /// How log lines are written (to stderr): `text` for people, `json`
+    /// (one object per line) for log collectors. Colours only on a terminal.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "RAFTSTREAM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at `RUST_LOG` (or the default filter) in `format`;
+/// stdout is left to what a command prints (`certs`).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // An event's fields sit beside its level and target, so a
+        // collector filters on them without reaching into a nested object.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -251,13 +284,9 @@ const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::core::heartbeat=e
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .init();
-    let command = Cli::parse().command;
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let command = cli.command;
     if let Cmd::Certs { out, nodes, hosts } = &command {
         let written = write_dev_certs(out, nodes, hosts)?;
         println!("CA: {}", written.ca.display());
@@ -275,13 +304,6 @@ async fn main() -> anyhow::Result<()> {
     let running = RunningNode::start(config)
         .await
         .context("starting the node")?;
-    println!(
-        "raftstream node {} serving gRPC on {}, HTTP on {} and peers on {}",
-        running.node.id(),
-        running.grpc_addr,
-        running.http_addr,
-        running.peer_addr
-    );
     let storage_failed = tokio::select! {
         _ = shutdown_requested() => false,
         // The node has logged why and stopped its groups.

@@ -177,7 +177,7 @@ impl Cluster {
                 .env("FAKETIME_CACHE_DURATION", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
-        // The node logs to stdout; a panic goes to stderr.
+        // The node logs to stderr, as does a panic.
         let child = command
             .env("RUST_LOG", "warn")
             .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -591,9 +591,9 @@ async fn a_node_refuses_publishes_near_a_full_disk_and_exits_when_a_write_fails(
         .arg(&config)
         .env("RUST_LOG", "warn")
         .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-        // The node logs to stdout.
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
+        // The node logs to stderr.
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let client = eventually("node accepts connections", Duration::from_secs(30), || {
@@ -764,4 +764,54 @@ async fn a_leader_whose_clock_jumps_ahead_expires_nothing_by_age() {
         assert_eq!(read.messages.len(), 5);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `--log-format json` writes one JSON object per line and nothing else to
+/// stderr (a log collector parses every line), with no colour codes, and
+/// never the generated admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_logs_are_one_object_per_line_and_never_hold_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = format!("127.0.0.1:{}", free_port());
+    let log = dir.path().join("node.log");
+    let mut child = Command::new(NODE_BIN)
+        .args(["--log-format", "json", "dev", "--data-dir"])
+        .arg(&data)
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &http])
+        .args(["--peer-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("RUST_LOG", "info")
+        .env_remove("RAFTSTREAM_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let token_file = data.join("admin-token");
+    let secret = eventually("the admin-token file", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&token_file).ok()?;
+        (!text.trim().is_empty()).then(|| text.trim().to_string())
+    })
+    .await;
+    // The line saying where the token is comes after the file is renamed.
+    let text = eventually("the token's log line", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("bootstrap admin token").then_some(text)
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!text.contains(&secret), "the secret is in the log:\n{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in the log:\n{text}");
+    let mut lines = 0;
+    for line in text.lines() {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            object["level"].is_string() && object["message"].is_string(),
+            "no level or message: {line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 2, "{text}");
 }
