@@ -1,4 +1,6 @@
-//! Node configuration: command-line flags or a TOML file.
+//! Node configuration, merged from layers (lowest precedence first): the
+//! built-in defaults, a TOML file, `RAFTSTREAM_*` environment variables,
+//! and command-line flags (named ones, then `--set key=value`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,10 +23,22 @@ pub struct NodeConfig {
     /// forwarded by other nodes) listens. Only other nodes should reach it:
     /// see `peer_tls`.
     pub peer_addr: SocketAddr,
+    /// The public gRPC address clients are told to use for this node (in
+    /// `ClusterStatus`), when it is not `grpc_addr`: behind NAT, a load
+    /// balancer or a container port mapping, or when binding `0.0.0.0`.
+    #[serde(default)]
+    pub advertise_grpc_addr: Option<String>,
+    /// The HTTP address the API documents name (`/asyncapi.yaml`'s host),
+    /// when it is not `http_addr`.
+    #[serde(default)]
+    pub advertise_http_addr: Option<String>,
     pub data_dir: PathBuf,
     /// Every node of the cluster, this one included: node id → the address
     /// other nodes reach its peer listener at.
+    /// As a table, or as `id=host:port,...` (an environment variable or
+    /// `--peers`). When absent, the node alone: its id at `peer_addr`.
     #[serde(
+        default,
         serialize_with = "peers_to_strings",
         deserialize_with = "peers_from_strings"
     )]
@@ -92,11 +106,21 @@ pub struct ClientTls {
     pub client_ca: Option<PathBuf>,
 }
 
-/// TOML table keys are strings; node ids are numbers.
+/// TOML table keys are strings; node ids are numbers. A string is the
+/// `id=host:port,...` form of `--peers`.
 fn peers_from_strings<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<NodeId, String>, D::Error> {
-    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Peers {
+        Listed(String),
+        Table(BTreeMap<String, String>),
+    }
+    let raw = match Peers::deserialize(d)? {
+        Peers::Listed(text) => return parse_peers(&text).map_err(serde::de::Error::custom),
+        Peers::Table(table) => table,
+    };
     raw.into_iter()
         .map(|(id, addr)| {
             let id = id
@@ -261,7 +285,123 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
     Ok(peers)
 }
 
+/// Environment variables name a key after this prefix, with `__` between
+/// the keys of a nested table: `RAFTSTREAM_NODE_ID`,
+/// `RAFTSTREAM_LIMITS__WRITE_TIMEOUT_MS`, `RAFTSTREAM_PEER_TLS__CA`.
+pub const ENV_PREFIX: &str = "RAFTSTREAM_";
+
+/// Every top-level key of [`NodeConfig`]. Only these are read from the
+/// environment: other `RAFTSTREAM_*` variables belong to other tools (the
+/// CLI's `RAFTSTREAM_TOKEN`, `RAFTSTREAM_ADDR`) and must not fail a start.
+pub const CONFIG_KEYS: &[&str] = &[
+    "node_id",
+    "grpc_addr",
+    "http_addr",
+    "peer_addr",
+    "advertise_grpc_addr",
+    "advertise_http_addr",
+    "data_dir",
+    "peers",
+    "raft",
+    "limits",
+    "fsync",
+    "admin_token",
+    "peer_tls",
+    "insecure_peers",
+    "client_tls",
+];
+
+/// The layers a node's configuration is merged from, lowest precedence
+/// first: `defaults`, the TOML `file`, the `RAFTSTREAM_*` environment,
+/// `flags`, then `sets`. A key any layer leaves out keeps the value of the
+/// layer below.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigLayers {
+    /// What the command defaults to: its addresses, its data directory.
+    pub defaults: serde_json::Value,
+    /// `--config`: a TOML file.
+    pub file: Option<PathBuf>,
+    /// The named flags given on the command line, as keys (absent when not
+    /// given, so that they do not hide the file or the environment).
+    pub flags: serde_json::Value,
+    /// `--set key.path=value`, for keys without a flag of their own. The
+    /// value is read as TOML (`5000`, `true`, `"text"`), else as a string.
+    pub sets: Vec<String>,
+}
+
+impl ConfigLayers {
+    /// Merges the layers with this process's environment.
+    pub fn load(&self) -> Result<NodeConfig, String> {
+        let env = figment::providers::Env::prefixed(ENV_PREFIX)
+            .filter(|key| {
+                let top = key.as_str().split("__").next().unwrap_or_default();
+                CONFIG_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+            })
+            .split("__");
+        self.load_with(env)
+    }
+
+    fn load_with(&self, env: impl figment::Provider) -> Result<NodeConfig, String> {
+        use figment::providers::Format;
+        use figment::providers::Serialized;
+        use figment::providers::Toml;
+        let mut figment = figment::Figment::from(Serialized::defaults(&self.defaults));
+        if let Some(path) = &self.file {
+            if !path.is_file() {
+                return Err(format!("the config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env).merge(Serialized::defaults(&self.flags));
+        for set in &self.sets {
+            let (key, value) = set
+                .split_once('=')
+                .ok_or_else(|| format!("--set {set:?} is not key=value"))?;
+            let top = key.split('.').next().unwrap_or_default();
+            if !CONFIG_KEYS.contains(&top) {
+                return Err(format!("--set {set:?}: there is no setting {top:?}"));
+            }
+            figment = figment.merge(Serialized::default(key.trim(), toml_value(value)));
+        }
+        let mut config: NodeConfig = figment.extract().map_err(|e| e.to_string())?;
+        // `RAFTSTREAM_ADMIN_TOKEN=` (set but empty) asks for a generated one.
+        if config.admin_token.as_deref() == Some("") {
+            config.admin_token = None;
+        }
+        if config.peers.is_empty() {
+            config
+                .peers
+                .insert(config.node_id, config.peer_addr.to_string());
+        }
+        Ok(config)
+    }
+}
+
+/// `value` as TOML (a number, a boolean, a quoted string, an array), or
+/// the text itself when it does not parse.
+fn toml_value(value: &str) -> toml::Value {
+    let value = value.trim();
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
 impl NodeConfig {
+    /// The gRPC address clients are given for this node.
+    pub fn client_grpc_addr(&self) -> String {
+        self.advertise_grpc_addr
+            .clone()
+            .unwrap_or_else(|| self.grpc_addr.to_string())
+    }
+
+    /// The HTTP address the API documents give for this node.
+    pub fn client_http_addr(&self) -> String {
+        self.advertise_http_addr
+            .clone()
+            .unwrap_or_else(|| self.http_addr.to_string())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !self.peers.contains_key(&self.node_id) {
             return Err(format!(
@@ -323,9 +463,150 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+// figment's test jail returns its own (large) error type.
+#[allow(clippy::unwrap_used, clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    fn layers(file: Option<PathBuf>, flags: serde_json::Value, sets: &[&str]) -> ConfigLayers {
+        ConfigLayers {
+            defaults: serde_json::json!({
+                "grpc_addr": "127.0.0.1:50051",
+                "http_addr": "127.0.0.1:8080",
+                "peer_addr": "127.0.0.1:50061",
+                "data_dir": "data",
+            }),
+            file,
+            flags,
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn layers_merge_defaults_file_environment_flags_then_sets() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "node.toml",
+                r#"
+                node_id = 2
+                grpc_addr = "127.0.0.1:1001"
+                http_addr = "127.0.0.1:1002"
+                [limits]
+                write_timeout_ms = 1000
+                request_timeout_ms = 90000
+                "#,
+            )?;
+            jail.set_env("RAFTSTREAM_GRPC_ADDR", "127.0.0.1:2001");
+            jail.set_env("RAFTSTREAM_LIMITS__WRITE_TIMEOUT_MS", "2000");
+            jail.set_env("RAFTSTREAM_PEERS", "2=127.0.0.1:50061,3=127.0.0.1:3003");
+            let flags = serde_json::json!({ "http_addr": "127.0.0.1:3002" });
+            let config = layers(
+                Some("node.toml".into()),
+                flags,
+                &["limits.max_long_polls=7"],
+            )
+            .load()
+            .map_err(figment::Error::from)?;
+            // The file's node id and timeout under the environment's.
+            assert_eq!(config.node_id, 2);
+            assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:2001");
+            assert_eq!(config.limits.write_timeout_ms, 2000);
+            assert_eq!(config.limits.request_timeout_ms, 90_000);
+            // The flag over the file; --set for a key without a flag.
+            assert_eq!(config.http_addr.to_string(), "127.0.0.1:3002");
+            assert_eq!(config.limits.max_long_polls, 7);
+            // Defaults where no layer says anything.
+            assert_eq!(config.data_dir, PathBuf::from("data"));
+            assert_eq!(config.peers.len(), 2);
+            config.validate().map_err(figment::Error::from)?;
+
+            // --set wins over everything.
+            let config = layers(
+                Some("node.toml".into()),
+                serde_json::json!({}),
+                &["limits.write_timeout_ms=3000", "grpc_addr=127.0.0.1:4001"],
+            )
+            .load()
+            .map_err(figment::Error::from)?;
+            assert_eq!(config.limits.write_timeout_ms, 3000);
+            assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:4001");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_tools_variables_are_ignored_and_an_empty_admin_token_is_none() {
+        figment::Jail::expect_with(|jail| {
+            // The CLI's variables, in the same shell as the node.
+            jail.set_env("RAFTSTREAM_TOKEN", "rst_x");
+            jail.set_env("RAFTSTREAM_ADDR", "127.0.0.1:1");
+            jail.set_env("RAFTSTREAM_LOG_FORMAT", "json");
+            jail.set_env("RAFTSTREAM_ADMIN_TOKEN", "");
+            let config = layers(None, serde_json::json!({ "node_id": 5 }), &[])
+                .load()
+                .map_err(figment::Error::from)?;
+            assert_eq!(config.admin_token, None);
+            // Alone, without --peers: itself at its peer address.
+            assert_eq!(
+                config.peers,
+                BTreeMap::from([(5, "127.0.0.1:50061".to_string())])
+            );
+            jail.set_env("RAFTSTREAM_ADMIN_TOKEN", "rst_chosen");
+            let config = layers(None, serde_json::json!({ "node_id": 5 }), &[])
+                .load()
+                .map_err(figment::Error::from)?;
+            assert_eq!(config.admin_token.as_deref(), Some("rst_chosen"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_layers_are_refused_with_the_key_they_name() {
+        figment::Jail::expect_with(|jail| {
+            let node = serde_json::json!({ "node_id": 1 });
+            let unknown = layers(None, node.clone(), &["limits.nope=1"]).load();
+            assert!(unknown.unwrap_err().contains("nope"));
+            let no_such_setting = layers(None, node.clone(), &["nope=1"]).load();
+            assert!(no_such_setting.unwrap_err().contains("nope"));
+            let not_key_value = layers(None, node.clone(), &["limits"]).load();
+            assert!(not_key_value.unwrap_err().contains("key=value"));
+            let missing_file = layers(Some("absent.toml".into()), node.clone(), &[]).load();
+            assert!(missing_file.unwrap_err().contains("absent.toml"));
+            jail.set_env("RAFTSTREAM_LIMITS__WRITE_TIMEOUT_MS", "soon");
+            let wrong_type = layers(None, node.clone(), &[]).load().unwrap_err();
+            let named = wrong_type.to_ascii_lowercase().contains("write_timeout_ms");
+            assert!(named, "{wrong_type}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn config_keys_are_exactly_the_settings() {
+        let config = layers(None, serde_json::json!({ "node_id": 1 }), &[])
+            .load_with(figment::providers::Serialized::defaults(serde_json::json!(
+                {}
+            )))
+            .unwrap();
+        let serialized = serde_json::to_value(&config).unwrap();
+        let mut keys: Vec<&str> = serialized
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut listed = CONFIG_KEYS.to_vec();
+        keys.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn set_values_are_read_as_toml_else_as_text() {
+        assert_eq!(toml_value("5000"), toml::Value::Integer(5000));
+        assert_eq!(toml_value("true"), toml::Value::Boolean(true));
+        assert_eq!(toml_value("\"a b\""), toml::Value::String("a b".into()));
+        assert_eq!(toml_value("data/1"), toml::Value::String("data/1".into()));
+    }
 
     #[test]
     fn peers_parse_and_reject_bad_input() {

@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
-use raftstream_node::config::ClientTls;
+use raftstream_node::config::ConfigLayers;
 use raftstream_node::config::NodeConfig;
-use raftstream_node::config::PeerTls;
-use raftstream_node::config::parse_peers;
 use raftstream_node::server::RunningNode;
 use raftstream_node::tls::write_dev_certs;
 
@@ -58,64 +56,50 @@ enum Cmd {
     /// Runs a single-node cluster: data in ./data, gRPC on 127.0.0.1:50051, HTTP on
     /// 127.0.0.1:8080, the peer listener on 127.0.0.1:50061 (plain: loopback only).
     Dev {
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        grpc_addr: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:50061")]
-        peer_addr: SocketAddr,
         #[command(flatten)]
-        client_tls: ClientTlsArgs,
+        settings: Settings,
     },
-    /// Runs one node of a cluster, from flags or a TOML config file.
+    /// Runs one node of a cluster. Settings merge, lowest precedence first: the
+    /// defaults, `--config` (TOML, see deploy/node1.toml), `RAFTSTREAM_*` environment
+    /// variables (`RAFTSTREAM_NODE_ID`, `RAFTSTREAM_LIMITS__WRITE_TIMEOUT_MS`), the flags,
+    /// then `--set`.
     ///
     /// Example: raftstream-node run --node-id 1 --grpc-addr 127.0.0.1:50051 --http-addr 127.0.0.1:8081
     ///          --peer-addr 127.0.0.1:50061 --data-dir data/1
     ///          --peers 1=127.0.0.1:50061,2=127.0.0.1:50062,3=127.0.0.1:50063
     Run {
-        /// A TOML file with every setting (see deploy/node1.toml); flags are then not needed.
-        #[arg(long, conflicts_with_all = ["node_id", "peers"])]
+        /// A TOML file with any of the settings; flags and the environment override it.
+        #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
         node_id: Option<u64>,
-        /// The public gRPC listener (client API, webhook ingestion).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        grpc_addr: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
-        /// The peer listener (Raft, forwarded calls): for other nodes only.
-        #[arg(long, default_value = "127.0.0.1:50061")]
-        peer_addr: SocketAddr,
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
         /// Every node, this one included, at its peer listener: id=host:port,...
+        /// (default: this node alone).
         #[arg(long)]
         peers: Option<String>,
         /// Acknowledge after the OS write instead of after fsync (unsafe on power loss).
         #[arg(long)]
         no_fsync: bool,
         /// The cluster CA (PEM): peers must present a certificate it signed.
-        #[arg(long, requires_all = ["peer_tls_cert", "peer_tls_key"])]
+        #[arg(long)]
         peer_tls_ca: Option<PathBuf>,
         /// This node's certificate (PEM), signed by the cluster CA.
-        #[arg(long, requires = "peer_tls_ca")]
+        #[arg(long)]
         peer_tls_cert: Option<PathBuf>,
         /// The key of --peer-tls-cert (PEM).
-        #[arg(long, requires = "peer_tls_ca")]
+        #[arg(long)]
         peer_tls_key: Option<PathBuf>,
         /// The name peers' certificates must carry, when the peer addresses
         /// name hosts the certificates do not (raftstream-node certs adds
         /// `raftstream-node` to every node certificate).
-        #[arg(long, requires = "peer_tls_ca")]
+        #[arg(long)]
         peer_tls_server_name: Option<String>,
         /// Serve the peer listener without TLS on a non-loopback address
         /// (only on a network no one but the cluster's nodes can reach).
-        #[arg(long, conflicts_with = "peer_tls_ca")]
+        #[arg(long)]
         insecure_peers: bool,
         #[command(flatten)]
-        client_tls: ClientTlsArgs,
+        settings: Settings,
     },
     /// Writes a development CA, a certificate per node and a client
     /// certificate into a directory (never overwriting a file).
@@ -133,9 +117,30 @@ enum Cmd {
     },
 }
 
-/// TLS on the public gRPC and HTTP listeners.
+/// Settings both `dev` and `run` take. A flag left out leaves the setting
+/// to the layers below it (environment, file, defaults).
 #[derive(clap::Args, Debug)]
-struct ClientTlsArgs {
+struct Settings {
+    /// [default: data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The public gRPC listener (client API, webhook ingestion) [default: 127.0.0.1:50051].
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// The HTTP gateway [default: 127.0.0.1:8080].
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// The peer listener (Raft, forwarded calls), for other nodes only
+    /// [default: 127.0.0.1:50061].
+    #[arg(long)]
+    peer_addr: Option<SocketAddr>,
+    /// The gRPC address clients are told to use for this node, when not
+    /// --grpc-addr (NAT, a load balancer, a container port, 0.0.0.0).
+    #[arg(long)]
+    advertise_grpc: Option<String>,
+    /// The HTTP address the API documents name, when not --http-addr.
+    #[arg(long)]
+    advertise_http: Option<String>,
     /// The certificate (PEM) the public gRPC and HTTP listeners present;
     /// they serve TLS only when it is given.
     #[arg(long, requires = "tls_key")]
@@ -146,57 +151,75 @@ struct ClientTlsArgs {
     /// Ask clients for a certificate this CA (PEM) signed.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Any setting by its key, for those without a flag of their own:
+    /// `--set limits.write_timeout_ms=5000` (repeatable; applied last).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
-impl ClientTlsArgs {
-    fn into_config(self) -> Option<ClientTls> {
-        let (cert, key) = (self.tls_cert?, self.tls_key?);
-        Some(ClientTls {
-            cert,
-            key,
-            client_ca: self.tls_client_ca,
-        })
+/// The defaults of `dev` and `run`: one node on loopback, data in ./data.
+fn defaults(node_id: Option<u64>) -> serde_json::Value {
+    let mut defaults = serde_json::json!({
+        "grpc_addr": "127.0.0.1:50051",
+        "http_addr": "127.0.0.1:8080",
+        "peer_addr": "127.0.0.1:50061",
+        "data_dir": "data",
+    });
+    if let Some(id) = node_id {
+        defaults["node_id"] = id.into();
+    }
+    defaults
+}
+
+impl Settings {
+    /// The flags given, as configuration keys; `flags` holds the others the
+    /// command has.
+    fn into_layers(
+        self,
+        defaults: serde_json::Value,
+        file: Option<PathBuf>,
+        mut flags: serde_json::Map<String, serde_json::Value>,
+    ) -> ConfigLayers {
+        let mut set = |key: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                flags.insert(key.to_string(), value);
+            }
+        };
+        let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string().into());
+        let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string().into());
+        set("data_dir", path(self.data_dir));
+        set("grpc_addr", addr(self.grpc_addr));
+        set("http_addr", addr(self.http_addr));
+        set("peer_addr", addr(self.peer_addr));
+        set("advertise_grpc_addr", self.advertise_grpc.map(Into::into));
+        set("advertise_http_addr", self.advertise_http.map(Into::into));
+        if let Some(cert) = self.tls_cert {
+            set(
+                "client_tls",
+                Some(serde_json::json!({
+                    "cert": cert,
+                    "key": self.tls_key,
+                    "client_ca": self.tls_client_ca,
+                })),
+            );
+        }
+        ConfigLayers {
+            defaults,
+            file,
+            flags: flags.into(),
+            sets: self.sets,
+        }
     }
 }
 
 fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
-    let config = match cmd {
-        Cmd::Dev {
-            data_dir,
-            grpc_addr,
-            http_addr,
-            peer_addr,
-            client_tls,
-        } => NodeConfig {
-            node_id: 1,
-            grpc_addr,
-            http_addr,
-            peer_addr,
-            data_dir,
-            peers: [(1, peer_addr.to_string())].into(),
-            raft: Default::default(),
-            limits: Default::default(),
-            fsync: true,
-            admin_token: None,
-            peer_tls: None,
-            insecure_peers: false,
-            client_tls: client_tls.into_config(),
-            link_faults: None,
-        },
-        Cmd::Run {
-            config: Some(path), ..
-        } => {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+    let layers = match cmd {
+        Cmd::Dev { settings } => {
+            settings.into_layers(defaults(Some(1)), None, serde_json::Map::new())
         }
         Cmd::Run {
-            config: None,
+            config,
             node_id,
-            grpc_addr,
-            http_addr,
-            peer_addr,
-            data_dir,
             peers,
             no_fsync,
             peer_tls_ca,
@@ -204,47 +227,41 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             peer_tls_key,
             peer_tls_server_name,
             insecure_peers,
-            client_tls,
+            settings,
         } => {
-            let node_id = node_id.context("--node-id is required without --config")?;
-            let peers = match peers {
-                Some(text) => parse_peers(&text).map_err(anyhow::Error::msg)?,
-                None => [(node_id, peer_addr.to_string())].into(),
-            };
-            let peer_tls = match (peer_tls_ca, peer_tls_cert, peer_tls_key) {
-                (Some(ca), Some(cert), Some(key)) => Some(PeerTls {
-                    ca,
-                    cert,
-                    key,
-                    server_name: peer_tls_server_name,
-                }),
-                _ => None,
-            };
-            NodeConfig {
-                node_id,
-                grpc_addr,
-                http_addr,
-                peer_addr,
-                data_dir,
-                peers,
-                raft: Default::default(),
-                limits: Default::default(),
-                fsync: !no_fsync,
-                admin_token: None,
-                peer_tls,
-                insecure_peers,
-                client_tls: client_tls.into_config(),
-                link_faults: None,
+            let mut flags = serde_json::Map::new();
+            if let Some(id) = node_id {
+                flags.insert("node_id".into(), id.into());
             }
+            if let Some(peers) = peers {
+                flags.insert("peers".into(), peers.into());
+            }
+            if no_fsync {
+                flags.insert("fsync".into(), false.into());
+            }
+            if insecure_peers {
+                flags.insert("insecure_peers".into(), true.into());
+            }
+            match (peer_tls_ca, peer_tls_cert, peer_tls_key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    flags.insert(
+                        "peer_tls".into(),
+                        serde_json::json!({
+                            "ca": ca,
+                            "cert": cert,
+                            "key": key,
+                            "server_name": peer_tls_server_name,
+                        }),
+                    );
+                }
+                (None, None, None) => {}
+                _ => anyhow::bail!("--peer-tls-ca, --peer-tls-cert and --peer-tls-key go together"),
+            }
+            settings.into_layers(defaults(None), config, flags)
         }
         Cmd::Certs { .. } => anyhow::bail!("certs runs no node"),
     };
-    let mut config = config;
-    if let Ok(token) = std::env::var("RAFTSTREAM_ADMIN_TOKEN")
-        && !token.is_empty()
-    {
-        config.admin_token = Some(token);
-    }
+    let config = layers.load().map_err(anyhow::Error::msg)?;
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }

@@ -229,7 +229,7 @@ impl Node {
     /// the time from `time` (`SystemClock` outside tests).
     pub async fn start(config: NodeConfig, time: Arc<dyn Clock>) -> Result<Arc<Node>, NodeError> {
         config.validate().map_err(NodeError::Config)?;
-        let own_client_addr = [(config.node_id, config.grpc_addr.to_string())].into();
+        let own_client_addr = [(config.node_id, config.client_grpc_addr())].into();
         let read_slots = ReadSlots::new(&config.limits);
         let clock = ClockCheck::new(
             config.limits.max_clock_offset_ms,

@@ -1079,7 +1079,7 @@ impl ClientService {
             node_id: self.node.id(),
             nodes: vec![pb::NodeStatus {
                 id: self.node.id(),
-                grpc_addr: self.node.config.grpc_addr.to_string(),
+                grpc_addr: self.node.config.client_grpc_addr(),
                 reachable: true,
             }],
             groups,

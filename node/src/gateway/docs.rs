@@ -122,7 +122,7 @@ impl Documents {
         }
         .modify(&mut openapi);
         let openapi = serde_json::to_value(&openapi).unwrap_or(Value::Null);
-        let asyncapi = asyncapi(&openapi, &config.http_addr.to_string());
+        let asyncapi = asyncapi(&openapi, &config.client_http_addr());
         let text =
             |value: &Value| Bytes::from(serde_json::to_vec_pretty(value).unwrap_or_default());
         Documents {

@@ -497,12 +497,12 @@ fn sibling_exists(token_file: &std::path::Path, name: &str) -> bool {
     token_file.with_file_name(name).exists()
 }
 
-/// In a cluster every node may try to create the first admin token; only
-/// the one whose token is in the metadata keeps a file, and that token
-/// works on every node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_three_node_cluster_keeps_one_admin_token_file_that_works_everywhere() {
-    let dir = tempfile::tempdir().unwrap();
+/// Three nodes of one cluster on loopback: the test defaults, changed by
+/// `tweak`.
+async fn start_three(
+    dir: &std::path::Path,
+    tweak: impl Fn(&mut raftstream_node::config::NodeConfig),
+) -> Vec<raftstream_node::server::RunningNode> {
     let mut listeners = Vec::new();
     for _ in 0..3 {
         listeners.push(common::loopback_listeners().await);
@@ -512,22 +512,32 @@ async fn a_new_three_node_cluster_keeps_one_admin_token_file_that_works_everywhe
         .map(|(id, l)| (id, l.peer.local_addr().unwrap().to_string()))
         .collect();
     let mut nodes = Vec::new();
-    let mut token_files = Vec::new();
-    let mut http_addrs = Vec::new();
     for (id, listeners) in (1..=3).zip(listeners) {
-        let config = raftstream_node::config::NodeConfig {
-            admin_token: None,
+        let mut config = raftstream_node::config::NodeConfig {
             peers: peers.clone(),
-            ..common::node_config(id, &listeners, dir.path())
+            ..common::node_config(id, &listeners, dir)
         };
-        token_files.push(config.data_dir.join("admin-token"));
-        http_addrs.push(config.http_addr);
+        tweak(&mut config);
         nodes.push(
             raftstream_node::server::RunningNode::start_on(config, listeners)
                 .await
                 .unwrap(),
         );
     }
+    nodes
+}
+
+/// In a cluster every node may try to create the first admin token; only
+/// the one whose token is in the metadata keeps a file, and that token
+/// works on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_three_node_cluster_keeps_one_admin_token_file_that_works_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_three(dir.path(), |config| config.admin_token = None).await;
+    let token_files: Vec<_> = nodes
+        .iter()
+        .map(|n| n.node.config.data_dir.join("admin-token"))
+        .collect();
     let secret = common::eventually("one admin-token file", Duration::from_secs(30), || async {
         let secrets: Vec<String> = token_files
             .iter()
@@ -541,7 +551,8 @@ async fn a_new_three_node_cluster_keeps_one_admin_token_file_that_works_everywhe
     })
     .await;
     let client = reqwest::Client::new();
-    for http_addr in &http_addrs {
+    for node in &nodes {
+        let http_addr = node.http_addr;
         common::eventually("the admin token works", Duration::from_secs(20), || async {
             let list = client
                 .get(format!("http://{http_addr}/api/event_streams/topics"))
@@ -553,6 +564,53 @@ async fn a_new_three_node_cluster_keeps_one_admin_token_file_that_works_everywhe
         })
         .await;
     }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// A node behind NAT or a port mapping binds one address and is reached at
+/// another: clients learn the advertised one from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_status_gives_clients_each_nodes_advertised_grpc_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_three(dir.path(), |config| {
+        config.advertise_grpc_addr = Some(format!(
+            "node-{}.example:{}",
+            config.node_id,
+            config.grpc_addr.port()
+        ));
+    })
+    .await;
+    let client =
+        raftstream_client::connect(&nodes[0].grpc_addr.to_string(), Some(common::ADMIN_TOKEN))
+            .await
+            .unwrap();
+    let expected: Vec<(u64, String)> = nodes
+        .iter()
+        .map(|n| {
+            let id = n.node.id();
+            (id, format!("node-{id}.example:{}", n.grpc_addr.port()))
+        })
+        .collect();
+    common::eventually("every advertised address", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        let expected = expected.clone();
+        async move {
+            let status = client
+                .cluster_status(raftstream_client::pb::ClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            let listed: Vec<(u64, String)> = status
+                .nodes
+                .into_iter()
+                .map(|n| (n.id, n.grpc_addr))
+                .collect();
+            (listed == expected).then_some(())
+        }
+    })
+    .await;
     for node in nodes {
         node.shutdown().await;
     }

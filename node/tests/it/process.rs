@@ -815,3 +815,71 @@ async fn json_logs_are_one_object_per_line_and_never_hold_the_admin_token() {
     }
     assert!(lines >= 2, "{text}");
 }
+
+/// The binary merges its settings from the file, the environment and the
+/// flags, in that order of precedence, and tells clients the advertised
+/// address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn run_merges_the_config_file_environment_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_grpc, env_grpc, http, peer) = (free_port(), free_port(), free_port(), free_port());
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            node_id = 1
+            grpc_addr = "127.0.0.1:{file_grpc}"
+            http_addr = "127.0.0.1:{file_grpc}"
+            peer_addr = "127.0.0.1:{peer}"
+            data_dir = "{data}"
+            "#,
+            data = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("node.log");
+    let mut child = Command::new(NODE_BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--advertise-grpc", &format!("node-1.example:{env_grpc}")])
+        .args(["--set", "limits.write_timeout_ms=4000"])
+        .env("RAFTSTREAM_GRPC_ADDR", format!("127.0.0.1:{env_grpc}"))
+        .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+        // The CLI's own variable in the same shell does not stop the node.
+        .env("RAFTSTREAM_TOKEN", "rst_not-a-node-setting")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let grpc = format!("127.0.0.1:{env_grpc}");
+    let mut client = eventually(
+        "gRPC on the environment's address",
+        Duration::from_secs(30),
+        || {
+            let grpc = grpc.clone();
+            async move {
+                raftstream_client::connect(&grpc, Some(ADMIN_TOKEN))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    let healthz = reqwest::get(format!("http://127.0.0.1:{http}/healthz")).await;
+    let status = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(healthz.is_ok_and(|r| r.status().is_success()), "{log}");
+    assert_eq!(status.nodes.len(), 1);
+    assert_eq!(
+        status.nodes[0].grpc_addr,
+        format!("node-1.example:{env_grpc}")
+    );
+}

@@ -196,6 +196,8 @@ pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> Nod
         grpc_addr: listeners.grpc.local_addr().unwrap(),
         http_addr: listeners.http.local_addr().unwrap(),
         peer_addr,
+        advertise_grpc_addr: None,
+        advertise_http_addr: None,
         data_dir: dir.join(format!("node-{id}")),
         peers: [(id, peer_addr.to_string())].into(),
         raft: RaftTimings::default(),
