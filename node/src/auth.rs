@@ -12,6 +12,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::group::HostedGroups;
+use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
@@ -116,8 +117,8 @@ impl TokenTopic {
 pub fn resolve_token_topics(
     meta: &MetaState,
     requested: &[String],
-) -> Result<Vec<u64>, MetaRejection> {
-    let mut ids: Vec<u64> = Vec::with_capacity(requested.len());
+) -> Result<Vec<TopicId>, MetaRejection> {
+    let mut ids: Vec<TopicId> = Vec::with_capacity(requested.len());
     for text in requested {
         let id = match TopicName::parse(text) {
             TopicName::Id(id) if meta.topics.contains_key(&id) => id,
@@ -154,7 +155,7 @@ pub fn still_allowed(
     meta: &MetaState,
     token_id: u64,
     scope: Scope,
-    topic_id: Option<u64>,
+    topic_id: Option<TopicId>,
 ) -> Result<&TokenRecord, AccessLost> {
     let token = meta.tokens.get(&token_id).ok_or(AccessLost::Revoked)?;
     match topic_id {
@@ -179,7 +180,7 @@ pub async fn access_lost(
     groups: &HostedGroups,
     token_id: u64,
     scope: Scope,
-    topic_id: Option<u64>,
+    topic_id: Option<TopicId>,
 ) -> AccessLost {
     let Some(meta) = groups.meta() else {
         return AccessLost::NodeStopping;
@@ -229,7 +230,7 @@ mod tests {
 
     fn topic(id: u64, name: &str) -> Topic {
         Topic {
-            id,
+            id: TopicId(id),
             name: name.into(),
             description: String::new(),
             schema: None,
@@ -248,9 +249,9 @@ mod tests {
     fn meta_with(topics: &[(u64, &str)]) -> MetaState {
         let mut meta = MetaState::default();
         for (id, name) in topics {
-            meta.topics.insert(*id, topic(*id, name));
+            meta.topics.insert(TopicId(*id), topic(*id, name));
         }
-        meta.next_topic_id = topics.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
+        meta.next_topic_id = TopicId(topics.iter().map(|(id, _)| id + 1).max().unwrap_or(1));
         meta
     }
 
@@ -274,13 +275,18 @@ mod tests {
     #[test]
     fn scopes_and_topic_lists_are_enforced() {
         let orders = topic(4, "orders");
-        let publisher = token(1, "s", vec![Scope::Publish], vec![TokenTopic::Id(4)]);
+        let publisher = token(
+            1,
+            "s",
+            vec![Scope::Publish],
+            vec![TokenTopic::Id(TopicId(4))],
+        );
         assert_eq!(publisher.allows(Scope::Publish, Some(&orders)), Ok(()));
         assert_eq!(
             publisher.allows(Scope::Consume, Some(&orders)),
             Err(Denied::Scope(Scope::Consume))
         );
-        let elsewhere = token(3, "s", vec![Scope::Admin], vec![TokenTopic::Id(9)]);
+        let elsewhere = token(3, "s", vec![Scope::Admin], vec![TokenTopic::Id(TopicId(9))]);
         assert_eq!(
             elsewhere.allows(Scope::Publish, Some(&orders)),
             Err(Denied::Topic)
@@ -298,8 +304,8 @@ mod tests {
             resolve_token_topics(&meta, &requested)
         };
         assert_eq!(check(&[]), Ok(vec![]));
-        assert_eq!(check(&["payments", "3"]), Ok(vec![4, 3]));
-        assert_eq!(check(&["orders", "3", "orders"]), Ok(vec![3]));
+        assert_eq!(check(&["payments", "3"]), Ok(vec![TopicId(4), TopicId(3)]));
+        assert_eq!(check(&["orders", "3", "orders"]), Ok(vec![TopicId(3)]));
         assert_eq!(
             check(&["orders", "refunds"]),
             Err(MetaRejection::TopicNameNotFound {
@@ -308,7 +314,9 @@ mod tests {
         );
         assert_eq!(
             check(&["9"]),
-            Err(MetaRejection::TopicNotFound { topic_id: 9 })
+            Err(MetaRejection::TopicNotFound {
+                topic_id: TopicId(9)
+            })
         );
         assert_eq!(
             check(&[""]),
@@ -318,7 +326,12 @@ mod tests {
 
     #[test]
     fn a_renamed_topic_stays_allowed_and_a_new_topic_with_its_old_name_does_not() {
-        let reader = token(1, "s", vec![Scope::Consume], vec![TokenTopic::Id(3)]);
+        let reader = token(
+            1,
+            "s",
+            vec![Scope::Consume],
+            vec![TokenTopic::Id(TopicId(3))],
+        );
         let renamed = topic(3, "b");
         let new_with_old_name = topic(4, "a");
         assert_eq!(reader.allows(Scope::Consume, Some(&renamed)), Ok(()));
@@ -352,8 +365,8 @@ mod tests {
             "s",
             vec![Scope::Consume],
             vec![
-                TokenTopic::Id(3),
-                TokenTopic::Id(8),
+                TokenTopic::Id(TopicId(3)),
+                TokenTopic::Id(TopicId(8)),
                 TokenTopic::LegacyName("old".into()),
             ],
         );
@@ -365,18 +378,25 @@ mod tests {
         let mut meta = meta_with(&[(3, "orders"), (4, "payments")]);
         meta.tokens.insert(
             1,
-            token(1, "s", vec![Scope::Consume], vec![TokenTopic::Id(3)]),
+            token(
+                1,
+                "s",
+                vec![Scope::Consume],
+                vec![TokenTopic::Id(TopicId(3))],
+            ),
         );
         assert_eq!(
-            still_allowed(&meta, 1, Scope::Consume, Some(3)).unwrap().id,
+            still_allowed(&meta, 1, Scope::Consume, Some(TopicId(3)))
+                .unwrap()
+                .id,
             1
         );
         assert_eq!(
-            still_allowed(&meta, 1, Scope::Consume, Some(4)).unwrap_err(),
+            still_allowed(&meta, 1, Scope::Consume, Some(TopicId(4))).unwrap_err(),
             AccessLost::Denied(Denied::Topic)
         );
         assert_eq!(
-            still_allowed(&meta, 1, Scope::Publish, Some(3)).unwrap_err(),
+            still_allowed(&meta, 1, Scope::Publish, Some(TopicId(3))).unwrap_err(),
             AccessLost::Denied(Denied::Scope(Scope::Publish))
         );
         // A topic this node has not resolved: the token and scope still count.
@@ -386,9 +406,9 @@ mod tests {
             AccessLost::Denied(Denied::Scope(Scope::Publish))
         );
         // A deleted topic is no longer one the token may read.
-        meta.topics.remove(&3);
+        meta.topics.remove(&TopicId(3));
         assert_eq!(
-            still_allowed(&meta, 1, Scope::Consume, Some(3)).unwrap_err(),
+            still_allowed(&meta, 1, Scope::Consume, Some(TopicId(3))).unwrap_err(),
             AccessLost::Denied(Denied::Topic)
         );
         meta.tokens.remove(&1);

@@ -26,6 +26,7 @@ use crate::group::Raft;
 use crate::group::write::WriteError;
 use crate::group::write::WritePath;
 use crate::identity::Identity;
+use crate::model::TopicId;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::quiesce::QuiesceTimings;
@@ -407,7 +408,7 @@ impl Node {
     /// this node already checks the new schema (read your own writes).
     /// Returns false if the change has not arrived within
     /// `METADATA_PROPAGATION_WAIT`; it still arrives later.
-    pub async fn await_topic_applied(&self, id: u64, version: Option<u64>) -> bool {
+    pub async fn await_topic_applied(&self, id: TopicId, version: Option<u64>) -> bool {
         self.await_metadata(|m| match (m.topics.get(&id), version) {
             (Some(topic), Some(version)) => (topic.version >= version).then_some(()),
             (None, None) => Some(()),

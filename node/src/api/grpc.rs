@@ -50,6 +50,7 @@ use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
+use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
 use crate::raft::types::CommitWriter;
@@ -262,7 +263,7 @@ impl ForwardError for Status {
 
 fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
     match topic.and_then(|t| t.topic.as_ref()) {
-        Some(pb::topic_ref::Topic::Id(id)) => Ok(TopicName::Id(*id)),
+        Some(pb::topic_ref::Topic::Id(id)) => Ok(TopicName::Id(TopicId(*id))),
         Some(pb::topic_ref::Topic::Name(name)) => Ok(TopicName::parse(name)),
         None => Err(ErrorCode::InvalidRequest.status("topic is required")),
     }
@@ -271,13 +272,13 @@ fn topic_name(topic: Option<&pb::TopicRef>) -> Result<TopicName, Status> {
 /// `name` on the wire; the inverse of `topic_name`.
 fn topic_ref_to_pb(name: &TopicName) -> pb::TopicRef {
     let topic = match name {
-        TopicName::Id(id) => pb::topic_ref::Topic::Id(*id),
+        TopicName::Id(id) => pb::topic_ref::Topic::Id(id.0),
         TopicName::Name(name) => pb::topic_ref::Topic::Name(name.clone()),
     };
     pb::TopicRef { topic: Some(topic) }
 }
 
-fn topic_by_id(topic_id: u64) -> Option<pb::TopicRef> {
+fn topic_by_id(topic_id: TopicId) -> Option<pb::TopicRef> {
     Some(topic_ref_to_pb(&TopicName::Id(topic_id)))
 }
 
@@ -320,7 +321,7 @@ fn spec_from_pb(request: pb::CreateTopicRequest) -> TopicSpec {
 
 pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
     pb::Topic {
-        id: topic.id,
+        id: topic.id.0,
         name: topic.name.clone(),
         description: topic.description.clone(),
         schema: topic.schema.clone(),
@@ -345,7 +346,7 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
 fn topic_from_pb(topic: pb::Topic) -> Topic {
     Topic {
         retention: retention_from_pb(topic.retention.as_ref()),
-        id: topic.id,
+        id: TopicId(topic.id),
         name: topic.name,
         description: topic.description,
         schema: topic.schema,

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::model::TopicId;
 use crate::raft::types::Topic;
 
 /// The largest schema a topic may be given, in bytes of JSON text: the
@@ -73,7 +74,7 @@ pub enum SchemaError {
 /// topic update raises its version, so the pair names one schema text.
 #[derive(Debug, Clone, Copy)]
 pub struct TopicSchema<'a> {
-    pub topic_id: u64,
+    pub topic_id: TopicId,
     pub version: u64,
     pub topic_name: &'a str,
     pub schema: &'a str,
@@ -125,7 +126,7 @@ pub fn failures(validator: &Validator, value: &Value) -> Option<String> {
 /// The node's compiled schemas and its bound on validations running at once.
 pub struct SchemaCache {
     /// Topic id → (topic version, compiled schema).
-    compiled: Mutex<HashMap<u64, (u64, Arc<Validator>)>>,
+    compiled: Mutex<HashMap<TopicId, (u64, Arc<Validator>)>>,
     /// One permit per validation or compilation running on a blocking thread.
     permits: Arc<Semaphore>,
 }
@@ -269,7 +270,7 @@ impl SchemaCache {
         .map_err(|e| e.to_string())
     }
 
-    fn cached(&self, topic_id: u64, version: u64) -> Option<Arc<Validator>> {
+    fn cached(&self, topic_id: TopicId, version: u64) -> Option<Arc<Validator>> {
         match self.compiled.lock().get(&topic_id) {
             Some((cached_version, validator)) if *cached_version == version => {
                 Some(validator.clone())
@@ -278,7 +279,7 @@ impl SchemaCache {
         }
     }
 
-    fn remember(&self, topic_id: u64, version: u64, validator: Arc<Validator>) {
+    fn remember(&self, topic_id: TopicId, version: u64, validator: Arc<Validator>) {
         let mut compiled = self.compiled.lock();
         // A request that read older metadata must not evict a newer version.
         if compiled
@@ -308,7 +309,7 @@ mod tests {
 
     fn topic_schema(version: u64, schema: &str) -> TopicSchema<'_> {
         TopicSchema {
-            topic_id: 1,
+            topic_id: TopicId(1),
             version,
             topic_name: "t",
             schema,

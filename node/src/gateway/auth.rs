@@ -21,6 +21,7 @@ use super::ApiError;
 use super::Gateway;
 use crate::auth::AccessLost;
 use crate::auth::Denied;
+use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::raft::types::Scope;
 
@@ -100,7 +101,7 @@ impl AdmittedToken {
         self,
         gateway: &Gateway,
         scope: Scope,
-        topic_id: u64,
+        topic_id: TopicId,
     ) -> Result<(), ApiError> {
         gateway
             .node
@@ -114,7 +115,7 @@ impl AdmittedToken {
 
     /// Resolves with the error to answer with once the token may no longer
     /// use `scope` on topic `topic_id`.
-    pub async fn access_lost(self, gateway: &Gateway, scope: Scope, topic_id: u64) -> ApiError {
+    pub async fn access_lost(self, gateway: &Gateway, scope: Scope, topic_id: TopicId) -> ApiError {
         access_lost_error(
             crate::auth::access_lost(gateway.node.hosted_groups(), self.0, scope, Some(topic_id))
                 .await,

@@ -188,7 +188,7 @@ fn source_of(headers: &HeaderMap, source: &SourceView) -> Source {
         status: source.status.as_str().to_string(),
         webhook_url: webhook_url(headers, source),
         topic: source.topic_name.clone(),
-        topic_id: source.topic_id,
+        topic_id: source.topic_id.0,
         partition: source.partition,
         secret_last_four: source.secret_last_four.clone(),
         hmac: source.hmac,

@@ -126,7 +126,7 @@ impl Topic {
                 .and_then(|s| serde_json::from_str(s).ok())
         });
         Topic {
-            id: topic.id,
+            id: topic.id.0,
             name: topic.name.clone(),
             description: topic.description.clone(),
             schema,

@@ -287,7 +287,7 @@ mod tests {
             id: "src_1".into(),
             name: "s".into(),
             kind,
-            topic_id: 1,
+            topic_id: crate::model::TopicId(1),
             tenant_id: "acme".into(),
             secret_hash: [0; 32],
             secret_last_four: "abcd".into(),

@@ -133,7 +133,7 @@ mod tests {
             id: new_source_id(),
             name: "s".into(),
             kind: SourceKind::Generic,
-            topic_id: 1,
+            topic_id: crate::model::TopicId(1),
             tenant_id: "default".into(),
             secret_hash: crate::auth::hash_secret(secret),
             secret_last_four: last_four(secret),

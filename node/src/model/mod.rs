@@ -3,10 +3,14 @@
 //! own, so naming one of its items never pulls a module into an import
 //! cycle.
 
+mod ids;
+
+pub use self::ids::TopicId;
+
 /// A topic named by id or by name, as every API accepts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicName {
-    Id(u64),
+    Id(TopicId),
     Name(String),
 }
 
@@ -14,7 +18,7 @@ impl TopicName {
     /// Digits name a topic by id (names may not be numbers).
     pub fn parse(text: &str) -> TopicName {
         match text.parse::<u64>() {
-            Ok(id) => TopicName::Id(id),
+            Ok(id) => TopicName::Id(TopicId(id)),
             Err(_) => TopicName::Name(text.to_string()),
         }
     }
@@ -48,7 +52,7 @@ mod tests {
 
     #[test]
     fn digits_name_a_topic_by_id_and_anything_else_by_name() {
-        assert_eq!(TopicName::parse("42"), TopicName::Id(42));
+        assert_eq!(TopicName::parse("42"), TopicName::Id(TopicId(42)));
         assert_eq!(TopicName::parse("orders"), TopicName::Name("orders".into()));
         assert_eq!(TopicName::parse("-1"), TopicName::Name("-1".into()));
         assert_eq!(TopicName::parse("42").to_string(), "42");

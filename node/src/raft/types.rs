@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::TopicId;
 use crate::raft::batch::RecordBatch;
 use serde::Deserialize;
 use serde::Serialize;
@@ -28,12 +29,12 @@ pub const MAX_PARTITIONS: u32 = 1 << PARTITION_BITS;
 /// consume over HTTP fans out one read per partition.
 pub const MAX_TOPIC_PARTITIONS: u32 = 256;
 
-pub fn partition_group_id(topic_id: u64, partition: u32) -> GroupId {
-    (topic_id << PARTITION_BITS) | u64::from(partition)
+pub fn partition_group_id(topic_id: TopicId, partition: u32) -> GroupId {
+    (topic_id.0 << PARTITION_BITS) | u64::from(partition)
 }
 
-pub fn topic_of_group(group: GroupId) -> u64 {
-    group >> PARTITION_BITS
+pub fn topic_of_group(group: GroupId) -> TopicId {
+    TopicId(group >> PARTITION_BITS)
 }
 
 openraft::declare_raft_types!(
@@ -133,12 +134,12 @@ pub enum MetaCommand {
         now_ms: i64,
     },
     UpdateTopic {
-        topic_id: u64,
+        topic_id: TopicId,
         update: TopicUpdate,
         now_ms: i64,
     },
     DeleteTopic {
-        topic_id: u64,
+        topic_id: TopicId,
     },
     /// A webhook source; `topic` creates its topic in the same entry when
     /// the source names one that does not exist yet.
@@ -160,7 +161,7 @@ pub enum MetaCommand {
     CreateTokenWithTopicIds {
         name: String,
         scopes: Vec<Scope>,
-        topic_ids: Vec<u64>,
+        topic_ids: Vec<TopicId>,
         /// SHA-256 of the secret; the secret itself is never replicated.
         hash: [u8; 32],
         now_ms: i64,
@@ -175,7 +176,7 @@ pub enum MetaCommand {
 /// The topic a new source delivers to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SourceTopic {
-    Existing(u64),
+    Existing(TopicId),
     /// Used when no topic has the spec's name yet, else that topic is.
     CreateIfMissing(TopicSpec),
 }
@@ -216,7 +217,7 @@ pub struct IngestSource {
     pub id: String,
     pub name: String,
     pub kind: SourceKind,
-    pub topic_id: u64,
+    pub topic_id: TopicId,
     pub tenant_id: String,
     pub secret_hash: [u8; 32],
     pub secret_last_four: String,
@@ -254,7 +255,7 @@ pub struct TopicUpdate {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Topic {
-    pub id: u64,
+    pub id: TopicId,
     pub name: String,
     pub description: String,
     pub schema: Option<String>,
@@ -319,7 +320,7 @@ pub enum TokenTopic {
     /// The topic with this id, whatever it is named now. Topic ids are
     /// never reused, so a renamed topic stays this topic and a new topic
     /// taking an old name never becomes it.
-    Id(u64),
+    Id(TopicId),
     /// A name stored before tokens kept topic ids. It stands for the topic
     /// bearing that name now, as it always did, until
     /// `MetaCommand::ResolveTokenTopicNames` turns it into an id.
@@ -329,7 +330,7 @@ pub enum TokenTopic {
 impl TokenTopic {
     /// What a name that names no topic resolves to: topic ids start at 1,
     /// so this one never names a topic.
-    pub const NO_TOPIC: TokenTopic = TokenTopic::Id(0);
+    pub const NO_TOPIC: TokenTopic = TokenTopic::Id(TopicId(0));
 
     /// As stored: an id as its digits, a legacy name as itself. Topic
     /// names may not be numbers, so the two never mix up.
@@ -342,7 +343,7 @@ impl TokenTopic {
 
     pub fn from_stored_text(text: String) -> TokenTopic {
         match text.parse() {
-            Ok(id) => TokenTopic::Id(id),
+            Ok(id) => TokenTopic::Id(TopicId(id)),
             Err(_) => TokenTopic::LegacyName(text),
         }
     }
@@ -380,8 +381,8 @@ mod token_topics_as_text {
 /// The replicated metadata. Ordered maps keep apply deterministic.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct MetaState {
-    pub topics: BTreeMap<u64, Topic>,
-    pub next_topic_id: u64,
+    pub topics: BTreeMap<TopicId, Topic>,
+    pub next_topic_id: TopicId,
     pub tokens: BTreeMap<u64, TokenRecord>,
     /// Zero until the first token is created.
     pub next_token_id: u64,
@@ -445,7 +446,7 @@ pub enum MetaRejection {
     #[error("topic {name:?} already exists")]
     TopicExists { name: String },
     #[error("topic {topic_id} does not exist")]
-    TopicNotFound { topic_id: u64 },
+    TopicNotFound { topic_id: TopicId },
     #[error("topic {name:?} does not exist")]
     TopicNameNotFound { name: String },
     #[error("token {token_id} does not exist")]
@@ -517,13 +518,13 @@ mod tests {
     #[test]
     fn only_groups_of_topics_seen_created_then_deleted_count_as_deleted() {
         let meta = MetaState {
-            next_topic_id: 3,
+            next_topic_id: TopicId(3),
             ..Default::default()
         };
-        assert!(meta.group_topic_deleted(partition_group_id(1, 0)));
-        assert!(meta.group_topic_deleted(partition_group_id(2, 7)));
+        assert!(meta.group_topic_deleted(partition_group_id(TopicId(1), 0)));
+        assert!(meta.group_topic_deleted(partition_group_id(TopicId(2), 7)));
         // Not created yet as far as this copy knows.
-        assert!(!meta.group_topic_deleted(partition_group_id(3, 0)));
+        assert!(!meta.group_topic_deleted(partition_group_id(TopicId(3), 0)));
         assert!(!meta.group_topic_deleted(META_GROUP));
     }
 
@@ -552,12 +553,15 @@ mod tests {
         let loaded: TokenRecord = bincode::deserialize(&bincode::serialize(&old).unwrap()).unwrap();
         assert_eq!(
             loaded.topics,
-            vec![TokenTopic::LegacyName("orders".into()), TokenTopic::Id(4)]
+            vec![
+                TokenTopic::LegacyName("orders".into()),
+                TokenTopic::Id(TopicId(4))
+            ]
         );
         assert_eq!((loaded.id, loaded.created_at_ms), (2, 11));
 
         let current = TokenRecord {
-            topics: vec![TokenTopic::Id(7), TokenTopic::NO_TOPIC],
+            topics: vec![TokenTopic::Id(TopicId(7)), TokenTopic::NO_TOPIC],
             ..loaded
         };
         let bytes = bincode::serialize(&current).unwrap();

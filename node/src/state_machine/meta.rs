@@ -1,5 +1,6 @@
 //! The metadata group's state machine: topics and their placement.
 
+use crate::model::TopicId;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::IngestSource;
@@ -103,7 +104,7 @@ pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> 
 /// What no metadata command may undo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Counters {
-    next_topic_id: u64,
+    next_topic_id: TopicId,
     next_token_id: u64,
     cluster_secret: Option<[u8; 32]>,
 }
@@ -147,7 +148,7 @@ impl Counters {
 pub(super) fn check_invariants(state: &MetaState) -> Result<(), String> {
     let mut names = std::collections::BTreeSet::new();
     for (id, topic) in &state.topics {
-        if topic.id != *id || topic.id == 0 || topic.id >= state.next_topic_id {
+        if topic.id != *id || topic.id < TopicId::FIRST || topic.id >= state.next_topic_id {
             return Err(format!(
                 "topic {:?} with id {} is stored under id {id}, next topic id {}",
                 topic.name, topic.id, state.next_topic_id
@@ -499,12 +500,12 @@ fn create_topic(
     };
     // Topic ids start at 1 and never repeat, so partition group ids of a
     // deleted topic are never reused by a new one.
-    let id = state.next_topic_id.max(1);
+    let id = state.next_topic_id.max(TopicId::FIRST);
     debug_assert!(
         !state.topics.contains_key(&id),
         "topic ids are never reused, but id {id} (the next topic id) is taken"
     );
-    state.next_topic_id = id + 1;
+    state.next_topic_id = id.next();
     let topic = Topic {
         id,
         name: spec.name.clone(),
@@ -525,13 +526,13 @@ fn create_topic(
 /// chosen by the topic id so that single-partition topics do not all land
 /// their leaders on the first node.
 pub fn place_replicas(
-    topic_id: u64,
+    topic_id: TopicId,
     partitions: u32,
     replication_factor: u32,
     nodes: &[NodeId],
 ) -> Vec<Vec<NodeId>> {
     let n = nodes.len();
-    let start = (topic_id as usize) % n.max(1);
+    let start = (topic_id.0 as usize) % n.max(1);
     (0..partitions as usize)
         .map(|p| {
             (0..replication_factor as usize)
@@ -571,7 +572,7 @@ mod tests {
 
     #[test]
     fn placement_spreads_leaders_and_keeps_replicas_distinct() {
-        let placement = place_replicas(1, 6, 3, &[1, 2, 3]);
+        let placement = place_replicas(TopicId(1), 6, 3, &[1, 2, 3]);
         let leaders: Vec<u64> = placement.iter().map(|r| r[0]).collect();
         assert_eq!(leaders, vec![2, 3, 1, 2, 3, 1]);
         for replicas in placement {
@@ -644,13 +645,15 @@ mod tests {
         create(&mut state, spec("a", 1, 1));
         apply(
             &mut state,
-            &MetaCommand::DeleteTopic { topic_id: 1 },
+            &MetaCommand::DeleteTopic {
+                topic_id: TopicId(1),
+            },
             &[1, 2, 3],
         );
         let CommandResponse::Topic(t) = create(&mut state, spec("a", 1, 1)) else {
             panic!()
         };
-        assert_eq!(t.id, 2);
+        assert_eq!(t.id, TopicId(2));
     }
 
     /// A way to break a state, and what the check that catches it says.
@@ -669,23 +672,23 @@ mod tests {
     fn the_invariant_check_catches_ids_names_and_placements_out_of_step() {
         let cases: [Corruption; 6] = [
             (
-                |s| s.next_topic_id = 2,
+                |s| s.next_topic_id = TopicId(2),
                 "with id 2 is stored under id 2, next topic id 2",
             ),
             (
-                |s| s.topics.get_mut(&2).unwrap().id = 7,
+                |s| s.topics.get_mut(&TopicId(2)).unwrap().id = TopicId(7),
                 "with id 7 is stored under id 2",
             ),
             (
-                |s| s.topics.get_mut(&2).unwrap().name = "a".into(),
+                |s| s.topics.get_mut(&TopicId(2)).unwrap().name = "a".into(),
                 "two topics are named",
             ),
             (
-                |s| s.topics.get_mut(&1).unwrap().partitions[1] = vec![1, 1, 2],
+                |s| s.topics.get_mut(&TopicId(1)).unwrap().partitions[1] = vec![1, 1, 2],
                 "replicas [1, 1, 2]",
             ),
             (
-                |s| s.topics.get_mut(&2).unwrap().replication_factor = 3,
+                |s| s.topics.get_mut(&TopicId(2)).unwrap().replication_factor = 3,
                 "replication factor 3",
             ),
             (|s| s.next_token_id = 1, "next token id 1"),
@@ -718,7 +721,7 @@ mod tests {
         let cases = [
             (
                 Counters {
-                    next_topic_id: 1,
+                    next_topic_id: TopicId(1),
                     ..set
                 },
                 "next topic id moved back from 3 to 1",
@@ -749,7 +752,7 @@ mod tests {
     #[should_panic(expected = "topic ids are never reused, but id 2 (the next topic id) is taken")]
     fn handing_out_a_taken_topic_id_stops_a_debug_build() {
         let mut state = populated();
-        state.next_topic_id = 2;
+        state.next_topic_id = TopicId(2);
         create(&mut state, spec("c", 1, 1));
     }
 
@@ -758,7 +761,7 @@ mod tests {
     #[should_panic(expected = "metadata invariant broken by delete token 9: two topics")]
     fn a_broken_invariant_stops_a_debug_build_at_the_next_apply() {
         let mut state = populated();
-        state.topics.get_mut(&2).unwrap().name = "a".into();
+        state.topics.get_mut(&TopicId(2)).unwrap().name = "a".into();
         apply(&mut state, &MetaCommand::DeleteToken { id: 9 }, &[1]);
     }
 
@@ -807,7 +810,7 @@ mod tests {
         let r = apply(
             &mut state,
             &MetaCommand::UpdateTopic {
-                topic_id: 2,
+                topic_id: TopicId(2),
                 update,
                 now_ms: 9,
             },
@@ -819,7 +822,7 @@ mod tests {
         ));
     }
 
-    fn rename(state: &mut MetaState, topic_id: u64, name: &str) {
+    fn rename(state: &mut MetaState, topic_id: TopicId, name: &str) {
         let update = crate::raft::types::TopicUpdate {
             name: Some(name.into()),
             ..Default::default()
@@ -839,7 +842,7 @@ mod tests {
         MetaCommand::CreateTokenWithTopicIds {
             name: "reader".into(),
             scopes: vec![Scope::Consume],
-            topic_ids,
+            topic_ids: topic_ids.into_iter().map(TopicId).collect(),
             hash: [3; 32],
             now_ms: 1,
         }
@@ -852,17 +855,22 @@ mod tests {
         let CommandResponse::Token(token) = apply(&mut state, &token_on(vec![1]), &[1]) else {
             panic!()
         };
-        assert_eq!(token.topics, vec![TokenTopic::Id(1)]);
-        rename(&mut state, 1, "b");
+        assert_eq!(token.topics, vec![TokenTopic::Id(TopicId(1))]);
+        rename(&mut state, TopicId(1), "b");
         create(&mut state, spec("a", 1, 1));
-        assert_eq!(state.tokens[&token.id].topics, vec![TokenTopic::Id(1)]);
+        assert_eq!(
+            state.tokens[&token.id].topics,
+            vec![TokenTopic::Id(TopicId(1))]
+        );
 
         // A topic deleted after the leader resolved it: nothing is stored,
         // and no token id is used up.
         let before = state.clone();
         assert!(matches!(
             apply(&mut state, &token_on(vec![2, 7]), &[1]),
-            CommandResponse::MetaRejected(MetaRejection::TopicNotFound { topic_id: 7 })
+            CommandResponse::MetaRejected(MetaRejection::TopicNotFound {
+                topic_id: TopicId(7)
+            })
         ));
         assert_eq!(state, before);
     }
@@ -888,7 +896,7 @@ mod tests {
             token.topics,
             vec![
                 TokenTopic::LegacyName("orders".into()),
-                TokenTopic::Id(2),
+                TokenTopic::Id(TopicId(2)),
                 TokenTopic::LegacyName("gone".into()),
             ]
         );
@@ -903,7 +911,11 @@ mod tests {
         // (an empty list would allow every topic).
         assert_eq!(
             state.tokens[&token.id].topics,
-            vec![TokenTopic::Id(1), TokenTopic::Id(2), TokenTopic::NO_TOPIC]
+            vec![
+                TokenTopic::Id(TopicId(1)),
+                TokenTopic::Id(TopicId(2)),
+                TokenTopic::NO_TOPIC
+            ]
         );
         create(&mut state, spec("gone", 1, 1));
         let gone = state.topic_by_name("gone").unwrap();

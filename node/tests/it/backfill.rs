@@ -109,7 +109,7 @@ struct Wiped {
 async fn wipe_a_follower_after_retention(published: u64, kept: u64, value_len: usize) -> Wiped {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic(TOPIC, 1, 3).await;
-    let group_id = partition_group_id(1, 0);
+    let group_id = partition_group_id(raftstream_node::model::TopicId(1), 0);
     let client = cluster.client(1).await;
     for i in 0..published {
         publish_until_acked(

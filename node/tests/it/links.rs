@@ -16,7 +16,7 @@ use crate::common::*;
 fn replica_values(cluster: &TestCluster, id: u64) -> Vec<String> {
     let group = cluster.nodes[&id]
         .node
-        .group(partition_group_id(1, 0))
+        .group(partition_group_id(raftstream_node::model::TopicId(1), 0))
         .unwrap();
     let batch = read_committed(&group, 0, 1_000, usize::MAX).unwrap();
     batch

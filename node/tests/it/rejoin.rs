@@ -20,7 +20,8 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     // and starts cautious too; it takes appends once both other replicas
     // told it the current term. Stopping one before that would leave it
     // waiting for that node, and the partition without a quorum.
-    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    let group_id =
+        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
     let meta = raftstream_node::raft::types::META_GROUP;
     eventually("every node votes", Duration::from_secs(20), || async {
         let caught_up = cluster.nodes.values().all(|running| {
@@ -180,7 +181,8 @@ async fn a_data_directory_of_another_node_is_refused_at_start() {
 async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic("kept", 1, 3).await;
-    let group_id = raftstream_node::raft::types::partition_group_id(1, 0);
+    let group_id =
+        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
     let meta = raftstream_node::raft::types::META_GROUP;
     // Leaders elsewhere, so that node 3's log is one a leader counted on.
     cluster.transfer_partition_leader("kept", 0, 1).await;

@@ -12,6 +12,7 @@ use crate::api::service::SourceStatus;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
 use crate::ingest::envelope::FlowRequest;
+use crate::model::TopicId;
 use crate::raft::types::SourceKind;
 
 impl ClientService {
@@ -28,7 +29,7 @@ fn source_to_pb(source: SourceView) -> pb::Source {
         id: source.id,
         name: source.name,
         source_type: source.kind.as_str().to_string(),
-        topic_id: source.topic_id,
+        topic_id: source.topic_id.0,
         topic_name: source.topic_name,
         partition: source.partition,
         status: source.status.as_str().to_string(),
@@ -48,7 +49,7 @@ pub(super) fn source_from_pb(source: pb::Source) -> SourceView {
         status: SourceStatus::parse(&source.status),
         id: source.id,
         name: source.name,
-        topic_id: source.topic_id,
+        topic_id: TopicId(source.topic_id),
         topic_name: source.topic_name,
         partition: source.partition,
         created_at_ms: source.created_at_ms,

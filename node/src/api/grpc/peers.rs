@@ -12,6 +12,7 @@ use crate::api::service::NewSource;
 use crate::api::service::OffsetCommit;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
+use crate::model::TopicId;
 
 /// Calls to other nodes' peer listeners, signed with the node credential.
 #[derive(Debug)]
@@ -107,7 +108,7 @@ impl Peers for GrpcPeers {
     fn publish<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         records: &'a [Record],
         producer: Option<ProducerBatch>,
         hops: Hops,
@@ -115,7 +116,7 @@ impl Peers for GrpcPeers {
         Box::pin(async move {
             let request = pb::PublishBatchRequest {
                 topic: Some(pb::TopicRef {
-                    topic: Some(pb::topic_ref::Topic::Id(topic_id)),
+                    topic: Some(pb::topic_ref::Topic::Id(topic_id.0)),
                 }),
                 records: records.iter().map(record_to_pb).collect(),
                 producer: producer.map(|p| pb::ProducerBatch {
@@ -147,7 +148,7 @@ impl Peers for GrpcPeers {
         Box::pin(async move {
             let request = pb::ConsumeRequest {
                 topic: Some(pb::TopicRef {
-                    topic: Some(pb::topic_ref::Topic::Id(read.topic_id)),
+                    topic: Some(pb::topic_ref::Topic::Id(read.topic_id.0)),
                 }),
                 partition: read.partition,
                 position: Some(pb::Position {
@@ -212,7 +213,7 @@ impl Peers for GrpcPeers {
     fn update_topic<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         update: &'a TopicUpdate,
         hops: Hops,
     ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
@@ -237,7 +238,7 @@ impl Peers for GrpcPeers {
     fn purge_partition<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         partition: u32,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>> {
@@ -255,7 +256,7 @@ impl Peers for GrpcPeers {
     fn delete_topic<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>> {
         Box::pin(async move {
@@ -419,7 +420,7 @@ impl Peers for GrpcPeers {
     fn commit_offset<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         commit: &'a OffsetCommit,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>> {
@@ -442,7 +443,7 @@ impl Peers for GrpcPeers {
     fn committed_offsets<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         group: &'a str,
         partition: u32,
         hops: Hops,
@@ -465,7 +466,7 @@ impl Peers for GrpcPeers {
     fn consumer_groups<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         partition: u32,
         hops: Hops,
     ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>> {

@@ -26,6 +26,7 @@ use crate::group::write::WriteError;
 use crate::ingest::DeliveryRefused;
 use crate::ingest::envelope;
 use crate::ingest::envelope::FlowRequest;
+use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
@@ -93,7 +94,7 @@ pub struct SourceView {
     pub id: String,
     pub name: String,
     pub kind: SourceKind,
-    pub topic_id: u64,
+    pub topic_id: TopicId,
     /// Empty once the topic was deleted.
     pub topic_name: String,
     pub partition: u32,
@@ -276,7 +277,7 @@ impl Service {
             id,
             name: new.name.clone(),
             kind: new.kind,
-            topic_id: 0,
+            topic_id: TopicId(0),
             tenant_id: match new.tenant_id.trim() {
                 "" => "default".to_string(),
                 tenant => tenant.to_string(),

@@ -29,6 +29,7 @@ use crate::config::MAX_MESSAGES;
 use crate::config::MAX_WAIT_MS;
 use crate::group::Group;
 use crate::group::write::WriteError;
+use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
 use crate::raft::batch::BatchError;
@@ -261,7 +262,7 @@ impl Caller {
         &self,
         node: &Node,
         scope: Scope,
-        topic_id: Option<u64>,
+        topic_id: Option<TopicId>,
     ) -> Result<Caller, ServiceError> {
         match self {
             Caller::Node => Ok(Caller::Node),
@@ -281,7 +282,7 @@ impl Caller {
         &self,
         node: &Node,
         scope: Scope,
-        topic_id: Option<u64>,
+        topic_id: Option<TopicId>,
     ) -> ServiceError {
         match self {
             Caller::Node => std::future::pending().await,
@@ -404,7 +405,7 @@ pub struct Page {
 /// A read another node serves: the topic by id, the rest resolved.
 #[derive(Debug, Clone)]
 pub struct PeerRead {
-    pub topic_id: u64,
+    pub topic_id: TopicId,
     pub partition: u32,
     pub start: StartAt,
     pub max_messages: u32,
@@ -421,7 +422,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn publish<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         records: &'a [Record],
         producer: Option<ProducerBatch>,
         hops: Hops,
@@ -460,7 +461,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn update_topic<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         update: &'a TopicUpdate,
         hops: Hops,
     ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
@@ -468,7 +469,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn purge_partition<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         partition: u32,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>>;
@@ -476,7 +477,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn delete_topic<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>>;
 
@@ -538,7 +539,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn commit_offset<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         commit: &'a OffsetCommit,
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>>;
@@ -547,7 +548,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn committed_offsets<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         group: &'a str,
         partition: u32,
         hops: Hops,
@@ -556,7 +557,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn consumer_groups<'a>(
         &'a self,
         addr: &'a str,
-        topic_id: u64,
+        topic_id: TopicId,
         partition: u32,
         hops: Hops,
     ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>>;

@@ -1,0 +1,81 @@
+//! The ids every layer passes around, each its own type so that a topic id
+//! is never taken for a group id or an offset.
+//!
+//! Each encodes exactly as the bare `u64` it wraps (`#[serde(transparent)]`,
+//! and `Display` prints the number): log entries, snapshots, RocksDB keys,
+//! `identity.json` and the wire were written with bare `u64`s and must read
+//! the same. Protobuf messages keep `u64`; the adapters convert.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// A topic's id. Topic ids start at 1, only grow and are never reused.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct TopicId(pub u64);
+
+impl std::fmt::Display for TopicId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl TopicId {
+    /// The first topic's id: no topic has id 0, so 0 can stand for no
+    /// topic.
+    pub const FIRST: TopicId = TopicId(1);
+
+    /// The id the next topic after this one gets.
+    pub fn next(self) -> TopicId {
+        TopicId(self.0 + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Whether `id` encodes, in bincode (log entries, snapshots) and in
+    /// JSON (HTTP, `identity.json`), exactly as the bare `u64`, and reads
+    /// back from it.
+    fn encodes_as_bare_u64<T>(id: T, bare: u64)
+    where
+        T: Serialize + serde::de::DeserializeOwned + Ord + std::fmt::Debug,
+    {
+        assert_eq!(
+            bincode::serialize(&id).unwrap(),
+            bincode::serialize(&bare).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            serde_json::to_string(&bare).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_string(&BTreeMap::from([(&id, 0)])).unwrap(),
+            serde_json::to_string(&BTreeMap::from([(bare, 0)])).unwrap(),
+            "as a map key"
+        );
+        assert_eq!(
+            bincode::deserialize::<T>(&bincode::serialize(&bare).unwrap()).unwrap(),
+            id
+        );
+        assert_eq!(
+            serde_json::from_str::<T>(&serde_json::to_string(&bare).unwrap()).unwrap(),
+            id
+        );
+    }
+
+    #[test]
+    fn topic_ids_encode_and_print_as_the_bare_number() {
+        for n in [0, 1, 300, u64::MAX] {
+            encodes_as_bare_u64(TopicId(n), n);
+            assert_eq!(TopicId(n).to_string(), n.to_string());
+        }
+    }
+}
