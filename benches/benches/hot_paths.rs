@@ -30,6 +30,7 @@ use openraft::vote::RaftLeaderIdExt;
 use prost::Message;
 use raftstream_client::pb;
 use raftstream_node::api::schema as json_schema;
+use raftstream_node::model::GroupId;
 use raftstream_node::raft::batch::RecordBatch;
 use raftstream_node::raft::types::Command;
 use raftstream_node::raft::types::Entry;
@@ -145,7 +146,7 @@ fn storage(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     for (name, mode) in [("fsync", SyncMode::Always), ("no_fsync", SyncMode::Never)] {
         let (_dir, storage) = temp_storage(mode);
-        let mut store = storage.log_store::<TypeConfig>(1);
+        let mut store = storage.log_store::<TypeConfig>(GroupId(1));
         let command = append_command(RECORDS, VALUE_BYTES, 0);
         let mut index = 0u64;
         g.throughput(Throughput::Elements(RECORDS as u64));
@@ -165,7 +166,7 @@ fn storage(c: &mut Criterion) {
     // cover most of them, so this costs far less than 16 sequential appends.
     let (_dir, storage) = temp_storage(SyncMode::Always);
     let mut stores: Vec<_> = (1..=16u64)
-        .map(|g| storage.log_store::<TypeConfig>(g))
+        .map(|g| storage.log_store::<TypeConfig>(GroupId(g)))
         .collect();
     let command = append_command(10, 100, 0);
     let mut index = 0u64;
@@ -198,7 +199,7 @@ fn read(c: &mut Criterion) {
         .build()
         .unwrap();
     let (_dir, storage) = temp_storage(SyncMode::Never);
-    let mut store = storage.log_store::<TypeConfig>(1);
+    let mut store = storage.log_store::<TypeConfig>(GroupId(1));
     let mut state = PartitionState::default();
     let mut changes = Vec::new();
     // 1,000 batches of 100 records of 1 KiB, one millisecond apart: 100 MB.
@@ -246,7 +247,7 @@ fn read_records(storage: &Storage, state: &PartitionState, from: u64, max: usize
     let mut read = 0;
     for slice in state.locate(from, max) {
         let entry = storage
-            .read_entry::<TypeConfig>(1, slice.batch.log_index)
+            .read_entry::<TypeConfig>(GroupId(1), slice.batch.log_index)
             .unwrap()
             .unwrap();
         if let openraft::EntryPayload::Normal(Command::Partition(PartitionCommand::Append {

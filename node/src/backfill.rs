@@ -33,15 +33,14 @@ use tokio::sync::watch;
 
 use crate::group::Group;
 use crate::group::Raft;
+use crate::model::GroupId;
 use crate::raft::log_range::CHUNK_BYTES;
 use crate::raft::log_range::LogRangeAnswer;
 use crate::raft::log_range::LogRangeQuery;
 use crate::raft::network::PeerPool;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;
-use crate::raft::types::GroupId;
 use crate::raft::types::LogId;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::NodeId;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::TypeConfig;
@@ -87,7 +86,7 @@ impl Backfills {
     /// Starts the backfill task of a partition group; it ends when
     /// [`crate::group::BackfillStop::stop`] is called or the group is dropped.
     pub fn start(&self, group: &Group) {
-        if group.id == META_GROUP {
+        if group.id == GroupId::META {
             return;
         }
         let target = Target {
@@ -139,7 +138,7 @@ impl Backfills {
                     replans = 0;
                     if std::mem::take(&mut fetched_any) {
                         tracing::info!(
-                            group = target.id,
+                            group = %target.id,
                             "backfill done: this replica holds every retained message again"
                         );
                     }
@@ -148,7 +147,7 @@ impl Backfills {
                 }
                 Step::Retry(reason) => {
                     let wait = retry.next_wait();
-                    tracing::debug!(group = target.id, %reason, ?wait, "backfill waits");
+                    tracing::debug!(group = %target.id, %reason, ?wait, "backfill waits");
                     Some(wait)
                 }
             };
@@ -226,7 +225,7 @@ impl Backfills {
             let entries = match check_answer(target, &wanted, &answer) {
                 Ok(entries) => entries,
                 Err(e) => {
-                    tracing::warn!(group = target.id, peer, error = %e, "backfill: refused a chunk");
+                    tracing::warn!(group = %target.id, peer, error = %e, "backfill: refused a chunk");
                     failures.push(format!("node {peer} sent an invalid chunk: {e}"));
                     continue;
                 }
@@ -263,7 +262,7 @@ pub fn drop_forgotten(group: &Group) {
     }
     let log_store: LogStore<TypeConfig> = group.state.storage().log_store(group.id);
     if let Err(e) = log_store.delete_below_purged(purgeable) {
-        tracing::warn!(group = group.id, error = %e, "deleting forgotten backfilled entries failed");
+        tracing::warn!(group = %group.id, error = %e, "deleting forgotten backfilled entries failed");
         return;
     }
     let raised = purgeable.saturating_add(1);
@@ -271,7 +270,7 @@ pub fn drop_forgotten(group: &Group) {
         .state
         .replace_local_first_log_index(local_first, raised)
     {
-        tracing::warn!(group = group.id, error = %e, "raising the local first log index failed");
+        tracing::warn!(group = %group.id, error = %e, "raising the local first log index failed");
     }
 }
 
@@ -608,7 +607,7 @@ async fn store(target: &Target, wanted: &Wanted, entries: Vec<Entry>) -> Step {
     {
         Ok(true) => {
             tracing::debug!(
-                group = target.id,
+                group = %target.id,
                 first = written,
                 last = wanted.last,
                 "backfilled a chunk"

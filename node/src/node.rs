@@ -26,6 +26,7 @@ use crate::group::Raft;
 use crate::group::write::WriteError;
 use crate::group::write::WritePath;
 use crate::identity::Identity;
+use crate::model::GroupId;
 use crate::model::TopicId;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
@@ -34,8 +35,6 @@ use crate::raft::quiesce::Quiescer;
 use crate::raft::transport::TransportHost;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
-use crate::raft::types::GroupId;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
@@ -152,7 +151,7 @@ async fn initialize_group(
         .map(|(id, addr)| (*id, BasicNode::new(addr)))
         .collect();
     if let Err(e) = raft.initialize(members).await {
-        tracing::debug!(group = id, error = %e, "initialize skipped");
+        tracing::debug!(group = %id, error = %e, "initialize skipped");
     }
     if preferred_leader {
         let _ = raft.trigger().elect(true).await;
@@ -327,7 +326,7 @@ impl Node {
             shutdown_tx,
         });
         let voters: BTreeMap<NodeId, String> = node.config.peers.clone();
-        node.start_group(META_GROUP, &voters, true).await?;
+        node.start_group(GroupId::META, &voters, true).await?;
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().retention_loop());
         tokio::spawn(node.clone().node_heartbeat_loop());
@@ -501,7 +500,7 @@ impl Node {
         // A partition replica that installs a snapshot, or had not finished
         // fetching the messages below one when it stopped, fetches them.
         self.backfills.start(&group);
-        tracing::info!(group = id, "raft group started");
+        tracing::info!(group = %id, "raft group started");
         Ok(group)
     }
 
@@ -514,7 +513,7 @@ impl Node {
         if let Some(group) = group
             && let Err(e) = group.raft.shutdown().await
         {
-            tracing::warn!(group = id, error = %e, "raft group shutdown failed");
+            tracing::warn!(group = %id, error = %e, "raft group shutdown failed");
         }
         if delete_data {
             // delete_group fsyncs: keep it off the tokio workers.
@@ -522,10 +521,10 @@ impl Node {
             match tokio::task::spawn_blocking(move || storage.delete_group(id)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(group = id, error = %e, "deleting a removed group's data failed")
+                    tracing::error!(group = %id, error = %e, "deleting a removed group's data failed")
                 }
                 Err(e) => {
-                    tracing::error!(group = id, error = %e, "deleting a removed group's data panicked")
+                    tracing::error!(group = %id, error = %e, "deleting a removed group's data panicked")
                 }
             }
         }
@@ -573,18 +572,18 @@ impl Node {
                 .collect();
             let preferred = replicas.first() == Some(&self.id());
             if let Err(e) = self.start_group(*group_id, &members, preferred).await {
-                tracing::error!(group = group_id, error = %e, "starting partition group failed");
+                tracing::error!(group = %group_id, error = %e, "starting partition group failed");
             }
         }
         let stale: Vec<GroupId> = self
             .groups
             .ids()
             .into_iter()
-            .filter(|id| *id != META_GROUP && !desired.contains_key(id))
+            .filter(|id| *id != GroupId::META && !desired.contains_key(id))
             .collect();
         for id in stale {
             tracing::info!(
-                group = id,
+                group = %id,
                 "partition removed from this node; deleting its data"
             );
             self.stop_group(id, true).await;
@@ -607,7 +606,7 @@ impl Node {
         for id in on_disk {
             if self.group(id).is_none() && meta.group_topic_deleted(id) {
                 tracing::info!(
-                    group = id,
+                    group = %id,
                     "deleting data of a partition whose topic was deleted"
                 );
                 self.stop_group(id, true).await;
@@ -639,12 +638,21 @@ impl Node {
             self.note_rejoined();
             self.learn_cluster_id();
             let incarnation = self.identity.lock().incarnation;
-            let terms_wanted = self.rejoin.groups_learning_terms();
-            let quiesced = self
+            // Group ids go on the wire as the bare numbers they are.
+            let terms_wanted: Vec<u64> = self
+                .rejoin
+                .groups_learning_terms()
+                .into_iter()
+                .map(|group| group.0)
+                .collect();
+            let quiesced: Vec<u64> = self
                 .quiescer
                 .as_ref()
                 .map(|quiescer| quiescer.round(&self.groups()))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .map(|group| group.0)
+                .collect();
             for (peer, addr) in &self.config.peers {
                 if *peer == self.id() || sending.get(peer).is_some_and(|h| !h.is_finished()) {
                     continue;
@@ -669,7 +677,10 @@ impl Node {
                             Ok(reply) => {
                                 node.clock.record(peer_id, sent_ms, reply.now_ms, node.time.now_ms());
                                 node.rejoin.on_peer(peer_id, reply.cluster_formed);
-                                node.rejoin.on_terms(peer_id, &reply.group_terms);
+                                node.rejoin.on_terms(
+                                    peer_id,
+                                    reply.group_terms.iter().map(|(group, term)| (GroupId(*group), *term)),
+                                );
                             }
                             Err(e) => {
                                 tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");
@@ -748,7 +759,7 @@ impl Node {
             // Refused when this node no longer leads or the peer is no
             // replica of the group: then there is nothing to allow.
             if let Ok(Err(e)) = group.raft.trigger().allow_next_revert(&peer, true).await {
-                tracing::debug!(group = group.id, peer, "log reversion not allowed: {e}");
+                tracing::debug!(group = %group.id, peer, "log reversion not allowed: {e}");
             }
         }
     }
@@ -765,7 +776,7 @@ impl Node {
                 continue;
             };
             group.raft.runtime_config().elect(true);
-            tracing::debug!(group = group.id, "may vote again after an empty start");
+            tracing::debug!(group = %group.id, "may vote again after an empty start");
             if let Some(members) = released.initialize {
                 let raft = group.raft.clone();
                 tokio::spawn(async move {
@@ -825,7 +836,7 @@ impl Node {
             if point > log_start {
                 let command = PartitionCommand::AdvanceLogStart { offset: point };
                 if let Err(e) = self.write_retention(group, command).await {
-                    tracing::debug!(group = group.id, error = %e, "retention advance not written");
+                    tracing::debug!(group = %group.id, error = %e, "retention advance not written");
                 }
             }
             // Every replica may drop the log only as far as every replica
@@ -842,7 +853,7 @@ impl Node {
             if safe > purgeable {
                 let command = PartitionCommand::AllowLogPurge { upto: safe };
                 if let Err(e) = self.write_retention(group, command).await {
-                    tracing::debug!(group = group.id, error = %e, "log purge allowance not written");
+                    tracing::debug!(group = %group.id, error = %e, "log purge allowance not written");
                 }
             }
         }
@@ -922,7 +933,7 @@ impl Node {
             .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last);
         if group.preferred_caught_up_again(caught_up, metrics.current_term) {
             tracing::debug!(
-                group = group.id,
+                group = %group.id,
                 to = preferred,
                 "handing leadership to the preferred replica"
             );

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use crate::raft::types::GroupId;
+use crate::model::GroupId;
 use crate::raft::types::NodeId;
 
 #[derive(Debug)]
@@ -194,10 +194,10 @@ impl Rejoin {
 
     /// A peer's current terms in groups this node asked about. A peer that
     /// is not a replica of a group does not count for it.
-    pub fn on_terms(&self, peer: NodeId, terms: &std::collections::HashMap<GroupId, u64>) {
+    pub fn on_terms(&self, peer: NodeId, terms: impl IntoIterator<Item = (GroupId, u64)>) {
         let mut state = self.state.lock();
         for (group, term) in terms {
-            let Some(cautious) = state.groups.get_mut(group) else {
+            let Some(cautious) = state.groups.get_mut(&group) else {
                 continue;
             };
             if cautious.term_floor.is_some() || peer == self.me {
@@ -206,14 +206,14 @@ impl Rejoin {
             if !cautious.members.contains_key(&peer) {
                 continue;
             }
-            cautious.terms_reported.insert(peer, *term);
+            cautious.terms_reported.insert(peer, term);
             // Reporters needed: more than the other replicas an election
             // quorum may hold besides this node (`replicas / 2`).
             let replicas = cautious.members.len().max(1);
             let needed = replicas - replicas / 2;
             if cautious.terms_reported.len() >= needed {
                 let floor = cautious.terms_reported.values().copied().max().unwrap_or(0);
-                tracing::debug!(group, floor, "learnt the term floor after an empty start");
+                tracing::debug!(group = %group, floor, "learnt the term floor after an empty start");
                 cautious.term_floor = Some(floor);
             }
         }
@@ -287,18 +287,18 @@ mod tests {
     fn a_majority_of_new_nodes_is_a_new_cluster() {
         let rejoin = Rejoin::new(1, true, 3);
         let members: Members = [(1, "a:1".to_string()), (2, "b:1".to_string())].into();
-        assert!(rejoin.on_group_started(0, &members, true));
-        assert!(rejoin.is_cautious(0));
+        assert!(rejoin.on_group_started(GroupId(0), &members, true));
+        assert!(rejoin.is_cautious(GroupId(0)));
         rejoin.on_peer(2, false);
-        assert!(!rejoin.is_cautious(0));
-        assert!(!rejoin.on_group_started(7, &members, false));
+        assert!(!rejoin.is_cautious(GroupId(0)));
+        assert!(!rejoin.on_group_started(GroupId(7), &members, false));
         // The group it held back is initialized now, and its preferred
         // leader may campaign.
         let released = rejoin.release_caught_up(|_| None);
         assert_eq!(
             released,
             vec![Released {
-                group: 0,
+                group: GroupId(0),
                 initialize: Some(members),
                 preferred: true
             }]
@@ -309,25 +309,25 @@ mod tests {
     #[test]
     fn a_wiped_node_votes_only_after_applying_its_leaders_commit_index() {
         let rejoin = Rejoin::new(1, true, 3);
-        assert!(rejoin.on_group_started(0, &Members::new(), false));
+        assert!(rejoin.on_group_started(GroupId(0), &Members::new(), false));
         rejoin.on_peer(2, true);
         // A peer with no cluster does not outweigh one with a cluster.
         rejoin.on_peer(3, false);
-        assert!(rejoin.is_cautious(0));
+        assert!(rejoin.is_cautious(GroupId(0)));
         // No append yet: nothing to measure against.
         assert!(rejoin.release_caught_up(|_| Some(100)).is_empty());
-        rejoin.on_append(0, Some(40));
+        rejoin.on_append(GroupId(0), Some(40));
         // A later append's commit index does not move the target.
-        rejoin.on_append(0, Some(90));
+        rejoin.on_append(GroupId(0), Some(90));
         assert!(rejoin.release_caught_up(|_| Some(39)).is_empty());
         let released = rejoin.release_caught_up(|_| Some(40));
         assert_eq!(
             released.iter().map(|r| r.group).collect::<Vec<_>>(),
-            vec![0]
+            vec![GroupId(0)]
         );
-        assert!(!rejoin.is_cautious(0));
+        assert!(!rejoin.is_cautious(GroupId(0)));
         assert!(released[0].initialize.is_none());
-        assert!(!rejoin.on_group_started(5, &Members::new(), false));
+        assert!(!rejoin.on_group_started(GroupId(5), &Members::new(), false));
     }
 
     #[test]
@@ -335,47 +335,56 @@ mod tests {
         // Node 3 of replicas 1, 2, 3 lost its data.
         let rejoin = Rejoin::new(3, true, 3);
         let replicas: Members = (1..=3).map(|id| (id, format!("n{id}:1"))).collect();
-        assert!(rejoin.on_group_started(7, &replicas, false));
+        assert!(rejoin.on_group_started(GroupId(7), &replicas, false));
         rejoin.on_peer(1, true);
-        assert_eq!(rejoin.groups_learning_terms(), vec![7]);
-        assert_eq!(rejoin.may_append(7, 9), Err(AppendRefused::LearningTerm));
+        assert_eq!(rejoin.groups_learning_terms(), vec![GroupId(7)]);
+        assert_eq!(
+            rejoin.may_append(GroupId(7), 9),
+            Err(AppendRefused::LearningTerm)
+        );
         // Node 1 was partitioned away as leader of term 5; node 2 leads
         // term 6, possibly elected with node 3's forgotten vote. Neither
         // one report, nor a node that is no replica, fixes the floor.
-        rejoin.on_terms(1, &[(7, 5)].into());
-        rejoin.on_terms(4, &[(7, 1)].into());
-        rejoin.on_terms(3, &[(7, 0)].into());
-        assert_eq!(rejoin.may_append(7, 5), Err(AppendRefused::LearningTerm));
-        rejoin.on_terms(2, &[(7, 6)].into());
+        rejoin.on_terms(1, [(GroupId(7), 5)]);
+        rejoin.on_terms(4, [(GroupId(7), 1)]);
+        rejoin.on_terms(3, [(GroupId(7), 0)]);
+        assert_eq!(
+            rejoin.may_append(GroupId(7), 5),
+            Err(AppendRefused::LearningTerm)
+        );
+        rejoin.on_terms(2, [(GroupId(7), 6)]);
         assert!(rejoin.groups_learning_terms().is_empty());
         assert_eq!(
-            rejoin.may_append(7, 5),
+            rejoin.may_append(GroupId(7), 5),
             Err(AppendRefused::StaleLeader { term: 5, floor: 6 })
         );
-        assert_eq!(rejoin.may_append(7, 6), Ok(()));
+        assert_eq!(rejoin.may_append(GroupId(7), 6), Ok(()));
         // Later reports do not move it.
-        rejoin.on_terms(1, &[(7, 8)].into());
-        assert_eq!(rejoin.may_append(7, 7), Ok(()));
+        rejoin.on_terms(1, [(GroupId(7), 8)]);
+        assert_eq!(rejoin.may_append(GroupId(7), 7), Ok(()));
         // Groups that are not cautious take every append.
-        assert_eq!(rejoin.may_append(8, 1), Ok(()));
+        assert_eq!(rejoin.may_append(GroupId(8), 1), Ok(()));
     }
 
     #[test]
     fn five_replicas_need_three_reports() {
         let rejoin = Rejoin::new(5, true, 5);
         let replicas: Members = (1..=5).map(|id| (id, format!("n{id}:1"))).collect();
-        assert!(rejoin.on_group_started(2, &replicas, false));
-        rejoin.on_terms(1, &[(2, 3)].into());
-        rejoin.on_terms(2, &[(2, 4)].into());
-        assert_eq!(rejoin.may_append(2, 4), Err(AppendRefused::LearningTerm));
-        rejoin.on_terms(3, &[(2, 2)].into());
-        assert_eq!(rejoin.may_append(2, 4), Ok(()));
-        assert!(rejoin.may_append(2, 3).is_err());
+        assert!(rejoin.on_group_started(GroupId(2), &replicas, false));
+        rejoin.on_terms(1, [(GroupId(2), 3)]);
+        rejoin.on_terms(2, [(GroupId(2), 4)]);
+        assert_eq!(
+            rejoin.may_append(GroupId(2), 4),
+            Err(AppendRefused::LearningTerm)
+        );
+        rejoin.on_terms(3, [(GroupId(2), 2)]);
+        assert_eq!(rejoin.may_append(GroupId(2), 4), Ok(()));
+        assert!(rejoin.may_append(GroupId(2), 3).is_err());
     }
 
     #[test]
     fn a_node_with_data_or_alone_is_never_cautious() {
-        assert!(!Rejoin::new(1, false, 3).on_group_started(0, &Members::new(), true));
-        assert!(!Rejoin::new(1, true, 1).on_group_started(0, &Members::new(), true));
+        assert!(!Rejoin::new(1, false, 3).on_group_started(GroupId(0), &Members::new(), true));
+        assert!(!Rejoin::new(1, true, 1).on_group_started(GroupId(0), &Members::new(), true));
     }
 }

@@ -50,6 +50,7 @@ use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
+use crate::model::GroupId;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -333,7 +334,7 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
             .enumerate()
             .map(|(p, replicas)| pb::PartitionInfo {
                 partition: p as u32,
-                group_id: topic.group_id(p as u32),
+                group_id: topic.group_id(p as u32).0,
                 replicas: replicas.clone(),
             })
             .collect(),
@@ -1023,7 +1024,7 @@ impl ClientService {
     /// The status of the groups hosted on this node, from their metrics.
     fn local_status(&self) -> pb::ClusterStatusResponse {
         let meta = self.node.metadata();
-        let names: HashMap<u64, (String, u32)> = meta
+        let names: HashMap<GroupId, (String, u32)> = meta
             .topics
             .values()
             .flat_map(|t| {
@@ -1060,7 +1061,7 @@ impl ClientService {
                         GroupData::Meta(_) => (0, 0),
                     });
                 pb::GroupStatus {
-                    group_id: group.id,
+                    group_id: group.id.0,
                     topic,
                     partition,
                     leader: m.current_leader,

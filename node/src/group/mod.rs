@@ -18,8 +18,7 @@ use parking_lot::RwLock;
 pub use proposal_order::ProposalOrder;
 use tokio::sync::watch;
 
-use crate::raft::types::GroupId;
-use crate::raft::types::META_GROUP;
+use crate::model::GroupId;
 use crate::raft::types::MetaState;
 use crate::raft::types::NodeId;
 use crate::raft::types::TypeConfig;
@@ -154,7 +153,7 @@ impl HostedGroups {
     }
 
     pub fn meta(&self) -> Option<Arc<Group>> {
-        self.get(META_GROUP)
+        self.get(GroupId::META)
     }
 
     /// This node's copy of the metadata: committed, possibly a little stale.

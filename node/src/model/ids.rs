@@ -33,6 +33,40 @@ impl TopicId {
     }
 }
 
+/// Partition group ids pack the topic id above the partition index so they
+/// never collide and are never reused (topic ids only grow).
+pub const PARTITION_BITS: u32 = 20;
+pub const MAX_PARTITIONS: u32 = 1 << PARTITION_BITS;
+
+/// A Raft group's id: the metadata group's, or one topic partition's.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct GroupId(pub u64);
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl GroupId {
+    /// The metadata group: cluster topics and partition placement.
+    pub const META: GroupId = GroupId(0);
+
+    /// The group of partition `partition` of topic `topic`.
+    pub fn partition(topic: TopicId, partition: u32) -> GroupId {
+        GroupId((topic.0 << PARTITION_BITS) | u64::from(partition))
+    }
+
+    /// The topic of a partition group (`TopicId(0)` for the metadata
+    /// group).
+    pub fn topic(self) -> TopicId {
+        TopicId(self.0 >> PARTITION_BITS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -77,5 +111,23 @@ mod tests {
             encodes_as_bare_u64(TopicId(n), n);
             assert_eq!(TopicId(n).to_string(), n.to_string());
         }
+    }
+
+    #[test]
+    fn group_ids_encode_and_print_as_the_bare_number() {
+        for n in [0, 1, 1 << PARTITION_BITS, u64::MAX] {
+            encodes_as_bare_u64(GroupId(n), n);
+            assert_eq!(GroupId(n).to_string(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn partition_groups_pack_the_topic_above_the_partition() {
+        assert_eq!(GroupId::partition(TopicId(1), 0), GroupId(1 << 20));
+        assert_eq!(GroupId::partition(TopicId(3), 7), GroupId((3 << 20) | 7));
+        let last = GroupId::partition(TopicId(2), MAX_PARTITIONS - 1);
+        assert_eq!(last.topic(), TopicId(2));
+        assert!(last < GroupId::partition(TopicId(3), 0));
+        assert_eq!(GroupId::META.topic(), TopicId(0));
     }
 }

@@ -5,6 +5,9 @@
 
 mod ids;
 
+pub use self::ids::GroupId;
+pub use self::ids::MAX_PARTITIONS;
+pub use self::ids::PARTITION_BITS;
 pub use self::ids::TopicId;
 
 /// A topic named by id or by name, as every API accepts it.

@@ -11,10 +11,9 @@ use raftstream_proto::v1::LogRangeReply;
 use raftstream_proto::v1::LogRangeRequest;
 
 use crate::group::HostedGroups;
+use crate::model::GroupId;
 use crate::raft::network::PeerError;
 use crate::raft::network::PeerPool;
-use crate::raft::types::GroupId;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::TypeConfig;
 use crate::storage::StorageError;
 use crate::storage::TailEnd;
@@ -81,7 +80,7 @@ pub async fn serve_log_range(
     query: &LogRangeQuery,
 ) -> Result<LogRangeAnswer, ServeError> {
     let group_id = query.group_id;
-    if group_id == META_GROUP {
+    if group_id == GroupId::META {
         return Err(ServeError::NotAPartition(group_id));
     }
     let (first, last) = (query.first_index, query.last_index);
@@ -150,7 +149,7 @@ pub async fn read_log_range(
 ) -> Result<LogRangeAnswer, LogRangeError> {
     let mut client = pool.transport(addr)?;
     let mut request = tonic::Request::new(LogRangeRequest {
-        group_id: query.group_id,
+        group_id: query.group_id.0,
         first_index: query.first_index,
         last_index: query.last_index,
         max_bytes: query.max_bytes,
@@ -171,10 +170,10 @@ pub async fn read_log_range(
         }
         Ok(Ok(reply)) => reply.into_inner(),
     };
-    if reply.group_id != query.group_id {
+    if reply.group_id != query.group_id.0 {
         return Err(LogRangeError::WrongGroup {
             asked: query.group_id,
-            answered: reply.group_id,
+            answered: GroupId(reply.group_id),
         });
     }
     Ok(LogRangeAnswer {
@@ -186,7 +185,7 @@ pub async fn read_log_range(
 /// The query a `ReadLogRange` request asks.
 pub fn query_of(request: &LogRangeRequest) -> LogRangeQuery {
     LogRangeQuery {
-        group_id: request.group_id,
+        group_id: GroupId(request.group_id),
         first_index: request.first_index,
         last_index: request.last_index,
         max_bytes: request.max_bytes,
@@ -196,7 +195,7 @@ pub fn query_of(request: &LogRangeRequest) -> LogRangeQuery {
 /// The reply that carries `answer`.
 pub fn reply_of(group_id: GroupId, answer: LogRangeAnswer) -> LogRangeReply {
     LogRangeReply {
-        group_id,
+        group_id: group_id.0,
         entries: answer.entries,
         missing_below: answer.missing_below,
     }

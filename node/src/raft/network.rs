@@ -48,7 +48,7 @@ use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 
 use crate::config::MAX_RPC_BYTES;
-use crate::raft::types::GroupId;
+use crate::model::GroupId;
 use crate::raft::types::NodeId;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
@@ -404,7 +404,7 @@ impl PeerNetwork {
         let payload = bincode::serialize(request)
             .map_err(|e| CallError::Network(TransportError(e.to_string())))?;
         Ok(RaftMessage {
-            group_id: self.group,
+            group_id: self.group.0,
             payload: payload.into(),
         })
     }

@@ -37,9 +37,8 @@ use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 
 use crate::group::Group;
+use crate::model::GroupId;
 use crate::raft::network::PeerPool;
-use crate::raft::types::GroupId;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::NodeId;
 use crate::time::Clock;
 
@@ -108,7 +107,7 @@ impl Quiescer {
         let mut state = self.state.lock();
         let peer = state.peers.entry(beat.from).or_default();
         peer.at = Some(self.time.now());
-        peer.quiesced = beat.quiesced_groups.iter().copied().collect();
+        peer.quiesced = beat.quiesced_groups.iter().copied().map(GroupId).collect();
     }
 
     /// Wakes `group` if it is quiesced and keeps it awake for another
@@ -187,7 +186,7 @@ impl Quiescer {
         state.quiet.retain(|g| live.contains(g));
         state.leading_quiet.retain(|g| live.contains(g));
         for group in groups {
-            if group.id == META_GROUP {
+            if group.id == GroupId::META {
                 continue;
             }
             let decision = self.decide(&mut state, group, now);

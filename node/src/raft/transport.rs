@@ -29,6 +29,7 @@ use tonic::Status;
 
 use crate::group::Group;
 use crate::group::HostedGroups;
+use crate::model::GroupId;
 use crate::raft::quiesce::Quiescer;
 use crate::raft::types::NodeId;
 use crate::raft::types::SnapshotMeta;
@@ -86,7 +87,7 @@ impl<H: TransportHost> TransportService<H> {
         let group = self
             .host
             .hosted_groups()
-            .get(message.group_id)
+            .get(GroupId(message.group_id))
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "group {} is not hosted here (yet)",
@@ -103,12 +104,12 @@ impl<H: TransportHost> TransportService<H> {
         let term = rpc.vote.leader_id().term();
         self.host
             .rejoin()
-            .may_append(message.group_id, term)
+            .may_append(GroupId(message.group_id), term)
             .map_err(|refused| {
                 Status::unavailable(format!("group {}: {refused}", message.group_id))
             })?;
         self.host.rejoin().on_append(
-            message.group_id,
+            GroupId(message.group_id),
             rpc.leader_commit.as_ref().map(|c| c.index),
         );
         reply(message.group_id, group.raft.append_entries(rpc).await).map(Response::into_inner)
@@ -116,7 +117,7 @@ impl<H: TransportHost> TransportService<H> {
 
     /// A replica that lost its data votes, and takes leadership, only once
     /// it has caught up (`rejoin.rs`).
-    fn refuse_if_cautious(&self, group_id: u64) -> Result<(), Status> {
+    fn refuse_if_cautious(&self, group_id: GroupId) -> Result<(), Status> {
         if self.host.rejoin().is_cautious(group_id) {
             return Err(Status::unavailable(format!(
                 "group {group_id}: this replica started with an empty data directory and is \
@@ -175,7 +176,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        self.refuse_if_cautious(message.group_id)?;
+        self.refuse_if_cautious(GroupId(message.group_id))?;
         let (group, rpc) = self.decode(&message)?;
         reply(message.group_id, group.raft.vote(rpc).await)
     }
@@ -185,7 +186,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        self.refuse_if_cautious(message.group_id)?;
+        self.refuse_if_cautious(GroupId(message.group_id))?;
         let (group, rpc) = self.decode(&message)?;
         reply(message.group_id, group.raft.pre_vote(rpc).await)
     }
@@ -212,7 +213,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        self.refuse_if_cautious(message.group_id)?;
+        self.refuse_if_cautious(GroupId(message.group_id))?;
         let (group, rpc) = self.decode(&message)?;
         reply(
             message.group_id,
@@ -233,7 +234,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
             .await
             .map_err(|e| crate::raft::log_range::status_of(&e))?;
         Ok(Response::new(crate::raft::log_range::reply_of(
-            request.group_id,
+            query.group_id,
             answer,
         )))
     }
@@ -259,12 +260,12 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
         let group_terms = beat
             .terms_wanted
             .iter()
-            .filter(|group| !self.host.rejoin().is_cautious(**group))
+            .filter(|group| !self.host.rejoin().is_cautious(GroupId(**group)))
             .map(|group| {
                 let term = self
                     .host
                     .hosted_groups()
-                    .get(*group)
+                    .get(GroupId(*group))
                     .map_or(0, |g| g.raft.metrics().borrow_watched().current_term);
                 (*group, term)
             })

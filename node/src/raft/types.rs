@@ -5,37 +5,20 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::GroupId;
 use crate::model::TopicId;
 use crate::raft::batch::RecordBatch;
 use serde::Deserialize;
 use serde::Serialize;
 
-pub use crate::storage::GroupId;
-
 pub type NodeId = u64;
 
-/// The metadata group: cluster topics and partition placement.
-pub const META_GROUP: GroupId = 0;
-
-/// Partition group ids pack the topic id above the partition index so they
-/// never collide and are never reused (topic ids only grow).
-pub const PARTITION_BITS: u32 = 20;
-pub const MAX_PARTITIONS: u32 = 1 << PARTITION_BITS;
-
 /// The most partitions one topic may have. Group ids leave room for
-/// `MAX_PARTITIONS` (2^20), but every partition is a Raft group on each of
-/// its replicas: one request for a topic of 2^20 partitions made a node
-/// start groups for hours and grow until it ran out of memory, and a
+/// `model::MAX_PARTITIONS` (2^20), but every partition is a Raft group on
+/// each of its replicas: one request for a topic of 2^20 partitions made a
+/// node start groups for hours and grow until it ran out of memory, and a
 /// consume over HTTP fans out one read per partition.
 pub const MAX_TOPIC_PARTITIONS: u32 = 256;
-
-pub fn partition_group_id(topic_id: TopicId, partition: u32) -> GroupId {
-    (topic_id.0 << PARTITION_BITS) | u64::from(partition)
-}
-
-pub fn topic_of_group(group: GroupId) -> TopicId {
-    TopicId(group >> PARTITION_BITS)
-}
 
 openraft::declare_raft_types!(
     pub TypeConfig:
@@ -271,7 +254,7 @@ pub struct Topic {
 
 impl Topic {
     pub fn group_id(&self, partition: u32) -> GroupId {
-        partition_group_id(self.id, partition)
+        GroupId::partition(self.id, partition)
     }
 }
 
@@ -412,8 +395,10 @@ impl MetaState {
     /// prefix, so a "yes" is final even if this copy lags the leader; a
     /// topic this copy has not seen created yet is never called deleted.
     pub fn group_topic_deleted(&self, group: GroupId) -> bool {
-        let topic_id = topic_of_group(group);
-        group != META_GROUP && topic_id < self.next_topic_id && !self.topics.contains_key(&topic_id)
+        let topic_id = group.topic();
+        group != GroupId::META
+            && topic_id < self.next_topic_id
+            && !self.topics.contains_key(&topic_id)
     }
 }
 
@@ -521,11 +506,11 @@ mod tests {
             next_topic_id: TopicId(3),
             ..Default::default()
         };
-        assert!(meta.group_topic_deleted(partition_group_id(TopicId(1), 0)));
-        assert!(meta.group_topic_deleted(partition_group_id(TopicId(2), 7)));
+        assert!(meta.group_topic_deleted(GroupId::partition(TopicId(1), 0)));
+        assert!(meta.group_topic_deleted(GroupId::partition(TopicId(2), 7)));
         // Not created yet as far as this copy knows.
-        assert!(!meta.group_topic_deleted(partition_group_id(TopicId(3), 0)));
-        assert!(!meta.group_topic_deleted(META_GROUP));
+        assert!(!meta.group_topic_deleted(GroupId::partition(TopicId(3), 0)));
+        assert!(!meta.group_topic_deleted(GroupId::META));
     }
 
     #[test]

@@ -40,11 +40,10 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::model::GroupId;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
-use crate::raft::types::GroupId;
 use crate::raft::types::LogId;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaState;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::StoredMembership;
@@ -71,7 +70,7 @@ pub enum GroupData {
 
 impl GroupData {
     fn empty_for(group: GroupId) -> Self {
-        if group == META_GROUP {
+        if group == GroupId::META {
             GroupData::Meta(MetaState::default())
         } else {
             GroupData::Partition(PartitionState::default())
@@ -236,7 +235,7 @@ impl GroupStateMachine {
             Some(bytes) => decode(&bytes)?,
             None => Header::default(),
         };
-        let data = if group == META_GROUP {
+        let data = if group == GroupId::META {
             match storage.state_get(group, KEY_META_STATE)? {
                 Some(bytes) => {
                     let state: MetaState = decode(&bytes)?;
@@ -463,7 +462,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             // bug upstream; it changes nothing here.
                             _ => {
                                 tracing::error!(
-                                    group = self.shared.group,
+                                    group = %self.shared.group,
                                     "command for the wrong kind of group"
                                 );
                                 CommandResponse::None
@@ -619,7 +618,7 @@ mod tests {
 
     fn open_partition(dir: &tempfile::TempDir) -> GroupStateMachine {
         let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
-        GroupStateMachine::open(storage, 7).unwrap()
+        GroupStateMachine::open(storage, GroupId(7)).unwrap()
     }
 
     #[tokio::test]

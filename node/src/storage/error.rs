@@ -2,7 +2,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use super::GroupId;
+use crate::model::GroupId;
 
 /// An error of the storage engine. The engine's own error type stays private to this module so
 /// that nothing outside `storage` depends on RocksDB.

@@ -13,12 +13,12 @@
 //! The exclusive upper bound of a group's keys is the next group's 8-byte prefix. That bound does
 //! not exist for `u64::MAX`, which is why that group id is reserved (see [`GROUP_ID_MAX`]).
 
-use super::GroupId;
+use crate::model::GroupId;
 
 /// The largest usable group id. `u64::MAX` is reserved so that every group has a finite
 /// exclusive upper bound (`group + 1`) for scans and range deletes, even in the `state`
 /// column family whose keys have no fixed length.
-pub const GROUP_ID_MAX: GroupId = u64::MAX - 1;
+pub const GROUP_ID_MAX: GroupId = GroupId(u64::MAX - 1);
 
 pub(super) const GROUP_PREFIX_LEN: usize = 8;
 pub(super) const LOG_KEY_LEN: usize = 16;
@@ -34,7 +34,7 @@ pub(super) enum MetaTag {
 }
 
 pub(super) fn group_prefix(group: GroupId) -> [u8; GROUP_PREFIX_LEN] {
-    group.to_be_bytes()
+    group.0.to_be_bytes()
 }
 
 /// Exclusive upper bound of all keys of `group`, in every column family.
@@ -43,12 +43,12 @@ pub(super) fn group_prefix(group: GroupId) -> [u8; GROUP_PREFIX_LEN] {
 /// this function is total, and the checked entry points never let it through.
 pub(super) fn group_end(group: GroupId) -> [u8; GROUP_PREFIX_LEN] {
     debug_assert!(group <= GROUP_ID_MAX);
-    group.wrapping_add(1).to_be_bytes()
+    group.0.wrapping_add(1).to_be_bytes()
 }
 
 pub(super) fn log_key(group: GroupId, index: u64) -> [u8; LOG_KEY_LEN] {
     let mut key = [0u8; LOG_KEY_LEN];
-    key[..GROUP_PREFIX_LEN].copy_from_slice(&group.to_be_bytes());
+    key[..GROUP_PREFIX_LEN].copy_from_slice(&group.0.to_be_bytes());
     key[GROUP_PREFIX_LEN..].copy_from_slice(&index.to_be_bytes());
     key
 }
@@ -58,7 +58,7 @@ pub(super) fn decode_log_key(key: &[u8]) -> Option<(GroupId, u64)> {
     let key: &[u8; LOG_KEY_LEN] = key.try_into().ok()?;
     let (group, index) = key.split_at(GROUP_PREFIX_LEN);
     Some((
-        u64::from_be_bytes(group.try_into().ok()?),
+        GroupId(u64::from_be_bytes(group.try_into().ok()?)),
         u64::from_be_bytes(index.try_into().ok()?),
     ))
 }
@@ -76,7 +76,7 @@ pub(super) fn log_range_end(group: GroupId, end_index: Option<u64>) -> Vec<u8> {
 
 pub(super) fn meta_key(group: GroupId, tag: MetaTag) -> [u8; META_KEY_LEN] {
     let mut key = [0u8; META_KEY_LEN];
-    key[..GROUP_PREFIX_LEN].copy_from_slice(&group.to_be_bytes());
+    key[..GROUP_PREFIX_LEN].copy_from_slice(&group.0.to_be_bytes());
     key[GROUP_PREFIX_LEN] = tag as u8;
     key
 }
@@ -84,12 +84,12 @@ pub(super) fn meta_key(group: GroupId, tag: MetaTag) -> [u8; META_KEY_LEN] {
 /// Reads the group id from the first 8 bytes of any key; `None` if the key is shorter.
 pub(super) fn decode_group(key: &[u8]) -> Option<GroupId> {
     let prefix: [u8; GROUP_PREFIX_LEN] = key.get(..GROUP_PREFIX_LEN)?.try_into().ok()?;
-    Some(u64::from_be_bytes(prefix))
+    Some(GroupId(u64::from_be_bytes(prefix)))
 }
 
 pub(super) fn state_key(group: GroupId, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(GROUP_PREFIX_LEN + key.len());
-    out.extend_from_slice(&group.to_be_bytes());
+    out.extend_from_slice(&group.0.to_be_bytes());
     out.extend_from_slice(key);
     out
 }
@@ -124,14 +124,14 @@ mod tests {
     #[test]
     fn log_keys_sort_by_group_then_index() {
         let keys = [
-            log_key(0, 0),
-            log_key(0, 1),
-            log_key(0, 255),
-            log_key(0, 256),
-            log_key(0, u64::MAX),
-            log_key(1, 0),
-            log_key(1, 7),
-            log_key(256, 0),
+            log_key(GroupId(0), 0),
+            log_key(GroupId(0), 1),
+            log_key(GroupId(0), 255),
+            log_key(GroupId(0), 256),
+            log_key(GroupId(0), u64::MAX),
+            log_key(GroupId(1), 0),
+            log_key(GroupId(1), 7),
+            log_key(GroupId(256), 0),
             log_key(GROUP_ID_MAX, u64::MAX),
         ];
         for pair in keys.windows(2) {
@@ -147,10 +147,10 @@ mod tests {
     #[test]
     fn log_key_round_trips() {
         for (group, index) in [
-            (0, 0),
-            (1, 2),
+            (GroupId(0), 0),
+            (GroupId(1), 2),
             (GROUP_ID_MAX, u64::MAX),
-            (0x0102_0304, 0xA0B0),
+            (GroupId(0x0102_0304), 0xA0B0),
         ] {
             assert_eq!(decode_log_key(&log_key(group, index)), Some((group, index)));
         }
@@ -160,7 +160,9 @@ mod tests {
 
     #[test]
     fn group_range_contains_all_of_its_keys_and_none_of_its_neighbours() {
-        for group in [0, 1, 255, 256, GROUP_ID_MAX - 1, GROUP_ID_MAX] {
+        let max = GROUP_ID_MAX.0;
+        for raw in [0, 1, 255, 256, max - 1, max] {
+            let group = GroupId(raw);
             let start = group_prefix(group).to_vec();
             let end = group_end(group).to_vec();
             let inside = |k: &[u8]| start.as_slice() <= k && k < end.as_slice();
@@ -170,25 +172,30 @@ mod tests {
             assert!(inside(&meta_key(group, MetaTag::Vote)));
             assert!(inside(&state_key(group, b"")));
             assert!(inside(&state_key(group, &[0xFF; 64])));
-            if group > 0 {
-                assert!(!inside(&log_key(group - 1, u64::MAX)));
-                assert!(!inside(&state_key(group - 1, &[0xFF; 64])));
-                assert!(!inside(&meta_key(group - 1, MetaTag::LastPurged)));
+            if raw > 0 {
+                let before = GroupId(raw - 1);
+                assert!(!inside(&log_key(before, u64::MAX)));
+                assert!(!inside(&state_key(before, &[0xFF; 64])));
+                assert!(!inside(&meta_key(before, MetaTag::LastPurged)));
             }
-            if group < GROUP_ID_MAX {
-                assert!(!inside(&log_key(group + 1, 0)));
-                assert!(!inside(&state_key(group + 1, b"")));
-                assert!(!inside(&meta_key(group + 1, MetaTag::Vote)));
+            if raw < max {
+                let after = GroupId(raw + 1);
+                assert!(!inside(&log_key(after, 0)));
+                assert!(!inside(&state_key(after, b"")));
+                assert!(!inside(&meta_key(after, MetaTag::Vote)));
             }
         }
     }
 
     #[test]
     fn log_range_end_stops_at_index_or_group_end() {
-        assert_eq!(log_range_end(3, Some(9)), log_key(3, 9).to_vec());
-        let all = log_range_end(3, None);
-        assert!(log_key(3, u64::MAX).as_slice() < all.as_slice());
-        assert!(all.as_slice() <= log_key(4, 0).as_slice());
+        assert_eq!(
+            log_range_end(GroupId(3), Some(9)),
+            log_key(GroupId(3), 9).to_vec()
+        );
+        let all = log_range_end(GroupId(3), None);
+        assert!(log_key(GroupId(3), u64::MAX).as_slice() < all.as_slice());
+        assert!(all.as_slice() <= log_key(GroupId(4), 0).as_slice());
     }
 
     #[test]
@@ -202,20 +209,20 @@ mod tests {
                 "group {group} prefix {prefix:?} key {key:?}"
             );
         };
-        check(5, b"ab", b"ab", true);
-        check(5, b"ab", b"abz", true);
-        check(5, b"ab", b"ac", false);
-        check(5, b"ab", b"aa\xFF", false);
-        check(5, b"", b"", true);
-        check(5, b"", &[0xFF; 32], true);
-        check(5, &[0xFF], &[0xFF, 0xFF, 0x01], true);
-        check(5, &[0xFF], &[0xFE, 0xFF], false);
+        check(GroupId(5), b"ab", b"ab", true);
+        check(GroupId(5), b"ab", b"abz", true);
+        check(GroupId(5), b"ab", b"ac", false);
+        check(GroupId(5), b"ab", b"aa\xFF", false);
+        check(GroupId(5), b"", b"", true);
+        check(GroupId(5), b"", &[0xFF; 32], true);
+        check(GroupId(5), &[0xFF], &[0xFF, 0xFF, 0x01], true);
+        check(GroupId(5), &[0xFF], &[0xFE, 0xFF], false);
 
         // The range never reaches into the neighbouring groups.
         for prefix in [&b""[..], &[0xFF][..], &[0xFF, 0xFF][..]] {
-            let (start, end) = state_prefix_range(5, prefix);
-            assert!(state_key(4, &[0xFF; 32]) < start);
-            assert!(state_key(6, b"") >= end);
+            let (start, end) = state_prefix_range(GroupId(5), prefix);
+            assert!(state_key(GroupId(4), &[0xFF; 32]) < start);
+            assert!(state_key(GroupId(6), b"") >= end);
         }
         let (_, end) = state_prefix_range(GROUP_ID_MAX, &[0xFF; 4]);
         assert_eq!(end, group_end(GROUP_ID_MAX).to_vec());
@@ -231,10 +238,13 @@ mod tests {
 
     #[test]
     fn meta_tags_are_distinct_and_stable() {
-        assert_eq!(meta_key(7, MetaTag::Vote)[8], 1);
-        assert_eq!(meta_key(7, MetaTag::Committed)[8], 2);
-        assert_eq!(meta_key(7, MetaTag::LastPurged)[8], 3);
-        assert_eq!(decode_group(&meta_key(7, MetaTag::Vote)), Some(7));
+        assert_eq!(meta_key(GroupId(7), MetaTag::Vote)[8], 1);
+        assert_eq!(meta_key(GroupId(7), MetaTag::Committed)[8], 2);
+        assert_eq!(meta_key(GroupId(7), MetaTag::LastPurged)[8], 3);
+        assert_eq!(
+            decode_group(&meta_key(GroupId(7), MetaTag::Vote)),
+            Some(GroupId(7))
+        );
         assert_eq!(decode_group(&[1, 2, 3]), None);
     }
 }

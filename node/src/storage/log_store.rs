@@ -22,7 +22,6 @@ use serde::Serialize;
 
 use super::CF_LOGS;
 use super::CF_META;
-use super::GroupId;
 use super::Storage;
 use super::StorageError;
 use super::SyncMode;
@@ -31,6 +30,7 @@ use super::decode_value;
 use super::encode_value;
 use super::keys;
 use super::keys::MetaTag;
+use crate::model::GroupId;
 
 /// RocksDB's write-batch layout: a header (sequence number and count), then per record a
 /// tag, the column family id and two lengths as varints of at most five bytes each.
@@ -732,7 +732,7 @@ mod tests {
     fn store(dir: &tempfile::TempDir) -> LogStore<TestConfig> {
         Storage::open(dir.path(), StorageConfig::default())
             .unwrap()
-            .log_store(5)
+            .log_store(GroupId(5))
     }
 
     #[test]

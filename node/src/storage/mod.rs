@@ -57,6 +57,7 @@ mod syncer;
 #[cfg(test)]
 mod tests;
 
+use crate::model::GroupId;
 use std::fmt;
 use std::path::Path;
 use std::path::PathBuf;
@@ -86,10 +87,6 @@ pub use self::log_store::LogStore;
 pub use self::log_store::RawTail;
 pub use self::log_store::TailEnd;
 use self::syncer::Syncer;
-
-/// Identifies a Raft group: 0 is the metadata group, every other id a partition.
-/// `u64::MAX` is reserved (see [`GROUP_ID_MAX`]).
-pub type GroupId = u64;
 
 /// A state-machine key (without the group prefix) and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -509,7 +506,7 @@ impl Inner {
         while let Some(key) = iter.key() {
             let Some(group) = keys::decode_group(key) else {
                 return Err(StorageError::Corrupt {
-                    group: 0,
+                    group: GroupId(0),
                     what: name,
                     detail: format!("key {key:02x?} is shorter than a group prefix"),
                 });

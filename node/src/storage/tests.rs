@@ -79,7 +79,7 @@ async fn log_state(store: &mut Store) -> (Option<u64>, Option<u64>) {
 async fn appended_entries_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     assert_eq!(log_state(&mut store).await, (None, None));
     assert_eq!(store.read_vote().await.unwrap(), None);
 
@@ -103,11 +103,17 @@ async fn appended_entries_read_back_in_order() {
     );
 
     assert_eq!(
-        storage.read_entry::<TestConfig>(1, 7).unwrap(),
+        storage.read_entry::<TestConfig>(GroupId(1), 7).unwrap(),
         Some(entry(2, 7))
     );
-    assert_eq!(storage.read_entry::<TestConfig>(1, 11).unwrap(), None);
-    assert_eq!(storage.read_entry::<TestConfig>(2, 7).unwrap(), None);
+    assert_eq!(
+        storage.read_entry::<TestConfig>(GroupId(1), 11).unwrap(),
+        None
+    );
+    assert_eq!(
+        storage.read_entry::<TestConfig>(GroupId(2), 7).unwrap(),
+        None
+    );
 
     let mut reader = store.get_log_reader().await;
     assert_eq!(
@@ -120,7 +126,7 @@ async fn appended_entries_read_back_in_order() {
 async fn append_callback_fires_only_after_the_wal_fsync() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
 
     let hold = storage.syncer().hold();
     let syncs_before = storage.syncer().sync_count();
@@ -149,7 +155,7 @@ async fn concurrent_appends_of_many_groups_share_one_fsync() {
     let syncs_before = storage.syncer().sync_count();
     let mut pending = Vec::new();
     for group in 0..GROUPS {
-        let mut store: Store = storage.log_store(group);
+        let mut store: Store = storage.log_store(GroupId(group));
         pending.push(start_append(&mut store, entries(1, 1..=2)).await);
     }
     for flushed in &mut pending {
@@ -171,7 +177,7 @@ async fn concurrent_appends_of_many_groups_share_one_fsync() {
 async fn save_vote_returns_after_an_fsync() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(3);
+    let mut store: Store = storage.log_store(GroupId(3));
 
     let syncs_before = storage.syncer().sync_count();
     store.save_vote(&vote(4, 2)).await.unwrap();
@@ -200,7 +206,7 @@ async fn sync_mode_never_acknowledges_without_fsync() {
         },
     )
     .unwrap();
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
 
     let _hold = storage.syncer().hold();
     let syncs_before = storage.syncer().sync_count();
@@ -214,8 +220,8 @@ async fn sync_mode_never_acknowledges_without_fsync() {
 async fn failed_fsync_fails_every_waiter_and_every_later_sync() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut one: Store = storage.log_store(1);
-    let mut two: Store = storage.log_store(2);
+    let mut one: Store = storage.log_store(GroupId(1));
+    let mut two: Store = storage.log_store(GroupId(2));
 
     let failure = storage.failure();
     assert_eq!(*failure.borrow(), None);
@@ -248,8 +254,8 @@ async fn everything_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let storage = open(dir.path());
-        let mut one: Store = storage.log_store(1);
-        let mut two: Store = storage.log_store(2);
+        let mut one: Store = storage.log_store(GroupId(1));
+        let mut two: Store = storage.log_store(GroupId(2));
         one.save_vote(&vote(3, 1)).await.unwrap();
         two.save_vote(&vote(7, 2)).await.unwrap();
         append(&mut one, entries(1, 1..=10)).await;
@@ -260,14 +266,14 @@ async fn everything_survives_a_reopen() {
         two.save_committed(Some(log_id(2, 5))).await.unwrap();
         let mut batch = StateBatch::new();
         batch.put("applied", "8");
-        storage.state_write(1, batch).unwrap();
+        storage.state_write(GroupId(1), batch).unwrap();
         // Make the unsynced writes above durable the way production does: by a later fsync.
         append(&mut one, entries(1, 11..=11)).await;
     }
 
     let storage = open(dir.path());
-    let mut one: Store = storage.log_store(1);
-    let mut two: Store = storage.log_store(2);
+    let mut one: Store = storage.log_store(GroupId(1));
+    let mut two: Store = storage.log_store(GroupId(2));
     assert_eq!(one.read_vote().await.unwrap(), Some(vote(3, 1)));
     assert_eq!(two.read_vote().await.unwrap(), Some(vote(7, 2)));
     assert_eq!(one.read_committed().await.unwrap(), Some(log_id(1, 8)));
@@ -287,19 +293,22 @@ async fn everything_survives_a_reopen() {
         entries(2, 1..=6)
     );
     assert_eq!(
-        storage.state_get(1, b"applied").unwrap(),
+        storage.state_get(GroupId(1), b"applied").unwrap(),
         Some(b"8".to_vec())
     );
-    assert_eq!(storage.groups_on_disk().unwrap(), vec![1, 2]);
+    assert_eq!(
+        storage.groups_on_disk().unwrap(),
+        vec![GroupId(1), GroupId(2)]
+    );
 }
 
 #[tokio::test]
 async fn purge_and_truncate_keep_the_log_gapless_and_the_neighbours_intact() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut below: Store = storage.log_store(1);
-    let mut store: Store = storage.log_store(2);
-    let mut above: Store = storage.log_store(3);
+    let mut below: Store = storage.log_store(GroupId(1));
+    let mut store: Store = storage.log_store(GroupId(2));
+    let mut above: Store = storage.log_store(GroupId(3));
     append(&mut below, entries(1, 0..=20)).await;
     append(&mut store, entries(1, 0..=10)).await;
     append(&mut above, entries(1, 0..=20)).await;
@@ -352,7 +361,7 @@ async fn purge_and_truncate_keep_the_log_gapless_and_the_neighbours_intact() {
 async fn a_hole_in_the_log_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     append(&mut store, entries(1, 1..=2)).await;
     append(&mut store, entries(1, 4..=5)).await;
 
@@ -370,32 +379,44 @@ async fn a_hole_in_the_log_is_an_error() {
 async fn undecodable_entries_are_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     append(&mut store, entries(1, 1..=3)).await;
 
     let inner = &*storage.inner;
     let logs = inner.cf(CF_LOGS).unwrap();
     inner
         .db
-        .put_cf(logs, keys::log_key(1, 2), b"\x01garbage")
+        .put_cf(logs, keys::log_key(GroupId(1), 2), b"\x01garbage")
         .unwrap();
     inner
         .db
         .put_cf(
             logs,
-            keys::log_key(1, 3),
+            keys::log_key(GroupId(1), 3),
             codec::encode(&entry(1, 9)).unwrap(),
         )
         .unwrap();
 
-    let err = storage.read_entry::<TestConfig>(1, 2).unwrap_err();
+    let err = storage.read_entry::<TestConfig>(GroupId(1), 2).unwrap_err();
     assert!(
-        matches!(err, StorageError::Decode { group: 1, .. }),
+        matches!(
+            err,
+            StorageError::Decode {
+                group: GroupId(1),
+                ..
+            }
+        ),
         "{err}"
     );
-    let err = storage.read_entry::<TestConfig>(1, 3).unwrap_err();
+    let err = storage.read_entry::<TestConfig>(GroupId(1), 3).unwrap_err();
     assert!(
-        matches!(err, StorageError::Corrupt { group: 1, .. }),
+        matches!(
+            err,
+            StorageError::Corrupt {
+                group: GroupId(1),
+                ..
+            }
+        ),
         "{err}"
     );
     let err = store.try_get_log_entries(1..=3).await.unwrap_err();
@@ -406,7 +427,7 @@ async fn undecodable_entries_are_errors_not_panics() {
     let meta = inner.cf(CF_META).unwrap();
     inner
         .db
-        .put_cf(meta, keys::meta_key(1, MetaTag::Vote), b"")
+        .put_cf(meta, keys::meta_key(GroupId(1), MetaTag::Vote), b"")
         .unwrap();
     let err = store.read_vote().await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -432,7 +453,7 @@ fn stored_indexes(
 async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     // A replica that installed a snapshot at 6: openraft purged up to it.
     append(&mut store, entries(1, 7..=10)).await;
     store.purge(log_id(1, 6)).await.unwrap();
@@ -446,7 +467,7 @@ async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
     assert_eq!(written, Some(3));
     store.sync().await.unwrap();
     assert_eq!(
-        stored_indexes(&storage, 1, 0..=10),
+        stored_indexes(&storage, GroupId(1), 0..=10),
         (3..=10).collect::<Vec<_>>()
     );
 
@@ -463,7 +484,7 @@ async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
     assert_eq!(log_state(&mut store).await, (Some(6), Some(6)));
     assert_eq!(indexes(&mut store, ..).await, Vec::<u64>::new());
     assert_eq!(
-        stored_indexes(&storage, 1, 0..=10),
+        stored_indexes(&storage, GroupId(1), 0..=10),
         (3..=6).collect::<Vec<_>>()
     );
 
@@ -471,12 +492,12 @@ async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
     drop(store);
     drop(storage);
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     assert_eq!(log_state(&mut store).await, (Some(6), Some(6)));
     append(&mut store, entries(2, 7..=8)).await;
     assert_eq!(indexes(&mut store, ..).await, vec![7, 8]);
     assert_eq!(
-        stored_indexes(&storage, 1, 0..=10),
+        stored_indexes(&storage, GroupId(1), 0..=10),
         (3..=8).collect::<Vec<_>>()
     );
 }
@@ -485,14 +506,14 @@ async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
 async fn a_purge_deletes_entries_written_below_the_purge_point_too() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     append(&mut store, entries(1, 7..=10)).await;
     store.purge(log_id(1, 6)).await.unwrap();
     store
         .write_below_purged(entries(1, 2..=6), |_| Some(0))
         .unwrap();
     store.purge(log_id(1, 8)).await.unwrap();
-    assert_eq!(stored_indexes(&storage, 1, 0..=10), vec![9, 10]);
+    assert_eq!(stored_indexes(&storage, GroupId(1), 0..=10), vec![9, 10]);
     assert_eq!(log_state(&mut store).await, (Some(8), Some(10)));
 }
 
@@ -500,13 +521,19 @@ async fn a_purge_deletes_entries_written_below_the_purge_point_too() {
 async fn writes_below_the_purge_point_stay_below_it_and_are_admitted_under_the_purge_lock() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let store: Store = storage.log_store(1);
+    let store: Store = storage.log_store(GroupId(1));
     // Nothing purged: there is nothing below the purge point to write.
     let err = store
         .write_below_purged(entries(1, 1..=2), |_| Some(0))
         .unwrap_err();
     assert!(
-        matches!(err, StorageError::NotBelowPurged { group: 1, .. }),
+        matches!(
+            err,
+            StorageError::NotBelowPurged {
+                group: GroupId(1),
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -540,15 +567,18 @@ async fn writes_below_the_purge_point_stay_below_it_and_are_admitted_under_the_p
             .unwrap(),
         None
     );
-    assert_eq!(stored_indexes(&storage, 1, 0..=10), vec![5, 6, 7, 8]);
+    assert_eq!(
+        stored_indexes(&storage, GroupId(1), 0..=10),
+        vec![5, 6, 7, 8]
+    );
 }
 
 #[tokio::test]
 async fn deleting_below_the_purge_point_spares_openraft_and_writes_only_when_needed() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
-    let mut neighbour: Store = storage.log_store(2);
+    let mut store: Store = storage.log_store(GroupId(1));
+    let mut neighbour: Store = storage.log_store(GroupId(2));
     append(&mut store, entries(1, 7..=10)).await;
     append(&mut neighbour, entries(1, 0..=3)).await;
     store.purge(log_id(1, 6)).await.unwrap();
@@ -558,14 +588,17 @@ async fn deleting_below_the_purge_point_spares_openraft_and_writes_only_when_nee
 
     assert_eq!(store.delete_below_purged(3).unwrap(), Some(3));
     assert_eq!(
-        stored_indexes(&storage, 1, 0..=10),
+        stored_indexes(&storage, GroupId(1), 0..=10),
         vec![4, 5, 6, 7, 8, 9, 10]
     );
     // Nothing left at or below 3: nothing written.
     assert_eq!(store.delete_below_purged(3).unwrap(), None);
     // Never past the last purged id, into openraft's log.
     assert_eq!(store.delete_below_purged(100).unwrap(), Some(6));
-    assert_eq!(stored_indexes(&storage, 1, 0..=10), vec![7, 8, 9, 10]);
+    assert_eq!(
+        stored_indexes(&storage, GroupId(1), 0..=10),
+        vec![7, 8, 9, 10]
+    );
     assert_eq!(log_state(&mut store).await, (Some(6), Some(10)));
     assert_eq!(indexes(&mut neighbour, ..).await, vec![0, 1, 2, 3]);
     // A group that purged nothing has nothing below its purge point.
@@ -577,7 +610,7 @@ async fn deleting_below_the_purge_point_spares_openraft_and_writes_only_when_nee
 async fn read_tail_reads_newest_first_and_says_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     append(&mut store, entries(1, 1..=10)).await;
     store.purge(log_id(1, 3)).await.unwrap();
     let decode = |tail: &RawTail, first: u64| -> Vec<EntryOf<TestConfig>> {
@@ -631,13 +664,13 @@ async fn read_tail_reads_newest_first_and_says_where_it_stopped() {
 async fn committed_is_saved_and_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     assert_eq!(store.read_committed().await.unwrap(), None);
     store.save_committed(Some(log_id(2, 9))).await.unwrap();
     assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2, 9)));
     assert_eq!(
         storage
-            .log_store::<TestConfig>(2)
+            .log_store::<TestConfig>(GroupId(2))
             .read_committed()
             .await
             .unwrap(),
@@ -651,7 +684,7 @@ async fn committed_is_saved_and_cleared() {
 fn state_keys_are_isolated_per_group_and_returned_without_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    for group in [1, 2, 3] {
+    for group in [1, 2, 3].map(GroupId) {
         let mut batch = StateBatch::new();
         batch.put("a", format!("a{group}"));
         batch.put("b/1", format!("b1-{group}"));
@@ -660,10 +693,13 @@ fn state_keys_are_isolated_per_group_and_returned_without_prefix() {
         storage.state_write(group, batch).unwrap();
     }
 
-    assert_eq!(storage.state_get(2, b"a").unwrap(), Some(b"a2".to_vec()));
-    assert_eq!(storage.state_get(4, b"a").unwrap(), None);
     assert_eq!(
-        storage.state_scan(2, b"b/").unwrap(),
+        storage.state_get(GroupId(2), b"a").unwrap(),
+        Some(b"a2".to_vec())
+    );
+    assert_eq!(storage.state_get(GroupId(4), b"a").unwrap(), None);
+    assert_eq!(
+        storage.state_scan(GroupId(2), b"b/").unwrap(),
         vec![
             (b"b/1".to_vec(), b"b1-2".to_vec()),
             (b"b/2".to_vec(), b"b2-2".to_vec())
@@ -683,9 +719,9 @@ fn state_keys_are_isolated_per_group_and_returned_without_prefix() {
         b"b/2".to_vec(),
         b"\xFF\xFF".to_vec(),
     ];
-    assert_eq!(keys_of(2), all);
+    assert_eq!(keys_of(GroupId(2)), all);
     assert_eq!(
-        storage.state_scan(2, b"\xFF").unwrap(),
+        storage.state_scan(GroupId(2), b"\xFF").unwrap(),
         vec![(b"\xFF\xFF".to_vec(), b"ff2".to_vec())]
     );
 
@@ -693,29 +729,29 @@ fn state_keys_are_isolated_per_group_and_returned_without_prefix() {
     let mut batch = StateBatch::new();
     batch.delete_prefix(b"\xFF");
     batch.delete("a");
-    storage.state_write(2, batch).unwrap();
-    assert_eq!(keys_of(2), vec![b"b/1".to_vec(), b"b/2".to_vec()]);
-    assert_eq!(keys_of(1), all);
-    assert_eq!(keys_of(3), all);
+    storage.state_write(GroupId(2), batch).unwrap();
+    assert_eq!(keys_of(GroupId(2)), vec![b"b/1".to_vec(), b"b/2".to_vec()]);
+    assert_eq!(keys_of(GroupId(1)), all);
+    assert_eq!(keys_of(GroupId(3)), all);
 
     let mut batch = StateBatch::new();
     batch.delete_prefix("");
     batch.put("c", "kept");
     assert_eq!(batch.len(), 2);
-    storage.state_write(2, batch).unwrap();
+    storage.state_write(GroupId(2), batch).unwrap();
     assert_eq!(
-        storage.state_scan(2, b"").unwrap(),
+        storage.state_scan(GroupId(2), b"").unwrap(),
         vec![(b"c".to_vec(), b"kept".to_vec())]
     );
-    assert_eq!(keys_of(1), all);
-    assert_eq!(keys_of(3), all);
+    assert_eq!(keys_of(GroupId(1)), all);
+    assert_eq!(keys_of(GroupId(3)), all);
 }
 
 #[tokio::test]
 async fn delete_group_removes_one_group_entirely() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    for group in [0, 1, 2] {
+    for group in [0, 1, 2].map(GroupId) {
         let mut store: Store = storage.log_store(group);
         store.save_vote(&vote(1, 1)).await.unwrap();
         append(&mut store, entries(1, 1..=3)).await;
@@ -727,23 +763,23 @@ async fn delete_group_removes_one_group_entirely() {
     }
     // A group with only state and no Raft data does not count as on disk.
     storage
-        .state_write(9, {
+        .state_write(GroupId(9), {
             let mut b = StateBatch::new();
             b.put("k", "v");
             b
         })
         .unwrap();
-    assert_eq!(storage.groups_on_disk().unwrap(), vec![0, 1, 2]);
+    assert_eq!(storage.groups_on_disk().unwrap(), [0, 1, 2].map(GroupId));
 
-    storage.delete_group(1).unwrap();
-    assert_eq!(storage.groups_on_disk().unwrap(), vec![0, 2]);
-    let mut deleted: Store = storage.log_store(1);
+    storage.delete_group(GroupId(1)).unwrap();
+    assert_eq!(storage.groups_on_disk().unwrap(), [0, 2].map(GroupId));
+    let mut deleted: Store = storage.log_store(GroupId(1));
     assert_eq!(log_state(&mut deleted).await, (None, None));
     assert_eq!(deleted.read_vote().await.unwrap(), None);
     assert_eq!(deleted.read_committed().await.unwrap(), None);
-    assert_eq!(storage.state_get(1, b"k").unwrap(), None);
+    assert_eq!(storage.state_get(GroupId(1), b"k").unwrap(), None);
 
-    for group in [0, 2] {
+    for group in [0, 2].map(GroupId) {
         let mut store: Store = storage.log_store(group);
         assert_eq!(log_state(&mut store).await, (Some(1), Some(3)));
         assert_eq!(store.read_vote().await.unwrap(), Some(vote(1, 1)));
@@ -755,13 +791,19 @@ async fn delete_group_removes_one_group_entirely() {
 fn the_reserved_group_id_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let err = storage.state_get(u64::MAX, b"k").unwrap_err();
+    let err = storage.state_get(GroupId(u64::MAX), b"k").unwrap_err();
     assert!(matches!(
         err,
-        StorageError::ReservedGroup { group: u64::MAX }
+        StorageError::ReservedGroup {
+            group: GroupId(u64::MAX)
+        }
     ));
-    assert!(storage.delete_group(u64::MAX).is_err());
-    assert!(storage.read_entry::<TestConfig>(u64::MAX, 1).is_err());
+    assert!(storage.delete_group(GroupId(u64::MAX)).is_err());
+    assert!(
+        storage
+            .read_entry::<TestConfig>(GroupId(u64::MAX), 1)
+            .is_err()
+    );
     assert_eq!(io::Error::from(err).kind(), io::ErrorKind::InvalidInput);
     // The largest usable id works, including its range deletes.
     storage
@@ -779,7 +821,7 @@ fn the_reserved_group_id_is_rejected() {
 async fn dropping_the_last_handle_stops_the_syncer_and_closes_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     let reader = store.get_log_reader().await;
     append(&mut store, entries(1, 1..=1)).await;
 
@@ -791,7 +833,7 @@ async fn dropping_the_last_handle_stops_the_syncer_and_closes_the_database() {
     // The syncer thread owned a database handle; reopening succeeds only once it has exited.
     let storage = open(dir.path());
     assert_eq!(
-        storage.read_entry::<TestConfig>(1, 1).unwrap(),
+        storage.read_entry::<TestConfig>(GroupId(1), 1).unwrap(),
         Some(entry(1, 1))
     );
 }
@@ -820,7 +862,7 @@ fn syncer_completes_waiters_in_queue_order() {
 fn flip_stored_bit(storage: &Storage, index: u64) {
     let inner = &*storage.inner;
     let logs = inner.cf(CF_LOGS).unwrap();
-    let key = keys::log_key(1, index);
+    let key = keys::log_key(GroupId(1), index);
     let mut bytes = inner.db.get_cf(logs, key).unwrap().unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
@@ -829,7 +871,7 @@ fn flip_stored_bit(storage: &Storage, index: u64) {
 
 fn assert_checksum_error(err: &StorageError, index: u64) {
     assert!(
-        matches!(err, StorageError::Checksum { group: 1, what: "log entry", key, .. }
+        matches!(err, StorageError::Checksum { group: GroupId(1), what: "log entry", key, .. }
             if *key == format!("index {index}")),
         "{err}"
     );
@@ -839,14 +881,17 @@ fn assert_checksum_error(err: &StorageError, index: u64) {
 async fn a_flipped_bit_in_a_stored_entry_is_never_returned_and_fails_the_storage() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     append(&mut store, entries(1, 1..=3)).await;
     // The payload differs only in its last byte ("payload 3" and "payload 2"), so a decode
     // without the checksum would return a plausible entry.
     flip_stored_bit(&storage, 3);
     assert_eq!(storage.failure().borrow().clone(), None);
 
-    assert_checksum_error(&storage.read_entry::<TestConfig>(1, 3).unwrap_err(), 3);
+    assert_checksum_error(
+        &storage.read_entry::<TestConfig>(GroupId(1), 3).unwrap_err(),
+        3,
+    );
     let reason = storage.failure().borrow().clone().unwrap();
     assert!(
         reason.contains("log entry at index 3 fails its checksum"),
@@ -872,7 +917,7 @@ async fn a_flipped_bit_in_a_stored_entry_is_never_returned_and_fails_the_storage
 async fn a_corrupt_entry_from_a_peer_is_refused_without_failing_this_storage() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     append(&mut store, entries(1, 1..=1)).await;
     let mut bytes = store.read_tail(1, 1, usize::MAX).unwrap().entries.remove(0);
     let last = bytes.len() - 1;
@@ -886,12 +931,12 @@ async fn a_corrupt_entry_from_a_peer_is_refused_without_failing_this_storage() {
 async fn entries_and_metadata_written_before_checksums_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
-    let mut store: Store = storage.log_store(1);
+    let mut store: Store = storage.log_store(GroupId(1));
     let inner = &*storage.inner;
     let logs = inner.cf(CF_LOGS).unwrap();
     let meta = inner.cf(CF_META).unwrap();
     for old in entries(1, 1..=3) {
-        let key = keys::log_key(1, old.index());
+        let key = keys::log_key(GroupId(1), old.index());
         inner
             .db
             .put_cf(logs, key, codec::encode_v1(&old).unwrap())
@@ -901,7 +946,7 @@ async fn entries_and_metadata_written_before_checksums_still_read() {
         .db
         .put_cf(
             meta,
-            keys::meta_key(1, MetaTag::Vote),
+            keys::meta_key(GroupId(1), MetaTag::Vote),
             codec::encode_v1(&vote(4, 2)).unwrap(),
         )
         .unwrap();
@@ -913,7 +958,7 @@ async fn entries_and_metadata_written_before_checksums_still_read() {
         entries(1, 1..=5)
     );
     assert_eq!(
-        storage.read_entry::<TestConfig>(1, 2).unwrap(),
+        storage.read_entry::<TestConfig>(GroupId(1), 2).unwrap(),
         Some(entry(1, 2))
     );
     assert_eq!(store.read_vote().await.unwrap(), Some(vote(4, 2)));

@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::common::*;
 use openraft::async_runtime::WatchReceiver;
 use raftstream_client::pb;
+use raftstream_node::model::GroupId;
+use raftstream_node::model::TopicId;
 use raftstream_node::raft::types::TypeConfig;
-use raftstream_node::raft::types::partition_group_id;
 use raftstream_node::state_machine::GroupData;
 
 /// Asks a node to answer from its own replica only (ARCHITECTURE.md,
@@ -34,7 +35,7 @@ struct View {
     purgeable: u64,
 }
 
-fn view(cluster: &TestCluster, node: u64, group_id: u64) -> Option<View> {
+fn view(cluster: &TestCluster, node: u64, group_id: GroupId) -> Option<View> {
     let group = cluster.nodes.get(&node)?.node.group(group_id)?;
     group.state.read(|inner| match &inner.data {
         GroupData::Partition(p) => Some(View {
@@ -95,7 +96,7 @@ async fn set_retention_bytes(cluster: &TestCluster, bytes: u64) {
 /// messages, and one of whose followers then lost its disk.
 struct Wiped {
     cluster: TestCluster,
-    group_id: u64,
+    group_id: GroupId,
     victim: u64,
     /// Another node, which kept its disk.
     survivor: u64,
@@ -109,7 +110,7 @@ struct Wiped {
 async fn wipe_a_follower_after_retention(published: u64, kept: u64, value_len: usize) -> Wiped {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic(TOPIC, 1, 3).await;
-    let group_id = partition_group_id(raftstream_node::model::TopicId(1), 0);
+    let group_id = GroupId::partition(TopicId(1), 0);
     let client = cluster.client(1).await;
     for i in 0..published {
         publish_until_acked(

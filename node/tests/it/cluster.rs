@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::common::*;
 use raftstream_client::pb;
+use raftstream_node::model::GroupId;
+use raftstream_node::model::TopicId;
 use raftstream_node::time::Clock;
 use raftstream_node::time::SystemClock;
 
@@ -146,8 +148,7 @@ async fn restarted_follower_catches_up() {
     }
     cluster.restart(follower).await;
     let node = cluster.nodes[&follower].node.clone();
-    let group_id =
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
+    let group_id = GroupId::partition(TopicId(1), 0);
     eventually("follower caught up", Duration::from_secs(20), || async {
         let hw = partition_figure(&node, group_id, |p| p.next_offset)?;
         (hw == 25).then_some(())
@@ -637,8 +638,7 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
         // 50-byte values: only the newest two fit in 100 bytes.
         publish(&mut client, "short", &format!("{i:050}")).await;
     }
-    let group_id =
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
+    let group_id = GroupId::partition(TopicId(1), 0);
     for id in 1..=3 {
         let node = cluster.nodes[&id].node.clone();
         eventually("retention applied", Duration::from_secs(20), || async {
@@ -751,8 +751,8 @@ async fn a_node_down_during_topic_deletion_drops_the_data_when_it_returns() {
     let mut client = cluster.client(1).await;
     publish(&mut client, "doomed", "x").await;
     let groups = [
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0),
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 1),
+        GroupId::partition(TopicId(1), 0),
+        GroupId::partition(TopicId(1), 1),
     ];
     let on_disk = |cluster: &TestCluster| cluster.nodes[&3].node.storage.groups_on_disk().unwrap();
     // A publish needs two of the three replicas: node 3 may still be
@@ -798,8 +798,7 @@ async fn a_node_down_during_topic_deletion_drops_the_data_when_it_returns() {
 async fn shutting_down_ends_parked_long_polls() {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic("idle", 1, 3).await;
-    let group_id =
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
+    let group_id = GroupId::partition(TopicId(1), 0);
     let waiters = |cluster: &TestCluster| -> Vec<(u64, usize)> {
         cluster
             .nodes

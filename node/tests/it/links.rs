@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use raftstream_client::pb;
 use raftstream_node::api::read::read_committed;
-use raftstream_node::raft::types::partition_group_id;
+use raftstream_node::model::GroupId;
+use raftstream_node::model::TopicId;
 
 use crate::common::*;
 
@@ -16,7 +17,7 @@ use crate::common::*;
 fn replica_values(cluster: &TestCluster, id: u64) -> Vec<String> {
     let group = cluster.nodes[&id]
         .node
-        .group(partition_group_id(raftstream_node::model::TopicId(1), 0))
+        .group(GroupId::partition(TopicId(1), 0))
         .unwrap();
     let batch = read_committed(&group, 0, 1_000, usize::MAX).unwrap();
     batch

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use crate::common::*;
+use raftstream_node::model::GroupId;
+use raftstream_node::model::TopicId;
 
 /// Node 2 misses the newest messages while it is down; node 3 then loses
 /// its disk. Had node 3 voted with its empty log, node 2 would have been
@@ -20,9 +22,8 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
     // and starts cautious too; it takes appends once both other replicas
     // told it the current term. Stopping one before that would leave it
     // waiting for that node, and the partition without a quorum.
-    let group_id =
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
-    let meta = raftstream_node::raft::types::META_GROUP;
+    let group_id = GroupId::partition(TopicId(1), 0);
+    let meta = GroupId::META;
     eventually("every node votes", Duration::from_secs(20), || async {
         let caught_up = cluster.nodes.values().all(|running| {
             !running.node.rejoin.is_cautious(meta) && !running.node.rejoin.is_cautious(group_id)
@@ -106,7 +107,7 @@ async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_
 async fn append_to(
     cluster: &TestCluster,
     to: u64,
-    group: u64,
+    group: GroupId,
     term: u64,
 ) -> Result<raftstream_client::pb::RaftMessage, tonic::Status> {
     use raftstream_node::raft::types::TypeConfig;
@@ -126,7 +127,7 @@ async fn append_to(
         raftstream_client::pb::raft_transport_client::RaftTransportClient::new(channel);
     transport
         .append_entries(raftstream_client::pb::RaftMessage {
-            group_id: group,
+            group_id: group.0,
             payload: bincode::serialize(&request).unwrap().into(),
         })
         .await
@@ -181,9 +182,8 @@ async fn a_data_directory_of_another_node_is_refused_at_start() {
 async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
     let mut cluster = TestCluster::start(3).await;
     cluster.create_topic("kept", 1, 3).await;
-    let group_id =
-        raftstream_node::raft::types::partition_group_id(raftstream_node::model::TopicId(1), 0);
-    let meta = raftstream_node::raft::types::META_GROUP;
+    let group_id = GroupId::partition(TopicId(1), 0);
+    let meta = GroupId::META;
     // Leaders elsewhere, so that node 3's log is one a leader counted on.
     cluster.transfer_partition_leader("kept", 0, 1).await;
     let client = cluster.client(1).await;
@@ -219,7 +219,7 @@ async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
     assert_eq!(values, acked);
 }
 
-async fn node_3_applied_all(cluster: &TestCluster, group_id: u64) {
+async fn node_3_applied_all(cluster: &TestCluster, group_id: GroupId) {
     use openraft::async_runtime::WatchReceiver;
     eventually(
         "node 3 applied every entry",

@@ -6,6 +6,7 @@
 use openraft::StorageError;
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;
+use raftstream_node::model::GroupId;
 use raftstream_node::raft::types::TypeConfig;
 use raftstream_node::state_machine::GroupStateMachine;
 use raftstream_node::storage::LogStore;
@@ -26,7 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore<TypeConfig>, GroupStateMachine, tempfile:
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path(), StorageConfig::default()).unwrap();
         // A partition group: the suite applies blank and membership entries.
-        let group = 7;
+        let group = GroupId(7);
         let sm = GroupStateMachine::open(storage.clone(), group).unwrap();
         Ok((dir, storage.log_store(group), sm))
     }

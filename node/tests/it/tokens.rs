@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::common::*;
 use http::Http;
 use raftstream_client::pb;
+use raftstream_node::model::GroupId;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -89,7 +90,7 @@ async fn publish(client: &mut raftstream_client::Grpc, name: &str, value: &str) 
 }
 
 /// Readers parked on a partition, on every node.
-fn waiters(cluster: &TestCluster, group_id: u64) -> usize {
+fn waiters(cluster: &TestCluster, group_id: GroupId) -> usize {
     cluster
         .nodes
         .values()
@@ -146,7 +147,7 @@ async fn revoking_a_token_ends_its_subscribe_streams_on_every_node_with_unauthen
 async fn revoking_a_token_ends_its_parked_long_polls_over_grpc_and_http() {
     let cluster = TestCluster::start(3).await;
     let created = cluster.create_topic("quiet", 1, 3).await;
-    let group_id = created.partitions[0].group_id;
+    let group_id = GroupId(created.partitions[0].group_id);
     let mut admin = cluster.client(1).await;
     let (token_id, secret) = create_token(&mut admin, &["quiet"]).await;
     let mut reader = client_with_token(&cluster, 2, &secret).await;

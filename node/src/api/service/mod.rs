@@ -29,6 +29,7 @@ use crate::config::MAX_MESSAGES;
 use crate::config::MAX_WAIT_MS;
 use crate::group::Group;
 use crate::group::write::WriteError;
+use crate::model::GroupId;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -36,7 +37,6 @@ use crate::raft::batch::BatchError;
 use crate::raft::batch::RecordBatch;
 use crate::raft::quiesce::quorum_acked_since;
 use crate::raft::types::CommandResponse;
-use crate::raft::types::META_GROUP;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::Scope;
@@ -612,7 +612,7 @@ impl Service {
     /// caller is told so (see `forwarded`).
     pub async fn route(
         &self,
-        group_id: u64,
+        group_id: GroupId,
         replicas: &[u64],
         hops: Hops,
     ) -> Result<Route, ServiceError> {
@@ -625,7 +625,7 @@ impl Service {
 
     async fn choose_route(
         &self,
-        group_id: u64,
+        group_id: GroupId,
         replicas: &[u64],
         hops: Hops,
     ) -> Result<Route, ServiceError> {
@@ -686,7 +686,7 @@ impl Service {
 
     pub async fn meta_route(&self, hops: Hops) -> Result<Route, ServiceError> {
         let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
-        self.route(META_GROUP, &replicas, hops).await
+        self.route(GroupId::META, &replicas, hops).await
     }
 
     /// Finds a topic in this node's metadata; a topic created a moment ago
@@ -716,7 +716,7 @@ impl Service {
     /// passes other nodes' statuses through as they are).
     pub async fn on_leader<'a, T, E: ForwardError>(
         &'a self,
-        group_id: u64,
+        group_id: GroupId,
         replicas: &[u64],
         hops: Hops,
         local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
@@ -793,7 +793,7 @@ impl Service {
         forward: impl Fn(String) -> BoxFuture<'a, Result<T, E>>,
     ) -> Result<T, E> {
         let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
-        self.on_leader(META_GROUP, &replicas, hops, local, forward)
+        self.on_leader(GroupId::META, &replicas, hops, local, forward)
             .await
     }
 

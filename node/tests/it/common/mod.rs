@@ -16,6 +16,7 @@ use raftstream_node::config::NodeConfig;
 use raftstream_node::config::PeerTls;
 use raftstream_node::config::RaftTimings;
 use raftstream_node::link_faults::LinkFaults;
+use raftstream_node::model::GroupId;
 use raftstream_node::server::Listeners;
 use raftstream_node::server::RunningNode;
 use raftstream_node::tls::DevCerts;
@@ -121,7 +122,7 @@ pub async fn eventually_in_status<T>(
 /// group that is not a partition); `None` while the node does not host it.
 pub fn partition_figure(
     node: &raftstream_node::node::Node,
-    group_id: u64,
+    group_id: GroupId,
     figure: impl Fn(&raftstream_node::state_machine::partition::PartitionState) -> u64,
 ) -> Option<u64> {
     let group = node.group(group_id)?;
@@ -438,12 +439,14 @@ impl TestCluster {
             .await
             .unwrap()
             .into_inner();
-        let group_id = status
-            .groups
-            .iter()
-            .find(|g| g.topic == name && g.partition == partition)
-            .unwrap()
-            .group_id;
+        let group_id = GroupId(
+            status
+                .groups
+                .iter()
+                .find(|g| g.topic == name && g.partition == partition)
+                .unwrap()
+                .group_id,
+        );
         let group = self.nodes[&from].node.group(group_id).unwrap();
         group.raft.trigger().transfer_leader(to).await.unwrap();
         eventually("leadership moved", Duration::from_secs(20), || async {
