@@ -31,6 +31,7 @@ use prost::Message;
 use raftstream_client::pb;
 use raftstream_node::api::schema as json_schema;
 use raftstream_node::model::GroupId;
+use raftstream_node::model::NodeId;
 use raftstream_node::raft::batch::RecordBatch;
 use raftstream_node::raft::types::Command;
 use raftstream_node::raft::types::Entry;
@@ -61,7 +62,7 @@ fn append_command(n: usize, size: usize, sequence: u64) -> Command {
 }
 
 fn log_id(index: u64) -> LogIdOf<TypeConfig> {
-    LogIdOf::<TypeConfig>::new(LeaderIdOf::<TypeConfig>::new_committed(1, 1), index)
+    LogIdOf::<TypeConfig>::new(LeaderIdOf::<TypeConfig>::new_committed(1, NodeId(1)), index)
 }
 
 fn entry(index: u64, command: Command) -> Entry {

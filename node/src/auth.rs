@@ -239,7 +239,7 @@ mod tests {
                 retention_ms: None,
                 retention_bytes: None,
             },
-            partitions: vec![vec![1]],
+            partitions: vec![vec![crate::model::NodeId(1)]],
             created_at_ms: 0,
             updated_at_ms: 0,
             version: 1,

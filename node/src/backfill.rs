@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use crate::group::Group;
 use crate::group::Raft;
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::raft::log_range::CHUNK_BYTES;
 use crate::raft::log_range::LogRangeAnswer;
 use crate::raft::log_range::LogRangeQuery;
@@ -41,7 +42,6 @@ use crate::raft::network::PeerPool;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
-use crate::raft::types::NodeId;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::TypeConfig;
 use crate::state_machine::GroupData;
@@ -225,7 +225,7 @@ impl Backfills {
             let entries = match check_answer(target, &wanted, &answer) {
                 Ok(entries) => entries,
                 Err(e) => {
-                    tracing::warn!(group = %target.id, peer, error = %e, "backfill: refused a chunk");
+                    tracing::warn!(group = %target.id, %peer, error = %e, "backfill: refused a chunk");
                     failures.push(format!("node {peer} sent an invalid chunk: {e}"));
                     continue;
                 }
@@ -656,7 +656,7 @@ mod tests {
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(
-            openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(term, 1),
+            openraft::alias::LeaderIdOf::<TypeConfig>::new_committed(term, NodeId(1)),
             index,
         )
     }

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::raft::types::NodeId;
+use crate::model::NodeId;
 use crate::time::Clock;
 
 /// A peer's clock measured on a heartbeat's round trip.
@@ -159,11 +159,20 @@ mod tests {
     fn a_leader_whose_clock_agrees_with_a_majority_expires_by_age() {
         let (clocks, _) = check();
         // Node 2 is 2 ms ahead, node 3 is an hour ahead.
-        clocks.record(2, 1_000, 1_007, 1_010);
-        clocks.record(3, 1_000, 1_005 + HOUR_MS, 1_010);
-        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010), Ok(()));
+        clocks.record(NodeId(2), 1_000, 1_007, 1_010);
+        clocks.record(NodeId(3), 1_000, 1_005 + HOUR_MS, 1_010);
+        assert_eq!(
+            clocks.verdict(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], 1_010),
+            Ok(())
+        );
         // Five replicas: agreeing with one other is not a majority.
-        let refused = clocks.verdict(1, &[1, 2, 3, 4, 5], 1_010).unwrap_err();
+        let refused = clocks
+            .verdict(
+                NodeId(1),
+                &[NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)],
+                1_010,
+            )
+            .unwrap_err();
         assert!(refused.contains("node 4: unknown"), "{refused}");
     }
 
@@ -173,9 +182,11 @@ mod tests {
         // and it sees them an hour behind.
         let (clocks, _) = check();
         let ahead = 1_000 + HOUR_MS;
-        clocks.record(2, ahead, 1_005, ahead + 10);
-        clocks.record(3, ahead, 1_004, ahead + 10);
-        let refused = clocks.verdict(1, &[1, 2, 3], ahead + 10).unwrap_err();
+        clocks.record(NodeId(2), ahead, 1_005, ahead + 10);
+        clocks.record(NodeId(3), ahead, 1_004, ahead + 10);
+        let refused = clocks
+            .verdict(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], ahead + 10)
+            .unwrap_err();
         assert!(
             refused.contains("with 0 of the other replicas"),
             "{refused}"
@@ -185,27 +196,42 @@ mod tests {
     #[test]
     fn stale_or_missing_samples_do_not_count() {
         let (clocks, time) = check();
-        clocks.record(2, 1_000, 1_005, 1_010);
-        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010), Ok(()));
+        clocks.record(NodeId(2), 1_000, 1_005, 1_010);
+        assert_eq!(
+            clocks.verdict(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], 1_010),
+            Ok(())
+        );
         // The heartbeats stop: once the sample is older than `fresh_for`,
         // node 3's missing one leaves no majority.
         time.advance(Duration::from_secs(10));
-        assert_eq!(clocks.verdict(1, &[1, 2, 3], 1_010), Ok(()));
+        assert_eq!(
+            clocks.verdict(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], 1_010),
+            Ok(())
+        );
         time.advance(Duration::from_millis(1));
-        assert!(clocks.check(1, &[1, 2, 3], 1_010).is_err());
+        assert!(
+            clocks
+                .check(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], 1_010)
+                .is_err()
+        );
         // A new heartbeat makes it count again.
-        clocks.record(2, 1_000, 1_005, 1_010);
-        assert_eq!(clocks.check(1, &[1, 2, 3], 1_010), Ok(()));
+        clocks.record(NodeId(2), 1_000, 1_005, 1_010);
+        assert_eq!(
+            clocks.check(NodeId(1), &[NodeId(1), NodeId(2), NodeId(3)], 1_010),
+            Ok(())
+        );
     }
 
     #[test]
     fn a_single_replica_compares_the_wall_clock_with_the_monotonic_clock() {
         let (clocks, time) = check();
         time.advance(Duration::from_secs(60));
-        assert_eq!(clocks.check(1, &[1], time.now_ms()), Ok(()));
+        assert_eq!(clocks.check(NodeId(1), &[NodeId(1)], time.now_ms()), Ok(()));
         // The wall clock steps an hour ahead; the monotonic clock does not.
         time.set_wall_ms(time.now_ms() + HOUR_MS);
-        let refused = clocks.check(1, &[1], time.now_ms()).unwrap_err();
+        let refused = clocks
+            .check(NodeId(1), &[NodeId(1)], time.now_ms())
+            .unwrap_err();
         assert!(refused.contains("monotonic"), "{refused}");
     }
 }

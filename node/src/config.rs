@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::raft::types::NodeId;
+use crate::model::NodeId;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -508,7 +508,7 @@ mod tests {
             .load()
             .map_err(figment::Error::from)?;
             // The file's node id and timeout under the environment's.
-            assert_eq!(config.node_id, 2);
+            assert_eq!(config.node_id, NodeId(2));
             assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:2001");
             assert_eq!(config.limits.write_timeout_ms, 2000);
             assert_eq!(config.limits.request_timeout_ms, 90_000);
@@ -549,7 +549,7 @@ mod tests {
             // Alone, without --peers: itself at its peer address.
             assert_eq!(
                 config.peers,
-                BTreeMap::from([(5, "127.0.0.1:50061".to_string())])
+                BTreeMap::from([(NodeId(5), "127.0.0.1:50061".to_string())])
             );
             jail.set_env("RAFTSTREAM_ADMIN_TOKEN", "rst_chosen");
             let config = layers(None, serde_json::json!({ "node_id": 5 }), &[])
@@ -611,7 +611,7 @@ mod tests {
     #[test]
     fn peers_parse_and_reject_bad_input() {
         let peers = parse_peers("1=127.0.0.1:1, 2=localhost:2").unwrap();
-        assert_eq!(peers[&2], "localhost:2");
+        assert_eq!(peers[&NodeId(2)], "localhost:2");
         for bad in ["1", "x=a:1", "1=a", "1=a:b", "1=a:1,1=b:2"] {
             assert!(parse_peers(bad).is_err(), "{bad}");
         }

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::raft::types::NodeId;
+use crate::model::NodeId;
 
 const FILE_NAME: &str = "identity.json";
 
@@ -163,48 +163,48 @@ mod tests {
     #[test]
     fn a_directory_keeps_its_identity_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Identity::load_or_create(dir.path(), 3, true).unwrap();
-        let again = Identity::load_or_create(dir.path(), 3, false).unwrap();
+        let first = Identity::load_or_create(dir.path(), NodeId(3), true).unwrap();
+        let again = Identity::load_or_create(dir.path(), NodeId(3), false).unwrap();
         assert_eq!(first, again);
     }
 
     #[test]
     fn a_directory_of_another_node_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        Identity::load_or_create(dir.path(), 3, true).unwrap();
-        let refused = Identity::load_or_create(dir.path(), 2, false).unwrap_err();
+        Identity::load_or_create(dir.path(), NodeId(3), true).unwrap();
+        let refused = Identity::load_or_create(dir.path(), NodeId(2), false).unwrap_err();
         assert!(
             matches!(
                 refused,
                 IdentityError::WrongNode {
-                    found: 3,
-                    configured: 2,
+                    found: NodeId(3),
+                    configured: NodeId(2),
                     ..
                 }
             ),
             "{refused}"
         );
         // Even once its database is gone: the id is of the directory.
-        assert!(Identity::load_or_create(dir.path(), 2, true).is_err());
+        assert!(Identity::load_or_create(dir.path(), NodeId(2), true).is_err());
     }
 
     #[test]
     fn an_empty_start_is_a_new_incarnation_of_no_cluster_yet() {
         let dir = tempfile::tempdir().unwrap();
-        let mut first = Identity::load_or_create(dir.path(), 1, true).unwrap();
+        let mut first = Identity::load_or_create(dir.path(), NodeId(1), true).unwrap();
         first.cluster_id = Some(cluster_id(&[7; 32]));
         first.store(dir.path()).unwrap();
         assert_eq!(
-            Identity::load_or_create(dir.path(), 1, false).unwrap(),
+            Identity::load_or_create(dir.path(), NodeId(1), false).unwrap(),
             first
         );
-        let wiped = Identity::load_or_create(dir.path(), 1, true).unwrap();
+        let wiped = Identity::load_or_create(dir.path(), NodeId(1), true).unwrap();
         assert_ne!(wiped.incarnation, first.incarnation);
         assert_eq!(wiped.cluster_id, None);
         assert!(wiped.rejoining);
         // A restart before it caught up finds it still rejoining.
         assert!(
-            Identity::load_or_create(dir.path(), 1, false)
+            Identity::load_or_create(dir.path(), NodeId(1), false)
                 .unwrap()
                 .rejoining
         );
@@ -215,7 +215,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
         assert!(matches!(
-            Identity::load_or_create(dir.path(), 1, false),
+            Identity::load_or_create(dir.path(), NodeId(1), false),
             Err(IdentityError::Unreadable { .. })
         ));
     }

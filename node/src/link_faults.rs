@@ -25,7 +25,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tonic::codegen::http;
 
-use crate::raft::types::NodeId;
+use crate::model::NodeId;
 
 /// The node a peer call comes from.
 pub const FROM_NODE_HEADER: &str = "x-raftstream-from-node";

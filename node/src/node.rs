@@ -27,6 +27,7 @@ use crate::group::write::WriteError;
 use crate::group::write::WritePath;
 use crate::identity::Identity;
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
@@ -38,7 +39,6 @@ use crate::raft::types::CommandResponse;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
-use crate::raft::types::NodeId;
 use crate::raft::types::PartitionCommand;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
@@ -658,7 +658,7 @@ impl Node {
                     continue;
                 }
                 let beat = raftstream_proto::v1::NodeHeartbeatRequest {
-                    from: self.id(),
+                    from: self.id().0,
                     quiesced_groups: quiesced.clone(),
                     incarnation,
                     terms_wanted: terms_wanted.clone(),
@@ -683,7 +683,7 @@ impl Node {
                                 );
                             }
                             Err(e) => {
-                                tracing::debug!(peer = peer_id, error = %e, "node heartbeat failed");
+                                tracing::debug!(peer = %peer_id, error = %e, "node heartbeat failed");
                             }
                         }
                     }),
@@ -759,7 +759,7 @@ impl Node {
             // Refused when this node no longer leads or the peer is no
             // replica of the group: then there is nothing to allow.
             if let Ok(Err(e)) = group.raft.trigger().allow_next_revert(&peer, true).await {
-                tracing::debug!(group = %group.id, peer, "log reversion not allowed: {e}");
+                tracing::debug!(group = %group.id, %peer, "log reversion not allowed: {e}");
             }
         }
     }
@@ -934,7 +934,7 @@ impl Node {
         if group.preferred_caught_up_again(caught_up, metrics.current_term) {
             tracing::debug!(
                 group = %group.id,
-                to = preferred,
+                to = %preferred,
                 "handing leadership to the preferred replica"
             );
             if let Some(quiescer) = &self.quiescer {
@@ -1186,7 +1186,7 @@ impl TransportHost for Node {
         let before = self.peer_incarnations.lock().insert(peer, incarnation);
         if before.is_some_and(|before| before != incarnation) {
             tracing::warn!(
-                peer,
+                %peer,
                 "node {peer} restarted on an empty data directory: it votes again once caught up"
             );
             self.allow_log_reversion_of(peer).await;

@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 
 use crate::model::GroupId;
-use crate::raft::types::NodeId;
+use crate::model::NodeId;
 
 #[derive(Debug)]
 pub struct Rejoin {
@@ -285,11 +285,15 @@ mod tests {
 
     #[test]
     fn a_majority_of_new_nodes_is_a_new_cluster() {
-        let rejoin = Rejoin::new(1, true, 3);
-        let members: Members = [(1, "a:1".to_string()), (2, "b:1".to_string())].into();
+        let rejoin = Rejoin::new(NodeId(1), true, 3);
+        let members: Members = [
+            (NodeId(1), "a:1".to_string()),
+            (NodeId(2), "b:1".to_string()),
+        ]
+        .into();
         assert!(rejoin.on_group_started(GroupId(0), &members, true));
         assert!(rejoin.is_cautious(GroupId(0)));
-        rejoin.on_peer(2, false);
+        rejoin.on_peer(NodeId(2), false);
         assert!(!rejoin.is_cautious(GroupId(0)));
         assert!(!rejoin.on_group_started(GroupId(7), &members, false));
         // The group it held back is initialized now, and its preferred
@@ -308,11 +312,11 @@ mod tests {
 
     #[test]
     fn a_wiped_node_votes_only_after_applying_its_leaders_commit_index() {
-        let rejoin = Rejoin::new(1, true, 3);
+        let rejoin = Rejoin::new(NodeId(1), true, 3);
         assert!(rejoin.on_group_started(GroupId(0), &Members::new(), false));
-        rejoin.on_peer(2, true);
+        rejoin.on_peer(NodeId(2), true);
         // A peer with no cluster does not outweigh one with a cluster.
-        rejoin.on_peer(3, false);
+        rejoin.on_peer(NodeId(3), false);
         assert!(rejoin.is_cautious(GroupId(0)));
         // No append yet: nothing to measure against.
         assert!(rejoin.release_caught_up(|_| Some(100)).is_empty());
@@ -333,10 +337,10 @@ mod tests {
     #[test]
     fn a_wiped_replica_takes_appends_only_at_or_above_the_term_a_majority_reached() {
         // Node 3 of replicas 1, 2, 3 lost its data.
-        let rejoin = Rejoin::new(3, true, 3);
-        let replicas: Members = (1..=3).map(|id| (id, format!("n{id}:1"))).collect();
+        let rejoin = Rejoin::new(NodeId(3), true, 3);
+        let replicas: Members = (1..=3).map(|id| (NodeId(id), format!("n{id}:1"))).collect();
         assert!(rejoin.on_group_started(GroupId(7), &replicas, false));
-        rejoin.on_peer(1, true);
+        rejoin.on_peer(NodeId(1), true);
         assert_eq!(rejoin.groups_learning_terms(), vec![GroupId(7)]);
         assert_eq!(
             rejoin.may_append(GroupId(7), 9),
@@ -345,14 +349,14 @@ mod tests {
         // Node 1 was partitioned away as leader of term 5; node 2 leads
         // term 6, possibly elected with node 3's forgotten vote. Neither
         // one report, nor a node that is no replica, fixes the floor.
-        rejoin.on_terms(1, [(GroupId(7), 5)]);
-        rejoin.on_terms(4, [(GroupId(7), 1)]);
-        rejoin.on_terms(3, [(GroupId(7), 0)]);
+        rejoin.on_terms(NodeId(1), [(GroupId(7), 5)]);
+        rejoin.on_terms(NodeId(4), [(GroupId(7), 1)]);
+        rejoin.on_terms(NodeId(3), [(GroupId(7), 0)]);
         assert_eq!(
             rejoin.may_append(GroupId(7), 5),
             Err(AppendRefused::LearningTerm)
         );
-        rejoin.on_terms(2, [(GroupId(7), 6)]);
+        rejoin.on_terms(NodeId(2), [(GroupId(7), 6)]);
         assert!(rejoin.groups_learning_terms().is_empty());
         assert_eq!(
             rejoin.may_append(GroupId(7), 5),
@@ -360,7 +364,7 @@ mod tests {
         );
         assert_eq!(rejoin.may_append(GroupId(7), 6), Ok(()));
         // Later reports do not move it.
-        rejoin.on_terms(1, [(GroupId(7), 8)]);
+        rejoin.on_terms(NodeId(1), [(GroupId(7), 8)]);
         assert_eq!(rejoin.may_append(GroupId(7), 7), Ok(()));
         // Groups that are not cautious take every append.
         assert_eq!(rejoin.may_append(GroupId(8), 1), Ok(()));
@@ -368,23 +372,31 @@ mod tests {
 
     #[test]
     fn five_replicas_need_three_reports() {
-        let rejoin = Rejoin::new(5, true, 5);
-        let replicas: Members = (1..=5).map(|id| (id, format!("n{id}:1"))).collect();
+        let rejoin = Rejoin::new(NodeId(5), true, 5);
+        let replicas: Members = (1..=5).map(|id| (NodeId(id), format!("n{id}:1"))).collect();
         assert!(rejoin.on_group_started(GroupId(2), &replicas, false));
-        rejoin.on_terms(1, [(GroupId(2), 3)]);
-        rejoin.on_terms(2, [(GroupId(2), 4)]);
+        rejoin.on_terms(NodeId(1), [(GroupId(2), 3)]);
+        rejoin.on_terms(NodeId(2), [(GroupId(2), 4)]);
         assert_eq!(
             rejoin.may_append(GroupId(2), 4),
             Err(AppendRefused::LearningTerm)
         );
-        rejoin.on_terms(3, [(GroupId(2), 2)]);
+        rejoin.on_terms(NodeId(3), [(GroupId(2), 2)]);
         assert_eq!(rejoin.may_append(GroupId(2), 4), Ok(()));
         assert!(rejoin.may_append(GroupId(2), 3).is_err());
     }
 
     #[test]
     fn a_node_with_data_or_alone_is_never_cautious() {
-        assert!(!Rejoin::new(1, false, 3).on_group_started(GroupId(0), &Members::new(), true));
-        assert!(!Rejoin::new(1, true, 1).on_group_started(GroupId(0), &Members::new(), true));
+        assert!(!Rejoin::new(NodeId(1), false, 3).on_group_started(
+            GroupId(0),
+            &Members::new(),
+            true
+        ));
+        assert!(!Rejoin::new(NodeId(1), true, 1).on_group_started(
+            GroupId(0),
+            &Members::new(),
+            true
+        ));
     }
 }

@@ -51,6 +51,7 @@ use crate::api::service::parse_message_id;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -335,7 +336,7 @@ pub fn topic_to_pb(topic: &Topic) -> pb::Topic {
             .map(|(p, replicas)| pb::PartitionInfo {
                 partition: p as u32,
                 group_id: topic.group_id(p as u32).0,
-                replicas: replicas.clone(),
+                replicas: replicas.iter().map(|id| id.0).collect(),
             })
             .collect(),
         created_at_ms: topic.created_at_ms,
@@ -352,7 +353,11 @@ fn topic_from_pb(topic: pb::Topic) -> Topic {
         description: topic.description,
         schema: topic.schema,
         replication_factor: topic.replication_factor,
-        partitions: topic.partitions.into_iter().map(|p| p.replicas).collect(),
+        partitions: topic
+            .partitions
+            .into_iter()
+            .map(|p| p.replicas.into_iter().map(NodeId).collect())
+            .collect(),
         created_at_ms: topic.created_at_ms,
         updated_at_ms: topic.updated_at_ms,
         version: topic.version,
@@ -942,7 +947,7 @@ impl Raftstream for ClientService {
         }
         // Ask every other node for its own groups and keep, for each group,
         // the view of its leader (or of any replica while it has none).
-        let peers: Vec<(u64, String)> = self
+        let peers: Vec<(NodeId, String)> = self
             .node
             .config
             .peers
@@ -968,11 +973,11 @@ impl Raftstream for ClientService {
         });
         let answers = futures::future::join_all(asks).await;
         let mut groups: BTreeMap<u64, (bool, pb::GroupStatus)> = BTreeMap::new();
-        let mut reachable: HashMap<u64, bool> = HashMap::new();
+        let mut reachable: HashMap<NodeId, bool> = HashMap::new();
         reachable.insert(self.node.id(), true);
-        let mut merge = |node_id: u64, status: pb::ClusterStatusResponse| {
+        let mut merge = |node_id: NodeId, status: pb::ClusterStatusResponse| {
             for group in status.groups {
-                let from_leader = group.leader == Some(node_id);
+                let from_leader = group.leader == Some(node_id.0);
                 let keep = match groups.get(&group.group_id) {
                     None => true,
                     Some((had_leader, _)) => from_leader && !had_leader,
@@ -986,7 +991,7 @@ impl Raftstream for ClientService {
         for (id, answer) in answers {
             reachable.insert(id, answer.is_some());
             if let Some(mut status) = answer {
-                if let Some(own) = status.nodes.iter().find(|n| n.id == id) {
+                if let Some(own) = status.nodes.iter().find(|n| n.id == id.0) {
                     self.node
                         .client_addrs
                         .write()
@@ -1006,14 +1011,14 @@ impl Raftstream for ClientService {
             .keys()
             .filter_map(|id| {
                 Some(pb::NodeStatus {
-                    id: *id,
+                    id: id.0,
                     grpc_addr: client_addrs.get(id)?.clone(),
                     reachable: reachable.get(id).copied().unwrap_or(false),
                 })
             })
             .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
-            node_id: self.node.id(),
+            node_id: self.node.id().0,
             nodes,
             groups: groups.into_values().map(|(_, g)| g).collect(),
         }))
@@ -1047,7 +1052,7 @@ impl ClientService {
                         r.iter()
                             .map(|(id, matched)| {
                                 (
-                                    *id,
+                                    id.0,
                                     last_log_index
                                         .saturating_sub(matched.as_ref().map_or(0, |l| l.index)),
                                 )
@@ -1064,12 +1069,17 @@ impl ClientService {
                     group_id: group.id.0,
                     topic,
                     partition,
-                    leader: m.current_leader,
+                    leader: m.current_leader.map(|id| id.0),
                     term: m.current_term,
                     commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
                     applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
                     last_log_index,
-                    replicas: m.membership_config.membership().voter_ids().collect(),
+                    replicas: m
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .map(|id| id.0)
+                        .collect(),
                     replica_lag,
                     high_watermark,
                     log_start_offset,
@@ -1078,9 +1088,9 @@ impl ClientService {
             })
             .collect();
         pb::ClusterStatusResponse {
-            node_id: self.node.id(),
+            node_id: self.node.id().0,
             nodes: vec![pb::NodeStatus {
-                id: self.node.id(),
+                id: self.node.id().0,
                 grpc_addr: self.node.config.client_grpc_addr(),
                 reachable: true,
             }],

@@ -208,8 +208,8 @@ async fn readyz(State(gateway): Shared) -> Result<Json<Ready>, ApiError> {
     match node.readiness() {
         Ok(leader) => Ok(Json(Ready {
             status: "ready".into(),
-            node_id: node.id(),
-            metadata_leader: leader,
+            node_id: node.id().0,
+            metadata_leader: leader.0,
         })),
         Err(why @ NotReady::StorageFailed(_)) => {
             Err(ApiError::new(ErrorCode::StorageFailed, why.to_string()))

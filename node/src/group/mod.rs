@@ -19,8 +19,8 @@ pub use proposal_order::ProposalOrder;
 use tokio::sync::watch;
 
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::raft::types::MetaState;
-use crate::raft::types::NodeId;
 use crate::raft::types::TypeConfig;
 use crate::state_machine::GroupData;
 use crate::state_machine::GroupShared;

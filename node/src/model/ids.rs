@@ -2,25 +2,37 @@
 //! is never taken for a group id or an offset.
 //!
 //! Each encodes exactly as the bare `u64` it wraps (`#[serde(transparent)]`,
-//! and `Display` prints the number): log entries, snapshots, RocksDB keys,
+//! and `Display` and `Debug` print the number): log entries, snapshots, RocksDB keys,
 //! `identity.json` and the wire were written with bare `u64`s and must read
 //! the same. Protobuf messages keep `u64`; the adapters convert.
 
 use serde::Deserialize;
 use serde::Serialize;
 
+/// Prints each id as the bare number, with `{}` and `{:?}` alike: log
+/// lines and error messages read as they did when ids were `u64`s.
+macro_rules! formats_as_bare_number {
+    ($($id:ty),*) => {$(
+        impl std::fmt::Display for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::fmt::Debug for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+
+formats_as_bare_number!(TopicId, GroupId, NodeId);
+
 /// A topic's id. Topic ids start at 1, only grow and are never reused.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TopicId(pub u64);
-
-impl std::fmt::Display for TopicId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 impl TopicId {
     /// The first topic's id: no topic has id 0, so 0 can stand for no
@@ -39,17 +51,9 @@ pub const PARTITION_BITS: u32 = 20;
 pub const MAX_PARTITIONS: u32 = 1 << PARTITION_BITS;
 
 /// A Raft group's id: the metadata group's, or one topic partition's.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct GroupId(pub u64);
-
-impl std::fmt::Display for GroupId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 impl GroupId {
     /// The metadata group: cluster topics and partition placement.
@@ -64,6 +68,27 @@ impl GroupId {
     /// group).
     pub fn topic(self) -> TopicId {
         TopicId(self.0 >> PARTITION_BITS)
+    }
+}
+
+/// A node's id in its cluster; also openraft's node id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub u64);
+
+/// openraft's storage conformance suite makes its node ids from numbers.
+impl From<u64> for NodeId {
+    fn from(id: u64) -> NodeId {
+        NodeId(id)
+    }
+}
+
+/// Node ids are written as their number in configuration and peer lists.
+impl std::str::FromStr for NodeId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<NodeId, Self::Err> {
+        text.parse().map(NodeId)
     }
 }
 
@@ -110,6 +135,7 @@ mod tests {
         for n in [0, 1, 300, u64::MAX] {
             encodes_as_bare_u64(TopicId(n), n);
             assert_eq!(TopicId(n).to_string(), n.to_string());
+            assert_eq!(format!("{:?}", TopicId(n)), format!("{n:?}"));
         }
     }
 
@@ -118,6 +144,7 @@ mod tests {
         for n in [0, 1, 1 << PARTITION_BITS, u64::MAX] {
             encodes_as_bare_u64(GroupId(n), n);
             assert_eq!(GroupId(n).to_string(), n.to_string());
+            assert_eq!(format!("{:?}", GroupId(n)), format!("{n:?}"));
         }
     }
 
@@ -129,5 +156,14 @@ mod tests {
         assert_eq!(last.topic(), TopicId(2));
         assert!(last < GroupId::partition(TopicId(3), 0));
         assert_eq!(GroupId::META.topic(), TopicId(0));
+    }
+
+    #[test]
+    fn node_ids_encode_and_print_as_the_bare_number() {
+        for n in [0, 1, 5, u64::MAX] {
+            encodes_as_bare_u64(NodeId(n), n);
+            assert_eq!(NodeId(n).to_string(), n.to_string());
+            assert_eq!(format!("{:?}", NodeId(n)), format!("{n:?}"));
+        }
     }
 }

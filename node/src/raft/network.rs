@@ -49,7 +49,7 @@ use tonic::transport::Endpoint;
 
 use crate::config::MAX_RPC_BYTES;
 use crate::model::GroupId;
-use crate::raft::types::NodeId;
+use crate::model::NodeId;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
 
@@ -104,7 +104,7 @@ impl ClusterStamp {
     pub fn new(node: NodeId) -> ClusterStamp {
         ClusterStamp {
             cluster: Arc::default(),
-            node: tonic::metadata::MetadataValue::from(node),
+            node: tonic::metadata::MetadataValue::from(node.0),
         }
     }
 

@@ -38,8 +38,8 @@ use raftstream_proto::v1::NodeHeartbeatRequest;
 
 use crate::group::Group;
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::raft::network::PeerPool;
-use crate::raft::types::NodeId;
 use crate::time::Clock;
 
 /// Timings of quiescence, from the node's Raft timings.
@@ -105,7 +105,7 @@ impl Quiescer {
     /// A node heartbeat from a peer.
     pub fn on_heartbeat(&self, beat: &NodeHeartbeatRequest) {
         let mut state = self.state.lock();
-        let peer = state.peers.entry(beat.from).or_default();
+        let peer = state.peers.entry(NodeId(beat.from)).or_default();
         peer.at = Some(self.time.now());
         peer.quiesced = beat.quiesced_groups.iter().copied().map(GroupId).collect();
     }

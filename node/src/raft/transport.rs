@@ -30,8 +30,8 @@ use tonic::Status;
 use crate::group::Group;
 use crate::group::HostedGroups;
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::raft::quiesce::Quiescer;
-use crate::raft::types::NodeId;
 use crate::raft::types::SnapshotMeta;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
@@ -248,7 +248,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
         }
         let beat = request.get_ref();
         self.host
-            .note_peer_incarnation(beat.from, beat.incarnation)
+            .note_peer_incarnation(NodeId(beat.from), beat.incarnation)
             .await;
         // A node that is stopping, or whose storage failed, has no metadata
         // to tell from: it must not pass for a node of a new cluster.

@@ -6,12 +6,11 @@
 use std::collections::BTreeMap;
 
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::raft::batch::RecordBatch;
 use serde::Deserialize;
 use serde::Serialize;
-
-pub type NodeId = u64;
 
 /// The most partitions one topic may have. Group ids leave room for
 /// `model::MAX_PARTITIONS` (2^20), but every partition is a Raft group on
@@ -24,6 +23,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
+        NodeId = NodeId,
         Node = openraft::BasicNode,
 );
 

@@ -1,5 +1,6 @@
 //! The metadata group's state machine: topics and their placement.
 
+use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
@@ -8,7 +9,6 @@ use crate::raft::types::MAX_TOPIC_PARTITIONS;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
-use crate::raft::types::NodeId;
 use crate::raft::types::Scope;
 use crate::raft::types::SourceTopic;
 use crate::raft::types::TokenRecord;
@@ -566,14 +566,14 @@ mod tests {
         apply(
             state,
             &MetaCommand::CreateTopic { spec: s, now_ms: 7 },
-            &[1, 2, 3],
+            &[NodeId(1), NodeId(2), NodeId(3)],
         )
     }
 
     #[test]
     fn placement_spreads_leaders_and_keeps_replicas_distinct() {
-        let placement = place_replicas(TopicId(1), 6, 3, &[1, 2, 3]);
-        let leaders: Vec<u64> = placement.iter().map(|r| r[0]).collect();
+        let placement = place_replicas(TopicId(1), 6, 3, &[NodeId(1), NodeId(2), NodeId(3)]);
+        let leaders: Vec<u64> = placement.iter().map(|r| r[0].0).collect();
         assert_eq!(leaders, vec![2, 3, 1, 2, 3, 1]);
         for replicas in placement {
             let mut distinct = replicas.clone();
@@ -592,13 +592,13 @@ mod tests {
                 spec: spec("a", 1, 0),
                 now_ms: 0,
             },
-            &[1],
+            &[NodeId(1)],
         );
         let CommandResponse::Topic(topic) = r else {
             panic!("{r:?}")
         };
         assert_eq!(topic.replication_factor, 1);
-        assert_eq!(topic.partitions, vec![vec![1]]);
+        assert_eq!(topic.partitions, vec![vec![NodeId(1)]]);
     }
 
     #[test]
@@ -648,7 +648,7 @@ mod tests {
             &MetaCommand::DeleteTopic {
                 topic_id: TopicId(1),
             },
-            &[1, 2, 3],
+            &[NodeId(1), NodeId(2), NodeId(3)],
         );
         let CommandResponse::Topic(t) = create(&mut state, spec("a", 1, 1)) else {
             panic!()
@@ -664,7 +664,7 @@ mod tests {
         let mut state = MetaState::default();
         create(&mut state, spec("a", 2, 3));
         create(&mut state, spec("b", 1, 2));
-        apply(&mut state, &token_on(vec![1]), &[1]);
+        apply(&mut state, &token_on(vec![1]), &[NodeId(1)]);
         state
     }
 
@@ -684,7 +684,10 @@ mod tests {
                 "two topics are named",
             ),
             (
-                |s| s.topics.get_mut(&TopicId(1)).unwrap().partitions[1] = vec![1, 1, 2],
+                |s| {
+                    s.topics.get_mut(&TopicId(1)).unwrap().partitions[1] =
+                        vec![NodeId(1), NodeId(1), NodeId(2)]
+                },
                 "replicas [1, 1, 2]",
             ),
             (
@@ -762,7 +765,11 @@ mod tests {
     fn a_broken_invariant_stops_a_debug_build_at_the_next_apply() {
         let mut state = populated();
         state.topics.get_mut(&TopicId(2)).unwrap().name = "a".into();
-        apply(&mut state, &MetaCommand::DeleteToken { id: 9 }, &[1]);
+        apply(
+            &mut state,
+            &MetaCommand::DeleteToken { id: 9 },
+            &[NodeId(1)],
+        );
     }
 
     #[test]
@@ -776,22 +783,26 @@ mod tests {
             now_ms: 1,
             bootstrap,
         };
-        let CommandResponse::Token(first) = apply(&mut state, &token(true), &[1]) else {
+        let CommandResponse::Token(first) = apply(&mut state, &token(true), &[NodeId(1)]) else {
             panic!()
         };
         assert_eq!(first.id, 1);
         assert!(matches!(
-            apply(&mut state, &token(true), &[1]),
+            apply(&mut state, &token(true), &[NodeId(1)]),
             CommandResponse::MetaRejected(MetaRejection::AlreadyBootstrapped)
         ));
-        let CommandResponse::Token(second) = apply(&mut state, &token(false), &[1]) else {
+        let CommandResponse::Token(second) = apply(&mut state, &token(false), &[NodeId(1)]) else {
             panic!()
         };
         assert_eq!(second.id, 2);
-        apply(&mut state, &MetaCommand::DeleteToken { id: 1 }, &[1]);
+        apply(
+            &mut state,
+            &MetaCommand::DeleteToken { id: 1 },
+            &[NodeId(1)],
+        );
         assert!(
             matches!(
-                apply(&mut state, &token(true), &[1]),
+                apply(&mut state, &token(true), &[NodeId(1)]),
                 CommandResponse::MetaRejected(MetaRejection::AlreadyBootstrapped)
             ),
             "deleting every token does not reopen the bootstrap"
@@ -814,7 +825,7 @@ mod tests {
                 update,
                 now_ms: 9,
             },
-            &[1],
+            &[NodeId(1)],
         );
         assert!(matches!(
             r,
@@ -833,7 +844,7 @@ mod tests {
             now_ms: 8,
         };
         assert!(matches!(
-            apply(state, &command, &[1]),
+            apply(state, &command, &[NodeId(1)]),
             CommandResponse::Topic(_)
         ));
     }
@@ -852,7 +863,8 @@ mod tests {
     fn tokens_keep_topic_ids_across_renames_and_refuse_missing_topics_whole() {
         let mut state = MetaState::default();
         create(&mut state, spec("a", 1, 1));
-        let CommandResponse::Token(token) = apply(&mut state, &token_on(vec![1]), &[1]) else {
+        let CommandResponse::Token(token) = apply(&mut state, &token_on(vec![1]), &[NodeId(1)])
+        else {
             panic!()
         };
         assert_eq!(token.topics, vec![TokenTopic::Id(TopicId(1))]);
@@ -867,7 +879,7 @@ mod tests {
         // and no token id is used up.
         let before = state.clone();
         assert!(matches!(
-            apply(&mut state, &token_on(vec![2, 7]), &[1]),
+            apply(&mut state, &token_on(vec![2, 7]), &[NodeId(1)]),
             CommandResponse::MetaRejected(MetaRejection::TopicNotFound {
                 topic_id: TopicId(7)
             })
@@ -889,7 +901,7 @@ mod tests {
             now_ms: 1,
             bootstrap: false,
         };
-        let CommandResponse::Token(token) = apply(&mut state, &legacy, &[1]) else {
+        let CommandResponse::Token(token) = apply(&mut state, &legacy, &[NodeId(1)]) else {
             panic!()
         };
         assert_eq!(
@@ -903,8 +915,16 @@ mod tests {
         assert!(state.has_token_topic_names());
 
         let mut replica = state.clone();
-        apply(&mut state, &MetaCommand::ResolveTokenTopicNames, &[1]);
-        apply(&mut replica, &MetaCommand::ResolveTokenTopicNames, &[1]);
+        apply(
+            &mut state,
+            &MetaCommand::ResolveTokenTopicNames,
+            &[NodeId(1)],
+        );
+        apply(
+            &mut replica,
+            &MetaCommand::ResolveTokenTopicNames,
+            &[NodeId(1)],
+        );
         assert_eq!(state, replica, "every replica resolves alike");
         assert!(!state.has_token_topic_names());
         // A name no topic bears matches no topic, rather than none of them

@@ -41,6 +41,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::LogId;
@@ -445,8 +446,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         CommandResponse::None
                     }
                     EntryPayload::Normal(command) => {
-                        let voters: Vec<u64> = {
-                            let mut v: Vec<u64> = inner.membership.voter_ids().collect();
+                        let voters: Vec<NodeId> = {
+                            let mut v: Vec<NodeId> = inner.membership.voter_ids().collect();
                             v.sort_unstable();
                             v
                         };
@@ -605,7 +606,7 @@ mod tests {
 
     /// Applies blank entries of term 1 at `indexes`, in one call.
     async fn apply_blanks(sm: &mut GroupStateMachine, indexes: &[u64]) -> io::Result<()> {
-        let leader = LeaderIdOf::<TypeConfig>::new_committed(1, 1);
+        let leader = LeaderIdOf::<TypeConfig>::new_committed(1, NodeId(1));
         let items: Vec<io::Result<EntryResponder<TypeConfig>>> = indexes
             .iter()
             .map(|&index| {

@@ -507,9 +507,14 @@ async fn start_three(
     for _ in 0..3 {
         listeners.push(common::loopback_listeners().await);
     }
-    let peers: std::collections::BTreeMap<u64, String> = (1..=3)
+    let peers: std::collections::BTreeMap<raftstream_node::model::NodeId, String> = (1..=3)
         .zip(&listeners)
-        .map(|(id, l)| (id, l.peer.local_addr().unwrap().to_string()))
+        .map(|(id, l)| {
+            (
+                raftstream_node::model::NodeId(id),
+                l.peer.local_addr().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut nodes = Vec::new();
     for (id, listeners) in (1..=3).zip(listeners) {
@@ -589,7 +594,7 @@ async fn cluster_status_gives_clients_each_nodes_advertised_grpc_address() {
     let expected: Vec<(u64, String)> = nodes
         .iter()
         .map(|n| {
-            let id = n.node.id();
+            let id = n.node.id().0;
             (id, format!("node-{id}.example:{}", n.grpc_addr.port()))
         })
         .collect();

@@ -71,9 +71,10 @@ async fn a_node_without_a_metadata_leader_reports_not_serving() {
     let mut silent_peers = Vec::new();
     for id in [2, 3] {
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        config
-            .peers
-            .insert(id, silent.local_addr().unwrap().to_string());
+        config.peers.insert(
+            raftstream_node::model::NodeId(id),
+            silent.local_addr().unwrap().to_string(),
+        );
         silent_peers.push(silent);
     }
     let node = raftstream_node::server::RunningNode::start_on(config, listeners)

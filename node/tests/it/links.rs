@@ -8,6 +8,7 @@ use std::time::Duration;
 use raftstream_client::pb;
 use raftstream_node::api::read::read_committed;
 use raftstream_node::model::GroupId;
+use raftstream_node::model::NodeId;
 use raftstream_node::model::TopicId;
 
 use crate::common::*;
@@ -44,12 +45,13 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
     let leader = cluster.partition_leader("split", 0).await;
     let mut to_leader = cluster.client(leader).await;
     publish(&mut to_leader, "before").await.unwrap();
-    let others: Vec<u64> = cluster
+    let others: Vec<NodeId> = cluster
         .running_ids()
         .into_iter()
         .filter(|id| *id != leader)
+        .map(NodeId)
         .collect();
-    cluster.links.partition(&[leader], &others);
+    cluster.links.partition(&[NodeId(leader)], &others);
 
     // The old leader cannot reach a majority: its answer is never an
     // acknowledgement, and a timeout is reported as an unknown outcome.
@@ -63,7 +65,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
     );
 
     // The majority elects a leader of its own and takes writes.
-    let mut to_majority = cluster.client(others[0]).await;
+    let mut to_majority = cluster.client(others[0].0).await;
     let after = eventually(
         "a write on the majority side",
         Duration::from_secs(30),
@@ -107,12 +109,13 @@ async fn a_cut_off_replica_never_calls_an_acknowledged_message_missing() {
     let mut to_leader = cluster.client(leader).await;
     publish(&mut to_leader, "m0").await.unwrap();
     let cut_off = cluster.running_node_other_than(leader);
-    let rest: Vec<u64> = cluster
+    let rest: Vec<NodeId> = cluster
         .running_ids()
         .into_iter()
         .filter(|id| *id != cut_off)
+        .map(NodeId)
         .collect();
-    cluster.links.partition(&[cut_off], &rest);
+    cluster.links.partition(&[NodeId(cut_off)], &rest);
     // Acknowledged by the leader and the third replica only.
     let m1 = publish(&mut to_leader, "m1").await.unwrap();
 
@@ -163,8 +166,10 @@ async fn lossy_and_slow_links_delay_writes_but_lose_none() {
         if id != leader {
             // Seeded (RAFTSTREAM_TEST_SEED): the same messages are lost on
             // every run with the same seed.
-            cluster.links.lose(leader, id, 0.2);
-            cluster.links.delay(id, leader, Duration::from_millis(20));
+            cluster.links.lose(NodeId(leader), NodeId(id), 0.2);
+            cluster
+                .links
+                .delay(NodeId(id), NodeId(leader), Duration::from_millis(20));
         }
     }
     let mut client = cluster.client(leader).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use raftstream_node::model::GroupId;
+use raftstream_node::model::NodeId;
 use raftstream_node::model::TopicId;
 
 /// Node 2 misses the newest messages while it is down; node 3 then loses
@@ -112,7 +113,7 @@ async fn append_to(
 ) -> Result<raftstream_client::pb::RaftMessage, tonic::Status> {
     use raftstream_node::raft::types::TypeConfig;
     let request = openraft::raft::AppendEntriesRequest::<TypeConfig> {
-        vote: raftstream_node::raft::types::Vote::new_committed(term, 2),
+        vote: raftstream_node::raft::types::Vote::new_committed(term, NodeId(2)),
         prev_log_id: None,
         entries: vec![],
         leader_commit: None,
@@ -143,8 +144,8 @@ async fn a_data_directory_of_another_node_is_refused_at_start() {
     let config = cluster.configs[&1].clone();
     cluster.stop(1).await;
     let mut wrong = config.clone();
-    wrong.node_id = 2;
-    wrong.peers = [(2, config.peer_addr.to_string())].into();
+    wrong.node_id = NodeId(2);
+    wrong.peers = [(NodeId(2), config.peer_addr.to_string())].into();
     let refused = eventually(
         "the stopped node's storage is released",
         Duration::from_secs(20),

@@ -53,7 +53,7 @@ impl GrpcPeers {
         request.set_timeout(timeout);
         request.metadata_mut().insert(
             crate::link_faults::FROM_NODE_HEADER,
-            tonic::metadata::MetadataValue::from(self.node.id()),
+            tonic::metadata::MetadataValue::from(self.node.id().0),
         );
         if hops.local_only {
             request.metadata_mut().insert(

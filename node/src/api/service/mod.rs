@@ -30,6 +30,7 @@ use crate::config::MAX_WAIT_MS;
 use crate::group::Group;
 use crate::group::write::WriteError;
 use crate::model::GroupId;
+use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -613,7 +614,7 @@ impl Service {
     pub async fn route(
         &self,
         group_id: GroupId,
-        replicas: &[u64],
+        replicas: &[NodeId],
         hops: Hops,
     ) -> Result<Route, ServiceError> {
         let route = self.choose_route(group_id, replicas, hops).await;
@@ -626,7 +627,7 @@ impl Service {
     async fn choose_route(
         &self,
         group_id: GroupId,
-        replicas: &[u64],
+        replicas: &[NodeId],
         hops: Hops,
     ) -> Result<Route, ServiceError> {
         let local = self.node.group(group_id);
@@ -685,7 +686,7 @@ impl Service {
     }
 
     pub async fn meta_route(&self, hops: Hops) -> Result<Route, ServiceError> {
-        let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
+        let replicas: Vec<NodeId> = self.node.config.peers.keys().copied().collect();
         self.route(GroupId::META, &replicas, hops).await
     }
 
@@ -717,7 +718,7 @@ impl Service {
     pub async fn on_leader<'a, T, E: ForwardError>(
         &'a self,
         group_id: GroupId,
-        replicas: &[u64],
+        replicas: &[NodeId],
         hops: Hops,
         local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
         forward: impl Fn(String) -> BoxFuture<'a, Result<T, E>>,
@@ -792,7 +793,7 @@ impl Service {
         local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
         forward: impl Fn(String) -> BoxFuture<'a, Result<T, E>>,
     ) -> Result<T, E> {
-        let replicas: Vec<u64> = self.node.config.peers.keys().copied().collect();
+        let replicas: Vec<NodeId> = self.node.config.peers.keys().copied().collect();
         self.on_leader(GroupId::META, &replicas, hops, local, forward)
             .await
     }
@@ -1104,7 +1105,7 @@ impl Service {
     /// the messages) from another replica's log.
     async fn consume_from_other_replica(
         &self,
-        replicas: &[u64],
+        replicas: &[NodeId],
         read: PeerRead,
     ) -> Result<Page, ServiceError> {
         let mut last = ServiceError::unavailable("no replica holds these messages");
@@ -1136,7 +1137,7 @@ pub fn selected_partitions(
     }
 }
 
-pub fn replicas_of(topic: &Topic, partition: u32) -> Result<Vec<u64>, ServiceError> {
+pub fn replicas_of(topic: &Topic, partition: u32) -> Result<Vec<NodeId>, ServiceError> {
     topic
         .partitions
         .get(partition as usize)

@@ -17,6 +17,7 @@ use raftstream_node::config::PeerTls;
 use raftstream_node::config::RaftTimings;
 use raftstream_node::link_faults::LinkFaults;
 use raftstream_node::model::GroupId;
+use raftstream_node::model::NodeId;
 use raftstream_node::server::Listeners;
 use raftstream_node::server::RunningNode;
 use raftstream_node::tls::DevCerts;
@@ -193,14 +194,14 @@ pub async fn loopback_listeners() -> Listeners {
 pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> NodeConfig {
     let peer_addr = listeners.peer.local_addr().unwrap();
     NodeConfig {
-        node_id: id,
+        node_id: NodeId(id),
         grpc_addr: listeners.grpc.local_addr().unwrap(),
         http_addr: listeners.http.local_addr().unwrap(),
         peer_addr,
         advertise_grpc_addr: None,
         advertise_http_addr: None,
         data_dir: dir.join(format!("node-{id}")),
-        peers: [(id, peer_addr.to_string())].into(),
+        peers: [(NodeId(id), peer_addr.to_string())].into(),
         raft: RaftTimings::default(),
         limits: Limits::default(),
         fsync: true,
@@ -248,9 +249,9 @@ impl TestCluster {
         for id in 1..=size {
             listeners.insert(id, loopback_listeners().await);
         }
-        let peers: BTreeMap<u64, String> = listeners
+        let peers: BTreeMap<NodeId, String> = listeners
             .iter()
-            .map(|(id, l)| (*id, l.peer.local_addr().unwrap().to_string()))
+            .map(|(id, l)| (NodeId(*id), l.peer.local_addr().unwrap().to_string()))
             .collect();
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
@@ -448,7 +449,12 @@ impl TestCluster {
                 .group_id,
         );
         let group = self.nodes[&from].node.group(group_id).unwrap();
-        group.raft.trigger().transfer_leader(to).await.unwrap();
+        group
+            .raft
+            .trigger()
+            .transfer_leader(NodeId(to))
+            .await
+            .unwrap();
         eventually("leadership moved", Duration::from_secs(20), || async {
             (self.partition_leader(name, partition).await == to).then_some(())
         })
