@@ -138,7 +138,7 @@ impl Backfills {
                     replans = 0;
                     if std::mem::take(&mut fetched_any) {
                         tracing::info!(
-                            group = %target.id,
+                            group = target.id.0,
                             "backfill done: this replica holds every retained message again"
                         );
                     }
@@ -147,7 +147,7 @@ impl Backfills {
                 }
                 Step::Retry(reason) => {
                     let wait = retry.next_wait();
-                    tracing::debug!(group = %target.id, %reason, ?wait, "backfill waits");
+                    tracing::debug!(group = target.id.0, %reason, ?wait, "backfill waits");
                     Some(wait)
                 }
             };
@@ -225,7 +225,7 @@ impl Backfills {
             let entries = match check_answer(target, &wanted, &answer) {
                 Ok(entries) => entries,
                 Err(e) => {
-                    tracing::warn!(group = %target.id, %peer, error = %e, "backfill: refused a chunk");
+                    tracing::warn!(group = target.id.0, peer = peer.0, error = %e, "backfill: refused a chunk");
                     failures.push(format!("node {peer} sent an invalid chunk: {e}"));
                     continue;
                 }
@@ -262,7 +262,7 @@ pub fn drop_forgotten(group: &Group) {
     }
     let log_store: LogStore<TypeConfig> = group.state.storage().log_store(group.id);
     if let Err(e) = log_store.delete_below_purged(purgeable) {
-        tracing::warn!(group = %group.id, error = %e, "deleting forgotten backfilled entries failed");
+        tracing::warn!(group = group.id.0, error = %e, "deleting forgotten backfilled entries failed");
         return;
     }
     let raised = purgeable.saturating_add(1);
@@ -270,7 +270,7 @@ pub fn drop_forgotten(group: &Group) {
         .state
         .replace_local_first_log_index(local_first, raised)
     {
-        tracing::warn!(group = %group.id, error = %e, "raising the local first log index failed");
+        tracing::warn!(group = group.id.0, error = %e, "raising the local first log index failed");
     }
 }
 
@@ -607,7 +607,7 @@ async fn store(target: &Target, wanted: &Wanted, entries: Vec<Entry>) -> Step {
     {
         Ok(true) => {
             tracing::debug!(
-                group = %target.id,
+                group = target.id.0,
                 first = written,
                 last = wanted.last,
                 "backfilled a chunk"

@@ -151,7 +151,7 @@ async fn initialize_group(
         .map(|(id, addr)| (*id, BasicNode::new(addr)))
         .collect();
     if let Err(e) = raft.initialize(members).await {
-        tracing::debug!(group = %id, error = %e, "initialize skipped");
+        tracing::debug!(group = id.0, error = %e, "initialize skipped");
     }
     if preferred_leader {
         let _ = raft.trigger().elect(true).await;
@@ -500,7 +500,7 @@ impl Node {
         // A partition replica that installs a snapshot, or had not finished
         // fetching the messages below one when it stopped, fetches them.
         self.backfills.start(&group);
-        tracing::info!(group = %id, "raft group started");
+        tracing::info!(group = id.0, "raft group started");
         Ok(group)
     }
 
@@ -513,7 +513,7 @@ impl Node {
         if let Some(group) = group
             && let Err(e) = group.raft.shutdown().await
         {
-            tracing::warn!(group = %id, error = %e, "raft group shutdown failed");
+            tracing::warn!(group = id.0, error = %e, "raft group shutdown failed");
         }
         if delete_data {
             // delete_group fsyncs: keep it off the tokio workers.
@@ -521,10 +521,10 @@ impl Node {
             match tokio::task::spawn_blocking(move || storage.delete_group(id)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(group = %id, error = %e, "deleting a removed group's data failed")
+                    tracing::error!(group = id.0, error = %e, "deleting a removed group's data failed")
                 }
                 Err(e) => {
-                    tracing::error!(group = %id, error = %e, "deleting a removed group's data panicked")
+                    tracing::error!(group = id.0, error = %e, "deleting a removed group's data panicked")
                 }
             }
         }
@@ -572,7 +572,7 @@ impl Node {
                 .collect();
             let preferred = replicas.first() == Some(&self.id());
             if let Err(e) = self.start_group(*group_id, &members, preferred).await {
-                tracing::error!(group = %group_id, error = %e, "starting partition group failed");
+                tracing::error!(group = group_id.0, error = %e, "starting partition group failed");
             }
         }
         let stale: Vec<GroupId> = self
@@ -583,7 +583,7 @@ impl Node {
             .collect();
         for id in stale {
             tracing::info!(
-                group = %id,
+                group = id.0,
                 "partition removed from this node; deleting its data"
             );
             self.stop_group(id, true).await;
@@ -606,7 +606,7 @@ impl Node {
         for id in on_disk {
             if self.group(id).is_none() && meta.group_topic_deleted(id) {
                 tracing::info!(
-                    group = %id,
+                    group = id.0,
                     "deleting data of a partition whose topic was deleted"
                 );
                 self.stop_group(id, true).await;
@@ -683,7 +683,7 @@ impl Node {
                                 );
                             }
                             Err(e) => {
-                                tracing::debug!(peer = %peer_id, error = %e, "node heartbeat failed");
+                                tracing::debug!(peer = peer_id.0, error = %e, "node heartbeat failed");
                             }
                         }
                     }),
@@ -759,7 +759,11 @@ impl Node {
             // Refused when this node no longer leads or the peer is no
             // replica of the group: then there is nothing to allow.
             if let Ok(Err(e)) = group.raft.trigger().allow_next_revert(&peer, true).await {
-                tracing::debug!(group = %group.id, %peer, "log reversion not allowed: {e}");
+                tracing::debug!(
+                    group = group.id.0,
+                    peer = peer.0,
+                    "log reversion not allowed: {e}"
+                );
             }
         }
     }
@@ -776,7 +780,7 @@ impl Node {
                 continue;
             };
             group.raft.runtime_config().elect(true);
-            tracing::debug!(group = %group.id, "may vote again after an empty start");
+            tracing::debug!(group = group.id.0, "may vote again after an empty start");
             if let Some(members) = released.initialize {
                 let raft = group.raft.clone();
                 tokio::spawn(async move {
@@ -836,7 +840,7 @@ impl Node {
             if point > log_start {
                 let command = PartitionCommand::AdvanceLogStart { offset: point };
                 if let Err(e) = self.write_retention(group, command).await {
-                    tracing::debug!(group = %group.id, error = %e, "retention advance not written");
+                    tracing::debug!(group = group.id.0, error = %e, "retention advance not written");
                 }
             }
             // Every replica may drop the log only as far as every replica
@@ -853,7 +857,7 @@ impl Node {
             if safe > purgeable {
                 let command = PartitionCommand::AllowLogPurge { upto: safe };
                 if let Err(e) = self.write_retention(group, command).await {
-                    tracing::debug!(group = %group.id, error = %e, "log purge allowance not written");
+                    tracing::debug!(group = group.id.0, error = %e, "log purge allowance not written");
                 }
             }
         }
@@ -933,8 +937,8 @@ impl Node {
             .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last);
         if group.preferred_caught_up_again(caught_up, metrics.current_term) {
             tracing::debug!(
-                group = %group.id,
-                to = %preferred,
+                group = group.id.0,
+                to = preferred.0,
                 "handing leadership to the preferred replica"
             );
             if let Some(quiescer) = &self.quiescer {
@@ -1186,7 +1190,7 @@ impl TransportHost for Node {
         let before = self.peer_incarnations.lock().insert(peer, incarnation);
         if before.is_some_and(|before| before != incarnation) {
             tracing::warn!(
-                %peer,
+                peer = peer.0,
                 "node {peer} restarted on an empty data directory: it votes again once caught up"
             );
             self.allow_log_reversion_of(peer).await;

@@ -213,7 +213,11 @@ impl Rejoin {
             let needed = replicas - replicas / 2;
             if cautious.terms_reported.len() >= needed {
                 let floor = cautious.terms_reported.values().copied().max().unwrap_or(0);
-                tracing::debug!(group = %group, floor, "learnt the term floor after an empty start");
+                tracing::debug!(
+                    group = group.0,
+                    floor,
+                    "learnt the term floor after an empty start"
+                );
                 cautious.term_floor = Some(floor);
             }
         }

@@ -194,7 +194,7 @@ impl RunningNode {
             public_http_tls,
         )?;
         tracing::info!(
-            node = %node.id(),
+            node = node.id().0,
             %grpc_addr,
             %http_addr,
             %peer_addr,

@@ -463,7 +463,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                             // bug upstream; it changes nothing here.
                             _ => {
                                 tracing::error!(
-                                    group = %self.shared.group,
+                                    group = self.shared.group.0,
                                     "command for the wrong kind of group"
                                 );
                                 CommandResponse::None
