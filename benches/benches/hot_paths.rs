@@ -133,7 +133,14 @@ fn apply(c: &mut Criterion) {
 /// returned guard.
 fn temp_storage(sync_mode: SyncMode) -> (tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path(), StorageConfig { sync_mode }).unwrap();
+    let storage = Storage::open(
+        dir.path(),
+        StorageConfig {
+            sync_mode,
+            ..StorageConfig::default()
+        },
+    )
+    .unwrap();
     (dir, storage)
 }
 

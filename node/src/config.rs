@@ -72,6 +72,10 @@ pub struct NodeConfig {
     /// one process (`link_faults.rs`); never read from a file.
     #[serde(skip)]
     pub link_faults: Option<std::sync::Arc<crate::link_faults::LinkFaults>>,
+    /// This node's failpoints, for clusters that tests run in one process
+    /// (`failpoints.rs`); never read from a file.
+    #[serde(skip)]
+    pub failpoints: Option<std::sync::Arc<crate::failpoints::Failpoints>>,
 }
 
 /// The files of a node's peer identity: every node presents a certificate

@@ -8,6 +8,7 @@ pub mod backfill;
 pub mod clock;
 pub mod config;
 pub mod disk;
+pub mod failpoints;
 pub mod gateway;
 pub mod group;
 pub mod health;

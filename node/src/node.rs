@@ -264,7 +264,14 @@ impl Node {
         if let Some(cluster_id) = &identity.cluster_id {
             pool.cluster().set(cluster_id);
         }
-        let storage = Storage::open(&db_dir, StorageConfig { sync_mode })?;
+        let failpoints = config.failpoints.clone();
+        let storage = Storage::open(
+            &db_dir,
+            StorageConfig {
+                sync_mode,
+                failpoints,
+            },
+        )?;
         let timings = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: "raftstream".into(),

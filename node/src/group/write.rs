@@ -9,6 +9,7 @@ use openraft::error::ClientWriteError;
 use openraft::raft::responder::ProgressResponder;
 
 use crate::disk::DiskSpace;
+use crate::failpoints::Failpoint;
 use crate::group::Group;
 use crate::raft::quiesce::Quiescer;
 use crate::raft::types::Command;
@@ -108,7 +109,13 @@ impl WritePath {
             Ok(Err(_)) => Err(WriteError::Unknown(
                 "the group stopped before the entry was known to commit".into(),
             )),
-            Ok(Ok(Ok(response))) => Ok(response.data),
+            Ok(Ok(Ok(response))) => {
+                // Committed and applied: only the reply can still be lost.
+                crate::failpoints::hit(group.state.storage().failpoints(), Failpoint::WriteReply)
+                    .await
+                    .map_err(|lost| WriteError::Unknown(lost.to_string()))?;
+                Ok(response.data)
+            }
             Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
                 let leader_addr = f.leader_node.map(|n| n.addr);
                 Err(WriteError::NotLeader { leader_addr })

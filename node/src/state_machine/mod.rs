@@ -40,6 +40,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::failpoints::Failpoint;
 use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::raft::types::Command;
@@ -229,6 +230,18 @@ fn parse_idempotency_key(stored: &[u8]) -> io::Result<(String, String)> {
     Ok((text(source_id)?, text(key)?))
 }
 
+/// Passes a failpoint of the node's (`failpoints.rs`). An injected failure
+/// stands for the state write there failing, so it marks the storage failed
+/// as that would, and the node stops.
+async fn pass(storage: &Storage, point: Failpoint) -> io::Result<()> {
+    crate::failpoints::hit(storage.failpoints(), point)
+        .await
+        .map_err(|injected| {
+            storage.mark_failed(&injected.to_string());
+            io::Error::other(injected)
+        })
+}
+
 impl GroupStateMachine {
     /// Loads the group's state from storage (empty for a new group).
     pub fn open(storage: Storage, group: GroupId) -> io::Result<Self> {
@@ -382,6 +395,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
     /// A snapshot holds the index and counters, never message bytes: the
     /// messages stay in the Raft log, see ARCHITECTURE.md.
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, Vec<u8>>> {
+        pass(&self.shared.storage, Failpoint::SnapshotBuild).await?;
         let (meta, data) = Self::snapshot_bytes(&self.shared.inner.read())?;
         let mut batch = StateBatch::new();
         batch.put(KEY_SNAPSHOT, encode(&(meta.clone(), data.clone()))?);
@@ -414,6 +428,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if pending.is_empty() {
             return Ok(());
         }
+        pass(&self.shared.storage, Failpoint::Apply).await?;
         let mut responses = Vec::with_capacity(pending.len());
         let mut batch = StateBatch::new();
         let applied_index;
@@ -526,6 +541,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
+        pass(&self.shared.storage, Failpoint::SnapshotInstall).await?;
         let data: GroupData = decode(&snapshot)?;
         let kind_matches = matches!(
             (&data, GroupData::empty_for(self.shared.group)),

@@ -87,6 +87,7 @@ pub use self::log_store::LogStore;
 pub use self::log_store::RawTail;
 pub use self::log_store::TailEnd;
 use self::syncer::Syncer;
+use crate::failpoints::Failpoints;
 
 /// A state-machine key (without the group prefix) and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -126,6 +127,10 @@ pub enum SyncMode {
 #[derive(Clone, Debug, Default)]
 pub struct StorageConfig {
     pub sync_mode: SyncMode,
+    /// The node's failpoints, for clusters tests run in one process (`failpoints.rs`); `None`
+    /// in production. The state machines and the write path reach them through
+    /// [`Storage::failpoints`].
+    pub failpoints: Option<Arc<Failpoints>>,
 }
 
 /// A handle to the node's storage. Cheap to clone; all clones share one database and one
@@ -238,7 +243,11 @@ impl Storage {
         })?;
         let db = Arc::new(db);
         let failure = Arc::new(StorageFailure::new());
-        let syncer = Syncer::spawn(Arc::clone(&db), Arc::clone(&failure))?;
+        let syncer = Syncer::spawn(
+            Arc::clone(&db),
+            Arc::clone(&failure),
+            config.failpoints.clone(),
+        )?;
         let inner = Inner {
             path: dir.to_path_buf(),
             config,
@@ -274,6 +283,11 @@ impl Storage {
 
     pub fn config(&self) -> &StorageConfig {
         &self.inner.config
+    }
+
+    /// The node's failpoints, if it has any (only nodes tests start do).
+    pub fn failpoints(&self) -> Option<&Arc<Failpoints>> {
+        self.inner.config.failpoints.as_ref()
     }
 
     /// The Raft log store of `group`.

@@ -21,6 +21,8 @@ use rocksdb::DB;
 
 use super::StorageError;
 use super::StorageFailure;
+use crate::failpoints::Failpoint;
+use crate::failpoints::Failpoints;
 
 /// Completion of a sync: runs on the syncer thread, so it must be quick and must not block.
 pub(super) type Waiter = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
@@ -35,6 +37,7 @@ struct Shared {
     wake: Condvar,
     /// Number of fsyncs attempted.
     syncs: AtomicU64,
+    failpoints: Option<Arc<Failpoints>>,
 }
 
 #[derive(Default)]
@@ -70,11 +73,16 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Syncer {
-    pub(super) fn spawn(db: Arc<DB>, failure: Arc<StorageFailure>) -> Result<Syncer, StorageError> {
+    pub(super) fn spawn(
+        db: Arc<DB>,
+        failure: Arc<StorageFailure>,
+        failpoints: Option<Arc<Failpoints>>,
+    ) -> Result<Syncer, StorageError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             syncs: AtomicU64::new(0),
+            failpoints,
         });
         let thread = std::thread::Builder::new()
             .name("raftstream-wal-sync".to_string())
@@ -212,6 +220,8 @@ impl Shared {
         if std::mem::take(&mut lock(&self.state).fail_next) {
             return Err("injected fsync failure".to_string());
         }
+        crate::failpoints::hit_blocking(self.failpoints.as_ref(), Failpoint::WalFsync)
+            .map_err(|injected| injected.to_string())?;
         db.flush_wal(true).map_err(rocksdb::Error::into_string)
     }
 }

@@ -203,6 +203,7 @@ async fn sync_mode_never_acknowledges_without_fsync() {
         dir.path(),
         StorageConfig {
             sync_mode: SyncMode::Never,
+            ..StorageConfig::default()
         },
     )
     .unwrap();

@@ -15,6 +15,7 @@ use raftstream_node::config::Limits;
 use raftstream_node::config::NodeConfig;
 use raftstream_node::config::PeerTls;
 use raftstream_node::config::RaftTimings;
+use raftstream_node::failpoints::Failpoints;
 use raftstream_node::link_faults::LinkFaults;
 use raftstream_node::model::GroupId;
 use raftstream_node::model::NodeId;
@@ -37,6 +38,9 @@ pub struct TestCluster {
     /// messages here. Seeded by `RAFTSTREAM_TEST_SEED` (default 0), which a
     /// failure prints, so a lossy run can be replayed.
     pub links: Arc<LinkFaults>,
+    /// Each node's own failpoints (`failpoints.rs`), kept across its
+    /// restarts; seeded from `RAFTSTREAM_TEST_SEED` and the node id.
+    pub failpoints: BTreeMap<u64, Arc<Failpoints>>,
 }
 
 /// The seed of every test cluster's lossy links.
@@ -210,6 +214,7 @@ pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> Nod
         insecure_peers: false,
         client_tls: None,
         link_faults: None,
+        failpoints: None,
     }
 }
 
@@ -256,11 +261,15 @@ impl TestCluster {
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         let links = LinkFaults::new(test_seed());
+        let mut failpoints = BTreeMap::new();
         for (id, listeners) in listeners {
             let mut config = node_config(id, &listeners, dir.path());
             config.peers = peers.clone();
             config.limits = limits.clone();
             config.link_faults = Some(links.clone());
+            let node_failpoints = Failpoints::new(test_seed().wrapping_add(id));
+            config.failpoints = Some(node_failpoints.clone());
+            failpoints.insert(id, node_failpoints);
             if let Some(certs) = &certs {
                 let (_, cert, key) = certs.nodes.iter().find(|(n, _, _)| *n == id).unwrap();
                 config.peer_tls = Some(PeerTls {
@@ -287,6 +296,7 @@ impl TestCluster {
             nodes,
             certs,
             links,
+            failpoints,
         };
         cluster.wait_ready().await;
         cluster
@@ -350,8 +360,18 @@ impl TestCluster {
         self.client(survivor).await
     }
 
-    /// Stops a node (its listeners, Raft groups and storage).
+    /// The failpoints of node `id`.
+    pub fn failpoints(&self, id: u64) -> &Arc<Failpoints> {
+        &self.failpoints[&id]
+    }
+
+    /// Stops a node (its listeners, Raft groups and storage). Its
+    /// failpoints are released first: a paused WAL syncer would keep its
+    /// storage from closing.
     pub async fn stop(&mut self, id: u64) {
+        if let Some(failpoints) = self.failpoints.get(&id) {
+            failpoints.release_all();
+        }
         if let Some(node) = self.nodes.remove(&id) {
             node.shutdown().await;
         }
@@ -462,6 +482,9 @@ impl TestCluster {
     }
 
     pub async fn shutdown(self) {
+        for failpoints in self.failpoints.values() {
+            failpoints.release_all();
+        }
         for (_, node) in self.nodes {
             node.shutdown().await;
         }
