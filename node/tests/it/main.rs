@@ -8,6 +8,7 @@ mod http;
 mod backfill;
 mod cluster;
 mod disk;
+mod failpoints;
 mod gateway;
 mod health;
 mod ingest;
