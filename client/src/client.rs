@@ -236,14 +236,27 @@ impl Client {
             None => None,
         };
         let client = Client::unconnected(config, Auth(auth));
-        for seed in client.inner.config.seeds.clone() {
-            if client.refresh_from(&seed).await.is_ok() {
-                return Ok(client);
+        let seeds = client.inner.config.seeds.clone();
+        client.refresh_from_first_of(&seeds).await?;
+        Ok(client)
+    }
+
+    /// Learns the cluster from the first of `addrs` that answers. When none
+    /// does, a node's refusal of the token is the error, not "no node
+    /// reachable": the nodes are there, and retrying cannot help until the
+    /// token changes.
+    async fn refresh_from_first_of(&self, addrs: &[String]) -> Result<()> {
+        let mut refused = None;
+        for addr in addrs {
+            match self.refresh_from(addr).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_auth_failure() => refused = Some(e),
+                Err(_) => {}
             }
         }
-        Err(Error::NoNodeReachable {
-            seeds: client.inner.config.seeds.clone(),
-        })
+        Err(refused.unwrap_or_else(|| Error::NoNodeReachable {
+            seeds: addrs.to_vec(),
+        }))
     }
 
     /// A client that has not yet learnt the cluster.
@@ -341,14 +354,7 @@ impl Client {
 
     async fn refresh_any(&self) -> Result<()> {
         let nodes = self.inner.nodes.read().clone();
-        for addr in nodes {
-            if self.refresh_from(&addr).await.is_ok() {
-                return Ok(());
-            }
-        }
-        Err(Error::NoNodeReachable {
-            seeds: self.inner.nodes.read().clone(),
-        })
+        self.refresh_from_first_of(&nodes).await
     }
 
     async fn refresh_from(&self, addr: &str) -> Result<()> {

@@ -16,7 +16,7 @@ pub enum Error {
     InvalidArgument(String),
     #[error("already exists: {0}")]
     AlreadyExists(String),
-    #[error("unauthenticated: {0}; pass a valid token (--token or RAFTSTREAM_TOKEN)")]
+    #[error("authentication failed: {0}; set RAFTSTREAM_TOKEN (or --token) to a valid token")]
     Unauthenticated(String),
     #[error("permission denied: {0}; the token lacks the scope or topic")]
     PermissionDenied(String),
@@ -66,6 +66,13 @@ impl Error {
                 message,
             },
         }
+    }
+
+    /// Whether the cluster refused the caller's token: missing, unknown or
+    /// revoked (`Unauthenticated`), or without the scope or topic
+    /// (`PermissionDenied`).
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, Error::Unauthenticated(_) | Error::PermissionDenied(_))
     }
 
     /// Whether retrying the same request can help.

@@ -96,6 +96,13 @@ impl Record {
         self
     }
 
+    /// Adds a header. Headers travel as a map: a second header of the same
+    /// name replaces the first.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
     fn size(&self) -> usize {
         let headers = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         raftstream_proto::record_size(&self.key, &self.value, headers)
