@@ -6,22 +6,89 @@
 mod common;
 
 use std::io::Read;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use assert_cmd::Command;
 use common::ADMIN_TOKEN;
 use common::TestCluster;
+use raftstream_client::Client;
+use raftstream_client::ClientConfig;
 use serde_json::Value;
 use serde_json::json;
 
-fn cli(cluster: &TestCluster) -> Command {
+/// Every variable the CLI reads: the tests set what they mean to, and
+/// nothing leaks in from the environment they run in.
+const CLI_VARIABLES: [&str; 6] = [
+    "RAFTSTREAM_ADDR",
+    "RAFTSTREAM_TOKEN",
+    "RAFTSTREAM_PROFILE",
+    "RAFTSTREAM_TLS_CA",
+    "RAFTSTREAM_TLS_CERT",
+    "RAFTSTREAM_TLS_KEY",
+];
+
+/// The CLI with no connection settings, and HOME and XDG_CONFIG_HOME in
+/// `home`, so that it never reads or writes the real profiles.
+fn bare_cli(home: &Path) -> Command {
     let mut command = Command::cargo_bin("raftstream").unwrap();
+    for variable in CLI_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("xdg"));
+    command
+}
+
+/// The CLI as node 1's admin.
+fn cli(cluster: &TestCluster) -> Command {
+    let mut command = bare_cli(cluster.dir.path());
     command
         .env("RAFTSTREAM_ADDR", cluster.addr(1).to_string())
-        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
-        .env("HOME", cluster.dir.path());
+        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN);
     command
+}
+
+/// `cli` as a child process, for commands that keep running.
+fn spawn_cli(cluster: &TestCluster, node: u64, args: &[&str]) -> std::process::Child {
+    let home = cluster.dir.path();
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("raftstream"));
+    for variable in CLI_VARIABLES {
+        command.env_remove(variable);
+    }
+    command
+        .args(args)
+        .env("RAFTSTREAM_ADDR", cluster.addr(node).to_string())
+        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("xdg"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The exit status and stderr of a command that must fail.
+fn failure(command: &mut Command) -> (i32, String) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    (output.status.code().unwrap(), stderr)
+}
+
+/// stdout as one JSON document.
+fn json_out(command: &mut Command) -> Value {
+    let out = stdout(command);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
+}
+
+/// stdout as one JSON object per line.
+fn json_lines(command: &mut Command) -> Vec<Value> {
+    stdout(command)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
 }
 
 fn stdout(command: &mut Command) -> String {
@@ -99,17 +166,13 @@ async fn follow_mode_prints_new_messages_as_they_commit() {
     let cluster = TestCluster::start(3).await;
     stdout(cli(&cluster).args(["topics", "create", "live"]));
     cluster.wait_partition_leaders("live").await;
-    let bin = assert_cmd::cargo::cargo_bin("raftstream");
-    let mut follower = std::process::Command::new(bin)
-        .args([
+    let mut follower = spawn_cli(
+        &cluster,
+        2,
+        &[
             "consume", "live", "--follow", "--max", "3", "--output", "raw",
-        ])
-        .env("RAFTSTREAM_ADDR", cluster.addr(2).to_string())
-        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
-        .env("HOME", cluster.dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     stdout(cli(&cluster).args(["produce", "live", "a", "b", "c"]));
     let exited = common::eventually(
         "follower exits after 3 messages",
@@ -201,15 +264,7 @@ async fn ingest_sources_are_managed_and_tail_follows_live_deliveries() {
     assert_eq!(still, rows);
 
     // --follow prints the history, then each delivery as it commits.
-    let bin = assert_cmd::cargo::cargo_bin("raftstream");
-    let mut follower = std::process::Command::new(bin)
-        .args(["ingest", "tail", &id, "--follow"])
-        .env("RAFTSTREAM_ADDR", cluster.addr(1).to_string())
-        .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
-        .env("HOME", cluster.dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follower = spawn_cli(&cluster, 1, &["ingest", "tail", &id, "--follow"]);
     let (lines_tx, lines) = std::sync::mpsc::channel();
     let output = follower.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -331,4 +386,384 @@ async fn the_cli_talks_tls_with_the_cluster_ca() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
+}
+
+/// Without a token, or with one the cluster does not know, the CLI says so
+/// and where the token came from, with exit status 3, even when another
+/// seed is unreachable; only when no node answers is it "no node
+/// reachable" (exit 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_or_refused_token_says_so_not_no_node_reachable() {
+    let cluster = TestCluster::start(1).await;
+    let addr = cluster.addr(1).to_string();
+    // Port 1 on loopback refuses connections: a seed that is down.
+    let with_a_dead_seed = format!("127.0.0.1:1,{addr}");
+    // (case, environment, flags, how stderr starts)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 4] = [
+        (
+            "no token",
+            &[],
+            &[],
+            "error: authentication failed: no token given; set RAFTSTREAM_TOKEN",
+        ),
+        (
+            "an unknown token in the environment",
+            &[("RAFTSTREAM_TOKEN", "rst_wrong")],
+            &[],
+            "error: authentication failed: the token from RAFTSTREAM_TOKEN was refused \
+             (unknown or revoked token)",
+        ),
+        (
+            "an unknown token as a flag, over a good one in the environment",
+            &[("RAFTSTREAM_TOKEN", ADMIN_TOKEN)],
+            &["--token", "rst_wrong"],
+            "error: authentication failed: the token from --token was refused",
+        ),
+        (
+            "an unknown token, with a seed down",
+            &[("RAFTSTREAM_TOKEN", "rst_wrong")],
+            &["--addr", &with_a_dead_seed],
+            "error: authentication failed: the token from RAFTSTREAM_TOKEN was refused",
+        ),
+    ];
+    for (case, env, flags, expected) in cases {
+        let mut command = bare_cli(cluster.dir.path());
+        command
+            .env("RAFTSTREAM_ADDR", &addr)
+            .envs(env.iter().copied());
+        let (status, stderr) = failure(command.args(flags).args(["topics", "list"]));
+        assert!(stderr.starts_with(expected), "{case}: {stderr}");
+        assert_eq!(status, 3, "{case}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{case}: {stderr}");
+    }
+
+    // A token without the scope: refused too, and named.
+    let reader: Value = json_out(
+        cli(&cluster).args(["--json", "tokens", "create", "reader", "--scope", "consume"]),
+    );
+    let (status, stderr) = failure(
+        cli(&cluster)
+            .env("RAFTSTREAM_TOKEN", reader["token"].as_str().unwrap())
+            .args(["topics", "create", "denied"]),
+    );
+    assert_eq!(status, 3, "{stderr}");
+    assert!(
+        stderr.starts_with("error: permission denied: ")
+            && stderr.contains("the token from RAFTSTREAM_TOKEN lacks the scope or topic"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = failure(
+        cli(&cluster)
+            .env("RAFTSTREAM_ADDR", "127.0.0.1:1")
+            .args(["topics", "list"]),
+    );
+    assert_eq!(status, 4, "{stderr}");
+    assert!(stderr.starts_with("error: no node reachable"), "{stderr}");
+
+    // The library's own error, for programs that match on it.
+    let refused = Client::connect(ClientConfig::new([&addr, "127.0.0.1:1"])).await;
+    assert!(
+        matches!(refused, Err(raftstream_client::Error::Unauthenticated(_))),
+        "{refused:?}"
+    );
+    cluster.shutdown().await;
+}
+
+/// Every command's --json output is one JSON document (messages: one
+/// object per line), and it carries what the command did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_output_parses_for_every_command() {
+    let cluster = TestCluster::start(1).await;
+    let created =
+        json_out(cli(&cluster).args(["--json", "topics", "create", "j", "--partitions", "2"]));
+    assert_eq!(created["name"], "j");
+    assert_eq!(created["partitions"].as_array().unwrap().len(), 2);
+    cluster.wait_partition_leaders("j").await;
+    let described = json_out(cli(&cluster).args(["topics", "describe", "j", "--json"]));
+    assert_eq!(described["id"], created["id"]);
+    let updated =
+        json_out(cli(&cluster).args(["--json", "topics", "update", "j", "--description", "d"]));
+    assert_eq!(updated["description"], "d");
+
+    let produced =
+        json_out(cli(&cluster).args(["--json", "produce", "j", "--partition", "1", "a", "b", "c"]));
+    assert_eq!(produced["produced"], 3);
+    assert_eq!(produced["last_message_id"], "1-2");
+    let read = json_lines(cli(&cluster).args(["--json", "consume", "j", "--partition", "1"]));
+    let values: Vec<&str> = read.iter().map(|m| m["value"].as_str().unwrap()).collect();
+    assert_eq!(values, ["a", "b", "c"]);
+    assert_eq!(read[2]["message_id"], "1-2");
+    // --json is --output json; a different --output is a contradiction.
+    let (_, stderr) = failure(cli(&cluster).args(["--json", "consume", "j", "--output", "raw"]));
+    assert!(stderr.contains("--json and --output"), "{stderr}");
+
+    stdout(cli(&cluster).args(["consume", "j", "--group", "g", "--max", "2"]));
+    assert_eq!(
+        json_out(cli(&cluster).args(["--json", "groups", "list", "j"])),
+        json!(["g"])
+    );
+    let offsets = json_out(cli(&cluster).args(["--json", "groups", "offsets", "j", "g"]));
+    // Partition 0 is empty: nothing read there, nothing committed.
+    assert_eq!(offsets, json!([{"partition": 1, "offset": 2, "lag": 1}]));
+    let reset = json_out(cli(&cluster).args([
+        "--json",
+        "groups",
+        "reset",
+        "j",
+        "g",
+        "--to-latest",
+        "--partition",
+        "1",
+    ]));
+    assert_eq!(reset, json!([{"partition": 1, "offset": 3}]));
+
+    let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 1);
+    let token =
+        json_out(cli(&cluster).args(["--json", "tokens", "create", "t", "--scope", "publish"]));
+    let listed = json_out(cli(&cluster).args(["--json", "tokens", "list"]));
+    assert!(
+        listed.as_array().unwrap().iter().any(|t| t["name"] == "t"),
+        "{listed}"
+    );
+    let revoked =
+        json_out(cli(&cluster).args(["--json", "tokens", "revoke", &token["id"].to_string()]));
+    assert_eq!(revoked, json!({"revoked": token["id"]}));
+
+    let source = json_out(cli(&cluster).args(["--json", "ingest", "create", "s", "--topic", "j"]));
+    let id = source["id"].as_str().unwrap();
+    let sources = json_out(cli(&cluster).args(["--json", "ingest", "list"]));
+    assert_eq!(sources[0]["id"], id);
+    assert_eq!(
+        json_out(cli(&cluster).args(["--json", "ingest", "get", id]))["id"],
+        id
+    );
+    assert!(stdout(cli(&cluster).args(["--json", "ingest", "tail", id])).is_empty());
+    let deleted = json_out(cli(&cluster).args(["--json", "ingest", "delete", id]));
+    assert_eq!(deleted, json!({"deleted": id}));
+
+    let purged = json_out(cli(&cluster).args(["--json", "topics", "purge", "j"]));
+    assert_eq!(purged, json!({"purged": "j", "partition": null}));
+    assert!(stdout(cli(&cluster).args(["--json", "consume", "j"])).is_empty());
+    let deleted = json_out(cli(&cluster).args(["--json", "topics", "delete", "j"]));
+    assert_eq!(deleted, json!({"deleted": "j"}));
+    assert_eq!(
+        json_out(cli(&cluster).args(["--json", "topics", "list"])),
+        json!([])
+    );
+    cluster.shutdown().await;
+}
+
+/// `consume --since` starts at the first message at or after a time: a
+/// duration before now, or an RFC 3339 time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consume_since_starts_at_a_time() {
+    let cluster = TestCluster::start(1).await;
+    stdout(cli(&cluster).args(["topics", "create", "timed"]));
+    cluster.wait_partition_leaders("timed").await;
+    stdout(cli(&cluster).args(["produce", "timed", "before"]));
+    // The node stamps messages with this machine's clock.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stdout(cli(&cluster).args(["produce", "timed", "after"]));
+
+    let values = |since: &str| -> Vec<String> {
+        let read = json_lines(cli(&cluster).args(["consume", "timed", "--json", "--since", since]));
+        read.iter()
+            .map(|m| m["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let between = between
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    assert_eq!(values(&between), ["after"]);
+    assert_eq!(values("1h"), ["before", "after"]);
+    // A millisecond before the command ran: after both.
+    assert!(values("1ms").is_empty());
+
+    let (status, stderr) = failure(cli(&cluster).args(["consume", "timed", "--since", "an hour"]));
+    assert_eq!(status, 1);
+    assert!(stderr.contains("not a duration"), "{stderr}");
+    cluster.shutdown().await;
+}
+
+/// `produce --header` puts headers on every message; `consume --json`
+/// shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn produced_headers_come_back_with_the_messages() {
+    let cluster = TestCluster::start(1).await;
+    stdout(cli(&cluster).args(["topics", "create", "headed"]));
+    cluster.wait_partition_leaders("headed").await;
+    stdout(cli(&cluster).args([
+        "produce",
+        "headed",
+        "one",
+        "two",
+        "--header",
+        "trace-id=abc=1",
+        "--header",
+        "source=cli",
+    ]));
+    stdout(cli(&cluster).args(["produce", "headed", "bare"]));
+    let read = json_lines(cli(&cluster).args(["consume", "headed", "--json"]));
+    let headers: Vec<&Value> = read.iter().map(|m| &m["headers"]).collect();
+    let both = json!({"trace-id": "abc=1", "source": "cli"});
+    assert_eq!(headers, [&both, &both, &json!({})]);
+    let pretty = stdout(cli(&cluster).args(["consume", "headed", "--max", "1"]));
+    assert!(
+        pretty.contains(" source=cli trace-id=abc=1  one"),
+        "{pretty}"
+    );
+
+    let (status, stderr) = failure(cli(&cluster).args([
+        "produce", "headed", "x", "--header", "a=1", "--header", "a=2",
+    ]));
+    assert_eq!(status, 1);
+    assert!(stderr.contains("--header a is given twice"), "{stderr}");
+    let (status, _) =
+        failure(cli(&cluster).args(["produce", "headed", "x", "--header", "novalue"]));
+    assert_eq!(status, 2);
+    cluster.shutdown().await;
+}
+
+/// Profiles live under XDG_CONFIG_HOME, owner-only; the current one (or
+/// --profile) connects, and the environment and flags win over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn profiles_connect_and_flags_and_the_environment_win_over_them() {
+    let cluster = TestCluster::start(1).await;
+    let home = cluster.dir.path();
+    let addr = cluster.addr(1).to_string();
+    let profile_cli = || bare_cli(home);
+
+    let created = json_out(profile_cli().args([
+        "--json",
+        "profile",
+        "create",
+        "good",
+        "--addr",
+        &addr,
+        "--token",
+        ADMIN_TOKEN,
+    ]));
+    assert_eq!(
+        created["current"], true,
+        "the first profile is the current one"
+    );
+    let path = home.join("xdg/raftstream/config.toml");
+    assert_eq!(created["path"], path.to_str().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        !home.join(".config").exists(),
+        "XDG_CONFIG_HOME is not where they went"
+    );
+    let created = json_out(profile_cli().args([
+        "profile",
+        "create",
+        "bad",
+        "--json",
+        "--addr",
+        &addr,
+        "--token",
+        "rst_wrong",
+    ]));
+    assert_eq!(created["current"], false);
+    let (_, stderr) = failure(profile_cli().args(["profile", "create", "good", "--addr", &addr]));
+    assert!(stderr.contains("exists; --force"), "{stderr}");
+    // Variables are not saved: only what this command line says.
+    let (_, stderr) = failure(
+        profile_cli()
+            .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
+            .args(["profile", "create", "from-env"]),
+    );
+    assert!(stderr.contains("nothing to save"), "{stderr}");
+
+    let listed = stdout(profile_cli().args(["profile", "list", "--json"]));
+    assert!(
+        !listed.contains(ADMIN_TOKEN) && !listed.contains("rst_wrong"),
+        "{listed}"
+    );
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed,
+        json!([
+            {"name": "bad", "current": false, "addr": addr, "token_set": true,
+             "tls_ca": null, "tls_cert": null, "tls_key": null},
+            {"name": "good", "current": true, "addr": addr, "token_set": true,
+             "tls_ca": null, "tls_cert": null, "tls_key": null},
+        ])
+    );
+
+    let topics_list = || {
+        let mut command = profile_cli();
+        command.args(["--json", "topics", "list"]);
+        command
+    };
+    // The current profile connects.
+    assert_eq!(json_out(&mut topics_list()), json!([]));
+    // --profile (or RAFTSTREAM_PROFILE) picks another.
+    let (status, stderr) = failure(topics_list().args(["--profile", "bad"]));
+    assert_eq!(status, 3);
+    assert!(
+        stderr.contains("the token from profile \"bad\" was refused"),
+        "{stderr}"
+    );
+    let (status, _) = failure(topics_list().env("RAFTSTREAM_PROFILE", "bad"));
+    assert_eq!(status, 3);
+    let (_, stderr) = failure(topics_list().args(["--profile", "nope"]));
+    assert!(stderr.contains("no profile \"nope\""), "{stderr}");
+
+    assert_eq!(
+        json_out(profile_cli().args(["--json", "profile", "use", "bad"])),
+        json!({"current": "bad"})
+    );
+    let (status, _) = failure(&mut topics_list());
+    assert_eq!(status, 3);
+    // The environment wins over the profile, and a flag over both.
+    assert_eq!(
+        json_out(topics_list().env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)),
+        json!([])
+    );
+    assert_eq!(
+        json_out(
+            topics_list()
+                .env("RAFTSTREAM_TOKEN", "rst_wrong_too")
+                .args(["--token", ADMIN_TOKEN])
+        ),
+        json!([])
+    );
+    let (status, _) = failure(
+        topics_list()
+            .env("RAFTSTREAM_ADDR", "127.0.0.1:1")
+            .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN),
+    );
+    assert_eq!(status, 4, "RAFTSTREAM_ADDR wins over the profile's address");
+    assert_eq!(
+        json_out(
+            topics_list()
+                .env("RAFTSTREAM_ADDR", "127.0.0.1:1")
+                .env("RAFTSTREAM_TOKEN", ADMIN_TOKEN)
+                .args(["--addr", &addr])
+        ),
+        json!([])
+    );
+
+    // Deleting the current profile leaves none current.
+    assert_eq!(
+        json_out(profile_cli().args(["--json", "profile", "delete", "bad"])),
+        json!({"deleted": "bad"})
+    );
+    let listed = json_out(profile_cli().args(["--json", "profile", "list"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["current"], false);
+    let table = stdout(profile_cli().args(["profile", "list"]));
+    assert!(table.contains("good") && !table.contains("bad"), "{table}");
+    cluster.shutdown().await;
 }

@@ -1,5 +1,9 @@
 //! `raftstream`: the command line for Raftstream clusters.
 
+// Beside the crate root, not in src/bin/ where Cargo takes each file for a binary.
+#[path = "raftstream/profiles.rs"]
+mod profiles;
+
 use std::io::BufRead;
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,11 +13,14 @@ use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::bail;
+use clap::ArgMatches;
 use clap::Args;
 use clap::CommandFactory;
+use clap::FromArgMatches;
 use clap::Parser;
 use clap::Subcommand;
 use clap::ValueEnum;
+use clap::parser::ValueSource;
 use comfy_table::Table;
 use futures::StreamExt;
 use raftstream_client::Client;
@@ -28,22 +35,35 @@ use raftstream_client::pb;
 use raftstream_client::rfc3339;
 use serde_json::json;
 
+use crate::profiles::Profile;
+use crate::profiles::ProfileFile;
+
 const EXAMPLES: &str = "\
 Examples:
   raftstream topics create orders --partitions 3
   echo '{\"id\": 1}' | raftstream produce orders
   raftstream produce orders --file events.jsonl --key customer-7
   raftstream consume orders --from-beginning --max 10
+  raftstream consume orders --since 1h --json
   raftstream consume orders --group billing --follow
   raftstream cluster status
 
 Connection: --addr / RAFTSTREAM_ADDR (default 127.0.0.1:50051), --token / RAFTSTREAM_TOKEN,
 TLS with --tls-ca / RAFTSTREAM_TLS_CA (and --tls-cert, --tls-key when the cluster asks
-clients for a certificate), or a profile in ~/.config/raftstream/config.toml:
-  [profiles.default]
-  addr = \"127.0.0.1:50051\"
-  token = \"rst_...\"
-  tls_ca = \"/etc/raftstream/certs/ca.pem\"";
+clients for a certificate). Or save them as a profile (in
+$XDG_CONFIG_HOME/raftstream/config.toml, by default ~/.config/raftstream/config.toml):
+  raftstream profile create prod --addr 10.0.0.1:50051 --token rst_... --tls-ca ca.pem
+  raftstream profile use prod
+Flags win over the environment, which wins over the profile (--profile NAME, else the
+current one).
+
+Exit status: 0 done, 1 failed, 2 usage error, 3 the token was missing or refused,
+4 no node reachable.";
+
+/// Exit statuses, besides 0 and clap's 2 for usage errors.
+const EXIT_FAILED: u8 = 1;
+const EXIT_AUTH: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
 
 #[derive(Parser, Debug)]
 #[command(name = "raftstream", version, about = "Work with a Raftstream cluster", after_help = EXAMPLES)]
@@ -54,7 +74,7 @@ struct Cli {
     /// API token.
     #[arg(long, global = true, env = "RAFTSTREAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Profile from ~/.config/raftstream/config.toml.
+    /// Connect with this profile instead of the current one (see `raftstream profile`).
     #[arg(long, global = true, env = "RAFTSTREAM_PROFILE")]
     profile: Option<String>,
     /// CA certificate (PEM) the nodes' certificates are checked against;
@@ -67,11 +87,49 @@ struct Cli {
     /// The key of --tls-cert (PEM).
     #[arg(long, global = true, env = "RAFTSTREAM_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Machine-readable JSON output instead of tables.
+    /// Machine-readable output: one JSON document, or one JSON object per
+    /// line for messages and events.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: Command,
+    /// Which connection settings this command line gave (not the
+    /// environment); set from the parsed arguments.
+    #[arg(skip)]
+    given: OnCommandLine,
+}
+
+/// Which connection settings were flags on this command line rather than
+/// environment variables: `profile create` saves only those, and errors
+/// name the flag or the variable a token came from.
+#[derive(Debug, Default, Clone, Copy)]
+struct OnCommandLine {
+    addr: bool,
+    token: bool,
+    tls_ca: bool,
+    tls_cert: bool,
+    tls_key: bool,
+}
+
+impl OnCommandLine {
+    fn of(matches: &ArgMatches) -> OnCommandLine {
+        OnCommandLine {
+            addr: given_on_command_line(matches, "addr"),
+            token: given_on_command_line(matches, "token"),
+            tls_ca: given_on_command_line(matches, "tls_ca"),
+            tls_cert: given_on_command_line(matches, "tls_cert"),
+            tls_key: given_on_command_line(matches, "tls_key"),
+        }
+    }
+}
+
+/// Whether global argument `id` was a flag, before the subcommand or
+/// after it.
+fn given_on_command_line(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
+        || matches
+            .subcommand()
+            .is_some_and(|(_, sub)| given_on_command_line(sub, id))
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,7 +144,7 @@ enum Command {
     Produce(ProduceArgs),
     /// Read messages.
     #[command(
-        after_help = "Examples:\n  raftstream consume orders --from-beginning --max 100\n  raftstream consume orders --since 2026-11-23T10:00:00Z --output json\n  raftstream consume orders --group billing --follow"
+        after_help = "Examples:\n  raftstream consume orders --from-beginning --max 100\n  raftstream consume orders --since 1h --json\n  raftstream consume orders --since 2026-11-23T10:00:00Z --output raw\n  raftstream consume orders --group billing --follow"
     )]
     Consume(ConsumeArgs),
     /// Consumer groups: list, show and reset committed offsets.
@@ -104,8 +162,33 @@ enum Command {
         after_help = "Examples:\n  raftstream ingest create crm-hooks --type workato --topic crm --hmac-secret whsec_0123456789abcdef\n  raftstream ingest tail src_0123abcd --follow"
     )]
     Ingest(IngestCommand),
+    /// Saved connections: create, use, list and delete profiles.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum ProfileCommand {
+    /// Save --addr, --token and --tls-ca (--tls-cert, --tls-key) as profile NAME.
+    #[command(
+        after_help = "Only flags on this command line are saved, not RAFTSTREAM_* variables. \
+                      The first profile becomes the current one.\n\nExample:\n  \
+                      raftstream profile create prod --addr 10.0.0.1:50051,10.0.0.2:50051 --token rst_... --tls-ca ca.pem"
+    )]
+    Create {
+        name: String,
+        /// Replace a profile of the same name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Connect with profile NAME from now on, when --profile is not given.
+    Use { name: String },
+    /// List the profiles (tokens are not shown).
+    List,
+    /// Delete profile NAME.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +254,19 @@ struct ProduceArgs {
     key: Option<String>,
     #[arg(long)]
     partition: Option<u32>,
+    /// A header on every message (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+/// `--header name=value`: the name is what comes before the first `=`.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -191,7 +287,9 @@ struct ConsumeArgs {
     /// Start after this message id.
     #[arg(long, conflicts_with_all = ["since", "latest"])]
     after: Option<String>,
-    /// Start at this time (RFC 3339, or milliseconds since the epoch).
+    /// Start at the first message at or after this time: a duration ago
+    /// (`90s`, `15m`, `1h`, `2d 12h`), an RFC 3339 time, or milliseconds
+    /// since the epoch.
     #[arg(long, conflicts_with = "latest")]
     since: Option<String>,
     /// Start at the oldest message (the default without --group).
@@ -209,8 +307,10 @@ struct ConsumeArgs {
     /// Stop after this many messages.
     #[arg(long)]
     max: Option<u64>,
-    #[arg(long, value_enum, default_value_t = Output::Pretty)]
-    output: Output,
+    /// pretty (the default), json (as --json: one object per line) or raw
+    /// (the values only).
+    #[arg(long, value_enum)]
+    output: Option<Output>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,61 +398,90 @@ enum IngestCommand {
     },
 }
 
-#[derive(serde::Deserialize, Default)]
-struct ProfileFile {
-    #[serde(default)]
-    profiles: std::collections::BTreeMap<String, Profile>,
+/// Where the token a command sends came from, for errors that say which
+/// one to fix.
+#[derive(Debug, Clone, PartialEq)]
+enum TokenOrigin {
+    Flag,
+    Env,
+    Profile(String),
 }
 
-#[derive(serde::Deserialize, Default, Clone)]
-struct Profile {
-    addr: Option<String>,
-    token: Option<String>,
+impl std::fmt::Display for TokenOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenOrigin::Flag => f.write_str("--token"),
+            TokenOrigin::Env => f.write_str("RAFTSTREAM_TOKEN"),
+            TokenOrigin::Profile(name) => write!(f, "profile {name:?}"),
+        }
+    }
+}
+
+/// How to reach the cluster: flags, else environment variables (clap
+/// merges those two), else the selected profile, else the defaults.
+#[derive(Debug)]
+struct Connection {
+    addr: String,
+    token: Option<(String, TokenOrigin)>,
     tls_ca: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
 }
 
-fn profile(name: Option<&str>) -> anyhow::Result<Profile> {
-    let Some(home) = std::env::var_os("HOME") else {
-        return Ok(Profile::default());
-    };
-    let path = PathBuf::from(home).join(".config/raftstream/config.toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(_) if name.is_none() => return Ok(Profile::default()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let file: ProfileFile =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    match name {
-        Some(name) => file
-            .profiles
-            .get(name)
-            .cloned()
-            .with_context(|| format!("no profile {name:?} in {}", path.display())),
-        None => Ok(file.profiles.get("default").cloned().unwrap_or_default()),
+impl Connection {
+    fn resolve(cli: &Cli) -> anyhow::Result<Connection> {
+        let path = profiles::default_config_path();
+        let selected = match &path {
+            Ok(path) => ProfileFile::load(path)?.select(cli.profile.as_deref(), path)?,
+            Err(_) if cli.profile.is_none() => None,
+            Err(e) => bail!("--profile: {e}"),
+        };
+        let (profile_name, profile) = selected.unwrap_or_default();
+        Ok(Connection::merge(cli, &profile_name, profile))
+    }
+
+    fn merge(cli: &Cli, profile_name: &str, profile: Profile) -> Connection {
+        // An empty variable (RAFTSTREAM_TOKEN=) counts as unset.
+        let set = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        let token_origin = if cli.given.token {
+            TokenOrigin::Flag
+        } else {
+            TokenOrigin::Env
+        };
+        let token = set(&cli.token).map(|t| (t, token_origin)).or_else(|| {
+            set(&profile.token).map(|t| (t, TokenOrigin::Profile(profile_name.to_string())))
+        });
+        let identity = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => profile.tls_cert.zip(profile.tls_key),
+        };
+        Connection {
+            addr: set(&cli.addr)
+                .or(profile.addr)
+                .unwrap_or_else(|| "127.0.0.1:50051".into()),
+            token,
+            tls_ca: cli.tls_ca.clone().or(profile.tls_ca),
+            identity,
+        }
     }
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let profile = profile(cli.profile.as_deref())?;
-    let addr = cli
+    let connection = Connection::resolve(cli)?;
+    let seeds = connection
         .addr
-        .clone()
-        .or(profile.addr)
-        .unwrap_or_else(|| "127.0.0.1:50051".into());
-    let mut config = ClientConfig::new(addr.split(',').map(str::trim).filter(|s| !s.is_empty()));
-    if let Some(token) = cli.token.clone().or(profile.token) {
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let mut config = ClientConfig::new(seeds);
+    if let Some((token, _)) = connection.token {
         config = config.with_token(token);
     }
-    let (cert, key) = match (&cli.tls_cert, &cli.tls_key) {
-        (Some(cert), Some(key)) => (Some(cert.clone()), Some(key.clone())),
-        _ => (profile.tls_cert, profile.tls_key),
-    };
-    if let Some(ca) = cli.tls_ca.clone().or(profile.tls_ca) {
-        let identity = cert.as_deref().zip(key.as_deref());
-        config = config.with_tls(raftstream_client::tls_from_files(&ca, identity)?);
+    if let Some(ca) = &connection.tls_ca {
+        let identity = connection
+            .identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        config = config.with_tls(raftstream_client::tls_from_files(ca, identity)?);
     }
     Ok(Client::connect(config).await?)
 }
@@ -507,17 +636,30 @@ async fn topics(cli: &Cli, command: &TopicsCommand) -> anyhow::Result<()> {
         }
         TopicsCommand::Purge { topic, partition } => {
             client.purge_topic(topic, *partition).await?;
-            println!("purged {topic}");
+            if cli.json {
+                print_json(&json!({"purged": topic, "partition": partition}));
+            } else {
+                println!("purged {topic}");
+            }
         }
         TopicsCommand::Delete { topic } => {
             client.delete_topic(topic).await?;
-            println!("deleted {topic}");
+            if cli.json {
+                print_json(&json!({"deleted": topic}));
+            } else {
+                println!("deleted {topic}");
+            }
         }
     }
     Ok(())
 }
 
 async fn produce(cli: &Cli, args: &ProduceArgs) -> anyhow::Result<()> {
+    // Headers travel as a map: a name given twice would silently lose a value.
+    let mut names = std::collections::BTreeSet::new();
+    if let Some((name, _)) = args.headers.iter().find(|(name, _)| !names.insert(name)) {
+        bail!("--header {name} is given twice; a message carries one value per header");
+    }
     let client = connect(cli).await?;
     let producer = Producer::new(&client, &args.topic, ProducerConfig::default()).await?;
     let lines: Box<dyn Iterator<Item = std::io::Result<String>>> = if !args.values.is_empty() {
@@ -548,6 +690,9 @@ async fn produce(cli: &Cli, args: &ProduceArgs) -> anyhow::Result<()> {
         if let Some(p) = args.partition {
             record = record.with_partition(p);
         }
+        for (name, value) in &args.headers {
+            record = record.with_header(name.clone(), value.clone());
+        }
         deliveries.push(producer.send(record).await?);
         progress.inc(1);
     }
@@ -573,13 +718,30 @@ async fn produce(cli: &Cli, args: &ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_time(text: &str) -> anyhow::Result<i64> {
+/// `--since`: milliseconds since the epoch, an RFC 3339 time, or a
+/// duration before `now_ms` (`1h`, `15m`, `2d 12h`).
+fn parse_since(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
-    let t = time_rfc3339(text)
-        .with_context(|| format!("{text:?} is neither RFC 3339 nor milliseconds"))?;
-    Ok(t)
+    if let Some(ms) = time_rfc3339(text) {
+        return Ok(ms);
+    }
+    let ago = humantime::parse_duration(text).map_err(|e| {
+        anyhow::anyhow!(
+            "--since {text:?}: not a duration ({e}; e.g. 90s, 15m, 1h, 2d 12h), \
+             an RFC 3339 time (2026-11-23T10:00:00Z) or milliseconds since the epoch"
+        )
+    })?;
+    let ago_ms = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+    Ok(now_ms.saturating_sub(ago_ms).max(0))
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Parses RFC 3339 (`2026-11-23T10:00:00Z`, `...+02:00`, fractions).
@@ -608,8 +770,12 @@ fn print_message(output: Output, m: &pb::Message) {
             } else {
                 format!(" key={}", String::from_utf8_lossy(&m.key))
             };
+            let mut headers: Vec<String> =
+                m.headers.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+            headers.sort();
+            let headers = headers.concat();
             println!(
-                "{}/{} @{}{key}  {value}",
+                "{}/{} @{}{key}{headers}  {value}",
                 m.partition, m.offset, m.timestamp_ms
             );
         }
@@ -617,6 +783,18 @@ fn print_message(output: Output, m: &pb::Message) {
 }
 
 async fn consume(cli: &Cli, args: &ConsumeArgs) -> anyhow::Result<()> {
+    let output = match (cli.json, args.output) {
+        (true, None | Some(Output::Json)) => Output::Json,
+        (true, Some(other)) => bail!("--json and --output {other:?} disagree: give one"),
+        (false, output) => output.unwrap_or(Output::Pretty),
+    };
+    // Parsed before connecting: a mistyped --since fails at once, and "1h"
+    // means an hour before the command ran.
+    let since = args
+        .since
+        .as_deref()
+        .map(|t| parse_since(t, now_ms()))
+        .transpose()?;
     let client = connect(cli).await?;
     let topic = client.topic(&args.topic).await?;
     let partitions: Vec<u32> = match (args.partition, &args.after) {
@@ -644,8 +822,8 @@ async fn consume(cli: &Cli, args: &ConsumeArgs) -> anyhow::Result<()> {
             Position::Offset(o)
         } else if let Some(id) = &args.after {
             Position::AfterMessage(id.clone())
-        } else if let Some(t) = &args.since {
-            Position::Timestamp(parse_time(t)?)
+        } else if let Some(t) = since {
+            Position::Timestamp(t)
         } else if args.latest {
             Position::Latest
         } else if let (false, Some((_, o))) = (explicit, committed.iter().find(|(cp, _)| *cp == p))
@@ -681,7 +859,7 @@ async fn consume(cli: &Cli, args: &ConsumeArgs) -> anyhow::Result<()> {
         });
         let mut merged = futures::stream::select_all(streams.map(Box::pin));
         while let Some(message) = merged.next().await {
-            print_message(args.output, &message?);
+            print_message(output, &message?);
             printed += 1;
             if printed >= limit {
                 break;
@@ -700,7 +878,7 @@ async fn consume(cli: &Cli, args: &ConsumeArgs) -> anyhow::Result<()> {
                 break;
             }
             for m in &messages {
-                print_message(args.output, m);
+                print_message(output, m);
             }
             printed += messages.len() as u64;
             if let Some(group) = &args.group {
@@ -764,6 +942,7 @@ async fn groups(cli: &Cli, command: &GroupsCommand) -> anyhow::Result<()> {
                 Some(p) => vec![*p],
                 None => (0..t.partitions.len() as u32).collect(),
             };
+            let mut moved = Vec::new();
             for p in partitions {
                 let g = status
                     .groups
@@ -776,7 +955,13 @@ async fn groups(cli: &Cli, command: &GroupsCommand) -> anyhow::Result<()> {
                     _ => bail!("say where to: --to-offset, --to-earliest or --to-latest"),
                 };
                 client.commit_offset(topic, group, p, offset).await?;
-                println!("group {group} partition {p} → {offset}");
+                if !cli.json {
+                    println!("group {group} partition {p} → {offset}");
+                }
+                moved.push(json!({"partition": p, "offset": offset}));
+            }
+            if cli.json {
+                print_json(&json!(moved));
             }
         }
     }
@@ -892,7 +1077,11 @@ async fn tokens(cli: &Cli, command: &TokensCommand) -> anyhow::Result<()> {
         }
         TokensCommand::Revoke { id } => {
             client.delete_token(*id).await?;
-            println!("revoked token {id}");
+            if cli.json {
+                print_json(&json!({"revoked": id}));
+            } else {
+                println!("revoked token {id}");
+            }
         }
     }
     Ok(())
@@ -994,7 +1183,11 @@ async fn ingest(cli: &Cli, command: &IngestCommand) -> anyhow::Result<()> {
         }
         IngestCommand::Delete { id } => {
             client.delete_source(id).await?;
-            println!("deleted source {id}");
+            if cli.json {
+                print_json(&json!({"deleted": id}));
+            } else {
+                println!("deleted source {id}");
+            }
         }
         IngestCommand::Tail { id, follow, lines } => {
             tail(cli, &client, id, *follow, *lines).await?;
@@ -1077,15 +1270,136 @@ async fn recent_events(
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// `raftstream profile ...`: works on the profiles file alone, without
+/// connecting.
+fn profile(cli: &Cli, command: &ProfileCommand) -> anyhow::Result<()> {
+    let path = profiles::default_config_path()?;
+    let mut file = ProfileFile::load(&path)?;
+    match command {
+        ProfileCommand::Create { name, force } => {
+            if name.trim().is_empty() {
+                bail!("a profile needs a name");
+            }
+            if file.profiles.contains_key(name) && !force {
+                bail!("profile {name:?} exists; --force replaces it");
+            }
+            let given = cli.given;
+            // Relative TLS paths would break when run from elsewhere.
+            let absolute = |path: &Option<PathBuf>, given: bool| {
+                path.as_ref()
+                    .filter(|_| given)
+                    .map(std::path::absolute)
+                    .transpose()
+            };
+            let profile = Profile {
+                addr: cli.addr.clone().filter(|_| given.addr),
+                token: cli.token.clone().filter(|_| given.token),
+                tls_ca: absolute(&cli.tls_ca, given.tls_ca)?,
+                tls_cert: absolute(&cli.tls_cert, given.tls_cert)?,
+                tls_key: absolute(&cli.tls_key, given.tls_key)?,
+            };
+            if profile == Profile::default() {
+                bail!(
+                    "nothing to save: give --addr, --token or --tls-ca on this command line \
+                     (RAFTSTREAM_* variables are not saved)"
+                );
+            }
+            file.profiles.insert(name.clone(), profile);
+            if file.in_use().is_none() {
+                file.current = Some(name.clone());
+            }
+            file.save(&path)?;
+            let current = file.in_use() == Some(name.as_str());
+            if cli.json {
+                print_json(&json!({"created": name, "current": current, "path": path}));
+            } else if current {
+                println!("created profile {name} in {}, in use", path.display());
+            } else {
+                println!(
+                    "created profile {name} in {}; `raftstream profile use {name}` makes it current",
+                    path.display()
+                );
+            }
+        }
+        ProfileCommand::Use { name } => {
+            if !file.profiles.contains_key(name) {
+                bail!(
+                    "no profile {name:?} in {}; `raftstream profile list` shows the profiles",
+                    path.display()
+                );
+            }
+            file.current = Some(name.clone());
+            file.save(&path)?;
+            if cli.json {
+                print_json(&json!({"current": name}));
+            } else {
+                println!("using profile {name}");
+            }
+        }
+        ProfileCommand::List => {
+            let in_use = file.in_use();
+            if cli.json {
+                let listed: Vec<_> = file
+                    .profiles
+                    .iter()
+                    .map(|(name, p)| {
+                        json!({"name": name, "current": in_use == Some(name.as_str()),
+                               "addr": p.addr, "token_set": p.token.is_some(),
+                               "tls_ca": p.tls_ca, "tls_cert": p.tls_cert, "tls_key": p.tls_key})
+                    })
+                    .collect();
+                print_json(&json!(listed));
+                return Ok(());
+            }
+            let mut table = Table::new();
+            table.set_header(["", "NAME", "ADDR", "TOKEN", "TLS CA"]);
+            for (name, p) in &file.profiles {
+                let set = |set: bool| if set { "set" } else { "-" }.to_string();
+                table.add_row(vec![
+                    if in_use == Some(name.as_str()) {
+                        "*"
+                    } else {
+                        ""
+                    }
+                    .to_string(),
+                    name.clone(),
+                    p.addr.clone().unwrap_or_else(|| "-".into()),
+                    set(p.token.is_some()),
+                    p.tls_ca
+                        .as_ref()
+                        .map_or("-".into(), |ca| ca.display().to_string()),
+                ]);
+            }
+            println!("{table}");
+        }
+        ProfileCommand::Delete { name } => {
+            if file.profiles.remove(name).is_none() {
+                bail!("no profile {name:?} in {}", path.display());
+            }
+            if file.current.as_ref() == Some(name) {
+                file.current = None;
+            }
+            file.save(&path)?;
+            if cli.json {
+                print_json(&json!({"deleted": name}));
+            } else {
+                println!("deleted profile {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Topics(c) => topics(&cli, c).await,
-        Command::Produce(a) => produce(&cli, a).await,
-        Command::Consume(a) => consume(&cli, a).await,
-        Command::Groups(c) => groups(&cli, c).await,
-        Command::Cluster(ClusterCommand::Status) => cluster(&cli).await,
-        Command::Tokens(c) => tokens(&cli, c).await,
-        Command::Ingest(c) => ingest(&cli, c).await,
+        Command::Topics(c) => topics(cli, c).await,
+        Command::Produce(a) => produce(cli, a).await,
+        Command::Consume(a) => consume(cli, a).await,
+        Command::Groups(c) => groups(cli, c).await,
+        Command::Cluster(ClusterCommand::Status) => cluster(cli).await,
+        Command::Tokens(c) => tokens(cli, c).await,
+        Command::Ingest(c) => ingest(cli, c).await,
+        Command::Profile(c) => profile(cli, c),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -1098,21 +1412,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The error as one line (the causes joined) and the exit status. A
+/// missing or refused token is told apart from the rest and names where
+/// the token came from (`token`).
+fn explain(e: &anyhow::Error, token: Option<&TokenOrigin>) -> (String, u8) {
+    use raftstream_client::Error;
+    let mut status = EXIT_FAILED;
+    let causes: Vec<String> = e
+        .chain()
+        .map(|cause| match (cause.downcast_ref::<Error>(), token) {
+            (Some(Error::Unauthenticated(_)), None) => {
+                status = EXIT_AUTH;
+                "authentication failed: no token given; set RAFTSTREAM_TOKEN \
+                 (or --token, or a profile: raftstream profile create)"
+                    .to_string()
+            }
+            (Some(Error::Unauthenticated(why)), Some(origin)) => {
+                status = EXIT_AUTH;
+                format!(
+                    "authentication failed: the token from {origin} was refused ({why}); \
+                     set RAFTSTREAM_TOKEN (or --token) to a valid token"
+                )
+            }
+            (Some(Error::PermissionDenied(why)), origin) => {
+                status = EXIT_AUTH;
+                let whose = origin.map_or("the token".into(), |o| format!("the token from {o}"));
+                format!("permission denied: {why}; {whose} lacks the scope or topic")
+            }
+            (Some(Error::NoNodeReachable { .. }), _) => {
+                status = EXIT_UNREACHABLE;
+                cause.to_string()
+            }
+            _ => cause.to_string(),
+        })
+        .collect();
+    (causes.join(": "), status)
+}
+
+fn parse() -> Cli {
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.given = OnCommandLine::of(&matches);
+    cli
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = parse();
+    match run(&cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One clear line, the causes joined.
-            let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", causes.join(": "));
-            ExitCode::FAILURE
+            let token = Connection::resolve(&cli)
+                .ok()
+                .and_then(|connection| connection.token)
+                .map(|(_, origin)| origin);
+            let (line, status) = explain(&e, token.as_ref());
+            eprintln!("error: {line}");
+            ExitCode::from(status)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -1124,7 +1488,168 @@ mod tests {
             Some(1_795_420_800_000)
         );
         assert_eq!(time_rfc3339("yesterday"), None);
-        assert_eq!(parse_time("1234").ok(), Some(1234));
+    }
+
+    #[test]
+    fn since_takes_a_duration_ago_a_time_or_epoch_millis() {
+        let now = 1_795_420_800_000;
+        assert_eq!(parse_since("1h", now).ok(), Some(now - 3_600_000));
+        assert_eq!(parse_since("15m", now).ok(), Some(now - 900_000));
+        assert_eq!(parse_since("2d 12h", now).ok(), Some(now - 216_000_000));
+        assert_eq!(parse_since("1h30m", now).ok(), Some(now - 5_400_000));
+        assert_eq!(
+            parse_since("2026-11-23T09:00:00+02:00", now).ok(),
+            Some(now - 3_600_000)
+        );
+        assert_eq!(parse_since("1234", now).ok(), Some(1234));
+        // Further back than the epoch is the epoch.
+        assert_eq!(parse_since("100000y", now).ok(), Some(0));
+        let wrong = parse_since("an hour", now).unwrap_err().to_string();
+        assert!(
+            wrong.contains("--since \"an hour\": not a duration"),
+            "{wrong}"
+        );
+    }
+
+    #[test]
+    fn headers_are_name_equals_value() {
+        assert_eq!(
+            parse_header("trace-id=abc=1"),
+            Ok(("trace-id".into(), "abc=1".into()))
+        );
+        assert_eq!(parse_header("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_header("no-equals").is_err());
+        assert!(parse_header("=value").is_err());
+        let cli = Cli::try_parse_from([
+            "raftstream",
+            "produce",
+            "t",
+            "v",
+            "--header",
+            "a=1",
+            "--header",
+            "b=2",
+        ])
+        .unwrap();
+        let Command::Produce(args) = cli.command else {
+            panic!("not produce: {:?}", cli.command)
+        };
+        assert_eq!(
+            args.headers,
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+    }
+
+    fn parsed(args: &[&str]) -> Cli {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap();
+        cli.given = OnCommandLine::of(&matches);
+        // As if no RAFTSTREAM_* variable were set where the tests run.
+        let given = cli.given;
+        cli.addr = cli.addr.filter(|_| given.addr);
+        cli.token = cli.token.filter(|_| given.token);
+        cli.tls_ca = cli.tls_ca.filter(|_| given.tls_ca);
+        cli.profile = None;
+        cli
+    }
+
+    #[test]
+    fn connection_flags_are_told_apart_before_and_after_the_subcommand() {
+        let cli = parsed(&[
+            "raftstream",
+            "--addr",
+            "a:1",
+            "profile",
+            "create",
+            "p",
+            "--token",
+            "t",
+        ]);
+        assert!(cli.given.addr && cli.given.token);
+        assert!(!cli.given.tls_ca && !cli.given.tls_cert && !cli.given.tls_key);
+        let cli = parsed(&["raftstream", "topics", "list"]);
+        assert!(!cli.given.addr && !cli.given.token);
+    }
+
+    #[test]
+    fn flags_then_the_environment_then_the_profile() {
+        let profile = Profile {
+            addr: Some("profile:1".into()),
+            token: Some("rst_profile".into()),
+            tls_ca: Some("/profile/ca.pem".into()),
+            ..Profile::default()
+        };
+        // Nothing given: all from the profile.
+        let cli = parsed(&["raftstream", "topics", "list"]);
+        let connection = Connection::merge(&cli, "prod", profile.clone());
+        assert_eq!(connection.addr, "profile:1");
+        assert_eq!(
+            connection.token,
+            Some(("rst_profile".into(), TokenOrigin::Profile("prod".into())))
+        );
+        assert_eq!(connection.tls_ca, Some(PathBuf::from("/profile/ca.pem")));
+        // A flag wins over the profile and is named as the token's origin.
+        let cli = parsed(&["raftstream", "--token", "rst_flag", "topics", "list"]);
+        let connection = Connection::merge(&cli, "prod", profile.clone());
+        assert_eq!(connection.addr, "profile:1");
+        assert_eq!(
+            connection.token,
+            Some(("rst_flag".into(), TokenOrigin::Flag))
+        );
+        // A value clap took from the environment is not a flag.
+        let mut cli = parsed(&["raftstream", "topics", "list"]);
+        cli.token = Some("rst_env".into());
+        let connection = Connection::merge(&cli, "prod", profile.clone());
+        assert_eq!(connection.token, Some(("rst_env".into(), TokenOrigin::Env)));
+        // An empty one is unset.
+        cli.token = Some(String::new());
+        let connection = Connection::merge(&cli, "prod", profile);
+        assert_eq!(
+            connection.token.map(|(_, o)| o),
+            Some(TokenOrigin::Profile("prod".into()))
+        );
+        // No profile: the default address, no token.
+        let cli = parsed(&["raftstream", "topics", "list"]);
+        let connection = Connection::merge(&cli, "", Profile::default());
+        assert_eq!(connection.addr, "127.0.0.1:50051");
+        assert_eq!(connection.token, None);
+    }
+
+    #[test]
+    fn a_refused_token_names_where_it_came_from_and_exits_3() {
+        use raftstream_client::Error;
+        let refused = || {
+            anyhow::Error::from(Error::Unauthenticated("unknown or revoked token".into()))
+                .context("listing topics")
+        };
+        let (line, status) = explain(&refused(), None);
+        assert_eq!(status, EXIT_AUTH);
+        assert!(
+            line.starts_with(
+                "listing topics: authentication failed: no token given; set RAFTSTREAM_TOKEN"
+            ),
+            "{line}"
+        );
+        let (line, _) = explain(&refused(), Some(&TokenOrigin::Profile("prod".into())));
+        assert!(
+            line.contains("the token from profile \"prod\" was refused (unknown or revoked token)"),
+            "{line}"
+        );
+        let denied = anyhow::Error::from(Error::PermissionDenied("needs admin".into()));
+        let (line, status) = explain(&denied, Some(&TokenOrigin::Env));
+        assert_eq!(status, EXIT_AUTH);
+        assert!(
+            line.contains("the token from RAFTSTREAM_TOKEN lacks"),
+            "{line}"
+        );
+        let unreachable = anyhow::Error::from(Error::NoNodeReachable {
+            seeds: vec!["a:1".into()],
+        });
+        assert_eq!(explain(&unreachable, None).1, EXIT_UNREACHABLE);
+        assert_eq!(
+            explain(&anyhow::anyhow!("other"), None),
+            ("other".into(), EXIT_FAILED)
+        );
     }
 
     #[test]
