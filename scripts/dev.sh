@@ -4,5 +4,6 @@
 # 127.0.0.1:50061.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# Build tools only: the test tools come with scripts/test.sh.
+scripts/setup.sh build
 exec cargo run --release -p raftstream-node -- dev "$@"

@@ -9,7 +9,8 @@
 # steps count as one test each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# Build tools and the test tools (curl, Python, iproute2, nftables, faketime).
+scripts/setup.sh all
 
 work=$(mktemp -d)
 node_pid=""
