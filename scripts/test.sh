@@ -293,6 +293,7 @@ if jepsen_campaign; then jepsen_passed=$((jepsen_passed + 1)); else jepsen_faile
 if jepsen_planted; then jepsen_passed=$((jepsen_passed + 1)); else jepsen_failed=$((jepsen_failed + 1)); status=1; fi
 if jepsen_no_fsync; then jepsen_passed=$((jepsen_passed + 1)); else jepsen_failed=$((jepsen_failed + 1)); status=1; fi
 echo "jepsen-lite: $((SECONDS - started)) s"
+if deploy/validate.sh; then fuzz_passed=$((fuzz_passed + 1)); else fuzz_failed=$((fuzz_failed + 1)); status=1; fi # deploy/ manifests, offline: one test
 
 awk -v fp="$((fuzz_passed + jepsen_passed))" -v ff="$((fuzz_failed + jepsen_failed))" '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
