@@ -18,8 +18,8 @@
 - Every RAFTSTREAM_* variable any of these files sets names a setting the
   node reads (node/src/config.rs): a misspelt one would be ignored silently.
 
-The metric names are kept here (METRICS) until the README has a metrics
-table to read them from; keep the two in step.
+The metric names come from the README's metrics table, which a node unit
+test (metrics::documented) holds equal to what the node exports.
 """
 
 import argparse
@@ -42,25 +42,15 @@ DEPLOY = ROOT / "deploy"
 # still common, and the newest the bundled schemas know.
 K8S_VERSIONS = ["1.27.0", kubernetes_validate.utils.latest_version()]
 
-# Every metric the node exports on /metrics (name: histogram?).
+# Every metric the node exports on /metrics (name: histogram?), from the
+# README's table: | `name` | type | labels | meaning |.
 METRICS = {
-    "raftstream_partition_commit_index": False,
-    "raftstream_partition_high_watermark": False,
-    "raftstream_partition_follower_lag": False,
-    "raftstream_partition_leader": False,
-    "raftstream_partition_is_leader": False,
-    "raftstream_partition_quiesced": False,
-    "raftstream_publish_messages_total": False,
-    "raftstream_publish_bytes_total": False,
-    "raftstream_consume_messages_total": False,
-    "raftstream_consume_bytes_total": False,
-    "raftstream_fsync_duration_seconds": True,
-    "raftstream_group_commit_batch_entries": True,
-    "raftstream_elections_total": False,
-    "raftstream_leader_changes_total": False,
-    "raftstream_http_requests_total": False,
-    "raftstream_http_request_duration_seconds": True,
-    "raftstream_ingest_deliveries_total": False,
+    match.group(1): match.group(2) == "histogram"
+    for match in re.finditer(
+        r"^\| `(raftstream_\w+)` \| (\w+) \|",
+        (ROOT / "README.md").read_text(),
+        re.MULTILINE,
+    )
 }
 
 # RAFTSTREAM_* variables the node reads besides its settings (clap's).

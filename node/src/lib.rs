@@ -15,6 +15,7 @@ pub mod health;
 pub mod identity;
 pub mod ingest;
 pub mod link_faults;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod raft;

@@ -21,11 +21,13 @@ use crate::clock::ClockCheck;
 use crate::config::NodeConfig;
 use crate::disk::DiskSpace;
 use crate::group::Group;
+use crate::group::GroupStatus;
 use crate::group::HostedGroups;
 use crate::group::Raft;
 use crate::group::write::WriteError;
 use crate::group::write::WritePath;
 use crate::identity::Identity;
+use crate::metrics::NodeMetrics;
 use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::model::TopicId;
@@ -63,6 +65,8 @@ pub enum NotReady {
 pub enum NodeError {
     #[error("storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("state machine of group {group}: {source}")]
     StateMachine {
         group: GroupId,
@@ -202,6 +206,8 @@ pub struct Node {
     /// Topics' compiled JSON Schemas, shared by the gRPC service and the
     /// gateway, and the bound on validations running at once.
     pub schemas: SchemaCache,
+    /// Prometheus metrics, served at `/metrics`.
+    pub metrics: NodeMetrics,
     raft_config: Arc<openraft::Config>,
     groups: HostedGroups,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
@@ -272,6 +278,7 @@ impl Node {
                 failpoints,
             },
         )?;
+        let metrics = NodeMetrics::new(storage.sync_metrics())?;
         let timings = &config.raft;
         let raft_config = openraft::Config {
             cluster_name: "raftstream".into(),
@@ -327,6 +334,7 @@ impl Node {
             identity: parking_lot::Mutex::new(identity),
             peer_incarnations: parking_lot::Mutex::default(),
             schemas: SchemaCache::default(),
+            metrics,
             raft_config: Arc::new(raft_config),
             groups: HostedGroups::default(),
             round_robin: AtomicU64::new(0),
@@ -355,6 +363,36 @@ impl Node {
     /// Every group this node hosts, in id order.
     pub fn groups(&self) -> Vec<Arc<Group>> {
         self.groups.all()
+    }
+
+    /// Every metric in Prometheus' text format (`/metrics`).
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.id(), &self.group_statuses())
+    }
+
+    /// The status of every group this node hosts, partitions named by
+    /// their topic.
+    pub fn group_statuses(&self) -> Vec<GroupStatus> {
+        let names: HashMap<GroupId, (String, u32)> = self
+            .with_metadata(|meta| {
+                meta.topics
+                    .values()
+                    .flat_map(|t| {
+                        (0..t.partitions.len() as u32)
+                            .map(move |p| (t.group_id(p), (t.name.clone(), p)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let quiescer = self.quiescer();
+        self.groups()
+            .into_iter()
+            .map(|group| {
+                let (topic, partition) = names.get(&group.id).cloned().unwrap_or_default();
+                let quiesced = quiescer.is_some_and(|q| q.is_quiet(group.id));
+                group.status(topic, partition, quiesced)
+            })
+            .collect()
     }
 
     /// The groups this node hosts, for code below the node that only

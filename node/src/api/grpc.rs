@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::future::BoxFuture;
-use openraft::async_runtime::WatchReceiver;
 use raftstream_proto::ErrorCode;
 use raftstream_proto::call_outcome;
 use raftstream_proto::v1 as pb;
@@ -50,7 +49,6 @@ use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
-use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::model::TopicName;
@@ -61,7 +59,6 @@ use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
 use crate::raft::types::TopicUpdate;
-use crate::state_machine::GroupData;
 
 /// How many times a request has been forwarded (see `Hops`).
 const HOPS_HEADER: &str = "x-raftstream-hops";
@@ -1028,63 +1025,28 @@ impl Raftstream for ClientService {
 impl ClientService {
     /// The status of the groups hosted on this node, from their metrics.
     fn local_status(&self) -> pb::ClusterStatusResponse {
-        let meta = self.node.metadata();
-        let names: HashMap<GroupId, (String, u32)> = meta
-            .topics
-            .values()
-            .flat_map(|t| {
-                (0..t.partitions.len() as u32).map(move |p| (t.group_id(p), (t.name.clone(), p)))
-            })
-            .collect();
-        let quiescer = self.node.quiescer();
         let groups = self
             .node
-            .groups()
+            .group_statuses()
             .into_iter()
-            .map(|group| {
-                let m = group.raft.metrics().borrow_watched().clone();
-                let (topic, partition) = names.get(&group.id).cloned().unwrap_or_default();
-                let last_log_index = m.last_log_index.unwrap_or(0);
-                let replica_lag = m
-                    .replication
-                    .as_ref()
-                    .map(|r| {
-                        r.iter()
-                            .map(|(id, matched)| {
-                                (
-                                    id.0,
-                                    last_log_index
-                                        .saturating_sub(matched.as_ref().map_or(0, |l| l.index)),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let (high_watermark, log_start_offset) =
-                    group.state.read(|inner| match &inner.data {
-                        GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
-                        GroupData::Meta(_) => (0, 0),
-                    });
-                pb::GroupStatus {
-                    group_id: group.id.0,
-                    topic,
-                    partition,
-                    leader: m.current_leader.map(|id| id.0),
-                    term: m.current_term,
-                    commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
-                    applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-                    last_log_index,
-                    replicas: m
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .map(|id| id.0)
-                        .collect(),
-                    replica_lag,
-                    high_watermark,
-                    log_start_offset,
-                    quiesced: quiescer.is_some_and(|q| q.is_quiet(group.id)),
-                }
+            .map(|g| pb::GroupStatus {
+                group_id: g.group_id.0,
+                topic: g.topic,
+                partition: g.partition,
+                leader: g.leader.map(|id| id.0),
+                term: g.term,
+                commit_index: g.commit_index,
+                applied_index: g.applied_index,
+                last_log_index: g.last_log_index,
+                replicas: g.replicas.into_iter().map(|id| id.0).collect(),
+                replica_lag: g
+                    .replica_lag
+                    .into_iter()
+                    .map(|(id, lag)| (id.0, lag))
+                    .collect(),
+                high_watermark: g.high_watermark,
+                log_start_offset: g.log_start_offset,
+                quiesced: g.quiesced,
             })
             .collect();
         pb::ClusterStatusResponse {

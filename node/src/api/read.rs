@@ -37,6 +37,14 @@ pub struct ReadMessage {
     pub headers: Vec<(String, String)>,
 }
 
+impl ReadMessage {
+    /// What the message counts against size limits: key, value, headers.
+    pub fn size(&self) -> usize {
+        let headers = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        raftstream_proto::record_size(&self.key, &self.value, headers)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadBatch {
     pub messages: Vec<ReadMessage>,

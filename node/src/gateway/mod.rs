@@ -113,6 +113,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::asyncapi_yaml))
         .merge(publish_routes)
@@ -136,7 +137,30 @@ pub fn router(node: Arc<Node>) -> Router {
             Duration::from_millis(gateway.node.config.limits.request_timeout_ms),
             within_request_timeout,
         ))
+        .layer(middleware::from_fn_with_state(
+            gateway.node.clone(),
+            count_request,
+        ))
         .with_state(gateway)
+}
+
+/// Counts and times every request by its route's template (never the raw
+/// path: ids in paths would make a series per id) and its status,
+/// rejections and timeouts included.
+async fn count_request(
+    State(node): State<Arc<Node>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    node.metrics
+        .http_request(&route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Bounds a whole request, body included, by `request_timeout_ms` (longer
@@ -189,6 +213,26 @@ async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
     })
+}
+
+/// This node's metrics in Prometheus' text format (see the README for
+/// each one). Needs no token, like the health routes.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.",
+        body = String, content_type = "text/plain"))
+)]
+async fn metrics(State(gateway): Shared) -> axum::response::Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        gateway.node.render_metrics(),
+    )
+        .into_response()
 }
 
 /// The node can take writes: its metadata group has a leader.

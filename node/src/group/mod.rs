@@ -9,6 +9,7 @@
 pub mod proposal_order;
 pub mod write;
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -29,6 +30,68 @@ use crate::state_machine::GroupStateMachine;
 /// The Raft of one group: every group, metadata or partition, runs the
 /// same state machine type (it holds either kind of state).
 pub type Raft = openraft::Raft<TypeConfig, GroupStateMachine>;
+
+/// One hosted group's state as this node sees it: what `ClusterStatus`
+/// answers and the metrics report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group_id: GroupId,
+    /// Empty for the metadata group.
+    pub topic: String,
+    pub partition: u32,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub replicas: Vec<NodeId>,
+    /// Per replica, how many entries it is behind this node (when it leads).
+    pub replica_lag: BTreeMap<NodeId, u64>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// This node has stopped the group's timers because it is idle.
+    pub quiesced: bool,
+}
+
+impl Group {
+    /// This group's status; `topic` and `partition` name it, `quiesced`
+    /// says whether this node quiesced it.
+    pub fn status(&self, topic: String, partition: u32, quiesced: bool) -> GroupStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let replica_lag = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, matched)| {
+                        let matched = matched.as_ref().map_or(0, |l| l.index);
+                        (*id, last_log_index.saturating_sub(matched))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (high_watermark, log_start_offset) = self.state.read(|inner| match &inner.data {
+            GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
+            GroupData::Meta(_) => (0, 0),
+        });
+        GroupStatus {
+            group_id: self.id,
+            topic,
+            partition,
+            leader: m.current_leader,
+            term: m.current_term,
+            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+            last_log_index,
+            replicas: m.membership_config.membership().voter_ids().collect(),
+            replica_lag,
+            high_watermark,
+            log_start_offset,
+            quiesced,
+        }
+    }
+}
 
 /// One Raft group hosted on this node.
 #[derive(Debug)]

@@ -47,6 +47,9 @@ pub enum StorageError {
     #[error("cannot start the WAL syncer thread: {source}")]
     SpawnSyncer { source: io::Error },
 
+    #[error("cannot create the WAL syncer's metrics: {message}")]
+    Metrics { message: String },
+
     #[error("column family {name:?} is missing")]
     MissingColumnFamily { name: &'static str },
 
@@ -136,6 +139,7 @@ impl StorageError {
             StorageError::CreateDir { .. } => "storage.create_dir",
             StorageError::Open { .. } => "storage.open",
             StorageError::SpawnSyncer { .. } => "storage.spawn_syncer",
+            StorageError::Metrics { .. } => "storage.metrics",
             StorageError::MissingColumnFamily { .. } => "storage.missing_column_family",
             StorageError::Read { .. } => "storage.read",
             StorageError::Write { .. } => "storage.write",

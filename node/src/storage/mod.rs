@@ -86,6 +86,7 @@ use self::keys::MetaTag;
 pub use self::log_store::LogStore;
 pub use self::log_store::RawTail;
 pub use self::log_store::TailEnd;
+pub use self::syncer::SyncMetrics;
 use self::syncer::Syncer;
 use crate::failpoints::Failpoints;
 
@@ -429,6 +430,11 @@ impl Storage {
         groups.sort_unstable();
         groups.dedup();
         Ok(groups)
+    }
+
+    /// Group commit's fsync latency and batch size histograms.
+    pub fn sync_metrics(&self) -> &SyncMetrics {
+        self.inner.syncer.metrics()
     }
 
     #[cfg(test)]

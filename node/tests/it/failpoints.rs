@@ -13,15 +13,16 @@ use raftstream_node::failpoints::Action;
 use raftstream_node::failpoints::Failpoint;
 use raftstream_node::failpoints::Failpoints;
 use raftstream_node::failpoints::Rule;
-use raftstream_node::raft::types::partition_group_id;
+use raftstream_node::model::GroupId;
+use raftstream_node::model::TopicId;
 
 use crate::common::*;
 
 const TOPIC: &str = "faulty";
 
 /// The first topic's only partition.
-fn group_id() -> u64 {
-    partition_group_id(1, 0)
+fn group_id() -> GroupId {
+    GroupId::partition(TopicId(1), 0)
 }
 
 /// The values a node's own replica of the partition holds, in offset
@@ -72,7 +73,8 @@ async fn create_topic_led_by_preferred(cluster: &TestCluster) -> u64 {
         .values()
         .find(|t| t.name == TOPIC)
         .unwrap()
-        .partitions[0][0];
+        .partitions[0][0]
+        .0;
     eventually(
         "the preferred replica leads",
         Duration::from_secs(30),

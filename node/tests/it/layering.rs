@@ -59,6 +59,7 @@ const LAYERS: &[&[&str]] = &[
         "api::schema",
         "backfill",
         "auth",
+        "metrics",
     ],
     &["node"],
     // Services over the node.

@@ -15,6 +15,7 @@ mod ingest;
 mod layering;
 mod limits;
 mod links;
+mod metrics;
 mod process;
 mod quiesce;
 mod rejoin;

@@ -430,6 +430,24 @@ impl Service {
         schema_check: SchemaCheck,
         hops: Hops,
     ) -> Result<Delivered, ServiceError> {
+        let outcome = self.deliver_once(delivery, schema_check, hops).await;
+        // Counted where the delivery arrived from outside, once.
+        if hops.count == 0 && !hops.local_only {
+            self.node.metrics.delivery(match &outcome {
+                Ok(delivered) if delivered.duplicate => "duplicate",
+                Ok(_) => "stored",
+                Err(e) => e.code.as_str(),
+            });
+        }
+        outcome
+    }
+
+    async fn deliver_once(
+        &self,
+        delivery: Delivery,
+        schema_check: SchemaCheck,
+        hops: Hops,
+    ) -> Result<Delivered, ServiceError> {
         let mut source = self.find_source(&delivery.source_id).await?;
         if !crate::auth::secret_matches(&delivery.secret, &source.secret_hash) {
             // A secret rotated a moment ago through another node may not

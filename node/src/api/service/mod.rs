@@ -945,6 +945,7 @@ impl Service {
     ) -> Result<Vec<RecordOutcome>, ServiceError> {
         let replicas = replicas_of(topic, partition)?;
         let count = records.len() as u64;
+        let bytes = records.iter().map(Record::size).sum::<usize>() as u64;
         // A forwarded publish names its partition on every record, so the
         // next node does not choose again.
         for record in &mut records {
@@ -969,15 +970,18 @@ impl Service {
                     CommandResponse::Appended {
                         base_offset,
                         timestamp_ms,
-                    } => Ok((0..count)
-                        .map(|i| {
-                            Ok(Stored {
-                                partition,
-                                offset: base_offset + i,
-                                timestamp_ms,
+                    } => {
+                        self.node.metrics.published(&topic.name, count, bytes);
+                        Ok((0..count)
+                            .map(|i| {
+                                Ok(Stored {
+                                    partition,
+                                    offset: base_offset + i,
+                                    timestamp_ms,
+                                })
                             })
-                        })
-                        .collect()),
+                            .collect())
+                    }
                     CommandResponse::OutOfSequence { expected } => {
                         let base = producer.map_or(0, |p| p.base_sequence);
                         // Below the expected sequence: an old retry the
@@ -1085,7 +1089,16 @@ impl Service {
         let stop = self.node.shutdown_signal();
         let wait = Duration::from_millis(u64::from(call.wait_ms));
         match read_or_wait(&group, &read.start, max as usize, max_bytes, wait, stop).await {
-            Ok(batch) => Ok(Page { partition, batch }),
+            Ok(batch) => {
+                let bytes = batch
+                    .messages
+                    .iter()
+                    .map(crate::api::read::ReadMessage::size)
+                    .sum::<usize>();
+                let count = batch.messages.len() as u64;
+                self.node.metrics.consumed(&topic.name, count, bytes as u64);
+                Ok(Page { partition, batch })
+            }
             Err(ReadError::NotLocal { .. }) if !hops.local_only => {
                 self.consume_from_other_replica(&replicas, read).await
             }
