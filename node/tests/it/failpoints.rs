@@ -375,3 +375,59 @@ async fn a_reply_lost_after_commit_is_an_unknown_outcome_and_the_write_is_there_
     assert_eq!(log[retried.offset as usize], "retried");
     cluster.shutdown().await;
 }
+
+/// A leader elected while it had not applied everything its predecessor
+/// committed must not say an acknowledged message does not exist: it
+/// answers "retry" until it has caught up, then reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_behind_on_apply_never_denies_an_acknowledged_message() {
+    let cluster = TestCluster::start(3).await;
+    let leader = create_topic_led_by_preferred(&cluster).await;
+    let follower = cluster.running_node_other_than(leader);
+    let mut to_leader = cluster.client(leader).await;
+    publish(&mut to_leader, "m0").await.unwrap();
+    eventually(
+        "the follower applied m0",
+        Duration::from_secs(20),
+        || async { (applied_offsets(&cluster, follower)? == 1).then_some(()) },
+    )
+    .await;
+    cluster
+        .failpoints(follower)
+        .arm(Failpoint::Apply, Rule::new(Action::Pause));
+    let m1 = publish(&mut to_leader, "m1").await.unwrap();
+    cluster.transfer_partition_leader(TOPIC, 0, follower).await;
+    let cluster_ref = &cluster;
+    let after_m1 = || {
+        let id = m1.message_id.clone();
+        async move {
+            cluster_ref
+                .client(follower)
+                .await
+                .consume(pb::ConsumeRequest {
+                    topic: topic(TOPIC),
+                    partition: 0,
+                    position: Some(pb::Position {
+                        position: Some(pb::position::Position::AfterMessageId(id)),
+                    }),
+                    max_messages: 10,
+                    wait_ms: 0,
+                    max_bytes: 0,
+                })
+                .await
+        }
+    };
+    let behind = after_m1().await.unwrap_err();
+    assert_eq!(behind.code(), tonic::Code::Unavailable, "{behind:?}");
+    cluster.failpoints(follower).release(Failpoint::Apply);
+    let caught_up = eventually(
+        "the new leader caught up",
+        Duration::from_secs(20),
+        || async { after_m1().await.ok() },
+    )
+    .await
+    .into_inner();
+    assert!(caught_up.messages.is_empty());
+    assert_eq!(caught_up.high_watermark, 2);
+    cluster.shutdown().await;
+}

@@ -1088,7 +1088,29 @@ impl Service {
         };
         let stop = self.node.shutdown_signal();
         let wait = Duration::from_millis(u64::from(call.wait_ms));
-        match read_or_wait(&group, &read.start, max as usize, max_bytes, wait, stop).await {
+        let mut result =
+            read_or_wait(&group, &read.start, max as usize, max_bytes, wait, stop).await;
+        if leading && matches!(result, Err(ReadError::NoSuchMessage { .. })) {
+            // A leader elected a moment ago may not yet have applied what
+            // its predecessor committed, and only the leader may say a
+            // message does not exist: it first catches up to the commit
+            // index, then reads again.
+            result = match self.caught_up_leader(&group).await {
+                Ok(()) => {
+                    read_or_wait(
+                        &group,
+                        &read.start,
+                        max as usize,
+                        max_bytes,
+                        Duration::ZERO,
+                        self.node.shutdown_signal(),
+                    )
+                    .await
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        match result {
             Ok(batch) => {
                 let bytes = batch
                     .messages
@@ -1111,6 +1133,20 @@ impl Service {
                 )))
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Returns once this node, as `group`'s leader, has applied everything
+    /// committed before the call (a read index confirmed by a quorum).
+    async fn caught_up_leader(&self, group: &Group) -> Result<(), ServiceError> {
+        let caught_up = group
+            .raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+        match tokio::time::timeout(Duration::from_secs(2), caught_up).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ServiceError::unavailable(
+                "the partition's leader has not caught up with what is committed yet; retry",
+            )),
         }
     }
 
