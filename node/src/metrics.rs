@@ -57,21 +57,26 @@ struct PartitionGauges {
 
 const PARTITION_LABELS: &[&str] = &["topic", "partition"];
 
+/// `metric`, registered with `registry`.
+fn registered<M>(registry: &Registry, metric: M) -> prometheus::Result<M>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 fn counter_vec(
     registry: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> prometheus::Result<IntCounterVec> {
-    let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(counter.clone()))?;
-    Ok(counter)
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
-    let counter = IntCounter::new(name, help)?;
-    registry.register(Box::new(counter.clone()))?;
-    Ok(counter)
+    registered(registry, IntCounter::new(name, help)?)
 }
 
 fn gauge_vec(
@@ -80,9 +85,7 @@ fn gauge_vec(
     help: &str,
     labels: &[&str],
 ) -> prometheus::Result<IntGaugeVec> {
-    let gauge = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(gauge.clone()))?;
-    Ok(gauge)
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
 fn gauge(value: u64) -> i64 {

@@ -60,19 +60,20 @@ impl SyncMetrics {
     }
 
     fn new() -> Result<SyncMetrics, prometheus::Error> {
-        let fsync_seconds = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
-                "raftstream_fsync_duration_seconds",
-                "How long each group-commit fsync of the WAL took.",
+        let histogram = |name: &str, help: &str, buckets| {
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(name, help).buckets(buckets),
             )
-            .buckets(prometheus::exponential_buckets(0.000_05, 2.0, 16)?),
+        };
+        let fsync_seconds = histogram(
+            "raftstream_fsync_duration_seconds",
+            "How long each group-commit fsync of the WAL took.",
+            prometheus::exponential_buckets(0.000_05, 2.0, 16)?,
         )?;
-        let batch_entries = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
-                "raftstream_group_commit_batch_entries",
-                "How many appends and votes one group-commit fsync covered.",
-            )
-            .buckets(prometheus::exponential_buckets(1.0, 2.0, 14)?),
+        let batch_entries = histogram(
+            "raftstream_group_commit_batch_entries",
+            "How many appends and votes one group-commit fsync covered.",
+            prometheus::exponential_buckets(1.0, 2.0, 14)?,
         )?;
         Ok(SyncMetrics {
             fsync_seconds,
