@@ -745,6 +745,7 @@ async fn the_api_documents_are_public_and_describe_every_route() {
     }
     let served = [
         "GET /healthz",
+        "GET /metrics",
         "GET /readyz",
         "GET /openapi.json",
         "GET /asyncapi.yaml",
