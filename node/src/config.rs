@@ -43,6 +43,13 @@ pub struct NodeConfig {
         deserialize_with = "peers_from_strings"
     )]
     pub peers: BTreeMap<NodeId, String>,
+    /// Join a running cluster instead of forming one: the node never writes
+    /// a group's first membership, and waits (empty) until an admin adds it
+    /// (`raftstream cluster add-node`). `peers` then names this node and
+    /// some nodes of the cluster. Once the node belongs to the cluster, the
+    /// metadata group's membership, not `peers`, says where the nodes are.
+    #[serde(default)]
+    pub join: bool,
     #[serde(default)]
     pub raft: RaftTimings,
     #[serde(default)]
@@ -306,6 +313,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "advertise_http_addr",
     "data_dir",
     "peers",
+    "join",
     "raft",
     "limits",
     "fsync",

@@ -77,6 +77,11 @@ enum Cmd {
         /// (default: this node alone).
         #[arg(long)]
         peers: Option<String>,
+        /// Join a running cluster (which --peers names) as a new, empty
+        /// node instead of forming one; an admin then adds it with
+        /// `raftstream cluster add-node`.
+        #[arg(long)]
+        join: bool,
         /// Acknowledge after the OS write instead of after fsync (unsafe on power loss).
         #[arg(long)]
         no_fsync: bool,
@@ -221,6 +226,7 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             config,
             node_id,
             peers,
+            join,
             no_fsync,
             peer_tls_ca,
             peer_tls_cert,
@@ -235,6 +241,9 @@ fn config_from(cmd: Cmd) -> anyhow::Result<NodeConfig> {
             }
             if let Some(peers) = peers {
                 flags.insert("peers".into(), peers.into());
+            }
+            if join {
+                flags.insert("join".into(), true.into());
             }
             if no_fsync {
                 flags.insert("fsync".into(), false.into());

@@ -140,6 +140,17 @@ impl ReadSlots {
     }
 }
 
+/// A partition group the metadata places on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DesiredGroup {
+    /// Its replicas, and those it is moving to.
+    replicas: Vec<NodeId>,
+    /// This node is its preferred leader.
+    preferred: bool,
+    /// This node writes its first membership when it has none.
+    initialize: bool,
+}
+
 /// Writes a group's first membership. Every replica initializes with the
 /// same membership, which writes the same first entry everywhere, so it is
 /// safe and no single replica being down can leave the group unformed. The
@@ -341,7 +352,10 @@ impl Node {
             shutdown_tx,
         });
         let voters: BTreeMap<NodeId, String> = node.config.peers.clone();
-        node.start_group(GroupId::META, &voters, true).await?;
+        // A joining node gets the metadata group's membership from its
+        // leader once an admin adds it.
+        node.start_group(GroupId::META, &voters, true, !node.config.join)
+            .await?;
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(node.clone().retention_loop());
         tokio::spawn(node.clone().node_heartbeat_loop());
@@ -505,11 +519,15 @@ impl Node {
         self.shutdown_tx.subscribe()
     }
 
+    /// Starts hosting group `id`. With `initialize`, a group with nothing
+    /// stored writes its first membership, `replicas` (see
+    /// `initialize_group`); without, it waits for its leader's log.
     async fn start_group(
         &self,
         id: GroupId,
         replicas: &BTreeMap<NodeId, String>,
         preferred_leader: bool,
+        initialize: bool,
     ) -> Result<Arc<Group>, NodeError> {
         if let Some(group) = self.group(id) {
             return Ok(group);
@@ -537,7 +555,7 @@ impl Node {
             group: id,
             reason: e.to_string(),
         })?;
-        if !initialized && !cautious {
+        if !initialized && !cautious && initialize {
             initialize_group(&raft, id, replicas, preferred_leader).await;
         }
         let group = Arc::new(Group::new(id, raft, state));
@@ -575,17 +593,97 @@ impl Node {
         }
     }
 
-    /// The partition groups the metadata places on this node.
-    fn desired_partitions(&self, meta: &MetaState) -> BTreeMap<GroupId, Vec<NodeId>> {
+    /// The partition groups the metadata places on this node: those it is
+    /// a replica of, or that are moving onto it.
+    fn desired_partitions(&self, meta: &MetaState) -> BTreeMap<GroupId, DesiredGroup> {
         let mut desired = BTreeMap::new();
         for topic in meta.topics.values() {
             for (p, replicas) in topic.partitions.iter().enumerate() {
-                if replicas.contains(&self.id()) {
-                    desired.insert(topic.group_id(p as u32), replicas.clone());
+                let group = topic.group_id(p as u32);
+                let target = meta.moves.get(&group);
+                let replica = replicas.contains(&self.id());
+                if !replica && !target.is_some_and(|t| t.contains(&self.id())) {
+                    continue;
                 }
+                let mut members = replicas.clone();
+                for node in target.into_iter().flatten() {
+                    if !members.contains(node) {
+                        members.push(*node);
+                    }
+                }
+                desired.insert(
+                    group,
+                    DesiredGroup {
+                        preferred: replicas.first() == Some(&self.id()),
+                        // Only the replicas a topic was created with write
+                        // a partition's first membership; everyone else
+                        // joins from the leader's log.
+                        initialize: replica && !meta.moved.contains(&group),
+                        replicas: members,
+                    },
+                );
             }
         }
         desired
+    }
+
+    /// Whether this node may write group `id`'s first membership (see
+    /// `DesiredGroup::initialize`; a joining node never writes the
+    /// metadata group's).
+    fn may_initialize(&self, id: GroupId) -> bool {
+        if id == GroupId::META {
+            return !self.config.join;
+        }
+        self.desired_partitions(&self.metadata())
+            .get(&id)
+            .is_some_and(|wanted| wanted.initialize)
+    }
+
+    /// Every node of the cluster → its peer address: the metadata group's
+    /// members (voters and learners), or, before this node has seen a
+    /// membership, the configured `peers`.
+    pub fn cluster_nodes(&self) -> BTreeMap<NodeId, String> {
+        if let Some(meta) = self.meta_group() {
+            let watch = meta.raft.metrics();
+            let metrics = watch.borrow_watched();
+            let nodes: BTreeMap<NodeId, String> = metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect();
+            if !nodes.is_empty() {
+                return nodes;
+            }
+        }
+        self.config.peers.clone()
+    }
+
+    /// The voters new replicas may be placed on: not being removed.
+    pub fn placeable_nodes(&self) -> Vec<NodeId> {
+        let draining = self
+            .with_metadata(|meta| meta.draining.clone())
+            .unwrap_or_default();
+        self.voters()
+            .into_iter()
+            .filter(|node| !draining.contains(node))
+            .collect()
+    }
+
+    /// The metadata group's voters, sorted (before this node has seen a
+    /// membership: the configured `peers`).
+    pub fn voters(&self) -> Vec<NodeId> {
+        if let Some(meta) = self.meta_group() {
+            let watch = meta.raft.metrics();
+            let metrics = watch.borrow_watched();
+            let mut voters: Vec<NodeId> =
+                metrics.membership_config.membership().voter_ids().collect();
+            if !voters.is_empty() {
+                voters.sort_unstable();
+                return voters;
+            }
+        }
+        self.config.peers.keys().copied().collect()
     }
 
     /// Starts and stops partition groups whenever the metadata changes.
@@ -607,16 +705,20 @@ impl Node {
     async fn reconcile(&self) {
         let meta = self.metadata();
         let desired = self.desired_partitions(&meta);
-        for (group_id, replicas) in &desired {
+        let addrs = self.cluster_nodes();
+        for (group_id, wanted) in &desired {
             if self.group(*group_id).is_some() {
                 continue;
             }
-            let members: BTreeMap<NodeId, String> = replicas
+            let members: BTreeMap<NodeId, String> = wanted
+                .replicas
                 .iter()
-                .filter_map(|id| self.config.peers.get(id).map(|addr| (*id, addr.clone())))
+                .filter_map(|id| addrs.get(id).map(|addr| (*id, addr.clone())))
                 .collect();
-            let preferred = replicas.first() == Some(&self.id());
-            if let Err(e) = self.start_group(*group_id, &members, preferred).await {
+            if let Err(e) = self
+                .start_group(*group_id, &members, wanted.preferred, wanted.initialize)
+                .await
+            {
                 tracing::error!(group = group_id.0, error = %e, "starting partition group failed");
             }
         }
@@ -698,7 +800,7 @@ impl Node {
                 .into_iter()
                 .map(|group| group.0)
                 .collect();
-            for (peer, addr) in &self.config.peers {
+            for (peer, addr) in &self.cluster_nodes() {
                 if *peer == self.id() || sending.get(peer).is_some_and(|h| !h.is_finished()) {
                     continue;
                 }
@@ -826,7 +928,9 @@ impl Node {
             };
             group.raft.runtime_config().elect(true);
             tracing::debug!(group = group.id.0, "may vote again after an empty start");
-            if let Some(members) = released.initialize {
+            if let Some(members) = released.initialize
+                && self.may_initialize(released.group)
+            {
                 let raft = group.raft.clone();
                 tokio::spawn(async move {
                     initialize_group(&raft, released.group, &members, released.preferred).await;

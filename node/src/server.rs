@@ -134,6 +134,8 @@ impl RunningNode {
             .map(tls::public_http)
             .transpose()?;
         let node = Node::start(config, time).await?;
+        // Partition moves and the balancer (`api/service/cluster.rs`).
+        tokio::spawn(Arc::new(crate::api::grpc::service(node.clone())).placement_loop());
         let stop_listeners = watch::Sender::new(false);
 
         let client_api = AuthenticateFirstLayer::new(node.clone())

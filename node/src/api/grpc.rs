@@ -49,6 +49,7 @@ use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
+use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::model::TopicName;
@@ -933,6 +934,59 @@ impl Raftstream for ClientService {
         Ok(Response::new(pb::DeleteTokenResponse {}))
     }
 
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
+        let hops = hops_of(&request);
+        let request = request.into_inner();
+        self.core
+            .add_node(&caller, NodeId(request.node_id), &request.peer_addr, hops)
+            .await?;
+        Ok(Response::new(pb::AddNodeResponse {}))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
+        let hops = hops_of(&request);
+        let node = NodeId(request.into_inner().node_id);
+        self.core.remove_node(&caller, node, hops).await?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn move_partition(
+        &self,
+        request: Request<pb::MovePartitionRequest>,
+    ) -> Result<Response<pb::MovePartitionResponse>, Status> {
+        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
+        let hops = hops_of(&request);
+        let request = request.into_inner();
+        let name = topic_name(request.topic.as_ref())?;
+        let replicas = request.replicas.into_iter().map(NodeId).collect();
+        self.core
+            .move_partition(&caller, &name, request.partition, replicas, hops)
+            .await?;
+        Ok(Response::new(pb::MovePartitionResponse {}))
+    }
+
+    async fn complete_partition_move(
+        &self,
+        request: Request<pb::CompletePartitionMoveRequest>,
+    ) -> Result<Response<pb::CompletePartitionMoveResponse>, Status> {
+        let caller = self.authorize(&request, None).await?;
+        let hops = hops_of(&request);
+        let request = request.into_inner();
+        let replicas = request.replicas.into_iter().map(NodeId).collect();
+        self.core
+            .complete_partition_move(&caller, GroupId(request.group_id), replicas, hops)
+            .await?;
+        Ok(Response::new(pb::CompletePartitionMoveResponse {}))
+    }
+
     async fn cluster_status(
         &self,
         request: Request<pb::ClusterStatusRequest>,
@@ -944,10 +998,8 @@ impl Raftstream for ClientService {
         }
         // Ask every other node for its own groups and keep, for each group,
         // the view of its leader (or of any replica while it has none).
-        let peers: Vec<(NodeId, String)> = self
-            .node
-            .config
-            .peers
+        let cluster_nodes = self.node.cluster_nodes();
+        let peers: Vec<(NodeId, String)> = cluster_nodes
             .iter()
             .filter(|(id, _)| **id != self.node.id())
             .map(|(id, addr)| (*id, addr.clone()))
@@ -1001,23 +1053,43 @@ impl Raftstream for ClientService {
         // A node never reached since this one started has no known public
         // address; clients cannot use it until it answers.
         let client_addrs = self.node.client_addrs.read().clone();
-        let nodes = self
-            .node
-            .config
-            .peers
+        let groups: Vec<pb::GroupStatus> = groups.into_values().map(|(_, g)| g).collect();
+        let meta = self.node.metadata();
+        let spread = crate::api::service::replica_spread(&meta);
+        let voters = self.node.voters();
+        let nodes = cluster_nodes
             .keys()
             .filter_map(|id| {
+                let (replicas, preferred_leaders) = spread.get(id).copied().unwrap_or_default();
                 Some(pb::NodeStatus {
                     id: id.0,
                     grpc_addr: client_addrs.get(id)?.clone(),
                     reachable: reachable.get(id).copied().unwrap_or(false),
+                    replicas,
+                    preferred_leaders,
+                    leaders: groups
+                        .iter()
+                        .filter(|g| !g.topic.is_empty() && g.leader == Some(id.0))
+                        .count() as u32,
+                    voter: voters.contains(id),
+                    draining: meta.draining.contains(id),
                 })
+            })
+            .collect();
+        let moves = crate::api::service::moves_of(&meta)
+            .into_iter()
+            .map(|m| pb::PartitionMove {
+                topic: m.topic,
+                partition: m.partition,
+                from: m.from.into_iter().map(|n| n.0).collect(),
+                to: m.to.into_iter().map(|n| n.0).collect(),
             })
             .collect();
         Ok(Response::new(pb::ClusterStatusResponse {
             node_id: self.node.id().0,
             nodes,
-            groups: groups.into_values().map(|(_, g)| g).collect(),
+            groups,
+            moves,
         }))
     }
 }
@@ -1055,8 +1127,10 @@ impl ClientService {
                 id: self.node.id().0,
                 grpc_addr: self.node.config.client_grpc_addr(),
                 reachable: true,
+                ..Default::default()
             }],
             groups,
+            moves: Vec::new(),
         }
     }
 }

@@ -78,6 +78,12 @@ impl Node {
         .await
     }
 
+    /// Like [`Node::write_meta`], for commands answered with nothing but
+    /// whether they were applied.
+    pub async fn write_meta_ack(&self, command: MetaCommand) -> Result<(), WriteError> {
+        self.write_meta_command(command).await.map(|_| ())
+    }
+
     /// Proposes `command` and picks the response of the kind it expects.
     async fn write_meta_for<T>(
         &self,

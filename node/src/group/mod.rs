@@ -6,10 +6,12 @@
 //! reaching for the node; the write path (`write.rs`) wakes quiesced
 //! leaders, and so sits above Raft.
 
+pub mod membership;
 pub mod proposal_order;
 pub mod write;
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -118,6 +120,30 @@ impl Group {
             proposal_order: ProposalOrder::default(),
             backfill: BackfillStop::default(),
         }
+    }
+
+    /// The group's voters in its latest membership (joint: both sets).
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow_watched();
+        metrics.membership_config.membership().voter_ids().collect()
+    }
+
+    /// Every node in the group's latest membership, learners included.
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let watch = self.raft.metrics();
+        let metrics = watch.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Whether this node leads the group now.
+    pub fn is_leader(&self, me: NodeId) -> bool {
+        self.raft.metrics().borrow_watched().current_leader == Some(me)
     }
 
     /// The leader this node currently believes in, with its gRPC address.

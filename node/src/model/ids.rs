@@ -69,6 +69,11 @@ impl GroupId {
     pub fn topic(self) -> TopicId {
         TopicId(self.0 >> PARTITION_BITS)
     }
+
+    /// The partition number of a partition group.
+    pub fn partition_index(self) -> u32 {
+        (self.0 & u64::from(MAX_PARTITIONS - 1)) as u32
+    }
 }
 
 /// A node's id in its cluster; also openraft's node id.

@@ -4,6 +4,7 @@
 //! group, so one transport and one storage implementation carry them all.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use crate::model::GroupId;
 use crate::model::NodeId;
@@ -154,6 +155,30 @@ pub enum MetaCommand {
     /// The metadata leader proposes it after an upgrade, so every replica
     /// converts at the same log index, as of the same topics.
     ResolveTokenTopicNames,
+    /// Starts moving a partition to `replicas` (preferred leader first, as
+    /// many as the topic's replication factor). The partition's leader
+    /// carries it out on its group and then proposes `CompletePartitionMove`.
+    MovePartition {
+        group: GroupId,
+        replicas: Vec<NodeId>,
+    },
+    /// The partition group's voters are `replicas` now: the move is done.
+    /// Refused unless that very move is pending.
+    CompletePartitionMove {
+        group: GroupId,
+        replicas: Vec<NodeId>,
+    },
+    /// A node being removed: no new replica lands on it, and the balancer
+    /// moves its replicas away.
+    SetNodeDraining {
+        node: NodeId,
+        draining: bool,
+    },
+    /// Asks the balancer to spread replicas and preferred leaders evenly
+    /// (after a node joined or left); it turns itself off when even.
+    SetBalancing {
+        on: bool,
+    },
 }
 
 /// The topic a new source delivers to.
@@ -372,6 +397,45 @@ pub struct MetaState {
     pub cluster_secret: Option<[u8; 32]>,
     /// Webhook sources by id.
     pub sources: BTreeMap<String, IngestSource>,
+    /// Partition moves under way: the replicas each group is moving to.
+    pub moves: BTreeMap<GroupId, Vec<NodeId>>,
+    /// Partition groups whose voters changed since the topic was created.
+    /// A replica of one never writes the group's first membership itself
+    /// (the creation's replicas did, long ago): it joins from the leader's
+    /// log, or two different first entries would share log id 0.
+    pub moved: BTreeSet<GroupId>,
+    /// Nodes being removed (`SetNodeDraining`), until they leave the
+    /// metadata group's voters.
+    pub draining: BTreeSet<NodeId>,
+    /// The balancer spreads replicas (see `SetBalancing`).
+    pub balancing: bool,
+}
+
+/// [`MetaState`] as versions before partition moves stored it. bincode
+/// writes fields one after the other, so the old form is read as it was
+/// and the new fields start empty.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetaStateBeforeMoves {
+    pub topics: BTreeMap<TopicId, Topic>,
+    pub next_topic_id: TopicId,
+    pub tokens: BTreeMap<u64, TokenRecord>,
+    pub next_token_id: u64,
+    pub cluster_secret: Option<[u8; 32]>,
+    pub sources: BTreeMap<String, IngestSource>,
+}
+
+impl From<MetaStateBeforeMoves> for MetaState {
+    fn from(old: MetaStateBeforeMoves) -> MetaState {
+        MetaState {
+            topics: old.topics,
+            next_topic_id: old.next_topic_id,
+            tokens: old.tokens,
+            next_token_id: old.next_token_id,
+            cluster_secret: old.cluster_secret,
+            sources: old.sources,
+            ..MetaState::default()
+        }
+    }
 }
 
 impl MetaState {
@@ -442,6 +506,9 @@ pub enum MetaRejection {
     AlreadyBootstrapped,
     #[error("{0}")]
     Invalid(String),
+    /// Refused because of something under way (a partition move).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl std::fmt::Display for Command {
@@ -475,6 +542,18 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::ResolveTokenTopicNames) => {
                 write!(f, "resolve token topics stored by name")
+            }
+            Command::Meta(MetaCommand::MovePartition { group, replicas }) => {
+                write!(f, "move group {group} to {replicas:?}")
+            }
+            Command::Meta(MetaCommand::CompletePartitionMove { group, replicas }) => {
+                write!(f, "complete the move of group {group} to {replicas:?}")
+            }
+            Command::Meta(MetaCommand::SetNodeDraining { node, draining }) => {
+                write!(f, "set node {node} draining: {draining}")
+            }
+            Command::Meta(MetaCommand::SetBalancing { on }) => {
+                write!(f, "set balancing: {on}")
             }
             Command::Partition(PartitionCommand::Ingest { source_id, .. }) => {
                 write!(f, "ingest a delivery of source {source_id:?}")

@@ -1,5 +1,6 @@
 //! The metadata group's state machine: topics and their placement.
 
+use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::model::TopicId;
 use crate::raft::types::Command;
@@ -87,6 +88,10 @@ pub fn validate_spec(spec: &TopicSpec, cluster_size: usize) -> Result<(), MetaRe
 pub fn apply(state: &mut MetaState, command: &MetaCommand, nodes: &[NodeId]) -> CommandResponse {
     let before = Counters::of(state);
     let response = apply_command(state, command, nodes);
+    // A draining node that has left the voters is gone; nothing to drain.
+    if !nodes.is_empty() {
+        state.draining.retain(|node| nodes.contains(node));
+    }
     // Named by `Command`'s Display, which leaves out secrets and hashes.
     debug_assert_ok!(
         before.check_progress(&Counters::of(state)),
@@ -169,6 +174,31 @@ pub(super) fn check_invariants(state: &MetaState) -> Result<(), String> {
                 ));
             }
         }
+    }
+    for (group, replicas) in &state.moves {
+        let topic = state
+            .topics
+            .get(&group.topic())
+            .ok_or_else(|| format!("group {group} moves, but its topic does not exist"))?;
+        let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+        if group.partition_index() as usize >= topic.partitions.len()
+            || replicas.len() != topic.replication_factor as usize
+            || distinct.len() != replicas.len()
+        {
+            return Err(format!(
+                "group {group} moves to {replicas:?}, replication factor {}",
+                topic.replication_factor
+            ));
+        }
+    }
+    if let Some(group) = state
+        .moved
+        .iter()
+        .find(|group| !state.topics.contains_key(&group.topic()))
+    {
+        return Err(format!(
+            "group {group} is marked moved, but its topic does not exist"
+        ));
     }
     for (id, token) in &state.tokens {
         if token.id != *id || token.id == 0 || token.id >= state.next_token_id {
@@ -340,8 +370,35 @@ fn apply_command(
                 }
             }
         }
+        MetaCommand::MovePartition { group, replicas } => {
+            move_partition(state, *group, replicas, nodes)
+        }
+        MetaCommand::CompletePartitionMove { group, replicas } => {
+            complete_partition_move(state, *group, replicas)
+        }
+        MetaCommand::SetNodeDraining { node, draining } => {
+            if *draining && !nodes.contains(node) {
+                return CommandResponse::MetaRejected(MetaRejection::Invalid(format!(
+                    "node {node} is not a voter of the cluster"
+                )));
+            }
+            if *draining {
+                state.draining.insert(*node);
+            } else {
+                state.draining.remove(node);
+            }
+            return CommandResponse::None;
+        }
+        MetaCommand::SetBalancing { on } => {
+            state.balancing = *on;
+            return CommandResponse::None;
+        }
         MetaCommand::DeleteTopic { topic_id } => match state.topics.remove(topic_id) {
-            Some(topic) => Ok(topic),
+            Some(topic) => {
+                state.moves.retain(|group, _| group.topic() != *topic_id);
+                state.moved.retain(|group| group.topic() != *topic_id);
+                Ok(topic)
+            }
             None => Err(MetaRejection::TopicNotFound {
                 topic_id: *topic_id,
             }),
@@ -351,6 +408,109 @@ fn apply_command(
         Ok(topic) => CommandResponse::Topic(topic),
         Err(rejection) => CommandResponse::MetaRejected(rejection),
     }
+}
+
+/// Checks replicas a partition is to move to: as many as the topic's
+/// replication factor, distinct, each a voter of the cluster and not being
+/// removed.
+pub fn validate_move(
+    state: &MetaState,
+    group: GroupId,
+    replicas: &[NodeId],
+    nodes: &[NodeId],
+) -> Result<(), MetaRejection> {
+    let topic_id = group.topic();
+    let topic = state
+        .topics
+        .get(&topic_id)
+        .ok_or(MetaRejection::TopicNotFound { topic_id })?;
+    let partition = group.partition_index();
+    if partition as usize >= topic.partitions.len() {
+        return Err(MetaRejection::Invalid(format!(
+            "topic {:?} has no partition {partition}",
+            topic.name
+        )));
+    }
+    let distinct: std::collections::BTreeSet<_> = replicas.iter().collect();
+    if replicas.len() != topic.replication_factor as usize || distinct.len() != replicas.len() {
+        return Err(MetaRejection::Invalid(format!(
+            "a partition of topic {:?} needs {} distinct replicas, not {replicas:?}",
+            topic.name, topic.replication_factor
+        )));
+    }
+    if let Some(node) = replicas.iter().find(|n| !nodes.contains(n)) {
+        return Err(MetaRejection::Invalid(format!(
+            "node {node} is not a voter of the cluster"
+        )));
+    }
+    if let Some(node) = replicas.iter().find(|n| state.draining.contains(n)) {
+        return Err(MetaRejection::Invalid(format!(
+            "node {node} is being removed"
+        )));
+    }
+    Ok(())
+}
+
+fn move_partition(
+    state: &mut MetaState,
+    group: GroupId,
+    replicas: &[NodeId],
+    nodes: &[NodeId],
+) -> Result<Topic, MetaRejection> {
+    validate_move(state, group, replicas, nodes)?;
+    if let Some(pending) = state.moves.get(&group) {
+        if pending.as_slice() == replicas {
+            // The same move again (a retried call): already under way.
+            return topic_of(state, group);
+        }
+        return Err(MetaRejection::Conflict(format!(
+            "partition {} is already moving to {pending:?}",
+            group.partition_index()
+        )));
+    }
+    let topic = topic_of(state, group)?;
+    if topic.partitions[group.partition_index() as usize].as_slice() != replicas {
+        state.moves.insert(group, replicas.to_vec());
+    }
+    Ok(topic)
+}
+
+fn complete_partition_move(
+    state: &mut MetaState,
+    group: GroupId,
+    replicas: &[NodeId],
+) -> Result<Topic, MetaRejection> {
+    if state.moves.get(&group).map(Vec::as_slice) != Some(replicas) {
+        return Err(MetaRejection::Invalid(format!(
+            "group {group} is not moving to {replicas:?}"
+        )));
+    }
+    state.moves.remove(&group);
+    let topic_id = group.topic();
+    let topic = state
+        .topics
+        .get_mut(&topic_id)
+        .ok_or(MetaRejection::TopicNotFound { topic_id })?;
+    let current = &mut topic.partitions[group.partition_index() as usize];
+    let voters_changed = {
+        let before: std::collections::BTreeSet<_> = current.iter().collect();
+        let after: std::collections::BTreeSet<_> = replicas.iter().collect();
+        before != after
+    };
+    *current = replicas.to_vec();
+    if voters_changed {
+        state.moved.insert(group);
+    }
+    Ok(topic.clone())
+}
+
+fn topic_of(state: &MetaState, group: GroupId) -> Result<Topic, MetaRejection> {
+    let topic_id = group.topic();
+    state
+        .topics
+        .get(&topic_id)
+        .cloned()
+        .ok_or(MetaRejection::TopicNotFound { topic_id })
 }
 
 /// A token's fields as a create command carries them.
@@ -485,6 +645,13 @@ fn create_topic(
     nodes: &[NodeId],
     now_ms: i64,
 ) -> Result<Topic, MetaRejection> {
+    // New replicas never land on a node being removed.
+    let eligible: Vec<NodeId> = nodes
+        .iter()
+        .filter(|node| !state.draining.contains(node))
+        .copied()
+        .collect();
+    let nodes = eligible.as_slice();
     validate_spec(spec, nodes.len())?;
     if state.topic_by_name(&spec.name).is_some() {
         return Err(MetaRejection::TopicExists {
@@ -943,5 +1110,167 @@ mod tests {
             state.tokens[&token.id].allows(Scope::Consume, Some(gone)),
             Err(crate::auth::Denied::Topic)
         );
+    }
+
+    fn rejected(response: &CommandResponse) -> bool {
+        matches!(response, CommandResponse::MetaRejected(_))
+    }
+
+    #[test]
+    fn a_move_needs_distinct_voters_that_stay_and_one_move_at_a_time() {
+        let four = [NodeId(1), NodeId(2), NodeId(3), NodeId(4)];
+        let mut state = MetaState::default();
+        apply(
+            &mut state,
+            &MetaCommand::CreateTopic {
+                spec: spec("t", 2, 3),
+                now_ms: 7,
+            },
+            &four,
+        );
+        let group = GroupId::partition(TopicId(1), 0);
+        let before = state.clone();
+        let refused = [
+            vec![NodeId(1), NodeId(2)],
+            vec![NodeId(1), NodeId(1), NodeId(2)],
+            vec![NodeId(1), NodeId(2), NodeId(9)],
+        ];
+        for replicas in refused {
+            let command = MetaCommand::MovePartition { group, replicas };
+            assert!(rejected(&apply(&mut state, &command, &four)), "{command:?}");
+        }
+        let missing = MetaCommand::MovePartition {
+            group: GroupId::partition(TopicId(1), 5),
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        };
+        assert!(rejected(&apply(&mut state, &missing, &four)));
+        assert_eq!(state, before, "refused moves change nothing");
+
+        // Placed on 2, 3, 4 (topic 1 starts at the second node).
+        assert_eq!(
+            state.topics[&TopicId(1)].partitions[0],
+            vec![NodeId(2), NodeId(3), NodeId(4)]
+        );
+        let target = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let command = MetaCommand::MovePartition {
+            group,
+            replicas: target.clone(),
+        };
+        assert!(!rejected(&apply(&mut state, &command, &four)));
+        // The same move again is accepted (a retry); another one is not.
+        assert!(!rejected(&apply(&mut state, &command, &four)));
+        let other = MetaCommand::MovePartition {
+            group,
+            replicas: vec![NodeId(1), NodeId(4), NodeId(3)],
+        };
+        assert!(rejected(&apply(&mut state, &other, &four)));
+        // Only the pending move completes.
+        let stale = MetaCommand::CompletePartitionMove {
+            group,
+            replicas: vec![NodeId(1), NodeId(4), NodeId(3)],
+        };
+        assert!(rejected(&apply(&mut state, &stale, &four)));
+        let done = MetaCommand::CompletePartitionMove {
+            group,
+            replicas: target.clone(),
+        };
+        assert!(!rejected(&apply(&mut state, &done, &four)));
+        assert_eq!(state.topics[&TopicId(1)].partitions[0], target);
+        assert!(state.moves.is_empty());
+        assert!(state.moved.contains(&group));
+        // A new order of the same replicas is a move too, but the group's
+        // voters stay: it is not marked moved.
+        let other_group = GroupId::partition(TopicId(1), 1);
+        let mut reordered = state.topics[&TopicId(1)].partitions[1].clone();
+        reordered.rotate_left(1);
+        for command in [
+            MetaCommand::MovePartition {
+                group: other_group,
+                replicas: reordered.clone(),
+            },
+            MetaCommand::CompletePartitionMove {
+                group: other_group,
+                replicas: reordered,
+            },
+        ] {
+            assert!(!rejected(&apply(&mut state, &command, &four)));
+        }
+        assert!(!state.moved.contains(&other_group));
+        // Deleting the topic forgets its moves.
+        apply(
+            &mut state,
+            &MetaCommand::DeleteTopic {
+                topic_id: TopicId(1),
+            },
+            &four,
+        );
+        assert!(state.moved.is_empty() && state.moves.is_empty());
+    }
+
+    #[test]
+    fn draining_nodes_get_no_new_replicas_and_are_forgotten_once_removed() {
+        let four = [NodeId(1), NodeId(2), NodeId(3), NodeId(4)];
+        let mut state = MetaState::default();
+        let not_voter = MetaCommand::SetNodeDraining {
+            node: NodeId(7),
+            draining: true,
+        };
+        assert!(rejected(&apply(&mut state, &not_voter, &four)));
+        apply(
+            &mut state,
+            &MetaCommand::SetNodeDraining {
+                node: NodeId(4),
+                draining: true,
+            },
+            &four,
+        );
+        apply(
+            &mut state,
+            &MetaCommand::CreateTopic {
+                spec: spec("t", 8, 3),
+                now_ms: 7,
+            },
+            &four,
+        );
+        let topic = &state.topics[&TopicId(1)];
+        assert!(topic.partitions.iter().all(|r| !r.contains(&NodeId(4))));
+        let onto_draining = MetaCommand::MovePartition {
+            group: GroupId::partition(TopicId(1), 0),
+            replicas: vec![NodeId(4), NodeId(2), NodeId(3)],
+        };
+        assert!(rejected(&apply(&mut state, &onto_draining, &four)));
+        // Node 4 left the voters: the next command forgets it.
+        let three = [NodeId(1), NodeId(2), NodeId(3)];
+        apply(&mut state, &MetaCommand::DeleteToken { id: 99 }, &three);
+        assert!(state.draining.is_empty());
+    }
+
+    #[test]
+    fn metadata_stored_before_partition_moves_still_reads() {
+        #[derive(serde::Serialize)]
+        struct Old<'a> {
+            topics: &'a std::collections::BTreeMap<TopicId, Topic>,
+            next_topic_id: TopicId,
+            tokens: &'a std::collections::BTreeMap<u64, TokenRecord>,
+            next_token_id: u64,
+            cluster_secret: Option<[u8; 32]>,
+            sources: &'a std::collections::BTreeMap<String, IngestSource>,
+        }
+        let state = populated();
+        let old = bincode::serialize(&Old {
+            topics: &state.topics,
+            next_topic_id: state.next_topic_id,
+            tokens: &state.tokens,
+            next_token_id: state.next_token_id,
+            cluster_secret: state.cluster_secret,
+            sources: &state.sources,
+        })
+        .unwrap();
+        assert!(bincode::deserialize::<MetaState>(&old).is_err());
+        let read: MetaState =
+            bincode::deserialize::<crate::raft::types::MetaStateBeforeMoves>(&old)
+                .unwrap()
+                .into();
+        assert_eq!(read, state);
     }
 }

@@ -21,6 +21,7 @@ macro_rules! debug_assert_ok {
     };
 }
 
+pub mod balance;
 pub mod meta;
 pub mod partition;
 
@@ -188,6 +189,15 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(invalid_data)
 }
 
+/// The stored metadata, also as versions before partition moves wrote it.
+fn decode_meta_state(bytes: &[u8]) -> io::Result<MetaState> {
+    decode::<MetaState>(bytes).or_else(|current| {
+        decode::<crate::raft::types::MetaStateBeforeMoves>(bytes)
+            .map(MetaState::from)
+            .map_err(|_| current)
+    })
+}
+
 fn batch_key(base_offset: u64) -> Vec<u8> {
     [PREFIX_BATCH, &base_offset.to_be_bytes()].concat()
 }
@@ -252,7 +262,7 @@ impl GroupStateMachine {
         let data = if group == GroupId::META {
             match storage.state_get(group, KEY_META_STATE)? {
                 Some(bytes) => {
-                    let state: MetaState = decode(&bytes)?;
+                    let state = decode_meta_state(&bytes)?;
                     debug_assert_ok!(
                         meta::check_invariants(&state),
                         "metadata invariant broken in the stored state"

@@ -15,6 +15,7 @@ mod ingest;
 mod layering;
 mod limits;
 mod links;
+mod membership;
 mod metrics;
 mod process;
 mod quiesce;

@@ -12,6 +12,7 @@ use crate::api::service::NewSource;
 use crate::api::service::OffsetCommit;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
+use crate::model::GroupId;
 use crate::model::TopicId;
 
 /// Calls to other nodes' peer listeners, signed with the node credential.
@@ -308,6 +309,75 @@ impl Peers for GrpcPeers {
         Box::pin(async move {
             let message = pb::DeleteTokenRequest { id };
             peer_call!(self, addr, hops, delete_token, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn add_node<'a>(
+        &'a self,
+        addr: &'a str,
+        node: NodeId,
+        peer_addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::AddNodeRequest {
+                node_id: node.0,
+                peer_addr: peer_addr.to_string(),
+            };
+            peer_call!(self, addr, hops, add_node, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn remove_node<'a>(
+        &'a self,
+        addr: &'a str,
+        node: NodeId,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::RemoveNodeRequest { node_id: node.0 };
+            peer_call!(self, addr, hops, remove_node, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn move_partition<'a>(
+        &'a self,
+        addr: &'a str,
+        group: GroupId,
+        replicas: &'a [NodeId],
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::MovePartitionRequest {
+                topic: topic_by_id(group.topic()),
+                partition: group.partition_index(),
+                replicas: replicas.iter().map(|node| node.0).collect(),
+            };
+            peer_call!(self, addr, hops, move_partition, message)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn complete_partition_move<'a>(
+        &'a self,
+        addr: &'a str,
+        group: GroupId,
+        replicas: &'a [NodeId],
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let message = pb::CompletePartitionMoveRequest {
+                group_id: group.0,
+                replicas: replicas.iter().map(|node| node.0).collect(),
+            };
+            peer_call!(self, addr, hops, complete_partition_move, message)
                 .await
                 .map(|_| ())
         })

@@ -87,7 +87,7 @@ impl Service {
         hops: Hops,
     ) -> Result<Topic, ServiceError> {
         caller.check_unrestricted()?;
-        validate_spec(&spec, self.node.config.peers.len())
+        validate_spec(&spec, self.node.placeable_nodes().len())
             .map_err(|e| ServiceError::invalid(e.to_string()))?;
         if let Some(schema) = &spec.schema {
             self.check_schema_document(schema).await?;

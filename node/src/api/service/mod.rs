@@ -6,6 +6,10 @@
 //! other nodes ([`Peers`]).
 
 mod admin;
+mod cluster;
+pub use cluster::MoveStatus;
+pub use cluster::moves_of;
+pub use cluster::replica_spread;
 mod ingest;
 mod offsets;
 
@@ -157,9 +161,9 @@ impl From<WriteError> for ServiceError {
             }
             WriteError::Rejected(r) => {
                 let code = match r {
-                    MetaRejection::TopicExists { .. } | MetaRejection::AlreadyBootstrapped => {
-                        ErrorCode::Conflict
-                    }
+                    MetaRejection::TopicExists { .. }
+                    | MetaRejection::AlreadyBootstrapped
+                    | MetaRejection::Conflict(_) => ErrorCode::Conflict,
                     MetaRejection::TopicNotFound { .. }
                     | MetaRejection::TopicNameNotFound { .. }
                     | MetaRejection::TokenNotFound { .. }
@@ -502,6 +506,37 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>>;
 
+    fn add_node<'a>(
+        &'a self,
+        addr: &'a str,
+        node: NodeId,
+        peer_addr: &'a str,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn remove_node<'a>(
+        &'a self,
+        addr: &'a str,
+        node: NodeId,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn move_partition<'a>(
+        &'a self,
+        addr: &'a str,
+        group: GroupId,
+        replicas: &'a [NodeId],
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    fn complete_partition_move<'a>(
+        &'a self,
+        addr: &'a str,
+        group: GroupId,
+        replicas: &'a [NodeId],
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
     fn create_source<'a>(
         &'a self,
         addr: &'a str,
@@ -676,9 +711,10 @@ impl Service {
                 "group {group_id} is not hosted on this node"
             )));
         }
+        let addrs = self.node.cluster_nodes();
         let replica = replicas
             .iter()
-            .find_map(|id| self.node.config.peers.get(id).cloned())
+            .find_map(|id| addrs.get(id).cloned())
             .ok_or_else(|| {
                 ServiceError::unavailable(format!("group {group_id} has no reachable replica"))
             })?;
@@ -686,7 +722,7 @@ impl Service {
     }
 
     pub async fn meta_route(&self, hops: Hops) -> Result<Route, ServiceError> {
-        let replicas: Vec<NodeId> = self.node.config.peers.keys().copied().collect();
+        let replicas: Vec<NodeId> = self.node.voters();
         self.route(GroupId::META, &replicas, hops).await
     }
 
@@ -793,7 +829,7 @@ impl Service {
         local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
         forward: impl Fn(String) -> BoxFuture<'a, Result<T, E>>,
     ) -> Result<T, E> {
-        let replicas: Vec<NodeId> = self.node.config.peers.keys().copied().collect();
+        let replicas: Vec<NodeId> = self.node.voters();
         self.on_leader(GroupId::META, &replicas, hops, local, forward)
             .await
     }
@@ -1158,8 +1194,9 @@ impl Service {
         read: PeerRead,
     ) -> Result<Page, ServiceError> {
         let mut last = ServiceError::unavailable("no replica holds these messages");
+        let addrs = self.node.cluster_nodes();
         for replica in replicas.iter().filter(|id| **id != self.node.id()) {
-            let Some(addr) = self.node.config.peers.get(replica) else {
+            let Some(addr) = addrs.get(replica) else {
                 continue;
             };
             let read = PeerRead {

@@ -206,6 +206,7 @@ pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> Nod
         advertise_http_addr: None,
         data_dir: dir.join(format!("node-{id}")),
         peers: [(NodeId(id), peer_addr.to_string())].into(),
+        join: false,
         raft: RaftTimings::default(),
         limits: Limits::default(),
         fsync: true,
@@ -300,6 +301,31 @@ impl TestCluster {
         };
         cluster.wait_ready().await;
         cluster
+    }
+
+    /// Starts node `id`, new and empty, in `--join` mode: it knows node
+    /// `seed` and waits to be added (`AddNode`). Returns its peer address.
+    pub async fn start_joining_node(&mut self, id: u64, seed: u64) -> String {
+        let listeners = loopback_listeners().await;
+        let mut config = node_config(id, &listeners, self.dir.path());
+        let peer_addr = config.peer_addr.to_string();
+        config.peers = [
+            (NodeId(id), peer_addr.clone()),
+            (NodeId(seed), self.configs[&seed].peer_addr.to_string()),
+        ]
+        .into();
+        config.join = true;
+        config.limits = self.configs[&seed].limits.clone();
+        config.link_faults = Some(self.links.clone());
+        let node_failpoints = Failpoints::new(test_seed().wrapping_add(id));
+        config.failpoints = Some(node_failpoints.clone());
+        self.failpoints.insert(id, node_failpoints);
+        let node = RunningNode::start_on(config.clone(), listeners)
+            .await
+            .unwrap();
+        self.configs.insert(id, config);
+        self.nodes.insert(id, node);
+        peer_addr
     }
 
     /// Every running node knows a metadata leader.

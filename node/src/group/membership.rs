@@ -1,0 +1,80 @@
+//! Changing a group's voters, on its leader: every new voter first joins as
+//! a learner and catches up, then one joint-consensus change (openraft's
+//! `change_membership`: a joint configuration, then the new one) makes the
+//! target set the voters. Until the joint configuration commits the old
+//! voters decide alone, and from then on both sets must agree, so no
+//! majority is lost while replicas move.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::ChangeMembers;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+
+use crate::group::Group;
+use crate::group::write::WriteError;
+use crate::model::NodeId;
+use crate::raft::types::TypeConfig;
+
+/// Makes `target` the voters of `group`, which this node leads. `addrs`
+/// gives the peer address of every new voter. Returns once the new
+/// configuration is committed; a timeout is an unknown outcome (the change
+/// may still finish: calling again with the same target is safe).
+pub async fn change_voters(
+    group: &Group,
+    target: &BTreeSet<NodeId>,
+    addrs: &BTreeMap<NodeId, String>,
+    catch_up_timeout: Duration,
+) -> Result<(), WriteError> {
+    if target.is_empty() {
+        return Err(WriteError::Unavailable("a group needs a voter".into()));
+    }
+    let members = group.members();
+    for node in target.iter().filter(|node| !members.contains(node)) {
+        let addr = addrs.get(node).ok_or_else(|| {
+            WriteError::Unavailable(format!("node {node} has no known peer address"))
+        })?;
+        let added = tokio::time::timeout(
+            catch_up_timeout,
+            group.raft.add_learner(*node, BasicNode::new(addr), true),
+        )
+        .await
+        .map_err(|_| {
+            WriteError::Unknown(format!(
+                "node {node} did not catch up within {} ms",
+                catch_up_timeout.as_millis()
+            ))
+        })?;
+        added.map_err(raft_write_error)?;
+    }
+    if group.voters() == *target {
+        return Ok(());
+    }
+    let changed = tokio::time::timeout(
+        catch_up_timeout,
+        group
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(target.clone()), false),
+    )
+    .await
+    .map_err(|_| {
+        WriteError::Unknown(format!(
+            "the membership change did not commit within {} ms",
+            catch_up_timeout.as_millis()
+        ))
+    })?;
+    changed.map(|_| ()).map_err(raft_write_error)
+}
+
+fn raft_write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(e) => WriteError::Unavailable(e.to_string()),
+        RaftError::Fatal(e) => WriteError::Unknown(format!("the group stopped: {e}")),
+    }
+}
