@@ -27,7 +27,7 @@ macro_rules! formats_as_bare_number {
     )*};
 }
 
-formats_as_bare_number!(TopicId, GroupId, NodeId);
+formats_as_bare_number!(TopicId, GroupId, NodeId, Offset);
 
 /// A topic's id. Topic ids start at 1, only grow and are never reused.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
@@ -89,6 +89,19 @@ impl std::str::FromStr for NodeId {
 
     fn from_str(text: &str) -> Result<NodeId, Self::Err> {
         text.parse().map(NodeId)
+    }
+}
+
+/// A message's place in its partition. Offsets start at 0, are dense and
+/// are never reused: the next message gets the next offset.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offset(pub u64);
+
+impl Offset {
+    /// The offset `count` messages after this one.
+    pub fn plus(self, count: u64) -> Offset {
+        Offset(self.0 + count)
     }
 }
 
@@ -164,6 +177,15 @@ mod tests {
             encodes_as_bare_u64(NodeId(n), n);
             assert_eq!(NodeId(n).to_string(), n.to_string());
             assert_eq!(format!("{:?}", NodeId(n)), format!("{n:?}"));
+        }
+    }
+
+    #[test]
+    fn offsets_encode_and_print_as_the_bare_number() {
+        for n in [0, 1, 4096, u64::MAX] {
+            encodes_as_bare_u64(Offset(n), n);
+            assert_eq!(Offset(n).to_string(), n.to_string());
+            assert_eq!(format!("{:?}", Offset(n)), format!("{n:?}"));
         }
     }
 }

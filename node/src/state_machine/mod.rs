@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use crate::failpoints::Failpoint;
 use crate::model::GroupId;
 use crate::model::NodeId;
+use crate::model::Offset;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::LogId;
@@ -90,8 +91,8 @@ struct Header {
     /// are not in this replica's log: their messages are read elsewhere,
     /// until a backfill (`backfill.rs`) lowers it.
     local_first_log_index: u64,
-    next_offset: u64,
-    log_start_offset: u64,
+    next_offset: Offset,
+    log_start_offset: Offset,
     last_timestamp_ms: i64,
     retained_bytes: u64,
     forgotten_log_index: u64,
@@ -188,8 +189,8 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(invalid_data)
 }
 
-fn batch_key(base_offset: u64) -> Vec<u8> {
-    [PREFIX_BATCH, &base_offset.to_be_bytes()].concat()
+fn batch_key(base_offset: Offset) -> Vec<u8> {
+    [PREFIX_BATCH, &base_offset.0.to_be_bytes()].concat()
 }
 
 fn producer_key(producer_id: u64) -> Vec<u8> {

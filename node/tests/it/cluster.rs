@@ -150,7 +150,7 @@ async fn restarted_follower_catches_up() {
     let node = cluster.nodes[&follower].node.clone();
     let group_id = GroupId::partition(TopicId(1), 0);
     eventually("follower caught up", Duration::from_secs(20), || async {
-        let hw = partition_figure(&node, group_id, |p| p.next_offset)?;
+        let hw = partition_figure(&node, group_id, |p| p.next_offset.0)?;
         (hw == 25).then_some(())
     })
     .await;
@@ -642,7 +642,7 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
     for id in 1..=3 {
         let node = cluster.nodes[&id].node.clone();
         eventually("retention applied", Duration::from_secs(20), || async {
-            let start = partition_figure(&node, group_id, |p| p.log_start_offset)?;
+            let start = partition_figure(&node, group_id, |p| p.log_start_offset.0)?;
             (start == 8).then_some(())
         })
         .await;

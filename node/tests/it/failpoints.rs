@@ -14,6 +14,7 @@ use raftstream_node::failpoints::Failpoint;
 use raftstream_node::failpoints::Failpoints;
 use raftstream_node::failpoints::Rule;
 use raftstream_node::model::GroupId;
+use raftstream_node::model::Offset;
 use raftstream_node::model::TopicId;
 
 use crate::common::*;
@@ -29,7 +30,7 @@ fn group_id() -> GroupId {
 /// order; `None` while the node does not host it.
 fn replica_values(cluster: &TestCluster, id: u64) -> Option<Vec<String>> {
     let group = cluster.nodes.get(&id)?.node.group(group_id())?;
-    let batch = read_committed(&group, 0, 10_000, usize::MAX).ok()?;
+    let batch = read_committed(&group, Offset(0), 10_000, usize::MAX).ok()?;
     Some(
         batch
             .messages
@@ -41,7 +42,9 @@ fn replica_values(cluster: &TestCluster, id: u64) -> Option<Vec<String>> {
 
 /// How many messages a node's replica has applied.
 fn applied_offsets(cluster: &TestCluster, id: u64) -> Option<u64> {
-    partition_figure(&cluster.nodes.get(&id)?.node, group_id(), |p| p.next_offset)
+    partition_figure(&cluster.nodes.get(&id)?.node, group_id(), |p| {
+        p.next_offset.0
+    })
 }
 
 /// Waits until every running replica holds the same log of at least
