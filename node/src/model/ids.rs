@@ -114,12 +114,14 @@ mod tests {
     use super::*;
 
     /// Whether `id` encodes, in bincode (log entries, snapshots) and in
-    /// JSON (HTTP, `identity.json`), exactly as the bare `u64`, and reads
-    /// back from it.
-    fn encodes_as_bare_u64<T>(id: T, bare: u64)
+    /// JSON (HTTP, `identity.json`), exactly as the bare `u64`, reads back
+    /// from it, and prints as it with `{}` and `{:?}`.
+    fn encodes_and_prints_as_bare_u64<T>(id: T, bare: u64)
     where
-        T: Serialize + serde::de::DeserializeOwned + Ord + std::fmt::Debug,
+        T: Serialize + serde::de::DeserializeOwned + Ord + std::fmt::Debug + std::fmt::Display,
     {
+        assert_eq!(id.to_string(), bare.to_string());
+        assert_eq!(format!("{id:?}"), format!("{bare:?}"));
         assert_eq!(
             bincode::serialize(&id).unwrap(),
             bincode::serialize(&bare).unwrap()
@@ -146,18 +148,14 @@ mod tests {
     #[test]
     fn topic_ids_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 300, u64::MAX] {
-            encodes_as_bare_u64(TopicId(n), n);
-            assert_eq!(TopicId(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", TopicId(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(TopicId(n), n);
         }
     }
 
     #[test]
     fn group_ids_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 1 << PARTITION_BITS, u64::MAX] {
-            encodes_as_bare_u64(GroupId(n), n);
-            assert_eq!(GroupId(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", GroupId(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(GroupId(n), n);
         }
     }
 
@@ -174,18 +172,14 @@ mod tests {
     #[test]
     fn node_ids_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 5, u64::MAX] {
-            encodes_as_bare_u64(NodeId(n), n);
-            assert_eq!(NodeId(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", NodeId(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(NodeId(n), n);
         }
     }
 
     #[test]
     fn offsets_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 4096, u64::MAX] {
-            encodes_as_bare_u64(Offset(n), n);
-            assert_eq!(Offset(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", Offset(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(Offset(n), n);
         }
     }
 }
