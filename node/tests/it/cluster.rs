@@ -23,19 +23,6 @@ async fn publish(
         .into_inner()
 }
 
-/// Publishes a batch and returns each record's result, in order.
-async fn publish_batch(
-    client: &mut raftstream_client::Grpc,
-    batch: pb::PublishBatchRequest,
-) -> Vec<pb::PublishResult> {
-    client
-        .publish_batch(batch)
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-}
-
 /// A topic of one partition on three replicas whose messages are kept
 /// for `retention_ms` and up to `retention_bytes` (0: without that limit).
 fn retained_topic(name: &str, retention_ms: u64, retention_bytes: u64) -> pb::CreateTopicRequest {
