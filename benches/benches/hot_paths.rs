@@ -32,6 +32,7 @@ use raftstream_client::pb;
 use raftstream_node::api::schema as json_schema;
 use raftstream_node::model::GroupId;
 use raftstream_node::model::NodeId;
+use raftstream_node::model::Offset;
 use raftstream_node::raft::batch::RecordBatch;
 use raftstream_node::raft::types::Command;
 use raftstream_node::raft::types::Entry;
@@ -237,7 +238,7 @@ fn read(c: &mut Criterion) {
     g.bench_function("by_offset_1000_records", |b| {
         b.iter(|| {
             n = (n + 7919) % (batches * 100 - 1000);
-            read_records(&storage, &state, n, 1000)
+            read_records(&storage, &state, Offset(n), 1000)
         })
     });
     g.bench_function("by_time_1000_records", |b| {
@@ -251,7 +252,7 @@ fn read(c: &mut Criterion) {
 }
 
 /// What a consume does: locate the batches, read their entries, slice them.
-fn read_records(storage: &Storage, state: &PartitionState, from: u64, max: usize) -> usize {
+fn read_records(storage: &Storage, state: &PartitionState, from: Offset, max: usize) -> usize {
     let mut read = 0;
     for slice in state.locate(from, max) {
         let entry = storage

@@ -651,6 +651,7 @@ mod tests {
     use openraft::vote::RaftLeaderIdExt;
 
     use super::*;
+    use crate::model::Offset;
     use crate::raft::batch::RecordBatch;
     use crate::raft::types::MetaCommand;
 
@@ -690,7 +691,7 @@ mod tests {
             panic!("not a publish batch");
         };
         BatchIndex {
-            base_offset,
+            base_offset: Offset(base_offset),
             count: records.len() as u32,
             log_index: entry.log_id.index,
             timestamp_ms,

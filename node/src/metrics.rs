@@ -269,7 +269,7 @@ impl NodeMetrics {
                 .set(gauge(g.commit_index));
             p.high_watermark
                 .with_label_values(&labels)
-                .set(gauge(g.high_watermark));
+                .set(gauge(g.high_watermark.0));
             p.leader
                 .with_label_values(&labels)
                 .set(gauge(g.leader.map_or(0, |id| id.0)));
@@ -300,6 +300,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::model::Offset;
 
     fn status(group: u64, term: u64, leader: Option<u64>) -> GroupStatus {
         GroupStatus {
@@ -313,8 +314,8 @@ mod tests {
             last_log_index: 0,
             replicas: vec![],
             replica_lag: BTreeMap::new(),
-            high_watermark: 0,
-            log_start_offset: 0,
+            high_watermark: Offset(0),
+            log_start_offset: Offset(0),
             quiesced: false,
         }
     }
@@ -384,6 +385,7 @@ mod documented {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::model::Offset;
 
     #[test]
     fn the_readme_table_lists_every_exported_metric() {
@@ -405,8 +407,8 @@ mod documented {
             last_log_index: 0,
             replicas: vec![],
             replica_lag: Default::default(),
-            high_watermark: 0,
-            log_start_offset: 0,
+            high_watermark: Offset(0),
+            log_start_offset: Offset(0),
             quiesced: false,
         };
         status.replica_lag.insert(NodeId(2), 0);

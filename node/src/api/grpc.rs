@@ -51,6 +51,7 @@ use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
 use crate::model::GroupId;
 use crate::model::NodeId;
+use crate::model::Offset;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -397,7 +398,7 @@ fn page_to_pb(Page { partition, batch }: Page) -> pb::ConsumeResponse {
             .into_iter()
             .map(|m| pb::Message {
                 partition,
-                offset: m.offset,
+                offset: m.offset.0,
                 timestamp_ms: m.timestamp_ms,
                 key: m.key,
                 value: m.value,
@@ -405,9 +406,9 @@ fn page_to_pb(Page { partition, batch }: Page) -> pb::ConsumeResponse {
                 message_id: message_id(partition, m.offset),
             })
             .collect(),
-        next_offset: batch.next_offset,
-        high_watermark: batch.high_watermark,
-        log_start_offset: batch.log_start_offset,
+        next_offset: batch.next_offset.0,
+        high_watermark: batch.high_watermark.0,
+        log_start_offset: batch.log_start_offset.0,
     }
 }
 
@@ -482,7 +483,7 @@ fn outcome_to_pb(outcome: RecordOutcome) -> pb::PublishResult {
 fn stored_to_pb(stored: Stored) -> pb::PublishResponse {
     pb::PublishResponse {
         partition: stored.partition,
-        offset: stored.offset,
+        offset: stored.offset.0,
         timestamp_ms: stored.timestamp_ms,
         message_id: stored.message_id(),
     }
@@ -492,7 +493,7 @@ fn outcome_from_pb(result: pb::PublishResult) -> RecordOutcome {
     match result.result {
         Some(pb::publish_result::Result::Ok(ok)) => Ok(Stored {
             partition: ok.partition,
-            offset: ok.offset,
+            offset: Offset(ok.offset),
             timestamp_ms: ok.timestamp_ms,
         }),
         Some(pb::publish_result::Result::Error(e)) => Err(ServiceError::new(
@@ -511,7 +512,7 @@ fn page_from_pb(partition: u32, response: pb::ConsumeResponse) -> Page {
             let mut headers: Vec<(String, String)> = m.headers.into_iter().collect();
             headers.sort_unstable();
             ReadMessage {
-                offset: m.offset,
+                offset: Offset(m.offset),
                 timestamp_ms: m.timestamp_ms,
                 key: m.key,
                 value: m.value,
@@ -523,9 +524,9 @@ fn page_from_pb(partition: u32, response: pb::ConsumeResponse) -> Page {
         partition,
         batch: ReadBatch {
             messages,
-            next_offset: response.next_offset,
-            high_watermark: response.high_watermark,
-            log_start_offset: response.log_start_offset,
+            next_offset: Offset(response.next_offset),
+            high_watermark: Offset(response.high_watermark),
+            log_start_offset: Offset(response.log_start_offset),
         },
     }
 }
@@ -536,7 +537,7 @@ fn consume_call(request: pb::ConsumeRequest) -> Result<Consume, Status> {
     let mut partition = request.partition;
     let start = match request.position.and_then(|p| p.position) {
         None => StartAt::Earliest,
-        Some(pb::position::Position::Offset(o)) => StartAt::Offset(o),
+        Some(pb::position::Position::Offset(o)) => StartAt::Offset(Offset(o)),
         Some(pb::position::Position::SinceTimestampMs(ts)) => StartAt::Timestamp(ts),
         Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
         Some(pb::position::Position::Latest(_)) => StartAt::Latest,
@@ -559,7 +560,7 @@ fn consume_call(request: pb::ConsumeRequest) -> Result<Consume, Status> {
 
 fn start_to_pb(start: &StartAt, partition: u32) -> pb::position::Position {
     match start {
-        StartAt::Offset(o) => pb::position::Position::Offset(*o),
+        StartAt::Offset(o) => pb::position::Position::Offset(o.0),
         StartAt::After(o) => pb::position::Position::AfterMessageId(message_id(partition, *o)),
         StartAt::Timestamp(ts) => pb::position::Position::SinceTimestampMs(*ts),
         StartAt::Earliest => pb::position::Position::Earliest(true),
@@ -752,7 +753,7 @@ impl Raftstream for ClientService {
         let commit = OffsetCommit {
             group: request.group,
             partition: request.partition,
-            offset: request.offset,
+            offset: Offset(request.offset),
             writer: (request.writer_id != 0).then_some(CommitWriter {
                 id: request.writer_id,
                 seq: request.writer_seq,
@@ -779,7 +780,10 @@ impl Raftstream for ClientService {
         Ok(Response::new(pb::GetCommittedOffsetsResponse {
             offsets: offsets
                 .into_iter()
-                .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                .map(|(partition, offset)| pb::PartitionOffset {
+                    partition,
+                    offset: offset.0,
+                })
                 .collect(),
         }))
     }
@@ -1116,8 +1120,8 @@ impl ClientService {
                     .into_iter()
                     .map(|(id, lag)| (id.0, lag))
                     .collect(),
-                high_watermark: g.high_watermark,
-                log_start_offset: g.log_start_offset,
+                high_watermark: g.high_watermark.0,
+                log_start_offset: g.log_start_offset.0,
                 quiesced: g.quiesced,
             })
             .collect();

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use openraft::EntryPayload;
 
 use crate::group::Group;
+use crate::model::Offset;
 use crate::raft::batch::BatchError;
 use crate::raft::types::Command;
 use crate::raft::types::Entry;
@@ -19,9 +20,9 @@ use crate::state_machine::partition::PartitionState;
 /// Where a read starts, before it is resolved to an offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {
-    Offset(u64),
+    Offset(Offset),
     /// The offset after this one; it must name a committed message.
-    After(u64),
+    After(Offset),
     Timestamp(i64),
     Earliest,
     Latest,
@@ -29,7 +30,7 @@ pub enum StartAt {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadMessage {
-    pub offset: u64,
+    pub offset: Offset,
     pub timestamp_ms: i64,
     /// Key and value share the stored entry's buffer.
     pub key: Bytes,
@@ -48,19 +49,22 @@ impl ReadMessage {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadBatch {
     pub messages: Vec<ReadMessage>,
-    pub next_offset: u64,
-    pub high_watermark: u64,
-    pub log_start_offset: u64,
+    pub next_offset: Offset,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReadError {
     #[error("message {offset} does not exist in this partition (high watermark {high_watermark})")]
-    NoSuchMessage { offset: u64, high_watermark: u64 },
+    NoSuchMessage {
+        offset: Offset,
+        high_watermark: Offset,
+    },
     /// This replica installed a snapshot past these messages; another
     /// replica has them.
     #[error("offset {offset} is not stored on this replica")]
-    NotLocal { offset: u64 },
+    NotLocal { offset: Offset },
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -73,10 +77,10 @@ fn partition_view<T>(group: &Group, f: impl FnOnce(&PartitionState, u64) -> T) -
 }
 
 /// Resolves a start position to an offset against the committed state.
-pub fn resolve(group: &Group, start: &StartAt) -> Result<u64, ReadError> {
+pub fn resolve(group: &Group, start: &StartAt) -> Result<Offset, ReadError> {
     partition_view(group, |p, _| match start {
         StartAt::Offset(o) => Ok(*o),
-        StartAt::After(o) if *o < p.next_offset => Ok(o + 1),
+        StartAt::After(o) if *o < p.next_offset => Ok(o.plus(1)),
         StartAt::After(o) => Err(ReadError::NoSuchMessage {
             offset: *o,
             high_watermark: p.next_offset,
@@ -85,7 +89,7 @@ pub fn resolve(group: &Group, start: &StartAt) -> Result<u64, ReadError> {
         StartAt::Earliest => Ok(p.log_start_offset),
         StartAt::Latest => Ok(p.next_offset),
     })
-    .unwrap_or(Ok(0))
+    .unwrap_or(Ok(Offset(0)))
 }
 
 /// How much of a read's byte budget a message takes: its key, value and
@@ -105,7 +109,7 @@ fn message_bytes(message: &ReadMessage) -> usize {
 /// read, as Kafka's fetch does).
 pub fn read_committed(
     group: &Group,
-    from: u64,
+    from: Offset,
     max: usize,
     max_bytes: usize,
 ) -> Result<ReadBatch, ReadError> {
@@ -120,8 +124,8 @@ pub fn read_committed(
         return Ok(ReadBatch {
             messages: vec![],
             next_offset: from,
-            high_watermark: 0,
-            log_start_offset: 0,
+            high_watermark: Offset(0),
+            log_start_offset: Offset(0),
         });
     };
     let mut messages = Vec::new();
@@ -168,7 +172,7 @@ pub fn read_committed(
         for (i, record) in wanted {
             let record = record.map_err(malformed)?;
             let message = ReadMessage {
-                offset: slice.batch.base_offset + i as u64,
+                offset: slice.batch.base_offset.plus(i as u64),
                 timestamp_ms: slice.batch.timestamp_ms,
                 key: records.share(record.key),
                 value: records.share(record.value),
@@ -179,7 +183,7 @@ pub fn read_committed(
                 break 'slices;
             }
             budget_left = budget_left.saturating_sub(size);
-            next_offset = message.offset + 1;
+            next_offset = message.offset.plus(1);
             messages.push(message);
         }
     }
@@ -237,7 +241,7 @@ pub async fn read_or_wait(
 fn read_from(
     group: &Group,
     start: &StartAt,
-    from: u64,
+    from: Offset,
     max: usize,
     max_bytes: usize,
 ) -> Result<ReadBatch, ReadError> {

@@ -40,6 +40,7 @@ use crate::api::service::Consume;
 use crate::api::service::Hops;
 use crate::api::service::message_id;
 use crate::api::service::parse_message_id;
+use crate::model::Offset;
 use crate::model::rfc3339;
 use crate::raft::types::Scope;
 
@@ -51,8 +52,8 @@ pub const MAX_TIMEOUT_SECS: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumeId {
     pub partition: u32,
-    pub offset: u64,
-    pub next_offsets: Option<Vec<u64>>,
+    pub offset: Offset,
+    pub next_offsets: Option<Vec<Offset>>,
 }
 
 pub fn parse_resume_id(id: &str) -> Option<ResumeId> {
@@ -65,8 +66,8 @@ pub fn parse_resume_id(id: &str) -> Option<ResumeId> {
         None => None,
         Some(c) => Some(
             c.split('.')
-                .map(|n| n.parse().ok())
-                .collect::<Option<Vec<u64>>>()?,
+                .map(|n| n.parse().ok().map(Offset))
+                .collect::<Option<Vec<Offset>>>()?,
         ),
     };
     Some(ResumeId {
@@ -76,11 +77,11 @@ pub fn parse_resume_id(id: &str) -> Option<ResumeId> {
     })
 }
 
-pub fn resume_id(partition: u32, offset: u64, next_offsets: &[u64]) -> String {
+pub fn resume_id(partition: u32, offset: Offset, next_offsets: &[Offset]) -> String {
     if next_offsets.len() <= 1 {
         return message_id(partition, offset);
     }
-    let cursor: Vec<String> = next_offsets.iter().map(u64::to_string).collect();
+    let cursor: Vec<String> = next_offsets.iter().map(Offset::to_string).collect();
     format!("{}@{}", message_id(partition, offset), cursor.join("."))
 }
 
@@ -266,7 +267,8 @@ pub async fn consume(
         })?;
         match resume.next_offsets {
             Some(next)
-                if next.len() == partitions && resume.offset.checked_add(1) == Some(next[p]) =>
+                if next.len() == partitions
+                    && resume.offset.0.checked_add(1) == Some(next[p].0) =>
             {
                 for (i, offset) in next.into_iter().enumerate() {
                     starts[i] = StartAt::Offset(offset);
@@ -338,7 +340,7 @@ pub async fn consume(
 /// `max_bytes` of values: the cursors name exactly what was returned, so
 /// what is cut off is read by the next call.
 fn merge(responses: Vec<ReadBatch>, limit: usize, max_bytes: usize) -> Vec<ConsumedMessage> {
-    let mut next: Vec<u64> = responses
+    let mut next: Vec<Offset> = responses
         .iter()
         .map(|r| r.messages.first().map_or(r.next_offset, |m| m.offset))
         .collect();
@@ -361,7 +363,7 @@ fn merge(responses: Vec<ReadBatch>, limit: usize, max_bytes: usize) -> Vec<Consu
         .take(limit.min(within_budget))
         .map(|(partition, m)| {
             if let Some(slot) = next.get_mut(partition as usize) {
-                *slot = m.offset + 1;
+                *slot = m.offset.plus(1);
             }
             let payload = serde_json::from_slice(&m.value)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.value).into_owned()));
@@ -383,7 +385,7 @@ mod tests {
 
     fn message(offset: u64, ts: i64) -> ReadMessage {
         ReadMessage {
-            offset,
+            offset: Offset(offset),
             timestamp_ms: ts,
             key: Bytes::new(),
             value: Bytes::from_static(b"{}"),
@@ -393,17 +395,17 @@ mod tests {
 
     #[test]
     fn resume_ids_round_trip_and_reject_garbage() {
-        let id = resume_id(1, 7, &[3, 8, 0]);
+        let id = resume_id(1, Offset(7), &[Offset(3), Offset(8), Offset(0)]);
         assert_eq!(id, "1-7@3.8.0");
         assert_eq!(
             parse_resume_id(&id).unwrap(),
             ResumeId {
                 partition: 1,
-                offset: 7,
-                next_offsets: Some(vec![3, 8, 0])
+                offset: Offset(7),
+                next_offsets: Some(vec![Offset(3), Offset(8), Offset(0)])
             }
         );
-        assert_eq!(resume_id(0, 4, &[5]), "0-4");
+        assert_eq!(resume_id(0, Offset(4), &[Offset(5)]), "0-4");
         assert_eq!(parse_resume_id("0-4").unwrap().next_offsets, None);
         for bad in ["", "x", "1-", "-1", "1-2@", "1-2@a.b", "1-2-3"] {
             assert!(parse_resume_id(bad).is_none(), "{bad}");
@@ -414,17 +416,17 @@ mod tests {
     fn merge_orders_by_time_and_cursors_cover_only_what_was_returned() {
         let p0 = ReadBatch {
             messages: vec![message(5, 10), message(6, 30)],
-            next_offset: 7,
+            next_offset: Offset(7),
             ..ReadBatch::default()
         };
         let p1 = ReadBatch {
             messages: vec![message(2, 20), message(3, 40)],
-            next_offset: 4,
+            next_offset: Offset(4),
             ..ReadBatch::default()
         };
         let p2 = ReadBatch {
             messages: vec![],
-            next_offset: 9,
+            next_offset: Offset(9),
             ..ReadBatch::default()
         };
         let merged = merge(vec![p0.clone(), p1.clone(), p2.clone()], 3, usize::MAX);

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::model::GroupId;
 use crate::model::NodeId;
+use crate::model::Offset;
 use crate::raft::types::MetaState;
 use crate::raft::types::TypeConfig;
 use crate::state_machine::GroupData;
@@ -49,8 +50,8 @@ pub struct GroupStatus {
     pub replicas: Vec<NodeId>,
     /// Per replica, how many entries it is behind this node (when it leads).
     pub replica_lag: BTreeMap<NodeId, u64>,
-    pub high_watermark: u64,
-    pub log_start_offset: u64,
+    pub high_watermark: Offset,
+    pub log_start_offset: Offset,
     /// This node has stopped the group's timers because it is idle.
     pub quiesced: bool,
 }
@@ -75,7 +76,7 @@ impl Group {
             .unwrap_or_default();
         let (high_watermark, log_start_offset) = self.state.read(|inner| match &inner.data {
             GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
-            GroupData::Meta(_) => (0, 0),
+            GroupData::Meta(_) => (Offset(0), Offset(0)),
         });
         GroupStatus {
             group_id: self.id,

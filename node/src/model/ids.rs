@@ -27,7 +27,7 @@ macro_rules! formats_as_bare_number {
     )*};
 }
 
-formats_as_bare_number!(TopicId, GroupId, NodeId);
+formats_as_bare_number!(TopicId, GroupId, NodeId, Offset);
 
 /// A topic's id. Topic ids start at 1, only grow and are never reused.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
@@ -97,6 +97,19 @@ impl std::str::FromStr for NodeId {
     }
 }
 
+/// A message's place in its partition. Offsets start at 0, are dense and
+/// are never reused: the next message gets the next offset.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offset(pub u64);
+
+impl Offset {
+    /// The offset `count` messages after this one.
+    pub fn plus(self, count: u64) -> Offset {
+        Offset(self.0 + count)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -106,12 +119,14 @@ mod tests {
     use super::*;
 
     /// Whether `id` encodes, in bincode (log entries, snapshots) and in
-    /// JSON (HTTP, `identity.json`), exactly as the bare `u64`, and reads
-    /// back from it.
-    fn encodes_as_bare_u64<T>(id: T, bare: u64)
+    /// JSON (HTTP, `identity.json`), exactly as the bare `u64`, reads back
+    /// from it, and prints as it with `{}` and `{:?}`.
+    fn encodes_and_prints_as_bare_u64<T>(id: T, bare: u64)
     where
-        T: Serialize + serde::de::DeserializeOwned + Ord + std::fmt::Debug,
+        T: Serialize + serde::de::DeserializeOwned + Ord + std::fmt::Debug + std::fmt::Display,
     {
+        assert_eq!(id.to_string(), bare.to_string());
+        assert_eq!(format!("{id:?}"), format!("{bare:?}"));
         assert_eq!(
             bincode::serialize(&id).unwrap(),
             bincode::serialize(&bare).unwrap()
@@ -138,18 +153,14 @@ mod tests {
     #[test]
     fn topic_ids_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 300, u64::MAX] {
-            encodes_as_bare_u64(TopicId(n), n);
-            assert_eq!(TopicId(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", TopicId(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(TopicId(n), n);
         }
     }
 
     #[test]
     fn group_ids_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 1 << PARTITION_BITS, u64::MAX] {
-            encodes_as_bare_u64(GroupId(n), n);
-            assert_eq!(GroupId(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", GroupId(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(GroupId(n), n);
         }
     }
 
@@ -166,9 +177,14 @@ mod tests {
     #[test]
     fn node_ids_encode_and_print_as_the_bare_number() {
         for n in [0, 1, 5, u64::MAX] {
-            encodes_as_bare_u64(NodeId(n), n);
-            assert_eq!(NodeId(n).to_string(), n.to_string());
-            assert_eq!(format!("{:?}", NodeId(n)), format!("{n:?}"));
+            encodes_and_prints_as_bare_u64(NodeId(n), n);
+        }
+    }
+
+    #[test]
+    fn offsets_encode_and_print_as_the_bare_number() {
+        for n in [0, 1, 4096, u64::MAX] {
+            encodes_and_prints_as_bare_u64(Offset(n), n);
         }
     }
 }

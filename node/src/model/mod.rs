@@ -8,6 +8,7 @@ mod ids;
 pub use self::ids::GroupId;
 pub use self::ids::MAX_PARTITIONS;
 pub use self::ids::NodeId;
+pub use self::ids::Offset;
 pub use self::ids::PARTITION_BITS;
 pub use self::ids::TopicId;
 

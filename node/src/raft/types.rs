@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use crate::model::GroupId;
 use crate::model::NodeId;
+use crate::model::Offset;
 use crate::model::TopicId;
 use crate::raft::batch::RecordBatch;
 use serde::Deserialize;
@@ -66,11 +67,11 @@ pub enum PartitionCommand {
     /// A consumer group's next offset to read.
     CommitOffset {
         group: String,
-        offset: u64,
+        offset: Offset,
         writer: Option<CommitWriter>,
     },
     /// Retention: forget every message below `offset`.
-    AdvanceLogStart { offset: u64 },
+    AdvanceLogStart { offset: Offset },
     /// Forget every message committed so far (topic purge).
     PurgeAll,
     /// Replicas may drop their Raft log up to this index: the leader saw
@@ -474,7 +475,7 @@ pub enum CommandResponse {
         expected: u64,
     },
     Appended {
-        base_offset: u64,
+        base_offset: Offset,
         timestamp_ms: i64,
     },
     Topic(Topic),
@@ -484,7 +485,7 @@ pub enum CommandResponse {
     /// idempotency key (`duplicate`), in which case nothing was appended.
     Ingested {
         event_id: String,
-        offset: u64,
+        offset: Offset,
         duplicate: bool,
     },
     MetaRejected(MetaRejection),

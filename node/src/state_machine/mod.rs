@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use crate::failpoints::Failpoint;
 use crate::model::GroupId;
 use crate::model::NodeId;
+use crate::model::Offset;
 use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::LogId;
@@ -91,8 +92,8 @@ struct Header {
     /// are not in this replica's log: their messages are read elsewhere,
     /// until a backfill (`backfill.rs`) lowers it.
     local_first_log_index: u64,
-    next_offset: u64,
-    log_start_offset: u64,
+    next_offset: Offset,
+    log_start_offset: Offset,
     last_timestamp_ms: i64,
     retained_bytes: u64,
     forgotten_log_index: u64,
@@ -198,8 +199,8 @@ fn decode_meta_state(bytes: &[u8]) -> io::Result<MetaState> {
     })
 }
 
-fn batch_key(base_offset: u64) -> Vec<u8> {
-    [PREFIX_BATCH, &base_offset.to_be_bytes()].concat()
+fn batch_key(base_offset: Offset) -> Vec<u8> {
+    [PREFIX_BATCH, &base_offset.0.to_be_bytes()].concat()
 }
 
 fn producer_key(producer_id: u64) -> Vec<u8> {

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::model::Offset;
 use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::CommitWriter;
@@ -19,7 +20,7 @@ use crate::raft::types::PartitionCommand;
 /// Where one publish batch sits: its offsets, its Raft entry and its time.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BatchIndex {
-    pub base_offset: u64,
+    pub base_offset: Offset,
     pub count: u32,
     pub log_index: u64,
     pub timestamp_ms: i64,
@@ -27,8 +28,8 @@ pub struct BatchIndex {
 }
 
 impl BatchIndex {
-    pub fn end_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.count)
+    pub fn end_offset(&self) -> Offset {
+        self.base_offset.plus(u64::from(self.count))
     }
 }
 
@@ -36,7 +37,7 @@ impl BatchIndex {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupOffset {
     /// The next offset the group will read.
-    pub offset: u64,
+    pub offset: Offset,
     /// Who committed it; `None` for an unordered commit.
     pub writer: Option<CommitWriter>,
 }
@@ -57,9 +58,9 @@ impl GroupOffset {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartitionState {
     /// One past the last committed offset (the high watermark).
-    pub next_offset: u64,
+    pub next_offset: Offset,
     /// The oldest offset still readable.
-    pub log_start_offset: u64,
+    pub log_start_offset: Offset,
     pub last_timestamp_ms: i64,
     /// Sorted by offset and, because time never decreases, by timestamp too.
     pub batches: VecDeque<BatchIndex>,
@@ -88,7 +89,7 @@ pub struct SourceStats {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Delivered {
     pub event_id: String,
-    pub offset: u64,
+    pub offset: Offset,
     pub log_index: u64,
 }
 
@@ -168,7 +169,7 @@ pub struct ProducerState {
 pub struct RecentBatch {
     pub base_sequence: u64,
     pub count: u32,
-    pub base_offset: u64,
+    pub base_offset: Offset,
     pub timestamp_ms: i64,
 }
 
@@ -177,7 +178,7 @@ pub struct RecentBatch {
 pub enum PartitionChange {
     PutBatch(BatchIndex),
     DeleteBatch {
-        base_offset: u64,
+        base_offset: Offset,
     },
     PutGroupOffset {
         group: String,
@@ -231,8 +232,8 @@ const FULL_CHECK_EVERY_ENTRIES: u64 = 1_024;
 /// The counters no apply may move backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Watermarks {
-    next_offset: u64,
-    log_start_offset: u64,
+    next_offset: Offset,
+    log_start_offset: Offset,
     last_timestamp_ms: i64,
     forgotten_log_index: u64,
     purgeable_log_index: u64,
@@ -254,11 +255,11 @@ impl Watermarks {
     /// within a partition never decreases, and a purge point never retreats.
     fn check_progress(&self, after: &Watermarks) -> Result<(), String> {
         let pairs = [
-            ("next offset", self.next_offset, after.next_offset),
+            ("next offset", self.next_offset.0, after.next_offset.0),
             (
                 "log start offset",
-                self.log_start_offset,
-                after.log_start_offset,
+                self.log_start_offset.0,
+                after.log_start_offset.0,
             ),
             (
                 "forgotten log index",
@@ -467,7 +468,7 @@ impl PartitionState {
         (Some(batch), timestamp_ms)
     }
 
-    fn advance_log_start(&mut self, offset: u64, changes: &mut Vec<PartitionChange>) {
+    fn advance_log_start(&mut self, offset: Offset, changes: &mut Vec<PartitionChange>) {
         let offset = offset.min(self.next_offset);
         if offset <= self.log_start_offset {
             return;
@@ -559,7 +560,7 @@ impl PartitionState {
     }
 
     /// The batches holding offsets `from..` up to `max_records` records.
-    pub fn locate(&self, from: u64, max_records: usize) -> Vec<BatchSlice> {
+    pub fn locate(&self, from: Offset, max_records: usize) -> Vec<BatchSlice> {
         let from = from.max(self.log_start_offset);
         let first = self.batches.partition_point(|b| b.end_offset() <= from);
         let mut slices = Vec::new();
@@ -568,7 +569,7 @@ impl PartitionState {
             if remaining == 0 {
                 break;
             }
-            let skip = from.saturating_sub(batch.base_offset);
+            let skip = from.0.saturating_sub(batch.base_offset.0);
             let skip = u32::try_from(skip).unwrap_or(batch.count).min(batch.count);
             let available = (batch.count - skip) as usize;
             let take = available.min(remaining);
@@ -584,7 +585,7 @@ impl PartitionState {
 
     /// The first offset stamped at or after `timestamp_ms`: a binary search,
     /// not a scan, because batch times never decrease.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> u64 {
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Offset {
         let first = self
             .batches
             .partition_point(|b| b.timestamp_ms < timestamp_ms);
@@ -601,7 +602,7 @@ impl PartitionState {
         now_ms: i64,
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
-    ) -> u64 {
+    ) -> Offset {
         let mut point = self.log_start_offset;
         if let Some(ms) = retention_ms {
             let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
@@ -630,7 +631,7 @@ impl PartitionState {
     /// watermark. A state read from storage or a snapshot that breaks them
     /// is refused. Walks every retained batch.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut expected_base: Option<u64> = None;
+        let mut expected_base: Option<Offset> = None;
         let mut last_time = i64::MIN;
         for b in &self.batches {
             if let Some(expected) = expected_base
@@ -815,11 +816,46 @@ mod tests {
         state
     }
 
+    /// Batch index records, group offsets and idempotency keys are stored
+    /// (checksummed) as bincode: typed offsets must write the bytes the bare
+    /// `u64`s wrote, or existing data would no longer read.
+    #[test]
+    fn stored_records_keep_the_bytes_of_bare_offsets() {
+        let batch = BatchIndex {
+            base_offset: Offset(7),
+            count: 3,
+            log_index: 9,
+            timestamp_ms: 11,
+            bytes: 13,
+        };
+        assert_eq!(
+            bincode::serialize(&batch).unwrap(),
+            bincode::serialize(&(7u64, 3u32, 9u64, 11i64, 13u64)).unwrap()
+        );
+        let group = GroupOffset {
+            offset: Offset(5),
+            writer: Some(CommitWriter { id: 1, seq: 2 }),
+        };
+        assert_eq!(
+            bincode::serialize(&group).unwrap(),
+            bincode::serialize(&(5u64, Some((1u64, 2u64)))).unwrap()
+        );
+        let delivered = Delivered {
+            event_id: "e".into(),
+            offset: Offset(5),
+            log_index: 6,
+        };
+        assert_eq!(
+            bincode::serialize(&delivered).unwrap(),
+            bincode::serialize(&("e", 5u64, 6u64)).unwrap()
+        );
+    }
+
     #[test]
     fn offsets_are_dense_across_batches() {
         let state = state_with(&[(10, 3), (20, 2), (30, 1)]);
-        assert_eq!(state.next_offset, 6);
-        let bases: Vec<u64> = state.batches.iter().map(|b| b.base_offset).collect();
+        assert_eq!(state.next_offset, Offset(6));
+        let bases: Vec<u64> = state.batches.iter().map(|b| b.base_offset.0).collect();
         assert_eq!(bases, vec![0, 3, 5]);
         state.check_invariants().unwrap();
     }
@@ -834,27 +870,27 @@ mod tests {
     #[test]
     fn locate_slices_batches() {
         let state = state_with(&[(10, 3), (20, 2), (30, 4)]);
-        let slices = state.locate(4, 4);
+        let slices = state.locate(Offset(4), 4);
         assert_eq!(slices.len(), 2);
         assert_eq!(
             (slices[0].batch.base_offset, slices[0].skip, slices[0].take),
-            (3, 1, 1)
+            (Offset(3), 1, 1)
         );
         assert_eq!(
             (slices[1].batch.base_offset, slices[1].skip, slices[1].take),
-            (5, 0, 3)
+            (Offset(5), 0, 3)
         );
-        assert!(state.locate(9, 10).is_empty());
+        assert!(state.locate(Offset(9), 10).is_empty());
     }
 
     #[test]
     fn timestamp_seek_finds_first_batch_at_or_after() {
         let state = state_with(&[(10, 3), (20, 2), (20, 1), (30, 4)]);
-        assert_eq!(state.offset_for_timestamp(0), 0);
-        assert_eq!(state.offset_for_timestamp(11), 3);
-        assert_eq!(state.offset_for_timestamp(20), 3);
-        assert_eq!(state.offset_for_timestamp(21), 6);
-        assert_eq!(state.offset_for_timestamp(31), 10);
+        assert_eq!(state.offset_for_timestamp(0), Offset(0));
+        assert_eq!(state.offset_for_timestamp(11), Offset(3));
+        assert_eq!(state.offset_for_timestamp(20), Offset(3));
+        assert_eq!(state.offset_for_timestamp(21), Offset(6));
+        assert_eq!(state.offset_for_timestamp(31), Offset(10));
     }
 
     #[test]
@@ -862,23 +898,25 @@ mod tests {
         let mut state = state_with(&[(10, 3), (20, 2), (30, 4)]);
         let mut changes = Vec::new();
         state.apply(
-            &PartitionCommand::AdvanceLogStart { offset: 4 },
+            &PartitionCommand::AdvanceLogStart { offset: Offset(4) },
             9,
             &mut changes,
         );
-        assert_eq!(state.log_start_offset, 4);
+        assert_eq!(state.log_start_offset, Offset(4));
         assert_eq!(
             changes,
-            vec![PartitionChange::DeleteBatch { base_offset: 0 }]
+            vec![PartitionChange::DeleteBatch {
+                base_offset: Offset(0)
+            }]
         );
-        assert_eq!(state.locate(0, 1)[0].skip, 1);
+        assert_eq!(state.locate(Offset(0), 1)[0].skip, 1);
         assert_eq!(state.retained_bytes, 60);
         assert_eq!(state.forgotten_log_index, 1);
         state.apply(&PartitionCommand::PurgeAll, 10, &mut changes);
-        assert_eq!(state.log_start_offset, 9);
+        assert_eq!(state.log_start_offset, Offset(9));
         assert_eq!(state.forgotten_log_index, 3);
         assert!(state.batches.is_empty());
-        assert!(state.locate(0, 10).is_empty());
+        assert!(state.locate(Offset(0), 10).is_empty());
         state.check_invariants().unwrap();
     }
 
@@ -893,7 +931,7 @@ mod tests {
         );
         assert_eq!(state.purgeable_log_index, 0, "nothing forgotten yet");
         state.apply(
-            &PartitionCommand::AdvanceLogStart { offset: 5 },
+            &PartitionCommand::AdvanceLogStart { offset: Offset(5) },
             5,
             &mut changes,
         );
@@ -914,10 +952,10 @@ mod tests {
     #[test]
     fn retention_point_by_age_and_bytes() {
         let state = state_with(&[(10, 3), (20, 2), (30, 4)]);
-        assert_eq!(state.retention_point(35, Some(10), None), 5);
-        assert_eq!(state.retention_point(35, None, Some(60)), 3);
-        assert_eq!(state.retention_point(35, None, Some(1000)), 0);
-        assert_eq!(state.retention_point(1000, Some(10), None), 9);
+        assert_eq!(state.retention_point(35, Some(10), None), Offset(5));
+        assert_eq!(state.retention_point(35, None, Some(60)), Offset(3));
+        assert_eq!(state.retention_point(35, None, Some(1000)), Offset(0));
+        assert_eq!(state.retention_point(1000, Some(10), None), Offset(9));
     }
 
     fn idempotent(producer_id: u64, base_sequence: u64, n: usize) -> PartitionCommand {
@@ -936,24 +974,36 @@ mod tests {
         let second = state.apply(&idempotent(9, 3, 2), 2, &mut changes);
         assert!(matches!(
             first,
-            CommandResponse::Appended { base_offset: 0, .. }
+            CommandResponse::Appended {
+                base_offset: Offset(0),
+                ..
+            }
         ));
         assert!(matches!(
             second,
-            CommandResponse::Appended { base_offset: 3, .. }
+            CommandResponse::Appended {
+                base_offset: Offset(3),
+                ..
+            }
         ));
         // Both retried (say after timeouts): nothing new is stored.
         let retry_first = state.apply(&idempotent(9, 0, 3), 3, &mut changes);
         let retry_second = state.apply(&idempotent(9, 3, 2), 4, &mut changes);
         assert!(matches!(
             retry_first,
-            CommandResponse::Appended { base_offset: 0, .. }
+            CommandResponse::Appended {
+                base_offset: Offset(0),
+                ..
+            }
         ));
         assert!(matches!(
             retry_second,
-            CommandResponse::Appended { base_offset: 3, .. }
+            CommandResponse::Appended {
+                base_offset: Offset(3),
+                ..
+            }
         ));
-        assert_eq!(state.next_offset, 5);
+        assert_eq!(state.next_offset, Offset(5));
         // A new producer's batch that overtook its first one is refused.
         let early = state.apply(&idempotent(11, 4, 1), 5, &mut changes);
         assert!(matches!(
@@ -966,15 +1016,21 @@ mod tests {
             gap,
             CommandResponse::OutOfSequence { expected: 5 }
         ));
-        assert_eq!(state.next_offset, 5);
+        assert_eq!(state.next_offset, Offset(5));
         // Other producers and plain appends are unaffected.
         assert!(matches!(
             state.apply(&idempotent(10, 0, 1), 6, &mut changes),
-            CommandResponse::Appended { base_offset: 5, .. }
+            CommandResponse::Appended {
+                base_offset: Offset(5),
+                ..
+            }
         ));
         assert!(matches!(
             state.apply(&append(6, 1), 7, &mut changes),
-            CommandResponse::Appended { base_offset: 6, .. }
+            CommandResponse::Appended {
+                base_offset: Offset(6),
+                ..
+            }
         ));
         state.check_invariants().unwrap();
     }
@@ -1000,11 +1056,11 @@ mod tests {
         let mut changes = Vec::new();
         let cmd = PartitionCommand::CommitOffset {
             group: "g".into(),
-            offset: 99,
+            offset: Offset(99),
             writer: None,
         };
         state.apply(&cmd, 5, &mut changes);
-        assert_eq!(state.consumer_offsets["g"].offset, 3);
+        assert_eq!(state.consumer_offsets["g"].offset, Offset(3));
     }
 
     #[test]
@@ -1013,14 +1069,14 @@ mod tests {
         let mut changes = Vec::new();
         let commit = |offset, writer: Option<(u64, u64)>| PartitionCommand::CommitOffset {
             group: "g".into(),
-            offset,
+            offset: Offset(offset),
             writer: writer.map(|(id, seq)| CommitWriter { id, seq }),
         };
         let mut index = 1;
         let mut apply = |state: &mut PartitionState, cmd: PartitionCommand| {
             index += 1;
             state.apply(&cmd, index, &mut changes);
-            state.consumer_offsets["g"].offset
+            state.consumer_offsets["g"].offset.0
         };
         // Writer 7 commits 115 (seq 1; its retry applies), then 165 (seq 2);
         // then the first attempt of 115 arrives.
@@ -1054,19 +1110,19 @@ mod tests {
         let first = state.apply(&ingest("a", "e1", Some("k")), 3, &mut changes);
         assert!(matches!(
             first,
-            CommandResponse::Ingested { ref event_id, offset: 2, duplicate: false } if event_id == "e1"
+            CommandResponse::Ingested { ref event_id, offset: Offset(2), duplicate: false } if event_id == "e1"
         ));
         // The same key again: the first event, and nothing appended.
         let again = state.apply(&ingest("a", "e2", Some("k")), 4, &mut changes);
         assert!(matches!(
             again,
-            CommandResponse::Ingested { ref event_id, offset: 2, duplicate: true } if event_id == "e1"
+            CommandResponse::Ingested { ref event_id, offset: Offset(2), duplicate: true } if event_id == "e1"
         ));
         // Keys belong to their source; no key never deduplicates.
         state.apply(&ingest("b", "e3", Some("k")), 5, &mut changes);
         state.apply(&ingest("a", "e4", None), 6, &mut changes);
         state.apply(&ingest("a", "e5", None), 7, &mut changes);
-        assert_eq!(state.next_offset, 6);
+        assert_eq!(state.next_offset, Offset(6));
         assert_eq!(state.source_stats["a"].event_count, 3);
         assert_eq!(state.source_stats["a"].last_event_ms, 50);
         assert_eq!(state.source_stats["b"].event_count, 1);
@@ -1077,7 +1133,7 @@ mod tests {
     fn commit(group: &str, offset: u64) -> PartitionCommand {
         PartitionCommand::CommitOffset {
             group: group.into(),
-            offset,
+            offset: Offset(offset),
             writer: None,
         }
     }
@@ -1090,7 +1146,7 @@ mod tests {
     fn trimmed_state() -> PartitionState {
         let mut state = state_with(&[(10, 3), (20, 2), (30, 4)]);
         state.apply(
-            &PartitionCommand::AdvanceLogStart { offset: 4 },
+            &PartitionCommand::AdvanceLogStart { offset: Offset(4) },
             4,
             &mut Vec::new(),
         );
@@ -1100,12 +1156,15 @@ mod tests {
     #[test]
     fn the_constant_time_check_catches_counters_out_of_step_with_the_batches() {
         let cases: [Corruption; 7] = [
-            (|s| s.log_start_offset = 10, "past the next offset"),
+            (|s| s.log_start_offset = Offset(10), "past the next offset"),
             (
-                |s| s.log_start_offset = 2,
+                |s| s.log_start_offset = Offset(2),
                 "not in the first retained batch",
             ),
-            (|s| s.next_offset += 1, "does not end at the next offset"),
+            (
+                |s| s.next_offset = s.next_offset.plus(1),
+                "does not end at the next offset",
+            ),
             (
                 |s| s.last_timestamp_ms = 25,
                 "later than the last timestamp",
@@ -1140,7 +1199,7 @@ mod tests {
                     s.consumer_offsets.insert(
                         "g".into(),
                         GroupOffset {
-                            offset: 10,
+                            offset: Offset(10),
                             writer: None,
                         },
                     );
@@ -1155,7 +1214,7 @@ mod tests {
                         RecentBatch {
                             base_sequence: 0,
                             count: 1,
-                            base_offset: 0,
+                            base_offset: Offset(0),
                             timestamp_ms: 0,
                         },
                     );
@@ -1184,14 +1243,14 @@ mod tests {
         let cases = [
             (
                 Watermarks {
-                    next_offset: 8,
+                    next_offset: Offset(8),
                     ..before
                 },
                 "next offset moved back from 9 to 8",
             ),
             (
                 Watermarks {
-                    log_start_offset: 3,
+                    log_start_offset: Offset(3),
                     ..before
                 },
                 "log start offset moved back from 4 to 3",
@@ -1229,7 +1288,7 @@ mod tests {
     #[should_panic(expected = "offsets are dense: the new batch starts at the next offset 4")]
     fn an_append_after_a_skipped_offset_stops_a_debug_build() {
         let mut state = state_with(&[(10, 3)]);
-        state.next_offset += 1;
+        state.next_offset = state.next_offset.plus(1);
         state.apply(&append(20, 1), 2, &mut Vec::new());
     }
 

@@ -39,11 +39,11 @@ fn view(cluster: &TestCluster, node: u64, group_id: GroupId) -> Option<View> {
     let group = cluster.nodes.get(&node)?.node.group(group_id)?;
     group.state.read(|inner| match &inner.data {
         GroupData::Partition(p) => Some(View {
-            log_start: p.log_start_offset,
+            log_start: p.log_start_offset.0,
             batches: p
                 .batches
                 .iter()
-                .map(|b| (b.base_offset, b.log_index))
+                .map(|b| (b.base_offset.0, b.log_index))
                 .collect(),
             local_first: inner.local_first_log_index,
             purgeable: p.purgeable_log_index,

@@ -23,19 +23,6 @@ async fn publish(
         .into_inner()
 }
 
-/// Publishes a batch and returns each record's result, in order.
-async fn publish_batch(
-    client: &mut raftstream_client::Grpc,
-    batch: pb::PublishBatchRequest,
-) -> Vec<pb::PublishResult> {
-    client
-        .publish_batch(batch)
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-}
-
 /// A topic of one partition on three replicas whose messages are kept
 /// for `retention_ms` and up to `retention_bytes` (0: without that limit).
 fn retained_topic(name: &str, retention_ms: u64, retention_bytes: u64) -> pb::CreateTopicRequest {
@@ -150,7 +137,7 @@ async fn restarted_follower_catches_up() {
     let node = cluster.nodes[&follower].node.clone();
     let group_id = GroupId::partition(TopicId(1), 0);
     eventually("follower caught up", Duration::from_secs(20), || async {
-        let hw = partition_figure(&node, group_id, |p| p.next_offset)?;
+        let hw = partition_figure(&node, group_id, |p| p.next_offset.0)?;
         (hw == 25).then_some(())
     })
     .await;
@@ -642,7 +629,7 @@ async fn retention_by_bytes_advances_log_start_on_every_replica() {
     for id in 1..=3 {
         let node = cluster.nodes[&id].node.clone();
         eventually("retention applied", Duration::from_secs(20), || async {
-            let start = partition_figure(&node, group_id, |p| p.log_start_offset)?;
+            let start = partition_figure(&node, group_id, |p| p.log_start_offset.0)?;
             (start == 8).then_some(())
         })
         .await;

@@ -14,6 +14,7 @@ use raftstream_node::failpoints::Failpoint;
 use raftstream_node::failpoints::Failpoints;
 use raftstream_node::failpoints::Rule;
 use raftstream_node::model::GroupId;
+use raftstream_node::model::Offset;
 use raftstream_node::model::TopicId;
 
 use crate::common::*;
@@ -29,7 +30,7 @@ fn group_id() -> GroupId {
 /// order; `None` while the node does not host it.
 fn replica_values(cluster: &TestCluster, id: u64) -> Option<Vec<String>> {
     let group = cluster.nodes.get(&id)?.node.group(group_id())?;
-    let batch = read_committed(&group, 0, 10_000, usize::MAX).ok()?;
+    let batch = read_committed(&group, Offset(0), 10_000, usize::MAX).ok()?;
     Some(
         batch
             .messages
@@ -41,7 +42,9 @@ fn replica_values(cluster: &TestCluster, id: u64) -> Option<Vec<String>> {
 
 /// How many messages a node's replica has applied.
 fn applied_offsets(cluster: &TestCluster, id: u64) -> Option<u64> {
-    partition_figure(&cluster.nodes.get(&id)?.node, group_id(), |p| p.next_offset)
+    partition_figure(&cluster.nodes.get(&id)?.node, group_id(), |p| {
+        p.next_offset.0
+    })
 }
 
 /// Waits until every running replica holds the same log of at least
@@ -166,8 +169,11 @@ async fn an_fsync_failing_on_a_majority_acknowledges_nothing_and_stops_those_nod
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_paused_apply_on_a_follower_holds_up_no_acknowledgement_and_it_catches_up_in_order() {
+/// Starts three nodes whose partition its preferred replica leads,
+/// publishes "m0", waits for a follower to apply it, then pauses that
+/// follower's apply. Answers the cluster, the follower and a client of the
+/// leader.
+async fn a_follower_paused_after_m0() -> (TestCluster, u64, raftstream_client::Grpc) {
     let cluster = TestCluster::start(3).await;
     let leader = create_topic_led_by_preferred(&cluster).await;
     let follower = cluster.running_node_other_than(leader);
@@ -179,8 +185,16 @@ async fn a_paused_apply_on_a_follower_holds_up_no_acknowledgement_and_it_catches
         || async { (applied_offsets(&cluster, follower)? == 1).then_some(()) },
     )
     .await;
+    cluster
+        .failpoints(follower)
+        .arm(Failpoint::Apply, Rule::new(Action::Pause));
+    (cluster, follower, to_leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_apply_on_a_follower_holds_up_no_acknowledgement_and_it_catches_up_in_order() {
+    let (cluster, follower, mut to_leader) = a_follower_paused_after_m0().await;
     let failpoints = cluster.failpoints(follower);
-    failpoints.arm(Failpoint::Apply, Rule::new(Action::Pause));
 
     // The leader and the other follower make a majority: every publish is
     // acknowledged while the follower applies nothing.
@@ -346,12 +360,7 @@ async fn a_reply_lost_after_commit_is_an_unknown_outcome_and_the_write_is_there_
     // An idempotent producer retries after the unknown outcome, and the
     // retry finds its batch already written.
     arm(Rule::new(Action::Fail).times(1));
-    let first = to_leader
-        .publish_batch(producer_batch("retried", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let first = publish_batch(&mut to_leader, producer_batch("retried", 0)).await;
     assert!(
         matches!(&first[0].result, Some(pb::publish_result::Result::Error(e)) if e.code == "outcome_unknown"),
         "{first:?}"
@@ -359,12 +368,7 @@ async fn a_reply_lost_after_commit_is_an_unknown_outcome_and_the_write_is_there_
     for failpoints in cluster.failpoints.values() {
         failpoints.release(Failpoint::WriteReply);
     }
-    let retry = to_leader
-        .publish_batch(producer_batch("retried", 0))
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let retry = publish_batch(&mut to_leader, producer_batch("retried", 0)).await;
     let Some(pb::publish_result::Result::Ok(retried)) = &retry[0].result else {
         panic!("the retry was refused: {retry:?}");
     };
@@ -381,20 +385,7 @@ async fn a_reply_lost_after_commit_is_an_unknown_outcome_and_the_write_is_there_
 /// answers "retry" until it has caught up, then reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_leader_behind_on_apply_never_denies_an_acknowledged_message() {
-    let cluster = TestCluster::start(3).await;
-    let leader = create_topic_led_by_preferred(&cluster).await;
-    let follower = cluster.running_node_other_than(leader);
-    let mut to_leader = cluster.client(leader).await;
-    publish(&mut to_leader, "m0").await.unwrap();
-    eventually(
-        "the follower applied m0",
-        Duration::from_secs(20),
-        || async { (applied_offsets(&cluster, follower)? == 1).then_some(()) },
-    )
-    .await;
-    cluster
-        .failpoints(follower)
-        .arm(Failpoint::Apply, Rule::new(Action::Pause));
+    let (cluster, follower, mut to_leader) = a_follower_paused_after_m0().await;
     let m1 = publish(&mut to_leader, "m1").await.unwrap();
     cluster.transfer_partition_leader(TOPIC, 0, follower).await;
     let cluster_ref = &cluster;

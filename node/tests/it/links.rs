@@ -9,6 +9,7 @@ use raftstream_client::pb;
 use raftstream_node::api::read::read_committed;
 use raftstream_node::model::GroupId;
 use raftstream_node::model::NodeId;
+use raftstream_node::model::Offset;
 use raftstream_node::model::TopicId;
 
 use crate::common::*;
@@ -20,7 +21,7 @@ fn replica_values(cluster: &TestCluster, id: u64) -> Vec<String> {
         .node
         .group(GroupId::partition(TopicId(1), 0))
         .unwrap();
-    let batch = read_committed(&group, 0, 1_000, usize::MAX).unwrap();
+    let batch = read_committed(&group, Offset(0), 1_000, usize::MAX).unwrap();
     batch
         .messages
         .iter()

@@ -60,6 +60,48 @@ fn free_port() -> u16 {
 const NODE_BIN: &str = env!("CARGO_BIN_EXE_raftstream-node");
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// Starts the node binary as `command` says, its stderr (where it logs, as
+/// does a panic) written to `log`.
+fn spawn_logging_to(command: &mut Command, log: &std::path::Path) -> Child {
+    command
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Writes a one-node config file in `dir` (`node_id = 1`, then `settings`,
+/// TOML) and runs the node on it, with what `configure` adds to the
+/// command. Answers the process and the path of its log.
+fn run_on_config(
+    dir: &std::path::Path,
+    settings: &str,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, std::path::PathBuf) {
+    let config = dir.join("node.toml");
+    std::fs::write(&config, format!("node_id = 1\n{settings}")).unwrap();
+    let log = dir.join("node.log");
+    let mut command = Command::new(NODE_BIN);
+    command.args(["run", "--config"]).arg(&config);
+    configure(&mut command);
+    (spawn_logging_to(&mut command, &log), log)
+}
+
+/// Waits up to 30 s for a node to accept an admin's gRPC connection on
+/// `grpc`.
+async fn connect_as_admin(grpc: &str) -> raftstream_client::Grpc {
+    eventually(
+        &format!("gRPC connections on {grpc}"),
+        Duration::from_secs(30),
+        || async {
+            raftstream_client::connect(grpc, Some(ADMIN_TOKEN))
+                .await
+                .ok()
+        },
+    )
+    .await
+}
+
 impl Cluster {
     fn start(size: usize) -> Cluster {
         Cluster::start_with(size, None, false)
@@ -564,47 +606,26 @@ async fn a_node_refuses_publishes_near_a_full_disk_and_exits_when_a_write_fails(
     let disk = SmallDisk::mount(&dir.path().join("disk"), 64);
     let grpc = format!("127.0.0.1:{}", free_port());
     let peer = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            node_id = 1
-            grpc_addr = "{grpc}"
-            http_addr = "127.0.0.1:{http}"
-            peer_addr = "{peer}"
-            data_dir = "{data}"
-            [peers]
-            1 = "{peer}"
-            [limits]
-            min_free_disk_bytes = {headroom}
-            "#,
-            http = free_port(),
-            data = disk.path.join("node").display(),
-            headroom = 16 * 1024 * 1024,
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("node.log");
-    let mut child = Command::new(NODE_BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-        // The node logs to stderr.
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let client = eventually("node accepts connections", Duration::from_secs(30), || {
-        let grpc = grpc.clone();
-        async move {
-            raftstream_client::connect(&grpc, Some(ADMIN_TOKEN))
-                .await
-                .ok()
-        }
-    })
-    .await;
+    let settings = format!(
+        r#"
+        grpc_addr = "{grpc}"
+        http_addr = "127.0.0.1:{http}"
+        peer_addr = "{peer}"
+        data_dir = "{data}"
+        [peers]
+        1 = "{peer}"
+        [limits]
+        min_free_disk_bytes = {headroom}
+        "#,
+        http = free_port(),
+        data = disk.path.join("node").display(),
+        headroom = 16 * 1024 * 1024,
+    );
+    let (mut child, log) = run_on_config(dir.path(), &settings, |node| {
+        node.env("RUST_LOG", "warn")
+            .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN);
+    });
+    let client = connect_as_admin(&grpc).await;
     let create = |name: &'static str| {
         let mut client = client.clone();
         async move {
@@ -775,18 +796,17 @@ async fn json_logs_are_one_object_per_line_and_never_hold_the_admin_token() {
     let data = dir.path().join("data");
     let http = format!("127.0.0.1:{}", free_port());
     let log = dir.path().join("node.log");
-    let mut child = Command::new(NODE_BIN)
-        .args(["--log-format", "json", "dev", "--data-dir"])
-        .arg(&data)
-        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--http-addr", &http])
-        .args(["--peer-addr", &format!("127.0.0.1:{}", free_port())])
-        .env("RUST_LOG", "info")
-        .env_remove("RAFTSTREAM_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_logging_to(
+        Command::new(NODE_BIN)
+            .args(["--log-format", "json", "dev", "--data-dir"])
+            .arg(&data)
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &http])
+            .args(["--peer-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("RUST_LOG", "info")
+            .env_remove("RAFTSTREAM_ADMIN_TOKEN"),
+        &log,
+    );
     let token_file = data.join("admin-token");
     let secret = eventually("the admin-token file", Duration::from_secs(30), || async {
         let text = std::fs::read_to_string(&token_file).ok()?;
@@ -823,50 +843,26 @@ async fn json_logs_are_one_object_per_line_and_never_hold_the_admin_token() {
 async fn run_merges_the_config_file_environment_and_flags() {
     let dir = tempfile::tempdir().unwrap();
     let (file_grpc, env_grpc, http, peer) = (free_port(), free_port(), free_port(), free_port());
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            node_id = 1
-            grpc_addr = "127.0.0.1:{file_grpc}"
-            http_addr = "127.0.0.1:{file_grpc}"
-            peer_addr = "127.0.0.1:{peer}"
-            data_dir = "{data}"
-            "#,
-            data = dir.path().join("data").display(),
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("node.log");
-    let mut child = Command::new(NODE_BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--advertise-grpc", &format!("node-1.example:{env_grpc}")])
-        .args(["--set", "limits.write_timeout_ms=4000"])
-        .env("RAFTSTREAM_GRPC_ADDR", format!("127.0.0.1:{env_grpc}"))
-        .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-        // The CLI's own variable in the same shell does not stop the node.
-        .env("RAFTSTREAM_TOKEN", "rst_not-a-node-setting")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let grpc = format!("127.0.0.1:{env_grpc}");
-    let mut client = eventually(
-        "gRPC on the environment's address",
-        Duration::from_secs(30),
-        || {
-            let grpc = grpc.clone();
-            async move {
-                raftstream_client::connect(&grpc, Some(ADMIN_TOKEN))
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await;
+    let settings = format!(
+        r#"
+        grpc_addr = "127.0.0.1:{file_grpc}"
+        http_addr = "127.0.0.1:{file_grpc}"
+        peer_addr = "127.0.0.1:{peer}"
+        data_dir = "{data}"
+        "#,
+        data = dir.path().join("data").display(),
+    );
+    let (mut child, log) = run_on_config(dir.path(), &settings, |node| {
+        node.args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--advertise-grpc", &format!("node-1.example:{env_grpc}")])
+            .args(["--set", "limits.write_timeout_ms=4000"])
+            .env("RAFTSTREAM_GRPC_ADDR", format!("127.0.0.1:{env_grpc}"))
+            .env("RAFTSTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+            // The CLI's own variable in the same shell does not stop the node.
+            .env("RAFTSTREAM_TOKEN", "rst_not-a-node-setting");
+    });
+    // Served on the environment's address.
+    let mut client = connect_as_admin(&format!("127.0.0.1:{env_grpc}")).await;
     let healthz = reqwest::get(format!("http://127.0.0.1:{http}/healthz")).await;
     let status = client
         .cluster_status(pb::ClusterStatusRequest {})

@@ -171,7 +171,7 @@ impl Ingest for ClientService {
         Ok(Response::new(pb::DeliverResponse {
             event_id: delivered.event_id,
             partition: delivered.partition,
-            offset: delivered.offset,
+            offset: delivered.offset.0,
             duplicate: delivered.duplicate,
         }))
     }

@@ -13,6 +13,7 @@ use crate::api::service::OffsetCommit;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
 use crate::model::GroupId;
+use crate::model::Offset;
 use crate::model::TopicId;
 
 /// Calls to other nodes' peer listeners, signed with the node credential.
@@ -481,7 +482,7 @@ impl Peers for GrpcPeers {
             Ok(Delivered {
                 event_id: answer.event_id,
                 partition: answer.partition,
-                offset: answer.offset,
+                offset: Offset(answer.offset),
                 duplicate: answer.duplicate,
             })
         })
@@ -500,7 +501,7 @@ impl Peers for GrpcPeers {
                 topic: topic_by_id(topic_id),
                 group: commit.group.clone(),
                 partition: commit.partition,
-                offset: commit.offset,
+                offset: commit.offset.0,
                 writer_id: writer.id,
                 writer_seq: writer.seq,
             };
@@ -517,7 +518,7 @@ impl Peers for GrpcPeers {
         group: &'a str,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<(u32, u64)>, ServiceError>> {
+    ) -> BoxFuture<'a, Result<Vec<(u32, Offset)>, ServiceError>> {
         Box::pin(async move {
             let message = pb::GetCommittedOffsetsRequest {
                 topic: topic_by_id(topic_id),
@@ -528,7 +529,7 @@ impl Peers for GrpcPeers {
             Ok(answer
                 .offsets
                 .into_iter()
-                .map(|o| (o.partition, o.offset))
+                .map(|o| (o.partition, Offset(o.offset)))
                 .collect())
         })
     }

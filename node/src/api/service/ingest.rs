@@ -26,6 +26,7 @@ use crate::group::write::WriteError;
 use crate::ingest::DeliveryRefused;
 use crate::ingest::envelope;
 use crate::ingest::envelope::FlowRequest;
+use crate::model::Offset;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::raft::batch::RecordBatch;
@@ -132,7 +133,7 @@ pub struct Delivery {
 pub struct Delivered {
     pub event_id: String,
     pub partition: u32,
-    pub offset: u64,
+    pub offset: Offset,
     /// A repeat of an idempotency key: nothing new was stored.
     pub duplicate: bool,
 }

@@ -35,6 +35,7 @@ use crate::group::Group;
 use crate::group::write::WriteError;
 use crate::model::GroupId;
 use crate::model::NodeId;
+use crate::model::Offset;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -357,7 +358,7 @@ pub struct ProducerBatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
     pub partition: u32,
-    pub offset: u64,
+    pub offset: Offset,
     pub timestamp_ms: i64,
 }
 
@@ -369,14 +370,14 @@ impl Stored {
 
 pub type RecordOutcome = Result<Stored, ServiceError>;
 
-pub fn message_id(partition: u32, offset: u64) -> String {
+pub fn message_id(partition: u32, offset: Offset) -> String {
     format!("{partition}-{offset}")
 }
 
 /// Parses "<partition>-<offset>".
-pub fn parse_message_id(id: &str) -> Option<(u32, u64)> {
+pub fn parse_message_id(id: &str) -> Option<(u32, Offset)> {
     let (partition, offset) = id.split_once('-')?;
-    Some((partition.parse().ok()?, offset.parse().ok()?))
+    Some((partition.parse().ok()?, Offset(offset.parse().ok()?)))
 }
 
 /// A publish: records for one topic, with their outcomes in order.
@@ -588,7 +589,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         group: &'a str,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<(u32, u64)>, ServiceError>>;
+    ) -> BoxFuture<'a, Result<Vec<(u32, Offset)>, ServiceError>>;
 
     fn consumer_groups<'a>(
         &'a self,
@@ -1012,7 +1013,7 @@ impl Service {
                             .map(|i| {
                                 Ok(Stored {
                                     partition,
-                                    offset: base_offset + i,
+                                    offset: base_offset.plus(i),
                                     timestamp_ms,
                                 })
                             })
@@ -1306,7 +1307,10 @@ mod tests {
 
     #[test]
     fn message_ids_round_trip() {
-        assert_eq!(parse_message_id(&message_id(3, 42)), Some((3, 42)));
+        assert_eq!(
+            parse_message_id(&message_id(3, Offset(42))),
+            Some((3, Offset(42)))
+        );
         assert_eq!(parse_message_id("3"), None);
         assert_eq!(parse_message_id("a-1"), None);
     }

@@ -14,6 +14,7 @@ use super::ServiceError;
 use super::replicas_of;
 use super::selected_partitions;
 use crate::group::Group;
+use crate::model::Offset;
 use crate::model::TopicName;
 use crate::raft::types::CommitWriter;
 use crate::raft::types::PartitionCommand;
@@ -26,7 +27,7 @@ use crate::state_machine::GroupData;
 pub struct OffsetCommit {
     pub group: String,
     pub partition: u32,
-    pub offset: u64,
+    pub offset: Offset,
     /// Orders one client's retried commits (see [`CommitWriter`]).
     pub writer: Option<CommitWriter>,
 }
@@ -76,7 +77,7 @@ impl Service {
         group: &str,
         partition: Option<u32>,
         hops: Hops,
-    ) -> Result<Vec<(u32, u64)>, ServiceError> {
+    ) -> Result<Vec<(u32, Offset)>, ServiceError> {
         let topic = self.readable_topic(caller, topic).await?;
         let mut offsets = Vec::new();
         for partition in selected_partitions(&topic, partition)? {

@@ -137,6 +137,19 @@ pub fn partition_figure(
     }))
 }
 
+/// Publishes a batch and returns each record's result, in order.
+pub async fn publish_batch(
+    client: &mut raftstream_client::Grpc,
+    batch: pb::PublishBatchRequest,
+) -> Vec<pb::PublishResult> {
+    client
+        .publish_batch(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+}
+
 /// Publishes `value` until a node acknowledges it, for a publish that may
 /// meet an election; an attempt that failed was never acknowledged.
 pub async fn publish_until_acked(
