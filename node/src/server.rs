@@ -212,8 +212,17 @@ impl RunningNode {
         })
     }
 
-    /// Stops serving, stops every Raft group and waits for the listeners.
+    /// Hands off the leadership of the groups this node leads while it
+    /// still serves (requests that reach it meanwhile are forwarded to the
+    /// new leaders), then stops serving, stops every Raft group and waits
+    /// for the listeners.
     pub async fn shutdown(self) {
+        if self.node.failure().is_none() {
+            let _ = self
+                .node
+                .hand_off_leadership(crate::node::LEADERSHIP_HANDOFF_TIMEOUT)
+                .await;
+        }
         self.stop_listeners.send_replace(true);
         self.node.shutdown().await;
         for task in self.tasks {

@@ -20,5 +20,6 @@ mod process;
 mod quiesce;
 mod rejoin;
 mod schema;
+mod shutdown;
 mod storage_suite;
 mod tokens;
