@@ -8,14 +8,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::common::*;
-use raftstream_client::pb;
-
-/// An acknowledged publish: the value sent and the offset it got.
-#[derive(Debug, Clone, PartialEq)]
-struct Acked {
-    offset: u64,
-    value: String,
-}
 
 /// Publishes to `name` partition 0 through `client` until `stop` turns true.
 /// Every attempt sends a new value, so a failed attempt (an unknown
@@ -134,36 +126,4 @@ async fn a_stopping_leader_hands_off_leadership_and_publishes_continue_without_l
     let read = read_all(&mut reader, "handoff", 0, acked.len()).await;
     assert_each_acknowledged_once_in_order(&acked, &read);
     cluster.shutdown().await;
-}
-
-/// Each acknowledged value is at its acknowledged offset, appears once, and
-/// the acknowledged offsets grow in acknowledgement order.
-fn assert_each_acknowledged_once_in_order(acked: &[Acked], read: &[pb::Message]) {
-    for pair in acked.windows(2) {
-        assert!(
-            pair[0].offset < pair[1].offset,
-            "acknowledged offsets out of order: {pair:?}"
-        );
-    }
-    for ack in acked {
-        let at_offset: Vec<&pb::Message> = read.iter().filter(|m| m.offset == ack.offset).collect();
-        assert_eq!(
-            at_offset.len(),
-            1,
-            "offset {} read {} times",
-            ack.offset,
-            at_offset.len()
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&at_offset[0].value),
-            ack.value,
-            "offset {} holds another value",
-            ack.offset
-        );
-        let copies = read
-            .iter()
-            .filter(|m| m.value == ack.value.as_bytes())
-            .count();
-        assert_eq!(copies, 1, "{} read {copies} times", ack.value);
-    }
 }
