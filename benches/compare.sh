@@ -10,6 +10,9 @@
 #             lazy sync and with its store on a filesystem mounted -o sync
 #   iggy      single node, 1 replica, 1 KiB, 8 producers, batches of 1,000
 #   failover  kill a partition leader under load (3 nodes)
+#   rolling   restart every node in turn (SIGTERM, then the same command)
+#             under load, 3 partitions x 3 replicas: the longest any
+#             partition took no publish
 #   scale     3 nodes with 10, 100 and 1,000 partitions: idle CPU and RSS per
 #             node, throughput over all partitions
 #
@@ -27,12 +30,12 @@ sections=()
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=yes ;;
-    compare | iggy | failover | scale) sections+=("$arg") ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    compare | iggy | failover | rolling | scale) sections+=("$arg") ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
-[ ${#sections[@]} -gt 0 ] || sections=(compare iggy failover scale)
+[ ${#sections[@]} -gt 0 ] || sections=(compare iggy failover rolling scale)
 want() { local s; for s in "${sections[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 scripts/setup.sh
@@ -101,29 +104,47 @@ wait_http() {
 rs_grpc=()
 rs_http=()
 rs_pids=()
+rs_peer=()
+rs_peers=""
+rs_dir=""
 # start_raftstream N: an N-node cluster with fresh data directories.
 start_raftstream() {
-  local n=$1 id peers="" dir
-  local -a rs_peer=()
-  rs_grpc=() rs_http=() rs_pids=()
+  local n=$1 id
+  rs_grpc=() rs_http=() rs_pids=() rs_peer=() rs_peers=""
   for id in $(seq "$n"); do
     rs_grpc+=("127.0.0.1:$(free_port)")
     rs_http+=("127.0.0.1:$(free_port)")
     rs_peer+=("127.0.0.1:$(free_port)")
   done
   # Peer links are plain loopback, like JetStream's routes here.
-  for id in $(seq "$n"); do peers+="${peers:+,}$id=${rs_peer[$((id - 1))]}"; done
-  dir=$(mktemp -d "$work/raftstream.XXXX")
+  for id in $(seq "$n"); do rs_peers+="${rs_peers:+,}$id=${rs_peer[$((id - 1))]}"; done
+  rs_dir=$(mktemp -d "$work/raftstream.XXXX")
   for id in $(seq "$n"); do
-    RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn,openraft::core::heartbeat=error "$node_bin" run --node-id "$id" --peers "$peers" \
-      --grpc-addr "${rs_grpc[$((id - 1))]}" --http-addr "${rs_http[$((id - 1))]}" \
-      --peer-addr "${rs_peer[$((id - 1))]}" \
-      --data-dir "$dir/$id" >"$dir/$id.log" 2>&1 &
-    pids+=($!)
-    data_dirs+=("$dir/$id")
-    rs_pids+=($!)
+    start_raftstream_node "$id"
+    data_dirs+=("$rs_dir/$id")
   done
   for id in $(seq "$n"); do wait_http "http://${rs_http[$((id - 1))]}/readyz"; done
+}
+# start_raftstream_node ID: starts node ID of the cluster start_raftstream
+# set up, on its ports and data directory (also to restart it).
+start_raftstream_node() {
+  local id=$1
+  RAFTSTREAM_ADMIN_TOKEN="$token" RUST_LOG=warn,openraft::core::heartbeat=error "$node_bin" run --node-id "$id" --peers "$rs_peers" \
+    --grpc-addr "${rs_grpc[$((id - 1))]}" --http-addr "${rs_http[$((id - 1))]}" \
+    --peer-addr "${rs_peer[$((id - 1))]}" \
+    --data-dir "$rs_dir/$id" >>"$rs_dir/$id.log" 2>&1 &
+  pids+=($!)
+  rs_pids[$((id - 1))]=$!
+}
+# restart_raftstream_node ID: stops node ID gracefully (SIGTERM: it hands
+# off its leaderships first) and starts it again once it exited, then
+# waits until it is ready.
+restart_raftstream_node() {
+  local id=$1 pid=${rs_pids[$((id - 1))]}
+  kill -TERM "$pid"
+  wait "$pid" || echo "compare: node $id exited with status $? on SIGTERM" >&2
+  start_raftstream_node "$id"
+  wait_http "http://${rs_http[$((id - 1))]}/readyz"
 }
 
 # --- NATS JetStream ----------------------------------------------------------
@@ -185,8 +206,10 @@ run() {
 # Shapes of the workloads, identical for both systems.
 if [ -n "$quick" ]; then
   n_1k=20000 n_100=30000 secs_sync=3 secs_lat=3 n_iggy=50000 secs_fo=6 kill_at=2 secs_scale=3 idle_secs=3 settle_secs=20
+  secs_roll=20 roll_pause=2
 else
   n_1k=200000 n_100=400000 secs_sync=10 secs_lat=10 n_iggy=1000000 secs_fo=10 kill_at=4 secs_scale=10 idle_secs=10 settle_secs=90
+  secs_roll=45 roll_pause=5
 fi
 pipelined=(--producers 4 --partitions 4 --batch-size 1000 --in-flight 5 --linger-ms 5)
 latency=(--one-at-a-time --producers 1 --partitions 1 --message-size 1024 --duration-secs "$secs_lat")
@@ -278,6 +301,32 @@ if want failover; then
   end_section
 fi
 
+if want rolling; then
+  # The failover run's load, over three partitions on three replicas, while
+  # every node is restarted in turn; loadgen reports the longest gap
+  # between two acknowledgements of one partition (one producer) and
+  # verifies that every acknowledged message was read back exactly once.
+  start_raftstream 3
+  addrs=$(IFS=,; echo "${rs_grpc[*]}")
+  run "rolling/raftstream" --system raftstream --addr "$addrs" --replicas 3 --partitions 3 --producers 1 \
+    --batch-size 100 --in-flight 5 --linger-ms 1 --message-size 1024 --duration-secs "$secs_roll" &
+  loadgen_job=$!
+  sleep "$roll_pause"
+  for id in 1 2 3; do
+    restart_raftstream_node "$id"
+    sleep "$roll_pause"
+  done
+  if ! kill -0 "$loadgen_job" 2>/dev/null; then
+    echo "compare: rolling: the load ended before the last restart; raise secs_roll" >&2
+  fi
+  wait "$loadgen_job" || true
+  # run recorded a failure in the results from its subshell; count it here.
+  if grep -qF '{"label": "rolling/raftstream", "failed": true' "$results"; then
+    failures=$((failures + 1))
+  fi
+  end_section
+fi
+
 if want scale; then
   for parts in 10 100 1000; do
     start_raftstream 3
@@ -337,7 +386,7 @@ fi
 # Only a run of every section replaces benches/RESULTS.md; a partial run
 # writes its table next to the results in the temporary directory and prints it.
 out=$root/benches/RESULTS.md
-[ ${#sections[@]} -eq 4 ] && [ -z "$quick" ] || out=$work/RESULTS.md
+[ ${#sections[@]} -eq 5 ] && [ -z "$quick" ] || out=$work/RESULTS.md
 nats_version=$(nats-server --version 2>&1 | head -n1)
 rustc_version=$(rustc --version)
 python3 "$root/benches/report.py" \

@@ -162,6 +162,7 @@ def main():
     fo = get("failover/raftstream", "failover") or {}
     fo_ms = fo.get("first_ack_after_outage_ms")
     fo_sent_ms = fo.get("first_ack_of_message_sent_after_kill_ms")
+    roll_ms = get("rolling/raftstream", "max_partition_gap_ms")
     scale1000 = next((s for s in scale if s["partitions"] == 1000), None)
     idle1000 = max(scale1000["idle_cpu_pct"]) if scale1000 else None
     iggy_pub = get("iggy/raftstream", "publish_msgs_per_sec")
@@ -198,6 +199,9 @@ def main():
     row("failover: first ack after a leader kill ≤ 2 s",
         "–" if fo_ms is None else f"{fo_ms:,.0f} ms ({fo.get('errored_publishes', 0)} publishes errored)",
         verdict(fo_ms, 2000, higher_is_better=False))
+    row("rolling restart: each partition's unavailability < 2 s",
+        "–" if roll_ms is None else f"{roll_ms:,.0f} ms (longest gap between acks of one partition)",
+        verdict(roll_ms, 2000, higher_is_better=False))
     row("1,000 partitions on 3 nodes: idle CPU < 5% of a core per node",
         "–" if idle1000 is None else f"{idle1000:.1f}% (busiest node)", verdict(idle1000, 5, higher_is_better=False))
     row("single node, 1 KiB, 8 producers × batches of 1,000: ≥ 225k msgs/s", fmt_rate(iggy_pub), verdict(iggy_pub, 225_000))
@@ -243,6 +247,18 @@ def main():
           f"{'none' if fo_sent_ms is None else f'{fo_sent_ms:,.0f} ms'}; publishes that errored: "
           f"{fo.get('errored_publishes')}; acknowledged in the run: {get('failover/raftstream', 'acked')}; "
           f"verification: {'OK' if (get('failover/raftstream', 'verification') or {}).get('missing', 1) == 0 else 'FAILED'}")
+        w("")
+
+    if roll_ms is not None:
+        w("## Rolling restart\n")
+        w("3 nodes, 3 partitions × 3 replicas, 1 producer of 1 KiB in batches of 100. Every node in "
+          "turn gets SIGTERM (it hands off the leadership of its groups first), is started again on "
+          "its data directory once it exited, and must answer /readyz before the next one. The figure "
+          "is the longest gap between two acknowledgements of one partition over the whole run.\n")
+        rv = get("rolling/raftstream", "verification") or {}
+        w(f"- longest gap: {roll_ms:,.0f} ms; acknowledged in the run: {get('rolling/raftstream', 'acked')}; "
+          f"publishes that errored: {get('rolling/raftstream', 'errored')}; verification: "
+          f"{'OK' if rv.get('missing', 1) == 0 and rv.get('duplicated', 1) == 0 else 'FAILED'}")
         w("")
 
     if scale:

@@ -339,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(STOP_AFTER_FAILURE, running.shutdown()).await;
         std::process::exit(EXIT_STORAGE_FAILED);
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: handing off leadership first");
     running.shutdown().await;
     Ok(())
 }

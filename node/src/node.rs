@@ -1305,13 +1305,102 @@ impl Node {
         }
     }
 
+    /// Stops the node: first hands off the leadership of every group it
+    /// leads (`hand_off_leadership`), unless its storage failed, then stops
+    /// every group.
     pub async fn shutdown(&self) {
+        if self.failure().is_none() {
+            let _ = self.hand_off_leadership(LEADERSHIP_HANDOFF_TIMEOUT).await;
+        }
         self.shutdown_tx.send_replace(true);
         for id in self.groups.ids() {
             self.stop_group(id, false).await;
         }
     }
 }
+
+impl Node {
+    /// Asks every group this node leads to hand leadership to the voter with
+    /// the highest matched log index, then waits, polling the groups'
+    /// metrics, until none is led here any more or `timeout` passed. A
+    /// stopping leader's groups then elect within one round trip instead of
+    /// an election timeout. The node keeps serving meanwhile: writes that
+    /// reach it after the handoff are forwarded to the new leader. Returns
+    /// whether this node leads no group any more.
+    pub async fn hand_off_leadership(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut handed_off = 0usize;
+        for group in self.groups.all() {
+            let Some(target) = self.handoff_target(&group) else {
+                continue;
+            };
+            if let Some(quiescer) = &self.quiescer {
+                quiescer.hold_awake(&group);
+            }
+            tracing::debug!(
+                group = group.id.0,
+                to = target.0,
+                "handing off leadership before stopping"
+            );
+            if let Err(e) = group.raft.trigger().transfer_leader(target).await {
+                tracing::warn!(group = group.id.0, error = %e, "leadership handoff failed");
+            }
+            handed_off += 1;
+        }
+        if handed_off == 0 {
+            return self.groups_led_here() == 0;
+        }
+        let mut poll = tokio::time::interval(LEADERSHIP_HANDOFF_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let still_led = self.groups_led_here();
+            if still_led == 0 {
+                tracing::info!(groups = handed_off, "leadership handed off before stopping");
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    groups = still_led,
+                    "still leading groups when the leadership handoff timed out; stopping anyway"
+                );
+                return false;
+            }
+            poll.tick().await;
+        }
+    }
+
+    /// The voter, other than this node, with the highest matched log index
+    /// of a group this node leads; `None` if this node does not lead it or
+    /// no other voter has matched any entry yet.
+    fn handoff_target(&self, group: &Group) -> Option<NodeId> {
+        let metrics = group.raft.metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(self.id()) {
+            return None;
+        }
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        metrics
+            .replication
+            .as_ref()?
+            .iter()
+            .filter(|(id, _)| **id != self.id() && voters.contains(id))
+            .filter_map(|(id, matched)| matched.as_ref().map(|log_id| (log_id.index, *id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    fn groups_led_here(&self) -> usize {
+        self.groups
+            .all()
+            .iter()
+            .filter(|group| group.raft.metrics().borrow_watched().current_leader == Some(self.id()))
+            .count()
+    }
+}
+
+/// How long a stopping node waits for its groups' leadership to move.
+pub const LEADERSHIP_HANDOFF_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a stopping node checks whether its leadership moved.
+const LEADERSHIP_HANDOFF_POLL: Duration = Duration::from_millis(20);
 
 impl TransportHost for Node {
     fn hosted_groups(&self) -> &HostedGroups {

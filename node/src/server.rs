@@ -14,6 +14,7 @@ use tower::Layer;
 use crate::api::authenticate_first::AuthenticateFirstLayer;
 use crate::api::forwarded::MarkForwardedLayer;
 use crate::api::grpc::ClientService;
+use crate::api::request_id::RequestIdLayer;
 use crate::config::MAX_RPC_BYTES;
 use crate::config::NodeConfig;
 use crate::health;
@@ -144,13 +145,18 @@ impl RunningNode {
             health::health_service(node.clone(), stop_listeners.subscribe()).await;
         let (reflection_v1, reflection_v1alpha) =
             health::reflection_services().map_err(|e| ServerError::Reflection(e.to_string()))?;
-        let public_services = tonic::service::Routes::new(MarkForwardedLayer.layer(client_api))
-            .add_service(
-                MarkForwardedLayer.layer(ClientService::public(node.clone()).into_ingest_server()),
-            )
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        let request_ids = RequestIdLayer::new(node.id());
+        let public_services =
+            tonic::service::Routes::new(request_ids.layer(MarkForwardedLayer.layer(client_api)))
+                .add_service(
+                    request_ids.layer(
+                        MarkForwardedLayer
+                            .layer(ClientService::public(node.clone()).into_ingest_server()),
+                    ),
+                )
+                .add_service(health)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha);
         let transport = raftstream_proto::v1::raft_transport_server::RaftTransportServer::new(
             TransportService::new(node.clone()),
         )
@@ -161,9 +167,15 @@ impl RunningNode {
         ))
         .layer(transport);
         let link_faults = LinkFaultLayer::new(node.id(), node.config.link_faults.clone());
-        let peer_services = tonic::service::Routes::new(link_faults.layer(transport))
-            .add_service(link_faults.layer(ClientService::peer(node.clone()).into_server()))
-            .add_service(link_faults.layer(ClientService::peer(node.clone()).into_ingest_server()));
+        let peer_services =
+            tonic::service::Routes::new(link_faults.layer(transport))
+                .add_service(
+                    link_faults
+                        .layer(request_ids.layer(ClientService::peer(node.clone()).into_server())),
+                )
+                .add_service(link_faults.layer(
+                    request_ids.layer(ClientService::peer(node.clone()).into_ingest_server()),
+                ));
         let limits = &node.config.limits;
         let public_server = http2::server(tonic::transport::Server::builder())
             .max_concurrent_streams(limits.max_streams_per_connection)
@@ -214,8 +226,17 @@ impl RunningNode {
         })
     }
 
-    /// Stops serving, stops every Raft group and waits for the listeners.
+    /// Hands off the leadership of the groups this node leads while it
+    /// still serves (requests that reach it meanwhile are forwarded to the
+    /// new leaders), then stops serving, stops every Raft group and waits
+    /// for the listeners.
     pub async fn shutdown(self) {
+        if self.node.failure().is_none() {
+            let _ = self
+                .node
+                .hand_off_leadership(crate::node::LEADERSHIP_HANDOFF_TIMEOUT)
+                .await;
+        }
         self.stop_listeners.send_replace(true);
         self.node.shutdown().await;
         for task in self.tasks {

@@ -7,6 +7,7 @@ pub mod authenticate_first;
 pub mod forwarded;
 pub mod grpc;
 pub mod read;
+pub mod request_id;
 pub mod schema;
 pub mod service;
 

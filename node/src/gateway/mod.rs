@@ -141,6 +141,16 @@ pub fn router(node: Arc<Node>) -> Router {
             gateway.node.clone(),
             count_request,
         ))
+        // Outermost: every request gets an `x-request-id` (the caller's, or
+        // a new one), returns it, and is served in its span and scope, from
+        // which forwarded calls take it (`api/request_id.rs`).
+        .layer(crate::api::request_id::RequestIdLayer::new(
+            gateway.node.id(),
+        ))
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .with_state(gateway)
 }
 

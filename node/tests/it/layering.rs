@@ -64,7 +64,7 @@ const LAYERS: &[&[&str]] = &[
     &["node"],
     // Services over the node.
     &["ingest"],
-    &["api", "api::forwarded"],
+    &["api", "api::forwarded", "api::request_id"],
     // The client API without a wire format.
     &["api::service"],
     // Wire adapters.

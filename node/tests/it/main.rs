@@ -20,6 +20,8 @@ mod metrics;
 mod process;
 mod quiesce;
 mod rejoin;
+mod request_ids;
 mod schema;
+mod shutdown;
 mod storage_suite;
 mod tokens;

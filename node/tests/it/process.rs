@@ -11,7 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::ADMIN_TOKEN;
+use crate::common::Acked;
 use crate::common::assert_acknowledged_in_order;
+use crate::common::assert_each_acknowledged_once_in_order;
 use crate::common::at_offset;
 use crate::common::consume_now;
 use crate::common::eventually;
@@ -252,6 +254,41 @@ impl Cluster {
         }
     }
 
+    /// Stops node `i` as an operator would, with SIGTERM, and waits (up to
+    /// 30 s, polling) for it to exit successfully.
+    async fn stop_gracefully(&mut self, i: usize) {
+        let Some(mut child) = self.children[i].take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM node {}", i + 1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "node {} did not stop within 30 s of SIGTERM; its log:\n{}",
+                    i + 1,
+                    self.log(i)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            status.success(),
+            "node {} exited with {status}; its log:\n{}",
+            i + 1,
+            self.log(i)
+        );
+    }
+
     /// The client TLS settings of a cluster on TLS: trust its CA.
     fn client_tls(&self) -> Option<tonic::transport::ClientTlsConfig> {
         let ca = std::fs::read(self.certs.as_ref()?.join("ca.pem")).unwrap();
@@ -413,6 +450,195 @@ async fn sigkilled_leader_loses_no_acknowledged_message_and_catches_up_on_restar
         );
     }
     assert_acknowledged_in_order(&acked, &read);
+}
+
+const ROLLING_PARTITIONS: u32 = 3;
+
+/// What the rolling-restart producer saw of one partition: its
+/// acknowledged publishes, in order, and when each was acknowledged.
+#[derive(Debug, Default)]
+struct PartitionAcks {
+    acked: Vec<Acked>,
+    at: Vec<std::time::Instant>,
+}
+
+/// Publishes to `name`'s partitions in turn until `stop` turns true,
+/// through the first node of `clients` that answers. Every attempt sends a
+/// new value; a failed or timed-out attempt is an unknown outcome, never a
+/// failure, and the next attempt goes to the next node.
+async fn produce_until_stopped(
+    clients: Vec<raftstream_client::Grpc>,
+    name: &'static str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<PartitionAcks> {
+    let mut partitions: Vec<PartitionAcks> = (0..ROLLING_PARTITIONS)
+        .map(|_| PartitionAcks::default())
+        .collect();
+    let mut node = 0;
+    for attempt in 0u64.. {
+        if *stop.borrow() {
+            break;
+        }
+        let partition = (attempt % u64::from(ROLLING_PARTITIONS)) as u32;
+        let value = format!("p{partition}-{attempt}");
+        let mut request = publish_request(name, &value);
+        if let Some(record) = request.record.as_mut() {
+            record.partition = Some(partition);
+        }
+        let mut client = clients[node].clone();
+        match tokio::time::timeout(Duration::from_secs(5), client.publish(request)).await {
+            Ok(Ok(response)) => {
+                let acks = &mut partitions[partition as usize];
+                acks.acked.push(Acked {
+                    offset: response.into_inner().offset,
+                    value,
+                });
+                acks.at.push(std::time::Instant::now());
+            }
+            Ok(Err(_)) | Err(_) => {
+                node = (node + 1) % clients.len();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    partitions
+}
+
+/// Restarts every node in turn, gracefully (SIGTERM), while a producer
+/// publishes to three partitions on three replicas: nothing acknowledged
+/// is lost or duplicated. It prints each partition's unavailability, the
+/// longest gap between acknowledged publishes, which is measured, not
+/// asserted, here (benches/compare.sh rolling reports it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client(0).await;
+    create_topic_as(
+        &client,
+        pb::CreateTopicRequest {
+            name: "rolling".into(),
+            partitions: ROLLING_PARTITIONS,
+            replication_factor: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let caught_up = |status: pb::ClusterStatusResponse| {
+        let groups: Vec<_> = status
+            .groups
+            .iter()
+            .filter(|g| g.topic == "rolling")
+            .collect();
+        (groups.len() == ROLLING_PARTITIONS as usize
+            && groups.iter().all(|g| {
+                g.leader.is_some()
+                    && (1..=3u64)
+                        .all(|node| g.leader == Some(node) || g.replica_lag.get(&node) == Some(&0))
+            }))
+        .then_some(())
+    };
+    eventually_in_status(
+        &client,
+        "partitions replicated",
+        Duration::from_secs(30),
+        caught_up,
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(cluster.client(i).await);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let producer = tokio::spawn(produce_until_stopped(clients, "rolling", stopped));
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        cluster.stop_gracefully(i).await;
+        cluster.spawn(i);
+        // Ready once it answers, every partition has a leader and every
+        // replica, the restarted one included, has every entry (asked of
+        // the restarted node, so its own status shows it up and serving).
+        let restarted = cluster.client(i).await;
+        let rejoined = std::time::Instant::now();
+        eventually_in_status(
+            &restarted,
+            "restarted node caught up",
+            Duration::from_secs(60),
+            caught_up,
+        )
+        .await;
+        println!(
+            "rolling restart: node {} answering and caught up {:?} after it answered",
+            i + 1,
+            rejoined.elapsed()
+        );
+    }
+    // Some more publishes with every node back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send_replace(true);
+    let partitions = producer.await.unwrap();
+    let rolled_for = started.elapsed();
+
+    let mut reader = cluster.client(0).await;
+    for (partition, acks) in partitions.iter().enumerate() {
+        assert!(
+            !acks.acked.is_empty(),
+            "nothing acknowledged on partition {partition}"
+        );
+        let read = read_partition(&mut reader, "rolling", partition as u32, acks.acked.len()).await;
+        assert_each_acknowledged_once_in_order(&acks.acked, &read);
+        let longest_gap = acks
+            .at
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default();
+        println!(
+            "rolling restart: partition {partition}: {} acknowledged, longest gap between \
+             acknowledgements {longest_gap:?} (restarts took {rolled_for:?})",
+            acks.acked.len()
+        );
+    }
+}
+
+/// Every message of a partition, from offset 0, once at least `expected`
+/// are readable.
+async fn read_partition(
+    client: &mut raftstream_client::Grpc,
+    name: &str,
+    partition: u32,
+    expected: usize,
+) -> Vec<pb::Message> {
+    let mut read = Vec::new();
+    let mut next = 0;
+    while read.len() < expected {
+        let response = client
+            .consume(pb::ConsumeRequest {
+                wait_ms: 5_000,
+                ..consume_now(name, partition, at_offset(next), 1000)
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if response.messages.is_empty() {
+            break;
+        }
+        next = response.next_offset;
+        read.extend(response.messages);
+    }
+    // Anything after the last acknowledged publish too, so a duplicate
+    // there shows.
+    loop {
+        let response = client
+            .consume(consume_now(name, partition, at_offset(next), 1000))
+            .await
+            .unwrap()
+            .into_inner();
+        if response.messages.is_empty() {
+            return read;
+        }
+        next = response.next_offset;
+        read.extend(response.messages);
+    }
 }
 
 /// A raw channel to `addr` over TLS trusting `ca`, presenting

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::task::Poll;
+use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -138,6 +139,10 @@ pub(crate) struct Collected {
     first_ack_after_kill: Option<Instant>,
     /// When each acknowledgement after the kill arrived.
     acks_after_kill: Vec<Instant>,
+    /// Per slot: its last acknowledgement so far and the longest gap
+    /// between two of its acknowledgements (the partition's unavailability
+    /// in a failover or rolling-restart run, as this producer saw it).
+    ack_gaps: Vec<(Option<Instant>, Duration)>,
 }
 
 /// The kill instant of a failover run, set once.
@@ -165,6 +170,7 @@ async fn collect(
         last_finished: None,
         first_ack_after_kill: None,
         acks_after_kill: Vec::new(),
+        ack_gaps: vec![(None, Duration::ZERO); slots],
     };
     // Per slot: whether its oldest pending publish is being awaited, and
     // the publishes behind that one.
@@ -235,6 +241,12 @@ impl Collected {
                 if let Some(n) = self.acked_per_slot.get_mut(sent.slot) {
                     *n += 1;
                 }
+                if let Some((last, longest)) = self.ack_gaps.get_mut(sent.slot) {
+                    if let Some(last) = last {
+                        *longest = (*longest).max(finished.saturating_duration_since(*last));
+                    }
+                    *last = Some(last.map_or(finished, |t| t.max(finished)));
+                }
                 let us = finished.saturating_duration_since(sent.sent).as_micros() as u64;
                 self.latency.saturating_record(us.max(1));
                 if let Some(killed) = KILLED_AT.get() {
@@ -268,6 +280,10 @@ pub(crate) struct PublishResult {
     pub(crate) secs: f64,
     pub(crate) first_ack_after_kill: Option<Instant>,
     pub(crate) acks_after_kill: Vec<Instant>,
+    /// The longest gap between two acknowledgements of one partition seen
+    /// by one producer (with one producer: the longest a partition took no
+    /// publish).
+    pub(crate) max_partition_gap: Duration,
 }
 
 pub(crate) async fn gather(
@@ -288,6 +304,7 @@ pub(crate) async fn gather(
         secs: 0.0,
         first_ack_after_kill: None,
         acks_after_kill: Vec::new(),
+        max_partition_gap: Duration::ZERO,
     };
     let mut last = started;
     for c in collectors {
@@ -305,6 +322,9 @@ pub(crate) async fn gather(
             last = last.max(t);
         }
         out.acks_after_kill.extend(c.acks_after_kill);
+        for (_, gap) in c.ack_gaps {
+            out.max_partition_gap = out.max_partition_gap.max(gap);
+        }
         if let Some(t) = c.first_ack_after_kill {
             out.first_ack_after_kill =
                 Some(out.first_ack_after_kill.map_or(t, |o: Instant| o.min(t)));

@@ -45,6 +45,10 @@ pub(crate) struct Report {
     pub(crate) catchup_read: Option<u64>,
     pub(crate) verification: Option<Verification>,
     pub(crate) failover: Option<Failover>,
+    /// The longest gap between two acknowledgements of one partition (by
+    /// one producer): with one producer, the longest any partition took no
+    /// publish, its unavailability in a failover or rolling restart.
+    pub(crate) max_partition_gap_ms: f64,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -116,6 +120,10 @@ pub(crate) fn print_report(r: &Report) {
             v.unexpected
         );
     }
+    println!(
+        "longest gap between acknowledgements of one partition: {:.0} ms",
+        r.max_partition_gap_ms
+    );
     if let Some(f) = &r.failover {
         println!(
             "failover: killed node {} (pid {}); first ack after the outage {} ms after the kill \
@@ -218,5 +226,6 @@ fn report(
         catchup_read: catchup.map(|(n, _)| n),
         verification: reads.map(|r| verify(&publish.ledger, r)),
         failover,
+        max_partition_gap_ms: publish.max_partition_gap.as_secs_f64() * 1000.0,
     }
 }

@@ -53,6 +53,14 @@ impl GrpcPeers {
             request.metadata_mut().insert(NODE_AUTH_HEADER, value);
         }
         request.set_timeout(timeout);
+        // The request's id goes with it, so its logs on the next node share it.
+        if let Some(id) = crate::api::request_id::current()
+            .and_then(|id| id.to_str().ok().and_then(|id| id.parse().ok()))
+        {
+            request
+                .metadata_mut()
+                .insert(crate::api::request_id::REQUEST_ID_HEADER, id);
+        }
         request.metadata_mut().insert(
             crate::link_faults::FROM_NODE_HEADER,
             tonic::metadata::MetadataValue::from(self.node.id().0),

@@ -581,3 +581,44 @@ pub async fn read_all(
     })
     .await
 }
+
+/// An acknowledged publish: the value sent and the offset it got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    pub offset: u64,
+    pub value: String,
+}
+
+/// Each acknowledged value (of one partition) is at its acknowledged
+/// offset and appears once, and the acknowledged offsets grow in
+/// acknowledgement order. Every attempt must have sent a new value.
+pub fn assert_each_acknowledged_once_in_order(acked: &[Acked], read: &[pb::Message]) {
+    for pair in acked.windows(2) {
+        assert!(
+            pair[0].offset < pair[1].offset,
+            "acknowledged offsets out of order: {pair:?}"
+        );
+    }
+    let mut copies: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for message in read {
+        *copies.entry(&message.value[..]).or_default() += 1;
+    }
+    for ack in acked {
+        let at_offset: Vec<&pb::Message> = read.iter().filter(|m| m.offset == ack.offset).collect();
+        assert_eq!(
+            at_offset.len(),
+            1,
+            "offset {} read {} times",
+            ack.offset,
+            at_offset.len()
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&at_offset[0].value),
+            ack.value,
+            "offset {} holds another value",
+            ack.offset
+        );
+        let count = copies.get(ack.value.as_bytes()).copied().unwrap_or(0);
+        assert_eq!(count, 1, "{} read {count} times", ack.value);
+    }
+}
