@@ -40,6 +40,7 @@ const LAYERS: &[&[&str]] = &[
         "tls",
         "state_machine",
         "state_machine::meta",
+        "state_machine::balance",
         "state_machine::partition",
     ],
     // One Raft group hosted on this node and the registry of them: what
@@ -55,6 +56,7 @@ const LAYERS: &[&[&str]] = &[
     // What a group needs to take writes and serve reads, and token checks.
     &[
         "group::write",
+        "group::membership",
         "api::read",
         "api::schema",
         "backfill",
