@@ -203,8 +203,6 @@ fn least_loaded(
 mod tests {
     use super::*;
     use crate::raft::types::MetaCommand;
-    use crate::raft::types::RetentionPolicy;
-    use crate::raft::types::TopicSpec;
     use crate::state_machine::meta;
 
     fn nodes(ids: &[u64]) -> Vec<NodeId> {
@@ -213,17 +211,7 @@ mod tests {
 
     fn cluster_with_topic(voters: &[NodeId], partitions: u32, rf: u32) -> MetaState {
         let mut state = MetaState::default();
-        let spec = TopicSpec {
-            name: "t".into(),
-            description: String::new(),
-            partitions,
-            replication_factor: rf,
-            schema: None,
-            retention: RetentionPolicy {
-                retention_ms: None,
-                retention_bytes: None,
-            },
-        };
+        let spec = meta::tests::spec("t", partitions, rf);
         meta::apply(
             &mut state,
             &MetaCommand::CreateTopic { spec, now_ms: 1 },

@@ -711,11 +711,11 @@ pub fn place_replicas(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::raft::types::RetentionPolicy;
 
-    fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
+    pub(in crate::state_machine) fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
         TopicSpec {
             name: name.into(),
             description: String::new(),

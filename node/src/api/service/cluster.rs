@@ -245,30 +245,41 @@ impl Service {
             ));
         }
         let group = topic.group_id(partition);
-        self.propose_move(group, replicas, hops).await
+        self.propose_move(group, replicas, false, hops).await
     }
 
+    /// Proposes, on the metadata leader, that `group` starts moving to
+    /// `replicas`, or, with `complete`, that its move there is done.
     async fn propose_move(
         &self,
         group: GroupId,
         replicas: Vec<NodeId>,
+        complete: bool,
         hops: Hops,
     ) -> Result<(), ServiceError> {
         let replicas = &replicas;
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                let command = MetaCommand::MovePartition {
-                    group,
-                    replicas: replicas.clone(),
+                let replicas = replicas.clone();
+                let command = if complete {
+                    MetaCommand::CompletePartitionMove { group, replicas }
+                } else {
+                    MetaCommand::MovePartition { group, replicas }
                 };
                 self.node.write_meta_ack(command).await
             })
         };
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                self.peers
-                    .move_partition(&addr, group, replicas, hops)
-                    .await
+                if complete {
+                    self.peers
+                        .complete_partition_move(&addr, group, replicas, hops)
+                        .await
+                } else {
+                    self.peers
+                        .move_partition(&addr, group, replicas, hops)
+                        .await
+                }
             })
         };
         self.on_meta_leader(hops, local, forward).await
@@ -289,24 +300,7 @@ impl Service {
                 "only cluster nodes complete partition moves",
             ));
         }
-        let replicas = &replicas;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = MetaCommand::CompletePartitionMove {
-                    group,
-                    replicas: replicas.clone(),
-                };
-                self.node.write_meta_ack(command).await
-            })
-        };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.peers
-                    .complete_partition_move(&addr, group, replicas, hops)
-                    .await
-            })
-        };
-        self.on_meta_leader(hops, local, forward).await
+        self.propose_move(group, replicas, true, hops).await
     }
 
     /// Runs until the node shuts down: carries out the moves of groups this
