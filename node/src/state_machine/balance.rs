@@ -211,7 +211,7 @@ mod tests {
 
     fn cluster_with_topic(voters: &[NodeId], partitions: u32, rf: u32) -> MetaState {
         let mut state = MetaState::default();
-        let spec = meta::tests::spec("t", partitions, rf);
+        let spec = meta::spec("t", partitions, rf);
         meta::apply(
             &mut state,
             &MetaCommand::CreateTopic { spec, now_ms: 1 },

@@ -709,25 +709,27 @@ pub fn place_replicas(
         .collect()
 }
 
+/// A topic spec with no schema and no retention, for tests here and in
+/// `balance.rs`.
+#[cfg(test)]
+pub(super) fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
+    TopicSpec {
+        name: name.into(),
+        description: String::new(),
+        partitions,
+        replication_factor: rf,
+        schema: None,
+        retention: crate::raft::types::RetentionPolicy {
+            retention_ms: None,
+            retention_bytes: None,
+        },
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(super) mod tests {
+mod tests {
     use super::*;
-    use crate::raft::types::RetentionPolicy;
-
-    pub(in crate::state_machine) fn spec(name: &str, partitions: u32, rf: u32) -> TopicSpec {
-        TopicSpec {
-            name: name.into(),
-            description: String::new(),
-            partitions,
-            replication_factor: rf,
-            schema: None,
-            retention: RetentionPolicy {
-                retention_ms: None,
-                retention_bytes: None,
-            },
-        }
-    }
 
     fn create(state: &mut MetaState, s: TopicSpec) -> CommandResponse {
         apply(
