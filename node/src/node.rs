@@ -900,7 +900,7 @@ impl Node {
             .groups
             .all()
             .into_iter()
-            .filter(|group| group.raft.metrics().borrow_watched().current_leader == Some(self.id()))
+            .filter(|group| group.is_leader(self.id()))
             .collect();
         for group in led {
             // Refused when this node no longer leads or the peer is no
@@ -1392,7 +1392,7 @@ impl Node {
         self.groups
             .all()
             .iter()
-            .filter(|group| group.raft.metrics().borrow_watched().current_leader == Some(self.id()))
+            .filter(|group| group.is_leader(self.id()))
             .count()
     }
 }

@@ -56,20 +56,7 @@ async fn a_stopping_leader_hands_off_leadership_and_publishes_continue_without_l
         stop.clone(),
     ));
     let client = cluster.client(survivor).await;
-    eventually_in_status(
-        &client,
-        "first publishes",
-        Duration::from_secs(20),
-        |status| {
-            status
-                .groups
-                .iter()
-                .find(|g| g.topic == "handoff")
-                .filter(|g| g.high_watermark >= 20)
-                .map(|_| ())
-        },
-    )
-    .await;
+    high_watermark_reaches(&client, "first publishes", 20).await;
 
     let started = Instant::now();
     // Generous: a loaded machine may be slow, but without a handoff the
@@ -100,20 +87,7 @@ async fn a_stopping_leader_hands_off_leadership_and_publishes_continue_without_l
             .map(|g| g.high_watermark)
             .unwrap_or(0)
     };
-    eventually_in_status(
-        &client,
-        "publishes after the stop",
-        Duration::from_secs(20),
-        |status| {
-            status
-                .groups
-                .iter()
-                .find(|g| g.topic == "handoff")
-                .filter(|g| g.high_watermark >= before + 20)
-                .map(|_| ())
-        },
-    )
-    .await;
+    high_watermark_reaches(&client, "publishes after the stop", before + 20).await;
     stop.send_replace(true);
     let acked = publisher.await.unwrap();
     assert!(
@@ -126,4 +100,17 @@ async fn a_stopping_leader_hands_off_leadership_and_publishes_continue_without_l
     let read = read_all(&mut reader, "handoff", 0, acked.len()).await;
     assert_each_acknowledged_once_in_order(&acked, &read);
     cluster.shutdown().await;
+}
+
+/// Waits until the "handoff" topic's partition holds `at_least` messages.
+async fn high_watermark_reaches(client: &raftstream_client::Grpc, what: &str, at_least: u64) {
+    eventually_in_status(client, what, Duration::from_secs(20), |status| {
+        status
+            .groups
+            .iter()
+            .find(|g| g.topic == "handoff")
+            .filter(|g| g.high_watermark >= at_least)
+            .map(|_| ())
+    })
+    .await;
 }
