@@ -489,16 +489,17 @@ impl TestCluster {
     }
 
     /// Moves the leadership of a topic partition to node `to` (which must be
-    /// caught up) and waits until the cluster reports it there.
+    /// caught up) and waits until the cluster reports it there. The transfer
+    /// is asked of whichever node leads the group by its own Raft state, and
+    /// asked again while leadership has not arrived: a status answer can
+    /// name a leader that has already lost an election (right after a topic
+    /// is created, several replicas campaign at once), and openraft ignores
+    /// a transfer asked of a node that is not the leader.
     pub async fn transfer_partition_leader(&self, name: &str, partition: u32, to: u64) {
-        let from = self.partition_leader(name, partition).await;
-        let status = self
-            .client(from)
-            .await
-            .cluster_status(pb::ClusterStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        use openraft::async_runtime::WatchReceiver;
+        const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
+        let first = self.partition_leader(name, partition).await;
+        let status = cluster_status(&mut self.client(first).await).await.unwrap();
         let group_id = GroupId(
             status
                 .groups
@@ -507,17 +508,34 @@ impl TestCluster {
                 .unwrap()
                 .group_id,
         );
-        let group = self.nodes[&from].node.group(group_id).unwrap();
-        group
-            .raft
-            .trigger()
-            .transfer_leader(NodeId(to))
-            .await
-            .unwrap();
-        eventually("leadership moved", Duration::from_secs(20), || async {
-            (self.partition_leader(name, partition).await == to).then_some(())
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut last_asked: Option<tokio::time::Instant> = None;
+        loop {
+            let leading = self.running_ids().into_iter().find(|&id| {
+                self.nodes[&id].node.group(group_id).is_some_and(|group| {
+                    group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
+                })
+            });
+            match leading {
+                Some(leader) if leader == to => {
+                    if self.partition_leader(name, partition).await == to {
+                        return;
+                    }
+                }
+                Some(leader) if last_asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN_AFTER) => {
+                    if let Some(group) = self.nodes[&leader].node.group(group_id) {
+                        let _ = group.raft.trigger().transfer_leader(NodeId(to)).await;
+                    }
+                    last_asked = Some(tokio::time::Instant::now());
+                }
+                _ => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for leadership of {name}/{partition} to move to node {to}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn shutdown(self) {
