@@ -241,8 +241,8 @@ jepsen_campaign() {
   cargo build --quiet -p raftstream-node --bin raftstream-node || return 1
   [ -x target/debug/jepsen-lite ] || cargo build --quiet -p jepsen-lite || return 1
   [ -x target/debug/lazyfs ] || cargo build --quiet -p lazyfs || return 1
-  target/debug/jepsen-lite campaign --runs 8 --time-limit 20 --sizes 3,5 \
-    --mixes "kill,power-loss,torn-write;partition,pause,latency;loss,clock,kill-one,wipe;fsync-eio,disk-full,partition+kill,loss+power-loss" --seed "$jepsen_seed" \
+  target/debug/jepsen-lite campaign --runs 10 --time-limit 20 --sizes 3,5 \
+    --mixes "kill,power-loss,torn-write;partition,pause,latency;loss,clock,kill-one,wipe;fsync-eio,disk-full,partition+kill,loss+power-loss;membership,membership+kill" --seed "$jepsen_seed" \
     --node-bin target/debug/raftstream-node --lazyfs-bin target/debug/lazyfs \
     --out "$work/jepsen"
 }

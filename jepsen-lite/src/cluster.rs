@@ -179,6 +179,9 @@ pub struct Cluster {
     dir: PathBuf,
     token: String,
     peers: String,
+    /// Where each node's peer listener is reached (directly or through its
+    /// proxy), as `--peers` names it.
+    peer_addr: fn(u64) -> String,
     /// The cluster CA and node certificates (`raftstream-node certs`).
     certs: PathBuf,
     no_fsync: bool,
@@ -245,6 +248,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             token: token.to_string(),
             peers,
+            peer_addr,
             certs,
             no_fsync: setup.no_fsync,
             faketime: setup.faketime,
@@ -262,6 +266,11 @@ impl Cluster {
 
     pub fn nodes(&self) -> impl Iterator<Item = u64> + use<> {
         1..=self.size
+    }
+
+    /// Where the other nodes reach node `node`'s peer listener.
+    pub fn peer_addr(&self, node: u64) -> String {
+        (self.peer_addr)(node)
     }
 
     fn proc(&mut self, node: u64) -> anyhow::Result<&mut Proc> {

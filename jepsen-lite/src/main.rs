@@ -5,6 +5,7 @@
 mod campaign;
 mod cluster;
 mod host;
+mod membership;
 mod nemesis;
 mod net;
 mod phases;
@@ -44,7 +45,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
     /// Faults: all, none, kill, pause, partition, loss, clock, power,
-    /// latency, wipe, disk, or single names such as kill-leaders,
+    /// latency, wipe, disk, membership, or single names such as kill-leaders,
     /// partition-ring, fsync-eio (comma-separated); two of them joined by +
     /// (partition+kill) are one step with both faults in effect at once.
     #[arg(long, default_value = "all")]

@@ -23,6 +23,9 @@ use crate::cluster::grpc_addr;
 use crate::cluster::http_addr;
 use crate::history::Kind;
 use crate::history::Outcome;
+use crate::membership::Admin;
+use crate::membership::REMOVAL_GRACE;
+use crate::membership::Removal;
 use crate::net::Net;
 use crate::proxy::LinkDelay;
 use crate::proxy::PeerProxies;
@@ -49,10 +52,12 @@ pub enum Fault {
     TornWrite,
     FsyncEio,
     DiskFull,
+    MovePartition,
+    RemoveNode,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 19] = [
+    pub const ALL: [Fault; 21] = [
         Fault::KillOne,
         Fault::KillMinority,
         Fault::KillLeaders,
@@ -72,6 +77,8 @@ impl Fault {
         Fault::TornWrite,
         Fault::FsyncEio,
         Fault::DiskFull,
+        Fault::MovePartition,
+        Fault::RemoveNode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +102,8 @@ impl Fault {
             Fault::TornWrite => "torn-write",
             Fault::FsyncEio => "fsync-eio",
             Fault::DiskFull => "disk-full",
+            Fault::MovePartition => "move-partition",
+            Fault::RemoveNode => "remove-node",
         }
     }
 
@@ -131,12 +140,13 @@ impl Fault {
             Fault::Latency => "latency",
             Fault::WipeOne => "wipe",
             Fault::FsyncEio | Fault::DiskFull => "disk",
+            Fault::MovePartition | Fault::RemoveNode => "membership",
         }
     }
 }
 
 /// The words a nemesis list may use besides fault names.
-const GROUPS: &str = "kill, pause, partition, loss, clock, power, latency, wipe, disk";
+const GROUPS: &str = "kill, pause, partition, loss, clock, power, latency, wipe, disk, membership";
 
 fn unknown(word: &str) -> String {
     let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
@@ -366,6 +376,11 @@ enum Undo {
     /// A disk fault on these nodes' lazyfs: switch it off, then restart
     /// those of them that stopped on it.
     Disk(DiskFault, Vec<u64>),
+    /// A partition move was asked for: wait (bounded) for moves to finish.
+    Moves,
+    /// A node is being removed: let the removal finish (bounded), then add
+    /// the node back.
+    Rejoin(Removal),
 }
 
 /// The free space the disk-full nemesis shows before the disk is full: under
@@ -488,6 +503,18 @@ impl Nemesis {
     ) -> anyhow::Result<Vec<T>> {
         let mut cluster = self.cluster.lock();
         nodes.iter().map(|n| act(&mut cluster, *n)).collect()
+    }
+
+    /// The admin API of whichever nodes are running at each call.
+    fn admin(&self) -> Admin {
+        let cluster = self.cluster.clone();
+        Admin {
+            token: self.token.clone(),
+            running: Arc::new(move || {
+                let mut cluster = cluster.lock();
+                cluster.nodes().filter(|n| cluster.is_running(*n)).collect()
+            }),
+        }
     }
 
     /// The nodes that lead a partition of the topic, each by its own
@@ -682,6 +709,30 @@ impl Nemesis {
                 self.on_each_node(&victims, |cluster, v| cluster.set_disk_fault(v, disk, true))?;
                 (Undo::Disk(disk, victims), d)
             }
+            Fault::MovePartition => {
+                // A partition to a random set of replicas, in a random
+                // order (so on 3 nodes, a new preferred leader).
+                let partition = rng.random_range(0..crate::workload::PARTITIONS);
+                let replicas = nodes[..(size.min(3) as usize)].to_vec();
+                let answer = self
+                    .admin()
+                    .move_partition(crate::workload::TOPIC, partition, &replicas)
+                    .await?;
+                let d = match answer {
+                    Ok(()) => format!("partition {partition} to {replicas:?}"),
+                    Err(status) => format!(
+                        "partition {partition} to {replicas:?} refused: {:?} {}",
+                        status.code(),
+                        status.message()
+                    ),
+                };
+                (Undo::Moves, d)
+            }
+            Fault::RemoveNode => {
+                let victim = nodes[0];
+                let removal = Removal::start(self.admin(), victim);
+                (Undo::Rejoin(removal), format!("node {victim}"))
+            }
             Fault::WipeOne => {
                 // A replaced disk: the node comes back empty and must catch
                 // up before it votes.
@@ -735,17 +786,32 @@ impl Nemesis {
     }
 
     /// Undoes a fault; returns what the heal found out, if anything.
-    async fn heal(&self, undo: &Undo) -> anyhow::Result<Option<String>> {
+    async fn heal(&self, undo: Undo) -> anyhow::Result<Option<String>> {
         match undo {
+            Undo::Moves => return Ok(Some(self.admin().settle_moves().await)),
+            Undo::Rejoin(removal) => {
+                let node = removal.node;
+                let removed = removal.finish(REMOVAL_GRACE).await;
+                let peer_addr = self.cluster.lock().peer_addr(node);
+                let added = match self.admin().add_node(node, &peer_addr).await? {
+                    Ok(()) => "added back".to_string(),
+                    Err(status) => format!(
+                        "adding it back refused: {:?} {}",
+                        status.code(),
+                        status.message()
+                    ),
+                };
+                return Ok(Some(format!("{removed}; {added}")));
+            }
             Undo::Restart(nodes) => {
-                self.on_each_node(nodes, Cluster::start)?;
+                self.on_each_node(&nodes, Cluster::start)?;
             }
             Undo::Resume(nodes) => {
-                self.on_each_node(nodes, Cluster::resume)?;
+                self.on_each_node(&nodes, Cluster::resume)?;
             }
             Undo::Network => self.net.heal()?,
             Undo::Clocks(nodes) => {
-                self.on_each_node(nodes, |cluster, n| cluster.set_clock_offset(n, 0))?;
+                self.on_each_node(&nodes, |cluster, n| cluster.set_clock_offset(n, 0))?;
             }
             Undo::Latency => {
                 if let Some(proxies) = &self.proxies {
@@ -753,9 +819,9 @@ impl Nemesis {
                 }
             }
             Undo::Disk(fault, nodes) => {
-                let mut reports = self.on_each_node(nodes, |cluster, n| {
-                    let report = cluster.set_disk_fault(n, *fault, false)?;
-                    if *fault == DiskFault::DiskFull {
+                let mut reports = self.on_each_node(&nodes, |cluster, n| {
+                    let report = cluster.set_disk_fault(n, fault, false)?;
+                    if fault == DiskFault::DiskFull {
                         cluster.set_free_space(n, None)?;
                     }
                     Ok(format!("node {n}: {report}"))
@@ -763,11 +829,11 @@ impl Nemesis {
                 {
                     let mut expected = self.storage_faults.lock();
                     let until = Instant::now() + STORAGE_EXIT_GRACE;
-                    for n in nodes {
+                    for n in &nodes {
                         expected.insert(*n, Some(until));
                     }
                 }
-                let restarted = self.settle(nodes).await?;
+                let restarted = self.settle(&nodes).await?;
                 if !restarted.is_empty() {
                     reports.push(format!("restarted {restarted:?} after exit 74"));
                 }
@@ -934,7 +1000,7 @@ impl Nemesis {
                     }
                     Err(e) => {
                         // Leave nothing on behind the error.
-                        for (f, undo, _) in on.iter().rev() {
+                        for (f, undo, _) in on.into_iter().rev() {
                             if let Err(h) = self.heal(undo).await {
                                 eprintln!("nemesis: healing {} after an error: {h:#}", f.name());
                             }
@@ -946,7 +1012,7 @@ impl Nemesis {
             self.sleep_checking(step.hold, until_us).await;
             let mut details = Vec::new();
             let mut failed = None;
-            for (fault, undo, detail) in on.iter().rev() {
+            for (fault, undo, detail) in on.into_iter().rev() {
                 let found = match self.heal(undo).await {
                     Ok(found) => found,
                     Err(e) => {
@@ -970,7 +1036,7 @@ impl Nemesis {
                     Some(found) => format!("{detail}; heal: {found}"),
                     None => detail.clone(),
                 };
-                details.push((*fault, detail));
+                details.push((fault, detail));
             }
             if let Some(e) = failed {
                 return Err(e);

@@ -75,7 +75,7 @@ async fn check_nothing_lost_or_doubled(
 
 /// Calls `call` until it succeeds, retrying what a membership call answers
 /// while work is under way (UNAVAILABLE, an unknown outcome).
-async fn until_done<F, Fut>(what: &str, mut call: F)
+pub async fn until_done<F, Fut>(what: &str, mut call: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), tonic::Status>>,
@@ -362,5 +362,64 @@ async fn an_operator_moves_a_partition_and_bad_moves_change_nothing() {
     .await;
     let mut on_newcomer = cluster.client(newcomer.0).await;
     check_nothing_lost_or_doubled(&mut on_newcomer, "moved", 1, &acked).await;
+    cluster.shutdown().await;
+}
+
+/// Adding a node that is draining (its removal under way) cancels the
+/// removal: it stays a voter, stops draining, and the balancer evens the
+/// replicas out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_a_draining_node_cancels_its_removal() {
+    let cluster = TestCluster::start(4).await;
+    cluster.create_topic("kept", 4, 3).await;
+    // A removal as RemoveNode starts it (on the metadata leader), without
+    // the caller that would finish it.
+    until_done("mark node 4 draining", || async {
+        let leader = cluster
+            .nodes
+            .values()
+            .find(|n| {
+                n.node
+                    .meta_group()
+                    .is_some_and(|g| g.is_leader(n.node.id()))
+            })
+            .ok_or_else(|| tonic::Status::unavailable("no metadata leader yet"))?;
+        leader
+            .node
+            .write_meta_ack(raftstream_node::raft::types::MetaCommand::SetNodeDraining {
+                node: NodeId(4),
+                draining: true,
+            })
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))
+    })
+    .await;
+    let admin = cluster.client(2).await;
+    let peer_addr = cluster.configs[&4].peer_addr.to_string();
+    until_done("add node 4 again", || {
+        let mut admin = admin.clone();
+        let peer_addr = peer_addr.clone();
+        async move {
+            admin
+                .add_node(pb::AddNodeRequest {
+                    node_id: 4,
+                    peer_addr,
+                })
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    eventually(
+        "node 4 no longer draining, with its share",
+        Duration::from_secs(60),
+        || async {
+            let draining = cluster.nodes[&1].node.metadata().draining;
+            let (counts, busy) = placement(&cluster, 1);
+            (draining.is_empty() && !busy && counts.get(&NodeId(4)) == Some(&3)).then_some(())
+        },
+    )
+    .await;
+    assert!(cluster.nodes[&1].node.voters().contains(&NodeId(4)));
     cluster.shutdown().await;
 }

@@ -31,6 +31,8 @@ struct Cluster {
     /// Nodes run under libfaketime, each reading its clock offset from
     /// `clock_file(i)`.
     faketime: bool,
+    /// Per node: started with `--join` (added to the cluster by AddNode).
+    joining: Vec<bool>,
     children: Vec<Option<Child>>,
 }
 
@@ -156,6 +158,7 @@ impl Cluster {
             peers,
             certs,
             faketime,
+            joining: vec![false; size],
             children: (0..size).map(|_| None).collect(),
         };
         for i in 0..size {
@@ -172,6 +175,19 @@ impl Cluster {
             .find_map(|p| p.strip_prefix(&prefix))
             .unwrap()
             .to_string()
+    }
+
+    /// Starts one more node, empty, with `--join`: it waits to be added
+    /// (AddNode) rather than forming a cluster. Answers its index.
+    fn spawn_joining(&mut self) -> usize {
+        let i = self.grpc.len();
+        self.grpc.push(format!("127.0.0.1:{}", free_port()));
+        self.peers
+            .push_str(&format!(",{}=127.0.0.1:{}", i + 1, free_port()));
+        self.joining.push(true);
+        self.children.push(None);
+        self.spawn(i);
+        i
     }
 
     fn spawn(&mut self, i: usize) {
@@ -196,6 +212,9 @@ impl Cluster {
             ])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("node-{}", i + 1)));
+        if self.joining[i] {
+            command.arg("--join");
+        }
         if let Some(certs) = &self.certs {
             let node = |ext: &str| certs.join(format!("node-{}.{ext}", i + 1));
             command
@@ -1104,4 +1123,117 @@ async fn run_merges_the_config_file_environment_and_flags() {
         status.nodes[0].grpc_addr,
         format!("node-1.example:{env_grpc}")
     );
+}
+
+/// A fourth node process joins a cluster of three under load and takes its
+/// share of the replicas; then node 1 is removed once its replicas moved
+/// away, and exits cleanly. Nothing acknowledged is lost or stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
+    use crate::membership::until_done;
+    let mut cluster = Cluster::start(3);
+    let client = cluster.client(0).await;
+    create_topic_as(
+        &client,
+        pb::CreateTopicRequest {
+            name: "members".into(),
+            partitions: ROLLING_PARTITIONS,
+            replication_factor: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually_in_status(&client, "partitions led", Duration::from_secs(30), |s| {
+        let led = s
+            .groups
+            .iter()
+            .filter(|g| g.topic == "members" && g.leader.is_some())
+            .count();
+        (led == ROLLING_PARTITIONS as usize).then_some(())
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(cluster.client(i).await);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let producer = tokio::spawn(produce_until_stopped(clients, "members", stopped));
+
+    let four = cluster.spawn_joining();
+    let peer_addr = cluster.peer_addr(four);
+    until_done("add node 4", || {
+        let mut admin = client.clone();
+        let peer_addr = peer_addr.clone();
+        async move {
+            admin
+                .add_node(pb::AddNodeRequest {
+                    node_id: 4,
+                    peer_addr,
+                })
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    // 9 replicas on 4 nodes: 2 or 3 each once the balancer is done.
+    let spread = eventually_in_status(
+        &client,
+        "replicas balanced onto node 4",
+        Duration::from_secs(90),
+        |s| {
+            let counts: Vec<u32> = s.nodes.iter().map(|n| n.replicas).collect();
+            let four = s.nodes.iter().find(|n| n.id == 4)?;
+            (s.moves.is_empty()
+                && four.voter
+                && four.replicas >= 2
+                && counts.len() == 4
+                && counts.iter().max()? - counts.iter().min()? <= 1)
+                .then_some(counts)
+        },
+    )
+    .await;
+    println!("membership: replicas per node after node 4 joined: {spread:?}");
+
+    let via_two = cluster.client(1).await;
+    until_done("remove node 1", || {
+        let mut admin = via_two.clone();
+        async move {
+            admin
+                .remove_node(pb::RemoveNodeRequest { node_id: 1 })
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
+    let status = eventually_in_status(&via_two, "node 1 out", Duration::from_secs(30), |s| {
+        let one_holds = s.nodes.iter().find(|n| n.id == 1).map_or(0, |n| n.replicas);
+        let leaders = s
+            .groups
+            .iter()
+            .filter(|g| g.topic == "members" && g.leader.is_some_and(|l| l != 1))
+            .count();
+        (one_holds == 0 && leaders == ROLLING_PARTITIONS as usize).then_some(s)
+    })
+    .await;
+    assert!(
+        !status.nodes.iter().any(|n| n.id == 1 && n.voter),
+        "{:?}",
+        status.nodes
+    );
+    // Some more publishes without node 1, then it stops as an operator
+    // would stop a removed node.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send_replace(true);
+    let partitions = producer.await.unwrap();
+    cluster.stop_gracefully(0).await;
+
+    let mut reader = cluster.client(1).await;
+    for (partition, acks) in partitions.iter().enumerate() {
+        assert!(
+            !acks.acked.is_empty(),
+            "nothing acknowledged on partition {partition}"
+        );
+        let read = read_partition(&mut reader, "members", partition as u32, acks.acked.len()).await;
+        assert_each_acknowledged_once_in_order(&acks.acked, &read);
+    }
 }

@@ -96,7 +96,9 @@ impl Service {
 
     /// Adds node `node`, reachable at `peer_addr`, as a voter of the
     /// metadata group, then asks the balancer to give it replicas. Calling
-    /// it again for a voter only asks the balancer again.
+    /// it again for a voter only asks the balancer again; for a voter that
+    /// is draining (a removal under way) it cancels the removal, as
+    /// re-adding a broker that is being decommissioned does elsewhere.
     pub async fn add_node(
         &self,
         caller: &Caller,
@@ -121,6 +123,18 @@ impl Service {
                 let addrs = BTreeMap::from([(node, peer_addr.to_string())]);
                 change_voters(&meta, &voters, &addrs, self.membership_step_timeout()).await?;
                 tracing::info!(node = node.0, peer_addr, "node added to the cluster");
+                let draining = self
+                    .node
+                    .with_metadata(|m| m.draining.contains(&node))
+                    .unwrap_or(false);
+                if draining {
+                    self.node
+                        .write_meta_ack(MetaCommand::SetNodeDraining {
+                            node,
+                            draining: false,
+                        })
+                        .await?;
+                }
                 self.node
                     .write_meta_ack(MetaCommand::SetBalancing { on: true })
                     .await

@@ -516,19 +516,17 @@ impl TestCluster {
                     group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
                 })
             });
-            match leading {
-                Some(leader) if leader == to => {
-                    if self.partition_leader(name, partition).await == to {
-                        return;
-                    }
+            if leading == Some(to) && self.partition_leader(name, partition).await == to {
+                return;
+            }
+            if let Some(leader) = leading
+                && leader != to
+                && last_asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN_AFTER)
+            {
+                if let Some(group) = self.nodes[&leader].node.group(group_id) {
+                    let _ = group.raft.trigger().transfer_leader(NodeId(to)).await;
                 }
-                Some(leader) if last_asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN_AFTER) => {
-                    if let Some(group) = self.nodes[&leader].node.group(group_id) {
-                        let _ = group.raft.trigger().transfer_leader(NodeId(to)).await;
-                    }
-                    last_asked = Some(tokio::time::Instant::now());
-                }
-                _ => {}
+                last_asked = Some(tokio::time::Instant::now());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
