@@ -336,7 +336,15 @@ async fn main() -> anyhow::Result<()> {
         _ = running.node.failed() => true,
     };
     if storage_failed {
-        let _ = tokio::time::timeout(STOP_AFTER_FAILURE, running.shutdown()).await;
+        // The node's own task logs why and then starts stopping; wait for
+        // that, or on a busy machine the exit could come before the task
+        // ran and the one line saying why would be missing.
+        let mut stopping = running.node.shutdown_signal();
+        let _ = tokio::time::timeout(STOP_AFTER_FAILURE, async {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+            running.shutdown().await;
+        })
+        .await;
         std::process::exit(EXIT_STORAGE_FAILED);
     }
     tracing::info!("shutting down: handing off leadership first");

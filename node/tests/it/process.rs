@@ -1195,16 +1195,7 @@ async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
     println!("membership: replicas per node after node 4 joined: {spread:?}");
 
     let via_two = cluster.client(1).await;
-    until_done("remove node 1", || {
-        let mut admin = via_two.clone();
-        async move {
-            admin
-                .remove_node(pb::RemoveNodeRequest { node_id: 1 })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
+    crate::membership::remove_until_done(&via_two, 1).await;
     let status = eventually_in_status(&via_two, "node 1 out", Duration::from_secs(30), |s| {
         let one_holds = s.nodes.iter().find(|n| n.id == 1).map_or(0, |n| n.replicas);
         let leaders = s
