@@ -518,7 +518,9 @@ impl TestCluster {
             });
             match leading {
                 Some(leader) if leader == to => {
-                    if self.partition_leader(name, partition).await == to {
+                    // Raft says so here; the cluster's status must agree.
+                    let reported = self.partition_leader(name, partition).await;
+                    if reported == to {
                         return;
                     }
                 }
