@@ -423,6 +423,25 @@ mod tests {
     }
 
     #[test]
+    fn stored_json_is_the_payload_verbatim_and_other_bytes_a_string() {
+        let exact = r#"{"z":1,"a":[1.50,12345678901234567890123]}"#;
+        assert_eq!(payload_json(exact.as_bytes()).get(), exact);
+        assert_eq!(payload_json(b"not json").get(), r#""not json""#);
+        assert_eq!(payload_json(&[0xff, b'a']).get(), "\"\u{fffd}a\"");
+    }
+
+    #[test]
+    fn query_parameters_are_refused_by_name() {
+        assert!(no_query_parameters(&[]).is_ok());
+        let refused =
+            no_query_parameters(&[("after_message_id".into(), "0-1".into())]).unwrap_err();
+        assert!(
+            refused.message.contains("`after_message_id`"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn bad_bodies_are_refused() {
         for bad in [
             r#"{"batch_size": 0}"#,
@@ -436,6 +455,9 @@ mod tests {
         ] {
             assert!(parse_body(bad.as_bytes()).is_err(), "{bad}");
         }
+        // A misspelt field is refused by name, never ignored.
+        let misspelt = parse_body(br#"{"after_mesage_id": "0-1"}"#).unwrap_err();
+        assert!(misspelt.message.contains("after_mesage_id"), "{misspelt:?}");
         let ok = parse_body(b"").unwrap();
         assert_eq!((ok.batch_size, ok.timeout_secs), (50, 0));
         let t = parse_body(br#"{"since_time": "1970-01-01T00:00:01.5+00:00"}"#).unwrap();

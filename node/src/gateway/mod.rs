@@ -445,6 +445,27 @@ fn unchecked(e: SchemaError) -> ApiError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use axum::body::Body;
+
+    #[test]
+    fn pieces_keep_the_order_and_stay_within_the_budget() {
+        let value = |n: usize, fill: u8| Bytes::from(vec![fill; n]);
+        let values = vec![
+            value(4, b'a'),
+            value(4, b'b'),
+            value(3, b'c'),
+            value(20, b'd'),
+            value(1, b'e'),
+        ];
+        let split = pieces(values.clone(), 10);
+        let sizes: Vec<Vec<usize>> = split
+            .iter()
+            .map(|piece| piece.iter().map(Bytes::len).collect())
+            .collect();
+        // The value over the budget goes alone, for the service to refuse.
+        assert_eq!(sizes, vec![vec![4, 4], vec![3], vec![20], vec![1]]);
+        assert_eq!(split.concat(), values);
+        assert!(pieces(Vec::new(), 10).is_empty());
+    }
     use axum::http::StatusCode;
     use axum::routing::post;
     use tower::ServiceExt;
