@@ -93,7 +93,8 @@ fuzz() {
     -d '{"name": "fuzz", "partitions": 2, "schema": {"type": "object"}}' >/dev/null || return 1
   curl -sf "${auth[@]}" "$base/api/event_streams/topics" \
     -d '{"name": "plain", "partitions": 3}' >/dev/null || return 1
-  curl -sf "${auth[@]}" "$base/api/v1/topics/fuzz/publish" -d '{"seed": 1}' >/dev/null || return 1
+  curl -sf "${auth[@]}" -H "Content-Type: application/json" "$base/api/v1/topics/fuzz/publish" \
+    -d '{"seed": 1}' >/dev/null || return 1
   local keep
   keep=$(curl -sf "${auth[@]}" "$base/api/tokens" |
     python3 -c 'import json, sys; print(",".join(str(t["id"]) for t in json.load(sys.stdin)["data"]))') ||

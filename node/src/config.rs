@@ -192,6 +192,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// The largest sum of messages one batch publish accepts.
     pub max_batch_bytes: usize,
+    /// The largest body of an HTTP batch publish (`{"payloads": [...]}`):
+    /// room for 100 payloads of 1 MiB and the JSON around them. The
+    /// gateway stores such a batch in pieces of at most `max_batch_bytes`.
+    pub max_http_batch_bytes: usize,
     /// How long a publish waits for its commit before reporting an unknown
     /// outcome.
     pub write_timeout_ms: u64,
@@ -242,6 +246,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 1024 * 1024,
             max_batch_bytes: 4 * 1024 * 1024,
+            max_http_batch_bytes: 101 * 1024 * 1024,
             write_timeout_ms: 10_000,
             retention_interval_ms: 5_000,
             rate_limit_per_sec: None,
@@ -448,6 +453,9 @@ impl NodeConfig {
                 "max_request_bytes must not exceed {MAX_RPC_BYTES} bytes, the largest message \
                  between nodes"
             ));
+        }
+        if l.max_http_batch_bytes < l.max_message_bytes {
+            return Err("max_http_batch_bytes must not be less than max_message_bytes".into());
         }
         if l.max_message_bytes > l.max_batch_bytes {
             return Err("max_message_bytes must not exceed max_batch_bytes".into());

@@ -78,6 +78,8 @@ error_codes! {
         Conflict = "conflict",
         /// The request body is over the node's limit.
         PayloadTooLarge = "payload_too_large",
+        /// The request body's Content-Type is not one the route reads.
+        UnsupportedMediaType = "unsupported_media_type",
         /// The credential's request rate is spent.
         RateLimited = "rate_limited",
         /// Every long-poll slot of the node is taken.
@@ -160,6 +162,7 @@ impl ErrorCode {
             // Not RESOURCE_EXHAUSTED: without the header that reads as a
             // rate limit, which a retry would wait out in vain.
             ErrorCode::PayloadTooLarge => row(Code::InvalidArgument, 413, false),
+            ErrorCode::UnsupportedMediaType => row(Code::InvalidArgument, 415, false),
             ErrorCode::RateLimited => row(Code::ResourceExhausted, 429, true),
             ErrorCode::TooManyLongPolls => row(Code::ResourceExhausted, 429, true),
             ErrorCode::Internal => row(Code::Internal, 500, false),
@@ -335,6 +338,12 @@ mod tests {
         check(ErrorCode::InvalidRequest, Code::InvalidArgument, 400, false);
         check(ErrorCode::Conflict, Code::AlreadyExists, 409, false);
         check(ErrorCode::RateLimited, Code::ResourceExhausted, 429, true);
+        check(
+            ErrorCode::UnsupportedMediaType,
+            Code::InvalidArgument,
+            415,
+            false,
+        );
         check(
             ErrorCode::InsufficientStorage,
             Code::ResourceExhausted,

@@ -45,11 +45,10 @@ use crate::api::service::ServiceError;
 use crate::api::service::Stored;
 use crate::api::service::TokenInfo;
 use crate::api::service::denied_scope;
-use crate::api::service::message_id;
-use crate::api::service::parse_message_id;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
 use crate::model::GroupId;
+use crate::model::MessageId;
 use crate::model::NodeId;
 use crate::model::Offset;
 use crate::model::TopicId;
@@ -403,7 +402,7 @@ fn page_to_pb(Page { partition, batch }: Page) -> pb::ConsumeResponse {
                 key: m.key,
                 value: m.value,
                 headers: m.headers.into_iter().collect(),
-                message_id: message_id(partition, m.offset),
+                message_id: MessageId::new(partition, m.offset).to_string(),
             })
             .collect(),
         next_offset: batch.next_offset.0,
@@ -542,11 +541,13 @@ fn consume_call(request: pb::ConsumeRequest) -> Result<Consume, Status> {
         Some(pb::position::Position::Earliest(_)) => StartAt::Earliest,
         Some(pb::position::Position::Latest(_)) => StartAt::Latest,
         Some(pb::position::Position::AfterMessageId(id)) => {
-            let (p, offset) = parse_message_id(&id).ok_or_else(|| {
+            // A consume's positioned id names its message as well: the
+            // position in other partitions means nothing to a read of one.
+            let id = MessageId::parse(&id).ok_or_else(|| {
                 ErrorCode::InvalidRequest.status(format!("{id:?} is not a message id"))
             })?;
-            partition = p;
-            StartAt::After(offset)
+            partition = id.partition;
+            StartAt::After(id.offset)
         }
     };
     Ok(Consume {
@@ -561,7 +562,9 @@ fn consume_call(request: pb::ConsumeRequest) -> Result<Consume, Status> {
 fn start_to_pb(start: &StartAt, partition: u32) -> pb::position::Position {
     match start {
         StartAt::Offset(o) => pb::position::Position::Offset(o.0),
-        StartAt::After(o) => pb::position::Position::AfterMessageId(message_id(partition, *o)),
+        StartAt::After(o) => {
+            pb::position::Position::AfterMessageId(MessageId::new(partition, *o).to_string())
+        }
         StartAt::Timestamp(ts) => pb::position::Position::SinceTimestampMs(*ts),
         StartAt::Earliest => pb::position::Position::Earliest(true),
         StartAt::Latest => pb::position::Position::Latest(true),

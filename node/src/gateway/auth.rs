@@ -19,6 +19,7 @@ use raftstream_proto::ErrorCode;
 
 use super::ApiError;
 use super::Gateway;
+use super::extract::bearer_credentials;
 use crate::auth::AccessLost;
 use crate::auth::Denied;
 use crate::model::TopicId;
@@ -57,8 +58,7 @@ async fn check(gateway: &Gateway, scope: Scope, request: Request) -> Result<Requ
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?
         .to_str()
         .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_credentials)
         .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?
         .to_string();
     // A token created a moment ago through another node is waited for

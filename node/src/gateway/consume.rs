@@ -1,12 +1,13 @@
 //! Consume with replay and long polling across every partition of a topic.
 //!
 //! A message id handed out by consume carries the consumer's position in
-//! every partition just after that message: `"<p>-<o>"` for one-partition
-//! topics, `"<p>-<o>@<n0>.<n1>…"` otherwise, where `n_i` is the next offset
-//! to read in partition `i`. Resuming from the last id received therefore
-//! neither misses nor re-reads a committed message, whatever the partition
-//! count. An id from publish (`"<p>-<o>"`) names only its own partition;
-//! the others then resume at that message's time.
+//! every partition just after that message (`model::MessageId`): the plain
+//! `"<p>-<o>"` a publish returns for one-partition topics,
+//! `"<p>-<o>@<n0>.<n1>…"` otherwise. Resuming from the last id received
+//! therefore neither misses nor re-reads a committed message, whatever the
+//! partition count. A plain id (from publish) on a topic of several
+//! partitions names only its own partition; the others then resume at that
+//! message's time.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use futures::stream::FuturesUnordered;
 use raftstream_proto::ErrorCode;
 use serde::Deserialize;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -30,6 +31,7 @@ use super::error::BodyErrors;
 use super::error::ClusterErrors;
 use super::error::NoSuchTopic;
 use super::extract::ApiPath;
+use super::extract::ApiQuery;
 use super::extract::OptionalJsonBody;
 use super::extract::TopicPath;
 use crate::api::read::ReadBatch;
@@ -38,8 +40,7 @@ use crate::api::read::StartAt;
 use crate::api::service::Caller;
 use crate::api::service::Consume;
 use crate::api::service::Hops;
-use crate::api::service::message_id;
-use crate::api::service::parse_message_id;
+use crate::model::MessageId;
 use crate::model::Offset;
 use crate::model::rfc3339;
 use crate::raft::types::Scope;
@@ -48,46 +49,12 @@ pub const DEFAULT_BATCH_SIZE: u64 = 50;
 pub const MAX_BATCH_SIZE: u64 = 50;
 pub const MAX_TIMEOUT_SECS: u64 = 60;
 
-/// A parsed message id: the message, and the position after it if known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResumeId {
-    pub partition: u32,
-    pub offset: Offset,
-    pub next_offsets: Option<Vec<Offset>>,
-}
-
-pub fn parse_resume_id(id: &str) -> Option<ResumeId> {
-    let (message, cursor) = match id.split_once('@') {
-        Some((message, cursor)) => (message, Some(cursor)),
-        None => (id, None),
-    };
-    let (partition, offset) = parse_message_id(message)?;
-    let next_offsets = match cursor {
-        None => None,
-        Some(c) => Some(
-            c.split('.')
-                .map(|n| n.parse().ok().map(Offset))
-                .collect::<Option<Vec<Offset>>>()?,
-        ),
-    };
-    Some(ResumeId {
-        partition,
-        offset,
-        next_offsets,
-    })
-}
-
-pub fn resume_id(partition: u32, offset: Offset, next_offsets: &[Offset]) -> String {
-    if next_offsets.len() <= 1 {
-        return message_id(partition, offset);
-    }
-    let cursor: Vec<String> = next_offsets.iter().map(Offset::to_string).collect();
-    format!("{}@{}", message_id(partition, offset), cursor.join("."))
-}
-
 /// Where to start and how to wait. With no position, reading starts at the
 /// oldest retained message.
+/// A misspelt field is refused, never ignored: ignoring `after_mesage_id`
+/// would replay the topic from its start.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ConsumeRequest {
     /// Resume after this message id (one this API returned, or one from
     /// publish). It must name a message of the topic; it cannot be combined
@@ -113,9 +80,10 @@ pub struct ConsumedMessage {
     /// The message's id; it carries the consumer's position in every
     /// partition, so resuming after it neither misses nor repeats a message.
     pub message_id: String,
-    /// The published JSON object (a message published over gRPC whose
-    /// value is not JSON comes back as a string).
-    pub payload: Value,
+    /// The published JSON object, byte for byte as it was sent (a message
+    /// published over gRPC whose value is not JSON comes back as a string).
+    #[schema(value_type = Object)]
+    pub payload: Box<RawValue>,
     /// When the message was stored (RFC 3339).
     #[schema(format = DateTime)]
     pub time: String,
@@ -187,6 +155,19 @@ impl ConsumeRequest {
     }
 }
 
+/// Consume takes its options in the body only. A parameter in the query
+/// string (`?after_message_id=…`) is refused, never ignored: ignoring it
+/// would replay the topic from its start.
+fn no_query_parameters(query: &[(String, String)]) -> Result<(), ApiError> {
+    match query.first() {
+        None => Ok(()),
+        Some((name, _)) => Err(ApiError::bad_request(format!(
+            "unknown query parameter `{name}`: consume takes after_message_id, since_time, \
+             batch_size and timeout_secs in its JSON body"
+        ))),
+    }
+}
+
 /// Reads committed messages across every partition of a topic, with replay
 /// by message id or time and long polling.
 #[utoipa::path(
@@ -201,8 +182,8 @@ impl ConsumeRequest {
     responses(
         (status = 200, description = "Up to `batch_size` messages in publish order; empty when \
             none arrived before the timeout.", body = ConsumeResponse),
-        (status = 400, description = "`invalid_request`: malformed JSON, a field of the wrong \
-            type or out of range, `after_message_id` with `since_time`, or an \
+        (status = 400, description = "`invalid_request`: malformed JSON, an unknown field or \
+            query parameter, a field of the wrong type or out of range, `after_message_id` with `since_time`, or an \
             `after_message_id` naming no message of the topic.", body = ErrorBody),
         NoSuchTopic,
         BodyErrors,
@@ -215,8 +196,10 @@ pub async fn consume(
     State(gateway): Shared,
     ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
     Extension(admitted): Extension<AdmittedToken>,
+    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
 ) -> Result<Json<ConsumeResponse>, ApiError> {
+    no_query_parameters(&query)?;
     let body = body.check()?;
     let topic = gateway.topic(&topic_id).await?;
     let partitions = topic.partitions.len();
@@ -254,7 +237,7 @@ pub async fn consume(
                 "after_message_id {id:?} names no message of this topic"
             ))
         };
-        let resume = parse_resume_id(id).ok_or_else(invalid)?;
+        let resume = MessageId::parse(id).ok_or_else(invalid)?;
         let p = resume.partition as usize;
         if p >= partitions {
             return Err(invalid());
@@ -365,15 +348,25 @@ fn merge(responses: Vec<ReadBatch>, limit: usize, max_bytes: usize) -> Vec<Consu
             if let Some(slot) = next.get_mut(partition as usize) {
                 *slot = m.offset.plus(1);
             }
-            let payload = serde_json::from_slice(&m.value)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.value).into_owned()));
+            let payload = payload_json(&m.value);
             ConsumedMessage {
-                message_id: resume_id(partition, m.offset, &next),
+                message_id: MessageId::with_position(partition, m.offset, &next).to_string(),
                 payload,
                 time: rfc3339(m.timestamp_ms),
             }
         })
         .collect()
+}
+
+/// A stored value as the JSON a consumer receives: the stored bytes
+/// themselves when they are JSON (every payload published over HTTP is),
+/// else the bytes as a JSON string.
+fn payload_json(value: &[u8]) -> Box<RawValue> {
+    serde_json::from_slice::<Box<RawValue>>(value).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(value);
+        // A string always serializes; the fallback (`null`) is never used.
+        serde_json::value::to_raw_value(&text).unwrap_or_default()
+    })
 }
 
 #[cfg(test)]
@@ -390,25 +383,6 @@ mod tests {
             key: Bytes::new(),
             value: Bytes::from_static(b"{}"),
             headers: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn resume_ids_round_trip_and_reject_garbage() {
-        let id = resume_id(1, Offset(7), &[Offset(3), Offset(8), Offset(0)]);
-        assert_eq!(id, "1-7@3.8.0");
-        assert_eq!(
-            parse_resume_id(&id).unwrap(),
-            ResumeId {
-                partition: 1,
-                offset: Offset(7),
-                next_offsets: Some(vec![Offset(3), Offset(8), Offset(0)])
-            }
-        );
-        assert_eq!(resume_id(0, Offset(4), &[Offset(5)]), "0-4");
-        assert_eq!(parse_resume_id("0-4").unwrap().next_offsets, None);
-        for bad in ["", "x", "1-", "-1", "1-2@", "1-2@a.b", "1-2-3"] {
-            assert!(parse_resume_id(bad).is_none(), "{bad}");
         }
     }
 
@@ -449,6 +423,25 @@ mod tests {
     }
 
     #[test]
+    fn stored_json_is_the_payload_verbatim_and_other_bytes_a_string() {
+        let exact = r#"{"z":1,"a":[1.50,12345678901234567890123]}"#;
+        assert_eq!(payload_json(exact.as_bytes()).get(), exact);
+        assert_eq!(payload_json(b"not json").get(), r#""not json""#);
+        assert_eq!(payload_json(&[0xff, b'a']).get(), "\"\u{fffd}a\"");
+    }
+
+    #[test]
+    fn query_parameters_are_refused_by_name() {
+        assert!(no_query_parameters(&[]).is_ok());
+        let refused =
+            no_query_parameters(&[("after_message_id".into(), "0-1".into())]).unwrap_err();
+        assert!(
+            refused.message.contains("`after_message_id`"),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn bad_bodies_are_refused() {
         for bad in [
             r#"{"batch_size": 0}"#,
@@ -462,6 +455,9 @@ mod tests {
         ] {
             assert!(parse_body(bad.as_bytes()).is_err(), "{bad}");
         }
+        // A misspelt field is refused by name, never ignored.
+        let misspelt = parse_body(br#"{"after_mesage_id": "0-1"}"#).unwrap_err();
+        assert!(misspelt.message.contains("after_mesage_id"), "{misspelt:?}");
         let ok = parse_body(b"").unwrap();
         assert_eq!((ok.batch_size, ok.timeout_secs), (50, 0));
         let t = parse_body(br#"{"since_time": "1970-01-01T00:00:01.5+00:00"}"#).unwrap();

@@ -26,7 +26,8 @@ use crate::api::service::ServiceError;
 /// An error: a human-readable `message` and a stable machine-readable
 /// `code` (`invalid_request`, `schema_mismatch`, `invalid_schema`,
 /// `invalid_topic_schema`, `unauthorized`, `forbidden`, `not_found`,
-/// `method_not_allowed`, `conflict`, `payload_too_large`, `rate_limited`,
+/// `method_not_allowed`, `conflict`, `payload_too_large`,
+/// `unsupported_media_type`, `rate_limited`,
 /// `too_many_long_polls`, `internal`, `unavailable`, `not_ready`,
 /// `storage_failed`, `insufficient_storage`, `outcome_unknown`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

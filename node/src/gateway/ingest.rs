@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::FromRequest;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -33,7 +32,8 @@ use super::extract::ApiPath;
 use super::extract::ApiQuery;
 use super::extract::JsonBody;
 use super::extract::SourcePath;
-use super::extract::body_bytes;
+use super::extract::bearer_credentials;
+use super::extract::read_body;
 use super::topics::Done;
 use crate::api::service;
 use crate::api::service::Caller;
@@ -365,8 +365,8 @@ fn source_secret(headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(|| unauthorized("missing Authorization: Bearer <source secret>"))?
         .to_str()
         .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|secret| secret.trim().to_string())
+        .and_then(bearer_credentials)
+        .map(str::to_string)
         .ok_or_else(|| unauthorized("the Authorization header must be Bearer <source secret>"))
 }
 
@@ -459,7 +459,7 @@ pub async fn receive(
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let body = body_bytes(Bytes::from_request(request, &()).await)?;
+    let body = read_body(request, &()).await?;
     deliver(&gateway, source_id, &headers, body, None).await
 }
 
@@ -562,7 +562,7 @@ async fn flow(
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let body = body_bytes(Bytes::from_request(request, &()).await)?;
+    let body = read_body(request, &()).await?;
     let published_headers = headers
         .iter()
         .filter(|(name, _)| !is_credential(name.as_str()))

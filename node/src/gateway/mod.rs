@@ -35,6 +35,7 @@ use raftstream_proto::ErrorCode;
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::OpenApi;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -57,7 +58,8 @@ use crate::node::NotReady;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 
-/// The largest request body the gateway reads (Workato's payload limit).
+/// The largest request body the gateway reads (Workato's payload limit),
+/// but for a batch publish's (`Limits::max_http_batch_bytes`).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The most payloads one batch publish carries.
 pub const MAX_BATCH_PAYLOADS: usize = 100;
@@ -89,9 +91,16 @@ pub fn router(node: Arc<Node>) -> Router {
     });
     let scoped =
         |scope: Scope| middleware::from_fn_with_state((gateway.clone(), scope), auth::require);
+    // A batch carries up to 100 payloads of up to 1 MiB: its body has its
+    // own, larger limit, which the 413 names.
+    let batch_limit = gateway.node.config.limits.max_http_batch_bytes;
+    let batch_route = OpenApiRouter::default()
+        .routes(routes!(publish::publish_batch))
+        .layer(DefaultBodyLimit::max(batch_limit))
+        .layer(axum::Extension(extract::BodyLimit(batch_limit)));
     let publish_routes = OpenApiRouter::default()
         .routes(routes!(publish::publish))
-        .routes(routes!(publish::publish_batch))
+        .merge(batch_route)
         .route_layer(scoped(Scope::Publish));
     let consume_routes = OpenApiRouter::default()
         .routes(routes!(consume::consume))
@@ -292,84 +301,135 @@ impl Gateway {
     }
 
     /// Publishes values the gateway has checked against the topic's
-    /// schema itself, item by item: each one's outcome, in order.
+    /// schema itself, item by item: each one's outcome, in order. Values
+    /// are sent in order, in pieces of at most `max_batch_bytes` (one Raft
+    /// entry per partition each), so an HTTP batch larger than that is
+    /// stored whole and in order.
     async fn publish_checked(
         &self,
         topic: &Topic,
         values: Vec<Bytes>,
     ) -> Result<Vec<RecordOutcome>, ApiError> {
-        let records = values
-            .into_iter()
-            .map(|value| Record {
-                value,
-                ..Record::default()
-            })
-            .collect();
-        let call = Publish {
-            records,
-            producer: None,
-            schema_check: SchemaCheck::Done,
-        };
-        Ok(self
-            .core
-            .publish_to(&Caller::Node, topic, call, Hops::default())
-            .await?)
-    }
-
-    /// Checks one payload, as `check_payloads` does, and returns it.
-    async fn check_payload(&self, topic: &Topic, payload: Value) -> Result<Value, ApiError> {
-        let (payloads, outcomes) = self.check_payloads(topic, vec![payload]).await?;
-        match (payloads.into_iter().next(), outcomes.into_iter().next()) {
-            (Some(payload), Some(Ok(()))) => Ok(payload),
-            (_, Some(Err(e))) => Err(e),
-            _ => Err(ApiError::new(
-                ErrorCode::Internal,
-                "the payload's check gave no outcome",
-            )),
+        let max_batch_bytes = self.node.config.limits.max_batch_bytes;
+        let total = values.len();
+        let mut outcomes: Vec<RecordOutcome> = Vec::with_capacity(total);
+        for piece in pieces(values, max_batch_bytes) {
+            let records = piece
+                .into_iter()
+                .map(|value| Record {
+                    value,
+                    ..Record::default()
+                })
+                .collect();
+            let call = Publish {
+                records,
+                producer: None,
+                schema_check: SchemaCheck::Done,
+            };
+            match self
+                .core
+                .publish_to(&Caller::Node, topic, call, Hops::default())
+                .await
+            {
+                Ok(piece_outcomes) => outcomes.extend(piece_outcomes),
+                // Nothing was stored: the whole call fails.
+                Err(e) if outcomes.is_empty() => return Err(e.into()),
+                // Earlier pieces were stored: this piece's items, and the
+                // ones after it, fail alone with the error, so the caller
+                // knows which ones to send again.
+                Err(e) => {
+                    outcomes.resize(total, Err(e));
+                    break;
+                }
+            }
         }
+        Ok(outcomes)
     }
 
     /// Checks payloads one by one: each must be a JSON object that
-    /// satisfies the topic's schema. Returns the payloads back with each
-    /// one's outcome; an error only when they could not be checked at all.
+    /// satisfies the topic's schema. Returns each one's outcome; an error
+    /// only when they could not be checked at all. The payloads are parsed
+    /// into values only to be checked: what is stored stays the raw bytes.
     async fn check_payloads(
         &self,
         topic: &Topic,
-        payloads: Vec<Value>,
-    ) -> Result<(Vec<Value>, Vec<Result<(), ApiError>>), ApiError> {
-        let (payloads, mismatches) = match TopicSchema::of(topic) {
-            None => {
-                let mismatches = vec![None; payloads.len()];
-                (payloads, mismatches)
-            }
-            Some(schema) => self
-                .node
-                .schemas
-                .check_each(schema, payloads)
-                .await
-                .map_err(unchecked)?,
-        };
-        let outcomes = payloads
+        payloads: &[&RawValue],
+    ) -> Result<Vec<Result<(), ApiError>>, ApiError> {
+        let mut outcomes: Vec<Result<(), ApiError>> = payloads
             .iter()
-            .zip(mismatches)
-            .map(|(payload, mismatch)| payload_outcome(payload, mismatch))
+            .map(|payload| {
+                if is_object(payload) {
+                    Ok(())
+                } else {
+                    Err(ApiError::bad_request("the payload must be a JSON object"))
+                }
+            })
             .collect();
-        Ok((payloads, outcomes))
+        let Some(schema) = TopicSchema::of(topic) else {
+            return Ok(outcomes);
+        };
+        let mut checked = Vec::new();
+        let mut values = Vec::new();
+        for (index, payload) in payloads.iter().enumerate() {
+            if outcomes[index].is_err() {
+                continue;
+            }
+            match serde_json::from_str::<Value>(payload.get()) {
+                Ok(value) => {
+                    checked.push(index);
+                    values.push(value);
+                }
+                Err(e) => {
+                    outcomes[index] = Err(ApiError::bad_request(format!(
+                        "the payload cannot be checked against the topic's schema: {e}"
+                    )))
+                }
+            }
+        }
+        let (_, mismatches) = self
+            .node
+            .schemas
+            .check_each(schema, values)
+            .await
+            .map_err(unchecked)?;
+        for (index, mismatch) in checked.into_iter().zip(mismatches) {
+            if let Some(failures) = mismatch {
+                outcomes[index] = Err(ApiError::new(
+                    ErrorCode::SchemaMismatch,
+                    format!("the payload does not match the topic's schema: {failures}"),
+                ));
+            }
+        }
+        Ok(outcomes)
     }
 }
 
-/// One payload's outcome, given what it fails of the topic's schema.
-fn payload_outcome(payload: &Value, mismatch: Option<String>) -> Result<(), ApiError> {
-    if !payload.is_object() {
-        return Err(ApiError::bad_request("the payload must be a JSON object"));
+/// Whether a raw JSON value (valid JSON without surrounding whitespace, as
+/// serde_json makes every `RawValue`) is an object.
+fn is_object(payload: &RawValue) -> bool {
+    payload.get().starts_with('{')
+}
+
+/// Splits values, in order, into pieces whose records add up to at most
+/// `max_bytes` (a value larger than that goes alone, for the service to
+/// refuse it on its own).
+fn pieces(values: Vec<Bytes>, max_bytes: usize) -> Vec<Vec<Bytes>> {
+    let mut pieces: Vec<Vec<Bytes>> = Vec::new();
+    let mut current: Vec<Bytes> = Vec::new();
+    let mut current_bytes = 0usize;
+    for value in values {
+        let size = raftstream_proto::record_size(&[], &value, std::iter::empty());
+        if !current.is_empty() && current_bytes.saturating_add(size) > max_bytes {
+            pieces.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes = current_bytes.saturating_add(size);
+        current.push(value);
     }
-    match mismatch {
-        Some(failures) => Err(ApiError::new(
-            ErrorCode::SchemaMismatch,
-            format!("the payload does not match the topic's schema: {failures}"),
-        )),
-        None => Ok(()),
+    if !current.is_empty() {
+        pieces.push(current);
     }
+    pieces
 }
 
 /// Payloads could not be checked at all.
@@ -385,6 +445,27 @@ fn unchecked(e: SchemaError) -> ApiError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use axum::body::Body;
+
+    #[test]
+    fn pieces_keep_the_order_and_stay_within_the_budget() {
+        let value = |n: usize, fill: u8| Bytes::from(vec![fill; n]);
+        let values = vec![
+            value(4, b'a'),
+            value(4, b'b'),
+            value(3, b'c'),
+            value(20, b'd'),
+            value(1, b'e'),
+        ];
+        let split = pieces(values.clone(), 10);
+        let sizes: Vec<Vec<usize>> = split
+            .iter()
+            .map(|piece| piece.iter().map(Bytes::len).collect())
+            .collect();
+        // The value over the budget goes alone, for the service to refuse.
+        assert_eq!(sizes, vec![vec![4, 4], vec![3], vec![20], vec![1]]);
+        assert_eq!(split.concat(), values);
+        assert!(pieces(Vec::new(), 10).is_empty());
+    }
     use axum::http::StatusCode;
     use axum::routing::post;
     use tower::ServiceExt;

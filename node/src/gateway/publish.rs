@@ -7,10 +7,8 @@ use axum::extract::State;
 use bytes::Bytes;
 use raftstream_proto::ErrorCode;
 use serde::Deserialize;
-use serde::Deserializer;
 use serde::Serialize;
-use serde_json::Map;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::ApiError;
@@ -23,25 +21,17 @@ use super::error::ClusterErrors;
 use super::error::NoSuchTopic;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
-use super::extract::JsonBody;
+use super::extract::JsonBytes;
 use super::extract::TopicPath;
+use super::extract::parse_json;
 
-/// A message payload: any JSON object. When the topic has a JSON Schema,
-/// the payload must satisfy it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// A message payload: any JSON object, stored and returned byte for byte as
+/// sent (key order, number formatting, big integers). When the topic has a
+/// JSON Schema, the payload must satisfy it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
 #[schema(value_type = Object)]
-pub struct Payload(pub Map<String, Value>);
-
-impl<'de> Deserialize<'de> for Payload {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match Value::deserialize(deserializer)? {
-            Value::Object(map) => Ok(Payload(map)),
-            _ => Err(serde::de::Error::custom(
-                "the payload must be a JSON object",
-            )),
-        }
-    }
-}
+pub struct Payload(pub Box<RawValue>);
 
 /// The answer to a publish.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -54,10 +44,10 @@ pub struct PublishResponse {
 /// fails the topic's schema fails alone; the others are stored.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PublishBatchRequest {
-    // Items are read as any JSON so that a bad item fails alone, with its
-    // error, instead of failing the whole request.
+    // Items are read as any JSON, kept as sent, so that a bad item fails
+    // alone, with its error, instead of failing the whole request.
     #[schema(value_type = Vec<Payload>, min_items = 1, max_items = 100)]
-    pub payloads: Vec<Value>,
+    pub payloads: Vec<Box<RawValue>>,
 }
 
 /// The outcome of one batch item.
@@ -92,6 +82,9 @@ pub struct PublishBatchResponse {
             body = PublishResponse),
         (status = 400, description = "`invalid_request`: malformed JSON or not an object; \
             `schema_mismatch`: the payload fails the topic's schema.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a Content-Type other than \
+            `application/json` or `application/*+json` (none at all is read as JSON).",
+            body = ErrorBody),
         NoSuchTopic,
         BodyErrors,
         AuthErrors,
@@ -103,14 +96,23 @@ pub struct PublishBatchResponse {
 pub async fn publish(
     State(gateway): Shared,
     ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
-    JsonBody(payload): JsonBody<Payload>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Json<PublishResponse>, ApiError> {
+    let payload: &RawValue = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     let topic = gateway.topic(&topic_id).await?;
-    let payload = gateway
-        .check_payload(&topic, Value::Object(payload.0))
-        .await?;
+    gateway
+        .check_payloads(&topic, &[payload])
+        .await?
+        .pop()
+        .unwrap_or_else(|| {
+            Err(ApiError::new(
+                ErrorCode::Internal,
+                "the payload's check gave no outcome",
+            ))
+        })?;
     let outcome = gateway
-        .publish_checked(&topic, vec![json_bytes(&payload)])
+        .publish_checked(&topic, vec![stored_bytes(payload)])
         .await?
         .pop()
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "publish produced no result"))?;
@@ -122,9 +124,10 @@ pub async fn publish(
     }
 }
 
-/// A payload as the bytes stored.
-fn json_bytes(payload: &Value) -> Bytes {
-    Bytes::from(payload.to_string())
+/// The bytes stored for a payload: exactly the JSON text sent (less any
+/// whitespace around it).
+fn stored_bytes(payload: &RawValue) -> Bytes {
+    Bytes::copy_from_slice(payload.get().as_bytes())
 }
 
 /// Publishes up to 100 messages; each item succeeds or fails on its own.
@@ -140,8 +143,13 @@ fn json_bytes(payload: &Value) -> Bytes {
             body = PublishBatchResponse),
         (status = 400, description = "`invalid_request`: malformed JSON, or not 1 to 100 payloads.",
             body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds the batch limit, \
+            `max_http_batch_bytes` (101 MiB by default); a payload over 1 MiB fails alone.",
+            body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a Content-Type other than \
+            `application/json` or `application/*+json` (none at all is read as JSON).",
+            body = ErrorBody),
         NoSuchTopic,
-        BodyErrors,
         AuthErrors,
         ClusterErrors,
         WriteErrors,
@@ -151,9 +159,9 @@ fn json_bytes(payload: &Value) -> Bytes {
 pub async fn publish_batch(
     State(gateway): Shared,
     ApiPath(TopicPath { topic_id }): ApiPath<TopicPath>,
-    JsonBody(body): JsonBody<PublishBatchRequest>,
+    JsonBytes(body): JsonBytes,
 ) -> Result<Json<PublishBatchResponse>, ApiError> {
-    let payloads = body.payloads;
+    let payloads = parse_json::<PublishBatchRequest>(&body)?.payloads;
     if payloads.is_empty() || payloads.len() > MAX_BATCH_PAYLOADS {
         return Err(ApiError::bad_request(format!(
             "payloads must hold 1 to {MAX_BATCH_PAYLOADS} items"
@@ -162,7 +170,8 @@ pub async fn publish_batch(
     let topic = gateway.topic(&topic_id).await?;
     // Items that fail validation fail alone; the valid ones are published
     // together (one Raft entry per partition).
-    let (payloads, checks) = gateway.check_payloads(&topic, payloads).await?;
+    let payloads: Vec<&RawValue> = payloads.iter().map(AsRef::as_ref).collect();
+    let checks = gateway.check_payloads(&topic, &payloads).await?;
     let mut outcomes: Vec<Result<String, String>> = Vec::with_capacity(payloads.len());
     let mut valid = Vec::new();
     for (index, check) in checks.into_iter().enumerate() {
@@ -175,7 +184,7 @@ pub async fn publish_batch(
         }
     }
     if !valid.is_empty() {
-        let checked = valid.iter().map(|i| json_bytes(&payloads[*i])).collect();
+        let checked = valid.iter().map(|i| stored_bytes(payloads[*i])).collect();
         let results = gateway.publish_checked(&topic, checked).await?;
         for (index, result) in valid.into_iter().zip(results) {
             outcomes[index] = match result {

@@ -4,6 +4,7 @@
 //! cycle.
 
 mod ids;
+mod message_id;
 
 pub use self::ids::GroupId;
 pub use self::ids::MAX_PARTITIONS;
@@ -11,6 +12,7 @@ pub use self::ids::NodeId;
 pub use self::ids::Offset;
 pub use self::ids::PARTITION_BITS;
 pub use self::ids::TopicId;
+pub use self::message_id::MessageId;
 
 /// A topic named by id or by name, as every API accepts it.
 #[derive(Debug, Clone, PartialEq, Eq)]

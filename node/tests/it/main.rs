@@ -11,6 +11,7 @@ mod disk;
 mod failpoints;
 mod gateway;
 mod health;
+mod http_fidelity;
 mod ingest;
 mod layering;
 mod limits;

@@ -34,6 +34,7 @@ use crate::config::MAX_WAIT_MS;
 use crate::group::Group;
 use crate::group::write::WriteError;
 use crate::model::GroupId;
+use crate::model::MessageId;
 use crate::model::NodeId;
 use crate::model::Offset;
 use crate::model::TopicId;
@@ -364,21 +365,11 @@ pub struct Stored {
 
 impl Stored {
     pub fn message_id(&self) -> String {
-        message_id(self.partition, self.offset)
+        MessageId::new(self.partition, self.offset).to_string()
     }
 }
 
 pub type RecordOutcome = Result<Stored, ServiceError>;
-
-pub fn message_id(partition: u32, offset: Offset) -> String {
-    format!("{partition}-{offset}")
-}
-
-/// Parses "<partition>-<offset>".
-pub fn parse_message_id(id: &str) -> Option<(u32, Offset)> {
-    let (partition, offset) = id.split_once('-')?;
-    Some((partition.parse().ok()?, Offset(offset.parse().ok()?)))
-}
 
 /// A publish: records for one topic, with their outcomes in order.
 #[derive(Debug)]
@@ -1303,15 +1294,5 @@ mod tests {
             assert_eq!(error.code, call);
             assert_eq!(error.message, format!("{record}: why"));
         }
-    }
-
-    #[test]
-    fn message_ids_round_trip() {
-        assert_eq!(
-            parse_message_id(&message_id(3, Offset(42))),
-            Some((3, Offset(42)))
-        );
-        assert_eq!(parse_message_id("3"), None);
-        assert_eq!(parse_message_id("a-1"), None);
     }
 }

@@ -496,7 +496,6 @@ impl TestCluster {
     /// is created, several replicas campaign at once), and openraft ignores
     /// a transfer asked of a node that is not the leader.
     pub async fn transfer_partition_leader(&self, name: &str, partition: u32, to: u64) {
-        use openraft::async_runtime::WatchReceiver;
         const ASK_AGAIN_AFTER: Duration = Duration::from_millis(500);
         let first = self.partition_leader(name, partition).await;
         let status = cluster_status(&mut self.client(first).await).await.unwrap();
@@ -512,9 +511,10 @@ impl TestCluster {
         let mut last_asked: Option<tokio::time::Instant> = None;
         loop {
             let leading = self.running_ids().into_iter().find(|&id| {
-                self.nodes[&id].node.group(group_id).is_some_and(|group| {
-                    group.raft.metrics().borrow_watched().state == openraft::ServerState::Leader
-                })
+                self.nodes[&id]
+                    .node
+                    .group(group_id)
+                    .is_some_and(|group| group.is_leader(NodeId(id)))
             });
             if leading == Some(to) && self.partition_leader(name, partition).await == to {
                 return;
