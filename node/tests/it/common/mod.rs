@@ -518,7 +518,10 @@ impl TestCluster {
             });
             match leading {
                 Some(leader) if leader == to => {
-                    if self.partition_leader(name, partition).await == to {
+                    // Clients learn leaders from cluster status: done once
+                    // it names the new leader too.
+                    let reported = self.partition_leader(name, partition).await;
+                    if reported == to {
                         return;
                     }
                 }
