@@ -701,6 +701,57 @@ impl Client {
         .await
     }
 
+    /// Adds node `id`, started empty with `--join`, whose peer listener
+    /// the other nodes reach at `peer_addr` (host:port). Answers once it
+    /// is a voter; the balancer then moves replicas onto it. Adding a
+    /// voter again only asks the balancer again, so retries are safe.
+    pub async fn add_node(&self, id: u64, peer_addr: &str) -> Result<()> {
+        let request = pb::AddNodeRequest {
+            node_id: id,
+            peer_addr: peer_addr.to_string(),
+        };
+        self.call(Target::Group(0), Retry::Idempotent, |mut g, t| {
+            let mut r = Request::new(request.clone());
+            r.set_timeout(t);
+            async move { g.add_node(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes node `id`: its replicas move away, then it leaves the
+    /// cluster. While they are still moving the node answers UNAVAILABLE,
+    /// which this call retries (as long as `retry_for`) and then returns
+    /// as [`Error::Unavailable`]: call again to carry on where it was.
+    pub async fn remove_node(&self, id: u64) -> Result<()> {
+        self.call(Target::Group(0), Retry::Idempotent, |mut g, t| {
+            let mut r = Request::new(pb::RemoveNodeRequest { node_id: id });
+            r.set_timeout(t);
+            async move { g.remove_node(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Starts moving a partition of `topic` (a name or an id) to the nodes
+    /// `to`, the first its preferred leader. Answers once the move is
+    /// recorded; [`Client::cluster_status`] shows it under way until done.
+    /// The same move again is accepted, so retries are safe.
+    pub async fn move_partition(&self, topic: &str, partition: u32, to: Vec<u64>) -> Result<()> {
+        let request = pb::MovePartitionRequest {
+            topic: Some(topic_ref(topic)),
+            partition,
+            replicas: to,
+        };
+        self.call(Target::Group(0), Retry::Idempotent, |mut g, t| {
+            let mut r = Request::new(request.clone());
+            r.set_timeout(t);
+            async move { g.move_partition(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     pub async fn create_token(
         &self,
         name: &str,

@@ -28,6 +28,7 @@
 //! ```
 
 mod client;
+mod cluster;
 mod consumer;
 mod error;
 mod ingest;
@@ -44,6 +45,8 @@ pub use crate::client::Grpc;
 pub use crate::client::IngestGrpc;
 pub use crate::client::tls_from_files;
 pub use crate::client::topic_ref;
+pub use crate::cluster::Spread;
+pub use crate::cluster::spread;
 pub use crate::consumer::Consumer;
 pub use crate::consumer::Position;
 pub use crate::error::Error;

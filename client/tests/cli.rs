@@ -767,3 +767,142 @@ async fn profiles_connect_and_flags_and_the_environment_win_over_them() {
     assert!(table.contains("good") && !table.contains("bad"), "{table}");
     cluster.shutdown().await;
 }
+
+/// `topics move` moves a partition, `cluster status --json` shows the
+/// placement and the move, `cluster remove-node` drains a node and takes it
+/// out, `cluster add-node` adds a joining one, and bad arguments fail
+/// before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_move_and_remove_node_change_the_placement_status_shows() {
+    let mut cluster = TestCluster::start(3).await;
+    // Two replicas on three nodes: a move has somewhere to go.
+    json_out(cli(&cluster).args([
+        "--json",
+        "topics",
+        "create",
+        "m",
+        "--replication-factor",
+        "2",
+    ]));
+    cluster.wait_partition_leaders("m").await;
+    let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{status}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["voter"] == true && n["draining"] == false),
+        "{status}"
+    );
+    let replicas: u64 = nodes.iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
+    let leaders: u64 = nodes.iter().map(|n| n["leaders"].as_u64().unwrap()).sum();
+    let preferred: u64 = nodes
+        .iter()
+        .map(|n| n["preferred_leaders"].as_u64().unwrap())
+        .sum();
+    assert_eq!((replicas, leaders, preferred), (2, 1, 1), "{status}");
+    // Replicas 1, 1 and 0.
+    assert_eq!(status["spread"]["replicas"], 1, "{status}");
+    assert_eq!(status["moves"], json!([]), "{status}");
+
+    let described = json_out(cli(&cluster).args(["--json", "topics", "describe", "m"]));
+    let before: Vec<u64> =
+        serde_json::from_value(described["partitions"][0]["replicas"].clone()).unwrap();
+    let newcomer = (1..=3).find(|n| !before.contains(n)).unwrap();
+    let target = vec![newcomer, before[0]];
+    let to = format!("{},{}", target[0], target[1]);
+
+    // Usage errors (exit 2) and refusals (exit 1) change nothing.
+    for (args, exit, says) in [
+        (vec!["topics", "move", "m", "0"], 2, "--to"),
+        (
+            vec!["topics", "move", "m", "0", "--to", "a,b"],
+            2,
+            "invalid",
+        ),
+        (vec!["topics", "move", "m", "x", "--to", &to], 2, "invalid"),
+        (
+            vec!["topics", "move", "m", "0", "--to", "1"],
+            1,
+            "invalid request",
+        ),
+        (
+            vec!["topics", "move", "missing", "0", "--to", &to],
+            1,
+            "not found",
+        ),
+        (
+            vec!["cluster", "remove-node", "3", "--timeout", "soon"],
+            2,
+            "invalid",
+        ),
+        (vec!["cluster", "add-node", "4"], 2, "ADDR"),
+        (
+            vec!["cluster", "add-node", "4", "nowhere"],
+            1,
+            "invalid request",
+        ),
+    ] {
+        let (code, stderr) = failure(cli(&cluster).args(&args));
+        assert_eq!(code, exit, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        json_out(cli(&cluster).args(["--json", "topics", "describe", "m"]))["partitions"],
+        described["partitions"]
+    );
+
+    let moved = json_out(cli(&cluster).args(["--json", "topics", "move", "m", "0", "--to", &to]));
+    assert_eq!(
+        moved,
+        json!({"topic": "m", "partition": 0, "from": before, "to": target})
+    );
+    common::eventually("the move is done", Duration::from_secs(60), || async {
+        let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
+        let on_newcomer = status["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == newcomer)?["replicas"]
+            .clone();
+        (status["moves"] == json!([]) && on_newcomer == 1).then_some(())
+    })
+    .await;
+
+    // Node 3 leaves: its replica (if it has one) moves to the other two.
+    let removed =
+        json_out(cli(&cluster).args(["--json", "cluster", "remove-node", "3", "--timeout", "90s"]));
+    assert_eq!(removed, json!({"removed": 3}));
+    let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
+    let ids: Vec<u64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2], "{status}");
+
+    // A new node joins through node 1.
+    let peer_addr = cluster.start_joining_node(4, 1).await;
+    let added = common::eventually("node 4 added", Duration::from_secs(60), || async {
+        let output = cli(&cluster)
+            .args(["--json", "cluster", "add-node", "4", &peer_addr])
+            .output()
+            .unwrap();
+        // Until it caught up, the cluster may answer unavailable.
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
+    })
+    .await;
+    assert_eq!(added, json!({"added": 4, "peer_addr": peer_addr}));
+    let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
+    let four = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 4)
+        .cloned();
+    assert!(four.is_some_and(|n| n["voter"] == true), "{status}");
+    cluster.shutdown().await;
+}

@@ -240,6 +240,18 @@ enum TopicsCommand {
     },
     /// Delete the topic and its messages.
     Delete { topic: String },
+    /// Move a partition to other nodes; the first becomes its preferred
+    /// leader. Returns once the move is recorded: `cluster status` shows it
+    /// under way until the new replicas caught up.
+    #[command(after_help = "Example:\n  raftstream topics move orders 0 --to 2,3,4")]
+    Move {
+        topic: String,
+        partition: u32,
+        /// As many distinct node ids as the topic's replication factor,
+        /// comma separated.
+        #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+        to: Vec<u64>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -336,8 +348,30 @@ enum GroupsCommand {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Nodes, partitions, leaders, terms, commit indexes and lag.
+    /// Nodes (replicas, leaders, preferred leaders, voter, draining), how
+    /// evenly they are spread, partition moves under way, and every group's
+    /// leader, term, commit index and lag.
     Status,
+    /// Add a node started empty with --join; returns once it is a voter,
+    /// and the balancer then moves replicas onto it.
+    #[command(after_help = "Example:\n  raftstream cluster add-node 4 10.0.0.4:7000")]
+    AddNode {
+        id: u64,
+        /// Where the other nodes reach the new node's peer listener (host:port).
+        // Not `addr`: that id is the global --addr, which it would shadow.
+        #[arg(value_name = "ADDR")]
+        peer_addr: String,
+    },
+    /// Remove a node: its replicas move away first (progress is printed
+    /// while they do), then it leaves the cluster.
+    #[command(after_help = "Example:\n  raftstream cluster remove-node 3 --timeout 30m")]
+    RemoveNode {
+        id: u64,
+        /// Give up after this long (`90s`, `15m`, `1h`); running the command
+        /// again carries on where it was.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -466,6 +500,10 @@ impl Connection {
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    Ok(Client::connect(client_config(cli)?).await?)
+}
+
+fn client_config(cli: &Cli) -> anyhow::Result<ClientConfig> {
     let connection = Connection::resolve(cli)?;
     let seeds = connection
         .addr
@@ -483,7 +521,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
             .map(|(cert, key)| (cert.as_path(), key.as_path()));
         config = config.with_tls(raftstream_client::tls_from_files(ca, identity)?);
     }
-    Ok(Client::connect(config).await?)
+    Ok(config)
 }
 
 fn print_json(value: &serde_json::Value) {
@@ -648,6 +686,31 @@ async fn topics(cli: &Cli, command: &TopicsCommand) -> anyhow::Result<()> {
                 print_json(&json!({"deleted": topic}));
             } else {
                 println!("deleted {topic}");
+            }
+        }
+        TopicsCommand::Move {
+            topic,
+            partition,
+            to,
+        } => {
+            let t = client.topic(topic).await?;
+            let from = t
+                .partitions
+                .iter()
+                .find(|p| p.partition == *partition)
+                .map(|p| p.replicas.clone());
+            client.move_partition(topic, *partition, to.clone()).await?;
+            if cli.json {
+                print_json(
+                    &json!({"topic": t.name, "partition": partition, "from": from, "to": to}),
+                );
+            } else {
+                println!(
+                    "moving {} partition {partition} from {} to {}: see `raftstream cluster status`",
+                    t.name,
+                    from.map_or("-".into(), |f| node_list(&f)),
+                    node_list(to)
+                );
             }
         }
     }
@@ -968,9 +1031,109 @@ async fn groups(cli: &Cli, command: &GroupsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cluster(cli: &Cli) -> anyhow::Result<()> {
+/// Node ids as `2,3,4`.
+fn node_list(nodes: &[u64]) -> String {
+    nodes
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn yes_no(on: bool) -> String {
+    if on { "yes" } else { "no" }.to_string()
+}
+
+async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status => cluster_status(cli).await,
+        ClusterCommand::AddNode { id, peer_addr } => {
+            let client = connect(cli).await?;
+            client.add_node(*id, peer_addr).await?;
+            if cli.json {
+                print_json(&json!({"added": id, "peer_addr": peer_addr}));
+            } else {
+                println!(
+                    "node {id} ({peer_addr}) is a voter; replicas move onto it as the cluster \
+                     balances"
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::RemoveNode { id, timeout } => remove_node(cli, *id, *timeout).await,
+    }
+}
+
+/// Calls RemoveNode until the node is out, printing how many replicas it
+/// still holds while they move away, for at most `timeout`.
+async fn remove_node(cli: &Cli, id: u64, timeout: Duration) -> anyhow::Result<()> {
+    use backoff::backoff::Backoff;
+    let mut config = client_config(cli)?;
+    // Each call gives up soon, so that progress is printed between calls;
+    // this loop does the waiting.
+    config.retry_for = config.retry_for.min(Duration::from_secs(5));
+    let client = Client::connect(config).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = backoff::ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(500))
+        .with_max_interval(Duration::from_secs(5))
+        .with_max_elapsed_time(None)
+        .build();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = tokio::time::timeout(left, client.remove_node(id)).await;
+        match outcome {
+            Ok(Ok(())) => break,
+            Ok(Err(raftstream_client::Error::Unavailable { .. })) | Err(_) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+        let progress = draining_progress(&client, id).await;
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "node {id} is not removed after {}{}; run `raftstream cluster remove-node {id}` \
+                 again to carry on",
+                humantime::format_duration(timeout),
+                progress.map_or(String::new(), |p| format!(" ({p})"))
+            );
+        }
+        if !cli.json
+            && let Some(progress) = progress
+        {
+            eprintln!("node {id} is draining: {progress}");
+        }
+        let wait = pause.next_backoff().unwrap_or(Duration::from_secs(5));
+        tokio::time::sleep(
+            wait.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+    }
+    if cli.json {
+        print_json(&json!({"removed": id}));
+    } else {
+        println!("node {id} is removed from the cluster");
+    }
+    Ok(())
+}
+
+/// How far node `id`'s replicas are from gone, if the cluster says.
+async fn draining_progress(client: &Client, id: u64) -> Option<String> {
+    let status = client.cluster_status().await.ok()?;
+    let node = status.nodes.iter().find(|n| n.id == id)?;
+    let moving = status
+        .moves
+        .iter()
+        .filter(|m| m.from.contains(&id) && !m.to.contains(&id))
+        .count();
+    Some(format!(
+        "{} partition replicas left, {moving} moves off it under way",
+        node.replicas
+    ))
+}
+
+async fn cluster_status(cli: &Cli) -> anyhow::Result<()> {
     let client = connect(cli).await?;
     let status = client.cluster_status().await?;
+    let spread = raftstream_client::spread(&status);
     if cli.json {
         let groups: Vec<_> = status
             .groups
@@ -982,21 +1145,67 @@ async fn cluster(cli: &Cli) -> anyhow::Result<()> {
         let nodes: Vec<_> = status
             .nodes
             .iter()
-            .map(|n| json!({"id": n.id, "addr": n.grpc_addr, "reachable": n.reachable}))
+            .map(|n| {
+                json!({"id": n.id, "addr": n.grpc_addr, "reachable": n.reachable,
+                            "replicas": n.replicas, "leaders": n.leaders,
+                            "preferred_leaders": n.preferred_leaders, "voter": n.voter,
+                            "draining": n.draining})
+            })
             .collect();
-        print_json(&json!({"nodes": nodes, "groups": groups}));
+        let moves: Vec<_> = status
+            .moves
+            .iter()
+            .map(
+                |m| json!({"topic": m.topic, "partition": m.partition, "from": m.from, "to": m.to}),
+            )
+            .collect();
+        print_json(&json!({"nodes": nodes, "groups": groups, "moves": moves, "spread": spread}));
         return Ok(());
     }
     let mut nodes = Table::new();
-    nodes.set_header(["NODE", "ADDRESS", "REACHABLE"]);
+    nodes.set_header([
+        "NODE",
+        "ADDRESS",
+        "REACHABLE",
+        "VOTER",
+        "DRAINING",
+        "REPLICAS",
+        "LEADERS",
+        "PREFERRED LEADERS",
+    ]);
     for n in &status.nodes {
         nodes.add_row(vec![
             n.id.to_string(),
             n.grpc_addr.clone(),
-            if n.reachable { "yes" } else { "no" }.to_string(),
+            yes_no(n.reachable),
+            yes_no(n.voter),
+            yes_no(n.draining),
+            n.replicas.to_string(),
+            n.leaders.to_string(),
+            n.preferred_leaders.to_string(),
         ]);
     }
     println!("{nodes}");
+    println!(
+        "spread (most minus fewest per node): {} replicas, {} leaders",
+        spread.replicas, spread.leaders
+    );
+    if status.moves.is_empty() {
+        println!("no partition moves under way");
+    } else {
+        println!("partition moves under way:");
+        let mut moves = Table::new();
+        moves.set_header(["TOPIC", "PARTITION", "FROM", "TO"]);
+        for m in &status.moves {
+            moves.add_row(vec![
+                m.topic.clone(),
+                m.partition.to_string(),
+                node_list(&m.from),
+                node_list(&m.to),
+            ]);
+        }
+        println!("{moves}");
+    }
     let mut groups = Table::new();
     groups.set_header([
         "GROUP",
@@ -1396,7 +1605,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Produce(a) => produce(cli, a).await,
         Command::Consume(a) => consume(cli, a).await,
         Command::Groups(c) => groups(cli, c).await,
-        Command::Cluster(ClusterCommand::Status) => cluster(cli).await,
+        Command::Cluster(c) => cluster(cli, c).await,
         Command::Tokens(c) => tokens(cli, c).await,
         Command::Ingest(c) => ingest(cli, c).await,
         Command::Profile(c) => profile(cli, c),

@@ -2,8 +2,6 @@
 //! for a group this node leads is done here; anything else is forwarded one
 //! hop (at most two) to the node that leads the group.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +24,13 @@ use crate::api::read::ReadBatch;
 use crate::api::read::ReadMessage;
 use crate::api::read::StartAt;
 use crate::api::service::Caller;
+use crate::api::service::ClusterStatus;
 use crate::api::service::Consume;
 use crate::api::service::CreatedToken;
 use crate::api::service::ForwardError;
 use crate::api::service::Hops;
 use crate::api::service::NewToken;
+use crate::api::service::NodeStatus;
 use crate::api::service::OffsetCommit;
 use crate::api::service::Page;
 use crate::api::service::PeerRead;
@@ -47,6 +47,7 @@ use crate::api::service::TokenInfo;
 use crate::api::service::denied_scope;
 use crate::config::DEFAULT_MAX_MESSAGES;
 use crate::config::MAX_RPC_BYTES;
+use crate::group::GroupStatus;
 use crate::model::GroupId;
 use crate::model::MessageId;
 use crate::model::NodeId;
@@ -78,7 +79,6 @@ fn node_credential(secret: &[u8; 32]) -> String {
 pub struct ClientService {
     node: Arc<Node>,
     core: Service,
-    peers: Arc<GrpcPeers>,
     trust: Trust,
 }
 
@@ -105,9 +105,8 @@ impl ClientService {
     fn with_trust(node: Arc<Node>, trust: Trust) -> Self {
         let peers = Arc::new(GrpcPeers { node: node.clone() });
         Self {
-            core: Service::new(node.clone(), peers.clone()),
+            core: Service::new(node.clone(), peers),
             node,
-            peers,
             trust,
         }
     }
@@ -999,114 +998,31 @@ impl Raftstream for ClientService {
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         self.authorize(&request, None).await?;
-        let local = self.local_status();
-        if hops_of(&request).local_only {
-            return Ok(Response::new(local));
-        }
-        // Ask every other node for its own groups and keep, for each group,
-        // the view of its leader (or of any replica while it has none).
-        let cluster_nodes = self.node.cluster_nodes();
-        let peers: Vec<(NodeId, String)> = cluster_nodes
-            .iter()
-            .filter(|(id, _)| **id != self.node.id())
-            .map(|(id, addr)| (*id, addr.clone()))
-            .collect();
-        let asks = peers.iter().map(|(id, addr)| async move {
-            let request = self.peers.forwarded(
-                pb::ClusterStatusRequest {},
-                Hops::LOCAL_ONLY,
-                Duration::from_secs(2),
-            );
-            let answer = match self.peers.client(addr) {
-                Ok(mut client) => client
-                    .cluster_status(request)
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner()),
-                Err(_) => None,
-            };
-            (*id, answer)
-        });
-        let answers = futures::future::join_all(asks).await;
-        let mut groups: BTreeMap<u64, (bool, pb::GroupStatus)> = BTreeMap::new();
-        let mut reachable: HashMap<NodeId, bool> = HashMap::new();
-        reachable.insert(self.node.id(), true);
-        let mut merge = |node_id: NodeId, status: pb::ClusterStatusResponse| {
-            for group in status.groups {
-                let from_leader = group.leader == Some(node_id.0);
-                let keep = match groups.get(&group.group_id) {
-                    None => true,
-                    Some((had_leader, _)) => from_leader && !had_leader,
-                };
-                if keep {
-                    groups.insert(group.group_id, (from_leader, group));
-                }
-            }
-        };
-        merge(self.node.id(), local.clone());
-        for (id, answer) in answers {
-            reachable.insert(id, answer.is_some());
-            if let Some(mut status) = answer {
-                if let Some(own) = status.nodes.iter().find(|n| n.id == id.0) {
-                    self.node
-                        .client_addrs
-                        .write()
-                        .insert(id, own.grpc_addr.clone());
-                }
-                status.nodes.clear();
-                merge(id, status);
-            }
-        }
-        // A node never reached since this one started has no known public
-        // address; clients cannot use it until it answers.
-        let client_addrs = self.node.client_addrs.read().clone();
-        let groups: Vec<pb::GroupStatus> = groups.into_values().map(|(_, g)| g).collect();
-        let meta = self.node.metadata();
-        let spread = crate::api::service::replica_spread(&meta);
-        let voters = self.node.voters();
-        let nodes = cluster_nodes
-            .keys()
-            .filter_map(|id| {
-                let (replicas, preferred_leaders) = spread.get(id).copied().unwrap_or_default();
-                Some(pb::NodeStatus {
-                    id: id.0,
-                    grpc_addr: client_addrs.get(id)?.clone(),
-                    reachable: reachable.get(id).copied().unwrap_or(false),
-                    replicas,
-                    preferred_leaders,
-                    leaders: groups
-                        .iter()
-                        .filter(|g| !g.topic.is_empty() && g.leader == Some(id.0))
-                        .count() as u32,
-                    voter: voters.contains(id),
-                    draining: meta.draining.contains(id),
-                })
-            })
-            .collect();
-        let moves = crate::api::service::moves_of(&meta)
-            .into_iter()
-            .map(|m| pb::PartitionMove {
-                topic: m.topic,
-                partition: m.partition,
-                from: m.from.into_iter().map(|n| n.0).collect(),
-                to: m.to.into_iter().map(|n| n.0).collect(),
-            })
-            .collect();
-        Ok(Response::new(pb::ClusterStatusResponse {
-            node_id: self.node.id().0,
-            nodes,
-            groups,
-            moves,
-        }))
+        let status = self.core.cluster_status(hops_of(&request)).await;
+        Ok(Response::new(cluster_status_to_pb(status)))
     }
 }
 
-impl ClientService {
-    /// The status of the groups hosted on this node, from their metrics.
-    fn local_status(&self) -> pb::ClusterStatusResponse {
-        let groups = self
-            .node
-            .group_statuses()
+/// Cluster status on the wire.
+fn cluster_status_to_pb(status: ClusterStatus) -> pb::ClusterStatusResponse {
+    pb::ClusterStatusResponse {
+        node_id: status.node_id.0,
+        nodes: status
+            .nodes
+            .into_iter()
+            .map(|n| pb::NodeStatus {
+                id: n.id.0,
+                grpc_addr: n.client_addr,
+                reachable: n.reachable,
+                replicas: n.replicas,
+                preferred_leaders: n.preferred_leaders,
+                leaders: n.leaders,
+                voter: n.voter,
+                draining: n.draining,
+            })
+            .collect(),
+        groups: status
+            .groups
             .into_iter()
             .map(|g| pb::GroupStatus {
                 group_id: g.group_id.0,
@@ -1127,18 +1043,64 @@ impl ClientService {
                 log_start_offset: g.log_start_offset.0,
                 quiesced: g.quiesced,
             })
-            .collect();
-        pb::ClusterStatusResponse {
-            node_id: self.node.id().0,
-            nodes: vec![pb::NodeStatus {
-                id: self.node.id().0,
-                grpc_addr: self.node.config.client_grpc_addr(),
-                reachable: true,
-                ..Default::default()
-            }],
-            groups,
-            moves: Vec::new(),
-        }
+            .collect(),
+        moves: status
+            .moves
+            .into_iter()
+            .map(|m| pb::PartitionMove {
+                topic: m.topic,
+                partition: m.partition,
+                from: m.from.into_iter().map(|n| n.0).collect(),
+                to: m.to.into_iter().map(|n| n.0).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Another node's cluster status, from the wire.
+fn cluster_status_from_pb(status: pb::ClusterStatusResponse) -> ClusterStatus {
+    ClusterStatus {
+        node_id: NodeId(status.node_id),
+        nodes: status
+            .nodes
+            .into_iter()
+            .map(|n| NodeStatus {
+                id: NodeId(n.id),
+                client_addr: n.grpc_addr,
+                reachable: n.reachable,
+                replicas: n.replicas,
+                preferred_leaders: n.preferred_leaders,
+                leaders: n.leaders,
+                voter: n.voter,
+                draining: n.draining,
+            })
+            .collect(),
+        groups: status
+            .groups
+            .into_iter()
+            .map(|g| GroupStatus {
+                group_id: GroupId(g.group_id),
+                topic: g.topic,
+                partition: g.partition,
+                leader: g.leader.map(NodeId),
+                term: g.term,
+                commit_index: g.commit_index,
+                applied_index: g.applied_index,
+                last_log_index: g.last_log_index,
+                replicas: g.replicas.into_iter().map(NodeId).collect(),
+                replica_lag: g
+                    .replica_lag
+                    .into_iter()
+                    .map(|(id, lag)| (NodeId(id), lag))
+                    .collect(),
+                high_watermark: Offset(g.high_watermark),
+                log_start_offset: Offset(g.log_start_offset),
+                quiesced: g.quiesced,
+            })
+            .collect(),
+        // Only a node's own status is asked for, and it carries no moves:
+        // the metadata has them, and this node reports its own copy.
+        moves: Vec::new(),
     }
 }
 

@@ -40,8 +40,8 @@ pub const SOURCE_SECRET: &str = "source_secret";
     info(
         title = "Raftstream HTTP gateway",
         description = "The Workato Event Streams API (publish, batch publish, consume with \
-            replay and long polling, topic management) and Raftstream's token API. Every \
-            /api route needs `Authorization: Bearer <token>`; every error body is \
+            replay and long polling, topic management) and Raftstream's token and cluster \
+            APIs. Every /api route needs `Authorization: Bearer <token>`; every error body is \
             `{\"message\", \"code\"}`. Message ids are opaque: resume from the last one \
             received to miss and repeat nothing, whatever the topic's partition count.",
     ),
@@ -52,6 +52,8 @@ pub const SOURCE_SECRET: &str = "source_secret";
         (name = "consume", description = "Consume messages (scope `consume`)."),
         (name = "topics", description = "Topic management (scope `admin`)."),
         (name = "tokens", description = "Token management (scope `admin`)."),
+        (name = "cluster", description = "Cluster membership and partition placement (scope \
+            `admin`, with a token not limited to some topics)."),
         (name = "ingest", description = "Webhook ingestion sources (scope `admin`)."),
         (name = "webhooks", description = "Webhook receivers, authenticated by a source's own \
             secret rather than a token."),

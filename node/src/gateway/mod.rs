@@ -11,6 +11,7 @@
 //! document built from it) describes exactly what is served.
 
 mod auth;
+mod cluster;
 mod consume;
 mod docs;
 mod error;
@@ -114,6 +115,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .routes(routes!(ingest::list, ingest::create))
         .routes(routes!(ingest::get, ingest::delete))
         .routes(routes!(ingest::rotate_secret))
+        .routes(routes!(cluster::status))
+        .routes(routes!(cluster::add_node))
+        .routes(routes!(cluster::remove_node))
+        .routes(routes!(cluster::move_partition))
         .route_layer(scoped(Scope::Admin));
     // Webhook receivers authenticate with the source's own secret.
     let webhook_routes = OpenApiRouter::default()

@@ -769,6 +769,10 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         "POST /api/ingest/webhook/{source_id}",
         "GET /webhook/flow/{flow_id}",
         "POST /webhook/flow/{flow_id}",
+        "GET /api/cluster",
+        "POST /api/cluster/nodes",
+        "DELETE /api/cluster/nodes/{node_id}",
+        "POST /api/topics/{topic_id}/partitions/{partition}/move",
     ]
     .map(String::from);
     assert_eq!(documented, served.into_iter().collect());
@@ -780,7 +784,9 @@ async fn the_api_documents_are_public_and_describe_every_route() {
             .replace("{topic_id}", "1")
             .replace("{token_id}", "1")
             .replace("{source_id}", "src_1")
-            .replace("{flow_id}", "src_1");
+            .replace("{flow_id}", "src_1")
+            .replace("{node_id}", "1")
+            .replace("{partition}", "0");
         let (status, body) = public.send(method.parse().unwrap(), &path, None).await;
         let expected = if path.starts_with("/api/") || is_webhook(&path) {
             StatusCode::UNAUTHORIZED

@@ -452,3 +452,167 @@ async fn adding_a_draining_node_cancels_its_removal() {
     assert!(cluster.nodes[&1].node.voters().contains(&NodeId(4)));
     cluster.shutdown().await;
 }
+/// What an HTTP call to a membership route answered, or `None` while the
+/// cluster is busy: 503, or 504 for a write whose outcome is unknown (these
+/// calls are idempotent, so they may be sent again).
+fn settled(
+    (status, body): (reqwest::StatusCode, serde_json::Value),
+) -> Option<(reqwest::StatusCode, serde_json::Value)> {
+    match status.as_u16() {
+        503 | 504 => None,
+        _ => Some((status, body)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
+    use reqwest::Method;
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    use crate::http::Http;
+    use crate::http::assert_error;
+
+    let mut cluster = TestCluster::start(3).await;
+    // Two replicas on three nodes: a move has somewhere to go.
+    cluster.create_topic("over-http", 1, 2).await;
+    cluster.wait_partition_leaders("over-http").await;
+    let http = Http::new(&cluster, 2);
+
+    let (status, shown) = http.send(Method::GET, "/api/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let nodes = shown["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{shown}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["voter"] == true && n["draining"] == false),
+        "{shown}"
+    );
+    let replicas: u64 = nodes.iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
+    assert_eq!(replicas, 2, "{shown}");
+    // Replicas 1, 1 and 0.
+    assert_eq!(shown["spread"]["replicas"], 1, "{shown}");
+    assert_eq!(shown["moves"], json!([]), "{shown}");
+
+    let meta = cluster.nodes[&1].node.metadata();
+    let before = meta.topic_by_name("over-http").unwrap().partitions[0].clone();
+    let newcomer = (1..=3).map(NodeId).find(|n| !before.contains(n)).unwrap();
+    let target = vec![newcomer.0, before[0].0];
+    let move_path = "/api/topics/over-http/partitions/0/move";
+
+    // Bad input is refused and changes nothing.
+    for body in [
+        json!({"to": [before[0].0]}),
+        json!({"to": [newcomer.0, newcomer.0]}),
+        json!({"to": [newcomer.0, 9]}),
+        json!({"to": "2,3"}),
+        json!({}),
+    ] {
+        let (status, error) = http.post(move_path, body.clone()).await;
+        assert_error(status, &error, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let (status, error) = http
+        .post(
+            "/api/topics/over-http/partitions/7/move",
+            json!({"to": target}),
+        )
+        .await;
+    assert_error(status, &error, StatusCode::BAD_REQUEST, "unknown_partition");
+    let (status, error) = http
+        .post(
+            "/api/topics/missing/partitions/0/move",
+            json!({"to": target}),
+        )
+        .await;
+    assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
+    let (status, error) = http
+        .send(Method::DELETE, "/api/cluster/nodes/9", None)
+        .await;
+    assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        cluster.nodes[&1].node.metadata(),
+        meta,
+        "refused calls change nothing"
+    );
+
+    let (status, moved) = eventually("a move over HTTP", Duration::from_secs(30), || {
+        settled_post(&http, move_path, json!({"to": target}))
+    })
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{moved}");
+    let from: Vec<u64> = before.iter().map(|n| n.0).collect();
+    assert_eq!(
+        moved,
+        json!({"topic": "over-http", "partition": 0, "from": from, "to": target})
+    );
+    let want: Vec<NodeId> = target.iter().copied().map(NodeId).collect();
+    eventually("the partition moved", Duration::from_secs(60), || async {
+        let meta = cluster.nodes[&1].node.metadata();
+        (meta.moves.is_empty() && meta.topic_by_name("over-http")?.partitions[0] == want)
+            .then_some(())
+    })
+    .await;
+    eventually("its group follows", Duration::from_secs(30), || async {
+        groups_match_placement(&cluster, "over-http").then_some(())
+    })
+    .await;
+
+    // A joining node is not in the cluster until it is added.
+    let peer_addr = cluster.start_joining_node(4, 1).await;
+    let (status, error) = http
+        .send(Method::DELETE, "/api/cluster/nodes/4", None)
+        .await;
+    assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
+    let (status, error) = http
+        .post("/api/cluster/nodes", json!({"id": 4, "address": "nowhere"}))
+        .await;
+    assert_error(status, &error, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, error) = http
+        .post("/api/cluster/nodes", json!({"id": 0, "address": peer_addr}))
+        .await;
+    assert_error(status, &error, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, added) = eventually("node 4 added over HTTP", Duration::from_secs(60), || {
+        settled_post(
+            &http,
+            "/api/cluster/nodes",
+            json!({"id": 4, "address": peer_addr}),
+        )
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(added["result"], "added", "{added}");
+    assert!(cluster.nodes[&1].node.voters().contains(&NodeId(4)));
+    let (_, shown) = http.send(Method::GET, "/api/cluster", None).await;
+    let four = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 4)
+        .cloned();
+    assert!(four.is_some_and(|n| n["voter"] == true), "{shown}");
+
+    // Every route is in the API document.
+    let (_, document) = http.send(Method::GET, "/openapi.json", None).await;
+    for path in [
+        "/api/cluster",
+        "/api/cluster/nodes",
+        "/api/cluster/nodes/{node_id}",
+        "/api/topics/{topic_id}/partitions/{partition}/move",
+    ] {
+        assert!(
+            document["paths"][path].is_object(),
+            "{path} is not documented"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// A POST that answers something other than "busy", see [`settled`].
+async fn settled_post(
+    http: &crate::http::Http,
+    path: &str,
+    body: serde_json::Value,
+) -> Option<(reqwest::StatusCode, serde_json::Value)> {
+    settled(http.post(path, body).await)
+}

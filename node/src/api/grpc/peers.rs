@@ -392,6 +392,22 @@ impl Peers for GrpcPeers {
         })
     }
 
+    fn local_status<'a>(
+        &'a self,
+        addr: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ClusterStatus, ServiceError>> {
+        Box::pin(async move {
+            let request = self.forwarded(pb::ClusterStatusRequest {}, Hops::LOCAL_ONLY, timeout);
+            let answer = self
+                .client(addr)?
+                .cluster_status(request)
+                .await
+                .map_err(forward_failure)?;
+            Ok(super::cluster_status_from_pb(answer.into_inner()))
+        })
+    }
+
     fn create_source<'a>(
         &'a self,
         addr: &'a str,

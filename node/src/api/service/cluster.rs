@@ -22,6 +22,7 @@ use super::Hops;
 use super::Service;
 use super::ServiceError;
 use crate::group::Group;
+use crate::group::GroupStatus;
 use crate::group::membership::change_voters;
 use crate::group::write::WriteError;
 use crate::model::GroupId;
@@ -71,6 +72,41 @@ pub fn moves_of(meta: &MetaState) -> Vec<MoveStatus> {
         .collect()
 }
 
+/// One node of the cluster, as cluster status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// Where clients reach it (its public gRPC listener).
+    pub client_addr: String,
+    /// It answered this status request.
+    pub reachable: bool,
+    /// Partition replicas placed on it, and how many of them it is the
+    /// preferred leader of.
+    pub replicas: u32,
+    pub preferred_leaders: u32,
+    /// Partitions it leads now.
+    pub leaders: u32,
+    /// A voter of the metadata group (else a learner still catching up).
+    pub voter: bool,
+    /// Being removed: its replicas are moving away.
+    pub draining: bool,
+}
+
+/// The cluster as one node sees it: its nodes, every group (as the group's
+/// leader reports it), and the partition moves under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: NodeId,
+    pub nodes: Vec<NodeStatus>,
+    pub groups: Vec<GroupStatus>,
+    pub moves: Vec<MoveStatus>,
+}
+
+/// How long cluster status waits for each other node's own status: a node
+/// that does not answer within it is reported unreachable.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Per node: the partition replicas placed on it, and how many of those it
 /// is the preferred leader of.
 pub fn replica_spread(meta: &MetaState) -> BTreeMap<NodeId, (u32, u32)> {
@@ -88,6 +124,112 @@ pub fn replica_spread(meta: &MetaState) -> BTreeMap<NodeId, (u32, u32)> {
 }
 
 impl Service {
+    /// This node's own status: the groups it hosts, and itself as the only
+    /// node (what another node's cluster status asks it for).
+    pub fn local_status(&self) -> ClusterStatus {
+        let id = self.node.id();
+        ClusterStatus {
+            node_id: id,
+            nodes: vec![NodeStatus {
+                id,
+                client_addr: self.node.config.client_grpc_addr(),
+                reachable: true,
+                replicas: 0,
+                preferred_leaders: 0,
+                leaders: 0,
+                voter: false,
+                draining: false,
+            }],
+            groups: self.node.group_statuses(),
+            moves: Vec::new(),
+        }
+    }
+
+    /// The cluster's status: every other node is asked for its own groups,
+    /// and each group is reported as its leader sees it (or any replica
+    /// while it has none). With `hops.local_only`, this node's own status.
+    pub async fn cluster_status(&self, hops: Hops) -> ClusterStatus {
+        let local = self.local_status();
+        if hops.local_only {
+            return local;
+        }
+        let own_id = self.node.id();
+        let cluster_nodes = self.node.cluster_nodes();
+        let asks =
+            cluster_nodes
+                .iter()
+                .filter(|(id, _)| **id != own_id)
+                .map(|(id, addr)| async move {
+                    let answer = self
+                        .peers
+                        .local_status(addr, PEER_STATUS_TIMEOUT)
+                        .await
+                        .ok();
+                    (*id, answer)
+                });
+        let answers = futures::future::join_all(asks).await;
+        let mut groups: BTreeMap<GroupId, (bool, GroupStatus)> = BTreeMap::new();
+        let mut merge = |reporter: NodeId, reported: Vec<GroupStatus>| {
+            for group in reported {
+                let from_leader = group.leader == Some(reporter);
+                let keep = match groups.get(&group.group_id) {
+                    None => true,
+                    Some((had_leader, _)) => from_leader && !had_leader,
+                };
+                if keep {
+                    groups.insert(group.group_id, (from_leader, group));
+                }
+            }
+        };
+        merge(own_id, local.groups);
+        let mut reachable: HashMap<NodeId, bool> = HashMap::from([(own_id, true)]);
+        for (id, answer) in answers {
+            reachable.insert(id, answer.is_some());
+            if let Some(status) = answer {
+                if let Some(own) = status.nodes.iter().find(|n| n.id == id) {
+                    self.node
+                        .client_addrs
+                        .write()
+                        .insert(id, own.client_addr.clone());
+                }
+                merge(id, status.groups);
+            }
+        }
+        let groups: Vec<GroupStatus> = groups.into_values().map(|(_, g)| g).collect();
+        // A node never reached since this one started has no known public
+        // address; clients cannot use it until it answers.
+        let client_addrs = self.node.client_addrs.read().clone();
+        let meta = self.node.metadata();
+        let spread = replica_spread(&meta);
+        let voters = self.node.voters();
+        let nodes = cluster_nodes
+            .keys()
+            .filter_map(|id| {
+                let (replicas, preferred_leaders) = spread.get(id).copied().unwrap_or_default();
+                let leaders = groups
+                    .iter()
+                    .filter(|g| !g.topic.is_empty() && g.leader == Some(*id))
+                    .count();
+                Some(NodeStatus {
+                    id: *id,
+                    client_addr: client_addrs.get(id)?.clone(),
+                    reachable: reachable.get(id).copied().unwrap_or(false),
+                    replicas,
+                    preferred_leaders,
+                    leaders: u32::try_from(leaders).unwrap_or(u32::MAX),
+                    voter: voters.contains(id),
+                    draining: meta.draining.contains(id),
+                })
+            })
+            .collect();
+        ClusterStatus {
+            node_id: own_id,
+            nodes,
+            groups,
+            moves: moves_of(&meta),
+        }
+    }
+
     /// How long one membership step may take on a leader: a forwarded
     /// call must be answered within the forward timeout.
     fn membership_step_timeout(&self) -> Duration {

@@ -7,7 +7,9 @@
 
 mod admin;
 mod cluster;
+pub use cluster::ClusterStatus;
 pub use cluster::MoveStatus;
+pub use cluster::NodeStatus;
 pub use cluster::moves_of;
 pub use cluster::replica_spread;
 mod ingest;
@@ -528,6 +530,14 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         replicas: &'a [NodeId],
         hops: Hops,
     ) -> BoxFuture<'a, Result<(), ServiceError>>;
+
+    /// The other node's own status ([`Service::local_status`]), within
+    /// `timeout`.
+    fn local_status<'a>(
+        &'a self,
+        addr: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<ClusterStatus, ServiceError>>;
 
     fn create_source<'a>(
         &'a self,
