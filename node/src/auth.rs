@@ -211,6 +211,14 @@ pub async fn access_lost(
     }
 }
 
+/// The credentials of `Authorization: Bearer <credentials>`. The scheme is
+/// matched without regard to case, as RFC 9110 says auth schemes are.
+pub fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, credentials) = authorization.trim_start().split_once(' ')?;
+    let credentials = credentials.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -253,6 +261,28 @@ mod tests {
         }
         meta.next_topic_id = TopicId(topics.iter().map(|(id, _)| id + 1).max().unwrap_or(1));
         meta
+    }
+
+    #[test]
+    fn the_bearer_scheme_matches_in_any_case() {
+        for header in [
+            "Bearer rst_x",
+            "bearer rst_x",
+            "BEARER rst_x",
+            "  bEaReR  rst_x ",
+        ] {
+            assert_eq!(bearer_credentials(header), Some("rst_x"), "{header:?}");
+        }
+        for header in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearerrst_x",
+            "Basic rst_x",
+            "Token rst_x",
+        ] {
+            assert_eq!(bearer_credentials(header), None, "{header:?}");
+        }
     }
 
     #[test]

@@ -81,8 +81,7 @@ async fn verdict(node: &Node, headers: &http::HeaderMap) -> Verdict {
     let secret = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(crate::auth::bearer_credentials);
     let Some(secret) = secret else {
         return Verdict::Refused("missing authorization: Bearer <token>");
     };

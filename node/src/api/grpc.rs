@@ -170,8 +170,7 @@ impl ClientService {
                     .metadata()
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim)
+                    .and_then(crate::auth::bearer_credentials)
                     .ok_or_else(|| {
                         ErrorCode::Unauthorized.status("missing authorization: Bearer <token>")
                     })?;

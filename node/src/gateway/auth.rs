@@ -19,9 +19,9 @@ use raftstream_proto::ErrorCode;
 
 use super::ApiError;
 use super::Gateway;
-use super::extract::bearer_credentials;
 use crate::auth::AccessLost;
 use crate::auth::Denied;
+use crate::auth::bearer_credentials;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::raft::types::Scope;

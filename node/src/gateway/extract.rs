@@ -178,14 +178,6 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
-/// The credentials of `Authorization: Bearer <credentials>`. The scheme is
-/// matched without regard to case, as RFC 9110 says auth schemes are.
-pub fn bearer_credentials(authorization: &str) -> Option<&str> {
-    let (scheme, credentials) = authorization.trim_start().split_once(' ')?;
-    let credentials = credentials.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
-}
-
 /// The `{topic_id}` path parameter: what routes read and what the API
 /// document says of it, in one place.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -247,28 +239,6 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-
-    #[test]
-    fn the_bearer_scheme_matches_in_any_case() {
-        for header in [
-            "Bearer rst_x",
-            "bearer rst_x",
-            "BEARER rst_x",
-            "  bEaReR  rst_x ",
-        ] {
-            assert_eq!(bearer_credentials(header), Some("rst_x"), "{header:?}");
-        }
-        for header in [
-            "",
-            "Bearer",
-            "Bearer ",
-            "Bearerrst_x",
-            "Basic rst_x",
-            "Token rst_x",
-        ] {
-            assert_eq!(bearer_credentials(header), None, "{header:?}");
-        }
-    }
 
     #[test]
     fn json_media_types_are_json_with_any_parameters() {

@@ -925,6 +925,16 @@ async fn grpc_calls_need_a_token_with_the_right_scope_and_topic() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
+    // The scheme is matched in any case, as on the HTTP gateway.
+    let mut lowercase = tonic::Request::new(pb::ClusterStatusRequest {});
+    lowercase.metadata_mut().insert(
+        "authorization",
+        format!("bearer {}", crate::common::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    anonymous.cluster_status(lowercase).await.unwrap();
+
     let mut admin = cluster.client(1).await;
     let created = admin
         .create_token(pb::CreateTokenRequest {
