@@ -147,6 +147,69 @@ async fn topics_are_managed_in_workato_shapes_through_any_node() {
     cluster.shutdown().await;
 }
 
+/// The creating call answers once the new topic's partitions have leaders,
+/// and a node whose partitions are still starting waits for them, so
+/// publishes sent the moment the create answers succeed through any node
+/// on the first try: each is sent once (not through `http::finish`, which
+/// retries a 503), and all at once. Node 3 starts new partitions late, as
+/// a slow disk would: without the waits its publishes were refused ("group
+/// is not hosted on this node").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishing_right_after_creating_a_topic_succeeds_first_time_through_every_node() {
+    use raftstream_node::failpoints::Action;
+    use raftstream_node::failpoints::Failpoint;
+    use raftstream_node::failpoints::Rule;
+    const PARTITIONS: u32 = 6;
+    let cluster = TestCluster::start(3).await;
+    cluster.failpoints(3).arm(
+        Failpoint::GroupStart,
+        Rule::new(Action::Delay(Duration::from_millis(700))).times(1),
+    );
+    let (status, topic) = Http::new(&cluster, 1)
+        .post(
+            "/api/event_streams/topics",
+            json!({"name": "fresh", "partitions": PARTITIONS}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{topic}");
+    let gateways: Vec<Http> = (1..=3).map(|node| Http::new(&cluster, node)).collect();
+    // Each node spreads unkeyed publishes round-robin: as many publishes
+    // as partitions through a node reach every partition through it.
+    let publishes = gateways.iter().enumerate().flat_map(|(node, http)| {
+        (0..PARTITIONS).map(move |i| async move {
+            let response = http
+                .request(reqwest::Method::POST, "/api/v1/topics/fresh/publish")
+                .json(&json!({"node": node + 1, "i": i}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (node + 1, status, body)
+        })
+    });
+    let mut reached: std::collections::BTreeMap<usize, std::collections::BTreeSet<u32>> =
+        std::collections::BTreeMap::new();
+    for (node, status, body) in futures::future::join_all(publishes).await {
+        assert_eq!(status, StatusCode::OK, "through node {node}: {body}");
+        let id = body["message_id"].as_str().unwrap();
+        let (partition, _) = id.split_once('-').unwrap();
+        reached
+            .entry(node)
+            .or_default()
+            .insert(partition.parse().unwrap());
+    }
+    for node in 1..=3 {
+        assert_eq!(
+            reached[&node],
+            (0..PARTITIONS).collect(),
+            "node {node} did not publish to every partition"
+        );
+    }
+    assert_eq!(cluster.failpoints(3).fired(Failpoint::GroupStart), 1);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_validates_against_the_schema_and_batches_fail_item_by_item() {
     let cluster = TestCluster::start(3).await;
