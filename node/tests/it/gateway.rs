@@ -147,6 +147,111 @@ async fn topics_are_managed_in_workato_shapes_through_any_node() {
     cluster.shutdown().await;
 }
 
+/// The names of the topics a list answered, in order.
+fn listed_names(list: &Value) -> Vec<&str> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_topic_list_filters_by_part_of_the_name_and_pages_in_id_order() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster, 1);
+    let schema = json!({"type": "object"});
+    for name in [
+        "orders-eu",
+        "invoices",
+        "orders-us",
+        "Orders-archive",
+        "refunds",
+    ] {
+        let (status, body) = http
+            .post(
+                "/api/event_streams/topics",
+                json!({"name": name, "schema": schema}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let list = |query: &'static str| {
+        let http = &http;
+        async move {
+            let (status, body) = http
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/api/event_streams/topics{query}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            body
+        }
+    };
+
+    let all = list("").await;
+    assert_eq!(
+        listed_names(&all),
+        [
+            "orders-eu",
+            "invoices",
+            "orders-us",
+            "Orders-archive",
+            "refunds"
+        ]
+    );
+    assert!(
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("schema").is_none()),
+        "schemas only with include_schema=true: {all}"
+    );
+    // Part of a name, case-sensitive.
+    let orders = list("?name=orders").await;
+    assert_eq!(listed_names(&orders), ["orders-eu", "orders-us"]);
+    assert_eq!(listed_names(&list("?name=voice").await), ["invoices"]);
+    assert!(listed_names(&list("?name=nothing").await).is_empty());
+    let with_schema = list("?name=orders&include_schema=true").await;
+    for topic in with_schema["data"].as_array().unwrap() {
+        assert_eq!(topic["schema"], schema);
+    }
+    let without = list("?include_schema=false").await;
+    assert!(without["data"][0].get("schema").is_none());
+
+    assert_eq!(
+        listed_names(&list("?per_page=2").await),
+        ["orders-eu", "invoices"]
+    );
+    assert_eq!(
+        listed_names(&list("?per_page=2&page=2").await),
+        ["orders-us", "Orders-archive"]
+    );
+    assert_eq!(listed_names(&list("?per_page=2&page=3").await), ["refunds"]);
+    assert!(listed_names(&list("?per_page=2&page=4").await).is_empty());
+    // Pages count the matching topics only.
+    assert_eq!(
+        listed_names(&list("?name=orders&per_page=1&page=2").await),
+        ["orders-us"]
+    );
+    for bad in ["?page=0", "?per_page=0", "?per_page=101", "?page=x"] {
+        let (status, body) = http
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/event_streams/topics{bad}"),
+                None,
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(listed_names(&list("?per_page=100").await).len(), 5);
+    cluster.shutdown().await;
+}
+
 /// The creating call answers once the new topic's partitions have leaders,
 /// and a node whose partitions are still starting waits for them, so
 /// publishes sent the moment the create answers succeed through any node
