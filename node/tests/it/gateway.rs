@@ -852,6 +852,14 @@ fn assert_refs_resolve(document: &Value, node: &Value) {
     }
 }
 
+/// What a local reference (`#/...`) points to.
+fn resolve<'a>(document: &'a Value, target: &str) -> &'a Value {
+    let pointer = target.strip_prefix('#').unwrap();
+    document
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("{target} resolves to nothing"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_documents_are_public_and_describe_every_route() {
     let cluster = TestCluster::start(1).await;
@@ -976,7 +984,67 @@ async fn the_api_documents_are_public_and_describe_every_route() {
     let asyncapi: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert!(asyncapi["asyncapi"].as_str().unwrap().starts_with("3.0."));
     assert_refs_resolve(&asyncapi, &asyncapi);
-    assert_eq!(asyncapi["channels"]["topic"]["address"], "topic/{topicId}");
+    // Channels as the seed APIs name them: Workato's publish, batch publish
+    // and consume paths, and the flow model's topic and webhook channels.
+    let addresses: std::collections::BTreeSet<&str> = asyncapi["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|channel| channel["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "/api/v1/topics/{topic_id}/publish",
+            "/api/v1/batch/topics/{topic_id}/publish",
+            "/api/v1/topics/{topic_id}/consume",
+            "topic/{topicName}",
+            "webhook/flow/{flowId}",
+        ]
+        .into_iter()
+        .collect()
+    );
+    // Every parameter an address names is declared, and no other.
+    for channel in asyncapi["channels"].as_object().unwrap().values() {
+        let address = channel["address"].as_str().unwrap();
+        let named: std::collections::BTreeSet<&str> = address
+            .split('{')
+            .skip(1)
+            .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+            .collect();
+        let declared: std::collections::BTreeSet<&str> = channel["parameters"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(named, declared, "{address}");
+    }
+    // Each Workato path is a route the gateway serves, and the operation
+    // on it is the one clients use.
+    for (operation, path, action) in [
+        (
+            "publishMessage",
+            "/api/v1/topics/{topic_id}/publish",
+            "send",
+        ),
+        (
+            "publishBatch",
+            "/api/v1/batch/topics/{topic_id}/publish",
+            "send",
+        ),
+        (
+            "consumeMessages",
+            "/api/v1/topics/{topic_id}/consume",
+            "receive",
+        ),
+    ] {
+        let operation = &asyncapi["operations"][operation];
+        assert_eq!(operation["action"], action, "{operation}");
+        let channel = resolve(&asyncapi, operation["channel"]["$ref"].as_str().unwrap());
+        assert_eq!(channel["address"], path);
+        assert!(openapi["paths"][path]["post"].is_object(), "{path}");
+    }
     let actions: Vec<&str> = asyncapi["operations"]
         .as_object()
         .unwrap()
