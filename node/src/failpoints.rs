@@ -43,15 +43,22 @@ pub enum Failpoint {
     /// A write that committed and applied, just before its outcome goes
     /// back to the caller (`group/write.rs`).
     WriteReply,
+    /// Starting a partition group the metadata has just placed on the node
+    /// (`Node::reconcile`), as a slow disk opening its log would delay it.
+    /// A delay or pause holds the start of every group that reconciliation
+    /// starts after it; a failure skips the start until the metadata next
+    /// changes.
+    GroupStart,
 }
 
 impl Failpoint {
-    pub const ALL: [Failpoint; 5] = [
+    pub const ALL: [Failpoint; 6] = [
         Failpoint::WalFsync,
         Failpoint::Apply,
         Failpoint::SnapshotBuild,
         Failpoint::SnapshotInstall,
         Failpoint::WriteReply,
+        Failpoint::GroupStart,
     ];
 }
 

@@ -710,6 +710,15 @@ impl Node {
             if self.group(*group_id).is_some() {
                 continue;
             }
+            if crate::failpoints::hit(
+                self.storage.failpoints(),
+                crate::failpoints::Failpoint::GroupStart,
+            )
+            .await
+            .is_err()
+            {
+                continue;
+            }
             let members: BTreeMap<NodeId, String> = wanted
                 .replicas
                 .iter()

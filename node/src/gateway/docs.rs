@@ -27,6 +27,7 @@ use super::Shared;
 use super::consume::ConsumeRequest;
 use super::consume::ConsumedMessage;
 use super::publish::Payload;
+use super::publish::PublishBatchRequest;
 use super::topics::CreateTopic;
 use crate::config::NodeConfig;
 
@@ -181,24 +182,46 @@ fn schema_ref<T: ToSchema>() -> Value {
     json!({ "$ref": format!("#/components/schemas/{}", T::name()) })
 }
 
-/// The AsyncAPI 3.0 document: one channel per topic, `topic/{topicId}`,
-/// which clients send messages to (publish) and receive them from
-/// (consume). The schemas are the OpenAPI document's components, copied
-/// whole, so `#/components/schemas/...` references resolve the same way.
+/// The address of each Workato Event Streams channel, as Workato's own
+/// AsyncAPI document names it: the publish, batch publish and consume
+/// paths, with the topic as `{topic_id}`.
+pub const PUBLISH_ADDRESS: &str = "/api/v1/topics/{topic_id}/publish";
+pub const BATCH_PUBLISH_ADDRESS: &str = "/api/v1/batch/topics/{topic_id}/publish";
+pub const CONSUME_ADDRESS: &str = "/api/v1/topics/{topic_id}/consume";
+/// A topic itself, as the integration-flow model names it: every
+/// subscriber receives every message published to it.
+pub const TOPIC_ADDRESS: &str = "topic/{topicName}";
+/// An integration flow's inbound webhook, likewise.
+pub const FLOW_WEBHOOK_ADDRESS: &str = "webhook/flow/{flowId}";
+
+/// The AsyncAPI 3.0 document. Its channels are Workato's, named by their
+/// paths: publish, batch publish and consume, each with the topic as
+/// `{topic_id}`; and the integration-flow model's `topic/{topicName}` (the
+/// topic all three reach) and `webhook/flow/{flowId}`. Operations are the
+/// client's: it sends to the publish channels and the flow webhook, and
+/// receives from consume. The schemas are the OpenAPI document's
+/// components, copied whole, so `#/components/schemas/...` references
+/// resolve the same way.
 fn asyncapi(openapi: &Value, host: &str) -> Value {
     let info = &openapi["info"];
     let schemas = openapi["components"]["schemas"].clone();
     let post = json!({ "http": { "method": "POST", "bindingVersion": "0.3.0" } });
+    let topic_id = json!({
+        "topic_id": {
+            "description": "The topic: its integer id, as in Workato's API, or its name.",
+        },
+    });
     json!({
         "asyncapi": "3.0.0",
         "info": {
             "title": info["title"],
             "version": info["version"],
-            "description": "The channels of the Raftstream HTTP gateway: every topic is a \
-                channel that clients publish to (POST /api/v1/topics/{topic_id}/publish, or \
-                /api/v1/batch/topics/{topic_id}/publish for up to 100 at once) and consume \
-                from (POST /api/v1/topics/{topic_id}/consume, with long polling). Message \
-                schemas are those of /openapi.json.",
+            "description": "The channels of the Raftstream HTTP gateway, named as Workato \
+                Event Streams names them: clients publish to a topic (POST \
+                /api/v1/topics/{topic_id}/publish, or /api/v1/batch/topics/{topic_id}/publish \
+                for up to 100 at once) and consume from it (POST \
+                /api/v1/topics/{topic_id}/consume, with long polling). Message schemas are \
+                those of /openapi.json.",
         },
         "defaultContentType": "application/json",
         "servers": {
@@ -210,38 +233,98 @@ fn asyncapi(openapi: &Value, host: &str) -> Value {
             },
         },
         "channels": {
+            "publish": {
+                "address": PUBLISH_ADDRESS,
+                "title": "Publish a message",
+                "description": "One message to a topic; the payload must satisfy the topic's \
+                    schema, if it has one, and is at most 1 MB.",
+                "parameters": topic_id,
+                "messages": {
+                    "published": { "$ref": "#/components/messages/published" },
+                },
+            },
+            "batchPublish": {
+                "address": BATCH_PUBLISH_ADDRESS,
+                "title": "Publish a batch of messages",
+                "description": "Up to 100 messages to a topic in one request; each fails or \
+                    is stored on its own.",
+                "parameters": topic_id,
+                "messages": {
+                    "batch": { "$ref": "#/components/messages/batch" },
+                },
+            },
+            "consume": {
+                "address": CONSUME_ADDRESS,
+                "title": "Consume messages from a topic",
+                "description": "A topic's messages, from the oldest, after a message id, or \
+                    since a time; up to 50 a call, with long polling.",
+                "parameters": topic_id,
+                "messages": {
+                    "consumed": { "$ref": "#/components/messages/consumed" },
+                },
+            },
             "topic": {
-                "address": "topic/{topicId}",
+                "address": TOPIC_ADDRESS,
                 "title": "A topic",
-                "description": "The messages of one topic, in publish order per partition.",
+                "description": "The messages of one topic, in publish order per partition: \
+                    what the publish channels append to and the consume channel reads. Every \
+                    consumer receives every message.",
                 "parameters": {
-                    "topicId": { "description": "The topic's integer id, or its name." },
+                    "topicName": { "description": "The topic's name." },
                 },
                 "messages": {
                     "published": { "$ref": "#/components/messages/published" },
                     "consumed": { "$ref": "#/components/messages/consumed" },
                 },
             },
+            "flowWebhook": {
+                "address": FLOW_WEBHOOK_ADDRESS,
+                "title": "A flow's inbound webhook",
+                "description": "An HTTP request from an external system that starts an \
+                    integration flow (POST or GET /webhook/flow/{flow_id}); it is published to \
+                    the flow's topic as {method, headers, query, body}.",
+                "parameters": {
+                    "flowId": { "description": "The flow's source id." },
+                },
+                "messages": {
+                    "flowRequest": { "$ref": "#/components/messages/flowRequest" },
+                },
+            },
         },
         "operations": {
-            "publish": {
+            "publishMessage": {
                 "action": "send",
-                "channel": { "$ref": "#/channels/topic" },
+                "channel": { "$ref": "#/channels/publish" },
                 "summary": "Publish a message to the topic.",
                 "description": "POST /api/v1/topics/{topic_id}/publish with the payload as \
-                    the body, or POST /api/v1/batch/topics/{topic_id}/publish with \
-                    {\"payloads\": [...]}.",
-                "messages": [{ "$ref": "#/channels/topic/messages/published" }],
+                    the body.",
+                "messages": [{ "$ref": "#/channels/publish/messages/published" }],
                 "bindings": post,
             },
-            "consume": {
+            "publishBatch": {
+                "action": "send",
+                "channel": { "$ref": "#/channels/batchPublish" },
+                "summary": "Publish up to 100 messages to the topic.",
+                "description": "POST /api/v1/batch/topics/{topic_id}/publish with \
+                    {\"payloads\": [...]}.",
+                "messages": [{ "$ref": "#/channels/batchPublish/messages/batch" }],
+                "bindings": post,
+            },
+            "consumeMessages": {
                 "action": "receive",
-                "channel": { "$ref": "#/channels/topic" },
+                "channel": { "$ref": "#/channels/consume" },
                 "summary": "Receive the topic's messages, from the oldest, after a message \
                     id, or since a time.",
                 "description": "POST /api/v1/topics/{topic_id}/consume; the request body \
                     (x-request of the message) holds the position and the long-poll timeout.",
-                "messages": [{ "$ref": "#/channels/topic/messages/consumed" }],
+                "messages": [{ "$ref": "#/channels/consume/messages/consumed" }],
+                "bindings": post,
+            },
+            "triggerFlow": {
+                "action": "send",
+                "channel": { "$ref": "#/channels/flowWebhook" },
+                "summary": "Start an integration flow with an HTTP request.",
+                "messages": [{ "$ref": "#/channels/flowWebhook/messages/flowRequest" }],
                 "bindings": post,
             },
         },
@@ -256,6 +339,13 @@ fn asyncapi(openapi: &Value, host: &str) -> Value {
                     "contentType": "application/json",
                     "payload": schema_ref::<Payload>(),
                 },
+                "batch": {
+                    "name": "batch",
+                    "title": "A batch of published messages",
+                    "summary": "{\"payloads\": [...]}: 1 to 100 payloads.",
+                    "contentType": "application/json",
+                    "payload": schema_ref::<PublishBatchRequest>(),
+                },
                 "consumed": {
                     "name": "consumed",
                     "title": "A consumed message",
@@ -268,6 +358,13 @@ fn asyncapi(openapi: &Value, host: &str) -> Value {
                         "location": "$message.payload#/message_id",
                     },
                     "x-request": schema_ref::<ConsumeRequest>(),
+                },
+                "flowRequest": {
+                    "name": "flowRequest",
+                    "title": "A request that starts a flow",
+                    "summary": "Any JSON or UTF-8 text, at most 1 MiB; authenticated by the \
+                        flow source's secret.",
+                    "payload": {},
                 },
             },
             "securitySchemes": {

@@ -53,7 +53,8 @@ use crate::raft::types::SourceKind;
 pub enum SourceType {
     /// Workato job, recipe and connection webhooks, normalised.
     Workato,
-    /// Any JSON, kept as it is in `rawPayload`.
+    /// Any JSON, kept verbatim in `rawPayload` (a string) and as JSON in
+    /// `payload`.
     Generic,
     /// An integration flow's webhook (`/webhook/flow/{flow_id}`): the
     /// request itself is published, as `{method, headers, query, body}`.

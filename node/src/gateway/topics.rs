@@ -226,14 +226,52 @@ pub struct UpdateTopic {
     pub retention_bytes: Option<Option<u64>>,
 }
 
-/// Filters of the topic list.
+/// The page size of the topic list when `per_page` is absent, and the
+/// largest it may ask for.
+pub const TOPICS_PER_PAGE: u32 = 100;
+
+/// Filters and page of the topic list. Topics come in id order.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListTopicsQuery {
-    /// Only the topic with this name.
+    /// Only topics whose name contains this text (case-sensitive).
     pub name: Option<String>,
-    /// Add each topic's schema (default false).
+    /// Add each topic's schema (default false); without it, topics carry
+    /// no `schema` field.
     pub include_schema: Option<bool>,
+    /// The page to answer, from 1 (the default).
+    #[param(minimum = 1)]
+    pub page: Option<u32>,
+    /// Topics per page, 1 to 100; 100 by default.
+    #[param(minimum = 1, maximum = 100)]
+    pub per_page: Option<u32>,
+}
+
+impl ListTopicsQuery {
+    /// The topics of the page asked for: those after `(page - 1) *
+    /// per_page` matching ones.
+    fn page_of<'a>(
+        &self,
+        topics: &'a [types::Topic],
+    ) -> Result<impl Iterator<Item = &'a types::Topic>, ApiError> {
+        let page = self.page.unwrap_or(1);
+        let per_page = self.per_page.unwrap_or(TOPICS_PER_PAGE);
+        if page == 0 {
+            return Err(ApiError::bad_request("page starts at 1"));
+        }
+        if per_page == 0 || per_page > TOPICS_PER_PAGE {
+            return Err(ApiError::bad_request(format!(
+                "per_page must be between 1 and {TOPICS_PER_PAGE}"
+            )));
+        }
+        let skip = (page as usize - 1).saturating_mul(per_page as usize);
+        let name = self.name.as_deref().unwrap_or_default();
+        Ok(topics
+            .iter()
+            .filter(move |t| t.name.contains(name))
+            .skip(skip)
+            .take(per_page as usize))
+    }
 }
 
 fn hours_to_ms(hours: u64) -> Result<u64, ApiError> {
@@ -251,8 +289,8 @@ fn hours_to_ms(hours: u64) -> Result<u64, ApiError> {
     params(ListTopicsQuery),
     responses(
         (status = 200, description = "The topics.", body = TopicList),
-        (status = 400, description = "`invalid_request`: a malformed query parameter.",
-            body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a malformed query parameter, \
+            `page` 0, or `per_page` outside 1 to 100.", body = ErrorBody),
         AuthErrors,
         ClusterErrors,
     ),
@@ -263,12 +301,12 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListTopicsQuery>,
 ) -> Result<Json<TopicList>, ApiError> {
     let include_schema = query.include_schema.unwrap_or(false);
-    let topics = gateway
-        .core
-        .list_topics(query.name, Hops::default())
-        .await?;
-    let data = topics
-        .iter()
+    // Every topic, filtered here: the core's `name` is an exact match (the
+    // gRPC API's), Workato's a substring.
+    let mut topics = gateway.core.list_topics(None, Hops::default()).await?;
+    topics.sort_by_key(|t| t.id);
+    let data = query
+        .page_of(&topics)?
         .map(|t| Topic::of(t, include_schema))
         .collect();
     Ok(Json(TopicList { data }))

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use parking_lot::Mutex;
@@ -147,6 +148,30 @@ impl Group {
         self.raft.metrics().borrow_watched().current_leader == Some(me)
     }
 
+    /// The leader this node believes in, with its gRPC address, waiting up
+    /// to `timeout` while none is known. A follower of a new group can hear
+    /// from its leader before it has the membership that names the
+    /// leader's address: that is waited for too, or the leader stays
+    /// unknown to [`Group::leader`].
+    pub async fn await_leader(&self, timeout: Duration) -> Option<(NodeId, String)> {
+        if let Some(leader) = self.leader() {
+            return Some(leader);
+        }
+        let _ = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some_and(|leader| {
+                        m.membership_config.membership().get_node(&leader).is_some()
+                    })
+                },
+                "a leader with a known address",
+            )
+            .await;
+        self.leader()
+    }
+
     /// The leader this node currently believes in, with its gRPC address.
     /// Every routed request asks this, so it reads the metrics in place
     /// rather than cloning them (membership and replication maps included).
@@ -213,9 +238,21 @@ impl BackfillStop {
 
 /// The groups this node hosts, by id: the metadata group and the partition
 /// groups the metadata places here.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostedGroups {
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    /// Bumped whenever a group starts or stops being hosted, so a request
+    /// for a group the metadata has just placed here can wait for it.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for HostedGroups {
+    fn default() -> HostedGroups {
+        HostedGroups {
+            groups: RwLock::default(),
+            changes: watch::channel(0).0,
+        }
+    }
 }
 
 impl HostedGroups {
@@ -236,10 +273,32 @@ impl HostedGroups {
 
     pub fn insert(&self, group: Arc<Group>) {
         self.groups.write().insert(group.id, group);
+        self.changes.send_modify(|generation| *generation += 1);
     }
 
     pub fn remove(&self, id: GroupId) -> Option<Arc<Group>> {
-        self.groups.write().remove(&id)
+        let removed = self.groups.write().remove(&id);
+        self.changes.send_modify(|generation| *generation += 1);
+        removed
+    }
+
+    /// Group `id` once this node hosts it, waiting up to `timeout` for it
+    /// to start: the metadata can place a group here (a topic created a
+    /// moment ago) a little before reconciliation has started it.
+    pub async fn wait_for(&self, id: GroupId, timeout: Duration) -> Option<Arc<Group>> {
+        // Subscribed before looking, so a start between the look and the
+        // wait is not missed.
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(group) = self.get(id) {
+                return Some(group);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.get(id),
+            }
+        }
     }
 
     pub fn meta(&self) -> Option<Arc<Group>> {

@@ -2,8 +2,12 @@
 //!
 //! `workato` and `generic` deliveries become an envelope event:
 //! `{tenantId, sourceType, sourceId, eventId, eventType, actor, action,
-//! target, costUsd, tokensInput, tokensOutput, rawPayload, eventTimestamp}`,
-//! with the body kept verbatim in `rawPayload`. A `flow` delivery becomes
+//! target, costUsd, tokensInput, tokensOutput, rawPayload, eventTimestamp,
+//! payload}`, LangWatch's event shape: `rawPayload` is the body verbatim as
+//! a JSON string, `costUsd` a number of US dollars, `eventId`
+//! `envelope-<unix-ms>-<random8>` (see `new_event_id`). `payload`, our
+//! addition, is the same body embedded as JSON, so a topic's schema and
+//! consumers can look inside it without parsing a string. A `flow` delivery becomes
 //! the request itself, `{method, headers, query, body}`, which is what a
 //! flow's first step consumes.
 
@@ -43,8 +47,11 @@ struct Envelope<'a> {
     cost_usd: f64,
     tokens_input: u64,
     tokens_output: u64,
-    raw_payload: &'a RawValue,
+    /// The body as received, as a string.
+    raw_payload: &'a str,
     event_timestamp: String,
+    /// The body as JSON, not re-encoded.
+    payload: &'a RawValue,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +97,9 @@ pub fn message_value(
         (kind, None) => {
             let raw: &RawValue = serde_json::from_slice(body)
                 .map_err(|e| format!("the body is not valid JSON: {e}"))?;
+            // Valid JSON is UTF-8.
+            let verbatim = std::str::from_utf8(body)
+                .map_err(|e| format!("the body is not valid JSON: {e}"))?;
             let payload: Value = serde_json::from_str(raw.get())
                 .map_err(|e| format!("the body is not valid JSON: {e}"))?;
             let fields = match kind {
@@ -109,8 +119,9 @@ pub fn message_value(
                 cost_usd: usage.cost_usd,
                 tokens_input: usage.tokens_input,
                 tokens_output: usage.tokens_output,
-                raw_payload: raw,
+                raw_payload: verbatim,
                 event_timestamp: rfc3339(fields.timestamp_ms.unwrap_or(received_ms)),
+                payload: raw,
             })
         }
     };
@@ -359,7 +370,8 @@ mod tests {
 
     #[test]
     fn envelopes_keep_the_raw_payload_verbatim() {
-        let body = r#"{"z": 1, "a": [1.50, "x"], "event": "job.completed", "timestamp": "2024-05-01T10:00:00.250Z"}"#;
+        let body = r#" {"z": 1, "a": [1.50, "x"], "event": "job.completed", "timestamp": "2024-05-01T10:00:00.250Z"}
+"#;
         let e = event(SourceKind::Workato, body);
         assert_eq!(e["tenantId"], "acme");
         assert_eq!(e["sourceType"], "workato");
@@ -368,15 +380,46 @@ mod tests {
         assert_eq!(e["eventType"], EVENT_API_CALL);
         assert_eq!(e["action"], "job.completed");
         assert_eq!(e["eventTimestamp"], "2024-05-01T10:00:00.25Z");
+        assert!(e["costUsd"].is_number(), "{e}");
         assert_eq!(e["costUsd"], 0.0);
-        // Key order and number spelling survive: the body is not re-encoded.
+        // The body as received, white space included, as a string.
+        assert_eq!(e["rawPayload"], body);
+        // And embedded, with its key order and number spelling: the body is
+        // not re-encoded.
         let bytes =
             message_value(&source(SourceKind::Workato), "e", body.as_bytes(), None, 0).unwrap();
         let text = String::from_utf8(bytes).unwrap();
         assert!(
-            text.contains(r#""rawPayload":{"z": 1, "a": [1.50, "x"]"#),
+            text.contains(r#""payload":{"z": 1, "a": [1.50, "x"]"#),
             "{text}"
         );
+        let fields = [
+            "tenantId",
+            "sourceType",
+            "sourceId",
+            "eventId",
+            "eventType",
+            "actor",
+            "action",
+            "target",
+            "costUsd",
+            "tokensInput",
+            "tokensOutput",
+            "rawPayload",
+            "eventTimestamp",
+            "payload",
+        ];
+        assert_eq!(e.as_object().unwrap().len(), fields.len(), "{e}");
+        // LangWatch's fields in its order, then ours. The body is inside
+        // `rawPayload` (escaped) and `payload`, so each field's own key is
+        // its first appearance after the previous field's.
+        let mut from = 0;
+        for field in fields {
+            let at = text[from..]
+                .find(&format!(r#""{field}":"#))
+                .unwrap_or_else(|| panic!("{field} out of order in {text}"));
+            from += at;
+        }
     }
 
     #[test]

@@ -36,10 +36,16 @@ pub fn new_source_id() -> String {
     format!("{SOURCE_ID_PREFIX}{}", hex::encode(bytes))
 }
 
-/// A new event id: a UUIDv7, so ids sort by the time they were made.
-pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// A new event id in LangWatch's format, `envelope-<unix-ms>-<random8>`:
+/// the time the delivery was received, then 8 random hex digits (32 bits)
+/// telling apart deliveries of the same millisecond.
+pub fn new_event_id(received_ms: i64) -> String {
+    let mut bytes = [0u8; 4];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{EVENT_ID_PREFIX}{received_ms}-{}", hex::encode(bytes))
 }
+
+const EVENT_ID_PREFIX: &str = "envelope-";
 
 pub fn new_source_secret() -> String {
     crate::auth::generate_prefixed_secret(SOURCE_SECRET_PREFIX)
@@ -152,7 +158,15 @@ mod tests {
         assert_eq!(secret.len(), SOURCE_SECRET_PREFIX.len() + 43);
         assert_eq!(last_four(&secret), secret[secret.len() - 4..]);
         assert_eq!(last_four("ab"), "ab");
-        assert_ne!(new_event_id(), new_event_id());
+        let event_id = new_event_id(1_714_557_600_123);
+        let random = event_id
+            .strip_prefix("envelope-1714557600123-")
+            .unwrap_or_else(|| panic!("{event_id}"));
+        assert!(
+            random.len() == 8 && random.chars().all(|c| c.is_ascii_hexdigit()),
+            "{event_id}"
+        );
+        assert_ne!(new_event_id(0), new_event_id(0));
     }
 
     #[test]

@@ -147,6 +147,174 @@ async fn topics_are_managed_in_workato_shapes_through_any_node() {
     cluster.shutdown().await;
 }
 
+/// The names of the topics a list answered, in order.
+fn listed_names(list: &Value) -> Vec<&str> {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_topic_list_filters_by_part_of_the_name_and_pages_in_id_order() {
+    let cluster = TestCluster::start(1).await;
+    let http = Http::new(&cluster, 1);
+    let schema = json!({"type": "object"});
+    for name in [
+        "orders-eu",
+        "invoices",
+        "orders-us",
+        "Orders-archive",
+        "refunds",
+    ] {
+        let (status, body) = http
+            .post(
+                "/api/event_streams/topics",
+                json!({"name": name, "schema": schema}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let list = |query: &'static str| {
+        let http = &http;
+        async move {
+            let (status, body) = http
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/api/event_streams/topics{query}"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{query}: {body}");
+            body
+        }
+    };
+
+    let all = list("").await;
+    assert_eq!(
+        listed_names(&all),
+        [
+            "orders-eu",
+            "invoices",
+            "orders-us",
+            "Orders-archive",
+            "refunds"
+        ]
+    );
+    assert!(
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("schema").is_none()),
+        "schemas only with include_schema=true: {all}"
+    );
+    // Part of a name, case-sensitive.
+    let orders = list("?name=orders").await;
+    assert_eq!(listed_names(&orders), ["orders-eu", "orders-us"]);
+    assert_eq!(listed_names(&list("?name=voice").await), ["invoices"]);
+    assert!(listed_names(&list("?name=nothing").await).is_empty());
+    let with_schema = list("?name=orders&include_schema=true").await;
+    for topic in with_schema["data"].as_array().unwrap() {
+        assert_eq!(topic["schema"], schema);
+    }
+    let without = list("?include_schema=false").await;
+    assert!(without["data"][0].get("schema").is_none());
+
+    assert_eq!(
+        listed_names(&list("?per_page=2").await),
+        ["orders-eu", "invoices"]
+    );
+    assert_eq!(
+        listed_names(&list("?per_page=2&page=2").await),
+        ["orders-us", "Orders-archive"]
+    );
+    assert_eq!(listed_names(&list("?per_page=2&page=3").await), ["refunds"]);
+    assert!(listed_names(&list("?per_page=2&page=4").await).is_empty());
+    // Pages count the matching topics only.
+    assert_eq!(
+        listed_names(&list("?name=orders&per_page=1&page=2").await),
+        ["orders-us"]
+    );
+    for bad in ["?page=0", "?per_page=0", "?per_page=101", "?page=x"] {
+        let (status, body) = http
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/event_streams/topics{bad}"),
+                None,
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(listed_names(&list("?per_page=100").await).len(), 5);
+    cluster.shutdown().await;
+}
+
+/// The creating call answers once the new topic's partitions have leaders,
+/// and a node whose partitions are still starting waits for them, so
+/// publishes sent the moment the create answers succeed through any node
+/// on the first try: each is sent once (not through `http::finish`, which
+/// retries a 503), and all at once. Node 3 starts new partitions late, as
+/// a slow disk would: without the waits its publishes were refused ("group
+/// is not hosted on this node").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publishing_right_after_creating_a_topic_succeeds_first_time_through_every_node() {
+    use raftstream_node::failpoints::Action;
+    use raftstream_node::failpoints::Failpoint;
+    use raftstream_node::failpoints::Rule;
+    const PARTITIONS: u32 = 6;
+    let cluster = TestCluster::start(3).await;
+    cluster.failpoints(3).arm(
+        Failpoint::GroupStart,
+        Rule::new(Action::Delay(Duration::from_millis(700))).times(1),
+    );
+    let (status, topic) = Http::new(&cluster, 1)
+        .post(
+            "/api/event_streams/topics",
+            json!({"name": "fresh", "partitions": PARTITIONS}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{topic}");
+    let gateways: Vec<Http> = (1..=3).map(|node| Http::new(&cluster, node)).collect();
+    // Each node spreads unkeyed publishes round-robin: as many publishes
+    // as partitions through a node reach every partition through it.
+    let publishes = gateways.iter().enumerate().flat_map(|(node, http)| {
+        (0..PARTITIONS).map(move |i| async move {
+            let response = http
+                .request(reqwest::Method::POST, "/api/v1/topics/fresh/publish")
+                .json(&json!({"node": node + 1, "i": i}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (node + 1, status, body)
+        })
+    });
+    let mut reached: std::collections::BTreeMap<usize, std::collections::BTreeSet<u32>> =
+        std::collections::BTreeMap::new();
+    for (node, status, body) in futures::future::join_all(publishes).await {
+        assert_eq!(status, StatusCode::OK, "through node {node}: {body}");
+        let id = body["message_id"].as_str().unwrap();
+        let (partition, _) = id.split_once('-').unwrap();
+        reached
+            .entry(node)
+            .or_default()
+            .insert(partition.parse().unwrap());
+    }
+    for node in 1..=3 {
+        assert_eq!(
+            reached[&node],
+            (0..PARTITIONS).collect(),
+            "node {node} did not publish to every partition"
+        );
+    }
+    assert_eq!(cluster.failpoints(3).fired(Failpoint::GroupStart), 1);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_validates_against_the_schema_and_batches_fail_item_by_item() {
     let cluster = TestCluster::start(3).await;
@@ -684,6 +852,14 @@ fn assert_refs_resolve(document: &Value, node: &Value) {
     }
 }
 
+/// What a local reference (`#/...`) points to.
+fn resolve<'a>(document: &'a Value, target: &str) -> &'a Value {
+    let pointer = target.strip_prefix('#').unwrap();
+    document
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("{target} resolves to nothing"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_api_documents_are_public_and_describe_every_route() {
     let cluster = TestCluster::start(1).await;
@@ -814,7 +990,67 @@ async fn the_api_documents_are_public_and_describe_every_route() {
     let asyncapi: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert!(asyncapi["asyncapi"].as_str().unwrap().starts_with("3.0."));
     assert_refs_resolve(&asyncapi, &asyncapi);
-    assert_eq!(asyncapi["channels"]["topic"]["address"], "topic/{topicId}");
+    // Channels as the seed APIs name them: Workato's publish, batch publish
+    // and consume paths, and the flow model's topic and webhook channels.
+    let addresses: std::collections::BTreeSet<&str> = asyncapi["channels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|channel| channel["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "/api/v1/topics/{topic_id}/publish",
+            "/api/v1/batch/topics/{topic_id}/publish",
+            "/api/v1/topics/{topic_id}/consume",
+            "topic/{topicName}",
+            "webhook/flow/{flowId}",
+        ]
+        .into_iter()
+        .collect()
+    );
+    // Every parameter an address names is declared, and no other.
+    for channel in asyncapi["channels"].as_object().unwrap().values() {
+        let address = channel["address"].as_str().unwrap();
+        let named: std::collections::BTreeSet<&str> = address
+            .split('{')
+            .skip(1)
+            .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+            .collect();
+        let declared: std::collections::BTreeSet<&str> = channel["parameters"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(named, declared, "{address}");
+    }
+    // Each Workato path is a route the gateway serves, and the operation
+    // on it is the one clients use.
+    for (operation, path, action) in [
+        (
+            "publishMessage",
+            "/api/v1/topics/{topic_id}/publish",
+            "send",
+        ),
+        (
+            "publishBatch",
+            "/api/v1/batch/topics/{topic_id}/publish",
+            "send",
+        ),
+        (
+            "consumeMessages",
+            "/api/v1/topics/{topic_id}/consume",
+            "receive",
+        ),
+    ] {
+        let operation = &asyncapi["operations"][operation];
+        assert_eq!(operation["action"], action, "{operation}");
+        let channel = resolve(&asyncapi, operation["channel"]["$ref"].as_str().unwrap());
+        assert_eq!(channel["address"], path);
+        assert!(openapi["paths"][path]["post"].is_object(), "{path}");
+    }
     let actions: Vec<&str> = asyncapi["operations"]
         .as_object()
         .unwrap()

@@ -68,6 +68,22 @@ fn text<'a>(value: &'a Value, field: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{field} in {value}"))
 }
 
+/// LangWatch's event id, `envelope-<unix-ms>-<random8>`, made a moment
+/// ago.
+fn assert_langwatch_event_id(event_id: &str) {
+    let parts: Vec<&str> = event_id.split('-').collect();
+    let [prefix, ms, random] = parts[..] else {
+        panic!("{event_id}");
+    };
+    assert_eq!(prefix, "envelope", "{event_id}");
+    let ms: i64 = ms.parse().unwrap_or_else(|_| panic!("{event_id}"));
+    assert!((ms / 1000 - now_s()).abs() < 300, "{event_id}");
+    assert!(
+        random.len() == 8 && random.chars().all(|c| c.is_ascii_hexdigit()),
+        "{event_id}"
+    );
+}
+
 /// The payloads stored in a topic, oldest first.
 async fn events(http: &Http, topic: &str) -> Vec<Value> {
     consume_all(http, topic, 50)
@@ -146,6 +162,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     assert_eq!(accepted["accepted"], true);
     assert_eq!(accepted["bytes"], body.len());
     let event_id = text(&accepted, "eventId").to_string();
+    assert_langwatch_event_id(&event_id);
 
     // Acknowledged means committed: every node reads it at once.
     for node in [1, 2, 3] {
@@ -157,7 +174,11 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
         assert_eq!(event["sourceType"], "generic");
         assert_eq!(event["tenantId"], "default");
         assert_eq!(event["eventType"], "agent.action");
-        assert_eq!(event["rawPayload"], json!({"order": 17, "total": 12.5}));
+        // LangWatch's `rawPayload` is the body as received, as a string;
+        // `payload` is the same body as JSON.
+        assert_eq!(event["rawPayload"], std::str::from_utf8(body).unwrap());
+        assert_eq!(event["payload"], json!({"order": 17, "total": 12.5}));
+        assert!(event["costUsd"].is_number(), "{event}");
     }
     let (_, shown) = admin
         .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
@@ -498,8 +519,10 @@ async fn workato_payloads_are_normalised_and_flows_publish_requests() {
     let empty = fields(&stored[3]);
     assert_eq!(empty[..4], ["agent.action", "", "", ""]);
     for (event, delivery) in stored.iter().zip(&deliveries) {
-        assert_eq!(&event["rawPayload"], delivery);
+        assert_eq!(event["rawPayload"], delivery.to_string());
+        assert_eq!(&event["payload"], delivery);
         assert_eq!(event["sourceType"], "workato");
+        assert_langwatch_event_id(text(event, "eventId"));
     }
 
     // A flow publishes the request itself, less its credentials.

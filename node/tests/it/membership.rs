@@ -260,9 +260,8 @@ async fn an_operator_moves_a_partition_and_bad_moves_change_nothing() {
     let mut client = cluster.client(1).await;
     let mut acked: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     // Each attempt sends a new value: an attempt that fails is an unknown
-    // outcome (right after the topic was created a leader may still be
-    // settling, and a busy machine can time a forwarded call out), so it is
-    // not counted, and sending it again could store it twice.
+    // outcome (a busy machine can time a forwarded call out), so it is not
+    // counted, and sending it again could store it twice.
     let mut attempt = 0;
     while acked.get(&0).map_or(0, Vec::len) < 20 {
         let value = format!("before-{attempt}");

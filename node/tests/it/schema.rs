@@ -205,11 +205,15 @@ async fn a_catastrophic_pattern_costs_a_refused_publish_not_a_stalled_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhook_deliveries_are_checked_against_the_topic_schema() {
     let cluster = TestCluster::start(1).await;
-    // The stored message is the delivery's envelope, the body in `rawPayload`.
+    // The stored message is the delivery's envelope, the body as JSON in
+    // `payload` (and as a string in `rawPayload`).
     let schema = json!({
         "type": "object",
-        "required": ["eventId", "rawPayload"],
-        "properties": {"rawPayload": {"type": "object", "required": ["order"]}}
+        "required": ["eventId", "rawPayload", "payload"],
+        "properties": {
+            "rawPayload": {"type": "string"},
+            "payload": {"type": "object", "required": ["order"]}
+        }
     });
     create_topic_with_schema(&cluster, "hooks", schema.to_string()).await;
     let admin = Http::new(&cluster, 1);
@@ -227,14 +231,14 @@ async fn webhook_deliveries_are_checked_against_the_topic_schema() {
     let (status, refused) = receiver.post(&path, json!({"total": 3})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     let message = refused["message"].as_str().unwrap();
-    assert!(message.contains("/rawPayload"), "{refused}");
+    assert!(message.contains("/payload"), "{refused}");
     let (status, accepted) = receiver.post(&path, json!({"order": 7})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
 
     let stored: Vec<Value> = http::consume_all(&admin, "hooks", 50)
         .await
         .into_iter()
-        .map(|m| m["payload"]["rawPayload"].clone())
+        .map(|m| m["payload"]["payload"].clone())
         .collect();
     assert_eq!(stored, vec![json!({"order": 7})]);
     cluster.shutdown().await;

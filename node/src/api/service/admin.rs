@@ -67,6 +67,10 @@ pub struct CreatedToken {
     pub secret: String,
 }
 
+/// The longest a topic's creation waits for its partitions' first leaders
+/// (see [`Service::await_partition_leaders`]).
+const NEW_TOPIC_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Service {
     /// Refuses a schema offered for a topic that is too large or does not
     /// compile, before it is stored: publishes to the topic would fail.
@@ -109,7 +113,44 @@ impl Service {
         self.node
             .await_topic_applied(topic.id, Some(topic.version))
             .await;
+        // Only the node the client called waits: the metadata leader a
+        // create was forwarded to answers at once.
+        if hops.count == 0 {
+            self.await_partition_leaders(&topic).await;
+        }
         Ok(topic)
+    }
+
+    /// Waits, up to [`NEW_TOPIC_LEADER_WAIT`] in all, until every partition
+    /// of a topic just created that this node hosts has started here and
+    /// has a leader this node knows, so that a publish sent right after
+    /// the create answered is not refused while the partitions' first
+    /// elections run. A topic whose leaders take longer is still created;
+    /// publishes then wait for them on their own (see `Service::route`).
+    async fn await_partition_leaders(&self, topic: &Topic) {
+        let me = self.node.id();
+        let deadline = tokio::time::Instant::now() + NEW_TOPIC_LEADER_WAIT;
+        let hosted = topic
+            .partitions
+            .iter()
+            .enumerate()
+            .filter(|(_, replicas)| replicas.contains(&me))
+            .map(|(partition, _)| async move {
+                let group_id = topic.group_id(partition as u32);
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let group = self.node.hosted_groups().wait_for(group_id, left).await?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                group.await_leader(left).await
+            });
+        let leaders = futures::future::join_all(hosted).await;
+        let without_leader = leaders.iter().filter(|l| l.is_none()).count();
+        if without_leader > 0 {
+            tracing::warn!(
+                topic = %topic.name,
+                without_leader,
+                "created a topic whose partitions have not all elected a leader yet"
+            );
+        }
     }
 
     /// Topics as the metadata leader has them, which has applied every

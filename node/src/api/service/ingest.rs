@@ -471,7 +471,7 @@ impl Service {
             received_ms.div_euclid(1000),
         )
         .map_err(refused)?;
-        let event_id = crate::ingest::new_event_id();
+        let event_id = crate::ingest::new_event_id(received_ms);
         let value = envelope::message_value(
             &source,
             &event_id,

@@ -65,9 +65,19 @@ pub use self::ingest::SourceView;
 pub use self::ingest::SourceWithSecret;
 pub use self::offsets::OffsetCommit;
 
-/// A request is forwarded at most twice (to a replica, then to its
-/// leader) so stale leader hints can never make it loop.
-const MAX_HOPS: u32 = 2;
+/// A request is forwarded at most three times, so stale leader hints can
+/// never make it loop: from a node without a replica to a replica, then to
+/// the leader that replica knows, and once more when that leader has just
+/// lost its leadership (right after a topic is created, its partitions'
+/// first elections and the hand-back to each preferred leader move
+/// leadership; with two hops, that answered "out of forwarding hops").
+const MAX_HOPS: u32 = 3;
+
+/// How long a call waits for a group that has no leader yet (an election
+/// under way), or that the metadata places on this node but that has not
+/// started yet: long enough for a new topic's first elections, short
+/// enough that a group without a quorum answers `unavailable` promptly.
+pub const NEW_GROUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a call failed: a stable code (one table maps it to gRPC and HTTP)
 /// and a message for people.
@@ -667,7 +677,19 @@ impl Service {
         replicas: &[NodeId],
         hops: Hops,
     ) -> Result<Route, ServiceError> {
-        let local = self.node.group(group_id);
+        let local = match self.node.group(group_id) {
+            Some(group) => Some(group),
+            // The metadata places the group here, but it has not started
+            // yet (its topic was created a moment ago): wait for it rather
+            // than send the call on to a replica that may be just as new.
+            None if replicas.contains(&self.node.id()) => {
+                self.node
+                    .hosted_groups()
+                    .wait_for(group_id, NEW_GROUP_WAIT)
+                    .await
+            }
+            None => None,
+        };
         if let Some(group) = &local {
             match group.leader() {
                 Some((leader, _)) if leader == self.node.id() => {
@@ -682,27 +704,10 @@ impl Service {
                 None => {}
             }
             // No leader known: an election is under way. Wait briefly for
-            // one rather than fail at once. A follower of a new group can
-            // hear from its leader before it has the membership that names
-            // the leader's address: wait for that too, or the leader stays
-            // unknown to `Group::leader` and the call fails at once.
-            let wait = group
-                .raft
-                .wait(Some(Duration::from_secs(3)))
-                .metrics(
-                    |m| {
-                        m.current_leader.is_some_and(|leader| {
-                            m.membership_config.membership().get_node(&leader).is_some()
-                        })
-                    },
-                    "a leader with a known address",
-                )
-                .await;
-            return match (wait, group.leader()) {
-                (Ok(_), Some((leader, _))) if leader == self.node.id() => {
-                    Ok(Route::Local(group.clone()))
-                }
-                (Ok(_), Some((_, addr))) if hops.can_forward() => Ok(Route::Forward(addr)),
+            // one rather than fail at once.
+            return match group.await_leader(NEW_GROUP_WAIT).await {
+                Some((leader, _)) if leader == self.node.id() => Ok(Route::Local(group.clone())),
+                Some((_, addr)) if hops.can_forward() => Ok(Route::Forward(addr)),
                 _ => Err(ServiceError::unavailable(format!(
                     "group {group_id} has no leader (no quorum?); retry"
                 ))),
@@ -713,9 +718,13 @@ impl Service {
                 "group {group_id} is not hosted on this node"
             )));
         }
+        // Another replica: this node does not host the group, so sending
+        // the call to itself would only spend a hop.
+        let me = self.node.id();
         let addrs = self.node.cluster_nodes();
         let replica = replicas
             .iter()
+            .filter(|id| **id != me)
             .find_map(|id| addrs.get(id).cloned())
             .ok_or_else(|| {
                 ServiceError::unavailable(format!("group {group_id} has no reachable replica"))
