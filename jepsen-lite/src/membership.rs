@@ -158,6 +158,9 @@ impl Admin {
     }
 }
 
+/// How a removal the cluster refused is described.
+const REFUSED: &str = "refused";
+
 /// A node removal under way in the background: RemoveNode called again
 /// while the cluster answers UNAVAILABLE (replicas still moving away).
 pub struct Removal {
@@ -180,7 +183,7 @@ impl Removal {
                     }
                     Ok(Err(status)) if status.code() == Code::Unavailable => {}
                     Ok(Err(status)) => {
-                        break format!("refused: {:?} {}", status.code(), status.message());
+                        break format!("{REFUSED}: {:?} {}", status.code(), status.message());
                     }
                     Err(_) => {}
                 }
@@ -197,19 +200,28 @@ impl Removal {
     }
 
     /// Waits up to `grace` for the removal to end, then stops calling;
-    /// says how it ended.
-    pub async fn finish(self, grace: Duration) -> String {
+    /// says how it ended, and whether the cluster refused it (so there is
+    /// nothing to undo).
+    pub async fn finish(self, grace: Duration) -> (String, bool) {
         let deadline = self.started + grace;
         while !self.task.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.task.abort();
-        self.outcome.lock().clone().unwrap_or_else(|| {
-            format!(
-                "still draining after {:.1} s",
-                self.started.elapsed().as_secs_f64()
-            )
-        })
+        let outcome = self.outcome.lock().clone();
+        match outcome {
+            Some(ended) => {
+                let refused = ended.starts_with(REFUSED);
+                (ended, refused)
+            }
+            None => (
+                format!(
+                    "still draining after {:.1} s",
+                    self.started.elapsed().as_secs_f64()
+                ),
+                false,
+            ),
+        }
     }
 }
 

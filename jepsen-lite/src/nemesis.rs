@@ -791,7 +791,10 @@ impl Nemesis {
             Undo::Moves => return Ok(Some(self.admin().settle_moves().await)),
             Undo::Rejoin(removal) => {
                 let node = removal.node;
-                let removed = removal.finish(REMOVAL_GRACE).await;
+                let (removed, refused) = removal.finish(REMOVAL_GRACE).await;
+                if refused {
+                    return Ok(Some(removed));
+                }
                 let peer_addr = self.cluster.lock().peer_addr(node);
                 let added = match self.admin().add_node(node, &peer_addr).await? {
                     Ok(()) => "added back".to_string(),
