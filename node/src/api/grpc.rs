@@ -188,6 +188,19 @@ impl ClientService {
         Ok(Caller::Token(token))
     }
 
+    /// [`Self::authorize`]s `request`, then takes it apart into the caller,
+    /// the hops it has come and its message: the start of every call that
+    /// may be forwarded.
+    async fn admit<T>(
+        &self,
+        request: Request<T>,
+        scope: Option<Scope>,
+    ) -> Result<(Caller, Hops, T), Status> {
+        let caller = self.authorize(&request, scope).await?;
+        let hops = hops_of(&request);
+        Ok((caller, hops, request.into_inner()))
+    }
+
     /// Whether this node checks a call's values against the topic's
     /// schema. The node a client called checks them, once: a forwarded call
     /// (peer listener) was checked there.
@@ -576,10 +589,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Publish)).await?;
-        let hops = hops_of(&request);
+        let (caller, hops, request) = self.admit(request, Some(Scope::Publish)).await?;
         let schema_check = self.schema_check();
-        let request = request.into_inner();
         let topic = topic_name(request.topic.as_ref())?;
         let record = request
             .record
@@ -601,10 +612,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Publish)).await?;
-        let hops = hops_of(&request);
+        let (caller, hops, request) = self.admit(request, Some(Scope::Publish)).await?;
         let schema_check = self.schema_check();
-        let request = request.into_inner();
         let topic = topic_name(request.topic.as_ref())?;
         let call = Publish {
             records: request.records.into_iter().map(record_from_pb).collect(),
@@ -624,13 +633,11 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ConsumeRequest>,
     ) -> Result<Response<pb::ConsumeResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = hops_of(&request);
-        let _slot = (request.get_ref().wait_ms > 0)
+        let (caller, hops, request) = self.admit(request, Some(Scope::Consume)).await?;
+        let _slot = (request.wait_ms > 0)
             .then(|| self.node.read_slots.long_poll())
             .transpose()
             .map_err(|full| ErrorCode::TooManyLongPolls.status(full.to_string()))?;
-        let request = request.into_inner();
         let topic = topic_name(request.topic.as_ref())?;
         let call = consume_call(request)?;
         if call.wait_ms == 0 {
@@ -654,14 +661,12 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<MessageStream>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
+        let (caller, hops, request) = self.admit(request, Some(Scope::Consume)).await?;
         let slot = self
             .node
             .read_slots
             .subscription()
             .map_err(|full| ErrorCode::TooManyLongPolls.status(full.to_string()))?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
         // The stream reads its topic by id: renamed, it is still the topic
         // the stream was opened on, and a new topic taking the old name is
         // not. The caller's token is checked against this id while it runs.
@@ -747,9 +752,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CommitOffsetRequest>,
     ) -> Result<Response<pb::CommitOffsetResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Consume)).await?;
         let topic = topic_name(request.topic.as_ref())?;
         let commit = OffsetCommit {
             group: request.group,
@@ -770,9 +773,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::GetCommittedOffsetsRequest>,
     ) -> Result<Response<pb::GetCommittedOffsetsResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Consume)).await?;
         let topic = topic_name(request.topic.as_ref())?;
         let offsets = self
             .core
@@ -793,9 +794,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Consume)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Consume)).await?;
         let topic = topic_name(request.topic.as_ref())?;
         let groups = self
             .core
@@ -808,9 +807,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let spec = spec_from_pb(request.into_inner());
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        let spec = spec_from_pb(request);
         let topic = self.core.create_topic(&caller, spec, hops).await?;
         Ok(Response::new(topic_to_pb(&topic)))
     }
@@ -819,9 +817,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let _caller = self.authorize(&request, None).await?;
-        let hops = hops_of(&request);
-        let name = request.into_inner().name;
+        let (_caller, hops, request) = self.admit(request, None).await?;
+        let name = request.name;
         let topics = self.core.list_topics(name, hops).await?;
         Ok(Response::new(pb::ListTopicsResponse {
             topics: topics.iter().map(topic_to_pb).collect(),
@@ -832,9 +829,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let _caller = self.authorize(&request, None).await?;
-        let hops = hops_of(&request);
-        let name = topic_name(Some(request.get_ref()))?;
+        let (_caller, hops, request) = self.admit(request, None).await?;
+        let name = topic_name(Some(&request))?;
         let topic = self.core.current_topic(&name, hops).await?;
         Ok(Response::new(topic_to_pb(&topic)))
     }
@@ -843,9 +839,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::UpdateTopicRequest>,
     ) -> Result<Response<pb::Topic>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         let name = topic_name(request.topic.as_ref())?;
         let update = TopicUpdate {
             name: request.name,
@@ -865,9 +859,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::PurgeTopicRequest>,
     ) -> Result<Response<pb::PurgeTopicResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         let name = topic_name(request.topic.as_ref())?;
         self.core
             .purge_topic(&caller, &name, request.partition, hops)
@@ -879,9 +871,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::TopicRef>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let name = topic_name(Some(request.get_ref()))?;
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        let name = topic_name(Some(&request))?;
         self.core.delete_topic(&caller, &name, hops).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
@@ -890,9 +881,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         let scopes = request
             .scopes
             .iter()
@@ -920,8 +909,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
+        let (caller, hops, _) = self.admit(request, Some(Scope::Admin)).await?;
         let tokens = self.core.list_tokens(&caller, hops).await?;
         Ok(Response::new(pb::ListTokensResponse {
             tokens: tokens.iter().map(token_to_pb).collect(),
@@ -932,9 +920,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::DeleteTokenRequest>,
     ) -> Result<Response<pb::DeleteTokenResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let id = request.into_inner().id;
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        let id = request.id;
         self.core.delete_token(&caller, id, hops).await?;
         Ok(Response::new(pb::DeleteTokenResponse {}))
     }
@@ -943,9 +930,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         self.core
             .add_node(&caller, NodeId(request.node_id), &request.peer_addr, hops)
             .await?;
@@ -956,9 +941,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let node = NodeId(request.into_inner().node_id);
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        let node = NodeId(request.node_id);
         self.core.remove_node(&caller, node, hops).await?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
@@ -967,9 +951,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::MovePartitionRequest>,
     ) -> Result<Response<pb::MovePartitionResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         let name = topic_name(request.topic.as_ref())?;
         let replicas = request.replicas.into_iter().map(NodeId).collect();
         self.core
@@ -982,9 +964,7 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::CompletePartitionMoveRequest>,
     ) -> Result<Response<pb::CompletePartitionMoveResponse>, Status> {
-        let caller = self.authorize(&request, None).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, None).await?;
         let replicas = request.replicas.into_iter().map(NodeId).collect();
         self.core
             .complete_partition_move(&caller, GroupId(request.group_id), replicas, hops)
@@ -996,8 +976,8 @@ impl Raftstream for ClientService {
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        self.authorize(&request, None).await?;
-        let status = self.core.cluster_status(hops_of(&request)).await;
+        let (_caller, hops, _) = self.admit(request, None).await?;
+        let status = self.core.cluster_status(hops).await;
         Ok(Response::new(cluster_status_to_pb(status)))
     }
 }

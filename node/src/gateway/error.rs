@@ -179,6 +179,13 @@ error_responses! {
     NoSuchSource {
         (NOT_FOUND, "`not_found`: no such source."),
     }
+    /// The errors of both integration-flow webhook routes, besides the 400
+    /// each describes for itself.
+    FlowErrors {
+        (UNAUTHORIZED, "`unauthorized`: a missing or wrong secret."),
+        (NOT_FOUND, "`not_found`: no such flow."),
+        (CONFLICT, "`conflict`: the flow's topic was deleted."),
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use super::Shared;
 use super::error::AuthErrors;
 use super::error::BodyErrors;
 use super::error::ClusterErrors;
+use super::error::FlowErrors;
 use super::error::NoSuchSource;
 use super::error::PathErrors;
 use super::error::WriteErrors;
@@ -499,11 +500,7 @@ fn is_credential(name: &str) -> bool {
             body = Accepted),
         (status = 400, description = "`invalid_request`: the body is neither JSON nor UTF-8, \
             or the source is not a flow.", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: a missing or wrong secret.",
-            body = ErrorBody),
-        (status = 404, description = "`not_found`: no such flow.", body = ErrorBody),
-        (status = 409, description = "`conflict`: the flow's topic was deleted.",
-            body = ErrorBody),
+        FlowErrors,
         BodyErrors,
         ClusterErrors,
         WriteErrors,
@@ -534,11 +531,7 @@ pub async fn flow_post(
             body = Accepted),
         (status = 400, description = "`invalid_request`: the source is not a flow.",
             body = ErrorBody),
-        (status = 401, description = "`unauthorized`: a missing or wrong secret.",
-            body = ErrorBody),
-        (status = 404, description = "`not_found`: no such flow.", body = ErrorBody),
-        (status = 409, description = "`conflict`: the flow's topic was deleted.",
-            body = ErrorBody),
+        FlowErrors,
         ClusterErrors,
         WriteErrors,
     ),

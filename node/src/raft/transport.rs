@@ -115,16 +115,21 @@ impl<H: TransportHost> TransportService<H> {
         reply(message.group_id, group.raft.append_entries(rpc).await).map(Response::into_inner)
     }
 
-    /// A replica that lost its data votes, and takes leadership, only once
-    /// it has caught up (`rejoin.rs`).
-    fn refuse_if_cautious(&self, group_id: GroupId) -> Result<(), Status> {
+    /// [`Self::decode`]s a vote or leadership message. A replica that lost
+    /// its data votes, and takes leadership, only once it has caught up
+    /// (`rejoin.rs`): until then it refuses them.
+    fn decode_unless_cautious<T: DeserializeOwned>(
+        &self,
+        message: &RaftMessage,
+    ) -> Result<(Arc<Group>, T), Status> {
+        let group_id = GroupId(message.group_id);
         if self.host.rejoin().is_cautious(group_id) {
             return Err(Status::unavailable(format!(
                 "group {group_id}: this replica started with an empty data directory and is \
                  catching up; it votes once it has"
             )));
         }
-        Ok(())
+        self.decode(message)
     }
 }
 
@@ -176,8 +181,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        self.refuse_if_cautious(GroupId(message.group_id))?;
-        let (group, rpc) = self.decode(&message)?;
+        let (group, rpc) = self.decode_unless_cautious(&message)?;
         reply(message.group_id, group.raft.vote(rpc).await)
     }
 
@@ -186,8 +190,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        self.refuse_if_cautious(GroupId(message.group_id))?;
-        let (group, rpc) = self.decode(&message)?;
+        let (group, rpc) = self.decode_unless_cautious(&message)?;
         reply(message.group_id, group.raft.pre_vote(rpc).await)
     }
 
@@ -213,8 +216,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        self.refuse_if_cautious(GroupId(message.group_id))?;
-        let (group, rpc) = self.decode(&message)?;
+        let (group, rpc) = self.decode_unless_cautious(&message)?;
         reply(
             message.group_id,
             group.raft.handle_transfer_leader(rpc).await,

@@ -11,7 +11,9 @@ use crate::http;
 use crate::common::TestCluster;
 use http::Http;
 use http::assert_error;
+use http::assert_error_naming;
 use http::consume_all;
+use http::create_topic;
 use http::finish;
 use raftstream_node::config::Limits;
 use reqwest::Method;
@@ -23,14 +25,6 @@ use serde_json::json;
 /// order, a decimal's trailing zero, an integer past u64, an escape and
 /// spaces.
 const EXACT: &str = r#"{"z":1,"a":[1.50,12345678901234567890123],"e":"\u00e9", "s" : 1e2}"#;
-
-async fn create_topic(http: &Http, cluster: &TestCluster, body: Value) {
-    let (status, topic) = http.post("/api/event_streams/topics", body).await;
-    assert_eq!(status, StatusCode::OK, "{topic}");
-    cluster
-        .wait_partition_leaders(topic["name"].as_str().unwrap())
-        .await;
-}
 
 /// POSTs `body` with this Content-Type (none when `None`).
 async fn post_bytes(
@@ -221,13 +215,12 @@ async fn consume_refuses_unknown_fields_and_publish_refuses_bodies_not_declared_
             json!({"after_mesage_id": first}),
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("after_mesage_id"),
-        "{body}"
+    assert_error_naming(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "after_mesage_id",
     );
     let (status, body) = http
         .post(
@@ -235,13 +228,12 @@ async fn consume_refuses_unknown_fields_and_publish_refuses_bodies_not_declared_
             json!({}),
         )
         .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("after_message_id"),
-        "{body}"
+    assert_error_naming(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "after_message_id",
     );
 
     for path in [
@@ -316,15 +308,12 @@ async fn a_batch_publish_takes_bodies_past_one_mib_up_to_its_own_limit() {
             json!({"payloads": payloads}),
         )
         .await;
-    assert_error(
+    assert_error_naming(
         status,
         &body,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("4194304"),
-        "{body}"
+        "4194304",
     );
     // A single publish keeps the 1 MiB limit.
     let (status, body) = http
@@ -333,15 +322,12 @@ async fn a_batch_publish_takes_bodies_past_one_mib_up_to_its_own_limit() {
             format!(r#"{{"f":"{}"}}"#, "x".repeat(1024 * 1024)).into_bytes(),
         )
         .await;
-    assert_error(
+    assert_error_naming(
         status,
         &body,
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("1048576"),
-        "{body}"
+        "1048576",
     );
     // 101 payloads are one too many, however small.
     let too_many: Vec<Value> = (0..101).map(|i| json!({"i": i})).collect();

@@ -100,6 +100,25 @@ where
     .await
 }
 
+/// Adds `node`, listening for peers at `peer_addr`, through `admin`, with
+/// [`until_done`]'s retries; `what` names the step in a failure.
+pub async fn add_until_done(
+    what: &str,
+    admin: &raftstream_client::Grpc,
+    node: u64,
+    peer_addr: &str,
+) {
+    until_done(what, || {
+        let mut admin = admin.clone();
+        let request = pb::AddNodeRequest {
+            node_id: node,
+            peer_addr: peer_addr.to_string(),
+        };
+        async move { admin.add_node(request).await.map(|_| ()) }
+    })
+    .await
+}
+
 /// Removes `node` through `admin`, calling again while its replicas move
 /// away (UNAVAILABLE) or an attempt's outcome is unknown. After an unknown
 /// outcome the removal may have happened already, so "not in the cluster"
@@ -179,20 +198,7 @@ async fn a_node_joins_takes_its_share_and_a_node_leaves_without_loss() {
     // A new, empty node joins through node 1 and becomes a voter.
     let peer_addr = cluster.start_joining_node(4, 1).await;
     let mut admin = cluster.client(1).await;
-    until_done("add node 4", || {
-        let mut admin = admin.clone();
-        let peer_addr = peer_addr.clone();
-        async move {
-            admin
-                .add_node(pb::AddNodeRequest {
-                    node_id: 4,
-                    peer_addr,
-                })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
+    add_until_done("add node 4", &admin, 4, &peer_addr).await;
     assert!(cluster.nodes[&1].node.voters().contains(&NodeId(4)));
     // The balancer gives it a quarter of the 12 replicas, and every
     // group's voters follow the placement.
@@ -424,20 +430,7 @@ async fn adding_a_draining_node_cancels_its_removal() {
     .await;
     let admin = cluster.client(2).await;
     let peer_addr = cluster.configs[&4].peer_addr.to_string();
-    until_done("add node 4 again", || {
-        let mut admin = admin.clone();
-        let peer_addr = peer_addr.clone();
-        async move {
-            admin
-                .add_node(pb::AddNodeRequest {
-                    node_id: 4,
-                    peer_addr,
-                })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
+    add_until_done("add node 4 again", &admin, 4, &peer_addr).await;
     eventually(
         "node 4 no longer draining, with its share",
         Duration::from_secs(60),

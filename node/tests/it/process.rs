@@ -1130,7 +1130,7 @@ async fn run_merges_the_config_file_environment_and_flags() {
 /// away, and exits cleanly. Nothing acknowledged is lost or stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
-    use crate::membership::until_done;
+    use crate::membership::add_until_done;
     let mut cluster = Cluster::start(3);
     let client = cluster.client(0).await;
     create_topic_as(
@@ -1161,20 +1161,7 @@ async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
 
     let four = cluster.spawn_joining();
     let peer_addr = cluster.peer_addr(four);
-    until_done("add node 4", || {
-        let mut admin = client.clone();
-        let peer_addr = peer_addr.clone();
-        async move {
-            admin
-                .add_node(pb::AddNodeRequest {
-                    node_id: 4,
-                    peer_addr,
-                })
-                .await
-                .map(|_| ())
-        }
-    })
-    .await;
+    add_until_done("add node 4", &client, 4, &peer_addr).await;
     // 9 replicas on 4 nodes: 2 or 3 each once the balancer is done.
     let spread = eventually_in_status(
         &client,

@@ -81,9 +81,7 @@ impl Ingest for ClientService {
         &self,
         request: Request<pb::CreateSourceRequest>,
     ) -> Result<Response<pb::SourceWithSecret>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let request = request.into_inner();
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         let kind = SourceKind::parse(&request.source_type).ok_or_else(|| {
             ErrorCode::InvalidRequest.status("source_type must be workato, generic or flow")
         })?;
@@ -102,8 +100,7 @@ impl Ingest for ClientService {
         &self,
         request: Request<pb::ListSourcesRequest>,
     ) -> Result<Response<pb::ListSourcesResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
+        let (caller, hops, _) = self.admit(request, Some(Scope::Admin)).await?;
         let sources = self.core.list_sources(&caller, hops).await?;
         Ok(Response::new(pb::ListSourcesResponse {
             sources: sources.into_iter().map(source_to_pb).collect(),
@@ -114,12 +111,8 @@ impl Ingest for ClientService {
         &self,
         request: Request<pb::GetSourceRequest>,
     ) -> Result<Response<pb::Source>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        let source = self
-            .core
-            .get_source(&caller, &request.get_ref().id, hops)
-            .await?;
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        let source = self.core.get_source(&caller, &request.id, hops).await?;
         Ok(Response::new(source_to_pb(source)))
     }
 
@@ -127,11 +120,8 @@ impl Ingest for ClientService {
         &self,
         request: Request<pb::DeleteSourceRequest>,
     ) -> Result<Response<pb::DeleteSourceResponse>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
-        self.core
-            .delete_source(&caller, &request.get_ref().id, hops)
-            .await?;
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        self.core.delete_source(&caller, &request.id, hops).await?;
         Ok(Response::new(pb::DeleteSourceResponse {}))
     }
 
@@ -139,11 +129,10 @@ impl Ingest for ClientService {
         &self,
         request: Request<pb::RotateSourceSecretRequest>,
     ) -> Result<Response<pb::SourceWithSecret>, Status> {
-        let caller = self.authorize(&request, Some(Scope::Admin)).await?;
-        let hops = hops_of(&request);
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
         let rotated = self
             .core
-            .rotate_source_secret(&caller, &request.get_ref().id, hops)
+            .rotate_source_secret(&caller, &request.id, hops)
             .await?;
         Ok(Response::new(with_secret_to_pb(rotated)))
     }

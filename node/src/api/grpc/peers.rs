@@ -92,8 +92,27 @@ impl GrpcPeers {
     where
         Sent: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let request = self.forwarded(message, hops, self.forward_timeout());
-        let response = send(client?, request).await.map_err(forward_failure)?;
+        let timeout = self.forward_timeout();
+        self.call_within(client, hops, timeout, forward_failure, message, send)
+            .await
+    }
+
+    /// [`Self::call`] with its own timeout, and `failure` to say what a
+    /// failed call means to the caller.
+    async fn call_within<C, Req, Resp, Sent>(
+        &self,
+        client: Result<C, Status>,
+        hops: Hops,
+        timeout: Duration,
+        failure: fn(Status) -> Status,
+        message: Req,
+        send: impl FnOnce(C, Request<Req>) -> Sent,
+    ) -> Result<Resp, ServiceError>
+    where
+        Sent: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let request = self.forwarded(message, hops, timeout);
+        let response = send(client?, request).await.map_err(failure)?;
         Ok(response.into_inner())
     }
 }
@@ -134,18 +153,8 @@ impl Peers for GrpcPeers {
                     base_sequence: p.base_sequence,
                 }),
             };
-            let request = self.forwarded(request, hops, self.forward_timeout());
-            let response = self
-                .client(addr)?
-                .publish_batch(request)
-                .await
-                .map_err(forward_failure)?;
-            Ok(response
-                .into_inner()
-                .results
-                .into_iter()
-                .map(outcome_from_pb)
-                .collect())
+            let answer = peer_call!(self, addr, hops, publish_batch, request).await?;
+            Ok(answer.results.into_iter().map(outcome_from_pb).collect())
         })
     }
 
@@ -169,13 +178,17 @@ impl Peers for GrpcPeers {
                 max_bytes: read.max_bytes,
             };
             let timeout = Duration::from_millis(u64::from(read.wait_ms)) + self.forward_timeout();
-            let request = self.forwarded(request, hops, timeout);
-            let response = self
-                .client(addr)?
-                .consume(request)
-                .await
-                .map_err(unanswered_read)?;
-            Ok(page_from_pb(read.partition, response.into_inner()))
+            let answer = self
+                .call_within(
+                    self.client(addr),
+                    hops,
+                    timeout,
+                    unanswered_read,
+                    request,
+                    |mut client, request| async move { client.consume(request).await },
+                )
+                .await?;
+            Ok(page_from_pb(read.partition, answer))
         })
     }
 
@@ -398,13 +411,18 @@ impl Peers for GrpcPeers {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ClusterStatus, ServiceError>> {
         Box::pin(async move {
-            let request = self.forwarded(pb::ClusterStatusRequest {}, Hops::LOCAL_ONLY, timeout);
+            let message = pb::ClusterStatusRequest {};
             let answer = self
-                .client(addr)?
-                .cluster_status(request)
-                .await
-                .map_err(forward_failure)?;
-            Ok(super::cluster_status_from_pb(answer.into_inner()))
+                .call_within(
+                    self.client(addr),
+                    Hops::LOCAL_ONLY,
+                    timeout,
+                    forward_failure,
+                    message,
+                    |mut client, request| async move { client.cluster_status(request).await },
+                )
+                .await?;
+            Ok(super::cluster_status_from_pb(answer))
         })
     }
 

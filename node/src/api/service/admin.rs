@@ -84,6 +84,15 @@ impl Service {
             .map_err(|e| ServiceError::invalid(e.to_string()))
     }
 
+    /// `topic` once this node has applied its version: a read here right
+    /// after a change it made (on whichever node led) sees the change.
+    async fn applied_here(&self, topic: Topic) -> Topic {
+        self.node
+            .await_topic_applied(topic.id, Some(topic.version))
+            .await;
+        topic
+    }
+
     pub async fn create_topic(
         &self,
         caller: &Caller,
@@ -110,9 +119,7 @@ impl Service {
             Box::pin(async move { self.peers.create_topic(&addr, spec, hops).await })
         };
         let topic = self.on_meta_leader(hops, local, forward).await?;
-        self.node
-            .await_topic_applied(topic.id, Some(topic.version))
-            .await;
+        let topic = self.applied_here(topic).await;
         // Only the node the client called waits: the metadata leader a
         // create was forwarded to answers at once.
         if hops.count == 0 {
@@ -213,10 +220,7 @@ impl Service {
             Box::pin(async move { self.peers.update_topic(&addr, topic_id, update, hops).await })
         };
         let topic = self.on_meta_leader(hops, local, forward).await?;
-        self.node
-            .await_topic_applied(topic.id, Some(topic.version))
-            .await;
-        Ok(topic)
+        Ok(self.applied_here(topic).await)
     }
 
     /// Deletes every retained message of one partition, or of all.

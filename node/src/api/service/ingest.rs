@@ -235,8 +235,7 @@ impl Service {
         partition: u32,
         hops: Hops,
     ) -> Option<SourceStats> {
-        let replicas = replicas_of(topic, partition).ok()?;
-        match self.route(topic.group_id(partition), &replicas, hops).await {
+        match self.partition_route(topic, partition, hops).await {
             Ok(Route::Local(group)) => Some(local_stats(&group, &source.id)),
             Ok(Route::Forward(addr)) => {
                 let remote = self

@@ -737,6 +737,18 @@ impl Service {
         self.route(GroupId::META, &replicas, hops).await
     }
 
+    /// Where `partition` of `topic` is served: by its group here, or by the
+    /// replica at an address.
+    pub async fn partition_route(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        hops: Hops,
+    ) -> Result<Route, ServiceError> {
+        let replicas = replicas_of(topic, partition)?;
+        self.route(topic.group_id(partition), &replicas, hops).await
+    }
+
     /// Finds a topic in this node's metadata; a topic created a moment ago
     /// through another node may not have reached it yet, so it then asks
     /// the metadata leader for a linearizable read.

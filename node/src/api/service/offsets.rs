@@ -81,11 +81,7 @@ impl Service {
         let topic = self.readable_topic(caller, topic).await?;
         let mut offsets = Vec::new();
         for partition in selected_partitions(&topic, partition)? {
-            let replicas = replicas_of(&topic, partition)?;
-            match self
-                .route(topic.group_id(partition), &replicas, hops)
-                .await?
-            {
+            match self.partition_route(&topic, partition, hops).await? {
                 Route::Forward(addr) => offsets.extend(
                     self.peers
                         .committed_offsets(&addr, topic.id, group, partition, hops)
@@ -128,11 +124,7 @@ impl Service {
         let topic = self.readable_topic(caller, topic).await?;
         let mut groups = BTreeSet::new();
         for partition in selected_partitions(&topic, partition)? {
-            let replicas = replicas_of(&topic, partition)?;
-            match self
-                .route(topic.group_id(partition), &replicas, hops)
-                .await?
-            {
+            match self.partition_route(&topic, partition, hops).await? {
                 Route::Forward(addr) => groups.extend(
                     self.peers
                         .consumer_groups(&addr, topic.id, partition, hops)

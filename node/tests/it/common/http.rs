@@ -80,6 +80,17 @@ impl Http {
     }
 }
 
+/// Creates a topic through `http` (the Workato-shaped route) and waits
+/// until each of its partitions has a leader; answers the created topic.
+pub async fn create_topic(http: &Http, cluster: &TestCluster, body: Value) -> Value {
+    let (status, topic) = http.post("/api/event_streams/topics", body).await;
+    assert_eq!(status, StatusCode::OK, "{topic}");
+    cluster
+        .wait_partition_leaders(topic["name"].as_str().unwrap())
+        .await;
+    topic
+}
+
 /// Every error body is {"message", "code"}.
 pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
@@ -88,6 +99,19 @@ pub fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+}
+
+/// [`assert_error`], with a message that names `named` (the field, value or
+/// limit the caller got wrong).
+pub fn assert_error_naming(
+    status: StatusCode,
+    body: &Value,
+    expected: StatusCode,
+    code: &str,
+    named: &str,
+) {
+    assert_error(status, body, expected, code);
+    assert!(body["message"].as_str().unwrap().contains(named), "{body}");
 }
 
 /// Consumes until empty, resuming from the last message id each time.
