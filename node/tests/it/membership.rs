@@ -232,8 +232,15 @@ async fn a_node_joins_takes_its_share_and_a_node_leaves_without_loss() {
     // Node 1 leaves: its replicas move first, then it stops being a voter.
     let mut via_two = cluster.client(2).await;
     remove_until_done(&via_two, 1).await;
+    // The removal committed on the metadata leader; node 2 may apply it a
+    // moment later.
     let two = &cluster.nodes[&2].node;
-    assert_eq!(two.voters(), vec![NodeId(2), NodeId(3), NodeId(4)]);
+    eventually(
+        "node 2 sees node 1 removed",
+        Duration::from_secs(10),
+        || async { (two.voters() == vec![NodeId(2), NodeId(3), NodeId(4)]).then_some(()) },
+    )
+    .await;
     let (counts, _) = placement(&cluster, 2);
     assert_eq!(counts.get(&NodeId(1)), None, "{counts:?}");
     // Node 1 deletes the partitions it no longer holds.
