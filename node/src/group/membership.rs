@@ -53,6 +53,14 @@ pub async fn change_voters(
     if group.voters() == *target {
         return Ok(());
     }
+    // A learner added by an earlier call that timed out may never have
+    // caught up (or may not exist at all): making it a voter could leave
+    // the group without a reachable majority. Promote only learners that
+    // hold every entry the leader had when this call looked.
+    let voters = group.voters();
+    for node in target.iter().filter(|node| !voters.contains(node)) {
+        await_learner_caught_up(group, *node, catch_up_timeout).await?;
+    }
     let changed = tokio::time::timeout(
         catch_up_timeout,
         group
@@ -67,6 +75,38 @@ pub async fn change_voters(
         ))
     })?;
     changed.map(|_| ()).map_err(raft_write_error)
+}
+
+/// Waits until learner `node` has matched the leader's last log index as
+/// it is now, up to `timeout`.
+async fn await_learner_caught_up(
+    group: &Group,
+    node: NodeId,
+    timeout: Duration,
+) -> Result<(), WriteError> {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = group.raft.metrics();
+    let wanted = metrics.borrow_watched().last_log_index.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let matched = metrics
+            .borrow_watched()
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&node).cloned())
+            .flatten()
+            .map_or(0, |log_id| log_id.index);
+        if matched >= wanted {
+            return Ok(());
+        }
+        let changed = tokio::time::timeout_at(deadline, metrics.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Err(WriteError::Unavailable(format!(
+                "node {node} has not caught up as a learner (at {matched} of {wanted}); it \
+                 becomes a voter once it has"
+            )));
+        }
+    }
 }
 
 fn raft_write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteError {

@@ -615,3 +615,32 @@ async fn settled_post(
 ) -> Option<(reqwest::StatusCode, serde_json::Value)> {
     settled(http.post(path, body).await)
 }
+
+/// A node that never answers is never made a voter, however often it is
+/// added: the second call finds it a learner already and must not promote
+/// it, or a one-node cluster would need it for every metadata write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_an_unreachable_node_again_never_makes_it_a_voter() {
+    let cluster = TestCluster::start(1).await;
+    let mut admin = cluster.client(1).await;
+    for _ in 0..2 {
+        let refused = admin
+            .add_node(pb::AddNodeRequest {
+                node_id: 9,
+                peer_addr: "127.0.0.1:1".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+            ),
+            "{refused:?}"
+        );
+    }
+    assert!(!cluster.nodes[&1].node.voters().contains(&NodeId(9)));
+    // Metadata writes still commit on the one voter.
+    cluster.create_topic("still", 1, 1).await;
+    cluster.shutdown().await;
+}
