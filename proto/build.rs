@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "raftstream/v1/raftstream.proto",
         "raftstream/v1/ingest.proto",
+        "raftstream/v1/subscriptions.proto",
         "raftstream/v1/raft.proto",
     ];
     for proto in protos {
