@@ -154,6 +154,12 @@ impl RunningNode {
                             .layer(ClientService::public(node.clone()).into_ingest_server()),
                     ),
                 )
+                .add_service(
+                    request_ids
+                        .layer(MarkForwardedLayer.layer(
+                            ClientService::public(node.clone()).into_subscriptions_server(),
+                        )),
+                )
                 .add_service(health)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha);
@@ -167,15 +173,19 @@ impl RunningNode {
         ))
         .layer(transport);
         let link_faults = LinkFaultLayer::new(node.id(), node.config.link_faults.clone());
-        let peer_services =
-            tonic::service::Routes::new(link_faults.layer(transport))
-                .add_service(
-                    link_faults
-                        .layer(request_ids.layer(ClientService::peer(node.clone()).into_server())),
-                )
-                .add_service(link_faults.layer(
+        let peer_services = tonic::service::Routes::new(link_faults.layer(transport))
+            .add_service(
+                link_faults
+                    .layer(request_ids.layer(ClientService::peer(node.clone()).into_server())),
+            )
+            .add_service(
+                link_faults.layer(
                     request_ids.layer(ClientService::peer(node.clone()).into_ingest_server()),
-                ));
+                ),
+            )
+            .add_service(link_faults.layer(
+                request_ids.layer(ClientService::peer(node.clone()).into_subscriptions_server()),
+            ));
         let limits = &node.config.limits;
         let public_server = http2::server(tonic::transport::Server::builder())
             .max_concurrent_streams(limits.max_streams_per_connection)

@@ -1085,6 +1085,7 @@ fn cluster_status_from_pb(status: pb::ClusterStatusResponse) -> ClusterStatus {
 
 mod ingest;
 mod peers;
+mod subscriptions;
 
 use self::peers::GrpcPeers;
 

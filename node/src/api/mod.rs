@@ -18,6 +18,7 @@ use crate::raft::types::Command;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::IngestSource;
 use crate::raft::types::MetaCommand;
+use crate::raft::types::Subscription;
 use crate::raft::types::TokenRecord;
 use crate::raft::types::Topic;
 
@@ -74,6 +75,18 @@ impl Node {
     pub async fn write_source(&self, command: MetaCommand) -> Result<IngestSource, WriteError> {
         self.write_meta_for(command, |r| match r {
             CommandResponse::Source(source) => Some(source),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Like [`Node::write_meta`], for push subscription commands.
+    pub async fn write_subscription(
+        &self,
+        command: MetaCommand,
+    ) -> Result<Subscription, WriteError> {
+        self.write_meta_for(command, |r| match r {
+            CommandResponse::Subscription(subscription) => Some(subscription),
             _ => None,
         })
         .await

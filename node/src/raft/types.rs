@@ -180,6 +180,32 @@ pub enum MetaCommand {
     SetBalancing {
         on: bool,
     },
+    /// A push subscription; `dead_letter` creates its dead-letter topic in
+    /// the same entry when it names one that does not exist yet.
+    CreateSubscription {
+        subscription: Box<Subscription>,
+        dead_letter: SourceTopic,
+    },
+    UpdateSubscription {
+        id: String,
+        update: SubscriptionUpdate,
+        now_ms: i64,
+    },
+    DeleteSubscription {
+        id: String,
+    },
+    SetSubscriptionPaused {
+        id: String,
+        paused: bool,
+        now_ms: i64,
+    },
+    /// Delivers again from `from`: a new generation, whose positions start
+    /// empty, so a delivery of the old generation can no longer move them.
+    ReplaySubscription {
+        id: String,
+        from: DeliveryStart,
+        now_ms: i64,
+    },
 }
 
 /// The topic a new source delivers to.
@@ -234,6 +260,132 @@ pub struct IngestSource {
     /// the clear to verify signatures; no API returns it.
     pub hmac_secret: Option<String>,
     pub created_at_ms: i64,
+}
+
+/// Only payloads holding `equals_json` (a JSON value, as JSON text) at the
+/// JSON pointer `pointer` pass. Kept as text: the replicated form must
+/// encode with bincode, which cannot decode a `serde_json::Value`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PayloadFilter {
+    pub pointer: String,
+    pub equals_json: String,
+}
+
+impl PayloadFilter {
+    /// Whether `payload` passes. A payload that is not JSON, or lacks the
+    /// pointer, does not.
+    pub fn matches(&self, payload: &[u8]) -> bool {
+        let Ok(expected) = serde_json::from_str::<serde_json::Value>(&self.equals_json) else {
+            return false;
+        };
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|payload| payload.pointer(&self.pointer).cloned())
+            .is_some_and(|found| found == expected)
+    }
+}
+
+/// Where a subscription's delivery starts in a partition it has no
+/// position in yet.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum DeliveryStart {
+    Earliest,
+    Latest,
+    /// The same offset in every partition.
+    Offset(Offset),
+    /// The first message stamped at or after this time (Unix ms).
+    TimeMs(i64),
+}
+
+/// How a subscription delivers. In requests a zero field means the
+/// default ([`SubscriptionSettings::or_defaults`]); stored settings are
+/// never zero.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SubscriptionSettings {
+    /// Messages per POST.
+    pub batch_size: u32,
+    /// POSTs of one batch before its messages are dead-lettered.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// How long one POST may take.
+    pub timeout_ms: u64,
+    /// POSTs in flight at once for the subscription, per node.
+    pub max_in_flight: u32,
+}
+
+impl SubscriptionSettings {
+    pub const DEFAULT: SubscriptionSettings = SubscriptionSettings {
+        batch_size: 1,
+        max_attempts: 5,
+        initial_backoff_ms: 500,
+        max_backoff_ms: 60_000,
+        timeout_ms: 10_000,
+        max_in_flight: 4,
+    };
+
+    /// These settings with every non-zero field of `changes` taken over.
+    pub fn overridden_by(self, changes: SubscriptionSettings) -> SubscriptionSettings {
+        fn pick<T: Default + PartialEq>(old: T, new: T) -> T {
+            if new == T::default() { old } else { new }
+        }
+        SubscriptionSettings {
+            batch_size: pick(self.batch_size, changes.batch_size),
+            max_attempts: pick(self.max_attempts, changes.max_attempts),
+            initial_backoff_ms: pick(self.initial_backoff_ms, changes.initial_backoff_ms),
+            max_backoff_ms: pick(self.max_backoff_ms, changes.max_backoff_ms),
+            timeout_ms: pick(self.timeout_ms, changes.timeout_ms),
+            max_in_flight: pick(self.max_in_flight, changes.max_in_flight),
+        }
+    }
+
+    /// The defaults, with every non-zero field of `requested` taken over.
+    pub fn or_defaults(requested: SubscriptionSettings) -> SubscriptionSettings {
+        SubscriptionSettings::DEFAULT.overridden_by(requested)
+    }
+}
+
+/// A push subscription: the partition leaders of `topic_id` deliver its
+/// messages to `endpoint` (`crate::push`). Its delivery positions are not
+/// here but in each partition, as consumer-group offsets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Subscription {
+    pub id: String,
+    pub name: String,
+    pub topic_id: TopicId,
+    pub endpoint: String,
+    pub filter: Option<PayloadFilter>,
+    pub settings: SubscriptionSettings,
+    pub dead_letter_topic_id: TopicId,
+    /// The HMAC key deliveries are signed with: it must be kept in the
+    /// clear to sign. No API returns it after the creation.
+    pub secret: String,
+    pub secret_last_four: String,
+    pub paused: bool,
+    /// Raised by every replay.
+    pub generation: u64,
+    /// Where this generation's delivery starts.
+    pub start: DeliveryStart,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Subscription {
+    /// The consumer group that holds this subscription's delivery position
+    /// in each partition of its topic, for the current generation.
+    pub fn position_group(&self) -> String {
+        format!("$subscription/{}/{}", self.id, self.generation)
+    }
+}
+
+/// A change to a subscription: set fields change, non-zero settings
+/// change, and `filter: Some(None)` removes the filter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SubscriptionUpdate {
+    pub name: Option<String>,
+    pub endpoint: Option<String>,
+    pub filter: Option<Option<PayloadFilter>>,
+    pub settings: SubscriptionSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -410,6 +562,42 @@ pub struct MetaState {
     pub draining: BTreeSet<NodeId>,
     /// The balancer spreads replicas (see `SetBalancing`).
     pub balancing: bool,
+    /// Push subscriptions by id.
+    pub subscriptions: BTreeMap<String, Subscription>,
+}
+
+/// [`MetaState`] as versions before push subscriptions stored it (bincode
+/// writes fields one after the other; the new field starts empty).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetaStateBeforeSubscriptions {
+    pub topics: BTreeMap<TopicId, Topic>,
+    pub next_topic_id: TopicId,
+    pub tokens: BTreeMap<u64, TokenRecord>,
+    pub next_token_id: u64,
+    pub cluster_secret: Option<[u8; 32]>,
+    pub sources: BTreeMap<String, IngestSource>,
+    pub moves: BTreeMap<GroupId, Vec<NodeId>>,
+    pub moved: BTreeSet<GroupId>,
+    pub draining: BTreeSet<NodeId>,
+    pub balancing: bool,
+}
+
+impl From<MetaStateBeforeSubscriptions> for MetaState {
+    fn from(old: MetaStateBeforeSubscriptions) -> MetaState {
+        MetaState {
+            topics: old.topics,
+            next_topic_id: old.next_topic_id,
+            tokens: old.tokens,
+            next_token_id: old.next_token_id,
+            cluster_secret: old.cluster_secret,
+            sources: old.sources,
+            moves: old.moves,
+            moved: old.moved,
+            draining: old.draining,
+            balancing: old.balancing,
+            subscriptions: BTreeMap::new(),
+        }
+    }
 }
 
 /// [`MetaState`] as versions before partition moves stored it. bincode
@@ -489,6 +677,7 @@ pub enum CommandResponse {
         duplicate: bool,
     },
     MetaRejected(MetaRejection),
+    Subscription(Subscription),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error, PartialEq, Eq)]
@@ -510,6 +699,8 @@ pub enum MetaRejection {
     /// Refused because of something under way (a partition move).
     #[error("{0}")]
     Conflict(String),
+    #[error("subscription {id:?} does not exist")]
+    SubscriptionNotFound { id: String },
 }
 
 impl std::fmt::Display for Command {
@@ -555,6 +746,21 @@ impl std::fmt::Display for Command {
             }
             Command::Meta(MetaCommand::SetBalancing { on }) => {
                 write!(f, "set balancing: {on}")
+            }
+            Command::Meta(MetaCommand::CreateSubscription { subscription, .. }) => {
+                write!(f, "create subscription {:?}", subscription.id)
+            }
+            Command::Meta(MetaCommand::UpdateSubscription { id, .. }) => {
+                write!(f, "update subscription {id:?}")
+            }
+            Command::Meta(MetaCommand::DeleteSubscription { id }) => {
+                write!(f, "delete subscription {id:?}")
+            }
+            Command::Meta(MetaCommand::SetSubscriptionPaused { id, paused, .. }) => {
+                write!(f, "set subscription {id:?} paused: {paused}")
+            }
+            Command::Meta(MetaCommand::ReplaySubscription { id, from, .. }) => {
+                write!(f, "replay subscription {id:?} from {from:?}")
             }
             Command::Partition(PartitionCommand::Ingest { source_id, .. }) => {
                 write!(f, "ingest a delivery of source {source_id:?}")

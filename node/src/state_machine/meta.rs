@@ -12,6 +12,7 @@ use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
 use crate::raft::types::Scope;
 use crate::raft::types::SourceTopic;
+use crate::raft::types::Subscription;
 use crate::raft::types::TokenRecord;
 use crate::raft::types::TokenTopic;
 use crate::raft::types::Topic;
@@ -292,6 +293,21 @@ fn apply_command(
                 }
             };
         }
+        MetaCommand::CreateSubscription {
+            subscription,
+            dead_letter,
+        } => {
+            return match create_subscription(state, subscription, dead_letter, nodes) {
+                Ok(subscription) => CommandResponse::Subscription(subscription),
+                Err(rejection) => CommandResponse::MetaRejected(rejection),
+            };
+        }
+        MetaCommand::UpdateSubscription { .. }
+        | MetaCommand::DeleteSubscription { .. }
+        | MetaCommand::SetSubscriptionPaused { .. }
+        | MetaCommand::ReplaySubscription { .. } => {
+            return super::subscriptions::apply(state, command);
+        }
         MetaCommand::CreateSource { source, topic } => {
             return match create_source(state, source, topic, nodes) {
                 Ok(source) => CommandResponse::Source(source),
@@ -393,20 +409,30 @@ fn apply_command(
             state.balancing = *on;
             return CommandResponse::None;
         }
-        MetaCommand::DeleteTopic { topic_id } => match state.topics.remove(topic_id) {
-            Some(topic) => {
-                state.moves.retain(|group, _| group.topic() != *topic_id);
-                state.moved.retain(|group| group.topic() != *topic_id);
-                Ok(topic)
+        MetaCommand::DeleteTopic { topic_id } => {
+            if let Some(rejection) = super::subscriptions::blocks_topic_deletion(state, *topic_id) {
+                return CommandResponse::MetaRejected(rejection);
             }
-            None => Err(MetaRejection::TopicNotFound {
-                topic_id: *topic_id,
-            }),
-        },
+            delete_topic(state, *topic_id)
+        }
     };
     match result {
         Ok(topic) => CommandResponse::Topic(topic),
         Err(rejection) => CommandResponse::MetaRejected(rejection),
+    }
+}
+
+/// Deletes a topic with what hangs off it: moves of its partitions and its
+/// push subscriptions.
+fn delete_topic(state: &mut MetaState, topic_id: TopicId) -> Result<Topic, MetaRejection> {
+    match state.topics.remove(&topic_id) {
+        Some(topic) => {
+            state.moves.retain(|group, _| group.topic() != topic_id);
+            state.moved.retain(|group| group.topic() != topic_id);
+            state.subscriptions.retain(|_, s| s.topic_id != topic_id);
+            Ok(topic)
+        }
+        None => Err(MetaRejection::TopicNotFound { topic_id }),
     }
 }
 
@@ -621,22 +647,45 @@ fn create_source(
             source.id
         )));
     }
-    let topic_id = match topic {
-        SourceTopic::Existing(id) if state.topics.contains_key(id) => *id,
-        SourceTopic::Existing(id) => {
-            return Err(MetaRejection::TopicNotFound { topic_id: *id });
-        }
-        SourceTopic::CreateIfMissing(spec) => match state.topic_by_name(&spec.name) {
-            Some(existing) => existing.id,
-            None => create_topic(state, spec, nodes, source.created_at_ms)?.id,
-        },
-    };
+    let topic_id = topic_or_new(state, topic, nodes, source.created_at_ms)?;
     let source = IngestSource {
         topic_id,
         ..source.clone()
     };
     state.sources.insert(source.id.clone(), source.clone());
     Ok(source)
+}
+
+/// The topic `topic` names, created now when it asks for a missing one.
+fn topic_or_new(
+    state: &mut MetaState,
+    topic: &SourceTopic,
+    nodes: &[NodeId],
+    now_ms: i64,
+) -> Result<TopicId, MetaRejection> {
+    match topic {
+        SourceTopic::Existing(id) if state.topics.contains_key(id) => Ok(*id),
+        SourceTopic::Existing(id) => Err(MetaRejection::TopicNotFound { topic_id: *id }),
+        SourceTopic::CreateIfMissing(spec) => match state.topic_by_name(&spec.name) {
+            Some(existing) => Ok(existing.id),
+            None => Ok(create_topic(state, spec, nodes, now_ms)?.id),
+        },
+    }
+}
+
+/// A push subscription, with its dead-letter topic when that is new; a
+/// refused subscription stores nothing.
+fn create_subscription(
+    state: &mut MetaState,
+    subscription: &Subscription,
+    dead_letter: &SourceTopic,
+    nodes: &[NodeId],
+) -> Result<Subscription, MetaRejection> {
+    super::subscriptions::check_new(state, subscription)?;
+    // A new topic's name differs from the subscription's topic, so the
+    // insert below cannot refuse once this created a topic.
+    let dead_letter_topic_id = topic_or_new(state, dead_letter, nodes, subscription.created_at_ms)?;
+    super::subscriptions::insert(state, subscription, dead_letter_topic_id)
 }
 
 fn create_topic(

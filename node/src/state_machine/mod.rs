@@ -24,6 +24,7 @@ macro_rules! debug_assert_ok {
 pub mod balance;
 pub mod meta;
 pub mod partition;
+pub mod subscriptions;
 
 use std::io;
 use std::sync::Arc;
@@ -190,11 +191,16 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(invalid_data)
 }
 
-/// The stored metadata, also as versions before partition moves wrote it.
+/// The stored metadata, also as versions before push subscriptions or
+/// partition moves wrote it. Newest first: bincode reads an older form's
+/// fields as a prefix, so an older form would also read a newer one.
 fn decode_meta_state(bytes: &[u8]) -> io::Result<MetaState> {
     decode::<MetaState>(bytes).or_else(|current| {
-        decode::<crate::raft::types::MetaStateBeforeMoves>(bytes)
+        decode::<crate::raft::types::MetaStateBeforeSubscriptions>(bytes)
             .map(MetaState::from)
+            .or_else(|_| {
+                decode::<crate::raft::types::MetaStateBeforeMoves>(bytes).map(MetaState::from)
+            })
             .map_err(|_| current)
     })
 }
@@ -630,6 +636,46 @@ mod tests {
 
     use super::*;
     use crate::storage::StorageConfig;
+
+    /// A snapshot written before push subscriptions (and one written before
+    /// partition moves) still reads, with no subscriptions.
+    #[test]
+    fn metadata_stored_by_older_versions_still_reads() {
+        let mut state = MetaState::default();
+        let create = crate::raft::types::MetaCommand::CreateTopic {
+            spec: crate::state_machine::meta::spec("a", 2, 1),
+            now_ms: 1,
+        };
+        meta::apply(&mut state, &create, &[NodeId(1)]);
+        state.draining.insert(NodeId(1));
+        let before_subscriptions = bincode::serialize(&(
+            &state.topics,
+            state.next_topic_id,
+            &state.tokens,
+            state.next_token_id,
+            state.cluster_secret,
+            &state.sources,
+            &state.moves,
+            &state.moved,
+            &state.draining,
+            state.balancing,
+        ))
+        .unwrap();
+        assert_eq!(decode_meta_state(&before_subscriptions).unwrap(), state);
+        let before_moves = bincode::serialize(&(
+            &state.topics,
+            state.next_topic_id,
+            &state.tokens,
+            state.next_token_id,
+            state.cluster_secret,
+            &state.sources,
+        ))
+        .unwrap();
+        let read = decode_meta_state(&before_moves).unwrap();
+        assert_eq!(read.topics, state.topics);
+        assert!(read.draining.is_empty() && read.subscriptions.is_empty());
+        assert_eq!(decode_meta_state(&encode(&state).unwrap()).unwrap(), state);
+    }
 
     /// Applies blank entries of term 1 at `indexes`, in one call.
     async fn apply_blanks(sm: &mut GroupStateMachine, indexes: &[u64]) -> io::Result<()> {

@@ -42,6 +42,7 @@ const LAYERS: &[&[&str]] = &[
         "state_machine::meta",
         "state_machine::balance",
         "state_machine::partition",
+        "state_machine::subscriptions",
     ],
     // One Raft group hosted on this node and the registry of them: what
     // Raft's transport and quiescence look groups up in.

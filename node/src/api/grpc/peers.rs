@@ -2,16 +2,21 @@
 //! over gRPC with the node credential and the hop headers.
 
 use raftstream_proto::v1::ingest_client::IngestClient;
+use raftstream_proto::v1::subscriptions_client::SubscriptionsClient;
 
 use super::ingest::source_from_pb;
 use super::ingest::with_secret_from_pb;
+use super::subscriptions::change_to_pb;
+use super::subscriptions::changed_from_pb;
 use super::*;
+use crate::api::service::ChangedSubscription;
 use crate::api::service::Delivered;
 use crate::api::service::Delivery;
 use crate::api::service::NewSource;
 use crate::api::service::OffsetCommit;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
+use crate::api::service::SubscriptionChange;
 use crate::model::GroupId;
 use crate::model::Offset;
 use crate::model::TopicId;
@@ -38,6 +43,15 @@ impl GrpcPeers {
 
     pub(super) fn ingest_client(&self, addr: &str) -> Result<IngestClient<Channel>, Status> {
         Ok(IngestClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_RPC_BYTES)
+            .max_encoding_message_size(MAX_RPC_BYTES))
+    }
+
+    pub(super) fn subscriptions_client(
+        &self,
+        addr: &str,
+    ) -> Result<SubscriptionsClient<Channel>, Status> {
+        Ok(SubscriptionsClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_RPC_BYTES)
             .max_encoding_message_size(MAX_RPC_BYTES))
     }
@@ -484,6 +498,20 @@ impl Peers for GrpcPeers {
             peer_call!(via ingest_client, self, addr, hops, delete_source, message)
                 .await
                 .map(|_| ())
+        })
+    }
+
+    fn change_subscription<'a>(
+        &'a self,
+        addr: &'a str,
+        change: &'a SubscriptionChange,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<ChangedSubscription, ServiceError>> {
+        Box::pin(async move {
+            let message = change_to_pb(change);
+            peer_call!(via subscriptions_client, self, addr, hops, change_subscription, message)
+                .await
+                .map(changed_from_pb)
         })
     }
 

@@ -14,6 +14,7 @@ pub use cluster::moves_of;
 pub use cluster::replica_spread;
 mod ingest;
 mod offsets;
+mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,6 +65,15 @@ pub use self::ingest::SourceStatus;
 pub use self::ingest::SourceView;
 pub use self::ingest::SourceWithSecret;
 pub use self::offsets::OffsetCommit;
+pub use self::subscriptions::ChangedSubscription;
+pub use self::subscriptions::NewSubscription;
+pub use self::subscriptions::PartitionPosition;
+pub use self::subscriptions::SubscriptionChange;
+pub use self::subscriptions::SubscriptionView;
+pub use crate::raft::types::DeliveryStart;
+pub use crate::raft::types::PayloadFilter;
+pub use crate::raft::types::SubscriptionSettings;
+pub use crate::raft::types::SubscriptionUpdate;
 
 /// A request is forwarded at most three times, so stale leader hints can
 /// never make it loop: from a node without a replica to a replica, then to
@@ -181,7 +191,8 @@ impl From<WriteError> for ServiceError {
                     MetaRejection::TopicNotFound { .. }
                     | MetaRejection::TopicNameNotFound { .. }
                     | MetaRejection::TokenNotFound { .. }
-                    | MetaRejection::SourceNotFound { .. } => ErrorCode::NotFound,
+                    | MetaRejection::SourceNotFound { .. }
+                    | MetaRejection::SubscriptionNotFound { .. } => ErrorCode::NotFound,
                     MetaRejection::Invalid(_) => ErrorCode::InvalidRequest,
                 };
                 ServiceError::new(code, r.to_string())
@@ -583,6 +594,14 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         id: &'a str,
         hops: Hops,
     ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>>;
+
+    /// Makes `change` on the node at `addr` (the metadata leader).
+    fn change_subscription<'a>(
+        &'a self,
+        addr: &'a str,
+        change: &'a SubscriptionChange,
+        hops: Hops,
+    ) -> BoxFuture<'a, Result<ChangedSubscription, ServiceError>>;
 
     fn commit_offset<'a>(
         &'a self,
