@@ -137,6 +137,10 @@ impl RunningNode {
         let node = Node::start(config, time).await?;
         // Partition moves and the balancer (`api/service/cluster.rs`).
         tokio::spawn(Arc::new(crate::api::grpc::service(node.clone())).placement_loop());
+        // Push subscriptions' deliveries from the partitions this node leads.
+        tokio::spawn(crate::push::run(Arc::new(crate::api::grpc::service(
+            node.clone(),
+        ))));
         let stop_listeners = watch::Sender::new(false);
 
         let client_api = AuthenticateFirstLayer::new(node.clone())

@@ -70,6 +70,8 @@ const LAYERS: &[&[&str]] = &[
     &["api", "api::forwarded", "api::request_id"],
     // The client API without a wire format.
     &["api::service"],
+    // Push delivery, over the service.
+    &["push"],
     // Wire adapters.
     &["api::authenticate_first"],
     &["api::grpc", "gateway", "health"],

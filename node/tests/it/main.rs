@@ -19,6 +19,7 @@ mod links;
 mod membership;
 mod metrics;
 mod process;
+mod push;
 mod quiesce;
 mod rejoin;
 mod request_ids;
