@@ -31,9 +31,14 @@ pub const HEADER_SOURCE_TYPE: &str = "source-type";
 
 /// A new source id: a prefix and 80 random bits in hex.
 pub fn new_source_id() -> String {
+    random_id(SOURCE_ID_PREFIX)
+}
+
+/// `prefix` and 80 random bits in hex: ids of sources and subscriptions.
+pub fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 10];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{SOURCE_ID_PREFIX}{}", hex::encode(bytes))
+    format!("{prefix}{}", hex::encode(bytes))
 }
 
 /// A new event id in LangWatch's format, `envelope-<unix-ms>-<random8>`:

@@ -32,6 +32,28 @@ impl ClientService {
     ) -> Result<ChangedSubscription, Status> {
         Ok(self.core.change_subscription(caller, change, hops).await?)
     }
+
+    async fn set_paused(
+        &self,
+        request: Request<pb::GetSubscriptionRequest>,
+        paused: bool,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let set =
+            |r: pb::GetSubscriptionRequest| Ok(SubscriptionChange::SetPaused { id: r.id, paused });
+        self.change_and_show(request, set).await
+    }
+
+    /// Admits an admin call, makes the change its request asks for and
+    /// answers with the subscription after it.
+    async fn change_and_show<T: Send + 'static>(
+        &self,
+        request: Request<T>,
+        change_of: impl FnOnce(T) -> Result<SubscriptionChange, Status>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
+        let changed = self.change(&caller, change_of(request)?, hops).await?;
+        Ok(Response::new(view_to_pb(changed.subscription)))
+    }
 }
 
 fn filter_to_pb(filter: &PayloadFilter) -> pb::PayloadFilter {
@@ -308,58 +330,42 @@ impl Subscriptions for ClientService {
         &self,
         request: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
-        let changed = self.change(&caller, update_from_pb(request)?, hops).await?;
-        Ok(Response::new(view_to_pb(changed.subscription)))
+        self.change_and_show(request, update_from_pb).await
     }
 
     async fn delete_subscription(
         &self,
         request: Request<pb::DeleteSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
-        let change = SubscriptionChange::Delete { id: request.id };
-        let changed = self.change(&caller, change, hops).await?;
-        Ok(Response::new(view_to_pb(changed.subscription)))
+        self.change_and_show(request, |r| Ok(SubscriptionChange::Delete { id: r.id }))
+            .await
     }
 
     async fn pause_subscription(
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
-        let change = SubscriptionChange::SetPaused {
-            id: request.id,
-            paused: true,
-        };
-        let changed = self.change(&caller, change, hops).await?;
-        Ok(Response::new(view_to_pb(changed.subscription)))
+        self.set_paused(request, true).await
     }
 
     async fn resume_subscription(
         &self,
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
-        let change = SubscriptionChange::SetPaused {
-            id: request.id,
-            paused: false,
-        };
-        let changed = self.change(&caller, change, hops).await?;
-        Ok(Response::new(view_to_pb(changed.subscription)))
+        self.set_paused(request, false).await
     }
 
     async fn replay_subscription(
         &self,
         request: Request<pb::ReplaySubscriptionRequest>,
     ) -> Result<Response<pb::Subscription>, Status> {
-        let (caller, hops, request) = self.admit(request, Some(Scope::Admin)).await?;
-        let change = SubscriptionChange::Replay {
-            id: request.id,
-            from: start_from_pb(request.from)?,
+        let replay = |r: pb::ReplaySubscriptionRequest| {
+            Ok(SubscriptionChange::Replay {
+                id: r.id,
+                from: start_from_pb(r.from)?,
+            })
         };
-        let changed = self.change(&caller, change, hops).await?;
-        Ok(Response::new(view_to_pb(changed.subscription)))
+        self.change_and_show(request, replay).await
     }
 
     async fn change_subscription(

@@ -129,13 +129,6 @@ fn invalid(rejection: crate::raft::types::MetaRejection) -> ServiceError {
     ServiceError::invalid(rejection.to_string())
 }
 
-fn new_subscription_id() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 10];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{SUBSCRIPTION_ID_PREFIX}{}", hex::encode(bytes))
-}
-
 impl Service {
     /// Creates, changes or deletes a subscription on the metadata leader.
     pub async fn change_subscription(
@@ -278,7 +271,7 @@ impl Service {
                     },
                 });
                 let subscription = Subscription {
-                    id: new_subscription_id(),
+                    id: crate::ingest::random_id(SUBSCRIPTION_ID_PREFIX),
                     name: new.name.clone(),
                     topic_id: topic.id,
                     endpoint: new.endpoint.clone(),
