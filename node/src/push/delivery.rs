@@ -304,7 +304,10 @@ impl PartitionDelivery {
             let publish = Publish {
                 records: records.clone(),
                 producer: None,
-                schema_check: SchemaCheck::Here,
+                // A dead letter is an envelope around a message the topic
+                // already took; a schema on the dead-letter topic must not
+                // leave it nowhere to go.
+                schema_check: SchemaCheck::Done,
             };
             let stored = self
                 .service
