@@ -75,6 +75,10 @@ pub struct NodeConfig {
     /// TLS on the public gRPC and HTTP listeners.
     #[serde(default)]
     pub client_tls: Option<ClientTls>,
+    /// Publish platform events (what the cluster did: `platform.activity`,
+    /// `platform.executions`, `platform.errors`; see `platform.rs`).
+    #[serde(default = "default_true")]
+    pub platform_events: bool,
     /// Faults on the links to this node, for clusters that tests run in
     /// one process (`link_faults.rs`); never read from a file.
     #[serde(skip)]

@@ -18,6 +18,7 @@ pub mod link_faults;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod platform;
 pub mod push;
 pub mod raft;
 pub mod rejoin;

@@ -36,6 +36,7 @@ pub struct NodeMetrics {
     http_requests: IntCounterVec,
     http_seconds: HistogramVec,
     ingest_deliveries: IntCounterVec,
+    platform_events_dropped: IntCounter,
     elections: IntCounter,
     leader_changes: IntCounter,
     partition: PartitionGauges,
@@ -183,6 +184,11 @@ impl NodeMetrics {
                 "Webhook deliveries, by outcome: stored, duplicate, or the error code.",
                 &["outcome"],
             )?,
+            platform_events_dropped: counter(
+                &r,
+                "raftstream_platform_events_dropped_total",
+                "Platform events dropped: the queue to their publish was full, or the publish failed.",
+            )?,
             elections: counter(
                 &r,
                 "raftstream_elections_total",
@@ -221,6 +227,11 @@ impl NodeMetrics {
         self.http_seconds
             .with_label_values(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// The counter of dropped platform events, for the node's emitter.
+    pub fn platform_events_dropped(&self) -> IntCounter {
+        self.platform_events_dropped.clone()
     }
 
     pub fn delivery(&self, outcome: &str) {

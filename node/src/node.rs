@@ -31,6 +31,7 @@ use crate::metrics::NodeMetrics;
 use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::model::TopicId;
+use crate::platform::PlatformEvents;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::quiesce::QuiesceTimings;
@@ -219,6 +220,8 @@ pub struct Node {
     pub schemas: SchemaCache,
     /// Prometheus metrics, served at `/metrics`.
     pub metrics: NodeMetrics,
+    /// Where operations hand their platform events (`platform.rs`).
+    pub platform: PlatformEvents,
     raft_config: Arc<openraft::Config>,
     groups: HostedGroups,
     /// Quiescence of idle groups; `None` when `quiesce_after_ms` is 0.
@@ -345,6 +348,11 @@ impl Node {
             identity: parking_lot::Mutex::new(identity),
             peer_incarnations: parking_lot::Mutex::default(),
             schemas: SchemaCache::default(),
+            platform: PlatformEvents::new(
+                config.platform_events,
+                time.clone(),
+                metrics.platform_events_dropped(),
+            ),
             metrics,
             raft_config: Arc::new(raft_config),
             groups: HostedGroups::default(),

@@ -141,6 +141,8 @@ impl RunningNode {
         tokio::spawn(crate::push::run(Arc::new(crate::api::grpc::service(
             node.clone(),
         ))));
+        // Platform events: this node's queue published to the system topics.
+        tokio::spawn(Arc::new(crate::api::grpc::service(node.clone())).run_platform_events());
         let stop_listeners = watch::Sender::new(false);
 
         let client_api = AuthenticateFirstLayer::new(node.clone())

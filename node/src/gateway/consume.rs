@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 
 use super::ApiError;
 use super::ErrorBody;
+use super::Gateway;
 use super::Shared;
 use super::auth::AdmittedToken;
 use super::error::AuthErrors;
@@ -44,6 +45,7 @@ use crate::model::MessageId;
 use crate::model::Offset;
 use crate::model::rfc3339;
 use crate::raft::types::Scope;
+use crate::raft::types::Topic;
 
 pub const DEFAULT_BATCH_SIZE: u64 = 50;
 pub const MAX_BATCH_SIZE: u64 = 50;
@@ -97,7 +99,7 @@ pub struct ConsumeResponse {
 
 /// A checked consume request.
 #[derive(Debug)]
-struct ConsumeBody {
+pub(super) struct ConsumeBody {
     after_message_id: Option<String>,
     since_time_ms: Option<i64>,
     batch_size: u64,
@@ -121,6 +123,13 @@ fn bounded(
 }
 
 impl ConsumeRequest {
+    /// The request checked, with the query string it came with (which
+    /// must be empty: see [`no_query_parameters`]).
+    pub(super) fn checked(self, query: &[(String, String)]) -> Result<ConsumeBody, ApiError> {
+        no_query_parameters(query)?;
+        self.check()
+    }
+
     fn check(self) -> Result<ConsumeBody, ApiError> {
         let since_time_ms = match &self.since_time {
             None => None,
@@ -199,9 +208,27 @@ pub async fn consume(
     ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
 ) -> Result<Json<ConsumeResponse>, ApiError> {
-    no_query_parameters(&query)?;
-    let body = body.check()?;
+    let body = body.checked(&query)?;
     let topic = gateway.topic(&topic_id).await?;
+    consume_topic(&gateway, &admitted, &topic, body, None)
+        .await
+        .map(Json)
+}
+
+/// Which messages a consume returns; the others are read past.
+pub(super) type Keep = dyn Fn(&ReadMessage) -> bool + Send + Sync;
+
+/// Consumes `topic` for a caller admitted with consume scope: the route
+/// above, and the platform event views, which `keep` only the events of
+/// one flow or workspace. Messages `keep` refuses are read past: a reply
+/// holds only kept messages, and its ids resume after everything read.
+pub(super) async fn consume_topic(
+    gateway: &Gateway,
+    admitted: &AdmittedToken,
+    topic: &Topic,
+    body: ConsumeBody,
+    keep: Option<&Keep>,
+) -> Result<ConsumeResponse, ApiError> {
     let partitions = topic.partitions.len();
     // The response holds at most about max_read_bytes: each partition
     // reads its share (at least one message, so every read progresses).
@@ -210,18 +237,32 @@ pub async fn consume(
         .unwrap_or(u32::MAX)
         .max(1);
     let read = |partition: usize, start: StartAt, wait_ms: u32| {
-        let call = Consume {
-            partition: partition as u32,
-            start,
-            max_messages: body.batch_size as u32,
-            wait_ms,
-            max_bytes: share,
-        };
-        let (core, topic) = (&gateway.core, &topic);
+        let (core, batch_size) = (&gateway.core, body.batch_size as u32);
         async move {
-            core.consume_from(&Caller::Node, topic, call, Hops::default())
-                .await
-                .map(|page| (partition, page.batch))
+            let mut start = start;
+            loop {
+                let call = Consume {
+                    partition: partition as u32,
+                    start,
+                    max_messages: batch_size,
+                    wait_ms,
+                    max_bytes: share,
+                };
+                let mut batch = core
+                    .consume_from(&Caller::Node, topic, call, Hops::default())
+                    .await?
+                    .batch;
+                let Some(keep) = keep else {
+                    return Ok((partition, batch));
+                };
+                let read_some = !batch.messages.is_empty();
+                batch.messages.retain(|m| keep(m));
+                // Nothing kept of what was read: read on past it.
+                if !batch.messages.is_empty() || !read_some {
+                    return Ok((partition, batch));
+                }
+                start = StartAt::Offset(batch.next_offset);
+            }
         }
     };
 
@@ -293,7 +334,7 @@ pub async fn consume(
         // Long poll every partition; the first to commit a message answers.
         let wait_ms = (body.timeout_secs * 1000) as u32;
         // A token revoked while the poll waits ends it at once.
-        let access_lost = Box::pin(admitted.access_lost(&gateway, Scope::Consume, topic.id));
+        let access_lost = Box::pin(admitted.access_lost(gateway, Scope::Consume, topic.id));
         let mut polls = (0..partitions)
             .map(|p| read(p, starts[p].clone(), wait_ms))
             .collect::<FuturesUnordered<_>>()
@@ -309,11 +350,11 @@ pub async fn consume(
         }
         // What the poll woke with is answered only if the token still
         // allows it (and this is the answer when revocation ended it).
-        admitted.still_allowed(&gateway, Scope::Consume, topic.id)?;
+        admitted.still_allowed(gateway, Scope::Consume, topic.id)?;
     }
-    Ok(Json(ConsumeResponse {
+    Ok(ConsumeResponse {
         messages: merge(responses, body.batch_size as usize, max_read_bytes),
-    }))
+    })
 }
 
 /// Merges per-partition reads in time order (ties by partition, then

@@ -23,6 +23,8 @@ use crate::model::MessageId;
 use crate::model::Offset;
 use crate::model::TopicName;
 use crate::model::rfc3339;
+use crate::platform::DeliveryAttempt;
+use crate::platform::PlatformEvent;
 use crate::raft::types::CommitWriter;
 use crate::raft::types::DeliveryStart;
 use crate::raft::types::PartitionCommand;
@@ -219,15 +221,33 @@ impl PartitionDelivery {
             if self.led_group().is_none() {
                 return Outcome::NotLeader;
             }
+            let report = self.attempt_report(topic, messages, attempt);
+            self.platform_event(|| PlatformEvent::delivery_started(&report));
+            let started = self.service.node.time.now();
             let result = match self.permits.acquire().await {
                 Ok(_permit) => self.post(&body, attempt).await,
                 // Closed only when the subscription's limit changed, which
                 // also restarts this task.
                 Err(_) => return Outcome::NotLeader,
             };
+            let latency_ms = self
+                .service
+                .node
+                .time
+                .now()
+                .saturating_duration_since(started)
+                .as_millis() as u64;
             match result {
-                Ok(()) => return Outcome::Delivered,
+                Ok(status) => {
+                    self.platform_event(|| {
+                        PlatformEvent::delivery_succeeded(&report, latency_ms, status)
+                    });
+                    return Outcome::Delivered;
+                }
                 Err(error) => {
+                    for event in PlatformEvent::delivery_failed(&report, latency_ms, &error) {
+                        self.platform_event(|| event);
+                    }
                     tracing::debug!(
                         subscription = %self.subscription.id,
                         partition = self.partition,
@@ -248,8 +268,40 @@ impl PartitionDelivery {
         Outcome::Failed(last_error)
     }
 
-    /// One POST; `Err` says why it did not count as delivered.
-    async fn post(&self, body: &[u8], attempt: u32) -> Result<(), String> {
+    /// What platform events say about one attempt at `messages`.
+    fn attempt_report<'a>(
+        &'a self,
+        topic: &'a Topic,
+        messages: &[&ReadMessage],
+        attempt: u32,
+    ) -> DeliveryAttempt<'a> {
+        DeliveryAttempt {
+            subscription_id: &self.subscription.id,
+            topic: &topic.name,
+            partition: self.partition,
+            first_offset: messages.first().map_or(0, |m| m.offset.0),
+            last_offset: messages.last().map_or(0, |m| m.offset.0),
+            messages: messages.len(),
+            attempt,
+        }
+    }
+
+    /// Emits a platform event about this delivery, unless the subscription
+    /// delivers a system topic: its deliveries' events would be delivered
+    /// in turn, each making more, without end.
+    fn platform_event(&self, event: impl FnOnce() -> PlatformEvent) {
+        let node = &self.service.node;
+        let delivers_platform_events = node
+            .find_topic(&TopicName::Id(self.subscription.topic_id))
+            .is_some_and(|t| crate::platform::is_reserved(&t.name));
+        if !delivers_platform_events {
+            node.platform.emit(event());
+        }
+    }
+
+    /// One POST: the status of an answer that counts as delivered, or why
+    /// it did not.
+    async fn post(&self, body: &[u8], attempt: u32) -> Result<u16, String> {
         let timeout_ms = self.subscription.settings.timeout_ms;
         let timestamp_s = self.service.node.time.now_ms().div_euclid(1000);
         let signature =
@@ -267,7 +319,7 @@ impl PartitionDelivery {
             .send()
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
             Ok(response) => Err(format!("the endpoint answered {}", response.status())),
             Err(e) if e.is_timeout() => Err(format!("no answer within {timeout_ms} ms")),
             Err(e) => Err(format!("the request failed: {e}")),
@@ -315,6 +367,17 @@ impl PartitionDelivery {
                 .await;
             match stored {
                 Ok(outcomes) if outcomes.iter().all(Result::is_ok) => {
+                    let attempts = self.subscription.settings.max_attempts;
+                    let report = self.attempt_report(topic, messages, attempts);
+                    let dead_letter_name = self
+                        .service
+                        .node
+                        .find_topic(&dead_letter_topic)
+                        .map(|t| t.name)
+                        .unwrap_or_default();
+                    self.platform_event(|| {
+                        PlatformEvent::dead_lettered(&report, &dead_letter_name, error)
+                    });
                     tracing::warn!(
                         subscription = %self.subscription.id,
                         partition = self.partition,

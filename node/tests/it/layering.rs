@@ -63,6 +63,7 @@ const LAYERS: &[&[&str]] = &[
         "backfill",
         "auth",
         "metrics",
+        "platform",
     ],
     &["node"],
     // Services over the node.

@@ -16,6 +16,8 @@ use super::selected_partitions;
 use crate::group::Group;
 use crate::group::write::WriteError;
 use crate::model::TopicName;
+use crate::platform::Change;
+use crate::platform::PlatformEvent;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaState;
 use crate::raft::types::PartitionCommand;
@@ -100,6 +102,7 @@ impl Service {
         hops: Hops,
     ) -> Result<Topic, ServiceError> {
         caller.check_unrestricted()?;
+        caller.check_topic_name_writable(&spec.name, hops)?;
         validate_spec(&spec, self.node.placeable_nodes().len())
             .map_err(|e| ServiceError::invalid(e.to_string()))?;
         if let Some(schema) = &spec.schema {
@@ -120,6 +123,10 @@ impl Service {
         };
         let topic = self.on_meta_leader(hops, local, forward).await?;
         let topic = self.applied_here(topic).await;
+        self.platform_event(
+            hops,
+            PlatformEvent::topic(Change::Created, topic.id.0, &topic.name),
+        );
         // Only the node the client called waits: the metadata leader a
         // create was forwarded to answers at once.
         if hops.count == 0 {
@@ -202,6 +209,10 @@ impl Service {
     ) -> Result<Topic, ServiceError> {
         let topic = self.topic(name).await?;
         caller.check_topic(Scope::Admin, &topic)?;
+        caller.check_topic_name_writable(&topic.name, hops)?;
+        if let Some(new_name) = &update.name {
+            caller.check_topic_name_writable(new_name, hops)?;
+        }
         if let Some(Some(schema)) = &update.schema {
             self.check_schema_document(schema).await?;
         }
@@ -220,6 +231,10 @@ impl Service {
             Box::pin(async move { self.peers.update_topic(&addr, topic_id, update, hops).await })
         };
         let topic = self.on_meta_leader(hops, local, forward).await?;
+        self.platform_event(
+            hops,
+            PlatformEvent::topic(Change::Updated, topic.id.0, &topic.name),
+        );
         Ok(self.applied_here(topic).await)
     }
 
@@ -270,6 +285,7 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let topic = self.topic(name).await?;
         caller.check_topic(Scope::Admin, &topic)?;
+        caller.check_topic_name_writable(&topic.name, hops)?;
         let topic_id = topic.id;
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
@@ -284,6 +300,10 @@ impl Service {
         };
         self.on_meta_leader(hops, local, forward).await?;
         self.node.await_topic_applied(topic_id, None).await;
+        self.platform_event(
+            hops,
+            PlatformEvent::topic(Change::Deleted, topic_id.0, &topic.name),
+        );
         Ok(())
     }
 
@@ -327,7 +347,12 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.create_token(&addr, new, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        let created = self.on_meta_leader(hops, local, forward).await?;
+        self.platform_event(
+            hops,
+            PlatformEvent::token(Change::Created, created.token.id, &created.token.name),
+        );
+        Ok(created)
     }
 
     pub async fn list_tokens(
@@ -352,6 +377,12 @@ impl Service {
         hops: Hops,
     ) -> Result<(), ServiceError> {
         caller.check_unrestricted()?;
+        // Named in the event; the token is gone once deleted.
+        let name = self
+            .node
+            .with_metadata(|m| m.tokens.get(&id).map(|t| t.name.clone()))
+            .flatten()
+            .unwrap_or_default();
         let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
             Box::pin(async move {
                 self.node
@@ -363,6 +394,8 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.delete_token(&addr, id, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        self.on_meta_leader(hops, local, forward).await?;
+        self.platform_event(hops, PlatformEvent::token(Change::Deleted, id, &name));
+        Ok(())
     }
 }

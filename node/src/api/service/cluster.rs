@@ -28,6 +28,7 @@ use crate::group::write::WriteError;
 use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::model::TopicName;
+use crate::platform::PlatformEvent;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
 use crate::raft::types::MetaState;
@@ -285,7 +286,9 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.add_node(&addr, node, peer_addr, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        self.on_meta_leader(hops, local, forward).await?;
+        self.platform_event(hops, PlatformEvent::node_joined(node, peer_addr));
+        Ok(())
     }
 
     /// Removes node `node`: marks it draining, waits (bounded) until the
@@ -380,7 +383,9 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.remove_node(&addr, node, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        self.on_meta_leader(hops, local, forward).await?;
+        self.platform_event(hops, PlatformEvent::node_left(node));
+        Ok(())
     }
 
     /// Starts moving a partition to `replicas` (preferred leader first).

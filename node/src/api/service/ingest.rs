@@ -29,6 +29,8 @@ use crate::ingest::envelope::FlowRequest;
 use crate::model::Offset;
 use crate::model::TopicId;
 use crate::model::TopicName;
+use crate::platform::Change;
+use crate::platform::PlatformEvent;
 use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::IngestSource;
@@ -296,6 +298,14 @@ impl Service {
         hops: Hops,
     ) -> Result<SourceWithSecret, ServiceError> {
         caller.check_unrestricted()?;
+        // A source publishes its deliveries: never into a system topic.
+        let topic_name = match &new.topic {
+            TopicName::Name(name) => Some(name.clone()),
+            TopicName::Id(_) => self.node.find_topic(&new.topic).map(|t| t.name),
+        };
+        if let Some(name) = &topic_name {
+            caller.check_topic_name_writable(name, hops)?;
+        }
         let topic = match &new.topic {
             TopicName::Id(id) => SourceTopic::Existing(*id),
             TopicName::Name(name) => {
@@ -331,7 +341,13 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.create_source(&addr, new, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        let created = self.on_meta_leader(hops, local, forward).await?;
+        let source = &created.source;
+        self.platform_event(
+            hops,
+            PlatformEvent::source(Change::Created, &source.id, &source.topic_name),
+        );
+        Ok(created)
     }
 
     /// Sources as the metadata leader has them: it has applied every
@@ -395,7 +411,21 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.delete_source(&addr, id, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        // Named in the event; the source is gone once deleted.
+        let topic_name = self
+            .node
+            .with_metadata(|m| {
+                let source = m.sources.get(id)?;
+                m.topics.get(&source.topic_id).map(|t| t.name.clone())
+            })
+            .flatten()
+            .unwrap_or_default();
+        self.on_meta_leader(hops, local, forward).await?;
+        self.platform_event(
+            hops,
+            PlatformEvent::source(Change::Deleted, id, &topic_name),
+        );
+        Ok(())
     }
 
     pub async fn rotate_source_secret(
@@ -419,7 +449,13 @@ impl Service {
         let forward = |addr: String| -> BoxFuture<'_, _> {
             Box::pin(async move { self.peers.rotate_source_secret(&addr, id, hops).await })
         };
-        self.on_meta_leader(hops, local, forward).await
+        let rotated = self.on_meta_leader(hops, local, forward).await?;
+        let source = &rotated.source;
+        self.platform_event(
+            hops,
+            PlatformEvent::source(Change::SecretRotated, &source.id, &source.topic_name),
+        );
+        Ok(rotated)
     }
 
     /// Stores one delivery as an event of the source's topic, after its
@@ -430,6 +466,7 @@ impl Service {
         schema_check: SchemaCheck,
         hops: Hops,
     ) -> Result<Delivered, ServiceError> {
+        let delivery_source = delivery.source_id.clone();
         let outcome = self.deliver_once(delivery, schema_check, hops).await;
         // Counted where the delivery arrived from outside, once.
         if hops.count == 0 && !hops.local_only {
@@ -438,6 +475,16 @@ impl Service {
                 Ok(_) => "stored",
                 Err(e) => e.code.as_str(),
             });
+            // A wrong secret or signature: someone is sending what the
+            // source's owner did not sign (or a misconfigured sender).
+            if let Err(e) = &outcome
+                && e.code == ErrorCode::Unauthorized
+            {
+                self.platform_event(
+                    hops,
+                    PlatformEvent::webhook_rejected(&delivery_source, &e.message),
+                );
+            }
         }
         outcome
     }

@@ -14,6 +14,7 @@ pub use cluster::moves_of;
 pub use cluster::replica_spread;
 mod ingest;
 mod offsets;
+mod platform;
 mod subscriptions;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ use crate::model::Offset;
 use crate::model::TopicId;
 use crate::model::TopicName;
 use crate::node::Node;
+use crate::platform::PlatformEvent;
 use crate::raft::batch::BatchError;
 use crate::raft::batch::RecordBatch;
 use crate::raft::quiesce::quorum_acked_since;
@@ -264,12 +266,15 @@ pub enum Caller {
     /// authorized its own caller.
     Node,
     Token(TokenRecord),
+    /// This node's platform event emitter (`crate::platform`): the one
+    /// caller that creates and publishes to the system topics.
+    Platform,
 }
 
 impl Caller {
     pub fn check_topic(&self, scope: Scope, topic: &Topic) -> Result<(), ServiceError> {
         match self {
-            Caller::Node => Ok(()),
+            Caller::Node | Caller::Platform => Ok(()),
             Caller::Token(token) => token.allows(scope, Some(topic)).map_err(denied),
         }
     }
@@ -285,6 +290,30 @@ impl Caller {
         }
     }
 
+    /// Refuses a user's create, delete or publish of a topic named `name`
+    /// in the system topics' namespace (`platform.`). Only this node's
+    /// emitter may, and nodes carrying its calls on: a call forwarded by
+    /// another node (`hops.count > 0`) was checked where it was taken. A
+    /// token's call is refused whatever hops it claims.
+    pub fn check_topic_name_writable(&self, name: &str, hops: Hops) -> Result<(), ServiceError> {
+        let trusted = match self {
+            Caller::Platform => true,
+            Caller::Node => hops.count > 0,
+            Caller::Token(_) => false,
+        };
+        if trusted || !crate::platform::is_reserved(name) {
+            return Ok(());
+        }
+        Err(ServiceError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "topics named {}* are the cluster's platform event channels: they may be \
+                 consumed, but not created, deleted or published to",
+                crate::platform::RESERVED_PREFIX
+            ),
+        ))
+    }
+
     /// The caller as this node's metadata has it now, if it may still use
     /// `scope` on `topic_id`: reads that stay open call this before every
     /// batch, so a revoked token ends them even while messages flow.
@@ -296,6 +325,7 @@ impl Caller {
     ) -> Result<Caller, ServiceError> {
         match self {
             Caller::Node => Ok(Caller::Node),
+            Caller::Platform => Ok(Caller::Platform),
             Caller::Token(token) => node
                 .with_metadata(|m| {
                     crate::auth::still_allowed(m, token.id, scope, topic_id)
@@ -315,7 +345,7 @@ impl Caller {
         topic_id: Option<TopicId>,
     ) -> ServiceError {
         match self {
-            Caller::Node => std::future::pending().await,
+            Caller::Node | Caller::Platform => std::future::pending().await,
             Caller::Token(token) => access_lost_error(
                 crate::auth::access_lost(node.hosted_groups(), token.id, scope, topic_id).await,
             ),
@@ -669,6 +699,15 @@ impl Service {
         Service { node, peers }
     }
 
+    /// Hands `event` to this node's emitter when this node took the call
+    /// from its client (a forwarded call is reported where it was taken,
+    /// once). Never waits and never fails the call.
+    pub fn platform_event(&self, hops: Hops, event: PlatformEvent) {
+        if hops.count == 0 {
+            self.node.platform.emit(event);
+        }
+    }
+
     pub fn forward_timeout(&self) -> Duration {
         self.node.config.limits.forward_timeout()
     }
@@ -886,8 +925,18 @@ impl Service {
         let Some(schema) = TopicSchema::of(topic) else {
             return Ok(());
         };
-        let values = values.into_iter().collect();
-        Ok(self.node.schemas.check_all(schema, values).await?)
+        let values: Vec<Bytes> = values.into_iter().collect();
+        let refused = values.len();
+        let checked = self.node.schemas.check_all(schema, values).await;
+        // One refused value refuses the call's every value.
+        if let Err(e @ (SchemaError::NotJson { .. } | SchemaError::Mismatch { .. })) = &checked {
+            self.node.platform.emit(PlatformEvent::schema_rejected(
+                &topic.name,
+                refused,
+                &e.to_string(),
+            ));
+        }
+        Ok(checked?)
     }
 
     /// Publishes records to a topic: each record's outcome, in order. The
@@ -917,6 +966,7 @@ impl Service {
             schema_check,
         } = call;
         caller.check_topic(Scope::Publish, topic)?;
+        caller.check_topic_name_writable(&topic.name, hops)?;
         if records.is_empty() {
             return Err(ServiceError::invalid("records must not be empty"));
         }

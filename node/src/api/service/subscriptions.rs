@@ -18,6 +18,8 @@ use crate::group::write::WriteError;
 use crate::model::Offset;
 use crate::model::TopicId;
 use crate::model::TopicName;
+use crate::platform::Change;
+use crate::platform::PlatformEvent;
 use crate::raft::types::DeliveryStart;
 use crate::raft::types::MetaCommand;
 use crate::raft::types::MetaRejection;
@@ -139,6 +141,9 @@ impl Service {
     ) -> Result<ChangedSubscription, ServiceError> {
         caller.check_unrestricted()?;
         self.check_change(&change)?;
+        if let Some(name) = self.dead_letter_name(&change) {
+            caller.check_topic_name_writable(&name, hops)?;
+        }
         let change = &change;
         let local = |_: Arc<Group>| -> BoxFuture<'_, Result<Changed, WriteError>> {
             Box::pin(async move {
@@ -156,13 +161,41 @@ impl Service {
             })
         };
         let answer = self.on_meta_leader(hops, local, forward).await?;
-        match answer {
-            Changed::There(changed) => Ok(changed),
-            Changed::Here(subscription, secret) => Ok(ChangedSubscription {
+        let changed = match answer {
+            Changed::There(changed) => changed,
+            Changed::Here(subscription, secret) => ChangedSubscription {
                 subscription: self.subscription_view(&subscription, hops).await,
                 secret,
-            }),
-        }
+            },
+        };
+        let kind = match change {
+            SubscriptionChange::Create(_) => Change::Created,
+            SubscriptionChange::Update { .. } => Change::Updated,
+            SubscriptionChange::Delete { .. } => Change::Deleted,
+            SubscriptionChange::SetPaused { paused: true, .. } => Change::Paused,
+            SubscriptionChange::SetPaused { paused: false, .. } => Change::Resumed,
+            SubscriptionChange::Replay { .. } => Change::Replayed,
+        };
+        let view = &changed.subscription;
+        self.platform_event(
+            hops,
+            PlatformEvent::subscription(kind, &view.id, &view.topic_name),
+        );
+        Ok(changed)
+    }
+
+    /// The dead-letter topic a creation names, or the default one it
+    /// would get (`<topic>.dead-letter`), to refuse a name in the system
+    /// topics' namespace before anything is proposed.
+    fn dead_letter_name(&self, change: &SubscriptionChange) -> Option<String> {
+        let SubscriptionChange::Create(new) = change else {
+            return None;
+        };
+        new.dead_letter_topic.clone().or_else(|| {
+            self.node
+                .find_topic(&new.topic)
+                .map(|topic| format!("{}{DEAD_LETTER_SUFFIX}", topic.name))
+        })
     }
 
     /// Every subscription, in id order, with its positions.

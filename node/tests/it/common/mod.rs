@@ -227,6 +227,9 @@ pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> Nod
         peer_tls: None,
         insecure_peers: false,
         client_tls: None,
+        // Off unless a test asks for them: they would add traffic (and
+        // topics) every other test would have to look past.
+        platform_events: false,
         link_faults: None,
         failpoints: None,
     }
