@@ -332,7 +332,13 @@ impl Node {
             quiescer.clone(),
             Duration::from_millis(config.limits.write_timeout_ms),
         );
+        let platform = PlatformEvents::new(
+            config.platform_events,
+            time.clone(),
+            metrics.platform_events_dropped(),
+        );
         let node = Arc::new(Node {
+            platform,
             backfills: crate::backfill::Backfills::new(config.node_id, pool.clone()),
             quiescer,
             writes,
@@ -348,11 +354,6 @@ impl Node {
             identity: parking_lot::Mutex::new(identity),
             peer_incarnations: parking_lot::Mutex::default(),
             schemas: SchemaCache::default(),
-            platform: PlatformEvents::new(
-                config.platform_events,
-                time.clone(),
-                metrics.platform_events_dropped(),
-            ),
             metrics,
             raft_config: Arc::new(raft_config),
             groups: HostedGroups::default(),

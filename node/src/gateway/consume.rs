@@ -253,7 +253,7 @@ pub(super) async fn consume_topic(
                     .await?
                     .batch;
                 let Some(keep) = keep else {
-                    return Ok((partition, batch));
+                    return Ok::<_, crate::api::service::ServiceError>((partition, batch));
                 };
                 let read_some = !batch.messages.is_empty();
                 batch.messages.retain(|m| keep(m));
