@@ -330,6 +330,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "peer_tls",
     "insecure_peers",
     "client_tls",
+    "platform_events",
 ];
 
 /// The layers a node's configuration is merged from, lowest precedence
