@@ -17,6 +17,7 @@ mod docs;
 mod error;
 mod extract;
 mod ingest;
+mod platform;
 mod publish;
 mod tokens;
 mod topics;
@@ -105,6 +106,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route_layer(scoped(Scope::Publish));
     let consume_routes = OpenApiRouter::default()
         .routes(routes!(consume::consume))
+        .routes(routes!(platform::flow_executions))
+        .routes(routes!(platform::flow_errors))
+        .routes(routes!(platform::workspace_activity))
         .route_layer(scoped(Scope::Consume));
     let admin_routes = OpenApiRouter::default()
         .routes(routes!(topics::list, topics::create))
