@@ -18,6 +18,7 @@ mod error;
 mod extract;
 mod ingest;
 mod publish;
+mod subscriptions;
 mod tokens;
 mod topics;
 
@@ -115,6 +116,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .routes(routes!(ingest::list, ingest::create))
         .routes(routes!(ingest::get, ingest::delete))
         .routes(routes!(ingest::rotate_secret))
+        .routes(routes!(subscriptions::list, subscriptions::create))
+        .routes(routes!(
+            subscriptions::get,
+            subscriptions::update,
+            subscriptions::delete
+        ))
+        .routes(routes!(subscriptions::pause))
+        .routes(routes!(subscriptions::resume))
+        .routes(routes!(subscriptions::replay))
         .routes(routes!(cluster::status))
         .routes(routes!(cluster::add_node))
         .routes(routes!(cluster::remove_node))
