@@ -309,26 +309,28 @@ impl Client {
     /// Stops delivery where it is; [`Client::resume_subscription`] carries
     /// on from there.
     pub async fn pause_subscription(&self, id: &str) -> Result<pb::Subscription> {
-        self.call_with(
-            Client::subscriptions_grpc,
-            META,
-            Retry::Idempotent,
-            |mut g, _| {
-                let r = pb::GetSubscriptionRequest { id: id.to_string() };
-                async move { g.pause_subscription(r).await }
-            },
-        )
-        .await
+        self.set_paused(id, true).await
     }
 
     pub async fn resume_subscription(&self, id: &str) -> Result<pb::Subscription> {
+        self.set_paused(id, false).await
+    }
+
+    /// Pausing (or resuming) twice leaves it as once: retried freely.
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<pb::Subscription> {
         self.call_with(
             Client::subscriptions_grpc,
             META,
             Retry::Idempotent,
             |mut g, _| {
                 let r = pb::GetSubscriptionRequest { id: id.to_string() };
-                async move { g.resume_subscription(r).await }
+                async move {
+                    if paused {
+                        g.pause_subscription(r).await
+                    } else {
+                        g.resume_subscription(r).await
+                    }
+                }
             },
         )
         .await
