@@ -18,6 +18,7 @@ use raftstream_proto::http2;
 use raftstream_proto::v1 as pb;
 use raftstream_proto::v1::ingest_client::IngestClient;
 use raftstream_proto::v1::raftstream_client::RaftstreamClient;
+use raftstream_proto::v1::subscriptions_client::SubscriptionsClient;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tonic::Request;
@@ -127,6 +128,7 @@ impl Interceptor for Auth {
 
 pub type Grpc = RaftstreamClient<InterceptedService<Channel, Auth>>;
 pub type IngestGrpc = IngestClient<InterceptedService<Channel, Auth>>;
+pub type SubscriptionsGrpc = SubscriptionsClient<InterceptedService<Channel, Auth>>;
 
 /// Where a call should go.
 #[derive(Debug, Clone, Copy)]
@@ -332,6 +334,15 @@ impl Client {
     pub fn ingest_grpc(&self, addr: &str) -> Result<IngestGrpc> {
         Ok(
             IngestClient::with_interceptor(self.channel(addr)?, self.inner.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
+    /// A raw client of one node's push subscriptions service.
+    pub fn subscriptions_grpc(&self, addr: &str) -> Result<SubscriptionsGrpc> {
+        Ok(
+            SubscriptionsClient::with_interceptor(self.channel(addr)?, self.inner.auth.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -33,6 +33,7 @@ mod consumer;
 mod error;
 mod ingest;
 mod producer;
+mod subscriptions;
 
 pub use raftstream_proto::v1 as pb;
 pub use raftstream_proto::v1::raftstream_client::RaftstreamClient;
@@ -43,6 +44,7 @@ pub use crate::client::Client;
 pub use crate::client::ClientConfig;
 pub use crate::client::Grpc;
 pub use crate::client::IngestGrpc;
+pub use crate::client::SubscriptionsGrpc;
 pub use crate::client::tls_from_files;
 pub use crate::client::topic_ref;
 pub use crate::cluster::Spread;
@@ -58,6 +60,13 @@ pub use crate::producer::Delivery;
 pub use crate::producer::Producer;
 pub use crate::producer::ProducerConfig;
 pub use crate::producer::Record;
+pub use crate::subscriptions::CreatedSubscription;
+pub use crate::subscriptions::DeliverySettings;
+pub use crate::subscriptions::DeliveryStart;
+pub use crate::subscriptions::FilterChange;
+pub use crate::subscriptions::NewSubscription;
+pub use crate::subscriptions::PayloadFilter;
+pub use crate::subscriptions::SubscriptionUpdate;
 
 /// Connects to one node (`host:port`): the raw generated gRPC client with
 /// the token attached, for tools and tests that drive the API directly.

@@ -906,3 +906,127 @@ async fn topics_move_and_remove_node_change_the_placement_status_shows() {
     assert!(four.is_some_and(|n| n["voter"] == true), "{status}");
     cluster.shutdown().await;
 }
+
+/// `raftstream subscriptions ...` through a whole subscription's life, as
+/// JSON and as text, and the mistakes it refuses before sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_are_managed_from_the_cli() {
+    let cluster = TestCluster::start(1).await;
+    stdout(cli(&cluster).args(["topics", "create", "orders", "--partitions", "2"]));
+    cluster.wait_partition_leaders("orders").await;
+    // Nothing listens there: these subscriptions are managed, not delivered.
+    let endpoint = "http://127.0.0.1:9/hook";
+    let created = json_out(cli(&cluster).args([
+        "--json",
+        "subscriptions",
+        "create",
+        "billing",
+        "--topic",
+        "orders",
+        "--endpoint",
+        endpoint,
+        "--filter",
+        "/type=paid",
+        "--batch-size",
+        "10",
+        "--from-beginning",
+    ]));
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert_eq!(created["secret_last_four"], &secret[secret.len() - 4..]);
+    assert_eq!(
+        created["filter"],
+        json!({"pointer": "/type", "equals": "paid"})
+    );
+    assert_eq!(created["settings"]["batch_size"], 10);
+    assert_eq!(created["settings"]["max_attempts"], 5, "the default");
+    assert_eq!(created["dead_letter_topic"], "orders.dead-letter");
+    assert_eq!(created["positions"].as_array().unwrap().len(), 2);
+
+    let listed = json_out(cli(&cluster).args(["--json", "subscriptions", "list"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert!(listed[0].get("secret").is_none(), "{listed}");
+    let table = stdout(cli(&cluster).args(["subscriptions", "list"]));
+    assert!(table.contains(&id) && table.contains("active"), "{table}");
+    let shown = json_out(cli(&cluster).args(["subscriptions", "get", &id]));
+    assert_eq!(shown["name"], "billing");
+    assert!(!shown.to_string().contains(secret));
+
+    let updated = json_out(cli(&cluster).args([
+        "--json",
+        "subscriptions",
+        "update",
+        &id,
+        "--name",
+        "billing v2",
+        "--no-filter",
+        "--max-attempts",
+        "9",
+    ]));
+    assert_eq!(updated["name"], "billing v2");
+    assert!(updated["filter"].is_null(), "{updated}");
+    assert_eq!(updated["settings"]["max_attempts"], 9);
+    assert_eq!(updated["settings"]["batch_size"], 10, "unchanged");
+
+    let paused = stdout(cli(&cluster).args(["subscriptions", "pause", &id]));
+    assert_eq!(paused.trim(), format!("paused subscription {id} (paused)"));
+    let resumed = json_out(cli(&cluster).args(["--json", "subscriptions", "resume", &id]));
+    assert_eq!(resumed["paused"], false);
+    for (generation, from) in [
+        (1, vec!["--from-offset", "0"]),
+        (2, vec!["--since", "1h"]),
+        (3, vec!["--since", "2026-01-02T03:04:05Z"]),
+        (4, vec!["--latest"]),
+    ] {
+        let replayed = json_out(
+            cli(&cluster)
+                .args(["--json", "subscriptions", "replay", &id])
+                .args(&from),
+        );
+        assert_eq!(replayed["generation"], generation, "{from:?}");
+    }
+
+    // Refused before anything is sent: no start, two starts, a zero
+    // setting, a filter without a value.
+    let (status, stderr) = failure(cli(&cluster).args(["subscriptions", "replay", &id]));
+    assert_eq!(status, 1);
+    assert!(stderr.contains("--from-beginning"), "{stderr}");
+    let (status, _) = failure(cli(&cluster).args([
+        "subscriptions",
+        "replay",
+        &id,
+        "--latest",
+        "--from-beginning",
+    ]));
+    assert_eq!(status, 2, "a usage error");
+    let (_, stderr) =
+        failure(cli(&cluster).args(["subscriptions", "update", &id, "--timeout-ms", "0"]));
+    assert!(stderr.contains("timeout_ms"), "{stderr}");
+    let (status, _) =
+        failure(cli(&cluster).args(["subscriptions", "update", &id, "--filter", "/type"]));
+    assert_eq!(status, 2);
+    // Refused by the cluster, in one line.
+    let (_, stderr) = failure(cli(&cluster).args([
+        "subscriptions",
+        "create",
+        "x",
+        "--topic",
+        "orders",
+        "--endpoint",
+        "ftp://nowhere/",
+    ]));
+    assert!(stderr.starts_with("error: invalid request"), "{stderr}");
+    assert!(stderr.contains("endpoint"), "{stderr}");
+
+    let deleted = json_out(cli(&cluster).args(["--json", "subscriptions", "delete", &id]));
+    assert_eq!(deleted, json!({"deleted": id}));
+    let (_, stderr) = failure(cli(&cluster).args(["subscriptions", "get", &id]));
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert_eq!(
+        json_out(cli(&cluster).args(["--json", "subscriptions", "list"])),
+        json!([])
+    );
+    cluster.shutdown().await;
+}

@@ -3,6 +3,8 @@
 // Beside the crate root, not in src/bin/ where Cargo takes each file for a binary.
 #[path = "raftstream/profiles.rs"]
 mod profiles;
+#[path = "raftstream/subscriptions.rs"]
+mod subscriptions;
 
 use std::io::BufRead;
 use std::io::Write;
@@ -162,6 +164,12 @@ enum Command {
         after_help = "Examples:\n  raftstream ingest create crm-hooks --type workato --topic crm --hmac-secret whsec_0123456789abcdef\n  raftstream ingest tail src_0123abcd --follow"
     )]
     Ingest(IngestCommand),
+    /// Push subscriptions: the cluster POSTs a topic's messages, signed, to an endpoint.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  raftstream subscriptions create billing --topic orders --endpoint https://billing.example/hooks --from-beginning\n  raftstream subscriptions replay sub_0123abcd --since 2h"
+    )]
+    Subscriptions(subscriptions::SubscriptionsCommand),
     /// Saved connections: create, use, list and delete profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -1608,6 +1616,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Cluster(c) => cluster(cli, c).await,
         Command::Tokens(c) => tokens(cli, c).await,
         Command::Ingest(c) => ingest(cli, c).await,
+        Command::Subscriptions(c) => subscriptions::subscriptions(cli, c).await,
         Command::Profile(c) => profile(cli, c),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -56,6 +56,8 @@ pub const SOURCE_SECRET: &str = "source_secret";
         (name = "cluster", description = "Cluster membership and partition placement (scope \
             `admin`, with a token not limited to some topics)."),
         (name = "ingest", description = "Webhook ingestion sources (scope `admin`)."),
+        (name = "subscriptions", description = "Push subscriptions: the cluster POSTs a \
+            topic's messages, signed, to an HTTP endpoint (scope `admin`)."),
         (name = "webhooks", description = "Webhook receivers, authenticated by a source's own \
             secret rather than a token."),
         (name = "health", description = "Liveness and readiness; public."),
@@ -124,8 +126,10 @@ impl Documents {
             nodes: config.peers.len(),
         }
         .modify(&mut openapi);
+        super::subscriptions::add_push_schemas(&mut openapi);
         let openapi = serde_json::to_value(&openapi).unwrap_or(Value::Null);
-        let asyncapi = asyncapi(&openapi, &config.client_http_addr());
+        let mut asyncapi = asyncapi(&openapi, &config.client_http_addr());
+        super::subscriptions::describe_push_delivery(&mut asyncapi);
         let text =
             |value: &Value| Bytes::from(serde_json::to_vec_pretty(value).unwrap_or_default());
         Documents {

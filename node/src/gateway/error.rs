@@ -179,6 +179,10 @@ error_responses! {
     NoSuchSource {
         (NOT_FOUND, "`not_found`: no such source."),
     }
+    /// The error of every route that names a push subscription.
+    NoSuchSubscription {
+        (NOT_FOUND, "`not_found`: no such subscription."),
+    }
     /// The errors of both integration-flow webhook routes, besides the 400
     /// each describes for itself.
     FlowErrors {

@@ -19,6 +19,7 @@ mod extract;
 mod ingest;
 mod platform;
 mod publish;
+mod subscriptions;
 mod tokens;
 mod topics;
 
@@ -119,6 +120,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .routes(routes!(ingest::list, ingest::create))
         .routes(routes!(ingest::get, ingest::delete))
         .routes(routes!(ingest::rotate_secret))
+        .routes(routes!(subscriptions::list, subscriptions::create))
+        .routes(routes!(
+            subscriptions::get,
+            subscriptions::update,
+            subscriptions::delete
+        ))
+        .routes(routes!(subscriptions::pause))
+        .routes(routes!(subscriptions::resume))
+        .routes(routes!(subscriptions::replay))
         .routes(routes!(cluster::status))
         .routes(routes!(cluster::add_node))
         .routes(routes!(cluster::remove_node))

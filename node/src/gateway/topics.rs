@@ -163,7 +163,7 @@ impl Done {
 
 /// Reads a field that may be absent, null or set as
 /// `None`, `Some(None)` or `Some(Some(value))`.
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

@@ -12,6 +12,12 @@
 
 mod delivery;
 
+/// The headers of every delivery, which the API documents describe.
+pub use delivery::ATTEMPT_HEADER;
+pub use delivery::SIGNATURE_HEADER;
+pub use delivery::SUBSCRIPTION_HEADER;
+pub use delivery::TIMESTAMP_HEADER;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

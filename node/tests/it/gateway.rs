@@ -940,6 +940,14 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         "GET /api/ingest/sources/{source_id}",
         "DELETE /api/ingest/sources/{source_id}",
         "POST /api/ingest/sources/{source_id}/rotate-secret",
+        "GET /api/subscriptions",
+        "POST /api/subscriptions",
+        "GET /api/subscriptions/{subscription_id}",
+        "PUT /api/subscriptions/{subscription_id}",
+        "DELETE /api/subscriptions/{subscription_id}",
+        "POST /api/subscriptions/{subscription_id}/pause",
+        "POST /api/subscriptions/{subscription_id}/resume",
+        "POST /api/subscriptions/{subscription_id}/replay",
         "POST /api/ingest/webhook/{source_id}",
         "GET /webhook/flow/{flow_id}",
         "POST /webhook/flow/{flow_id}",
@@ -958,6 +966,7 @@ async fn the_api_documents_are_public_and_describe_every_route() {
             .replace("{topic_id}", "1")
             .replace("{token_id}", "1")
             .replace("{source_id}", "src_1")
+            .replace("{subscription_id}", "sub_1")
             .replace("{flow_id}", "src_1")
             .replace("{node_id}", "1")
             .replace("{partition}", "0");
@@ -1004,6 +1013,7 @@ async fn the_api_documents_are_public_and_describe_every_route() {
             "/api/v1/topics/{topic_id}/consume",
             "topic/{topicName}",
             "webhook/flow/{flowId}",
+            "{endpoint}",
         ]
         .into_iter()
         .collect()

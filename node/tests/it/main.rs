@@ -4,6 +4,8 @@
 mod common;
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/receiver.rs"]
+mod receiver;
 
 mod backfill;
 mod cluster;
@@ -26,4 +28,5 @@ mod request_ids;
 mod schema;
 mod shutdown;
 mod storage_suite;
+mod subscriptions_http;
 mod tokens;

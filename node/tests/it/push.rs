@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use axum::http::StatusCode;
 use raftstream_client::pb;
 use raftstream_client::pb::subscriptions_client::SubscriptionsClient;
 use tonic::Request;
@@ -20,6 +18,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::common::*;
+use crate::receiver::Answer;
+use crate::receiver::Receiver;
 
 type Subscriptions = SubscriptionsClient<
     InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>,
@@ -38,120 +38,6 @@ async fn subscriptions(cluster: &TestCluster, id: u64) -> Subscriptions {
         .await
         .unwrap();
     SubscriptionsClient::with_interceptor(channel, with_admin_token as fn(_) -> _)
-}
-
-/// What the receiver does with one request, by the order it arrived in.
-#[derive(Clone, Copy)]
-enum Answer {
-    Ok,
-    Fail,
-    /// Answers only after the delivery's timeout has passed.
-    Hang,
-}
-
-/// One request the receiver took.
-#[derive(Debug, Clone)]
-struct Received {
-    partition: u32,
-    offsets: Vec<u64>,
-    payloads: Vec<serde_json::Value>,
-    /// Answered 2xx.
-    accepted: bool,
-    signature_ok: bool,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    /// Starts an HTTP endpoint on loopback; `answer` decides each
-    /// request's fate from its arrival number (from 0) and its body.
-    async fn start(
-        secret: Arc<Mutex<String>>,
-        answer: impl Fn(usize, &serde_json::Value) -> Answer + Send + Sync + 'static,
-    ) -> Receiver {
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let log = received.clone();
-        let answer = Arc::new(answer);
-        let handler = move |headers: HeaderMap, body: axum::body::Bytes| {
-            let (log, answer, secret) = (log.clone(), answer.clone(), secret.clone());
-            async move {
-                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let timestamp: i64 = headers["x-raftstream-timestamp"]
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                let expected = format!(
-                    "v1={}",
-                    raftstream_node::ingest::signature::sign(
-                        secret.lock().unwrap().as_bytes(),
-                        timestamp,
-                        &body
-                    )
-                );
-                let signature_ok = headers["x-raftstream-signature"] == expected.as_str();
-                let messages = json["messages"].as_array().unwrap();
-                let arrival = log.lock().unwrap().len();
-                let fate = answer(arrival, &json);
-                let mut entry = Received {
-                    partition: json["partition"].as_u64().unwrap() as u32,
-                    offsets: messages
-                        .iter()
-                        .map(|m| m["offset"].as_u64().unwrap())
-                        .collect(),
-                    payloads: messages.iter().map(|m| m["payload"].clone()).collect(),
-                    accepted: false,
-                    signature_ok,
-                };
-                match fate {
-                    Answer::Ok => {
-                        entry.accepted = true;
-                        log.lock().unwrap().push(entry);
-                        StatusCode::NO_CONTENT
-                    }
-                    Answer::Fail => {
-                        log.lock().unwrap().push(entry);
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    Answer::Hang => {
-                        log.lock().unwrap().push(entry);
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        StatusCode::OK
-                    }
-                }
-            }
-        };
-        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Receiver { url, received }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// The offsets the receiver accepted in `partition`, in arrival order.
-    fn accepted_offsets(&self, partition: u32) -> Vec<u64> {
-        self.received()
-            .iter()
-            .filter(|r| r.accepted && r.partition == partition)
-            .flat_map(|r| r.offsets.clone())
-            .collect()
-    }
-
-    fn accepted_payloads(&self) -> Vec<serde_json::Value> {
-        self.received()
-            .iter()
-            .filter(|r| r.accepted)
-            .flat_map(|r| r.payloads.clone())
-            .collect()
-    }
 }
 
 fn settings(max_attempts: u32, timeout_ms: u64) -> Option<pb::SubscriptionSettings> {
