@@ -60,6 +60,8 @@ pub const SOURCE_SECRET: &str = "source_secret";
             topic's messages, signed, to an HTTP endpoint (scope `admin`)."),
         (name = "webhooks", description = "Webhook receivers, authenticated by a source's own \
             secret rather than a token."),
+        (name = "platform", description = "The platform event channels by flow and \
+            workspace (scope `consume`)."),
         (name = "health", description = "Liveness and readiness; public."),
         (name = "documents", description = "The API documents; public."),
     )

@@ -926,6 +926,9 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         "POST /api/v1/topics/{topic_id}/publish",
         "POST /api/v1/batch/topics/{topic_id}/publish",
         "POST /api/v1/topics/{topic_id}/consume",
+        "POST /api/v1/flow/{flow_id}/execution/consume",
+        "POST /api/v1/flow/{flow_id}/error/consume",
+        "POST /api/v1/workspace/{workspace_id}/activity/consume",
         "GET /api/event_streams/topics",
         "POST /api/event_streams/topics",
         "GET /api/event_streams/topics/{topic_id}",
@@ -966,6 +969,7 @@ async fn the_api_documents_are_public_and_describe_every_route() {
             .replace("{topic_id}", "1")
             .replace("{token_id}", "1")
             .replace("{source_id}", "src_1")
+            .replace("{workspace_id}", "w_1")
             .replace("{subscription_id}", "sub_1")
             .replace("{flow_id}", "src_1")
             .replace("{node_id}", "1")

@@ -251,16 +251,26 @@ impl TestCluster {
     }
 
     pub async fn start_with_limits(size: u64, limits: Limits) -> TestCluster {
-        TestCluster::start_with(size, limits, false).await
+        TestCluster::start_with(size, limits, false, false).await
     }
 
     /// A cluster on TLS: mutual TLS between nodes, and TLS on the public
     /// gRPC and HTTP listeners, from `raftstream-node certs`' certificates.
     pub async fn start_tls(size: u64) -> TestCluster {
-        TestCluster::start_with(size, TestCluster::limits(), true).await
+        TestCluster::start_with(size, TestCluster::limits(), true, false).await
     }
 
-    async fn start_with(size: u64, limits: Limits, tls: bool) -> TestCluster {
+    /// A cluster whose nodes publish platform events (`platform.*`).
+    pub async fn start_with_platform_events(size: u64) -> TestCluster {
+        TestCluster::start_with(size, TestCluster::limits(), false, true).await
+    }
+
+    async fn start_with(
+        size: u64,
+        limits: Limits,
+        tls: bool,
+        platform_events: bool,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<u64> = (1..=size).collect();
         let certs = tls.then(|| {
@@ -283,6 +293,7 @@ impl TestCluster {
             let mut config = node_config(id, &listeners, dir.path());
             config.peers = peers.clone();
             config.limits = limits.clone();
+            config.platform_events = platform_events;
             config.link_faults = Some(links.clone());
             let node_failpoints = Failpoints::new(test_seed().wrapping_add(id));
             config.failpoints = Some(node_failpoints.clone());
