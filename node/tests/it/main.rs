@@ -20,6 +20,7 @@ mod limits;
 mod links;
 mod membership;
 mod metrics;
+mod platform;
 mod process;
 mod push;
 mod quiesce;

@@ -1,0 +1,165 @@
+//! Platform event channels: what the cluster did, published to the
+//! `platform.*` topics and read through the ordinary consume route and the
+//! per-flow and per-workspace views.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use serde_json::json;
+
+use crate::common::TestCluster;
+use crate::common::eventually;
+use crate::http::Http;
+use crate::http::assert_error;
+use crate::http::create_topic;
+use crate::receiver::Answer;
+use crate::receiver::Receiver;
+
+/// Every event a consume route (`path`) returns, from the start, paging
+/// with `after_message_id`; `None` while the channel's topic is missing.
+async fn events(http: &Http, path: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = json!({"batch_size": 50});
+        if let Some(id) = &after {
+            body["after_message_id"] = json!(id);
+        }
+        let (status, page) = http.post(path, body).await;
+        if status == StatusCode::NOT_FOUND {
+            return all;
+        }
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        let messages = page["messages"].as_array().unwrap().clone();
+        let Some(last) = messages.last() else {
+            return all;
+        };
+        after = Some(last["message_id"].as_str().unwrap().to_string());
+        all.extend(messages.into_iter().map(|m| m["payload"].clone()));
+    }
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_reserved() {
+    let cluster = TestCluster::start_with_platform_events(3).await;
+    let http = Http::new(&cluster, 2);
+    create_topic(&http, &cluster, json!({"name": "orders"})).await;
+
+    let created = eventually(
+        "the topic's creation in platform.activity",
+        Duration::from_secs(30),
+        || async {
+            let activity = events(&http, "/api/v1/topics/platform.activity/consume").await;
+            activity
+                .into_iter()
+                .find(|e| e["type"] == "topic.created" && e["details"]["name"] == "orders")
+        },
+    )
+    .await;
+    for field in ["id", "time", "node_id", "cluster_id", "flow_id", "details"] {
+        assert!(created.get(field).is_some(), "{field} missing: {created}");
+    }
+    let workspace = created["workspace_id"].as_str().unwrap().to_string();
+    assert_eq!(created["cluster_id"], workspace.as_str());
+
+    let mine = events(
+        &http,
+        &format!("/api/v1/workspace/{workspace}/activity/consume"),
+    )
+    .await;
+    assert!(mine.contains(&created), "{mine:?}");
+    let other = events(&http, "/api/v1/workspace/elsewhere/activity/consume").await;
+    assert!(other.is_empty(), "{other:?}");
+
+    // The channels are the cluster's: read-only to users.
+    let (status, body) = http
+        .post(
+            "/api/v1/topics/platform.activity/publish",
+            json!({"forged": true}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = http
+        .post(
+            "/api/event_streams/topics",
+            json!({"name": "platform.mine"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let forged = events(&http, "/api/v1/topics/platform.activity/consume").await;
+    assert!(forged.iter().all(|e| e.get("forged").is_none()));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flow_view_shows_its_own_delivery_attempts_and_errors() {
+    let cluster = TestCluster::start_with_platform_events(1).await;
+    let http = Http::new(&cluster, 1);
+    create_topic(&http, &cluster, json!({"name": "payments"})).await;
+    let secret = Arc::new(Mutex::new("0123456789abcdef-flow".to_string()));
+    // The first request fails; every later one is taken.
+    let receiver = Receiver::start(
+        secret,
+        |n, _| if n == 0 { Answer::Fail } else { Answer::Ok },
+    )
+    .await;
+    let (status, created) = http
+        .post(
+            "/api/subscriptions",
+            json!({"name": "ledger", "topic": "payments", "endpoint": receiver.url,
+                "secret": "0123456789abcdef-flow", "start": "earliest",
+                "settings": {"initial_backoff_ms": 20}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let flow = created["id"].as_str().unwrap().to_string();
+    let (status, answer) = http
+        .post("/api/v1/topics/payments/publish", json!({"amount": 5}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let executions_path = format!("/api/v1/flow/{flow}/execution/consume");
+    let executions = eventually(
+        "a failed attempt 1 and a successful attempt 2",
+        Duration::from_secs(30),
+        || async {
+            let seen = events(&http, &executions_path).await;
+            let failed = of_type(&seen, "delivery.failed")
+                .iter()
+                .any(|e| e["details"]["attempt"] == 1);
+            let succeeded = of_type(&seen, "delivery.succeeded")
+                .iter()
+                .any(|e| e["details"]["attempt"] == 2);
+            (failed && succeeded).then_some(seen)
+        },
+    )
+    .await;
+    assert!(executions.iter().all(|e| e["flow_id"] == flow.as_str()));
+    for succeeded in of_type(&executions, "delivery.succeeded") {
+        assert!(succeeded["details"]["latency_ms"].is_u64(), "{succeeded}");
+    }
+
+    let errors = events(&http, &format!("/api/v1/flow/{flow}/error/consume")).await;
+    let failure = of_type(&errors, "delivery.failed");
+    assert_eq!(failure.len(), 1, "{errors:?}");
+    assert!(
+        failure[0]["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{}",
+        failure[0]
+    );
+    let other = events(&http, "/api/v1/flow/sub_other/execution/consume").await;
+    assert!(other.is_empty(), "{other:?}");
+    cluster.shutdown().await;
+}
