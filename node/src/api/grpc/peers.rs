@@ -59,13 +59,29 @@ impl GrpcPeers {
     /// `message` as a request from this node one hop further on, or, with
     /// `hops.local_only`, asking the other node to answer from its own
     /// replicas.
-    pub(super) fn forwarded<T>(&self, message: T, hops: Hops, timeout: Duration) -> Request<T> {
+    ///
+    /// A node that has not yet applied its cluster's formation does not
+    /// know the secret the node credential comes from: sent without it,
+    /// the call would be refused as a client's on the peer listener (a
+    /// failure the caller must not retry), so it is unavailability here.
+    pub(super) fn forwarded<T>(
+        &self,
+        message: T,
+        hops: Hops,
+        timeout: Duration,
+    ) -> Result<Request<T>, Status> {
         let mut request = Request::new(message);
-        if let Some(secret) = self.node.with_metadata(|m| m.cluster_secret).flatten()
-            && let Ok(value) = node_credential(&secret).parse()
-        {
-            request.metadata_mut().insert(NODE_AUTH_HEADER, value);
-        }
+        let credential = self
+            .node
+            .with_metadata(|m| m.cluster_secret)
+            .flatten()
+            .and_then(|secret| node_credential(&secret).parse().ok());
+        let Some(credential) = credential else {
+            return Err(ErrorCode::Unavailable.status(
+                "this node has not yet applied the cluster's formation and cannot forward; retry",
+            ));
+        };
+        request.metadata_mut().insert(NODE_AUTH_HEADER, credential);
         request.set_timeout(timeout);
         // The request's id goes with it, so its logs on the next node share it.
         if let Some(id) = crate::api::request_id::current()
@@ -87,7 +103,7 @@ impl GrpcPeers {
         } else if let Ok(value) = (hops.count + 1).to_string().parse() {
             request.metadata_mut().insert(HOPS_HEADER, value);
         }
-        request
+        Ok(request)
     }
 
     fn forward_timeout(&self) -> Duration {
@@ -125,7 +141,7 @@ impl GrpcPeers {
     where
         Sent: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let request = self.forwarded(message, hops, timeout);
+        let request = self.forwarded(message, hops, timeout)?;
         let response = send(client?, request).await.map_err(failure)?;
         Ok(response.into_inner())
     }
