@@ -58,6 +58,7 @@ use crate::api::service::Service;
 use crate::model::TopicName;
 use crate::node::Node;
 use crate::node::NotReady;
+use crate::platform::PlatformEvent;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 
@@ -411,13 +412,26 @@ impl Gateway {
             .check_each(schema, values)
             .await
             .map_err(unchecked)?;
+        let mut first_failure = None;
+        let mut rejected = 0;
         for (index, mismatch) in checked.into_iter().zip(mismatches) {
             if let Some(failures) = mismatch {
+                rejected += 1;
+                first_failure.get_or_insert_with(|| failures.to_string());
                 outcomes[index] = Err(ApiError::new(
                     ErrorCode::SchemaMismatch,
                     format!("the payload does not match the topic's schema: {failures}"),
                 ));
             }
+        }
+        // The service reports its own refusals; these payloads never reach
+        // it, so the gateway reports them in the same shape.
+        if let Some(reason) = first_failure {
+            self.node.platform.emit(PlatformEvent::schema_rejected(
+                &topic.name,
+                rejected,
+                &reason,
+            ));
         }
         Ok(outcomes)
     }

@@ -44,6 +44,23 @@ async fn events(http: &Http, path: &str) -> Vec<Value> {
     }
 }
 
+/// Waits for the first event of type `kind` in the channel `topic` whose
+/// detail `field` is `value`.
+async fn first_event(http: &Http, topic: &str, kind: &str, field: &str, value: &str) -> Value {
+    let path = format!("/api/v1/topics/{topic}/consume");
+    eventually(
+        &format!("{kind} with {field} {value} in {topic}"),
+        Duration::from_secs(30),
+        || async {
+            events(http, &path)
+                .await
+                .into_iter()
+                .find(|e| e["type"] == kind && e["details"][field] == value)
+        },
+    )
+    .await
+}
+
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
@@ -54,15 +71,12 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
     let http = Http::new(&cluster, 2);
     create_topic(&http, &cluster, json!({"name": "orders"})).await;
 
-    let created = eventually(
-        "the topic's creation in platform.activity",
-        Duration::from_secs(30),
-        || async {
-            let activity = events(&http, "/api/v1/topics/platform.activity/consume").await;
-            activity
-                .into_iter()
-                .find(|e| e["type"] == "topic.created" && e["details"]["name"] == "orders")
-        },
+    let created = first_event(
+        &http,
+        "platform.activity",
+        "topic.created",
+        "name",
+        "orders",
     )
     .await;
     for field in ["id", "time", "node_id", "cluster_id", "flow_id", "details"] {
@@ -97,6 +111,31 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     let forged = events(&http, "/api/v1/topics/platform.activity/consume").await;
     assert!(forged.iter().all(|e| e.get("forged").is_none()));
+
+    // A payload the topic's schema refuses is an error event, whichever
+    // route refused it (the HTTP gateway checks schemas itself).
+    let schema = json!({"type": "object", "required": ["id"]});
+    create_topic(&http, &cluster, json!({"name": "typed", "schema": schema})).await;
+    let (status, body) = http
+        .post("/api/v1/topics/typed/publish", json!({"no_id": 1}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "schema_mismatch");
+    let rejected = first_event(
+        &http,
+        "platform.errors",
+        "schema.rejected",
+        "topic",
+        "typed",
+    )
+    .await;
+    assert_eq!(rejected["details"]["rejected"], 1, "{rejected}");
+    assert!(
+        rejected["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("id"),
+        "{rejected}"
+    );
     cluster.shutdown().await;
 }
 
