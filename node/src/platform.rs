@@ -299,24 +299,14 @@ impl PlatformEvent {
     }
 
     /// The event as its channel's consumers read it.
-    pub fn stamp(
-        self,
-        id: String,
-        time_ms: i64,
-        node: NodeId,
-        cluster_id: Option<&str>,
-    ) -> StampedEvent {
-        let workspace_id = if self.in_workspace {
-            cluster_id.map(str::to_string)
-        } else {
-            None
-        };
+    pub fn stamp(self, id: String, time_ms: i64, node: NodeId, cluster_id: &str) -> StampedEvent {
+        let workspace_id = self.in_workspace.then(|| cluster_id.to_string());
         StampedEvent {
             id,
             kind: self.kind,
             time: rfc3339(time_ms),
             node_id: node.0,
-            cluster_id: cluster_id.map(str::to_string),
+            cluster_id: cluster_id.to_string(),
             flow_id: self.flow_id,
             workspace_id,
             details: self.details,
@@ -334,7 +324,7 @@ pub struct StampedEvent {
     /// RFC 3339.
     pub time: String,
     pub node_id: u64,
-    pub cluster_id: Option<String>,
+    pub cluster_id: String,
     pub flow_id: Option<String>,
     pub workspace_id: Option<String>,
     pub details: Value,
@@ -430,7 +420,7 @@ mod tests {
     use crate::time::ManualClock;
 
     fn stamped(event: PlatformEvent) -> Value {
-        let stamped = event.stamp("e-1".into(), 1_500, NodeId(3), Some("cluster-a"));
+        let stamped = event.stamp("e-1".into(), 1_500, NodeId(3), "cluster-a");
         serde_json::to_value(stamped).unwrap()
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use raftstream_proto::ErrorCode;
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 
 use super::Caller;
 use super::Hops;
@@ -32,6 +33,8 @@ use crate::raft::types::TopicSpec;
 const MAX_EVENTS_PER_PUBLISH: usize = 100;
 /// How often the node looks for leaderships it took.
 const LEADERSHIP_ROUND: Duration = Duration::from_millis(250);
+/// How often a node that does not know its cluster's id yet looks again.
+const CLUSTER_ID_POLL: Duration = Duration::from_millis(50);
 /// How long the system topics keep their events: a week.
 const RETENTION_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
@@ -51,11 +54,31 @@ impl Service {
             tokio::select! {
                 first = queue.recv() => {
                     let Some(first) = first else { break };
+                    // Events name the cluster they happened in: a node that
+                    // has not applied its cluster's formation yet holds them
+                    // until it knows the id.
+                    let Some(cluster_id) = self.known_cluster_id(&mut shutdown).await else {
+                        break;
+                    };
                     let events = drain(first, &mut queue);
-                    self.publish_platform_events(&mut topics, events).await;
+                    self.publish_platform_events(&mut topics, &cluster_id, events).await;
                 }
                 _ = round.tick() => self.note_leaderships(&mut led),
                 _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// The cluster's id once this node knows it; `None` on shutdown.
+    async fn known_cluster_id(&self, shutdown: &mut watch::Receiver<bool>) -> Option<String> {
+        let mut poll = tokio::time::interval(CLUSTER_ID_POLL);
+        loop {
+            if let Some(id) = self.node.pool.cluster().get() {
+                return Some(id.to_string());
+            }
+            tokio::select! {
+                _ = poll.tick() => {}
+                _ = shutdown.changed() => return None,
             }
         }
     }
@@ -89,18 +112,17 @@ impl Service {
     async fn publish_platform_events(
         &self,
         topics: &mut HashMap<Channel, Topic>,
+        cluster_id: &str,
         events: Vec<Queued>,
     ) {
-        let cluster_id = self.node.pool.cluster().get().map(str::to_string);
         let mut by_channel: HashMap<Channel, Vec<(String, Bytes)>> = HashMap::new();
         for queued in events {
             let kind = queued.event.kind.clone();
             let channel = queued.event.channel;
             let id = uuid::Uuid::now_v7().to_string();
-            let stamped =
-                queued
-                    .event
-                    .stamp(id, queued.time_ms, self.node.id(), cluster_id.as_deref());
+            let stamped = queued
+                .event
+                .stamp(id, queued.time_ms, self.node.id(), cluster_id);
             match serde_json::to_vec(&stamped) {
                 Ok(value) => by_channel
                     .entry(channel)
