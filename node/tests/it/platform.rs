@@ -13,6 +13,8 @@ use serde_json::Value;
 use serde_json::json;
 
 use crate::common::TestCluster;
+use crate::common::at_offset;
+use crate::common::consume_now;
 use crate::common::eventually;
 use crate::http::Http;
 use crate::http::assert_error;
@@ -82,6 +84,24 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
     for field in ["id", "time", "node_id", "cluster_id", "flow_id", "details"] {
         assert!(created.get(field).is_some(), "{field} missing: {created}");
     }
+    // The channel is a topic like any other: gRPC reads the same event.
+    let grpc = cluster.client(1).await;
+    eventually("the same event over gRPC", Duration::from_secs(30), || {
+        let mut grpc = grpc.clone();
+        let created = &created;
+        async move {
+            let read = grpc
+                .consume(consume_now("platform.activity", 0, at_offset(0), 1000))
+                .await
+                .ok()?
+                .into_inner();
+            read.messages
+                .iter()
+                .any(|m| serde_json::from_slice::<Value>(&m.value).ok().as_ref() == Some(created))
+                .then_some(())
+        }
+    })
+    .await;
     let workspace = created["workspace_id"].as_str().unwrap().to_string();
     assert_eq!(created["cluster_id"], workspace.as_str());
 
