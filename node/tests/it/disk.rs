@@ -57,8 +57,7 @@ async fn under_the_free_space_headroom_publishes_are_refused_but_metadata_change
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_whose_storage_fails_stops_serving_and_the_rest_carry_on() {
-    let cluster = TestCluster::start(3).await;
-    cluster.create_topic("carry-on", 1, 3).await;
+    let cluster = TestCluster::start_with_topic(3, "carry-on", 1, 3).await;
     let failing = cluster.partition_leader("carry-on", 0).await;
     let http = http::Http::new(&cluster, failing);
     let (status, _) = http.send(reqwest::Method::GET, "/readyz", None).await;
