@@ -212,6 +212,14 @@ pub fn consume_now(
     }
 }
 
+/// Checks that a gRPC call was refused with `code` and a message that names
+/// `named` (the limit, field or reason the caller is told of).
+#[track_caller]
+pub fn assert_refused(refused: &tonic::Status, code: tonic::Code, named: &str) {
+    assert_eq!(refused.code(), code, "{refused:?}");
+    assert!(refused.message().contains(named), "{refused:?}");
+}
+
 /// Asserts that a publish was not acknowledged because its outcome is
 /// unknown (a timeout) or no leader could take it: never a plain failure.
 #[track_caller]
