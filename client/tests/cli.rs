@@ -101,11 +101,17 @@ fn stdout(command: &mut Command) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Creates a topic with `raftstream topics create <args>` (the name first)
+/// and waits until each of its partitions has a leader.
+async fn create_topic(cluster: &TestCluster, args: &[&str]) {
+    stdout(cli(cluster).args(["topics", "create"]).args(args));
+    cluster.wait_partition_leaders(args[0]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn produce_then_consume_the_same_data_and_manage_groups() {
     let cluster = TestCluster::start(3).await;
-    stdout(cli(&cluster).args(["topics", "create", "orders", "--partitions", "2"]));
-    cluster.wait_partition_leaders("orders").await;
+    create_topic(&cluster, &["orders", "--partitions", "2"]).await;
     let listed: serde_json::Value =
         serde_json::from_str(&stdout(cli(&cluster).args(["--json", "topics", "list"]))).unwrap();
     assert_eq!(listed[0]["name"], "orders");
@@ -164,8 +170,7 @@ async fn produce_then_consume_the_same_data_and_manage_groups() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follow_mode_prints_new_messages_as_they_commit() {
     let cluster = TestCluster::start(3).await;
-    stdout(cli(&cluster).args(["topics", "create", "live"]));
-    cluster.wait_partition_leaders("live").await;
+    create_topic(&cluster, &["live"]).await;
     let mut follower = spawn_cli(
         &cluster,
         2,
@@ -561,8 +566,7 @@ async fn json_output_parses_for_every_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consume_since_starts_at_a_time() {
     let cluster = TestCluster::start(1).await;
-    stdout(cli(&cluster).args(["topics", "create", "timed"]));
-    cluster.wait_partition_leaders("timed").await;
+    create_topic(&cluster, &["timed"]).await;
     stdout(cli(&cluster).args(["produce", "timed", "before"]));
     // The node stamps messages with this machine's clock.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -595,8 +599,7 @@ async fn consume_since_starts_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn produced_headers_come_back_with_the_messages() {
     let cluster = TestCluster::start(1).await;
-    stdout(cli(&cluster).args(["topics", "create", "headed"]));
-    cluster.wait_partition_leaders("headed").await;
+    create_topic(&cluster, &["headed"]).await;
     stdout(cli(&cluster).args([
         "produce",
         "headed",
@@ -786,24 +789,11 @@ async fn topics_move_and_remove_node_change_the_placement_status_shows() {
     ]));
     cluster.wait_partition_leaders("m").await;
     let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
-    let nodes = status["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 3, "{status}");
-    assert!(
-        nodes
-            .iter()
-            .all(|n| n["voter"] == true && n["draining"] == false),
-        "{status}"
-    );
-    let replicas: u64 = nodes.iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
-    let leaders: u64 = nodes.iter().map(|n| n["leaders"].as_u64().unwrap()).sum();
-    let preferred: u64 = nodes
-        .iter()
-        .map(|n| n["preferred_leaders"].as_u64().unwrap())
-        .sum();
-    assert_eq!((replicas, leaders, preferred), (2, 1, 1), "{status}");
     // Replicas 1, 1 and 0.
-    assert_eq!(status["spread"]["replicas"], 1, "{status}");
-    assert_eq!(status["moves"], json!([]), "{status}");
+    common::assert_shown_settled(&status, 3, 2, 1);
+    let leaders = common::node_total(&status, "leaders");
+    let preferred = common::node_total(&status, "preferred_leaders");
+    assert_eq!((leaders, preferred), (1, 1), "{status}");
 
     let described = json_out(cli(&cluster).args(["--json", "topics", "describe", "m"]));
     let before: Vec<u64> =
@@ -897,13 +887,7 @@ async fn topics_move_and_remove_node_change_the_placement_status_shows() {
     .await;
     assert_eq!(added, json!({"added": 4, "peer_addr": peer_addr}));
     let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
-    let four = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == 4)
-        .cloned();
-    assert!(four.is_some_and(|n| n["voter"] == true), "{status}");
+    common::assert_shown_voter(&status, 4);
     cluster.shutdown().await;
 }
 
@@ -912,8 +896,7 @@ async fn topics_move_and_remove_node_change_the_placement_status_shows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscriptions_are_managed_from_the_cli() {
     let cluster = TestCluster::start(1).await;
-    stdout(cli(&cluster).args(["topics", "create", "orders", "--partitions", "2"]));
-    cluster.wait_partition_leaders("orders").await;
+    create_topic(&cluster, &["orders", "--partitions", "2"]).await;
     // Nothing listens there: these subscriptions are managed, not delivered.
     let endpoint = "http://127.0.0.1:9/hook";
     let created = json_out(cli(&cluster).args([

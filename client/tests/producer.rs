@@ -33,8 +33,7 @@ fn client_config(cluster: &TestCluster) -> ClientConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_lost_mid_stream_stores_every_acknowledged_message_exactly_once_in_order() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("ledger", 1, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "ledger", 1, 3).await;
     let client = Client::connect(client_config(&cluster)).await.unwrap();
     let config = ProducerConfig {
         linger: Duration::from_millis(2),

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use common::{Lazy, read};
+use common::{Lazy, append_records, read};
 
 #[test]
 fn fsync_eio_fails_fsync_and_fdatasync_and_loses_what_they_failed() {
@@ -43,19 +43,14 @@ fn fsync_eio_fails_fsync_and_fdatasync_and_loses_what_they_failed() {
     file.sync_data().unwrap();
     assert_eq!(read(&lazy.backing("wal")), b"synced\0\0\0\0\0!");
     assert_eq!(read(&lazy.path("wal")), b"synced lost!");
-    let report = lazy.power_loss();
-    assert!(report.contains("dropped 5 unsynced bytes"), "{report}");
+    lazy.power_loss_reporting("dropped 5 unsynced bytes");
     assert_eq!(read(&lazy.path("wal")), b"synced\0\0\0\0\0!");
 }
 
 #[test]
 fn disk_full_refuses_appends_with_enospc_and_statfs_shows_no_space() {
     let lazy = Lazy::start_with_control();
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(lazy.path("log"))
-        .unwrap();
+    let mut log = lazy.append_to("log");
     log.write_all(b"before;").unwrap();
     assert!(
         nix::sys::statvfs::statvfs(&lazy.mnt)
@@ -102,24 +97,12 @@ fn a_torn_power_loss_leaves_each_log_at_a_random_byte_of_its_unsynced_tail() {
     let mut lazy = Lazy::start_with_control();
     let mut logs = Vec::new();
     for name in ["000004.log", "MANIFEST-000005", "LOG"] {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(lazy.path(name))
-            .unwrap();
-        let mut content = Vec::new();
-        for i in 0..50u32 {
-            let record = format!("{name} record {i};");
-            log.write_all(record.as_bytes()).unwrap();
-            content.extend_from_slice(record.as_bytes());
-        }
+        let mut log = lazy.append_to(name);
+        let prefix = format!("{name} ");
+        let mut content = append_records(&mut log, &prefix, 0..50);
         log.sync_data().unwrap();
         let synced = content.len();
-        for i in 50..400u32 {
-            let record = format!("{name} record {i};");
-            log.write_all(record.as_bytes()).unwrap();
-            content.extend_from_slice(record.as_bytes());
-        }
+        content.extend(append_records(&mut log, &prefix, 50..400));
         logs.push((name, synced, content));
     }
     let reply = lazy.command("torn-power-loss 12345");
@@ -150,11 +133,7 @@ fn a_torn_power_loss_leaves_each_log_at_a_random_byte_of_its_unsynced_tail() {
         "{reply}"
     );
     // A plain power loss after it numbers on, with nothing left to drop.
-    let report = lazy.power_loss();
-    assert!(
-        report.contains("power loss 2: dropped 0 unsynced bytes"),
-        "{report}"
-    );
+    lazy.power_loss_reporting("power loss 2: dropped 0 unsynced bytes");
 }
 
 #[test]

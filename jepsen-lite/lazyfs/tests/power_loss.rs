@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
-use common::{Lazy, read};
+use common::{Lazy, append_records, read};
 
 /// `name` shows `shown` through the mount while the disk still holds
 /// `on_disk`, and a power loss brings `on_disk` back.
@@ -33,11 +33,7 @@ fn an_unsynced_write_is_visible_until_a_power_loss_drops_it() {
         "nothing reached the backing file"
     );
 
-    let report = lazy.power_loss();
-    assert!(
-        report.contains("dropped 15 unsynced bytes in 1 files"),
-        "{report}"
-    );
+    lazy.power_loss_reporting("dropped 15 unsynced bytes in 1 files");
     assert_eq!(read(&lazy.path("data")), b"");
     assert_eq!(fs::metadata(lazy.path("data")).unwrap().len(), 0);
     assert_eq!(read(&lazy.backing("data")), b"");
@@ -99,25 +95,13 @@ fn pwrites_at_offsets_overlay_the_synced_file_and_sync_exactly() {
 fn an_appended_log_ends_at_its_synced_length_after_a_power_loss() {
     // What RocksDB does with its WAL: append records, fsync, append more.
     let mut lazy = Lazy::start();
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(lazy.path("000004.log"))
-        .unwrap();
-    let mut synced = Vec::new();
-    for i in 0..100u32 {
-        let record = format!("record {i};");
-        log.write_all(record.as_bytes()).unwrap();
-        synced.extend_from_slice(record.as_bytes());
-    }
+    let mut log = lazy.append_to("000004.log");
+    let mut synced = append_records(&mut log, "", 0..100);
     log.sync_data().unwrap();
-    for i in 100..150u32 {
-        log.write_all(format!("record {i};").as_bytes()).unwrap();
-    }
+    append_records(&mut log, "", 100..150);
     assert!(read(&lazy.path("000004.log")).len() > synced.len());
 
-    let report = lazy.power_loss();
-    assert!(report.contains("in 1 files"), "{report}");
+    lazy.power_loss_reporting("in 1 files");
     assert_eq!(read(&lazy.path("000004.log")), synced);
     assert_eq!(read(&lazy.backing("000004.log")), synced);
 
@@ -206,22 +190,14 @@ fn only_the_files_that_were_not_synced_lose_data() {
     fs::write(lazy.path("dir/lost1"), b"12345").unwrap();
     fs::write(lazy.path("lost2"), b"678").unwrap();
 
-    let report = lazy.power_loss();
-    assert!(
-        report.contains("dropped 8 unsynced bytes in 2 files"),
-        "{report}"
-    );
+    lazy.power_loss_reporting("dropped 8 unsynced bytes in 2 files");
     assert_eq!(read(&lazy.path("dir/kept")), b"kept");
     // Directory entries pass straight through: the files exist, empty.
     assert_eq!(read(&lazy.path("dir/lost1")), b"");
     assert_eq!(read(&lazy.path("lost2")), b"");
 
     // A second loss with nothing unsynced drops nothing.
-    let report = lazy.power_loss();
-    assert!(
-        report.contains("dropped 0 unsynced bytes in 0 files"),
-        "{report}"
-    );
+    lazy.power_loss_reporting("dropped 0 unsynced bytes in 0 files");
 }
 
 #[test]

@@ -26,6 +26,15 @@ fn open(dir: &Path) -> Storage {
     Storage::open(dir, StorageConfig::default()).unwrap()
 }
 
+/// A storage in a fresh temporary directory, which lives as long as the
+/// first element, and the log store of group 1 in it.
+fn open_group_one() -> (tempfile::TempDir, Storage, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let store = storage.log_store(GroupId(1));
+    (dir, storage, store)
+}
+
 fn log_id(term: u64, index: u64) -> LogIdOf<TestConfig> {
     LogIdOf::<TestConfig>::new(LeaderIdOf::<TestConfig>::new_committed(term, 1), index)
 }
@@ -77,9 +86,7 @@ async fn log_state(store: &mut Store) -> (Option<u64>, Option<u64>) {
 
 #[tokio::test]
 async fn appended_entries_read_back_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     assert_eq!(log_state(&mut store).await, (None, None));
     assert_eq!(store.read_vote().await.unwrap(), None);
 
@@ -124,9 +131,7 @@ async fn appended_entries_read_back_in_order() {
 
 #[tokio::test]
 async fn append_callback_fires_only_after_the_wal_fsync() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
 
     let hold = storage.syncer().hold();
     let syncs_before = storage.syncer().sync_count();
@@ -360,9 +365,7 @@ async fn purge_and_truncate_keep_the_log_gapless_and_the_neighbours_intact() {
 
 #[tokio::test]
 async fn a_hole_in_the_log_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, _storage, mut store) = open_group_one();
     append(&mut store, entries(1, 1..=2)).await;
     append(&mut store, entries(1, 4..=5)).await;
 
@@ -378,9 +381,7 @@ async fn a_hole_in_the_log_is_an_error() {
 
 #[tokio::test]
 async fn undecodable_entries_are_errors_not_panics() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     append(&mut store, entries(1, 1..=3)).await;
 
     let inner = &*storage.inner;
@@ -452,9 +453,7 @@ fn stored_indexes(
 
 #[tokio::test]
 async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (dir, storage, mut store) = open_group_one();
     // A replica that installed a snapshot at 6: openraft purged up to it.
     append(&mut store, entries(1, 7..=10)).await;
     store.purge(log_id(1, 6)).await.unwrap();
@@ -505,9 +504,7 @@ async fn entries_written_below_the_last_purged_id_are_invisible_to_openraft() {
 
 #[tokio::test]
 async fn a_purge_deletes_entries_written_below_the_purge_point_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     append(&mut store, entries(1, 7..=10)).await;
     store.purge(log_id(1, 6)).await.unwrap();
     store
@@ -576,9 +573,7 @@ async fn writes_below_the_purge_point_stay_below_it_and_are_admitted_under_the_p
 
 #[tokio::test]
 async fn deleting_below_the_purge_point_spares_openraft_and_writes_only_when_needed() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     let mut neighbour: Store = storage.log_store(GroupId(2));
     append(&mut store, entries(1, 7..=10)).await;
     append(&mut neighbour, entries(1, 0..=3)).await;
@@ -609,9 +604,7 @@ async fn deleting_below_the_purge_point_spares_openraft_and_writes_only_when_nee
 
 #[tokio::test]
 async fn read_tail_reads_newest_first_and_says_where_it_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, _storage, mut store) = open_group_one();
     append(&mut store, entries(1, 1..=10)).await;
     store.purge(log_id(1, 3)).await.unwrap();
     let decode = |tail: &RawTail, first: u64| -> Vec<EntryOf<TestConfig>> {
@@ -663,9 +656,7 @@ async fn read_tail_reads_newest_first_and_says_where_it_stopped() {
 
 #[tokio::test]
 async fn committed_is_saved_and_cleared() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     assert_eq!(store.read_committed().await.unwrap(), None);
     store.save_committed(Some(log_id(2, 9))).await.unwrap();
     assert_eq!(store.read_committed().await.unwrap(), Some(log_id(2, 9)));
@@ -820,9 +811,7 @@ fn the_reserved_group_id_is_rejected() {
 
 #[tokio::test]
 async fn dropping_the_last_handle_stops_the_syncer_and_closes_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (dir, storage, mut store) = open_group_one();
     let reader = store.get_log_reader().await;
     append(&mut store, entries(1, 1..=1)).await;
 
@@ -880,9 +869,7 @@ fn assert_checksum_error(err: &StorageError, index: u64) {
 
 #[tokio::test]
 async fn a_flipped_bit_in_a_stored_entry_is_never_returned_and_fails_the_storage() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     append(&mut store, entries(1, 1..=3)).await;
     // The payload differs only in its last byte ("payload 3" and "payload 2"), so a decode
     // without the checksum would return a plausible entry.
@@ -916,9 +903,7 @@ async fn a_flipped_bit_in_a_stored_entry_is_never_returned_and_fails_the_storage
 
 #[tokio::test]
 async fn a_corrupt_entry_from_a_peer_is_refused_without_failing_this_storage() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     append(&mut store, entries(1, 1..=1)).await;
     let mut bytes = store.read_tail(1, 1, usize::MAX).unwrap().entries.remove(0);
     let last = bytes.len() - 1;
@@ -930,9 +915,7 @@ async fn a_corrupt_entry_from_a_peer_is_refused_without_failing_this_storage() {
 
 #[tokio::test]
 async fn entries_and_metadata_written_before_checksums_still_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = open(dir.path());
-    let mut store: Store = storage.log_store(GroupId(1));
+    let (_dir, storage, mut store) = open_group_one();
     let inner = &*storage.inner;
     let logs = inner.cf(CF_LOGS).unwrap();
     let meta = inner.cf(CF_META).unwrap();

@@ -108,8 +108,7 @@ struct Wiped {
 /// `kept` by retention, waits until every replica purged its log below
 /// them, and replaces a follower's disk.
 async fn wipe_a_follower_after_retention(published: u64, kept: u64, value_len: usize) -> Wiped {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic(TOPIC, 1, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, TOPIC, 1, 3).await;
     let group_id = GroupId::partition(TopicId(1), 0);
     let client = cluster.client(1).await;
     for i in 0..published {

@@ -162,13 +162,11 @@ async fn the_topic_list_filters_by_part_of_the_name_and_pages_in_id_order() {
         "Orders-archive",
         "refunds",
     ] {
-        let (status, body) = http
-            .post(
-                "/api/event_streams/topics",
-                json!({"name": name, "schema": schema}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        http.post_ok(
+            "/api/event_streams/topics",
+            json!({"name": name, "schema": schema}),
+        )
+        .await;
     }
     let list = |query: &'static str| {
         let http = &http;
@@ -316,10 +314,9 @@ async fn publish_validates_against_the_schema_and_batches_fail_item_by_item() {
         json!({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]});
     create_topic(&http, &cluster, json!({"name": "typed", "schema": schema})).await;
 
-    let (status, ack) = http
-        .post("/api/v1/topics/typed/publish", json!({"n": 1}))
+    let ack = http
+        .post_ok("/api/v1/topics/typed/publish", json!({"n": 1}))
         .await;
-    assert_eq!(status, StatusCode::OK, "{ack}");
     assert!(ack["message_id"].is_string());
     let (status, body) = http
         .post("/api/v1/topics/typed/publish", json!({"n": "one"}))
@@ -336,13 +333,12 @@ async fn publish_validates_against_the_schema_and_batches_fail_item_by_item() {
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 
-    let (status, batch) = http
-        .post(
+    let batch = http
+        .post_ok(
             "/api/v1/batch/topics/typed/publish",
             json!({"payloads": [{"n": 2}, {"n": "bad"}, {"n": 3}]}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{batch}");
     assert_eq!(batch["is_partial_error"], true);
     assert_eq!(batch["message_ids"]["0"]["result"], "success");
     assert!(batch["message_ids"]["1"]["message_id"].is_null());
@@ -369,8 +365,7 @@ async fn publish_validates_against_the_schema_and_batches_fail_item_by_item() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resumed_consumer_misses_and_repeats_nothing_on_a_multi_partition_topic() {
     let cluster = TestCluster::start(3).await;
-    let http = Http::new(&cluster, 3);
-    create_topic(&http, &cluster, json!({"name": "spread", "partitions": 3})).await;
+    let http = Http::with_topic(&cluster, 3, json!({"name": "spread", "partitions": 3})).await;
     let payloads: Vec<Value> = (0..40).map(|i| json!({"i": i})).collect();
     for chunk in payloads.chunks(10) {
         let (status, _) = http
@@ -415,8 +410,7 @@ async fn a_resumed_consumer_misses_and_repeats_nothing_on_a_multi_partition_topi
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replay_since_time_and_long_poll_wake_up() {
     let cluster = TestCluster::start(3).await;
-    let http = Http::new(&cluster, 2);
-    create_topic(&http, &cluster, json!({"name": "timeline"})).await;
+    let http = Http::with_topic(&cluster, 2, json!({"name": "timeline"})).await;
     for i in 0..3 {
         http.post("/api/v1/topics/timeline/publish", json!({"i": i}))
             .await;
@@ -467,8 +461,7 @@ async fn replay_since_time_and_long_poll_wake_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_http_requests_get_the_right_status_and_error_body() {
     let cluster = TestCluster::start(3).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "strict"})).await;
+    let http = Http::with_topic(&cluster, 1, json!({"name": "strict"})).await;
     http.post("/api/v1/topics/strict/publish", json!({"kept": true}))
         .await;
 
@@ -545,8 +538,7 @@ async fn bad_http_requests_get_the_right_status_and_error_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_gate_every_api_route_by_scope_and_topic() {
     let cluster = TestCluster::start(3).await;
-    let admin = Http::new(&cluster, 2);
-    create_topic(&admin, &cluster, json!({"name": "mine"})).await;
+    let admin = Http::with_topic(&cluster, 2, json!({"name": "mine"})).await;
     create_topic(&admin, &cluster, json!({"name": "theirs"})).await;
 
     let (status, body) = admin

@@ -12,6 +12,7 @@ use crate::common::TestCluster;
 use http::Http;
 use http::assert_error;
 use http::assert_error_naming;
+use http::assert_invalid_request;
 use http::consume_all;
 use http::create_topic;
 use http::finish;
@@ -55,8 +56,7 @@ async fn consume_text(http: &Http, topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_payloads_are_stored_and_consumed_byte_for_byte() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "exact"})).await;
+    let http = Http::with_topic(&cluster, 1, json!({"name": "exact"})).await;
     let schema = json!({"type": "object", "properties": {"a": {"type": "array"}}});
     create_topic(
         &http,
@@ -129,35 +129,31 @@ fn ids(messages: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_id_a_publish_returns_is_the_id_a_consumer_sees_and_resumes_after() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "ids"})).await;
+    let http = Http::with_topic(&cluster, 1, json!({"name": "ids"})).await;
 
     let mut published = Vec::new();
-    let (status, ack) = http
-        .post("/api/v1/topics/ids/publish", json!({"i": 0}))
+    let ack = http
+        .post_ok("/api/v1/topics/ids/publish", json!({"i": 0}))
         .await;
-    assert_eq!(status, StatusCode::OK, "{ack}");
     published.push(ack["message_id"].as_str().unwrap().to_string());
-    let (status, acks) = http
-        .post(
+    let acks = http
+        .post_ok(
             "/api/v1/batch/topics/ids/publish",
             json!({"payloads": [{"i": 1}, {"i": 2}, {"i": 3}]}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{acks}");
     published.extend(batch_ids(&acks));
 
     let consumed = consume_all(&http, "ids", 50).await;
     assert_eq!(ids(&consumed), published);
     // after_message_id takes a publish's id: what follows is the rest.
     for (i, id) in published.iter().enumerate() {
-        let (status, page) = http
-            .post(
+        let page = http
+            .post_ok(
                 "/api/v1/topics/ids/consume",
                 json!({"after_message_id": id}),
             )
             .await;
-        assert_eq!(status, StatusCode::OK, "{page}");
         assert_eq!(
             ids(page["messages"].as_array().unwrap()),
             published[i + 1..],
@@ -169,13 +165,12 @@ async fn the_id_a_publish_returns_is_the_id_a_consumer_sees_and_resumes_after() 
     // in every partition after the message it names by its publish id.
     create_topic(&http, &cluster, json!({"name": "ids3", "partitions": 3})).await;
     let payloads: Vec<Value> = (0..12).map(|i| json!({"i": i})).collect();
-    let (status, acks) = http
-        .post(
+    let acks = http
+        .post_ok(
             "/api/v1/batch/topics/ids3/publish",
             json!({"payloads": payloads}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{acks}");
     let mut published = batch_ids(&acks);
     let consumed = consume_all(&http, "ids3", 5).await;
     let mut named: Vec<String> = ids(&consumed)
@@ -200,12 +195,10 @@ async fn the_id_a_publish_returns_is_the_id_a_consumer_sees_and_resumes_after() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consume_refuses_unknown_fields_and_publish_refuses_bodies_not_declared_json() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "strict"})).await;
-    let (status, ack) = http
-        .post("/api/v1/topics/strict/publish", json!({"i": 0}))
+    let http = Http::with_topic(&cluster, 1, json!({"name": "strict"})).await;
+    let ack = http
+        .post_ok("/api/v1/topics/strict/publish", json!({"i": 0}))
         .await;
-    assert_eq!(status, StatusCode::OK, "{ack}");
     let first = ack["message_id"].as_str().unwrap().to_string();
 
     // A misspelt field would replay from the start if it were ignored.
@@ -215,26 +208,14 @@ async fn consume_refuses_unknown_fields_and_publish_refuses_bodies_not_declared_
             json!({"after_mesage_id": first}),
         )
         .await;
-    assert_error_naming(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        "after_mesage_id",
-    );
+    assert_invalid_request(status, &body, "after_mesage_id");
     let (status, body) = http
         .post(
             &format!("/api/v1/topics/strict/consume?after_message_id={first}"),
             json!({}),
         )
         .await;
-    assert_error_naming(
-        status,
-        &body,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        "after_message_id",
-    );
+    assert_invalid_request(status, &body, "after_message_id");
 
     for path in [
         "/api/v1/topics/strict/publish",
@@ -279,19 +260,17 @@ async fn a_batch_publish_takes_bodies_past_one_mib_up_to_its_own_limit() {
         ..TestCluster::limits()
     };
     let cluster = TestCluster::start_with_limits(1, limits).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "big"})).await;
+    let http = Http::with_topic(&cluster, 1, json!({"name": "big"})).await;
 
     // Three payloads of 700 KB: a 2.1 MB body, and three pieces.
     let filler = "x".repeat(700 * 1000);
     let payloads: Vec<Value> = (0..3).map(|i| json!({"i": i, "f": filler})).collect();
-    let (status, acks) = http
-        .post(
+    let acks = http
+        .post_ok(
             "/api/v1/batch/topics/big/publish",
             json!({"payloads": payloads}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{acks}");
     assert_eq!(acks["is_partial_error"], false, "{acks}");
     let consumed = consume_all(&http, "big", 50).await;
     let order: Vec<i64> = consumed

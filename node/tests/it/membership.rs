@@ -19,6 +19,8 @@ use tonic::Code;
 
 use crate::common::TestCluster;
 use crate::common::assert_acknowledged_in_order;
+use crate::common::assert_shown_settled;
+use crate::common::assert_shown_voter;
 use crate::common::eventually;
 use crate::common::publish_request;
 use crate::common::read_all;
@@ -190,8 +192,7 @@ fn groups_match_placement(cluster: &TestCluster, name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_joins_takes_its_share_and_a_node_leaves_without_loss() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("grow", 4, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "grow", 4, 3).await;
     let stop = Arc::new(AtomicBool::new(false));
     let producer = keep_publishing(cluster.client(2).await, "grow", stop.clone());
 
@@ -268,8 +269,7 @@ async fn a_node_joins_takes_its_share_and_a_node_leaves_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_operator_moves_a_partition_and_bad_moves_change_nothing() {
-    let cluster = TestCluster::start(4).await;
-    cluster.create_topic("moved", 2, 3).await;
+    let cluster = TestCluster::start_with_topic(4, "moved", 2, 3).await;
     let mut client = cluster.client(1).await;
     let mut acked: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     // Each attempt sends a new value: an attempt that fails is an unknown
@@ -411,8 +411,7 @@ async fn an_operator_moves_a_partition_and_bad_moves_change_nothing() {
 /// replicas out again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adding_a_draining_node_cancels_its_removal() {
-    let cluster = TestCluster::start(4).await;
-    cluster.create_topic("kept", 4, 3).await;
+    let cluster = TestCluster::start_with_topic(4, "kept", 4, 3).await;
     // A removal as RemoveNode starts it (on the metadata leader), without
     // the caller that would finish it.
     until_done("mark node 4 draining", || async {
@@ -480,19 +479,8 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
 
     let (status, shown) = http.send(Method::GET, "/api/cluster", None).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
-    let nodes = shown["nodes"].as_array().unwrap();
-    assert_eq!(nodes.len(), 3, "{shown}");
-    assert!(
-        nodes
-            .iter()
-            .all(|n| n["voter"] == true && n["draining"] == false),
-        "{shown}"
-    );
-    let replicas: u64 = nodes.iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
-    assert_eq!(replicas, 2, "{shown}");
     // Replicas 1, 1 and 0.
-    assert_eq!(shown["spread"]["replicas"], 1, "{shown}");
-    assert_eq!(shown["moves"], json!([]), "{shown}");
+    assert_shown_settled(&shown, 3, 2, 1);
 
     let meta = cluster.nodes[&1].node.metadata();
     let before = meta.topic_by_name("over-http").unwrap().partitions[0].clone();
@@ -583,13 +571,7 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
     assert_eq!(added["result"], "added", "{added}");
     assert!(cluster.nodes[&1].node.voters().contains(&NodeId(4)));
     let (_, shown) = http.send(Method::GET, "/api/cluster", None).await;
-    let four = shown["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == 4)
-        .cloned();
-    assert!(four.is_some_and(|n| n["voter"] == true), "{shown}");
+    assert_shown_voter(&shown, 4);
 
     // Every route is in the API document.
     let (_, document) = http.send(Method::GET, "/openapi.json", None).await;

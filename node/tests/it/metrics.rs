@@ -42,8 +42,7 @@ fn sum(samples: &[BTreeMap<String, f64>], series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counters_add_up_across_nodes_and_one_node_leads_each_partition() {
-    let cluster = TestCluster::start(3).await;
-    cluster.create_topic("metered", 2, 3).await;
+    let cluster = TestCluster::start_with_topic(3, "metered", 2, 3).await;
     cluster.wait_partition_leaders("metered").await;
     let http = Http::new(&cluster, 1);
     for i in 0..5 {

@@ -354,11 +354,17 @@ impl Drop for Cluster {
 /// Creates a topic of one partition on three replicas, retrying until the
 /// cluster takes it (a retry after an unknown outcome may find it exists).
 async fn create_topic(client: &raftstream_client::Grpc, name: &str) {
+    create_replicated_topic(client, name, 1).await;
+}
+
+/// Creates the topic `name` of `partitions` partitions on three replicas,
+/// retrying as `create_topic` does.
+async fn create_replicated_topic(client: &raftstream_client::Grpc, name: &str, partitions: u32) {
     create_topic_as(
         client,
         pb::CreateTopicRequest {
             name: name.into(),
-            partitions: 1,
+            partitions,
             replication_factor: 3,
             ..Default::default()
         },
@@ -532,16 +538,7 @@ async fn produce_until_stopped(
 async fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
     let mut cluster = Cluster::start(3);
     let client = cluster.client(0).await;
-    create_topic_as(
-        &client,
-        pb::CreateTopicRequest {
-            name: "rolling".into(),
-            partitions: ROLLING_PARTITIONS,
-            replication_factor: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    create_replicated_topic(&client, "rolling", ROLLING_PARTITIONS).await;
     let caught_up = |status: pb::ClusterStatusResponse| {
         let groups: Vec<_> = status
             .groups
@@ -563,12 +560,7 @@ async fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
         caught_up,
     )
     .await;
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        clients.push(cluster.client(i).await);
-    }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let producer = tokio::spawn(produce_until_stopped(clients, "rolling", stopped));
+    let (stop, producer) = start_producing(&cluster, "rolling").await;
     let started = std::time::Instant::now();
     for i in 0..3 {
         cluster.stop_gracefully(i).await;
@@ -598,13 +590,8 @@ async fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
     let rolled_for = started.elapsed();
 
     let mut reader = cluster.client(0).await;
+    assert_each_partition_read_once(&mut reader, "rolling", &partitions).await;
     for (partition, acks) in partitions.iter().enumerate() {
-        assert!(
-            !acks.acked.is_empty(),
-            "nothing acknowledged on partition {partition}"
-        );
-        let read = read_partition(&mut reader, "rolling", partition as u32, acks.acked.len()).await;
-        assert_each_acknowledged_once_in_order(&acks.acked, &read);
         let longest_gap = acks
             .at
             .windows(2)
@@ -616,6 +603,43 @@ async fn a_rolling_restart_under_load_loses_and_duplicates_nothing() {
              acknowledgements {longest_gap:?} (restarts took {rolled_for:?})",
             acks.acked.len()
         );
+    }
+}
+
+/// Starts `produce_until_stopped` on `name` through a client of each of
+/// the three nodes; it stops once the sender sends `true`.
+async fn start_producing(
+    cluster: &Cluster,
+    name: &'static str,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Vec<PartitionAcks>>,
+) {
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(cluster.client(i).await);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    (
+        stop,
+        tokio::spawn(produce_until_stopped(clients, name, stopped)),
+    )
+}
+
+/// Checks that every partition of `name` acknowledged something and that
+/// `reader` reads each acknowledged message exactly once, in order.
+async fn assert_each_partition_read_once(
+    reader: &mut raftstream_client::Grpc,
+    name: &str,
+    partitions: &[PartitionAcks],
+) {
+    for (partition, acks) in partitions.iter().enumerate() {
+        assert!(
+            !acks.acked.is_empty(),
+            "nothing acknowledged on partition {partition}"
+        );
+        let read = read_partition(reader, name, partition as u32, acks.acked.len()).await;
+        assert_each_acknowledged_once_in_order(&acks.acked, &read);
     }
 }
 
@@ -1133,16 +1157,7 @@ async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
     use crate::membership::add_until_done;
     let mut cluster = Cluster::start(3);
     let client = cluster.client(0).await;
-    create_topic_as(
-        &client,
-        pb::CreateTopicRequest {
-            name: "members".into(),
-            partitions: ROLLING_PARTITIONS,
-            replication_factor: 3,
-            ..Default::default()
-        },
-    )
-    .await;
+    create_replicated_topic(&client, "members", ROLLING_PARTITIONS).await;
     eventually_in_status(&client, "partitions led", Duration::from_secs(30), |s| {
         let led = s
             .groups
@@ -1152,12 +1167,7 @@ async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
         (led == ROLLING_PARTITIONS as usize).then_some(())
     })
     .await;
-    let mut clients = Vec::new();
-    for i in 0..3 {
-        clients.push(cluster.client(i).await);
-    }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let producer = tokio::spawn(produce_until_stopped(clients, "members", stopped));
+    let (stop, producer) = start_producing(&cluster, "members").await;
 
     let four = cluster.spawn_joining();
     let peer_addr = cluster.peer_addr(four);
@@ -1206,12 +1216,5 @@ async fn a_node_joins_and_another_leaves_a_cluster_of_processes_under_load() {
     cluster.stop_gracefully(0).await;
 
     let mut reader = cluster.client(1).await;
-    for (partition, acks) in partitions.iter().enumerate() {
-        assert!(
-            !acks.acked.is_empty(),
-            "nothing acknowledged on partition {partition}"
-        );
-        let read = read_partition(&mut reader, "members", partition as u32, acks.acked.len()).await;
-        assert_each_acknowledged_once_in_order(&acks.acked, &read);
-    }
+    assert_each_partition_read_once(&mut reader, "members", &partitions).await;
 }

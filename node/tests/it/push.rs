@@ -111,8 +111,7 @@ async fn all_delivered(receiver: &Receiver, acked: &[(u32, u64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deliveries_survive_failures_timeouts_and_a_leader_kill_in_order() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("orders", 2, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "orders", 2, 3).await;
     let secret = Arc::new(Mutex::new(String::new()));
     // The first requests fail, the fifth hangs past the timeout, the rest
     // are taken: the endpoint fails, times out and recovers.
@@ -180,8 +179,7 @@ async fn deliveries_survive_failures_timeouts_and_a_leader_kill_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_messages_are_dead_lettered_and_a_dead_endpoint_stalls_no_one_else() {
-    let cluster = TestCluster::start(1).await;
-    cluster.create_topic("jobs", 1, 1).await;
+    let cluster = TestCluster::start_with_topic(1, "jobs", 1, 1).await;
     let secret = Arc::new(Mutex::new(String::new()));
     let receiver = Receiver::start(secret.clone(), |_, body| {
         if body["messages"][0]["payload"]["poison"] == serde_json::json!(true) {
@@ -236,17 +234,13 @@ async fn refused_messages_are_dead_lettered_and_a_dead_endpoint_stalls_no_one_el
         .count();
     assert_eq!(poison_attempts, 3, "max_attempts is 3");
     // The dead letter names the message and the last error.
-    let letters = eventually("a dead letter", Duration::from_secs(10), || {
-        let mut client = client.clone();
-        async move {
-            let read = client
-                .consume(consume_now("jobs.dead-letter", 0, at_offset(0), 0))
-                .await
-                .ok()?
-                .into_inner();
-            (!read.messages.is_empty()).then_some(read.messages)
-        }
-    })
+    let letters = eventually_read(
+        &client,
+        "a dead letter",
+        Duration::from_secs(10),
+        consume_now("jobs.dead-letter", 0, at_offset(0), 0),
+        |read| (!read.messages.is_empty()).then_some(read.messages),
+    )
     .await;
     assert_eq!(letters.len(), 1);
     let letter: serde_json::Value = serde_json::from_slice(&letters[0].value).unwrap();
@@ -274,8 +268,7 @@ async fn refused_messages_are_dead_lettered_and_a_dead_endpoint_stalls_no_one_el
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn filters_pause_resume_and_replay() {
-    let cluster = TestCluster::start(1).await;
-    cluster.create_topic("events", 1, 1).await;
+    let cluster = TestCluster::start_with_topic(1, "events", 1, 1).await;
     let secret = Arc::new(Mutex::new(String::new()));
     let receiver = Receiver::start(secret, |_, _| Answer::Ok).await;
     let mut admin = subscriptions(&cluster, 1).await;

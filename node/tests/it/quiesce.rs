@@ -43,8 +43,7 @@ async fn wait_all_quiesced(cluster: &TestCluster, partitions: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_groups_quiesce_and_a_write_wakes_them() {
-    let cluster = TestCluster::start(3).await;
-    cluster.create_topic("idle", 4, 3).await;
+    let cluster = TestCluster::start_with_topic(3, "idle", 4, 3).await;
     wait_all_quiesced(&cluster, 4).await;
 
     // The cluster status reports it (benches/compare.sh waits on this before
@@ -89,8 +88,7 @@ async fn idle_groups_quiesce_and_a_write_wakes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiesced_group_elects_a_new_leader_when_its_leader_node_stops() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("sleepy", 1, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "sleepy", 1, 3).await;
     let mut client = cluster.client(1).await;
     publish_to(&mut client, "sleepy", 0, "before")
         .await

@@ -15,8 +15,7 @@ use raftstream_node::model::TopicId;
 /// node 1 still held would have been truncated away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_node_does_not_elect_a_stale_leader_and_no_acknowledged_message_is_lost() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("survive", 1, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "survive", 1, 3).await;
     let client = cluster.client(1).await;
     publish_until_acked(&client, "survive", "while-all-up", Duration::from_secs(20)).await;
     // A node that started a moment after the others found a cluster formed
@@ -181,8 +180,7 @@ async fn a_data_directory_of_another_node_is_refused_at_start() {
 /// debug builds), and bring the follower back to a full copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_that_lost_its_disk_catches_up_while_the_leaders_stay_up() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("kept", 1, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "kept", 1, 3).await;
     let group_id = GroupId::partition(TopicId(1), 0);
     let meta = GroupId::META;
     // Leaders elsewhere, so that node 3's log is one a leader counted on.

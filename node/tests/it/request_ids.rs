@@ -57,8 +57,7 @@ fn logged_lines_with(needle: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_id_given_to_a_follower_reaches_the_leader_and_comes_back() {
     capture_request_logs();
-    let cluster = TestCluster::start(3).await;
-    cluster.create_topic("traced", 1, 3).await;
+    let cluster = TestCluster::start_with_topic(3, "traced", 1, 3).await;
     let leader = cluster.partition_leader("traced", 0).await;
     let follower = cluster.running_node_other_than(leader);
     let request_id = format!("trace-{}-{}", std::process::id(), test_seed());

@@ -43,8 +43,7 @@ async fn publish_continuously(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_leader_hands_off_leadership_and_publishes_continue_without_loss() {
-    let mut cluster = TestCluster::start(3).await;
-    cluster.create_topic("handoff", 1, 3).await;
+    let mut cluster = TestCluster::start_with_topic(3, "handoff", 1, 3).await;
     let leader = cluster.partition_leader("handoff", 0).await;
     let survivor = cluster.running_node_other_than(leader);
     // The publisher talks to a node that stays up; it forwards to whichever

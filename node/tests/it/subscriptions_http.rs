@@ -19,6 +19,7 @@ use crate::common::eventually;
 use crate::http::Http;
 use crate::http::assert_error;
 use crate::http::assert_error_naming;
+use crate::http::assert_invalid_request;
 use crate::http::create_topic;
 use crate::receiver::Answer;
 use crate::receiver::Receiver;
@@ -40,8 +41,7 @@ async fn create(http: &Http, body: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscriptions_are_created_listed_changed_and_deleted_over_http() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "orders", "partitions": 2})).await;
+    let http = Http::with_topic(&cluster, 1, json!({"name": "orders", "partitions": 2})).await;
 
     let created = create(
         &http,
@@ -141,8 +141,7 @@ async fn subscriptions_are_created_listed_changed_and_deleted_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
     let cluster = TestCluster::start(1).await;
-    let http = Http::new(&cluster, 1);
-    create_topic(&http, &cluster, json!({"name": "events"})).await;
+    let http = Http::with_topic(&cluster, 1, json!({"name": "events"})).await;
     let valid = json!({"name": "n", "topic": "events", "endpoint": NOWHERE});
     let with = |field: &str, value: Value| {
         let mut body = valid.clone();
@@ -201,13 +200,7 @@ async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
         ),
     ] {
         let (status, answer) = http.post("/api/subscriptions", body.clone()).await;
-        assert_error_naming(
-            status,
-            &answer,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            named,
-        );
+        assert_invalid_request(status, &answer, named);
     }
     let (_, listed) = http.send(Method::GET, "/api/subscriptions", None).await;
     assert_eq!(listed["data"], json!([]), "nothing refused was created");
@@ -230,13 +223,7 @@ async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
             Method::PUT
         };
         let (status, answer) = http.send(method, &route, Some(body)).await;
-        assert_error_naming(
-            status,
-            &answer,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            named,
-        );
+        assert_invalid_request(status, &answer, named);
     }
     let (_, unchanged) = http.send(Method::GET, &path(id), None).await;
     assert_eq!(unchanged["endpoint"], NOWHERE);
@@ -305,10 +292,9 @@ async fn a_subscription_made_over_http_delivers_signed_messages_as_documented() 
     let publisher = Http::new(&cluster, 3);
     let mut published = Vec::new();
     for n in 0..8 {
-        let (status, answer) = publisher
-            .post("/api/v1/topics/payments/publish", json!({"n": n}))
+        publisher
+            .post_ok("/api/v1/topics/payments/publish", json!({"n": n}))
             .await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
         published.push(json!({"n": n}));
     }
     eventually(

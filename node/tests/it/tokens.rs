@@ -101,8 +101,7 @@ fn waiters(cluster: &TestCluster, group_id: GroupId) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoking_a_token_ends_its_subscribe_streams_on_every_node_with_unauthenticated() {
-    let cluster = TestCluster::start(3).await;
-    cluster.create_topic("feed", 1, 3).await;
+    let cluster = TestCluster::start_with_topic(3, "feed", 1, 3).await;
     let mut admin = cluster.client(1).await;
     let (token_id, secret) = create_token(&mut admin, &[]).await;
 
@@ -186,8 +185,7 @@ async fn revoking_a_token_ends_its_parked_long_polls_over_grpc_and_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_token_limited_to_a_topic_keeps_it_when_renamed_and_not_its_old_name() {
-    let cluster = TestCluster::start(3).await;
-    cluster.create_topic("a", 1, 3).await;
+    let cluster = TestCluster::start_with_topic(3, "a", 1, 3).await;
     let mut admin = cluster.client(1).await;
     publish(&mut admin, "a", "m0").await;
 
@@ -242,8 +240,7 @@ async fn a_token_limited_to_a_topic_keeps_it_when_renamed_and_not_its_old_name()
 
         // The gateway checks the same way.
         let http = Http::new(&cluster, id).with_token(Some(&secret));
-        let (status, body) = http.post("/api/v1/topics/b/consume", json!({})).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        http.post_ok("/api/v1/topics/b/consume", json!({})).await;
         let (status, body) = http.post("/api/v1/topics/a/consume", json!({})).await;
         http::assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     }

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -15,6 +16,18 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Appends the records `{prefix}record {i};`, for each `i` in `numbers`,
+/// to `log`; answers the bytes appended.
+pub fn append_records(log: &mut impl std::io::Write, prefix: &str, numbers: Range<u32>) -> Vec<u8> {
+    let mut appended = Vec::new();
+    for i in numbers {
+        let record = format!("{prefix}record {i};");
+        log.write_all(record.as_bytes()).unwrap();
+        appended.extend_from_slice(record.as_bytes());
+    }
+    appended
+}
 
 /// The whole content of the file at `path`.
 pub fn read(path: &Path) -> Vec<u8> {
@@ -164,6 +177,13 @@ impl Lazy {
         self.expect_line("power loss")
     }
 
+    /// Simulates a power loss whose report says `expected`.
+    #[track_caller]
+    pub fn power_loss_reporting(&mut self, expected: &str) {
+        let report = self.power_loss();
+        assert!(report.contains(expected), "{report}");
+    }
+
     /// Sends one line on the control socket and returns the reply line.
     pub fn command(&self, line: &str) -> String {
         use std::io::Write;
@@ -184,6 +204,16 @@ impl Lazy {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.mnt.join(name)
+    }
+
+    /// Opens the file `name` on the mount for appending, creating it, as a
+    /// log is written.
+    pub fn append_to(&self, name: &str) -> fs::File {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(name))
+            .unwrap()
     }
 
     pub fn backing(&self, name: &str) -> PathBuf {

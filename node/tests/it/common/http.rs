@@ -41,6 +41,14 @@ impl Http {
         }
     }
 
+    /// A client of node `node`'s gateway, through which the topic `topic`
+    /// describes has been created ([`create_topic`]).
+    pub async fn with_topic(cluster: &TestCluster, node: u64, topic: Value) -> Http {
+        let http = Http::new(cluster, node);
+        create_topic(&http, cluster, topic).await;
+        http
+    }
+
     pub fn with_token(&self, token: Option<&str>) -> Http {
         Http {
             client: self.client.clone(),
@@ -73,6 +81,13 @@ impl Http {
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// A POST that must succeed with 200; answers the body.
+    pub async fn post_ok(&self, path: &str, body: Value) -> Value {
+        let (status, answer) = self.post(path, body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
     }
 
     pub async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
@@ -112,6 +127,18 @@ pub fn assert_error_naming(
 ) {
     assert_error(status, body, expected, code);
     assert!(body["message"].as_str().unwrap().contains(named), "{body}");
+}
+
+/// The 400 `invalid_request` for a request that got `named` (a field, a
+/// parameter or a value) wrong.
+pub fn assert_invalid_request(status: StatusCode, body: &Value, named: &str) {
+    assert_error_naming(
+        status,
+        body,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        named,
+    );
 }
 
 /// Consumes until empty, resuming from the last message id each time.

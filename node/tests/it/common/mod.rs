@@ -123,6 +123,23 @@ pub async fn eventually_in_status<T>(
     .await
 }
 
+/// Reads with `request` through `client` until `check` finds in the answer
+/// what it waits for, failing the test with `what` after `timeout`.
+pub async fn eventually_read<T>(
+    client: &raftstream_client::Grpc,
+    what: &str,
+    timeout: Duration,
+    request: pb::ConsumeRequest,
+    check: impl Fn(pb::ConsumeResponse) -> Option<T>,
+) -> T {
+    eventually(what, timeout, || {
+        let mut client = client.clone();
+        let (request, check) = (request.clone(), &check);
+        async move { check(client.consume(request).await.ok()?.into_inner()) }
+    })
+    .await
+}
+
 /// A figure of the partition group `group_id` as `node` holds it (0 for a
 /// group that is not a partition); `None` while the node does not host it.
 pub fn partition_figure(
@@ -195,6 +212,67 @@ pub fn consume_now(
     }
 }
 
+/// Checks that a gRPC call was refused with `code` and a message that names
+/// `named` (the limit, field or reason the caller is told of).
+#[track_caller]
+pub fn assert_refused(refused: &tonic::Status, code: tonic::Code, named: &str) {
+    assert_eq!(refused.code(), code, "{refused:?}");
+    assert!(refused.message().contains(named), "{refused:?}");
+}
+
+/// Asserts that a publish was not acknowledged because its outcome is
+/// unknown (a timeout) or no leader could take it: never a plain failure.
+#[track_caller]
+pub fn assert_not_acknowledged(refused: &tonic::Status) {
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+        ),
+        "{refused:?}"
+    );
+}
+
+/// The sum of a per-node figure (`replicas`, `leaders`, ...) of a cluster
+/// shown as JSON (`GET /api/cluster`, `raftstream cluster status --json`).
+pub fn node_total(shown: &serde_json::Value, figure: &str) -> u64 {
+    shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n[figure].as_u64().unwrap())
+        .sum()
+}
+
+/// Checks a cluster shown as JSON: `voters` nodes, every one a voter and
+/// none draining, `replicas` replicas in all, spread as `spread` says, and
+/// no moves under way.
+#[track_caller]
+pub fn assert_shown_settled(shown: &serde_json::Value, voters: usize, replicas: u64, spread: u64) {
+    let nodes = shown["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), voters, "{shown}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["voter"] == true && n["draining"] == false),
+        "{shown}"
+    );
+    assert_eq!(node_total(shown, "replicas"), replicas, "{shown}");
+    assert_eq!(shown["spread"]["replicas"], spread, "{shown}");
+    assert_eq!(shown["moves"], serde_json::json!([]), "{shown}");
+}
+
+/// Checks that a cluster shown as JSON lists node `id` as a voter.
+#[track_caller]
+pub fn assert_shown_voter(shown: &serde_json::Value, id: u64) {
+    let node = shown["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id);
+    assert!(node.is_some_and(|n| n["voter"] == true), "{shown}");
+}
+
 /// A node's three listeners on loopback, on ports the kernel picks.
 pub async fn loopback_listeners() -> Listeners {
     let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
@@ -238,6 +316,21 @@ pub fn node_config(id: u64, listeners: &Listeners, dir: &std::path::Path) -> Nod
 impl TestCluster {
     pub async fn start(size: u64) -> TestCluster {
         TestCluster::start_with_limits(size, TestCluster::limits()).await
+    }
+
+    /// Starts a cluster of `size` nodes with the topic `name`, each of its
+    /// partitions led.
+    pub async fn start_with_topic(
+        size: u64,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> TestCluster {
+        let cluster = TestCluster::start(size).await;
+        cluster
+            .create_topic(name, partitions, replication_factor)
+            .await;
+        cluster
     }
 
     /// The limits `start` gives every node: a short upkeep interval, so
@@ -413,6 +506,19 @@ impl TestCluster {
     /// The first running node other than `id`.
     pub fn running_node_other_than(&self, id: u64) -> u64 {
         self.running_ids().into_iter().find(|n| *n != id).unwrap()
+    }
+
+    /// Cuts the links between node `id` and every other running node, both
+    /// ways; answers the ids of the others.
+    pub fn isolate(&self, id: u64) -> Vec<u64> {
+        let others: Vec<u64> = self
+            .running_ids()
+            .into_iter()
+            .filter(|other| *other != id)
+            .collect();
+        let other_ids: Vec<NodeId> = others.iter().copied().map(NodeId).collect();
+        self.links.partition(&[NodeId(id)], &other_ids);
+        others
     }
 
     /// Stops the node leading a topic partition; returns a client of a
