@@ -16,6 +16,7 @@ use crate::common::TestCluster;
 use crate::common::at_offset;
 use crate::common::consume_now;
 use crate::common::eventually;
+use crate::common::eventually_read;
 use crate::http::Http;
 use crate::http::assert_error;
 use crate::http::create_topic;
@@ -85,21 +86,18 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
     }
     // The channel is a topic like any other: gRPC reads the same event.
     let grpc = cluster.client(1).await;
-    eventually("the same event over gRPC", Duration::from_secs(30), || {
-        let mut grpc = grpc.clone();
-        let created = &created;
-        async move {
-            let read = grpc
-                .consume(consume_now("platform.activity", 0, at_offset(0), 1000))
-                .await
-                .ok()?
-                .into_inner();
+    eventually_read(
+        &grpc,
+        "the same event over gRPC",
+        Duration::from_secs(30),
+        consume_now("platform.activity", 0, at_offset(0), 1000),
+        |read| {
             read.messages
                 .iter()
-                .any(|m| serde_json::from_slice::<Value>(&m.value).ok().as_ref() == Some(created))
+                .any(|m| serde_json::from_slice::<Value>(&m.value).ok().as_ref() == Some(&created))
                 .then_some(())
-        }
-    })
+        },
+    )
     .await;
     let workspace = created["workspace_id"].as_str().unwrap().to_string();
     assert_eq!(created["cluster_id"], workspace.as_str());
