@@ -126,6 +126,14 @@ impl Interceptor for Auth {
     }
 }
 
+/// `message` as a request that carries `timeout` (as `grpc-timeout`), so
+/// that the server, too, gives up on an attempt the client stops waiting for.
+pub(crate) fn timed<M>(message: M, timeout: Duration) -> Request<M> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
 pub type Grpc = RaftstreamClient<InterceptedService<Channel, Auth>>;
 pub type IngestGrpc = IngestClient<InterceptedService<Channel, Auth>>;
 pub type SubscriptionsGrpc = SubscriptionsClient<InterceptedService<Channel, Auth>>;
@@ -370,8 +378,7 @@ impl Client {
 
     async fn refresh_from(&self, addr: &str) -> Result<()> {
         let mut grpc = self.grpc(addr)?;
-        let mut request = Request::new(pb::ClusterStatusRequest {});
-        request.set_timeout(Duration::from_secs(3));
+        let request = timed(pb::ClusterStatusRequest {}, Duration::from_secs(3));
         let status = tokio::time::timeout(Duration::from_secs(3), grpc.cluster_status(request))
             .await
             .map_err(|_| Error::NoNodeReachable {
@@ -652,8 +659,7 @@ impl Client {
 
     pub async fn create_topic(&self, request: pb::CreateTopicRequest) -> Result<pb::Topic> {
         self.call(Target::Group(0), Retry::Once, |mut g, t| {
-            let mut r = Request::new(request.clone());
-            r.set_timeout(t);
+            let r = timed(request.clone(), t);
             async move { g.create_topic(r).await }
         })
         .await
@@ -722,8 +728,7 @@ impl Client {
             peer_addr: peer_addr.to_string(),
         };
         self.call(Target::Group(0), Retry::Idempotent, |mut g, t| {
-            let mut r = Request::new(request.clone());
-            r.set_timeout(t);
+            let r = timed(request.clone(), t);
             async move { g.add_node(r).await }
         })
         .await
@@ -736,8 +741,7 @@ impl Client {
     /// as [`Error::Unavailable`]: call again to carry on where it was.
     pub async fn remove_node(&self, id: u64) -> Result<()> {
         self.call(Target::Group(0), Retry::Idempotent, |mut g, t| {
-            let mut r = Request::new(pb::RemoveNodeRequest { node_id: id });
-            r.set_timeout(t);
+            let r = timed(pb::RemoveNodeRequest { node_id: id }, t);
             async move { g.remove_node(r).await }
         })
         .await
@@ -755,8 +759,7 @@ impl Client {
             replicas: to,
         };
         self.call(Target::Group(0), Retry::Idempotent, |mut g, t| {
-            let mut r = Request::new(request.clone());
-            r.set_timeout(t);
+            let r = timed(request.clone(), t);
             async move { g.move_partition(r).await }
         })
         .await

@@ -10,6 +10,7 @@ use raftstream_proto::v1 as pb;
 use crate::client::Client;
 use crate::client::Retry;
 use crate::client::Target;
+use crate::client::timed;
 use crate::client::topic_ref;
 use crate::error::Error;
 use crate::error::Result;
@@ -100,8 +101,7 @@ impl Consumer {
         let response = self
             .client
             .call(Target::Group(group), Retry::Idempotent, |mut g, timeout| {
-                let mut r = tonic::Request::new(request.clone());
-                r.set_timeout(timeout + wait);
+                let r = timed(request.clone(), timeout + wait);
                 async move { g.consume(r).await }
             })
             .await?;

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::client::Client;
 use crate::client::PublishSlot;
 use crate::client::Target;
+use crate::client::timed;
 use crate::error::Error;
 use crate::error::Result;
 
@@ -444,8 +445,7 @@ impl PartitionSender {
                     Target::Group(self.group_id),
                     slot.take(),
                     |mut g, timeout| {
-                        let mut r = tonic::Request::new(request.clone());
-                        r.set_timeout(timeout);
+                        let r = timed(request.clone(), timeout);
                         async move { g.publish_batch(r).await }
                     },
                 )

@@ -167,6 +167,12 @@ error_responses! {
         (GATEWAY_TIMEOUT, "`outcome_unknown`: the write timed out or met a leader change; it may \
             still commit, so a retry can duplicate it."),
     }
+    /// The error of every route whose body must be declared JSON (it reads
+    /// [`super::extract::JsonBytes`]).
+    MediaTypeErrors {
+        (UNSUPPORTED_MEDIA_TYPE, "`unsupported_media_type`: a Content-Type other than \
+            `application/json` or `application/*+json` (none at all is read as JSON)."),
+    }
     /// The error of every route that takes a body: the gateway's body limit.
     BodyErrors {
         (PAYLOAD_TOO_LARGE, "`payload_too_large`: the body exceeds 1 MiB."),

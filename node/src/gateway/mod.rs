@@ -51,9 +51,7 @@ use crate::api::schema::TopicSchema;
 use crate::api::service::Caller;
 use crate::api::service::Hops;
 use crate::api::service::Publish;
-use crate::api::service::Record;
 use crate::api::service::RecordOutcome;
-use crate::api::service::SchemaCheck;
 use crate::api::service::Service;
 use crate::model::TopicName;
 use crate::node::Node;
@@ -334,18 +332,7 @@ impl Gateway {
         let total = values.len();
         let mut outcomes: Vec<RecordOutcome> = Vec::with_capacity(total);
         for piece in pieces(values, max_batch_bytes) {
-            let records = piece
-                .into_iter()
-                .map(|value| Record {
-                    value,
-                    ..Record::default()
-                })
-                .collect();
-            let call = Publish {
-                records,
-                producer: None,
-                schema_check: SchemaCheck::Done,
-            };
+            let call = Publish::checked_values(piece);
             match self
                 .core
                 .publish_to(&Caller::Node, topic, call, Hops::default())

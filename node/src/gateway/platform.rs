@@ -87,101 +87,63 @@ async fn view(
         .map(Json)
 }
 
-/// A flow's delivery lifecycle: each attempt started, succeeded or failed,
-/// with its latency and attempt number.
-#[utoipa::path(
-    post,
-    path = "/api/v1/flow/{flow_id}/execution/consume",
-    tag = "platform",
-    operation_id = "consume_flow_executions",
-    params(FlowPath),
-    request_body(content = Option<ConsumeRequest>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The flow's execution events in order.",
-            body = ConsumeResponse),
-        (status = 400, description = "`invalid_request`: as for consume.", body = ErrorBody),
-        BodyErrors,
-        AuthErrors,
-        ClusterErrors,
-    ),
-    security(("bearer" = []))
-)]
-pub async fn flow_executions(
-    State(gateway): Shared,
-    ApiPath(FlowPath { flow_id }): ApiPath<FlowPath>,
-    Extension(admitted): Extension<AdmittedToken>,
-    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
-    OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
-) -> Result<Json<ConsumeResponse>, ApiError> {
-    let owner = Owner::Flow(flow_id);
-    view(
-        &gateway,
-        &admitted,
-        Channel::Executions,
-        owner,
-        &query,
-        body,
-    )
-    .await
+/// Declares the view routes. Each is a POST that consumes one channel
+/// through [`view`] and keeps the events of the flow or workspace its path
+/// names; they differ only in the names given here.
+macro_rules! views {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident: $route:tt as $operation:tt, answering $events:tt,
+        keeps Owner::$owner:ident($params:ident { $id:ident }) of Channel::$channel:ident;
+    )+) => {$(
+        $(#[$doc])*
+        #[utoipa::path(
+            post,
+            path = $route,
+            tag = "platform",
+            operation_id = $operation,
+            params($params),
+            request_body(content = Option<ConsumeRequest>, content_type = "application/json"),
+            responses(
+                (status = 200, description = $events, body = ConsumeResponse),
+                (status = 400, description = "`invalid_request`: as for consume.", body = ErrorBody),
+                BodyErrors,
+                AuthErrors,
+                ClusterErrors,
+            ),
+            security(("bearer" = []))
+        )]
+        pub async fn $name(
+            State(gateway): Shared,
+            ApiPath($params { $id }): ApiPath<$params>,
+            Extension(admitted): Extension<AdmittedToken>,
+            ApiQuery(query): ApiQuery<Vec<(String, String)>>,
+            OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
+        ) -> Result<Json<ConsumeResponse>, ApiError> {
+            let owner = Owner::$owner($id);
+            view(&gateway, &admitted, Channel::$channel, owner, &query, body).await
+        }
+    )+};
 }
 
-/// A flow's errors: delivery failures and dead letters, webhook
-/// signature or secret refusals, each with its reason.
-#[utoipa::path(
-    post,
-    path = "/api/v1/flow/{flow_id}/error/consume",
-    tag = "platform",
-    operation_id = "consume_flow_errors",
-    params(FlowPath),
-    request_body(content = Option<ConsumeRequest>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The flow's error events in order.",
-            body = ConsumeResponse),
-        (status = 400, description = "`invalid_request`: as for consume.", body = ErrorBody),
-        BodyErrors,
-        AuthErrors,
-        ClusterErrors,
-    ),
-    security(("bearer" = []))
-)]
-pub async fn flow_errors(
-    State(gateway): Shared,
-    ApiPath(FlowPath { flow_id }): ApiPath<FlowPath>,
-    Extension(admitted): Extension<AdmittedToken>,
-    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
-    OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
-) -> Result<Json<ConsumeResponse>, ApiError> {
-    let owner = Owner::Flow(flow_id);
-    view(&gateway, &admitted, Channel::Errors, owner, &query, body).await
-}
+views! {
+    /// A flow's delivery lifecycle: each attempt started, succeeded or failed,
+    /// with its latency and attempt number.
+    flow_executions: "/api/v1/flow/{flow_id}/execution/consume" as "consume_flow_executions",
+        answering "The flow's execution events in order.",
+        keeps Owner::Flow(FlowPath { flow_id }) of Channel::Executions;
 
-/// A workspace's (the cluster's) activity: topics, tokens, sources and
-/// subscriptions created, updated and deleted; nodes joined and left;
-/// leader changes.
-#[utoipa::path(
-    post,
-    path = "/api/v1/workspace/{workspace_id}/activity/consume",
-    tag = "platform",
-    operation_id = "consume_workspace_activity",
-    params(WorkspacePath),
-    request_body(content = Option<ConsumeRequest>, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The workspace's activity events in order.",
-            body = ConsumeResponse),
-        (status = 400, description = "`invalid_request`: as for consume.", body = ErrorBody),
-        BodyErrors,
-        AuthErrors,
-        ClusterErrors,
-    ),
-    security(("bearer" = []))
-)]
-pub async fn workspace_activity(
-    State(gateway): Shared,
-    ApiPath(WorkspacePath { workspace_id }): ApiPath<WorkspacePath>,
-    Extension(admitted): Extension<AdmittedToken>,
-    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
-    OptionalJsonBody(body): OptionalJsonBody<ConsumeRequest>,
-) -> Result<Json<ConsumeResponse>, ApiError> {
-    let owner = Owner::Workspace(workspace_id);
-    view(&gateway, &admitted, Channel::Activity, owner, &query, body).await
+    /// A flow's errors: delivery failures and dead letters, webhook
+    /// signature or secret refusals, each with its reason.
+    flow_errors: "/api/v1/flow/{flow_id}/error/consume" as "consume_flow_errors",
+        answering "The flow's error events in order.",
+        keeps Owner::Flow(FlowPath { flow_id }) of Channel::Errors;
+
+    /// A workspace's (the cluster's) activity: topics, tokens, sources and
+    /// subscriptions created, updated and deleted; nodes joined and left;
+    /// leader changes.
+    workspace_activity: "/api/v1/workspace/{workspace_id}/activity/consume"
+        as "consume_workspace_activity",
+        answering "The workspace's activity events in order.",
+        keeps Owner::Workspace(WorkspacePath { workspace_id }) of Channel::Activity;
 }

@@ -18,6 +18,7 @@ use super::Shared;
 use super::error::AuthErrors;
 use super::error::BodyErrors;
 use super::error::ClusterErrors;
+use super::error::MediaTypeErrors;
 use super::error::NoSuchTopic;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
@@ -82,9 +83,7 @@ pub struct PublishBatchResponse {
             body = PublishResponse),
         (status = 400, description = "`invalid_request`: malformed JSON or not an object; \
             `schema_mismatch`: the payload fails the topic's schema.", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: a Content-Type other than \
-            `application/json` or `application/*+json` (none at all is read as JSON).",
-            body = ErrorBody),
+        MediaTypeErrors,
         NoSuchTopic,
         BodyErrors,
         AuthErrors,
@@ -146,9 +145,7 @@ fn stored_bytes(payload: &RawValue) -> Bytes {
         (status = 413, description = "`payload_too_large`: the body exceeds the batch limit, \
             `max_http_batch_bytes` (101 MiB by default); a payload over 1 MiB fails alone.",
             body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: a Content-Type other than \
-            `application/json` or `application/*+json` (none at all is read as JSON).",
-            body = ErrorBody),
+        MediaTypeErrors,
         NoSuchTopic,
         AuthErrors,
         ClusterErrors,

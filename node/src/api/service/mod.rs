@@ -432,6 +432,25 @@ pub struct Publish {
     pub schema_check: SchemaCheck,
 }
 
+impl Publish {
+    /// Bare values (no key, no headers, no producer) that the caller has
+    /// already checked against the topic's schema.
+    pub fn checked_values(values: impl IntoIterator<Item = Bytes>) -> Publish {
+        let records = values
+            .into_iter()
+            .map(|value| Record {
+                value,
+                ..Record::default()
+            })
+            .collect();
+        Publish {
+            records,
+            producer: None,
+            schema_check: SchemaCheck::Done,
+        }
+    }
+}
+
 /// A committed read of one partition.
 #[derive(Debug, Clone)]
 pub struct Consume {

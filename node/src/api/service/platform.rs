@@ -16,8 +16,6 @@ use tokio::sync::watch;
 use super::Caller;
 use super::Hops;
 use super::Publish;
-use super::Record;
-use super::SchemaCheck;
 use super::Service;
 use super::ServiceError;
 use crate::model::GroupId;
@@ -157,18 +155,7 @@ impl Service {
                 topic
             }
         };
-        let records = events
-            .iter()
-            .map(|(_, value)| Record {
-                value: value.clone(),
-                ..Record::default()
-            })
-            .collect();
-        let call = Publish {
-            records,
-            producer: None,
-            schema_check: SchemaCheck::Done,
-        };
+        let call = Publish::checked_values(events.iter().map(|(_, value)| value.clone()));
         let outcomes = self
             .publish_to(&Caller::Platform, &topic, call, Hops::default())
             .await?;
