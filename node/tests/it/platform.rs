@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
 use serde_json::json;
@@ -20,6 +21,7 @@ use crate::common::eventually_read;
 use crate::http::Http;
 use crate::http::assert_error;
 use crate::http::create_topic;
+use crate::http::finish;
 use crate::receiver::Answer;
 use crate::receiver::Receiver;
 
@@ -153,6 +155,56 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
             .contains("id"),
         "{rejected}"
     );
+
+    // Each partition's first leader reports the leadership it took.
+    let leader = first_event(
+        &http,
+        "platform.activity",
+        "leader.changed",
+        "topic",
+        "orders",
+    )
+    .await;
+    assert_eq!(leader["details"]["partition"], 0, "{leader}");
+    assert!(
+        (1..=3).contains(&leader["details"]["leader"].as_u64().unwrap()),
+        "{leader}"
+    );
+
+    // A webhook delivery with the wrong secret is an error event of the
+    // source's flow.
+    let (status, source) = http
+        .post(
+            "/api/ingest/sources",
+            json!({"name": "billing", "source_type": "generic", "topic": "orders"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{source}");
+    let source_id = source["id"].as_str().unwrap();
+    let forged = http
+        .with_token(Some("not-the-source-secret"))
+        .request(Method::POST, &format!("/api/ingest/webhook/{source_id}"))
+        .header("content-type", "application/json")
+        .body("{}");
+    let (status, body) = finish(forged).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let refused = first_event(
+        &http,
+        "platform.errors",
+        "webhook.rejected",
+        "source_id",
+        source_id,
+    )
+    .await;
+    assert_eq!(refused["flow_id"], source_id, "{refused}");
+    first_event(
+        &http,
+        "platform.activity",
+        "source.created",
+        "source_id",
+        source_id,
+    )
+    .await;
     cluster.shutdown().await;
 }
 
