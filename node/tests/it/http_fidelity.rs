@@ -325,13 +325,12 @@ async fn a_batch_publish_takes_bodies_past_one_mib_up_to_its_own_limit() {
 async fn http_bearer_scheme_is_matched_without_regard_to_case() {
     let cluster = TestCluster::start(1).await;
     let admin = Http::new(&cluster, 1);
-    let (status, source) = admin
-        .post(
+    let source = admin
+        .post_created(
             "/api/ingest/sources",
             json!({"name": "cased", "source_type": "generic", "topic": "cased"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{source}");
     cluster.wait_partition_leaders("cased").await;
     let source_id = source["id"].as_str().unwrap();
     let secret = source["secret"].as_str().unwrap();

@@ -24,9 +24,7 @@ use serde_json::Value;
 use serde_json::json;
 
 async fn create_source(http: &Http, body: Value) -> Value {
-    let (status, source) = http.post("/api/ingest/sources", body).await;
-    assert_eq!(status, StatusCode::CREATED, "{source}");
-    source
+    http.post_created("/api/ingest/sources", body).await
 }
 
 /// Delivers `body` to a source's receiver with these extra headers.

@@ -173,13 +173,12 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
 
     // A webhook delivery with the wrong secret is an error event of the
     // source's flow.
-    let (status, source) = http
-        .post(
+    let source = http
+        .post_created(
             "/api/ingest/sources",
             json!({"name": "billing", "source_type": "generic", "topic": "orders"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{source}");
     let source_id = source["id"].as_str().unwrap();
     let forged = http
         .with_token(Some("not-the-source-secret"))
@@ -219,15 +218,14 @@ async fn a_flow_view_shows_its_own_delivery_attempts_and_errors() {
         |n, _| if n == 0 { Answer::Fail } else { Answer::Ok },
     )
     .await;
-    let (status, created) = http
-        .post(
+    let created = http
+        .post_created(
             "/api/subscriptions",
             json!({"name": "ledger", "topic": "payments", "endpoint": receiver.url,
                 "secret": "0123456789abcdef-flow", "start": "earliest",
                 "settings": {"initial_backoff_ms": 20}}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
     let flow = created["id"].as_str().unwrap().to_string();
     http.post_ok("/api/v1/topics/payments/publish", json!({"amount": 5}))
         .await;

@@ -217,13 +217,12 @@ async fn webhook_deliveries_are_checked_against_the_topic_schema() {
     });
     create_topic_with_schema(&cluster, "hooks", schema.to_string()).await;
     let admin = Http::new(&cluster, 1);
-    let (status, source) = admin
-        .post(
+    let source = admin
+        .post_created(
             "/api/ingest/sources",
             json!({"name": "shop", "source_type": "generic", "topic": "hooks"}),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{source}");
     let id = source["id"].as_str().unwrap();
     let receiver = admin.with_token(source["secret"].as_str());
     let path = format!("/api/ingest/webhook/{id}");

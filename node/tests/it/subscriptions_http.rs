@@ -33,9 +33,7 @@ fn path(id: &str) -> String {
 }
 
 async fn create(http: &Http, body: Value) -> Value {
-    let (status, created) = http.post("/api/subscriptions", body).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    created
+    http.post_created("/api/subscriptions", body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -244,8 +242,7 @@ async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
         json!({"name": "writer", "scopes": ["publish", "consume"]}),
         json!({"name": "events admin", "scopes": ["admin"], "topics": ["events"]}),
     ] {
-        let (status, made) = http.post("/api/tokens", token).await;
-        assert_eq!(status, StatusCode::CREATED, "{made}");
+        let made = http.post_created("/api/tokens", token).await;
         let other = http.with_token(made["token"].as_str());
         let (status, body) = other.post("/api/subscriptions", valid.clone()).await;
         assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");

@@ -90,6 +90,13 @@ impl Http {
         answer
     }
 
+    /// A POST that must create something (201); answers the body.
+    pub async fn post_created(&self, path: &str, body: Value) -> Value {
+        let (status, answer) = self.post(path, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        answer
+    }
+
     pub async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         finish(self.request(reqwest::Method::POST, path).body(body)).await
     }
