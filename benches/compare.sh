@@ -35,7 +35,8 @@ for arg in "$@"; do
     *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
-[ ${#sections[@]} -gt 0 ] || sections=(compare iggy failover rolling scale)
+every_section=(compare iggy failover rolling scale)
+[ ${#sections[@]} -gt 0 ] || sections=("${every_section[@]}")
 want() { local s; for s in "${sections[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 scripts/setup.sh
@@ -377,7 +378,7 @@ PY
 fi
 
 # The raw figures of a full run are kept next to RESULTS.md.
-if [ ${#sections[@]} -eq 4 ] && [ -z "$quick" ]; then
+if [ ${#sections[@]} -eq ${#every_section[@]} ] && [ -z "$quick" ]; then
   mkdir -p "$root/benches/results"
   cp "$results" "$work/disk.json" "$root/benches/results/"
   [ -f "$work/scale.jsonl" ] && cp "$work/scale.jsonl" "$root/benches/results/"
@@ -386,7 +387,7 @@ fi
 # Only a run of every section replaces benches/RESULTS.md; a partial run
 # writes its table next to the results in the temporary directory and prints it.
 out=$root/benches/RESULTS.md
-[ ${#sections[@]} -eq 5 ] && [ -z "$quick" ] || out=$work/RESULTS.md
+[ ${#sections[@]} -eq ${#every_section[@]} ] && [ -z "$quick" ] || out=$work/RESULTS.md
 nats_version=$(nats-server --version 2>&1 | head -n1)
 rustc_version=$(rustc --version)
 python3 "$root/benches/report.py" \
