@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod backfill;
+pub mod call_layer;
 pub mod clock;
 pub mod config;
 pub mod disk;

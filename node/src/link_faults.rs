@@ -12,11 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Context;
-use std::task::Poll;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,6 +21,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tonic::codegen::http;
 
+use crate::call_layer::AroundCall;
+use crate::call_layer::CallFuture;
+use crate::call_layer::CallLayer;
+use crate::call_layer::Next;
 use crate::model::NodeId;
 
 /// The node a peer call comes from.
@@ -119,43 +119,20 @@ impl LinkFaults {
 }
 
 /// Applies a cluster's [`LinkFaults`] to the calls a node's peer listener
-/// takes; without faults, it is the wrapped service.
+/// takes; without faults, calls pass through unchanged.
 #[derive(Debug, Clone)]
-pub struct LinkFaultLayer {
+pub struct ApplyLinkFaults {
     node: NodeId,
     faults: Option<Arc<LinkFaults>>,
 }
+
+pub type LinkFaultLayer = CallLayer<ApplyLinkFaults>;
 
 impl LinkFaultLayer {
     pub fn new(node: NodeId, faults: Option<Arc<LinkFaults>>) -> LinkFaultLayer {
-        LinkFaultLayer { node, faults }
+        CallLayer(ApplyLinkFaults { node, faults })
     }
 }
-
-impl<S> tower::Layer<S> for LinkFaultLayer {
-    type Service = WithLinkFaults<S>;
-
-    fn layer(&self, inner: S) -> WithLinkFaults<S> {
-        WithLinkFaults {
-            inner,
-            node: self.node,
-            faults: self.faults.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct WithLinkFaults<S> {
-    inner: S,
-    node: NodeId,
-    faults: Option<Arc<LinkFaults>>,
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for WithLinkFaults<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Holds a message as its link's verdict says: for ever when it is lost
 /// (the caller's timeout ends the call), else for the link's delay.
@@ -167,39 +144,26 @@ async fn cross(faults: &LinkFaults, from: NodeId, to: NodeId) {
     }
 }
 
-impl<S, Body, ResponseBody> tower::Service<http::Request<Body>> for WithLinkFaults<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<ResponseBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResponseBody: Send + 'static,
-{
-    type Response = http::Response<ResponseBody>;
-    type Error = S::Error;
-    type Future = futures::future::Either<S::Future, BoxFuture<Result<Self::Response, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for ApplyLinkFaults {
+    fn around(&self, request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
         let from = request
             .headers()
             .get(FROM_NODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<NodeId>().ok());
-        let (Some(faults), Some(from)) = (self.faults.clone(), from) else {
-            return futures::future::Either::Left(self.inner.call(request));
-        };
         let to = self.node;
+        let faults = self.faults.clone();
         // A gRPC service's call does its work when its future is polled,
         // which happens only once the request has crossed its link.
-        let call = self.inner.call(request);
-        futures::future::Either::Right(Box::pin(async move {
+        let call = next(request);
+        Box::pin(async move {
+            let (Some(faults), Some(from)) = (faults, from) else {
+                return call.await;
+            };
             cross(&faults, from, to).await;
             let response = call.await?;
             cross(&faults, to, from).await;
             Ok(response)
-        }))
+        })
     }
 }

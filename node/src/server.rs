@@ -152,17 +152,15 @@ impl RunningNode {
         let (reflection_v1, reflection_v1alpha) =
             health::reflection_services().map_err(|e| ServerError::Reflection(e.to_string()))?;
         let request_ids = RequestIdLayer::new(node.id());
+        let mark_forwarded = MarkForwardedLayer::default();
         let public_services =
-            tonic::service::Routes::new(request_ids.layer(MarkForwardedLayer.layer(client_api)))
-                .add_service(
-                    request_ids.layer(
-                        MarkForwardedLayer
-                            .layer(ClientService::public(node.clone()).into_ingest_server()),
-                    ),
-                )
+            tonic::service::Routes::new(request_ids.layer(mark_forwarded.layer(client_api)))
+                .add_service(request_ids.layer(
+                    mark_forwarded.layer(ClientService::public(node.clone()).into_ingest_server()),
+                ))
                 .add_service(
                     request_ids
-                        .layer(MarkForwardedLayer.layer(
+                        .layer(mark_forwarded.layer(
                             ClientService::public(node.clone()).into_subscriptions_server(),
                         )),
                 )

@@ -7,14 +7,14 @@
 //! Webhook deliveries (`Ingest`) carry their source's secret in the message
 //! itself, so that service is not wrapped.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Context;
-use std::task::Poll;
 
 use tonic::codegen::http;
 
+use crate::call_layer::AroundCall;
+use crate::call_layer::CallFuture;
+use crate::call_layer::CallLayer;
+use crate::call_layer::Next;
 use crate::node::Node;
 use crate::raft::types::TokenRecord;
 
@@ -22,39 +22,19 @@ use crate::raft::types::TokenRecord;
 /// cluster secret held in the replicated metadata, which no API returns.
 pub(crate) const NODE_AUTH_HEADER: &str = "x-raftstream-node-auth";
 
+/// Checks the bearer token before the wrapped service decodes the body.
 #[derive(Clone, Debug)]
-pub struct AuthenticateFirstLayer {
+pub struct AuthenticateFirst {
     node: Arc<Node>,
 }
+
+pub type AuthenticateFirstLayer = CallLayer<AuthenticateFirst>;
 
 impl AuthenticateFirstLayer {
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        CallLayer(AuthenticateFirst { node })
     }
 }
-
-impl<S> tower::Layer<S> for AuthenticateFirstLayer {
-    type Service = AuthenticateFirst<S>;
-
-    fn layer(&self, inner: S) -> AuthenticateFirst<S> {
-        AuthenticateFirst {
-            inner,
-            node: self.node.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct AuthenticateFirst<S> {
-    inner: S,
-    node: Arc<Node>,
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for AuthenticateFirst<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The token this layer found valid, handed to the handler in the request's
 /// extensions (which only this process can set) so that it does not hash
@@ -91,29 +71,10 @@ async fn verdict(node: &Node, headers: &http::HeaderMap) -> Verdict {
     }
 }
 
-impl<S, B, ResBody> tower::Service<http::Request<B>> for AuthenticateFirst<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    ResBody: Default + Send + 'static,
+impl<B: Send + 'static, R: Default + Send + 'static, E: Send + 'static> AroundCall<B, R, E>
+    for AuthenticateFirst
 {
-    type Response = http::Response<ResBody>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<http::Response<ResBody>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // The clone that was made ready serves this call (tower's rule).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+    fn around(&self, mut request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
         let node = self.node.clone();
         Box::pin(async move {
             match verdict(&node, request.headers()).await {
@@ -123,7 +84,7 @@ where
                 }
                 Verdict::Undecided => {}
             }
-            inner.call(request).await
+            next(request).await
         })
     }
 }

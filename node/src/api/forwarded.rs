@@ -11,13 +11,14 @@
 //! being threaded through every handler's return value.
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Context;
-use std::task::Poll;
 
 use raftstream_proto::FORWARDED_HEADER;
 use tonic::codegen::http;
+
+use crate::call_layer::AroundCall;
+use crate::call_layer::CallFuture;
+use crate::call_layer::CallLayer;
+use crate::call_layer::Next;
 
 tokio::task_local! {
     static FORWARDED: Cell<bool>;
@@ -32,46 +33,17 @@ pub fn note_forwarded() {
 
 /// Serves each call in its own [`note_forwarded`] scope and sets
 /// [`FORWARDED_HEADER`] on the response of a call that forwarded any work.
+/// Wraps only the client-facing services: Raft traffic between nodes never
+/// forwards.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct MarkForwardedLayer;
+pub struct MarkForwarded;
 
-impl<S> tower::Layer<S> for MarkForwardedLayer {
-    type Service = MarkForwarded<S>;
+pub type MarkForwardedLayer = CallLayer<MarkForwarded>;
 
-    fn layer(&self, inner: S) -> MarkForwarded<S> {
-        MarkForwarded(inner)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct MarkForwarded<S>(S);
-
-/// Keeps the wrapped service's gRPC name, so that only the client-facing
-/// services need the wrapper: Raft traffic between nodes never forwards.
-impl<S: tonic::server::NamedService> tonic::server::NamedService for MarkForwarded<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, Request, Body> tower::Service<Request> for MarkForwarded<S>
-where
-    S: tower::Service<Request, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    Body: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<http::Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
+impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for MarkForwarded {
+    fn around(&self, request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
         // The handler runs when this future is polled, inside the scope.
-        let call = self.0.call(request);
+        let call = next(request);
         Box::pin(FORWARDED.scope(Cell::new(false), async move {
             let mut response = call.await?;
             if FORWARDED.with(Cell::get) {
@@ -97,9 +69,15 @@ mod tests {
     /// A service that forwards when asked to.
     fn service(
         forward: bool,
-    ) -> impl Service<(), Response = http::Response<()>, Error = Infallible, Future: Send + 'static>
-    {
-        tower::service_fn(move |()| async move {
+    ) -> impl Service<
+        http::Request<()>,
+        Response = http::Response<()>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |_request: http::Request<()>| async move {
             // As a handler does: the decision comes after an await.
             tokio::task::yield_now().await;
             if forward {
@@ -111,15 +89,15 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_call_that_forwarded_is_marked() {
-        let forwarded = MarkForwardedLayer
+        let forwarded = MarkForwardedLayer::default()
             .layer(service(true))
-            .oneshot(())
+            .oneshot(http::Request::new(()))
             .await
             .unwrap();
         assert!(forwarded.headers().contains_key(FORWARDED_HEADER));
-        let local = MarkForwardedLayer
+        let local = MarkForwardedLayer::default()
             .layer(service(false))
-            .oneshot(())
+            .oneshot(http::Request::new(()))
             .await
             .unwrap();
         assert!(!local.headers().contains_key(FORWARDED_HEADER));
@@ -128,7 +106,7 @@ mod tests {
     #[tokio::test]
     async fn noting_outside_a_call_does_nothing() {
         note_forwarded();
-        let response = service(true).oneshot(()).await.unwrap();
+        let response = service(true).oneshot(http::Request::new(())).await.unwrap();
         assert!(!response.headers().contains_key(FORWARDED_HEADER));
     }
 }

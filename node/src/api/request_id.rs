@@ -6,13 +6,13 @@
 //! the id in its metadata (`api/grpc/peers.rs`), so one request's logs on
 //! every node it crossed share the id. Responses carry it back.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::Context;
-use std::task::Poll;
-
 use tonic::codegen::http;
 use tracing::Instrument;
+
+use crate::call_layer::AroundCall;
+use crate::call_layer::CallFuture;
+use crate::call_layer::CallLayer;
+use crate::call_layer::Next;
 
 /// The header (gRPC metadata key) that carries a request's id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -60,56 +60,20 @@ fn id_of<B>(request: &http::Request<B>) -> http::HeaderValue {
 /// the span, so logs from one process hosting several nodes (tests) tell
 /// them apart.
 #[derive(Clone, Copy, Debug)]
-pub struct RequestIdLayer {
+pub struct RequestIds {
     node: u64,
 }
+
+pub type RequestIdLayer = CallLayer<RequestIds>;
 
 impl RequestIdLayer {
     pub fn new(node: crate::model::NodeId) -> RequestIdLayer {
-        RequestIdLayer { node: node.0 }
+        CallLayer(RequestIds { node: node.0 })
     }
 }
 
-impl<S> tower::Layer<S> for RequestIdLayer {
-    type Service = RequestIdService<S>;
-
-    fn layer(&self, inner: S) -> RequestIdService<S> {
-        RequestIdService {
-            inner,
-            node: self.node,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RequestIdService<S> {
-    inner: S,
-    node: u64,
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for RequestIdService<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>>
-    for RequestIdService<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResponseBody: Send + 'static,
-{
-    type Response = http::Response<ResponseBody>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<http::Response<ResponseBody>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for RequestIds {
+    fn around(&self, mut request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
         let id = id_of(&request);
         request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
         let span = tracing::info_span!(
@@ -119,7 +83,7 @@ where
         );
         let path = request.uri().path().to_owned();
         // The handler runs when this future is polled, inside the scope.
-        let call = self.inner.call(request);
+        let call = next(request);
         Box::pin(
             REQUEST_ID
                 .scope(id.clone(), async move {

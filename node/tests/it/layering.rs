@@ -28,7 +28,7 @@ const SPLIT_DIRS: &[&str] = &["api", "group", "raft", "state_machine"];
 const LAYERS: &[&[&str]] = &[
     // Ids and plain values, which every module may name, storage included.
     &["model"],
-    &["storage", "disk", "time", "failpoints"],
+    &["storage", "disk", "time", "failpoints", "call_layer"],
     // The domain model: topics, commands, record batches.
     &["raft::types", "raft::batch"],
     &[

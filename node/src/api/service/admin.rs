@@ -4,14 +4,12 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
 use super::Caller;
 use super::Hops;
+use super::LeaderOf;
 use super::Route;
 use super::Service;
 use super::ServiceError;
-use super::replicas_of;
 use super::selected_partitions;
 use crate::group::Group;
 use crate::group::write::WriteError;
@@ -109,19 +107,16 @@ impl Service {
             self.check_schema_document(schema).await?;
         }
         let spec = &spec;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = MetaCommand::CreateTopic {
-                    spec: spec.clone(),
-                    now_ms: self.node.time.now_ms(),
-                };
-                self.node.write_meta(command).await
-            })
+        let local = |_: Arc<Group>| async move {
+            let command = MetaCommand::CreateTopic {
+                spec: spec.clone(),
+                now_ms: self.node.time.now_ms(),
+            };
+            self.node.write_meta(command).await
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.create_topic(&addr, spec, hops).await })
-        };
-        let topic = self.on_meta_leader(hops, local, forward).await?;
+        let forward =
+            |addr: String| async move { self.peers.create_topic(&addr, spec, hops).await };
+        let topic = self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         let topic = self.applied_here(topic).await;
         self.platform_event(
             hops,
@@ -175,7 +170,7 @@ impl Service {
         name: Option<String>,
         hops: Hops,
     ) -> Result<Vec<Topic>, ServiceError> {
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
             return self.peers.list_topics(&addr, name, hops).await;
         }
         Ok(self
@@ -192,7 +187,7 @@ impl Service {
     /// so a topic deleted or changed through another node is never seen as
     /// it was.
     pub async fn current_topic(&self, name: &TopicName, hops: Hops) -> Result<Topic, ServiceError> {
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
             return self.peers.get_topic(&addr, name, hops).await;
         }
         self.node.find_topic(name).ok_or_else(|| {
@@ -217,20 +212,18 @@ impl Service {
             self.check_schema_document(schema).await?;
         }
         let (update, topic_id) = (&update, topic.id);
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = MetaCommand::UpdateTopic {
-                    topic_id,
-                    update: update.clone(),
-                    now_ms: self.node.time.now_ms(),
-                };
-                self.node.write_meta(command).await
-            })
+        let local = |_: Arc<Group>| async move {
+            let command = MetaCommand::UpdateTopic {
+                topic_id,
+                update: update.clone(),
+                now_ms: self.node.time.now_ms(),
+            };
+            self.node.write_meta(command).await
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.update_topic(&addr, topic_id, update, hops).await })
+        let forward = |addr: String| async move {
+            self.peers.update_topic(&addr, topic_id, update, hops).await
         };
-        let topic = self.on_meta_leader(hops, local, forward).await?;
+        let topic = self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(
             hops,
             PlatformEvent::topic(Change::Updated, topic.id.0, &topic.name),
@@ -252,23 +245,18 @@ impl Service {
         let topic = &topic;
         // Partitions are independent groups: purge them all at once.
         let purges = partitions.into_iter().map(|partition| async move {
-            let replicas = replicas_of(topic, partition)?;
-            let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-                Box::pin(async move {
-                    self.node
-                        .write_partition(&group, PartitionCommand::PurgeAll)
-                        .await
-                        .map(|_| ())
-                })
+            let local = |group: Arc<Group>| async move {
+                self.node
+                    .write_partition(&group, PartitionCommand::PurgeAll)
+                    .await
+                    .map(|_| ())
             };
-            let forward = |addr: String| -> BoxFuture<'_, _> {
-                Box::pin(async move {
-                    self.peers
-                        .purge_partition(&addr, topic.id, partition, hops)
-                        .await
-                })
+            let forward = |addr: String| async move {
+                self.peers
+                    .purge_partition(&addr, topic.id, partition, hops)
+                    .await
             };
-            self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+            self.on_leader(LeaderOf::Partition(topic, partition), hops, local, forward)
                 .await
         });
         for outcome in futures::future::join_all(purges).await {
@@ -287,18 +275,15 @@ impl Service {
         caller.check_topic(Scope::Admin, &topic)?;
         caller.check_topic_name_writable(&topic.name, hops)?;
         let topic_id = topic.id;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.node
-                    .write_meta(MetaCommand::DeleteTopic { topic_id })
-                    .await
-                    .map(|_| ())
-            })
+        let local = |_: Arc<Group>| async move {
+            self.node
+                .write_meta(MetaCommand::DeleteTopic { topic_id })
+                .await
+                .map(|_| ())
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.delete_topic(&addr, topic_id, hops).await })
-        };
-        self.on_meta_leader(hops, local, forward).await?;
+        let forward =
+            |addr: String| async move { self.peers.delete_topic(&addr, topic_id, hops).await };
+        self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.node.await_topic_applied(topic_id, None).await;
         self.platform_event(
             hops,
@@ -316,38 +301,34 @@ impl Service {
         caller.check_unrestricted()?;
         validate_token(&new.name, &new.scopes).map_err(|e| ServiceError::invalid(e.to_string()))?;
         let new = &new;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                // Resolved here, on the metadata leader, which has applied
-                // every topic change it acknowledged; apply checks the ids
-                // again in case a topic is deleted meanwhile.
-                let topic_ids = self
-                    .node
-                    .with_metadata(|m| crate::auth::resolve_token_topics(m, &new.topics))
-                    .ok_or_else(|| {
-                        WriteError::Unavailable("this node is shutting down; retry another".into())
-                    })?
-                    .map_err(WriteError::Rejected)?;
-                let secret = crate::auth::generate_secret();
-                let command = MetaCommand::CreateTokenWithTopicIds {
-                    name: new.name.clone(),
-                    scopes: new.scopes.clone(),
-                    topic_ids,
-                    hash: crate::auth::hash_secret(&secret),
-                    now_ms: self.node.time.now_ms(),
-                };
-                let token = self.node.write_token(command).await?;
-                let token = self
-                    .node
-                    .with_metadata(|m| TokenInfo::of(&token, m))
-                    .unwrap_or_else(|| TokenInfo::of(&token, &MetaState::default()));
-                Ok(CreatedToken { token, secret })
-            })
+        let local = |_: Arc<Group>| async move {
+            // Resolved here, on the metadata leader, which has applied
+            // every topic change it acknowledged; apply checks the ids
+            // again in case a topic is deleted meanwhile.
+            let topic_ids = self
+                .node
+                .with_metadata(|m| crate::auth::resolve_token_topics(m, &new.topics))
+                .ok_or_else(|| {
+                    WriteError::Unavailable("this node is shutting down; retry another".into())
+                })?
+                .map_err(WriteError::Rejected)?;
+            let secret = crate::auth::generate_secret();
+            let command = MetaCommand::CreateTokenWithTopicIds {
+                name: new.name.clone(),
+                scopes: new.scopes.clone(),
+                topic_ids,
+                hash: crate::auth::hash_secret(&secret),
+                now_ms: self.node.time.now_ms(),
+            };
+            let token = self.node.write_token(command).await?;
+            let token = self
+                .node
+                .with_metadata(|m| TokenInfo::of(&token, m))
+                .unwrap_or_else(|| TokenInfo::of(&token, &MetaState::default()));
+            Ok(CreatedToken { token, secret })
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.create_token(&addr, new, hops).await })
-        };
-        let created = self.on_meta_leader(hops, local, forward).await?;
+        let forward = |addr: String| async move { self.peers.create_token(&addr, new, hops).await };
+        let created = self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(
             hops,
             PlatformEvent::token(Change::Created, created.token.id, &created.token.name),
@@ -361,7 +342,7 @@ impl Service {
         hops: Hops,
     ) -> Result<Vec<TokenInfo>, ServiceError> {
         caller.check_unrestricted()?;
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
             return self.peers.list_tokens(&addr, hops).await;
         }
         Ok(self
@@ -383,18 +364,14 @@ impl Service {
             .with_metadata(|m| m.tokens.get(&id).map(|t| t.name.clone()))
             .flatten()
             .unwrap_or_default();
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.node
-                    .write_token(MetaCommand::DeleteToken { id })
-                    .await
-                    .map(|_| ())
-            })
+        let local = |_: Arc<Group>| async move {
+            self.node
+                .write_token(MetaCommand::DeleteToken { id })
+                .await
+                .map(|_| ())
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.delete_token(&addr, id, hops).await })
-        };
-        self.on_meta_leader(hops, local, forward).await?;
+        let forward = |addr: String| async move { self.peers.delete_token(&addr, id, hops).await };
+        self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(hops, PlatformEvent::token(Change::Deleted, id, &name));
         Ok(())
     }

@@ -15,10 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use super::Caller;
 use super::Hops;
+use super::LeaderOf;
 use super::Service;
 use super::ServiceError;
 use crate::group::Group;
@@ -251,42 +250,39 @@ impl Service {
     ) -> Result<(), ServiceError> {
         caller.check_unrestricted()?;
         check_peer_addr(peer_addr)?;
-        let local = |meta: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let known = self.node.cluster_nodes();
-                if let Some(addr) = known.get(&node)
-                    && addr != peer_addr
-                {
-                    return Err(WriteError::Rejected(MetaRejection::Conflict(format!(
-                        "node {node} is in the cluster at {addr}, not {peer_addr}"
-                    ))));
-                }
-                let mut voters = meta.voters();
-                voters.insert(node);
-                let addrs = BTreeMap::from([(node, peer_addr.to_string())]);
-                change_voters(&meta, &voters, &addrs, self.membership_step_timeout()).await?;
-                tracing::info!(node = node.0, peer_addr, "node added to the cluster");
-                let draining = self
-                    .node
-                    .with_metadata(|m| m.draining.contains(&node))
-                    .unwrap_or(false);
-                if draining {
-                    self.node
-                        .write_meta_ack(MetaCommand::SetNodeDraining {
-                            node,
-                            draining: false,
-                        })
-                        .await?;
-                }
+        let local = |meta: Arc<Group>| async move {
+            let known = self.node.cluster_nodes();
+            if let Some(addr) = known.get(&node)
+                && addr != peer_addr
+            {
+                return Err(WriteError::Rejected(MetaRejection::Conflict(format!(
+                    "node {node} is in the cluster at {addr}, not {peer_addr}"
+                ))));
+            }
+            let mut voters = meta.voters();
+            voters.insert(node);
+            let addrs = BTreeMap::from([(node, peer_addr.to_string())]);
+            change_voters(&meta, &voters, &addrs, self.membership_step_timeout()).await?;
+            tracing::info!(node = node.0, peer_addr, "node added to the cluster");
+            let draining = self
+                .node
+                .with_metadata(|m| m.draining.contains(&node))
+                .unwrap_or(false);
+            if draining {
                 self.node
-                    .write_meta_ack(MetaCommand::SetBalancing { on: true })
-                    .await
-            })
+                    .write_meta_ack(MetaCommand::SetNodeDraining {
+                        node,
+                        draining: false,
+                    })
+                    .await?;
+            }
+            self.node
+                .write_meta_ack(MetaCommand::SetBalancing { on: true })
+                .await
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.add_node(&addr, node, peer_addr, hops).await })
-        };
-        self.on_meta_leader(hops, local, forward).await?;
+        let forward =
+            |addr: String| async move { self.peers.add_node(&addr, node, peer_addr, hops).await };
+        self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(hops, PlatformEvent::node_joined(node, peer_addr));
         Ok(())
     }
@@ -302,88 +298,84 @@ impl Service {
         hops: Hops,
     ) -> Result<(), ServiceError> {
         caller.check_unrestricted()?;
-        let local = |meta: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let voters = meta.voters();
-                if !voters.contains(&node) {
-                    return if meta.members().contains(&node) {
-                        Err(WriteError::Rejected(MetaRejection::Conflict(format!(
-                            "node {node} is still joining; add it first, then remove it"
-                        ))))
-                    } else {
-                        Err(WriteError::Rejected(MetaRejection::Invalid(format!(
-                            "node {node} is not in the cluster"
-                        ))))
-                    };
-                }
-                let remaining: BTreeSet<NodeId> =
-                    voters.iter().copied().filter(|n| *n != node).collect();
-                let needed = self
-                    .node
-                    .with_metadata(|m| {
-                        m.topics
-                            .values()
-                            .map(|t| t.replication_factor as usize)
-                            .max()
-                    })
-                    .flatten()
-                    .unwrap_or(1);
-                if remaining.len() < needed {
-                    return Err(WriteError::Rejected(MetaRejection::Invalid(format!(
-                        "without node {node} the cluster has {} nodes; a topic needs {needed} \
-                         replicas",
-                        remaining.len()
-                    ))));
-                }
-                let draining = self
-                    .node
-                    .with_metadata(|m| m.draining.contains(&node))
-                    .unwrap_or(false);
-                if !draining {
-                    self.node
-                        .write_meta_ack(MetaCommand::SetNodeDraining {
-                            node,
-                            draining: true,
-                        })
-                        .await?;
-                    self.node
-                        .write_meta_ack(MetaCommand::SetBalancing { on: true })
-                        .await?;
-                }
-                let holds = |m: &MetaState| replicas_on(m, node);
-                let deadline = tokio::time::Instant::now() + self.membership_step_timeout();
-                let mut changes = meta.state.subscribe();
-                let emptied = loop {
-                    if self.node.with_metadata(holds) == Some(0) {
-                        break true;
-                    }
-                    match tokio::time::timeout_at(deadline, changes.changed()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) | Err(_) => break false,
-                    }
+        let local = |meta: Arc<Group>| async move {
+            let voters = meta.voters();
+            if !voters.contains(&node) {
+                return if meta.members().contains(&node) {
+                    Err(WriteError::Rejected(MetaRejection::Conflict(format!(
+                        "node {node} is still joining; add it first, then remove it"
+                    ))))
+                } else {
+                    Err(WriteError::Rejected(MetaRejection::Invalid(format!(
+                        "node {node} is not in the cluster"
+                    ))))
                 };
-                if !emptied {
-                    let left = self.node.with_metadata(holds).unwrap_or(0);
-                    return Err(WriteError::Unavailable(format!(
-                        "node {node} still holds {left} partition replicas; they are moving \
-                         away: call again to carry on"
-                    )));
+            }
+            let remaining: BTreeSet<NodeId> =
+                voters.iter().copied().filter(|n| *n != node).collect();
+            let needed = self
+                .node
+                .with_metadata(|m| {
+                    m.topics
+                        .values()
+                        .map(|t| t.replication_factor as usize)
+                        .max()
+                })
+                .flatten()
+                .unwrap_or(1);
+            if remaining.len() < needed {
+                return Err(WriteError::Rejected(MetaRejection::Invalid(format!(
+                    "without node {node} the cluster has {} nodes; a topic needs {needed} \
+                     replicas",
+                    remaining.len()
+                ))));
+            }
+            let draining = self
+                .node
+                .with_metadata(|m| m.draining.contains(&node))
+                .unwrap_or(false);
+            if !draining {
+                self.node
+                    .write_meta_ack(MetaCommand::SetNodeDraining {
+                        node,
+                        draining: true,
+                    })
+                    .await?;
+                self.node
+                    .write_meta_ack(MetaCommand::SetBalancing { on: true })
+                    .await?;
+            }
+            let holds = |m: &MetaState| replicas_on(m, node);
+            let deadline = tokio::time::Instant::now() + self.membership_step_timeout();
+            let mut changes = meta.state.subscribe();
+            let emptied = loop {
+                if self.node.with_metadata(holds) == Some(0) {
+                    break true;
                 }
-                change_voters(
-                    &meta,
-                    &remaining,
-                    &BTreeMap::new(),
-                    self.membership_step_timeout(),
-                )
-                .await?;
-                tracing::info!(node = node.0, "node removed from the cluster");
-                Ok(())
-            })
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => break false,
+                }
+            };
+            if !emptied {
+                let left = self.node.with_metadata(holds).unwrap_or(0);
+                return Err(WriteError::Unavailable(format!(
+                    "node {node} still holds {left} partition replicas; they are moving \
+                     away: call again to carry on"
+                )));
+            }
+            change_voters(
+                &meta,
+                &remaining,
+                &BTreeMap::new(),
+                self.membership_step_timeout(),
+            )
+            .await?;
+            tracing::info!(node = node.0, "node removed from the cluster");
+            Ok(())
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.remove_node(&addr, node, hops).await })
-        };
-        self.on_meta_leader(hops, local, forward).await?;
+        let forward = |addr: String| async move { self.peers.remove_node(&addr, node, hops).await };
+        self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(hops, PlatformEvent::node_left(node));
         Ok(())
     }
@@ -419,31 +411,27 @@ impl Service {
         hops: Hops,
     ) -> Result<(), ServiceError> {
         let replicas = &replicas;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let replicas = replicas.clone();
-                let command = if complete {
-                    MetaCommand::CompletePartitionMove { group, replicas }
-                } else {
-                    MetaCommand::MovePartition { group, replicas }
-                };
-                self.node.write_meta_ack(command).await
-            })
+        let local = |_: Arc<Group>| async move {
+            let replicas = replicas.clone();
+            let command = if complete {
+                MetaCommand::CompletePartitionMove { group, replicas }
+            } else {
+                MetaCommand::MovePartition { group, replicas }
+            };
+            self.node.write_meta_ack(command).await
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                if complete {
-                    self.peers
-                        .complete_partition_move(&addr, group, replicas, hops)
-                        .await
-                } else {
-                    self.peers
-                        .move_partition(&addr, group, replicas, hops)
-                        .await
-                }
-            })
+        let forward = |addr: String| async move {
+            if complete {
+                self.peers
+                    .complete_partition_move(&addr, group, replicas, hops)
+                    .await
+            } else {
+                self.peers
+                    .move_partition(&addr, group, replicas, hops)
+                    .await
+            }
         };
-        self.on_meta_leader(hops, local, forward).await
+        self.on_leader(LeaderOf::Meta, hops, local, forward).await
     }
 
     /// Records that `group`'s voters are `replicas` now. Only nodes call it

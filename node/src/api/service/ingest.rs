@@ -11,16 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use raftstream_proto::ErrorCode;
 
 use super::Caller;
 use super::Hops;
+use super::LeaderOf;
 use super::Route;
 use super::SchemaCheck;
 use super::Service;
 use super::ServiceError;
-use super::replicas_of;
 use crate::group::Group;
 use crate::group::write::WriteError;
 use crate::ingest::DeliveryRefused;
@@ -237,7 +236,10 @@ impl Service {
         partition: u32,
         hops: Hops,
     ) -> Option<SourceStats> {
-        match self.partition_route(topic, partition, hops).await {
+        match self
+            .route(LeaderOf::Partition(topic, partition), hops)
+            .await
+        {
             Ok(Route::Local(group)) => Some(local_stats(&group, &source.id)),
             Ok(Route::Forward(addr)) => {
                 let remote = self
@@ -254,15 +256,16 @@ impl Service {
         }
     }
 
-    /// Writes a command that gives a source a new secret and answers with
-    /// the secret, shown this once. A new source has had no deliveries, so
-    /// only a rotated one has counters to read.
-    async fn write_with_secret(
+    /// Writes the command that gives a source the fresh secret it is
+    /// handed, and answers with the secret, shown this once. A new source
+    /// has had no deliveries, so only a rotated one has counters to read.
+    async fn write_with_new_secret(
         &self,
-        command: MetaCommand,
-        secret: String,
+        command_for: impl FnOnce(&str) -> MetaCommand,
         hops: Hops,
     ) -> Result<SourceWithSecret, WriteError> {
+        let secret = crate::ingest::new_source_secret();
+        let command = command_for(&secret);
         let is_new = matches!(command, MetaCommand::CreateSource { .. });
         let source = self.node.write_source(command).await?;
         let source = if is_new {
@@ -328,26 +331,17 @@ impl Service {
         validate_source(&self.new_source(&new, String::new(), ""))
             .map_err(|e| ServiceError::invalid(e.to_string()))?;
         let (new, topic) = (&new, &topic);
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let secret = crate::ingest::new_source_secret();
-                let command = MetaCommand::CreateSource {
-                    source: self.new_source(new, crate::ingest::new_source_id(), &secret),
-                    topic: topic.clone(),
-                };
-                self.write_with_secret(command, secret, hops).await
-            })
+        let local = |_: Arc<Group>| {
+            let command = |secret: &str| MetaCommand::CreateSource {
+                source: self.new_source(new, crate::ingest::new_source_id(), secret),
+                topic: topic.clone(),
+            };
+            self.write_with_new_secret(command, hops)
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.create_source(&addr, new, hops).await })
-        };
-        let created = self.on_meta_leader(hops, local, forward).await?;
-        let source = &created.source;
-        self.platform_event(
-            hops,
-            PlatformEvent::source(Change::Created, &source.id, &source.topic_name),
-        );
-        Ok(created)
+        let forward =
+            |addr: String| async move { self.peers.create_source(&addr, new, hops).await };
+        let created = self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
+        Ok(self.announced(hops, Change::Created, created))
     }
 
     /// Sources as the metadata leader has them: it has applied every
@@ -358,7 +352,7 @@ impl Service {
         hops: Hops,
     ) -> Result<Vec<SourceView>, ServiceError> {
         caller.check_unrestricted()?;
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
             return self.peers.list_sources(&addr, hops).await;
         }
         let sources: Vec<IngestSource> = self
@@ -381,7 +375,7 @@ impl Service {
             let source = self.find_source(id).await?;
             return Ok(self.describe(&source, hops).await);
         }
-        if let Route::Forward(addr) = self.meta_route(hops).await? {
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
             return self.peers.get_source(&addr, id, hops).await;
         }
         let source = self
@@ -399,18 +393,14 @@ impl Service {
         hops: Hops,
     ) -> Result<(), ServiceError> {
         caller.check_unrestricted()?;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let id = id.to_string();
-                self.node
-                    .write_source(MetaCommand::DeleteSource { id })
-                    .await
-                    .map(|_| ())
-            })
+        let local = |_: Arc<Group>| async move {
+            let id = id.to_string();
+            self.node
+                .write_source(MetaCommand::DeleteSource { id })
+                .await
+                .map(|_| ())
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.delete_source(&addr, id, hops).await })
-        };
+        let forward = |addr: String| async move { self.peers.delete_source(&addr, id, hops).await };
         // Named in the event; the source is gone once deleted.
         let topic_name = self
             .node
@@ -420,7 +410,7 @@ impl Service {
             })
             .flatten()
             .unwrap_or_default();
-        self.on_meta_leader(hops, local, forward).await?;
+        self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(
             hops,
             PlatformEvent::source(Change::Deleted, id, &topic_name),
@@ -435,27 +425,29 @@ impl Service {
         hops: Hops,
     ) -> Result<SourceWithSecret, ServiceError> {
         caller.check_unrestricted()?;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let secret = crate::ingest::new_source_secret();
-                let command = MetaCommand::RotateSourceSecret {
-                    id: id.to_string(),
-                    hash: crate::auth::hash_secret(&secret),
-                    last_four: crate::ingest::last_four(&secret),
-                };
-                self.write_with_secret(command, secret, hops).await
-            })
+        let local = |_: Arc<Group>| {
+            let command = |secret: &str| MetaCommand::RotateSourceSecret {
+                id: id.to_string(),
+                hash: crate::auth::hash_secret(secret),
+                last_four: crate::ingest::last_four(secret),
+            };
+            self.write_with_new_secret(command, hops)
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.rotate_source_secret(&addr, id, hops).await })
-        };
-        let rotated = self.on_meta_leader(hops, local, forward).await?;
-        let source = &rotated.source;
+        let forward =
+            |addr: String| async move { self.peers.rotate_source_secret(&addr, id, hops).await };
+        let rotated = self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
+        Ok(self.announced(hops, Change::SecretRotated, rotated))
+    }
+
+    /// Tells the platform channels about a source written with its secret,
+    /// and hands it back.
+    fn announced(&self, hops: Hops, change: Change, written: SourceWithSecret) -> SourceWithSecret {
+        let source = &written.source;
         self.platform_event(
             hops,
-            PlatformEvent::source(Change::SecretRotated, &source.id, &source.topic_name),
+            PlatformEvent::source(change, &source.id, &source.topic_name),
         );
-        Ok(rotated)
+        written
     }
 
     /// Stores one delivery as an event of the source's topic, after its
@@ -542,7 +534,6 @@ impl Service {
             let message = Bytes::copy_from_slice(&value);
             self.check_schema(&topic, [message]).await?;
         }
-        let replicas = replicas_of(&topic, partition)?;
         let headers = [
             (crate::ingest::HEADER_EVENT_ID, event_id.as_str()),
             (crate::ingest::HEADER_SOURCE_ID, source.id.as_str()),
@@ -551,36 +542,32 @@ impl Service {
         let record = RecordBatch::single(source.id.as_bytes(), &value, headers)
             .map_err(|e| ServiceError::invalid(e.to_string()))?;
         let (delivery, record, event_id) = (&delivery, &record, &event_id);
-        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = PartitionCommand::Ingest {
-                    timestamp_ms: self.node.time.now_ms(),
-                    source_id: delivery.source_id.clone(),
-                    event_id: event_id.clone(),
-                    idempotency_key: delivery.idempotency_key.clone(),
-                    record: record.clone(),
-                };
-                match self.node.write_partition(&group, command).await? {
-                    CommandResponse::Ingested {
-                        event_id,
-                        offset,
-                        duplicate,
-                    } => Ok(Delivered {
-                        event_id,
-                        partition,
-                        offset,
-                        duplicate,
-                    }),
-                    other => Err(WriteError::Unavailable(format!(
-                        "unexpected ingest response {other:?}"
-                    ))),
-                }
-            })
+        let local = |group: Arc<Group>| async move {
+            let command = PartitionCommand::Ingest {
+                timestamp_ms: self.node.time.now_ms(),
+                source_id: delivery.source_id.clone(),
+                event_id: event_id.clone(),
+                idempotency_key: delivery.idempotency_key.clone(),
+                record: record.clone(),
+            };
+            match self.node.write_partition(&group, command).await? {
+                CommandResponse::Ingested {
+                    event_id,
+                    offset,
+                    duplicate,
+                } => Ok(Delivered {
+                    event_id,
+                    partition,
+                    offset,
+                    duplicate,
+                }),
+                other => Err(WriteError::Unavailable(format!(
+                    "unexpected ingest response {other:?}"
+                ))),
+            }
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move { self.peers.deliver(&addr, delivery, hops).await })
-        };
-        self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+        let forward = |addr: String| async move { self.peers.deliver(&addr, delivery, hops).await };
+        self.on_leader(LeaderOf::Partition(&topic, partition), hops, local, forward)
             .await
     }
 }

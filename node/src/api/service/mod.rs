@@ -482,6 +482,34 @@ pub struct PeerRead {
     pub max_bytes: u32,
 }
 
+/// The group whose leader [`Service::on_leader`] looks for, and the nodes
+/// that hold it.
+#[derive(Debug, Clone, Copy)]
+pub enum LeaderOf<'a> {
+    /// The metadata group, held by the cluster's voters.
+    Meta,
+    /// A partition's group, held by the partition's replicas.
+    Partition(&'a Topic, u32),
+}
+
+impl LeaderOf<'_> {
+    fn group_id(self) -> GroupId {
+        match self {
+            LeaderOf::Meta => GroupId::META,
+            LeaderOf::Partition(topic, partition) => topic.group_id(partition),
+        }
+    }
+
+    fn group_and_replicas(self, node: &Node) -> Result<(GroupId, Vec<NodeId>), ServiceError> {
+        match self {
+            LeaderOf::Meta => Ok((self.group_id(), node.voters())),
+            LeaderOf::Partition(topic, partition) => {
+                Ok((self.group_id(), replicas_of(topic, partition)?))
+            }
+        }
+    }
+}
+
 /// Calls to other nodes, which the gRPC adapter carries. Errors of a call
 /// that may have run there (cut off mid-way) are `outcome_unknown`; a call
 /// that never reached the node is `unavailable`; errors the other node
@@ -731,17 +759,13 @@ impl Service {
         self.node.config.limits.forward_timeout()
     }
 
-    /// Decides where work for `group_id` (with these replicas) is done. A
-    /// node leading the group does it; otherwise the request goes to the
-    /// leader this node knows of, or to a replica that will know, and the
-    /// caller is told so (see `forwarded`).
-    pub async fn route(
-        &self,
-        group_id: GroupId,
-        replicas: &[NodeId],
-        hops: Hops,
-    ) -> Result<Route, ServiceError> {
-        let route = self.choose_route(group_id, replicas, hops).await;
+    /// Decides where work for a group is done. A node leading the group
+    /// does it; otherwise the request goes to the leader this node knows
+    /// of, or to a replica that will know, and the caller is told so (see
+    /// `forwarded`).
+    pub async fn route(&self, leader_of: LeaderOf<'_>, hops: Hops) -> Result<Route, ServiceError> {
+        let (group_id, replicas) = leader_of.group_and_replicas(&self.node)?;
+        let route = self.choose_route(group_id, &replicas, hops).await;
         if let Ok(Route::Forward(_)) = &route {
             note_forwarded();
         }
@@ -809,23 +833,6 @@ impl Service {
         Ok(Route::Forward(replica))
     }
 
-    pub async fn meta_route(&self, hops: Hops) -> Result<Route, ServiceError> {
-        let replicas: Vec<NodeId> = self.node.voters();
-        self.route(GroupId::META, &replicas, hops).await
-    }
-
-    /// Where `partition` of `topic` is served: by its group here, or by the
-    /// replica at an address.
-    pub async fn partition_route(
-        &self,
-        topic: &Topic,
-        partition: u32,
-        hops: Hops,
-    ) -> Result<Route, ServiceError> {
-        let replicas = replicas_of(topic, partition)?;
-        self.route(topic.group_id(partition), &replicas, hops).await
-    }
-
     /// Finds a topic in this node's metadata; a topic created a moment ago
     /// through another node may not have reached it yet, so it then asks
     /// the metadata leader for a linearizable read.
@@ -846,22 +853,26 @@ impl Service {
         })
     }
 
-    /// Does `local` on this node when it leads `group_id`, else `forward`s
+    /// Does `local` on this node when it leads the group, else `forward`s
     /// towards the leader. A local proposal refused because leadership just
     /// moved was never appended, so it is routed again (at most three
     /// times). `E` is the error the forward answers with (the gRPC adapter
     /// passes other nodes' statuses through as they are).
-    pub async fn on_leader<'a, T, E: ForwardError>(
-        &'a self,
-        group_id: GroupId,
-        replicas: &[NodeId],
+    pub async fn on_leader<T, E: ForwardError, Local, Forward>(
+        &self,
+        leader_of: LeaderOf<'_>,
         hops: Hops,
-        local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
-        forward: impl Fn(String) -> BoxFuture<'a, Result<T, E>>,
-    ) -> Result<T, E> {
+        local: impl Fn(Arc<Group>) -> Local,
+        forward: impl Fn(String) -> Forward,
+    ) -> Result<T, E>
+    where
+        Local: Future<Output = Result<T, WriteError>>,
+        Forward: Future<Output = Result<T, E>>,
+    {
+        let group_id = leader_of.group_id();
         let mut waited_out_dead_leader = false;
         for _ in 0..3 {
-            let group = match self.route(group_id, replicas, hops).await? {
+            let group = match self.route(leader_of, hops).await? {
                 Route::Local(group) => group,
                 Route::Forward(addr) => {
                     let answer = forward(addr).await;
@@ -921,17 +932,6 @@ impl Service {
                 "a new leader",
             )
             .await;
-    }
-
-    pub async fn on_meta_leader<'a, T, E: ForwardError>(
-        &'a self,
-        hops: Hops,
-        local: impl Fn(Arc<Group>) -> BoxFuture<'a, Result<T, WriteError>>,
-        forward: impl Fn(String) -> BoxFuture<'a, Result<T, E>>,
-    ) -> Result<T, E> {
-        let replicas: Vec<NodeId> = self.node.voters();
-        self.on_leader(GroupId::META, &replicas, hops, local, forward)
-            .await
     }
 
     /// Refuses values that the topic's JSON Schema does not accept: each
@@ -1090,7 +1090,6 @@ impl Service {
         producer: Option<ProducerBatch>,
         hops: Hops,
     ) -> Result<Vec<RecordOutcome>, ServiceError> {
-        let replicas = replicas_of(topic, partition)?;
         let count = records.len() as u64;
         let bytes = records.iter().map(Record::size).sum::<usize>() as u64;
         // A forwarded publish names its partition on every record, so the
@@ -1102,67 +1101,61 @@ impl Service {
         // Built on the leader only: a forwarded publish travels as records.
         let batch = std::sync::OnceLock::new();
         let batch = &batch;
-        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let records = batch
-                    .get_or_init(|| records_to_batch(records))
-                    .clone()
-                    .map_err(|e| WriteError::Rejected(MetaRejection::Invalid(e.to_string())))?;
-                let command = PartitionCommand::Append {
-                    timestamp_ms: self.node.time.now_ms(),
-                    records,
-                    producer: producer.map(|p| (p.producer_id, p.base_sequence)),
-                };
-                match self.node.write_partition(&group, command).await? {
-                    CommandResponse::Appended {
-                        base_offset,
-                        timestamp_ms,
-                    } => {
-                        self.node.metrics.published(&topic.name, count, bytes);
-                        Ok((0..count)
-                            .map(|i| {
-                                Ok(Stored {
-                                    partition,
-                                    offset: base_offset.plus(i),
-                                    timestamp_ms,
-                                })
+        let local = |group: Arc<Group>| async move {
+            let records = batch
+                .get_or_init(|| records_to_batch(records))
+                .clone()
+                .map_err(|e| WriteError::Rejected(MetaRejection::Invalid(e.to_string())))?;
+            let command = PartitionCommand::Append {
+                timestamp_ms: self.node.time.now_ms(),
+                records,
+                producer: producer.map(|p| (p.producer_id, p.base_sequence)),
+            };
+            match self.node.write_partition(&group, command).await? {
+                CommandResponse::Appended {
+                    base_offset,
+                    timestamp_ms,
+                } => {
+                    self.node.metrics.published(&topic.name, count, bytes);
+                    Ok((0..count)
+                        .map(|i| {
+                            Ok(Stored {
+                                partition,
+                                offset: base_offset.plus(i),
+                                timestamp_ms,
                             })
-                            .collect())
-                    }
-                    CommandResponse::OutOfSequence { expected } => {
-                        let base = producer.map_or(0, |p| p.base_sequence);
-                        // Below the expected sequence: an old retry the
-                        // partition already appended (beyond the window of
-                        // batches it can answer with offsets).
-                        let error = if base < expected {
-                            ServiceError::new(
-                                ErrorCode::DuplicateSequence,
-                                format!(
-                                    "sequence {base} was already appended; the next is {expected}"
-                                ),
-                            )
-                        } else {
-                            ServiceError::new(
-                                ErrorCode::OutOfSequence,
-                                format!("sequence {base} skips ahead; the next must be {expected}"),
-                            )
-                        };
-                        Ok((0..count).map(|_| Err(error.clone())).collect())
-                    }
-                    other => Err(WriteError::Unavailable(format!(
-                        "unexpected append response {other:?}"
-                    ))),
+                        })
+                        .collect())
                 }
-            })
+                CommandResponse::OutOfSequence { expected } => {
+                    let base = producer.map_or(0, |p| p.base_sequence);
+                    // Below the expected sequence: an old retry the
+                    // partition already appended (beyond the window of
+                    // batches it can answer with offsets).
+                    let error = if base < expected {
+                        ServiceError::new(
+                            ErrorCode::DuplicateSequence,
+                            format!("sequence {base} was already appended; the next is {expected}"),
+                        )
+                    } else {
+                        ServiceError::new(
+                            ErrorCode::OutOfSequence,
+                            format!("sequence {base} skips ahead; the next must be {expected}"),
+                        )
+                    };
+                    Ok((0..count).map(|_| Err(error.clone())).collect())
+                }
+                other => Err(WriteError::Unavailable(format!(
+                    "unexpected append response {other:?}"
+                ))),
+            }
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.peers
-                    .publish(&addr, topic.id, records, producer, hops)
-                    .await
-            })
+        let forward = |addr: String| async move {
+            self.peers
+                .publish(&addr, topic.id, records, producer, hops)
+                .await
         };
-        self.on_leader(topic.group_id(partition), &replicas, hops, local, forward)
+        self.on_leader(LeaderOf::Partition(topic, partition), hops, local, forward)
             .await
     }
 
@@ -1217,7 +1210,10 @@ impl Service {
         let group_id = topic.group_id(partition);
         // Whether this node leads the group: a replica reading because the
         // leader could not be reached may not have caught up yet.
-        let (group, leading) = match self.route(group_id, &replicas, hops).await {
+        let (group, leading) = match self
+            .route(LeaderOf::Partition(topic, partition), hops)
+            .await
+        {
             Ok(Route::Local(group)) => (group, true),
             Ok(Route::Forward(addr)) => match self.peers.consume(&addr, read.clone(), hops).await {
                 Ok(page) => return Ok(page),

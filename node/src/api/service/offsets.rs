@@ -4,14 +4,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
 use super::Caller;
 use super::Hops;
+use super::LeaderOf;
 use super::Route;
 use super::Service;
 use super::ServiceError;
-use super::replicas_of;
 use super::selected_partitions;
 use crate::group::Group;
 use crate::model::Offset;
@@ -44,28 +42,27 @@ impl Service {
             return Err(ServiceError::invalid("group must not be empty"));
         }
         let topic = self.readable_topic(caller, topic).await?;
-        let replicas = replicas_of(&topic, commit.partition)?;
         let (commit, topic_id) = (&commit, topic.id);
-        let local = |group: Arc<Group>| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let command = PartitionCommand::CommitOffset {
-                    group: commit.group.clone(),
-                    offset: commit.offset,
-                    writer: commit.writer,
-                };
-                self.node.write_partition(&group, command).await.map(|_| ())
-            })
+        let local = |group: Arc<Group>| async move {
+            let command = PartitionCommand::CommitOffset {
+                group: commit.group.clone(),
+                offset: commit.offset,
+                writer: commit.writer,
+            };
+            self.node.write_partition(&group, command).await.map(|_| ())
         };
-        let forward = |addr: String| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                self.peers
-                    .commit_offset(&addr, topic_id, commit, hops)
-                    .await
-            })
+        let forward = |addr: String| async move {
+            self.peers
+                .commit_offset(&addr, topic_id, commit, hops)
+                .await
         };
-        let group_id = topic.group_id(commit.partition);
-        self.on_leader(group_id, &replicas, hops, local, forward)
-            .await
+        self.on_leader(
+            LeaderOf::Partition(&topic, commit.partition),
+            hops,
+            local,
+            forward,
+        )
+        .await
     }
 
     /// The offsets `group` committed, by partition, read on each
@@ -81,7 +78,10 @@ impl Service {
         let topic = self.readable_topic(caller, topic).await?;
         let mut offsets = Vec::new();
         for partition in selected_partitions(&topic, partition)? {
-            match self.partition_route(&topic, partition, hops).await? {
+            match self
+                .route(LeaderOf::Partition(&topic, partition), hops)
+                .await?
+            {
                 Route::Forward(addr) => offsets.extend(
                     self.peers
                         .committed_offsets(&addr, topic.id, group, partition, hops)
@@ -124,7 +124,10 @@ impl Service {
         let topic = self.readable_topic(caller, topic).await?;
         let mut groups = BTreeSet::new();
         for partition in selected_partitions(&topic, partition)? {
-            match self.partition_route(&topic, partition, hops).await? {
+            match self
+                .route(LeaderOf::Partition(&topic, partition), hops)
+                .await?
+            {
                 Route::Forward(addr) => groups.extend(
                     self.peers
                         .consumer_groups(&addr, topic.id, partition, hops)

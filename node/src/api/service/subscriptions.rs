@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
 use super::Caller;
 use super::Consume;
 use super::Hops;
+use super::LeaderOf;
 use super::Service;
 use super::ServiceError;
 use crate::api::read::StartAt;
@@ -145,22 +144,18 @@ impl Service {
             caller.check_topic_name_writable(&name, hops)?;
         }
         let change = &change;
-        let local = |_: Arc<Group>| -> BoxFuture<'_, Result<Changed, WriteError>> {
-            Box::pin(async move {
-                let (command, secret) = self.command_for(change)?;
-                let subscription = self.node.write_subscription(command).await?;
-                Ok(Changed::Here(subscription, secret))
-            })
+        let local = |_: Arc<Group>| async move {
+            let (command, secret) = self.command_for(change)?;
+            let subscription = self.node.write_subscription(command).await?;
+            Ok(Changed::Here(subscription, secret))
         };
-        let forward = |addr: String| -> BoxFuture<'_, Result<Changed, ServiceError>> {
-            Box::pin(async move {
-                self.peers
-                    .change_subscription(&addr, change, hops)
-                    .await
-                    .map(Changed::There)
-            })
+        let forward = |addr: String| async move {
+            self.peers
+                .change_subscription(&addr, change, hops)
+                .await
+                .map(Changed::There)
         };
-        let answer = self.on_meta_leader(hops, local, forward).await?;
+        let answer = self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         let changed = match answer {
             Changed::There(changed) => changed,
             Changed::Here(subscription, secret) => ChangedSubscription {
