@@ -119,9 +119,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     cluster.wait_partition_leaders("hooks").await;
 
     // The secret is shown once: get and list show its last four only.
-    let (status, shown) = admin
-        .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (status, shown) = admin.get(&format!("/api/ingest/sources/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert!(shown.get("secret").is_none(), "{shown}");
     assert_eq!(shown["secret_last_four"], source["secret_last_four"]);
@@ -178,9 +176,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
         assert_eq!(event["payload"], json!({"order": 17, "total": 12.5}));
         assert!(event["costUsd"].is_number(), "{event}");
     }
-    let (_, shown) = admin
-        .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (_, shown) = admin.get(&format!("/api/ingest/sources/{id}")).await;
     assert_eq!(shown["status"], "active", "{shown}");
     assert_eq!(shown["event_count"], 1);
     assert!(shown["last_event_at"].is_string(), "{shown}");
@@ -313,7 +309,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
         assert_eq!(status, StatusCode::ACCEPTED, "node {node}: {new}");
     }
 
-    let (status, list) = admin.send(Method::GET, "/api/ingest/sources", None).await;
+    let (status, list) = admin.get("/api/ingest/sources").await;
     assert_eq!(status, StatusCode::OK);
     let listed: Vec<&str> = list["data"]
         .as_array()
@@ -332,18 +328,12 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
 
     // Admin routes need an admin token.
     let publisher = admin.with_token(Some(&secret));
-    let (status, denied) = publisher
-        .send(Method::GET, "/api/ingest/sources", None)
-        .await;
+    let (status, denied) = publisher.get("/api/ingest/sources").await;
     assert_error(status, &denied, StatusCode::UNAUTHORIZED, "unauthorized");
 
-    let (status, _) = admin
-        .send(Method::DELETE, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (status, _) = admin.delete(&format!("/api/ingest/sources/{id}")).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, gone) = admin
-        .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (status, gone) = admin.get(&format!("/api/ingest/sources/{id}")).await;
     assert_error(status, &gone, StatusCode::NOT_FOUND, "not_found");
     let (status, gone) = deliver(&receiver, &id, Some(new_secret), &[], b"{}").await;
     assert_error(status, &gone, StatusCode::NOT_FOUND, "not_found");
@@ -369,12 +359,10 @@ async fn replayed_deliveries_and_short_hmac_secrets_are_refused() {
         text(&refused, "message").contains("at least 16 bytes"),
         "{refused}"
     );
-    let (status, list) = admin.send(Method::GET, "/api/ingest/sources", None).await;
+    let (status, list) = admin.get("/api/ingest/sources").await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["data"], json!([]), "{list}");
-    let (status, topic) = admin
-        .send(Method::GET, "/api/event_streams/topics/weak-hooks", None)
-        .await;
+    let (status, topic) = admin.get("/api/event_streams/topics/weak-hooks").await;
     assert_error(status, &topic, StatusCode::NOT_FOUND, "not_found");
 
     let hmac_secret = "0123456789abcdef";
@@ -629,9 +617,7 @@ async fn source_status_and_idempotency_survive_a_full_restart() {
         "source counters after restart",
         Duration::from_secs(20),
         || async {
-            let (status, shown) = admin
-                .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-                .await;
+            let (status, shown) = admin.get(&format!("/api/ingest/sources/{id}")).await;
             (status == StatusCode::OK && shown["status"] != "unknown").then_some(shown)
         },
     )

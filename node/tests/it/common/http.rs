@@ -83,6 +83,14 @@ impl Http {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
     /// A POST that must succeed with 200; answers the body.
     pub async fn post_ok(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self.post(path, body).await;
