@@ -23,10 +23,6 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use serde_json::json;
 
-async fn create_source(http: &Http, body: Value) -> Value {
-    http.post_created("/api/ingest/sources", body).await
-}
-
 /// Delivers `body` to a source's receiver with these extra headers.
 async fn deliver(
     http: &Http,
@@ -95,11 +91,9 @@ async fn events(http: &Http, topic: &str) -> Vec<Value> {
 async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     let cluster = TestCluster::start(3).await;
     let admin = Http::new(&cluster, 2);
-    let source = create_source(
-        &admin,
-        json!({"name": "billing", "source_type": "generic", "topic": "hooks"}),
-    )
-    .await;
+    let source = admin
+        .create_source(json!({"name": "billing", "source_type": "generic", "topic": "hooks"}))
+        .await;
     let id = text(&source, "id").to_string();
     let secret = text(&source, "secret").to_string();
     assert!(
@@ -209,12 +203,12 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     // Signatures: a source with an HMAC secret takes only signed bodies,
     // signed with the time they were sent.
     let hmac_secret = "whsec-0123456789abcdef";
-    let signed = create_source(
-        &admin,
-        json!({"name": "workato prod", "source_type": "workato", "topic": "hooks",
+    let signed = admin
+        .create_source(
+            json!({"name": "workato prod", "source_type": "workato", "topic": "hooks",
                "hmac_secret": hmac_secret}),
-    )
-    .await;
+        )
+        .await;
     let (signed_id, signed_secret) = (text(&signed, "id"), text(&signed, "secret"));
     assert_eq!(signed["hmac"], true);
     let body = br#"{"event": "job.completed", "recipe_id": 5}"#;
@@ -366,12 +360,12 @@ async fn replayed_deliveries_and_short_hmac_secrets_are_refused() {
     assert_error(status, &topic, StatusCode::NOT_FOUND, "not_found");
 
     let hmac_secret = "0123456789abcdef";
-    let source = create_source(
-        &admin,
-        json!({"name": "replays", "source_type": "generic", "topic": "replay-hooks",
+    let source = admin
+        .create_source(
+            json!({"name": "replays", "source_type": "generic", "topic": "replay-hooks",
                "hmac_secret": hmac_secret}),
-    )
-    .await;
+        )
+        .await;
     let (id, secret) = (text(&source, "id"), text(&source, "secret"));
     cluster.wait_partition_leaders("replay-hooks").await;
 
@@ -430,12 +424,12 @@ async fn replayed_deliveries_and_short_hmac_secrets_are_refused() {
 async fn workato_payloads_are_normalised_and_flows_publish_requests() {
     let cluster = TestCluster::start(3).await;
     let admin = Http::new(&cluster, 1);
-    let source = create_source(
-        &admin,
-        json!({"name": "recipes", "source_type": "workato", "topic": "workato-events",
+    let source = admin
+        .create_source(
+            json!({"name": "recipes", "source_type": "workato", "topic": "workato-events",
                "tenant_id": "acme"}),
-    )
-    .await;
+        )
+        .await;
     let (id, secret) = (text(&source, "id"), text(&source, "secret"));
     cluster.wait_partition_leaders("workato-events").await;
     let deliveries = [
@@ -512,11 +506,9 @@ async fn workato_payloads_are_normalised_and_flows_publish_requests() {
     }
 
     // A flow publishes the request itself, less its credentials.
-    let flow = create_source(
-        &admin,
-        json!({"name": "orders flow", "source_type": "flow", "topic": "flow-in"}),
-    )
-    .await;
+    let flow = admin
+        .create_source(json!({"name": "orders flow", "source_type": "flow", "topic": "flow-in"}))
+        .await;
     let (flow_id, flow_secret) = (text(&flow, "id"), text(&flow, "secret"));
     assert!(text(&flow, "webhook_url").ends_with(&format!("/webhook/flow/{flow_id}")));
     cluster.wait_partition_leaders("flow-in").await;
@@ -591,11 +583,11 @@ async fn workato_payloads_are_normalised_and_flows_publish_requests() {
 async fn source_status_and_idempotency_survive_a_full_restart() {
     let mut cluster = TestCluster::start(3).await;
     let admin = Http::new(&cluster, 1);
-    let source = create_source(
-        &admin,
-        json!({"name": "restart", "source_type": "generic", "topic": "durable-hooks"}),
-    )
-    .await;
+    let source = admin
+        .create_source(
+            json!({"name": "restart", "source_type": "generic", "topic": "durable-hooks"}),
+        )
+        .await;
     let id = text(&source, "id").to_string();
     let secret = text(&source, "secret").to_string();
     cluster.wait_partition_leaders("durable-hooks").await;

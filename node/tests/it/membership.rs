@@ -498,20 +498,21 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
         let (status, error) = http.post(move_path, body.clone()).await;
         assert_error(status, &error, StatusCode::BAD_REQUEST, "invalid_request");
     }
-    let (status, error) = http
-        .post(
+    for (path, expected, code) in [
+        (
             "/api/topics/over-http/partitions/7/move",
-            json!({"to": target}),
-        )
-        .await;
-    assert_error(status, &error, StatusCode::BAD_REQUEST, "unknown_partition");
-    let (status, error) = http
-        .post(
+            StatusCode::BAD_REQUEST,
+            "unknown_partition",
+        ),
+        (
             "/api/topics/missing/partitions/0/move",
-            json!({"to": target}),
-        )
-        .await;
-    assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let (status, error) = http.post(path, json!({"to": target})).await;
+        assert_error(status, &error, expected, code);
+    }
     let (status, error) = http.delete("/api/cluster/nodes/9").await;
     assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(

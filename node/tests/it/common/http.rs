@@ -105,6 +105,12 @@ impl Http {
         answer
     }
 
+    /// Creates an ingest source as `body` describes it; answers the source,
+    /// its secret included.
+    pub async fn create_source(&self, body: Value) -> Value {
+        self.post_created("/api/ingest/sources", body).await
+    }
+
     pub async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         finish(self.request(reqwest::Method::POST, path).body(body)).await
     }
