@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::client::Client;
 use crate::client::Retry;
+use crate::client::SubscriptionsGrpc;
 use crate::client::Target;
 use crate::client::topic_ref;
 use crate::error::Error;
@@ -266,16 +267,8 @@ impl Client {
     }
 
     pub async fn subscription(&self, id: &str) -> Result<pb::Subscription> {
-        self.call_with(
-            Client::subscriptions_grpc,
-            META,
-            Retry::Idempotent,
-            |mut g, _| {
-                let r = pb::GetSubscriptionRequest { id: id.to_string() };
-                async move { g.get_subscription(r).await }
-            },
-        )
-        .await
+        self.call_on_subscription(id, |mut g, r| async move { g.get_subscription(r).await })
+            .await
     }
 
     pub async fn update_subscription(
@@ -318,20 +311,28 @@ impl Client {
 
     /// Pausing (or resuming) twice leaves it as once: retried freely.
     async fn set_paused(&self, id: &str, paused: bool) -> Result<pb::Subscription> {
+        self.call_on_subscription(id, |mut g, r| async move {
+            if paused {
+                g.pause_subscription(r).await
+            } else {
+                g.resume_subscription(r).await
+            }
+        })
+        .await
+    }
+
+    /// A call that names the subscription `id` and changes nothing when
+    /// made twice: retried freely.
+    async fn call_on_subscription<F, Fut>(&self, id: &str, f: F) -> Result<pb::Subscription>
+    where
+        F: Fn(SubscriptionsGrpc, pb::GetSubscriptionRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::Subscription>, tonic::Status>>,
+    {
         self.call_with(
             Client::subscriptions_grpc,
             META,
             Retry::Idempotent,
-            |mut g, _| {
-                let r = pb::GetSubscriptionRequest { id: id.to_string() };
-                async move {
-                    if paused {
-                        g.pause_subscription(r).await
-                    } else {
-                        g.resume_subscription(r).await
-                    }
-                }
-            },
+            |g, _| f(g, pb::GetSubscriptionRequest { id: id.to_string() }),
         )
         .await
     }

@@ -294,6 +294,21 @@ impl Workload {
         StdRng::seed_from_u64(self.seed ^ (worker.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
     }
 
+    /// What HTTP worker `worker` of a kind (`http`, `hcons`) works with:
+    /// its process name, its random numbers and its client; `None`, said
+    /// on stderr, when no client can be built.
+    fn http_worker(&self, kind: &str, worker: u64) -> Option<(String, StdRng, reqwest::Client)> {
+        let process = format!("{kind}{worker}");
+        let http = http_client(&process)?;
+        Some((process, self.rng(worker), http))
+    }
+
+    /// Round numbers from 1 for as long as the workload runs: the next is
+    /// taken only while it is not stopped.
+    fn rounds(&self) -> impl Iterator<Item = u64> + '_ {
+        (1..).take_while(|_| !self.stopped())
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -403,9 +418,7 @@ impl Workload {
         let process = format!("grpc{worker}");
         let mut rng = self.rng(worker);
         let clients = NodeClients::new(self.nodes, &self.token);
-        let mut n = 0u64;
-        while !self.stopped() {
-            n += 1;
+        for n in self.rounds() {
             let value = format!("{process}-{n}");
             let start = self.recorder.now_us();
             let first = rng.random_range(1..=self.nodes);
@@ -441,14 +454,10 @@ impl Workload {
 
     /// Publishes through the HTTP gateway of random nodes.
     pub async fn http_producer(self, worker: u64) {
-        let process = format!("http{worker}");
-        let mut rng = self.rng(worker);
-        let Some(http) = http_client(&process) else {
+        let Some((process, mut rng, http)) = self.http_worker("http", worker) else {
             return;
         };
-        let mut n = 0u64;
-        while !self.stopped() {
-            n += 1;
+        for n in self.rounds() {
             let value = format!("{process}-{n}");
             let start = self.recorder.now_us();
             let node = rng.random_range(1..=self.nodes);
@@ -478,9 +487,7 @@ impl Workload {
         let mut rng = self.rng(worker);
         let clients = NodeClients::new(self.nodes, &self.token);
         let mut client: Option<Client> = None;
-        let mut session_no = 0u64;
-        while !self.stopped() {
-            session_no += 1;
+        for session_no in self.rounds() {
             let session = worker * 1_000_000 + session_no;
             let group = format!("g{session}");
             let partition = rng.random_range(0..PARTITIONS);
@@ -566,14 +573,10 @@ impl Workload {
     /// partition, in a session per partition, so the poll, phantom,
     /// divergence and timestamp checks cover it as they do gRPC polls.
     pub async fn http_consumer(self, worker: u64) {
-        let process = format!("hcons{worker}");
-        let mut rng = self.rng(worker);
-        let Some(http) = http_client(&process) else {
+        let Some((process, mut rng, http)) = self.http_worker("hcons", worker) else {
             return;
         };
-        let mut session_no = 0u64;
-        while !self.stopped() {
-            session_no += 1;
+        for session_no in self.rounds() {
             // Session `first_session + p` reads partition p.
             let first_session = worker * 1_000_000 + session_no * u64::from(PARTITIONS);
             let (mut position, mut starts) = self.http_start(&mut rng);

@@ -539,6 +539,24 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
+/// What a command did: `json` with `--json`, else the line `text`.
+fn print_outcome(cli: &Cli, json: &serde_json::Value, text: std::fmt::Arguments) {
+    if cli.json {
+        print_json(json);
+    } else {
+        println!("{text}");
+    }
+}
+
+/// A deleted `what` (a source, a profile, a subscription) named `id`.
+fn print_deleted(cli: &Cli, what: &str, id: &str) {
+    print_outcome(
+        cli,
+        &json!({ "deleted": id }),
+        format_args!("deleted {what} {id}"),
+    );
+}
+
 fn topic_json(t: &pb::Topic) -> serde_json::Value {
     let retention = t.retention.unwrap_or_default();
     json!({
@@ -580,16 +598,16 @@ async fn topics(cli: &Cli, command: &TopicsCommand) -> anyhow::Result<()> {
                     }),
                 })
                 .await?;
-            if cli.json {
-                print_json(&topic_json(&topic))
-            } else {
-                println!(
+            print_outcome(
+                cli,
+                &topic_json(&topic),
+                format_args!(
                     "created topic {} (id {}, {} partitions)",
                     topic.name,
                     topic.id,
                     topic.partitions.len()
-                )
-            }
+                ),
+            );
         }
         TopicsCommand::List => {
             let topics = client.list_topics().await?;
@@ -674,27 +692,27 @@ async fn topics(cli: &Cli, command: &TopicsCommand) -> anyhow::Result<()> {
                     retention,
                 })
                 .await?;
-            if cli.json {
-                print_json(&topic_json(&t))
-            } else {
-                println!("updated topic {}", t.name)
-            }
+            print_outcome(
+                cli,
+                &topic_json(&t),
+                format_args!("updated topic {}", t.name),
+            );
         }
         TopicsCommand::Purge { topic, partition } => {
             client.purge_topic(topic, *partition).await?;
-            if cli.json {
-                print_json(&json!({"purged": topic, "partition": partition}));
-            } else {
-                println!("purged {topic}");
-            }
+            print_outcome(
+                cli,
+                &json!({"purged": topic, "partition": partition}),
+                format_args!("purged {topic}"),
+            );
         }
         TopicsCommand::Delete { topic } => {
             client.delete_topic(topic).await?;
-            if cli.json {
-                print_json(&json!({"deleted": topic}));
-            } else {
-                println!("deleted {topic}");
-            }
+            print_outcome(
+                cli,
+                &json!({"deleted": topic}),
+                format_args!("deleted {topic}"),
+            );
         }
         TopicsCommand::Move {
             topic,
@@ -708,18 +726,16 @@ async fn topics(cli: &Cli, command: &TopicsCommand) -> anyhow::Result<()> {
                 .find(|p| p.partition == *partition)
                 .map(|p| p.replicas.clone());
             client.move_partition(topic, *partition, to.clone()).await?;
-            if cli.json {
-                print_json(
-                    &json!({"topic": t.name, "partition": partition, "from": from, "to": to}),
-                );
-            } else {
-                println!(
+            print_outcome(
+                cli,
+                &json!({"topic": t.name, "partition": partition, "from": from, "to": to}),
+                format_args!(
                     "moving {} partition {partition} from {} to {}: see `raftstream cluster status`",
                     t.name,
                     from.map_or("-".into(), |f| node_list(&f)),
                     node_list(to)
-                );
-            }
+                ),
+            );
         }
     }
     Ok(())
@@ -1058,14 +1074,14 @@ async fn cluster(cli: &Cli, command: &ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::AddNode { id, peer_addr } => {
             let client = connect(cli).await?;
             client.add_node(*id, peer_addr).await?;
-            if cli.json {
-                print_json(&json!({"added": id, "peer_addr": peer_addr}));
-            } else {
-                println!(
+            print_outcome(
+                cli,
+                &json!({"added": id, "peer_addr": peer_addr}),
+                format_args!(
                     "node {id} ({peer_addr}) is a voter; replicas move onto it as the cluster \
                      balances"
-                );
-            }
+                ),
+            );
             Ok(())
         }
         ClusterCommand::RemoveNode { id, timeout } => remove_node(cli, *id, *timeout).await,
@@ -1115,11 +1131,11 @@ async fn remove_node(cli: &Cli, id: u64, timeout: Duration) -> anyhow::Result<()
         )
         .await;
     }
-    if cli.json {
-        print_json(&json!({"removed": id}));
-    } else {
-        println!("node {id} is removed from the cluster");
-    }
+    print_outcome(
+        cli,
+        &json!({"removed": id}),
+        format_args!("node {id} is removed from the cluster"),
+    );
     Ok(())
 }
 
@@ -1264,11 +1280,11 @@ async fn tokens(cli: &Cli, command: &TokensCommand) -> anyhow::Result<()> {
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let created = client.create_token(name, &scopes, &topics).await?;
             let id = created.token.map_or(0, |t| t.id);
-            if cli.json {
-                print_json(&json!({"id": id, "token": created.secret}))
-            } else {
-                println!("token {id} (shown once): {}", created.secret)
-            }
+            print_outcome(
+                cli,
+                &json!({"id": id, "token": created.secret}),
+                format_args!("token {id} (shown once): {}", created.secret),
+            );
         }
         TokensCommand::List => {
             let tokens = client.list_tokens().await?;
@@ -1294,11 +1310,11 @@ async fn tokens(cli: &Cli, command: &TokensCommand) -> anyhow::Result<()> {
         }
         TokensCommand::Revoke { id } => {
             client.delete_token(*id).await?;
-            if cli.json {
-                print_json(&json!({"revoked": id}));
-            } else {
-                println!("revoked token {id}");
-            }
+            print_outcome(
+                cli,
+                &json!({"revoked": id}),
+                format_args!("revoked token {id}"),
+            );
         }
     }
     Ok(())
@@ -1400,11 +1416,7 @@ async fn ingest(cli: &Cli, command: &IngestCommand) -> anyhow::Result<()> {
         }
         IngestCommand::Delete { id } => {
             client.delete_source(id).await?;
-            if cli.json {
-                print_json(&json!({"deleted": id}));
-            } else {
-                println!("deleted source {id}");
-            }
+            print_deleted(cli, "source", id);
         }
         IngestCommand::Tail { id, follow, lines } => {
             tail(cli, &client, id, *follow, *lines).await?;
@@ -1547,11 +1559,11 @@ fn profile(cli: &Cli, command: &ProfileCommand) -> anyhow::Result<()> {
             }
             file.current = Some(name.clone());
             file.save(&path)?;
-            if cli.json {
-                print_json(&json!({"current": name}));
-            } else {
-                println!("using profile {name}");
-            }
+            print_outcome(
+                cli,
+                &json!({"current": name}),
+                format_args!("using profile {name}"),
+            );
         }
         ProfileCommand::List => {
             let in_use = file.in_use();
@@ -1597,11 +1609,7 @@ fn profile(cli: &Cli, command: &ProfileCommand) -> anyhow::Result<()> {
                 file.current = None;
             }
             file.save(&path)?;
-            if cli.json {
-                print_json(&json!({"deleted": name}));
-            } else {
-                println!("deleted profile {name}");
-            }
+            print_deleted(cli, "profile", name);
         }
     }
     Ok(())

@@ -419,29 +419,30 @@ mod tests {
         *overlay = overlay.synced();
     }
 
+    /// Makes `writes` (offset, bytes), in order, over a file holding
+    /// `on_disk`: the file then reads `shown`, with `unsynced` bytes in
+    /// the overlay and the backing file untouched.
+    fn assert_writes_show(on_disk: &[u8], writes: &[(u64, &[u8])], shown: &[u8], unsynced: u64) {
+        let backing = Mem(on_disk.to_vec());
+        let mut o = Overlay::default();
+        for (offset, data) in writes {
+            write(&mut o, &backing, *offset, data);
+        }
+        assert_eq!(all(&o, &backing), shown);
+        assert_eq!(o.unsynced_bytes(), unsynced);
+        assert_eq!(backing.0, on_disk, "the backing file is untouched");
+    }
+
     #[test]
     fn overlapping_writes_keep_the_latest_bytes() {
-        let backing = Mem(b"0123456789".to_vec());
-        let mut o = Overlay::default();
-        write(&mut o, &backing, 2, b"aaaa");
-        write(&mut o, &backing, 4, b"bb");
-        write(&mut o, &backing, 1, b"c");
-        write(&mut o, &backing, 5, b"dddd");
-        assert_eq!(all(&o, &backing), b"0caabdddd9");
-        assert_eq!(o.unsynced_bytes(), 8);
-        assert_eq!(backing.0, b"0123456789", "the backing file is untouched");
+        let writes: [(u64, &[u8]); 4] = [(2, b"aaaa"), (4, b"bb"), (1, b"c"), (5, b"dddd")];
+        assert_writes_show(b"0123456789", &writes, b"0caabdddd9", 8);
     }
 
     #[test]
     fn a_write_covering_several_extents_replaces_them() {
-        let backing = Mem::default();
-        let mut o = Overlay::default();
-        write(&mut o, &backing, 0, b"aa");
-        write(&mut o, &backing, 4, b"bb");
-        write(&mut o, &backing, 8, b"cc");
-        write(&mut o, &backing, 1, b"XXXXXXXX");
-        assert_eq!(all(&o, &backing), b"aXXXXXXXXc");
-        assert_eq!(o.unsynced_bytes(), 10);
+        let writes: [(u64, &[u8]); 4] = [(0, b"aa"), (4, b"bb"), (8, b"cc"), (1, b"XXXXXXXX")];
+        assert_writes_show(b"", &writes, b"aXXXXXXXXc", 10);
     }
 
     #[test]

@@ -13,9 +13,7 @@ use common::{Lazy, append_records, read};
 #[test]
 fn fsync_eio_fails_fsync_and_fdatasync_and_loses_what_they_failed() {
     let mut lazy = Lazy::start_with_control();
-    let file = File::create(lazy.path("wal")).unwrap();
-    file.write_all_at(b"synced", 0).unwrap();
-    file.sync_data().unwrap();
+    let file = lazy.create_synced("wal", b"synced");
     file.write_all_at(b" lost", 6).unwrap();
 
     assert_eq!(lazy.command("fsync-eio on"), "ok fsync-eio on");

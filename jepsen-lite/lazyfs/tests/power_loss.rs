@@ -56,9 +56,7 @@ fn an_fsynced_write_survives_a_power_loss() {
 #[test]
 fn fdatasync_makes_writes_durable_too() {
     let mut lazy = Lazy::start();
-    let file = File::create(lazy.path("data")).unwrap();
-    file.write_all_at(b"0123456789", 0).unwrap();
-    file.sync_data().unwrap();
+    let file = lazy.create_synced("data", b"0123456789");
     file.write_all_at(b"ab", 3).unwrap();
 
     assert_power_loss_reverts(&mut lazy, "data", b"012ab56789", b"0123456789");

@@ -23,19 +23,34 @@ async fn publish(
         .into_inner()
 }
 
-/// A topic of one partition on three replicas whose messages are kept
-/// for `retention_ms` and up to `retention_bytes` (0: without that limit).
-fn retained_topic(name: &str, retention_ms: u64, retention_bytes: u64) -> pb::CreateTopicRequest {
-    pb::CreateTopicRequest {
-        name: name.into(),
-        partitions: 1,
-        replication_factor: 3,
-        retention: Some(pb::RetentionPolicy {
-            retention_ms,
-            retention_bytes,
-        }),
-        ..Default::default()
+/// Three nodes with a topic `name` of one partition on three replicas whose
+/// messages are kept for `retention_ms` and up to `retention_bytes` (0:
+/// without that limit), holding `values` published in order; answers them
+/// and a client of node 1.
+async fn start_with_retained_topic(
+    name: &str,
+    retention_ms: u64,
+    retention_bytes: u64,
+    values: impl IntoIterator<Item = String>,
+) -> (TestCluster, raftstream_client::Grpc) {
+    let cluster = TestCluster::start(3).await;
+    let mut client = cluster.client(1).await;
+    cluster
+        .create_topic_from(pb::CreateTopicRequest {
+            name: name.into(),
+            partitions: 1,
+            replication_factor: 3,
+            retention: Some(pb::RetentionPolicy {
+                retention_ms,
+                retention_bytes,
+            }),
+            ..Default::default()
+        })
+        .await;
+    for value in values {
+        publish(&mut client, name, &value).await;
     }
+    (cluster, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -578,15 +593,9 @@ async fn topics_update_purge_and_delete_through_a_follower() {
 /// quiesced leader has no lease, and the retention write must wake it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_age_expires_the_messages_of_a_quiesced_partition() {
-    let cluster = TestCluster::start(3).await;
-    let mut client = cluster.client(1).await;
     // Longer than the 2 s after which an idle group quiesces.
-    cluster
-        .create_topic_from(retained_topic("aging", 4_000, 0))
-        .await;
-    for i in 0..3 {
-        publish(&mut client, "aging", &format!("old-{i}")).await;
-    }
+    let old = (0..3).map(|i| format!("old-{i}"));
+    let (cluster, client) = start_with_retained_topic("aging", 4_000, 0, old).await;
     let aging =
         |status: pb::ClusterStatusResponse| status.groups.into_iter().find(|g| g.topic == "aging");
     eventually_in_status(
@@ -603,19 +612,14 @@ async fn retention_by_age_expires_the_messages_of_a_quiesced_partition() {
         |status| (aging(status)?.log_start_offset == 3).then_some(()),
     )
     .await;
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retention_by_bytes_advances_log_start_on_every_replica() {
-    let cluster = TestCluster::start(3).await;
-    let mut client = cluster.client(1).await;
-    cluster
-        .create_topic_from(retained_topic("short", 0, 100))
-        .await;
-    for i in 0..10 {
-        // 50-byte values: only the newest two fit in 100 bytes.
-        publish(&mut client, "short", &format!("{i:050}")).await;
-    }
+    // 50-byte values: only the newest two fit in 100 bytes.
+    let values = (0..10).map(|i| format!("{i:050}"));
+    let (cluster, mut client) = start_with_retained_topic("short", 0, 100, values).await;
     let group_id = GroupId::partition(TopicId(1), 0);
     for id in 1..=3 {
         let node = cluster.nodes[&id].node.clone();

@@ -55,7 +55,7 @@ async fn a_node_whose_storage_fails_stops_serving_and_the_rest_carry_on() {
     let cluster = TestCluster::start_with_topic(3, "carry-on", 1, 3).await;
     let failing = cluster.partition_leader("carry-on", 0).await;
     let http = http::Http::new(&cluster, failing);
-    let (status, _) = http.send(reqwest::Method::GET, "/readyz", None).await;
+    let (status, _) = http.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
 
     // What a failed fsync or write does (see storage::tests).
@@ -63,7 +63,7 @@ async fn a_node_whose_storage_fails_stops_serving_and_the_rest_carry_on() {
         .node
         .storage
         .mark_failed("injected: disk gone");
-    let (status, body) = http.send(reqwest::Method::GET, "/readyz", None).await;
+    let (status, body) = http.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["code"], "storage_failed", "{body}");
     assert!(

@@ -37,39 +37,17 @@ async fn topics_are_managed_in_workato_shapes_through_any_node() {
     let id = topic["id"].as_u64().unwrap();
 
     let other = Http::new(&cluster, 3);
-    let (status, by_id) = other
-        .send(
-            reqwest::Method::GET,
-            &format!("/api/event_streams/topics/{id}"),
-            None,
-        )
-        .await;
+    let (status, by_id) = other.get(&format!("/api/event_streams/topics/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(by_id["name"], "orders");
-    let (_, by_name) = other
-        .send(
-            reqwest::Method::GET,
-            "/api/event_streams/topics/orders",
-            None,
-        )
-        .await;
+    let (_, by_name) = other.get("/api/event_streams/topics/orders").await;
     assert_eq!(by_name["id"], id);
 
-    let (_, list) = other
-        .send(
-            reqwest::Method::GET,
-            "/api/event_streams/topics?name=orders",
-            None,
-        )
-        .await;
+    let (_, list) = other.get("/api/event_streams/topics?name=orders").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert!(list["data"][0].get("schema").is_none());
     let (_, list) = other
-        .send(
-            reqwest::Method::GET,
-            "/api/event_streams/topics?include_schema=true",
-            None,
-        )
+        .get("/api/event_streams/topics?include_schema=true")
         .await;
     assert_eq!(list["data"][0]["schema"], schema);
 
@@ -122,20 +100,10 @@ async fn topics_are_managed_in_workato_shapes_through_any_node() {
     assert!(consume_all(&http, "orders", 50).await.is_empty());
 
     let (status, _) = http
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/api/event_streams/topics/{id}"),
-            None,
-        )
+        .delete(&format!("/api/event_streams/topics/{id}"))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = other
-        .send(
-            reqwest::Method::GET,
-            &format!("/api/event_streams/topics/{id}"),
-            None,
-        )
-        .await;
+    let (status, body) = other.get(&format!("/api/event_streams/topics/{id}")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     cluster.shutdown().await;
 }
@@ -171,13 +139,7 @@ async fn the_topic_list_filters_by_part_of_the_name_and_pages_in_id_order() {
     let list = |query: &'static str| {
         let http = &http;
         async move {
-            let (status, body) = http
-                .send(
-                    reqwest::Method::GET,
-                    &format!("/api/event_streams/topics{query}"),
-                    None,
-                )
-                .await;
+            let (status, body) = http.get(&format!("/api/event_streams/topics{query}")).await;
             assert_eq!(status, StatusCode::OK, "{query}: {body}");
             body
         }
@@ -230,13 +192,7 @@ async fn the_topic_list_filters_by_part_of_the_name_and_pages_in_id_order() {
         ["orders-us"]
     );
     for bad in ["?page=0", "?per_page=0", "?per_page=101", "?page=x"] {
-        let (status, body) = http
-            .send(
-                reqwest::Method::GET,
-                &format!("/api/event_streams/topics{bad}"),
-                None,
-            )
-            .await;
+        let (status, body) = http.get(&format!("/api/event_streams/topics{bad}")).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
     assert_eq!(listed_names(&list("?per_page=100").await).len(), 5);
@@ -480,21 +436,17 @@ async fn bad_http_requests_get_the_right_status_and_error_body() {
     );
     let (status, body) = http.post("/api/v1/topics/missing/publish", json!({})).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // A batch holds 1 to 100 payloads.
     let too_many: Vec<Value> = (0..101).map(|i| json!({"i": i})).collect();
-    let (status, body) = http
-        .post(
-            "/api/v1/batch/topics/strict/publish",
-            json!({"payloads": too_many}),
-        )
-        .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
-    let (status, body) = http
-        .post(
-            "/api/v1/batch/topics/strict/publish",
-            json!({"payloads": []}),
-        )
-        .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    for payloads in [too_many, Vec::new()] {
+        let (status, body) = http
+            .post(
+                "/api/v1/batch/topics/strict/publish",
+                json!({ "payloads": payloads }),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
     for bad in [
         json!({"batch_size": 0}),
         json!({"batch_size": 51}),
@@ -509,26 +461,17 @@ async fn bad_http_requests_get_the_right_status_and_error_body() {
             .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
     }
-    let (status, body) = http
-        .send(reqwest::Method::GET, "/api/nothing/here", None)
-        .await;
+    let (status, body) = http.get("/api/nothing/here").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    // Every partition is a Raft group: one request may not ask for a
-    // million of them.
-    let (status, body) = http
-        .post(
-            "/api/event_streams/topics",
-            json!({"name": "vast", "partitions": 1 << 20}),
-        )
-        .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
-    let (status, body) = http
-        .post(
-            "/api/event_streams/topics",
-            json!({"name": "typed", "partitions": "2"}),
-        )
-        .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    for topic in [
+        // Every partition is a Raft group: one request may not ask for a
+        // million of them.
+        json!({"name": "vast", "partitions": 1 << 20}),
+        json!({"name": "typed", "partitions": "2"}),
+    ] {
+        let (status, body) = http.post("/api/event_streams/topics", topic).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    }
     // Nothing above changed what was stored.
     let (_, page) = http.post("/api/v1/topics/strict/consume", json!({})).await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1);
@@ -551,10 +494,7 @@ async fn tokens_gate_every_api_route_by_scope_and_topic() {
         .post("/api/v1/topics/mine/publish", json!({}))
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (status, _) = admin
-        .with_token(None)
-        .send(reqwest::Method::GET, "/healthz", None)
-        .await;
+    let (status, _) = admin.with_token(None).get("/healthz").await;
     assert_eq!(status, StatusCode::OK, "health stays public");
 
     let created = admin
@@ -576,13 +516,11 @@ async fn tokens_gate_every_api_route_by_scope_and_topic() {
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     let (status, body) = writer.post("/api/v1/topics/mine/consume", json!({})).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
-    let (status, body) = writer
-        .send(reqwest::Method::GET, "/api/event_streams/topics", None)
-        .await;
+    let (status, body) = writer.get("/api/event_streams/topics").await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 
     // The secret is shown once: listing shows no secret and no hash.
-    let (_, list) = admin.send(reqwest::Method::GET, "/api/tokens", None).await;
+    let (_, list) = admin.get("/api/tokens").await;
     let listed = list["data"].as_array().unwrap();
     assert_eq!(listed.len(), 2, "bootstrap admin and writer");
     assert!(!list.to_string().contains(&secret));
@@ -592,14 +530,10 @@ async fn tokens_gate_every_api_route_by_scope_and_topic() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 
     let id = created["id"].as_u64().unwrap();
-    let (status, _) = admin
-        .send(reqwest::Method::DELETE, &format!("/api/tokens/{id}"), None)
-        .await;
+    let (status, _) = admin.delete(&format!("/api/tokens/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     eventually_status(&writer, StatusCode::UNAUTHORIZED).await;
-    let (status, body) = admin
-        .send(reqwest::Method::DELETE, &format!("/api/tokens/{id}"), None)
-        .await;
+    let (status, body) = admin.delete(&format!("/api/tokens/{id}")).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     cluster.shutdown().await;
 }
@@ -853,9 +787,7 @@ fn resolve<'a>(document: &'a Value, target: &str) -> &'a Value {
 async fn the_api_documents_are_public_and_describe_every_route() {
     let cluster = TestCluster::start(1).await;
     let public = Http::new(&cluster, 1).with_token(None);
-    let (status, openapi) = public
-        .send(reqwest::Method::GET, "/openapi.json", None)
-        .await;
+    let (status, openapi) = public.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK, "{openapi}");
     assert!(
         openapi["openapi"].as_str().unwrap().starts_with("3.1."),
@@ -973,9 +905,7 @@ async fn the_api_documents_are_public_and_describe_every_route() {
         };
         assert_eq!(status, expected, "{route}: {body}");
     }
-    let (status, body) = public
-        .send(reqwest::Method::GET, "/api/v1/topics/1/publish", None)
-        .await;
+    let (status, body) = public.get("/api/v1/topics/1/publish").await;
     assert_error(
         status,
         &body,

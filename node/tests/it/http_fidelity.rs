@@ -279,35 +279,30 @@ async fn a_batch_publish_takes_bodies_past_one_mib_up_to_its_own_limit() {
         .collect();
     assert_eq!(order, vec![0, 1, 2]);
 
-    // Over the batch limit: a 413 that names it.
-    let payloads: Vec<Value> = (0..7).map(|i| json!({"i": i, "f": filler})).collect();
-    let (status, body) = http
-        .post(
+    // Over the batch limit: a 413 that names it; a single publish keeps
+    // the 1 MiB limit.
+    let over_batch_limit: Vec<Value> = (0..7).map(|i| json!({"i": i, "f": filler})).collect();
+    for (path, body, limit) in [
+        (
             "/api/v1/batch/topics/big/publish",
-            json!({"payloads": payloads}),
-        )
-        .await;
-    assert_error_naming(
-        status,
-        &body,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "4194304",
-    );
-    // A single publish keeps the 1 MiB limit.
-    let (status, body) = http
-        .raw(
+            json!({ "payloads": over_batch_limit }),
+            "4194304",
+        ),
+        (
             "/api/v1/topics/big/publish",
-            format!(r#"{{"f":"{}"}}"#, "x".repeat(1024 * 1024)).into_bytes(),
-        )
-        .await;
-    assert_error_naming(
-        status,
-        &body,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "1048576",
-    );
+            json!({ "f": "x".repeat(1024 * 1024) }),
+            "1048576",
+        ),
+    ] {
+        let (status, body) = http.post(path, body).await;
+        assert_error_naming(
+            status,
+            &body,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            limit,
+        );
+    }
     // 101 payloads are one too many, however small.
     let too_many: Vec<Value> = (0..101).map(|i| json!({"i": i})).collect();
     let (status, body) = http
@@ -326,10 +321,7 @@ async fn http_bearer_scheme_is_matched_without_regard_to_case() {
     let cluster = TestCluster::start(1).await;
     let admin = Http::new(&cluster, 1);
     let source = admin
-        .post_created(
-            "/api/ingest/sources",
-            json!({"name": "cased", "source_type": "generic", "topic": "cased"}),
-        )
+        .create_source(json!({"name": "cased", "source_type": "generic", "topic": "cased"}))
         .await;
     cluster.wait_partition_leaders("cased").await;
     let source_id = source["id"].as_str().unwrap();

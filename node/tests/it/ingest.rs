@@ -23,10 +23,6 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use serde_json::json;
 
-async fn create_source(http: &Http, body: Value) -> Value {
-    http.post_created("/api/ingest/sources", body).await
-}
-
 /// Delivers `body` to a source's receiver with these extra headers.
 async fn deliver(
     http: &Http,
@@ -95,11 +91,9 @@ async fn events(http: &Http, topic: &str) -> Vec<Value> {
 async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     let cluster = TestCluster::start(3).await;
     let admin = Http::new(&cluster, 2);
-    let source = create_source(
-        &admin,
-        json!({"name": "billing", "source_type": "generic", "topic": "hooks"}),
-    )
-    .await;
+    let source = admin
+        .create_source(json!({"name": "billing", "source_type": "generic", "topic": "hooks"}))
+        .await;
     let id = text(&source, "id").to_string();
     let secret = text(&source, "secret").to_string();
     assert!(
@@ -119,9 +113,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     cluster.wait_partition_leaders("hooks").await;
 
     // The secret is shown once: get and list show its last four only.
-    let (status, shown) = admin
-        .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (status, shown) = admin.get(&format!("/api/ingest/sources/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert!(shown.get("secret").is_none(), "{shown}");
     assert_eq!(shown["secret_last_four"], source["secret_last_four"]);
@@ -178,9 +170,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
         assert_eq!(event["payload"], json!({"order": 17, "total": 12.5}));
         assert!(event["costUsd"].is_number(), "{event}");
     }
-    let (_, shown) = admin
-        .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (_, shown) = admin.get(&format!("/api/ingest/sources/{id}")).await;
     assert_eq!(shown["status"], "active", "{shown}");
     assert_eq!(shown["event_count"], 1);
     assert!(shown["last_event_at"].is_string(), "{shown}");
@@ -213,12 +203,12 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
     // Signatures: a source with an HMAC secret takes only signed bodies,
     // signed with the time they were sent.
     let hmac_secret = "whsec-0123456789abcdef";
-    let signed = create_source(
-        &admin,
-        json!({"name": "workato prod", "source_type": "workato", "topic": "hooks",
+    let signed = admin
+        .create_source(
+            json!({"name": "workato prod", "source_type": "workato", "topic": "hooks",
                "hmac_secret": hmac_secret}),
-    )
-    .await;
+        )
+        .await;
     let (signed_id, signed_secret) = (text(&signed, "id"), text(&signed, "secret"));
     assert_eq!(signed["hmac"], true);
     let body = br#"{"event": "job.completed", "recipe_id": 5}"#;
@@ -313,7 +303,7 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
         assert_eq!(status, StatusCode::ACCEPTED, "node {node}: {new}");
     }
 
-    let (status, list) = admin.send(Method::GET, "/api/ingest/sources", None).await;
+    let (status, list) = admin.get("/api/ingest/sources").await;
     assert_eq!(status, StatusCode::OK);
     let listed: Vec<&str> = list["data"]
         .as_array()
@@ -332,18 +322,12 @@ async fn deliveries_are_authenticated_signed_deduplicated_and_durable() {
 
     // Admin routes need an admin token.
     let publisher = admin.with_token(Some(&secret));
-    let (status, denied) = publisher
-        .send(Method::GET, "/api/ingest/sources", None)
-        .await;
+    let (status, denied) = publisher.get("/api/ingest/sources").await;
     assert_error(status, &denied, StatusCode::UNAUTHORIZED, "unauthorized");
 
-    let (status, _) = admin
-        .send(Method::DELETE, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (status, _) = admin.delete(&format!("/api/ingest/sources/{id}")).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, gone) = admin
-        .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-        .await;
+    let (status, gone) = admin.get(&format!("/api/ingest/sources/{id}")).await;
     assert_error(status, &gone, StatusCode::NOT_FOUND, "not_found");
     let (status, gone) = deliver(&receiver, &id, Some(new_secret), &[], b"{}").await;
     assert_error(status, &gone, StatusCode::NOT_FOUND, "not_found");
@@ -369,21 +353,19 @@ async fn replayed_deliveries_and_short_hmac_secrets_are_refused() {
         text(&refused, "message").contains("at least 16 bytes"),
         "{refused}"
     );
-    let (status, list) = admin.send(Method::GET, "/api/ingest/sources", None).await;
+    let (status, list) = admin.get("/api/ingest/sources").await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["data"], json!([]), "{list}");
-    let (status, topic) = admin
-        .send(Method::GET, "/api/event_streams/topics/weak-hooks", None)
-        .await;
+    let (status, topic) = admin.get("/api/event_streams/topics/weak-hooks").await;
     assert_error(status, &topic, StatusCode::NOT_FOUND, "not_found");
 
     let hmac_secret = "0123456789abcdef";
-    let source = create_source(
-        &admin,
-        json!({"name": "replays", "source_type": "generic", "topic": "replay-hooks",
+    let source = admin
+        .create_source(
+            json!({"name": "replays", "source_type": "generic", "topic": "replay-hooks",
                "hmac_secret": hmac_secret}),
-    )
-    .await;
+        )
+        .await;
     let (id, secret) = (text(&source, "id"), text(&source, "secret"));
     cluster.wait_partition_leaders("replay-hooks").await;
 
@@ -442,12 +424,12 @@ async fn replayed_deliveries_and_short_hmac_secrets_are_refused() {
 async fn workato_payloads_are_normalised_and_flows_publish_requests() {
     let cluster = TestCluster::start(3).await;
     let admin = Http::new(&cluster, 1);
-    let source = create_source(
-        &admin,
-        json!({"name": "recipes", "source_type": "workato", "topic": "workato-events",
+    let source = admin
+        .create_source(
+            json!({"name": "recipes", "source_type": "workato", "topic": "workato-events",
                "tenant_id": "acme"}),
-    )
-    .await;
+        )
+        .await;
     let (id, secret) = (text(&source, "id"), text(&source, "secret"));
     cluster.wait_partition_leaders("workato-events").await;
     let deliveries = [
@@ -524,11 +506,9 @@ async fn workato_payloads_are_normalised_and_flows_publish_requests() {
     }
 
     // A flow publishes the request itself, less its credentials.
-    let flow = create_source(
-        &admin,
-        json!({"name": "orders flow", "source_type": "flow", "topic": "flow-in"}),
-    )
-    .await;
+    let flow = admin
+        .create_source(json!({"name": "orders flow", "source_type": "flow", "topic": "flow-in"}))
+        .await;
     let (flow_id, flow_secret) = (text(&flow, "id"), text(&flow, "secret"));
     assert!(text(&flow, "webhook_url").ends_with(&format!("/webhook/flow/{flow_id}")));
     cluster.wait_partition_leaders("flow-in").await;
@@ -603,11 +583,11 @@ async fn workato_payloads_are_normalised_and_flows_publish_requests() {
 async fn source_status_and_idempotency_survive_a_full_restart() {
     let mut cluster = TestCluster::start(3).await;
     let admin = Http::new(&cluster, 1);
-    let source = create_source(
-        &admin,
-        json!({"name": "restart", "source_type": "generic", "topic": "durable-hooks"}),
-    )
-    .await;
+    let source = admin
+        .create_source(
+            json!({"name": "restart", "source_type": "generic", "topic": "durable-hooks"}),
+        )
+        .await;
     let id = text(&source, "id").to_string();
     let secret = text(&source, "secret").to_string();
     cluster.wait_partition_leaders("durable-hooks").await;
@@ -629,9 +609,7 @@ async fn source_status_and_idempotency_survive_a_full_restart() {
         "source counters after restart",
         Duration::from_secs(20),
         || async {
-            let (status, shown) = admin
-                .send(Method::GET, &format!("/api/ingest/sources/{id}"), None)
-                .await;
+            let (status, shown) = admin.get(&format!("/api/ingest/sources/{id}")).await;
             (status == StatusCode::OK && shown["status"] != "unknown").then_some(shown)
         },
     )

@@ -39,18 +39,18 @@ async fn publish(
         .map(tonic::Response::into_inner)
 }
 
-/// A three-node cluster with the one-partition topic "split"; answers it
-/// and the partition's leader.
-async fn cluster_with_split_topic() -> (TestCluster, u64) {
+/// A three-node cluster with the one-partition topic "split"; answers it,
+/// the partition's leader and a client of that leader.
+async fn cluster_with_split_topic() -> (TestCluster, u64, raftstream_client::Grpc) {
     let cluster = TestCluster::start_with_topic(3, "split", 1, 3).await;
     let leader = cluster.partition_leader("split", 0).await;
-    (cluster, leader)
+    let to_leader = cluster.client(leader).await;
+    (cluster, leader, to_leader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
-    let (cluster, leader) = cluster_with_split_topic().await;
-    let mut to_leader = cluster.client(leader).await;
+    let (cluster, leader, mut to_leader) = cluster_with_split_topic().await;
     publish(&mut to_leader, "before").await.unwrap();
     let others = cluster.isolate(leader);
 
@@ -98,8 +98,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_off_replica_never_calls_an_acknowledged_message_missing() {
-    let (cluster, leader) = cluster_with_split_topic().await;
-    let mut to_leader = cluster.client(leader).await;
+    let (cluster, leader, mut to_leader) = cluster_with_split_topic().await;
     publish(&mut to_leader, "m0").await.unwrap();
     let cut_off = cluster.running_node_other_than(leader);
     cluster.isolate(cut_off);
@@ -142,7 +141,7 @@ async fn a_cut_off_replica_never_calls_an_acknowledged_message_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lossy_and_slow_links_delay_writes_but_lose_none() {
-    let (cluster, leader) = cluster_with_split_topic().await;
+    let (cluster, leader, _) = cluster_with_split_topic().await;
     for id in cluster.running_ids() {
         if id != leader {
             // Seeded (RAFTSTREAM_TEST_SEED): the same messages are lost on

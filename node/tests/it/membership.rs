@@ -464,7 +464,6 @@ fn settled(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
-    use reqwest::Method;
     use reqwest::StatusCode;
     use serde_json::json;
 
@@ -477,7 +476,7 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
     cluster.wait_partition_leaders("over-http").await;
     let http = Http::new(&cluster, 2);
 
-    let (status, shown) = http.send(Method::GET, "/api/cluster", None).await;
+    let (status, shown) = http.get("/api/cluster").await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     // Replicas 1, 1 and 0.
     assert_shown_settled(&shown, 3, 2, 1);
@@ -499,23 +498,22 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
         let (status, error) = http.post(move_path, body.clone()).await;
         assert_error(status, &error, StatusCode::BAD_REQUEST, "invalid_request");
     }
-    let (status, error) = http
-        .post(
+    for (path, expected, code) in [
+        (
             "/api/topics/over-http/partitions/7/move",
-            json!({"to": target}),
-        )
-        .await;
-    assert_error(status, &error, StatusCode::BAD_REQUEST, "unknown_partition");
-    let (status, error) = http
-        .post(
+            StatusCode::BAD_REQUEST,
+            "unknown_partition",
+        ),
+        (
             "/api/topics/missing/partitions/0/move",
-            json!({"to": target}),
-        )
-        .await;
-    assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
-    let (status, error) = http
-        .send(Method::DELETE, "/api/cluster/nodes/9", None)
-        .await;
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let (status, error) = http.post(path, json!({"to": target})).await;
+        assert_error(status, &error, expected, code);
+    }
+    let (status, error) = http.delete("/api/cluster/nodes/9").await;
     assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(
         cluster.nodes[&1].node.metadata(),
@@ -547,9 +545,7 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
 
     // A joining node is not in the cluster until it is added.
     let peer_addr = cluster.start_joining_node(4, 1).await;
-    let (status, error) = http
-        .send(Method::DELETE, "/api/cluster/nodes/4", None)
-        .await;
+    let (status, error) = http.delete("/api/cluster/nodes/4").await;
     assert_error(status, &error, StatusCode::NOT_FOUND, "not_found");
     let (status, error) = http
         .post("/api/cluster/nodes", json!({"id": 4, "address": "nowhere"}))
@@ -570,11 +566,11 @@ async fn the_gateway_shows_the_cluster_moves_partitions_and_adds_nodes() {
     assert_eq!(status, StatusCode::OK, "{added}");
     assert_eq!(added["result"], "added", "{added}");
     assert!(cluster.nodes[&1].node.voters().contains(&NodeId(4)));
-    let (_, shown) = http.send(Method::GET, "/api/cluster", None).await;
+    let (_, shown) = http.get("/api/cluster").await;
     assert_shown_voter(&shown, 4);
 
     // Every route is in the API document.
-    let (_, document) = http.send(Method::GET, "/openapi.json", None).await;
+    let (_, document) = http.get("/openapi.json").await;
     for path in [
         "/api/cluster",
         "/api/cluster/nodes",

@@ -114,20 +114,19 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
     assert!(other.is_empty(), "{other:?}");
 
     // The channels are the cluster's: read-only to users.
-    let (status, body) = http
-        .post(
+    for (path, body) in [
+        (
             "/api/v1/topics/platform.activity/publish",
             json!({"forged": true}),
-        )
-        .await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
-    let (status, body) = http
-        .post(
+        ),
+        (
             "/api/event_streams/topics",
             json!({"name": "platform.mine"}),
-        )
-        .await;
-    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+        ),
+    ] {
+        let (status, body) = http.post(path, body).await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    }
     let forged = events(&http, "/api/v1/topics/platform.activity/consume").await;
     assert!(forged.iter().all(|e| e.get("forged").is_none()));
 
@@ -174,10 +173,7 @@ async fn activity_is_published_and_read_by_workspace_and_platform_topics_are_res
     // A webhook delivery with the wrong secret is an error event of the
     // source's flow.
     let source = http
-        .post_created(
-            "/api/ingest/sources",
-            json!({"name": "billing", "source_type": "generic", "topic": "orders"}),
-        )
+        .create_source(json!({"name": "billing", "source_type": "generic", "topic": "orders"}))
         .await;
     let source_id = source["id"].as_str().unwrap();
     let forged = http

@@ -40,6 +40,17 @@ async fn subscriptions(cluster: &TestCluster, id: u64) -> Subscriptions {
     SubscriptionsClient::with_interceptor(channel, with_admin_token as fn(_) -> _)
 }
 
+async fn create_subscription(
+    admin: &mut Subscriptions,
+    request: pb::CreateSubscriptionRequest,
+) -> pb::SubscriptionWithSecret {
+    admin
+        .create_subscription(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn settings(max_attempts: u32, timeout_ms: u64) -> Option<pb::SubscriptionSettings> {
     Some(pb::SubscriptionSettings {
         batch_size: 5,
@@ -51,10 +62,24 @@ fn settings(max_attempts: u32, timeout_ms: u64) -> Option<pb::SubscriptionSettin
     })
 }
 
-fn earliest() -> Option<pb::DeliveryStart> {
-    Some(pb::DeliveryStart {
-        from: Some(pb::delivery_start::From::Earliest(true)),
-    })
+/// A subscription named `name` pushing `topic_name` to `endpoint` from its
+/// earliest message.
+fn from_earliest(
+    name: &str,
+    topic_name: &str,
+    endpoint: &str,
+    settings: Option<pb::SubscriptionSettings>,
+) -> pb::CreateSubscriptionRequest {
+    pb::CreateSubscriptionRequest {
+        name: name.into(),
+        topic: topic(topic_name),
+        endpoint: endpoint.into(),
+        settings,
+        start: Some(pb::DeliveryStart {
+            from: Some(pb::delivery_start::From::Earliest(true)),
+        }),
+        ..Default::default()
+    }
 }
 
 /// Acknowledged publishes of `values` to topic `name`: (partition, offset)
@@ -122,18 +147,13 @@ async fn deliveries_survive_failures_timeouts_and_a_leader_kill_in_order() {
     })
     .await;
     let mut admin = subscriptions(&cluster, 2).await;
-    let created = admin
-        .create_subscription(pb::CreateSubscriptionRequest {
-            name: "orders to billing".into(),
-            topic: topic("orders"),
-            endpoint: receiver.url.clone(),
-            settings: settings(100, 300),
-            start: earliest(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let request = from_earliest(
+        "orders to billing",
+        "orders",
+        &receiver.url,
+        settings(100, 300),
+    );
+    let created = create_subscription(&mut admin, request).await;
     *secret.lock().unwrap() = created.secret.clone();
     let subscription = created.subscription.unwrap();
     assert_eq!(subscription.dead_letter_topic_name, "orders.dead-letter");
@@ -191,35 +211,27 @@ async fn refused_messages_are_dead_lettered_and_a_dead_endpoint_stalls_no_one_el
     .await;
     let dead = Receiver::start(Arc::default(), |_, _| Answer::Hang).await;
     let mut admin = subscriptions(&cluster, 1).await;
-    let create = |endpoint: &str, name: &str| pb::CreateSubscriptionRequest {
-        name: name.into(),
-        topic: topic("jobs"),
-        endpoint: endpoint.into(),
-        settings: Some(pb::SubscriptionSettings {
+    let create = |endpoint: &str, name: &str| {
+        let one_at_a_time = pb::SubscriptionSettings {
             batch_size: 1,
             ..settings(3, 300).unwrap()
-        }),
-        start: earliest(),
-        ..Default::default()
+        };
+        from_earliest(name, "jobs", endpoint, Some(one_at_a_time))
     };
-    let created = admin
-        .create_subscription(create(&receiver.url, "worker"))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = create_subscription(&mut admin, create(&receiver.url, "worker")).await;
     *secret.lock().unwrap() = created.secret.clone();
-    let stuck = admin
-        .create_subscription(pb::CreateSubscriptionRequest {
+    let stuck = create_subscription(
+        &mut admin,
+        pb::CreateSubscriptionRequest {
             dead_letter_topic: "stuck-letters".into(),
             settings: Some(pb::SubscriptionSettings {
                 max_attempts: 100,
                 ..settings(100, 300).unwrap()
             }),
             ..create(&dead.url, "stuck")
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        },
+    )
+    .await;
     let mut client = cluster.client(1).await;
     let values = [r#"{"a":1}"#, r#"{"poison":true,"id":7}"#, r#"{"b":2}"#];
     let acked = publish_all(&mut client, "jobs", values.map(String::from)).await;
@@ -272,22 +284,17 @@ async fn filters_pause_resume_and_replay() {
     let secret = Arc::new(Mutex::new(String::new()));
     let receiver = Receiver::start(secret, |_, _| Answer::Ok).await;
     let mut admin = subscriptions(&cluster, 1).await;
-    let created = admin
-        .create_subscription(pb::CreateSubscriptionRequest {
-            name: "keepers".into(),
-            topic: topic("events"),
-            endpoint: receiver.url.clone(),
+    let created = create_subscription(
+        &mut admin,
+        pb::CreateSubscriptionRequest {
             filter: Some(pb::PayloadFilter {
                 pointer: "/type".into(),
                 equals_json: "\"keep\"".into(),
             }),
-            settings: settings(3, 1_000),
-            start: earliest(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            ..from_earliest("keepers", "events", &receiver.url, settings(3, 1_000))
+        },
+    )
+    .await;
     let id = created.subscription.unwrap().id;
     let mut client = cluster.client(1).await;
     let kept = |n: u32| serde_json::json!({"type": "keep", "n": n});

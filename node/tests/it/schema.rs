@@ -218,10 +218,7 @@ async fn webhook_deliveries_are_checked_against_the_topic_schema() {
     create_topic_with_schema(&cluster, "hooks", schema.to_string()).await;
     let admin = Http::new(&cluster, 1);
     let source = admin
-        .post_created(
-            "/api/ingest/sources",
-            json!({"name": "shop", "source_type": "generic", "topic": "hooks"}),
-        )
+        .create_source(json!({"name": "shop", "source_type": "generic", "topic": "hooks"}))
         .await;
     let id = source["id"].as_str().unwrap();
     let receiver = admin.with_token(source["secret"].as_str());

@@ -63,12 +63,12 @@ async fn subscriptions_are_created_listed_changed_and_deleted_over_http() {
     assert_eq!(created["positions"].as_array().unwrap().len(), 2);
 
     // The secret is shown once: neither a read nor a list carries it.
-    let (status, shown) = http.send(Method::GET, &path(&id), None).await;
+    let (status, shown) = http.get(&path(&id)).await;
     assert_eq!(status, StatusCode::OK, "{shown}");
     assert_eq!(shown["name"], "billing");
     assert!(shown.get("secret").is_none(), "{shown}");
     assert!(!shown.to_string().contains(&secret));
-    let (status, listed) = http.send(Method::GET, "/api/subscriptions", None).await;
+    let (status, listed) = http.get("/api/subscriptions").await;
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     assert_eq!(listed["data"][0]["id"], id.as_str());
@@ -126,12 +126,12 @@ async fn subscriptions_are_created_listed_changed_and_deleted_over_http() {
         assert_eq!(replayed["generation"], generation as u64 + 1, "{from}");
     }
 
-    let (status, deleted) = http.send(Method::DELETE, &path(&id), None).await;
+    let (status, deleted) = http.delete(&path(&id)).await;
     assert_eq!(status, StatusCode::OK, "{deleted}");
     assert_eq!(deleted, json!({"result": "success"}));
-    let (status, body) = http.send(Method::GET, &path(&id), None).await;
+    let (status, body) = http.get(&path(&id)).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let (_, listed) = http.send(Method::GET, "/api/subscriptions", None).await;
+    let (_, listed) = http.get("/api/subscriptions").await;
     assert_eq!(listed["data"], json!([]));
     cluster.shutdown().await;
 }
@@ -200,7 +200,7 @@ async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
         let (status, answer) = http.post("/api/subscriptions", body.clone()).await;
         assert_invalid_request(status, &answer, named);
     }
-    let (_, listed) = http.send(Method::GET, "/api/subscriptions", None).await;
+    let (_, listed) = http.get("/api/subscriptions").await;
     assert_eq!(listed["data"], json!([]), "nothing refused was created");
 
     let created = create(&http, valid.clone()).await;
@@ -223,15 +223,12 @@ async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
         let (status, answer) = http.send(method, &route, Some(body)).await;
         assert_invalid_request(status, &answer, named);
     }
-    let (_, unchanged) = http.send(Method::GET, &path(id), None).await;
+    let (_, unchanged) = http.get(&path(id)).await;
     assert_eq!(unchanged["endpoint"], NOWHERE);
     assert_eq!(unchanged["generation"], 0);
 
     // Admin scope, with a token not limited to some topics.
-    let (status, body) = http
-        .with_token(None)
-        .send(Method::GET, "/api/subscriptions", None)
-        .await;
+    let (status, body) = http.with_token(None).get("/api/subscriptions").await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
     let (status, body) = http
         .with_token(Some("rst_not-a-token"))
@@ -246,10 +243,10 @@ async fn bad_requests_unknown_ids_and_missing_rights_are_refused() {
         let other = http.with_token(made["token"].as_str());
         let (status, body) = other.post("/api/subscriptions", valid.clone()).await;
         assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
-        let (status, body) = other.send(Method::DELETE, &path(id), None).await;
+        let (status, body) = other.delete(&path(id)).await;
         assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     }
-    let (status, _) = http.send(Method::GET, &path(id), None).await;
+    let (status, _) = http.get(&path(id)).await;
     assert_eq!(status, StatusCode::OK, "still there");
     cluster.shutdown().await;
 }
@@ -308,7 +305,7 @@ async fn a_subscription_made_over_http_delivers_signed_messages_as_documented() 
     )
     .await;
 
-    let (status, asyncapi) = publisher.send(Method::GET, "/asyncapi.yaml", None).await;
+    let (status, asyncapi) = publisher.get("/asyncapi.yaml").await;
     assert_eq!(status, StatusCode::OK);
     let documented = validator_of(&asyncapi, "PushDelivery");
     let received = receiver.received();
@@ -341,7 +338,7 @@ async fn a_subscription_made_over_http_delivers_signed_messages_as_documented() 
     eventually("the positions at the end", Duration::from_secs(20), || {
         let (http, id) = (&http, id.clone());
         async move {
-            let (_, shown) = http.send(Method::GET, &path(&id), None).await;
+            let (_, shown) = http.get(&path(&id)).await;
             let positions = shown["positions"].as_array()?.clone();
             positions
                 .iter()

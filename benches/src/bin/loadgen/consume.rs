@@ -33,24 +33,63 @@ pub(crate) fn record_e2e(h: &Mutex<Histogram<u64>>, stamp: &Stamp) {
 /// messages it expected.
 pub(crate) const STALL: Duration = Duration::from_secs(10);
 
-/// Tells the live consumers how much was acknowledged per slot, so they
-/// know when they have read everything, and waits for them.
-pub(crate) async fn finish_live<T>(
-    acked_live: &Mutex<Option<Vec<u64>>>,
-    acked_per_slot: &[u64],
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<T>>>,
-) -> anyhow::Result<()> {
-    if let Ok(mut acked) = acked_live.lock() {
-        *acked = Some(acked_per_slot.to_vec());
+/// What a live consumer is handed: the histogram it records into and,
+/// once publishing has ended, how much was acknowledged per slot.
+pub(crate) type LiveShare = (Arc<Mutex<Histogram<u64>>>, Arc<Mutex<Option<Vec<u64>>>>);
+
+/// A spawned live consumer.
+pub(crate) type LiveTask<T> = tokio::task::JoinHandle<anyhow::Result<T>>;
+
+/// The live consumers of a run: with `--live`, one task a slot reading
+/// from where publishing begins, recording publish-to-consume latency.
+pub(crate) struct LiveConsumers<T> {
+    histogram: Option<Arc<Mutex<Histogram<u64>>>>,
+    acked: Arc<Mutex<Option<Vec<u64>>>>,
+    tasks: Vec<LiveTask<T>>,
+}
+
+impl<T> LiveConsumers<T> {
+    /// With `--live`, starts a consumer for each of `slots` slots:
+    /// `start(slot, share)` sets one up and spawns it.
+    pub(crate) async fn start(
+        args: &Args,
+        slots: usize,
+        mut start: impl AsyncFnMut(usize, LiveShare) -> anyhow::Result<LiveTask<T>>,
+    ) -> anyhow::Result<Self> {
+        let histogram = live_histogram(args)?;
+        let acked = Arc::new(Mutex::new(None));
+        let mut tasks = Vec::new();
+        if let Some(h) = &histogram {
+            for slot in 0..slots {
+                tasks.push(start(slot, (h.clone(), acked.clone())).await?);
+            }
+        }
+        Ok(Self {
+            histogram,
+            acked,
+            tasks,
+        })
     }
-    for task in tasks {
-        task.await.context("a live consumer panicked")??;
+
+    /// Tells the consumers how much was acknowledged per slot, so they
+    /// know when they have read everything, and waits for them; answers
+    /// the histogram they recorded into.
+    pub(crate) async fn finish(
+        self,
+        acked_per_slot: &[u64],
+    ) -> anyhow::Result<Option<Arc<Mutex<Histogram<u64>>>>> {
+        if let Ok(mut acked) = self.acked.lock() {
+            *acked = Some(acked_per_slot.to_vec());
+        }
+        for task in self.tasks {
+            task.await.context("a live consumer panicked")??;
+        }
+        Ok(self.histogram)
     }
-    Ok(())
 }
 
 /// How many messages were acknowledged on `slot`, once publishing has
-/// ended and `finish_live` has said so; `None` before.
+/// ended and [`LiveConsumers::finish`] has said so; `None` before.
 pub(crate) fn acked_on(
     acked_live: &Mutex<Option<Vec<u64>>>,
     slot: usize,

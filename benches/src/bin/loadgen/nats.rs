@@ -20,11 +20,10 @@ use crate::collect::ProducerTask;
 use crate::collect::ToCollector;
 use crate::collect::gather;
 use crate::collect::produce_each;
+use crate::consume::LiveConsumers;
 use crate::consume::STALL;
 use crate::consume::acked_on;
-use crate::consume::finish_live;
 use crate::consume::join_catch_up;
-use crate::consume::live_histogram;
 use crate::consume::record_e2e;
 use crate::consume::timed_catch_up;
 use crate::report::Report;
@@ -76,27 +75,23 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
     let subjects: Vec<String> = (0..args.partitions)
         .map(|p| format!("{topic}.{p}"))
         .collect();
-    let live = live_histogram(args)?;
-    let acked_live = Arc::new(Mutex::new(None::<Vec<u64>>));
-    let mut live_tasks = Vec::new();
-    if let Some(h) = &live {
-        for (i, subject) in subjects.iter().enumerate() {
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: subject.clone(),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await?;
-            live_tasks.push(tokio::spawn(read_subject(
-                consumer,
-                run,
-                i,
-                Some(h.clone()),
-                acked_live.clone(),
-            )));
-        }
-    }
+    let live = LiveConsumers::start(args, subjects.len(), async |slot, (h, acked)| {
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subjects[slot].clone(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?;
+        Ok(tokio::spawn(read_subject(
+            consumer,
+            run,
+            slot,
+            Some(h),
+            acked,
+        )))
+    })
+    .await?;
 
     let started = Instant::now();
     let mut producers = Vec::new();
@@ -108,7 +103,7 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
         producers.push(tokio::spawn(produce(task, js.clone(), subjects.clone())));
     }
     let publish = gather(started, collectors, producers, subjects.len()).await?;
-    finish_live(&acked_live, &publish.acked_per_slot, live_tasks).await?;
+    let live = live.finish(&publish.acked_per_slot).await?;
     let catch_up = async {
         let expected = Arc::new(Mutex::new(Some(publish.acked_per_slot.clone())));
         let mut consumers = Vec::new();

@@ -31,11 +31,10 @@ use crate::collect::PublishResult;
 use crate::collect::ToCollector;
 use crate::collect::gather;
 use crate::collect::produce_each;
+use crate::consume::LiveConsumers;
 use crate::consume::STALL;
 use crate::consume::acked_on;
-use crate::consume::finish_live;
 use crate::consume::join_catch_up;
-use crate::consume::live_histogram;
 use crate::consume::record_e2e;
 use crate::consume::timed_catch_up;
 use crate::report::Failover;
@@ -120,23 +119,18 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
             })
         })
         .collect();
-    let live = live_histogram(args)?;
-    let acked_live = Arc::new(Mutex::new(None::<Vec<u64>>));
-    let mut live_tasks = Vec::new();
-    if let Some(h) = &live {
-        for (i, slot) in slots.iter().enumerate() {
-            let consumer = Consumer::new(
-                &client,
-                &names[slot.topic],
-                slot.partition,
-                Position::Latest,
-            )
-            .await?;
-            let h = h.clone();
-            let acked_live = acked_live.clone();
-            live_tasks.push(tokio::spawn(live_consume(consumer, run, i, h, acked_live)));
-        }
-    }
+    let live = LiveConsumers::start(args, slots.len(), async |i, (h, acked)| {
+        let slot = &slots[i];
+        let consumer = Consumer::new(
+            &client,
+            &names[slot.topic],
+            slot.partition,
+            Position::Latest,
+        )
+        .await?;
+        Ok(tokio::spawn(live_consume(consumer, run, i, h, acked)))
+    })
+    .await?;
 
     let started = Instant::now();
     let failover = args.kill_leader_after_secs.map(|after| {
@@ -188,7 +182,7 @@ pub(crate) async fn run(args: &Args, run: u32, topic: &str) -> anyhow::Result<Op
         None => None,
     };
 
-    finish_live(&acked_live, &publish.acked_per_slot, live_tasks).await?;
+    let live = live.finish(&publish.acked_per_slot).await?;
     let catch_up = timed_catch_up(catch_up(&client, &names, &slots, &publish, run));
     let report = report_after_catch_up(args, topic, &publish, live, failover, catch_up).await?;
     Ok(Some(report))

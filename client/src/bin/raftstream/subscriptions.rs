@@ -20,7 +20,9 @@ use crate::Cli;
 use crate::connect;
 use crate::now_ms;
 use crate::parse_since;
+use crate::print_deleted;
 use crate::print_json;
+use crate::print_outcome;
 
 #[derive(Subcommand, Debug)]
 pub enum SubscriptionsCommand {
@@ -214,11 +216,11 @@ fn state(s: &pb::Subscription) -> &'static str {
 
 /// One subscription after a change: JSON, or `message` and its id.
 fn print_changed(cli: &Cli, s: &pb::Subscription, message: &str) {
-    if cli.json {
-        print_json(&subscription_json(s));
-    } else {
-        println!("{message} subscription {} ({})", s.id, state(s));
-    }
+    print_outcome(
+        cli,
+        &subscription_json(s),
+        format_args!("{message} subscription {} ({})", s.id, state(s)),
+    );
 }
 
 pub async fn subscriptions(cli: &Cli, command: &SubscriptionsCommand) -> anyhow::Result<()> {
@@ -319,11 +321,7 @@ pub async fn subscriptions(cli: &Cli, command: &SubscriptionsCommand) -> anyhow:
         }
         SubscriptionsCommand::Delete { id } => {
             client.delete_subscription(id).await?;
-            if cli.json {
-                print_json(&json!({"deleted": id}));
-            } else {
-                println!("deleted subscription {id}");
-            }
+            print_deleted(cli, "subscription", id);
         }
         SubscriptionsCommand::Pause { id } => {
             print_changed(cli, &client.pause_subscription(id).await?, "paused");

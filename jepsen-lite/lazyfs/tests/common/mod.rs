@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -214,6 +215,15 @@ impl Lazy {
             .append(true)
             .open(self.path(name))
             .unwrap()
+    }
+
+    /// Creates the file `name` on the mount holding `synced`, made durable
+    /// with fdatasync; answers it open for more writes.
+    pub fn create_synced(&self, name: &str, synced: &[u8]) -> fs::File {
+        let file = fs::File::create(self.path(name)).unwrap();
+        file.write_all_at(synced, 0).unwrap();
+        file.sync_data().unwrap();
+        file
     }
 
     pub fn backing(&self, name: &str) -> PathBuf {

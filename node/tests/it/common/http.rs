@@ -83,6 +83,14 @@ impl Http {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
     /// A POST that must succeed with 200; answers the body.
     pub async fn post_ok(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self.post(path, body).await;
@@ -95,6 +103,12 @@ impl Http {
         let (status, answer) = self.post(path, body).await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
         answer
+    }
+
+    /// Creates an ingest source as `body` describes it; answers the source,
+    /// its secret included.
+    pub async fn create_source(&self, body: Value) -> Value {
+        self.post_created("/api/ingest/sources", body).await
     }
 
     pub async fn raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
