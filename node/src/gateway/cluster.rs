@@ -24,7 +24,6 @@ use super::error::AuthErrors;
 use super::error::BodyErrors;
 use super::error::ClusterErrors;
 use super::error::NoSuchTopic;
-use super::error::PathErrors;
 use super::error::WriteErrors;
 use super::extract::ApiPath;
 use super::extract::JsonBody;
@@ -402,14 +401,14 @@ pub async fn remove_node(
     responses(
         (status = 202, description = "The move is recorded and under way.",
             body = PartitionMove),
-        (status = 400, description = "`invalid_request`: malformed JSON, or `to` does not name \
-            as many distinct nodes of the cluster as the replication factor; \
-            `unknown_partition`: the topic has no such partition. Nothing changes.",
+        (status = 400, description = "`invalid_request`: the path does not decode as UTF-8, \
+            malformed JSON, or `to` does not name as many distinct nodes of the cluster as the \
+            replication factor; `unknown_partition`: the topic has no such partition. Nothing \
+            changes.",
             body = ErrorBody),
         NoSuchTopic,
         (status = 409, description = "`conflict`: the partition is already moving elsewhere.",
             body = ErrorBody),
-        PathErrors,
         BodyErrors,
         AuthErrors,
         ClusterErrors,

@@ -884,6 +884,14 @@ async fn the_api_documents_are_public_and_describe_every_route() {
     ]
     .map(String::from);
     assert_eq!(documented, served.into_iter().collect());
+    // A route's own 400 is the one documented, not a shared set's that
+    // utoipa would let replace it.
+    let move_400 = &openapi["paths"]["/api/topics/{topic_id}/partitions/{partition}/move"]["post"]
+        ["responses"]["400"]["description"];
+    assert!(
+        move_400.as_str().unwrap().contains("unknown_partition"),
+        "{move_400}"
+    );
     // Every documented route is served: without a token, protected ones
     // and webhook receivers answer 401 and public ones 200.
     for route in &documented {
