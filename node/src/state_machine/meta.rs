@@ -17,6 +17,8 @@ use crate::raft::types::TokenRecord;
 use crate::raft::types::TokenTopic;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
+use crate::state_machine::check_none_moved_back;
+use crate::state_machine::set_if_given;
 
 pub const TOPIC_NAME_MAX_CHARS: usize = 255;
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
@@ -128,18 +130,10 @@ impl Counters {
     /// topic must not name a new one), and the cluster secret, once set,
     /// stays: nodes may already be using it.
     fn check_progress(&self, after: &Counters) -> Result<(), String> {
-        if after.next_topic_id < self.next_topic_id {
-            return Err(format!(
-                "next topic id moved back from {} to {}",
-                self.next_topic_id, after.next_topic_id
-            ));
-        }
-        if after.next_token_id < self.next_token_id {
-            return Err(format!(
-                "next token id moved back from {} to {}",
-                self.next_token_id, after.next_token_id
-            ));
-        }
+        check_none_moved_back([
+            ("next topic id", self.next_topic_id.0, after.next_topic_id.0),
+            ("next token id", self.next_token_id, after.next_token_id),
+        ])?;
         if self.cluster_secret.is_some() && after.cluster_secret != self.cluster_secret {
             return Err("the cluster secret changed once set".into());
         }
@@ -368,18 +362,10 @@ fn apply_command(
                     name: update.name.clone().unwrap_or_default(),
                 }),
                 Some(topic) => {
-                    if let Some(name) = &update.name {
-                        topic.name = name.clone();
-                    }
-                    if let Some(description) = &update.description {
-                        topic.description = description.clone();
-                    }
-                    if let Some(schema) = &update.schema {
-                        topic.schema = schema.clone();
-                    }
-                    if let Some(retention) = &update.retention {
-                        topic.retention = retention.clone();
-                    }
+                    set_if_given(&mut topic.name, &update.name);
+                    set_if_given(&mut topic.description, &update.description);
+                    set_if_given(&mut topic.schema, &update.schema);
+                    set_if_given(&mut topic.retention, &update.retention);
                     topic.updated_at_ms = *now_ms;
                     topic.version += 1;
                     Ok(topic.clone())

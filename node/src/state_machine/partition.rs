@@ -16,6 +16,7 @@ use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::CommitWriter;
 use crate::raft::types::PartitionCommand;
+use crate::state_machine::check_none_moved_back;
 
 /// Where one publish batch sits: its offsets, its Raft entry and its time.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -254,7 +255,7 @@ impl Watermarks {
     /// never reused, retention never brings back what it dropped, time
     /// within a partition never decreases, and a purge point never retreats.
     fn check_progress(&self, after: &Watermarks) -> Result<(), String> {
-        let pairs = [
+        check_none_moved_back([
             ("next offset", self.next_offset.0, after.next_offset.0),
             (
                 "log start offset",
@@ -271,19 +272,12 @@ impl Watermarks {
                 self.purgeable_log_index,
                 after.purgeable_log_index,
             ),
-        ];
-        for (what, before, after) in pairs {
-            if after < before {
-                return Err(format!("{what} moved back from {before} to {after}"));
-            }
-        }
-        if after.last_timestamp_ms < self.last_timestamp_ms {
-            return Err(format!(
-                "last timestamp moved back from {} to {}",
-                self.last_timestamp_ms, after.last_timestamp_ms
-            ));
-        }
-        Ok(())
+        ])?;
+        check_none_moved_back([(
+            "last timestamp",
+            self.last_timestamp_ms,
+            after.last_timestamp_ms,
+        )])
     }
 }
 

@@ -8,6 +8,7 @@ use crate::raft::types::MetaState;
 use crate::raft::types::PayloadFilter;
 use crate::raft::types::Subscription;
 use crate::raft::types::SubscriptionSettings;
+use crate::state_machine::set_if_given;
 
 pub const SUBSCRIPTION_NAME_MAX_CHARS: usize = 255;
 pub const ENDPOINT_MAX_CHARS: usize = 2048;
@@ -126,15 +127,9 @@ pub(super) fn apply(state: &mut MetaState, command: &MetaCommand) -> CommandResp
         MetaCommand::UpdateSubscription { id, update, now_ms } => {
             with_subscription(state, id, |subscription| {
                 let mut updated = subscription.clone();
-                if let Some(name) = &update.name {
-                    updated.name = name.clone();
-                }
-                if let Some(endpoint) = &update.endpoint {
-                    updated.endpoint = endpoint.clone();
-                }
-                if let Some(filter) = &update.filter {
-                    updated.filter = filter.clone();
-                }
+                set_if_given(&mut updated.name, &update.name);
+                set_if_given(&mut updated.endpoint, &update.endpoint);
+                set_if_given(&mut updated.filter, &update.filter);
                 updated.settings = updated.settings.overridden_by(update.settings);
                 updated.updated_at_ms = *now_ms;
                 validate(&updated)?;
