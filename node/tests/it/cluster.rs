@@ -230,6 +230,33 @@ async fn whole_cluster_restart_keeps_messages_offsets_and_group_offsets() {
         .offsets;
     let offsets: Vec<(u32, u64)> = offsets.iter().map(|o| (o.partition, o.offset)).collect();
     assert_eq!(offsets, vec![(0, 7), (1, 8)]);
+    // The groups that committed, in name order, in every partition or one.
+    client
+        .commit_offset(pb::CommitOffsetRequest {
+            topic: topic("audit"),
+            group: "alerts".into(),
+            partition: 1,
+            offset: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (partition, expected) in [
+        (None, vec!["alerts", "billing"]),
+        (Some(0), vec!["billing"]),
+        (Some(1), vec!["alerts", "billing"]),
+    ] {
+        let groups = client
+            .list_groups(pb::ListGroupsRequest {
+                topic: topic("audit"),
+                partition,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .groups;
+        assert_eq!(groups, expected, "partition {partition:?}");
+    }
     // New publishes continue the offsets rather than restart them.
     let ack = client
         .publish(pb::PublishRequest {

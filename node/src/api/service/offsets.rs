@@ -19,6 +19,7 @@ use crate::raft::types::PartitionCommand;
 use crate::raft::types::Scope;
 use crate::raft::types::Topic;
 use crate::state_machine::GroupData;
+use crate::state_machine::partition::PartitionState;
 
 /// A consumer group's position in one partition: the next offset it reads.
 #[derive(Debug, Clone)]
@@ -76,40 +77,20 @@ impl Service {
         hops: Hops,
     ) -> Result<Vec<(u32, Offset)>, ServiceError> {
         let topic = self.readable_topic(caller, topic).await?;
-        let mut offsets = Vec::new();
-        for partition in selected_partitions(&topic, partition)? {
-            match self
-                .route(LeaderOf::Partition(&topic, partition), hops)
-                .await?
-            {
-                Route::Forward(addr) => offsets.extend(
-                    self.peers
-                        .committed_offsets(&addr, topic.id, group, partition, hops)
-                        .await?,
-                ),
-                Route::Local(local) => {
-                    // Just after an election or a restart a leader's applied
-                    // state can lag what is committed: confirm leadership
-                    // and catch up first, or a read could return an offset
-                    // older than one already committed.
-                    let linear = local
-                        .raft
-                        .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
-                    match tokio::time::timeout(self.forward_timeout(), linear).await {
-                        Ok(Ok(_)) => {}
-                        _ => {
-                            return Err(ServiceError::unavailable("leadership unconfirmed; retry"));
-                        }
-                    }
-                    let offset = local.state.read(|inner| match &inner.data {
-                        GroupData::Partition(p) => p.consumer_offsets.get(group).map(|o| o.offset),
-                        GroupData::Meta(_) => None,
-                    });
-                    offsets.extend(offset.map(|offset| (partition, offset)));
-                }
-            }
-        }
-        Ok(offsets)
+        let here = |partition, state: &PartitionState| {
+            let committed = state.consumer_offsets.get(group);
+            committed
+                .map(|c| (partition, c.offset))
+                .into_iter()
+                .collect()
+        };
+        let there = |addr: String, partition| async move {
+            self.peers
+                .committed_offsets(&addr, topic.id, group, partition, hops)
+                .await
+        };
+        self.read_on_partition_leaders(&topic, partition, hops, here, there)
+            .await
     }
 
     /// The consumer groups that committed an offset in the topic (or one
@@ -122,25 +103,52 @@ impl Service {
         hops: Hops,
     ) -> Result<Vec<String>, ServiceError> {
         let topic = self.readable_topic(caller, topic).await?;
-        let mut groups = BTreeSet::new();
-        for partition in selected_partitions(&topic, partition)? {
+        let here = |_, state: &PartitionState| state.consumer_offsets.keys().cloned().collect();
+        let there = |addr: String, partition| async move {
+            self.peers
+                .consumer_groups(&addr, topic.id, partition, hops)
+                .await
+        };
+        let groups = self
+            .read_on_partition_leaders(&topic, partition, hops, here, there)
+            .await?;
+        let groups: BTreeSet<String> = groups.into_iter().collect();
+        Ok(groups.into_iter().collect())
+    }
+
+    /// Reads each selected partition of `topic` on its leader: `here` from
+    /// this node's state when it leads the partition, else `there` from the
+    /// leader. Just after an election or a restart a leader's applied state
+    /// can lag what is committed, so this node first catches up: a read
+    /// never misses a commit already acknowledged.
+    async fn read_on_partition_leaders<T, There>(
+        &self,
+        topic: &Topic,
+        partition: Option<u32>,
+        hops: Hops,
+        here: impl Fn(u32, &PartitionState) -> Vec<T>,
+        there: impl Fn(String, u32) -> There,
+    ) -> Result<Vec<T>, ServiceError>
+    where
+        There: Future<Output = Result<Vec<T>, ServiceError>>,
+    {
+        let mut read = Vec::new();
+        for partition in selected_partitions(topic, partition)? {
             match self
-                .route(LeaderOf::Partition(&topic, partition), hops)
+                .route(LeaderOf::Partition(topic, partition), hops)
                 .await?
             {
-                Route::Forward(addr) => groups.extend(
-                    self.peers
-                        .consumer_groups(&addr, topic.id, partition, hops)
-                        .await?,
-                ),
-                Route::Local(local) => local.state.read(|inner| {
-                    if let GroupData::Partition(p) = &inner.data {
-                        groups.extend(p.consumer_offsets.keys().cloned());
-                    }
-                }),
+                Route::Forward(addr) => read.extend(there(addr, partition).await?),
+                Route::Local(local) => {
+                    self.caught_up_leader(&local).await?;
+                    read.extend(local.state.read(|inner| match &inner.data {
+                        GroupData::Partition(state) => here(partition, state),
+                        GroupData::Meta(_) => Vec::new(),
+                    }));
+                }
             }
         }
-        Ok(groups.into_iter().collect())
+        Ok(read)
     }
 
     /// The topic, if the caller may consume it.
