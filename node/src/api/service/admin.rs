@@ -26,7 +26,6 @@ use crate::raft::types::TopicSpec;
 use crate::raft::types::TopicUpdate;
 use crate::state_machine::meta::validate_spec;
 use crate::state_machine::meta::validate_token;
-use raftstream_proto::ErrorCode;
 
 /// A token to create: its topics by name (or id), resolved on the
 /// metadata leader.
@@ -190,9 +189,9 @@ impl Service {
         if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
             return self.peers.get_topic(&addr, name, hops).await;
         }
-        self.node.find_topic(name).ok_or_else(|| {
-            ServiceError::new(ErrorCode::NotFound, format!("topic {name} does not exist"))
-        })
+        self.node
+            .find_topic(name)
+            .ok_or_else(|| ServiceError::no_such_topic(name))
     }
 
     pub async fn update_topic(

@@ -124,6 +124,10 @@ impl ServiceError {
         ServiceError::new(ErrorCode::Unavailable, message)
     }
 
+    pub fn no_such_topic(name: &TopicName) -> ServiceError {
+        ServiceError::new(ErrorCode::NotFound, format!("topic {name} does not exist"))
+    }
+
     /// How a whole call words an unknown outcome: the code alone reads
     /// like a plain timeout to a person.
     pub fn outcome_unknown(why: &str) -> ServiceError {
@@ -848,9 +852,9 @@ impl Service {
             .raft
             .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
         let _ = tokio::time::timeout(Duration::from_secs(2), linear).await;
-        self.node.find_topic(name).ok_or_else(|| {
-            ServiceError::new(ErrorCode::NotFound, format!("topic {name} does not exist"))
-        })
+        self.node
+            .find_topic(name)
+            .ok_or_else(|| ServiceError::no_such_topic(name))
     }
 
     /// Does `local` on this node when it leads the group, else `forward`s
