@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use futures::future::BoxFuture;
 use raftstream_proto::ErrorCode;
 use raftstream_proto::call_outcome;
 use raftstream_proto::v1 as pb;

@@ -14,6 +14,7 @@ use crate::api::service::Delivered;
 use crate::api::service::Delivery;
 use crate::api::service::NewSource;
 use crate::api::service::OffsetCommit;
+use crate::api::service::PeerCall;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
 use crate::api::service::SubscriptionChange;
@@ -171,7 +172,7 @@ impl Peers for GrpcPeers {
         records: &'a [Record],
         producer: Option<ProducerBatch>,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<RecordOutcome>, ServiceError>> {
+    ) -> PeerCall<'a, Vec<RecordOutcome>> {
         Box::pin(async move {
             let request = pb::PublishBatchRequest {
                 topic: Some(pb::TopicRef {
@@ -188,12 +189,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn consume<'a>(
-        &'a self,
-        addr: &'a str,
-        read: PeerRead,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Page, ServiceError>> {
+    fn consume<'a>(&'a self, addr: &'a str, read: PeerRead, hops: Hops) -> PeerCall<'a, Page> {
         Box::pin(async move {
             let request = pb::ConsumeRequest {
                 topic: Some(pb::TopicRef {
@@ -227,7 +223,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         spec: &'a TopicSpec,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+    ) -> PeerCall<'a, Topic> {
         Box::pin(async move {
             let message = spec_to_pb(spec);
             peer_call!(self, addr, hops, create_topic, message)
@@ -241,7 +237,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         name: Option<String>,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<Topic>, ServiceError>> {
+    ) -> PeerCall<'a, Vec<Topic>> {
         Box::pin(async move {
             let message = pb::ListTopicsRequest { name };
             let answer = peer_call!(self, addr, hops, list_topics, message).await?;
@@ -254,7 +250,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         name: &'a TopicName,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+    ) -> PeerCall<'a, Topic> {
         Box::pin(async move {
             let message = topic_ref_to_pb(name);
             peer_call!(self, addr, hops, get_topic, message)
@@ -269,7 +265,7 @@ impl Peers for GrpcPeers {
         topic_id: TopicId,
         update: &'a TopicUpdate,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>> {
+    ) -> PeerCall<'a, Topic> {
         Box::pin(async move {
             let message = pb::UpdateTopicRequest {
                 topic: topic_by_id(topic_id),
@@ -294,7 +290,7 @@ impl Peers for GrpcPeers {
         topic_id: TopicId,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::PurgeTopicRequest {
                 topic: topic_by_id(topic_id),
@@ -311,7 +307,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         topic_id: TopicId,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = topic_ref_to_pb(&TopicName::Id(topic_id));
             peer_call!(self, addr, hops, delete_topic, message)
@@ -325,7 +321,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         new: &'a NewToken,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<CreatedToken, ServiceError>> {
+    ) -> PeerCall<'a, CreatedToken> {
         Box::pin(async move {
             let message = pb::CreateTokenRequest {
                 name: new.name.clone(),
@@ -340,11 +336,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn list_tokens<'a>(
-        &'a self,
-        addr: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<TokenInfo>, ServiceError>> {
+    fn list_tokens<'a>(&'a self, addr: &'a str, hops: Hops) -> PeerCall<'a, Vec<TokenInfo>> {
         Box::pin(async move {
             let message = pb::ListTokensRequest {};
             let answer = peer_call!(self, addr, hops, list_tokens, message).await?;
@@ -352,12 +344,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn delete_token<'a>(
-        &'a self,
-        addr: &'a str,
-        id: u64,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    fn delete_token<'a>(&'a self, addr: &'a str, id: u64, hops: Hops) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::DeleteTokenRequest { id };
             peer_call!(self, addr, hops, delete_token, message)
@@ -372,7 +359,7 @@ impl Peers for GrpcPeers {
         node: NodeId,
         peer_addr: &'a str,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::AddNodeRequest {
                 node_id: node.0,
@@ -384,12 +371,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn remove_node<'a>(
-        &'a self,
-        addr: &'a str,
-        node: NodeId,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    fn remove_node<'a>(&'a self, addr: &'a str, node: NodeId, hops: Hops) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::RemoveNodeRequest { node_id: node.0 };
             peer_call!(self, addr, hops, remove_node, message)
@@ -404,7 +386,7 @@ impl Peers for GrpcPeers {
         group: GroupId,
         replicas: &'a [NodeId],
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::MovePartitionRequest {
                 topic: topic_by_id(group.topic()),
@@ -423,7 +405,7 @@ impl Peers for GrpcPeers {
         group: GroupId,
         replicas: &'a [NodeId],
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::CompletePartitionMoveRequest {
                 group_id: group.0,
@@ -435,11 +417,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn local_status<'a>(
-        &'a self,
-        addr: &'a str,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<ClusterStatus, ServiceError>> {
+    fn local_status<'a>(&'a self, addr: &'a str, timeout: Duration) -> PeerCall<'a, ClusterStatus> {
         Box::pin(async move {
             let message = pb::ClusterStatusRequest {};
             let answer = self
@@ -461,7 +439,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         new: &'a NewSource,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>> {
+    ) -> PeerCall<'a, SourceWithSecret> {
         Box::pin(async move {
             let message = pb::CreateSourceRequest {
                 name: new.name.clone(),
@@ -476,11 +454,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn list_sources<'a>(
-        &'a self,
-        addr: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<SourceView>, ServiceError>> {
+    fn list_sources<'a>(&'a self, addr: &'a str, hops: Hops) -> PeerCall<'a, Vec<SourceView>> {
         Box::pin(async move {
             let message = pb::ListSourcesRequest {};
             let answer =
@@ -494,7 +468,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         id: &'a str,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<SourceView, ServiceError>> {
+    ) -> PeerCall<'a, SourceView> {
         Box::pin(async move {
             let message = pb::GetSourceRequest { id: id.to_string() };
             peer_call!(via ingest_client, self, addr, hops, get_source, message)
@@ -503,12 +477,7 @@ impl Peers for GrpcPeers {
         })
     }
 
-    fn delete_source<'a>(
-        &'a self,
-        addr: &'a str,
-        id: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    fn delete_source<'a>(&'a self, addr: &'a str, id: &'a str, hops: Hops) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let message = pb::DeleteSourceRequest { id: id.to_string() };
             peer_call!(via ingest_client, self, addr, hops, delete_source, message)
@@ -522,7 +491,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         change: &'a SubscriptionChange,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<ChangedSubscription, ServiceError>> {
+    ) -> PeerCall<'a, ChangedSubscription> {
         Box::pin(async move {
             let message = change_to_pb(change);
             peer_call!(via subscriptions_client, self, addr, hops, change_subscription, message)
@@ -536,7 +505,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         id: &'a str,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>> {
+    ) -> PeerCall<'a, SourceWithSecret> {
         Box::pin(async move {
             let message = pb::RotateSourceSecretRequest { id: id.to_string() };
             peer_call!(via ingest_client, self, addr, hops, rotate_source_secret, message)
@@ -550,7 +519,7 @@ impl Peers for GrpcPeers {
         addr: &'a str,
         delivery: &'a Delivery,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Delivered, ServiceError>> {
+    ) -> PeerCall<'a, Delivered> {
         Box::pin(async move {
             let message = pb::DeliverRequest {
                 source_id: delivery.source_id.clone(),
@@ -580,7 +549,7 @@ impl Peers for GrpcPeers {
         topic_id: TopicId,
         commit: &'a OffsetCommit,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>> {
+    ) -> PeerCall<'a, ()> {
         Box::pin(async move {
             let writer = commit.writer.unwrap_or(CommitWriter { id: 0, seq: 0 });
             let message = pb::CommitOffsetRequest {
@@ -604,7 +573,7 @@ impl Peers for GrpcPeers {
         group: &'a str,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<(u32, Offset)>, ServiceError>> {
+    ) -> PeerCall<'a, Vec<(u32, Offset)>> {
         Box::pin(async move {
             let message = pb::GetCommittedOffsetsRequest {
                 topic: topic_by_id(topic_id),
@@ -626,7 +595,7 @@ impl Peers for GrpcPeers {
         topic_id: TopicId,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>> {
+    ) -> PeerCall<'a, Vec<String>> {
         Box::pin(async move {
             let message = pb::ListGroupsRequest {
                 topic: topic_by_id(topic_id),

@@ -514,6 +514,9 @@ impl LeaderOf<'_> {
     }
 }
 
+/// A call to another node, answered with a `T`.
+pub type PeerCall<'a, T> = BoxFuture<'a, Result<T, ServiceError>>;
+
 /// Calls to other nodes, which the gRPC adapter carries. Errors of a call
 /// that may have run there (cut off mid-way) are `outcome_unknown`; a call
 /// that never reached the node is `unavailable`; errors the other node
@@ -527,37 +530,32 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         records: &'a [Record],
         producer: Option<ProducerBatch>,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<RecordOutcome>, ServiceError>>;
+    ) -> PeerCall<'a, Vec<RecordOutcome>>;
 
     /// Reads from the node at `addr`; with `hops.local_only`, from its own
     /// replica only.
-    fn consume<'a>(
-        &'a self,
-        addr: &'a str,
-        read: PeerRead,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Page, ServiceError>>;
+    fn consume<'a>(&'a self, addr: &'a str, read: PeerRead, hops: Hops) -> PeerCall<'a, Page>;
 
     fn create_topic<'a>(
         &'a self,
         addr: &'a str,
         spec: &'a TopicSpec,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
+    ) -> PeerCall<'a, Topic>;
 
     fn list_topics<'a>(
         &'a self,
         addr: &'a str,
         name: Option<String>,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<Topic>, ServiceError>>;
+    ) -> PeerCall<'a, Vec<Topic>>;
 
     fn get_topic<'a>(
         &'a self,
         addr: &'a str,
         name: &'a TopicName,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
+    ) -> PeerCall<'a, Topic>;
 
     fn update_topic<'a>(
         &'a self,
@@ -565,7 +563,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         topic_id: TopicId,
         update: &'a TopicUpdate,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Topic, ServiceError>>;
+    ) -> PeerCall<'a, Topic>;
 
     fn purge_partition<'a>(
         &'a self,
@@ -573,34 +571,21 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         topic_id: TopicId,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    ) -> PeerCall<'a, ()>;
 
-    fn delete_topic<'a>(
-        &'a self,
-        addr: &'a str,
-        topic_id: TopicId,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    fn delete_topic<'a>(&'a self, addr: &'a str, topic_id: TopicId, hops: Hops)
+    -> PeerCall<'a, ()>;
 
     fn create_token<'a>(
         &'a self,
         addr: &'a str,
         new: &'a NewToken,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<CreatedToken, ServiceError>>;
+    ) -> PeerCall<'a, CreatedToken>;
 
-    fn list_tokens<'a>(
-        &'a self,
-        addr: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<TokenInfo>, ServiceError>>;
+    fn list_tokens<'a>(&'a self, addr: &'a str, hops: Hops) -> PeerCall<'a, Vec<TokenInfo>>;
 
-    fn delete_token<'a>(
-        &'a self,
-        addr: &'a str,
-        id: u64,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    fn delete_token<'a>(&'a self, addr: &'a str, id: u64, hops: Hops) -> PeerCall<'a, ()>;
 
     fn add_node<'a>(
         &'a self,
@@ -608,14 +593,9 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         node: NodeId,
         peer_addr: &'a str,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    ) -> PeerCall<'a, ()>;
 
-    fn remove_node<'a>(
-        &'a self,
-        addr: &'a str,
-        node: NodeId,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    fn remove_node<'a>(&'a self, addr: &'a str, node: NodeId, hops: Hops) -> PeerCall<'a, ()>;
 
     fn move_partition<'a>(
         &'a self,
@@ -623,7 +603,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         group: GroupId,
         replicas: &'a [NodeId],
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    ) -> PeerCall<'a, ()>;
 
     fn complete_partition_move<'a>(
         &'a self,
@@ -631,50 +611,33 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         group: GroupId,
         replicas: &'a [NodeId],
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    ) -> PeerCall<'a, ()>;
 
     /// The other node's own status ([`Service::local_status`]), within
     /// `timeout`.
-    fn local_status<'a>(
-        &'a self,
-        addr: &'a str,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<ClusterStatus, ServiceError>>;
+    fn local_status<'a>(&'a self, addr: &'a str, timeout: Duration) -> PeerCall<'a, ClusterStatus>;
 
     fn create_source<'a>(
         &'a self,
         addr: &'a str,
         new: &'a NewSource,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>>;
+    ) -> PeerCall<'a, SourceWithSecret>;
 
-    fn list_sources<'a>(
-        &'a self,
-        addr: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<SourceView>, ServiceError>>;
+    fn list_sources<'a>(&'a self, addr: &'a str, hops: Hops) -> PeerCall<'a, Vec<SourceView>>;
 
     /// With `hops.local_only`, the counters of the other node's replica.
-    fn get_source<'a>(
-        &'a self,
-        addr: &'a str,
-        id: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<SourceView, ServiceError>>;
+    fn get_source<'a>(&'a self, addr: &'a str, id: &'a str, hops: Hops)
+    -> PeerCall<'a, SourceView>;
 
-    fn delete_source<'a>(
-        &'a self,
-        addr: &'a str,
-        id: &'a str,
-        hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    fn delete_source<'a>(&'a self, addr: &'a str, id: &'a str, hops: Hops) -> PeerCall<'a, ()>;
 
     fn rotate_source_secret<'a>(
         &'a self,
         addr: &'a str,
         id: &'a str,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<SourceWithSecret, ServiceError>>;
+    ) -> PeerCall<'a, SourceWithSecret>;
 
     /// Makes `change` on the node at `addr` (the metadata leader).
     fn change_subscription<'a>(
@@ -682,7 +645,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         addr: &'a str,
         change: &'a SubscriptionChange,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<ChangedSubscription, ServiceError>>;
+    ) -> PeerCall<'a, ChangedSubscription>;
 
     fn commit_offset<'a>(
         &'a self,
@@ -690,7 +653,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         topic_id: TopicId,
         commit: &'a OffsetCommit,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<(), ServiceError>>;
+    ) -> PeerCall<'a, ()>;
 
     /// `group`'s committed offset in one partition, if it has one.
     fn committed_offsets<'a>(
@@ -700,7 +663,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         group: &'a str,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<(u32, Offset)>, ServiceError>>;
+    ) -> PeerCall<'a, Vec<(u32, Offset)>>;
 
     fn consumer_groups<'a>(
         &'a self,
@@ -708,7 +671,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         topic_id: TopicId,
         partition: u32,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Vec<String>, ServiceError>>;
+    ) -> PeerCall<'a, Vec<String>>;
 
     /// Hands a delivery, as received, to the partition's leader, which
     /// checks it again.
@@ -717,7 +680,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         addr: &'a str,
         delivery: &'a Delivery,
         hops: Hops,
-    ) -> BoxFuture<'a, Result<Delivered, ServiceError>>;
+    ) -> PeerCall<'a, Delivered>;
 }
 
 /// The error of a call forwarded to another node, which can tell whether
