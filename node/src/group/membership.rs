@@ -37,18 +37,9 @@ pub async fn change_voters(
         let addr = addrs.get(node).ok_or_else(|| {
             WriteError::Unavailable(format!("node {node} has no known peer address"))
         })?;
-        let added = tokio::time::timeout(
-            catch_up_timeout,
-            group.raft.add_learner(*node, BasicNode::new(addr), true),
-        )
-        .await
-        .map_err(|_| {
-            WriteError::Unknown(format!(
-                "node {node} did not catch up within {} ms",
-                catch_up_timeout.as_millis()
-            ))
-        })?;
-        added.map_err(raft_write_error)?;
+        let add = group.raft.add_learner(*node, BasicNode::new(addr), true);
+        let late = format!("node {node} did not catch up");
+        step_within(catch_up_timeout, &late, add).await?;
     }
     if group.voters() == *target {
         return Ok(());
@@ -61,20 +52,29 @@ pub async fn change_voters(
     for node in target.iter().filter(|node| !voters.contains(node)) {
         await_learner_caught_up(group, *node, catch_up_timeout).await?;
     }
-    let changed = tokio::time::timeout(
-        catch_up_timeout,
-        group
-            .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(target.clone()), false),
-    )
-    .await
-    .map_err(|_| {
-        WriteError::Unknown(format!(
-            "the membership change did not commit within {} ms",
-            catch_up_timeout.as_millis()
-        ))
-    })?;
-    changed.map(|_| ()).map_err(raft_write_error)
+    let change = group
+        .raft
+        .change_membership(ChangeMembers::ReplaceAllVoters(target.clone()), false);
+    let late = "the membership change did not commit";
+    step_within(catch_up_timeout, late, change)
+        .await
+        .map(|_| ())
+}
+
+/// Waits at most `timeout` for a membership `step`. Running out leaves its
+/// outcome unknown (it may still complete), which `late` says.
+async fn step_within<T>(
+    timeout: Duration,
+    late: &str,
+    step: impl Future<Output = Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+) -> Result<T, WriteError> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(done) => done.map_err(raft_write_error),
+        Err(_) => Err(WriteError::Unknown(format!(
+            "{late} within {} ms",
+            timeout.as_millis()
+        ))),
+    }
 }
 
 /// Waits until learner `node` has matched the leader's last log index as
