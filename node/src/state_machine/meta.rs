@@ -17,8 +17,8 @@ use crate::raft::types::TokenRecord;
 use crate::raft::types::TokenTopic;
 use crate::raft::types::Topic;
 use crate::raft::types::TopicSpec;
-use crate::state_machine::check_none_moved_back;
-use crate::state_machine::set_if_given;
+use crate::state_machine::fields::check_none_moved_back;
+use crate::state_machine::fields::set_if_given;
 
 pub const TOPIC_NAME_MAX_CHARS: usize = 255;
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;

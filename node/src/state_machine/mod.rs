@@ -22,6 +22,7 @@ macro_rules! debug_assert_ok {
 }
 
 pub mod balance;
+pub mod fields;
 pub mod meta;
 pub mod partition;
 pub mod subscriptions;
@@ -177,27 +178,6 @@ impl GroupShared {
 #[derive(Debug, Clone)]
 pub struct GroupStateMachine {
     shared: Arc<GroupShared>,
-}
-
-/// A partial update's field: `field` takes the update's value when the
-/// update gives one, and stays as it is otherwise.
-fn set_if_given<T: Clone>(field: &mut T, given: &Option<T>) {
-    if let Some(value) = given {
-        *field = value.clone();
-    }
-}
-
-/// Fails naming the first of `counters` (what it counts, its value
-/// before, its value after) that moved back.
-fn check_none_moved_back<T: PartialOrd + std::fmt::Display>(
-    counters: impl IntoIterator<Item = (&'static str, T, T)>,
-) -> Result<(), String> {
-    for (what, before, after) in counters {
-        if after < before {
-            return Err(format!("{what} moved back from {before} to {after}"));
-        }
-    }
-    Ok(())
 }
 
 fn invalid_data(e: impl std::fmt::Display) -> io::Error {

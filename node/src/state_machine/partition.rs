@@ -16,7 +16,7 @@ use crate::raft::batch::RecordBatch;
 use crate::raft::types::CommandResponse;
 use crate::raft::types::CommitWriter;
 use crate::raft::types::PartitionCommand;
-use crate::state_machine::check_none_moved_back;
+use crate::state_machine::fields::check_none_moved_back;
 
 /// Where one publish batch sits: its offsets, its Raft entry and its time.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use crate::raft::types::MetaState;
 use crate::raft::types::PayloadFilter;
 use crate::raft::types::Subscription;
 use crate::raft::types::SubscriptionSettings;
-use crate::state_machine::set_if_given;
+use crate::state_machine::fields::set_if_given;
 
 pub const SUBSCRIPTION_NAME_MAX_CHARS: usize = 255;
 pub const ENDPOINT_MAX_CHARS: usize = 2048;

@@ -28,7 +28,14 @@ const SPLIT_DIRS: &[&str] = &["api", "group", "raft", "state_machine"];
 const LAYERS: &[&[&str]] = &[
     // Ids and plain values, which every module may name, storage included.
     &["model"],
-    &["storage", "disk", "time", "failpoints", "call_layer"],
+    &[
+        "storage",
+        "disk",
+        "time",
+        "failpoints",
+        "call_layer",
+        "state_machine::fields",
+    ],
     // The domain model: topics, commands, record batches.
     &["raft::types", "raft::batch"],
     &[
