@@ -66,6 +66,21 @@ async fn first_event(http: &Http, topic: &str, kind: &str, field: &str, value: &
     .await
 }
 
+/// Reads the channel at `path` (see [`events`]) until what it holds
+/// satisfies `done` (`what` names that, should it never happen).
+async fn events_when(
+    http: &Http,
+    path: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    eventually(what, Duration::from_secs(30), || async {
+        let seen = events(http, path).await;
+        done(&seen).then_some(seen)
+    })
+    .await
+}
+
 fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
 }
@@ -227,18 +242,17 @@ async fn a_flow_view_shows_its_own_delivery_attempts_and_errors() {
         .await;
 
     let executions_path = format!("/api/v1/flow/{flow}/execution/consume");
-    let executions = eventually(
+    let executions = events_when(
+        &http,
+        &executions_path,
         "a failed attempt 1 and a successful attempt 2",
-        Duration::from_secs(30),
-        || async {
-            let seen = events(&http, &executions_path).await;
-            let failed = of_type(&seen, "delivery.failed")
-                .iter()
-                .any(|e| e["details"]["attempt"] == 1);
-            let succeeded = of_type(&seen, "delivery.succeeded")
-                .iter()
-                .any(|e| e["details"]["attempt"] == 2);
-            (failed && succeeded).then_some(seen)
+        |seen| {
+            let attempted = |kind, attempt: u64| {
+                of_type(seen, kind)
+                    .iter()
+                    .any(|e| e["details"]["attempt"] == attempt)
+            };
+            attempted("delivery.failed", 1) && attempted("delivery.succeeded", 2)
         },
     )
     .await;
@@ -247,7 +261,16 @@ async fn a_flow_view_shows_its_own_delivery_attempts_and_errors() {
         assert!(succeeded["details"]["latency_ms"].is_u64(), "{succeeded}");
     }
 
-    let errors = events(&http, &format!("/api/v1/flow/{flow}/error/consume")).await;
+    // Each channel is its own topic and publish: the errors channel may
+    // lag the executions channel, so it is read until its event shows.
+    let errors_path = format!("/api/v1/flow/{flow}/error/consume");
+    let errors = events_when(
+        &http,
+        &errors_path,
+        "the failed attempt on the errors channel",
+        |seen| !of_type(seen, "delivery.failed").is_empty(),
+    )
+    .await;
     let failure = of_type(&errors, "delivery.failed");
     assert_eq!(failure.len(), 1, "{errors:?}");
     assert!(
