@@ -12,19 +12,41 @@ use std::task::Poll;
 
 use tonic::codegen::http;
 
-/// The answer to one wrapped call.
+/// A boxed answer to one wrapped call, for middleware whose future has no
+/// name (an `async` block).
 pub type CallFuture<R, E> = Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send>>;
 
-/// The wrapped service's handling of one call: the service that was made
-/// ready, so a middleware may call it after an await of its own.
-pub type Next<B, R, E> = Box<dyn FnOnce(http::Request<B>) -> CallFuture<R, E> + Send>;
+/// A wrapped service whose calls a middleware may box: its futures and
+/// errors are `Send + 'static`.
+pub trait SendCall<Request>:
+    tower::Service<Request, Future: Send + 'static, Error: Send + 'static>
+{
+}
 
-/// What a middleware does around one call whose request has a body of
-/// type `B`, whose response has a body of type `R`, and which fails with
-/// `E`.
-pub trait AroundCall<B, R, E> {
-    /// Serves `request`, passing it on to `next` at most once.
-    fn around(&self, request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E>;
+impl<S, Request> SendCall<Request> for S where
+    S: tower::Service<Request, Future: Send + 'static, Error: Send + 'static>
+{
+}
+
+/// What a middleware does around one call to the wrapped service `S`.
+pub trait AroundCall<S, B>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Future: Future<Output = Result<S::Response, S::Error>>;
+
+    /// Serves `request`. `ready` is the wrapped service, made ready for
+    /// this call: the middleware calls it at most once, at once, or takes
+    /// it with [`take_ready`] to call it after an await of its own.
+    fn around(&self, ready: &mut S, request: http::Request<B>) -> Self::Future;
+}
+
+/// The ready service, for a call made later; a fresh clone takes its place
+/// for the next call (tower's rule: the clone that was made ready serves
+/// the call). Only middleware that awaits before calling needs this.
+pub fn take_ready<S: Clone>(ready: &mut S) -> S {
+    let clone = ready.clone();
+    std::mem::replace(ready, clone)
 }
 
 /// Wraps services with the middleware `A`.
@@ -53,26 +75,20 @@ impl<S: tonic::server::NamedService, A> tonic::server::NamedService for Around<S
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, A, B, R> tower::Service<http::Request<B>> for Around<S, A>
+impl<S, A, B> tower::Service<http::Request<B>> for Around<S, A>
 where
-    A: AroundCall<B, R, S::Error>,
-    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: tower::Service<http::Request<B>>,
+    A: AroundCall<S, B>,
 {
-    type Response = http::Response<R>;
+    type Response = S::Response;
     type Error = S::Error;
-    type Future = CallFuture<R, S::Error>;
+    type Future = A::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The clone that was made ready serves this call (tower's rule); a
-        // fresh clone takes its place for the next one.
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let next: Next<B, R, S::Error> = Box::new(move |request| Box::pin(ready.call(request)));
-        self.around.around(request, next)
+    fn call(&mut self, request: http::Request<B>) -> A::Future {
+        self.around.around(&mut self.inner, request)
     }
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::Either;
 use parking_lot::Mutex;
 use rand::Rng;
 use rand::SeedableRng;
@@ -24,7 +25,7 @@ use tonic::codegen::http;
 use crate::call_layer::AroundCall;
 use crate::call_layer::CallFuture;
 use crate::call_layer::CallLayer;
-use crate::call_layer::Next;
+use crate::call_layer::SendCall;
 use crate::model::NodeId;
 
 /// The node a peer call comes from.
@@ -144,26 +145,33 @@ async fn cross(faults: &LinkFaults, from: NodeId, to: NodeId) {
     }
 }
 
-impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for ApplyLinkFaults {
-    fn around(&self, request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
+impl<S, B, R: Send + 'static> AroundCall<S, B> for ApplyLinkFaults
+where
+    S: SendCall<http::Request<B>, Response = http::Response<R>>,
+{
+    /// Without faults (every production node) the call passes through
+    /// unboxed.
+    type Future = Either<S::Future, CallFuture<R, S::Error>>;
+
+    fn around(&self, ready: &mut S, request: http::Request<B>) -> Self::Future {
         let from = request
             .headers()
             .get(FROM_NODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<NodeId>().ok());
+        let (Some(faults), Some(from)) = (&self.faults, from) else {
+            return Either::Left(ready.call(request));
+        };
+        let faults = Arc::clone(faults);
         let to = self.node;
-        let faults = self.faults.clone();
         // A gRPC service's call does its work when its future is polled,
         // which happens only once the request has crossed its link.
-        let call = next(request);
-        Box::pin(async move {
-            let (Some(faults), Some(from)) = (faults, from) else {
-                return call.await;
-            };
+        let call = ready.call(request);
+        Either::Right(Box::pin(async move {
             cross(&faults, from, to).await;
             let response = call.await?;
             cross(&faults, to, from).await;
             Ok(response)
-        })
+        }))
     }
 }

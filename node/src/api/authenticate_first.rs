@@ -14,7 +14,8 @@ use tonic::codegen::http;
 use crate::call_layer::AroundCall;
 use crate::call_layer::CallFuture;
 use crate::call_layer::CallLayer;
-use crate::call_layer::Next;
+use crate::call_layer::SendCall;
+use crate::call_layer::take_ready;
 use crate::node::Node;
 use crate::raft::types::TokenRecord;
 
@@ -71,11 +72,18 @@ async fn verdict(node: &Node, headers: &http::HeaderMap) -> Verdict {
     }
 }
 
-impl<B: Send + 'static, R: Default + Send + 'static, E: Send + 'static> AroundCall<B, R, E>
-    for AuthenticateFirst
+impl<S, B, R> AroundCall<S, B> for AuthenticateFirst
+where
+    S: SendCall<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
 {
-    fn around(&self, mut request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
+    type Future = CallFuture<R, S::Error>;
+
+    fn around(&self, ready: &mut S, mut request: http::Request<B>) -> Self::Future {
         let node = self.node.clone();
+        // The token is looked up before the call is made.
+        let mut ready = take_ready(ready);
         Box::pin(async move {
             match verdict(&node, request.headers()).await {
                 Verdict::Refused(why) => return Ok(tonic::Status::unauthenticated(why).into_http()),
@@ -84,7 +92,7 @@ impl<B: Send + 'static, R: Default + Send + 'static, E: Send + 'static> AroundCa
                 }
                 Verdict::Undecided => {}
             }
-            next(request).await
+            ready.call(request).await
         })
     }
 }

@@ -18,7 +18,7 @@ use tonic::codegen::http;
 use crate::call_layer::AroundCall;
 use crate::call_layer::CallFuture;
 use crate::call_layer::CallLayer;
-use crate::call_layer::Next;
+use crate::call_layer::SendCall;
 
 tokio::task_local! {
     static FORWARDED: Cell<bool>;
@@ -40,10 +40,15 @@ pub struct MarkForwarded;
 
 pub type MarkForwardedLayer = CallLayer<MarkForwarded>;
 
-impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for MarkForwarded {
-    fn around(&self, request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
+impl<S, B, R: Send + 'static> AroundCall<S, B> for MarkForwarded
+where
+    S: SendCall<http::Request<B>, Response = http::Response<R>>,
+{
+    type Future = CallFuture<R, S::Error>;
+
+    fn around(&self, ready: &mut S, request: http::Request<B>) -> Self::Future {
         // The handler runs when this future is polled, inside the scope.
-        let call = next(request);
+        let call = ready.call(request);
         Box::pin(FORWARDED.scope(Cell::new(false), async move {
             let mut response = call.await?;
             if FORWARDED.with(Cell::get) {

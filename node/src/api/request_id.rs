@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::call_layer::AroundCall;
 use crate::call_layer::CallFuture;
 use crate::call_layer::CallLayer;
-use crate::call_layer::Next;
+use crate::call_layer::SendCall;
 
 /// The header (gRPC metadata key) that carries a request's id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -72,8 +72,13 @@ impl RequestIdLayer {
     }
 }
 
-impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for RequestIds {
-    fn around(&self, mut request: http::Request<B>, next: Next<B, R, E>) -> CallFuture<R, E> {
+impl<S, B, R: Send + 'static> AroundCall<S, B> for RequestIds
+where
+    S: SendCall<http::Request<B>, Response = http::Response<R>>,
+{
+    type Future = CallFuture<R, S::Error>;
+
+    fn around(&self, ready: &mut S, mut request: http::Request<B>) -> Self::Future {
         let id = id_of(&request);
         request.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
         let span = tracing::info_span!(
@@ -83,7 +88,7 @@ impl<B, R: Send + 'static, E: Send + 'static> AroundCall<B, R, E> for RequestIds
         );
         let path = request.uri().path().to_owned();
         // The handler runs when this future is polled, inside the scope.
-        let call = next(request);
+        let call = ready.call(request);
         Box::pin(
             REQUEST_ID
                 .scope(id.clone(), async move {
