@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Raftstream versus NATS JetStream, side by side on loopback, in one run.
 #
-#   benches/compare.sh [--quick] [SECTION...]
+#   benches/compare.sh [--quick] [--keep-logs DIR] [SECTION...]
 #
 # Sections (all by default, in this order):
 #   compare   3 nodes / 3 replicas and 1 node / 1 replica: 1 KiB and 100 B
@@ -17,6 +17,9 @@
 #             node, throughput over all partitions
 #
 # --quick shrinks every workload (for trying the script, not for figures).
+# --keep-logs DIR (absolute, or relative to the repository root) copies each
+# Raftstream node's log (warnings and errors) into DIR as N-node-ID.log,
+# N counting the clusters started, before the cluster's data is deleted.
 # Builds release binaries, installs nats-server from Debian when missing,
 # binds everything to 127.0.0.1, and on exit (also on failure or Ctrl-C)
 # stops only the processes it started, unmounts what it mounted and removes
@@ -26,12 +29,20 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 quick=""
+keep_logs=""
 sections=()
-for arg in "$@"; do
+while [ $# -gt 0 ]; do
+  arg=$1
+  shift
   case "$arg" in
     --quick) quick=yes ;;
+    --keep-logs)
+      [ $# -gt 0 ] || { echo "--keep-logs needs a directory" >&2; exit 2; }
+      keep_logs=$(mkdir -p "$1" && cd "$1" && pwd)
+      shift
+      ;;
     compare | iggy | failover | rolling | scale) sections+=("$arg") ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -73,8 +84,16 @@ stop_all() {
 }
 # Stops the clusters and deletes their data, so that one section's gigabytes
 # do not sit in the page cache and on the disk under the next section.
+section_runs=0
 end_section() {
   stop_all
+  section_runs=$((section_runs + 1))
+  if [ -n "$keep_logs" ]; then
+    local dir
+    for dir in "${data_dirs[@]}"; do
+      if [ -f "$dir.log" ]; then cp "$dir.log" "$keep_logs/$section_runs-node-$(basename "$dir").log"; fi
+    done
+  fi
   [ ${#data_dirs[@]} -eq 0 ] || rm -rf "${data_dirs[@]}"
   data_dirs=()
 }
