@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use raftstream_node::model::GroupId;
+use raftstream_node::model::NodeId;
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -347,5 +349,52 @@ async fn a_subscription_made_over_http_delivers_signed_messages_as_documented() 
         }
     })
     .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_lists_and_shows_a_subscription_it_has_not_applied_yet() {
+    let cluster = TestCluster::start(3).await;
+    let leader = eventually("a metadata leader", Duration::from_secs(20), || async {
+        let meta = cluster.nodes[&1].node.group(GroupId::META)?;
+        meta.leader().map(|(leader, _)| leader.0)
+    })
+    .await;
+    let follower = cluster
+        .running_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let to_leader = Http::with_topic(&cluster, leader, json!({"name": "orders"})).await;
+    // The follower hears of every metadata change two seconds late.
+    cluster
+        .links
+        .delay(NodeId(leader), NodeId(follower), Duration::from_secs(2));
+    let created = create(
+        &to_leader,
+        json!({"name": "audit", "topic": "orders", "endpoint": NOWHERE}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let applied_on_follower = cluster.nodes[&follower]
+        .node
+        .with_metadata(|m| m.subscriptions.contains_key(&id))
+        .unwrap();
+    assert!(
+        !applied_on_follower,
+        "the delay did not hold the follower back"
+    );
+
+    // The follower answers as the metadata leader does, not from its own
+    // state, which lacks the subscription.
+    let on_follower = Http::new(&cluster, follower);
+    let (status, listed) = on_follower.get("/api/subscriptions").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    let (status, shown) = on_follower.get(&path(&id)).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["name"], "audit");
+    cluster.links.heal();
     cluster.shutdown().await;
 }

@@ -8,6 +8,7 @@ use super::ingest::source_from_pb;
 use super::ingest::with_secret_from_pb;
 use super::subscriptions::change_to_pb;
 use super::subscriptions::changed_from_pb;
+use super::subscriptions::view_from_pb;
 use super::*;
 use crate::api::service::ChangedSubscription;
 use crate::api::service::Delivered;
@@ -18,6 +19,7 @@ use crate::api::service::PeerCall;
 use crate::api::service::SourceView;
 use crate::api::service::SourceWithSecret;
 use crate::api::service::SubscriptionChange;
+use crate::api::service::SubscriptionView;
 use crate::model::GroupId;
 use crate::model::Offset;
 use crate::model::TopicId;
@@ -483,6 +485,34 @@ impl Peers for GrpcPeers {
             peer_call!(via ingest_client, self, addr, hops, delete_source, message)
                 .await
                 .map(|_| ())
+        })
+    }
+
+    fn list_subscriptions<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> PeerCall<'a, Vec<SubscriptionView>> {
+        Box::pin(async move {
+            let message = pb::ListSubscriptionsRequest {};
+            let answer =
+                peer_call!(via subscriptions_client, self, addr, hops, list_subscriptions, message)
+                    .await?;
+            Ok(answer.subscriptions.into_iter().map(view_from_pb).collect())
+        })
+    }
+
+    fn get_subscription<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> PeerCall<'a, SubscriptionView> {
+        Box::pin(async move {
+            let message = pb::GetSubscriptionRequest { id: id.to_string() };
+            peer_call!(via subscriptions_client, self, addr, hops, get_subscription, message)
+                .await
+                .map(view_from_pb)
         })
     }
 

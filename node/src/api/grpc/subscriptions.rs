@@ -145,7 +145,7 @@ fn view_to_pb(view: SubscriptionView) -> pb::Subscription {
 }
 
 /// A subscription from another node.
-fn view_from_pb(view: pb::Subscription) -> SubscriptionView {
+pub(super) fn view_from_pb(view: pb::Subscription) -> SubscriptionView {
     SubscriptionView {
         filter: view.filter.map(filter_from_pb),
         settings: settings_from_pb(view.settings),

@@ -639,6 +639,19 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         hops: Hops,
     ) -> PeerCall<'a, SourceWithSecret>;
 
+    fn list_subscriptions<'a>(
+        &'a self,
+        addr: &'a str,
+        hops: Hops,
+    ) -> PeerCall<'a, Vec<SubscriptionView>>;
+
+    fn get_subscription<'a>(
+        &'a self,
+        addr: &'a str,
+        id: &'a str,
+        hops: Hops,
+    ) -> PeerCall<'a, SubscriptionView>;
+
     /// Makes `change` on the node at `addr` (the metadata leader).
     fn change_subscription<'a>(
         &'a self,

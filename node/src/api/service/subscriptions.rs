@@ -9,6 +9,7 @@ use super::Caller;
 use super::Consume;
 use super::Hops;
 use super::LeaderOf;
+use super::Route;
 use super::Service;
 use super::ServiceError;
 use crate::api::read::StartAt;
@@ -193,13 +194,18 @@ impl Service {
         })
     }
 
-    /// Every subscription, in id order, with its positions.
+    /// Every subscription, in id order, with its positions, as the
+    /// metadata leader has them: it has applied every change it answered,
+    /// where a follower may not have yet.
     pub async fn subscriptions(
         &self,
         caller: &Caller,
         hops: Hops,
     ) -> Result<Vec<SubscriptionView>, ServiceError> {
         caller.check_unrestricted()?;
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
+            return self.peers.list_subscriptions(&addr, hops).await;
+        }
         let stored = self
             .node
             .with_metadata(|m| m.subscriptions.values().cloned().collect::<Vec<_>>())
@@ -215,6 +221,9 @@ impl Service {
         hops: Hops,
     ) -> Result<SubscriptionView, ServiceError> {
         caller.check_unrestricted()?;
+        if let Route::Forward(addr) = self.route(LeaderOf::Meta, hops).await? {
+            return self.peers.get_subscription(&addr, id, hops).await;
+        }
         let stored = self
             .node
             .with_metadata(|m| m.subscriptions.get(id).cloned())
