@@ -19,7 +19,8 @@
 # --quick shrinks every workload (for trying the script, not for figures).
 # --keep-logs DIR (absolute, or relative to the repository root) copies each
 # Raftstream node's log (warnings and errors) into DIR as N-node-ID.log,
-# N counting the clusters started, before the cluster's data is deleted.
+# N counting the clusters started, before the cluster's data is deleted,
+# and each loadgen run's standard error as loadgen-LABEL.err.
 # Builds release binaries, installs nats-server from Debian when missing,
 # binds everything to 127.0.0.1, and on exit (also on failure or Ctrl-C)
 # stops only the processes it started, unmounts what it mounted and removes
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
       shift
       ;;
     compare | iggy | failover | rolling | scale) sections+=("$arg") ;;
-    -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -211,8 +212,10 @@ run() {
   # Write back what earlier runs left dirty in the page cache, so that their
   # writeback is not charged to this run's fsyncs.
   sync
-  local out
-  if ! out=$(RAFTSTREAM_TOKEN="$token" "$loadgen" --json "$@" 2>"$work/run.err"); then
+  local out status=0
+  out=$(RAFTSTREAM_TOKEN="$token" "$loadgen" --json "$@" 2>"$work/run.err") || status=$?
+  if [ -n "$keep_logs" ]; then cp "$work/run.err" "$keep_logs/loadgen-${label//\//-}.err"; fi
+  if [ "$status" -ne 0 ]; then
     echo "compare: $label failed:" >&2
     grep -v '^ *[0-9]*: \|^ *at ' "$work/run.err" | head -n 5 >&2
     python3 -c 'import json, sys; print(json.dumps({"label": sys.argv[1], "failed": True, "error": open(sys.argv[2]).read().split("Stack backtrace")[0].strip()[-500:]}))' \
