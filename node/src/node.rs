@@ -1331,6 +1331,7 @@ impl Node {
             let _ = self.hand_off_leadership(LEADERSHIP_HANDOFF_TIMEOUT).await;
         }
         self.shutdown_tx.send_replace(true);
+        self.groups.close();
         for id in self.groups.ids() {
             self.stop_group(id, false).await;
         }

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -244,6 +246,8 @@ pub struct HostedGroups {
     /// Bumped whenever a group starts or stops being hosted, so a request
     /// for a group the metadata has just placed here can wait for it.
     changes: watch::Sender<u64>,
+    /// The node is stopping: no group starts here any more.
+    closed: AtomicBool,
 }
 
 impl Default for HostedGroups {
@@ -251,6 +255,7 @@ impl Default for HostedGroups {
         HostedGroups {
             groups: RwLock::default(),
             changes: watch::channel(0).0,
+            closed: AtomicBool::new(false),
         }
     }
 }
@@ -276,6 +281,16 @@ impl HostedGroups {
         self.changes.send_modify(|generation| *generation += 1);
     }
 
+    /// Marks the node as stopping, before its groups are removed: a request
+    /// still being served that looks for one of them then goes on to another
+    /// replica at once instead of waiting for a start that never comes
+    /// (which held a stopping node's last requests, and its exit, for the
+    /// whole wait).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
     pub fn remove(&self, id: GroupId) -> Option<Arc<Group>> {
         let removed = self.groups.write().remove(&id);
         self.changes.send_modify(|generation| *generation += 1);
@@ -284,7 +299,8 @@ impl HostedGroups {
 
     /// Group `id` once this node hosts it, waiting up to `timeout` for it
     /// to start: the metadata can place a group here (a topic created a
-    /// moment ago) a little before reconciliation has started it.
+    /// moment ago) a little before reconciliation has started it. Once the
+    /// registry is closed nothing starts, so nothing is waited for.
     pub async fn wait_for(&self, id: GroupId, timeout: Duration) -> Option<Arc<Group>> {
         // Subscribed before looking, so a start between the look and the
         // wait is not missed.
@@ -293,6 +309,9 @@ impl HostedGroups {
         loop {
             if let Some(group) = self.get(id) {
                 return Some(group);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,
@@ -313,5 +332,37 @@ impl HostedGroups {
             GroupData::Meta(m) => Some(f(m)),
             GroupData::Partition(_) => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Longer than any test runs: a waiter that returns has not timed out.
+    const FOREVER: Duration = Duration::from_secs(3600);
+    /// How long a waiter that should return at once gets before the test
+    /// calls it stuck.
+    const STUCK: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn closing_ends_waits_for_groups_that_will_not_start() {
+        let groups = HostedGroups::default();
+        // The waiter is polled first, so it is waiting when the registry
+        // closes.
+        let (waited, ()) = tokio::join!(
+            tokio::time::timeout(STUCK, groups.wait_for(GroupId(7), FOREVER)),
+            async {
+                tokio::task::yield_now().await;
+                groups.close();
+            }
+        );
+        assert!(matches!(waited, Ok(None)), "a waiter outlived the close");
+
+        let after = tokio::time::timeout(STUCK, groups.wait_for(GroupId(8), FOREVER)).await;
+        assert!(
+            matches!(after, Ok(None)),
+            "a closed registry made a new waiter wait"
+        );
     }
 }
