@@ -29,6 +29,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+# As given, for the report (the loop below consumes "$@").
+command_line="$*"
 quick=""
 keep_logs=""
 sections=()
@@ -414,7 +416,7 @@ nats_version=$(nats-server --version 2>&1 | head -n1)
 rustc_version=$(rustc --version)
 python3 "$root/benches/report.py" \
   --results "$results" --scale "$work/scale.jsonl" --disk "$work/disk.json" \
-  --command "benches/compare.sh $*" --nats-version "$nats_version" --rustc-version "$rustc_version" \
+  --command "benches/compare.sh $command_line" --nats-version "$nats_version" --rustc-version "$rustc_version" \
   --commit "$commit" \
   --out "$out"
 cat "$out"
