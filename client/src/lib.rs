@@ -28,7 +28,6 @@
 //! ```
 
 mod client;
-mod cluster;
 mod consumer;
 mod error;
 mod ingest;
@@ -47,8 +46,6 @@ pub use crate::client::IngestGrpc;
 pub use crate::client::SubscriptionsGrpc;
 pub use crate::client::tls_from_files;
 pub use crate::client::topic_ref;
-pub use crate::cluster::Spread;
-pub use crate::cluster::spread;
 pub use crate::consumer::Consumer;
 pub use crate::consumer::Position;
 pub use crate::error::Error;

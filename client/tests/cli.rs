@@ -164,6 +164,10 @@ async fn produce_then_consume_the_same_data_and_manage_groups() {
         status.contains("orders") && status.contains("(metadata)"),
         "{status}"
     );
+    assert!(
+        status.contains("spread (most minus fewest per node): "),
+        "{status}"
+    );
     cluster.shutdown().await;
 }
 
@@ -526,6 +530,9 @@ async fn json_output_parses_for_every_command() {
 
     let status = json_out(cli(&cluster).args(["--json", "cluster", "status"]));
     assert_eq!(status["nodes"].as_array().unwrap().len(), 1);
+    // One node holds every replica and leads every partition: nothing to
+    // spread.
+    assert_eq!(status["spread"], json!({"replicas": 0, "leaders": 0}));
     let token =
         json_out(cli(&cluster).args(["--json", "tokens", "create", "t", "--scope", "publish"]));
     let listed = json_out(cli(&cluster).args(["--json", "tokens", "list"]));

@@ -1157,7 +1157,9 @@ async fn draining_progress(client: &Client, id: u64) -> Option<String> {
 async fn cluster_status(cli: &Cli) -> anyhow::Result<()> {
     let client = connect(cli).await?;
     let status = client.cluster_status().await?;
-    let spread = raftstream_client::spread(&status);
+    let spread = status
+        .spread
+        .context("the node's cluster status carries no spread")?;
     if cli.json {
         let groups: Vec<_> = status
             .groups
@@ -1183,6 +1185,7 @@ async fn cluster_status(cli: &Cli) -> anyhow::Result<()> {
                 |m| json!({"topic": m.topic, "partition": m.partition, "from": m.from, "to": m.to}),
             )
             .collect();
+        let spread = json!({"replicas": spread.replicas, "leaders": spread.leaders});
         print_json(&json!({"nodes": nodes, "groups": groups, "moves": moves, "spread": spread}));
         return Ok(());
     }

@@ -983,6 +983,7 @@ impl Raftstream for ClientService {
 
 /// Cluster status on the wire.
 fn cluster_status_to_pb(status: ClusterStatus) -> pb::ClusterStatusResponse {
+    let spread = status.spread();
     pb::ClusterStatusResponse {
         node_id: status.node_id.0,
         nodes: status
@@ -1032,6 +1033,10 @@ fn cluster_status_to_pb(status: ClusterStatus) -> pb::ClusterStatusResponse {
                 to: m.to.into_iter().map(|n| n.0).collect(),
             })
             .collect(),
+        spread: Some(pb::Spread {
+            replicas: spread.replicas,
+            leaders: spread.leaders,
+        }),
     }
 }
 

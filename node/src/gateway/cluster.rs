@@ -114,18 +114,10 @@ pub struct Cluster {
 
 impl Cluster {
     fn of(status: service::ClusterStatus) -> Cluster {
-        let balanced: Vec<&service::NodeStatus> = status
-            .nodes
-            .iter()
-            .filter(|n| n.voter && !n.draining)
-            .collect();
-        let range = |count: fn(&service::NodeStatus) -> u32| {
-            let counts = balanced.iter().map(|n| count(n));
-            counts.clone().max().unwrap_or(0) - counts.min().unwrap_or(0)
-        };
+        let spread = status.spread();
         let spread = Spread {
-            replicas: range(|n| n.replicas),
-            leaders: range(|n| n.leaders),
+            replicas: spread.replicas,
+            leaders: spread.leaders,
         };
         let nodes = status
             .nodes

@@ -103,6 +103,34 @@ pub struct ClusterStatus {
     pub moves: Vec<MoveStatus>,
 }
 
+/// How evenly the cluster is spread: the most minus the fewest per node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spread {
+    pub replicas: u32,
+    pub leaders: u32,
+}
+
+impl ClusterStatus {
+    /// The spread over the nodes the balancer fills: voters not draining. A
+    /// joining node (not a voter yet) or one being removed would make any
+    /// cluster look uneven.
+    pub fn spread(&self) -> Spread {
+        let balanced: Vec<&NodeStatus> = self
+            .nodes
+            .iter()
+            .filter(|n| n.voter && !n.draining)
+            .collect();
+        let range = |count: fn(&NodeStatus) -> u32| {
+            let counts = balanced.iter().map(|n| count(n));
+            counts.clone().max().unwrap_or(0) - counts.min().unwrap_or(0)
+        };
+        Spread {
+            replicas: range(|n| n.replicas),
+            leaders: range(|n| n.leaders),
+        }
+    }
+}
+
 /// How long cluster status waits for each other node's own status: a node
 /// that does not answer within it is reported unreachable.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -570,5 +598,49 @@ fn check_peer_addr(addr: &str) -> Result<(), ServiceError> {
         Err(ServiceError::invalid(format!(
             "peer address {addr:?} is not host:port"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, replicas: u32, leaders: u32, voter: bool, draining: bool) -> NodeStatus {
+        NodeStatus {
+            id: NodeId(id),
+            client_addr: String::new(),
+            reachable: true,
+            replicas,
+            preferred_leaders: 0,
+            leaders,
+            voter,
+            draining,
+        }
+    }
+
+    #[test]
+    fn the_spread_counts_only_voters_that_are_not_draining() {
+        let status = |nodes| ClusterStatus {
+            node_id: NodeId(1),
+            nodes,
+            groups: Vec::new(),
+            moves: Vec::new(),
+        };
+        let cluster = status(vec![
+            node(1, 4, 2, true, false),
+            node(2, 2, 1, true, false),
+            node(3, 3, 0, true, false),
+            // Joining and leaving nodes would make any cluster uneven.
+            node(4, 0, 0, false, false),
+            node(5, 9, 5, true, true),
+        ]);
+        assert_eq!(
+            cluster.spread(),
+            Spread {
+                replicas: 2,
+                leaders: 2
+            }
+        );
+        assert_eq!(status(Vec::new()).spread(), Spread::default());
     }
 }

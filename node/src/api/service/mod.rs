@@ -10,6 +10,7 @@ mod cluster;
 pub use cluster::ClusterStatus;
 pub use cluster::MoveStatus;
 pub use cluster::NodeStatus;
+pub use cluster::Spread;
 pub use cluster::moves_of;
 pub use cluster::replica_spread;
 mod ingest;
