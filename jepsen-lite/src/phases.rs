@@ -210,10 +210,9 @@ pub(crate) async fn final_reads(
                 Some(m) => (Outcome::Ok, m),
                 None => (Outcome::Info, Vec::new()),
             };
-            recorder.record(
+            recorder.ended_now(
                 "final",
                 start,
-                recorder.now_us(),
                 outcome,
                 last_error.filter(|_| outcome != Outcome::Ok).or_else(|| {
                     converged

@@ -83,6 +83,18 @@ impl Recorder {
         });
     }
 
+    /// [`Recorder::record`] for an operation that ends now.
+    pub fn ended_now(
+        &self,
+        process: &str,
+        start_us: u64,
+        outcome: Outcome,
+        error: Option<String>,
+        kind: Kind,
+    ) {
+        self.record(process, start_us, self.now_us(), outcome, error, kind);
+    }
+
     pub fn ops(&self) -> Vec<Op> {
         let mut ops = self.ops.lock().clone();
         ops.sort_by_key(|op| (op.start_us, op.id));
@@ -332,10 +344,9 @@ impl Workload {
         if let Some((p, o, ts)) = at {
             self.acked.push(p, o, ts);
         }
-        self.recorder.record(
+        self.recorder.ended_now(
             process,
             start,
-            self.recorder.now_us(),
             outcome,
             error,
             Kind::Send {
@@ -529,10 +540,9 @@ impl Workload {
                 let (outcome, error, response) = grpc_call(grpc.consume(request)).await;
                 let messages = response.as_ref().map(messages_of).unwrap_or_default();
                 let next = response.map(|r| r.next_offset);
-                self.recorder.record(
+                self.recorder.ended_now(
                     &process,
                     t0,
-                    self.recorder.now_us(),
                     outcome,
                     error,
                     Kind::Poll {
@@ -707,10 +717,9 @@ impl Workload {
             Ok(()) => (Outcome::Ok, None),
             Err(e) => (Outcome::Info, Some(e.to_string())),
         };
-        self.recorder.record(
+        self.recorder.ended_now(
             process,
             t0,
-            self.recorder.now_us(),
             outcome,
             error,
             Kind::Commit {
@@ -732,10 +741,9 @@ impl Workload {
             ),
             Err(e) => (Outcome::Info, Some(e.to_string()), None),
         };
-        self.recorder.record(
+        self.recorder.ended_now(
             process,
             t0,
-            self.recorder.now_us(),
             outcome,
             error,
             Kind::FetchCommitted {
