@@ -292,18 +292,7 @@ impl Service {
             let addrs = BTreeMap::from([(node, peer_addr.to_string())]);
             change_voters(&meta, &voters, &addrs, self.membership_step_timeout()).await?;
             tracing::info!(node = node.0, peer_addr, "node added to the cluster");
-            let draining = self
-                .node
-                .with_metadata(|m| m.draining.contains(&node))
-                .unwrap_or(false);
-            if draining {
-                self.node
-                    .write_meta_ack(MetaCommand::SetNodeDraining {
-                        node,
-                        draining: false,
-                    })
-                    .await?;
-            }
+            self.set_draining(node, false).await?;
             self.node
                 .write_meta_ack(MetaCommand::SetBalancing { on: true })
                 .await
@@ -313,6 +302,22 @@ impl Service {
         self.on_leader(LeaderOf::Meta, hops, local, forward).await?;
         self.platform_event(hops, PlatformEvent::node_joined(node, peer_addr));
         Ok(())
+    }
+
+    /// Marks `node` draining or not, unless it already is; whether that
+    /// changed anything.
+    async fn set_draining(&self, node: NodeId, draining: bool) -> Result<bool, WriteError> {
+        let already = self
+            .node
+            .with_metadata(|m| m.draining.contains(&node) == draining)
+            .unwrap_or(!draining);
+        if already {
+            return Ok(false);
+        }
+        self.node
+            .write_meta_ack(MetaCommand::SetNodeDraining { node, draining })
+            .await?;
+        Ok(true)
     }
 
     /// Removes node `node`: marks it draining, waits (bounded) until the
@@ -358,17 +363,7 @@ impl Service {
                     remaining.len()
                 ))));
             }
-            let draining = self
-                .node
-                .with_metadata(|m| m.draining.contains(&node))
-                .unwrap_or(false);
-            if !draining {
-                self.node
-                    .write_meta_ack(MetaCommand::SetNodeDraining {
-                        node,
-                        draining: true,
-                    })
-                    .await?;
+            if self.set_draining(node, true).await? {
                 self.node
                     .write_meta_ack(MetaCommand::SetBalancing { on: true })
                     .await?;
