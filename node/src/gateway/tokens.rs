@@ -96,12 +96,8 @@ impl Token {
 /// A new token with its secret, shown this once.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
-    pub id: u64,
-    pub name: String,
-    pub scopes: Vec<TokenScope>,
-    pub topics: Vec<String>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
+    #[serde(flatten)]
+    pub info: Token,
     /// The bearer secret (`rst_…`). Only its hash is stored.
     pub token: String,
 }
@@ -146,13 +142,8 @@ pub async fn create(
         .core
         .create_token(&Caller::Node, new, Hops::default())
         .await?;
-    let token = Token::of(created.token);
     let created = CreatedToken {
-        id: token.id,
-        name: token.name,
-        scopes: token.scopes,
-        topics: token.topics,
-        created_at: token.created_at,
+        info: Token::of(created.token),
         token: created.secret,
     };
     Ok((StatusCode::CREATED, Json(created)))
