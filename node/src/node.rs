@@ -653,14 +653,13 @@ impl Node {
     /// membership, the configured `peers`.
     pub fn cluster_nodes(&self) -> BTreeMap<NodeId, String> {
         if let Some(meta) = self.meta_group() {
-            let watch = meta.raft.metrics();
-            let metrics = watch.borrow_watched();
-            let nodes: BTreeMap<NodeId, String> = metrics
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(id, node)| (*id, node.addr.clone()))
-                .collect();
+            let nodes: BTreeMap<NodeId, String> = meta.with_metrics(|m| {
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, node)| (*id, node.addr.clone()))
+                    .collect()
+            });
             if !nodes.is_empty() {
                 return nodes;
             }
@@ -683,13 +682,9 @@ impl Node {
     /// membership: the configured `peers`).
     pub fn voters(&self) -> Vec<NodeId> {
         if let Some(meta) = self.meta_group() {
-            let watch = meta.raft.metrics();
-            let metrics = watch.borrow_watched();
-            let mut voters: Vec<NodeId> =
-                metrics.membership_config.membership().voter_ids().collect();
+            let voters = meta.voters();
             if !voters.is_empty() {
-                voters.sort_unstable();
-                return voters;
+                return voters.into_iter().collect();
             }
         }
         self.config.peers.keys().copied().collect()
@@ -937,8 +932,7 @@ impl Node {
     fn release_caught_up_groups(&self) {
         let applied = |id: GroupId| {
             let group = self.group(id)?;
-            let metrics = group.raft.metrics().borrow_watched().clone();
-            Some(metrics.last_applied.map_or(0, |l| l.index))
+            Some(group.with_metrics(|m| m.last_applied.map_or(0, |l| l.index)))
         };
         for released in self.rejoin.release_caught_up(applied) {
             let Some(group) = self.group(released.group) else {

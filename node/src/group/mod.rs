@@ -37,6 +37,10 @@ use crate::state_machine::GroupStateMachine;
 /// same state machine type (it holds either kind of state).
 pub type Raft = openraft::Raft<TypeConfig, GroupStateMachine>;
 
+/// A group's Raft metrics as openraft publishes them.
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+type Metrics = openraft::alias::WatchReceiverOf<TypeConfig, RaftMetrics>;
+
 /// One hosted group's state as this node sees it: what `ClusterStatus`
 /// answers and the metrics report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,47 +67,51 @@ impl Group {
     /// This group's status; `topic` and `partition` name it, `quiesced`
     /// says whether this node quiesced it.
     pub fn status(&self, topic: String, partition: u32, quiesced: bool) -> GroupStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let last_log_index = m.last_log_index.unwrap_or(0);
-        let replica_lag = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(id, matched)| {
-                        let matched = matched.as_ref().map_or(0, |l| l.index);
-                        (*id, last_log_index.saturating_sub(matched))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let (high_watermark, log_start_offset) = self.state.read(|inner| match &inner.data {
             GroupData::Partition(p) => (p.next_offset, p.log_start_offset),
             GroupData::Meta(_) => (Offset(0), Offset(0)),
         });
-        GroupStatus {
-            group_id: self.id,
-            topic,
-            partition,
-            leader: m.current_leader,
-            term: m.current_term,
-            commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
-            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
-            last_log_index,
-            replicas: m.membership_config.membership().voter_ids().collect(),
-            replica_lag,
-            high_watermark,
-            log_start_offset,
-            quiesced,
-        }
+        self.with_metrics(|m| {
+            let last_log_index = m.last_log_index.unwrap_or(0);
+            let replica_lag = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, matched)| {
+                            let matched = matched.as_ref().map_or(0, |l| l.index);
+                            (*id, last_log_index.saturating_sub(matched))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            GroupStatus {
+                group_id: self.id,
+                topic,
+                partition,
+                leader: m.current_leader,
+                term: m.current_term,
+                commit_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+                applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+                last_log_index,
+                replicas: m.membership_config.membership().voter_ids().collect(),
+                replica_lag,
+                high_watermark,
+                log_start_offset,
+                quiesced,
+            }
+        })
     }
 }
 
 /// One Raft group hosted on this node.
-#[derive(Debug)]
 pub struct Group {
     pub id: GroupId,
     pub raft: Raft,
+    /// The group's Raft metrics, subscribed to once: `Raft::metrics` hands
+    /// out a new receiver per call (two shared counters up and down again),
+    /// and every idle round reads every group's (`with_metrics`).
+    metrics: Metrics,
     pub state: Arc<GroupShared>,
     /// The term in which this node, leading for another preferred replica,
     /// last saw that replica caught up (see `hand_back_to_preferred_leader`).
@@ -114,10 +122,19 @@ pub struct Group {
     pub backfill: BackfillStop,
 }
 
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Group {
     pub fn new(id: GroupId, raft: Raft, state: Arc<GroupShared>) -> Group {
         Group {
             id,
+            metrics: raft.metrics(),
             raft,
             state,
             hand_back_seen_in_term: Mutex::new(None),
@@ -126,28 +143,36 @@ impl Group {
         }
     }
 
+    /// Reads the group's current Raft metrics in place, without cloning
+    /// them (membership and replication maps included).
+    pub fn with_metrics<T>(&self, read: impl FnOnce(&RaftMetrics) -> T) -> T {
+        read(&self.metrics.borrow_watched())
+    }
+
     /// The group's voters in its latest membership (joint: both sets).
     pub fn voters(&self) -> BTreeSet<NodeId> {
-        let watch = self.raft.metrics();
-        let metrics = watch.borrow_watched();
-        metrics.membership_config.membership().voter_ids().collect()
+        self.with_metrics(|m| m.membership_config.membership().voter_ids().collect())
     }
 
     /// Every node in the group's latest membership, learners included.
     pub fn members(&self) -> BTreeSet<NodeId> {
-        let watch = self.raft.metrics();
-        let metrics = watch.borrow_watched();
-        metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect()
+        self.with_metrics(|m| {
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        })
     }
 
     /// Whether this node leads the group now.
     pub fn is_leader(&self, me: NodeId) -> bool {
-        self.raft.metrics().borrow_watched().current_leader == Some(me)
+        self.leading_term(me).is_some()
+    }
+
+    /// The term in which this node leads the group, if it leads it now.
+    pub fn leading_term(&self, me: NodeId) -> Option<u64> {
+        self.with_metrics(|m| (m.current_leader == Some(me)).then_some(m.current_term))
     }
 
     /// The leader this node believes in, with its gRPC address, waiting up
@@ -175,19 +200,17 @@ impl Group {
     }
 
     /// The leader this node currently believes in, with its gRPC address.
-    /// Every routed request asks this, so it reads the metrics in place
-    /// rather than cloning them (membership and replication maps included).
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let watch = self.raft.metrics();
-        let metrics = watch.borrow_watched();
-        let leader = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .addr
-            .clone();
-        Some((leader, addr))
+        self.with_metrics(|m| {
+            let leader = m.current_leader?;
+            let addr = m
+                .membership_config
+                .membership()
+                .get_node(&leader)?
+                .addr
+                .clone();
+            Some((leader, addr))
+        })
     }
 
     /// Records whether this node, leading in `term`, saw the preferred

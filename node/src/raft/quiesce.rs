@@ -37,6 +37,7 @@ use raftstream_proto::v1::NodeHeartbeatReply;
 use raftstream_proto::v1::NodeHeartbeatRequest;
 
 use crate::group::Group;
+use crate::group::RaftMetrics;
 use crate::model::GroupId;
 use crate::model::NodeId;
 use crate::raft::network::PeerPool;
@@ -114,12 +115,7 @@ impl Quiescer {
     /// `quiesce_after`: for work that needs the group's timers, such as a
     /// leadership transfer (the outgoing leader hands over on heartbeats).
     pub fn hold_awake(&self, group: &Group) {
-        let last = group
-            .raft
-            .metrics()
-            .borrow_watched()
-            .last_log_index
-            .unwrap_or(0);
+        let last = group.with_metrics(|m| m.last_log_index.unwrap_or(0));
         let mut state = self.state.lock();
         state.activity.insert(
             group.id,
@@ -181,15 +177,11 @@ impl Quiescer {
     pub fn round(&self, groups: &[Arc<Group>]) -> Vec<GroupId> {
         let now = self.time.now();
         let mut state = self.state.lock();
-        let live: HashSet<GroupId> = groups.iter().map(|g| g.id).collect();
-        state.activity.retain(|g, _| live.contains(g));
-        state.quiet.retain(|g| live.contains(g));
-        state.leading_quiet.retain(|g| live.contains(g));
         for group in groups {
             if group.id == GroupId::META {
                 continue;
             }
-            let decision = self.decide(&mut state, group, now);
+            let decision = group.with_metrics(|m| self.decide(&mut state, group.id, m, now));
             let was_quiet = state.quiet.contains(&group.id);
             match decision {
                 Decision::Quiet if !was_quiet => {
@@ -204,47 +196,67 @@ impl Quiescer {
                 _ => {}
             }
         }
+        // Every hosted group has its activity now, so more activities than
+        // groups means some group left this node: forget it everywhere.
+        // (The quiet sets only name groups with an activity.)
+        let partition_groups = groups.iter().filter(|g| g.id != GroupId::META).count();
+        if state.activity.len() > partition_groups {
+            let live: HashSet<GroupId> = groups.iter().map(|g| g.id).collect();
+            state.activity.retain(|g, _| live.contains(g));
+            state.quiet.retain(|g| live.contains(g));
+            state.leading_quiet.retain(|g| live.contains(g));
+        }
         let mut leading: Vec<GroupId> = state.leading_quiet.iter().copied().collect();
         leading.sort_unstable();
         leading
     }
 
-    fn decide(&self, state: &mut State, group: &Group, now: Instant) -> Decision {
-        let metrics = group.raft.metrics();
-        let m = metrics.borrow_watched();
+    fn decide(&self, state: &mut State, group: GroupId, m: &RaftMetrics, now: Instant) -> Decision {
         let last = m.last_log_index.unwrap_or(0);
-        let activity = state.activity.entry(group.id).or_insert(Activity {
+        let activity = state.activity.entry(group).or_insert(Activity {
             last_log_index: last,
             changed_at: now,
         });
-        if activity.last_log_index != last {
+        let grew = activity.last_log_index != last;
+        if grew {
             activity.last_log_index = last;
             activity.changed_at = now;
         }
         let idle = now.duration_since(activity.changed_at) >= self.timings.quiesce_after;
         match m.state {
             ServerState::Leader if m.current_leader == Some(self.node_id) => {
-                let committed = m.cluster_committed.as_ref().map(|l| l.index) == m.last_log_index;
-                let followers_caught_up = m.replication.as_ref().is_some_and(|r| {
-                    r.values()
-                        .all(|matched| matched.as_ref().map(|l| l.index) == m.last_log_index)
-                });
-                if idle && committed && followers_caught_up {
-                    state.leading_quiet.insert(group.id);
+                // A quiet leader whose log has not grown stays quiet: every
+                // follower held its last entry, committed, when it quiesced,
+                // and neither moves back. So its replication map (a walk
+                // over cold memory for each of a thousand groups, ten times
+                // a second) is read only when the log grew.
+                let stays_quiet = !grew && state.leading_quiet.contains(&group);
+                let caught_up = || {
+                    let committed =
+                        m.cluster_committed.as_ref().map(|l| l.index) == m.last_log_index;
+                    committed
+                        && m.replication.as_ref().is_some_and(|r| {
+                            r.values().all(|matched| {
+                                matched.as_ref().map(|l| l.index) == m.last_log_index
+                            })
+                        })
+                };
+                if stays_quiet || (idle && caught_up()) {
+                    state.leading_quiet.insert(group);
                     Decision::Quiet
                 } else {
-                    state.leading_quiet.remove(&group.id);
+                    state.leading_quiet.remove(&group);
                     Decision::Tick
                 }
             }
             ServerState::Follower => {
-                state.leading_quiet.remove(&group.id);
+                state.leading_quiet.remove(&group);
                 let Some(leader) = m.current_leader.filter(|l| *l != self.node_id) else {
                     return Decision::Tick;
                 };
                 let fresh_and_quiet = state.peers.get(&leader).is_some_and(|p| {
                     p.at.is_some_and(|at| now.duration_since(at) < self.timings.peer_timeout)
-                        && p.quiesced.contains(&group.id)
+                        && p.quiesced.contains(&group)
                 });
                 if fresh_and_quiet {
                     Decision::Quiet
@@ -253,7 +265,7 @@ impl Quiescer {
                 }
             }
             _ => {
-                state.leading_quiet.remove(&group.id);
+                state.leading_quiet.remove(&group);
                 Decision::Tick
             }
         }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use openraft::alias::SnapshotOf;
-use openraft::async_runtime::WatchReceiver as _;
 use openraft::raft::AppendEntriesRequest;
 use openraft::vote::RaftLeaderId as _;
 use raftstream_proto::v1::LogRangeReply;
@@ -268,7 +267,7 @@ impl<H: TransportHost> RaftTransport for TransportService<H> {
                     .host
                     .hosted_groups()
                     .get(GroupId(*group))
-                    .map_or(0, |g| g.raft.metrics().borrow_watched().current_term);
+                    .map_or(0, |g| g.with_metrics(|m| m.current_term));
                 (*group, term)
             })
             .collect();

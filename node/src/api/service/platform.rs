@@ -83,25 +83,35 @@ impl Service {
 
     /// Emits `leader.changed` for each group this node has started leading
     /// since the last round (`led`: the term it was last seen leading in).
-    /// Only the new leader reports, so a change is reported once.
+    /// Only the new leader reports, so a change is reported once. A round
+    /// runs four times a second over every group, idle or not, so it reads
+    /// each group's leader and term and nothing else; only a new leadership
+    /// looks up its topic's name.
     fn note_leaderships(&self, led: &mut HashMap<GroupId, u64>) {
         let me = self.node.id();
-        let statuses = self.node.group_statuses();
-        led.retain(|group, _| {
-            statuses
-                .iter()
-                .any(|s| s.group_id == *group && s.leader == Some(me))
-        });
-        for status in statuses.iter().filter(|s| s.leader == Some(me)) {
-            if led.insert(status.group_id, status.term) != Some(status.term) {
-                self.node.platform.emit(PlatformEvent::leader_changed(
-                    status.group_id,
-                    &status.topic,
-                    status.partition,
-                    me,
-                    status.term,
-                ));
+        let leading: HashMap<GroupId, u64> = self
+            .node
+            .groups()
+            .iter()
+            .filter_map(|group| Some((group.id, group.leading_term(me)?)))
+            .collect();
+        led.retain(|group, _| leading.contains_key(group));
+        for (group, term) in leading {
+            if led.insert(group, term) == Some(term) {
+                continue;
             }
+            let topic = self
+                .node
+                .with_metadata(|m| m.topics.get(&group.topic()).map(|t| t.name.clone()))
+                .flatten()
+                .unwrap_or_default();
+            self.node.platform.emit(PlatformEvent::leader_changed(
+                group,
+                &topic,
+                group.partition_index(),
+                me,
+                term,
+            ));
         }
     }
 
