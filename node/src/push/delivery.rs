@@ -109,7 +109,14 @@ impl PartitionDelivery {
             return Ok(());
         };
         let settings = self.subscription.settings;
+        let shutdown = self.service.node.shutdown_signal();
         loop {
+            // A stopping node answers every read at once, so reading on
+            // would spin without ever yielding, and hold the thread that
+            // its shutdown needs.
+            if *shutdown.borrow() {
+                return Ok(());
+            }
             let Some(group) = self.led_group() else {
                 return Ok(());
             };

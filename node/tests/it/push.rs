@@ -120,6 +120,27 @@ fn assert_delivered_in_order(receiver: &Receiver, acked: &[(u32, u64)]) {
     }
 }
 
+/// Waits until the delivery positions of subscription `id` pass `check`.
+async fn eventually_positions(
+    admin: &Subscriptions,
+    id: &str,
+    what: &str,
+    check: impl Fn(&[pb::PartitionPosition]) -> bool,
+) {
+    eventually(what, Duration::from_secs(20), || {
+        let (mut admin, id, check) = (admin.clone(), id.to_string(), &check);
+        async move {
+            let view = admin
+                .get_subscription(pb::GetSubscriptionRequest { id })
+                .await
+                .ok()?
+                .into_inner();
+            check(&view.positions).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn all_delivered(receiver: &Receiver, acked: &[(u32, u64)]) {
     eventually(
         "every message delivered",
@@ -308,16 +329,8 @@ async fn filters_pause_resume_and_replay() {
         (receiver.accepted_payloads() == vec![kept(1), kept(3)]).then_some(())
     })
     .await;
-    eventually("the position past them", Duration::from_secs(20), || {
-        let (mut admin, id) = (admin.clone(), id.clone());
-        async move {
-            let view = admin
-                .get_subscription(pb::GetSubscriptionRequest { id })
-                .await
-                .ok()?
-                .into_inner();
-            (view.positions[0].next_offset == Some(3)).then_some(())
-        }
+    eventually_positions(&admin, &id, "the position past them", |positions| {
+        positions[0].next_offset == Some(3)
     })
     .await;
 
@@ -395,4 +408,54 @@ async fn filters_pause_resume_and_replay() {
         .into_inner();
     assert!(listed.subscriptions.is_empty());
     cluster.shutdown().await;
+}
+
+/// A node shutting down while it delivers ends its deliveries and stops.
+/// Its reads then answer at once (a stopping node ends every long poll),
+/// and a delivery that kept reading would never yield: on a runtime with
+/// one thread nothing else could run again, the shutdown included. So the
+/// cluster runs on such a runtime, on a thread of its own, and this thread
+/// only waits for it to finish.
+#[test]
+fn a_node_shutting_down_ends_its_deliveries() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // One node: it leads every partition and has no one to hand
+            // leadership to before it stops.
+            let cluster = TestCluster::start_with_topic(1, "orders", 2, 1).await;
+            let receiver = Receiver::start(Arc::default(), |_, _| Answer::Ok).await;
+            let mut admin = subscriptions(&cluster, 1).await;
+            let request = from_earliest("orders out", "orders", &receiver.url, settings(3, 1_000));
+            let id = create_subscription(&mut admin, request)
+                .await
+                .subscription
+                .unwrap()
+                .id;
+            let mut client = cluster.client(1).await;
+            let acked = publish_all(&mut client, "orders", (0..4).map(|n| n.to_string())).await;
+            all_delivered(&receiver, &acked).await;
+            // Every position stored at the end: each delivery now waits in
+            // a read for more.
+            eventually_positions(&admin, &id, "the positions at the end", |positions| {
+                let at_end = |p: &pb::PartitionPosition| {
+                    p.next_offset.is_some() && p.next_offset == p.high_watermark
+                };
+                positions.len() == 2 && positions.iter().all(at_end)
+            })
+            .await;
+            cluster.shutdown().await;
+        });
+        let _ = done_tx.send(());
+    });
+    // A thread stuck in a delivery that never yields cannot be stopped; it
+    // ends with the test process.
+    assert!(
+        done_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "the node did not finish shutting down within 60 s"
+    );
 }
