@@ -1086,17 +1086,17 @@ impl Node {
         if preferred == self.id() {
             return;
         }
-        let metrics = group.raft.metrics().borrow_watched().clone();
-        if metrics.current_leader != Some(self.id()) {
+        let Some((term, caught_up)) = group.with_metrics(|m| {
+            let caught_up = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&preferred))
+                .is_some_and(|matched| matched.as_ref().map(|id| id.index) == m.last_log_index);
+            (m.current_leader == Some(self.id())).then_some((m.current_term, caught_up))
+        }) else {
             return;
-        }
-        let last = metrics.last_log_index;
-        let caught_up = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&preferred))
-            .is_some_and(|matched| matched.as_ref().map(|id| id.index) == last);
-        if group.preferred_caught_up_again(caught_up, metrics.current_term) {
+        };
+        if group.preferred_caught_up_again(caught_up, term) {
             tracing::debug!(
                 group = group.id.0,
                 to = preferred.0,
@@ -1386,19 +1386,19 @@ impl Node {
     /// of a group this node leads; `None` if this node does not lead it or
     /// no other voter has matched any entry yet.
     fn handoff_target(&self, group: &Group) -> Option<NodeId> {
-        let metrics = group.raft.metrics().borrow_watched().clone();
-        if metrics.current_leader != Some(self.id()) {
-            return None;
-        }
-        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-        metrics
-            .replication
-            .as_ref()?
-            .iter()
-            .filter(|(id, _)| **id != self.id() && voters.contains(id))
-            .filter_map(|(id, matched)| matched.as_ref().map(|log_id| (log_id.index, *id)))
-            .max()
-            .map(|(_, id)| id)
+        group.with_metrics(|m| {
+            if m.current_leader != Some(self.id()) {
+                return None;
+            }
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            m.replication
+                .as_ref()?
+                .iter()
+                .filter(|(id, _)| **id != self.id() && voters.contains(id))
+                .filter_map(|(id, matched)| matched.as_ref().map(|log_id| (log_id.index, *id)))
+                .max()
+                .map(|(_, id)| id)
+        })
     }
 
     fn groups_led_here(&self) -> usize {
